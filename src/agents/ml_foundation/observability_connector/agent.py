@@ -1,0 +1,451 @@
+"""The public face of the connector: spans for agents, the orchestrator's ``run()``, metrics.
+
+The hot path (``span()``, ``trace_agent``, ``@traced``, ``track_llm_call``) is a few attribute
+writes, two ids from ``random.getrandbits``, a ContextVar set/reset and a ``deque.append``.
+Nothing on it awaits, locks, validates or touches a sink; the background flusher invokes the
+compiled graph once per batch.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+from .batch_processor import BatchFlusher
+from .config import ObservabilitySettings
+from .models import OPIK_PROJECT, OPIK_WORKSPACE, QualityMetrics
+from .sampling import trace_sampled
+from .spans import SpanRecord
+from .trace_context import (
+    _CURRENT,
+    ParentLike,
+    TraceContext,
+    extract,
+    new_span_id,
+    new_trace_id,
+    reset_current,
+)
+
+__all__ = ["ObservabilityConnectorAgent", "ObservabilityContext", "SpanScope"]
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_time_ns = time.time_ns
+
+
+@dataclass(frozen=True, slots=True)
+class ObservabilityContext(TraceContext):
+    """A request's trace context that is not itself a recorded span.
+
+    Spans opened with it join its trace as children of its *parent* (a remote caller's span,
+    or nothing for a new trace), so no span ever points at a parent that was never stored.
+    """
+
+    request_id: str | None = None
+    experiment_id: str | None = None
+    user_id: str | None = None
+
+
+def _effective_parent(parent: ParentLike) -> str | None:
+    if isinstance(parent, ObservabilityContext):
+        return parent.parent_span_id
+    return parent.span_id
+
+
+class SpanScope:
+    """``async with`` / ``with`` scope of one span; yields the :class:`SpanRecord`."""
+
+    __slots__ = ("_agent", "_agent_name", "_attributes", "_context", "_operation", "_record", "_token")
+
+    def __init__(
+        self,
+        agent: ObservabilityConnectorAgent,
+        operation: str,
+        agent_name: str,
+        context: ParentLike | None,
+        attributes: dict[str, Any] | None,
+    ) -> None:
+        self._agent = agent
+        self._operation = operation
+        self._agent_name = agent_name
+        self._context = context
+        self._attributes = attributes
+        self._record: SpanRecord | None = None
+        self._token: Any = None
+
+    def __enter__(self) -> SpanRecord:
+        parent = self._context if self._context is not None else _CURRENT.get()
+        if parent is None:
+            trace_id = new_trace_id()
+            record = SpanRecord(
+                new_span_id(),
+                trace_id,
+                None,
+                self._operation,
+                self._agent_name,
+                _time_ns(),
+                dict(self._attributes) if self._attributes else None,
+                self._agent._sample_root(trace_id, self._agent_name),
+            )
+        else:
+            record = SpanRecord(
+                new_span_id(),
+                parent.trace_id,
+                _effective_parent(parent),
+                self._operation,
+                self._agent_name,
+                _time_ns(),
+                dict(self._attributes) if self._attributes else None,
+                parent.sampled,
+                getattr(parent, "tracestate", ()),
+                getattr(parent, "baggage", None),
+            )
+        self._record = record
+        self._token = _CURRENT.set(record)
+        return record
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+        record = self._record
+        if record is None:
+            return False
+        record.end_ns = _time_ns()
+        if exc is not None:
+            record.record_error(exc)
+        elif record.status == "started":
+            record.status = "ok"
+        reset_current(self._token)
+        self._agent._finish(record)
+        return False  # never swallow the agent's exception
+
+    async def __aenter__(self) -> SpanRecord:
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+        return self.__exit__(exc_type, exc, tb)
+
+
+class ObservabilityConnectorAgent:
+    """Tier-0 observability agent (ml_foundation, standard, 5 s SLA)."""
+
+    agent_name = "observability_connector"
+    tier = 0
+    tier_name = "ml_foundation"
+    agent_type = "standard"
+    sla_seconds = 5
+
+    def __init__(
+        self,
+        settings: ObservabilitySettings | None = None,
+        context: Any = None,
+        *,
+        start: bool = True,
+    ) -> None:
+        """``context`` is a ``ConnectorContext`` (store, registry, cache); built from config if omitted."""
+        from .runtime import ConnectorContext
+
+        self.context: ConnectorContext = context or ConnectorContext.from_config(settings)
+        self.settings = self.context.settings
+        batching = self.settings.batching
+        self._sample_rate = self.settings.sampling.default_rate
+        self._keep_errors = self.settings.sampling.always_sample_errors
+        self._flusher = BatchFlusher(
+            self._deliver,
+            batch_size=batching.max_batch_size,
+            max_wait=batching.max_batch_wait_s,
+            max_queue=batching.max_queue_size,
+            shutdown_timeout=batching.shutdown_timeout_s,
+        )
+        self._submit = self._flusher.collector.append
+        self.last_batch_state: dict[str, Any] | None = None
+        self.emission_errors_total = 0
+        self._graph: Any = None
+        if start:
+            self._flusher.start()
+
+    # -- contexts -------------------------------------------------------------------------
+
+    def create_observability_context(
+        self,
+        request_id: str | None = None,
+        experiment_id: str | None = None,
+        user_id: str | None = None,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
+    ) -> ObservabilityContext:
+        """A request's context: continues ``traceparent`` when valid, else starts a new trace."""
+        baggage = {
+            k: v for k, v in (("request_id", request_id), ("experiment_id", experiment_id), ("user_id", user_id)) if v
+        }
+        remote = extract({"traceparent": traceparent, "tracestate": tracestate or ""}) if traceparent else None
+        if remote is not None:
+            return ObservabilityContext(
+                trace_id=remote.trace_id,
+                span_id=new_span_id(),
+                sampled=remote.sampled,
+                tracestate=remote.tracestate,
+                baggage={**dict(remote.baggage), **baggage},
+                parent_span_id=remote.span_id,
+                remote=True,
+                request_id=request_id,
+                experiment_id=experiment_id,
+                user_id=user_id,
+            )
+        trace_id = new_trace_id()
+        return ObservabilityContext(
+            trace_id=trace_id,
+            span_id=new_span_id(),
+            sampled=trace_sampled(trace_id, self._sample_rate),
+            baggage=baggage,
+            request_id=request_id,
+            experiment_id=experiment_id,
+            user_id=user_id,
+        )
+
+    def create_child_context(self, parent: ParentLike | None = None) -> TraceContext:
+        """A context whose spans are children of ``parent`` (default: the current span)."""
+        parent = parent if parent is not None else _CURRENT.get()
+        if parent is None:
+            return self.create_observability_context()
+        return TraceContext(
+            trace_id=parent.trace_id,
+            span_id=_effective_parent(parent) or new_span_id(),
+            sampled=parent.sampled,
+            tracestate=getattr(parent, "tracestate", ()),
+            baggage=getattr(parent, "baggage", None) or {},
+            parent_span_id=_effective_parent(parent),
+        )
+
+    # -- the hot path ----------------------------------------------------------------------
+
+    def span(
+        self,
+        operation_name: str,
+        agent_name: str,
+        context: ParentLike | None = None,
+        attributes: dict[str, Any] | None = None,
+    ) -> SpanScope:
+        """``async with obs.span("execute", "gap_analyzer", ctx) as span:`` (also plain ``with``)."""
+        return SpanScope(self, operation_name, agent_name, context, attributes)
+
+    def trace_agent(
+        self,
+        agent_name: str,
+        operation: str,
+        context: ParentLike | None = None,
+        attributes: dict[str, Any] | None = None,
+    ) -> SpanScope:
+        """The same scope, argument order of the host codebase's ``trace_agent``."""
+        return SpanScope(self, operation, agent_name, context, attributes)
+
+    def traced(self, agent_name: str, operation: str | None = None) -> Callable[[Callable[P, R]], Callable[P, R]]:
+        """Decorator for sync and async functions: one span per call, named after the function."""
+
+        def decorate(func: Callable[P, R]) -> Callable[P, R]:
+            op = operation or func.__name__
+            if inspect.iscoroutinefunction(func):
+
+                @functools.wraps(func)
+                async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                    async with SpanScope(self, op, agent_name, None, None):
+                        return await func(*args, **kwargs)  # type: ignore[misc]
+
+                return async_wrapper  # type: ignore[return-value]
+
+            @functools.wraps(func)
+            def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+                with SpanScope(self, op, agent_name, None, None):
+                    return func(*args, **kwargs)
+
+            return wrapper
+
+        return decorate
+
+    def track_llm_call(
+        self,
+        agent_name: str,
+        model: str,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        duration_ms: float | None = None,
+        error: BaseException | str | None = None,
+        operation: str = "llm_call",
+        context: ParentLike | None = None,
+        attributes: dict[str, Any] | None = None,
+        provider: str | None = None,
+    ) -> SpanRecord:
+        """Record a finished LLM call (model and tokens) as a span under the current one."""
+        end = _time_ns()
+        start = end - int((duration_ms or 0.0) * 1e6)
+        parent = context if context is not None else _CURRENT.get()
+        if parent is None:
+            trace_id = new_trace_id()
+            record = SpanRecord(
+                new_span_id(),
+                trace_id,
+                None,
+                operation,
+                agent_name,
+                start,
+                dict(attributes or {}),
+                self._sample_root(trace_id, agent_name),
+            )
+        else:
+            record = SpanRecord(
+                new_span_id(),
+                parent.trace_id,
+                _effective_parent(parent),
+                operation,
+                agent_name,
+                start,
+                dict(attributes or {}),
+                parent.sampled,
+            )
+        record.set_llm(model, input_tokens, output_tokens)
+        if provider:
+            record.attributes["llm.provider"] = provider
+        record.end_ns = end
+        if error is not None:
+            record.record_error(error)
+        else:
+            record.status = "ok"
+        self._finish(record)
+        return record
+
+    def log_metric(
+        self,
+        name: str,
+        value: float,
+        agent_name: str | None = None,
+        attributes: dict[str, Any] | None = None,
+    ) -> None:
+        """Attach a named measurement to the current span, or record it as its own span."""
+        current = _CURRENT.get()
+        payload = {"metric.name": name, "metric.value": value, **(attributes or {})}
+        if isinstance(current, SpanRecord) and (agent_name is None or agent_name == current.agent_name):
+            current.add_event(f"metric.{name}", payload)
+            return
+        end = _time_ns()
+        parent = current
+        trace_id = parent.trace_id if parent is not None else new_trace_id()
+        span = SpanRecord(
+            new_span_id(),
+            trace_id,
+            _effective_parent(parent) if parent is not None else None,
+            f"metric.{name}",
+            agent_name or self.agent_name,
+            end,
+            payload,
+            parent.sampled if parent is not None else self._sample_root(trace_id, agent_name or self.agent_name),
+        )
+        span.end_ns = end
+        span.status = "ok"
+        self._finish(span)
+
+    def _sample_root(self, trace_id: str, agent_name: str) -> bool:
+        rate = self._sample_rate
+        return True if rate >= 1.0 else trace_sampled(trace_id, rate)
+
+    def _finish(self, record: SpanRecord) -> None:
+        if record.sampled or (self._keep_errors and record.status == "error"):
+            self._submit(record)
+
+    # -- the background side ---------------------------------------------------------------
+
+    @property
+    def graph(self) -> Any:
+        if self._graph is None:
+            from .graph import graph
+
+            self._graph = graph
+        return self._graph
+
+    async def _deliver(self, batch: list[SpanRecord]) -> None:
+        state = await self.graph.ainvoke({"events_to_log": [r.to_event() for r in batch]}, context=self.context)
+        errors = state.get("emission_errors") or []
+        if errors:
+            self.emission_errors_total += len(errors)
+            for line in errors[:5]:
+                log.warning("span rejected: %s", line)
+        if state.get("db_writes_successful") is False:
+            raise RuntimeError(state.get("error") or "store write failed")
+        self.last_batch_state = state
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Deliver every span finished so far; True when done within ``timeout``."""
+        return await self._flusher.flush(timeout)
+
+    def flush_sync(self, timeout: float | None = None) -> bool:
+        return self._flusher.flush_sync(timeout)
+
+    async def aclose(self) -> None:
+        """Flush within ``shutdown_timeout`` and stop the flusher, then close the store."""
+        await self._flusher.aclose()
+        try:
+            await self.context.store.close()
+        except Exception:  # closing must never raise into an agent's shutdown
+            log.exception("closing the span store failed")
+
+    async def __aenter__(self) -> ObservabilityConnectorAgent:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def callback_handler(self, agent_name: str, **kwargs: Any) -> Any:
+        """A LangChain callback handler that traces any LangGraph agent into this connector."""
+        from .callbacks import ObservabilityCallbackHandler
+
+        return ObservabilityCallbackHandler(self._finish, agent_name, **kwargs)
+
+    def get_status(self) -> dict[str, Any]:
+        stats = self._flusher.stats
+        return {
+            "queue_depth": len(self._flusher.collector),
+            "spans_accepted": self._flusher.collector.accepted,
+            "spans_dropped": self._flusher.collector.dropped,
+            "batches_sent": stats.batches_sent,
+            "batches_failed": stats.batches_failed,
+            "spans_delivered": stats.spans_delivered,
+            "spans_failed": stats.spans_failed,
+            "emission_errors": self.emission_errors_total,
+            "last_error": stats.last_error,
+            "store": self.context.store.describe(),
+            "cache": self.context.cache.get_status(),
+        }
+
+    # -- the orchestrator's and dashboards' side ------------------------------------------
+
+    async def run(self, input_data: dict[str, Any]) -> dict[str, Any]:
+        """Invoke the graph as the orchestrator does and return the output contract."""
+        state = await self.graph.ainvoke({**input_data, "include_metrics": True}, context=self.context)
+        finished = state.get("status_distribution") or {}
+        total_finished = finished.get("ok", 0) + finished.get("error", 0)
+        return {
+            "span_ids_logged": state.get("span_ids_logged", []),
+            "trace_ids_logged": state.get("trace_ids_logged", []),
+            "events_logged": state.get("events_logged", 0),
+            "opik_project": state.get("opik_project", OPIK_PROJECT),
+            "opik_workspace": state.get("opik_workspace", OPIK_WORKSPACE),
+            "quality_metrics_computed": state.get("quality_metrics_computed", False),
+            "quality_score": state.get("quality_score"),
+            "emission_successful": bool(state.get("db_writes_successful", True)) and not state.get("error"),
+            "overall_success_rate": state.get("overall_success_rate", 1.0 if not total_finished else None),
+            "overall_p95_latency_ms": state.get("overall_p95_latency_ms"),
+            "emission_errors": state.get("emission_errors", []),
+            "error": state.get("error"),
+            "error_type": state.get("error_type"),
+        }
+
+    async def get_quality_metrics(
+        self, time_window: str = "24h", agent_name: str | None = None, trace_id: str | None = None
+    ) -> QualityMetrics:
+        """System-wide quality for a window; raises ValueError for an unknown window."""
+        return await self.context.store.get_quality_metrics(time_window, agent_name=agent_name, trace_id=trace_id)

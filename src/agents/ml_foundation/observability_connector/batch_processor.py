@@ -1,0 +1,315 @@
+"""Collector and flusher: the only bridge between an agent's hot path and the sinks.
+
+The caller's side is one ``deque.append`` (atomic under the GIL, no lock, no I/O). A daemon
+thread with its own event loop drains the deque in batches and hands each batch to a
+``deliver`` coroutine (the compiled graph), so a slow sink can never stall an agent's event
+loop, and agents without an event loop (sync code, callback handlers) are served the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from .spans import SpanRecord
+
+__all__ = ["BatchFlusher", "FlusherStats", "SpanCollector"]
+
+log = logging.getLogger(__name__)
+
+Deliver = Callable[[list[SpanRecord]], Awaitable[Any]]
+
+
+class SpanCollector:
+    """A bounded buffer of finished spans.
+
+    When the buffer is full the span goes to ``overflow`` (the on-disk spool once it is
+    configured) or, without one, is counted as dropped and logged — never silently lost.
+    """
+
+    __slots__ = ("_batch_size", "_max", "_overflow", "_queue", "_wake", "accepted", "dropped")
+
+    def __init__(
+        self,
+        max_queue: int = 10_000,
+        batch_size: int = 100,
+        wake: Callable[[], None] | None = None,
+        overflow: Callable[[SpanRecord], None] | None = None,
+    ) -> None:
+        if max_queue < 1 or batch_size < 1:
+            raise ValueError("max_queue and batch_size must be positive")
+        self._queue: deque[SpanRecord] = deque()
+        self._max = max_queue
+        self._batch_size = batch_size
+        self._wake = wake
+        self._overflow = overflow
+        self.dropped = 0
+        self.accepted = 0
+
+    def append(self, span: SpanRecord) -> None:
+        queue = self._queue
+        depth = len(queue)
+        if depth >= self._max:
+            self._on_full(span)
+            return
+        queue.append(span)
+        self.accepted += 1
+        if depth + 1 == self._batch_size and self._wake is not None:
+            self._wake()
+
+    def _on_full(self, span: SpanRecord) -> None:
+        if self._overflow is not None:
+            self._overflow(span)
+            return
+        self.dropped += 1
+        if self.dropped == 1 or self.dropped % 1000 == 0:
+            log.error(
+                "span buffer full (%d spans): %d span(s) dropped so far; raise batching.max_queue_size "
+                "or enable the spool",
+                self._max,
+                self.dropped,
+            )
+        if self._wake is not None:
+            self._wake()
+
+    def drain(self, limit: int) -> list[SpanRecord]:
+        queue = self._queue
+        out: list[SpanRecord] = []
+        pop = queue.popleft
+        try:
+            for _ in range(min(limit, len(queue))):
+                out.append(pop())
+        except IndexError:
+            pass
+        return out
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+
+@dataclass
+class FlusherStats:
+    batches_sent: int = 0
+    batches_failed: int = 0
+    spans_delivered: int = 0
+    spans_failed: int = 0
+    last_flush_at: float | None = None
+    last_error: str | None = None
+
+
+class BatchFlusher:
+    """Drains a :class:`SpanCollector` on a background thread and delivers whole batches.
+
+    Flushes when ``batch_size`` spans are waiting, every ``max_wait`` seconds, on
+    :meth:`flush`, and at shutdown (explicit :meth:`close` or the interpreter's exit hook,
+    bounded by ``shutdown_timeout`` so a dead sink never hangs the process).
+    """
+
+    def __init__(
+        self,
+        deliver: Deliver,
+        batch_size: int = 100,
+        max_wait: float = 5.0,
+        max_queue: int = 10_000,
+        shutdown_timeout: float = 5.0,
+        overflow: Callable[[SpanRecord], None] | None = None,
+        name: str = "obs-flusher",
+    ) -> None:
+        self._deliver = deliver
+        self.batch_size = batch_size
+        self.max_wait = max_wait
+        self.shutdown_timeout = shutdown_timeout
+        self._async_wake: asyncio.Event | None = None
+        self._wake_pending = False
+        self.collector = SpanCollector(max_queue, batch_size, wake=self._wake, overflow=overflow)
+        self.stats = FlusherStats()
+        self._flush_waiters: list[Future[None]] = []
+        self._waiters_lock = threading.Lock()
+        self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._started = False
+        self._start_lock = threading.Lock()
+        self._name = name
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        with self._start_lock:
+            if self._started:
+                return
+            self._started = True
+            self._thread.start()
+            _register_exit(self)
+
+    @property
+    def running(self) -> bool:
+        return self._started and self._thread.is_alive()
+
+    def submit(self, span: SpanRecord) -> None:
+        """Hot path: enqueue a finished span."""
+        self.collector.append(span)
+
+    def flush_future(self) -> Future[None]:
+        fut: Future[None] = Future()
+        if not self.running:
+            self.start()
+        with self._waiters_lock:
+            self._flush_waiters.append(fut)
+        self._wake()
+        return fut
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Deliver everything enqueued so far; True when it was delivered in time."""
+        fut = self.flush_future()
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(fut), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    def flush_sync(self, timeout: float | None = None) -> bool:
+        fut = self.flush_future()
+        try:
+            fut.result(timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Flush what is queued and stop the thread; returns False if time ran out."""
+        if not self._started:
+            return True
+        limit = self.shutdown_timeout if timeout is None else timeout
+        self._stopping = True
+        self._wake()
+        self._thread.join(limit)
+        finished = not self._thread.is_alive()
+        if not finished:
+            log.error(
+                "observability flusher did not finish within %.1fs; %d span(s) still queued",
+                limit,
+                len(self.collector),
+            )
+        return finished
+
+    async def aclose(self, timeout: float | None = None) -> bool:
+        return await asyncio.to_thread(self.close, timeout)
+
+    def _wake(self) -> None:
+        """Wake the flusher's loop; at most one wake-up in flight, so bursts cost one write."""
+        if self._wake_pending:
+            return
+        loop, event = self._loop, self._async_wake
+        if loop is None or event is None:
+            return  # not started yet: the loop drains everything when it starts
+        self._wake_pending = True
+        try:
+            loop.call_soon_threadsafe(event.set)
+        except RuntimeError:  # loop already closed at shutdown
+            self._wake_pending = False
+
+    # -- the background thread ----------------------------------------------------------
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self._async_wake = asyncio.Event()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._main())
+        finally:
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                loop.close()
+
+    async def _main(self) -> None:
+        event = self._async_wake
+        assert event is not None
+        # Spans or flush requests that arrived before the loop existed.
+        signalled = bool(self._flush_waiters) or len(self.collector) >= self.batch_size or self._stopping
+        while True:
+            if not signalled:
+                try:
+                    await asyncio.wait_for(event.wait(), self.max_wait)
+                    signalled = True
+                except TimeoutError:
+                    signalled = False
+            event.clear()
+            self._wake_pending = False
+            with self._waiters_lock:
+                waiters, self._flush_waiters = self._flush_waiters, []
+            stopping = self._stopping
+            drain_all = bool(waiters) or stopping or not signalled
+            await self._drain(drain_all)
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+            if stopping:
+                # Anything enqueued while we drained is delivered too before exiting.
+                await self._drain(True)
+                return
+            signalled = bool(self._flush_waiters) or self._stopping or len(self.collector) >= self.batch_size
+
+    async def _drain(self, drain_all: bool) -> None:
+        collector = self.collector
+        while len(collector) >= self.batch_size or (drain_all and len(collector)):
+            batch = collector.drain(self.batch_size)
+            if not batch:
+                break
+            await self._deliver_one(batch)
+
+    async def _deliver_one(self, batch: list[SpanRecord]) -> None:
+        try:
+            await self._deliver(batch)
+        except Exception as exc:  # the flusher must survive any sink failure
+            self.stats.batches_failed += 1
+            self.stats.spans_failed += len(batch)
+            self.stats.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("delivering a batch of %d span(s) failed", len(batch))
+        else:
+            self.stats.batches_sent += 1
+            self.stats.spans_delivered += len(batch)
+        self.stats.last_flush_at = time.time()
+
+
+_live_flushers: weakref.WeakSet[BatchFlusher] = weakref.WeakSet()
+_exit_hook_installed = False
+
+
+def _register_exit(flusher: BatchFlusher) -> None:
+    """Flush at interpreter exit, before the thread pools the sinks use are shut down.
+
+    ``threading._register_atexit`` hooks run before ``concurrent.futures`` joins its workers
+    (after which ``asyncio.to_thread`` refuses work); plain ``atexit`` runs too late for that.
+    """
+    global _exit_hook_installed
+    _live_flushers.add(flusher)
+    if _exit_hook_installed:
+        return
+    register = getattr(threading, "_register_atexit", None)
+    try:
+        if register is None:
+            raise RuntimeError("no threading atexit hook")
+        register(_flush_all_at_exit)
+    except RuntimeError:
+        atexit.register(_flush_all_at_exit)
+    _exit_hook_installed = True
+
+
+def _flush_all_at_exit() -> None:
+    for flusher in list(_live_flushers):
+        try:
+            flusher.close()
+        except Exception:  # never let an exit hook raise
+            log.exception("closing the observability flusher at exit failed")

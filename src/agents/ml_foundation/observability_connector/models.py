@@ -1,0 +1,290 @@
+"""Pydantic models at the connector's boundaries.
+
+The hot path never builds these: agents hand plain :class:`SpanRecord` objects to the
+collector, and validation happens once per batch inside the graph's ``span_emitter`` node.
+Callers that talk to the graph directly (the orchestrator, Studio) send
+:class:`ObservabilityEvent` payloads; every stored row is an :class:`ObservabilitySpan`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SpanStatus = Literal["ok", "error", "started"]
+
+#: Every spelling existing callers use, mapped onto the three stored values.
+STATUS_ALIASES: dict[str, SpanStatus] = {
+    "ok": "ok",
+    "completed": "ok",
+    "complete": "ok",
+    "success": "ok",
+    "succeeded": "ok",
+    "error": "error",
+    "failed": "error",
+    "failure": "error",
+    "started": "started",
+    "running": "started",
+    "in_progress": "started",
+}
+
+MAX_ID_LENGTH = 64
+OPIK_PROJECT = "e2i-causal-analytics"
+OPIK_WORKSPACE = "default"
+
+#: Deterministic row ids: the same (trace_id, span_id) always gives the same ``id``, so a
+#: replayed batch cannot create a second row even in a store without the unique key.
+_ROW_ID_NAMESPACE = uuid.UUID("6f1c5e2a-8d0b-4f7e-9a43-0b5d2c7e1a90")
+
+
+def normalize_status(value: object) -> SpanStatus:
+    """Map any accepted status spelling to ``ok`` / ``error`` / ``started``."""
+    if isinstance(value, str):
+        found = STATUS_ALIASES.get(value.strip().lower())
+        if found is not None:
+            return found
+    accepted = ", ".join(sorted(STATUS_ALIASES))
+    raise ValueError(f"status {value!r} is not one of: {accepted}")
+
+
+def _check_id(value: object, field: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{field} must be a non-empty string, got {value!r}")
+    if len(value) > MAX_ID_LENGTH:
+        raise ValueError(f"{field} is {len(value)} characters long; at most {MAX_ID_LENGTH} are accepted")
+    return value
+
+
+def _aware(value: datetime) -> datetime:
+    """Naive timestamps are taken as UTC: every producer in the system logs UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def row_id_for(trace_id: str, span_id: str) -> str:
+    return str(uuid.uuid5(_ROW_ID_NAMESPACE, f"{trace_id}\x00{span_id}"))
+
+
+class ObservabilityEvent(BaseModel):
+    """One span payload as the orchestrator and other agents send it (``events_to_log[]``)."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=False)
+
+    span_id: str
+    trace_id: str
+    parent_span_id: str | None = None
+    agent_name: str
+    operation: str
+    started_at: datetime
+    completed_at: datetime | None = None
+    duration_ms: float | None = Field(default=None, ge=0)
+    status: SpanStatus = "ok"
+    error: str | None = None
+    error_type: str | None = None
+    input_data: Any = None
+    output_data: Any = None
+    metadata: dict[str, Any] | None = None
+    tokens_used: int | None = Field(default=None, ge=0)
+    input_tokens: int | None = Field(default=None, ge=0)
+    output_tokens: int | None = Field(default=None, ge=0)
+    model_used: str | None = None
+    confidence: float | None = Field(default=None, ge=0, le=1)
+    # Extensions used by the in-process API and the callback handler.
+    attributes: dict[str, Any] | None = None
+    events: list[dict[str, Any]] | None = None
+    agent_tier: int | None = None
+
+    @field_validator("span_id", "trace_id", "agent_name", "operation", mode="before")
+    @classmethod
+    def _ids(cls, value: object, info: Any) -> str:
+        return _check_id(value, info.field_name)
+
+    @field_validator("parent_span_id", mode="before")
+    @classmethod
+    def _parent(cls, value: object) -> str | None:
+        if value is None or value == "":
+            return None
+        return _check_id(value, "parent_span_id")
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _status(cls, value: object) -> SpanStatus:
+        return normalize_status(value)
+
+    @field_validator("started_at", "completed_at")
+    @classmethod
+    def _tz(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else _aware(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ObservabilityEvent:
+        if self.completed_at is not None and self.completed_at < self.started_at:
+            raise ValueError(
+                f"completed_at {self.completed_at.isoformat()} is before started_at {self.started_at.isoformat()}"
+            )
+        return self
+
+    def to_span(self, agent_tier: int, created_at: datetime | None = None) -> ObservabilitySpan:
+        """Turn the payload into the stored row; derived fields are filled here once."""
+        duration = self.duration_ms
+        if duration is None and self.completed_at is not None:
+            duration = (self.completed_at - self.started_at).total_seconds() * 1000.0
+        end = self.completed_at
+        if end is None and duration is not None and self.status != "started":
+            end = self.started_at + timedelta(milliseconds=duration)
+        attributes: dict[str, Any] = dict(self.attributes or {})
+        if self.metadata:
+            attributes.setdefault("metadata", self.metadata)
+        if self.input_data is not None:
+            attributes.setdefault("input", self.input_data)
+        if self.output_data is not None:
+            attributes.setdefault("output", self.output_data)
+        if self.confidence is not None:
+            attributes.setdefault("confidence", self.confidence)
+        total = self.tokens_used
+        if total is None and (self.input_tokens is not None or self.output_tokens is not None):
+            total = (self.input_tokens or 0) + (self.output_tokens or 0)
+        error_type = self.error_type
+        if error_type is None and self.status == "error" and self.error:
+            error_type = "Error"
+        return ObservabilitySpan(
+            id=row_id_for(self.trace_id, self.span_id),
+            span_id=self.span_id,
+            trace_id=self.trace_id,
+            parent_span_id=self.parent_span_id,
+            operation_name=self.operation,
+            agent_name=self.agent_name,
+            agent_tier=self.agent_tier if self.agent_tier is not None else agent_tier,
+            start_time=self.started_at,
+            end_time=end,
+            duration_ms=duration,
+            status=self.status,
+            error_type=error_type,
+            error_message=self.error,
+            attributes=attributes,
+            llm_model=self.model_used,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            total_tokens=total,
+            events=list(self.events or []),
+            created_at=created_at or datetime.now(UTC),
+        )
+
+
+class ObservabilitySpan(BaseModel):
+    """One row of ``ml_observability_spans``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    span_id: str
+    trace_id: str
+    parent_span_id: str | None = None
+    operation_name: str
+    agent_name: str
+    agent_tier: int = -1
+    start_time: datetime
+    end_time: datetime | None = None
+    duration_ms: float | None = Field(default=None, ge=0)
+    status: SpanStatus
+    error_type: str | None = None
+    error_message: str | None = None
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    llm_model: str | None = None
+    input_tokens: int | None = Field(default=None, ge=0)
+    output_tokens: int | None = Field(default=None, ge=0)
+    total_tokens: int | None = Field(default=None, ge=0)
+    events: list[dict[str, Any]] = Field(default_factory=list)
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @field_validator("duration_ms", mode="before")
+    @classmethod
+    def _decimal(cls, value: object) -> object:
+        return float(value) if isinstance(value, Decimal) else value
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _status(cls, value: object) -> SpanStatus:
+        return normalize_status(value)
+
+    @field_validator("start_time", "end_time", "created_at")
+    @classmethod
+    def _tz(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else _aware(value)
+
+
+class LatencyStats(BaseModel):
+    """Latency percentiles of one group (an agent, a tier, or everything)."""
+
+    key: str
+    count: int = 0
+    avg_ms: float | None = None
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    p99_ms: float | None = None
+    error_count: int = 0
+    error_rate: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+
+
+class QualityMetrics(BaseModel):
+    """The system-wide quality picture for one window."""
+
+    time_window: str
+    total_spans: int
+    ok_count: int
+    error_count: int
+    started_count: int
+    success_rate: float
+    error_rate: float
+    p50_latency_ms: float | None
+    p95_latency_ms: float | None
+    p99_latency_ms: float | None
+    avg_latency_ms: float | None
+    fallback_count: int
+    fallback_rate: float
+    quality_score: float
+
+
+def quality_score(success_rate: float, p95_ms: float | None, fallback_rate: float) -> float:
+    """0.6 × success + 0.3 × latency score (1 at p95 ≤ 10 s → 0 at 30 s) + 0.1 × (1 − fallback)."""
+    if p95_ms is None or p95_ms <= 10_000:
+        latency_score = 1.0
+    elif p95_ms >= 30_000:
+        latency_score = 0.0
+    else:
+        latency_score = 1.0 - (p95_ms - 10_000) / 20_000
+    return round(0.6 * success_rate + 0.3 * latency_score + 0.1 * (1.0 - fallback_rate), 6)
+
+
+class ObservabilityConnectorOutput(BaseModel):
+    """What the orchestrator gets back from the connector."""
+
+    span_ids_logged: list[str] = Field(default_factory=list)
+    trace_ids_logged: list[str] = Field(default_factory=list)
+    events_logged: int = 0
+    opik_project: str = OPIK_PROJECT
+    opik_workspace: str = OPIK_WORKSPACE
+    quality_metrics_computed: bool = False
+    quality_score: float | None = None
+
+
+def describe_validation_error(exc: ValidationError, payload: object) -> str:
+    """One readable line per problem: field path, message and the offending value."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "event"
+        bad = err.get("input")
+        shown = repr(bad)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg} (got {shown})")
+    span_id = payload.get("span_id") if isinstance(payload, dict) else None
+    prefix = f"span_id={span_id!r}: " if span_id else ""
+    return prefix + "; ".join(parts)

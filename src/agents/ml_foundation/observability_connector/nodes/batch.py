@@ -1,0 +1,83 @@
+"""The ``batch`` node: one write of the validated batch to every sink.
+
+A sink failure is reported in the state (``db_writes_successful``, ``error``) and never raised:
+the connector must not break the orchestrator that called it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..models import OPIK_PROJECT, OPIK_WORKSPACE
+from ..runtime import resolve_context
+from ..state import ObservabilityConnectorState
+
+__all__ = ["write_batch"]
+
+log = logging.getLogger(__name__)
+
+
+async def write_batch(state: ObservabilityConnectorState, runtime: Any = None) -> ObservabilityConnectorState:
+    ctx = resolve_context(runtime)
+    spans = state.get("validated_spans") or []
+    errors = list(state.get("emission_errors") or [])
+    base: dict[str, Any] = {
+        "opik_project": ctx.settings.opik.project_name or OPIK_PROJECT,
+        "opik_workspace": ctx.settings.opik.workspace or OPIK_WORKSPACE,
+    }
+    if not spans:
+        return {
+            **state,
+            **base,
+            "span_ids_logged": [],
+            "trace_ids_logged": [],
+            "events_logged": 0,
+            "db_writes_successful": True,
+            "db_write_count": 0,
+            "db_duplicate_count": 0,
+            "emission_errors": errors,
+        }
+    try:
+        result = await ctx.store.insert_spans_batch(spans)
+    except Exception as exc:  # the store being down must not raise into the caller
+        log.error("writing %d span(s) to %s failed: %s", len(spans), _where(ctx.store), exc)
+        errors.append(f"store write failed for {len(spans)} span(s): {type(exc).__name__}: {exc}")
+        return {
+            **state,
+            **base,
+            "span_ids_logged": [],
+            "trace_ids_logged": [],
+            "events_logged": 0,
+            "db_writes_successful": False,
+            "db_write_count": 0,
+            "db_duplicate_count": 0,
+            "emission_errors": errors,
+            "error": f"store write failed: {exc}",
+            "error_type": "store_unavailable",
+        }
+    failed = {span_id for span_id, _ in result.errors}
+    for span_id, reason in result.errors:
+        errors.append(f"span_id={span_id!r}: rejected by the store: {reason}")
+    logged = [s for s in spans if s.span_id not in failed]
+    if result.inserted:
+        ctx.cache.invalidate()
+    trace_ids = list(dict.fromkeys(s.trace_id for s in logged))
+    return {
+        **state,
+        **base,
+        "span_ids_logged": [s.span_id for s in logged],
+        "trace_ids_logged": trace_ids,
+        "events_logged": len(logged),
+        "db_writes_successful": result.failed == 0,
+        "db_write_count": result.inserted,
+        "db_duplicate_count": result.duplicates,
+        "emission_errors": errors,
+    }
+
+
+def _where(store: Any) -> str:
+    try:
+        return str(store.describe())
+    except Exception:
+        return type(store).__name__

@@ -1,0 +1,70 @@
+"""The graph's state: the orchestrator's input contract, the output contract and metrics."""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+from .models import ObservabilitySpan
+
+__all__ = ["InputState", "ObservabilityConnectorState"]
+
+
+class InputState(TypedDict, total=False):
+    """What callers send; everything is optional (an empty input asks for metrics only)."""
+
+    events_to_log: list[dict[str, Any]]
+    time_window: str
+    agent_name_filter: str | None
+    trace_id_filter: str | None
+    sample_rate: float
+    include_metrics: bool
+    traceparent: str | None
+    tracestate: str | None
+    request_id: str | None
+    experiment_id: str | None
+    user_id: str | None
+
+
+class ObservabilityConnectorState(InputState, total=False):
+    # W3C context of this invocation
+    current_trace_id: str
+    current_span_id: str
+    current_parent_span_id: str | None
+    sampled: bool
+    baggage: dict[str, str]
+
+    # span_emitter
+    validated_spans: list[ObservabilitySpan]
+    emission_errors: list[str]
+    spans_sampled_out: int
+
+    # batch
+    span_ids_logged: list[str]
+    trace_ids_logged: list[str]
+    events_logged: int
+    db_writes_successful: bool
+    db_write_count: int
+    db_duplicate_count: int
+    opik_project: str
+    opik_workspace: str
+
+    # metrics_aggregator
+    quality_metrics_computed: bool
+    quality_score: float | None
+    latency_by_agent: dict[str, dict[str, Any]]
+    latency_by_tier: dict[str, dict[str, Any]]
+    error_rate_by_agent: dict[str, float]
+    error_rate_by_tier: dict[str, float]
+    token_usage_by_agent: dict[str, dict[str, int]]
+    overall_success_rate: float
+    overall_p95_latency_ms: float | None
+    overall_p99_latency_ms: float | None
+    total_spans_analyzed: int
+    fallback_invocation_rate: float
+    status_distribution: dict[str, int]
+    metrics_from_cache: bool
+
+    # failures of the connector itself (never raised to the caller)
+    error: str | None
+    error_type: str | None
+    error_details: dict[str, Any] | None

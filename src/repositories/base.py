@@ -1,0 +1,152 @@
+"""The storage contract every span backend (SQLite, Postgres, Supabase REST) fulfils.
+
+Metrics are computed inside the store (percentiles in SQL), never by pulling rows into
+Python: at a million spans that is the difference between milliseconds and minutes.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from src.agents.ml_foundation.observability_connector.models import (
+    LatencyStats,
+    ObservabilitySpan,
+    QualityMetrics,
+)
+
+__all__ = [
+    "WINDOW_FORMS",
+    "BaseRepository",
+    "BatchInsertResult",
+    "GroupBy",
+    "ProgressCallback",
+    "SpanStore",
+    "parse_window",
+    "window_start",
+]
+
+GroupBy = Literal["agent", "tier", "all"]
+ProgressCallback = Callable[[int], None]
+
+_WINDOW_RE = re.compile(r"^\s*(\d+)\s*(m|min|h|d|w)\s*$")
+_UNIT = {"m": "minutes", "min": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+WINDOW_FORMS = "a positive number followed by m, h, d or w, e.g. '30m', '1h', '24h', '7d', '2w'"
+
+
+def parse_window(window: str) -> timedelta:
+    """``"24h"`` → ``timedelta(hours=24)``; anything else is a ValueError naming the forms."""
+    match = _WINDOW_RE.match(window) if isinstance(window, str) else None
+    if match is None or int(match.group(1)) == 0:
+        raise ValueError(f"time window {window!r} is not understood; use {WINDOW_FORMS}")
+    return timedelta(**{_UNIT[match.group(2)]: int(match.group(1))})
+
+
+def window_start(window: str, now: datetime | None = None) -> datetime:
+    return (now or datetime.now(UTC)) - parse_window(window)
+
+
+@dataclass
+class BatchInsertResult:
+    """Outcome of one batch write; ``errors`` pairs a span id with the store's reason."""
+
+    inserted: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    errors: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
+
+    def __iadd__(self, other: BatchInsertResult) -> BatchInsertResult:
+        self.inserted += other.inserted
+        self.duplicates += other.duplicates
+        self.failed += other.failed
+        self.errors.extend(other.errors)
+        return self
+
+
+class BaseRepository(ABC):
+    """Lifecycle shared by every repository: lazy open, explicit close, a human description."""
+
+    backend: str = "base"
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Create connections / schema; called lazily by the first operation."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections. Safe to call twice."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where the data lives, for people (never includes a password)."""
+
+    async def __aenter__(self) -> BaseRepository:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class SpanStore(BaseRepository):
+    """Operations on ``ml_observability_spans``; implemented once per backend."""
+
+    @abstractmethod
+    async def insert_span(self, span: ObservabilitySpan) -> bool:
+        """True when stored, False when a span with the same (trace_id, span_id) exists."""
+
+    @abstractmethod
+    async def insert_spans_batch(self, spans: Sequence[ObservabilitySpan]) -> BatchInsertResult:
+        """Idempotent batch write; one bad row never costs the others."""
+
+    @abstractmethod
+    async def get_spans_by_time_window(
+        self,
+        window: str,
+        agent_name: str | None = None,
+        trace_id: str | None = None,
+        limit: int = 1000,
+    ) -> list[ObservabilitySpan]:
+        """Spans whose start_time falls in the window, oldest first."""
+
+    @abstractmethod
+    async def get_spans_by_trace_id(self, trace_id: str) -> list[ObservabilitySpan]:
+        """Every span of one trace, oldest first."""
+
+    @abstractmethod
+    async def get_latency_stats(
+        self,
+        window: str,
+        agent_name: str | None = None,
+        trace_id: str | None = None,
+        group_by: GroupBy = "agent",
+    ) -> list[LatencyStats]:
+        """Per-group count/avg/p50/p95/p99 (continuous percentiles), errors and tokens."""
+
+    @abstractmethod
+    async def get_status_distribution(
+        self, window: str, agent_name: str | None = None, trace_id: str | None = None
+    ) -> dict[str, int]:
+        """Span counts per status (ok / error / started) in the window."""
+
+    @abstractmethod
+    async def get_quality_metrics(
+        self, window: str, agent_name: str | None = None, trace_id: str | None = None
+    ) -> QualityMetrics:
+        """System-wide success, latency percentiles, fallback rate and quality score."""
+
+    @abstractmethod
+    async def delete_old_spans(
+        self, days: int, batch_size: int = 10_000, progress: ProgressCallback | None = None
+    ) -> int:
+        """Delete spans that started more than ``days`` ago, in batches; returns the count."""
+
+    @abstractmethod
+    async def count_spans(self) -> int:
+        """All rows, for status output and tests."""

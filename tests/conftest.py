@@ -1,0 +1,50 @@
+"""Shared fixtures: every test gets its own SQLite store and a clean process-wide context."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("LANGGRAPH_CLI_NO_ANALYTICS", "1")
+
+from src.agents.ml_foundation.observability_connector.config import (  # noqa: E402
+    ObservabilitySettings,
+    load_registry,
+)
+from src.agents.ml_foundation.observability_connector.runtime import (  # noqa: E402
+    ConnectorContext,
+    set_default_context,
+)
+from src.repositories.observability_span import ObservabilitySpanRepository  # noqa: E402
+from src.repositories.sqlite import SQLiteSpanRepository  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _isolated_default_context(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Nodes called without a runtime use the process-wide context: point it at tmp_path."""
+    monkeypatch.setenv("OBS_STORE__SQLITE_PATH", str(tmp_path / "default-spans.db"))
+    for var in ("SUPABASE_URL", "SUPABASE_SERVICE_KEY", "OBS_DATABASE_URL", "DATABASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    set_default_context(None)
+    yield
+    set_default_context(None)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[ObservabilitySpanRepository]:
+    repo = ObservabilitySpanRepository(SQLiteSpanRepository(tmp_path / "spans.db"))
+    yield repo
+    await repo.close()
+
+
+@pytest.fixture
+def settings() -> ObservabilitySettings:
+    return ObservabilitySettings(batching={"max_batch_size": 100, "max_batch_wait_s": 0.2})
+
+
+@pytest.fixture
+def connector_context(store: ObservabilitySpanRepository, settings: ObservabilitySettings) -> ConnectorContext:
+    return ConnectorContext(store=store, settings=settings, registry=load_registry())

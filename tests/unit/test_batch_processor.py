@@ -1,0 +1,128 @@
+"""Collector and flusher: batches by size and by time, on demand, and never dies of a sink error."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+
+import pytest
+
+from src.agents.ml_foundation.observability_connector.batch_processor import BatchFlusher, SpanCollector
+from src.agents.ml_foundation.observability_connector.spans import SpanRecord
+
+
+def rec(i: int) -> SpanRecord:
+    r = SpanRecord(f"{i:016x}", "a" * 32, None, "op", "agent", time.time_ns())
+    r.finish(time.time_ns())
+    return r
+
+
+class Recorder:
+    def __init__(self, fail_first: int = 0) -> None:
+        self.batches: list[list[SpanRecord]] = []
+        self.threads: set[str] = set()
+        self.fail_first = fail_first
+        self.calls = 0
+
+    async def __call__(self, batch: list[SpanRecord]) -> None:
+        self.calls += 1
+        self.threads.add(threading.current_thread().name)
+        if self.calls <= self.fail_first:
+            raise ConnectionError("sink down")
+        self.batches.append(batch)
+
+
+async def test_size_triggered_batches_run_off_the_callers_thread() -> None:
+    sink = Recorder()
+    flusher = BatchFlusher(sink, batch_size=50, max_wait=30)
+    flusher.start()
+    for i in range(200):
+        flusher.submit(rec(i))
+    deadline = time.monotonic() + 5
+    while sum(len(b) for b in sink.batches) < 200 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert [len(b) for b in sink.batches] == [50, 50, 50, 50]
+    assert sink.threads == {"obs-flusher"}
+    assert flusher.close(5)
+
+
+async def test_time_triggered_flush_delivers_a_partial_batch() -> None:
+    sink = Recorder()
+    flusher = BatchFlusher(sink, batch_size=100, max_wait=0.1)
+    flusher.start()
+    for i in range(7):
+        flusher.submit(rec(i))
+    deadline = time.monotonic() + 5
+    while not sink.batches and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert [len(b) for b in sink.batches] == [7]
+    flusher.close(5)
+
+
+async def test_flush_on_demand_and_order_is_kept() -> None:
+    sink = Recorder()
+    flusher = BatchFlusher(sink, batch_size=30, max_wait=60)
+    flusher.start()
+    for i in range(75):
+        flusher.submit(rec(i))
+    assert await flusher.flush(timeout=5)
+    delivered = [r.span_id for b in sink.batches for r in b]
+    assert delivered == [f"{i:016x}" for i in range(75)]
+    assert flusher.stats.spans_delivered == 75
+    flusher.close(5)
+
+
+async def test_a_failing_sink_is_counted_and_the_flusher_survives(caplog: pytest.LogCaptureFixture) -> None:
+    sink = Recorder(fail_first=1)
+    flusher = BatchFlusher(sink, batch_size=10, max_wait=60)
+    flusher.start()
+    with caplog.at_level(logging.ERROR):
+        for i in range(10):
+            flusher.submit(rec(i))
+        await flusher.flush(timeout=5)
+        for i in range(10, 20):
+            flusher.submit(rec(i))
+        await flusher.flush(timeout=5)
+    assert flusher.stats.batches_failed == 1
+    assert flusher.stats.spans_failed == 10
+    assert "sink down" in (flusher.stats.last_error or "")
+    assert [len(b) for b in sink.batches] == [10]
+    assert "delivering a batch of 10 span(s) failed" in caplog.text
+    flusher.close(5)
+
+
+def test_full_buffer_counts_and_logs_drops_instead_of_blocking(caplog: pytest.LogCaptureFixture) -> None:
+    collector = SpanCollector(max_queue=5, batch_size=100)
+    with caplog.at_level(logging.ERROR):
+        for i in range(8):
+            collector.append(rec(i))
+    assert len(collector) == 5
+    assert collector.dropped == 3
+    assert "span buffer full" in caplog.text
+
+
+def test_overflow_handler_receives_what_does_not_fit() -> None:
+    spilled: list[SpanRecord] = []
+    collector = SpanCollector(max_queue=2, batch_size=100, overflow=spilled.append)
+    for i in range(5):
+        collector.append(rec(i))
+    assert [r.span_id for r in spilled] == [f"{i:016x}" for i in (2, 3, 4)]
+    assert collector.dropped == 0
+
+
+def test_close_delivers_everything_queued() -> None:
+    sink = Recorder()
+    flusher = BatchFlusher(sink, batch_size=1000, max_wait=60)
+    flusher.start()
+    for i in range(123):
+        flusher.submit(rec(i))
+    assert flusher.close(5)
+    assert sum(len(b) for b in sink.batches) == 123
+    assert not flusher.running
+
+
+def test_invalid_sizes_are_rejected() -> None:
+    with pytest.raises(ValueError):
+        SpanCollector(max_queue=0)
