@@ -8,12 +8,20 @@ Callers that talk to the graph directly (the orchestrator, Studio) send
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Literal
+from hashlib import blake2b
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 SpanStatus = Literal["ok", "error", "started"]
 
@@ -33,12 +41,14 @@ STATUS_ALIASES: dict[str, SpanStatus] = {
 }
 
 MAX_ID_LENGTH = 64
+#: Callers send ids that are not W3C hex ("span_123"): any non-blank id up to 64 characters.
+EventId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"\S")]
 OPIK_PROJECT = "e2i-causal-analytics"
 OPIK_WORKSPACE = "default"
 
 #: Deterministic row ids: the same (trace_id, span_id) always gives the same ``id``, so a
 #: replayed batch cannot create a second row even in a store without the unique key.
-_ROW_ID_NAMESPACE = uuid.UUID("6f1c5e2a-8d0b-4f7e-9a43-0b5d2c7e1a90")
+_ROW_ID_KEY = b"ml_observability_spans.id"
 
 
 def normalize_status(value: object) -> SpanStatus:
@@ -65,7 +75,9 @@ def _aware(value: datetime) -> datetime:
 
 
 def row_id_for(trace_id: str, span_id: str) -> str:
-    return str(uuid.uuid5(_ROW_ID_NAMESPACE, f"{trace_id}\x00{span_id}"))
+    """A UUIDv8 (RFC 9562 custom layout) hashed from the key: same answer in every process."""
+    h = blake2b(f"{trace_id}\x00{span_id}".encode(), digest_size=16, key=_ROW_ID_KEY).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-8{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:32]}"
 
 
 class ObservabilityEvent(BaseModel):
@@ -73,11 +85,11 @@ class ObservabilityEvent(BaseModel):
 
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=False)
 
-    span_id: str
-    trace_id: str
+    span_id: EventId
+    trace_id: EventId
     parent_span_id: str | None = None
-    agent_name: str
-    operation: str
+    agent_name: EventId
+    operation: EventId
     started_at: datetime
     completed_at: datetime | None = None
     duration_ms: float | None = Field(default=None, ge=0)
@@ -96,11 +108,6 @@ class ObservabilityEvent(BaseModel):
     attributes: dict[str, Any] | None = None
     events: list[dict[str, Any]] | None = None
     agent_tier: int | None = None
-
-    @field_validator("span_id", "trace_id", "agent_name", "operation", mode="before")
-    @classmethod
-    def _ids(cls, value: object, info: Any) -> str:
-        return _check_id(value, info.field_name)
 
     @field_validator("parent_span_id", mode="before")
     @classmethod
@@ -150,7 +157,8 @@ class ObservabilityEvent(BaseModel):
         error_type = self.error_type
         if error_type is None and self.status == "error" and self.error:
             error_type = "Error"
-        return ObservabilitySpan(
+        # Every value was validated above: construct without validating a second time.
+        return _construct_span(
             id=row_id_for(self.trace_id, self.span_id),
             span_id=self.span_id,
             trace_id=self.trace_id,
@@ -214,6 +222,19 @@ class ObservabilitySpan(BaseModel):
     @classmethod
     def _tz(cls, value: datetime | None) -> datetime | None:
         return None if value is None else _aware(value)
+
+
+_SPAN_FIELDS = frozenset(ObservabilitySpan.model_fields)
+
+
+def _construct_span(**values: Any) -> ObservabilitySpan:
+    """``model_construct`` without its per-field default handling: every field is given here."""
+    span = ObservabilitySpan.__new__(ObservabilitySpan)
+    object.__setattr__(span, "__dict__", values)
+    object.__setattr__(span, "__pydantic_fields_set__", set(_SPAN_FIELDS))
+    object.__setattr__(span, "__pydantic_extra__", None)
+    object.__setattr__(span, "__pydantic_private__", None)
+    return span
 
 
 class LatencyStats(BaseModel):

@@ -1,0 +1,754 @@
+"""The LangChain callback handler against real LangGraph graphs.
+
+Nothing here mocks LangGraph or LangChain: graphs are compiled ``StateGraph``s, tools are
+``@tool`` functions and the models are langchain-core's own fake chat models, subclassed
+only to publish a model name (as real integrations do through ``ls_model_name``), to report
+token usage, or to take time so that parallel branches really overlap. Every handler runs
+with ``raise_error = True`` so that a bug in it fails the test instead of being logged and
+swallowed by LangChain's callback manager.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import itertools
+import operator
+import time
+import tracemalloc
+import uuid
+from typing import Annotated, Any, TypedDict
+
+import pytest
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult, LLMResult
+from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.runnables import RunnableLambda
+from langchain_core.tools import tool
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import Command, interrupt
+
+from src.agents.ml_foundation.observability_connector.callbacks import HIDDEN_TAG, ObservabilityCallbackHandler
+from src.agents.ml_foundation.observability_connector.spans import SpanRecord
+from src.agents.ml_foundation.observability_connector.trace_context import TraceContext, attach
+
+USAGE = {"input_tokens": 12, "output_tokens": 7, "total_tokens": 19}
+
+
+# --- fake models -----------------------------------------------------------------------------
+
+
+class NamedFakeChatModel(GenericFakeChatModel):
+    """GenericFakeChatModel with a ``model`` field, so LangChain publishes ``ls_model_name``
+    exactly as it does for real integrations; ``delay`` makes calls overlap in time."""
+
+    model: str = "fake-model-1"
+    delay: float = 0.0
+
+    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any) -> Any:
+        if self.delay:
+            time.sleep(self.delay)
+        return super()._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
+
+    async def _agenerate(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any
+    ) -> ChatResult:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        return super()._generate(messages, stop=stop, **kwargs)
+
+
+class LlmOutputFakeChatModel(GenericFakeChatModel):
+    """A model that reports usage the older way, in ``llm_output["token_usage"]`` (OpenAI style)."""
+
+    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any) -> Any:
+        return ChatResult(
+            generations=[ChatGeneration(message=AIMessage("old style"))],
+            llm_output={
+                "token_usage": {
+                    "prompt_tokens": 30,
+                    "completion_tokens": 9,
+                    "total_tokens": 39,
+                    "prompt_tokens_details": {"cached_tokens": 16},
+                },
+                "model_name": "legacy-model-7",
+            },
+        )
+
+
+def make_llm(model: str = "fake-model-1", usage: dict[str, Any] | None = None, delay: float = 0.0) -> Any:
+    reply = AIMessage(f"reply from {model}", usage_metadata=usage or USAGE)
+    return NamedFakeChatModel(messages=itertools.repeat(reply), model=model, delay=delay)
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+class State(TypedDict):
+    log: Annotated[list[str], operator.add]
+
+
+class Counter:
+    """A submit that keeps nothing, for the memory tests."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, span: SpanRecord) -> None:
+        self.count += 1
+
+
+def make_handler(submit: Any, **kwargs: Any) -> ObservabilityCallbackHandler:
+    handler = ObservabilityCallbackHandler(submit, "test_agent", **kwargs)
+    handler.raise_error = True  # surface handler bugs instead of LangChain's logged warning
+    return handler
+
+
+def only(spans: list[SpanRecord], operation: str) -> SpanRecord:
+    found = [s for s in spans if s.operation_name == operation]
+    assert len(found) == 1, f"expected one {operation!r} span, got {[s.operation_name for s in spans]}"
+    return found[0]
+
+
+def children(spans: list[SpanRecord], parent: SpanRecord) -> list[str]:
+    return sorted(s.operation_name for s in spans if s.parent_span_id == parent.span_id)
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+# --- 1. the tree of a sequential graph -------------------------------------------------------
+
+
+def test_sequential_graph_gives_graph_node_llm_tool_tree() -> None:
+    llm = make_llm("fake-model-1")
+
+    def plan(state: State) -> dict[str, Any]:
+        return {"log": ["planned"]}
+
+    def think(state: State) -> dict[str, Any]:
+        return {"log": [llm.invoke("what next?").content]}
+
+    def act(state: State) -> dict[str, Any]:
+        return {"log": [str(add.invoke({"a": 2, "b": 3}))]}
+
+    builder = StateGraph(State)
+    builder.add_node("plan", plan)
+    builder.add_node("think", think)
+    builder.add_node("act", act)
+    builder.add_edge(START, "plan")
+    builder.add_edge("plan", "think")
+    builder.add_edge("think", "act")
+    builder.add_edge("act", END)
+    graph = builder.compile(name="planner_graph")
+
+    spans: list[SpanRecord] = []
+    handler = make_handler(spans.append)
+    result = graph.invoke({"log": []}, config={"callbacks": [handler]})
+
+    assert result == {"log": ["planned", "reply from fake-model-1", "5"]}
+    assert handler.open_runs == 0
+    assert len(spans) == 6
+
+    root = only(spans, "planner_graph")
+    assert root.parent_span_id is None
+    assert root.attributes["langchain.run_type"] == "graph"
+    assert children(spans, root) == ["act", "plan", "think"]
+
+    for name, step in (("plan", 1), ("think", 2), ("act", 3)):
+        node = only(spans, name)
+        assert node.parent_span_id == root.span_id
+        assert node.attributes["langgraph.node"] == name
+        assert node.attributes["langgraph.step"] == step
+        assert node.attributes["langgraph.triggers"] == (f"branch:to:{name}",)
+
+    llm_span = only(spans, "llm.fake-model-1")
+    assert llm_span.parent_span_id == only(spans, "think").span_id
+    assert llm_span.llm_model == "fake-model-1"
+    assert (llm_span.input_tokens, llm_span.output_tokens, llm_span.total_tokens) == (12, 7, 19)
+    assert llm_span.attributes["llm.provider"] == "namedfakechatmodel"
+
+    tool_span = only(spans, "tool.add")
+    assert tool_span.parent_span_id == only(spans, "act").span_id
+    assert tool_span.attributes["tool.name"] == "add"
+    assert children(spans, only(spans, "plan")) == []
+
+    assert {s.trace_id for s in spans} == {root.trace_id}
+    assert len(root.trace_id) == 32 and root.trace_id[12] == "7"  # UUIDv7 from trace_context
+    assert len({s.span_id for s in spans}) == 6
+    for span in spans:
+        assert span.agent_name == "test_agent"
+        assert span.status == "ok"
+        assert span.error_type is None
+        assert span.duration_ms is not None and span.duration_ms >= 0
+        assert span.input_data is None and span.output_data is None  # capture_inputs is off
+        parent = next((p for p in spans if p.span_id == span.parent_span_id), None)
+        if parent is not None:  # a child lies within its parent
+            assert parent.start_ns <= span.start_ns and span.end_ns <= parent.end_ns  # type: ignore[operator]
+
+
+def test_internal_and_hidden_runs_are_skipped_and_their_children_reattached() -> None:
+    """Prompt | model sequences, routers and hidden runnables make no spans; what they call
+    attaches to the nearest tracked ancestor, and nothing is left open afterwards. An LLM call
+    inside a hidden runnable inherits the tag but stays a span: its tokens must be counted."""
+    llm = make_llm("fake-model-1")
+    hidden_llm = make_llm("fake-model-hidden-parent")
+    chain = ChatPromptTemplate.from_messages([("human", "hello")]) | llm
+    hidden = RunnableLambda(lambda _: hidden_llm.invoke("x")).with_config(tags=[HIDDEN_TAG])
+
+    def work(state: State) -> dict[str, Any]:
+        return {"log": [chain.invoke({}).content, hidden.invoke(None).content]}
+
+    builder = StateGraph(State)
+    builder.add_node("start", lambda state: {"log": ["s"]})
+    builder.add_node("work", work)
+    builder.add_edge(START, "start")
+    builder.add_conditional_edges("start", lambda state: "work", ["work"])  # a router chain run
+    builder.add_edge("work", END)
+    graph = builder.compile()
+
+    spans: list[SpanRecord] = []
+    handler = make_handler(spans.append)
+    graph.invoke({"log": []}, config={"callbacks": [handler]})
+
+    assert sorted(s.operation_name for s in spans) == [
+        "LangGraph",
+        "llm.fake-model-1",
+        "llm.fake-model-hidden-parent",
+        "start",
+        "work",
+    ]
+    work_span = only(spans, "work")
+    assert children(spans, work_span) == ["llm.fake-model-1", "llm.fake-model-hidden-parent"]
+    assert only(spans, "llm.fake-model-hidden-parent").attributes["langchain.hidden"] is True
+    assert "langchain.hidden" not in only(spans, "llm.fake-model-1").attributes
+    assert handler.open_runs == 0
+
+
+def test_subgraph_becomes_a_span_between_its_node_and_its_nodes() -> None:
+    llm = make_llm("fake-model-sub")
+    inner = StateGraph(State)
+    inner.add_node("inner_a", lambda state: {"log": [llm.invoke("q").content]})
+    inner.add_node("inner_b", lambda state: {"log": ["b"]})
+    inner.add_edge(START, "inner_a")
+    inner.add_edge(START, "inner_b")  # two parallel first nodes: both may promote at once
+    subgraph = inner.compile(name="research_subgraph")
+
+    outer = StateGraph(State)
+    outer.add_node("delegate", subgraph)
+    outer.add_node("call_inside", lambda state: subgraph.invoke(state))
+    outer.add_edge(START, "delegate")
+    outer.add_edge("delegate", "call_inside")
+    graph = outer.compile(name="outer_graph")
+
+    spans: list[SpanRecord] = []
+    handler = make_handler(spans.append)
+    graph.invoke({"log": []}, config={"callbacks": [handler]})
+
+    root = only(spans, "outer_graph")
+    subgraph_spans = [s for s in spans if s.operation_name == "research_subgraph"]
+    assert len(subgraph_spans) == 2
+    for node_name in ("delegate", "call_inside"):
+        node = only(spans, node_name)
+        assert node.parent_span_id == root.span_id
+        (sub,) = [s for s in subgraph_spans if s.parent_span_id == node.span_id]
+        assert sub.attributes["langchain.run_type"] == "subgraph"
+        assert children(spans, sub) == ["inner_a", "inner_b"]
+        assert sub.start_ns <= node.end_ns  # type: ignore[operator]
+    assert {s.trace_id for s in spans} == {root.trace_id}
+    assert handler.open_runs == 0
+
+
+def test_capture_inputs_keeps_references_to_inputs_and_outputs() -> None:
+    llm = make_llm()
+    builder = StateGraph(State)
+    builder.add_node("think", lambda state: {"log": [llm.invoke("question?").content]})
+    builder.add_edge(START, "think")
+    graph = builder.compile()
+
+    spans: list[SpanRecord] = []
+    graph.invoke({"log": ["in"]}, config={"callbacks": [make_handler(spans.append, capture_inputs=True)]})
+
+    root = only(spans, "LangGraph")
+    assert root.input_data == {"log": ["in"]}
+    assert root.output_data == {"log": ["in", "reply from fake-model-1"]}
+    llm_span = only(spans, "llm.fake-model-1")
+    assert llm_span.input_data[0][0].content == "question?"
+    assert llm_span.output_data.generations[0][0].text == "reply from fake-model-1"
+
+
+# --- 2. errors -------------------------------------------------------------------------------
+
+
+class QuotaExceededError(RuntimeError):
+    pass
+
+
+def test_node_error_marks_node_and_graph_and_propagates_unchanged() -> None:
+    raised: list[BaseException] = []
+
+    def fails(state: State) -> dict[str, Any]:
+        error = QuotaExceededError("quota for gap_analyzer exceeded")
+        raised.append(error)
+        raise error
+
+    builder = StateGraph(State)
+    builder.add_node("ok_first", lambda state: {"log": ["fine"]})
+    builder.add_node("fails", fails)
+    builder.add_edge(START, "ok_first")
+    builder.add_edge("ok_first", "fails")
+    graph = builder.compile(name="fragile")
+
+    spans: list[SpanRecord] = []
+    handler = make_handler(spans.append)
+    with pytest.raises(QuotaExceededError) as caught:
+        graph.invoke({"log": []}, config={"callbacks": [handler]})
+
+    assert caught.value is raised[0]
+    assert handler.open_runs == 0
+    assert only(spans, "ok_first").status == "ok"
+    for name in ("fails", "fragile"):
+        span = only(spans, name)
+        assert span.status == "error"
+        assert span.error_type == "QuotaExceededError"
+        assert span.error_message == "quota for gap_analyzer exceeded"
+        assert span.end_ns is not None and span.duration_ms >= 0  # type: ignore[operator]
+    assert only(spans, "fails").parent_span_id == only(spans, "fragile").span_id
+
+
+def test_tool_error_handled_by_node_fails_only_the_tool_span() -> None:
+    @tool
+    def flaky(x: int) -> int:
+        """Always fails."""
+        raise ValueError(f"bad input {x}")
+
+    def act(state: State) -> dict[str, Any]:
+        try:
+            flaky.invoke({"x": 4})
+        except ValueError:
+            return {"log": ["recovered"]}
+        return {"log": []}
+
+    builder = StateGraph(State)
+    builder.add_node("act", act)
+    builder.add_edge(START, "act")
+    graph = builder.compile()
+
+    spans: list[SpanRecord] = []
+    graph.invoke({"log": []}, config={"callbacks": [make_handler(spans.append)]})
+
+    tool_span = only(spans, "tool.flaky")
+    assert (tool_span.status, tool_span.error_type, tool_span.error_message) == ("error", "ValueError", "bad input 4")
+    assert tool_span.parent_span_id == only(spans, "act").span_id
+    assert only(spans, "act").status == "ok"
+    assert only(spans, "LangGraph").status == "ok"
+
+
+def test_llm_error_marks_the_llm_span() -> None:
+    class BrokenModel(NamedFakeChatModel):
+        def _generate(self, *args: Any, **kwargs: Any) -> Any:
+            raise TimeoutError("provider timed out")
+
+    llm = BrokenModel(messages=iter(()), model="broken-model")
+    builder = StateGraph(State)
+    builder.add_node("think", lambda state: {"log": [llm.invoke("q").content]})
+    builder.add_edge(START, "think")
+    graph = builder.compile()
+
+    spans: list[SpanRecord] = []
+    handler = make_handler(spans.append)
+    with pytest.raises(TimeoutError):
+        graph.invoke({"log": []}, config={"callbacks": [handler]})
+
+    llm_span = only(spans, "llm.broken-model")
+    assert (llm_span.status, llm_span.error_type) == ("error", "TimeoutError")
+    assert llm_span.parent_span_id == only(spans, "think").span_id
+    assert handler.open_runs == 0
+
+
+def test_interrupt_is_control_flow_not_an_error() -> None:
+    def ask(state: State) -> dict[str, Any]:
+        return {"log": [interrupt("approve?")]}
+
+    builder = StateGraph(State)
+    builder.add_node("ask", ask)
+    builder.add_edge(START, "ask")
+    graph = builder.compile(checkpointer=InMemorySaver())
+    spans: list[SpanRecord] = []
+    handler = make_handler(spans.append)
+    config: Any = {"callbacks": [handler], "configurable": {"thread_id": "review-1"}}
+
+    graph.invoke({"log": []}, config=config)
+    paused = only(spans, "ask")
+    assert paused.status == "ok"
+    assert paused.attributes["langgraph.interrupted"] is True
+    assert only(spans, "LangGraph").attributes["langgraph.thread_id"] == "review-1"
+
+    spans.clear()
+    assert graph.invoke(Command(resume="yes"), config=config) == {"log": ["yes"]}
+    assert only(spans, "ask").status == "ok"
+    assert handler.open_runs == 0
+
+
+# --- 3. parallel branches --------------------------------------------------------------------
+
+
+def build_fan_out(llm_a: Any, llm_b: Any, *, is_async: bool) -> Any:
+    if is_async:
+
+        async def branch_a(state: State) -> dict[str, Any]:
+            await asyncio.sleep(0.01)
+            return {"log": [(await llm_a.ainvoke("a")).content]}
+
+        async def branch_b(state: State) -> dict[str, Any]:
+            reply = await llm_b.ainvoke("b")
+            await asyncio.sleep(0.01)
+            return {"log": [reply.content]}
+
+    else:
+
+        def branch_a(state: State) -> dict[str, Any]:  # type: ignore[misc]
+            time.sleep(0.01)
+            return {"log": [llm_a.invoke("a").content]}
+
+        def branch_b(state: State) -> dict[str, Any]:  # type: ignore[misc]
+            reply = llm_b.invoke("b")
+            time.sleep(0.01)
+            return {"log": [reply.content]}
+
+    builder = StateGraph(State)
+    builder.add_node("branch_a", branch_a)
+    builder.add_node("branch_b", branch_b)
+    builder.add_node("join", lambda state: {"log": ["joined"]})
+    builder.add_edge(START, "branch_a")
+    builder.add_edge(START, "branch_b")
+    builder.add_edge(["branch_a", "branch_b"], "join")
+    builder.add_edge("join", END)
+    return builder.compile(name="fan_out")
+
+
+def assert_branches_nest_correctly(spans: list[SpanRecord]) -> None:
+    root = only(spans, "fan_out")
+    node_a, node_b, join = only(spans, "branch_a"), only(spans, "branch_b"), only(spans, "join")
+    llm_a, llm_b = only(spans, "llm.model-a"), only(spans, "llm.model-b")
+    # The two LLM calls really overlapped, so a contextvar-based parent would have been wrong.
+    assert llm_a.start_ns < llm_b.end_ns and llm_b.start_ns < llm_a.end_ns  # type: ignore[operator]
+    assert node_a.start_ns < node_b.end_ns and node_b.start_ns < node_a.end_ns  # type: ignore[operator]
+    assert llm_a.parent_span_id == node_a.span_id
+    assert llm_b.parent_span_id == node_b.span_id
+    assert {node_a.parent_span_id, node_b.parent_span_id, join.parent_span_id} == {root.span_id}
+    assert {s.trace_id for s in spans} == {root.trace_id}
+    assert all(s.status == "ok" for s in spans)
+    assert len(spans) == 6
+
+
+async def test_async_parallel_branches_each_llm_under_its_own_node() -> None:
+    graph = build_fan_out(make_llm("model-a", delay=0.05), make_llm("model-b", delay=0.05), is_async=True)
+    spans: list[SpanRecord] = []
+    handler = make_handler(spans.append)
+
+    result = await graph.ainvoke({"log": []}, config={"callbacks": [handler]})
+
+    assert sorted(result["log"]) == ["joined", "reply from model-a", "reply from model-b"]
+    assert_branches_nest_correctly(spans)
+    assert handler.open_runs == 0
+
+
+async def test_async_astream_and_concurrent_invocations_share_one_handler() -> None:
+    graph = build_fan_out(make_llm("model-a", delay=0.02), make_llm("model-b", delay=0.02), is_async=True)
+    spans: list[SpanRecord] = []
+    handler = make_handler(spans.append)
+
+    async def stream_once() -> None:
+        async for _ in graph.astream({"log": []}, config={"callbacks": [handler]}):
+            pass
+
+    await asyncio.gather(stream_once(), stream_once(), graph.ainvoke({"log": []}, config={"callbacks": [handler]}))
+
+    assert handler.open_runs == 0
+    assert len(spans) == 18
+    for trace_id in {s.trace_id for s in spans}:
+        assert_branches_nest_correctly([s for s in spans if s.trace_id == trace_id])
+    assert len({s.trace_id for s in spans}) == 3
+
+
+def test_sync_parallel_branches_on_pool_threads_nest_correctly() -> None:
+    graph = build_fan_out(make_llm("model-a", delay=0.05), make_llm("model-b", delay=0.05), is_async=False)
+    spans: list[SpanRecord] = []
+    handler = make_handler(spans.append)
+
+    graph.invoke({"log": []}, config={"callbacks": [handler]})
+
+    assert_branches_nest_correctly(spans)
+    assert handler.open_runs == 0
+
+
+async def test_astream_closed_early_ends_every_run() -> None:
+    graph = build_fan_out(make_llm("model-a"), make_llm("model-b"), is_async=True)
+    spans: list[SpanRecord] = []
+    handler = make_handler(spans.append)
+
+    stream = graph.astream({"log": []}, config={"callbacks": [handler]})
+    async for _ in stream:
+        break
+    await stream.aclose()
+
+    assert handler.open_runs == 0
+    root = only(spans, "fan_out")
+    assert root.status == "ok"
+    assert root.attributes["langchain.stream_closed_early"] is True
+
+
+# --- 4. token details ------------------------------------------------------------------------
+
+
+def test_token_details_are_attributes_and_not_added_to_totals() -> None:
+    usage = {
+        "input_tokens": 100,
+        "output_tokens": 50,
+        "total_tokens": 150,
+        "input_token_details": {"cache_read": 40, "cache_creation": 10, "audio": 5},
+        "output_token_details": {"reasoning": 20},
+    }
+    llm = make_llm("fake-reasoner", usage=usage)
+    builder = StateGraph(State)
+    builder.add_node("think", lambda state: {"log": [llm.invoke("q").content]})
+    builder.add_edge(START, "think")
+    graph = builder.compile()
+
+    spans: list[SpanRecord] = []
+    graph.invoke({"log": []}, config={"callbacks": [make_handler(spans.append)]})
+
+    span = only(spans, "llm.fake-reasoner")
+    assert (span.input_tokens, span.output_tokens, span.total_tokens) == (100, 50, 150)
+    assert span.attributes["llm.usage.input_token_details.cache_read"] == 40
+    assert span.attributes["llm.usage.input_token_details.cache_creation"] == 10
+    assert span.attributes["llm.usage.input_token_details.audio"] == 5
+    assert span.attributes["llm.usage.output_token_details.reasoning"] == 20
+    event = span.to_event()
+    assert (event["input_tokens"], event["output_tokens"], event["tokens_used"]) == (100, 50, 150)
+
+
+def test_token_usage_falls_back_to_llm_output() -> None:
+    llm = LlmOutputFakeChatModel(messages=iter(()))
+    builder = StateGraph(State)
+    builder.add_node("think", lambda state: {"log": [llm.invoke("q").content]})
+    builder.add_edge(START, "think")
+    graph = builder.compile()
+
+    spans: list[SpanRecord] = []
+    graph.invoke({"log": []}, config={"callbacks": [make_handler(spans.append)]})
+
+    # No ls_model_name at start: the model comes from the response and renames the span.
+    span = only(spans, "llm.legacy-model-7")
+    assert span.llm_model == "legacy-model-7"
+    assert (span.input_tokens, span.output_tokens, span.total_tokens) == (30, 9, 39)
+    assert span.attributes["llm.usage.input_token_details.cached_tokens"] == 16
+
+
+# --- 5. nesting under the caller's current span ----------------------------------------------
+
+
+def tiny_graph() -> Any:
+    builder = StateGraph(State)
+    builder.add_node("only", lambda state: {"log": ["x"]})
+    builder.add_edge(START, "only")
+    return builder.compile(name="tiny")
+
+
+def test_graph_nests_under_the_callers_current_span() -> None:
+    graph = tiny_graph()
+    spans: list[SpanRecord] = []
+    handler = make_handler(spans.append)
+    outer = TraceContext.new_root()
+
+    with attach(outer):
+        graph.invoke({"log": []}, config={"callbacks": [handler]})
+
+    root = only(spans, "tiny")
+    assert root.parent_span_id == outer.span_id
+    assert {s.trace_id for s in spans} == {outer.trace_id}
+    assert only(spans, "only").parent_span_id == root.span_id
+
+    spans.clear()
+    graph.invoke({"log": []}, config={"callbacks": [handler]})  # outside: a fresh trace
+    root = only(spans, "tiny")
+    assert root.parent_span_id is None and root.trace_id != outer.trace_id
+
+
+async def test_async_graph_nests_under_the_callers_current_span() -> None:
+    graph = tiny_graph()
+    spans: list[SpanRecord] = []
+    outer = TraceContext.new_root(sampled=False)
+
+    with attach(outer):
+        await graph.ainvoke({"log": []}, config={"callbacks": [make_handler(spans.append)]})
+
+    root = only(spans, "tiny")
+    assert root.parent_span_id == outer.span_id
+    assert {s.trace_id for s in spans} == {outer.trace_id}
+    assert all(s.sampled is False for s in spans)  # the caller's sampling decision travels down
+
+
+# --- 6. memory over many runs ----------------------------------------------------------------
+
+
+def _our_growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot) -> int:
+    """Bytes still held that were allocated in the handler's or the span's source files."""
+    ours = [tracemalloc.Filter(True, "*observability_connector/callbacks.py"), tracemalloc.Filter(True, "*spans.py")]
+    stats = after.filter_traces(ours).compare_to(before.filter_traces(ours), "filename")
+    return sum(stat.size_diff for stat in stats)
+
+
+def test_thousand_real_graph_runs_hold_memory_flat() -> None:
+    llm = make_llm("fake-model-1")
+    builder = StateGraph(State)
+    builder.add_node("think", lambda state: {"log": [llm.invoke("q").content]})
+    builder.add_edge(START, "think")
+    graph = builder.compile()
+    counter = Counter()
+    handler = make_handler(counter)
+    config: Any = {"callbacks": [handler]}
+
+    for _ in range(100):  # warm LangGraph's and LangChain's own caches first
+        graph.invoke({"log": []}, config=config)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        base_current, _ = tracemalloc.get_traced_memory()
+        for _ in range(1_000):
+            graph.invoke({"log": []}, config=config)
+            assert handler.open_runs == 0
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+        current, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert counter.count == 1_100 * 3  # graph + node + llm per run
+    assert _our_growth(before, after) < 4_096
+    assert current - base_current < 1_000_000
+
+
+def _synthetic_run(handler: ObservabilityCallbackHandler, result: LLMResult) -> None:
+    """The events LangGraph emits for a graph with one node calling a chat model (probed from
+    langgraph 1.2), with fresh run ids; used where ten thousand real invocations would be slow."""
+    graph_id, node_id, seq_id, llm_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    node_md = {"langgraph_step": 1, "langgraph_node": "n", "langgraph_triggers": ("branch:to:n",)}
+    handler.on_chain_start(None, {}, run_id=graph_id, parent_run_id=None, tags=[], metadata={}, name="LangGraph")
+    handler.on_chain_start(None, {}, run_id=node_id, parent_run_id=graph_id, tags=["graph:step:1"], metadata=node_md)
+    handler.on_chain_start(None, {}, run_id=seq_id, parent_run_id=node_id, tags=["seq:step:1"], metadata=node_md)
+    handler.on_chat_model_start(
+        {"name": "Fake"},
+        [[]],
+        run_id=llm_id,
+        parent_run_id=seq_id,
+        tags=["seq:step:2"],
+        metadata={**node_md, "ls_model_name": "m", "ls_provider": "fake"},
+        invocation_params={},
+    )
+    handler.on_llm_end(result, run_id=llm_id, parent_run_id=seq_id)
+    handler.on_chain_end({}, run_id=seq_id, parent_run_id=node_id)
+    handler.on_chain_end({}, run_id=node_id, parent_run_id=graph_id)
+    handler.on_chain_end({}, run_id=graph_id, parent_run_id=None)
+
+
+def test_ten_thousand_runs_leave_no_state() -> None:
+    counter = Counter()
+    handler = make_handler(counter)
+    result = LLMResult(generations=[[ChatGeneration(message=AIMessage("hi", usage_metadata=USAGE))]])  # type: ignore[arg-type]
+    for _ in range(100):
+        _synthetic_run(handler, result)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        base_current, _ = tracemalloc.get_traced_memory()
+        for _ in range(10_000):
+            _synthetic_run(handler, result)
+            assert handler.open_runs == 0
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+        current, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert counter.count == 10_100 * 3  # the RunnableSequence is skipped: graph, node, llm
+    assert handler.evicted == 0
+    assert _our_growth(before, after) < 4_096
+    assert current - base_current < 1_000_000
+
+
+def test_runs_that_never_end_are_bounded_by_max_open_runs() -> None:
+    counter = Counter()
+    handler = make_handler(counter, max_open_runs=1_000)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        for _ in range(1_000):
+            handler.on_chain_start(None, {}, run_id=uuid.uuid4(), tags=[], metadata={}, name="never_ends")
+        filled, _ = tracemalloc.get_traced_memory()
+        for _ in range(10_000):
+            handler.on_chain_start(None, {}, run_id=uuid.uuid4(), tags=[], metadata={}, name="never_ends")
+            assert handler.open_runs <= 1_000
+        gc.collect()
+        current, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert handler.open_runs == 1_000
+    assert handler.evicted == 10_000 == counter.count
+    assert current - filled < 1_000_000
+
+
+# --- 7. eviction -----------------------------------------------------------------------------
+
+
+def test_eviction_drops_the_oldest_runs_counts_and_submits_them(caplog: pytest.LogCaptureFixture) -> None:
+    spans: list[SpanRecord] = []
+    handler = make_handler(spans.append, max_open_runs=3)
+    run_ids = [uuid.uuid4() for _ in range(5)]
+    for index, run_id in enumerate(run_ids):
+        handler.on_chain_start(None, {}, run_id=run_id, tags=[], metadata={}, name=f"run{index}")
+
+    assert handler.open_runs == 3
+    assert handler.evicted == 2
+    assert [s.operation_name for s in spans] == ["run0", "run1"]  # oldest first, not lost silently
+    for span in spans:
+        assert (span.status, span.error_type) == ("error", "RunEvicted")
+        assert span.attributes["callback.evicted"] is True
+    assert "evicted" in caplog.text
+
+    handler.on_chain_end({}, run_id=run_ids[0])  # a late end for an evicted run is ignored
+    for run_id in run_ids[2:]:
+        handler.on_chain_end({}, run_id=run_id)
+    assert handler.open_runs == 0
+    assert [s.status for s in spans[2:]] == ["ok", "ok", "ok"]
+
+
+def test_eviction_in_a_real_graph_keeps_the_agent_running() -> None:
+    """With a limit smaller than one run's depth the graph still completes, the tree degrades
+    (orphans become roots) and memory stays within the limit."""
+    llm = make_llm()
+    builder = StateGraph(State)
+    builder.add_node("think", lambda state: {"log": [llm.invoke("q").content]})
+    builder.add_edge(START, "think")
+    graph = builder.compile()
+    spans: list[SpanRecord] = []
+    handler = make_handler(spans.append, max_open_runs=2)
+
+    assert graph.invoke({"log": []}, config={"callbacks": [handler]}) == {"log": ["reply from fake-model-1"]}
+    assert handler.evicted == 1
+    assert handler.open_runs == 0
+    assert only(spans, "LangGraph").error_type == "RunEvicted"
+    assert only(spans, "think").status == "ok"
+
+
+def test_constructor_rejects_a_useless_limit() -> None:
+    with pytest.raises(ValueError):
+        ObservabilityCallbackHandler(lambda span: None, "a", max_open_runs=0)
