@@ -1,0 +1,219 @@
+"""Rich renderings of what the store answers: metrics tables and a trace tree.
+
+Shared by ``obs-connector demo`` and the ``metrics`` / ``trace`` commands so that the demo's
+closing tables look exactly like what the operator gets from the CLI afterwards. Everything
+here takes data already read from the store; nothing here reads it, so it stays testable and
+cheap to import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from rich import box
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+if TYPE_CHECKING:
+    from .config import AgentRegistry
+    from .models import ObservabilitySpan
+
+__all__ = ["agent_table", "fmt_ms", "fmt_rate", "overall_text", "tier_table", "trace_tree"]
+
+_ERROR_WARN = 0.05
+_ERROR_BAD = 0.15
+
+
+def fmt_ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.1f}"
+
+
+def fmt_rate(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1%}"
+
+
+def _rate_style(rate: float) -> str:
+    if rate >= _ERROR_BAD:
+        return "red"
+    if rate >= _ERROR_WARN:
+        return "yellow"
+    return "green"
+
+
+def _tier_sort_key(tier: int) -> int:
+    # Unknown agents (tier -1) go last: they are the exception a reader should notice, not lead with.
+    return tier if tier >= 0 else 1_000
+
+
+def _table(title: str) -> Table:
+    # No vertical rules and no edge padding: the agent table then fits an 80-column terminal.
+    return Table(
+        title=title,
+        title_justify="left",
+        header_style="bold",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        padding=(0, 1, 0, 0),
+    )
+
+
+def _stat_columns(table: Table) -> None:
+    table.add_column("spans", justify="right", no_wrap=True)
+    table.add_column("p50 ms", justify="right", no_wrap=True)
+    table.add_column("p95 ms", justify="right", no_wrap=True)
+    table.add_column("p99 ms", justify="right", no_wrap=True)
+    table.add_column("errors", justify="right", no_wrap=True)
+
+
+def agent_table(fields: Mapping[str, Any], registry: AgentRegistry, title: str = "Per agent") -> Table:
+    """One row per agent in ``latency_by_agent``, ordered by tier then name."""
+    latency: Mapping[str, Mapping[str, Any]] = fields.get("latency_by_agent") or {}
+    errors: Mapping[str, float] = fields.get("error_rate_by_agent") or {}
+    tokens: Mapping[str, Mapping[str, int]] = fields.get("token_usage_by_agent") or {}
+    table = _table(title)
+    table.add_column("agent", no_wrap=True)
+    table.add_column("tier", justify="right", no_wrap=True)
+    _stat_columns(table)
+    table.add_column("tokens", justify="right", no_wrap=True)
+    rows = sorted(latency, key=lambda name: (_tier_sort_key(registry.tier_of(name)), name))
+    for i, name in enumerate(rows):
+        stats = latency[name]
+        tier = registry.tier_of(name)
+        rate = float(errors.get(name, 0.0))
+        total_tokens = int((tokens.get(name) or {}).get("total", 0) or 0)
+        last_of_tier = i + 1 == len(rows) or registry.tier_of(rows[i + 1]) != tier
+        table.add_row(
+            escape(name),
+            str(tier),
+            f"{int(stats.get('count') or 0):,}",
+            fmt_ms(stats.get("p50")),
+            fmt_ms(stats.get("p95")),
+            fmt_ms(stats.get("p99")),
+            Text(fmt_rate(rate), style=_rate_style(rate)),
+            f"{total_tokens:,}" if total_tokens else "—",
+            end_section=last_of_tier,
+        )
+    return table
+
+
+def tier_table(fields: Mapping[str, Any], title: str = "Per tier") -> Table:
+    """One row per tier in ``latency_by_tier`` (keys are tier numbers as strings)."""
+    latency: Mapping[str, Mapping[str, Any]] = fields.get("latency_by_tier") or {}
+    errors: Mapping[str, float] = fields.get("error_rate_by_tier") or {}
+    table = _table(title)
+    table.add_column("tier", no_wrap=True)
+    _stat_columns(table)
+
+    def key(tier: str) -> int:
+        try:
+            return _tier_sort_key(int(tier))
+        except ValueError:
+            return 2_000
+
+    for tier in sorted(latency, key=key):
+        stats = latency[tier]
+        rate = float(errors.get(tier, 0.0))
+        table.add_row(
+            f"{tier} {escape(str(stats.get('tier_name') or ''))}".strip(),
+            f"{int(stats.get('count') or 0):,}",
+            fmt_ms(stats.get("p50")),
+            fmt_ms(stats.get("p95")),
+            fmt_ms(stats.get("p99")),
+            Text(fmt_rate(rate), style=_rate_style(rate)),
+        )
+    return table
+
+
+def overall_text(fields: Mapping[str, Any]) -> Text:
+    """The one line an operator reads first: quality score and what it is made of."""
+    score = fields.get("quality_score")
+    success = fields.get("overall_success_rate")
+    text = Text()
+    text.append("overall  ", style="bold")
+    text.append("quality score ")
+    if score is None:
+        text.append("—")
+    else:
+        text.append(f"{score:.3f}", style="green" if score >= 0.9 else "yellow" if score >= 0.7 else "red")
+    text.append(f"  ·  success rate {fmt_rate(success)}")
+    text.append(f"  ·  p95 {fmt_ms(fields.get('overall_p95_latency_ms'))} ms")
+    text.append(f"  ·  p99 {fmt_ms(fields.get('overall_p99_latency_ms'))} ms")
+    text.append(f"  ·  fallback rate {fmt_rate(fields.get('fallback_invocation_rate'))}")
+    text.append(f"  ·  {int(fields.get('total_spans_analyzed') or 0):,} spans")
+    return text
+
+
+def _span_label(span: ObservabilitySpan, parent_agent: str | None) -> Text:
+    label = Text()
+    # The agent name only changes at graph boundaries; dimming repeats keeps those boundaries visible.
+    label.append(span.agent_name, style="dim" if span.agent_name == parent_agent else "bold cyan")
+    label.append(".")
+    label.append(span.operation_name, style="bold")
+    target = span.attributes.get("target_agent")
+    if target:
+        label.append(f" → {target}", style="cyan")
+    label.append(f"  {fmt_ms(span.duration_ms)} ms", style="magenta")
+    if span.status == "ok":
+        label.append("  ok", style="green")
+    elif span.status == "error":
+        label.append("  error", style="bold red")
+        if span.error_type or span.error_message:
+            detail = f" {span.error_type or ''}: {span.error_message or ''}".rstrip(": ")
+            label.append(detail[:120], style="red")
+    else:
+        label.append(f"  {span.status}", style="yellow")
+    if span.llm_model or span.total_tokens:
+        tokens = ""
+        if span.input_tokens is not None or span.output_tokens is not None:
+            tokens = f" {span.input_tokens or 0}→{span.output_tokens or 0} tok"
+        elif span.total_tokens is not None:
+            tokens = f" {span.total_tokens} tok"
+        label.append(f"  [{span.llm_model or 'llm'}{tokens}]", style="blue")
+    if span.attributes.get("fallback_used"):
+        label.append("  fallback used", style="bold yellow")
+    return label
+
+
+def trace_tree(spans: Sequence[ObservabilitySpan], trace_id: str | None = None) -> Tree:
+    """The stored spans of one trace as a tree, children in start order.
+
+    A span whose parent is not in the trace is shown as a root marked "(parent not stored)":
+    the tree must show what the store holds, including a broken link, rather than hide it.
+    """
+    trace_id = trace_id or (spans[0].trace_id if spans else "?")
+    by_id = {s.span_id: s for s in spans}
+    children: dict[str | None, list[ObservabilitySpan]] = {}
+    for span in spans:
+        parent = span.parent_span_id if span.parent_span_id in by_id else None
+        children.setdefault(parent, []).append(span)
+    for group in children.values():
+        group.sort(key=lambda s: (s.start_time, s.span_id))
+    roots = children.get(None, [])
+    durations = [s.duration_ms for s in roots if s.duration_ms is not None]
+    errors = sum(1 for s in spans if s.status == "error")
+    head = Text()
+    head.append("trace ", style="bold")
+    head.append(trace_id, style="bold yellow")
+    head.append(f"  {len(spans)} spans")
+    if durations:
+        head.append(f"  {fmt_ms(max(durations))} ms")
+    if errors:
+        head.append(f"  {errors} error span(s)", style="red")
+    tree = Tree(head)
+
+    def add(node: Tree, span: ObservabilitySpan, parent_agent: str | None, depth: int) -> None:
+        label = _span_label(span, parent_agent)
+        if span.parent_span_id and span.parent_span_id not in by_id:
+            label.append("  (parent not stored)", style="bold red")
+        branch = node.add(label)
+        if depth > 64:  # a cycle in corrupt data must not recurse forever
+            return
+        for child in children.get(span.span_id, []):
+            add(branch, child, span.agent_name, depth + 1)
+
+    for root in roots:
+        add(tree, root, None, 0)
+    return tree

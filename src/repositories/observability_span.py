@@ -1,0 +1,114 @@
+"""``ObservabilitySpanRepository``: the name host code imports, in front of any configured backend.
+
+Callers depend on this one class whatever the deployment stores spans in (SQLite, Postgres,
+Supabase REST); choosing and building the backend is configuration's job, not the caller's.
+The facade adds no behaviour of its own, so every backend's semantics show through unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from src.agents.ml_foundation.observability_connector.models import (
+    LatencyStats,
+    ObservabilitySpan,
+    QualityMetrics,
+)
+from src.repositories.base import (
+    BaseRepository,
+    BatchInsertResult,
+    GroupBy,
+    ProgressCallback,
+    SpanStore,
+    parse_window,
+    window_start,
+)
+
+__all__ = [
+    "BaseRepository",
+    "BatchInsertResult",
+    "GroupBy",
+    "ObservabilitySpanRepository",
+    "ProgressCallback",
+    "SpanStore",
+    "parse_window",
+    "window_start",
+]
+
+
+class ObservabilitySpanRepository(SpanStore):
+    """Delegates every :class:`SpanStore` operation to ``store``.
+
+    It is itself a ``SpanStore``, so it can be passed anywhere a backend is expected.
+    """
+
+    def __init__(self, store: SpanStore) -> None:
+        if not isinstance(store, SpanStore):
+            raise TypeError(f"ObservabilitySpanRepository needs a SpanStore, got {type(store).__name__}")
+        self._store = store
+        self.backend = store.backend
+
+    @property
+    def store(self) -> SpanStore:
+        return self._store
+
+    def describe(self) -> str:
+        return self._store.describe()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._store!r})"
+
+    async def open(self) -> None:
+        await self._store.open()
+
+    async def close(self) -> None:
+        await self._store.close()
+
+    async def __aenter__(self) -> ObservabilitySpanRepository:
+        await self.open()
+        return self
+
+    async def insert_span(self, span: ObservabilitySpan) -> bool:
+        return await self._store.insert_span(span)
+
+    async def insert_spans_batch(self, spans: Sequence[ObservabilitySpan]) -> BatchInsertResult:
+        return await self._store.insert_spans_batch(spans)
+
+    async def get_spans_by_time_window(
+        self,
+        window: str,
+        agent_name: str | None = None,
+        trace_id: str | None = None,
+        limit: int = 1000,
+    ) -> list[ObservabilitySpan]:
+        return await self._store.get_spans_by_time_window(window, agent_name=agent_name, trace_id=trace_id, limit=limit)
+
+    async def get_spans_by_trace_id(self, trace_id: str) -> list[ObservabilitySpan]:
+        return await self._store.get_spans_by_trace_id(trace_id)
+
+    async def get_latency_stats(
+        self,
+        window: str,
+        agent_name: str | None = None,
+        trace_id: str | None = None,
+        group_by: GroupBy = "agent",
+    ) -> list[LatencyStats]:
+        return await self._store.get_latency_stats(window, agent_name=agent_name, trace_id=trace_id, group_by=group_by)
+
+    async def get_status_distribution(
+        self, window: str, agent_name: str | None = None, trace_id: str | None = None
+    ) -> dict[str, int]:
+        return await self._store.get_status_distribution(window, agent_name=agent_name, trace_id=trace_id)
+
+    async def get_quality_metrics(
+        self, window: str, agent_name: str | None = None, trace_id: str | None = None
+    ) -> QualityMetrics:
+        return await self._store.get_quality_metrics(window, agent_name=agent_name, trace_id=trace_id)
+
+    async def delete_old_spans(
+        self, days: int, batch_size: int = 10_000, progress: ProgressCallback | None = None
+    ) -> int:
+        return await self._store.delete_old_spans(days, batch_size=batch_size, progress=progress)
+
+    async def count_spans(self) -> int:
+        return await self._store.count_spans()
