@@ -14,11 +14,10 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from .batch_processor import BatchFlusher
-from .config import ObservabilitySettings
-from .models import OPIK_PROJECT, OPIK_WORKSPACE, QualityMetrics
+from .constants import OPIK_PROJECT, OPIK_WORKSPACE
 from .sampling import trace_sampled
 from .spans import SpanRecord
 from .trace_context import (
@@ -30,6 +29,12 @@ from .trace_context import (
     new_trace_id,
     reset_current,
 )
+
+if TYPE_CHECKING:  # the hot path imports nothing heavy: pydantic, yaml and langgraph load lazily
+    from .config import ObservabilitySettings
+    from .models import QualityMetrics
+    from .runtime import ConnectorContext
+
 
 __all__ = ["ObservabilityConnectorAgent", "ObservabilityContext", "SpanScope"]
 

@@ -99,17 +99,17 @@ class ObservabilitySettings(BaseSettings):
         return init_settings, env_settings, _YamlSource(settings_cls)
 
 
-_YAML_DATA: ContextVar[dict[str, Any]] = ContextVar("obs_yaml_settings", default={})
+_YAML_DATA: ContextVar[dict[str, Any] | None] = ContextVar("obs_yaml_settings", default=None)
 
 
 class _YamlSource(PydanticBaseSettingsSource):
     """The parsed ``observability.yaml`` that :func:`load_settings` is currently loading."""
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return _YAML_DATA.get().get(field_name), field_name, False
+        return (_YAML_DATA.get() or {}).get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        return dict(_YAML_DATA.get())
+        return dict(_YAML_DATA.get() or {})
 
 
 def config_dir() -> Path:

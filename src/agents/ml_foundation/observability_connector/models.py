@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from .constants import OPIK_PROJECT, OPIK_WORKSPACE
+
 SpanStatus = Literal["ok", "error", "started"]
 
 #: Every spelling existing callers use, mapped onto the three stored values.
@@ -43,8 +45,6 @@ STATUS_ALIASES: dict[str, SpanStatus] = {
 MAX_ID_LENGTH = 64
 #: Callers send ids that are not W3C hex ("span_123"): any non-blank id up to 64 characters.
 EventId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"\S")]
-OPIK_PROJECT = "e2i-causal-analytics"
-OPIK_WORKSPACE = "default"
 
 #: Deterministic row ids: the same (trace_id, span_id) always gives the same ``id``, so a
 #: replayed batch cannot create a second row even in a store without the unique key.
