@@ -10,16 +10,16 @@ import pytest
 
 os.environ.setdefault("LANGGRAPH_CLI_NO_ANALYTICS", "1")
 
-from src.agents.ml_foundation.observability_connector.config import (  # noqa: E402
+from src.agents.ml_foundation.observability_connector.config import (
     ObservabilitySettings,
     load_registry,
 )
-from src.agents.ml_foundation.observability_connector.runtime import (  # noqa: E402
+from src.agents.ml_foundation.observability_connector.runtime import (
     ConnectorContext,
     set_default_context,
 )
-from src.repositories.observability_span import ObservabilitySpanRepository  # noqa: E402
-from src.repositories.sqlite import SQLiteSpanRepository  # noqa: E402
+from src.repositories.observability_span import ObservabilitySpanRepository
+from src.repositories.sqlite import SQLiteSpanRepository
 
 
 @pytest.fixture(autouse=True)

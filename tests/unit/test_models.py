@@ -114,8 +114,14 @@ def test_naive_and_offset_timestamps_become_utc() -> None:
 
 def test_row_model_accepts_decimal_durations() -> None:
     row = ObservabilitySpan(
-        id="x", span_id="s", trace_id="t", operation_name="o", agent_name="a", start_time=T0,
-        duration_ms=Decimal("12.345"), status="completed",
+        id="x",
+        span_id="s",
+        trace_id="t",
+        operation_name="o",
+        agent_name="a",
+        start_time=T0,
+        duration_ms=Decimal("12.345"),
+        status="completed",
     )
     assert row.duration_ms == pytest.approx(12.345) and row.status == "ok"
 

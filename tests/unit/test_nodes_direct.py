@@ -37,8 +37,15 @@ async def test_invalid_traceparent_starts_a_new_trace_and_says_so() -> None:
 async def test_emit_write_aggregate_with_the_process_wide_context() -> None:
     now = datetime.now(UTC).isoformat()
     events = [
-        {"span_id": f"s{i}", "trace_id": "t1", "agent_name": "explainer", "operation": "explain",
-         "started_at": now, "duration_ms": 10 * (i + 1), "status": "completed"}
+        {
+            "span_id": f"s{i}",
+            "trace_id": "t1",
+            "agent_name": "explainer",
+            "operation": "explain",
+            "started_at": now,
+            "duration_ms": 10 * (i + 1),
+            "status": "completed",
+        }
         for i in range(4)
     ] + [{"span_id": "bad", "trace_id": "t1"}]
     state = await emit_spans({"events_to_log": events})
@@ -55,8 +62,15 @@ async def test_emit_write_aggregate_with_the_process_wide_context() -> None:
 async def test_sampling_rate_drops_whole_traces_but_keeps_errors() -> None:
     now = datetime.now(UTC).isoformat()
     events = [
-        {"span_id": f"s{i}", "trace_id": f"trace-{i // 3}", "agent_name": "explainer", "operation": "op",
-         "started_at": now, "duration_ms": 1, "status": "failed" if i == 4 else "ok"}
+        {
+            "span_id": f"s{i}",
+            "trace_id": f"trace-{i // 3}",
+            "agent_name": "explainer",
+            "operation": "op",
+            "started_at": now,
+            "duration_ms": 1,
+            "status": "failed" if i == 4 else "ok",
+        }
         for i in range(300)
     ]
     state = await emit_spans({"events_to_log": events, "sample_rate": 0.5})

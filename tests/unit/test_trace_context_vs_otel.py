@@ -89,8 +89,10 @@ def our_extract(carrier: dict[str, Any]) -> Parsed | None:
 # --- where OpenTelemetry departs from the Recommendation --------------------------------
 #
 # Found by running the properties below against OpenTelemetry 1.25 (the floor in
-# pyproject.toml) and 1.45. Which of them a given release has is probed at import with a
-# carrier that shows it, so a release that fixes one gets that case compared again.
+# pyproject.toml), 1.30, 1.36, 1.40 and 1.45. Which ones the installed release has is probed
+# at import with a carrier that shows each, so a release that fixes one gets those inputs
+# compared again. The probes cannot hide a bug of ours: each departure's own test below
+# checks our answer against the Recommendation's.
 
 # OTel's traceparent regex ends in ``$`` (which also matches before a final line feed) and
 # matches future fields with ``.`` (which does not match a line feed). So it accepts
@@ -98,32 +100,32 @@ def our_extract(carrier: dict[str, Any]) -> Parsed | None:
 # the flags are at the end or followed by "-") and rejects "cc-…-01-a\nb" (the
 # Recommendation: what follows the flags' dash in a higher version is never parsed). Only a
 # line feed at or after position 55 (after leading OWS) is affected; earlier, it breaks a
-# field for both parsers.
+# field for both parsers. All releases tried.
 OTEL_LINE_FEED_AFTER_FLAGS = "OTEL_LINE_FEED_AFTER_FLAGS"
 
-# OTel (1.3x+) rejects a traceparent longer than 512 characters. The Recommendation sets no
-# limit: a higher version may append fields, and they are ignored, not measured.
+# OTel 1.45 (not 1.40) rejects a traceparent longer than 512 characters. The Recommendation
+# sets no limit: a higher version may append fields, and they are ignored, not measured.
 OTEL_TRACEPARENT_OVER_512 = "OTEL_TRACEPARENT_OVER_512"
 OTEL_TRACEPARENT_MAX = 512
 
-# OTel (1.3x+) drops the whole tracestate when the combined fields exceed 8192 characters.
-# The Recommendation allows 32 members of up to 256 + 1 + 256 characters (16,447 with
-# commas), and a vendor that must truncate removes whole entries (those over 128 characters
-# first), never all of them.
+# OTel 1.45 (not 1.40) drops the whole tracestate when the combined fields exceed 8192
+# characters. The Recommendation allows 32 members of up to 256 + 1 + 256 characters
+# (16,447 with commas), and a vendor that must truncate removes whole entries (those over
+# 128 characters first), never all of them.
 OTEL_TRACESTATE_OVER_8192 = "OTEL_TRACESTATE_OVER_8192"
 OTEL_TRACESTATE_MAX = 8192
 
-# OTel 1.25 splits tracestate on ``[ \t]*,[ \t]*`` and never strips the start of a field,
-# so " foo=1" (or a field of only spaces) drops the whole tracestate. The Recommendation:
-# "Spaces and horizontal tabs surrounding list-members are ignored" (W3C test suite:
-# test_tracestate_ows_handling).
+# OTel 1.25 to 1.40 (fixed in 1.45) split tracestate on ``[ \t]*,[ \t]*`` and never strip the
+# start of a field, so " foo=1" (or a field of only spaces) drops the whole tracestate. The
+# Recommendation: "Spaces and horizontal tabs surrounding list-members are ignored" (W3C
+# test suite: test_tracestate_ows_handling).
 OTEL_TRACESTATE_LEADING_OWS = "OTEL_TRACESTATE_LEADING_OWS"
 
-# Carrier-level, so outside the string properties (each has its own property or test):
-# OTel's default getter looks a header up by its exact lowercase name ("Vendors MUST expect
-# the header name in any case"; OTel's HTTP instrumentations pass getters that fold case),
-# and of several traceparent fields OTel takes the first, where the W3C test suite
-# (test_traceparent_duplicated) expects a new trace.
+# Carrier-level, so outside the string properties (each has its own property or test), in
+# all releases tried: OTel's default getter looks a header up by its exact lowercase name
+# ("Vendors MUST expect the header name in any case"; OTel's HTTP instrumentations pass
+# getters that fold case), and of several traceparent fields OTel takes the first, where
+# the W3C test suite (test_traceparent_duplicated) expects a new trace.
 OTEL_HEADER_NAME_CASE = "OTEL_HEADER_NAME_CASE"
 OTEL_FIRST_OF_SEVERAL_TRACEPARENTS = "OTEL_FIRST_OF_SEVERAL_TRACEPARENTS"
 

@@ -29,6 +29,21 @@ Memory: a run's entry is removed when it ends or errors, so a finished run costs
 ``max_open_runs`` bounds the map for runs whose end never arrives; the oldest open runs are
 then evicted, counted in ``evicted``, and — if they were spans — submitted with the error
 type ``RunEvicted`` so that they are not lost silently.
+
+Nested agents: when a node of agent A's graph (handler ``hA``) invokes agent B's graph with
+``config={"callbacks": [hB]}``, LangChain merges the inherited handlers, so B's runs reach
+``hA`` (first) and ``hB``. Each run must be recorded once, by the innermost handler attached
+for it, under that handler's agent name. A process-wide registry maps every open run id to
+the handler that records it. A handler that sees a run whose parent it never saw, but that
+another of our handlers records, *adopts* the run: it parents the run under that handler's
+span (so the trace stays one tree across agents), records it itself, and tells the handler
+that already opened the same run to drop it (never submitted) and mark it *foreign*. A
+handler ignores every run under a foreign one, including their end and error events. The
+registry costs one dict set and one pop per run; entries go when runs end, error or are
+evicted, and the map is bounded by ``MAX_REGISTERED_RUNS``.
+
+:func:`node_context` returns the trace context of the node a config belongs to, so spans
+opened with ``obs.span(...)`` inside a node nest under the node's span.
 """
 
 from __future__ import annotations
@@ -40,14 +55,16 @@ from typing import Any
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables.config import var_child_runnable_config
 
 # LangGraph's control-flow exceptions (interrupt(), Command(graph=PARENT)) are not failures.
 from langgraph.errors import GraphBubbleUp, GraphInterrupt
 
 from .spans import SpanRecord
-from .trace_context import current_parent, new_span_id, new_trace_id
+from .trace_context import ParentLike, TraceContext, current_parent, new_span_id, new_trace_id
 
-__all__ = ["ObservabilityCallbackHandler"]
+__all__ = ["MAX_REGISTERED_RUNS", "ObservabilityCallbackHandler", "node_context", "registered_runs"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +79,116 @@ STEP = "langgraph.step"
 TRIGGERS = "langgraph.triggers"
 THREAD_ID = "langgraph.thread_id"
 HIDDEN = "langchain.hidden"
+
+# Process-wide registry, shared by every handler. Single dict operations are atomic under the
+# GIL and each key is only written by the handlers of one run (whose events arrive in order),
+# so no lock is needed.
+MAX_REGISTERED_RUNS = 100_000
+# run id -> the handler that records that run (a span or a skipped placeholder).
+_OWNERS: dict[UUID, ObservabilityCallbackHandler] = {}
+# run id -> the handler that adopted it from another handler; lets a handler that LangChain
+# calls *after* the adopter for the same event stand aside. Empty except while nested agents run.
+_ADOPTED: dict[UUID, ObservabilityCallbackHandler] = {}
+
+# How a starting run relates to this handler (see ObservabilityCallbackHandler._route).
+_CHILD = 0  # its parent is one of our runs
+_ROOT = 1  # no handler of ours knows its parent: a root (nested under the caller's current span)
+_ADOPT = 2  # another handler records its parent: we take the run over, under that handler's span
+_IGNORE = 3  # another handler records it (it sits under a foreign run, or was adopted)
+
+
+class _Foreign:
+    """Marks a run that another handler records; its events and its children are ignored."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<foreign run>"
+
+
+_FOREIGN = _Foreign()
+
+
+def registered_runs() -> int:
+    """Open runs in the process-wide registry (0 when no traced run is in flight)."""
+    return len(_OWNERS) + len(_ADOPTED)
+
+
+def _trim(registry: dict[UUID, Any]) -> None:
+    """Keep a registry within ``MAX_REGISTERED_RUNS`` by dropping its oldest entries.
+
+    Only reached when runs never end in handlers that are never evicted either; a dropped
+    entry only means that a run started under it is not adopted (it becomes a root).
+    """
+    attempts = 0
+    while len(registry) > MAX_REGISTERED_RUNS and attempts < 4 * MAX_REGISTERED_RUNS:
+        attempts += 1
+        try:
+            registry.pop(next(iter(registry)), None)
+        except (StopIteration, RuntimeError):
+            continue
+
+
+def _recorded_span(run_id: UUID) -> SpanRecord | None:
+    """The open span that records ``run_id``, or its nearest recorded ancestor, in any handler."""
+    owner = _OWNERS.get(run_id)
+    if owner is None:
+        return None
+    return owner._nearest(run_id)
+
+
+def node_context(config: RunnableConfig | None = None) -> TraceContext | None:
+    """The trace context of the run that ``config`` belongs to, for spans opened inside a node.
+
+    In a node ``def node(state, config)``, ``obs.span("fetch", "gap_analyzer",
+    node_context(config))`` nests the span under the node's span. Without a config, the
+    current runnable config (set by LangChain for the running node) is used. A run that is
+    not a span itself (a prompt | model sequence, a hidden runnable) resolves to its nearest
+    recorded ancestor. ``None`` when the run is not traced by one of our handlers.
+    """
+    if config is None:
+        config = var_child_runnable_config.get()
+        if config is None:
+            return None
+    callbacks = config.get("callbacks")
+    # Inside a run, LangChain hands the run's children a callback manager whose parent_run_id
+    # is that run; a plain list of handlers means the config is not inside any run.
+    run_id = getattr(callbacks, "parent_run_id", None)
+    if run_id is None:
+        return None
+    span = _recorded_span(run_id)
+    if span is None:
+        return None
+    return TraceContext(
+        trace_id=span.trace_id,
+        span_id=span.span_id,
+        sampled=span.sampled,
+        tracestate=span.tracestate,
+        baggage=span.baggage or {},
+        parent_span_id=span.parent_span_id,
+    )
+
+
+def _adopted_parent(anchor: SpanRecord | None) -> ParentLike | None:
+    """Parent of an adopted run: the other handler's span, or a span the node opened under it.
+
+    A node may wrap the nested agent call in ``obs.span(..., node_context(config))``; that
+    span is the caller's current span and a descendant of the node's span, so the agent's
+    graph nests under it. A current span of the same trace that started after the node did
+    can only have been opened inside the node (the node's task or thread copied its context
+    before the node started), so it is taken as a descendant as well.
+    """
+    outer = current_parent()
+    if outer is None or anchor is None:
+        return anchor
+    if outer.trace_id != anchor.trace_id or outer.span_id == anchor.span_id:
+        return anchor
+    if getattr(outer, "parent_span_id", None) == anchor.span_id:
+        return outer
+    start_ns = getattr(outer, "start_ns", None)
+    if isinstance(start_ns, int) and start_ns >= anchor.start_ns:
+        return outer
+    return anchor
 
 
 class _Skipped:
@@ -230,29 +357,35 @@ class ObservabilityCallbackHandler(BaseCallbackHandler):
         self.agent_name = agent_name
         self.capture_inputs = capture_inputs
         self.max_open_runs = max_open_runs
-        # run_id -> SpanRecord (tracked) or _Skipped; insertion order = age, for eviction.
-        self._runs: dict[UUID, SpanRecord | _Skipped] = {}
+        # run_id -> SpanRecord (tracked), _Skipped or _FOREIGN; insertion order = age, for eviction.
+        self._runs: dict[UUID, SpanRecord | _Skipped | _Foreign] = {}
         self.evicted = 0
         self._evicted_logged = 0
         self._last_eviction_log = -_EVICTION_LOG_INTERVAL_S
 
     @property
     def open_runs(self) -> int:
-        """Runs started and not yet ended (spans and skipped placeholders)."""
+        """Runs started and not yet ended (spans, skipped placeholders and foreign runs)."""
         return len(self._runs)
+
+    def __repr__(self) -> str:
+        return f"ObservabilityCallbackHandler(agent_name={self.agent_name!r}, open_runs={len(self._runs)})"
 
     # -- run bookkeeping ------------------------------------------------------------------
 
-    def _open(self, run_id: UUID, parent: SpanRecord | None, operation: str, attributes: dict[str, Any]) -> SpanRecord:
+    def _open(self, run_id: UUID, parent: ParentLike | None, operation: str, attributes: dict[str, Any]) -> SpanRecord:
         span = self._new_span(parent, operation, attributes, time_ns())
         runs = self._runs
         runs[run_id] = span
+        _OWNERS[run_id] = self
         if len(runs) > self.max_open_runs:
             self._evict()
+        if len(_OWNERS) > MAX_REGISTERED_RUNS:
+            _trim(_OWNERS)
         return span
 
     def _new_span(
-        self, parent: SpanRecord | None, operation: str, attributes: dict[str, Any], start_ns: int
+        self, parent: ParentLike | None, operation: str, attributes: dict[str, Any], start_ns: int
     ) -> SpanRecord:
         if parent is not None:
             span = SpanRecord(
@@ -264,8 +397,8 @@ class ObservabilityCallbackHandler(BaseCallbackHandler):
                 start_ns,
                 attributes,
                 parent.sampled,
-                parent.tracestate,
-                parent.baggage,
+                getattr(parent, "tracestate", ()),
+                getattr(parent, "baggage", None),
             )
         else:
             # A root run: nest under the caller's open span (obs.span(...) / attach(...)) so
@@ -291,8 +424,65 @@ class ObservabilityCallbackHandler(BaseCallbackHandler):
     def _skip(self, run_id: UUID, anchor: SpanRecord | None, name: str | None, hidden: bool) -> None:
         runs = self._runs
         runs[run_id] = _Skipped(anchor, name, time_ns(), hidden)
+        _OWNERS[run_id] = self
         if len(runs) > self.max_open_runs:
             self._evict()
+        if len(_OWNERS) > MAX_REGISTERED_RUNS:
+            _trim(_OWNERS)
+
+    def _ignore(self, run_id: UUID) -> None:
+        """Another handler records this run: remember it only so that its children and its
+        end event are ignored too (not registered: the registry names the recording handler)."""
+        runs = self._runs
+        runs[run_id] = _FOREIGN
+        if len(runs) > self.max_open_runs:
+            self._evict()
+
+    def _disown(self, run_id: UUID) -> None:
+        """Another handler adopted a run this handler opened: drop it unsubmitted, ignore its tree."""
+        runs = self._runs
+        if runs.get(run_id) is not None:
+            runs[run_id] = _FOREIGN  # same key: keeps the run's place in the eviction order
+
+    def _route(
+        self, run_id: UUID, parent_run_id: UUID | None
+    ) -> tuple[SpanRecord | None, _Skipped | None, int]:
+        """Where a starting run belongs: (nearest parent span, parent placeholder, how).
+
+        ``how`` is ``_CHILD`` (its parent is ours), ``_ROOT``, ``_ADOPT`` (another of our
+        handlers records the parent: this handler is the innermost one attached for the run,
+        so it records it under that handler's span) or ``_IGNORE`` (recorded elsewhere; the
+        run is already remembered as foreign).
+        """
+        if parent_run_id is None:
+            return None, None, _ROOT
+        entry = self._runs.get(parent_run_id)
+        if entry is None:
+            owner = _OWNERS.get(parent_run_id)
+            if owner is None or owner is self:
+                return None, None, _ROOT
+            # LangChain called the outer handlers for this event first; whichever of them
+            # opened this run drops it. Then the run is ours (registered by _open/_skip).
+            previous = _OWNERS.get(run_id)
+            if previous is not None and previous is not self:
+                previous._disown(run_id)
+            _ADOPTED[run_id] = self
+            if len(_ADOPTED) > MAX_REGISTERED_RUNS:
+                _trim(_ADOPTED)
+            return owner._nearest(parent_run_id), None, _ADOPT
+        if entry is _FOREIGN:
+            self._ignore(run_id)
+            return None, None, _IGNORE
+        if _ADOPTED:
+            # A handler called before this one for the same event adopted the run (local
+            # handlers come first when a config's callbacks are a manager merged with a list).
+            adopter = _ADOPTED.get(run_id)
+            if adopter is not None and adopter is not self:
+                self._ignore(run_id)
+                return None, None, _IGNORE
+        if entry.__class__ is _Skipped:
+            return entry.anchor, entry, _CHILD  # type: ignore[union-attr,return-value]
+        return entry, None, _CHILD  # type: ignore[return-value]
 
     def _evict(self) -> None:
         """Drop the oldest open runs until the map is within bounds."""
@@ -309,6 +499,12 @@ class ObservabilityCallbackHandler(BaseCallbackHandler):
                 # Another thread changed the map between the two steps; look again.
                 continue
             self.evicted += 1
+            if entry is _FOREIGN:
+                continue
+            if _OWNERS.get(run_id) is self:
+                _OWNERS.pop(run_id, None)
+            if _ADOPTED and _ADOPTED.get(run_id) is self:
+                _ADOPTED.pop(run_id, None)
             if entry.__class__ is SpanRecord:
                 span: SpanRecord = entry  # type: ignore[assignment]
                 span.record_error(
@@ -332,17 +528,6 @@ class ObservabilityCallbackHandler(BaseCallbackHandler):
             self._last_eviction_log = mono
             self._evicted_logged = self.evicted
 
-    def _parent(self, parent_run_id: UUID | None) -> tuple[SpanRecord | None, _Skipped | None, bool]:
-        """(nearest tracked span, the parent's placeholder if it was skipped, parent known?)."""
-        if parent_run_id is None:
-            return None, None, False
-        entry = self._runs.get(parent_run_id)
-        if entry is None:
-            return None, None, False
-        if entry.__class__ is _Skipped:
-            return entry.anchor, entry, True  # type: ignore[union-attr,return-value]
-        return entry, None, True  # type: ignore[return-value]
-
     def _promote(self, run_id: UUID, skipped: _Skipped) -> SpanRecord:
         """A skipped chain that turned out to be a compiled subgraph becomes a span, in place."""
         promoted = skipped.promoted
@@ -353,8 +538,18 @@ class ObservabilityCallbackHandler(BaseCallbackHandler):
         self._runs[run_id] = span  # same key: keeps the run's place in the eviction order
         return span
 
-    def _end(self, run_id: UUID, output: Any = None) -> SpanRecord | None:
+    def _close(self, run_id: UUID) -> SpanRecord | _Skipped | None:
+        """Forget a run that ended; its registry entries go too (unless another handler records it)."""
         entry = self._runs.pop(run_id, None)
+        if entry is None or entry is _FOREIGN:
+            return None
+        _OWNERS.pop(run_id, None)
+        if _ADOPTED:
+            _ADOPTED.pop(run_id, None)
+        return entry  # type: ignore[return-value]
+
+    def _end(self, run_id: UUID, output: Any = None) -> SpanRecord | None:
+        entry = self._close(run_id)
         if entry is None or entry.__class__ is not SpanRecord:
             return None
         span: SpanRecord = entry  # type: ignore[assignment]
@@ -368,7 +563,7 @@ class ObservabilityCallbackHandler(BaseCallbackHandler):
         self._submit(span)
 
     def _fail(self, run_id: UUID, error: BaseException) -> None:
-        entry = self._runs.pop(run_id, None)
+        entry = self._close(run_id)
         if entry is None or entry.__class__ is not SpanRecord:
             return
         span: SpanRecord = entry  # type: ignore[assignment]
@@ -398,19 +593,27 @@ class ObservabilityCallbackHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        parent, parent_skipped, how = self._route(run_id, parent_run_id)
+        if how == _IGNORE:
+            return
         name = kwargs.get("name")
-        parent, parent_skipped, known = self._parent(parent_run_id)
         if tags and HIDDEN_TAG in tags:
             self._skip(run_id, parent, name, True)
             return
-        if not known:
-            # The graph itself (or any chain run whose parent this handler never saw).
+        if how != _CHILD:
+            # The graph itself (or any chain run whose parent this handler never saw); an
+            # adopted one is an agent invoked from another agent's node and nests under it.
             attributes: dict[str, Any] = {RUN_TYPE: "graph"}
             if metadata:
                 thread_id = metadata.get("thread_id")
                 if thread_id is not None:
                     attributes[THREAD_ID] = thread_id
-            span = self._open(run_id, None, name or _serialized_name(serialized) or "chain", attributes)
+            span = self._open(
+                run_id,
+                _adopted_parent(parent) if how == _ADOPT else None,
+                name or _serialized_name(serialized) or "chain",
+                attributes,
+            )
             if self.capture_inputs:
                 span.input_data = inputs
             return
@@ -451,7 +654,10 @@ class ObservabilityCallbackHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None,
         kwargs: dict[str, Any],
     ) -> None:
-        parent = self._parent(parent_run_id)[0]
+        anchor, _, how = self._route(run_id, parent_run_id)
+        if how == _IGNORE:
+            return
+        parent = _adopted_parent(anchor) if how == _ADOPT else anchor
         invocation_params = kwargs.get("invocation_params")
         model = _model_name(serialized, metadata, invocation_params)
         attributes: dict[str, Any] = {RUN_TYPE: "llm"}
@@ -543,7 +749,10 @@ class ObservabilityCallbackHandler(BaseCallbackHandler):
         inputs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        parent = self._parent(parent_run_id)[0]
+        anchor, _, how = self._route(run_id, parent_run_id)
+        if how == _IGNORE:
+            return
+        parent = _adopted_parent(anchor) if how == _ADOPT else anchor
         name = _serialized_name(serialized) or kwargs.get("name") or "tool"
         attributes: dict[str, Any] = {RUN_TYPE: "tool", "tool.name": name}
         if tags and HIDDEN_TAG in tags:
@@ -574,7 +783,10 @@ class ObservabilityCallbackHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        parent = self._parent(parent_run_id)[0]
+        anchor, _, how = self._route(run_id, parent_run_id)
+        if how == _IGNORE:
+            return
+        parent = _adopted_parent(anchor) if how == _ADOPT else anchor
         name = kwargs.get("name") or _serialized_name(serialized) or "retriever"
         attributes: dict[str, Any] = {RUN_TYPE: "retriever"}
         if tags and HIDDEN_TAG in tags:
@@ -596,8 +808,9 @@ class ObservabilityCallbackHandler(BaseCallbackHandler):
     # -- annotations on the nearest span ---------------------------------------------------
 
     def _nearest(self, run_id: UUID) -> SpanRecord | None:
+        """The span recording ``run_id``, or the nearest recorded ancestor of a skipped run."""
         entry = self._runs.get(run_id)
-        if entry is None:
+        if entry is None or entry is _FOREIGN:
             return None
         if entry.__class__ is _Skipped:
             return entry.anchor  # type: ignore[union-attr]
