@@ -37,6 +37,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
+from time import monotonic, sleep
 from typing import Any, Final, Literal, TypeVar
 
 from pydantic import BaseModel
@@ -486,7 +487,7 @@ class SQLiteSpanRepository(SpanStore):
         conn = sqlite3.connect(self._path, timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=False)
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
+            self._enable_wal(conn)
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             conn.execute("PRAGMA temp_store = MEMORY")
             conn.execute("PRAGMA cache_size = -32768")
@@ -502,6 +503,30 @@ class SQLiteSpanRepository(SpanStore):
             conn.close()
             raise
         return conn
+
+    def _enable_wal(self, conn: sqlite3.Connection) -> None:
+        """Switch to WAL, retrying: the switch can fail with "locked" without consulting the busy
+        handler while another process is creating the same file (seen with two repositories
+        opening one new database at once)."""
+        deadline = monotonic() + self._busy_timeout_s
+        delay = 0.005
+        while True:
+            try:
+                mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                break
+            except sqlite3.OperationalError as exc:
+                transient = "locked" in str(exc) or "busy" in str(exc)
+                if not transient or monotonic() >= deadline:
+                    raise
+                sleep(delay)
+                delay = min(delay * 2, 0.2)
+        if str(mode).lower() != "wal":
+            raise RuntimeError(
+                f"could not switch {self._path} to WAL mode (journal_mode={mode}); concurrent reads "
+                "during writes need it — is the file on a network filesystem?"
+            )
 
     def _create_schema(self, conn: sqlite3.Connection) -> None:
         with self._schema_lock:

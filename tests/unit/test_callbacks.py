@@ -17,6 +17,7 @@ import operator
 import time
 import tracemalloc
 import uuid
+from collections import Counter as Tally
 from typing import Annotated, Any, TypedDict
 
 import pytest
@@ -24,13 +25,19 @@ from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult, LLMResult
 from langchain_core.prompts import ChatPromptTemplate
-from langchain_core.runnables import RunnableLambda
+from langchain_core.runnables import RunnableConfig, RunnableLambda
 from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
 
-from src.agents.ml_foundation.observability_connector.callbacks import HIDDEN_TAG, ObservabilityCallbackHandler
+from src.agents.ml_foundation.observability_connector.agent import SpanScope
+from src.agents.ml_foundation.observability_connector.callbacks import (
+    HIDDEN_TAG,
+    ObservabilityCallbackHandler,
+    node_context,
+    registered_runs,
+)
 from src.agents.ml_foundation.observability_connector.spans import SpanRecord
 from src.agents.ml_foundation.observability_connector.trace_context import TraceContext, attach
 
@@ -752,3 +759,527 @@ def test_eviction_in_a_real_graph_keeps_the_agent_running() -> None:
 def test_constructor_rejects_a_useless_limit() -> None:
     with pytest.raises(ValueError):
         ObservabilityCallbackHandler(lambda span: None, "a", max_open_runs=0)
+
+
+# --- 8. nested agents: one handler per agent, one tree per request ---------------------------
+
+
+def agent_handler(submit: Any, agent_name: str) -> ObservabilityCallbackHandler:
+    handler = ObservabilityCallbackHandler(submit, agent_name)
+    handler.raise_error = True
+    return handler
+
+
+class StubConnector:
+    """What ``SpanScope`` (the scope behind ``obs.span``) needs from the connector."""
+
+    def __init__(self, submit: Any) -> None:
+        self._finish = submit
+
+    def _sample_root(self, trace_id: str, agent_name: str) -> bool:
+        return True
+
+
+class NestedCase:
+    """An orchestrator graph whose node(s) invoke the gap_analyzer and causal_impact graphs,
+    each agent traced by its own handler, all handlers submitting to one list (one connector)."""
+
+    AGENTS = ("orchestrator", "gap_analyzer", "causal_impact")
+
+    def __init__(
+        self,
+        *,
+        is_async: bool,
+        parallel: bool = False,
+        delay: float = 0.0,
+        fail_score: bool = False,
+        catch: bool = True,
+        same_handler: bool = False,
+        wrap_in_span: bool = False,
+    ) -> None:
+        self.spans: list[SpanRecord] = []
+        if same_handler:  # one handler instance attached at both levels
+            shared = agent_handler(self.spans.append, "orchestrator")
+            self.handlers = dict.fromkeys(self.AGENTS, shared)
+        else:
+            self.handlers = {name: agent_handler(self.spans.append, name) for name in self.AGENTS}
+        self.contexts: dict[str, TraceContext | None] = {}
+        self.fallbacks: list[str] = []
+        self.stub = StubConnector(self.spans.append)
+        self.fail_score, self.catch, self.wrap_in_span = fail_score, catch, wrap_in_span
+        self.is_async = is_async
+        self.agents = {
+            "gap_analyzer": self._gap_graph(make_llm("gap-model", delay=delay)),
+            "causal_impact": self._causal_graph(make_llm("causal-model", delay=delay)),
+        }
+        self.graph = self._orchestrator(make_llm("router-model"), parallel)
+
+    # -- the agents -------------------------------------------------------------------------
+
+    def _gap_graph(self, llm: Any) -> Any:
+        case = self
+
+        def fetch_span(config: RunnableConfig) -> None:
+            ctx = node_context(config)
+            case.contexts["analyze"] = ctx
+            case.contexts["analyze/ambient"] = node_context()  # no config: the running node's
+            # A skipped run inside the node resolves to the node's span (nearest recorded one).
+            case.contexts["analyze/inner"] = RunnableLambda(lambda _: node_context()).invoke(None, config)
+            with SpanScope(case.stub, "fetch_data", "gap_analyzer", ctx, None):  # type: ignore[arg-type]
+                pass
+
+        def check_score() -> None:
+            if case.fail_score:
+                raise QuotaExceededError("quota for gap_analyzer exceeded")
+
+        if self.is_async:
+
+            async def analyze(state: State, config: RunnableConfig) -> dict[str, Any]:
+                fetch_span(config)
+                return {"log": [(await llm.ainvoke("gaps?", config)).content]}
+
+            async def score(state: State) -> dict[str, Any]:
+                check_score()
+                return {"log": [str(await add.ainvoke({"a": 2, "b": 3}))]}
+
+        else:
+
+            def analyze(state: State, config: RunnableConfig) -> dict[str, Any]:  # type: ignore[misc]
+                fetch_span(config)
+                return {"log": [llm.invoke("gaps?", config).content]}
+
+            def score(state: State) -> dict[str, Any]:  # type: ignore[misc]
+                check_score()
+                return {"log": [str(add.invoke({"a": 2, "b": 3}))]}
+
+        builder = StateGraph(State)
+        builder.add_node("analyze", analyze)
+        builder.add_node("score", score)
+        builder.add_edge(START, "analyze")
+        builder.add_edge("analyze", "score")
+        return builder.compile(name="gap_analyzer")
+
+    def _causal_graph(self, llm: Any) -> Any:
+        if self.is_async:
+
+            async def estimate(state: State) -> dict[str, Any]:
+                return {"log": [(await llm.ainvoke("effect?")).content]}
+
+        else:
+
+            def estimate(state: State) -> dict[str, Any]:  # type: ignore[misc]
+                return {"log": [llm.invoke("effect?").content]}
+
+        builder = StateGraph(State)
+        builder.add_node("estimate", estimate)
+        builder.add_edge(START, "estimate")
+        return builder.compile(name="causal_impact")
+
+    # -- the orchestrator -------------------------------------------------------------------
+
+    def _scope(self, node: str, config: RunnableConfig) -> Any:
+        ctx = node_context(config)
+        self.contexts[node] = ctx
+        if self.wrap_in_span:
+            return SpanScope(self.stub, "invoke_agent", "orchestrator", ctx, None)  # type: ignore[arg-type]
+        return _NullScope()
+
+    def _call_sync(self, agent: str, config: RunnableConfig, node: str) -> list[str]:
+        with self._scope(node, config):
+            try:
+                result = self.agents[agent].invoke({"log": []}, config={"callbacks": [self.handlers[agent]]})
+            except QuotaExceededError:
+                if not self.catch:
+                    raise
+                self.fallbacks.append(agent)
+                return [f"{agent}: fallback"]
+        return result["log"]
+
+    async def _call_async(self, agent: str, config: RunnableConfig, node: str) -> list[str]:
+        with self._scope(node, config):
+            try:
+                result = await self.agents[agent].ainvoke({"log": []}, config={"callbacks": [self.handlers[agent]]})
+            except QuotaExceededError:
+                if not self.catch:
+                    raise
+                self.fallbacks.append(agent)
+                return [f"{agent}: fallback"]
+        return result["log"]
+
+    def _orchestrator(self, llm: Any, parallel: bool) -> Any:
+        case = self
+        builder = StateGraph(State)
+        builder.add_node("plan", lambda state: {"log": ["planned"]})
+        if self.is_async:
+
+            def dispatcher(*agents: str) -> Any:
+                async def dispatch(state: State, config: RunnableConfig) -> dict[str, Any]:
+                    log: list[str] = []
+                    for agent in agents:
+                        log += await case._call_async(agent, config, f"dispatch/{agent}")
+                    return {"log": log}
+
+                return dispatch
+
+            async def synthesize(state: State) -> dict[str, Any]:
+                return {"log": [(await llm.ainvoke("answer")).content]}
+
+        else:
+
+            def dispatcher(*agents: str) -> Any:  # type: ignore[misc]
+                def dispatch(state: State, config: RunnableConfig) -> dict[str, Any]:
+                    log: list[str] = []
+                    for agent in agents:
+                        log += case._call_sync(agent, config, f"dispatch/{agent}")
+                    return {"log": log}
+
+                return dispatch
+
+            def synthesize(state: State) -> dict[str, Any]:  # type: ignore[misc]
+                return {"log": [llm.invoke("answer").content]}
+
+        builder.add_node("synthesize", synthesize)
+        builder.add_edge(START, "plan")
+        if parallel:
+            builder.add_node("dispatch_gap", dispatcher("gap_analyzer"))
+            builder.add_node("dispatch_causal", dispatcher("causal_impact"))
+            builder.add_edge("plan", "dispatch_gap")
+            builder.add_edge("plan", "dispatch_causal")
+            builder.add_edge(["dispatch_gap", "dispatch_causal"], "synthesize")
+            self.dispatch_node = {"gap_analyzer": "dispatch_gap", "causal_impact": "dispatch_causal"}
+        else:
+            builder.add_node("dispatch", dispatcher("gap_analyzer", "causal_impact"))
+            builder.add_edge("plan", "dispatch")
+            builder.add_edge("dispatch", "synthesize")
+            self.dispatch_node = dict.fromkeys(("gap_analyzer", "causal_impact"), "dispatch")
+        builder.add_edge("synthesize", END)
+        return builder.compile(name="orchestrator_graph")
+
+    def run(self) -> Any:
+        return self.graph.invoke({"log": []}, config={"callbacks": [self.handlers["orchestrator"]]})
+
+    async def arun(self) -> Any:
+        return await self.graph.ainvoke({"log": []}, config={"callbacks": [self.handlers["orchestrator"]]})
+
+    def expected(self, *, parallel: bool) -> Tally[tuple[str, str]]:
+        dispatch = ["dispatch_gap", "dispatch_causal"] if parallel else ["dispatch"]
+        ops = {
+            "orchestrator": ["orchestrator_graph", "plan", *dispatch, "synthesize", "llm.router-model"],
+            "gap_analyzer": ["gap_analyzer", "analyze", "fetch_data", "llm.gap-model", "score", "tool.add"],
+            "causal_impact": ["causal_impact", "estimate", "llm.causal-model"],
+        }
+        return Tally((agent, op) for agent, names in ops.items() for op in names)
+
+
+class _NullScope:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def span_of(spans: list[SpanRecord], agent: str, operation: str) -> SpanRecord:
+    found = [s for s in spans if s.agent_name == agent and s.operation_name == operation]
+    assert len(found) == 1, f"expected one {agent}.{operation} span, got {found}"
+    return found[0]
+
+
+def assert_one_tree(case: NestedCase, *, parallel: bool) -> dict[str, SpanRecord]:
+    """Every run recorded exactly once, by its own agent's handler, as one tree of one trace."""
+    spans = case.spans
+    assert Tally((s.agent_name, s.operation_name) for s in spans) == case.expected(parallel=parallel)
+    assert len({(s.trace_id, s.operation_name, s.start_ns) for s in spans}) == len(spans)
+    by_id = {s.span_id: s for s in spans}
+    assert len(by_id) == len(spans)
+    assert len({s.trace_id for s in spans}) == 1
+    roots = [s for s in spans if s.parent_span_id is None]
+    assert [(r.agent_name, r.operation_name) for r in roots] == [("orchestrator", "orchestrator_graph")]
+    for span in spans:
+        assert span.end_ns is not None
+        if span.parent_span_id is not None:
+            parent = by_id[span.parent_span_id]  # every parent is in the trace
+            assert parent.start_ns <= span.start_ns and span.end_ns <= parent.end_ns  # type: ignore[operator]
+
+    def parent_of(agent: str, operation: str) -> tuple[str, str]:
+        parent = by_id[span_of(spans, agent, operation).parent_span_id]  # type: ignore[index]
+        return parent.agent_name, parent.operation_name
+
+    for agent in ("gap_analyzer", "causal_impact"):
+        root = span_of(spans, agent, agent)
+        assert root.attributes["langchain.run_type"] == "graph"
+        # the agent graph's root hangs under the orchestrator node that invoked it
+        assert parent_of(agent, agent) == ("orchestrator", case.dispatch_node[agent])
+    assert parent_of("gap_analyzer", "analyze") == ("gap_analyzer", "gap_analyzer")
+    assert parent_of("gap_analyzer", "fetch_data") == ("gap_analyzer", "analyze")
+    assert parent_of("gap_analyzer", "llm.gap-model") == ("gap_analyzer", "analyze")
+    assert parent_of("gap_analyzer", "score") == ("gap_analyzer", "gap_analyzer")
+    assert parent_of("gap_analyzer", "tool.add") == ("gap_analyzer", "score")
+    assert parent_of("causal_impact", "estimate") == ("causal_impact", "causal_impact")
+    assert parent_of("causal_impact", "llm.causal-model") == ("causal_impact", "estimate")
+    assert parent_of("orchestrator", "llm.router-model") == ("orchestrator", "synthesize")
+
+    # node_context(config) gave each node its own span's ids, from any handler
+    analyze = span_of(spans, "gap_analyzer", "analyze")
+    for key in ("analyze", "analyze/ambient", "analyze/inner"):
+        ctx = case.contexts[key]
+        assert ctx is not None
+        assert (ctx.trace_id, ctx.span_id, ctx.parent_span_id) == (
+            analyze.trace_id,
+            analyze.span_id,
+            analyze.parent_span_id,
+        )
+        assert ctx.sampled is True
+    for agent, node in case.dispatch_node.items():
+        ctx = case.contexts[f"dispatch/{agent}"]
+        assert ctx is not None and ctx.span_id == span_of(spans, "orchestrator", node).span_id
+    return {f"{s.agent_name}.{s.operation_name}": s for s in spans}
+
+
+def assert_nothing_left(case: NestedCase, registered_before: int) -> None:
+    assert registered_runs() == registered_before
+    for handler in case.handlers.values():
+        assert handler.open_runs == 0
+        assert handler.evicted == 0
+
+
+def test_nested_agents_sync_each_run_recorded_once_in_one_tree() -> None:
+    before = registered_runs()
+    case = NestedCase(is_async=False)
+    result = case.run()
+
+    assert result["log"][-1] == "reply from router-model"
+    assert_one_tree(case, parallel=False)
+    assert_nothing_left(case, before)
+
+
+async def test_nested_agents_async_each_run_recorded_once_in_one_tree() -> None:
+    before = registered_runs()
+    case = NestedCase(is_async=True)
+    await case.arun()
+
+    assert_one_tree(case, parallel=False)
+    assert_nothing_left(case, before)
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync-threads", "async-tasks"])
+async def test_nested_agents_in_parallel_branches_each_recorded_once(is_async: bool) -> None:
+    before = registered_runs()
+    case = NestedCase(is_async=is_async, parallel=True, delay=0.05)
+    if is_async:
+        await case.arun()
+    else:
+        await asyncio.to_thread(case.run)  # the graph's own pool threads run the two branches
+
+    spans = assert_one_tree(case, parallel=True)
+    gap, causal = spans["gap_analyzer.gap_analyzer"], spans["causal_impact.causal_impact"]
+    assert gap.start_ns < causal.end_ns and causal.start_ns < gap.end_ns  # type: ignore[operator]
+    assert_nothing_left(case, before)
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+async def test_nested_agent_nests_under_the_span_the_node_opened(is_async: bool) -> None:
+    """``obs.span("invoke_agent", ..., node_context(config))`` around the call: the agent's
+    graph nests under that span, which nests under the node."""
+    before = registered_runs()
+    case = NestedCase(is_async=is_async, wrap_in_span=True)
+    if is_async:
+        await case.arun()
+    else:
+        case.run()
+
+    spans = case.spans
+    by_id = {s.span_id: s for s in spans}
+    dispatch = span_of(spans, "orchestrator", "dispatch")
+    calls = [s for s in spans if s.operation_name == "invoke_agent"]
+    assert len(calls) == 2
+    assert {c.parent_span_id for c in calls} == {dispatch.span_id}
+    for agent in ("gap_analyzer", "causal_impact"):
+        root = span_of(spans, agent, agent)
+        assert by_id[root.parent_span_id].operation_name == "invoke_agent"  # type: ignore[index]
+    assert len({s.trace_id for s in spans}) == 1
+    assert [s.operation_name for s in spans if s.parent_span_id is None] == ["orchestrator_graph"]
+    assert all(s.parent_span_id in by_id for s in spans if s.parent_span_id is not None)
+    assert len(spans) == sum(case.expected(parallel=False).values()) + 2
+    assert_nothing_left(case, before)
+
+
+@pytest.mark.parametrize("catch", [True, False], ids=["fallback", "propagates"])
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+async def test_nested_agent_error_is_recorded_once_and_leaves_no_registry_entry(is_async: bool, catch: bool) -> None:
+    before = registered_runs()
+    case = NestedCase(is_async=is_async, fail_score=True, catch=catch)
+    if catch:
+        await (case.arun() if is_async else asyncio.to_thread(case.run))
+    else:
+        with pytest.raises(QuotaExceededError):
+            await (case.arun() if is_async else asyncio.to_thread(case.run))
+
+    spans = case.spans
+    expected = case.expected(parallel=False)
+    expected -= Tally({("gap_analyzer", "tool.add"): 1})  # score fails before its tool call
+    if not catch:  # the error stops the orchestrator before causal_impact and synthesize
+        expected -= Tally(
+            {(a, op) for (a, op) in expected if a == "causal_impact"}
+            | {("orchestrator", "synthesize"), ("orchestrator", "llm.router-model")}
+        )
+    assert Tally((s.agent_name, s.operation_name) for s in spans) == expected
+    failed = {(s.agent_name, s.operation_name) for s in spans if s.status == "error"}
+    if catch:
+        assert failed == {("gap_analyzer", "score"), ("gap_analyzer", "gap_analyzer")}
+        assert case.fallbacks == ["gap_analyzer"]
+    else:
+        assert failed == {
+            ("gap_analyzer", "score"),
+            ("gap_analyzer", "gap_analyzer"),
+            ("orchestrator", "dispatch"),
+            ("orchestrator", "orchestrator_graph"),
+        }
+    assert all(s.error_type == "QuotaExceededError" for s in spans if s.status == "error")
+    by_id = {s.span_id: s for s in spans}
+    assert [s.operation_name for s in spans if s.parent_span_id is None] == ["orchestrator_graph"]
+    assert all(s.parent_span_id in by_id for s in spans if s.parent_span_id is not None)
+    assert span_of(spans, "gap_analyzer", "gap_analyzer").parent_span_id == span_of(spans, "orchestrator", "dispatch").span_id
+    assert_nothing_left(case, before)
+
+
+def test_same_handler_at_both_levels_records_each_run_once_as_a_subgraph() -> None:
+    before = registered_runs()
+    case = NestedCase(is_async=False, same_handler=True)
+    case.run()
+
+    spans = case.spans
+    expected = Tally(
+        {("gap_analyzer" if op == "fetch_data" else "orchestrator", op): n for (_, op), n in case.expected(parallel=False).items()}
+    )  # fetch_data is opened by the node's own code, with its own agent name
+    assert Tally((s.agent_name, s.operation_name) for s in spans) == expected
+    dispatch = span_of(spans, "orchestrator", "dispatch")
+    for agent in ("gap_analyzer", "causal_impact"):
+        root = span_of(spans, "orchestrator", agent)
+        assert root.parent_span_id == dispatch.span_id
+        assert root.attributes["langchain.run_type"] == "subgraph"
+    assert len({s.trace_id for s in spans}) == 1
+    assert_nothing_left(case, before)
+
+
+def test_model_called_with_another_agents_handler_is_recorded_once_by_it() -> None:
+    """Adoption is not only for graphs: a model or tool invoked inside a node with another
+    agent's handler added to the inherited callbacks belongs to that agent, under the node's
+    span. (A plain runnable given ``callbacks=[handler]`` replaces the inherited ones, so only
+    graphs, which merge them, need adoption otherwise.)"""
+    before = registered_runs()
+    spans: list[SpanRecord] = []
+    outer, inner = agent_handler(spans.append, "orchestrator"), agent_handler(spans.append, "explainer")
+    llm = make_llm("explain-model")
+
+    def explain(state: State, config: RunnableConfig) -> dict[str, Any]:
+        manager = config["callbacks"].copy()  # type: ignore[union-attr]
+        manager.add_handler(inner)  # after the inherited outer handler
+        reply = llm.invoke("why?", config={"callbacks": manager})
+        return {"log": [reply.content, str(add.invoke({"a": 1, "b": 1}, config={"callbacks": manager}))]}
+
+    builder = StateGraph(State)
+    builder.add_node("explain", explain)
+    builder.add_edge(START, "explain")
+    builder.compile(name="orchestrator_graph").invoke({"log": []}, config={"callbacks": [outer]})
+
+    assert Tally((s.agent_name, s.operation_name) for s in spans) == Tally(
+        {
+            ("orchestrator", "orchestrator_graph"): 1,
+            ("orchestrator", "explain"): 1,
+            ("explainer", "llm.explain-model"): 1,
+            ("explainer", "tool.add"): 1,
+        }
+    )
+    node = span_of(spans, "orchestrator", "explain")
+    assert span_of(spans, "explainer", "llm.explain-model").parent_span_id == node.span_id
+    assert span_of(spans, "explainer", "tool.add").parent_span_id == node.span_id
+    assert span_of(spans, "explainer", "llm.explain-model").total_tokens == 19
+    assert registered_runs() == before
+    assert outer.open_runs == inner.open_runs == 0
+
+
+def _nested_events(first: ObservabilityCallbackHandler, second: ObservabilityCallbackHandler, run_id: uuid.UUID) -> None:
+    """The events of one run of the inner graph (its root and one node), dispatched to two
+    handlers in the given order, as LangChain's callback manager does."""
+    node_id = uuid.uuid4()
+    md = {"langgraph_step": 1, "langgraph_node": "inner_node", "langgraph_triggers": ("branch:to:inner_node",)}
+    for handler in (first, second):
+        handler.on_chain_start(None, {}, run_id=run_id, parent_run_id=OUTER_NODE, tags=["seq:step:1"], metadata=md)
+    for handler in (first, second):
+        handler.on_chain_start(None, {}, run_id=node_id, parent_run_id=run_id, tags=["graph:step:1"], metadata=md)
+    for handler in (first, second):
+        handler.on_chain_end({}, run_id=node_id, parent_run_id=run_id)
+    for handler in (first, second):
+        handler.on_chain_end({}, run_id=run_id, parent_run_id=OUTER_NODE)
+
+
+OUTER_NODE = uuid.uuid4()
+
+
+@pytest.mark.parametrize("inner_first", [False, True], ids=["inherited-first", "local-first"])
+def test_adoption_does_not_depend_on_handler_order(inner_first: bool) -> None:
+    """LangChain calls inherited handlers first, except when a config's callbacks are a
+    manager merged into a list; either way the inner handler records the inner runs once."""
+    before = registered_runs()
+    spans: list[SpanRecord] = []
+    outer, inner = agent_handler(spans.append, "orchestrator"), agent_handler(spans.append, "gap_analyzer")
+    graph_id = uuid.uuid4()
+    outer.on_chain_start(None, {}, run_id=graph_id, parent_run_id=None, tags=[], metadata={}, name="orch")
+    node_md = {"langgraph_step": 1, "langgraph_node": "dispatch", "langgraph_triggers": ("branch:to:dispatch",)}
+    outer.on_chain_start(None, {}, run_id=OUTER_NODE, parent_run_id=graph_id, tags=["graph:step:1"], metadata=node_md)
+
+    ctx = node_context({"callbacks": _ManagerLike(OUTER_NODE)})  # type: ignore[typeddict-item]
+    _nested_events(*((inner, outer) if inner_first else (outer, inner)), run_id=uuid.uuid4())
+    outer.on_chain_end({}, run_id=OUTER_NODE, parent_run_id=graph_id)
+    outer.on_chain_end({}, run_id=graph_id)
+
+    assert Tally((s.agent_name, s.operation_name) for s in spans) == Tally(
+        {
+            ("orchestrator", "orch"): 1,
+            ("orchestrator", "dispatch"): 1,
+            ("gap_analyzer", "chain"): 1,
+            ("gap_analyzer", "inner_node"): 1,
+        }
+    )
+    dispatch = span_of(spans, "orchestrator", "dispatch")
+    assert ctx is not None and ctx.span_id == dispatch.span_id
+    assert span_of(spans, "gap_analyzer", "chain").parent_span_id == dispatch.span_id
+    assert registered_runs() == before
+    assert outer.open_runs == inner.open_runs == 0
+
+
+class _ManagerLike:
+    def __init__(self, parent_run_id: uuid.UUID) -> None:
+        self.parent_run_id = parent_run_id
+
+
+def test_node_context_is_none_when_not_traced() -> None:
+    seen: list[Any] = []
+
+    def node(state: State, config: RunnableConfig) -> dict[str, Any]:
+        seen.append(node_context(config))
+        seen.append(node_context())
+        return {"log": []}
+
+    builder = StateGraph(State)
+    builder.add_node("node", node)
+    builder.add_edge(START, "node")
+    builder.compile().invoke({"log": []})  # no handler
+
+    assert seen == [None, None]
+    assert node_context() is None  # outside any run
+    assert node_context({"callbacks": [make_handler(lambda span: None)]}) is None  # a plain list: not in a run
+    assert node_context({}) is None
+
+
+def test_many_nested_runs_leave_the_registry_flat() -> None:
+    """The registry holds only open runs: many nested invocations leave nothing behind."""
+    before = registered_runs()
+    case = NestedCase(is_async=False)
+    for _ in range(50):
+        case.spans.clear()
+        case.run()
+        assert registered_runs() == before
+    assert_one_tree(case, parallel=False)
+    assert_nothing_left(case, before)

@@ -19,8 +19,12 @@ from .state import InputState, ObservabilityConnectorState
 __all__ = ["build_graph", "graph", "wants_metrics"]
 
 
-def wants_metrics(state: ObservabilityConnectorState) -> Literal["metrics_aggregator", "__end__"]:
-    """Metrics run when asked for, or when the call carried no events (a pure question)."""
+async def wants_metrics(state: ObservabilityConnectorState) -> Literal["metrics_aggregator", "__end__"]:
+    """Metrics run when asked for, or when the call carried no events (a pure question).
+
+    Async on purpose: LangGraph runs a sync router in a thread pool under ``ainvoke``, which
+    cost more than a millisecond per invocation here.
+    """
     if state.get("include_metrics") or not state.get("events_to_log"):
         return "metrics_aggregator"
     return END
