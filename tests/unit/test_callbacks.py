@@ -11,6 +11,7 @@ swallowed by LangChain's callback manager.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import itertools
 import operator
@@ -882,7 +883,7 @@ class NestedCase:
         self.contexts[node] = ctx
         if self.wrap_in_span:
             return SpanScope(self.stub, "invoke_agent", "orchestrator", ctx, None)  # type: ignore[arg-type]
-        return _NullScope()
+        return contextlib.nullcontext()
 
     def _call_sync(self, agent: str, config: RunnableConfig, node: str) -> list[str]:
         with self._scope(node, config):
@@ -969,14 +970,6 @@ class NestedCase:
             "causal_impact": ["causal_impact", "estimate", "llm.causal-model"],
         }
         return Tally((agent, op) for agent, names in ops.items() for op in names)
-
-
-class _NullScope:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def span_of(spans: list[SpanRecord], agent: str, operation: str) -> SpanRecord:
@@ -1139,7 +1132,10 @@ async def test_nested_agent_error_is_recorded_once_and_leaves_no_registry_entry(
     by_id = {s.span_id: s for s in spans}
     assert [s.operation_name for s in spans if s.parent_span_id is None] == ["orchestrator_graph"]
     assert all(s.parent_span_id in by_id for s in spans if s.parent_span_id is not None)
-    assert span_of(spans, "gap_analyzer", "gap_analyzer").parent_span_id == span_of(spans, "orchestrator", "dispatch").span_id
+    assert (
+        span_of(spans, "gap_analyzer", "gap_analyzer").parent_span_id
+        == span_of(spans, "orchestrator", "dispatch").span_id
+    )
     assert_nothing_left(case, before)
 
 
@@ -1150,7 +1146,10 @@ def test_same_handler_at_both_levels_records_each_run_once_as_a_subgraph() -> No
 
     spans = case.spans
     expected = Tally(
-        {("gap_analyzer" if op == "fetch_data" else "orchestrator", op): n for (_, op), n in case.expected(parallel=False).items()}
+        {
+            ("gap_analyzer" if op == "fetch_data" else "orchestrator", op): n
+            for (_, op), n in case.expected(parallel=False).items()
+        }
     )  # fetch_data is opened by the node's own code, with its own agent name
     assert Tally((s.agent_name, s.operation_name) for s in spans) == expected
     dispatch = span_of(spans, "orchestrator", "dispatch")
@@ -1199,7 +1198,19 @@ def test_model_called_with_another_agents_handler_is_recorded_once_by_it() -> No
     assert outer.open_runs == inner.open_runs == 0
 
 
-def _nested_events(first: ObservabilityCallbackHandler, second: ObservabilityCallbackHandler, run_id: uuid.UUID) -> None:
+OUTER_NODE = uuid.uuid4()
+
+
+class _ManagerLike:
+    """What ``node_context`` reads from a config's callbacks: the run the config belongs to."""
+
+    def __init__(self, parent_run_id: uuid.UUID) -> None:
+        self.parent_run_id = parent_run_id
+
+
+def _nested_events(
+    first: ObservabilityCallbackHandler, second: ObservabilityCallbackHandler, run_id: uuid.UUID
+) -> None:
     """The events of one run of the inner graph (its root and one node), dispatched to two
     handlers in the given order, as LangChain's callback manager does."""
     node_id = uuid.uuid4()
@@ -1212,9 +1223,6 @@ def _nested_events(first: ObservabilityCallbackHandler, second: ObservabilityCal
         handler.on_chain_end({}, run_id=node_id, parent_run_id=run_id)
     for handler in (first, second):
         handler.on_chain_end({}, run_id=run_id, parent_run_id=OUTER_NODE)
-
-
-OUTER_NODE = uuid.uuid4()
 
 
 @pytest.mark.parametrize("inner_first", [False, True], ids=["inherited-first", "local-first"])
@@ -1247,11 +1255,6 @@ def test_adoption_does_not_depend_on_handler_order(inner_first: bool) -> None:
     assert span_of(spans, "gap_analyzer", "chain").parent_span_id == dispatch.span_id
     assert registered_runs() == before
     assert outer.open_runs == inner.open_runs == 0
-
-
-class _ManagerLike:
-    def __init__(self, parent_run_id: uuid.UUID) -> None:
-        self.parent_run_id = parent_run_id
 
 
 def test_node_context_is_none_when_not_traced() -> None:

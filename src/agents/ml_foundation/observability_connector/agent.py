@@ -13,7 +13,6 @@ import inspect
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from .batch_processor import BatchFlusher
@@ -22,12 +21,14 @@ from .sampling import trace_sampled
 from .spans import SpanRecord
 from .trace_context import (
     _CURRENT,
+    ObservabilityContext,
     ParentLike,
     TraceContext,
     extract,
     new_span_id,
     new_trace_id,
     reset_current,
+    span_parent_id,
 )
 
 if TYPE_CHECKING:  # the hot path imports nothing heavy: pydantic, yaml and langgraph load lazily
@@ -46,23 +47,7 @@ R = TypeVar("R")
 _time_ns = time.time_ns
 
 
-@dataclass(frozen=True, slots=True)
-class ObservabilityContext(TraceContext):
-    """A request's trace context that is not itself a recorded span.
-
-    Spans opened with it join its trace as children of its *parent* (a remote caller's span,
-    or nothing for a new trace), so no span ever points at a parent that was never stored.
-    """
-
-    request_id: str | None = None
-    experiment_id: str | None = None
-    user_id: str | None = None
-
-
-def _effective_parent(parent: ParentLike) -> str | None:
-    if isinstance(parent, ObservabilityContext):
-        return parent.parent_span_id
-    return parent.span_id
+_effective_parent = span_parent_id
 
 
 class SpanScope:
@@ -403,6 +388,16 @@ class ObservabilityConnectorAgent:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+    def node_context(self, config: Any = None) -> TraceContext | None:
+        """The span of the LangGraph node that is running (traced by a callback handler).
+
+        Pass it to ``span()`` inside a node so spans opened there nest under the node:
+        ``async with obs.span("invoke_agent", "orchestrator", obs.node_context(config))``.
+        """
+        from .callbacks import node_context
+
+        return node_context(config)
 
     def callback_handler(self, agent_name: str, **kwargs: Any) -> Any:
         """A LangChain callback handler that traces any LangGraph agent into this connector."""

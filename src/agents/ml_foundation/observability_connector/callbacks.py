@@ -62,7 +62,7 @@ from langchain_core.runnables.config import var_child_runnable_config
 from langgraph.errors import GraphBubbleUp, GraphInterrupt
 
 from .spans import SpanRecord
-from .trace_context import ParentLike, TraceContext, current_parent, new_span_id, new_trace_id
+from .trace_context import ParentLike, TraceContext, current_parent, new_span_id, new_trace_id, span_parent_id
 
 __all__ = ["MAX_REGISTERED_RUNS", "ObservabilityCallbackHandler", "node_context", "registered_runs"]
 
@@ -170,13 +170,15 @@ def node_context(config: RunnableConfig | None = None) -> TraceContext | None:
 
 
 def _adopted_parent(anchor: SpanRecord | None) -> ParentLike | None:
-    """Parent of an adopted run: the other handler's span, or a span the node opened under it.
+    """Parent of an adopted run: the other handler's span, or a span the node opened around the call.
 
-    A node may wrap the nested agent call in ``obs.span(..., node_context(config))``; that
-    span is the caller's current span and a descendant of the node's span, so the agent's
-    graph nests under it. A current span of the same trace that started after the node did
-    can only have been opened inside the node (the node's task or thread copied its context
-    before the node started), so it is taken as a descendant as well.
+    A node may wrap the nested agent call in ``obs.span("invoke_agent", ..., node_context(config))``;
+    that span is the caller's current span, a child of the node's span, and the agent's graph
+    nests under it. A current span of the same trace that started after the node did can
+    only have been opened inside the node (the node's task or thread copied its context
+    before the node started), so it is used too, even when it was parented elsewhere in the
+    trace. Any other current span (the request's, opened before the graph ran) is an ancestor
+    of the node, and the node's span is the better parent.
     """
     outer = current_parent()
     if outer is None or anchor is None:
@@ -410,7 +412,7 @@ class ObservabilityCallbackHandler(BaseCallbackHandler):
                 span = SpanRecord(
                     new_span_id(),
                     outer.trace_id,
-                    outer.span_id,
+                    span_parent_id(outer),
                     operation,
                     self.agent_name,
                     start_ns,
@@ -444,9 +446,7 @@ class ObservabilityCallbackHandler(BaseCallbackHandler):
         if runs.get(run_id) is not None:
             runs[run_id] = _FOREIGN  # same key: keeps the run's place in the eviction order
 
-    def _route(
-        self, run_id: UUID, parent_run_id: UUID | None
-    ) -> tuple[SpanRecord | None, _Skipped | None, int]:
+    def _route(self, run_id: UUID, parent_run_id: UUID | None) -> tuple[SpanRecord | None, _Skipped | None, int]:
         """Where a starting run belongs: (nearest parent span, parent placeholder, how).
 
         ``how`` is ``_CHILD`` (its parent is ours), ``_ROOT``, ``_ADOPT`` (another of our

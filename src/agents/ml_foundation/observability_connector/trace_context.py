@@ -24,6 +24,7 @@ from random import getrandbits
 from typing import Any, Protocol
 
 __all__ = [
+    "ObservabilityContext",
     "ParentLike",
     "TraceContext",
     "attach",
@@ -38,6 +39,7 @@ __all__ = [
     "parse_tracestate",
     "reset_current",
     "set_current",
+    "span_parent_id",
 ]
 
 TRACEPARENT = "traceparent"
@@ -118,6 +120,26 @@ class TraceContext:
             baggage=self.baggage,
             parent_span_id=self.span_id,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ObservabilityContext(TraceContext):
+    """A request's trace context that is not itself a recorded span.
+
+    Spans opened with it join its trace as children of its *parent* (a remote caller's span,
+    or nothing for a new trace), so no span ever points at a parent that was never stored.
+    """
+
+    request_id: str | None = None
+    experiment_id: str | None = None
+    user_id: str | None = None
+
+
+def span_parent_id(parent: ParentLike) -> str | None:
+    """The id a new span under ``parent`` should name as its parent."""
+    if isinstance(parent, ObservabilityContext):
+        return parent.parent_span_id
+    return parent.span_id
 
 
 class ParentLike(Protocol):
