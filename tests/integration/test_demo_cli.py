@@ -311,7 +311,7 @@ def test_installed_script_rejects_an_invalid_window_without_traceback(tmp_path: 
 def test_cli_trace_prints_the_tree(demo: DemoRun) -> None:
     trace_id = demo.result.sample_trace_id
     assert trace_id is not None
-    result = runner.invoke(app, ["--store", str(demo.db), "trace", trace_id])
+    result = runner.invoke(app, ["--store", str(demo.db), "trace", trace_id], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert trace_id in out

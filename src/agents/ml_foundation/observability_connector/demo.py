@@ -39,7 +39,6 @@ from langchain_core.language_models.base import LangSmithParams
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import RunnableConfig
-from langchain_core.runnables.config import var_child_runnable_config
 from langchain_core.tools import BaseTool, InjectedToolArg, tool
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
@@ -563,27 +562,12 @@ async def _classify_intent(state: OrchestratorState, config: RunnableConfig) -> 
     return {"intent": plan.intent}
 
 
-async def _invoke_as_own_root(graph: Any, state: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
-    """Invoke an agent's graph as a run of its own, not as a subgraph of the calling node.
-
-    Inside a node, LangGraph (1.1+) merges the node's ambient callbacks into any graph invoked
-    there, so the orchestrator's handler would also trace every agent's nodes, LLM and tool
-    calls, as orchestrator spans: each one stored twice under two agent names. Clearing the
-    ambient runnable config for this call leaves only the agent's own handler; the agent's
-    graph still joins the request's trace through the connector's current span.
-    """
-    token = var_child_runnable_config.set(None)
-    try:
-        return await graph.ainvoke(state, config)
-    finally:
-        var_child_runnable_config.reset(token)
-
-
-async def _dispatch(state: OrchestratorState, runtime: Runtime[DemoRuntime]) -> dict[str, Any]:
+async def _dispatch(state: OrchestratorState, config: RunnableConfig, runtime: Runtime[DemoRuntime]) -> dict[str, Any]:
     """Run the pipeline; a failing agent gets a fallback answer instead of failing the request.
 
-    Each agent call gets its own ``invoke_agent`` span, so the agent's graph (traced by its
-    own handler) nests under it, and a fallback is marked right where it happened.
+    Each agent call gets its own ``invoke_agent`` span under this node's span
+    (``node_context``), so the agent's graph — recorded once, by the agent's own handler —
+    nests under it, and a fallback is marked right where it happened.
     """
     rt = runtime.context
     plan = state["plan"]
@@ -593,11 +577,13 @@ async def _dispatch(state: OrchestratorState, runtime: Runtime[DemoRuntime]) -> 
     for step in plan.steps:
         agent = step.agent
         async with rt.obs.span(
-            "invoke_agent", "orchestrator", attributes={"target_agent": agent, "request_id": plan.request_id}
+            "invoke_agent",
+            "orchestrator",
+            rt.obs.node_context(config),
+            attributes={"target_agent": agent, "request_id": plan.request_id},
         ) as call:
             try:
-                result = await _invoke_as_own_root(
-                    rt.graphs[agent],
+                result = await rt.graphs[agent].ainvoke(
                     {"request_id": plan.request_id, "question": plan.question, "step": step, "notes": notes[-3:]},
                     {
                         "callbacks": [rt.handlers[agent]],
