@@ -145,6 +145,9 @@ class ObservabilityEvent(BaseModel):
         attributes: dict[str, Any] = dict(self.attributes or {})
         if self.metadata:
             attributes.setdefault("metadata", self.metadata)
+            # Callers flag fallbacks in metadata; metrics read the flag at the top level.
+            if "fallback_used" in self.metadata:
+                attributes.setdefault("fallback_used", self.metadata["fallback_used"])
         if self.input_data is not None:
             attributes.setdefault("input", self.input_data)
         if self.output_data is not None:
