@@ -73,31 +73,7 @@ class SpanScope:
 
     def __enter__(self) -> SpanRecord:
         parent = self._context if self._context is not None else _CURRENT.get()
-        if parent is None:
-            trace_id = new_trace_id()
-            record = SpanRecord(
-                new_span_id(),
-                trace_id,
-                None,
-                self._operation,
-                self._agent_name,
-                _time_ns(),
-                dict(self._attributes) if self._attributes else None,
-                self._agent._sample_root(trace_id, self._agent_name),
-            )
-        else:
-            record = SpanRecord(
-                new_span_id(),
-                parent.trace_id,
-                _effective_parent(parent),
-                self._operation,
-                self._agent_name,
-                _time_ns(),
-                dict(self._attributes) if self._attributes else None,
-                parent.sampled,
-                getattr(parent, "tracestate", ()),
-                getattr(parent, "baggage", None),
-            )
+        record = self._agent._new_record(self._operation, self._agent_name, parent, self._attributes, _time_ns())
         self._record = record
         self._token = _CURRENT.set(record)
         return record
@@ -275,29 +251,7 @@ class ObservabilityConnectorAgent:
         end = _time_ns()
         start = end - int((duration_ms or 0.0) * 1e6)
         parent = context if context is not None else _CURRENT.get()
-        if parent is None:
-            trace_id = new_trace_id()
-            record = SpanRecord(
-                new_span_id(),
-                trace_id,
-                None,
-                operation,
-                agent_name,
-                start,
-                dict(attributes or {}),
-                self._sample_root(trace_id, agent_name),
-            )
-        else:
-            record = SpanRecord(
-                new_span_id(),
-                parent.trace_id,
-                _effective_parent(parent),
-                operation,
-                agent_name,
-                start,
-                dict(attributes or {}),
-                parent.sampled,
-            )
+        record = self._new_record(operation, agent_name, parent, attributes, start)
         record.set_llm(model, input_tokens, output_tokens)
         if provider:
             record.attributes["llm.provider"] = provider
@@ -323,21 +277,45 @@ class ObservabilityConnectorAgent:
             current.add_event(f"metric.{name}", payload)
             return
         end = _time_ns()
-        parent = current
-        trace_id = parent.trace_id if parent is not None else new_trace_id()
-        span = SpanRecord(
-            new_span_id(),
-            trace_id,
-            _effective_parent(parent) if parent is not None else None,
-            f"metric.{name}",
-            agent_name or self.agent_name,
-            end,
-            payload,
-            parent.sampled if parent is not None else self._sample_root(trace_id, agent_name or self.agent_name),
-        )
+        span = self._new_record(f"metric.{name}", agent_name or self.agent_name, current, payload, end)
         span.end_ns = end
         span.status = "ok"
         self._finish(span)
+
+    def _new_record(
+        self,
+        operation: str,
+        agent_name: str,
+        parent: ParentLike | None,
+        attributes: dict[str, Any] | None,
+        start_ns: int,
+    ) -> SpanRecord:
+        """A span under ``parent`` (or the root of a new trace, sampled here once)."""
+        attrs = dict(attributes) if attributes else None
+        if parent is None:
+            trace_id = new_trace_id()
+            return SpanRecord(
+                new_span_id(),
+                trace_id,
+                None,
+                operation,
+                agent_name,
+                start_ns,
+                attrs,
+                self._sample_root(trace_id, agent_name),
+            )
+        return SpanRecord(
+            new_span_id(),
+            parent.trace_id,
+            _effective_parent(parent),
+            operation,
+            agent_name,
+            start_ns,
+            attrs,
+            parent.sampled,
+            getattr(parent, "tracestate", ()),
+            getattr(parent, "baggage", None),
+        )
 
     def _sample_root(self, trace_id: str, agent_name: str) -> bool:
         rate = self._sample_rate
