@@ -1,0 +1,237 @@
+"""The on-disk spool: where a batch waits while a sink is down or the buffer is full.
+
+One SQLite file in WAL mode with ``synchronous=FULL``: :meth:`Spool.append` returns only
+after the batch is on disk, so a batch acknowledged to the spool survives a crash (SIGKILL
+included). Each batch records which sinks still owe it a delivery; a sink that recovers
+replays its own backlog in order without waiting for the others, and a batch is deleted once
+every sink has it. The spool is bounded: past ``max_bytes`` the oldest batches are dropped,
+counted and logged — never silently.
+
+Payloads are the validated, redacted rows (JSON), so nothing secret is ever written here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Spool", "SpoolBatch", "SpoolStats"]
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS spool_batches (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at REAL    NOT NULL,
+    n_spans    INTEGER NOT NULL,
+    n_bytes    INTEGER NOT NULL,
+    payload    BLOB    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS spool_pending (
+    sink            TEXT    NOT NULL,
+    batch_id        INTEGER NOT NULL REFERENCES spool_batches(id) ON DELETE CASCADE,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL    NOT NULL DEFAULT 0,
+    last_error      TEXT,
+    PRIMARY KEY (sink, batch_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS spool_counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolBatch:
+    id: int
+    created_at: float
+    rows: list[dict[str, Any]]
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolStats:
+    batches: int
+    spans: int
+    bytes: int
+    oldest_age_s: float | None
+    pending_by_sink: dict[str, int]
+    dropped_spans: int
+    dropped_batches: int
+
+
+class Spool:
+    """Durable, bounded, per-sink backlog of span batches."""
+
+    def __init__(self, path: str | Path, max_bytes: int = 1 << 30) -> None:
+        self.path = Path(path).expanduser().resolve()
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()  # one writer connection shared by the flusher's threads
+        self._conn: sqlite3.Connection | None = None
+        self._bytes: int | None = None
+
+    # -- connection -----------------------------------------------------------------------
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")  # durable before acknowledged
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.executescript(_SCHEMA)
+            self._conn = conn
+            self._bytes = conn.execute("SELECT COALESCE(SUM(n_bytes), 0) FROM spool_batches").fetchone()[0]
+        return self._conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    # -- writing --------------------------------------------------------------------------
+
+    def append(self, rows: Sequence[dict[str, Any]], sinks: Iterable[str]) -> int:
+        """Persist one batch owed to ``sinks``; returns its id once it is on disk."""
+        sinks = list(dict.fromkeys(sinks))
+        if not rows or not sinks:
+            raise ValueError("a spooled batch needs at least one row and one sink")
+        blob = zlib.compress(json.dumps(rows, separators=(",", ":"), default=str).encode(), 1)
+        now = time.time()
+        with self._lock:
+            db = self._db()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                cur = db.execute(
+                    "INSERT INTO spool_batches (created_at, n_spans, n_bytes, payload) VALUES (?, ?, ?, ?)",
+                    (now, len(rows), len(blob), blob),
+                )
+                batch_id = int(cur.lastrowid or 0)
+                db.executemany(
+                    "INSERT INTO spool_pending (sink, batch_id) VALUES (?, ?)", [(s, batch_id) for s in sinks]
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            self._bytes = (self._bytes or 0) + len(blob)
+            if self._bytes > self.max_bytes:
+                self._enforce_bound(db)
+        return batch_id
+
+    def _enforce_bound(self, db: sqlite3.Connection) -> None:
+        """Drop the oldest batches until the spool fits; every dropped span is counted."""
+        dropped_spans = dropped_batches = 0
+        while (self._bytes or 0) > self.max_bytes:
+            row = db.execute("SELECT id, n_spans, n_bytes FROM spool_batches ORDER BY id LIMIT 1").fetchone()
+            if row is None:
+                self._bytes = 0
+                break
+            db.execute("DELETE FROM spool_batches WHERE id = ?", (row[0],))
+            self._bytes = (self._bytes or 0) - row[2]
+            dropped_spans += row[1]
+            dropped_batches += 1
+        if dropped_batches:
+            self._bump(db, "dropped_spans", dropped_spans)
+            self._bump(db, "dropped_batches", dropped_batches)
+            log.error(
+                "spool over its bound of %d bytes: dropped the %d oldest batch(es), %d span(s) lost; "
+                "raise batching.spool_max_bytes or bring the sinks back",
+                self.max_bytes,
+                dropped_batches,
+                dropped_spans,
+            )
+
+    @staticmethod
+    def _bump(db: sqlite3.Connection, name: str, by: int) -> None:
+        db.execute(
+            "INSERT INTO spool_counters (name, value) VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+            (name, by),
+        )
+
+    # -- replay ---------------------------------------------------------------------------
+
+    def pending(self, sink: str, limit: int = 1, now: float | None = None) -> list[SpoolBatch]:
+        """The oldest batches ``sink`` still owes, in order, that are due for an attempt."""
+        at = time.time() if now is None else now
+        with self._lock:
+            rows = (
+                self._db()
+                .execute(
+                    "SELECT b.id, b.created_at, b.payload, p.attempts FROM spool_pending p "
+                    "JOIN spool_batches b ON b.id = p.batch_id "
+                    "WHERE p.sink = ? AND p.next_attempt_at <= ? ORDER BY p.batch_id LIMIT ?",
+                    (sink, at, limit),
+                )
+                .fetchall()
+            )
+        return [SpoolBatch(r[0], r[1], json.loads(zlib.decompress(r[2])), r[3]) for r in rows]
+
+    def ack(self, sink: str, batch_id: int) -> None:
+        """``sink`` has the batch; delete it once no sink owes it any more."""
+        with self._lock:
+            db = self._db()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("DELETE FROM spool_pending WHERE sink = ? AND batch_id = ?", (sink, batch_id))
+                left = db.execute("SELECT 1 FROM spool_pending WHERE batch_id = ? LIMIT 1", (batch_id,)).fetchone()
+                if left is None:
+                    size = db.execute("SELECT n_bytes FROM spool_batches WHERE id = ?", (batch_id,)).fetchone()
+                    db.execute("DELETE FROM spool_batches WHERE id = ?", (batch_id,))
+                    if size is not None:
+                        self._bytes = (self._bytes or 0) - size[0]
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def retry_later(self, sink: str, batch_id: int, error: str, delay_s: float) -> None:
+        with self._lock:
+            self._db().execute(
+                "UPDATE spool_pending SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? "
+                "WHERE sink = ? AND batch_id = ?",
+                (time.time() + delay_s, error[:500], sink, batch_id),
+            )
+
+    def make_due(self, sink: str) -> None:
+        """A sink recovered: everything it owes is due now (replay in order)."""
+        with self._lock:
+            self._db().execute("UPDATE spool_pending SET next_attempt_at = 0 WHERE sink = ?", (sink,))
+
+    def has_pending(self, sink: str) -> bool:
+        with self._lock:
+            return (
+                self._db().execute("SELECT 1 FROM spool_pending WHERE sink = ? LIMIT 1", (sink,)).fetchone() is not None
+            )
+
+    # -- self-observation -------------------------------------------------------------------
+
+    def stats(self) -> SpoolStats:
+        with self._lock:
+            db = self._db()
+            batches, spans, size, oldest = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(n_spans), 0), COALESCE(SUM(n_bytes), 0), MIN(created_at) "
+                "FROM spool_batches"
+            ).fetchone()
+            by_sink = dict(db.execute("SELECT sink, COUNT(*) FROM spool_pending GROUP BY sink").fetchall())
+            counters = dict(db.execute("SELECT name, value FROM spool_counters").fetchall())
+        return SpoolStats(
+            batches=batches,
+            spans=spans,
+            bytes=size,
+            oldest_age_s=None if oldest is None else max(0.0, time.time() - oldest),
+            pending_by_sink=by_sink,
+            dropped_spans=counters.get("dropped_spans", 0),
+            dropped_batches=counters.get("dropped_batches", 0),
+        )
