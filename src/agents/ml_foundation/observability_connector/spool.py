@@ -43,6 +43,14 @@ CREATE TABLE IF NOT EXISTS spool_pending (
     last_error      TEXT,
     PRIMARY KEY (sink, batch_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    sink       TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    span_id    TEXT,
+    reason     TEXT NOT NULL,
+    row        TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS spool_counters (
     name  TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -67,6 +75,7 @@ class SpoolStats:
     pending_by_sink: dict[str, int]
     dropped_spans: int
     dropped_batches: int
+    dead_letters: int
 
 
 class Spool:
@@ -215,6 +224,25 @@ class Spool:
                 self._db().execute("SELECT 1 FROM spool_pending WHERE sink = ? LIMIT 1", (sink,)).fetchone() is not None
             )
 
+    # -- dead letters -----------------------------------------------------------------------
+
+    def dead_letter(self, sink: str, row: dict[str, Any], reason: str) -> None:
+        """Keep a row a sink refused for good, with the sink's reason, for people to inspect."""
+        with self._lock:
+            self._db().execute(
+                "INSERT INTO dead_letters (sink, created_at, span_id, reason, row) VALUES (?, ?, ?, ?, ?)",
+                (sink, time.time(), str(row.get("span_id")), reason[:2000], json.dumps(row, default=str)),
+            )
+
+    def dead_letters(self, limit: int = 100) -> list[tuple[str, str | None, str]]:
+        """(sink, span_id, reason), newest first."""
+        with self._lock:
+            return list(
+                self._db()
+                .execute("SELECT sink, span_id, reason FROM dead_letters ORDER BY id DESC LIMIT ?", (limit,))
+                .fetchall()
+            )
+
     # -- self-observation -------------------------------------------------------------------
 
     def stats(self) -> SpoolStats:
@@ -226,6 +254,7 @@ class Spool:
             ).fetchone()
             by_sink = dict(db.execute("SELECT sink, COUNT(*) FROM spool_pending GROUP BY sink").fetchall())
             counters = dict(db.execute("SELECT name, value FROM spool_counters").fetchall())
+            dead = db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0]
         return SpoolStats(
             batches=batches,
             spans=spans,
@@ -234,4 +263,5 @@ class Spool:
             pending_by_sink=by_sink,
             dropped_spans=counters.get("dropped_spans", 0),
             dropped_batches=counters.get("dropped_batches", 0),
+            dead_letters=dead,
         )

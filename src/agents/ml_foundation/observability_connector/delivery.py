@@ -1,0 +1,227 @@
+"""Per-sink delivery: each sink gets the batch once, and on failure its own spooled backlog.
+
+A failing sink never delays the other: a batch it cannot take now is written to the spool
+under that sink's name and the call returns; a replay task for that sink retries the backlog
+in order with exponential backoff and full jitter, and while a backlog exists new batches for
+that sink go straight to the spool behind it (order kept, no hammering of a dead server).
+Rows a sink rejects one by one (a value out of range) are dead-lettered with the sink's reason
+and never retried; the rest of the batch is delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .models import ObservabilitySpan
+from .spool import Spool
+
+__all__ = ["DeliveryOutcome", "RetryPolicy", "Sink", "SinkDelivery", "SinkResult", "SinkStats"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SinkResult:
+    """What a sink did with a batch it accepted: per-row rejections are final."""
+
+    delivered: int
+    rejected: Sequence[tuple[str, str]] = ()  # (span_id, the sink's reason)
+
+
+class Sink(Protocol):
+    name: str
+
+    async def send(self, spans: list[ObservabilitySpan]) -> SinkResult:
+        """Deliver the rows; raise for a transient failure of the whole batch."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    initial_s: float = 0.5
+    max_s: float = 30.0
+    timeout_s: float = 10.0
+
+    def delay(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(max, initial × 2^attempt)] (AWS architecture blog)."""
+        return random.uniform(0.0, min(self.max_s, self.initial_s * (2**attempt)))
+
+
+@dataclass
+class SinkStats:
+    batches_sent: int = 0
+    batches_failed: int = 0
+    batches_retried: int = 0
+    batches_spooled: int = 0
+    spans_sent: int = 0
+    spans_spooled: int = 0
+    dead_lettered: int = 0
+    last_error: str | None = None
+    last_success_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryOutcome:
+    sink: str
+    delivered: int
+    spooled: int
+    rejected: int
+    error: str | None = None
+    reasons: list[str] = field(default_factory=list)
+
+
+class SinkDelivery:
+    """One sink's delivery state: direct sends, spool fallback, ordered replay."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        spool: Spool,
+        policy: RetryPolicy | None = None,
+        on_dead_letter: Callable[[str, ObservabilitySpan, str], None] | None = None,
+        on_delivered: Callable[[int], Awaitable[None] | None] | None = None,
+    ) -> None:
+        self.sink = sink
+        self.name = sink.name
+        self.spool = spool
+        self.policy = policy or RetryPolicy()
+        self.stats = SinkStats()
+        self._on_dead_letter = on_dead_letter
+        self._on_delivered = on_delivered
+        self._backlogged = spool.has_pending(self.name)  # a previous run left work behind
+        self._wake: asyncio.Event | None = None
+        self._replayer: asyncio.Task[None] | None = None
+
+    @property
+    def backlogged(self) -> bool:
+        return self._backlogged
+
+    async def deliver(self, spans: list[ObservabilitySpan]) -> DeliveryOutcome:
+        """Send now, or spool behind an existing backlog; never raises."""
+        if not spans:
+            return DeliveryOutcome(self.name, 0, 0, 0)
+        if self._backlogged:
+            return await self._spool(spans, "behind an existing backlog")
+        try:
+            result = await asyncio.wait_for(self.sink.send(spans), self.policy.timeout_s)
+        except Exception as exc:  # any failure of the whole batch is transient by contract
+            reason = _reason(exc)
+            self.stats.batches_failed += 1
+            self.stats.last_error = reason
+            log.warning("%s sink failed a batch of %d: %s; spooling it for replay", self.name, len(spans), reason)
+            return await self._spool(spans, reason)
+        return self._accepted(spans, result)
+
+    def _accepted(self, spans: list[ObservabilitySpan], result: SinkResult) -> DeliveryOutcome:
+        self.stats.batches_sent += 1
+        self.stats.spans_sent += result.delivered
+        self.stats.last_success_at = time.time()
+        reasons = []
+        by_id = {s.span_id: s for s in spans} if result.rejected else {}
+        for span_id, reason in result.rejected:
+            self.stats.dead_lettered += 1
+            reasons.append(f"span_id={span_id!r}: rejected by {self.name}: {reason}")
+            span = by_id.get(span_id)
+            row = span.model_dump(mode="json") if span is not None else {"span_id": span_id}
+            self.spool.dead_letter(self.name, row, reason)
+            if self._on_dead_letter is not None and span is not None:
+                self._on_dead_letter(self.name, span, reason)
+        return DeliveryOutcome(self.name, result.delivered, 0, len(result.rejected), None, reasons)
+
+    async def _spool(self, spans: list[ObservabilitySpan], reason: str) -> DeliveryOutcome:
+        rows = [s.model_dump(mode="json") for s in spans]
+        try:
+            await asyncio.to_thread(self.spool.append, rows, [self.name])
+        except Exception as exc:  # the disk itself failed: say so loudly, nothing else is left
+            log.error("could not spool %d span(s) for %s: %s", len(rows), self.name, exc)
+            return DeliveryOutcome(self.name, 0, 0, 0, f"spool write failed: {exc}")
+        self.stats.batches_spooled += 1
+        self.stats.spans_spooled += len(rows)
+        self._backlogged = True
+        self._kick()
+        return DeliveryOutcome(self.name, 0, len(rows), 0, reason)
+
+    # -- replay ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the replay task on the running loop (the flusher's)."""
+        if self._replayer is None or self._replayer.done():
+            self._wake = asyncio.Event()
+            self._replayer = asyncio.get_running_loop().create_task(self._replay_loop(), name=f"replay-{self.name}")
+            if self._backlogged:
+                self._wake.set()
+
+    def _kick(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    async def stop(self) -> None:
+        if self._replayer is not None:
+            self._replayer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._replayer
+            self._replayer = None
+
+    async def replay_once(self) -> int:
+        """Send the oldest due batch; returns spans delivered (0 when nothing was due or it failed)."""
+        due = await asyncio.to_thread(self.spool.pending, self.name, 1)
+        if not due:
+            if not await asyncio.to_thread(self.spool.has_pending, self.name):
+                self._backlogged = False
+            return 0
+        batch = due[0]
+        spans = [ObservabilitySpan.model_validate(row) for row in batch.rows]
+        try:
+            result = await asyncio.wait_for(self.sink.send(spans), self.policy.timeout_s)
+        except Exception as exc:
+            reason = _reason(exc)
+            self.stats.batches_failed += 1
+            self.stats.batches_retried += 1
+            self.stats.last_error = reason
+            delay = self.policy.delay(batch.attempts)
+            await asyncio.to_thread(self.spool.retry_later, self.name, batch.id, reason, delay)
+            return 0
+        self._accepted(spans, result)
+        await asyncio.to_thread(self.spool.ack, self.name, batch.id)
+        if self._on_delivered is not None:
+            maybe = self._on_delivered(result.delivered)
+            if maybe is not None:
+                await maybe
+        return result.delivered
+
+    async def drain(self, deadline: float | None = None) -> bool:
+        """Replay everything due now; True when no backlog is left."""
+        while self._backlogged and (deadline is None or time.monotonic() < deadline):
+            await asyncio.to_thread(self.spool.make_due, self.name)
+            sent = await self.replay_once()
+            if sent == 0 and self._backlogged:
+                return False
+        return not self._backlogged
+
+    async def _replay_loop(self) -> None:
+        wake = self._wake
+        assert wake is not None
+        while True:
+            if not self._backlogged:
+                wake.clear()
+                await wake.wait()
+                continue
+            sent = await self.replay_once()
+            if sent or not self._backlogged:
+                continue
+            # Nothing was due: sleep until the earliest retry or a new spooled batch.
+            wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout=min(self.policy.max_s, 1.0))
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:500]
