@@ -4,6 +4,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Real redis-server for the metrics-cache tests (the suite starts its own on a free loopback port).
+if ! command -v redis-server >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+fi
+export OBS_REQUIRE_REDIS=1  # here a missing redis-server fails the suite instead of skipping tests
+
+# Postgres server binaries (initdb, pg_ctl, postgres) for the store tests: the suite runs its own
+# throwaway cluster on a free loopback port. No default "main" cluster is created or started.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO mkdir -p /etc/postgresql-common
+    echo "create_main_cluster = false" | $SUDO tee /etc/postgresql-common/createcluster.conf >/dev/null
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
+fi
+export OBS_REQUIRE_POSTGRES=1  # here missing Postgres binaries fail the suite instead of skipping tests
+
 PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv

@@ -18,8 +18,12 @@ from src.agents.ml_foundation.observability_connector.runtime import (
     ConnectorContext,
     set_default_context,
 )
+from src.mlops.opik_connector import OPIK_ENV_VARS, reset_opik_connector
 from src.repositories.observability_span import ObservabilitySpanRepository
 from src.repositories.sqlite import SQLiteSpanRepository
+
+# Fixture plugins: real servers the suite starts itself (extend this list, don't replace it).
+pytest_plugins = ["tests.fixtures.redis_server", "tests.fixtures.opik_receiver", "tests.fixtures.postgres_server"]
 
 
 @pytest.fixture(autouse=True)
@@ -28,9 +32,15 @@ def _isolated_default_context(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("OBS_STORE__SQLITE_PATH", str(tmp_path / "default-spans.db"))
     for var in ("SUPABASE_URL", "SUPABASE_SERVICE_KEY", "OBS_DATABASE_URL", "DATABASE_URL"):
         monkeypatch.delenv(var, raising=False)
+    for var in ("OBS_CACHE__BACKEND", "OBS_CACHE__REDIS_URL", "REDIS_URL"):  # the metrics cache stays in memory
+        monkeypatch.delenv(var, raising=False)
+    # No test reaches a real Opik by accident (the live test reads these at import, and opts in).
+    for var in OPIK_ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
     set_default_context(None)
     yield
     set_default_context(None)
+    reset_opik_connector()
 
 
 @pytest.fixture

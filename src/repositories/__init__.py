@@ -6,6 +6,13 @@ from src.repositories.base import (
     GroupBy,
     ProgressCallback,
     SpanStore,
+    StoreAuthError,
+    StoreConflictError,
+    StoreError,
+    StorePermissionError,
+    StoreRequestError,
+    StoreSchemaError,
+    StoreUnavailableError,
     parse_window,
     window_start,
 )
@@ -20,6 +27,27 @@ __all__ = [
     "ProgressCallback",
     "SQLiteSpanRepository",
     "SpanStore",
+    "StoreAuthError",
+    "StoreConflictError",
+    "StoreError",
+    "StorePermissionError",
+    "StoreRequestError",
+    "StoreSchemaError",
+    "StoreUnavailableError",
+    "SupabaseSpanRepository",
     "parse_window",
     "window_start",
 ]
+
+#: Backends whose client libraries are heavy are imported on first use of their name, so
+#: importing this package (the hot path does, through the runtime) stays cheap.
+_LAZY = {"SupabaseSpanRepository": "src.repositories.supabase"}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

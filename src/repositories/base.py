@@ -26,6 +26,13 @@ __all__ = [
     "GroupBy",
     "ProgressCallback",
     "SpanStore",
+    "StoreAuthError",
+    "StoreConflictError",
+    "StoreError",
+    "StorePermissionError",
+    "StoreRequestError",
+    "StoreSchemaError",
+    "StoreUnavailableError",
     "parse_window",
     "window_start",
 ]
@@ -69,6 +76,60 @@ class BatchInsertResult:
         self.failed += other.failed
         self.errors.extend(other.errors)
         return self
+
+
+class StoreError(Exception):
+    """A store operation failed as a whole; subclasses say why, so callers can react without parsing text.
+
+    ``retryable`` is the one thing a retry loop or spool needs to know: only a store that is
+    down or overloaded can succeed on a second try; a rejected key, a missing table or a
+    malformed request fails the same way every time. ``status``/``code``/``details``/``hint``
+    carry the backend's own diagnosis (HTTP status, SQLSTATE or PostgREST code) when there is one.
+    """
+
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        details: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+        self.details = details
+        self.hint = hint
+
+
+class StoreAuthError(StoreError):
+    """The store did not accept our credentials (HTTP 401, a bad password): fix configuration."""
+
+
+class StorePermissionError(StoreError):
+    """Credentials accepted but not allowed to do this (HTTP 403, RLS, missing grant)."""
+
+
+class StoreConflictError(StoreError):
+    """The write conflicts with stored data in a way idempotent inserts cannot absorb (HTTP 409)."""
+
+
+class StoreUnavailableError(StoreError):
+    """Unreachable, timed out or failing on its side (5xx): worth retrying later, spool meanwhile."""
+
+    retryable = True
+
+
+class StoreRequestError(StoreError):
+    """The store rejected the request itself (other 4xx); sending it again will not help."""
+
+
+class StoreSchemaError(StoreRequestError):
+    """A table, column or function the backend needs does not exist: the schema is not applied."""
 
 
 class BaseRepository(ABC):

@@ -771,14 +771,14 @@ def agent_handler(submit: Any, agent_name: str) -> ObservabilityCallbackHandler:
     return handler
 
 
-class StubConnector:
-    """What ``SpanScope`` (the scope behind ``obs.span``) needs from the connector."""
+def make_connector(submit: Any) -> Any:
+    """A real connector (flusher not started) whose finished spans go to ``submit``."""
+    from src.agents.ml_foundation.observability_connector.agent import ObservabilityConnectorAgent
+    from src.agents.ml_foundation.observability_connector.runtime import default_context
 
-    def __init__(self, submit: Any) -> None:
-        self._finish = submit
-
-    def _sample_root(self, trace_id: str, agent_name: str) -> bool:
-        return True
+    connector = ObservabilityConnectorAgent(context=default_context(), start=False)
+    connector._submit = submit
+    return connector
 
 
 class NestedCase:
@@ -806,7 +806,7 @@ class NestedCase:
             self.handlers = {name: agent_handler(self.spans.append, name) for name in self.AGENTS}
         self.contexts: dict[str, TraceContext | None] = {}
         self.fallbacks: list[str] = []
-        self.stub = StubConnector(self.spans.append)
+        self.stub = make_connector(self.spans.append)
         self.fail_score, self.catch, self.wrap_in_span = fail_score, catch, wrap_in_span
         self.is_async = is_async
         self.agents = {

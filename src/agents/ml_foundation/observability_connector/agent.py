@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from .batch_processor import BatchFlusher
 from .constants import OPIK_PROJECT, OPIK_WORKSPACE
-from .sampling import trace_sampled
+from .sampling import Sampler
 from .spans import SpanRecord
 from .trace_context import (
     _CURRENT,
@@ -119,9 +119,17 @@ class ObservabilityConnectorAgent:
 
         self.context: ConnectorContext = context or ConnectorContext.from_config(settings)
         self.settings = self.context.settings
+        opik = getattr(self.context, "opik", None)
+        if opik is not None:  # OpikConnector.trace_agent & co. record through this agent's collector
+            opik.bind_agent(self)
         batching = self.settings.batching
-        self._sample_rate = self.settings.sampling.default_rate
-        self._keep_errors = self.settings.sampling.always_sample_errors
+        from .config import build_sampler
+        from .redaction import install_log_redaction
+
+        install_log_redaction()  # no log line of the connector prints a secret it was handed
+        # Decided once per trace, at its root (see sampling.Sampler); children inherit the flag.
+        self._sampler: Sampler = self.context.sampler or build_sampler(self.settings, self.context.registry)
+        self._keep_errors = self._sampler.always_sample_errors
         self._flusher = BatchFlusher(
             self._deliver,
             batch_size=batching.max_batch_size,
@@ -145,8 +153,14 @@ class ObservabilityConnectorAgent:
         user_id: str | None = None,
         traceparent: str | None = None,
         tracestate: str | None = None,
+        agent_name: str | None = None,
     ) -> ObservabilityContext:
-        """A request's context: continues ``traceparent`` when valid, else starts a new trace."""
+        """A request's context: continues ``traceparent`` when valid, else starts a new trace.
+
+        A new trace is sampled here, once, at ``agent_name``'s rate when given (the agent that
+        will open its first span; ``sampling.agent_rates``), else at the default rate. A
+        continued trace keeps the caller's sampled flag.
+        """
         baggage = {
             k: v for k, v in (("request_id", request_id), ("experiment_id", experiment_id), ("user_id", user_id)) if v
         }
@@ -168,7 +182,7 @@ class ObservabilityConnectorAgent:
         return ObservabilityContext(
             trace_id=trace_id,
             span_id=new_span_id(),
-            sampled=trace_sampled(trace_id, self._sample_rate),
+            sampled=self._sampler.sample_root(trace_id, agent_name),
             baggage=baggage,
             request_id=request_id,
             experiment_id=experiment_id,
@@ -318,8 +332,7 @@ class ObservabilityConnectorAgent:
         )
 
     def _sample_root(self, trace_id: str, agent_name: str) -> bool:
-        rate = self._sample_rate
-        return True if rate >= 1.0 else trace_sampled(trace_id, rate)
+        return self._sampler.sample_root(trace_id, agent_name)
 
     def _finish(self, record: SpanRecord) -> None:
         if record.sampled or (self._keep_errors and record.status == "error"):
@@ -381,6 +394,7 @@ class ObservabilityConnectorAgent:
         """A LangChain callback handler that traces any LangGraph agent into this connector."""
         from .callbacks import ObservabilityCallbackHandler
 
+        kwargs.setdefault("sample_root", self._sample_root)  # a graph run that starts a trace is its root
         return ObservabilityCallbackHandler(self._finish, agent_name, **kwargs)
 
     def get_status(self) -> dict[str, Any]:
@@ -397,6 +411,9 @@ class ObservabilityConnectorAgent:
             "last_error": stats.last_error,
             "store": self.context.store.describe(),
             "cache": self.context.cache.get_status(),
+            "opik": opik.get_status()
+            if (opik := getattr(self.context, "opik", None)) is not None
+            else {"enabled": False},
         }
 
     # -- the orchestrator's and dashboards' side ------------------------------------------

@@ -351,11 +351,14 @@ class ObservabilityCallbackHandler(BaseCallbackHandler):
         *,
         capture_inputs: bool = False,
         max_open_runs: int = 10_000,
+        sample_root: Callable[[str, str], bool] | None = None,
     ) -> None:
         super().__init__()
         if max_open_runs < 1:
             raise ValueError("max_open_runs must be at least 1")
         self._submit = submit
+        # Sampling decision for a trace this handler starts (None: keep every trace).
+        self._sample_root = sample_root
         self.agent_name = agent_name
         self.capture_inputs = capture_inputs
         self.max_open_runs = max_open_runs
@@ -407,7 +410,12 @@ class ObservabilityCallbackHandler(BaseCallbackHandler):
             # the graph joins the trace the agent is already in.
             outer = current_parent()
             if outer is None:
-                span = SpanRecord(new_span_id(), new_trace_id(), None, operation, self.agent_name, start_ns, attributes)
+                trace_id = new_trace_id()
+                sample = self._sample_root
+                sampled = True if sample is None else sample(trace_id, self.agent_name)
+                span = SpanRecord(
+                    new_span_id(), trace_id, None, operation, self.agent_name, start_ns, attributes, sampled
+                )
             else:
                 span = SpanRecord(
                     new_span_id(),

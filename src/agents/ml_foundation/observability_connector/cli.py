@@ -1,7 +1,7 @@
 """``obs-connector``: run the demo and ask the span store questions from a shell.
 
-Commands: ``demo``, ``metrics``, ``trace``, ``status``. More (``migrate``, ``cleanup``,
-``replay``) plug in the same way: a function decorated with ``@app.command()`` here or in its
+Commands: ``demo``, ``metrics``, ``trace``, ``status``, ``migrate``, ``cleanup``. More (``replay``)
+plug in the same way: a function decorated with ``@app.command()`` here or in its
 own module (registered with ``app.command()(func)``), opening the store with
 :func:`open_context` and reporting failures with :func:`fail`, so every command shares the
 ``--store`` option, the error style and the exit codes:
@@ -103,6 +103,7 @@ async def _close(ctx: ConnectorContext) -> None:
         await ctx.store.close()
     except Exception as exc:  # closing must not turn a good answer into a failure
         logging.getLogger(__name__).warning("closing the store failed: %s", exc)
+    await ctx.cache.aclose()  # Redis connections of this loop; never raises
 
 
 @app.callback()
@@ -184,6 +185,7 @@ def metrics(
             "store": context.store.describe(),
             "metrics_from_cache": from_cache,
             "cache_age_s": round(age, 3),
+            "cache_backend": context.cache.backend,
             **fields,
         }
         sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
@@ -193,7 +195,8 @@ def metrics(
 
     console = _console()
     scope = f"window {window}" + (f", agent {agent}" if agent else "") + (f", trace {trace}" if trace else "")
-    source = f"cached answer, {age:.1f} s old" if from_cache else "computed now"
+    cache = context.cache.backend
+    source = f"cached answer ({cache}), {age:.1f} s old" if from_cache else f"computed now, {cache} cache"
     console.print(f"[bold]Metrics[/] — {scope} — {context.store.describe()} ({source})")
     if agent and agent not in context.registry.agents:
         console.print(f"[yellow]note:[/] {agent!r} is not in the agent registry; it is reported as tier -1")
@@ -278,10 +281,148 @@ def status(ctx: typer.Context) -> None:
     table.add_row("retention", f"{s.retention.days} days (deleted in batches of {s.retention.batch_size:,})")
     table.add_row(
         "metrics cache",
+        f"{context.cache.describe()}, "
         f"TTL {s.cache.ttl_short_s:g} s (≤1h) / {s.cache.ttl_day_s:g} s (≤24h) / {s.cache.ttl_long_s:g} s (longer)",
     )
     table.add_row("opik", f"project {s.opik.project_name!r}, workspace {s.opik.workspace!r}")
     _console().print(table)
+
+
+@app.command()
+def migrate(
+    ctx: typer.Context,
+    schema: Annotated[
+        Path | None,
+        typer.Option("--schema", help="SQL file to apply (default: database/ml/mlops_tables.sql).", dir_okay=False),
+    ] = None,
+) -> None:
+    """Create or update the span table, indexes, view, functions and access rules (safe to repeat).
+
+    Postgres / Supabase: applied to OBS_DATABASE_URL (or DATABASE_URL) in one transaction. The
+    embedded SQLite store creates its own schema; this only makes sure it exists.
+    """
+    from .config import ConfigError, database_url, load_settings, store_backend
+
+    try:
+        backend = store_backend(load_settings())
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+    dsn = database_url()
+    if dsn is None and backend in ("postgres", "supabase"):
+        fail(
+            f"store backend {backend!r}: migrations need a Postgres connection string in OBS_DATABASE_URL "
+            "(or DATABASE_URL); the Supabase REST API cannot create tables — use the project's "
+            "database connection string",
+            EXIT_USAGE,
+        )
+    if dsn is not None:
+        _migrate_postgres(dsn, schema)
+        return
+
+    context = open_context(ctx.obj)
+
+    async def ensure() -> int:
+        try:
+            await context.store.open()
+            return int(await context.store.count_spans())
+        finally:
+            await _close(context)
+
+    try:
+        count = _run(ensure)
+    except Exception as exc:
+        fail(f"preparing {context.store.describe()} failed: {type(exc).__name__}: {exc}")
+    _console().print(
+        f"{context.store.describe()}: schema ready (the embedded store creates it itself); {count:,} spans"
+    )
+
+
+def _migrate_postgres(dsn: str, schema: Path | None) -> None:
+    from rich.table import Table
+
+    from src.repositories.base import StoreError
+    from src.repositories.postgres import SCHEMA_PATH, describe_dsn
+    from src.repositories.postgres import migrate as apply_schema
+
+    path = schema or SCHEMA_PATH
+    try:
+        report = apply_schema(dsn, path)
+    except StoreError as exc:
+        hint = f" ({exc.hint})" if getattr(exc, "hint", None) else ""
+        fail(f"{exc}{hint}")
+    except Exception as exc:
+        fail(f"applying {path} to {describe_dsn(dsn)} failed: {type(exc).__name__}: {exc}")
+    console = _console()
+    console.print(f"Applied [bold]{path.name}[/] to {report.database} (PostgreSQL {report.server_version})")
+    table = Table(show_header=True, box=None, pad_edge=False)
+    table.add_column("object")
+    table.add_column("state")
+    for name in report.created:
+        table.add_row(name, "[green]created[/]")
+    for name in report.already_present:
+        table.add_row(name, "already present")
+    console.print(table)
+    if report.supabase_roles:
+        access = ", ".join(f"{role} {state}" for role, state in report.access.items())
+        console.print(f"Supabase API roles: {access}")
+    else:
+        console.print(
+            "No Supabase API roles (anon, authenticated, service_role) here: a plain Postgres. "
+            "Run migrate again after creating them to add their grants and policy."
+        )
+    summary = f"{len(report.created)} created, {len(report.already_present)} already present"
+    console.print(f"Done: {summary}." if report.changed else f"Nothing to create: {summary}.")
+
+
+@app.command()
+def cleanup(
+    ctx: typer.Context,
+    days: Annotated[
+        int | None,
+        typer.Option(
+            "--days", "-d", min=1, help="Delete spans that started more than N days ago (default: retention.days)."
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option("--batch-size", min=1, help="Rows per delete transaction (default: retention.batch_size)."),
+    ] = None,
+) -> None:
+    """Delete spans older than the retention period, in short batches, with a progress bar."""
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    context = open_context(ctx.obj)
+    keep = days if days is not None else context.settings.retention.days
+    size = batch_size if batch_size is not None else context.settings.retention.batch_size
+    console = _console()
+    bar = Progress(
+        SpinnerColumn(),
+        TextColumn(f"deleting spans older than {keep} days"),
+        BarColumn(),
+        TextColumn("{task.completed:,.0f} rows"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+    async def run_cleanup() -> int:
+        try:
+            with bar:
+                task = bar.add_task("cleanup", total=None)
+                deleted = await context.store.delete_old_spans(
+                    keep, batch_size=size, progress=lambda total: bar.update(task, completed=total)
+                )
+                bar.update(task, completed=deleted, total=deleted or 1)
+                return int(deleted)
+        finally:
+            await _close(context)
+
+    try:
+        deleted = _run(run_cleanup)
+    except ValueError as exc:
+        fail(str(exc), EXIT_USAGE)
+    except Exception as exc:
+        fail(f"cleanup of {context.store.describe()} failed: {type(exc).__name__}: {exc}")
+    console.print(f"Deleted {deleted:,} spans older than {keep} days from {context.store.describe()}.")
 
 
 def main() -> None:

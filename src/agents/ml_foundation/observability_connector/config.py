@@ -7,29 +7,45 @@ only from the environment. With no file at all the defaults work on a fresh mach
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
+
+from .sampling import Sampler
+
+if TYPE_CHECKING:
+    from .redaction import Redactor
 
 __all__ = [
     "AgentInfo",
     "AgentRegistry",
+    "CircuitBreakerSettings",
     "ConfigError",
     "ObservabilitySettings",
+    "RedactionSettings",
+    "SamplingSettings",
+    "build_opik",
+    "build_redactor",
+    "build_sampler",
     "build_store",
     "config_dir",
+    "database_url",
     "load_registry",
     "load_settings",
     "store_backend",
 ]
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[4]
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -52,9 +68,55 @@ class StoreSettings(_Section):
     sqlite_path: str = ".observability/spans.db"
 
 
+Rate = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
 class SamplingSettings(_Section):
-    default_rate: float = Field(1.0, ge=0.0, le=1.0)
+    default_rate: Rate = 1.0
     always_sample_errors: bool = True
+    # Used instead of default_rate when ENVIRONMENT=production; None keeps default_rate.
+    production_rate: Rate | None = None
+    # Per-agent rates and always-sampled agents apply to traces whose root that agent starts.
+    agent_rates: dict[str, Rate] = Field(default_factory=dict)
+    always_sample_agents: list[str] = Field(default_factory=list)
+
+
+class CircuitBreakerSettings(_Section):
+    """Guards Opik: this many consecutive failures open it; half-open after the timeout."""
+
+    failure_threshold: int = Field(5, ge=1, le=1000)
+    recovery_timeout_s: float = Field(30.0, gt=0, le=3600)
+
+
+class RedactionSettings(_Section):
+    """Secrets and size limits applied to every span before any sink (see redaction.py)."""
+
+    enabled: bool = True
+    # Added to the built-in sensitive key words (password, secret, token, api_key, ...);
+    # matched case-insensitively as whole words of a key: "ssn" also hides "user_ssn".
+    extra_sensitive_keys: list[str] = Field(default_factory=list)
+    # Extra regular expressions; the whole match becomes [REDACTED].
+    extra_patterns: list[str] = Field(default_factory=list)
+    max_value_bytes: int = Field(32_768, ge=256, le=16 * 1024 * 1024)
+    max_span_bytes: int = Field(262_144, ge=1024, le=64 * 1024 * 1024)
+
+    @field_validator("extra_patterns")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
+        for index, pattern in enumerate(patterns):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"extra_patterns[{index}] {pattern!r} is not a valid regular expression: {exc}") from exc
+        return patterns
+
+    @model_validator(mode="after")
+    def _span_holds_a_value(self) -> RedactionSettings:
+        if self.max_span_bytes < self.max_value_bytes:
+            raise ValueError(
+                f"max_span_bytes ({self.max_span_bytes}) must be at least max_value_bytes ({self.max_value_bytes})"
+            )
+        return self
 
 
 class RetentionSettings(_Section):
@@ -67,11 +129,28 @@ class CacheSettings(_Section):
     ttl_day_s: float = Field(300, ge=0)
     ttl_long_s: float = Field(600, ge=0)
     max_entries: int = Field(1024, ge=1)
+    # memory: per process. redis: shared by every process pointed at the same Redis (see cache.py).
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str | None = None  # default: $REDIS_URL, else redis://127.0.0.1:6379/0
+    redis_timeout_s: float = Field(0.5, gt=0, le=60)  # per Redis call; beyond it we compute instead
+    redis_retry_s: float = Field(5.0, ge=0, le=3600)  # after a Redis failure, compute without it this long
+    key_prefix: str = Field("obs:metrics", min_length=1)
 
 
 class OpikSettings(_Section):
-    project_name: str = "e2i-causal-analytics"
-    workspace: str = "default"
+    """Opik sink (src/mlops/opik_connector.py); the API key comes only from ``OPIK_API_KEY``."""
+
+    project_name: str = "e2i-causal-analytics"  # OPIK_PROJECT_NAME wins
+    workspace: str = "default"  # OPIK_WORKSPACE wins
+    # auto: on when OPIK_URL_OVERRIDE or OPIK_API_KEY is set; true: always (url below or local Opik).
+    enabled: Literal["auto"] | bool = "auto"
+    url: str | None = None  # OPIK_URL_OVERRIDE wins; default: Opik Cloud with a key, else http://localhost:5173/api
+    request_timeout_s: float = Field(10.0, gt=0, le=600)  # per attempt of one batch
+    wait_s: float = Field(1.0, ge=0, le=60)  # how long the batch node waits to report "sent"; never longer
+    max_items_per_request: int = Field(500, ge=1, le=1000)  # Opik accepts at most 1000 per batch request
+    replay_backlog_max_spans: int = Field(50_000, ge=1)  # undelivered spans held for replay; oldest go first
+    retry_backoff_s: float = Field(0.5, ge=0, le=60)  # first retry of a failed batch; doubles per failure
+    retry_backoff_max_s: float = Field(8.0, ge=0, le=600)
 
 
 class ObservabilitySettings(BaseSettings):
@@ -85,6 +164,8 @@ class ObservabilitySettings(BaseSettings):
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     opik: OpikSettings = Field(default_factory=OpikSettings)
+    circuit_breaker: CircuitBreakerSettings = Field(default_factory=CircuitBreakerSettings)
+    redaction: RedactionSettings = Field(default_factory=RedactionSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -123,32 +204,222 @@ def config_dir() -> Path:
     return _PACKAGE_ROOT / "config"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key repeated in one mapping (plain YAML keeps the last one silently)."""
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} appears twice in one mapping (first on line {seen[key] + 1})",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line
+        except TypeError:  # an unhashable key: SafeLoader reports it below
+            break
+    loader.flatten_mapping(node)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top, got {type(data).__name__}")
-    return data
+    # "sampling:" with nothing under it means "all defaults", not "sampling is null".
+    return {key: value for key, value in data.items() if value is not None}
 
 
 def load_settings(path: Path | str | None = None) -> ObservabilitySettings:
+    """Validated settings: defaults < the YAML file < ``OBS_*`` environment variables.
+
+    Every problem is reported at once, one line each, naming where the value came from (the
+    file or the environment variable), the key, the value and what is accepted.
+    """
     file = Path(path) if path is not None else config_dir() / "observability.yaml"
     data = _read_yaml(file)
+    _check_env_sections(file)
     token = _YAML_DATA.set(data)
     try:
         return ObservabilitySettings()
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors(include_url=False):
-            key = ".".join(str(p) for p in err["loc"])
-            problems.append(f"{key}: {err.get('input')!r} is invalid: {err['msg']}")
-        raise ConfigError(f"{file}: " + "; ".join(problems)) from exc
+        lines = [_explain(err, file) for err in exc.errors(include_url=False)]
+        raise ConfigError(_report(file, lines)) from exc
+    except SettingsError as exc:
+        raise ConfigError(_report(file, _explain_env_parse_error(exc))) from exc
     finally:
         _YAML_DATA.reset(token)
+
+
+_ENV_PREFIX = "OBS_"
+_ENV_DELIMITER = "__"
+
+
+def _report(file: Path, lines: list[str]) -> str:
+    from .redaction import redact_text
+
+    # A value echoed back may be a secret someone put in the wrong place.
+    body = "\n".join(f"  {redact_text(line)}" for line in lines)
+    return f"invalid observability configuration ({file}):\n{body}"
+
+
+def _env_var_for(loc: tuple[Any, ...]) -> str | None:
+    """The ``OBS_*`` variable that supplied the value at ``loc``, if one did (longest match wins)."""
+    env = {name.upper(): name for name in os.environ if name.upper().startswith(_ENV_PREFIX)}
+    parts = [str(p).upper() for p in loc]
+    for length in range(len(parts), 0, -1):
+        name = _ENV_PREFIX + _ENV_DELIMITER.join(parts[:length])
+        if name in env:
+            return env[name]
+    return None
+
+
+def _check_env_sections(file: Path) -> None:
+    """``OBS_SAMPLNG__DEFAULT_RATE`` names no section: pydantic-settings would ignore it silently."""
+    sections = ObservabilitySettings.model_fields
+    lines = []
+    for name in sorted(os.environ):
+        upper = name.upper()
+        if not upper.startswith(_ENV_PREFIX) or _ENV_DELIMITER not in upper[len(_ENV_PREFIX) :]:
+            continue
+        section = upper[len(_ENV_PREFIX) :].split(_ENV_DELIMITER, 1)[0].lower()
+        if section not in sections:
+            lines.append(
+                f"environment variable {name}: {section!r} is an unknown section; "
+                f"accepted sections: {', '.join(sections)}"
+            )
+    if lines:
+        raise ConfigError(_report(file, lines))
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The settings model that holds the last key of ``loc`` (None below a dict or a list)."""
+    model: type[BaseModel] = ObservabilitySettings
+    for part in loc[:-1]:
+        info = model.model_fields.get(str(part))
+        annotation = info.annotation if info is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def _bounds(loc: tuple[Any, ...], ctx: dict[str, Any]) -> dict[str, Any]:
+    """Every bound of the field at ``loc`` (pydantic's error names only the one that failed)."""
+    found: dict[str, Any] = {}
+    model = _model_at(loc)
+    info = model.model_fields.get(str(loc[-1])) if model is not None and loc else None
+    for constraint in info.metadata if info is not None else ():
+        for name in ("gt", "ge", "lt", "le"):
+            value = getattr(constraint, name, None)
+            if value is not None:
+                found[name] = value
+    for name in ("gt", "ge", "lt", "le"):
+        if name in ctx:
+            found.setdefault(name, ctx[name])
+    return found
+
+
+def _num(value: Any) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def _range_text(bounds: dict[str, Any]) -> str:
+    low = ("ge", bounds["ge"]) if "ge" in bounds else ("gt", bounds["gt"]) if "gt" in bounds else None
+    high = ("le", bounds["le"]) if "le" in bounds else ("lt", bounds["lt"]) if "lt" in bounds else None
+    if low and high and low[0] == "ge" and high[0] == "le":
+        return f"is not between {_num(low[1])} and {_num(high[1])}"
+    parts = []
+    if low:
+        parts.append(f"{'at least' if low[0] == 'ge' else 'greater than'} {_num(low[1])}")
+    if high:
+        parts.append(f"{'at most' if high[0] == 'le' else 'less than'} {_num(high[1])}")
+    return "is out of range: accepted values are " + " and ".join(parts)
+
+
+_TYPE_NAMES = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "string": "a string",
+    "list": "a list",
+    "dict": "a mapping of keys to values",
+    "model": "a mapping of keys to values",
+    "model_attributes": "a mapping of keys to values",
+}
+
+
+def _explain(err: Any, file: Path) -> str:
+    """One line for one pydantic error: where it came from, the key, the value, what is accepted."""
+    loc = tuple(err["loc"])
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    env_var = _env_var_for(loc)
+    value = err.get("input")
+    shown = value if env_var is not None and isinstance(value, str) else repr(value)
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        model = _model_at(loc)
+        accepted = ", ".join(model.model_fields) if model is not None else "none"
+        what = "section" if len(loc) == 1 else "key"
+        problem = f"unknown {what}; accepted {what}s: {accepted}"
+    elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        problem = f"{shown} {_range_text(_bounds(loc, ctx))}"
+    elif kind == "literal_error":
+        problem = f"{shown} is not one of: {ctx.get('expected', '')}".rstrip()
+    elif kind == "missing":
+        problem = "is required"
+    elif kind == "value_error":
+        problem = err["msg"].removeprefix("Value error, ")
+    else:
+        base = kind.removesuffix("_parsing").removesuffix("_type").removesuffix("_from_float")
+        expected = _TYPE_NAMES.get(base)
+        if expected is not None:
+            problem = f"{shown} is not {expected} (got {type(value).__name__})"
+        elif "min_length" in ctx or "max_length" in ctx:
+            problem = f"{shown} has the wrong length: {err['msg'].lower()}"
+        else:
+            problem = f"{shown} is not accepted: {err['msg']}"
+    where = f"environment variable {env_var}" if env_var is not None else str(file)
+    return f"{where}: {key}: {problem}"
+
+
+def _explain_env_parse_error(exc: SettingsError) -> list[str]:
+    """pydantic-settings could not parse a complex (JSON) value from the environment."""
+    import json
+
+    lines = []
+    for name in sorted(os.environ):
+        if not name.upper().startswith(_ENV_PREFIX):
+            continue
+        raw = os.environ[name]
+        try:
+            json.loads(raw)
+        except ValueError:
+            path = name[len(_ENV_PREFIX) :].lower().split(_ENV_DELIMITER)
+            model = _model_at(tuple(path))
+            info = model.model_fields.get(path[-1]) if model is not None else None
+            if info is None or info.annotation in (str, int, float, bool):
+                continue
+            lines.append(
+                f"environment variable {name}: {'.'.join(path)}: {raw} is not valid JSON "
+                "(sections, lists and mappings are given as JSON, e.g. '[\"orchestrator\"]' or "
+                "'{\"gap_analyzer\": 0.5}')"
+            )
+    return lines or [f"environment: {exc}"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,16 +455,64 @@ class AgentRegistry:
         return out
 
 
+_REGISTRY_SECTIONS = ("tiers", "agents", "observability_connector")
+_AGENT_KEYS = ("tier", "description")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def load_registry(path: Path | str | None = None) -> AgentRegistry:
+    """The agent registry; every problem is reported at once, naming the file, key and value."""
     file = Path(path) if path is not None else config_dir() / "agent_config.yaml"
     data = _read_yaml(file)
+    problems: list[str] = []
+    for section in data:
+        if section not in _REGISTRY_SECTIONS:
+            problems.append(
+                f"{section}: unknown section; accepted sections: {', '.join(_REGISTRY_SECTIONS)}"
+            )
     tiers_raw = data.get("tiers") or {}
     agents_raw = data.get("agents") or {}
-    try:
-        tiers = {int(k): str(v) for k, v in tiers_raw.items()}
-        agents = {str(name): int((spec or {}).get("tier", -1)) for name, spec in agents_raw.items()}
-    except (TypeError, ValueError, AttributeError) as exc:
-        raise ConfigError(f"{file}: agents.<name>.tier and tiers.<n> must be integers: {exc}") from exc
+    tiers: dict[int, str] = {}
+    if not isinstance(tiers_raw, dict):
+        problems.append(f"tiers: {tiers_raw!r} is not a mapping of tier number to tier name")
+        tiers_raw = {}
+    for key, name in tiers_raw.items():
+        if not _is_int(key):
+            problems.append(f"tiers.{key}: {key!r} is not an integer tier number")
+        elif not isinstance(name, str) or not name:
+            problems.append(f"tiers.{key}: {name!r} is not a tier name (a non-empty string)")
+        else:
+            tiers[key] = name
+    accepted_tiers = ", ".join(f"{n} ({tiers[n]})" for n in sorted(tiers)) or "any integer"
+    agents: dict[str, int] = {}
+    if not isinstance(agents_raw, dict):
+        problems.append(f"agents: {agents_raw!r} is not a mapping of agent name to {{tier: N}}")
+        agents_raw = {}
+    for name, spec in agents_raw.items():
+        if not isinstance(spec, dict):
+            problems.append(f"agents.{name}: {spec!r} is not a mapping like {{tier: 2}}")
+            continue
+        for key in spec:
+            if key not in _AGENT_KEYS:
+                problems.append(f"agents.{name}.{key}: unknown key; accepted keys: {', '.join(_AGENT_KEYS)}")
+        if "tier" not in spec:
+            problems.append(f"agents.{name}.tier: is required; accepted tiers: {accepted_tiers}")
+            continue
+        tier = spec["tier"]
+        if not _is_int(tier):
+            problems.append(f"agents.{name}.tier: {tier!r} is not an integer; accepted tiers: {accepted_tiers}")
+        elif tiers and tier not in tiers:
+            problems.append(f"agents.{name}.tier: {tier} is not a known tier; accepted tiers: {accepted_tiers}")
+        else:
+            agents[str(name)] = tier
+    if problems:
+        from .redaction import redact_text
+
+        body = "\n".join(f"  {file}: {redact_text(line)}" for line in problems)
+        raise ConfigError(f"invalid agent registry ({file}):\n{body}")
     return AgentRegistry(agents=agents, tier_names=tiers)
 
 
@@ -210,6 +529,16 @@ def store_backend(settings: ObservabilitySettings, environ: dict[str, str] | Non
     return "sqlite"
 
 
+def database_url(environ: dict[str, str] | None = None) -> str | None:
+    """The Postgres connection string (``OBS_DATABASE_URL``, else ``DATABASE_URL``), if it is one.
+
+    Environment only: a connection string usually carries a password.
+    """
+    env = os.environ if environ is None else environ
+    url = env.get("OBS_DATABASE_URL") or env.get("DATABASE_URL") or ""
+    return url if url.startswith(("postgresql://", "postgres://")) else None
+
+
 def build_store(settings: ObservabilitySettings | None = None) -> Any:
     """The configured span repository (an ``ObservabilitySpanRepository``)."""
     from src.repositories.observability_span import ObservabilitySpanRepository
@@ -217,6 +546,23 @@ def build_store(settings: ObservabilitySettings | None = None) -> Any:
 
     settings = settings or load_settings()
     backend = store_backend(settings)
+    if backend == "supabase":
+        from src.repositories.supabase import SupabaseSpanRepository
+
+        try:  # URL and service key come from the environment only, never from a config file
+            return ObservabilitySpanRepository(SupabaseSpanRepository.from_env())
+        except ValueError as exc:
+            raise ConfigError(f"store backend 'supabase': {exc}") from exc
+    if backend == "postgres":
+        from src.repositories.postgres import PostgresSpanRepository
+
+        dsn = database_url()
+        if not dsn:
+            raise ConfigError(
+                "store backend 'postgres' needs OBS_DATABASE_URL (or DATABASE_URL) set to a postgresql:// "
+                "connection string, e.g. a Supabase project's connection string"
+            )
+        return ObservabilitySpanRepository(PostgresSpanRepository(dsn))
     if backend != "sqlite":
         raise ConfigError(
             f"store backend {backend!r} was selected by the environment or store.backend, but only the "
@@ -224,3 +570,85 @@ def build_store(settings: ObservabilitySettings | None = None) -> Any:
         )
     path = Path(settings.store.sqlite_path).expanduser()
     return ObservabilitySpanRepository(SQLiteSpanRepository(path))
+
+
+def build_opik(settings: ObservabilitySettings | None = None, registry: AgentRegistry | None = None) -> Any:
+    """The process's Opik sink when Opik is configured (see ``opik.enabled``), else None."""
+    from src.mlops.opik_connector import get_opik_connector, opik_configured
+
+    settings = settings or load_settings()
+    if not opik_configured(settings):
+        return None
+    return get_opik_connector(settings, tier_names=(registry or load_registry()).tier_names)
+
+
+def _environment(environ: dict[str, str] | None = None) -> str | None:
+    env = os.environ if environ is None else environ
+    return env.get("ENVIRONMENT")
+
+
+_WARNED_UNKNOWN_AGENTS: set[tuple[str, ...]] = set()
+
+
+def build_sampler(
+    settings: ObservabilitySettings | None = None,
+    registry: AgentRegistry | None = None,
+    environ: dict[str, str] | None = None,
+) -> Sampler:
+    """The sampling policy; ``ENVIRONMENT=production`` selects ``sampling.production_rate``.
+
+    An override naming an agent the registry does not know is most likely a typo that would
+    silently never apply, so it is logged (not fatal: unregistered agents are legitimate).
+    """
+    settings = settings or load_settings()
+    sampling = settings.sampling
+    if registry is not None and registry.agents:
+        named = [*sampling.agent_rates, *sampling.always_sample_agents]
+        unknown = tuple(sorted({name for name in named if name not in registry.agents}))
+        if unknown and unknown not in _WARNED_UNKNOWN_AGENTS:
+            _WARNED_UNKNOWN_AGENTS.add(unknown)
+            log.warning(
+                "sampling overrides name agents missing from the registry (typo?): %s", ", ".join(unknown)
+            )
+    return Sampler(
+        sampling.default_rate,
+        always_sample_errors=sampling.always_sample_errors,
+        agent_rates=sampling.agent_rates,
+        always_sample_agents=sampling.always_sample_agents,
+        production_rate=sampling.production_rate,
+        environment=_environment(environ),
+    )
+
+
+_REDACTORS: dict[tuple[Any, ...], Redactor] = {}
+
+
+def build_redactor(settings: ObservabilitySettings | None = None) -> Redactor:
+    """The redaction policy every span passes through before any sink.
+
+    One instance per distinct redaction policy, reused across batches and contexts: its
+    caches (key decisions, already-redacted strings) are what keep it cheap per span.
+    """
+    from .redaction import Redactor
+
+    settings = settings or load_settings()
+    red = settings.redaction
+    key = (
+        red.enabled,
+        tuple(red.extra_sensitive_keys),
+        tuple(red.extra_patterns),
+        red.max_value_bytes,
+        red.max_span_bytes,
+    )
+    found = _REDACTORS.get(key)
+    if found is None:
+        if len(_REDACTORS) >= 16:
+            _REDACTORS.clear()
+        found = _REDACTORS[key] = Redactor(
+            extra_keys=red.extra_sensitive_keys,
+            extra_patterns=red.extra_patterns,
+            max_value_bytes=red.max_value_bytes,
+            max_span_bytes=red.max_span_bytes,
+            enabled=red.enabled,
+        )
+    return found

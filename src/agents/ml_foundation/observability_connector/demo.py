@@ -654,6 +654,7 @@ class DemoResult:
     store: str
     sample_trace_id: str | None
     metrics: dict[str, Any] = field(default_factory=dict)
+    opik: dict[str, Any] | None = None  # the Opik sink's status after the run; None: Opik not configured
 
 
 async def _run_request(runtime: DemoRuntime, plan: RequestPlan) -> RequestOutcome:
@@ -720,6 +721,7 @@ async def run_demo(
         console.print(
             f"[bold]obs-connector demo[/]: {traces} request(s) through {len(ALL_AGENT_NAMES)} agents "
             f"in 6 tiers, seed {seed}, {concurrency} concurrent — spans go to [cyan]{ctx.store.describe()}[/]"
+            + (f" and Opik [cyan]{ctx.opik.url}[/] (project {ctx.opik.project_name})" if ctx.opik is not None else "")
         )
         accepted_before = obs.get_status()["spans_accepted"]
         started = time.perf_counter()
@@ -744,14 +746,32 @@ async def run_demo(
 
             outcomes = await asyncio.gather(*(one(p) for p in plans))
         delivered = await obs.flush(timeout=60)
+        opik_sent = await ctx.opik.wait_until_sent(timeout=30) if ctx.opik is not None else None
         wall = time.perf_counter() - started
         status = obs.get_status()
         result = await _report(
             console, ctx, outcomes, status, status["spans_accepted"] - accepted_before, wall, delivered
         )
+        if ctx.opik is not None:
+            result.opik = _report_opik(console, ctx.opik.get_status(), bool(opik_sent))
     finally:
         await obs.aclose()
     return result
+
+
+def _report_opik(console: Console, status: dict[str, Any], all_sent: bool) -> dict[str, Any]:
+    """One line on what reached Opik (read from the sink's own counters, confirmed by the server)."""
+    colour = "green" if all_sent and not status["spans_rejected"] else "yellow"
+    line = (
+        f"Opik: [{colour}]{status['spans_sent']:,} span(s) sent[/] to [cyan]{status['url']}[/] "
+        f"(workspace {status['workspace']}, project {status['project_name']}), circuit {status['state']}"
+    )
+    if status["backlog_spans"]:
+        line += f", [yellow]{status['backlog_spans']:,} waiting to be sent[/]"
+    if status["spans_rejected"]:
+        line += f", [red]{status['spans_rejected']:,} rejected (see get_status()['opik']['rejections'])[/]"
+    console.print(line)
+    return status
 
 
 async def _report(

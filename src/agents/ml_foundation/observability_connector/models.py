@@ -108,6 +108,9 @@ class ObservabilityEvent(BaseModel):
     attributes: dict[str, Any] | None = None
     events: list[dict[str, Any]] | None = None
     agent_tier: int | None = None
+    # The trace's sampling decision when the producer already made it (W3C sampled flag);
+    # absent: the connector decides from the trace id (see sampling.Sampler).
+    sampled: bool | None = None
 
     @field_validator("parent_span_id", mode="before")
     @classmethod

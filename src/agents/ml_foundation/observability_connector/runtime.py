@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .cache import MetricsCache
-from .config import AgentRegistry, ObservabilitySettings, build_store, load_registry, load_settings
+from .redaction import Redactor
+from .sampling import Sampler
+from .config import AgentRegistry, ObservabilitySettings, build_opik, build_store, load_registry, load_settings
 
 __all__ = ["ConnectorContext", "default_context", "resolve_context", "set_default_context"]
 
@@ -20,10 +22,19 @@ __all__ = ["ConnectorContext", "default_context", "resolve_context", "set_defaul
 class ConnectorContext:
     """Everything a node needs besides the state."""
 
-    store: Any  # ObservabilitySpanRepository; typed loosely to keep this module import-light
+    # ObservabilitySpanRepository; typed loosely to keep this module import-light. None: the
+    # process-wide context is used instead (LangGraph builds the context from a JSON dict when
+    # the graph is served by ``langgraph dev`` / Studio, which can carry no store).
+    store: Any = None
     settings: ObservabilitySettings = field(default_factory=ObservabilitySettings)
     registry: AgentRegistry = field(default_factory=AgentRegistry)
     cache: MetricsCache = field(default_factory=MetricsCache)
+    # The Opik sink (src.mlops.OpikConnector) when Opik is configured; None: the store only.
+    opik: Any = None
+    # Sampling and redaction policies; None (the usual case): built from ``settings`` when used,
+    # so replacing ``settings`` replaces the policies too (config.build_sampler / build_redactor).
+    sampler: Sampler | None = None
+    redactor: Redactor | None = None
 
     @classmethod
     def from_config(cls, settings: ObservabilitySettings | None = None) -> ConnectorContext:
@@ -33,6 +44,7 @@ class ConnectorContext:
             settings=settings,
             registry=load_registry(),
             cache=MetricsCache(settings.cache),
+            opik=build_opik(settings),
         )
 
 
@@ -58,4 +70,4 @@ def set_default_context(context: ConnectorContext | None) -> None:
 
 def resolve_context(runtime: Any) -> ConnectorContext:
     ctx = getattr(runtime, "context", None) if runtime is not None else None
-    return ctx if isinstance(ctx, ConnectorContext) else default_context()
+    return ctx if isinstance(ctx, ConnectorContext) and ctx.store is not None else default_context()

@@ -177,6 +177,8 @@ class SpanRecord:
             "error_type": self.error_type,
             "attributes": self.attributes,
             "events": self.events,
+            # Decided at the trace's root: the graph honours it instead of deciding again.
+            "sampled": self.sampled,
         }
         if not self.sampled:
             payload["attributes"] = {**self.attributes, "trace_sampled_out": True}

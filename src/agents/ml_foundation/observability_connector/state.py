@@ -47,6 +47,10 @@ class ObservabilityConnectorState(InputState, total=False):
     db_duplicate_count: int
     opik_project: str
     opik_workspace: str
+    # Opik sink, beside the store write (absent when Opik is not configured)
+    opik_spans_sent: int  # confirmed by Opik within opik.wait_s
+    opik_spans_queued: int  # handed to the Opik sender, sent later in order
+    opik_error: str | None
 
     # metrics_aggregator
     quality_metrics_computed: bool

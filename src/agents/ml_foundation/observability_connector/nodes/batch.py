@@ -6,6 +6,7 @@ the connector must not break the orchestrator that called it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -22,8 +23,9 @@ async def write_batch(state: ObservabilityConnectorState, runtime: Any = None) -
     ctx = resolve_context(runtime)
     spans = state.get("validated_spans") or []
     errors = list(state.get("emission_errors") or [])
+    opik = getattr(ctx, "opik", None)
     base: dict[str, Any] = {
-        "opik_project": ctx.settings.opik.project_name or OPIK_PROJECT,
+        "opik_project": getattr(opik, "project_name", None) or ctx.settings.opik.project_name or OPIK_PROJECT,
         "opik_workspace": ctx.settings.opik.workspace or OPIK_WORKSPACE,
     }
     if not spans:
@@ -38,6 +40,8 @@ async def write_batch(state: ObservabilityConnectorState, runtime: Any = None) -
             "db_duplicate_count": 0,
             "emission_errors": errors,
         }
+    # Opik runs beside the store write, never before it; its outcome never decides the store's.
+    opik_job = _start_opik(opik, spans)
     try:
         result = await ctx.store.insert_spans_batch(spans)
     except Exception as exc:  # the store being down must not raise into the caller
@@ -55,13 +59,14 @@ async def write_batch(state: ObservabilityConnectorState, runtime: Any = None) -
             "emission_errors": errors,
             "error": f"store write failed: {exc}",
             "error_type": "store_unavailable",
+            **(await _opik_outcome(opik_job)),
         }
     failed = {span_id for span_id, _ in result.errors}
     for span_id, reason in result.errors:
         errors.append(f"span_id={span_id!r}: rejected by the store: {reason}")
     logged = [s for s in spans if s.span_id not in failed]
-    if result.inserted:
-        ctx.cache.invalidate()
+    if result.inserted:  # drops only cached windows that reach back to the newest start time
+        await ctx.cache.ainvalidate(s.start_time for s in logged)
     trace_ids = list(dict.fromkeys(s.trace_id for s in logged))
     return {
         **state,
@@ -73,7 +78,25 @@ async def write_batch(state: ObservabilityConnectorState, runtime: Any = None) -
         "db_write_count": result.inserted,
         "db_duplicate_count": result.duplicates,
         "emission_errors": errors,
+        **(await _opik_outcome(opik_job)),
     }
+
+
+def _start_opik(opik: Any, spans: list[Any]) -> asyncio.Task[dict[str, Any]] | None:
+    """Hand the batch to the Opik sink concurrently with the store write (bounded by ``opik.wait_s``)."""
+    if opik is None or not spans:
+        return None
+    return asyncio.ensure_future(opik.deliver(spans))
+
+
+async def _opik_outcome(job: asyncio.Task[dict[str, Any]] | None) -> dict[str, Any]:
+    if job is None:
+        return {}
+    try:
+        return await job
+    except Exception as exc:  # an Opik problem is reported, never raised, never a store failure
+        log.error("handing the batch to Opik failed: %s", exc)
+        return {"opik_spans_sent": 0, "opik_spans_queued": 0, "opik_error": f"{type(exc).__name__}: {exc}"}
 
 
 def _where(store: Any) -> str:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..sampling import trace_sampled
+from ..config import build_sampler
+from ..redaction import redact_text
+from ..runtime import resolve_context
 from ..state import ObservabilityConnectorState
 from ..trace_context import (
     TraceContext,
@@ -21,6 +23,8 @@ from ..trace_context import (
 )
 
 __all__ = ["create_context", "extract_context", "inject_context", "manage_context"]
+
+_CONNECTOR = "observability_connector"
 
 
 def _rate(state: ObservabilityConnectorState) -> float:
@@ -40,14 +44,20 @@ def _baggage(state: ObservabilityConnectorState) -> dict[str, str]:
 
 
 async def create_context(state: ObservabilityConnectorState, runtime: Any = None) -> ObservabilityConnectorState:
-    """Start a new trace for this invocation (a root span id, no parent)."""
+    """Start a new trace for this invocation (a root span id, no parent).
+
+    The connector starts this trace, so its own rate applies (``sampling.agent_rates``), capped
+    by the caller's ``sample_rate``.
+    """
     trace_id = new_trace_id()
+    ctx = resolve_context(runtime)
+    sampler = ctx.sampler or build_sampler(ctx.settings)
     return {
         **state,
         "current_trace_id": trace_id,
         "current_span_id": new_span_id(),
         "current_parent_span_id": None,
-        "sampled": trace_sampled(trace_id, _rate(state)),
+        "sampled": sampler.sample_root(trace_id, _CONNECTOR, _rate(state)),
         "baggage": _baggage(state),
     }
 
@@ -57,11 +67,12 @@ async def extract_context(state: ObservabilityConnectorState, runtime: Any = Non
     headers = {"traceparent": state.get("traceparent") or "", "tracestate": state.get("tracestate") or ""}
     parent = extract(headers) if state.get("traceparent") else None
     if parent is None:
-        fresh = await create_context(state)
+        fresh = await create_context(state, runtime)
         if state.get("traceparent"):
             fresh["error_details"] = {
                 **(state.get("error_details") or {}),
-                "traceparent": f"invalid traceparent {state.get('traceparent')!r}; started a new trace",
+                # Echoes the caller's header: redacted, as anything that may hold a token.
+                "traceparent": redact_text(f"invalid traceparent {str(state.get('traceparent'))[:200]!r}; started a new trace"),
             }
         fresh["tracestate"] = None
         return fresh
@@ -122,7 +133,7 @@ async def manage_context(state: ObservabilityConnectorState, runtime: Any = None
             "sample_rate": 1.0,
         }
         state = {**state, "sample_rate": 1.0}
-    new_state = await (extract_context if state.get("traceparent") else create_context)(state)
+    new_state = await (extract_context if state.get("traceparent") else create_context)(state, runtime)
     new_state = await inject_context(new_state)
     return {**_ids(new_state), **updates}
 

@@ -1,21 +1,34 @@
 """The ``metrics_aggregator`` node: how are the agents doing, per agent and per tier.
 
-Every figure is computed by the store (percentiles in SQL) for the requested window and
-filters, and cached until the TTL for that window runs out or new spans are stored.
+Every figure is computed by the store (percentiles in SQL, never rows pulled into Python) for
+the requested window and filters, then cached (see ``cache.py``) until the TTL for that window
+runs out or spans are stored that fall inside it.
+
+What the fields mean (the store's semantics, identical on every backend):
+
+* ``count`` covers every status; latency figures (continuous percentiles, average) only the spans
+  that have a duration; error rates are errors over *finished* (ok + error) spans.
+* Tiers come from ``agent_tier`` as stored with each span — the registry's tier when it was
+  written — so moving an agent to another tier does not rewrite history; agents missing from
+  the registry are reported under their own name and tier ``-1`` rather than dropped.
+* ``overall_success_rate`` is 1.0 when nothing finished (no evidence of failure);
+  ``fallback_invocation_rate`` is over all spans in the window.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Any
 
 from src.repositories.base import parse_window
 
-from ..models import LatencyStats, QualityMetrics
+from ..models import LatencyStats
 from ..runtime import ConnectorContext, resolve_context
 from ..state import ObservabilityConnectorState
 
-__all__ = ["aggregate_metrics", "compute_metrics"]
+__all__ = ["aggregate_metrics", "compute_metrics", "metrics_from_store"]
 
 log = logging.getLogger(__name__)
 
@@ -32,27 +45,26 @@ def _latency(stats: LatencyStats) -> dict[str, Any]:
     }
 
 
-async def compute_metrics(
+async def metrics_from_store(
     ctx: ConnectorContext, window: str, agent_name: str | None = None, trace_id: str | None = None
-) -> tuple[dict[str, Any], bool, float]:
-    """Metrics fields for one question, plus (from_cache, age in seconds)."""
-    span = parse_window(window)  # ValueError naming the accepted forms
-    key = ("metrics", window, agent_name, trace_id)
-    cached = ctx.cache.get(key, span.total_seconds())
-    if cached is not None:
-        return cached.value, True, cached.age_s
+) -> dict[str, Any]:
+    """Every metrics field of the state, straight from the store (no cache)."""
     store = ctx.store
-    by_agent = await store.get_latency_stats(window, agent_name=agent_name, trace_id=trace_id, group_by="agent")
-    by_tier = await store.get_latency_stats(window, agent_name=agent_name, trace_id=trace_id, group_by="tier")
-    statuses = await store.get_status_distribution(window, agent_name=agent_name, trace_id=trace_id)
-    quality: QualityMetrics = await store.get_quality_metrics(window, agent_name=agent_name, trace_id=trace_id)
+    # Four independent aggregate queries: concurrently, since the store runs them on its own
+    # workers (SQLite threads / a Postgres pool) and a cold 7-day answer is dominated by them.
+    by_agent, by_tier, statuses, quality = await asyncio.gather(
+        store.get_latency_stats(window, agent_name=agent_name, trace_id=trace_id, group_by="agent"),
+        store.get_latency_stats(window, agent_name=agent_name, trace_id=trace_id, group_by="tier"),
+        store.get_status_distribution(window, agent_name=agent_name, trace_id=trace_id),
+        store.get_quality_metrics(window, agent_name=agent_name, trace_id=trace_id),
+    )
     registry = ctx.registry
     latency_by_tier: dict[str, dict[str, Any]] = {}
     for stats in by_tier:
         entry = _latency(stats)
         entry["tier_name"] = registry.tier_name(int(stats.key))
         latency_by_tier[stats.key] = entry
-    value: dict[str, Any] = {
+    return {
         "latency_by_agent": {s.key: _latency(s) for s in by_agent},
         "latency_by_tier": latency_by_tier,
         "error_rate_by_agent": {s.key: s.error_rate for s in by_agent},
@@ -69,7 +81,26 @@ async def compute_metrics(
         "quality_score": quality.quality_score,
         "quality_metrics_computed": True,
     }
-    ctx.cache.put(key, value)
+
+
+async def compute_metrics(
+    ctx: ConnectorContext, window: str, agent_name: str | None = None, trace_id: str | None = None
+) -> tuple[dict[str, Any], bool, float]:
+    """Metrics fields for one question, plus (from_cache, age of the answer in seconds)."""
+    seconds = parse_window(window).total_seconds()  # ValueError naming the accepted forms
+    # "24h" and "1d" are the same question; the store is part of the key because one Redis may
+    # serve several deployments.
+    key = ("metrics", ctx.store.describe(), int(seconds), agent_name, trace_id)
+    cached = await ctx.cache.aget(key, seconds)
+    if cached is not None:
+        return cached.value, True, cached.age_s
+    # Both taken before the store is read: the generation lets the cache refuse this answer if
+    # spans land in the window meanwhile, and the window start is then never later than the
+    # store's own bound.
+    generation = await ctx.cache.generation()
+    window_start = time.time() - seconds
+    value = await metrics_from_store(ctx, window, agent_name, trace_id)
+    await ctx.cache.aput(key, value, seconds, generation=generation, window_start=window_start)
     return value, False, 0.0
 
 

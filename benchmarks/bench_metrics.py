@@ -1,0 +1,315 @@
+"""Metrics latency, cold (computed by the store) vs cached, on 1,000,000 spans.
+
+    python benchmarks/bench_metrics.py [--spans 1000000] [--windows 1h,24h,7d]
+                                       [--store sqlite] [--db PATH] [--redis-url URL]
+
+What is measured is ``compute_metrics`` — the metrics node's whole question: every field of the
+state for one window — three ways per window:
+
+* cold: a cache miss, i.e. the store's four aggregate queries (percentiles in SQL) plus the
+  cache's miss bookkeeping; median of ``--cold-runs``;
+* cached, in-process (``cache.backend: memory``); median of ``--hot-runs`` hits;
+* cached, Redis (``cache.backend: redis``): a real ``redis-server`` on a free loopback port
+  (started here unless ``--redis-url`` is given).
+
+Target: cached ≤ 1 % of cold. The spans are spread evenly over the last 8 days (so 7d holds
+~87 %, 24h ~12.5 %, 1h ~0.5 %) across the 18 registered agents and two unknown ones, with
+errors, started spans, tokens and fallbacks. SQLite is bulk-loaded straight into the file
+(executemany in the store's own schema) — the point is the reads, and a span-by-span load
+through the graph would take minutes.
+
+Other stores: ``--store`` picks the loader and the repository; a backend added later (Postgres,
+``--store postgres --dsn ...``) gets a loader in ``LOADERS`` that goes through its repository's
+``insert_spans_batch`` (COPY), everything else is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from src.agents.ml_foundation.observability_connector.cache import MetricsCache  # noqa: E402
+from src.agents.ml_foundation.observability_connector.config import (  # noqa: E402
+    AgentRegistry,
+    CacheSettings,
+    ObservabilitySettings,
+    load_registry,
+)
+from src.agents.ml_foundation.observability_connector.nodes.metrics_aggregator import compute_metrics  # noqa: E402
+from src.agents.ml_foundation.observability_connector.runtime import ConnectorContext  # noqa: E402
+from src.repositories.base import parse_window  # noqa: E402
+from src.repositories.observability_span import ObservabilitySpanRepository  # noqa: E402
+from src.repositories.sqlite import _INSERT, SQLiteSpanRepository  # noqa: E402
+
+SPREAD = timedelta(days=8)
+UNKNOWN = ("legacy_ranker", "mystery_agent")
+
+
+def machine() -> str:
+    cpu = "unknown cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f", {kb / 1024 / 1024:.0f} GiB RAM"
+    except (OSError, ValueError, IndexError):
+        pass
+    return (
+        f"{platform.python_implementation()} {platform.python_version()} on {cpu}, "
+        f"{os.cpu_count()} cores{mem}, {platform.system()} {platform.release()}"
+    )
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _rows(n: int, registry: AgentRegistry, now: datetime, seed: int) -> list[tuple[Any, ...]]:
+    """Rows in the store's column order (see sqlite.COLUMNS), oldest first."""
+    rng = random.Random(seed)
+    agents = sorted(registry.agents) + list(UNKNOWN)
+    tiers = {a: registry.tier_of(a) for a in agents}
+    ops = ("execute", "llm_call", "tool_call", "retrieve")
+    models = ("claude-sonnet-4", "gpt-4o-mini", None)
+    spread_us = int(SPREAD.total_seconds() * 1e6)
+    offsets = sorted(rng.randrange(spread_us) for _ in range(n))
+    oldest = now - SPREAD
+    rows = []
+    bits = rng.getrandbits
+    for i, off in enumerate(offsets):
+        start = oldest + timedelta(microseconds=off)
+        agent = agents[bits(16) % len(agents)]
+        roll = rng.random()
+        status = "error" if roll < 0.06 else "started" if roll < 0.09 else "ok"
+        duration = None if status == "started" else round(rng.lognormvariate(5.5, 1.3), 3)
+        llm = rng.random() < 0.3
+        tin = bits(12) if llm else None
+        tout = bits(10) if llm else None
+        start_s = start.isoformat(timespec="microseconds")
+        end_s = (
+            None if duration is None else (start + timedelta(milliseconds=duration)).isoformat(timespec="microseconds")
+        )
+        rows.append(
+            (
+                f"{bits(128):032x}",
+                f"{bits(64):016x}",
+                f"{i // 12:032x}",  # ~12 spans per trace
+                None,
+                ops[bits(2)],
+                agent,
+                tiers[agent],
+                start_s,
+                end_s,
+                duration,
+                status,
+                "TimeoutError" if status == "error" else None,
+                "timed out" if status == "error" else None,
+                '{"fallback_used": true}' if rng.random() < 0.04 else "{}",
+                models[bits(8) % 3] if llm else None,
+                tin,
+                tout,
+                (tin or 0) + (tout or 0) if llm else None,
+                "[]",
+                start_s,
+            )
+        )
+    return rows
+
+
+async def load_sqlite(path: Path, n: int, registry: AgentRegistry, reuse: bool) -> ObservabilitySpanRepository:
+    """Bulk load into the store's own schema; secondary indexes are built after the rows."""
+    if path.exists() and reuse:
+        repo = ObservabilitySpanRepository(SQLiteSpanRepository(path))
+        if await repo.count_spans() == n:
+            print(f"  reusing {path} ({n:,} spans; windows are relative to when it was built)")
+            return repo
+        await repo.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    repo = ObservabilitySpanRepository(SQLiteSpanRepository(path))
+    await repo.open()  # schema, indexes, pragmas exactly as in production
+    await repo.close()
+
+    t0 = time.perf_counter()
+    rows = _rows(n, registry, datetime.now(UTC), seed=1)
+    t1 = time.perf_counter()
+    conn = sqlite3.connect(path, isolation_level=None)
+    indexes = [
+        sql
+        for (sql,) in conn.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL AND tbl_name = ?",
+            ("ml_observability_spans",),
+        )
+    ]
+    for (name,) in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL AND tbl_name = ?",
+        ("ml_observability_spans",),
+    ).fetchall():
+        conn.execute(f'DROP INDEX "{name}"')
+    conn.execute("PRAGMA synchronous = OFF")
+    conn.execute("BEGIN")
+    for i in range(0, len(rows), 100_000):
+        conn.executemany(_INSERT, rows[i : i + 100_000])
+    conn.execute("COMMIT")
+    for sql in indexes:
+        conn.execute(sql)
+    conn.execute("ANALYZE")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    t2 = time.perf_counter()
+    print(f"  generated {n:,} rows in {t1 - t0:.1f} s, loaded + indexed in {t2 - t1:.1f} s -> {path}")
+    return ObservabilitySpanRepository(SQLiteSpanRepository(path))
+
+
+LOADERS: dict[str, Callable[[argparse.Namespace, AgentRegistry], Awaitable[ObservabilitySpanRepository]]] = {
+    "sqlite": lambda args, registry: load_sqlite(Path(args.db), args.spans, registry, args.reuse),
+}
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+async def _timed(fn: Callable[[], Awaitable[Any]]) -> float:
+    t0 = time.perf_counter()
+    await fn()
+    return time.perf_counter() - t0
+
+
+async def measure(
+    store: ObservabilitySpanRepository,
+    registry: AgentRegistry,
+    cache_settings: CacheSettings,
+    window: str,
+    cold_runs: int,
+    hot_runs: int,
+) -> dict[str, Any]:
+    settings = ObservabilitySettings(cache=cache_settings.model_dump())
+    colds = []
+    fields: dict[str, Any] = {}
+    for _ in range(cold_runs):
+        cache = MetricsCache(settings.cache)
+        await cache.ainvalidate(None)  # a shared Redis must not answer the "cold" question
+        ctx = ConnectorContext(store=store, settings=settings, registry=registry, cache=cache)
+        t0 = time.perf_counter()
+        fields, from_cache, _ = await compute_metrics(ctx, window)
+        colds.append(time.perf_counter() - t0)
+        assert not from_cache
+        if _ < cold_runs - 1:
+            await cache.aclose()
+    hots = []
+    for _ in range(hot_runs):
+        t0 = time.perf_counter()
+        _value, from_cache, _age = await compute_metrics(ctx, window)
+        hots.append(time.perf_counter() - t0)
+        assert from_cache, "expected a cache hit"
+    await cache.aclose()
+    return {
+        "spans": fields.get("total_spans_analyzed", 0),
+        "cold_s": statistics.median(colds),
+        "cold_min_s": min(colds),
+        "hot_s": statistics.median(hots),
+        "hot_p99_s": sorted(hots)[int(0.99 * (len(hots) - 1))],
+    }
+
+
+def _fmt(seconds: float) -> str:
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds * 1e6:.0f} µs"
+
+
+def _redis_version() -> str:
+    try:
+        out = subprocess.run(["redis-server", "--version"], capture_output=True, text=True, timeout=10).stdout
+        return out.split(" v=")[1].split()[0] if " v=" in out else out.strip()
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return "not installed"
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--spans", type=int, default=1_000_000)
+    parser.add_argument("--windows", default="1h,24h,7d")
+    parser.add_argument("--store", choices=sorted(LOADERS), default="sqlite")
+    parser.add_argument("--db", default=str(Path(tempfile.gettempdir()) / "obs-bench-metrics" / "spans.db"))
+    parser.add_argument("--reuse", action="store_true", help="reuse --db when it holds --spans rows")
+    parser.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
+    parser.add_argument("--no-redis", action="store_true")
+    parser.add_argument("--cold-runs", type=int, default=3)
+    parser.add_argument("--hot-runs", type=int, default=500)
+    parser.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
+    args = parser.parse_args()
+    windows = [w.strip() for w in args.windows.split(",") if w.strip()]
+    for w in windows:
+        parse_window(w)
+
+    print(f"machine: {machine()}")
+    print(f"sqlite {sqlite3.sqlite_version}, redis-server {_redis_version()}, store {args.store}")
+    registry = load_registry()
+    store = await LOADERS[args.store](args, registry)
+
+    backends: list[tuple[str, CacheSettings]] = [("memory", CacheSettings(backend="memory"))]
+    server = None
+    if not args.no_redis:
+        url = args.redis_url
+        if url is None:
+            from tests.fixtures.redis_server import RedisServer, redis_binary
+
+            if redis_binary() is None:
+                print("  redis-server not installed: skipping the Redis backend (apt-get install -y redis-server)")
+            else:
+                server = RedisServer(Path(tempfile.mkdtemp(prefix="obs-bench-redis-"))).start()
+                url = server.url
+        if url is not None:
+            backends.append(("redis", CacheSettings(backend="redis", redis_url=url, key_prefix="bench:metrics")))
+
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        header = ("window", "spans", "backend", "cold (miss)", "cached", "p99", "cached/cold")
+        print("\n{:>6} {:>9} {:>7} {:>12} {:>9} {:>9} {:>11}".format(*header))
+        for window in windows:
+            for name, cache_settings in backends:
+                r = await measure(store, registry, cache_settings, window, args.cold_runs, args.hot_runs)
+                ratio = r["hot_s"] / r["cold_s"]
+                results[f"{window}/{name}"] = {**r, "ratio": ratio}
+                print(
+                    f"{window:>6} {r['spans']:>9,} {name:>7} {_fmt(r['cold_s']):>12} {_fmt(r['hot_s']):>9} "
+                    f"{_fmt(r['hot_p99_s']):>9} {ratio:>10.4%} {'ok' if ratio <= 0.01 else 'OVER 1 %'}"
+                )
+    finally:
+        await store.close()
+        if server is not None:
+            server.stop()
+    worst = max(r["ratio"] for r in results.values())
+    print(f"\ntarget cached <= 1 % of cold: {'met' if worst <= 0.01 else 'NOT met'} (worst {worst:.4%})")
+    if args.json:
+        print(json.dumps({"machine": machine(), "spans": args.spans, "store": args.store, "results": results}))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

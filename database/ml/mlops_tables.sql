@@ -1,0 +1,435 @@
+-- ml_observability_spans: the observability connector's span table, its indexes, the latency
+-- view, the metric / retention functions (the RPC contract of the Supabase REST backend) and
+-- the lock-down for Supabase's API roles.
+--
+-- Requirements and guarantees
+--   * PostgreSQL 15 or newer (views WITH (security_invoker = true)).
+--   * Safe to apply any number of times: everything is IF NOT EXISTS / OR REPLACE / guarded, and
+--     the whole file runs in one transaction under an advisory lock, so two concurrent
+--     `obs-connector migrate` runs cannot interleave and a failure leaves nothing half-done.
+--   * Applies to a plain Postgres too: the Supabase roles (anon, authenticated, service_role) are
+--     touched only when they exist (DO blocks checking pg_roles). Apply it again after creating
+--     them to add their grants and policy.
+--   * Why the lock-down: Supabase exposes every table, view and function of `public` through
+--     PostgREST, and its default privileges GRANT ALL on new objects to anon and authenticated.
+--     RLS is enabled with one policy for service_role; every privilege is revoked from anon,
+--     authenticated and PUBLIC. The view is security_invoker: a plain view runs with its
+--     owner's rights and would let anon read every row past RLS (measured, see DESIGN.md).
+--
+-- Apply with `obs-connector migrate` (OBS_DATABASE_URL / DATABASE_URL) or
+-- `psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -f database/ml/mlops_tables.sql`.
+
+BEGIN;
+
+DO $guard$
+BEGIN
+    IF current_setting('server_version_num')::int < 150000 THEN
+        RAISE EXCEPTION 'ml_observability_spans needs PostgreSQL 15 or newer (security_invoker views); this server is %',
+            current_setting('server_version');
+    END IF;
+    -- Serialise concurrent migrations (CREATE INDEX IF NOT EXISTS can race otherwise).
+    PERFORM pg_advisory_xact_lock(hashtext('ml_observability_spans schema'));
+END
+$guard$;
+
+-- --------------------------------------------------------------------------- the table
+
+CREATE TABLE IF NOT EXISTS public.ml_observability_spans (
+    id              uuid             NOT NULL DEFAULT gen_random_uuid(),
+    span_id         text             NOT NULL CHECK (length(span_id) > 0),
+    trace_id        text             NOT NULL CHECK (length(trace_id) > 0),
+    parent_span_id  text,
+    operation_name  text             NOT NULL,
+    agent_name      text             NOT NULL,
+    agent_tier      integer          NOT NULL DEFAULT -1,
+    start_time      timestamptz      NOT NULL,
+    end_time        timestamptz,
+    -- double precision, not numeric: percentile_cont works on float8 anyway, and every
+    -- decimal duration a span can carry (a Python float) round-trips exactly.
+    duration_ms     double precision CHECK (duration_ms IS NULL OR duration_ms >= 0),
+    status          text             NOT NULL CHECK (status IN ('ok', 'error', 'started')),
+    error_type      text,
+    error_message   text,
+    attributes      jsonb            NOT NULL DEFAULT '{}'::jsonb,
+    llm_model       text,
+    input_tokens    integer          CHECK (input_tokens IS NULL OR input_tokens >= 0),
+    output_tokens   integer          CHECK (output_tokens IS NULL OR output_tokens >= 0),
+    total_tokens    integer          CHECK (total_tokens IS NULL OR total_tokens >= 0),
+    events          jsonb            NOT NULL DEFAULT '[]'::jsonb,
+    created_at      timestamptz      NOT NULL DEFAULT now(),
+    CONSTRAINT ml_observability_spans_pkey PRIMARY KEY (id),
+    -- Idempotent writes: every backend inserts with ON CONFLICT (trace_id, span_id) DO NOTHING.
+    CONSTRAINT ml_observability_spans_trace_span_key UNIQUE (trace_id, span_id)
+);
+
+-- A table created earlier by other tooling may lack the key the idempotent writes rely on.
+DO $key$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_constraint
+        WHERE conrelid = 'public.ml_observability_spans'::regclass AND contype IN ('u', 'p')
+          AND pg_get_constraintdef(oid) = 'UNIQUE (trace_id, span_id)'
+    ) THEN
+        ALTER TABLE public.ml_observability_spans
+            ADD CONSTRAINT ml_observability_spans_trace_span_key UNIQUE (trace_id, span_id);
+    END IF;
+END
+$key$;
+
+COMMENT ON TABLE public.ml_observability_spans IS
+    'One row per span of the 18 agents (observability connector). Unique on (trace_id, span_id); '
+    'RLS: service_role only.';
+
+-- --------------------------------------------------------------------------- indexes
+-- trace_id:   served by the UNIQUE (trace_id, span_id) index (trace_id leads it); a separate
+--             single-column index would be a redundant copy that every insert maintains.
+-- agent_name: served by idx_ml_observability_spans_agent_start (agent_name leads it).
+-- start_time: windows across all agents, retention (ORDER BY start_time LIMIT n).
+-- status:     (status, start_time) — "errors in the last hour" without scanning the window.
+-- composite:  per-agent window queries answered from the index alone (index-only scans). The
+--             token columns are INCLUDEd beside (duration_ms, status) because obs_latency_stats
+--             sums them: without them every row of the window is fetched from the heap, which
+--             measured 4x slower (24 h over 1M spans: ~220 ms against ~50 ms).
+
+CREATE INDEX IF NOT EXISTS idx_ml_observability_spans_start_time
+    ON public.ml_observability_spans (start_time);
+
+CREATE INDEX IF NOT EXISTS idx_ml_observability_spans_status_start
+    ON public.ml_observability_spans (status, start_time);
+
+CREATE INDEX IF NOT EXISTS idx_ml_observability_spans_agent_start
+    ON public.ml_observability_spans (agent_name, start_time)
+    INCLUDE (duration_ms, status, input_tokens, output_tokens, total_tokens);
+
+-- --------------------------------------------------------------------------- functions
+-- Semantics shared with the SQLite backend (src/repositories/sqlite.py), so every backend gives
+-- the same numbers for the same rows:
+--   * window: start_time >= p_since (no upper bound); p_agent / p_trace filter when not null;
+--   * count covers every status; latency figures only rows with a duration;
+--   * percentiles are continuous (percentile_cont); error_rate = errors / (ok + error), 0 when
+--     nothing finished;
+--   * fallback: attributes.fallback_used is truthy in Python's sense (true, a non-zero number, a
+--     non-empty string / array / object).
+-- All are SECURITY INVOKER (callers see only what RLS and their grants allow) with a fixed
+-- search_path; plan_cache_mode = force_custom_plan plans each call with its actual window, so a
+-- generic plan never scans the whole table for a one-hour window.
+
+-- obs_latency_stats(p_since, p_agent, p_trace, p_group) -> one row per group, ordered by key
+-- (agents by byte order, tiers numerically), none when the window is empty:
+--   key text            agent_name | agent_tier as text | 'all'     (p_group 'agent' | 'tier' | 'all')
+--   count bigint, avg_ms / p50_ms / p95_ms / p99_ms double precision (null without durations),
+--   error_count bigint, error_rate double precision,
+--   input_tokens / output_tokens / total_tokens bigint (sums, nulls as 0)
+CREATE OR REPLACE FUNCTION public.obs_latency_stats(
+    p_since timestamptz,
+    p_agent text DEFAULT NULL,
+    p_trace text DEFAULT NULL,
+    p_group text DEFAULT 'agent'
+)
+RETURNS TABLE (
+    key text,
+    count bigint,
+    avg_ms double precision,
+    p50_ms double precision,
+    p95_ms double precision,
+    p99_ms double precision,
+    error_count bigint,
+    error_rate double precision,
+    input_tokens bigint,
+    output_tokens bigint,
+    total_tokens bigint
+)
+LANGUAGE plpgsql
+STABLE
+SECURITY INVOKER
+SET search_path = public
+SET plan_cache_mode = force_custom_plan
+AS $fn$
+#variable_conflict use_column
+BEGIN
+    IF p_since IS NULL THEN
+        RAISE EXCEPTION 'obs_latency_stats: p_since must not be null' USING ERRCODE = '22004';
+    END IF;
+    IF p_group IS NULL OR p_group NOT IN ('agent', 'tier', 'all') THEN
+        RAISE EXCEPTION 'obs_latency_stats: p_group must be agent, tier or all, got %', p_group
+            USING ERRCODE = '22023';
+    END IF;
+
+    IF p_group = 'agent' AND p_agent IS NULL AND p_trace IS NULL THEN
+        -- Per-agent fast path: walk the distinct agents with a loose index scan, then answer each
+        -- agent from its own slice of the composite index. One small sort per agent instead of one
+        -- big sort of the whole window (measured: benchmarks/bench_store.py).
+        RETURN QUERY
+        WITH RECURSIVE agents(a) AS (
+            (SELECT s.agent_name FROM ml_observability_spans s ORDER BY s.agent_name LIMIT 1)
+            UNION ALL
+            SELECT (SELECT s.agent_name FROM ml_observability_spans s
+                    WHERE s.agent_name > agents.a ORDER BY s.agent_name LIMIT 1)
+            FROM agents WHERE agents.a IS NOT NULL
+        )
+        SELECT agents.a,
+               g.n,
+               g.avg_d,
+               g.pct[1], g.pct[2], g.pct[3],
+               g.n_error,
+               CASE WHEN g.n_ok + g.n_error > 0
+                    THEN g.n_error::double precision / (g.n_ok + g.n_error) ELSE 0.0 END,
+               g.tok_in, g.tok_out, g.tok_total
+        FROM agents
+        CROSS JOIN LATERAL (
+            SELECT count(*) AS n,
+                   avg(s.duration_ms) AS avg_d,
+                   percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY s.duration_ms) AS pct,
+                   count(*) FILTER (WHERE s.status = 'ok') AS n_ok,
+                   count(*) FILTER (WHERE s.status = 'error') AS n_error,
+                   coalesce(sum(s.input_tokens), 0)::bigint AS tok_in,
+                   coalesce(sum(s.output_tokens), 0)::bigint AS tok_out,
+                   coalesce(sum(s.total_tokens), 0)::bigint AS tok_total
+            FROM ml_observability_spans s
+            WHERE s.agent_name = agents.a AND s.start_time >= p_since
+        ) g
+        WHERE agents.a IS NOT NULL AND g.n > 0
+        ORDER BY agents.a COLLATE "C";
+        RETURN;
+    END IF;
+
+    RETURN QUERY
+    SELECT b.k,
+           count(*),
+           avg(b.d),
+           (percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY b.d))[1],
+           (percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY b.d))[2],
+           (percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY b.d))[3],
+           count(*) FILTER (WHERE b.st = 'error'),
+           CASE WHEN count(*) FILTER (WHERE b.st IN ('ok', 'error')) > 0
+                THEN count(*) FILTER (WHERE b.st = 'error')::double precision
+                     / count(*) FILTER (WHERE b.st IN ('ok', 'error'))
+                ELSE 0.0 END,
+           coalesce(sum(b.ti), 0)::bigint,
+           coalesce(sum(b.tout), 0)::bigint,
+           coalesce(sum(b.tt), 0)::bigint
+    FROM (
+        SELECT CASE p_group WHEN 'agent' THEN s.agent_name
+                            WHEN 'tier' THEN s.agent_tier::text
+                            ELSE 'all' END AS k,
+               s.duration_ms AS d, s.status AS st,
+               s.input_tokens AS ti, s.output_tokens AS tout, s.total_tokens AS tt
+        FROM ml_observability_spans s
+        WHERE s.start_time >= p_since
+          AND (p_agent IS NULL OR s.agent_name = p_agent)
+          AND (p_trace IS NULL OR s.trace_id = p_trace)
+    ) b
+    GROUP BY b.k
+    ORDER BY CASE WHEN p_group = 'tier' THEN b.k::integer END, b.k COLLATE "C";
+END
+$fn$;
+
+COMMENT ON FUNCTION public.obs_latency_stats(timestamptz, text, text, text) IS
+    'Latency per agent / tier / all since p_since: (key, count, avg_ms, p50_ms, p95_ms, p99_ms, '
+    'error_count, error_rate, input_tokens, output_tokens, total_tokens). Continuous percentiles; '
+    'error_rate = errors / (ok + error).';
+
+-- obs_status_distribution(p_since, p_agent, p_trace) -> (status text, n bigint), one row per status
+-- present in the window (absent statuses have no row).
+CREATE OR REPLACE FUNCTION public.obs_status_distribution(
+    p_since timestamptz,
+    p_agent text DEFAULT NULL,
+    p_trace text DEFAULT NULL
+)
+RETURNS TABLE (status text, n bigint)
+LANGUAGE plpgsql
+STABLE
+SECURITY INVOKER
+SET search_path = public
+SET plan_cache_mode = force_custom_plan
+AS $fn$
+#variable_conflict use_column
+BEGIN
+    IF p_since IS NULL THEN
+        RAISE EXCEPTION 'obs_status_distribution: p_since must not be null' USING ERRCODE = '22004';
+    END IF;
+    RETURN QUERY
+    SELECT s.status, count(*)
+    FROM ml_observability_spans s
+    WHERE s.start_time >= p_since
+      AND (p_agent IS NULL OR s.agent_name = p_agent)
+      AND (p_trace IS NULL OR s.trace_id = p_trace)
+    GROUP BY s.status
+    ORDER BY s.status COLLATE "C";
+END
+$fn$;
+
+COMMENT ON FUNCTION public.obs_status_distribution(timestamptz, text, text) IS
+    'Span count per status since p_since: (status, n).';
+
+-- obs_quality_counts(p_since, p_agent, p_trace) -> exactly one row (zeros / nulls when empty):
+--   total, ok_count, error_count, started_count, fallback_count bigint,
+--   p50_ms, p95_ms, p99_ms, avg_ms double precision
+CREATE OR REPLACE FUNCTION public.obs_quality_counts(
+    p_since timestamptz,
+    p_agent text DEFAULT NULL,
+    p_trace text DEFAULT NULL
+)
+RETURNS TABLE (
+    total bigint,
+    ok_count bigint,
+    error_count bigint,
+    started_count bigint,
+    fallback_count bigint,
+    p50_ms double precision,
+    p95_ms double precision,
+    p99_ms double precision,
+    avg_ms double precision
+)
+LANGUAGE plpgsql
+STABLE
+SECURITY INVOKER
+SET search_path = public
+SET plan_cache_mode = force_custom_plan
+AS $fn$
+#variable_conflict use_column
+BEGIN
+    IF p_since IS NULL THEN
+        RAISE EXCEPTION 'obs_quality_counts: p_since must not be null' USING ERRCODE = '22004';
+    END IF;
+    RETURN QUERY
+    SELECT q.total, q.ok_count, q.error_count, q.started_count, q.fallback_count,
+           q.pct[1], q.pct[2], q.pct[3], q.avg_d
+    FROM (
+        SELECT count(*) AS total,
+               count(*) FILTER (WHERE s.status = 'ok') AS ok_count,
+               count(*) FILTER (WHERE s.status = 'error') AS error_count,
+               count(*) FILTER (WHERE s.status = 'started') AS started_count,
+               count(*) FILTER (WHERE
+                   CASE jsonb_typeof(s.attributes -> 'fallback_used')
+                       WHEN 'boolean' THEN (s.attributes -> 'fallback_used')::boolean
+                       WHEN 'number'  THEN (s.attributes -> 'fallback_used')::numeric <> 0
+                       WHEN 'string'  THEN (s.attributes ->> 'fallback_used') <> ''
+                       WHEN 'array'   THEN jsonb_array_length(s.attributes -> 'fallback_used') > 0
+                       WHEN 'object'  THEN (s.attributes -> 'fallback_used') <> '{}'::jsonb
+                       ELSE false
+                   END) AS fallback_count,
+               percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY s.duration_ms) AS pct,
+               avg(s.duration_ms) AS avg_d
+        FROM ml_observability_spans s
+        WHERE s.start_time >= p_since
+          AND (p_agent IS NULL OR s.agent_name = p_agent)
+          AND (p_trace IS NULL OR s.trace_id = p_trace)
+    ) q;
+END
+$fn$;
+
+COMMENT ON FUNCTION public.obs_quality_counts(timestamptz, text, text) IS
+    'System-wide counts since p_since, one row: (total, ok_count, error_count, started_count, '
+    'fallback_count, p50_ms, p95_ms, p99_ms, avg_ms). fallback = attributes.fallback_used truthy.';
+
+-- obs_delete_old_spans(p_cutoff, p_batch) -> integer: deletes at most p_batch rows that started
+-- before p_cutoff, oldest first, and returns how many went; call it until it returns less than
+-- p_batch. One short transaction per call, so writers are never blocked for long. Ordered by
+-- start_time through its index: ordering a limited delete by the uuid key was ~40x slower
+-- (DESIGN.md); rows are addressed by ctid (a TID scan, no second index lookup).
+CREATE OR REPLACE FUNCTION public.obs_delete_old_spans(p_cutoff timestamptz, p_batch integer)
+RETURNS integer
+LANGUAGE plpgsql
+VOLATILE
+SECURITY INVOKER
+SET search_path = public
+SET plan_cache_mode = force_custom_plan
+AS $fn$
+DECLARE
+    deleted integer;
+BEGIN
+    IF p_cutoff IS NULL THEN
+        RAISE EXCEPTION 'obs_delete_old_spans: p_cutoff must not be null' USING ERRCODE = '22004';
+    END IF;
+    IF p_batch IS NULL OR p_batch < 1 THEN
+        RAISE EXCEPTION 'obs_delete_old_spans: p_batch must be at least 1, got %', p_batch USING ERRCODE = '22023';
+    END IF;
+    DELETE FROM ml_observability_spans
+    WHERE ctid = ANY (ARRAY(
+        SELECT s.ctid FROM ml_observability_spans s
+        WHERE s.start_time < p_cutoff
+        ORDER BY s.start_time
+        LIMIT p_batch
+    ));
+    GET DIAGNOSTICS deleted = ROW_COUNT;
+    RETURN deleted;
+END
+$fn$;
+
+COMMENT ON FUNCTION public.obs_delete_old_spans(timestamptz, integer) IS
+    'Retention: delete up to p_batch spans with start_time < p_cutoff, oldest first; returns the count.';
+
+-- --------------------------------------------------------------------------- the view
+-- Per agent over the last 24 hours. security_invoker: read with the caller's rights, so RLS and
+-- the revokes below hold through the view too. Defined over obs_latency_stats so the view, the
+-- RPC and the Postgres backend share one definition (and its per-agent fast path).
+CREATE OR REPLACE VIEW public.v_agent_latency_summary
+WITH (security_invoker = true) AS
+SELECT st.key AS agent_name,
+       st.count AS span_count,
+       st.avg_ms,
+       st.p50_ms,
+       st.p95_ms,
+       st.p99_ms,
+       st.error_count,
+       st.error_rate,
+       st.input_tokens,
+       st.output_tokens,
+       st.total_tokens
+FROM public.obs_latency_stats(now() - interval '24 hours') AS st;
+
+COMMENT ON VIEW public.v_agent_latency_summary IS
+    'Per agent, last 24 h: span_count, avg/p50/p95/p99 duration_ms, error_count, error_rate '
+    '(errors / finished), token sums. security_invoker; for other windows call obs_latency_stats.';
+
+-- --------------------------------------------------------------------------- lock-down
+
+ALTER TABLE public.ml_observability_spans ENABLE ROW LEVEL SECURITY;
+
+REVOKE ALL ON TABLE public.ml_observability_spans FROM PUBLIC;
+REVOKE ALL ON TABLE public.v_agent_latency_summary FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.obs_latency_stats(timestamptz, text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.obs_status_distribution(timestamptz, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.obs_quality_counts(timestamptz, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.obs_delete_old_spans(timestamptz, integer) FROM PUBLIC;
+
+DO $roles$
+DECLARE
+    api_role text;
+BEGIN
+    FOREACH api_role IN ARRAY ARRAY['anon', 'authenticated'] LOOP
+        IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = api_role) THEN
+            EXECUTE format('REVOKE ALL ON TABLE public.ml_observability_spans FROM %I', api_role);
+            EXECUTE format('REVOKE ALL ON TABLE public.v_agent_latency_summary FROM %I', api_role);
+            EXECUTE format('REVOKE ALL ON FUNCTION public.obs_latency_stats(timestamptz, text, text, text) FROM %I', api_role);
+            EXECUTE format('REVOKE ALL ON FUNCTION public.obs_status_distribution(timestamptz, text, text) FROM %I', api_role);
+            EXECUTE format('REVOKE ALL ON FUNCTION public.obs_quality_counts(timestamptz, text, text) FROM %I', api_role);
+            EXECUTE format('REVOKE ALL ON FUNCTION public.obs_delete_old_spans(timestamptz, integer) FROM %I', api_role);
+        END IF;
+    END LOOP;
+
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'service_role') THEN
+        GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE public.ml_observability_spans TO service_role;
+        GRANT SELECT ON TABLE public.v_agent_latency_summary TO service_role;
+        GRANT EXECUTE ON FUNCTION public.obs_latency_stats(timestamptz, text, text, text) TO service_role;
+        GRANT EXECUTE ON FUNCTION public.obs_status_distribution(timestamptz, text, text) TO service_role;
+        GRANT EXECUTE ON FUNCTION public.obs_quality_counts(timestamptz, text, text) TO service_role;
+        GRANT EXECUTE ON FUNCTION public.obs_delete_old_spans(timestamptz, integer) TO service_role;
+        -- service_role has BYPASSRLS on Supabase; the policy keeps it working where it does not.
+        IF NOT EXISTS (
+            SELECT 1 FROM pg_policies
+            WHERE schemaname = 'public' AND tablename = 'ml_observability_spans'
+              AND policyname = 'ml_observability_spans_service_role_all'
+        ) THEN
+            CREATE POLICY ml_observability_spans_service_role_all ON public.ml_observability_spans
+                AS PERMISSIVE FOR ALL TO service_role USING (true) WITH CHECK (true);
+        END IF;
+    END IF;
+END
+$roles$;
+
+COMMIT;
+
+-- Supabase: make PostgREST see new / changed functions now (no listener on a plain Postgres).
+NOTIFY pgrst, 'reload schema';

@@ -1,0 +1,328 @@
+"""Stored span rows → the bodies of Opik's ``traces/batch`` and ``spans/batch`` requests.
+
+Plain dicts shaped like ``opik.rest_api.types.SpanWrite`` / ``TraceWrite`` (the test suite's
+receiver validates every body with those models): building pydantic objects here would cost
+a validation per span that the server repeats anyway.
+
+Traces: Opik wants one trace record per trace, but our spans of one trace arrive over several
+batches (a root span finishes last, so its children usually travel first). The
+:class:`TraceBook` keeps a small summary per recent trace and every batch re-sends the trace
+record of the traces it touches, cumulative so far — same id, a later ``last_updated_at``, so
+Opik keeps the most complete version and a replayed older version does not override a newer one.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time
+from decimal import Decimal
+from enum import Enum
+from typing import Any, Protocol
+
+from .opik_ids import opik_span_id, opik_trace_id
+
+__all__ = ["SpanLike", "TraceBook", "feedback_score", "json_safe", "span_payload"]
+
+MAX_TAGS = 50
+_MAX_DEPTH = 24
+_MAX_STR = 32_768
+#: Attribute keys that become Opik's own fields rather than metadata.
+_LIFTED = frozenset({"input", "output", "metadata", "llm.provider"})
+
+
+class SpanLike(Protocol):
+    """What is read from a stored row (``ObservabilitySpan``)."""
+
+    span_id: str
+    trace_id: str
+    parent_span_id: str | None
+    operation_name: str
+    agent_name: str
+    agent_tier: int
+    start_time: datetime
+    end_time: datetime | None
+    duration_ms: float | None
+    status: str
+    error_type: str | None
+    error_message: str | None
+    attributes: dict[str, Any]
+    llm_model: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    total_tokens: int | None
+    events: list[dict[str, Any]]
+
+
+def iso(value: datetime) -> str:
+    """UTC with a ``Z``: what the server parses without ambiguity."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def json_safe(value: Any, _depth: int = 0) -> Any:
+    """A JSON-encodable copy; never raises.
+
+    Redaction upstream already converts most values, but one NaN or one odd object would make
+    the server reject the whole batch with 400 (and a batch is not retried), so the sink
+    checks again rather than trusting every producer.
+    """
+    if value is None or isinstance(value, (bool, int, str)):
+        if isinstance(value, str) and len(value) > _MAX_STR:
+            return value[:_MAX_STR] + f"…[truncated {len(value) - _MAX_STR} chars]"
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if _depth >= _MAX_DEPTH:
+        return "[too deep]"
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v, _depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [json_safe(v, _depth + 1) for v in value]
+    if isinstance(value, datetime):
+        return iso(value)
+    if isinstance(value, (date, time)):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value) if value.is_finite() else str(value)
+    if isinstance(value, Enum):
+        return json_safe(value.value, _depth + 1)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return f"<{len(value)} bytes>"
+    try:
+        text = str(value)
+    except Exception:
+        text = f"<unprintable {type(value).__name__}>"
+    return text[:_MAX_STR]
+
+
+def _io(value: Any) -> Any:
+    """Opik's input/output is an object, a list of objects or a string."""
+    safe = json_safe(value)
+    if isinstance(safe, (dict, str)):
+        return safe
+    if isinstance(safe, list) and all(isinstance(v, dict) for v in safe):
+        return safe
+    return {"value": safe}
+
+
+def _span_type(span: SpanLike) -> str:
+    attrs = span.attributes or {}
+    run_type = attrs.get("langchain.run_type")
+    if span.llm_model or run_type in ("llm", "chat_model") or span.total_tokens is not None:
+        return "llm"
+    if run_type == "tool" or "tool.name" in attrs:
+        return "tool"
+    return "general"
+
+
+def _usage(span: SpanLike) -> dict[str, int] | None:
+    usage: dict[str, int] = {}
+    if span.input_tokens is not None:
+        usage["prompt_tokens"] = int(span.input_tokens)
+    if span.output_tokens is not None:
+        usage["completion_tokens"] = int(span.output_tokens)
+    total = span.total_tokens
+    if total is None and usage:
+        total = sum(usage.values())
+    if total is not None:
+        usage["total_tokens"] = int(total)
+    return usage or None
+
+
+def _error_info(span: SpanLike) -> dict[str, str] | None:
+    if span.status != "error":
+        return None
+    kind = span.error_type or "Error"
+    message = span.error_message or kind
+    # The server requires a traceback; spans carry type and message only, so the message stands in.
+    return {"exception_type": kind, "message": message, "traceback": f"{kind}: {message}"}
+
+
+def _provider(span: SpanLike) -> str | None:
+    provider = (span.attributes or {}).get("llm.provider")
+    return str(provider) if provider else None
+
+
+def tier_label(tier: int, tier_names: Mapping[int, str]) -> str:
+    name = tier_names.get(tier)
+    return f"tier:{tier}-{name}" if name else f"tier:{tier}"
+
+
+def span_payload(span: SpanLike, project_name: str, tier_names: Mapping[int, str]) -> dict[str, Any]:
+    """One ``SpanWrite`` body; ids are deterministic, so a resent span is the same span."""
+    attrs = span.attributes or {}
+    metadata: dict[str, Any] = {k: v for k, v in attrs.items() if k not in _LIFTED}
+    caller_metadata = attrs.get("metadata")
+    if isinstance(caller_metadata, Mapping):
+        for key, value in caller_metadata.items():
+            metadata.setdefault(str(key), value)
+    metadata.update(
+        agent_name=span.agent_name,
+        agent_tier=span.agent_tier,
+        status=span.status,
+        obs_trace_id=span.trace_id,
+        obs_span_id=span.span_id,
+    )
+    if span.parent_span_id:
+        metadata["obs_parent_span_id"] = span.parent_span_id
+    if span.duration_ms is not None:
+        metadata["duration_ms"] = span.duration_ms
+    if span.events:
+        metadata["events"] = span.events
+    body: dict[str, Any] = {
+        "id": opik_span_id(span.trace_id, span.span_id),
+        "project_name": project_name,
+        "trace_id": opik_trace_id(span.trace_id),
+        "name": span.operation_name,
+        "type": _span_type(span),
+        "start_time": iso(span.start_time),
+        "metadata": json_safe(metadata),
+        "tags": [f"agent:{span.agent_name}", tier_label(span.agent_tier, tier_names)],
+    }
+    if span.parent_span_id:
+        body["parent_span_id"] = opik_span_id(span.trace_id, span.parent_span_id)
+    if span.end_time is not None:
+        body["end_time"] = iso(span.end_time)
+    if "input" in attrs and attrs["input"] is not None:
+        body["input"] = _io(attrs["input"])
+    if "output" in attrs and attrs["output"] is not None:
+        body["output"] = _io(attrs["output"])
+    if span.llm_model:
+        body["model"] = span.llm_model
+    provider = _provider(span)
+    if provider:
+        body["provider"] = provider
+    usage = _usage(span)
+    if usage:
+        body["usage"] = usage
+    error = _error_info(span)
+    if error:
+        body["error_info"] = error
+    return body
+
+
+@dataclass
+class _TraceSummary:
+    opik_id: str
+    start: datetime
+    end: datetime | None = None
+    agents: set[str] = field(default_factory=set)
+    tiers: set[int] = field(default_factory=set)
+    spans: int = 0
+    errors: int = 0
+    first_name: str = ""
+    root: SpanLike | None = None
+
+
+class TraceBook:
+    """Per-trace summaries of the recent traces, bounded (least recently touched goes first).
+
+    Thread-safe: several flusher threads (one per agent instance) and callers' event loops may
+    hand batches to the one process-wide sink.
+    """
+
+    def __init__(self, project_name: str, tier_names: Mapping[int, str] | None = None, max_traces: int = 20_000):
+        self.project_name = project_name
+        self.tier_names: Mapping[int, str] = tier_names or {}
+        self.max_traces = max_traces
+        self._traces: OrderedDict[str, _TraceSummary] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._traces)
+
+    def update(self, spans: Iterable[SpanLike], now: datetime | None = None) -> list[dict[str, Any]]:
+        """Fold ``spans`` into their traces and return the ``TraceWrite`` body of each touched trace."""
+        touched: dict[str, _TraceSummary] = {}
+        with self._lock:
+            book = self._traces
+            for span in spans:
+                summary = book.get(span.trace_id)
+                if summary is None:
+                    summary = _TraceSummary(
+                        opik_trace_id(span.trace_id), span.start_time, first_name=span.operation_name
+                    )
+                    book[span.trace_id] = summary
+                    if len(book) > self.max_traces:
+                        book.popitem(last=False)
+                else:
+                    book.move_to_end(span.trace_id)
+                if span.start_time < summary.start:
+                    summary.start = span.start_time
+                    summary.first_name = span.operation_name
+                if span.end_time is not None and (summary.end is None or span.end_time > summary.end):
+                    summary.end = span.end_time
+                summary.agents.add(span.agent_name)
+                summary.tiers.add(span.agent_tier)
+                summary.spans += 1
+                if span.status == "error":
+                    summary.errors += 1
+                if span.parent_span_id is None:
+                    summary.root = span
+                touched[span.trace_id] = summary
+            updated_at = iso(now or datetime.now(UTC))
+            return [self._trace_body(trace_id, s, updated_at) for trace_id, s in touched.items()]
+
+    def _trace_body(self, trace_id: str, s: _TraceSummary, updated_at: str) -> dict[str, Any]:
+        root = s.root
+        tags = sorted(f"agent:{a}" for a in s.agents) + sorted(tier_label(t, self.tier_names) for t in s.tiers)
+        metadata: dict[str, Any] = {
+            "obs_trace_id": trace_id,
+            "span_count": s.spans,
+            "error_count": s.errors,
+            "agents": sorted(s.agents),
+            "tiers": sorted(s.tiers),
+        }
+        body: dict[str, Any] = {
+            "id": s.opik_id,
+            "project_name": self.project_name,
+            "name": root.operation_name if root is not None else s.first_name,
+            "start_time": iso(s.start),
+            "tags": tags[:MAX_TAGS],
+            "last_updated_at": updated_at,
+        }
+        if root is not None:
+            metadata["root_span_id"] = root.span_id
+            metadata["root_agent"] = root.agent_name
+            if root.end_time is not None:
+                body["end_time"] = iso(max(root.end_time, s.end) if s.end is not None else root.end_time)
+            attrs = root.attributes or {}
+            if attrs.get("input") is not None:
+                body["input"] = _io(attrs["input"])
+            if attrs.get("output") is not None:
+                body["output"] = _io(attrs["output"])
+            error = _error_info(root)
+            if error:
+                body["error_info"] = error
+        elif s.end is not None:
+            body["end_time"] = iso(s.end)
+        body["metadata"] = json_safe(metadata)
+        return body
+
+
+def feedback_score(
+    target_id: str,
+    name: str,
+    value: float,
+    project_name: str,
+    reason: str | None = None,
+    category_name: str | None = None,
+) -> dict[str, Any]:
+    """One ``FeedbackScoreBatchItem`` (for a trace or a span: ``target_id`` is its Opik id)."""
+    body: dict[str, Any] = {
+        "id": target_id,
+        "project_name": project_name,
+        "name": name,
+        "value": float(value),
+        "source": "sdk",
+    }
+    if reason:
+        body["reason"] = reason
+    if category_name:
+        body["category_name"] = category_name
+    return body

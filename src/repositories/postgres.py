@@ -1,0 +1,831 @@
+"""Postgres span store (psycopg 3, async, pooled): any Postgres, or a Supabase connection string.
+
+Design notes (why it looks like this):
+
+* **The pool lives on the repository's own I/O thread and event loop.** psycopg's async
+  connections and ``AsyncConnectionPool`` belong to the loop they were opened on, but one
+  repository is used from several loops: the batch flusher writes from its own thread's loop,
+  while agents, the CLI and tests read from theirs, and ``close()`` often runs after the flusher's
+  loop is gone. So every operation is handed to a private loop thread
+  (``run_coroutine_threadsafe``) and awaited from the caller's loop; the cost is one thread hop
+  (tens of µs) per call, next to milliseconds of database work. The constraint this leaves: the
+  repository must not be used after interpreter shutdown has begun on a Python that forbids new
+  threads then, unless it was already used before (the thread starts lazily on first use).
+  ``close()`` closes the pool on its own loop and stops the thread; the next call reopens both.
+* **Batch writes: binary COPY into a temporary staging table, then one
+  ``INSERT ... SELECT ... ON CONFLICT (trace_id, span_id) DO NOTHING``.** COPY cannot skip
+  duplicates, so it cannot target the table directly; measured at batch 1,000 (fsync on), this
+  path ran at ~1.2x a raw text COPY of the same rows straight into the table, and 2.5x the
+  one-JSON-parameter ``jsonb_to_recordset`` insert (``benchmarks/bench_store.py``). The staging
+  table is deliberately loose (ids and JSON as text, integers as bigint, no constraints), so the
+  COPY itself almost never fails and the database, not Python, judges every value: an
+  out-of-range integer, a CHECK violation or an invalid uuid fails in the INSERT with the
+  server's own message. It is created ``IF NOT EXISTS ... ON COMMIT DELETE ROWS`` inside each
+  write transaction, which also works behind a transaction-mode pooler (Supabase's port 6543),
+  where consecutive transactions may run on different server sessions.
+* **One bad row never costs the others.** When the fast path fails with a row-level error
+  (SQLSTATE class 22 / 23, or a value psycopg cannot send), the batch is written again in one
+  transaction, bisecting with savepoints: ~2·log2(n) statements find a single bad row among
+  1,000, which is dead-lettered with the database's reason while the rest commit together. Any
+  other failure (connection lost, permission, missing table) fails the whole batch with a
+  :class:`~src.repositories.base.StoreError` so the caller retries or spools it.
+* **Metrics are the schema's SQL functions** (``obs_latency_stats``, ``obs_status_distribution``,
+  ``obs_quality_counts``, ``obs_delete_old_spans`` in ``database/ml/mlops_tables.sql``): the same
+  definitions the Supabase REST backend calls over RPC, so both Postgres backends give the same
+  numbers, computed in the database (continuous percentiles, per-agent index-only scans).
+* **Windows are computed from this process's clock**, like the SQLite backend: span timestamps
+  come from the agents' clocks, so a window means "the last hour of what the agents recorded"
+  even when the database server's clock is off.
+* **No server-side prepared statements** (``prepare_threshold=None``): they break behind
+  PgBouncer-style transaction poolers, and every statement here is either cheap to plan or a
+  function call.
+* **Text Postgres cannot store**: NUL characters are not allowed in ``text`` or ``jsonb``; they are
+  replaced with U+FFFD here rather than losing the span.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from src.agents.ml_foundation.observability_connector.models import (
+    LatencyStats,
+    ObservabilitySpan,
+    QualityMetrics,
+    quality_score,
+)
+from src.repositories.base import (
+    BatchInsertResult,
+    GroupBy,
+    ProgressCallback,
+    SpanStore,
+    StoreAuthError,
+    StoreError,
+    StorePermissionError,
+    StoreSchemaError,
+    StoreUnavailableError,
+    window_start,
+)
+from src.repositories.sqlite import _dumps as _json_text  # one JSON policy (NaN, cycles, odd types) for all
+
+__all__ = [
+    "SCHEMA_PATH",
+    "TABLE",
+    "MigrationReport",
+    "PostgresSpanRepository",
+    "describe_dsn",
+    "migrate",
+]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+TABLE: Final = "ml_observability_spans"
+SCHEMA_PATH: Final = Path(__file__).resolve().parents[2] / "database" / "ml" / "mlops_tables.sql"
+
+COLUMNS: Final[tuple[str, ...]] = (
+    "id",
+    "span_id",
+    "trace_id",
+    "parent_span_id",
+    "operation_name",
+    "agent_name",
+    "agent_tier",
+    "start_time",
+    "end_time",
+    "duration_ms",
+    "status",
+    "error_type",
+    "error_message",
+    "attributes",
+    "llm_model",
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "events",
+    "created_at",
+)
+_COLS: Final = ", ".join(COLUMNS)
+_SELECT_COLS: Final = ", ".join("id::text AS id" if c == "id" else c for c in COLUMNS)
+
+# Staging: the row number ``n`` (position in the batch, for bisecting and error reports), then
+# every column in its loosest form. Binary COPY types, in the same order.
+_STAGE: Final = "obs_span_stage"
+_STAGE_DDL: Final = f"""CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (
+    n int4, id text, span_id text, trace_id text, parent_span_id text, operation_name text,
+    agent_name text, agent_tier int8, start_time timestamptz, end_time timestamptz,
+    duration_ms float8, status text, error_type text, error_message text, attributes text,
+    llm_model text, input_tokens int8, output_tokens int8, total_tokens int8, events text,
+    created_at timestamptz
+) ON COMMIT DELETE ROWS"""
+_STAGE_TYPES: Final = [
+    "int4", "text", "text", "text", "text", "text",
+    "text", "int8", "timestamptz", "timestamptz",
+    "float8", "text", "text", "text", "text",
+    "text", "int8", "int8", "int8", "text",
+    "timestamptz",
+]  # fmt: skip
+_COPY_STAGE: Final = f"COPY {_STAGE} (n, {_COLS}) FROM STDIN (FORMAT BINARY)"
+_INSERT_FROM_STAGE: Final = f"""INSERT INTO {TABLE} ({_COLS})
+SELECT id::uuid, span_id, trace_id, parent_span_id, operation_name, agent_name, agent_tier::int4,
+       start_time, end_time, duration_ms, status, error_type, error_message, attributes::jsonb,
+       llm_model, input_tokens::int4, output_tokens::int4, total_tokens::int4, events::jsonb, created_at
+FROM {_STAGE} WHERE n >= %s AND n <= %s ORDER BY n
+ON CONFLICT (trace_id, span_id) DO NOTHING"""
+
+_INT8_MIN: Final = -(2**63)
+_INT8_MAX: Final = 2**63 - 1
+
+#: Errors that belong to a row rather than to the batch or the connection: SQLSTATE class 22
+#: (data exception) and 23 (integrity), and values psycopg cannot encode on our side.
+_ROW_ERRORS: Final = (
+    psycopg.DataError,
+    psycopg.IntegrityError,
+    UnicodeError,
+    OverflowError,
+    ValueError,
+    TypeError,
+)
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def _text(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        value = str(value)
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
+
+
+def _strip_nul(value: object) -> object:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_strip_nul(k): _strip_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_strip_nul(v) for v in value]
+    return value
+
+
+def _json(value: object, empty: str) -> str:
+    text = _json_text(value, empty)
+    # jsonb rejects \u0000; only then pay for a second pass (the escape is rare, the check cheap).
+    if "\\u0000" in text:
+        text = _json_text(_strip_nul(json.loads(text)), empty)
+    return text
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise TypeError(f"expected a datetime, got {type(value).__name__} {value!r}")
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def _int8(value: int | None, name: str) -> int | None:
+    if value is None:
+        return None
+    value = int(value)
+    if not _INT8_MIN <= value <= _INT8_MAX:
+        # Out of even the staging type's range: say so in the database's words.
+        raise ValueError(f"{name} {value} is out of range for type integer")
+    return value
+
+
+def _span_to_stage_row(n: int, span: ObservabilitySpan) -> tuple[Any, ...]:
+    duration = span.duration_ms
+    return (
+        n,
+        _text(span.id),
+        _text(span.span_id),
+        _text(span.trace_id),
+        _text(span.parent_span_id),
+        _text(span.operation_name),
+        _text(span.agent_name),
+        _int8(span.agent_tier, "agent_tier"),
+        _aware(span.start_time),
+        _aware(span.end_time),
+        None if duration is None else float(duration),
+        _text(span.status),
+        _text(span.error_type),
+        _text(span.error_message),
+        _json(span.attributes, "{}"),
+        _text(span.llm_model),
+        _int8(span.input_tokens, "input_tokens"),
+        _int8(span.output_tokens, "output_tokens"),
+        _int8(span.total_tokens, "total_tokens"),
+        _json(span.events, "[]"),
+        _aware(span.created_at),
+    )
+
+
+def _row_to_span(row: Sequence[Any]) -> ObservabilitySpan:
+    data = dict(zip(COLUMNS, row, strict=True))
+    if data["attributes"] is None:
+        data["attributes"] = {}
+    if data["events"] is None:
+        data["events"] = []
+    return ObservabilitySpan.model_validate(data)
+
+
+def _span_label(span: object) -> str:
+    try:
+        return str(getattr(span, "span_id", None) or "<no span_id>")
+    except Exception:
+        return "<unprintable span_id>"
+
+
+def _reason(exc: BaseException) -> str:
+    """The database's own message (first line, plus DETAIL when it names the value)."""
+    if isinstance(exc, psycopg.Error) and exc.diag.message_primary:
+        text = exc.diag.message_primary
+        if exc.diag.message_detail:
+            text += f" ({exc.diag.message_detail})"
+        if exc.sqlstate:
+            text += f" [SQLSTATE {exc.sqlstate}]"
+        return f"{type(exc).__name__}: {text}"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first}"
+
+
+def describe_dsn(dsn: str) -> str:
+    """``postgresql://user@host:port/dbname`` — never the password, whatever form the DSN had."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "postgresql://<unparseable connection string>"
+    user = params.get("user") or ""
+    host = params.get("host") or params.get("hostaddr") or "localhost"
+    port = params.get("port") or "5432"
+    dbname = params.get("dbname") or user or ""
+    return f"postgresql://{user + '@' if user else ''}{host}:{port}/{dbname}"
+
+
+def _store_error(exc: BaseException, where: str) -> StoreError:
+    """Map a driver / pool failure onto the backend-neutral error types (retryable or not)."""
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    message = f"{where}: {_reason(exc)}"
+    if isinstance(exc, PoolTimeout):
+        return StoreUnavailableError(f"{where}: no database connection within the timeout ({exc})")
+    if sqlstate in ("28P01", "28000") or "password authentication failed" in str(exc):
+        return StoreAuthError(message, code=sqlstate or None)
+    if isinstance(exc, pg_errors.InsufficientPrivilege):
+        return StorePermissionError(message, code=sqlstate)
+    if isinstance(exc, pg_errors.UndefinedTable | pg_errors.UndefinedFunction | pg_errors.UndefinedColumn):
+        return StoreSchemaError(
+            message, code=sqlstate, hint="apply database/ml/mlops_tables.sql with `obs-connector migrate`"
+        )
+    if isinstance(exc, psycopg.OperationalError | pg_errors.AdminShutdown | pg_errors.CannotConnectNow):
+        return StoreUnavailableError(message, code=sqlstate or None)
+    if isinstance(exc, pg_errors.QueryCanceled | pg_errors.SerializationFailure | pg_errors.DeadlockDetected):
+        return StoreUnavailableError(message, code=sqlstate)
+    if isinstance(exc, OSError | TimeoutError):
+        return StoreUnavailableError(message)
+    return StoreError(message, code=sqlstate or None)
+
+
+# --------------------------------------------------------------------------- the I/O thread
+
+
+class _IOLoop:
+    """A daemon thread running one event loop; the pool and all its connections live here."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self.thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self.thread.start()
+        self._ready.wait()
+        self.pool: AsyncConnectionPool | None = None
+        self.pool_lock = asyncio.Lock()  # only ever used on self.loop
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(self._ready.set)
+        try:
+            self.loop.run_forever()
+        finally:
+            with contextlib.suppress(Exception):
+                self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.close()
+
+    def submit(self, coro: Awaitable[T]) -> Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+
+# --------------------------------------------------------------------------- repository
+
+
+class PostgresSpanRepository(SpanStore):
+    """``ml_observability_spans`` in Postgres, written and read through a psycopg connection pool.
+
+    Usable from any thread and event loop at once (see the module notes); ``close()`` is
+    idempotent and the repository reopens lazily when used again. The schema is not created
+    here: apply ``database/ml/mlops_tables.sql`` once with ``obs-connector migrate`` (DDL needs
+    rights the writer should not have); a missing table surfaces as a ``StoreSchemaError`` naming
+    that command.
+    """
+
+    backend = "postgres"
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 4,
+        connect_timeout_s: float = 10.0,
+        pool_timeout_s: float = 30.0,
+        statement_timeout_ms: int | None = 60_000,
+        application_name: str = "obs-connector",
+    ) -> None:
+        """``statement_timeout_ms`` bounds every statement so a stuck query fails (and is retried or
+        spooled) instead of holding the flusher; None leaves the server's setting alone."""
+        if not dsn:
+            raise ValueError("PostgresSpanRepository needs a connection string (postgresql://...)")
+        if min_size < 0 or max_size < max(1, min_size):
+            raise ValueError(f"pool sizes must satisfy 0 <= min_size <= max_size >= 1, got {min_size}, {max_size}")
+        try:
+            params = conninfo_to_dict(dsn)
+        except psycopg.ProgrammingError:
+            # Not chained: the driver's message can quote the string, password included.
+            raise ValueError(
+                "the Postgres connection string cannot be parsed (not shown: it may hold a password)"
+            ) from None
+        self._dsn = dsn
+        self._min_size = min_size
+        self._max_size = max_size
+        self._connect_timeout_s = connect_timeout_s
+        self._pool_timeout_s = pool_timeout_s
+        self._application_name = application_name
+        # Added to, never replacing, the DSN's own ``options`` (e.g. ``-c role=service_role``).
+        dsn_options = params.get("options")
+        ours = f"-c statement_timeout={int(statement_timeout_ms)}" if statement_timeout_ms else None
+        self._options = " ".join(str(o) for o in (dsn_options, ours) if o) or None
+        self._lock = threading.Lock()
+        self._io: _IOLoop | None = None
+
+    def describe(self) -> str:
+        return describe_dsn(self._dsn)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.describe()!r})"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _connect_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "prepare_threshold": None,
+            "application_name": self._application_name,
+            "connect_timeout": max(1, round(self._connect_timeout_s)),
+        }
+        if self._options:
+            kwargs["options"] = self._options
+        return kwargs
+
+    def _get_io(self) -> _IOLoop:
+        with self._lock:
+            if self._io is None:
+                self._io = _IOLoop(name=f"postgres-spans-{id(self):x}")
+            return self._io
+
+    async def _pool(self, io: _IOLoop) -> AsyncConnectionPool:
+        """The pool of ``io`` (runs on io.loop), opened on first use; a failed open is retried later."""
+        if io.pool is not None:
+            return io.pool
+        async with io.pool_lock:
+            if io.pool is None:
+                pool = AsyncConnectionPool(
+                    self._dsn,
+                    min_size=self._min_size,
+                    max_size=self._max_size,
+                    kwargs=self._connect_kwargs(),
+                    open=False,
+                    check=AsyncConnectionPool.check_connection,
+                    timeout=self._pool_timeout_s,
+                    name="obs-spans",
+                )
+                try:
+                    await pool.open(wait=self._min_size > 0, timeout=self._connect_timeout_s)
+                except BaseException:
+                    await pool.close()
+                    raise
+                io.pool = pool
+        return io.pool
+
+    async def _call(self, op: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]], what: str) -> T:
+        """Run ``op`` with a pooled connection on the I/O loop and await it from the caller's loop."""
+
+        async def on_io_loop(io: _IOLoop) -> T:
+            pool = await self._pool(io)
+            async with pool.connection() as conn:
+                return await op(conn)
+
+        try:
+            io = self._get_io()
+            if asyncio.get_running_loop() is io.loop:
+                return await on_io_loop(io)
+            return await asyncio.wrap_future(io.submit(on_io_loop(io)))
+        except StoreError:
+            raise
+        except (psycopg.Error, PoolTimeout, OSError, TimeoutError) as exc:
+            raise _store_error(exc, f"{what} on {self.describe()}") from exc
+
+    async def open(self) -> None:
+        """Connect now (fail fast on a wrong DSN or a missing schema) rather than on first use."""
+
+        async def check(conn: psycopg.AsyncConnection[Any]) -> None:
+            cur = await conn.execute("SELECT to_regclass(%s)", (f"public.{TABLE}",))
+            row = await cur.fetchone()
+            if row is None or row[0] is None:
+                raise StoreSchemaError(
+                    f"{self.describe()} has no table {TABLE}",
+                    hint="apply database/ml/mlops_tables.sql with `obs-connector migrate`",
+                )
+
+        await self._call(check, "opening the span store")
+
+    async def close(self) -> None:
+        """Close the pool on its own loop and stop the I/O thread (idempotent)."""
+        with self._lock:
+            io, self._io = self._io, None
+        if io is None:
+            return
+        if io.pool is not None:
+            pool = io.pool
+
+            async def close_pool() -> None:
+                await pool.close(timeout=5.0)
+
+            try:
+                await asyncio.wrap_future(io.submit(close_pool()))
+            except Exception as exc:  # closing must not fail the caller
+                log.warning("closing the Postgres pool of %s failed: %s", self.describe(), exc)
+        await asyncio.to_thread(io.stop)
+
+    # ------------------------------------------------------------------ writes
+
+    async def insert_span(self, span: ObservabilitySpan) -> bool:
+        """A bad row raises ValueError with the database's reason; a duplicate returns False."""
+        result = await self.insert_spans_batch([span])
+        if result.errors:
+            span_id, reason = result.errors[0]
+            raise ValueError(f"span {span_id!r} was not stored: {reason}")
+        return result.inserted == 1
+
+    async def insert_spans_batch(self, spans: Sequence[ObservabilitySpan]) -> BatchInsertResult:
+        """One COPY + one INSERT in one transaction; bisect with savepoints only when a row is bad."""
+        result = BatchInsertResult()
+        rows: list[tuple[Any, ...]] = []
+        labels: dict[int, str] = {}
+        for n, span in enumerate(spans):
+            try:
+                rows.append(_span_to_stage_row(n, span))
+            except Exception as exc:  # conversion: this row only, reported without a round trip
+                result.failed += 1
+                result.errors.append((_span_label(span), _reason(exc)))
+            else:
+                labels[n] = _span_label(span)
+        if not rows:
+            return result
+
+        async def fast(conn: psycopg.AsyncConnection[Any]) -> int | None:
+            try:
+                async with conn.transaction():
+                    await conn.execute(_STAGE_DDL)
+                    await self._copy(conn, rows)
+                    cur = await conn.execute(_INSERT_FROM_STAGE, (rows[0][0], rows[-1][0]))
+                    return max(cur.rowcount, 0)
+            except _ROW_ERRORS as exc:
+                if conn.broken:
+                    raise
+                log.info("batch of %d spans has a bad row (%s); isolating it", len(rows), _reason(exc))
+                return None
+
+        inserted = await self._call(fast, f"writing {len(rows)} spans")
+        if inserted is not None:
+            result.inserted += inserted
+            result.duplicates += len(rows) - inserted
+            return result
+
+        async def isolate(conn: psycopg.AsyncConnection[Any]) -> BatchInsertResult:
+            return await self._insert_isolating(conn, rows, labels)
+
+        result += await self._call(isolate, f"writing {len(rows)} spans row by row")
+        return result
+
+    @staticmethod
+    async def _copy(conn: psycopg.AsyncConnection[Any], rows: Sequence[tuple[Any, ...]]) -> None:
+        async with conn.cursor().copy(_COPY_STAGE) as copy:
+            copy.set_types(_STAGE_TYPES)
+            for row in rows:
+                await copy.write_row(row)
+
+    async def _insert_isolating(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        rows: list[tuple[Any, ...]],
+        labels: dict[int, str],
+    ) -> BatchInsertResult:
+        """Stage and insert by bisection inside one transaction; each failing single row is reported."""
+        result = BatchInsertResult()
+        staged: list[int] = []
+
+        async def stage(part: list[tuple[Any, ...]]) -> None:
+            try:
+                async with conn.transaction():  # a savepoint inside the outer transaction
+                    await self._copy(conn, part)
+            except _ROW_ERRORS as exc:
+                if conn.broken:
+                    raise
+                if len(part) == 1:
+                    result.failed += 1
+                    result.errors.append((labels[part[0][0]], _reason(exc)))
+                    return
+                mid = len(part) // 2
+                await stage(part[:mid])
+                await stage(part[mid:])
+                return
+            staged.extend(row[0] for row in part)
+
+        async def insert(part: list[int]) -> None:
+            try:
+                async with conn.transaction():
+                    cur = await conn.execute(_INSERT_FROM_STAGE, (part[0], part[-1]))
+            except _ROW_ERRORS as exc:
+                if conn.broken:
+                    raise
+                if len(part) == 1:
+                    result.failed += 1
+                    result.errors.append((labels[part[0]], _reason(exc)))
+                    return
+                mid = len(part) // 2
+                await insert(part[:mid])
+                await insert(part[mid:])
+                return
+            inserted = max(cur.rowcount, 0)
+            result.inserted += inserted
+            result.duplicates += len(part) - inserted
+
+        async with conn.transaction():
+            await conn.execute(_STAGE_DDL)
+            await stage(rows)
+            staged.sort()
+            if staged:
+                # Staged row numbers are contiguous within each part only by accident; bisect on
+                # the list, and let the range [first, last] pick exactly the staged rows between.
+                await insert(staged)
+        return result
+
+    async def delete_old_spans(
+        self, days: int, batch_size: int = 10_000, progress: ProgressCallback | None = None
+    ) -> int:
+        """``obs_delete_old_spans`` until a short batch: one short transaction each, oldest first.
+
+        ``progress`` runs on the caller's thread and loop (a CLI progress bar is not thread-safe).
+        """
+        if days < 0:
+            raise ValueError(f"days must be zero or positive, got {days}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        cutoff = datetime.now(UTC) - timedelta(days=days)
+
+        async def one_batch(conn: psycopg.AsyncConnection[Any]) -> int:
+            cur = await conn.execute("SELECT public.obs_delete_old_spans(%s, %s)", (cutoff, batch_size))
+            row = await cur.fetchone()
+            return int(row[0]) if row else 0
+
+        total = 0
+        while True:
+            deleted = await self._call(one_batch, "deleting old spans")
+            if deleted == 0:
+                break
+            total += deleted
+            if progress is not None:
+                progress(total)
+            if deleted < batch_size:
+                break
+        return total
+
+    # ------------------------------------------------------------------ reads
+
+    async def _fetchall(self, sql: str, params: Sequence[Any], what: str) -> list[tuple[Any, ...]]:
+        async def op(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
+            cur = await conn.execute(sql, params)  # type: ignore[arg-type]
+            return await cur.fetchall()
+
+        return await self._call(op, what)
+
+    async def get_spans_by_time_window(
+        self,
+        window: str,
+        agent_name: str | None = None,
+        trace_id: str | None = None,
+        limit: int = 1000,
+    ) -> list[ObservabilitySpan]:
+        if limit < 0:
+            raise ValueError(f"limit must be zero or positive, got {limit}")
+        clauses = ["start_time >= %s"]
+        params: list[Any] = [window_start(window)]
+        if agent_name is not None:
+            clauses.append("agent_name = %s")
+            params.append(agent_name)
+        if trace_id is not None:
+            clauses.append("trace_id = %s")
+            params.append(trace_id)
+        sql = f"SELECT {_SELECT_COLS} FROM {TABLE} WHERE {' AND '.join(clauses)} ORDER BY start_time, id LIMIT %s"
+        rows = await self._fetchall(sql, [*params, limit], "reading spans")
+        return [_row_to_span(row) for row in rows]
+
+    async def get_spans_by_trace_id(self, trace_id: str) -> list[ObservabilitySpan]:
+        sql = f"SELECT {_SELECT_COLS} FROM {TABLE} WHERE trace_id = %s ORDER BY start_time, id"
+        rows = await self._fetchall(sql, [trace_id], "reading a trace")
+        return [_row_to_span(row) for row in rows]
+
+    async def count_spans(self) -> int:
+        rows = await self._fetchall(f"SELECT count(*) FROM {TABLE}", [], "counting spans")
+        return int(rows[0][0])
+
+    async def get_status_distribution(
+        self, window: str, agent_name: str | None = None, trace_id: str | None = None
+    ) -> dict[str, int]:
+        """Always all three statuses, zeros included, so callers can index without ``.get``."""
+        rows = await self._fetchall(
+            "SELECT status, n FROM public.obs_status_distribution(%s::timestamptz, %s::text, %s::text)",
+            [window_start(window), agent_name, trace_id],
+            "reading the status distribution",
+        )
+        distribution = {"ok": 0, "error": 0, "started": 0}
+        for status, n in rows:
+            distribution[status] = int(n)
+        return distribution
+
+    async def get_latency_stats(
+        self,
+        window: str,
+        agent_name: str | None = None,
+        trace_id: str | None = None,
+        group_by: GroupBy = "agent",
+    ) -> list[LatencyStats]:
+        """One entry per group present in the window; keys and semantics as the SQLite backend's."""
+        if group_by not in ("agent", "tier", "all"):
+            raise ValueError(f"group_by must be one of agent, tier, all, got {group_by!r}")
+        rows = await self._fetchall(
+            "SELECT key, count, avg_ms, p50_ms, p95_ms, p99_ms, error_count, error_rate, "
+            "input_tokens, output_tokens, total_tokens "
+            "FROM public.obs_latency_stats(%s::timestamptz, %s::text, %s::text, %s::text)",
+            [window_start(window), agent_name, trace_id, group_by],
+            "reading latency statistics",
+        )
+        return [
+            LatencyStats(
+                key=str(key),
+                count=int(count),
+                avg_ms=avg_ms,
+                p50_ms=p50,
+                p95_ms=p95,
+                p99_ms=p99,
+                error_count=int(errors),
+                error_rate=float(error_rate),
+                input_tokens=int(tok_in),
+                output_tokens=int(tok_out),
+                total_tokens=int(tok_total),
+            )
+            for key, count, avg_ms, p50, p95, p99, errors, error_rate, tok_in, tok_out, tok_total in rows
+        ]
+
+    async def get_quality_metrics(
+        self, window: str, agent_name: str | None = None, trace_id: str | None = None
+    ) -> QualityMetrics:
+        """Same definitions as the SQLite backend: success over finished spans, fallback over all."""
+        rows = await self._fetchall(
+            "SELECT total, ok_count, error_count, started_count, fallback_count, p50_ms, p95_ms, p99_ms, avg_ms "
+            "FROM public.obs_quality_counts(%s::timestamptz, %s::text, %s::text)",
+            [window_start(window), agent_name, trace_id],
+            "reading quality metrics",
+        )
+        total, n_ok, n_error, n_started, n_fallback, p50, p95, p99, avg_d = rows[0]
+        total, n_ok, n_error, n_started, n_fallback = map(int, (total, n_ok, n_error, n_started, n_fallback))
+        finished = n_ok + n_error
+        success_rate = n_ok / finished if finished else 1.0
+        error_rate = n_error / finished if finished else 0.0
+        fallback_rate = n_fallback / total if total else 0.0
+        return QualityMetrics(
+            time_window=window,
+            total_spans=total,
+            ok_count=n_ok,
+            error_count=n_error,
+            started_count=n_started,
+            success_rate=success_rate,
+            error_rate=error_rate,
+            p50_latency_ms=p50,
+            p95_latency_ms=p95,
+            p99_latency_ms=p99,
+            avg_latency_ms=avg_d,
+            fallback_count=n_fallback,
+            fallback_rate=fallback_rate,
+            quality_score=quality_score(success_rate, p95, fallback_rate),
+        )
+
+
+# --------------------------------------------------------------------------- migrations
+
+
+@dataclass
+class MigrationReport:
+    """What ``migrate`` found and did, for people (``obs-connector migrate``) and tests."""
+
+    database: str
+    server_version: str
+    created: list[str] = field(default_factory=list)
+    already_present: list[str] = field(default_factory=list)
+    supabase_roles: list[str] = field(default_factory=list)
+    access: dict[str, str] = field(default_factory=dict)  # role -> "denied" | "granted" | "partial"
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created)
+
+
+_OBJECTS_SQL: Final = """
+SELECT 'table ' || c.relname FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace
+ WHERE ns.nspname = 'public' AND c.relname = 'ml_observability_spans' AND c.relkind = 'r'
+UNION ALL
+SELECT 'row level security on ml_observability_spans' FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace
+ WHERE ns.nspname = 'public' AND c.relname = 'ml_observability_spans' AND c.relrowsecurity
+UNION ALL
+SELECT 'index ' || indexname FROM pg_indexes WHERE schemaname = 'public' AND tablename = 'ml_observability_spans'
+UNION ALL
+SELECT 'view ' || viewname FROM pg_views WHERE schemaname = 'public' AND viewname = 'v_agent_latency_summary'
+UNION ALL
+SELECT 'function ' || p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace ns ON ns.oid = p.pronamespace
+ WHERE ns.nspname = 'public' AND p.proname IN
+       ('obs_latency_stats', 'obs_status_distribution', 'obs_quality_counts', 'obs_delete_old_spans')
+UNION ALL
+SELECT 'policy ' || policyname FROM pg_policies WHERE schemaname = 'public' AND tablename = 'ml_observability_spans'
+"""
+
+_ACCESS_SQL: Final = """
+SELECT r.rolname,
+       has_table_privilege(r.oid, 'public.ml_observability_spans', 'SELECT'),
+       has_table_privilege(r.oid, 'public.ml_observability_spans', 'INSERT'),
+       has_table_privilege(r.oid, 'public.ml_observability_spans', 'DELETE'),
+       has_table_privilege(r.oid, 'public.v_agent_latency_summary', 'SELECT'),
+       has_function_privilege(r.oid, 'public.obs_latency_stats(timestamptz, text, text, text)', 'EXECUTE'),
+       has_function_privilege(r.oid, 'public.obs_delete_old_spans(timestamptz, integer)', 'EXECUTE')
+FROM pg_roles r WHERE r.rolname IN ('anon', 'authenticated', 'service_role') ORDER BY r.rolname
+"""
+
+
+def migrate(dsn: str, schema_path: Path | str | None = None, *, connect_timeout_s: float = 10.0) -> MigrationReport:
+    """Apply ``database/ml/mlops_tables.sql`` (idempotent, one transaction) and report the outcome.
+
+    Synchronous on purpose: a one-shot administrative step that the CLI, the test fixtures and
+    the benchmark all call outside any event loop.
+    """
+    path = Path(schema_path) if schema_path is not None else SCHEMA_PATH
+    try:
+        sql = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise StoreSchemaError(f"cannot read the schema file {path}: {exc}") from exc
+    where = describe_dsn(dsn)
+    try:
+        with psycopg.connect(
+            dsn, autocommit=True, connect_timeout=max(1, round(connect_timeout_s)), prepare_threshold=None
+        ) as conn:
+            before = {row[0] for row in conn.execute(_OBJECTS_SQL).fetchall()}
+            conn.execute(sql)  # type: ignore[arg-type]  # the file is trusted, multi-statement SQL
+            after = [row[0] for row in conn.execute(_OBJECTS_SQL).fetchall()]
+            version = conn.execute("SHOW server_version").fetchone()
+            report = MigrationReport(database=where, server_version=str(version[0]) if version else "?")
+            for name in after:
+                (report.already_present if name in before else report.created).append(name)
+            for role, *privileges in conn.execute(_ACCESS_SQL).fetchall():
+                report.supabase_roles.append(role)
+                report.access[role] = "granted" if all(privileges) else "denied" if not any(privileges) else "partial"
+    except psycopg.Error as exc:
+        raise _store_error(exc, f"applying {path.name} to {where}") from exc
+    return report

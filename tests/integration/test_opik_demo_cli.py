@@ -1,0 +1,54 @@
+"""``obs-connector demo`` with Opik configured by the environment: it sends, and it says so.
+
+In-process through typer's ``CliRunner``, against the suite's local Opik receiver; what arrived
+is compared with what the store holds afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from src.agents.ml_foundation.observability_connector.cli import app
+from src.mlops import opik_span_id
+from src.repositories.observability_span import ObservabilitySpanRepository
+from src.repositories.sqlite import SQLiteSpanRepository
+from tests.fixtures.opik_receiver import OpikReceiver
+
+
+async def _stored(db: Path) -> list[tuple[str, str]]:
+    repo = ObservabilitySpanRepository(SQLiteSpanRepository(db))
+    try:
+        return [(s.trace_id, s.span_id) for s in await repo.get_spans_by_time_window("1h", limit=100_000)]
+    finally:
+        await repo.close()
+
+
+def test_demo_sends_to_opik_when_configured_and_says_so(
+    opik_receiver: OpikReceiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPIK_URL_OVERRIDE", opik_receiver.url)
+    monkeypatch.setenv("OPIK_PROJECT_NAME", "demo-project")
+    monkeypatch.setenv("COLUMNS", "250")
+    db = tmp_path / "demo.db"
+    result = CliRunner().invoke(app, ["--store", str(db), "demo", "--traces", "3", "--seed", "7"])
+    assert result.exit_code == 0, result.output
+    assert f"and Opik {opik_receiver.url} (project demo-project)" in result.output
+    assert "Opik: " in result.output and "span(s) sent" in result.output and "circuit closed" in result.output
+
+    stored = asyncio.run(_stored(db))
+    assert stored
+    assert set(opik_receiver.spans) == {opik_span_id(t, s) for t, s in stored}
+    assert opik_receiver.duplicate_span_ids() == []
+    assert {body["project_name"] for body in opik_receiver.spans.values()} == {"demo-project"}
+    assert f"{len(stored):,} span(s) sent" in result.output
+
+
+def test_demo_without_opik_mentions_no_opik(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "250")
+    result = CliRunner().invoke(app, ["--store", str(tmp_path / "demo.db"), "demo", "--traces", "1"])
+    assert result.exit_code == 0, result.output
+    assert "Opik" not in result.output

@@ -1,0 +1,440 @@
+"""Opik emission end to end: agents → collector → graph → OpikConnector → a real HTTP receiver.
+
+The receiver (``tests/fixtures/opik_receiver.py``) is a real server on 127.0.0.1 that validates
+every body with the ``opik`` SDK's own models and answers like Opik (400 for a non-UUIDv7 id);
+it is switched to 500s, refused connections and 10 s hangs. Timeouts, backoff and the breaker's
+recovery are shortened so the outage tests take seconds, with the same code paths as production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import statistics
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from src.agents.ml_foundation.observability_connector.agent import ObservabilityConnectorAgent
+from src.agents.ml_foundation.observability_connector.config import ObservabilitySettings, load_registry
+from src.agents.ml_foundation.observability_connector.demo import run_demo
+from src.agents.ml_foundation.observability_connector.graph import graph
+from src.agents.ml_foundation.observability_connector.runtime import ConnectorContext
+from src.mlops import CircuitState, OpikConfig, OpikConnector, opik_span_id, opik_trace_id
+from src.repositories.observability_span import ObservabilitySpanRepository
+from src.repositories.sqlite import SQLiteSpanRepository
+from tests.fixtures.opik_receiver import OpikReceiver
+
+REGISTRY = load_registry()
+
+FAST = {
+    "request_timeout_s": 0.3,
+    "wait_s": 0.2,
+    "failure_threshold": 5,
+    "recovery_timeout_s": 1.0,
+    "retry_backoff_s": 0.01,
+    "retry_backoff_max_s": 0.05,
+    "shutdown_timeout_s": 1.0,
+}
+
+
+@dataclass
+class Rig:
+    receiver: OpikReceiver
+    opik: OpikConnector
+    store: ObservabilitySpanRepository
+    context: ConnectorContext
+    obs: ObservabilityConnectorAgent
+
+
+@pytest.fixture
+async def make_rig(opik_receiver: OpikReceiver, tmp_path: Path) -> AsyncIterator[Callable[..., Rig]]:
+    made: list[Rig] = []
+
+    def make(**overrides: Any) -> Rig:
+        config = OpikConfig(url=opik_receiver.url, **{**FAST, **overrides})
+        opik = OpikConnector(config, tier_names=REGISTRY.tier_names)
+        store = ObservabilitySpanRepository(SQLiteSpanRepository(tmp_path / f"spans-{len(made)}.db"))
+        settings = ObservabilitySettings(batching={"max_batch_size": 100, "max_batch_wait_s": 0.2, "max_queue_size": 100_000})
+        context = ConnectorContext(store=store, settings=settings, registry=REGISTRY, opik=opik)
+        rig = Rig(opik_receiver, opik, store, context, ObservabilityConnectorAgent(context=context))
+        made.append(rig)
+        return rig
+
+    yield make
+    for rig in made:
+        await rig.obs.aclose()
+        rig.opik.close(0.5)
+
+
+def make_trace(obs: ObservabilityConnectorAgent, spans: int = 10, poison: bool = False) -> str:
+    """One trace: a root and ``spans - 1`` children (one an LLM call); returns its trace id."""
+    with obs.span("route_request", "orchestrator") as root:
+        for index in range(spans - 2):
+            name = "poison" if poison and index == 0 else f"step_{index}"
+            with obs.span(name, "gap_analyzer"):
+                pass
+        obs.track_llm_call("gap_analyzer", "gpt-4o", 100, 20, duration_ms=3, provider="openai")
+    return root.trace_id
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+async def stored_spans(rig: Rig, trace_ids: list[str]) -> list[Any]:
+    out: list[Any] = []
+    for trace_id in trace_ids:
+        out.extend(await rig.store.get_spans_by_trace_id(trace_id))
+    return out
+
+
+async def assert_exactly_once(rig: Rig, trace_ids: list[str]) -> None:
+    """Count at the receiver = count in the store, the same ids, none written twice."""
+    stored = await stored_spans(rig, trace_ids)
+    expected = {opik_span_id(s.trace_id, s.span_id) for s in stored}
+    assert len(expected) == len(stored)
+    assert set(rig.receiver.spans) == expected
+    assert rig.receiver.duplicate_span_ids() == []
+    assert sum(rig.receiver.span_writes.values()) == len(stored)
+    assert set(rig.receiver.traces) == {opik_trace_id(t) for t in trace_ids}
+
+
+def delivered_trace_order(receiver: OpikReceiver) -> list[str]:
+    """Our trace ids in the order their span batches were accepted by the receiver."""
+    order: list[str] = []
+    for request in receiver.batch_posts("spans", 204):
+        for span_id in request.ids:
+            trace_id = receiver.spans[span_id]["metadata"]["obs_trace_id"]
+            if trace_id not in order:
+                order.append(trace_id)
+    return order
+
+
+# --------------------------------------------------------------------------- the happy path
+
+
+@pytest.mark.parametrize("encode_once", [True, False], ids=["encoded-once", "generated-create_spans"])
+async def test_a_trace_arrives_as_the_right_tree_with_model_and_usage(
+    make_rig: Callable[..., Rig], encode_once: bool
+) -> None:
+    """Both send paths — bodies encoded once, or the generated ``create_spans`` — produce the same tree."""
+    rig = make_rig(encode_once=encode_once)
+    obs = rig.obs
+    async with obs.span("route_request", "orchestrator") as root:
+        root.set_input({"question": "why did NE drop?"})
+        async with obs.span("execute", "gap_analyzer") as execute:
+            llm = obs.track_llm_call("gap_analyzer", "claude-sonnet-4", 812, 95, duration_ms=40, provider="anthropic")
+        with pytest.raises(RuntimeError):
+            async with obs.span("estimate_effect", "causal_impact") as failing:
+                raise RuntimeError("solver diverged")
+        root.set_output({"gaps": 3})
+    assert await rig.opik.flush(5)
+
+    received = rig.receiver.spans
+    tid = root.trace_id
+    assert set(received) == {opik_span_id(tid, s.span_id) for s in (root, execute, llm, failing)}
+    by_name = {body["name"]: body for body in received.values()}
+    assert "parent_span_id" not in by_name["route_request"]
+    assert by_name["execute"]["parent_span_id"] == opik_span_id(tid, root.span_id)
+    assert by_name["estimate_effect"]["parent_span_id"] == opik_span_id(tid, root.span_id)
+    llm_body = by_name["llm_call"]
+    assert llm_body["parent_span_id"] == opik_span_id(tid, execute.span_id)
+    assert (llm_body["type"], llm_body["model"], llm_body["provider"]) == ("llm", "claude-sonnet-4", "anthropic")
+    assert llm_body["usage"] == {"prompt_tokens": 812, "completion_tokens": 95, "total_tokens": 907}
+    assert by_name["estimate_effect"]["error_info"]["exception_type"] == "RuntimeError"
+    assert by_name["estimate_effect"]["error_info"]["message"] == "solver diverged"
+    assert all(body["trace_id"] == opik_trace_id(tid) == tid_as_uuid(tid) for body in received.values())
+
+    trace = rig.receiver.traces[opik_trace_id(tid)]
+    assert trace["name"] == "route_request"
+    assert trace["project_name"] == "e2i-causal-analytics"
+    assert trace["input"] == {"question": "why did NE drop?"} and trace["output"] == {"gaps": 3}
+    assert {"agent:orchestrator", "agent:gap_analyzer", "agent:causal_impact"} <= set(trace["tags"])
+    assert {"tier:1-coordination", "tier:2-causal_analytics"} <= set(trace["tags"])
+    assert trace["metadata"]["span_count"] == 4 and trace["metadata"]["error_count"] == 1
+    assert all(r.gzipped for r in rig.receiver.batch_posts("spans"))
+    status = obs.get_status()["opik"]
+    assert status["state"] == "closed" and status["spans_sent"] == 4 and status["backlog_spans"] == 0
+
+
+def tid_as_uuid(trace_id: str) -> str:
+    return f"{trace_id[:8]}-{trace_id[8:12]}-{trace_id[12:16]}-{trace_id[16:20]}-{trace_id[20:]}"
+
+
+async def test_demo_traces_reach_opik_as_closed_trees(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    console = Console(file=io.StringIO(), width=200)
+    result = await run_demo(4, 11, console, context=rig.context, time_scale=0.1, show_progress=False)
+    assert result.spans_stored == result.spans_produced
+    assert result.opik is not None and result.opik["spans_sent"] == result.spans_stored
+    await assert_exactly_once(rig, result.trace_ids)
+    received = rig.receiver.spans
+    for body in received.values():
+        parent = body.get("parent_span_id")
+        assert parent is None or parent in received, f"{body['name']} points at a span Opik never got"
+    stored = {opik_span_id(s.trace_id, s.span_id): s for s in await stored_spans(rig, result.trace_ids)}
+    llm = [s for s in stored.values() if s.llm_model]
+    assert llm
+    for key, span in stored.items():
+        body = received[key]
+        if span.llm_model:
+            assert body["type"] == "llm" and body["model"] == span.llm_model and body["provider"]
+            if span.total_tokens is not None:  # a failed call reports no usage
+                assert body["usage"]["prompt_tokens"] == span.input_tokens
+                assert body["usage"]["completion_tokens"] == span.output_tokens
+                assert body["usage"]["total_tokens"] == span.total_tokens
+            else:
+                assert span.status == "error" and "usage" not in body
+        if span.status == "error":
+            assert body["error_info"]["exception_type"] == span.error_type
+    roots = [t for t in rig.receiver.traces.values() if t["name"] == "route_request"]
+    assert len(roots) == len(result.trace_ids)
+    assert "and Opik" in console.file.getvalue() and "Opik:" in console.file.getvalue()
+
+
+async def test_the_orchestrator_path_reports_opik_in_the_state(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    events = [
+        {"span_id": "span_123", "trace_id": "trace_456", "agent_name": "gap_analyzer", "operation": "execute",
+         "started_at": "2026-11-26T10:00:00Z", "duration_ms": 812.5, "status": "completed",
+         "model_used": "claude-sonnet-4", "input_tokens": 812, "output_tokens": 95},
+        {"span_id": "span_124", "trace_id": "trace_456", "parent_span_id": "span_123", "agent_name": "gap_analyzer",
+         "operation": "fetch", "started_at": "2026-11-26T10:00:00.1Z", "duration_ms": 5, "status": "failed",
+         "error": "timeout", "error_type": "TimeoutError"},
+    ]  # fmt: skip
+    state = await graph.ainvoke({"events_to_log": events}, context=rig.context)
+    assert state["db_writes_successful"] is True and state["events_logged"] == 2
+    assert state["opik_spans_sent"] == 2 and state["opik_error"] is None
+    child = rig.receiver.spans[opik_span_id("trace_456", "span_124")]
+    assert child["parent_span_id"] == opik_span_id("trace_456", "span_123")
+    assert child["trace_id"] == opik_trace_id("trace_456")
+    # Re-sending the same batch creates nothing new in Opik: the same ids again.
+    await graph.ainvoke({"events_to_log": events}, context=rig.context)
+    assert len(rig.receiver.spans) == 2 and len(rig.receiver.traces) == 1
+
+
+async def test_convenience_api_and_feedback(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    opik = rig.opik
+    async with opik.trace_agent("orchestrator", "route_request", metadata={"request_id": "r-1"}) as root:
+        async with opik.trace_llm_call("gap_analyzer", "gpt-4o", "openai", input_data={"prompt": "p"}) as llm:
+            llm.set_llm(input_tokens=10, output_tokens=5)
+            llm.set_output({"text": "t"})
+        opik.log_metric("rows_scanned", 10_000)
+    async with opik.trace_agent("explainer", "explain", trace_id="trace_456", parent_span_id="span_123") as joined:
+        pass
+    await opik.log_feedback(root.trace_id, "helpfulness", 0.9, reason="clear answer")
+    assert await opik.flush(5)
+
+    spans = rig.receiver.spans
+    llm_body = spans[opik_span_id(root.trace_id, llm.span_id)]
+    assert llm_body["parent_span_id"] == opik_span_id(root.trace_id, root.span_id)
+    assert llm_body["usage"] == {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+    assert llm_body["input"] == {"prompt": "p"} and llm_body["output"] == {"text": "t"}
+    root_body = spans[opik_span_id(root.trace_id, root.span_id)]
+    assert root_body["metadata"]["request_id"] == "r-1"
+    assert root_body["metadata"]["events"][0]["name"] == "metric.rows_scanned"
+    joined_body = spans[opik_span_id("trace_456", joined.span_id)]
+    assert joined_body["parent_span_id"] == opik_span_id("trace_456", "span_123")
+    assert rig.receiver.feedback == [
+        {"id": opik_trace_id(root.trace_id), "project_name": "e2i-causal-analytics", "name": "helpfulness",
+         "value": 0.9, "reason": "clear answer", "source": "sdk"}
+    ]  # fmt: skip
+    assert opik.get_status()["feedback_sent"] == 1
+
+
+# --------------------------------------------------------------------------- outages
+
+
+def start_outage(receiver: OpikReceiver, kind: str) -> None:
+    if kind == "http_500":
+        receiver.mode = "error"
+    elif kind == "refused":
+        receiver.refuse()
+    else:
+        receiver.hang(10.0)
+
+
+def end_outage(receiver: OpikReceiver, kind: str) -> None:
+    if kind == "refused":
+        receiver.resume()
+    else:
+        receiver.recover()
+
+
+@pytest.mark.parametrize("outage", ["http_500", "refused", "hang_10s"])
+async def test_outage_opens_the_breaker_keeps_every_span_and_recovers_exactly_once(
+    make_rig: Callable[..., Rig], outage: str
+) -> None:
+    rig = make_rig()
+    receiver, opik, obs = rig.receiver, rig.opik, rig.obs
+    start_outage(receiver, outage)
+    trace_ids: list[str] = []
+    for _ in range(8):
+        trace_ids.append(make_trace(obs, 10))
+        started = time.perf_counter()
+        assert await obs.flush(5)
+        # The store write never waits for Opik: at most wait_s for the first batch, nothing later.
+        assert time.perf_counter() - started < 1.0
+    await wait_until(lambda: opik.breaker.state is CircuitState.OPEN, 10)
+    breaker = opik.breaker.get_status()
+    assert breaker["failures"] == 5 and breaker["times_opened"] == 1
+    if outage == "http_500":
+        assert len(receiver.batch_posts("spans", 500)) == 5
+    requests_before = len(receiver.requests)
+    await asyncio.sleep(0.3)
+    assert len(receiver.requests) == requests_before, "no Opik call while the circuit is open"
+    assert opik.breaker.get_status()["failures"] == 5
+
+    assert len(await stored_spans(rig, trace_ids)) == 80, "the store keeps every span during the outage"
+    status = obs.get_status()["opik"]
+    assert status["backlog_spans"] == 80 and status["spans_sent"] == 0 and status["state"] == "open"
+    assert obs.get_status()["batches_failed"] == 0
+
+    end_outage(receiver, outage)
+    assert await opik.wait_until_sent(10)
+    assert opik.breaker.state is CircuitState.CLOSED
+    await assert_exactly_once(rig, trace_ids)
+    assert delivered_trace_order(receiver) == trace_ids, "the backlog is replayed oldest first"
+    assert opik.get_status()["spans_sent"] == 80
+
+
+async def test_span_cost_is_unchanged_while_opik_hangs(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    obs = rig.obs
+
+    def measure(n: int = 5_000) -> tuple[float, float]:
+        costs = []
+        clock = time.perf_counter_ns
+        for _ in range(n):
+            t0 = clock()
+            with obs.span("op", "gap_analyzer"):
+                pass
+            costs.append(clock() - t0)
+        costs.sort()
+        return statistics.median(costs) / 1e3, costs[int(n * 0.99)] / 1e3
+
+    measure(1_000)  # warm up
+    healthy = measure()
+    assert await rig.opik.flush(30)
+    rig.receiver.hang(10.0)
+    make_trace(obs)
+    assert await obs.flush(5)
+    hanging = measure()
+    assert await obs.flush(30)
+    p50_ok, p99_ok = healthy
+    p50_hang, p99_hang = hanging
+    # Generous bounds against a shared CI machine's noise; a blocking path would cost milliseconds.
+    assert p50_hang < 2 * p50_ok + 2, (healthy, hanging)
+    assert p99_hang < 3 * p99_ok + 20, (healthy, hanging)
+    rig.receiver.recover()
+
+
+async def test_graph_invocation_does_not_wait_for_a_hanging_opik(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    rig.receiver.hang(10.0)
+    now = datetime.now(UTC).isoformat()
+    for batch in range(3):
+        events = [
+            {"span_id": f"s{batch}-{i}", "trace_id": f"trace-{batch}", "agent_name": "drift_monitor",
+             "operation": "check", "started_at": now, "duration_ms": 1.0, "status": "ok"}
+            for i in range(20)
+        ]  # fmt: skip
+        started = time.perf_counter()
+        state = await graph.ainvoke({"events_to_log": events}, context=rig.context)
+        elapsed = time.perf_counter() - started
+        assert elapsed < FAST["wait_s"] + 0.5
+        assert state["db_writes_successful"] is True and state["db_write_count"] == 20
+        assert state["opik_spans_sent"] == 0 and state["opik_spans_queued"] == 20
+        assert not state.get("error")
+    rig.receiver.recover()
+    assert await rig.opik.wait_until_sent(10)
+    assert len(rig.receiver.spans) == 60 and rig.receiver.duplicate_span_ids() == []
+
+
+async def test_a_rejected_batch_is_recorded_not_retried_and_holds_nothing_up(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    receiver = rig.receiver
+    receiver.reject_when(
+        lambda kind, item: kind == "spans" and item.get("name") == "poison", "spans[0].name: rejected by the test"
+    )
+    first = make_trace(rig.obs)
+    assert await rig.obs.flush(5)
+    poisoned = make_trace(rig.obs, poison=True)
+    assert await rig.obs.flush(5)
+    state = rig.obs.last_batch_state or {}
+    assert state["db_writes_successful"] is True
+    assert "rejected: spans: HTTP 400" in (state.get("opik_error") or "")
+    last = make_trace(rig.obs)
+    assert await rig.opik.flush(5)
+
+    assert len(receiver.batch_posts("spans", 400)) == 1, "a rejected batch is never retried"
+    assert len(receiver.batch_posts("spans", 204)) == 2
+    status = rig.opik.get_status()
+    assert status["batches_rejected"] == 1 and status["spans_rejected"] == 10
+    assert "HTTP 400" in status["rejections"][0]["reason"]
+    assert "rejected by the test" in status["rejections"][0]["reason"]
+    assert status["state"] == "closed" and status["circuit_breaker"]["failures"] == 0
+    delivered = {body["metadata"]["obs_trace_id"] for body in receiver.spans.values()}
+    assert delivered == {first, last}
+    assert len(await stored_spans(rig, [first, poisoned, last])) == 30, "the store keeps the rejected batch"
+
+
+async def test_a_non_uuid7_id_is_rejected_by_the_receiver_as_by_opik(opik_receiver: OpikReceiver) -> None:
+    """The receiver is as strict as the real server: the guard our id mapping exists for."""
+    import httpx
+
+    body = {"spans": [{"id": "span_123", "trace_id": opik_trace_id("t"), "start_time": "2026-11-26T10:00:00Z"}]}
+    async with httpx.AsyncClient() as client:
+        response = await client.post(f"{opik_receiver.url}/v1/private/spans/batch", json=body)
+    assert response.status_code == 400
+    assert "version 7" in response.json()["errors"][0]
+
+
+async def test_backlog_over_its_bound_drops_oldest_counted_and_logged_then_replays_from_store(
+    make_rig: Callable[..., Rig], caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = make_rig(replay_backlog_max_spans=25)
+    rig.receiver.refuse()
+    trace_ids = []
+    for _ in range(5):
+        trace_ids.append(make_trace(rig.obs, 10))
+        assert await rig.obs.flush(5)
+    status = rig.opik.get_status()
+    assert status["spans_overflowed"] == 30 and status["backlog_spans"] == 20
+    assert status["overflows"] and "replay_from_store" in caplog.text and "dropped the oldest" in caplog.text
+    assert len(await stored_spans(rig, trace_ids)) == 50
+
+    rig.receiver.resume()
+    assert await rig.opik.wait_until_sent(10)
+    assert len(rig.receiver.spans) == 20
+    with caplog.at_level(logging.ERROR):
+        assert await rig.opik.replay_from_store(rig.store, "1h") == 50
+    assert await rig.opik.wait_until_sent(10)
+    stored = await stored_spans(rig, trace_ids)
+    assert set(rig.receiver.spans) == {opik_span_id(s.trace_id, s.span_id) for s in stored}
+
+
+async def test_close_reports_what_was_not_sent(make_rig: Callable[..., Rig], caplog: pytest.LogCaptureFixture) -> None:
+    rig = make_rig(recovery_timeout_s=30)
+    rig.receiver.mode = "error"
+    make_trace(rig.obs)
+    assert await rig.obs.flush(5)
+    await wait_until(lambda: rig.opik.breaker.state is CircuitState.OPEN, 5)
+    started = time.perf_counter()
+    assert rig.opik.close(2.0) is False
+    assert time.perf_counter() - started < 1.0, "close does not wait for the open circuit"
+    assert rig.opik.get_status()["spans_unsent_at_close"] == 10
+    assert "10 span(s) not sent" in caplog.text

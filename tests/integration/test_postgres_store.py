@@ -1,0 +1,411 @@
+"""The Postgres backend against the suite's own Postgres 15 cluster: what the contract suite cannot say.
+
+The schema's migration story (twice, plain Postgres, reporting), row-level failures reported in
+the database's words, the repository's life across threads and event loops (the flusher's
+shape), how failures are classified for retry, selection from configuration, and the
+``migrate`` / ``cleanup`` commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from typer.testing import CliRunner
+
+from src.agents.ml_foundation.observability_connector.cli import app
+from src.agents.ml_foundation.observability_connector.config import (
+    ConfigError,
+    ObservabilitySettings,
+    build_store,
+    store_backend,
+)
+from src.agents.ml_foundation.observability_connector.models import ObservabilitySpan, row_id_for
+from src.repositories.base import StoreError, StorePermissionError, StoreSchemaError, StoreUnavailableError
+from src.repositories.postgres import PostgresSpanRepository, describe_dsn, migrate
+from tests.fixtures.postgres_server import PostgresCluster, TemplateInfo
+
+_counter = 0
+
+
+def make_span(*, start: datetime | None = None, agent: str = "gap_analyzer", **fields: Any) -> ObservabilitySpan:
+    global _counter
+    _counter += 1
+    trace_id, span_id = f"{_counter:032x}", f"{_counter:016x}"
+    values: dict[str, Any] = {
+        "id": row_id_for(trace_id, span_id),
+        "span_id": span_id,
+        "trace_id": trace_id,
+        "operation_name": "execute",
+        "agent_name": agent,
+        "agent_tier": 2,
+        "start_time": start or datetime.now(UTC) - timedelta(minutes=5),
+        "duration_ms": 12.5,
+        "status": "ok",
+    }
+    values.update(fields)
+    return ObservabilitySpan(**values)
+
+
+def unvalidated(**overrides: Any) -> ObservabilitySpan:
+    return ObservabilitySpan.model_construct(**{**make_span().model_dump(), **overrides})
+
+
+def flat(text: str) -> str:
+    """CLI output without rich's line wrapping."""
+    return " ".join(text.split())
+
+
+def scalar(dsn: str, sql: str, params: tuple[Any, ...] = ()) -> Any:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(sql, params).fetchone()  # type: ignore[arg-type]
+        return None if row is None else row[0]
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def test_schema_applies_twice_and_reports_what_it_did(postgres_template: TemplateInfo) -> None:
+    postgres_cluster = postgres_template.cluster  # with the Supabase roles created
+    dsn = postgres_cluster.create_database("migrate_twice")
+    try:
+        first = migrate(dsn)
+        second = migrate(dsn)
+    finally:
+        postgres_cluster.drop_database("migrate_twice")
+    expected = {
+        "table ml_observability_spans",
+        "row level security on ml_observability_spans",
+        "index ml_observability_spans_pkey",
+        "index ml_observability_spans_trace_span_key",
+        "index idx_ml_observability_spans_start_time",
+        "index idx_ml_observability_spans_status_start",
+        "index idx_ml_observability_spans_agent_start",
+        "view v_agent_latency_summary",
+        "function obs_latency_stats(timestamp with time zone,text,text,text)",
+        "function obs_status_distribution(timestamp with time zone,text,text)",
+        "function obs_quality_counts(timestamp with time zone,text,text)",
+        "function obs_delete_old_spans(timestamp with time zone,integer)",
+        "policy ml_observability_spans_service_role_all",
+    }
+    assert set(first.created) == expected and first.already_present == [] and first.changed
+    assert second.created == [] and set(second.already_present) == expected and not second.changed
+    assert first.server_version.startswith("15")
+    assert first.access == {"anon": "denied", "authenticated": "denied", "service_role": "granted"}
+
+
+def test_schema_applies_to_a_plain_postgres_without_supabase_roles(postgres_template: TemplateInfo) -> None:
+    """The session applied it before creating the roles; applying again afterwards adds their rules."""
+    plain = postgres_template.plain_report
+    assert plain.supabase_roles == [] and plain.access == {}
+    assert "table ml_observability_spans" in plain.created
+    assert not any(name.startswith("policy ") for name in plain.created)
+    assert scalar(postgres_template.plain_dsn, "SELECT relrowsecurity FROM pg_class WHERE relname = %s",
+                  ("ml_observability_spans",)) is True  # fmt: skip
+
+    again = migrate(postgres_template.plain_dsn)  # the roles exist by now
+    assert again.created == ["policy ml_observability_spans_service_role_all"]
+    assert again.access == {"anon": "denied", "authenticated": "denied", "service_role": "granted"}
+
+
+def test_schema_objects_have_the_promised_properties(postgres_dsn: str) -> None:
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        (options,) = conn.execute(
+            "SELECT reloptions FROM pg_class WHERE relname = 'v_agent_latency_summary'"
+        ).fetchone()  # type: ignore[misc]
+        assert "security_invoker=true" in options
+        functions = conn.execute(
+            "SELECT proname, prosecdef, proconfig FROM pg_proc WHERE proname LIKE 'obs\\_%' ORDER BY proname"
+        ).fetchall()
+        assert [f[0] for f in functions] == [
+            "obs_delete_old_spans",
+            "obs_latency_stats",
+            "obs_quality_counts",
+            "obs_status_distribution",
+        ]
+        for name, security_definer, config in functions:
+            assert security_definer is False, name
+            assert "search_path=public" in config, name
+        (index,) = conn.execute(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'idx_ml_observability_spans_agent_start'"
+        ).fetchone()  # type: ignore[misc]
+        assert "(agent_name, start_time) INCLUDE (duration_ms, status" in index
+        unique = conn.execute(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE conname = 'ml_observability_spans_trace_span_key'"
+        ).fetchone()
+        assert unique == ("UNIQUE (trace_id, span_id)",)
+
+
+async def test_view_summarises_the_last_24_hours_per_agent(postgres_dsn: str) -> None:
+    repo = PostgresSpanRepository(postgres_dsn)
+    now = datetime.now(UTC)
+    try:
+        await repo.insert_spans_batch(
+            [make_span(agent="explainer", duration_ms=float(i), input_tokens=10) for i in range(1, 6)]
+            + [make_span(agent="gap_analyzer", status="error") for _ in range(2)]
+            + [make_span(agent="explainer", start=now - timedelta(hours=30))]
+        )
+        expected = await repo.get_latency_stats("24h")
+    finally:
+        await repo.close()
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT agent_name, span_count, p50_ms, p95_ms, error_rate, input_tokens "
+            "FROM v_agent_latency_summary ORDER BY agent_name"
+        ).fetchall()
+    assert rows == [(s.key, s.count, s.p50_ms, s.p95_ms, s.error_rate, s.input_tokens) for s in expected]
+    assert rows[0] == ("explainer", 5, 3.0, pytest.approx(4.8), 0.0, 50)
+    assert rows[1][0:2] == ("gap_analyzer", 2) and rows[1][4] == 1.0
+
+
+# --------------------------------------------------------------------------- writes
+
+
+async def test_bad_rows_are_dead_lettered_with_the_database_reason(postgres_dsn: str) -> None:
+    repo = PostgresSpanRepository(postgres_dsn)
+    good = [make_span() for _ in range(997)]
+    too_big = make_span(input_tokens=2**40)  # valid to pydantic, out of range for integer
+    huge = make_span(output_tokens=2**70)  # out of range even for the staging bigint
+    bad_tier = make_span(agent_tier=2**35)
+    bad_id = unvalidated(id="not-a-uuid")
+    bad_status = unvalidated(status="exploded")
+    batch = [*good[:300], too_big, *good[300:600], huge, bad_tier, *good[600:], bad_id, bad_status]
+    try:
+        result = await repo.insert_spans_batch(batch)
+        assert (result.inserted, result.duplicates, result.failed) == (997, 0, 5)
+        reasons = dict(result.errors)
+        assert "integer out of range" in reasons[too_big.span_id]
+        assert "SQLSTATE 22003" in reasons[too_big.span_id]
+        assert "out of range" in reasons[huge.span_id]
+        assert "integer out of range" in reasons[bad_tier.span_id]
+        assert 'invalid input syntax for type uuid: "not-a-uuid"' in reasons[bad_id.span_id]
+        assert "ml_observability_spans_status_check" in reasons[bad_status.span_id]
+        assert await repo.count_spans() == 997
+
+        # The same batch again: every good row is a duplicate, the bad ones fail the same way.
+        again = await repo.insert_spans_batch(batch)
+        assert (again.inserted, again.duplicates, again.failed) == (0, 997, 5)
+    finally:
+        await repo.close()
+
+
+async def test_nul_characters_are_replaced_rather_than_losing_the_span(postgres_dsn: str) -> None:
+    repo = PostgresSpanRepository(postgres_dsn)
+    span = make_span(error_message="bad\x00byte", attributes={"k\x00": ["v\x00", {"n": "\x00"}]}, status="error")
+    try:
+        assert await repo.insert_span(span) is True
+        (got,) = await repo.get_spans_by_trace_id(span.trace_id)
+    finally:
+        await repo.close()
+    assert got.error_message == "bad\ufffdbyte"
+    assert got.attributes == {"k\ufffd": ["v\ufffd", {"n": "\ufffd"}]}
+
+
+async def test_concurrent_writers_of_the_same_spans_store_each_once(postgres_dsn: str) -> None:
+    repo = PostgresSpanRepository(postgres_dsn, max_size=4)
+    spans = [make_span() for _ in range(400)]
+    try:
+        results = await asyncio.gather(*(repo.insert_spans_batch(spans) for _ in range(6)))
+        assert sum(r.inserted for r in results) == 400
+        assert sum(r.duplicates for r in results) == 5 * 400
+        assert await repo.count_spans() == 400
+    finally:
+        await repo.close()
+
+
+# --------------------------------------------------------------------------- lifecycle
+
+
+async def test_usable_from_a_flusher_thread_loop_and_the_callers_loop(postgres_dsn: str) -> None:
+    """The production shape: the flusher writes from its own thread's loop, others read from theirs,
+    and close() runs after the flusher's loop is gone."""
+    repo = PostgresSpanRepository(postgres_dsn)
+    written: list[int] = []
+
+    def flusher() -> None:
+        async def run() -> None:
+            for _ in range(5):
+                result = await repo.insert_spans_batch([make_span() for _ in range(50)])
+                written.append(result.inserted)
+
+        asyncio.run(run())  # a loop of its own, closed when the thread ends
+
+    thread = threading.Thread(target=flusher)
+    thread.start()
+    reads = 0
+    while thread.is_alive():
+        await repo.count_spans()
+        reads += 1
+        await asyncio.sleep(0.005)
+    thread.join()
+    assert written == [50] * 5 and reads > 0
+    assert await repo.count_spans() == 250
+
+    await repo.close()
+    await repo.close()  # idempotent
+    assert await repo.count_spans() == 250  # reopens lazily
+    # And from yet another loop, in another thread, after a close.
+    assert await asyncio.to_thread(lambda: asyncio.run(repo.count_spans())) == 250
+    await repo.close()
+    # close() really closed the pool (a backend leaves pg_stat_activity a moment after its client).
+    for _ in range(100):
+        connections = scalar(
+            postgres_dsn,
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE application_name = 'obs-connector' AND datname = current_database()",
+        )
+        if connections == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert connections == 0
+
+
+async def test_failures_are_classified_for_retry(postgres_cluster: PostgresCluster, postgres_dsn: str) -> None:
+    # Nothing listens on that port: retryable, and quickly (connect timeout).
+    down = PostgresSpanRepository(postgres_cluster.dsn("postgres").rsplit(":", 1)[0] + ":1/postgres",
+                                  connect_timeout_s=2, pool_timeout_s=2)  # fmt: skip
+    try:
+        with pytest.raises(StoreUnavailableError) as caught:
+            await down.insert_spans_batch([make_span()])
+        assert caught.value.retryable
+    finally:
+        await down.close()
+
+    # A database without the schema: not retryable, and the hint names the fix.
+    postgres_cluster.create_database("no_schema")
+    empty = PostgresSpanRepository(postgres_cluster.dsn("no_schema"))
+    try:
+        with pytest.raises(StoreSchemaError, match="ml_observability_spans") as schema_error:
+            await empty.open()
+        assert "obs-connector migrate" in (schema_error.value.hint or "")
+        with pytest.raises(StoreSchemaError):
+            await empty.insert_spans_batch([make_span()])
+        with pytest.raises(StoreSchemaError):
+            await empty.get_latency_stats("1h")
+        assert not schema_error.value.retryable
+    finally:
+        await empty.close()
+        postgres_cluster.drop_database("no_schema")
+
+    # A login without grants on the table.
+    postgres_cluster.admin("DROP ROLE IF EXISTS obs_nobody; CREATE ROLE obs_nobody LOGIN")
+    dbname = postgres_dsn.rsplit("/", 1)[1]
+    nobody = PostgresSpanRepository(postgres_cluster.dsn(dbname, user="obs_nobody"))
+    try:
+        with pytest.raises(StorePermissionError, match="permission denied"):
+            await nobody.insert_spans_batch([make_span()])
+        with pytest.raises(StorePermissionError):
+            await nobody.count_spans()
+    finally:
+        await nobody.close()
+
+
+def test_describe_never_shows_the_password() -> None:
+    for dsn in (
+        "postgresql://writer:s3cret@db.example.internal:6543/postgres?sslmode=require",
+        "host=db.example.internal port=5432 dbname=obs user=writer password=s3cret",
+    ):
+        repo = PostgresSpanRepository(dsn)
+        assert "s3cret" not in repo.describe() and "s3cret" not in repr(repo)
+        assert repo.describe().startswith("postgresql://writer@db.example.internal:")
+    assert describe_dsn("postgres://u:pw@h/d") == "postgresql://u@h:5432/d"
+    with pytest.raises(ValueError, match="cannot be parsed") as caught:
+        PostgresSpanRepository("postgresql://u:s3cret@h:notaport:/x?=")
+    assert "s3cret" not in str(caught.value)
+
+
+# --------------------------------------------------------------------------- configuration and CLI
+
+
+def test_configuration_selects_postgres(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = ObservabilitySettings()
+    env = {"DATABASE_URL": "postgresql://u:pw@127.0.0.1:5/db"}
+    assert store_backend(settings, env) == "postgres"
+    monkeypatch.setenv("OBS_DATABASE_URL", "postgresql://u:pw@127.0.0.1:5/obs")
+    store = build_store(settings)
+    assert store.backend == "postgres"
+    assert store.describe() == "postgresql://u@127.0.0.1:5/obs"
+    monkeypatch.delenv("OBS_DATABASE_URL")
+    forced = ObservabilitySettings(store={"backend": "postgres"})
+    with pytest.raises(ConfigError, match="OBS_DATABASE_URL"):
+        build_store(forced)
+
+
+def test_cli_migrate_and_cleanup_on_postgres(postgres_template: TemplateInfo, monkeypatch: pytest.MonkeyPatch) -> None:
+    postgres_cluster = postgres_template.cluster  # with the Supabase roles created
+    dsn = postgres_cluster.create_database("cli_db")
+    monkeypatch.setenv("OBS_DATABASE_URL", dsn)
+    runner = CliRunner()
+    try:
+        first = runner.invoke(app, ["migrate"])
+        assert first.exit_code == 0, first.output
+        out = flat(first.output)
+        assert "table ml_observability_spans created" in out and "Done: 13 created, 0 already present." in out
+        assert "anon denied" in out and "service_role granted" in out
+        second = runner.invoke(app, ["migrate"])
+        assert second.exit_code == 0 and "Nothing to create: 0 created, 13 already present." in flat(second.output)
+
+        now = datetime.now(UTC)
+
+        async def seed() -> None:
+            repo = PostgresSpanRepository(dsn)
+            try:
+                await repo.insert_spans_batch(
+                    [make_span(start=now - timedelta(days=40 + i)) for i in range(7)] + [make_span() for _ in range(3)]
+                )
+            finally:
+                await repo.close()
+
+        asyncio.run(seed())
+        result = runner.invoke(app, ["cleanup", "--days", "30", "--batch-size", "2"])
+        assert result.exit_code == 0, result.output
+        assert "Deleted 7 spans older than 30 days from postgresql://postgres@127.0.0.1" in flat(result.output)
+        assert scalar(dsn, "SELECT count(*) FROM ml_observability_spans") == 3
+        again = runner.invoke(app, ["cleanup"])  # retention.days (90) from configuration
+        assert again.exit_code == 0 and "Deleted 0 spans older than 90 days" in flat(again.output)
+    finally:
+        postgres_cluster.drop_database("cli_db")
+
+
+def test_cli_migrate_needs_a_connection_string_for_supabase(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUPABASE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("SUPABASE_SERVICE_KEY", "k")
+    result = CliRunner().invoke(app, ["migrate"])
+    assert result.exit_code == 2
+    assert "OBS_DATABASE_URL" in flat(result.output)
+
+
+def test_cli_cleanup_and_migrate_on_the_embedded_store(tmp_path: Path) -> None:
+    from src.repositories.sqlite import SQLiteSpanRepository
+
+    path = tmp_path / "spans.db"
+    now = datetime.now(UTC)
+
+    async def seed() -> None:
+        repo = SQLiteSpanRepository(path)
+        try:
+            await repo.insert_spans_batch(
+                [make_span(start=now - timedelta(days=100 + i)) for i in range(4)] + [make_span()]
+            )
+        finally:
+            await repo.close()
+
+    runner = CliRunner()
+    migrated = runner.invoke(app, ["--store", str(path), "migrate"])
+    assert migrated.exit_code == 0 and "schema ready" in migrated.output
+    asyncio.run(seed())
+    result = runner.invoke(app, ["--store", str(path), "cleanup"])
+    assert result.exit_code == 0, result.output
+    assert "Deleted 4 spans older than 90 days" in flat(result.output)
+    bad = runner.invoke(app, ["--store", str(path), "cleanup", "--days", "0"])
+    assert bad.exit_code == 2
+
+
+def test_store_error_type_is_shared_with_other_backends() -> None:
+    assert issubclass(StoreUnavailableError, StoreError) and StoreUnavailableError.retryable

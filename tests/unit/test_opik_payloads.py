@@ -1,0 +1,202 @@
+"""Span rows → Opik request bodies (checked with the SDK's own models), and Opik's configuration."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pydantic
+import pytest
+
+from src.agents.ml_foundation.observability_connector.config import (
+    ObservabilitySettings,
+    build_opik,
+    load_registry,
+)
+from src.agents.ml_foundation.observability_connector.models import ObservabilityEvent, ObservabilitySpan
+from src.agents.ml_foundation.observability_connector.runtime import ConnectorContext
+from src.mlops import OpikConfig, OpikConnector, get_opik_connector, opik_configured, opik_span_id, opik_trace_id
+from src.mlops.opik_payloads import TraceBook, json_safe, span_payload
+from tests.fixtures.opik_receiver import _models
+
+REGISTRY = load_registry()
+T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+SECRET_KEY = "opik-key-DO-NOT-LEAK-1234567890"
+
+
+def make_span(**overrides: Any) -> ObservabilitySpan:
+    event: dict[str, Any] = {
+        "span_id": "span_1",
+        "trace_id": "trace_456",
+        "agent_name": "gap_analyzer",
+        "operation": "execute",
+        "started_at": T0,
+        "duration_ms": 812.5,
+        "status": "completed",
+    }
+    event.update(overrides)
+    parsed = ObservabilityEvent.model_validate(event)
+    return parsed.to_span(REGISTRY.tier_of(parsed.agent_name))
+
+
+def validate(kind: str, body: dict[str, Any]) -> None:
+    """What the receiver does: the SDK's model, and no field it does not know."""
+    model = _models()[f"write:{kind}"]
+    assert set(body) <= set(model.model_fields), set(body) - set(model.model_fields)
+    model.model_validate(body)
+    json.dumps(body, allow_nan=False)
+
+
+def test_llm_span_body() -> None:
+    span = make_span(
+        span_id="llm_1",
+        parent_span_id="span_1",
+        operation="llm.claude-sonnet-4",
+        model_used="claude-sonnet-4",
+        input_tokens=812,
+        output_tokens=95,
+        attributes={"llm.provider": "anthropic", "langchain.run_type": "llm"},
+        input_data={"messages": ["hi"]},
+        output_data="hello",
+    )
+    body = span_payload(span, "proj", REGISTRY.tier_names)
+    validate("spans", body)
+    assert body["type"] == "llm"
+    assert body["model"] == "claude-sonnet-4"
+    assert body["provider"] == "anthropic"
+    assert body["usage"] == {"prompt_tokens": 812, "completion_tokens": 95, "total_tokens": 907}
+    assert body["id"] == opik_span_id("trace_456", "llm_1")
+    assert body["parent_span_id"] == opik_span_id("trace_456", "span_1")
+    assert body["trace_id"] == opik_trace_id("trace_456")
+    assert body["input"] == {"messages": ["hi"]}
+    assert body["output"] == "hello"
+    assert body["start_time"] == "2026-11-26T10:00:00.000000Z"
+    assert body["end_time"] == "2026-11-26T10:00:00.812500Z"
+    assert body["metadata"]["obs_span_id"] == "llm_1"
+    assert body["metadata"]["agent_name"] == "gap_analyzer"
+    assert "tier:2-causal_analytics" in body["tags"]
+
+
+def test_failed_and_tool_spans() -> None:
+    failed = span_payload(
+        make_span(status="failed", error="rate limit", error_type="RateLimitError"), "p", REGISTRY.tier_names
+    )
+    validate("spans", failed)
+    assert failed["error_info"] == {
+        "exception_type": "RateLimitError",
+        "message": "rate limit",
+        "traceback": "RateLimitError: rate limit",
+    }
+    tool = span_payload(make_span(attributes={"langchain.run_type": "tool", "tool.name": "q"}), "p", {})
+    assert tool["type"] == "tool"
+    assert "error_info" not in tool and "usage" not in tool and "parent_span_id" not in tool
+
+
+def test_values_that_are_not_json_are_made_safe() -> None:
+    odd: dict[str, Any] = {
+        "nan": math.nan,
+        "inf": -math.inf,
+        "bytes": b"\x00\x01",
+        "when": T0,
+        "set": {1},
+        "obj": object(),
+        "deep": {"a": [{"b": (1, 2)}]},
+    }
+    span = make_span(attributes={"odd": odd}, input_data=[1, 2, 3], metadata={"request_id": "r1"})
+    body = span_payload(span, "p", {})
+    validate("spans", body)
+    assert body["input"] == {"value": [1, 2, 3]}  # Opik takes an object, a list of objects or a string
+    assert body["metadata"]["request_id"] == "r1"
+    assert body["metadata"]["odd"]["nan"] == "nan"
+    assert json_safe({"x": math.inf}) == {"x": "inf"}
+
+
+def test_trace_book_builds_one_cumulative_trace_per_trace_id() -> None:
+    book = TraceBook("proj", REGISTRY.tier_names, max_traces=2)
+    child = make_span(span_id="c1", parent_span_id="root", agent_name="gap_analyzer", operation="execute")
+    first = book.update([child])
+    assert len(first) == 1
+    validate("traces", first[0])
+    assert first[0]["name"] == "execute"  # the root has not arrived yet
+    root = make_span(
+        span_id="root",
+        agent_name="orchestrator",
+        operation="route_request",
+        started_at=T0 - timedelta(milliseconds=5),
+        duration_ms=900,
+        input_data={"q": "why"},
+        output_data={"gaps": 3},
+        status="failed",
+        error="boom",
+    )
+    second = book.update([root])[0]
+    validate("traces", second)
+    assert second["id"] == opik_trace_id("trace_456") == first[0]["id"]
+    assert second["name"] == "route_request"
+    assert second["input"] == {"q": "why"} and second["output"] == {"gaps": 3}
+    assert second["error_info"]["exception_type"] == "Error"
+    assert second["tags"] == ["agent:gap_analyzer", "agent:orchestrator", "tier:1-coordination", "tier:2-causal_analytics"]
+    assert second["metadata"]["span_count"] == 2
+    assert second["last_updated_at"] >= first[0]["last_updated_at"]
+    book.update([make_span(trace_id="t2"), make_span(trace_id="t3")])
+    assert len(book) == 2  # bounded: the least recently touched trace is forgotten
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def test_opik_is_configured_by_env_or_setting() -> None:
+    settings = ObservabilitySettings()
+    assert not opik_configured(settings, {})
+    assert opik_configured(settings, {"OPIK_URL_OVERRIDE": "http://127.0.0.1:1/api"})
+    assert opik_configured(settings, {"OPIK_API_KEY": "k"})
+    assert opik_configured(ObservabilitySettings(opik={"enabled": True}), {})
+    assert not opik_configured(ObservabilitySettings(opik={"enabled": False}), {"OPIK_API_KEY": "k"})
+
+
+def test_config_from_settings_and_env() -> None:
+    settings = ObservabilitySettings(
+        opik={"project_name": "file-project", "request_timeout_s": 2.5, "replay_backlog_max_spans": 123},
+        circuit_breaker={"failure_threshold": 7, "recovery_timeout_s": 12},
+    )
+    config = OpikConfig.from_settings(settings, {"OPIK_URL_OVERRIDE": "http://127.0.0.1:9/api/"})
+    assert config.url == "http://127.0.0.1:9/api"
+    assert config.project_name == "file-project"
+    assert (config.request_timeout_s, config.replay_backlog_max_spans) == (2.5, 123)
+    assert (config.failure_threshold, config.recovery_timeout_s) == (7, 12.0)
+    env = {"OPIK_API_KEY": SECRET_KEY, "OPIK_WORKSPACE": "team", "OPIK_PROJECT_NAME": "env-project"}
+    cloud = OpikConfig.from_settings(settings, env)
+    assert cloud.url.startswith("https://www.comet.com/opik/api")
+    assert (cloud.workspace, cloud.project_name) == ("team", "env-project")
+    assert OpikConfig.from_settings(ObservabilitySettings(), {}).url == "http://localhost:5173/api"
+
+
+def test_the_key_never_shows(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    connector = OpikConnector(OpikConfig(url="http://127.0.0.1:9/api", api_key=SECRET_KEY))
+    try:
+        shown = [repr(connector), repr(connector.config), json.dumps(connector.get_status(), default=str)]
+        assert not any(SECRET_KEY in text for text in shown)
+        assert connector.get_status()["api_key_set"] is True
+        assert connector._scrub(f"server said {SECRET_KEY}") == "server said [REDACTED]"
+    finally:
+        connector.close(0.1)
+    assert SECRET_KEY not in caplog.text
+
+
+def test_context_from_config_gets_the_process_wide_sink(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert build_opik(ObservabilitySettings()) is None
+    assert ConnectorContext.from_config().opik is None
+    monkeypatch.setenv("OPIK_URL_OVERRIDE", "http://127.0.0.1:9/api")
+    context = ConnectorContext.from_config()
+    assert isinstance(context.opik, OpikConnector)
+    assert context.opik is get_opik_connector() is OpikConnector.instance()
+    assert context.opik.url == "http://127.0.0.1:9/api"
+
+
+def test_bad_opik_settings_name_the_key() -> None:
+    with pytest.raises(pydantic.ValidationError, match="max_items_per_request"):
+        ObservabilitySettings(opik={"max_items_per_request": 5000})
