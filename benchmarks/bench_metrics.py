@@ -1,7 +1,7 @@
 """Metrics latency, cold (computed by the store) vs cached, on 1,000,000 spans.
 
     python benchmarks/bench_metrics.py [--spans 1000000] [--windows 1h,24h,7d]
-                                       [--store sqlite] [--db PATH] [--redis-url URL]
+                                       [--store sqlite|postgres] [--db PATH | --dsn DSN] [--redis-url URL]
 
 What is measured is ``compute_metrics`` — the metrics node's whole question: every field of the
 state for one window — three ways per window:
@@ -18,9 +18,10 @@ errors, started spans, tokens and fallbacks. SQLite is bulk-loaded straight into
 (executemany in the store's own schema) — the point is the reads, and a span-by-span load
 through the graph would take minutes.
 
-Other stores: ``--store`` picks the loader and the repository; a backend added later (Postgres,
-``--store postgres --dsn ...``) gets a loader in ``LOADERS`` that goes through its repository's
-``insert_spans_batch`` (COPY), everything else is shared.
+``--store postgres`` runs the same on Postgres: a throwaway cluster started here (the test
+suite's ``initdb``/``pg_ctl`` helper), or ``--dsn`` naming an empty database; rows go in with COPY
+into the real schema (``database/ml/mlops_tables.sql``). Another backend needs only a loader in
+``LOADERS``.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ from src.agents.ml_foundation.observability_connector.nodes.metrics_aggregator i
 from src.agents.ml_foundation.observability_connector.runtime import ConnectorContext  # noqa: E402
 from src.repositories.base import parse_window  # noqa: E402
 from src.repositories.observability_span import ObservabilitySpanRepository  # noqa: E402
-from src.repositories.sqlite import _INSERT, SQLiteSpanRepository  # noqa: E402
+from src.repositories.sqlite import _INSERT, COLUMNS, SQLiteSpanRepository  # noqa: E402
 
 SPREAD = timedelta(days=8)
 UNKNOWN = ("legacy_ranker", "mystery_agent")
@@ -184,8 +185,64 @@ async def load_sqlite(path: Path, n: int, registry: AgentRegistry, reuse: bool) 
     return ObservabilitySpanRepository(SQLiteSpanRepository(path))
 
 
+_CLEANUPS: list[Callable[[], None]] = []
+
+
+def _start_postgres() -> str:
+    """A throwaway cluster (the test suite's own helper: initdb + pg_ctl into a temp dir)."""
+    from tests.fixtures.postgres_server import PostgresCluster
+
+    cluster = PostgresCluster().start()
+    _CLEANUPS.append(cluster.stop)
+    return cluster.create_database("bench_metrics")
+
+
+async def load_postgres(dsn: str | None, n: int, registry: AgentRegistry, reuse: bool) -> ObservabilitySpanRepository:
+    """COPY into the real schema (database/ml/mlops_tables.sql); secondary indexes built after."""
+    import psycopg
+
+    from src.repositories.postgres import PostgresSpanRepository, describe_dsn, migrate
+
+    if dsn is None:
+        dsn = await asyncio.to_thread(_start_postgres)
+        print(f"  started a throwaway Postgres cluster: {describe_dsn(dsn)}")
+    await asyncio.to_thread(migrate, dsn)
+    table = "ml_observability_spans"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        count = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # type: ignore[index]
+        if count == n and reuse:
+            print(f"  reusing {describe_dsn(dsn)} ({n:,} spans; windows are relative to when they were loaded)")
+            return ObservabilitySpanRepository(PostgresSpanRepository(dsn))
+        if count:
+            raise SystemExit(
+                f"{describe_dsn(dsn)} already holds {count:,} spans; give an empty database "
+                f"(or --reuse with exactly --spans {count})"
+            )
+        t0 = time.perf_counter()
+        rows = _rows(n, registry, datetime.now(UTC), seed=1)
+        t1 = time.perf_counter()
+        secondary = [
+            name
+            for (name,) in conn.execute(
+                "SELECT indexname FROM pg_indexes WHERE tablename = %s AND indexname LIKE 'idx\\_%%'", (table,)
+            )
+        ]
+        for name in secondary:
+            conn.execute(f'DROP INDEX IF EXISTS "{name}"')
+        with conn.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+    await asyncio.to_thread(migrate, dsn)  # idempotent: recreates the indexes dropped above
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"VACUUM ANALYZE {table}")
+    t2 = time.perf_counter()
+    print(f"  generated {n:,} rows in {t1 - t0:.1f} s, copied + indexed in {t2 - t1:.1f} s -> {describe_dsn(dsn)}")
+    return ObservabilitySpanRepository(PostgresSpanRepository(dsn))
+
+
 LOADERS: dict[str, Callable[[argparse.Namespace, AgentRegistry], Awaitable[ObservabilitySpanRepository]]] = {
     "sqlite": lambda args, registry: load_sqlite(Path(args.db), args.spans, registry, args.reuse),
+    "postgres": lambda args, registry: load_postgres(args.dsn, args.spans, registry, args.reuse),
 }
 
 
@@ -257,6 +314,7 @@ async def main() -> None:
     parser.add_argument("--windows", default="1h,24h,7d")
     parser.add_argument("--store", choices=sorted(LOADERS), default="sqlite")
     parser.add_argument("--db", default=str(Path(tempfile.gettempdir()) / "obs-bench-metrics" / "spans.db"))
+    parser.add_argument("--dsn", default=None, help="postgres: an empty database (default: start a throwaway cluster)")
     parser.add_argument("--reuse", action="store_true", help="reuse --db when it holds --spans rows")
     parser.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
     parser.add_argument("--no-redis", action="store_true")
@@ -305,6 +363,8 @@ async def main() -> None:
         await store.close()
         if server is not None:
             server.stop()
+        for cleanup in reversed(_CLEANUPS):
+            cleanup()
     worst = max(r["ratio"] for r in results.values())
     print(f"\ntarget cached <= 1 % of cold: {'met' if worst <= 0.01 else 'NOT met'} (worst {worst:.4%})")
     if args.json:

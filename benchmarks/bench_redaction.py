@@ -70,10 +70,10 @@ def bench(span_factory: Any, redactor: Redactor, n: int, repeats: int = 5) -> fl
     results = []
     for _ in range(repeats):
         spans = [span_factory() for _ in range(n)]
-        start = time.perf_counter()
+        start = time.process_time()  # CPU time: other processes on a shared machine don't count
         for span in spans:
             redactor.redact_span(span)
-        results.append((time.perf_counter() - start) / n * 1e6)
+        results.append((time.process_time() - start) / n * 1e6)
     return min(results)  # best of the repeats: the machine is shared, noise only adds
 
 
@@ -92,15 +92,18 @@ def main() -> None:
     def factory(span: Any) -> Any:
         return lambda: span.model_copy(update={"attributes": copy.deepcopy(span.attributes)})
 
-    print(f"redaction, µs per span (best of 5 × {args.spans}):")
+    print(f"redaction, CPU µs per span (best of 5 × {args.spans}):")
     print(f"  typical span          {bench(factory(plain), redactor, args.spans):7.2f}")
     print(f"  typical with secrets  {bench(factory(secret), redactor, args.spans):7.2f}")
     print(f"  no free text          {bench(factory(bare), redactor, args.spans):7.2f}")
-    start = time.perf_counter()
     event = typical_event()
-    for _ in range(args.spans):
-        ObservabilityEvent.model_validate(event).to_span(2)
-    print(f"  (validation, for scale {(time.perf_counter() - start) / args.spans * 1e6:6.2f})")
+    best = float("inf")
+    for _ in range(5):
+        start = time.process_time()
+        for _ in range(args.spans):
+            ObservabilityEvent.model_validate(event).to_span(2)
+        best = min(best, (time.process_time() - start) / args.spans * 1e6)
+    print(f"  (validation, for scale {best:6.2f})")
 
 
 if __name__ == "__main__":

@@ -10,11 +10,12 @@ schema is applied and ``ml_observability_spans`` is truncated.
 
 1. Writes (targets at batch 1,000: ≥ 30,000 rows/s through the repository and ≥ 0.7× raw COPY):
    * ``repository``: ``PostgresSpanRepository.insert_spans_batch`` — ObservabilitySpan objects in,
-     converted, binary COPY into a temp staging table, ``INSERT ... ON CONFLICT DO NOTHING``,
-     one transaction per batch;
+     converted, one transaction per batch (a fresh batch takes the direct COPY path); also its
+     staged path alone (temp staging table + ``INSERT ... ON CONFLICT DO NOTHING``, what a batch
+     with duplicates takes) and a replay of the same batches (every row a duplicate);
    * ``raw COPY``: psycopg's COPY of the same rows straight into the table (text and binary;
-     the faster is the reference), tuples prepared before the clock starts — the physical
-     ceiling, with none of the idempotence;
+     the faster is the reference), tuples prepared before the clock starts (JSON encoded, ids
+     parsed) — the physical ceiling: no conversion, none of the idempotence;
    * alternatives the repository could have used, same rows and batches: text COPY into the
      staging table, and one ``jsonb_to_recordset`` parameter per batch.
    Each figure is the median of ``--repeat`` runs of ``--rows`` rows into an emptied table.
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import platform
@@ -45,7 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
-from psycopg.types.json import Jsonb  # noqa: E402
+from psycopg.adapt import Dumper  # noqa: E402
+from psycopg.pq import Format  # noqa: E402
 
 from src.agents.ml_foundation.observability_connector.models import ObservabilitySpan, row_id_for  # noqa: E402
 from src.repositories.postgres import COLUMNS, TABLE, PostgresSpanRepository, migrate  # noqa: E402
@@ -100,11 +103,13 @@ def machine(dsn: str) -> list[str]:
                 "('fsync', 'synchronous_commit', 'shared_buffers', 'work_mem', 'max_parallel_workers_per_gather')"
             ).fetchall()
         )
+    shared_mb = int(settings.get("shared_buffers", 0)) * 8 // 1024
     return [
         f"{platform.python_implementation()} {platform.python_version()}, psycopg {psycopg.__version__}, "
         f"on {cpu}, {os.cpu_count()} cores{mem}",
-        f"PostgreSQL {version}: fsync={settings.get('fsync')}, synchronous_commit={settings.get('synchronous_commit')}, "
-        f"shared_buffers={int(settings.get('shared_buffers', 0)) * 8 // 1024} MB, work_mem={settings.get('work_mem')} kB",
+        f"PostgreSQL {version}: fsync={settings.get('fsync')}, "
+        f"synchronous_commit={settings.get('synchronous_commit')}, shared_buffers={shared_mb} MB, "
+        f"work_mem={settings.get('work_mem')} kB",
     ]
 
 
@@ -183,7 +188,20 @@ def raw_row(span: ObservabilitySpan) -> tuple[Any, ...]:
 
 
 def raw_binary_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    return (uuid.UUID(row[0]), *row[1:13], Jsonb(json.loads(row[13])), *row[14:18], Jsonb(json.loads(row[18])), row[19])
+    """Ready for binary COPY: the id as a UUID, JSON already encoded (sent by ``_JsonbText``)."""
+    return (uuid.UUID(row[0]), *row[1:13], _JsonbText(row[13]), *row[14:18], _JsonbText(row[18]), row[19])
+
+
+class _JsonbText(str):
+    """Pre-encoded JSON for the raw binary COPY: sent as jsonb with no Python work at COPY time."""
+
+
+class _JsonbTextDumper(Dumper):
+    format = Format.BINARY
+    oid = psycopg.postgres.types["jsonb"].oid
+
+    def dump(self, obj: Any) -> bytes:
+        return b"\x01" + obj.encode()
 
 
 # --------------------------------------------------------------------------- writers
@@ -197,21 +215,38 @@ async def reset(conn: psycopg.AsyncConnection[Any]) -> None:
 async def write_repository(repo: PostgresSpanRepository, spans: list[ObservabilitySpan], batch: int) -> None:
     for i in range(0, len(spans), batch):
         result = await repo.insert_spans_batch(spans[i : i + batch])
-        if result.failed:
-            raise RuntimeError(f"benchmark rows were rejected: {result.errors[:3]}")
+        if result.failed or result.inserted != len(spans[i : i + batch]):
+            raise RuntimeError(f"benchmark rows were not all stored: {result}")
+
+
+async def write_staged(repo: PostgresSpanRepository, spans: list[ObservabilitySpan], batch: int) -> None:
+    """The repository's second tier on its own: staging table + INSERT ... ON CONFLICT DO NOTHING."""
+    for i in range(0, len(spans), batch):
+        result = await repo._insert_staged(spans[i : i + batch])
+        if result is None or result.inserted != len(spans[i : i + batch]):
+            raise RuntimeError(f"benchmark rows were not all stored: {result}")
+
+
+async def replay_repository(repo: PostgresSpanRepository, spans: list[ObservabilitySpan], batch: int) -> None:
+    """The same batches again (a spool replay): every row a duplicate, nothing written."""
+    for i in range(0, len(spans), batch):
+        result = await repo.insert_spans_batch(spans[i : i + batch])
+        if result.duplicates != len(spans[i : i + batch]):
+            raise RuntimeError(f"replayed rows were not all duplicates: {result}")
 
 
 async def write_raw_copy(
     conn: psycopg.AsyncConnection[Any], rows: list[tuple[Any, ...]], batch: int, binary: bool
 ) -> None:
     sql = f"COPY {TABLE} ({_COLS}) FROM STDIN" + (" (FORMAT BINARY)" if binary else "")
+    cursor = conn.cursor()
+    cursor.adapters.register_dumper(None, _JsonbTextDumper)
     for i in range(0, len(rows), batch):
-        async with conn.transaction():
-            async with conn.cursor().copy(sql) as copy:
-                if binary:
-                    copy.set_types(_RAW_BINARY_TYPES)
-                for row in rows[i : i + batch]:
-                    await copy.write_row(row)
+        async with conn.transaction(), cursor.copy(sql) as copy:
+            if binary:
+                copy.set_types(_RAW_BINARY_TYPES)
+            for row in rows[i : i + batch]:
+                await copy.write_row(row)
 
 
 async def write_staged_text(conn: psycopg.AsyncConnection[Any], rows: list[tuple[Any, ...]], batch: int) -> None:
@@ -225,14 +260,14 @@ async def write_staged_text(conn: psycopg.AsyncConnection[Any], rows: list[tuple
             async with conn.cursor().copy(f"COPY {pg._STAGE} (n, {_COLS}) FROM STDIN") as copy:
                 for n, row in enumerate(part):
                     await copy.write_row((n, *row))
-            await conn.execute(pg._INSERT_FROM_STAGE, (0, len(part) - 1))
+            await conn.execute(pg._insert_from_stage(0, len(part) - 1))
 
 
 async def write_json_recordset(conn: psycopg.AsyncConnection[Any], spans: list[ObservabilitySpan], batch: int) -> None:
     """One ``jsonb_to_recordset`` parameter per batch (the shape PostgREST's bulk insert uses)."""
-    types = dict(zip(COLUMNS, ["uuid", *["text"] * 5, "int", "timestamptz", "timestamptz", "float8",
-                               *["text"] * 3, "jsonb", "text", "int", "int", "int", "jsonb", "timestamptz"], strict=True))  # fmt: skip
-    record = ", ".join(f"{c} {t}" for c, t in types.items())
+    types = ["uuid", "text", "text", "text", "text", "text", "int", "timestamptz", "timestamptz", "float8"]
+    types += ["text", "text", "text", "jsonb", "text", "int", "int", "int", "jsonb", "timestamptz"]
+    record = ", ".join(f"{c} {t}" for c, t in zip(COLUMNS, types, strict=True))
     sql = (
         f"INSERT INTO {TABLE} ({_COLS}) SELECT {_COLS} FROM jsonb_to_recordset(%s::jsonb) AS r({record}) "
         "ON CONFLICT (trace_id, span_id) DO NOTHING"
@@ -243,9 +278,16 @@ async def write_json_recordset(conn: psycopg.AsyncConnection[Any], spans: list[O
 
 
 async def timed(fn: Callable[[], Awaitable[None]]) -> float:
-    t0 = time.perf_counter()
-    await fn()
-    return time.perf_counter() - t0
+    # The rows of every method are alive at once; freezing them keeps the collector from scanning
+    # them again and again inside whichever method happens to allocate the most.
+    gc.collect()
+    gc.freeze()
+    try:
+        t0 = time.perf_counter()
+        await fn()
+        return time.perf_counter() - t0
+    finally:
+        gc.unfreeze()
 
 
 async def bench_writes(dsn: str, rows: int, repeat: int) -> dict[str, dict[int, float]]:
@@ -262,17 +304,21 @@ async def bench_writes(dsn: str, rows: int, repeat: int) -> dict[str, dict[int, 
                 raw = [raw_row(s) for s in spans]
                 binary = [raw_binary_row(r) for r in raw]
                 runs: list[tuple[str, Callable[[], Awaitable[None]]]] = [
-                    ("repository", lambda s=spans: write_repository(repo, s, batch)),
-                    ("raw COPY (text)", lambda r=raw: write_raw_copy(conn, r, batch, binary=False)),
-                    ("raw COPY (binary)", lambda r=binary: write_raw_copy(conn, r, batch, binary=True)),
-                    ("alt: staged text COPY", lambda r=raw: write_staged_text(conn, r, batch)),
-                    ("alt: jsonb_to_recordset", lambda s=spans: write_json_recordset(conn, s, batch)),
+                    ("repository", lambda s=spans, b=batch: write_repository(repo, s, b)),
+                    ("  its staged path alone", lambda s=spans, b=batch: write_staged(repo, s, b)),
+                    ("raw COPY (text)", lambda r=raw, b=batch: write_raw_copy(conn, r, b, binary=False)),
+                    ("raw COPY (binary)", lambda r=binary, b=batch: write_raw_copy(conn, r, b, binary=True)),
+                    ("alt: staged text COPY", lambda r=raw, b=batch: write_staged_text(conn, r, b)),
+                    ("alt: jsonb_to_recordset", lambda s=spans, b=batch: write_json_recordset(conn, s, b)),
                 ]
                 order = runs if rep % 2 == 0 else list(reversed(runs))  # no method always runs first
                 for name, fn in order:
                     await reset(conn)
                     seconds = await timed(fn)
                     results.setdefault(name, {}).setdefault(batch, []).append(rows / seconds)
+                    if name == "repository":  # replay into the table it just filled
+                        seconds = await timed(lambda s=spans, b=batch: replay_repository(repo, s, b))
+                        results.setdefault("  replay (all duplicates)", {}).setdefault(batch, []).append(rows / seconds)
                 print(f"  batch {batch:>5,}: run {rep + 1}/{repeat} done", file=sys.stderr, flush=True)
     finally:
         await conn.close()

@@ -35,13 +35,7 @@ _MASK_74 = (1 << 74) - 1
 
 def _layout(ms: int, rand74: int) -> str:
     """RFC 9562 UUIDv7: 48-bit ms | version 7 | 12 bits | variant 0b10 | 62 bits."""
-    value = (
-        (ms & 0xFFFFFFFFFFFF) << 80
-        | 0x7 << 76
-        | (rand74 >> 62) << 64
-        | 0b10 << 62
-        | (rand74 & ((1 << 62) - 1))
-    )
+    value = (ms & 0xFFFFFFFFFFFF) << 80 | 0x7 << 76 | (rand74 >> 62) << 64 | 0b10 << 62 | (rand74 & ((1 << 62) - 1))
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
@@ -74,8 +68,13 @@ def uuid7_timestamp_ms(value: str) -> int:
     return uuid.UUID(value).int >> 80
 
 
+@lru_cache(maxsize=65_536)
+def _trace_ms(trace_id: str) -> int:
+    return int(opik_trace_id(trace_id).replace("-", "")[:12], 16)
+
+
 def opik_span_id(trace_id: str, span_id: str) -> str:
     """Opik's id for span ``span_id`` of trace ``trace_id`` (computable by any process)."""
-    ms = uuid7_timestamp_ms(opik_trace_id(trace_id))
+    ms = _trace_ms(trace_id)
     digest = blake2b(f"{trace_id}\x00{span_id}".encode(), digest_size=10, key=_SPAN_KEY).digest()
     return _layout(ms, int.from_bytes(digest, "big") & _MASK_74)

@@ -71,10 +71,19 @@ def json_safe(value: Any, _depth: int = 0) -> Any:
     the server reject the whole batch with 400 (and a batch is not retried), so the sink
     checks again rather than trusting every producer.
     """
-    if value is None or isinstance(value, (bool, int, str)):
-        if isinstance(value, str) and len(value) > _MAX_STR:
-            return value[:_MAX_STR] + f"…[truncated {len(value) - _MAX_STR} chars]"
+    kind = type(value)  # exact-type fast paths first: this runs for every attribute of every span
+    if kind is str:
+        return value if len(value) <= _MAX_STR else value[:_MAX_STR] + f"…[truncated {len(value) - _MAX_STR} chars]"
+    if kind is int or kind is bool or value is None:
         return value
+    if kind is dict and _depth < _MAX_DEPTH:
+        return {k if type(k) is str else str(k): json_safe(v, _depth + 1) for k, v in value.items()}
+    if kind is list and _depth < _MAX_DEPTH:
+        return [json_safe(v, _depth + 1) for v in value]
+    if isinstance(value, (bool, int)):
+        return int(value) if not isinstance(value, bool) else bool(value)
+    if isinstance(value, str):
+        return json_safe(str(value), _depth)
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if _depth >= _MAX_DEPTH:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -59,15 +60,19 @@ def _studio_config(workdir: Path) -> Path:
     return path
 
 
-def _wait_until_up(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+def _wait_until_up(port: int, proc: subprocess.Popen[bytes], log: Path) -> str:
+    """The server's URL once it answers ``/ok``. The port is free when chosen, but the server
+    moves to another one (and says so) if something took it in between: follow it."""
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"langgraph dev exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        moved = re.search(r"Port \d+ is already in use, using port (\d+) instead", log.read_text(errors="replace"))
+        url = f"http://127.0.0.1:{moved.group(1) if moved else port}"
         try:
             with urllib.request.urlopen(f"{url}/ok", timeout=1) as response:
                 if response.status == 200:
-                    return
+                    return url
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
         time.sleep(0.25)
@@ -85,6 +90,8 @@ def studio_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     env = {k: v for k, v in os.environ.items() if k not in UNSET}
     env.update(OFFLINE_ENV)
     env["OBS_STORE__SQLITE_PATH"] = str(db)
+    # Anything that still tried the internet would go through a dead proxy and fail at once.
+    env.update(HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9", NO_PROXY="127.0.0.1,localhost")
     env["OBS_CONFIG_DIR"] = str(ROOT / "config")
     log = tmp_path / "langgraph-dev.log"
     repo_scratch_existed = (ROOT / ".langgraph_api").exists()
@@ -108,10 +115,8 @@ def studio_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: uvicorn's workers die with it
         )
-    url = f"http://127.0.0.1:{port}"
     try:
-        _wait_until_up(url, proc, log)
-        yield url, db
+        yield _wait_until_up(port, proc, log), db
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -171,7 +176,9 @@ def test_langgraph_dev_serves_the_graph_to_a_stateless_sdk_run(studio_server: tu
     assert state["opik_project"] == "e2i-causal-analytics"
 
     with sqlite3.connect(db) as conn:
-        rows = dict(conn.execute("SELECT span_id, attributes || coalesce(error_message, '') FROM ml_observability_spans"))
+        rows = dict(
+            conn.execute("SELECT span_id, attributes || coalesce(error_message, '') FROM ml_observability_spans")
+        )
     assert set(rows) == {"span_123", "span_124"}
     assert "sk-ant-api03-studio" not in rows["span_123"] and "[REDACTED]" in rows["span_123"]
     assert "abcdefgh12345678" not in rows["span_124"] and "Bearer [REDACTED]" in rows["span_124"]

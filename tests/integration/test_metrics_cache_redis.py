@@ -104,12 +104,12 @@ async def test_miss_hit_and_status(redis_server: RedisServer, redis_prefix: str,
 async def test_entries_expire_after_the_window_ttl(
     redis_server: RedisServer, redis_prefix: str, make_context: MakeContext
 ) -> None:
-    ctx = make_context(redis_server.url, redis_prefix, ttl_short_s=0.2, ttl_day_s=30)
+    ctx = make_context(redis_server.url, redis_prefix, ttl_short_s=0.5, ttl_day_s=30)
     await write_events(ctx, [_event("s1")])
     await compute_metrics(ctx, "1h")
     await compute_metrics(ctx, "24h")
     assert (await compute_metrics(ctx, "1h"))[1] is True
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.6)
     assert (await compute_metrics(ctx, "1h"))[1] is False  # expired in Redis (PX)
     assert (await compute_metrics(ctx, "24h"))[1] is True
 
@@ -322,10 +322,11 @@ async def test_an_invalidation_lost_in_a_blip_is_replayed(
     writer = make_context(private_redis_server.url, redis_prefix, redis_timeout_s=0.15)
     await write_events(writer, [_event("s1")])
     await compute_metrics(reader, "24h")
-    private_redis_server.command("CLIENT", "PAUSE", "600", "ALL")
+    paused_until = time.monotonic() + 1.0
+    private_redis_server.command("CLIENT", "PAUSE", "1000", "ALL")
     await write_events(writer, [_event("during-pause")])  # stored; never raises
     assert writer.cache.get_status()["redis"]["invalidation_pending"] is True
-    await asyncio.sleep(0.7)
+    await asyncio.sleep(max(0.0, paused_until - time.monotonic()) + 0.15)
     await writer.cache.aget(("anything",), 3600)  # the writer's next call delivers it
     assert writer.cache.get_status()["redis"]["invalidation_pending"] is False
     value, from_cache, _ = await compute_metrics(reader, "24h")

@@ -2,14 +2,15 @@
 
 Every window (30m, 1h, 24h, 7d) and every filter (none, a registered agent, an unknown agent,
 an agent with no spans, a trace, an absent trace, agent + trace), through the real write path
-and the metrics node, on each span store. The stores come from ``STORE_FIXTURES``: a backend
-lands here by adding its fixture name (e.g. ``"postgres": "postgres_store"``).
+and the metrics node, on each span store: the embedded SQLite file and a real Postgres (the suite's own cluster). A
+backend lands here by adding its fixture name to ``STORE_FIXTURES``.
 """
 
 from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -29,9 +30,21 @@ from tests.fixtures.metrics_reference import (
 )
 
 #: backend name -> fixture yielding an empty ``ObservabilitySpanRepository`` on that backend.
-STORE_FIXTURES: dict[str, str] = {"sqlite": "store"}
+STORE_FIXTURES: dict[str, str] = {"sqlite": "store", "postgres": "postgres_store"}
 
 REGISTRY: AgentRegistry = load_registry()
+
+
+@pytest.fixture
+async def postgres_store(postgres_dsn: str) -> AsyncIterator[ObservabilitySpanRepository]:
+    """A fresh database of the suite's own Postgres cluster (tests/fixtures/postgres_server.py)."""
+    from src.repositories.postgres import PostgresSpanRepository
+
+    repo = ObservabilitySpanRepository(PostgresSpanRepository(postgres_dsn))
+    try:
+        yield repo
+    finally:
+        await repo.close()
 
 
 @pytest.fixture(params=sorted(STORE_FIXTURES))

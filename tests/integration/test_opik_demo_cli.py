@@ -7,6 +7,9 @@ is compared with what the store holds afterwards.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,3 +55,25 @@ def test_demo_without_opik_mentions_no_opik(tmp_path: Path, monkeypatch: pytest.
     result = CliRunner().invoke(app, ["--store", str(tmp_path / "demo.db"), "demo", "--traces", "1"])
     assert result.exit_code == 0, result.output
     assert "Opik" not in result.output
+
+
+def test_spans_finished_just_before_exit_reach_opik(
+    opik_receiver: OpikReceiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No flush, no close: the exit hooks hand the last batch to the sink, then drain it."""
+    code = (
+        "from src.agents.ml_foundation.observability_connector.agent import ObservabilityConnectorAgent\n"
+        "obs = ObservabilityConnectorAgent()\n"
+        "for _ in range(25):\n"
+        "    with obs.span('route_request', 'orchestrator'):\n"
+        "        with obs.span('execute', 'gap_analyzer'):\n"
+        "            pass\n"
+    )
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("OPIK_")},
+        "OPIK_URL_OVERRIDE": opik_receiver.url,
+        "OBS_STORE__SQLITE_PATH": str(tmp_path / "exit.db"),
+    }
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60, cwd=Path(__file__).parents[2])
+    assert len(opik_receiver.spans) == 50
+    assert len(asyncio.run(_stored(tmp_path / "exit.db"))) == 50

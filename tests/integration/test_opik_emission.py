@@ -62,7 +62,9 @@ async def make_rig(opik_receiver: OpikReceiver, tmp_path: Path) -> AsyncIterator
         config = OpikConfig(url=opik_receiver.url, **{**FAST, **overrides})
         opik = OpikConnector(config, tier_names=REGISTRY.tier_names)
         store = ObservabilitySpanRepository(SQLiteSpanRepository(tmp_path / f"spans-{len(made)}.db"))
-        settings = ObservabilitySettings(batching={"max_batch_size": 100, "max_batch_wait_s": 0.2, "max_queue_size": 100_000})
+        settings = ObservabilitySettings(
+            batching={"max_batch_size": 100, "max_batch_wait_s": 0.2, "max_queue_size": 100_000}
+        )
         context = ConnectorContext(store=store, settings=settings, registry=REGISTRY, opik=opik)
         rig = Rig(opik_receiver, opik, store, context, ObservabilityConnectorAgent(context=context))
         made.append(rig)
@@ -370,15 +372,12 @@ async def test_a_rejected_batch_is_recorded_not_retried_and_holds_nothing_up(mak
     receiver.reject_when(
         lambda kind, item: kind == "spans" and item.get("name") == "poison", "spans[0].name: rejected by the test"
     )
-    first = make_trace(rig.obs)
-    assert await rig.obs.flush(5)
-    poisoned = make_trace(rig.obs, poison=True)
-    assert await rig.obs.flush(5)
-    state = rig.obs.last_batch_state or {}
-    assert state["db_writes_successful"] is True
-    assert "rejected: spans: HTTP 400" in (state.get("opik_error") or "")
-    last = make_trace(rig.obs)
-    assert await rig.opik.flush(5)
+    trace_ids = []
+    for poison in (False, True, False):  # each batch on its own: a joined request is the next test's case
+        trace_ids.append(make_trace(rig.obs, poison=poison))
+        assert await rig.obs.flush(5)
+        assert await rig.opik.wait_until_sent(5)
+    first, _poisoned, last = trace_ids
 
     assert len(receiver.batch_posts("spans", 400)) == 1, "a rejected batch is never retried"
     assert len(receiver.batch_posts("spans", 204)) == 2
@@ -389,7 +388,16 @@ async def test_a_rejected_batch_is_recorded_not_retried_and_holds_nothing_up(mak
     assert status["state"] == "closed" and status["circuit_breaker"]["failures"] == 0
     delivered = {body["metadata"]["obs_trace_id"] for body in receiver.spans.values()}
     assert delivered == {first, last}
-    assert len(await stored_spans(rig, [first, poisoned, last])) == 30, "the store keeps the rejected batch"
+    assert len(await stored_spans(rig, trace_ids)) == 30, "the store keeps the rejected batch"
+
+    # The orchestrator's path reports it in the state; the store write still succeeds.
+    event = {"span_id": "p1", "trace_id": "trace_poison", "agent_name": "gap_analyzer", "operation": "poison",
+             "started_at": datetime.now(UTC).isoformat(), "duration_ms": 1.0, "status": "ok"}  # fmt: skip
+    state = await graph.ainvoke({"events_to_log": [event]}, context=rig.context)
+    assert state["db_writes_successful"] is True and state["db_write_count"] == 1
+    assert "rejected: spans: HTTP 400" in (state["opik_error"] or "")
+    assert state["opik_spans_sent"] == 0 and state["opik_spans_queued"] == 0
+    assert len(receiver.batch_posts("spans", 400)) == 2
 
 
 async def test_a_non_uuid7_id_is_rejected_by_the_receiver_as_by_opik(opik_receiver: OpikReceiver) -> None:
@@ -438,3 +446,27 @@ async def test_close_reports_what_was_not_sent(make_rig: Callable[..., Rig], cap
     assert time.perf_counter() - started < 1.0, "close does not wait for the open circuit"
     assert rig.opik.get_status()["spans_unsent_at_close"] == 10
     assert "10 span(s) not sent" in caplog.text
+
+
+async def test_a_rejection_inside_a_joined_request_costs_only_the_bad_batch(make_rig: Callable[..., Rig]) -> None:
+    """After an outage the backlog goes out joined; a 400 then splits it to find the batch at fault."""
+    rig = make_rig()
+    receiver = rig.receiver
+    receiver.reject_when(lambda kind, item: kind == "spans" and item.get("name") == "poison", "poisoned")
+    receiver.refuse()
+    first = make_trace(rig.obs)
+    assert await rig.obs.flush(5)
+    poisoned = make_trace(rig.obs, poison=True)
+    assert await rig.obs.flush(5)
+    last = make_trace(rig.obs)
+    assert await rig.obs.flush(5)
+    receiver.resume()
+    assert await rig.opik.wait_until_sent(10)
+
+    rejected = receiver.batch_posts("spans", 400)
+    assert [r.items for r in rejected] == [30, 10], "the joined request, then the bad batch alone"
+    status = rig.opik.get_status()
+    assert status["batches_rejected"] == 1 and status["spans_rejected"] == 10
+    delivered = {body["metadata"]["obs_trace_id"] for body in receiver.spans.values()}
+    assert delivered == {first, last} and poisoned not in delivered
+    assert receiver.duplicate_span_ids() == []

@@ -26,7 +26,14 @@ from src.agents.ml_foundation.observability_connector.config import (
     store_backend,
 )
 from src.agents.ml_foundation.observability_connector.models import ObservabilitySpan, row_id_for
-from src.repositories.base import StoreError, StorePermissionError, StoreSchemaError, StoreUnavailableError
+from src.repositories.base import (
+    BatchInsertResult,
+    StoreAuthError,
+    StoreError,
+    StorePermissionError,
+    StoreSchemaError,
+    StoreUnavailableError,
+)
 from src.repositories.postgres import PostgresSpanRepository, describe_dsn, migrate
 from tests.fixtures.postgres_server import PostgresCluster, TemplateInfo
 
@@ -195,6 +202,31 @@ async def test_bad_rows_are_dead_lettered_with_the_database_reason(postgres_dsn:
         await repo.close()
 
 
+async def test_each_write_path_is_taken_only_when_needed(postgres_dsn: str) -> None:
+    """Fresh batch: direct COPY. Replay: staged ON CONFLICT. Bad row: careful bisection."""
+    repo = PostgresSpanRepository(postgres_dsn)
+    fresh = [make_span() for _ in range(50)]
+    try:
+        assert await repo.insert_spans_batch(fresh) == BatchInsertResult(inserted=50)
+        assert repo.write_paths == {"direct": 1}
+
+        mixed = [*fresh[:10], *(make_span() for _ in range(5))]
+        assert await repo.insert_spans_batch(mixed) == BatchInsertResult(inserted=5, duplicates=10)
+        assert repo.write_paths == {"direct": 1, "staged": 1}
+
+        twin = make_span()
+        assert await repo.insert_spans_batch([twin, twin]) == BatchInsertResult(inserted=1, duplicates=1)
+        assert repo.write_paths["staged"] == 2
+
+        bad = unvalidated(status="exploded")
+        result = await repo.insert_spans_batch([make_span(), bad, fresh[0]])
+        assert (result.inserted, result.duplicates, result.failed) == (1, 1, 1)
+        assert repo.write_paths == {"direct": 1, "staged": 2, "careful": 1}
+        assert await repo.count_spans() == 50 + 5 + 1 + 1
+    finally:
+        await repo.close()
+
+
 async def test_nul_characters_are_replaced_rather_than_losing_the_span(postgres_dsn: str) -> None:
     repo = PostgresSpanRepository(postgres_dsn)
     span = make_span(error_message="bad\x00byte", attributes={"k\x00": ["v\x00", {"n": "\x00"}]}, status="error")
@@ -304,6 +336,29 @@ async def test_failures_are_classified_for_retry(postgres_cluster: PostgresClust
             await nobody.count_spans()
     finally:
         await nobody.close()
+
+
+async def test_a_wrong_password_is_an_auth_error_not_a_timeout(postgres_database: tuple[PostgresCluster, str]) -> None:
+    """The pool only logs why it cannot connect; the repository must still say "password"."""
+    cluster, name = postgres_database
+    assert cluster.base is not None
+    hba = cluster.datadir / "pg_hba.conf"
+    original = hba.read_text()
+    cluster.admin("DROP ROLE IF EXISTS obs_pw_user; CREATE ROLE obs_pw_user LOGIN PASSWORD 'right'")
+    hba.write_text("host all obs_pw_user 127.0.0.1/32 scram-sha-256\n" + original)
+    cluster.admin("SELECT pg_reload_conf()")
+    repo = PostgresSpanRepository(cluster.dsn(name, user="obs_pw_user", password="wrong"), connect_timeout_s=2)
+    try:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(StoreAuthError, match="password authentication failed") as caught:
+            await repo.count_spans()
+        assert not caught.value.retryable
+        assert "wrong" not in str(caught.value)
+        assert asyncio.get_running_loop().time() - started < 15
+    finally:
+        await repo.close()
+        hba.write_text(original)
+        cluster.admin("SELECT pg_reload_conf()")
 
 
 def test_describe_never_shows_the_password() -> None:

@@ -138,7 +138,12 @@ def test_trace_book_builds_one_cumulative_trace_per_trace_id() -> None:
     assert second["name"] == "route_request"
     assert second["input"] == {"q": "why"} and second["output"] == {"gaps": 3}
     assert second["error_info"]["exception_type"] == "Error"
-    assert second["tags"] == ["agent:gap_analyzer", "agent:orchestrator", "tier:1-coordination", "tier:2-causal_analytics"]
+    assert second["tags"] == [
+        "agent:gap_analyzer",
+        "agent:orchestrator",
+        "tier:1-coordination",
+        "tier:2-causal_analytics",
+    ]
     assert second["metadata"]["span_count"] == 2
     assert second["last_updated_at"] >= first[0]["last_updated_at"]
     book.update([make_span(trace_id="t2"), make_span(trace_id="t3")])

@@ -200,9 +200,7 @@ def test_error_spans_of_sampled_out_traces_reach_the_store(tmp_path: Path) -> No
 
 
 def test_per_agent_rates_and_always_sampled_agents_apply_to_the_roots_they_start(tmp_path: Path) -> None:
-    agent = _agent(
-        tmp_path, default_rate=0.0, agent_rates={"gap_analyzer": 1.0}, always_sample_agents=["orchestrator"]
-    )
+    agent = _agent(tmp_path, default_rate=0.0, agent_rates={"gap_analyzer": 1.0}, always_sample_agents=["orchestrator"])
     for _ in range(20):
         with agent.span("route", "orchestrator"):  # always sampled: its whole tree is kept
             with agent.span("explain", "explainer"):
@@ -286,9 +284,7 @@ def test_an_incoming_sampled_flag_is_honoured(tmp_path: Path) -> None:
 async def test_the_graph_honours_the_callers_traceparent_for_its_own_trace() -> None:
     trace = "4bf92f3577b34da6a3ce929d0e0e4736"
     events = _events(trace, 2, 0) + _events("other-trace", 2, 0)
-    state = await graph.ainvoke(
-        {"events_to_log": events, "traceparent": f"00-{trace}-00f067aa0ba902b7-00"}
-    )
+    state = await graph.ainvoke({"events_to_log": events, "traceparent": f"00-{trace}-00f067aa0ba902b7-00"})
     assert state["sampled"] is False
     assert state["trace_ids_logged"] == ["other-trace"] and state["spans_sampled_out"] == 2
     # The context node alone: a new trace is decided by the sampler, capped by sample_rate.

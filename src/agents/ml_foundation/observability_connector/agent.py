@@ -349,7 +349,8 @@ class ObservabilityConnectorAgent:
         return self._graph
 
     async def _deliver(self, batch: list[SpanRecord]) -> None:
-        state = await self.graph.ainvoke({"events_to_log": [r.to_event() for r in batch]}, context=self.context)
+        payload = {"events_to_log": [r.to_event() for r in batch], "opik_wait_s": 0.0}  # nobody awaits Opik here
+        state = await self.graph.ainvoke(payload, context=self.context)
         errors = state.get("emission_errors") or []
         if errors:
             self.emission_errors_total += len(errors)

@@ -115,18 +115,29 @@ def _key_text(key: tuple[Any, ...]) -> str:
     return json.dumps(key, separators=(",", ":"), default=str)
 
 
-def _encode(value: Any, computed_at: float, generation: int, window_start: float) -> str:
-    return json.dumps(
-        {"v": value, "at": computed_at, "g": generation, "ws": window_start},
-        separators=(",", ":"),
-        allow_nan=True,
-    )
+try:  # a hit is mostly decoding: orjson (already installed with langsmith) is ~4x faster than json
+    import orjson
+
+    def _dumps(obj: Any) -> bytes:
+        return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
+
+    _loads: Callable[[str | bytes], Any] = orjson.loads
+except ImportError:  # pragma: no cover - same JSON on the wire either way
+
+    def _dumps(obj: Any) -> bytes:
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+    _loads = json.loads
 
 
-def _decode(text: str | bytes) -> CachedValue:
+def _encode(value: Any, computed_at: float, generation: int, window_start: float) -> bytes:
+    return _dumps({"v": value, "at": computed_at, "g": generation, "ws": window_start})
+
+
+def _decode(payload: str | bytes) -> CachedValue:
     # Entries are stored as JSON in both backends so a hit never hands out the cache's own
     # objects (a caller mutating its state dict must not corrupt the next answer).
-    raw = json.loads(text)
+    raw = _loads(payload)
     return CachedValue(raw["v"], float(raw["at"]), int(raw["g"]), float(raw["ws"]))
 
 
@@ -155,7 +166,7 @@ class _MemoryBackend:
 
     def __init__(self, settings: CacheSettings) -> None:
         self._lock = threading.Lock()
-        self._entries: TLRUCache[str, tuple[str, float]] = TLRUCache(
+        self._entries: TLRUCache[str, tuple[bytes, float]] = TLRUCache(
             maxsize=settings.max_entries,
             ttu=lambda _key, item, now: now + item[1],
             timer=time.monotonic,
@@ -167,7 +178,7 @@ class _MemoryBackend:
     def describe(self) -> str:
         return "memory"
 
-    async def get(self, key: str) -> str | None:
+    async def get(self, key: str) -> bytes | None:
         with self._lock:
             found = self._entries.get(key)
             return None if found is None else found[0]
@@ -175,7 +186,7 @@ class _MemoryBackend:
     async def generation(self) -> int | None:
         return self._generation
 
-    async def put(self, key: str, payload: str, ttl_s: float, generation: int, window_start: float) -> bool:
+    async def put(self, key: str, payload: bytes, ttl_s: float, generation: int, window_start: float) -> bool:
         with self._lock:
             if not _unaffected_since(generation, self._generation, window_start, list(self._log)):
                 return False
@@ -407,7 +418,7 @@ class _RedisBackend:
         raw = await self._call("generation", lambda client, _p, _i: client.get(self._gen_key))
         return int(raw or 0)
 
-    async def put(self, key: str, payload: str, ttl_s: float, generation: int, window_start: float) -> bool:
+    async def put(self, key: str, payload: bytes, ttl_s: float, generation: int, window_start: float) -> bool:
         entry = self.entry_key(key)
         ttl_ms = max(1, int(ttl_s * 1000))
         stored = await self._call(

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import types
+import typing
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,7 +109,9 @@ class RedactionSettings(_Section):
             try:
                 re.compile(pattern)
             except re.error as exc:
-                raise ValueError(f"extra_patterns[{index}] {pattern!r} is not a valid regular expression: {exc}") from exc
+                raise ValueError(
+                    f"extra_patterns[{index}] {pattern!r} is not a valid regular expression: {exc}"
+                ) from exc
         return patterns
 
     @model_validator(mode="after")
@@ -234,7 +238,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
-        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}  # noqa: S506 - a SafeLoader
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
@@ -317,12 +321,51 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     return model
 
 
+def _constraints_at(loc: tuple[Any, ...]) -> list[Any]:
+    """The annotated-types constraints (Ge, Le, ...) on the value at ``loc``, through nested
+    models, ``dict[str, X]`` values, lists and ``X | None``."""
+    annotation: Any = ObservabilitySettings
+    constraints: list[Any] = []
+    for part in loc:
+        constraints = []
+        while True:  # unwrap Annotated[...] and X | None, keeping the constraints found
+            origin = typing.get_origin(annotation)
+            if origin is typing.Annotated:
+                annotation, *extra = typing.get_args(annotation)
+                for item in extra:
+                    constraints.extend(getattr(item, "metadata", None) or [item])
+            elif origin in (typing.Union, types.UnionType):
+                options = [a for a in typing.get_args(annotation) if a is not type(None)]
+                if len(options) != 1:
+                    break
+                annotation = options[0]
+            else:
+                break
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            info = annotation.model_fields.get(str(part))
+            if info is None:
+                return []
+            annotation = info.annotation
+            constraints = list(info.metadata)
+        elif typing.get_origin(annotation) is dict:
+            annotation = typing.get_args(annotation)[1]
+        elif typing.get_origin(annotation) is list:
+            annotation = typing.get_args(annotation)[0]
+        else:
+            return []
+    while typing.get_origin(annotation) in (typing.Annotated, typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if typing.get_origin(annotation) is typing.Annotated:
+            for item in args[1:]:
+                constraints.extend(getattr(item, "metadata", None) or [item])
+        annotation = args[0]
+    return constraints
+
+
 def _bounds(loc: tuple[Any, ...], ctx: dict[str, Any]) -> dict[str, Any]:
     """Every bound of the field at ``loc`` (pydantic's error names only the one that failed)."""
     found: dict[str, Any] = {}
-    model = _model_at(loc)
-    info = model.model_fields.get(str(loc[-1])) if model is not None and loc else None
-    for constraint in info.metadata if info is not None else ():
+    for constraint in _constraints_at(loc):
         for name in ("gt", "ge", "lt", "le"):
             value = getattr(constraint, name, None)
             if value is not None:
@@ -470,9 +513,7 @@ def load_registry(path: Path | str | None = None) -> AgentRegistry:
     problems: list[str] = []
     for section in data:
         if section not in _REGISTRY_SECTIONS:
-            problems.append(
-                f"{section}: unknown section; accepted sections: {', '.join(_REGISTRY_SECTIONS)}"
-            )
+            problems.append(f"{section}: unknown section; accepted sections: {', '.join(_REGISTRY_SECTIONS)}")
     tiers_raw = data.get("tiers") or {}
     agents_raw = data.get("agents") or {}
     tiers: dict[int, str] = {}
@@ -607,9 +648,7 @@ def build_sampler(
         unknown = tuple(sorted({name for name in named if name not in registry.agents}))
         if unknown and unknown not in _WARNED_UNKNOWN_AGENTS:
             _WARNED_UNKNOWN_AGENTS.add(unknown)
-            log.warning(
-                "sampling overrides name agents missing from the registry (typo?): %s", ", ".join(unknown)
-            )
+            log.warning("sampling overrides name agents missing from the registry (typo?): %s", ", ".join(unknown))
     return Sampler(
         sampling.default_rate,
         always_sample_errors=sampling.always_sample_errors,

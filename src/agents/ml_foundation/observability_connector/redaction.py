@@ -18,9 +18,11 @@ output and metadata —, events, error message):
   nesting become JSON values every sink accepts (SQLite ``json_valid``, Postgres ``jsonb``,
   which refuses NUL characters, Opik's REST schema).
 
-It runs per span on the flusher thread, so it is built for speed: one precompiled combined
-regex that is skipped for strings too short to hold a secret, a cache of key decisions, and
-no JSON encoding to measure sizes (sizes are estimated during the walk).
+It runs per span on the flusher thread, so it is built for speed: precompiled regexes, one per
+family of secrets, each run only when a substring test says it could match (see below);
+nothing at all for strings too short to hold a secret; caches of key decisions and of
+already-redacted short strings (values repeat across spans); no JSON encoding to measure
+sizes (they are estimated during the walk). ``benchmarks/bench_redaction.py`` measures it.
 
 Log lines get the same treatment: :func:`install_log_redaction` scrubs every record logged
 by the connector's packages, so an error that echoes a bad value never prints a secret.
@@ -96,9 +98,51 @@ _SENSITIVE_PHRASES = (
 #: "token_count", "auth_type", "secret_name": a last word that describes the secret rather
 #: than holding it. Only for single-word triggers; plural "tokens" never triggers at all.
 _DESCRIPTOR_WORDS = frozenset(
-    "count counts usage limit limits type types budget estimate id ids index len length num number max min "
-    "total used cost price rate method mode provider scheme url uri endpoint enabled required present "
-    "expires expiry expiration ttl name names field fields policy version".split()
+    {
+        "count",
+        "counts",
+        "usage",
+        "limit",
+        "limits",
+        "type",
+        "types",
+        "budget",
+        "estimate",
+        "id",
+        "ids",
+        "index",
+        "len",
+        "length",
+        "num",
+        "number",
+        "max",
+        "min",
+        "total",
+        "used",
+        "cost",
+        "price",
+        "rate",
+        "method",
+        "mode",
+        "provider",
+        "scheme",
+        "url",
+        "uri",
+        "endpoint",
+        "enabled",
+        "required",
+        "present",
+        "expires",
+        "expiry",
+        "expiration",
+        "ttl",
+        "name",
+        "names",
+        "field",
+        "fields",
+        "policy",
+        "version",
+    }
 )
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 _NON_ALNUM = re.compile(r"[^A-Za-z0-9]+")
@@ -434,10 +478,8 @@ class Redactor:
         for index, item in enumerate(items):
             kind = type(item)
             if kind is int or kind is bool or item is None:
-                out.append(item)
-                size += 9
-                continue
-            if kind is str:
+                cleaned, item_size = item, 8
+            elif kind is str:
                 if len(item) < MIN_SECRET_LEN and "\x00" not in item:
                     cleaned = item
                 else:
@@ -583,7 +625,11 @@ class Redactor:
                 attributes[name.removeprefix("attributes.")] = marker
             total -= size - len(marker)
             trimmed.append(name)
-        attributes["span_trimmed"] = {"original_bytes": original, "limit_bytes": self.max_span_bytes, "trimmed": trimmed}
+        attributes["span_trimmed"] = {
+            "original_bytes": original,
+            "limit_bytes": self.max_span_bytes,
+            "trimmed": trimmed,
+        }
         return events, message
 
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .cache import MetricsCache
+from .config import AgentRegistry, ObservabilitySettings, build_opik, build_store, load_registry, load_settings
 from .redaction import Redactor
 from .sampling import Sampler
-from .config import AgentRegistry, ObservabilitySettings, build_opik, build_store, load_registry, load_settings
 
 __all__ = ["ConnectorContext", "default_context", "resolve_context", "set_default_context"]
 

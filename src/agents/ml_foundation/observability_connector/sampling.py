@@ -115,11 +115,6 @@ class Sampler:
         """Whether a finished span goes on: sampled, or an error that ``always_sample_errors`` keeps."""
         return sampled or (self.always_sample_errors and status == "error")
 
-    @property
-    def samples_everything(self) -> bool:
-        """True when no trace can be dropped: lets callers skip the per-span work."""
-        return self._default >= _BOUND and all(t >= _BOUND for t in self._agent_thresholds.values())
-
     def __repr__(self) -> str:
         return (
             f"Sampler(rate={self.rate}, agent_rates={self.agent_rates}, "

@@ -23,6 +23,9 @@ class InputState(TypedDict, total=False):
     request_id: str | None
     experiment_id: str | None
     user_id: str | None
+    # How long the batch node may wait for Opik to confirm (default opik.wait_s; the agents'
+    # own flusher sends 0: nobody reads its state, and the Opik sender then joins batches).
+    opik_wait_s: float
 
 
 class ObservabilityConnectorState(InputState, total=False):

@@ -41,7 +41,7 @@ async def write_batch(state: ObservabilityConnectorState, runtime: Any = None) -
             "emission_errors": errors,
         }
     # Opik runs beside the store write, never before it; its outcome never decides the store's.
-    opik_job = _start_opik(opik, spans)
+    opik_job = _start_opik(opik, spans, state.get("opik_wait_s"))
     try:
         result = await ctx.store.insert_spans_batch(spans)
     except Exception as exc:  # the store being down must not raise into the caller
@@ -82,11 +82,11 @@ async def write_batch(state: ObservabilityConnectorState, runtime: Any = None) -
     }
 
 
-def _start_opik(opik: Any, spans: list[Any]) -> asyncio.Task[dict[str, Any]] | None:
+def _start_opik(opik: Any, spans: list[Any], wait_s: float | None) -> asyncio.Task[dict[str, Any]] | None:
     """Hand the batch to the Opik sink concurrently with the store write (bounded by ``opik.wait_s``)."""
     if opik is None or not spans:
         return None
-    return asyncio.ensure_future(opik.deliver(spans))
+    return asyncio.ensure_future(opik.deliver(spans, wait_s))
 
 
 async def _opik_outcome(job: asyncio.Task[dict[str, Any]] | None) -> dict[str, Any]:

@@ -72,7 +72,9 @@ async def extract_context(state: ObservabilityConnectorState, runtime: Any = Non
             fresh["error_details"] = {
                 **(state.get("error_details") or {}),
                 # Echoes the caller's header: redacted, as anything that may hold a token.
-                "traceparent": redact_text(f"invalid traceparent {str(state.get('traceparent'))[:200]!r}; started a new trace"),
+                "traceparent": redact_text(
+                    f"invalid traceparent {str(state.get('traceparent'))[:200]!r}; started a new trace"
+                ),
             }
         fresh["tracestate"] = None
         return fresh

@@ -77,8 +77,9 @@ async def emit_spans(state: ObservabilityConnectorState, runtime: Any = None) ->
     cap = state.get("sample_rate", 1.0)
     if not isinstance(cap, (int, float)) or isinstance(cap, bool) or not 0.0 <= cap <= 1.0:
         cap = 1.0  # the context node has already reported it
-    # Parent-based: events of the invocation's own trace follow an incoming traceparent's flag.
-    incoming_trace = state.get("current_trace_id") if state.get("traceparent") else None
+    # Parent-based: events of the invocation's own trace follow an incoming traceparent's flag
+    # (the context node names a parent span only when the caller sent a valid traceparent).
+    incoming_trace = state.get("current_trace_id") if state.get("current_parent_span_id") else None
     incoming_sampled = state.get("sampled")
     events = state.get("events_to_log") or []
     errors: list[str] = [redact_text(str(e)) for e in state.get("emission_errors") or []]

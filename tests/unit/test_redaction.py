@@ -1,0 +1,375 @@
+"""Redaction: secrets by key and by shape, size limits, JSON safety, log lines, and its cost."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from enum import Enum
+from typing import Any
+
+import pytest
+
+from src.agents.ml_foundation.observability_connector.models import ObservabilityEvent
+from src.agents.ml_foundation.observability_connector.nodes import emit_spans
+from src.agents.ml_foundation.observability_connector.redaction import (
+    REDACTED,
+    Redactor,
+    install_log_redaction,
+    is_sensitive_key,
+    redact_text,
+)
+
+R = REDACTED
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("key sk-ant-api03-AbCdEf0123456789xyzXYZ-_abc here", f"key {R} here"),
+        ("sk-proj-abcdefghij0123456789ABCDEFG", R),
+        ("use sk_live_4eC39HqLyjWDarjtT1zdp7dc now", f"use {R} now"),
+        ("token ghp_abcdefghijklmnopqrstuvwxyz0123456789 end", f"token {R} end"),
+        ("github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz", R),
+        ("slack xoxb-1234567890-abcdefghijk ok", f"slack {R} ok"),
+        ("hf_abcdefghijklmnopqrstuvwxyz0123456789", R),
+        ("Authorization: Bearer abc.def-ghi_jkl123", f"Authorization: Bearer {R}"),
+        ("curl -H 'authorization: bearer abcdefgh12345678'", f"curl -H 'authorization: bearer {R}'"),
+        ("header Basic dXNlcjpwYXNzd29yZA==", f"header Basic {R}"),
+        (
+            "jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U ok",
+            f"jwt {R} ok",
+        ),
+        ("AKIAIOSFODNN7EXAMPLE is the key id", f"{R} is the key id"),
+        ("aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", f"aws_secret_access_key = {R}"),
+        ("AIzaSyA-1234567890abcdefghijklmnopqrstu", R),
+        (
+            "dsn postgresql://user:s3cr3t-pass@db.example.com:5432/app",
+            f"dsn postgresql://user:{R}@db.example.com:5432/app",
+        ),
+        ("postgresql://user:p@ss:w0rd@db.example.com/app", f"postgresql://user:{R}@db.example.com/app"),
+        ("redis://:hunter2hunter2@localhost:6379/0", f"redis://:{R}@localhost:6379/0"),
+        ("login failed: password=hunter2 for bob", f"login failed: password={R} for bob"),
+        ("{'password': 'hunter2', 'user': 'bob'}", f"{{'password': '{R}', 'user': 'bob'}}"),
+        ('{"api_key": "abc123", "input_tokens": 12}', f'{{"api_key": "{R}", "input_tokens": 12}}'),
+        ("https://api.example.com/v1?api_key=abc123&q=x", f"https://api.example.com/v1?api_key={R}&q=x"),
+        ("Cookie: session=abc; theme=dark", f"Cookie: {R}"),
+        ("-----BEGIN RSA PRIVATE KEY-----\nMIIEabc\n-----END RSA PRIVATE KEY----- tail", f"{R} tail"),
+    ],
+)
+def test_secret_looking_text_is_replaced_and_the_rest_kept(text: str, expected: str) -> None:
+    assert redact_text(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "You are the gap analyzer. Find the three largest gaps between forecast and actuals.",
+        "2026-11-26T10:00:00.100000+00:00",
+        "https://example.com:8080/path?segment=NE&window=7d",
+        "input_tokens: 812, output_tokens: 95, max_tokens: 1024",
+        "a scikit sk-learn-compatible-estimator-thing",
+        "Basic information about the system",
+        "ValueError: could not convert string to float: 'abc'",
+        "north-east region, langgraph_node=analyze",
+        "0190a1b2c3d47e8f9a0b1c2d3e4f5a6b",
+    ],
+)
+def test_ordinary_text_is_left_alone(text: str) -> None:
+    assert redact_text(text) == text
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "password",
+        "PASSWORD",
+        "db_password",
+        "OPENAI_API_KEY",
+        "x-api-key",
+        "apiKey",
+        "APIKey",
+        "apikey",
+        "Authorization",
+        "proxy-authorization",
+        "cookie",
+        "Set-Cookie",
+        "secret",
+        "client_secret",
+        "token",
+        "accessToken",
+        "refresh_token",
+        "private_key",
+        "access_key",
+        "aws_access_key_id",
+        "credentials",
+        "passwd",
+    ],
+)
+def test_sensitive_keys(key: str) -> None:
+    assert is_sensitive_key(key)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "input_tokens",
+        "total_tokens",
+        "max_tokens",
+        "tokens",
+        "token_count",
+        "auth_type",
+        "secret_name",
+        "keyboard",
+        "author",
+        "session_id",
+        "monkey",
+        "key",
+        "primary_key_column",
+    ],
+)
+def test_keys_that_only_look_alike(key: str) -> None:
+    assert not is_sensitive_key(key)
+
+
+def test_values_under_sensitive_keys_are_replaced_whatever_their_type() -> None:
+    redactor = Redactor()
+    cleaned = redactor.clean(
+        {
+            "password": "hunter2",
+            "headers": {"Authorization": "Token abc", "x-api-key": 12345, "Accept": "json"},
+            "credentials": {"user": "bob", "pass": "x"},
+            "api_key": None,
+            "token_present": True,
+            "input_tokens": 812,
+        }
+    )
+    assert cleaned == {
+        "password": R,
+        "headers": {"Authorization": R, "x-api-key": R, "Accept": "json"},
+        "credentials": R,
+        "api_key": None,  # nothing to hide
+        "token_present": True,  # a flag is not a secret
+        "input_tokens": 812,
+    }
+
+
+def test_configured_keys_and_patterns() -> None:
+    redactor = Redactor(extra_keys=["ssn", "member_number"], extra_patterns=[r"EMP-\d{6}"])
+    cleaned = redactor.clean({"user_ssn": "123-45-6789", "memberNumber": "77", "note": "staff EMP-123456 called"})
+    assert cleaned == {"user_ssn": R, "memberNumber": R, "note": f"staff {R} called"}
+
+
+def test_disabled_redaction_still_converts_and_limits() -> None:
+    redactor = Redactor(enabled=False, max_value_bytes=1024)
+    cleaned = redactor.clean({"password": "hunter2", "n": float("nan"), "big": "x" * 5000})
+    assert cleaned["password"] == "hunter2" and cleaned["n"] == "NaN"
+    assert cleaned["big"].endswith("[truncated: over 1024 bytes]") and len(cleaned["big"]) < 1100
+
+
+class Colour(Enum):
+    RED = "red"
+
+
+@dataclass
+class Point:
+    x: int
+    y: int
+
+
+class Opaque:
+    def __repr__(self) -> str:
+        return "Opaque(key=sk-ant-api03-opaque0123456789abcdefgh)"
+
+
+class Broken:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+def test_non_json_values_become_plain_json() -> None:
+    cycle: dict[str, Any] = {"name": "loop"}
+    cycle["self"] = cycle
+    looped: list[Any] = [1]
+    looped.append(looped)
+    deep: dict[str, Any] = {}
+    node = deep
+    for _ in range(200):
+        node["d"] = {}
+        node = node["d"]
+    value = {
+        7: b"bytes",
+        2.5: b"\xff\xfe binary",
+        None: "\x00nul",
+        True: "bool key",
+        (1, 2): {3, 1, 2},
+        "tuple": (1, "a"),
+        "frozen": frozenset({"b", "a"}),
+        "decimal": Decimal("1.25"),
+        "huge_decimal": Decimal("1e400"),
+        "decimal_nan": Decimal("NaN"),
+        "nan": float("nan"),
+        "inf": math.inf,
+        "-inf": -math.inf,
+        "uuid": uuid.UUID(int=1),
+        "when": datetime(2026, 11, 26, 10, 0, tzinfo=UTC),
+        "day": date(2026, 11, 26),
+        "delta": timedelta(seconds=1.5),
+        "enum": Colour.RED,
+        "point": Point(1, 2),
+        "opaque": Opaque(),
+        "broken": Broken(),
+        "error": ValueError("bad"),
+        "cycle": cycle,
+        "looped": looped,
+        "deep": deep,
+        "surrogate": "\ud800abcdefghijk",
+    }
+    cleaned = Redactor().clean(value)
+    text = json.dumps(cleaned, allow_nan=False)  # raises on NaN, objects, non-string keys
+    text.encode("utf-8")  # and on lone surrogates
+    assert cleaned["7"] == "bytes" and cleaned["2.5"] == "<9 bytes of binary data>"
+    assert cleaned["null"] == "\ufffdnul" and cleaned["true"] == "bool key"
+    assert cleaned["(1, 2)"] == [1, 2, 3] and cleaned["tuple"] == [1, "a"] and cleaned["frozen"] == ["a", "b"]
+    assert cleaned["decimal"] == 1.25 and cleaned["huge_decimal"] == "1E+400" and cleaned["decimal_nan"] == "NaN"
+    assert (cleaned["nan"], cleaned["inf"], cleaned["-inf"]) == ("NaN", "Infinity", "-Infinity")
+    assert cleaned["uuid"] == "00000000-0000-0000-0000-000000000001"
+    assert cleaned["when"] == "2026-11-26T10:00:00+00:00" and cleaned["day"] == "2026-11-26"
+    assert cleaned["delta"] == 1.5 and cleaned["enum"] == "red" and cleaned["point"] == {"x": 1, "y": 2}
+    assert cleaned["opaque"] == f"Opaque(key={R})" and cleaned["broken"] == "<Broken>"
+    assert cleaned["error"] == "ValueError: bad"
+    assert cleaned["cycle"] == {"name": "loop", "self": "[circular reference]"}
+    assert cleaned["looped"] == [1, "[circular reference]"]
+    assert "[max depth exceeded]" in text
+    assert cleaned["surrogate"] == "?abcdefghijk"
+    assert isinstance(value["cycle"], dict) and value["cycle"]["self"] is cycle  # the input is untouched
+
+
+def test_a_long_value_is_cut_with_a_marker_and_a_secret_at_the_cut_still_goes() -> None:
+    redactor = Redactor(max_value_bytes=1024)
+    secret = "sk-ant-api03-" + "a1" * 20
+    text = "x" * 1010 + " " + secret + " tail"
+    cut = redactor.text(text)
+    assert cut.endswith("…[truncated: over 1024 bytes]") and "a1a1a1" not in cut
+    assert len(cut.encode()) < 1100
+    multibyte = redactor.text("é" * 2000)  # cut on a character boundary
+    assert multibyte.startswith("é" * 512) and "\ufffd" not in multibyte
+    items = redactor.clean({"rows": list(range(5000))})["rows"]
+    assert isinstance(items[-1], str) and items[-1].startswith("[truncated:") and len(items) < 5000
+
+
+def test_a_span_over_the_limit_loses_its_largest_values_first() -> None:
+    redactor = Redactor(max_value_bytes=32_768, max_span_bytes=100_000)
+    event = ObservabilityEvent.model_validate(
+        {
+            "span_id": "s1",
+            "trace_id": "t1",
+            "agent_name": "explainer",
+            "operation": "op",
+            "started_at": datetime.now(UTC),
+            "attributes": {f"blob{i}": "y" * 30_000 for i in range(5)} | {"small": "kept"},
+            "events": [{"name": "e", "attributes": {"n": 1}}],
+        }
+    )
+    span = redactor.redact_span(event.to_span(5))
+    trimmed = span.attributes["span_trimmed"]
+    assert trimmed["original_bytes"] > 150_000 and trimmed["limit_bytes"] == 100_000
+    assert len(trimmed["trimmed"]) == 2 and all(name.startswith("attributes.blob") for name in trimmed["trimmed"])
+    assert span.attributes["small"] == "kept" and span.events == [{"name": "e", "attributes": {"n": 1}}]
+    assert len(json.dumps(span.attributes)) < 100_000
+
+
+async def test_rejection_reasons_never_echo_a_secret(caplog: pytest.LogCaptureFixture) -> None:
+    secret = "sk-ant-api03-echo0123456789abcdefghij"
+    events = [
+        {
+            "span_id": "s1",
+            "trace_id": "t1",
+            "agent_name": "a",
+            "operation": "o",
+            "started_at": "now",
+            "duration_ms": f"{secret}",
+            "status": f"weird {secret}",
+        },
+        {
+            "span_id": "s2",
+            "trace_id": "t1",
+            "agent_name": "a",
+            "operation": "o",
+            "started_at": datetime.now(UTC).isoformat(),
+            "attributes": [f"password={secret}"],
+        },
+    ]
+    state = await emit_spans({"events_to_log": events})
+    assert len(state["emission_errors"]) == 2
+    assert all(secret[:20] not in e for e in state["emission_errors"])
+    assert "event[0]" in state["emission_errors"][0] and "duration_ms" in state["emission_errors"][0]
+
+
+async def test_non_string_keys_rescue_an_event_instead_of_rejecting_it() -> None:
+    event = {
+        "span_id": "s1",
+        "trace_id": "t1",
+        "agent_name": "a",
+        "operation": "o",
+        "started_at": datetime.now(UTC),
+        "attributes": {1: "one", "api_key": "abc12345"},
+    }
+    state = await emit_spans({"events_to_log": [event]})
+    assert state["emission_errors"] == []
+    (span,) = state["validated_spans"]
+    assert span.attributes == {"1": "one", "api_key": R}
+
+
+def test_log_lines_of_the_connector_never_print_a_secret(caplog: pytest.LogCaptureFixture) -> None:
+    install_log_redaction()
+    secret = "ghp_" + "z9" * 20
+    logger = logging.getLogger("src.agents.ml_foundation.observability_connector.nodes.batch")
+    with caplog.at_level(logging.INFO):
+        logger.error("store write failed for dsn %s", f"postgresql://svc:{secret}@db/app")
+        try:
+            raise RuntimeError(f"upstream said Authorization: Bearer {secret}")
+        except RuntimeError:
+            logger.exception("call failed")
+        logging.getLogger("somebody.else").info("left alone: %s", "password=visible1")
+    text = caplog.text
+    assert secret not in text and "postgresql://svc:[REDACTED]@db/app" in text
+    assert "Bearer [REDACTED]" in text
+    assert "left alone: password=visible1" in text  # other libraries' records are not ours to change
+
+
+def test_redaction_stays_cheap_per_span() -> None:
+    """A coarse guard against a pathological pattern (one combined regex cost ~150 µs on a
+    prompt); ``benchmarks/bench_redaction.py`` measures it properly."""
+    prompt = "Given the regional sales figures, find the three largest gaps and explain each. " * 6
+    payload = {
+        "span_id": "s1",
+        "trace_id": "t1",
+        "agent_name": "gap_analyzer",
+        "operation": "execute",
+        "started_at": datetime(2026, 11, 26, tzinfo=UTC),
+        "duration_ms": 5,
+        "attributes": {
+            "segment": "NE",
+            "region": "north-east",
+            "langgraph_node": "analyze",
+            "retry": 0,
+            "request_path": "/v1/gaps/analyze?segment=NE&window=7d",
+        },
+        "input_data": {"query": prompt, "top_k": 3},
+        "output_data": {"gaps": [{"region": f"r{i}", "delta": 0.1 * i, "why": "lower uptake"} for i in range(3)]},
+        "events": [{"name": "llm.done", "timestamp": "2026-11-26T10:00:00.700000+00:00", "attributes": {"n": 1}}],
+    }
+    span = ObservabilityEvent.model_validate(payload).to_span(2)
+    redactor = Redactor()
+    spans = [span.model_copy() for _ in range(2000)]
+    start = time.perf_counter()
+    for item in spans:
+        redactor.redact_span(item)
+    per_span_us = (time.perf_counter() - start) / len(spans) * 1e6
+    assert per_span_us < 300, f"{per_span_us:.1f} µs per span"
