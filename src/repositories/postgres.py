@@ -408,10 +408,10 @@ def describe_dsn(dsn: str) -> str:
         params = conninfo_to_dict(dsn)
     except psycopg.ProgrammingError:
         return "postgresql://<unparseable connection string>"
-    user = params.get("user") or ""
-    host = params.get("host") or params.get("hostaddr") or "localhost"
-    port = params.get("port") or "5432"
-    dbname = params.get("dbname") or user or ""
+    user = str(params.get("user") or "")
+    host = str(params.get("host") or params.get("hostaddr") or "localhost")
+    port = str(params.get("port") or "5432")
+    dbname = str(params.get("dbname") or user)
     return f"postgresql://{user + '@' if user else ''}{host}:{port}/{dbname}"
 
 
