@@ -36,7 +36,7 @@ class Recorder:
 
 async def test_size_triggered_batches_run_off_the_callers_thread() -> None:
     sink = Recorder()
-    flusher = BatchFlusher(sink, batch_size=50, max_wait=30)
+    flusher = BatchFlusher(sink, batch_size=50, max_wait=30, max_drain_batch=50)
     flusher.start()
     for i in range(200):
         flusher.submit(rec(i))
@@ -90,6 +90,19 @@ async def test_a_failing_sink_is_counted_and_the_flusher_survives(caplog: pytest
     assert "sink down" in (flusher.stats.last_error or "")
     assert [len(b) for b in sink.batches] == [10]
     assert "delivering a batch of 10 span(s) failed" in caplog.text
+    flusher.close(5)
+
+
+def test_a_deep_backlog_drains_in_bigger_bites() -> None:
+    sink = Recorder()
+    flusher = BatchFlusher(sink, batch_size=100, max_wait=60, max_drain_batch=400)
+    for i in range(1050):
+        flusher.submit(rec(i))  # queued before the thread starts: a backlog
+    flusher.start()
+    assert flusher.flush_sync(timeout=5)
+    sizes = [len(b) for b in sink.batches]
+    assert sum(sizes) == 1050 and max(sizes) == 400
+    assert [r.span_id for b in sink.batches for r in b] == [f"{i:016x}" for i in range(1050)]
     flusher.close(5)
 
 

@@ -135,6 +135,7 @@ class ObservabilityConnectorAgent:
             batch_size=batching.max_batch_size,
             max_wait=batching.max_batch_wait_s,
             max_queue=batching.max_queue_size,
+            max_drain_batch=batching.max_drain_batch_size,
             shutdown_timeout=batching.shutdown_timeout_s,
         )
         self._submit = self._flusher.collector.append

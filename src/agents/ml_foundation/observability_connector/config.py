@@ -62,6 +62,7 @@ class BatchingSettings(_Section):
     max_batch_size: int = Field(100, ge=1, le=100_000)
     max_batch_wait_s: float = Field(5.0, gt=0, le=3600)
     max_queue_size: int = Field(10_000, ge=1)
+    max_drain_batch_size: int = Field(1000, ge=1, le=100_000)
     shutdown_timeout_s: float = Field(5.0, ge=0, le=600)
 
 
