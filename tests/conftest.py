@@ -30,7 +30,7 @@ pytest_plugins = ["tests.fixtures.redis_server", "tests.fixtures.opik_receiver",
 def _isolated_default_context(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Nodes called without a runtime use the process-wide context: point it at tmp_path."""
     monkeypatch.setenv("OBS_STORE__SQLITE_PATH", str(tmp_path / "default-spans.db"))
-    for var in ("SUPABASE_URL", "SUPABASE_SERVICE_KEY", "OBS_DATABASE_URL", "DATABASE_URL"):
+    for var in ("SUPABASE_URL", "SUPABASE_SERVICE_KEY", "OBS_DATABASE_URL", "DATABASE_URL", "OBS_BATCHING__SPOOL_PATH"):
         monkeypatch.delenv(var, raising=False)
     for var in ("OBS_CACHE__BACKEND", "OBS_CACHE__REDIS_URL", "REDIS_URL"):  # the metrics cache stays in memory
         monkeypatch.delenv(var, raising=False)

@@ -149,6 +149,29 @@ def test_schema_objects_have_the_promised_properties(postgres_dsn: str) -> None:
         assert unique == ("UNIQUE (trace_id, span_id)",)
 
 
+@pytest.mark.parametrize("agents", [3, 70])  # the parallel union up to 64 agents, a lateral join beyond
+async def test_per_agent_stats_take_either_plan_with_the_same_answers(postgres_dsn: str, agents: int) -> None:
+    repo = PostgresSpanRepository(postgres_dsn)
+    now = datetime.now(UTC)
+    spans = [
+        make_span(agent=f"agent-{a:03d}", duration_ms=float(d), start=now - timedelta(minutes=d), input_tokens=d)
+        for a in range(agents)
+        for d in range(1, 2 + a % 5)
+    ]
+    spans.append(make_span(agent="agent-old", start=now - timedelta(days=3)))  # outside the window
+    try:
+        await repo.insert_spans_batch(spans)
+        got = await repo.get_latency_stats("24h")
+    finally:
+        await repo.close()
+    assert [s.key for s in got] == [f"agent-{a:03d}" for a in range(agents)]
+    for a, stats in enumerate(got):
+        durations = list(range(1, 2 + a % 5))
+        assert stats.count == len(durations) and stats.input_tokens == sum(durations)
+        assert stats.p50_ms == pytest.approx(1 + (len(durations) - 1) / 2)
+        assert stats.avg_ms == pytest.approx(sum(durations) / len(durations))
+
+
 async def test_view_summarises_the_last_24_hours_per_agent(postgres_dsn: str) -> None:
     repo = PostgresSpanRepository(postgres_dsn)
     now = datetime.now(UTC)

@@ -136,6 +136,7 @@ class ObservabilityConnectorAgent:
             max_wait=batching.max_batch_wait_s,
             max_queue=batching.max_queue_size,
             max_drain_batch=batching.max_drain_batch_size,
+            on_stop=self._stop_background,
             shutdown_timeout=batching.shutdown_timeout_s,
         )
         self._submit = self._flusher.collector.append
@@ -357,9 +358,20 @@ class ObservabilityConnectorAgent:
             self.emission_errors_total += len(errors)
             for line in errors[:5]:
                 log.warning("span rejected: %s", line)
-        if state.get("db_writes_successful") is False:
+        # Spooled batches and dead-lettered rows are accounted for; only a batch that neither the
+        # store nor the spool took counts as failed.
+        if state.get("db_writes_successful") is False and not state.get("spans_spooled") and not state.get(
+            "events_logged"
+        ):
             raise RuntimeError(state.get("error") or "store write failed")
         self.last_batch_state = state
+
+    async def _stop_background(self) -> None:
+        """On the flusher's loop, as it stops: end the spool's replay task (its backlog stays on
+        disk and is replayed at the next start)."""
+        delivery = getattr(self.context, "store_delivery", None)
+        if delivery is not None:
+            await delivery.stop()
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Deliver every span finished so far; True when done within ``timeout``."""

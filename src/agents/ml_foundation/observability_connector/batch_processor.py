@@ -124,10 +124,12 @@ class BatchFlusher:
         overflow: Callable[[SpanRecord], None] | None = None,
         name: str = "obs-flusher",
         max_drain_batch: int | None = None,
+        on_stop: Callable[[], Awaitable[Any]] | None = None,
     ) -> None:
         self._deliver = deliver
         self.batch_size = batch_size
         self.max_drain_batch = max(batch_size, max_drain_batch or batch_size * 10)
+        self._on_stop = on_stop
         self.max_wait = max_wait
         self.shutdown_timeout = shutdown_timeout
         self._async_wake: asyncio.Event | None = None
@@ -260,6 +262,11 @@ class BatchFlusher:
             if stopping:
                 # Anything enqueued while we drained is delivered too before exiting.
                 await self._drain(True)
+                if self._on_stop is not None:
+                    try:
+                        await self._on_stop()
+                    except Exception:  # stopping must finish whatever a sink does
+                        log.exception("stopping the sinks' background work failed")
                 return
             signalled = bool(self._flush_waiters) or self._stopping or len(self.collector) >= self.batch_size
 

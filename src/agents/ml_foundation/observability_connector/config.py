@@ -64,6 +64,13 @@ class BatchingSettings(_Section):
     max_queue_size: int = Field(10_000, ge=1)
     max_drain_batch_size: int = Field(1000, ge=1, le=100_000)
     shutdown_timeout_s: float = Field(5.0, ge=0, le=600)
+    # Durability: a batch a sink cannot take now waits on disk and is replayed per sink.
+    spool_enabled: bool = True
+    spool_path: str | None = None  # None: spool.db beside store.sqlite_path
+    spool_max_mb: float = Field(1024, gt=0)
+    retry_initial_s: float = Field(0.5, gt=0, le=600)
+    retry_max_s: float = Field(30.0, gt=0, le=3600)
+    sink_timeout_s: float = Field(10.0, gt=0, le=600)
 
 
 class StoreSettings(_Section):
@@ -612,6 +619,22 @@ def build_store(settings: ObservabilitySettings | None = None) -> Any:
         )
     path = Path(settings.store.sqlite_path).expanduser()
     return ObservabilitySpanRepository(SQLiteSpanRepository(path))
+
+
+def build_store_delivery(store: Any, settings: ObservabilitySettings | None = None) -> Any:
+    """The store behind its on-disk spool (``SinkDelivery``), or None when the spool is off."""
+    from .delivery import RetryPolicy, SinkDelivery
+    from .sinks import StoreSink
+    from .spool import Spool
+
+    settings = settings or load_settings()
+    batching = settings.batching
+    if not batching.spool_enabled or store is None:
+        return None
+    path = Path(batching.spool_path or Path(settings.store.sqlite_path).parent / "spool.db").expanduser()
+    spool = Spool(path, max_bytes=int(batching.spool_max_mb * 1024 * 1024))
+    policy = RetryPolicy(batching.retry_initial_s, batching.retry_max_s, batching.sink_timeout_s)
+    return SinkDelivery(StoreSink(store), spool, policy)
 
 
 def build_opik(settings: ObservabilitySettings | None = None, registry: AgentRegistry | None = None) -> Any:

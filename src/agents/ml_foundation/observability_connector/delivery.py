@@ -33,6 +33,7 @@ class SinkResult:
 
     delivered: int
     rejected: Sequence[tuple[str, str]] = ()  # (span_id, the sink's reason)
+    details: dict[str, int] = field(default_factory=dict)  # e.g. inserted / duplicates
 
 
 class Sink(Protocol):
@@ -75,6 +76,8 @@ class DeliveryOutcome:
     rejected: int
     error: str | None = None
     reasons: list[str] = field(default_factory=list)
+    details: dict[str, int] = field(default_factory=dict)
+    delivered_ids: frozenset[str] = frozenset()
 
 
 class SinkDelivery:
@@ -86,7 +89,7 @@ class SinkDelivery:
         spool: Spool,
         policy: RetryPolicy | None = None,
         on_dead_letter: Callable[[str, ObservabilitySpan, str], None] | None = None,
-        on_delivered: Callable[[int], Awaitable[None] | None] | None = None,
+        on_delivered: Callable[[list[ObservabilitySpan]], Awaitable[None] | None] | None = None,
     ) -> None:
         self.sink = sink
         self.name = sink.name
@@ -133,7 +136,11 @@ class SinkDelivery:
             self.spool.dead_letter(self.name, row, reason)
             if self._on_dead_letter is not None and span is not None:
                 self._on_dead_letter(self.name, span, reason)
-        return DeliveryOutcome(self.name, result.delivered, 0, len(result.rejected), None, reasons)
+        rejected = {span_id for span_id, _ in result.rejected}
+        delivered_ids = frozenset(s.span_id for s in spans if s.span_id not in rejected)
+        return DeliveryOutcome(
+            self.name, result.delivered, 0, len(result.rejected), None, reasons, dict(result.details), delivered_ids
+        )
 
     async def _spool(self, spans: list[ObservabilitySpan], reason: str) -> DeliveryOutcome:
         rows = [s.model_dump(mode="json") for s in spans]
@@ -149,6 +156,23 @@ class SinkDelivery:
         return DeliveryOutcome(self.name, 0, len(rows), 0, reason)
 
     # -- replay ---------------------------------------------------------------------------
+
+    def ensure_replaying(
+        self, on_delivered: Callable[[list[ObservabilitySpan]], Awaitable[None] | None] | None = None
+    ) -> None:
+        """Make sure a replay task runs on the current loop (the one delivering batches).
+
+        The graph may be invoked from several loops over a process's life (the flusher's, an
+        orchestrator's); the replayer follows the loop that delivers, restarting there when the
+        loop it ran on has gone.
+        """
+        if on_delivered is not None:
+            self._on_delivered = on_delivered
+        loop = asyncio.get_running_loop()
+        task = self._replayer
+        if task is None or task.done() or task.get_loop() is not loop:
+            self._replayer = None
+            self.start()
 
     def start(self) -> None:
         """Start the replay task on the running loop (the flusher's)."""
@@ -191,7 +215,7 @@ class SinkDelivery:
         self._accepted(spans, result)
         await asyncio.to_thread(self.spool.ack, self.name, batch.id)
         if self._on_delivered is not None:
-            maybe = self._on_delivered(result.delivered)
+            maybe = self._on_delivered(spans)
             if maybe is not None:
                 await maybe
         return result.delivered

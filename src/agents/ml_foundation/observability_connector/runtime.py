@@ -11,7 +11,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .cache import MetricsCache
-from .config import AgentRegistry, ObservabilitySettings, build_opik, build_store, load_registry, load_settings
+from .config import (
+    AgentRegistry,
+    ObservabilitySettings,
+    build_opik,
+    build_store,
+    build_store_delivery,
+    load_registry,
+    load_settings,
+)
 from .redaction import Redactor
 from .sampling import Sampler
 
@@ -35,12 +43,16 @@ class ConnectorContext:
     # so replacing ``settings`` replaces the policies too (config.build_sampler / build_redactor).
     sampler: Sampler | None = None
     redactor: Redactor | None = None
+    # The store behind its on-disk spool (delivery.SinkDelivery); None: write the store directly.
+    store_delivery: Any = None
 
     @classmethod
     def from_config(cls, settings: ObservabilitySettings | None = None) -> ConnectorContext:
         settings = settings or load_settings()
+        store = build_store(settings)
         return cls(
-            store=build_store(settings),
+            store=store,
+            store_delivery=build_store_delivery(store, settings),
             settings=settings,
             registry=load_registry(),
             cache=MetricsCache(settings.cache),

@@ -24,4 +24,8 @@ class StoreSink:
 
     async def send(self, spans: list[ObservabilitySpan]) -> SinkResult:
         result = await self.store.insert_spans_batch(spans)
-        return SinkResult(delivered=result.inserted + result.duplicates, rejected=list(result.errors))
+        return SinkResult(
+            delivered=result.inserted + result.duplicates,
+            rejected=list(result.errors),
+            details={"inserted": result.inserted, "duplicates": result.duplicates},
+        )

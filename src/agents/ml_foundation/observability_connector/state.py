@@ -48,6 +48,7 @@ class ObservabilityConnectorState(InputState, total=False):
     db_writes_successful: bool
     db_write_count: int
     db_duplicate_count: int
+    spans_spooled: int
     opik_project: str
     opik_workspace: str
     # Opik sink, beside the store write (absent when Opik is not configured)

@@ -42,6 +42,8 @@ async def write_batch(state: ObservabilityConnectorState, runtime: Any = None) -
         }
     # Opik runs beside the store write, never before it; its outcome never decides the store's.
     opik_job = _start_opik(opik, spans, state.get("opik_wait_s"))
+    if ctx.store_delivery is not None:
+        return await _through_spool(ctx, state, spans, errors, base, opik_job)
     try:
         result = await ctx.store.insert_spans_batch(spans)
     except Exception as exc:  # the store being down must not raise into the caller
@@ -80,6 +82,44 @@ async def write_batch(state: ObservabilityConnectorState, runtime: Any = None) -
         "emission_errors": errors,
         **(await _opik_outcome(opik_job)),
     }
+
+
+async def _through_spool(
+    ctx: Any,
+    state: ObservabilityConnectorState,
+    spans: list[Any],
+    errors: list[str],
+    base: dict[str, Any],
+    opik_job: asyncio.Task[dict[str, Any]] | None,
+) -> ObservabilityConnectorState:
+    """Store write with the spool behind it: a batch the store can't take now is kept on disk
+    and replayed in order, so it counts as logged (durably accepted), not as lost."""
+    delivery = ctx.store_delivery
+    delivery.ensure_replaying(lambda replayed: ctx.cache.ainvalidate(s.start_time for s in replayed))
+    outcome = await delivery.deliver(spans)
+    errors.extend(outcome.reasons)
+    logged = [s for s in spans if s.span_id in outcome.delivered_ids] if not outcome.spooled else list(spans)
+    if outcome.details.get("inserted"):
+        await ctx.cache.ainvalidate(s.start_time for s in logged)
+    update: dict[str, Any] = {
+        **base,
+        "span_ids_logged": [s.span_id for s in logged],
+        "trace_ids_logged": list(dict.fromkeys(s.trace_id for s in logged)),
+        "events_logged": len(logged),
+        "db_writes_successful": outcome.spooled == 0 and outcome.rejected == 0 and outcome.error is None,
+        "db_write_count": outcome.details.get("inserted", 0),
+        "db_duplicate_count": outcome.details.get("duplicates", 0),
+        "spans_spooled": outcome.spooled,
+        "emission_errors": errors,
+    }
+    if outcome.spooled:
+        update["error"] = f"store unavailable ({outcome.error}); {outcome.spooled} span(s) spooled for replay"
+        update["error_type"] = "store_unavailable"
+    elif outcome.error:  # not even the spool could take it: said loudly, nothing counted as logged
+        errors.append(f"store write failed for {len(spans)} span(s): {outcome.error}")
+        update.update(span_ids_logged=[], trace_ids_logged=[], events_logged=0)
+        update.update(error=outcome.error, error_type="store_unavailable")
+    return {**state, **update, **(await _opik_outcome(opik_job))}
 
 
 def _start_opik(opik: Any, spans: list[Any], wait_s: float | None) -> asyncio.Task[dict[str, Any]] | None:
