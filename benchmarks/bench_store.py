@@ -1,6 +1,6 @@
 """The Postgres span store: write throughput beside a raw COPY, and percentile queries on 1M spans.
 
-    python benchmarks/bench_store.py [--rows 100000] [--spans 1000000] [--repeat 3] [--dsn URL]
+    python benchmarks/bench_store.py [--rows 30000] [--spans 1000000] [--repeat 3] [--dsn URL]
 
 Without ``--dsn`` it starts its own throwaway Postgres cluster from the installed server binaries
 (``tests/fixtures/postgres_server.py``: random loopback port, ``runuser -u postgres`` as root)
@@ -425,7 +425,7 @@ def print_report(lines: list[str], report: dict[str, Any], args: argparse.Namesp
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dsn", help="a scratch Postgres database (default: start a throwaway cluster)")
-    parser.add_argument("--rows", type=int, default=100_000, help="rows per write run")
+    parser.add_argument("--rows", type=int, default=30_000, help="rows per write run")
     parser.add_argument("--spans", type=int, default=1_000_000, help="spans for the read benchmark")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--skip-writes", action="store_true")

@@ -137,6 +137,7 @@ class ObservabilityConnectorAgent:
             max_queue=batching.max_queue_size,
             max_drain_batch=batching.max_drain_batch_size,
             on_stop=self._stop_background,
+            on_start=self._start_background,
             shutdown_timeout=batching.shutdown_timeout_s,
         )
         self._submit = self._flusher.collector.append
@@ -366,6 +367,13 @@ class ObservabilityConnectorAgent:
             raise RuntimeError(state.get("error") or "store write failed")
         self.last_batch_state = state
 
+    async def _start_background(self) -> None:
+        """On the flusher's loop, as it starts: replay what a previous run left in the spool."""
+        delivery = getattr(self.context, "store_delivery", None)
+        if delivery is not None and delivery.backlogged:
+            cache = self.context.cache
+            delivery.ensure_replaying(lambda replayed: cache.ainvalidate(s.start_time for s in replayed))
+
     async def _stop_background(self) -> None:
         """On the flusher's loop, as it stops: end the spool's replay task (its backlog stays on
         disk and is replayed at the next start)."""
@@ -424,10 +432,43 @@ class ObservabilityConnectorAgent:
             "emission_errors": self.emission_errors_total,
             "last_error": stats.last_error,
             "store": self.context.store.describe(),
+            **self._spool_status(),
             "cache": self.context.cache.get_status(),
             "opik": opik.get_status()
             if (opik := getattr(self.context, "opik", None)) is not None
             else {"enabled": False},
+        }
+
+    def _spool_status(self) -> dict[str, Any]:
+        delivery = getattr(self.context, "store_delivery", None)
+        if delivery is None:
+            return {"spool": None}
+        try:
+            stats = delivery.spool.stats()
+        except Exception as exc:  # status must answer even when the disk does not
+            return {"spool": {"error": f"{type(exc).__name__}: {exc}"}}
+        sink = delivery.stats
+        return {
+            "spool": {
+                "path": str(delivery.spool.path),
+                "batches": stats.batches,
+                "spans": stats.spans,
+                "bytes": stats.bytes,
+                "oldest_age_s": stats.oldest_age_s,
+                "pending_by_sink": stats.pending_by_sink,
+                "dropped_spans": stats.dropped_spans,
+                "dead_letters": stats.dead_letters,
+            },
+            "store_sink": {
+                "backlogged": delivery.backlogged,
+                "batches_sent": sink.batches_sent,
+                "batches_failed": sink.batches_failed,
+                "batches_retried": sink.batches_retried,
+                "batches_spooled": sink.batches_spooled,
+                "spans_spooled": sink.spans_spooled,
+                "dead_lettered": sink.dead_lettered,
+                "last_error": sink.last_error,
+            },
         }
 
     # -- the orchestrator's and dashboards' side ------------------------------------------

@@ -125,11 +125,13 @@ class BatchFlusher:
         name: str = "obs-flusher",
         max_drain_batch: int | None = None,
         on_stop: Callable[[], Awaitable[Any]] | None = None,
+        on_start: Callable[[], Awaitable[Any]] | None = None,
     ) -> None:
         self._deliver = deliver
         self.batch_size = batch_size
         self.max_drain_batch = max(batch_size, max_drain_batch or batch_size * 10)
         self._on_stop = on_stop
+        self._on_start = on_start
         self.max_wait = max_wait
         self.shutdown_timeout = shutdown_timeout
         self._async_wake: asyncio.Event | None = None
@@ -240,6 +242,11 @@ class BatchFlusher:
     async def _main(self) -> None:
         event = self._async_wake
         assert event is not None
+        if self._on_start is not None:
+            try:
+                await self._on_start()
+            except Exception:  # a sink's start-up problem must not stop span collection
+                log.exception("starting the sinks' background work failed")
         # Spans or flush requests that arrived before the loop existed.
         signalled = bool(self._flush_waiters) or len(self.collector) >= self.batch_size or self._stopping
         while True:

@@ -99,6 +99,8 @@ class SinkDelivery:
         self._on_dead_letter = on_dead_letter
         self._on_delivered = on_delivered
         self._backlogged = spool.has_pending(self.name)  # a previous run left work behind
+        if self._backlogged:
+            spool.make_due(self.name)  # a new process is a fresh chance: no inherited back-off
         self._wake: asyncio.Event | None = None
         self._replayer: asyncio.Task[None] | None = None
 
@@ -194,13 +196,17 @@ class SinkDelivery:
             self._replayer = None
 
     async def replay_once(self) -> int:
-        """Send the oldest due batch; returns spans delivered (0 when nothing was due or it failed)."""
-        due = await asyncio.to_thread(self.spool.pending, self.name, 1)
-        if not due:
-            if not await asyncio.to_thread(self.spool.has_pending, self.name):
-                self._backlogged = False
+        """Send the oldest owed batch if it is due; returns spans delivered (0: not due or failed).
+
+        Only the head of the backlog is ever tried, so batches reach the sink in the order they
+        were produced even while the head is backing off.
+        """
+        batch = await asyncio.to_thread(self.spool.head, self.name)
+        if batch is None:
+            self._backlogged = False
             return 0
-        batch = due[0]
+        if batch.next_attempt_at > time.time():
+            return 0
         spans = [ObservabilitySpan.model_validate(row) for row in batch.rows]
         try:
             result = await asyncio.wait_for(self.sink.send(spans), self.policy.timeout_s)

@@ -64,6 +64,7 @@ class SpoolBatch:
     created_at: float
     rows: list[dict[str, Any]]
     attempts: int
+    next_attempt_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +187,22 @@ class Spool:
                 .fetchall()
             )
         return [SpoolBatch(r[0], r[1], json.loads(zlib.decompress(r[2])), r[3]) for r in rows]
+
+    def head(self, sink: str) -> SpoolBatch | None:
+        """The oldest batch ``sink`` owes, due or not: replay never overtakes it (order kept)."""
+        with self._lock:
+            row = (
+                self._db()
+                .execute(
+                    "SELECT b.id, b.created_at, b.payload, p.attempts, p.next_attempt_at FROM spool_pending p "
+                    "JOIN spool_batches b ON b.id = p.batch_id WHERE p.sink = ? ORDER BY p.batch_id LIMIT 1",
+                    (sink,),
+                )
+                .fetchone()
+            )
+        if row is None:
+            return None
+        return SpoolBatch(row[0], row[1], json.loads(zlib.decompress(row[2])), row[3], row[4])
 
     def ack(self, sink: str, batch_id: int) -> None:
         """``sink`` has the batch; delete it once no sink owes it any more."""
