@@ -1,0 +1,212 @@
+"""Bounded load tests: every span produced is stored once and reaches Opik once, through
+concurrency, big batches, an Opik outage and a Postgres outage (the suite's own server
+stopped and started again mid-run).
+
+Each test checks the same three things: rows in the store = spans produced, spans at the
+Opik receiver = spans produced, no duplicates anywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from src.agents.ml_foundation.observability_connector.agent import ObservabilityConnectorAgent
+from src.agents.ml_foundation.observability_connector.config import (
+    ObservabilitySettings,
+    build_store_delivery,
+    load_registry,
+)
+from src.agents.ml_foundation.observability_connector.graph import graph
+from src.agents.ml_foundation.observability_connector.runtime import ConnectorContext
+from src.mlops import OpikConfig, OpikConnector, opik_span_id
+from src.repositories.observability_span import ObservabilitySpanRepository
+from src.repositories.sqlite import SQLiteSpanRepository
+from tests.fixtures.opik_receiver import OpikReceiver
+
+REGISTRY = load_registry()
+FAST_OPIK = {
+    "request_timeout_s": 0.5,
+    "wait_s": 0.2,
+    "failure_threshold": 5,
+    "recovery_timeout_s": 0.5,
+    "retry_backoff_s": 0.01,
+    "retry_backoff_max_s": 0.05,
+    "shutdown_timeout_s": 2.0,
+}
+
+
+@dataclass
+class Rig:
+    obs: ObservabilityConnectorAgent
+    context: ConnectorContext
+    store: Any
+    opik: OpikConnector
+    receiver: OpikReceiver
+
+
+def settings_for(tmp_path: Path) -> ObservabilitySettings:
+    return ObservabilitySettings(
+        batching={
+            "max_batch_size": 100,
+            "max_batch_wait_s": 0.1,
+            "max_queue_size": 200_000,
+            "spool_path": str(tmp_path / "spool.db"),
+            "retry_initial_s": 0.05,
+            "retry_max_s": 0.5,
+            "sink_timeout_s": 3.0,
+        }
+    )
+
+
+@pytest.fixture
+async def make_rig(opik_receiver: OpikReceiver, tmp_path: Path) -> AsyncIterator[Callable[[Any], Rig]]:
+    made: list[Rig] = []
+
+    def make(store: Any) -> Rig:
+        settings = settings_for(tmp_path)
+        opik = OpikConnector(OpikConfig(url=opik_receiver.url, **FAST_OPIK), tier_names=REGISTRY.tier_names)
+        context = ConnectorContext(
+            store=store,
+            settings=settings,
+            registry=REGISTRY,
+            opik=opik,
+            store_delivery=build_store_delivery(store, settings),
+        )
+        rig = Rig(ObservabilityConnectorAgent(context=context), context, store, opik, opik_receiver)
+        made.append(rig)
+        return rig
+
+    yield make
+    for rig in made:
+        await rig.obs.aclose()
+        rig.opik.close(1.0)
+        await rig.store.close()
+
+
+def sqlite_store(tmp_path: Path) -> ObservabilitySpanRepository:
+    return ObservabilitySpanRepository(SQLiteSpanRepository(tmp_path / "spans.db"))
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def settle(rig: Rig, produced: set[tuple[str, str]], timeout: float = 60) -> None:
+    """Flush, then wait until the store's spool and Opik's backlog are empty."""
+    assert await rig.obs.flush(timeout=timeout)
+    delivery = rig.context.store_delivery
+    await wait_until(lambda: not delivery.backlogged, timeout, "the store's spool to drain")
+    expected = {opik_span_id(t, s) for t, s in produced}
+    await wait_until(lambda: expected <= set(rig.receiver.spans), timeout, "Opik to receive every span")
+
+
+async def assert_exactly_once(rig: Rig, produced: set[tuple[str, str]]) -> None:
+    traces = {t for t, _ in produced}
+    stored: list[Any] = []
+    for trace_id in traces:
+        stored.extend(await rig.store.get_spans_by_trace_id(trace_id))
+    keys = [(s.trace_id, s.span_id) for s in stored]
+    assert len(keys) == len(set(keys)), "a span was stored twice"
+    assert set(keys) == produced, f"store has {len(set(keys))} of {len(produced)} spans"
+    assert await rig.store.count_spans() == len(produced)
+    assert set(rig.receiver.spans) == {opik_span_id(t, s) for t, s in produced}
+    assert rig.receiver.duplicate_span_ids() == []
+
+
+async def emit_trace(obs: ObservabilityConnectorAgent, width: int, produced: set[tuple[str, str]]) -> None:
+    async with obs.span("route_request", "orchestrator") as root:
+        produced.add((root.trace_id, root.span_id))
+        for i in range(width):
+            async with obs.span(f"step_{i}", "gap_analyzer") as child:
+                await asyncio.sleep(0)
+            produced.add((child.trace_id, child.span_id))
+
+
+async def test_100_concurrent_emitters(make_rig: Callable[[Any], Rig], tmp_path: Path) -> None:
+    rig = make_rig(sqlite_store(tmp_path))
+    produced: set[tuple[str, str]] = set()
+    await asyncio.gather(*(emit_trace(rig.obs, 9, produced) for _ in range(100)))
+    assert len(produced) == 1_000
+    await settle(rig, produced)
+    await assert_exactly_once(rig, produced)
+
+
+async def test_1000_spans_in_one_batch(make_rig: Callable[[Any], Rig], tmp_path: Path) -> None:
+    rig = make_rig(sqlite_store(tmp_path))
+    t0 = datetime.now(UTC) - timedelta(minutes=1)
+    trace_id = "0" * 16 + "1" * 16
+    events = [
+        {
+            "span_id": f"{i + 1:016x}",
+            "trace_id": trace_id,
+            "parent_span_id": None if i == 0 else f"{1:016x}",
+            "agent_name": "causal_impact",
+            "operation": "estimate",
+            "started_at": (t0 + timedelta(milliseconds=i)).isoformat(),
+            "duration_ms": 5.0,
+            "status": "completed",
+        }
+        for i in range(1_000)
+    ]
+    state = await graph.ainvoke({"events_to_log": events}, context=rig.context)
+    assert state["events_logged"] == 1_000 and state["db_write_count"] == 1_000
+    produced = {(trace_id, e["span_id"]) for e in events}
+    await settle(rig, produced)
+    await assert_exactly_once(rig, produced)
+
+
+async def test_opik_outage_and_recovery(make_rig: Callable[[Any], Rig], tmp_path: Path) -> None:
+    rig = make_rig(sqlite_store(tmp_path))
+    produced: set[tuple[str, str]] = set()
+    for _ in range(20):
+        await emit_trace(rig.obs, 9, produced)
+    await rig.obs.flush(timeout=30)
+    rig.receiver.mode = "error"
+    for _ in range(100):
+        await emit_trace(rig.obs, 9, produced)
+    await rig.obs.flush(timeout=30)
+    assert await rig.store.count_spans() == len(produced)  # the store never waited for Opik
+    rig.receiver.mode = "ok"
+    for _ in range(20):
+        await emit_trace(rig.obs, 9, produced)
+    await settle(rig, produced)
+    await assert_exactly_once(rig, produced)
+
+
+async def test_postgres_outage_and_recovery(make_rig: Callable[[Any], Rig], outage_postgres: Any) -> None:
+    """The suite's own throwaway server is stopped mid-run and started again."""
+    from src.repositories.postgres import PostgresSpanRepository
+
+    cluster, dsn = outage_postgres
+    store = ObservabilitySpanRepository(PostgresSpanRepository(dsn, connect_timeout_s=1.0, pool_timeout_s=2.0))
+    rig = make_rig(store)
+    produced: set[tuple[str, str]] = set()
+    for _ in range(30):
+        await emit_trace(rig.obs, 9, produced)
+    await rig.obs.flush(timeout=30)
+    assert await store.count_spans() == 300
+
+    cluster.pause()
+    for _ in range(150):
+        await emit_trace(rig.obs, 9, produced)
+    await rig.obs.flush(timeout=60)
+    status = rig.obs.get_status()
+    assert status["spool"]["spans"] > 0, status  # waiting on disk, not in memory, not lost
+    cluster.resume()
+
+    for _ in range(30):
+        await emit_trace(rig.obs, 9, produced)
+    await settle(rig, produced, timeout=90)
+    await assert_exactly_once(rig, produced)
