@@ -1,6 +1,6 @@
 """``obs-connector``: run the demo and ask the span store questions from a shell.
 
-Commands: ``demo``, ``metrics``, ``trace``, ``status``, ``migrate``, ``cleanup``. More (``replay``)
+Commands: ``demo``, ``metrics``, ``trace``, ``status``, ``migrate``, ``cleanup``, ``replay``. More
 plug in the same way: a function decorated with ``@app.command()`` here or in its
 own module (registered with ``app.command()(func)``), opening the store with
 :func:`open_context` and reporting failures with :func:`fail`, so every command shares the
@@ -285,7 +285,64 @@ def status(ctx: typer.Context) -> None:
         f"TTL {s.cache.ttl_short_s:g} s (≤1h) / {s.cache.ttl_day_s:g} s (≤24h) / {s.cache.ttl_long_s:g} s (longer)",
     )
     table.add_row("opik", f"project {s.opik.project_name!r}, workspace {s.opik.workspace!r}")
+    table.add_row("spool", _spool_line(context))
     _console().print(table)
+
+
+def _spool_line(context: ConnectorContext) -> str:
+    """What waits on disk for a sink (batches a running or crashed process could not deliver)."""
+    delivery = context.store_delivery
+    if delivery is None:
+        return "off (batching.spool_enabled: false)"
+    try:
+        st = delivery.spool.stats()
+    except Exception as exc:
+        return f"{delivery.spool.path}: unreadable ({type(exc).__name__}: {exc})"
+    age = "" if st.oldest_age_s is None else f", oldest {st.oldest_age_s:,.0f} s old"
+    owed = ", ".join(f"{sink} owes {n}" for sink, n in sorted(st.pending_by_sink.items())) or "nothing owed"
+    return (
+        f"{delivery.spool.path}: {st.batches:,} batch(es), {st.spans:,} span(s), {st.bytes / 1e6:.1f} MB{age}; "
+        f"{owed}; dropped {st.dropped_spans:,}; dead letters {st.dead_letters:,}"
+    )
+
+
+@app.command()
+def replay(ctx: typer.Context) -> None:
+    """Deliver what waits in the on-disk spool to the store now, with a progress bar."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    context = open_context(ctx.obj)
+    delivery = context.store_delivery
+    if delivery is None:
+        fail("the spool is off (batching.spool_enabled: false): nothing to replay", EXIT_USAGE)
+    before = delivery.spool.stats()
+    owed = before.pending_by_sink.get("store", 0)
+    if not owed:
+        _console().print(f"nothing to replay: the spool at {delivery.spool.path} owes the store no batch")
+        return
+
+    async def run(progress: Progress, task: Any) -> int:
+        sent = 0
+        try:
+            while delivery.backlogged:
+                await asyncio.to_thread(delivery.spool.make_due, "store")
+                got = await delivery.replay_once()
+                if got == 0 and delivery.backlogged:
+                    break
+                sent += got
+                progress.advance(task)
+            return sent
+        finally:
+            await _close(context)
+
+    columns = (TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"), TimeElapsedColumn())
+    with Progress(*columns, console=_console(stderr=True), transient=True) as progress:
+        task = progress.add_task("replay", total=owed)
+        sent = _run(lambda: run(progress, task))
+    left = delivery.spool.stats().pending_by_sink.get("store", 0)
+    _console().print(f"replayed {sent:,} span(s) to {context.store.describe()}; {left:,} batch(es) still owed")
+    if left:
+        fail(f"the store did not take everything: {delivery.stats.last_error}", EXIT_NOT_FOUND)
 
 
 @app.command()
