@@ -164,8 +164,8 @@ BEGIN
         -- each agent is then answered from its own slice of the composite index (an index-only
         -- scan and one small sort, instead of one big sort of the whole window), and the slices
         -- are one UNION ALL, so Postgres runs them side by side in parallel workers (Parallel
-        -- Append). Measured on 1M spans / 7 days: ~180 ms against ~300 ms one agent after another
-        -- and ~700 ms for a plain GROUP BY (benchmarks/bench_store.py).
+        -- Append). Measured on 1M spans / 7 days, 2 cores: ~215 ms against ~300 ms one agent after
+        -- another and ~650 ms for a plain GROUP BY (benchmarks/bench_store.py).
         WITH RECURSIVE agents(a) AS (
             (SELECT s.agent_name FROM ml_observability_spans s ORDER BY s.agent_name LIMIT 1)
             UNION ALL
