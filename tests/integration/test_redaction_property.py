@@ -11,8 +11,9 @@ invalid *because of* a secret-bearing value, so its rejection reason would echo 
 goes through the agent's delivery path (``_deliver``: the compiled graph with a
 ``ConnectorContext`` on a SQLite store, and the agent's log line per rejected span).
 
-Every sink adds what it sent to :func:`texts_that_left_the_process`; the Opik receiver's
-captured request bodies belong there too (see ``EGRESS_SOURCES``).
+Every sink adds what it sent to :func:`texts_that_left_the_process`: the store's rows and raw
+files, log lines, the returned state, and every span and trace body the local Opik receiver got
+(the real ``opik`` REST client sending over HTTP to 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ from hypothesis import strategies as st
 from src.agents.ml_foundation.observability_connector.agent import ObservabilityConnectorAgent
 from src.agents.ml_foundation.observability_connector.config import ObservabilitySettings, load_registry
 from src.agents.ml_foundation.observability_connector.runtime import ConnectorContext
+from src.mlops import OpikConfig, OpikConnector
 from src.repositories.observability_span import ObservabilitySpanRepository
 from src.repositories.sqlite import SQLiteSpanRepository
+from tests.fixtures.opik_receiver import OpikReceiver
 
 #: Extra places a sink delivered to, each a callable yielding (where, bytes). The Opik engineer
 #: appends the local receiver's captured (un-gzipped) request bodies here.
@@ -205,11 +208,33 @@ class _Payload:
         return self.event
 
 
-def test_planted_secrets_never_leave_and_nothing_crashes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def _receiver_bodies(receiver: OpikReceiver) -> Callable[[], Iterable[tuple[str, bytes]]]:
+    def read() -> Iterable[tuple[str, bytes]]:
+        with receiver.lock:
+            spans = list(receiver.spans.values())
+            traces = list(receiver.traces.values())
+            patches = list(receiver.span_patches) + list(receiver.trace_patches)
+        for body in spans:
+            yield "Opik span body", repr(body).encode()
+        for body in traces:
+            yield "Opik trace body", repr(body).encode()
+        for body in patches:
+            yield "Opik patch body", repr(body).encode()
+
+    return read
+
+
+def test_planted_secrets_never_leave_and_nothing_crashes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, opik_receiver: OpikReceiver
+) -> None:
     db = tmp_path / "property.db"
     store = ObservabilitySpanRepository(SQLiteSpanRepository(db))
-    context = ConnectorContext(store=store, settings=ObservabilitySettings(), registry=load_registry())
+    opik = OpikConnector(
+        OpikConfig(url=opik_receiver.url, request_timeout_s=2.0, wait_s=2.0), tier_names=load_registry().tier_names
+    )
+    context = ConnectorContext(store=store, settings=ObservabilitySettings(), registry=load_registry(), opik=opik)
     agent = ObservabilityConnectorAgent(context=context, start=False)
+    EGRESS_SOURCES.append(_receiver_bodies(opik_receiver))
     loop = asyncio.new_event_loop()
     seen = {"examples": 0, "stored": 0}
 
@@ -228,6 +253,7 @@ def test_planted_secrets_never_leave_and_nothing_crashes(tmp_path: Path, caplog:
         caplog.clear()
         with caplog.at_level(logging.DEBUG, logger="src"):
             loop.run_until_complete(agent._deliver([_Payload(e) for e in events]))  # type: ignore[list-item]
+            assert loop.run_until_complete(opik.wait_until_sent(10.0)), opik.get_status()
         state = agent.last_batch_state
         assert state is not None and state["db_writes_successful"] is True
         assert any(e.startswith(f"event[{len(events) - 1}]") for e in state["emission_errors"])
@@ -241,9 +267,14 @@ def test_planted_secrets_never_leave_and_nothing_crashes(tmp_path: Path, caplog:
     try:
         check()
     finally:
+        EGRESS_SOURCES.clear()
+        opik.close(1.0)
         loop.run_until_complete(store.close())
         loop.close()
     assert seen["examples"] >= 20 and seen["stored"] > 0
+    with sqlite3.connect(db) as conn:
+        distinct = conn.execute("SELECT COUNT(*) FROM ml_observability_spans").fetchone()[0]
+    assert len(opik_receiver.spans) == distinct > 0  # the Opik path really carried every stored span
 
 
 def test_the_egress_helper_sees_a_leak(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
