@@ -139,3 +139,24 @@ def test_close_delivers_everything_queued() -> None:
 def test_invalid_sizes_are_rejected() -> None:
     with pytest.raises(ValueError):
         SpanCollector(max_queue=0)
+
+
+def test_a_full_buffer_applies_bounded_back_pressure_instead_of_dropping() -> None:
+    sink = Recorder()
+    flusher = BatchFlusher(sink, batch_size=50, max_wait=60, max_queue=100, full_wait_s=5.0)
+    flusher.start()
+    for i in range(5_000):  # 50x the buffer, produced as fast as the loop goes
+        flusher.submit(rec(i))
+    assert flusher.flush_sync(timeout=10)
+    assert flusher.collector.dropped == 0
+    assert flusher.collector.waited > 0
+    assert sum(len(b) for b in sink.batches) == 5_000
+    flusher.close(5)
+
+
+def test_without_back_pressure_a_full_buffer_drops_and_counts(caplog: pytest.LogCaptureFixture) -> None:
+    collector = SpanCollector(max_queue=3, batch_size=100, full_wait_s=0.0)
+    with caplog.at_level(logging.ERROR):
+        for i in range(5):
+            collector.append(rec(i))
+    assert collector.dropped == 2 and collector.waited == 0

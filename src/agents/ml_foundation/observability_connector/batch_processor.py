@@ -32,11 +32,25 @@ Deliver = Callable[[list[SpanRecord]], Awaitable[Any]]
 class SpanCollector:
     """A bounded buffer of finished spans.
 
-    When the buffer is full the span goes to ``overflow`` (the on-disk spool once it is
-    configured) or, without one, is counted as dropped and logged — never silently lost.
+    When the buffer is full the producer gets bounded back-pressure: it yields the GIL in short
+    sleeps (no I/O, no lock) for at most ``full_wait_s`` so the flusher can move spans to the
+    sinks or the on-disk spool, which is what keeps memory bounded under a burst. Only if the
+    buffer is still full after that is the span counted as dropped and logged — never silently.
+    ``overflow``, when given, takes the span instead.
     """
 
-    __slots__ = ("_batch_size", "_max", "_overflow", "_queue", "_wake", "accepted", "dropped")
+    __slots__ = (
+        "_batch_size",
+        "_full_wait_s",
+        "_max",
+        "_overflow",
+        "_queue",
+        "_wake",
+        "accepted",
+        "consumer_thread",
+        "dropped",
+        "waited",
+    )
 
     def __init__(
         self,
@@ -44,6 +58,7 @@ class SpanCollector:
         batch_size: int = 100,
         wake: Callable[[], None] | None = None,
         overflow: Callable[[SpanRecord], None] | None = None,
+        full_wait_s: float = 0.0,
     ) -> None:
         if max_queue < 1 or batch_size < 1:
             raise ValueError("max_queue and batch_size must be positive")
@@ -52,8 +67,11 @@ class SpanCollector:
         self._batch_size = batch_size
         self._wake = wake
         self._overflow = overflow
+        self._full_wait_s = full_wait_s
         self.dropped = 0
         self.accepted = 0
+        self.waited = 0  # producers that had to wait for room (back-pressure events)
+        self.consumer_thread: int | None = None  # the flusher never waits on itself
 
     def append(self, span: SpanRecord) -> None:
         queue = self._queue
@@ -70,16 +88,26 @@ class SpanCollector:
         if self._overflow is not None:
             self._overflow(span)
             return
+        if self._wake is not None:
+            self._wake()
+        if self._full_wait_s > 0 and threading.get_ident() != self.consumer_thread:
+            self.waited += 1
+            deadline = time.monotonic() + self._full_wait_s
+            queue, limit = self._queue, self._max
+            while len(queue) >= limit and time.monotonic() < deadline:
+                time.sleep(0.0002)  # releases the GIL to the flusher; no I/O, no lock
+            if len(queue) < limit:
+                queue.append(span)
+                self.accepted += 1
+                return
         self.dropped += 1
         if self.dropped == 1 or self.dropped % 1000 == 0:
             log.error(
                 "span buffer full (%d spans): %d span(s) dropped so far; raise batching.max_queue_size "
-                "or enable the spool",
+                "or batching.full_wait_s, or check the spool's disk",
                 self._max,
                 self.dropped,
             )
-        if self._wake is not None:
-            self._wake()
 
     def drain(self, limit: int) -> list[SpanRecord]:
         queue = self._queue
@@ -126,6 +154,7 @@ class BatchFlusher:
         max_drain_batch: int | None = None,
         on_stop: Callable[[], Awaitable[Any]] | None = None,
         on_start: Callable[[], Awaitable[Any]] | None = None,
+        full_wait_s: float = 0.0,
     ) -> None:
         self._deliver = deliver
         self.batch_size = batch_size
@@ -136,7 +165,9 @@ class BatchFlusher:
         self.shutdown_timeout = shutdown_timeout
         self._async_wake: asyncio.Event | None = None
         self._wake_pending = False
-        self.collector = SpanCollector(max_queue, batch_size, wake=self._wake, overflow=overflow)
+        self.collector = SpanCollector(
+            max_queue, batch_size, wake=self._wake, overflow=overflow, full_wait_s=full_wait_s
+        )
         self.stats = FlusherStats()
         self._flush_waiters: list[Future[None]] = []
         self._waiters_lock = threading.Lock()
@@ -227,6 +258,7 @@ class BatchFlusher:
     # -- the background thread ----------------------------------------------------------
 
     def _run(self) -> None:
+        self.collector.consumer_thread = threading.get_ident()
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         self._async_wake = asyncio.Event()

@@ -63,6 +63,9 @@ class BatchingSettings(_Section):
     max_batch_wait_s: float = Field(5.0, gt=0, le=3600)
     max_queue_size: int = Field(10_000, ge=1)
     max_drain_batch_size: int = Field(1000, ge=1, le=100_000)
+    # Back-pressure: with the buffer full, a producer waits up to this long for room (the flusher
+    # is moving spans to the sinks or the spool) before the span is counted as dropped; 0: never wait.
+    full_wait_s: float = Field(0.25, ge=0, le=60)
     shutdown_timeout_s: float = Field(5.0, ge=0, le=600)
     # Durability: a batch a sink cannot take now waits on disk and is replayed per sink.
     spool_enabled: bool = True
