@@ -80,7 +80,6 @@ from src.agents.ml_foundation.observability_connector.models import (
     LatencyStats,
     ObservabilitySpan,
     QualityMetrics,
-    quality_score,
 )
 from src.repositories.base import (
     BatchInsertResult,
@@ -995,26 +994,7 @@ class PostgresSpanRepository(SpanStore):
         )
         total, n_ok, n_error, n_started, n_fallback, p50, p95, p99, avg_d = rows[0]
         total, n_ok, n_error, n_started, n_fallback = map(int, (total, n_ok, n_error, n_started, n_fallback))
-        finished = n_ok + n_error
-        success_rate = n_ok / finished if finished else 1.0
-        error_rate = n_error / finished if finished else 0.0
-        fallback_rate = n_fallback / total if total else 0.0
-        return QualityMetrics(
-            time_window=window,
-            total_spans=total,
-            ok_count=n_ok,
-            error_count=n_error,
-            started_count=n_started,
-            success_rate=success_rate,
-            error_rate=error_rate,
-            p50_latency_ms=p50,
-            p95_latency_ms=p95,
-            p99_latency_ms=p99,
-            avg_latency_ms=avg_d,
-            fallback_count=n_fallback,
-            fallback_rate=fallback_rate,
-            quality_score=quality_score(success_rate, p95, fallback_rate),
-        )
+        return QualityMetrics.from_counts(window, total, n_ok, n_error, n_started, n_fallback, p50, p95, p99, avg_d)
 
 
 # --------------------------------------------------------------------------- migrations

@@ -76,7 +76,6 @@ from src.agents.ml_foundation.observability_connector.models import (
     LatencyStats,
     ObservabilitySpan,
     QualityMetrics,
-    quality_score,
 )
 from src.repositories.base import (
     BatchInsertResult,
@@ -794,25 +793,17 @@ class SupabaseSpanRepository(SpanStore):
         n_ok = _int(row.get("ok_count"))
         n_error = _int(row.get("error_count"))
         n_fallback = _int(row.get("fallback_count"))
-        p95 = _float(row.get("p95_ms"))
-        finished = n_ok + n_error
-        success_rate = n_ok / finished if finished else 1.0
-        fallback_rate = n_fallback / total if total else 0.0
-        return QualityMetrics(
-            time_window=window,
-            total_spans=total,
-            ok_count=n_ok,
-            error_count=n_error,
-            started_count=_int(row.get("started_count")),
-            success_rate=success_rate,
-            error_rate=n_error / finished if finished else 0.0,
-            p50_latency_ms=_float(row.get("p50_ms")),
-            p95_latency_ms=p95,
-            p99_latency_ms=_float(row.get("p99_ms")),
-            avg_latency_ms=_float(row.get("avg_ms")),
-            fallback_count=n_fallback,
-            fallback_rate=fallback_rate,
-            quality_score=quality_score(success_rate, p95, fallback_rate),
+        return QualityMetrics.from_counts(
+            window,
+            total,
+            n_ok,
+            n_error,
+            _int(row.get("started_count")),
+            n_fallback,
+            _float(row.get("p50_ms")),
+            _float(row.get("p95_ms")),
+            _float(row.get("p99_ms")),
+            _float(row.get("avg_ms")),
         )
 
 

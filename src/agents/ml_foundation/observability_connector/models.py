@@ -277,6 +277,45 @@ class QualityMetrics(BaseModel):
     fallback_rate: float
     quality_score: float
 
+    @classmethod
+    def from_counts(
+        cls,
+        window: str,
+        total: int,
+        ok: int,
+        error: int,
+        started: int,
+        fallback: int,
+        p50: float | None,
+        p95: float | None,
+        p99: float | None,
+        avg: float | None,
+    ) -> QualityMetrics:
+        """The one place rates and the score are derived from a store's counts (every backend).
+
+        Success and error rates are over finished spans (1.0 / 0.0 when none has finished yet);
+        the fallback rate is over all spans.
+        """
+        finished = ok + error
+        success_rate = ok / finished if finished else 1.0
+        fallback_rate = fallback / total if total else 0.0
+        return cls(
+            time_window=window,
+            total_spans=total,
+            ok_count=ok,
+            error_count=error,
+            started_count=started,
+            success_rate=success_rate,
+            error_rate=error / finished if finished else 0.0,
+            p50_latency_ms=p50,
+            p95_latency_ms=p95,
+            p99_latency_ms=p99,
+            avg_latency_ms=avg,
+            fallback_count=fallback,
+            fallback_rate=fallback_rate,
+            quality_score=quality_score(success_rate, p95, fallback_rate),
+        )
+
 
 def quality_score(success_rate: float, p95_ms: float | None, fallback_rate: float) -> float:
     """0.6 × success + 0.3 × latency score (1 at p95 ≤ 10 s → 0 at 30 s) + 0.1 × (1 − fallback)."""
