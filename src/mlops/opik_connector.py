@@ -249,6 +249,7 @@ class _Entry:
         "solo",
         "span_count",
         "spans",
+        "spool_id",
         "traces",
     )
 
@@ -276,6 +277,35 @@ class _Entry:
         self.attempts = 0
         self.parts_done: set[str] = set()
         self.solo = kind != "spans"  # True: never joined with its neighbours into one request
+        self.spool_id: int | None = None  # set when this batch also waits on disk (sink "opik")
+
+    def to_record(self) -> dict[str, Any]:
+        """The batch as one JSON record for the on-disk spool (already converted and encoded)."""
+        spans = self.spans.decode() if isinstance(self.spans, bytes) else self.spans
+        return {
+            "encoded": isinstance(self.spans, bytes),
+            "spans": spans,
+            "traces": self.traces,
+            "span_count": self.span_count,
+            "obs_ids": self.obs_ids,
+            "first_start": self.first_start,
+            "last_start": self.last_start,
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], spool_id: int) -> _Entry:
+        spans = record["spans"].encode() if record.get("encoded") else record["spans"]
+        entry = cls(
+            "spans",
+            spans=spans,
+            traces=record.get("traces") or [],
+            span_count=int(record["span_count"]),
+            obs_ids=record.get("obs_ids") or [],
+            first_start=record.get("first_start"),
+            last_start=record.get("last_start"),
+        )
+        entry.spool_id = spool_id
+        return entry
 
     def resolve(self, outcome: BatchOutcome) -> None:
         if not self.future.done():
@@ -292,6 +322,7 @@ class OpikStats:
     batches_rejected: int = 0
     spans_rejected: int = 0
     spans_overflowed: int = 0
+    spans_spilled: int = 0  # moved from the in-memory backlog to the on-disk spool
     spans_unsent_at_close: int = 0
     feedback_sent: int = 0
     last_error: str | None = None
@@ -327,6 +358,12 @@ class OpikConnector:
         self._tier_names: Mapping[int, str] = tier_names or {}
         self._backlog: deque[_Entry] = deque()
         self._backlog_spans = 0
+        # Durability: batches pushed out of the bounded in-memory backlog (and those left at
+        # close) wait in the connector's on-disk spool under sink "opik" and come back in order
+        # of age once Opik answers again, so an outage or a restart costs Opik nothing.
+        self._spool: Any = None
+        self._spooled_in_memory: set[int] = set()
+        self._last_refill = 0.0
         self._in_flight: list[_Entry] = []
         self._lock = threading.Lock()
         self._start_lock = threading.RLock()
@@ -377,6 +414,82 @@ class OpikConnector:
         )
 
     # -- the sink (called by the graph's batch node) -------------------------------------
+
+    def attach_spool(self, spool: Any) -> None:
+        """Spill what the backlog cannot hold to ``spool`` (a ``Spool``) instead of dropping it."""
+        self._spool = spool
+
+    def _spill(self, entries: list[_Entry], why: str) -> list[_Entry]:
+        """Write batches to the spool (those not already there); returns the ones that could not be."""
+        spool = self._spool
+        if spool is None:
+            return entries
+        failed: list[_Entry] = []
+        spilled = 0
+        for entry in entries:
+            if entry.kind != "spans":
+                failed.append(entry)
+                continue
+            if entry.spool_id is None:
+                try:
+                    spool.append([entry.to_record()], ["opik"])
+                except Exception as exc:  # the disk failed too: fall back to counting the loss
+                    log.error("could not spill an Opik batch to the spool: %s", exc)
+                    failed.append(entry)
+                    continue
+            else:
+                self._spooled_in_memory.discard(entry.spool_id)  # back on disk only, reloaded later
+            spilled += entry.span_count
+        if spilled:
+            self.stats.spans_spilled += spilled
+            log.warning(
+                "%d span(s) for Opik moved to the on-disk spool (%s); they are sent when Opik answers", spilled, why
+            )
+        return failed
+
+    def _refill_from_spool(self) -> None:
+        """With the circuit closed and room in the backlog, bring spooled batches back (oldest first)."""
+        spool = self._spool
+        closed = self.breaker.state is CircuitState.CLOSED
+        if spool is None or (not closed and self._backlog):
+            return  # an open circuit probes with what is in memory; with nothing there, one batch
+        now = time.monotonic()
+        if now - self._last_refill < 0.2:
+            return
+        self._last_refill = now
+        room = self.config.replay_backlog_max_spans // 2 - self._backlog_spans
+        if room <= 0 and self._backlog:
+            return
+        try:
+            batches = spool.pending("opik", limit=64 if closed else 1)
+        except Exception as exc:
+            log.error("reading the Opik spool failed: %s", exc)
+            return
+        entries: list[_Entry] = []
+        for batch in batches:
+            if batch.id in self._spooled_in_memory or not batch.rows:
+                continue
+            entry = _Entry.from_record(batch.rows[0], batch.id)
+            if entry.span_count > room and (entries or self._backlog):
+                break  # an empty backlog always takes one batch, however big
+            room -= entry.span_count
+            self._spooled_in_memory.add(batch.id)
+            entries.append(entry)
+        if entries:
+            with self._lock:
+                for entry in entries:
+                    self._backlog.append(entry)
+                    self._backlog_spans += entry.span_count
+
+    def _settle_spooled(self, entry: _Entry) -> None:
+        """A batch that also waits on disk got its final answer: remove it from the spool."""
+        if entry.spool_id is None or self._spool is None:
+            return
+        self._spooled_in_memory.discard(entry.spool_id)
+        try:
+            self._spool.ack("opik", entry.spool_id)
+        except Exception as exc:  # worst case it is sent once more: ids are deterministic
+            log.error("acknowledging a spooled Opik batch failed: %s", exc)
 
     def submit(self, spans: Sequence[SpanLike], *, wake: bool = False) -> _Ticket:
         """Convert and enqueue; returns at once. Runs on the flusher (or a caller's loop), never an agent's path."""
@@ -465,6 +578,13 @@ class OpikConnector:
                 self._backlog_spans += entry.span_count
                 self.stats.spans_submitted += entry.span_count
             evicted = self._evict_over_bound()
+        if evicted and self._spool is not None:
+            lost = self._spill(evicted, "the in-memory backlog is full")
+            for entry in evicted:
+                if entry not in lost:
+                    entry.resolve(BatchOutcome("retrying", entry.span_count, "moved to the on-disk spool"))
+            evicted = lost
+            self._count_overflow(lost)
         for entry in evicted:
             entry.resolve(BatchOutcome("overflow", entry.span_count, "replay backlog full; oldest batch dropped"))
         if entries:
@@ -486,6 +606,13 @@ class OpikConnector:
             del self._backlog[index]
             self._backlog_spans -= entry.span_count
             evicted.append(entry)
+        if evicted and self._spool is None:  # with a spool, _enqueue spills them to disk instead
+            self._count_overflow(evicted)
+        return evicted
+
+    def _count_overflow(self, evicted: list[_Entry]) -> None:
+        """Batches that left the backlog for good: counted and logged with their time range."""
+        bound = self.config.replay_backlog_max_spans
         if evicted:
             count = sum(e.span_count for e in evicted)
             self.stats.spans_overflowed += count
@@ -508,7 +635,6 @@ class OpikConnector:
                 window["last_start"],
                 self.stats.spans_overflowed,
             )
-        return evicted
 
     # -- the sender (its own thread and event loop) --------------------------------------
 
@@ -608,6 +734,8 @@ class OpikConnector:
         wake = self._wake_event
         assert wake is not None
         while True:
+            if self._spool is not None and not self._closing:
+                self._refill_from_spool()
             with self._lock:
                 unit = self._take_unit()
             if not unit:
@@ -660,6 +788,7 @@ class OpikConnector:
                     self._on_sent(entry)
                 else:
                     self._record_rejection(entry.span_count, reason or "rejected", entry)
+                    self._settle_spooled(entry)  # a rejection is final: never resent
                     entry.resolve(BatchOutcome("rejected", entry.span_count, reason))
             if result == "sent":
                 self.stats.requests_sent += 1
@@ -772,6 +901,7 @@ class OpikConnector:
         return text.replace(key, "[REDACTED]") if key else text
 
     def _on_sent(self, entry: _Entry) -> None:
+        self._settle_spooled(entry)
         if entry.kind == "spans":
             self.stats.spans_sent += entry.span_count
             self.stats.batches_sent += 1
@@ -885,6 +1015,12 @@ class OpikConnector:
             self._backlog.clear()
             self._backlog_spans = 0
             self._closed = True
+        if leftover and self._spool is not None:
+            lost = self._spill(leftover, "the sender is closing")
+            for entry in leftover:
+                if entry not in lost:
+                    entry.resolve(BatchOutcome("retrying", entry.span_count, "kept in the on-disk spool"))
+            leftover = lost
         unsent = sum(e.span_count for e in leftover)
         for entry in leftover:
             entry.resolve(BatchOutcome("closed", entry.span_count, "the Opik sender closed"))

@@ -67,18 +67,21 @@ def settings_for(tmp_path: Path) -> ObservabilitySettings:
 
 
 @pytest.fixture
-async def make_rig(opik_receiver: OpikReceiver, tmp_path: Path) -> AsyncIterator[Callable[[Any], Rig]]:
+async def make_rig(opik_receiver: OpikReceiver, tmp_path: Path) -> AsyncIterator[Callable[..., Rig]]:
     made: list[Rig] = []
 
-    def make(store: Any) -> Rig:
+    def make(store: Any, **opik_overrides: Any) -> Rig:
         settings = settings_for(tmp_path)
-        opik = OpikConnector(OpikConfig(url=opik_receiver.url, **FAST_OPIK), tier_names=REGISTRY.tier_names)
+        config = OpikConfig(url=opik_receiver.url, **{**FAST_OPIK, **opik_overrides})
+        opik = OpikConnector(config, tier_names=REGISTRY.tier_names)
+        delivery = build_store_delivery(store, settings)
+        opik.attach_spool(delivery.spool)  # as ConnectorContext.from_config wires it
         context = ConnectorContext(
             store=store,
             settings=settings,
             registry=REGISTRY,
             opik=opik,
-            store_delivery=build_store_delivery(store, settings),
+            store_delivery=delivery,
         )
         rig = Rig(ObservabilityConnectorAgent(context=context), context, store, opik, opik_receiver)
         made.append(rig)
@@ -134,7 +137,7 @@ async def emit_trace(obs: ObservabilityConnectorAgent, width: int, produced: set
             produced.add((child.trace_id, child.span_id))
 
 
-async def test_100_concurrent_emitters(make_rig: Callable[[Any], Rig], tmp_path: Path) -> None:
+async def test_100_concurrent_emitters(make_rig: Callable[..., Rig], tmp_path: Path) -> None:
     rig = make_rig(sqlite_store(tmp_path))
     produced: set[tuple[str, str]] = set()
     await asyncio.gather(*(emit_trace(rig.obs, 9, produced) for _ in range(100)))
@@ -143,7 +146,7 @@ async def test_100_concurrent_emitters(make_rig: Callable[[Any], Rig], tmp_path:
     await assert_exactly_once(rig, produced)
 
 
-async def test_1000_spans_in_one_batch(make_rig: Callable[[Any], Rig], tmp_path: Path) -> None:
+async def test_1000_spans_in_one_batch(make_rig: Callable[..., Rig], tmp_path: Path) -> None:
     rig = make_rig(sqlite_store(tmp_path))
     t0 = datetime.now(UTC) - timedelta(minutes=1)
     trace_id = "0" * 16 + "1" * 16
@@ -167,7 +170,7 @@ async def test_1000_spans_in_one_batch(make_rig: Callable[[Any], Rig], tmp_path:
     await assert_exactly_once(rig, produced)
 
 
-async def test_opik_outage_and_recovery(make_rig: Callable[[Any], Rig], tmp_path: Path) -> None:
+async def test_opik_outage_and_recovery(make_rig: Callable[..., Rig], tmp_path: Path) -> None:
     rig = make_rig(sqlite_store(tmp_path))
     produced: set[tuple[str, str]] = set()
     for _ in range(20):
@@ -185,7 +188,29 @@ async def test_opik_outage_and_recovery(make_rig: Callable[[Any], Rig], tmp_path
     await assert_exactly_once(rig, produced)
 
 
-async def test_postgres_outage_and_recovery(make_rig: Callable[[Any], Rig], outage_postgres: Any) -> None:
+async def test_an_opik_outage_longer_than_the_backlog_spills_to_disk_and_loses_nothing(
+    make_rig: Callable[..., Rig], tmp_path: Path
+) -> None:
+    """Refused connections while 3,000 spans arrive and the in-memory backlog holds only 300."""
+    rig = make_rig(sqlite_store(tmp_path), replay_backlog_max_spans=300)
+    produced: set[tuple[str, str]] = set()
+    rig.receiver.refuse()
+    for _ in range(300):
+        await emit_trace(rig.obs, 9, produced)
+    await rig.obs.flush(timeout=30)
+    await wait_until(lambda: rig.opik.stats.spans_spilled > 0, 10, "the Opik backlog to spill")
+    status = rig.opik.get_status()
+    assert status["spans_overflowed"] == 0, status  # spilled to disk, not dropped
+    assert rig.context.store_delivery.spool.stats().pending_by_sink.get("opik", 0) > 0
+    rig.receiver.resume()
+    await settle(rig, produced, timeout=60)
+    await wait_until(
+        lambda: not rig.context.store_delivery.spool.stats().pending_by_sink.get("opik"), 30, "the Opik spool to drain"
+    )
+    await assert_exactly_once(rig, produced)
+
+
+async def test_postgres_outage_and_recovery(make_rig: Callable[..., Rig], outage_postgres: Any) -> None:
     """The suite's own throwaway server is stopped mid-run and started again."""
     from src.repositories.postgres import PostgresSpanRepository
 

@@ -50,13 +50,17 @@ class ConnectorContext:
     def from_config(cls, settings: ObservabilitySettings | None = None) -> ConnectorContext:
         settings = settings or load_settings()
         store = build_store(settings)
+        store_delivery = build_store_delivery(store, settings)
+        opik = build_opik(settings)
+        if opik is not None and store_delivery is not None:
+            opik.attach_spool(store_delivery.spool)  # Opik's overflow waits on disk too
         return cls(
             store=store,
-            store_delivery=build_store_delivery(store, settings),
+            store_delivery=store_delivery,
             settings=settings,
             registry=load_registry(),
             cache=MetricsCache(settings.cache),
-            opik=build_opik(settings),
+            opik=opik,
         )
 
 
