@@ -416,8 +416,18 @@ class OpikConnector:
     # -- the sink (called by the graph's batch node) -------------------------------------
 
     def attach_spool(self, spool: Any) -> None:
-        """Spill what the backlog cannot hold to ``spool`` (a ``Spool``) instead of dropping it."""
+        """Spill what the backlog cannot hold to ``spool`` (a ``Spool``) instead of dropping it.
+
+        A backlog a previous process left there is sent as soon as Opik answers.
+        """
         self._spool = spool
+        try:
+            inherited = spool.has_pending("opik")
+        except Exception as exc:
+            log.error("reading the Opik spool failed: %s", exc)
+            inherited = False
+        if inherited:
+            self._ensure_started()
 
     def _spill(self, entries: list[_Entry], why: str) -> list[_Entry]:
         """Write batches to the spool (those not already there); returns the ones that could not be."""

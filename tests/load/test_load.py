@@ -235,3 +235,37 @@ async def test_postgres_outage_and_recovery(make_rig: Callable[..., Rig], outage
         await emit_trace(rig.obs, 9, produced)
     await settle(rig, produced, timeout=90)
     await assert_exactly_once(rig, produced)
+
+
+async def test_opik_spans_left_on_disk_by_a_closed_process_are_sent_by_the_next(
+    opik_receiver: OpikReceiver, tmp_path: Path
+) -> None:
+    """A process closes while Opik is down; the next process with the same spool delivers them."""
+    from src.agents.ml_foundation.observability_connector.spool import Spool
+
+    store = sqlite_store(tmp_path)
+    settings = settings_for(tmp_path)
+    first = OpikConnector(OpikConfig(url=opik_receiver.url, **FAST_OPIK), tier_names=REGISTRY.tier_names)
+    delivery = build_store_delivery(store, settings)
+    first.attach_spool(delivery.spool)
+    context = ConnectorContext(store=store, settings=settings, registry=REGISTRY, opik=first, store_delivery=delivery)
+    obs = ObservabilityConnectorAgent(context=context)
+    produced: set[tuple[str, str]] = set()
+    opik_receiver.refuse()
+    for _ in range(50):
+        await emit_trace(obs, 9, produced)
+    await obs.flush(timeout=30)
+    await obs.aclose()
+    first.close(0.5)
+    assert Spool(tmp_path / "spool.db").stats().pending_by_sink.get("opik", 0) > 0
+
+    opik_receiver.resume()
+    second = OpikConnector(OpikConfig(url=opik_receiver.url, **FAST_OPIK), tier_names=REGISTRY.tier_names)
+    second.attach_spool(Spool(tmp_path / "spool.db"))
+    try:
+        expected = {opik_span_id(t, s) for t, s in produced}
+        await wait_until(lambda: expected <= set(opik_receiver.spans), 30, "the next process to send the spool")
+        assert opik_receiver.duplicate_span_ids() == []
+    finally:
+        second.close(1.0)
+        await store.close()
