@@ -122,8 +122,9 @@ async def main() -> None:
     print(f"  spool: {spool['spans']:,} spans in {spool['batches']:,} batches, {spool['bytes'] / 1e6:.0f} MB on disk")
     opik_status = opik.get_status()
     print(
-        f"  Opik backlog: {opik_status['backlog_spans']:,} spans waiting in memory, "
-        f"{opik_status.get('spans_overflowed', 0):,} overflowed (counted, logged; resend with replay_from_store)"
+        f"  Opik: {opik_status['backlog_spans']:,} spans waiting in memory, "
+        f"{opik_status.get('spans_spilled', 0):,} spilled to the on-disk spool, "
+        f"{opik_status.get('spans_overflowed', 0):,} lost"
     )
 
     # Recovery: the store's folder appears, a receiver listens on Opik's port.
@@ -144,12 +145,19 @@ async def main() -> None:
         deadline = time.monotonic() + args.timeout
         while delivery.backlogged and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
-        await opik.wait_until_sent(max(1.0, deadline - time.monotonic()))
+        while time.monotonic() < deadline and (
+            delivery.spool.stats().pending_by_sink.get("opik") or not await opik.wait_until_sent(1.0)
+        ):
+            await asyncio.sleep(0.2)
         recover_s = time.perf_counter() - t1
         with sqlite3.connect(blocked / "spans.db") as conn:
             stored = conn.execute("SELECT COUNT(*) FROM ml_observability_spans").fetchone()[0]
         print(f"\nrecovery: store has {stored:,} / {args.spans:,} spans after {recover_s:.1f} s")
-        print(f"  Opik sent: {opik.get_status().get('spans_sent', 'n/a')} spans")
+        final = opik.get_status()
+        print(
+            f"  Opik: {final.get('spans_sent', 0):,} spans sent, {final.get('spans_spilled', 0):,} went through the "
+            f"on-disk spool, {final.get('spans_overflowed', 0):,} lost"
+        )
     finally:
         receiver.terminate()
         receiver.wait(10)
