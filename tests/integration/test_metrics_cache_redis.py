@@ -3,7 +3,10 @@
 Hit, miss, expiry, invalidation on insert (precise: only windows the new spans fall in),
 sharing and invalidation across real processes, the write/compute race, and outages: a stopped
 Redis (answers stay correct, one log line, then the cache is used again once it is back) and a
-paused one (an invalidation that could not be delivered is replayed, not lost).
+paused one (an invalidation that could not be delivered is replayed, not lost). Then the
+per-process near-cache in front of Redis: a hit makes no Redis call (INFO commandstats), another
+process's write still reaches it at once (pub/sub), and a killed or gapped subscription never
+leaves a stale answer behind.
 """
 
 from __future__ import annotations
@@ -155,13 +158,14 @@ async def test_an_unreadable_entry_is_a_miss(
     ctx = make_context(redis_server.url, redis_prefix)
     key = ("metrics", ctx.store.describe(), 3600, None, None)
     await write_events(ctx, [_event("s1")])
-    await compute_metrics(ctx, "1h")
     backend = ctx.cache._backend
     from src.agents.ml_foundation.observability_connector.cache import _key_text
 
+    # Written (say) by an incompatible version before this process asked; never kept locally either.
     redis_server.command("SET", backend.entry_key(_key_text(key)), "{not json")  # type: ignore[union-attr]
     value, from_cache, _ = await compute_metrics(ctx, "1h")
     assert not from_cache and value["total_spans_analyzed"] == 1
+    assert (await compute_metrics(ctx, "1h"))[1] is True  # our answer replaced it
 
 
 def _subprocess_env(url: str, prefix: str, db: Path) -> dict[str, str]:
@@ -340,3 +344,163 @@ async def test_nothing_listening_costs_no_exception(redis_prefix: str, make_cont
     await write_events(ctx, [_event("s1")])
     value, from_cache, _ = await compute_metrics(ctx, "1h")
     assert (value["total_spans_analyzed"], from_cache) == (1, False)
+
+
+# --------------------------------------------------------------------------- the near-cache
+
+
+def _near(ctx: ConnectorContext) -> dict[str, Any]:
+    return ctx.cache.get_status()["redis"]["near_cache"]
+
+
+async def _until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting"
+        await asyncio.sleep(0.01)
+
+
+def _redis_commands(server: RedisServer) -> int:
+    """Commands the server has executed, from INFO commandstats (minus INFO and heartbeat PINGs)."""
+    total = 0
+    for line in server.command("INFO", "commandstats").decode().splitlines():
+        if line.startswith("cmdstat_") and not line.startswith(("cmdstat_info:", "cmdstat_ping:")):
+            total += int(line.split("calls=", 1)[1].split(",", 1)[0])
+    return total
+
+
+async def _warm(ctx: ConnectorContext, window: str = "1h") -> dict[str, Any]:
+    """Ask until the answer sits in this process's near-cache (its subscriber starts on first use)."""
+    value, _, _ = await compute_metrics(ctx, window)
+    await _until(lambda: _near(ctx)["live"])
+    await compute_metrics(ctx, window)  # a Redis hit (or our own store) fills the near-cache
+    hits = _near(ctx)["hits"]
+    again, from_cache, _ = await compute_metrics(ctx, window)
+    assert from_cache and again == value and _near(ctx)["hits"] == hits + 1
+    return value
+
+
+async def test_a_near_cache_hit_makes_no_redis_call(
+    private_redis_server: RedisServer, redis_prefix: str, make_context: MakeContext
+) -> None:
+    ctx = make_context(private_redis_server.url, redis_prefix)
+    await write_events(ctx, [_event(f"s{i}") for i in range(3)])
+    first = await _warm(ctx)
+    assert first["total_spans_analyzed"] == 3
+
+    before, hits = _redis_commands(private_redis_server), _near(ctx)["hits"]
+    took = []
+    for _ in range(200):
+        t0 = time.perf_counter()
+        value, from_cache, age = await compute_metrics(ctx, "1h")
+        took.append(time.perf_counter() - t0)
+        assert (value, from_cache) == (first, True) and age >= 0
+    assert _redis_commands(private_redis_server) == before  # not one GET, EVALSHA, anything
+    assert _near(ctx)["hits"] == hits + 200
+    assert sorted(took)[100] < 0.002  # tens of µs in practice; loose for a loaded CI machine
+    value["total_spans_analyzed"] = -1  # a hit is still the caller's own copy
+    assert (await compute_metrics(ctx, "1h"))[0] == first
+
+    # Without the near-cache every hit is a round trip.
+    plain = make_context(private_redis_server.url, redis_prefix)
+    plain.cache._backend.near_enabled = False  # type: ignore[union-attr]
+    assert (await compute_metrics(plain, "1h"))[:2] == (first, True)  # connects (CLIENT SETINFO...)
+    before = _redis_commands(private_redis_server)
+    assert (await compute_metrics(plain, "1h"))[:2] == (first, True)
+    assert _redis_commands(private_redis_server) == before + 1  # the GET
+
+
+async def test_another_process_s_write_reaches_the_near_cache_at_once(
+    redis_server: RedisServer, redis_prefix: str, tmp_path: Path
+) -> None:
+    db = tmp_path / "near.db"
+    settings = ObservabilitySettings(
+        store={"sqlite_path": str(db)}, cache=_cache_settings(redis_server.url, redis_prefix).model_dump()
+    )
+    ctx = ConnectorContext.from_config(settings)
+    try:
+        await write_events(ctx, [_event(f"s{i}") for i in range(4)])
+        assert (await _warm(ctx))["total_spans_analyzed"] == 4
+
+        events = [_event(f"w{i}", agent="explainer") for i in range(3)]
+        writer = subprocess.run(
+            [sys.executable, "-c", _WRITER, json.dumps(events)],
+            env=_subprocess_env(redis_server.url, redis_prefix, db),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert writer.returncode == 0, writer.stderr
+        # No sleep, no retry: the very next question is answered from the store.
+        after, from_cache, _ = await compute_metrics(ctx, "1h")
+        assert (after["total_spans_analyzed"], from_cache) == (7, False)
+        assert after["latency_by_agent"]["explainer"]["count"] == 3
+        assert _near(ctx)["live"] and _near(ctx)["losses"] == 0  # by the message, not by a lost connection
+        await _warm(ctx)  # and it is used again
+    finally:
+        await ctx.cache.aclose()
+        await ctx.store.close()
+
+
+def _foreign_invalidation(server: RedisServer, ctx: ConnectorContext, newest: str) -> None:
+    """What another process's ``ainvalidate`` sends: the same script, the same keys."""
+    from src.agents.ml_foundation.observability_connector.cache import _INVALIDATE_LUA, _INVALIDATION_LOG
+
+    backend: Any = ctx.cache._backend
+    keys = (backend._gen_key, backend._log_key, backend._idx_key)
+    reply = server.command("EVAL", _INVALIDATE_LUA, "3", *keys, newest, str(_INVALIDATION_LOG), backend._channel)
+    assert reply.startswith(b"*2"), reply
+
+
+async def test_a_dropped_pubsub_connection_never_serves_a_stale_answer(
+    private_redis_server: RedisServer, redis_prefix: str, make_context: MakeContext, tmp_path: Path
+) -> None:
+    # The reader resubscribes only after redis_retry_s: long enough to write while it is deaf.
+    reader = make_context(private_redis_server.url, redis_prefix, redis_retry_s=1.5)
+    # "Another process": same database, and its invalidations reach Redis only (see _foreign_invalidation).
+    settings = ObservabilitySettings()
+    writer = ConnectorContext(
+        store=ObservabilitySpanRepository(SQLiteSpanRepository(tmp_path / "shared.db")),
+        settings=settings,
+        registry=REGISTRY,
+        cache=MetricsCache(),
+    )
+    try:
+        await write_events(writer, [_event("s1"), _event("s2")])
+        assert (await _warm(reader))["total_spans_analyzed"] == 2
+
+        killed = private_redis_server.command("CLIENT", "KILL", "TYPE", "pubsub")
+        assert killed.startswith(b":") and int(killed[1:].strip()) >= 1
+        await _until(lambda: not _near(reader)["live"], timeout_s=2)
+        assert _near(reader)["entries"] == 0 and _near(reader)["losses"] == 1
+
+        await write_events(writer, [_event("while-deaf")])
+        _foreign_invalidation(private_redis_server, reader, repr(time.time()))  # published to nobody
+        value, from_cache, _ = await compute_metrics(reader, "1h")
+        assert (value["total_spans_analyzed"], from_cache) == (3, False)
+        assert (await compute_metrics(reader, "1h"))[:2] == (value, True)  # plain Redis meanwhile
+        assert _near(reader)["entries"] == 0  # nothing kept while unsubscribed
+
+        await _until(lambda: _near(reader)["live"], timeout_s=5)  # resubscribed: the near-cache is back
+        assert (await _warm(reader))["total_spans_analyzed"] == 3
+    finally:
+        await writer.store.close()
+
+
+async def test_a_gap_in_the_generations_drops_the_near_cache(
+    redis_server: RedisServer, redis_prefix: str, make_context: MakeContext
+) -> None:
+    """A message this subscriber never saw (e.g. published by a writer while the gap was in
+    flight) is detected by the next generation it hears: everything local is dropped."""
+    ctx = make_context(redis_server.url, redis_prefix)
+    await write_events(ctx, [_event("s1")])
+    await _warm(ctx, "1h")
+    backend: Any = ctx.cache._backend
+    gen = int(redis_server.command("GET", backend._gen_key).split(b"\r\n")[1])
+    _foreign_invalidation(redis_server, ctx, "0")  # gen + 1, 1970: touches no window
+    await _until(lambda: backend._near._last_gen == gen + 1)
+    assert _near(ctx)["entries"] == 1
+    redis_server.command("PUBLISH", backend._channel, f"{gen + 5} 0")  # gen + 2 .. + 4 never heard
+    await _until(lambda: _near(ctx)["entries"] == 0)
+    assert (await compute_metrics(ctx, "1h"))[1] is True  # from Redis: the entry there is fine

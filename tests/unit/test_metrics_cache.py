@@ -177,3 +177,31 @@ async def test_metrics_node_uses_the_cache_and_writes_invalidate_it(
     # A re-sent batch stores nothing, so it invalidates nothing.
     await write_events(ctx, [_event("new", 1)])
     assert (await compute_metrics(ctx, "1h"))[1] is True
+
+
+def test_near_cache_refuses_answers_that_raced_an_invalidation_or_a_lost_subscription() -> None:
+    """The Redis near-cache's bookkeeping, without Redis (the subscriber thread is not started)."""
+    from src.agents.ml_foundation.observability_connector.cache import _NearCache
+
+    near = _NearCache("redis://127.0.0.1:1/0", "ch", max_entries=8, timeout_s=0.1, retry_s=0.1)
+    far = time.time() + 60
+    assert near.token() is None and not near.offer(0, "k", b"1", 0.0, far)  # not subscribed: keeps nothing
+    near.drop_all(live=True)  # what the subscriber does on the server's SUBSCRIBE confirmation
+
+    token = near.token()  # taken before a Redis GET...
+    near.invalidate(time.time())  # ...an invalidation is heard while the reply is in flight...
+    assert not near.offer(token, "k", b"stale", time.time() - HOUR, far)  # ...so the reply is not kept
+    assert near.lookup("k") is None
+
+    token = near.token()
+    assert near.offer(token, "1h", b"a", time.time() - HOUR, far)
+    assert near.offer(near.token(), "24h", b"b", time.time() - DAY, far)
+    assert not near.offer(near.token(), "late", b"c", 0.0, time.time() - 1)  # already past its TTL
+    near.invalidate(time.time() - 3 * HOUR)  # precise, as in Redis: only the 24h answer reaches back
+    assert (near.lookup("1h"), near.lookup("24h")) == (b"a", None)
+
+    token = near.token()
+    near.drop_all(live=False)  # the subscription is lost: nothing local is served or kept
+    assert near.lookup("1h") is None and not near.offer(token, "1h", b"a", 0.0, far)
+    near.drop_all(live=True)  # resubscribed: starts empty
+    assert near.lookup("1h") is None and near.status()["entries"] == 0

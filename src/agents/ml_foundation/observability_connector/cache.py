@@ -34,6 +34,30 @@ the count of failures in between), the answer is computed from the store, and Re
 for ``redis_retry_s`` so an outage does not add a timeout to every question. An invalidation that
 could not be delivered is kept and replayed on the next successful call, so a short blip does not
 leave stale answers behind; a process that dies with one pending leaves them for at most one TTL.
+
+**Near-cache (Redis backend).** A Redis hit is a round trip plus a decode (~170 µs); a dashboard
+asking again and again should not pay it. Each process therefore keeps the Redis answers it has
+seen in a small local cache (:class:`_NearCache`, one per process per Redis URL and key prefix,
+shared by every :class:`MetricsCache` of that process) and invalidates them from Redis pub/sub:
+the invalidation script ``PUBLISH``-es ``"<generation> <newest start>"`` on ``{prefix}:inv:ch``,
+and a daemon thread per near-cache holds a ``SUBSCRIBE`` on it. Correctness never rests on a
+message arriving:
+
+* the near-cache answers only while that subscription is *live*: from the server's confirmation
+  of ``SUBSCRIBE`` until any error, EOF, unanswered heartbeat ``PING``, or gap in the generations
+  it hears; losing it drops every local entry at once, and until the next confirmation every
+  question goes to Redis exactly as without a near-cache (a confirmation drops everything again,
+  so nothing published while unsubscribed can survive);
+* an answer read from (or stored in) Redis enters the near-cache only if no invalidation and no
+  loss of the subscription happened since before the Redis call (a sequence number), so a reply
+  that raced an invalidation is never kept;
+* invalidations by this process (delivered or deferred) drop local entries directly, before and
+  after the Redis call, so a process reads its own writes without waiting for its own message;
+  a pending (undelivered) invalidation, or a Redis failure, bypasses / drops the near-cache.
+
+Across processes an invalidation therefore reaches a near-cache when its pub/sub message does
+(sub-millisecond on a LAN), and a dead or doubtful subscription costs the round trip, never a
+stale answer. A near-cache entry lives no longer than the Redis entry's TTL (``computed_at + ttl``).
 """
 
 from __future__ import annotations
@@ -178,7 +202,7 @@ class _MemoryBackend:
     def describe(self) -> str:
         return "memory"
 
-    async def get(self, key: str) -> bytes | None:
+    async def get(self, key: str, ttl_s: float) -> bytes | None:
         with self._lock:
             found = self._entries.get(key)
             return None if found is None else found[0]
@@ -257,10 +281,11 @@ if ttl < tonumber(ARGV[4]) then redis.call('PEXPIRE', KEYS[3], ARGV[4]) end
 return 1
 """
 
-# KEYS: gen, log, idx. ARGV: newest start ('inf' = everything), log length.
+# KEYS: gen, log, idx. ARGV: newest start ('inf' = everything), log length, pub/sub channel.
 _INVALIDATE_LUA = """
 local gen = redis.call('INCR', KEYS[1])
 redis.call('LPUSH', KEYS[2], gen .. ' ' .. ARGV[1])
+if ARGV[3] then redis.call('PUBLISH', ARGV[3], gen .. ' ' .. ARGV[1]) end
 redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[2]) - 1)
 local upper = ARGV[1]
 if upper == 'inf' then upper = '+inf' end
@@ -269,6 +294,219 @@ for _, key in ipairs(stale) do redis.call('DEL', key) end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', upper)
 return {gen, #stale}
 """
+
+
+# --------------------------------------------------------------------------- near-cache
+
+#: Heartbeat on the pub/sub connection after this much silence; no answer within it = doubt.
+_HEARTBEAT_S = 2.0
+#: How long the subscriber blocks per read (also how soon it notices it should stop).
+_POLL_S = 0.25
+
+
+class _NearCache:
+    """This process's copy of Redis answers, valid only while its pub/sub subscription is live.
+
+    Entries are the Redis payloads (bytes: a hit still decodes, so callers get their own copy),
+    keyed by the key text, each with its window start and a monotonic expiry. ``_seq`` grows with
+    every invalidation and every change of liveness; a fill carries the ``_seq`` taken before its
+    Redis call and is refused if it moved.
+    """
+
+    def __init__(self, url: str, channel: str, max_entries: int, timeout_s: float, retry_s: float) -> None:
+        self.url = url
+        self.channel = channel
+        self._timeout = timeout_s
+        self._retry_s = max(0.05, retry_s)
+        self._lock = threading.Lock()
+        self._entries: TLRUCache[str, tuple[bytes, float, float]] = TLRUCache(
+            maxsize=max_entries, ttu=lambda _key, item, _now: item[2], timer=time.monotonic
+        )
+        self._seq = 0
+        self._live = False
+        self._last_gen: int | None = None
+        self.refs = 0
+        self.hits = 0
+        self.subscriptions = 0
+        self.losses = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+
+    # -- the reader's side
+
+    def lookup(self, key: str) -> bytes | None:
+        with self._lock:
+            if not self._live:
+                return None
+            found = self._entries.get(key)
+            if found is None:
+                return None
+            self.hits += 1
+            return found[0]
+
+    def token(self) -> int | None:
+        """Take before a Redis call whose answer may be kept; None: keep nothing."""
+        with self._lock:
+            return self._seq if self._live else None
+
+    def offer(self, token: int | None, key: str, payload: bytes, window_start: float, expires_at: float) -> bool:
+        """Keep ``payload`` unless something happened since ``token`` was taken (wall-clock expiry)."""
+        if token is None:
+            return False
+        remaining = expires_at - time.time()
+        with self._lock:
+            if not self._live or token != self._seq or remaining <= 0:
+                return False
+            self._entries[key] = (payload, window_start, time.monotonic() + remaining)
+            return True
+
+    def invalidate(self, newest: float) -> None:
+        with self._lock:
+            self._seq += 1
+            for key in [k for k, item in self._entries.items() if item[1] <= newest]:
+                self._entries.pop(key, None)
+
+    def drop_all(self, live: bool | None = None) -> None:
+        with self._lock:
+            self._seq += 1
+            self._entries.clear()
+            if live is not None:
+                self._live = live
+                self._last_gen = None
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            self._entries.expire()
+            return {
+                "live": self._live,
+                "entries": len(self._entries),
+                "hits": self.hits,
+                "subscriptions": self.subscriptions,
+                "losses": self.losses,
+            }
+
+    @property
+    def live(self) -> bool:
+        with self._lock:
+            return self._live
+
+    # -- the subscriber thread
+
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(self._stop,), name=f"metrics-cache-near:{self.channel}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread = None
+        self.drop_all(live=False)
+
+    def _lost(self, why: str) -> None:
+        with self._lock:
+            was_live = self._live
+            self.losses += 1 if was_live else 0
+        self.drop_all(live=False)
+        if was_live:
+            log.info("metrics cache: near-cache off until Redis pub/sub is back (%s)", why)
+
+    def _on_message(self, data: bytes) -> None:
+        gen_text, _, newest_text = data.decode().partition(" ")
+        gen, newest = int(gen_text), float(newest_text)
+        with self._lock:
+            # A gap in the generations means a message this subscription never saw: trust nothing.
+            gap = self._last_gen is not None and gen != self._last_gen + 1
+            self._last_gen = gen
+        if gap:
+            self.drop_all()
+        else:
+            self.invalidate(newest)
+
+    def _run(self, stop: threading.Event) -> None:
+        from redis import Redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        while not stop.is_set():
+            client = pubsub = None
+            try:
+                # No retries: redis-py would reconnect and resubscribe behind our back, hiding a gap.
+                client = Redis.from_url(
+                    self.url,
+                    socket_timeout=self._timeout + _HEARTBEAT_S,
+                    socket_connect_timeout=self._timeout,
+                    retry=Retry(NoBackoff(), 0),
+                    health_check_interval=0,
+                )
+                pubsub = client.pubsub()
+                pubsub.subscribe(self.channel)
+                last_heard = time.monotonic()
+                ping_sent: float | None = None
+                while not stop.is_set():
+                    message = pubsub.get_message(timeout=_POLL_S)
+                    now = time.monotonic()
+                    if message is None:
+                        if ping_sent is not None and now - ping_sent > self._timeout + _HEARTBEAT_S:
+                            raise TimeoutError("no answer to a pub/sub heartbeat")
+                        if ping_sent is None and now - last_heard > _HEARTBEAT_S:
+                            pubsub.ping()
+                            ping_sent = now
+                        continue
+                    last_heard, ping_sent = now, None
+                    kind = message["type"]
+                    if kind == "subscribe" and not stop.is_set():
+                        # (Re)subscribed: whatever was published before this is unknown to us.
+                        with self._lock:
+                            self.subscriptions += 1
+                        self.drop_all(live=True)
+                    elif kind == "message":
+                        self._on_message(message["data"])
+                    elif kind in ("unsubscribe", "punsubscribe"):
+                        raise ConnectionError("unsubscribed")
+            except Exception as exc:  # any doubt: no near-cache until a fresh subscription
+                if not stop.is_set():
+                    self._lost(f"{type(exc).__name__}: {exc}")
+            finally:
+                for closing in (pubsub, client):
+                    if closing is not None:
+                        with contextlib.suppress(Exception):
+                            closing.close()
+            stop.wait(self._retry_s)
+
+
+_NEAR_LOCK = threading.Lock()
+_NEAR: dict[tuple[int, str, str], _NearCache] = {}
+
+
+def _near_acquire(url: str, channel: str, settings: CacheSettings) -> _NearCache:
+    key = (os.getpid(), url, channel)  # after a fork the parent's subscriber thread is not ours
+    with _NEAR_LOCK:
+        near = _NEAR.get(key)
+        if near is None:
+            near = _NearCache(url, channel, settings.max_entries, settings.redis_timeout_s, settings.redis_retry_s)
+            _NEAR[key] = near
+        near.refs += 1
+        near.start()
+        return near
+
+
+def _near_release(near: _NearCache) -> None:
+    with _NEAR_LOCK:
+        near.refs -= 1
+        if near.refs > 0:
+            return
+        _NEAR.pop((near._pid, near.url, near.channel), None)
+    near.stop()
+
+
+def _near_existing(url: str, channel: str) -> _NearCache | None:
+    with _NEAR_LOCK:
+        return _NEAR.get((os.getpid(), url, channel))
 
 
 class _RedisUnavailableError(Exception):
@@ -284,7 +522,7 @@ class _RedisBackend:
 
     name = "redis"
 
-    def __init__(self, settings: CacheSettings, url: str) -> None:
+    def __init__(self, settings: CacheSettings, url: str, near_cache: bool = True) -> None:
         self._url = url
         self._timeout = settings.redis_timeout_s
         self._retry_s = settings.redis_retry_s
@@ -304,6 +542,12 @@ class _RedisBackend:
         self.errors = 0
         self.last_error: str | None = None
         self._pending: float | None = None  # newest start of invalidations not yet delivered
+        self._settings = settings
+        self._channel = f"{tag}:inv:ch"
+        self.near_enabled = near_cache
+        self._near: _NearCache | None = None
+        self._near_release: weakref.finalize | None = None
+        self._near_lock = threading.Lock()
 
     def describe(self) -> str:
         return redact_url(self._url)
@@ -354,7 +598,8 @@ class _RedisBackend:
             pending = self._pending
             if pending is not None:
                 await invalidate_script(
-                    keys=[self._gen_key, self._log_key, self._idx_key], args=[_num(pending), _INVALIDATION_LOG]
+                    keys=[self._gen_key, self._log_key, self._idx_key],
+                    args=[_num(pending), _INVALIDATION_LOG, self._channel],
                 )
                 with self._lock:
                     if self._pending is not None and self._pending <= pending:
@@ -364,6 +609,8 @@ class _RedisBackend:
             raise
         except Exception as exc:  # any failure of the cache must become "compute it", never an error
             self._failed(what, exc)
+            if self._near is not None:  # doubt: nothing local survives a Redis failure
+                self._near.drop_all()
             await self._drop_client()
             raise _RedisUnavailableError from exc
         self._succeeded()
@@ -408,11 +655,55 @@ class _RedisBackend:
         if suppressed:
             log.debug("%d Redis failure(s) were not logged individually", suppressed)
 
+    # -- the near-cache
+
+    def _near_cache(self) -> _NearCache | None:
+        """This process's near-cache for this Redis and prefix (its subscriber starts on first use)."""
+        if not self.near_enabled:
+            return None
+        near = self._near
+        if near is None:
+            with self._near_lock:
+                if self._near is None:
+                    self._near = _near_acquire(self._url, self._channel, self._settings)
+                    # A cache dropped without aclose() still lets its subscriber stop.
+                    self._near_release = weakref.finalize(self, _near_release, self._near)
+                near = self._near
+        return near
+
+    def _near_invalidate(self, newest: float) -> None:
+        """Drop this process's local entries at once (also those of other caches on this Redis)."""
+        near = self._near or _near_existing(self._url, self._channel)
+        if near is not None:
+            near.invalidate(newest)
+
+    def near_status(self) -> dict[str, Any]:
+        near = self._near
+        if near is None:
+            return {"enabled": self.near_enabled, "live": False}
+        return {"enabled": True, **near.status()}
+
     # -- the backend API (every method raises _RedisUnavailableError instead of a Redis error)
 
-    async def get(self, key: str) -> bytes | None:
+    async def get(self, key: str, ttl_s: float) -> bytes | None:
+        near = self._near_cache()
+        token = None
+        # Not while an invalidation of ours is undelivered (the next Redis call delivers it) or
+        # while Redis is failing: then the near-cache is bypassed, as if it did not exist.
+        if near is not None and self._pending is None and time.monotonic() >= self._down_until:
+            payload = near.lookup(key)
+            if payload is not None:
+                return payload
+            token = near.token()
         entry = self.entry_key(key)
-        return await self._call("get", lambda client, _p, _i: client.get(entry))
+        payload = await self._call("get", lambda client, _p, _i: client.get(entry))
+        if payload is not None and token is not None:
+            try:
+                raw = _loads(payload)
+                near.offer(token, key, payload, float(raw["ws"]), float(raw["at"]) + ttl_s)  # type: ignore[union-attr]
+            except (ValueError, KeyError, TypeError):
+                pass  # unreadable: the caller logs it; never kept
+        return payload
 
     async def generation(self) -> int | None:
         raw = await self._call("generation", lambda client, _p, _i: client.get(self._gen_key))
@@ -421,6 +712,8 @@ class _RedisBackend:
     async def put(self, key: str, payload: bytes, ttl_s: float, generation: int, window_start: float) -> bool:
         entry = self.entry_key(key)
         ttl_ms = max(1, int(ttl_s * 1000))
+        near = self._near_cache()
+        token = near.token() if near is not None and self._pending is None else None
         stored = await self._call(
             "put",
             lambda _c, put_script, _i: put_script(
@@ -428,23 +721,30 @@ class _RedisBackend:
                 args=[generation, _num(window_start), payload, ttl_ms, _INVALIDATION_LOG],
             ),
         )
+        if stored and near is not None:
+            near.offer(token, key, payload, window_start, _loads(payload)["at"] + ttl_s)
         return bool(stored)
 
     async def invalidate(self, newest: float) -> int:
+        self._near_invalidate(newest)  # before: no Redis answer read from now on is kept...
         try:
             _gen, dropped = await self._call(
                 "invalidate",
                 lambda _c, _p, invalidate_script: invalidate_script(
-                    keys=[self._gen_key, self._log_key, self._idx_key], args=[_num(newest), _INVALIDATION_LOG]
+                    keys=[self._gen_key, self._log_key, self._idx_key],
+                    args=[_num(newest), _INVALIDATION_LOG, self._channel],
                 ),
             )
         except _RedisUnavailableError:
             self.defer_invalidation(newest)
             raise
+        finally:
+            self._near_invalidate(newest)  # ...and after: nor one read while the script ran
         return int(dropped)
 
     def defer_invalidation(self, newest: float) -> None:
         """Deliver this invalidation with this process's next successful Redis call."""
+        self._near_invalidate(newest)
         with self._lock:
             self._pending = newest if self._pending is None else max(self._pending, newest)
 
@@ -459,10 +759,16 @@ class _RedisBackend:
                 "errors": self.errors,
                 "last_error": self.last_error,
                 "invalidation_pending": self._pending is not None,
+                "near_cache": self.near_status(),
             }
 
     async def aclose(self) -> None:
         """Close this loop's client; clients of other (possibly finished) loops are dropped."""
+        with self._near_lock:
+            self._near = None
+            release, self._near_release = self._near_release, None
+        if release is not None:
+            release()  # at most once; the subscriber stops with the last cache of this process using it
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -492,12 +798,13 @@ class MetricsCache:
     ``ainvalidate`` do what they can. Counters are per process.
     """
 
-    def __init__(self, settings: CacheSettings | None = None) -> None:
+    def __init__(self, settings: CacheSettings | None = None, *, near_cache: bool = True) -> None:
+        """``near_cache=False``: with Redis, every question is a Redis round trip (benchmarks, tests)."""
         self.settings = settings or CacheSettings()
         self._backend: _MemoryBackend | _RedisBackend
         if self.settings.backend == "redis":
             url = self.settings.redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
-            self._backend = _RedisBackend(self.settings, url)
+            self._backend = _RedisBackend(self.settings, url, near_cache=near_cache)
         else:
             self._backend = _MemoryBackend(self.settings)
         self._counts_lock = threading.Lock()
@@ -530,10 +837,11 @@ class MetricsCache:
 
     async def aget(self, key: tuple[Any, ...], window_seconds: float) -> CachedValue | None:
         """The cached answer, or None (absent, expired, invalidated, or the backend is down)."""
-        if self.ttl_for(window_seconds) <= 0:
+        ttl = self.ttl_for(window_seconds)
+        if ttl <= 0:
             return None
         try:
-            payload = await self._backend.get(_key_text(key))
+            payload = await self._backend.get(_key_text(key), ttl)
             entry = None if payload is None else _decode(payload)
         except _RedisUnavailableError:
             entry = None
