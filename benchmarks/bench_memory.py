@@ -96,6 +96,7 @@ async def main() -> None:
         opik=opik,
         store_delivery=build_store_delivery(store, settings),
     )
+    opik.attach_spool(context.store_delivery.spool)  # as ConnectorContext.from_config wires it
     obs = ObservabilityConnectorAgent(context=context)
 
     base = rss_mb()

@@ -27,9 +27,11 @@ Failure handling: a :class:`~src.mlops.circuit_breaker.CircuitBreaker` counts ev
 real outcome; a failed batch stays at the head of the backlog and is retried with backoff, then
 only as the breaker's half-open probe. Rejections (400, 409, 413, 415, 422: the data, not the
 server) are recorded with the server's reason and never retried, so they hold nothing up. The
-backlog is bounded (``replay_backlog_max_spans``): past the bound the oldest batches go, counted
-and logged with their time range — they are in the store, and :meth:`replay_from_store` resends
-them; ids are deterministic (``opik_ids``), so a resend never duplicates anything in Opik.
+in-memory backlog is bounded (``replay_backlog_max_spans``): past the bound the oldest batches
+move to the connector's on-disk spool (sink "opik", :meth:`attach_spool`) and come back once Opik
+answers, also after a restart; without a spool they are dropped, counted and logged with their
+time range — they are in the store, and :meth:`replay_from_store` resends them. Ids are
+deterministic (``opik_ids``), so a resend never duplicates anything in Opik.
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ class OpikConfig:
     request_timeout_s: float = 10.0
     wait_s: float = 1.0
     max_items_per_request: int = 500
-    replay_backlog_max_spans: int = 50_000
+    replay_backlog_max_spans: int = 10_000
     failure_threshold: int = 5
     recovery_timeout_s: float = 30.0
     retry_backoff_s: float = 0.5
@@ -156,7 +158,7 @@ class OpikConfig:
             request_timeout_s=float(_get(section, "request_timeout_s", 10.0)),
             wait_s=float(_get(section, "wait_s", 1.0)),
             max_items_per_request=int(_get(section, "max_items_per_request", 500)),
-            replay_backlog_max_spans=int(_get(section, "replay_backlog_max_spans", 50_000)),
+            replay_backlog_max_spans=int(_get(section, "replay_backlog_max_spans", 10_000)),
             failure_threshold=int(_get(breaker, "failure_threshold", 5)),
             recovery_timeout_s=float(
                 _get(breaker, "recovery_timeout_s", _get(breaker, "recovery_timeout_seconds", 30.0))

@@ -65,7 +65,7 @@ class BatchingSettings(_Section):
     max_drain_batch_size: int = Field(1000, ge=1, le=100_000)
     # Back-pressure: with the buffer full, a producer waits up to this long for room (the flusher
     # is moving spans to the sinks or the spool) before the span is counted as dropped; 0: never wait.
-    full_wait_s: float = Field(0.25, ge=0, le=60)
+    full_wait_s: float = Field(1.0, ge=0, le=60)
     shutdown_timeout_s: float = Field(5.0, ge=0, le=600)
     # Durability: a batch a sink cannot take now waits on disk and is replayed per sink.
     spool_enabled: bool = True
@@ -163,7 +163,7 @@ class OpikSettings(_Section):
     request_timeout_s: float = Field(10.0, gt=0, le=600)  # per attempt of one batch
     wait_s: float = Field(1.0, ge=0, le=60)  # how long the batch node waits to report "sent"; never longer
     max_items_per_request: int = Field(500, ge=1, le=1000)  # Opik accepts at most 1000 per batch request
-    replay_backlog_max_spans: int = Field(50_000, ge=1)  # undelivered spans held for replay; oldest go first
+    replay_backlog_max_spans: int = Field(10_000, ge=1)  # spans held in memory for Opik; beyond: the on-disk spool
     retry_backoff_s: float = Field(0.5, ge=0, le=60)  # first retry of a failed batch; doubles per failure
     retry_backoff_max_s: float = Field(8.0, ge=0, le=600)
 
