@@ -444,7 +444,7 @@ class OpikConnector:
                 continue
             if entry.spool_id is None:
                 try:
-                    spool.append([entry.to_record()], ["opik"])
+                    spool.append([entry.to_record()], ["opik"], n_spans=entry.span_count)
                 except Exception as exc:  # the disk failed too: fall back to counting the loss
                     log.error("could not spill an Opik batch to the spool: %s", exc)
                     failed.append(entry)

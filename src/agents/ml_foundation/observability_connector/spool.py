@@ -111,8 +111,12 @@ class Spool:
 
     # -- writing --------------------------------------------------------------------------
 
-    def append(self, rows: Sequence[dict[str, Any]], sinks: Iterable[str]) -> int:
-        """Persist one batch owed to ``sinks``; returns its id once it is on disk."""
+    def append(self, rows: Sequence[dict[str, Any]], sinks: Iterable[str], n_spans: int | None = None) -> int:
+        """Persist one batch owed to ``sinks``; returns its id once it is on disk.
+
+        ``n_spans`` counts the spans when a row is not one span (Opik keeps a whole encoded
+        batch as one record).
+        """
         sinks = list(dict.fromkeys(sinks))
         if not rows or not sinks:
             raise ValueError("a spooled batch needs at least one row and one sink")
@@ -124,7 +128,7 @@ class Spool:
             try:
                 cur = db.execute(
                     "INSERT INTO spool_batches (created_at, n_spans, n_bytes, payload) VALUES (?, ?, ?, ?)",
-                    (now, len(rows), len(blob), blob),
+                    (now, len(rows) if n_spans is None else n_spans, len(blob), blob),
                 )
                 batch_id = int(cur.lastrowid or 0)
                 db.executemany(
