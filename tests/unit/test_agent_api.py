@@ -234,3 +234,43 @@ def test_exit_hook_is_bounded_when_the_store_hangs(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert elapsed < 15
     assert "did not finish within 1.0s" in done.stderr
+
+
+def test_a_stuck_store_at_shutdown_leaves_the_queued_spans_in_the_spool(tmp_path: Path) -> None:
+    """Shutdown runs out of time behind a hanging store: what is still queued goes to disk."""
+    script = textwrap.dedent(
+        f"""
+        import asyncio, sys
+        sys.path.insert(0, {str(REPO)!r})
+        from src.agents.ml_foundation.observability_connector.agent import ObservabilityConnectorAgent
+        from src.agents.ml_foundation.observability_connector.config import (
+            ObservabilitySettings, build_store_delivery, load_registry)
+        from src.agents.ml_foundation.observability_connector.runtime import ConnectorContext
+
+        class HangingStore:
+            async def insert_spans_batch(self, spans):
+                await asyncio.sleep(3600)
+            def describe(self):
+                return "hanging"
+            async def close(self):
+                pass
+
+        settings = ObservabilitySettings(batching={{
+            "shutdown_timeout_s": 1.0, "max_batch_size": 100, "max_drain_batch_size": 500,
+            "max_batch_wait_s": 60, "sink_timeout_s": 600, "spool_path": {str(tmp_path / "spool.db")!r}}})
+        store = HangingStore()
+        context = ConnectorContext(store=store, settings=settings, registry=load_registry(),
+                                   store_delivery=build_store_delivery(store, settings))
+        obs = ObservabilityConnectorAgent(context=context)
+        for i in range(2000):
+            with obs.span("op", "scope_definer"):
+                pass
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "kept in the spool for the next start" in done.stderr
+    from src.agents.ml_foundation.observability_connector.spool import Spool
+
+    spooled = Spool(tmp_path / "spool.db").stats().spans
+    assert 1000 <= spooled < 2000  # all but the batch stuck inside the store call

@@ -137,6 +137,7 @@ class ObservabilityConnectorAgent:
             max_queue=batching.max_queue_size,
             max_drain_batch=batching.max_drain_batch_size,
             full_wait_s=batching.full_wait_s,
+            on_timeout=self._spool_at_shutdown,
             on_stop=self._stop_background,
             on_start=self._start_background,
             shutdown_timeout=batching.shutdown_timeout_s,
@@ -144,7 +145,12 @@ class ObservabilityConnectorAgent:
         self._submit = self._flusher.collector.append
         self.last_batch_state: dict[str, Any] | None = None
         self.emission_errors_total = 0
-        self._graph: Any = None
+        # Loaded now, not at the first flush: a first flush can happen during interpreter shutdown
+        # (a short script's exit hook), when importing LangGraph's thread-pool users is refused.
+        from .graph import graph as compiled_graph
+        from .nodes import span_emitter  # noqa: F401 - used by _spool_at_shutdown at exit
+
+        self._graph: Any = compiled_graph
         if start:
             self._flusher.start()
 
@@ -353,7 +359,10 @@ class ObservabilityConnectorAgent:
         return self._graph
 
     async def _deliver(self, batch: list[SpanRecord]) -> None:
-        payload = {"events_to_log": [r.to_event() for r in batch], "opik_wait_s": 0.0}  # nobody awaits Opik here
+        # Our own records go in as they are: the span_emitter builds their rows directly (no event
+        # dict, no second validation of values we produced); anything else as its event payload.
+        events = [r if r.__class__ is SpanRecord else r.to_event() for r in batch]
+        payload = {"events_to_log": events, "opik_wait_s": 0.0}  # nobody awaits Opik here
         state = await self.graph.ainvoke(payload, context=self.context)
         errors = state.get("emission_errors") or []
         if errors:
@@ -374,6 +383,30 @@ class ObservabilityConnectorAgent:
         if delivery is not None and delivery.backlogged:
             cache = self.context.cache
             delivery.ensure_replaying(lambda replayed: cache.ainvalidate(s.start_time for s in replayed))
+
+    def _spool_at_shutdown(self, records: list[SpanRecord]) -> int:
+        """Shutdown ran out of time (a sink is stuck): validate, redact and spool what is queued.
+
+        Runs on the closing thread, not the stuck flusher; returns how many spans are now on disk.
+        """
+        delivery = getattr(self.context, "store_delivery", None)
+        if delivery is None:
+            return 0
+        import asyncio
+
+        from .nodes.span_emitter import emit_spans
+
+        class _Runtime:
+            context = self.context
+
+        state = asyncio.run(emit_spans({"events_to_log": records}, _Runtime()))
+        spans = state.get("validated_spans") or []
+        if not spans:
+            return 0
+        # The store's cursor only: Opik's spool records are encoded batches of its own; these spans
+        # reach Opik from the store with OpikConnector.replay_from_store.
+        delivery.spool.append([s.model_dump(mode="json") for s in spans], ["store"])
+        return len(spans)
 
     async def _stop_background(self) -> None:
         """On the flusher's loop, as it stops: end the spool's replay task (its backlog stays on

@@ -155,12 +155,14 @@ class BatchFlusher:
         on_stop: Callable[[], Awaitable[Any]] | None = None,
         on_start: Callable[[], Awaitable[Any]] | None = None,
         full_wait_s: float = 0.0,
+        on_timeout: Callable[[list[SpanRecord]], int] | None = None,
     ) -> None:
         self._deliver = deliver
         self.batch_size = batch_size
         self.max_drain_batch = max(batch_size, max_drain_batch or batch_size * 10)
         self._on_stop = on_stop
         self._on_start = on_start
+        self._on_timeout = on_timeout  # shutdown ran out of time: keep what is still queued
         self.max_wait = max_wait
         self.shutdown_timeout = shutdown_timeout
         self._async_wake: asyncio.Event | None = None
@@ -232,10 +234,19 @@ class BatchFlusher:
         self._thread.join(limit)
         finished = not self._thread.is_alive()
         if not finished:
+            leftover = self.collector.drain(len(self.collector))
+            kept = 0
+            if leftover and self._on_timeout is not None:
+                try:
+                    kept = self._on_timeout(leftover)
+                except Exception:  # the last resort must not raise at exit
+                    log.exception("keeping the queued spans at shutdown failed")
             log.error(
-                "observability flusher did not finish within %.1fs; %d span(s) still queued",
+                "observability flusher did not finish within %.1fs (a sink is stuck); %d queued span(s) kept "
+                "in the spool for the next start, %d lost",
                 limit,
-                len(self.collector),
+                kept,
+                len(leftover) - kept,
             )
         return finished
 
