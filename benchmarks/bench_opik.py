@@ -98,7 +98,11 @@ class Receiver:
 
 def build_connector(url: str | None, db: Path, batch_size: int) -> tuple[Any, Any, Any]:
     from src.agents.ml_foundation.observability_connector.agent import ObservabilityConnectorAgent
-    from src.agents.ml_foundation.observability_connector.config import ObservabilitySettings, load_registry
+    from src.agents.ml_foundation.observability_connector.config import (
+        ObservabilitySettings,
+        build_store_delivery,
+        load_registry,
+    )
     from src.agents.ml_foundation.observability_connector.runtime import ConnectorContext
     from src.mlops import OpikConfig, OpikConnector
     from src.repositories.observability_span import ObservabilitySpanRepository
@@ -109,10 +113,18 @@ def build_connector(url: str | None, db: Path, batch_size: int) -> tuple[Any, An
     if url is not None:
         opik = OpikConnector(OpikConfig(url=url, project_name="bench-ours"), tier_names=registry.tier_names)
     settings = ObservabilitySettings(
-        batching={"max_batch_size": batch_size, "max_batch_wait_s": 0.2, "max_queue_size": 1_000_000}
+        batching={
+            "max_batch_size": batch_size,
+            "max_batch_wait_s": 0.2,
+            "max_queue_size": 1_000_000,
+            "spool_path": str(db.with_suffix(".spool.db")),
+        }
     )
     store = ObservabilitySpanRepository(SQLiteSpanRepository(db))
-    context = ConnectorContext(store=store, settings=settings, registry=registry, opik=opik)
+    delivery = build_store_delivery(store, settings)
+    if opik is not None:
+        opik.attach_spool(delivery.spool)  # the production wiring (ConnectorContext.from_config)
+    context = ConnectorContext(store=store, settings=settings, registry=registry, opik=opik, store_delivery=delivery)
     return ObservabilityConnectorAgent(context=context), opik, store
 
 
@@ -192,7 +204,10 @@ async def sink_alone(receiver: Receiver, spans: int) -> dict[str, float]:
             }
         )
         rows.append(event.to_span(registry.tier_of(event.agent_name)))
-    opik = OpikConnector(OpikConfig(url=receiver.url, project_name="bench-sink"), tier_names=registry.tier_names)
+    # All of them are handed over at once, faster than any sender drains them: the backlog must
+    # hold the whole burst (its default bound, 10,000 spans, would drop the oldest — loudly).
+    config = OpikConfig(url=receiver.url, project_name="bench-sink", replay_backlog_max_spans=max(10_000, 2 * spans))
+    opik = OpikConnector(config, tier_names=registry.tier_names)
     base = receiver.stats()["spans"]
     started = time.perf_counter()
     for start in range(0, spans, 100):

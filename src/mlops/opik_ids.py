@@ -73,6 +73,7 @@ def _trace_ms(trace_id: str) -> int:
     return int(opik_trace_id(trace_id).replace("-", "")[:12], 16)
 
 
+@lru_cache(maxsize=16_384)  # a parent's id is asked for by each of its children, usually in the same batch
 def opik_span_id(trace_id: str, span_id: str) -> str:
     """Opik's id for span ``span_id`` of trace ``trace_id`` (computable by any process)."""
     ms = _trace_ms(trace_id)

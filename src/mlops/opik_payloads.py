@@ -17,7 +17,6 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from enum import Enum
@@ -59,9 +58,10 @@ class SpanLike(Protocol):
 
 def iso(value: datetime) -> str:
     """UTC with a ``Z``: what the server parses without ambiguity."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    tz = value.tzinfo
+    if tz is not UTC:  # rows are built in UTC: the conversion is only for other producers
+        value = value.replace(tzinfo=UTC) if tz is None else value.astimezone(UTC)
+    return value.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def json_safe(value: Any, _depth: int = 0) -> Any:
@@ -77,7 +77,18 @@ def json_safe(value: Any, _depth: int = 0) -> Any:
     if kind is int or kind is bool or value is None:
         return value
     if kind is dict and _depth < _MAX_DEPTH:
-        return {k if type(k) is str else str(k): json_safe(v, _depth + 1) for k, v in value.items()}
+        # The common leaves (short strings, ints, None, finite floats) are copied inline: a call
+        # per leaf was most of this function's cost for a typical span.
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            leaf = type(v)
+            if leaf is str:
+                if len(v) > _MAX_STR:
+                    v = json_safe(v, _depth + 1)
+            elif not (leaf is int or leaf is bool or v is None or (leaf is float and v - v == 0.0)):
+                v = json_safe(v, _depth + 1)
+            out[k if type(k) is str else str(k)] = v
+        return out
     if kind is list and _depth < _MAX_DEPTH:
         return [json_safe(v, _depth + 1) for v in value]
     if isinstance(value, (bool, int)):
@@ -109,9 +120,53 @@ def json_safe(value: Any, _depth: int = 0) -> Any:
     return text[:_MAX_STR]
 
 
+def _checked(value: Any, _depth: int = 0) -> Any:
+    """``json_safe(value)``, but the value itself when it is already plain, limited JSON.
+
+    Rows that went through the redactor are plain JSON already: checking them allocates
+    nothing, where a copy of every dict and list was a good part of a span's conversion cost
+    (and of the garbage collector's work). Anything the check doesn't pass is converted by
+    ``json_safe`` from that level down, so the result is always equal to ``json_safe(value)``.
+    """
+    kind = type(value)
+    if kind is dict:
+        if _depth >= _MAX_DEPTH:
+            return json_safe(value, _depth)
+        for k, v in value.items():
+            if type(k) is not str:
+                return json_safe(value, _depth)
+            leaf = type(v)
+            if leaf is str:
+                if len(v) > _MAX_STR:
+                    return json_safe(value, _depth)
+            elif not (leaf is int or leaf is bool or v is None or (leaf is float and v - v == 0.0)) and (
+                _checked(v, _depth + 1) is not v
+            ):
+                return json_safe(value, _depth)
+        return value
+    if kind is list:
+        if _depth >= _MAX_DEPTH:
+            return json_safe(value, _depth)
+        for v in value:
+            leaf = type(v)
+            if leaf is str:
+                if len(v) > _MAX_STR:
+                    return json_safe(value, _depth)
+            elif not (leaf is int or leaf is bool or v is None or (leaf is float and v - v == 0.0)) and (
+                _checked(v, _depth + 1) is not v
+            ):
+                return json_safe(value, _depth)
+        return value
+    if kind is str:
+        return value if len(value) <= _MAX_STR else json_safe(value, _depth)
+    if kind is int or kind is bool or value is None or (kind is float and value - value == 0.0):
+        return value
+    return json_safe(value, _depth)
+
+
 def _io(value: Any) -> Any:
     """Opik's input/output is an object, a list of objects or a string."""
-    safe = json_safe(value)
+    safe = _checked(value)
     if isinstance(safe, (dict, str)):
         return safe
     if isinstance(safe, list) and all(isinstance(v, dict) for v in safe):
@@ -190,7 +245,7 @@ def span_payload(span: SpanLike, project_name: str, tier_names: Mapping[int, str
         "name": span.operation_name,
         "type": _span_type(span),
         "start_time": iso(span.start_time),
-        "metadata": json_safe(metadata),
+        "metadata": _checked(metadata),  # a new dict: only its values may be shared with the row
         "tags": [f"agent:{span.agent_name}", tier_label(span.agent_tier, tier_names)],
     }
     if span.parent_span_id:
@@ -215,17 +270,44 @@ def span_payload(span: SpanLike, project_name: str, tier_names: Mapping[int, str
     return body
 
 
-@dataclass
 class _TraceSummary:
-    opik_id: str
-    start: datetime
-    end: datetime | None = None
-    agents: set[str] = field(default_factory=set)
-    tiers: set[int] = field(default_factory=set)
-    spans: int = 0
-    errors: int = 0
-    first_name: str = ""
-    root: SpanLike | None = None
+    """What the book keeps per trace: scalars, and the root's converted fields (not the row).
+
+    Lean on purpose: the book holds up to ``max_traces`` of these for as long as they are recent,
+    and every object it keeps is one more for each full garbage collection to walk (and memory
+    under a burst). Agents and tiers are tuples, which the collector stops tracking.
+    """
+
+    __slots__ = ("agents", "end", "errors", "first_name", "opik_id", "root", "spans", "start", "tiers")
+
+    def __init__(self, opik_id: str, start: datetime, first_name: str) -> None:
+        self.opik_id = opik_id
+        self.start = start
+        self.end: datetime | None = None
+        self.agents: tuple[str, ...] = ()
+        self.tiers: tuple[int, ...] = ()
+        self.spans = 0
+        self.errors = 0
+        self.first_name = first_name
+        self.root: _Root | None = None
+
+
+class _Root:
+    """The root span's part of the trace record, converted once when the root arrives."""
+
+    __slots__ = ("agent_name", "end_time", "error_info", "input", "operation_name", "output", "span_id")
+
+    def __init__(self, span: SpanLike) -> None:
+        self.operation_name = span.operation_name
+        self.span_id = span.span_id
+        self.agent_name = span.agent_name
+        self.end_time = span.end_time
+        attrs = span.attributes or {}
+        value = attrs.get("input")
+        self.input = _io(value) if value is not None else None
+        value = attrs.get("output")
+        self.output = _io(value) if value is not None else None
+        self.error_info = _error_info(span)
 
 
 class TraceBook:
@@ -253,9 +335,7 @@ class TraceBook:
             for span in spans:
                 summary = book.get(span.trace_id)
                 if summary is None:
-                    summary = _TraceSummary(
-                        opik_trace_id(span.trace_id), span.start_time, first_name=span.operation_name
-                    )
+                    summary = _TraceSummary(opik_trace_id(span.trace_id), span.start_time, span.operation_name)
                     book[span.trace_id] = summary
                     if len(book) > self.max_traces:
                         book.popitem(last=False)
@@ -266,13 +346,15 @@ class TraceBook:
                     summary.first_name = span.operation_name
                 if span.end_time is not None and (summary.end is None or span.end_time > summary.end):
                     summary.end = span.end_time
-                summary.agents.add(span.agent_name)
-                summary.tiers.add(span.agent_tier)
+                if span.agent_name not in summary.agents:
+                    summary.agents += (span.agent_name,)
+                if span.agent_tier not in summary.tiers:
+                    summary.tiers += (span.agent_tier,)
                 summary.spans += 1
                 if span.status == "error":
                     summary.errors += 1
                 if span.parent_span_id is None:
-                    summary.root = span
+                    summary.root = _Root(span)
                 touched[span.trace_id] = summary
             updated_at = iso(now or datetime.now(UTC))
             return [self._trace_body(trace_id, s, updated_at) for trace_id, s in touched.items()]
@@ -300,14 +382,12 @@ class TraceBook:
             metadata["root_agent"] = root.agent_name
             if root.end_time is not None:
                 body["end_time"] = iso(max(root.end_time, s.end) if s.end is not None else root.end_time)
-            attrs = root.attributes or {}
-            if attrs.get("input") is not None:
-                body["input"] = _io(attrs["input"])
-            if attrs.get("output") is not None:
-                body["output"] = _io(attrs["output"])
-            error = _error_info(root)
-            if error:
-                body["error_info"] = error
+            if root.input is not None:
+                body["input"] = root.input
+            if root.output is not None:
+                body["output"] = root.output
+            if root.error_info:
+                body["error_info"] = root.error_info
         elif s.end is not None:
             body["end_time"] = iso(s.end)
         body["metadata"] = json_safe(metadata)

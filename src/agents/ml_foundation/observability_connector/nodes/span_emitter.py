@@ -23,7 +23,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..config import build_redactor, build_sampler
-from ..models import ObservabilityEvent, ObservabilitySpan, describe_validation_error
+from ..models import (
+    MAX_ID_LENGTH,
+    STATUS_ALIASES,
+    ObservabilityEvent,
+    ObservabilitySpan,
+    _construct_span,
+    describe_validation_error,
+    row_id_for,
+)
 from ..redaction import Redactor, install_log_redaction, redact_text
 from ..runtime import resolve_context
 from ..spans import SpanRecord
@@ -53,19 +61,130 @@ def _validate(payload: dict[str, Any], redactor: Redactor) -> tuple[Observabilit
         return None, redact_text(describe_validation_error(exc, cleaned))
 
 
-def _roots(validated: list[tuple[int, dict[str, Any], ObservabilityEvent]]) -> dict[str, str]:
+def _event_id(value: object) -> bool:
+    """What ``EventId`` accepts, checked without pydantic: a non-blank str of 1..64 characters."""
+    return type(value) is str and 0 < len(value) <= MAX_ID_LENGTH and not value.isspace()
+
+
+def _from_record(record: SpanRecord, tier_of: Any, created_at: datetime) -> ObservabilitySpan | None:
+    """The row for a span recorded in this process, built directly (None: take the full path).
+
+    Our own ``SpanRecord`` objects need no event dict and no pydantic model: every field has a
+    known type that is checked here with the exact rules of ``ObservabilityEvent`` and
+    ``to_span``. Anything those rules would convert or reject (an odd status, a name over 64
+    characters, a non-string key, an end before the start ...) returns None, and the record
+    goes through ``to_event`` and full validation instead, so its reason reads the same.
+    Redaction and sampling apply to these rows like to any other.
+    """
+    span_id = record.span_id
+    trace_id = record.trace_id
+    agent_name = record.agent_name
+    operation = record.operation_name
+    if not (_event_id(span_id) and _event_id(trace_id) and _event_id(agent_name) and _event_id(operation)):
+        return None
+    parent = record.parent_span_id
+    if parent == "":
+        parent = None
+    elif parent is not None and not (type(parent) is str and len(parent) <= MAX_ID_LENGTH and parent.strip()):
+        return None
+    start_ns = record.start_ns
+    end_ns = record.end_ns
+    if type(start_ns) is not int or (end_ns is not None and (type(end_ns) is not int or end_ns < start_ns)):
+        return None
+    status = STATUS_ALIASES.get(record.status) if type(record.status) is str else None
+    if status is None or status != record.status:  # an alias or an unknown value: the full path
+        return None
+    error = record.error_message
+    error_type = record.error_type
+    model = record.llm_model
+    if not (
+        (error is None or type(error) is str)
+        and (error_type is None or type(error_type) is str)
+        and (model is None or type(model) is str)
+        and type(record.sampled) is bool
+    ):
+        return None
+    input_tokens = record.input_tokens
+    output_tokens = record.output_tokens
+    total = record.total_tokens
+    for tokens in (input_tokens, output_tokens, total):
+        if tokens is not None and (type(tokens) is not int or tokens < 0):
+            return None
+    source = record.attributes
+    if type(source) is not dict:
+        return None
+    for key in source:
+        if type(key) is not str:
+            return None
+    attributes = dict(source)
+    if not record.sampled:
+        attributes["trace_sampled_out"] = True
+    if record.input_data is not None:
+        attributes.setdefault("input", record.input_data)
+    if record.output_data is not None:
+        attributes.setdefault("output", record.output_data)
+    if total is None and (input_tokens is not None or output_tokens is not None):
+        total = (input_tokens or 0) + (output_tokens or 0)
+    if error_type is None and status == "error" and error:
+        error_type = "Error"
+    fromtimestamp = datetime.fromtimestamp
+    return _construct_span(
+        id=row_id_for(trace_id, span_id),
+        span_id=span_id,
+        trace_id=trace_id,
+        parent_span_id=parent,
+        operation_name=operation,
+        agent_name=agent_name,
+        agent_tier=tier_of(agent_name),
+        start_time=fromtimestamp(start_ns / 1e9, tz=UTC),
+        end_time=None if end_ns is None else fromtimestamp(end_ns / 1e9, tz=UTC),
+        duration_ms=None if end_ns is None else (end_ns - start_ns) / 1e6,
+        status=status,
+        error_type=error_type,
+        error_message=error,
+        attributes=attributes,
+        llm_model=model,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        total_tokens=total,
+        events=record.events if record._events else [],
+        created_at=created_at,
+    )
+
+
+class _Candidate:
+    """One accepted span before sampling: the validated event, or the row built from a record."""
+
+    __slots__ = ("agent_name", "event", "index", "parent_span_id", "payload", "sampled", "span", "started_at",
+                 "status", "trace_id")  # fmt: skip
+
+    def __init__(self, index: int, payload: Any, event: ObservabilityEvent | None, span: Any, sampled: Any) -> None:
+        source = event if event is not None else span
+        self.index = index
+        self.payload = payload
+        self.event = event
+        self.span = span
+        self.trace_id: str = source.trace_id
+        self.parent_span_id: str | None = source.parent_span_id
+        self.agent_name: str = source.agent_name
+        self.started_at: datetime = event.started_at if event is not None else span.start_time
+        self.status: str = source.status
+        self.sampled: bool | None = sampled
+
+
+def _roots(validated: list[_Candidate]) -> dict[str, str]:
     """The agent that started each trace whose root span is in this batch.
 
     Several parentless spans in one trace (flat lists from callers that send no parent ids):
     the earliest, then the smallest agent name, so the choice does not depend on batch order.
     """
     best: dict[str, tuple[datetime, str]] = {}
-    for _, _, event in validated:
-        if event.parent_span_id is None:
-            candidate = (event.started_at, event.agent_name)
-            current = best.get(event.trace_id)
+    for item in validated:
+        if item.parent_span_id is None:
+            candidate = (item.started_at, item.agent_name)
+            current = best.get(item.trace_id)
             if current is None or candidate < current:
-                best[event.trace_id] = candidate
+                best[item.trace_id] = candidate
     return {trace_id: agent for trace_id, (_, agent) in best.items()}
 
 
@@ -87,8 +206,14 @@ async def emit_spans(state: ObservabilityConnectorState, runtime: Any = None) ->
     sampled_out = 0
     now = datetime.now(UTC)
 
-    validated: list[tuple[int, dict[str, Any], ObservabilityEvent]] = []
+    validated: list[_Candidate] = []
+    tier_of = registry.tier_of
     for index, raw in enumerate(events):
+        if raw.__class__ is SpanRecord:
+            span = _from_record(raw, tier_of, now)  # type: ignore[arg-type]
+            if span is not None:
+                validated.append(_Candidate(index, raw, None, span, raw.sampled))  # type: ignore[union-attr]
+                continue
         payload = raw.to_event() if isinstance(raw, SpanRecord) else raw
         if not isinstance(payload, dict):
             errors.append(f"event[{index}]: expected an object with span fields, got {type(payload).__name__}")
@@ -97,24 +222,32 @@ async def emit_spans(state: ObservabilityConnectorState, runtime: Any = None) ->
         if event is None:
             errors.append(f"event[{index}] {reason}")
             continue
-        validated.append((index, payload, event))
+        validated.append(_Candidate(index, payload, event, None, event.sampled))
 
     roots = _roots(validated)
-    for index, payload, event in validated:
-        decided = event.sampled
-        if decided is None and incoming_trace is not None and event.trace_id == incoming_trace:
+    for item in validated:
+        decided = item.sampled
+        if decided is None and incoming_trace is not None and item.trace_id == incoming_trace:
             decided = bool(incoming_sampled)
-        if not sampler.decide(event.trace_id, roots.get(event.trace_id), decided, cap):
-            if not sampler.keep(False, event.status):
+        if not sampler.decide(item.trace_id, roots.get(item.trace_id), decided, cap):
+            if not sampler.keep(False, item.status):
                 sampled_out += 1
                 continue
-            event.attributes = {**(event.attributes or {}), "trace_sampled_out": True}
-        try:
-            span = event.to_span(registry.tier_of(event.agent_name), created_at=now)
-        except (ValidationError, ValueError) as exc:
-            reason = describe_validation_error(exc, payload) if isinstance(exc, ValidationError) else str(exc)
-            errors.append(f"event[{index}] {redact_text(reason)}")
-            continue
+            if item.event is not None:
+                item.event.attributes = {**(item.event.attributes or {}), "trace_sampled_out": True}
+            else:
+                item.span.attributes["trace_sampled_out"] = True  # the row's own copy
+        event = item.event
+        if event is None:
+            span = item.span
+        else:
+            try:
+                span = event.to_span(tier_of(event.agent_name), created_at=now)
+            except (ValidationError, ValueError) as exc:
+                payload = item.payload
+                reason = describe_validation_error(exc, payload) if isinstance(exc, ValidationError) else str(exc)
+                errors.append(f"event[{item.index}] {redact_text(reason)}")
+                continue
         spans.append(redactor.redact_span(span))
     return {
         **state,

@@ -1,0 +1,96 @@
+"""The span_emitter builds rows for in-process ``SpanRecord`` objects directly (no event dict, no
+pydantic validation of values we produced). These tests pin that it gives exactly the rows and the
+rejections of the full path (``to_event`` → ``ObservabilityEvent`` → ``to_span``), still redacted
+and sampled like every other row."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from src.agents.ml_foundation.observability_connector.nodes import emit_spans, span_emitter
+from src.agents.ml_foundation.observability_connector.spans import SpanRecord
+
+T0 = time.time_ns()
+
+
+def _record(span_id: str, **changes: Any) -> SpanRecord:
+    record = SpanRecord(span_id, "0" * 31 + "1", changes.pop("parent", None), "execute", "gap_analyzer", T0)
+    for key, value in changes.items():
+        setattr(record, key, value)
+    return record
+
+
+def _records() -> list[SpanRecord]:
+    plain = _record("a1").set_attributes({"segment": "NE", "n": 3, "x": 1.5}).finish(T0 + 2_000_000)
+    io = _record("a2", parent="a1").set_input({"q": "why"}).set_output({"rows": [1, 2]}).finish(T0 + 3_000_000)
+    failed = _record("a3", parent="a1").record_error(ValueError("boom")).finish(T0 + 4_000_000)
+    llm = _record("a4", parent="a1").set_llm("gpt-4o", 812, 95).finish(T0 + 5_000_000)
+    secret = _record("a5", parent="a1").set_attribute("api_key", "sk-live-0123456789abcdef0123").finish(T0 + 1)
+    evented = _record("a6", parent="a1").add_event("retry", {"attempt": 1}, T0 + 10).finish(T0 + 20)
+    unfinished = _record("a7", parent="a1")  # status "started", no end
+    unsampled_error = _record("a8", parent="a1", sampled=False).record_error("bad").finish(T0 + 30)
+    alias = _record("b1", parent="a1").finish(T0 + 40, status="completed")  # an alias: the full path
+    odd_key = _record("b2", parent="a1").set_attributes({1: "int key"}).finish(T0 + 50)  # type: ignore[dict-item]
+    too_long = _record("b3", parent="a1", agent_name="x" * 65).finish(T0 + 60)  # rejected
+    backwards = _record("b4", parent="a1").finish(T0 - 1_000)  # end before start: rejected
+    negative = _record("b5", parent="a1", input_tokens=-1).finish(T0 + 70)  # rejected
+    return [plain, io, failed, llm, secret, evented, unfinished, unsampled_error, alias, odd_key, too_long, backwards,
+            negative]  # fmt: skip
+
+
+class _Wrapped:
+    """Not a SpanRecord: the emitter must take the full path for it (``to_event``)."""
+
+    def __init__(self, record: SpanRecord) -> None:
+        self.record = record
+
+    def to_event(self) -> dict[str, Any]:
+        return self.record.to_event()
+
+
+def _rows(state: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for span in state["validated_spans"]:
+        row = dict(span.__dict__)
+        row.pop("created_at")
+        rows.append(row)
+    return rows
+
+
+async def test_records_give_the_same_rows_and_rejections_as_the_full_path(monkeypatch: Any) -> None:
+    built: list[int] = []
+    real = span_emitter._from_record
+
+    def counting(record: SpanRecord, tier_of: Any, created_at: Any) -> Any:
+        span = real(record, tier_of, created_at)
+        built.append(span is not None)
+        return span
+
+    monkeypatch.setattr(span_emitter, "_from_record", counting)
+    fast = await emit_spans({"events_to_log": _records()})
+    full = await emit_spans({"events_to_log": [record.to_event() for record in _records()]})
+    # Built directly: everything the model would accept unchanged; the alias, the non-string key
+    # and the three invalid ones went the full way.
+    assert built == [True] * 8 + [False] * 5
+    assert _rows(fast) == _rows(full)
+    assert fast["emission_errors"] == full["emission_errors"] and len(fast["emission_errors"]) == 3
+    assert fast["spans_sampled_out"] == full["spans_sampled_out"]
+    by_id = {span.span_id: span for span in fast["validated_spans"]}
+    assert by_id["a5"].attributes["api_key"] != "sk-live-0123456789abcdef0123"  # redacted
+    assert by_id["a8"].attributes["trace_sampled_out"] is True  # an error of a dropped trace, kept
+    assert by_id["a2"].attributes["input"] == {"q": "why"} and by_id["a4"].total_tokens == 907
+
+
+async def test_objects_that_only_look_like_records_take_the_full_path() -> None:
+    records = _records()
+    state = await emit_spans({"events_to_log": [_Wrapped(r).to_event() for r in records]})
+    direct = await emit_spans({"events_to_log": _records()})
+    assert _rows(state) == _rows(direct)
+
+
+async def test_the_callers_attributes_are_not_changed() -> None:
+    record = _record("c1", sampled=False).set_attributes({"k": "v"}).record_error("x").finish(T0 + 1)
+    state = await emit_spans({"events_to_log": [record]})
+    assert record.attributes == {"k": "v"}
+    assert state["validated_spans"][0].attributes == {"k": "v", "trace_sampled_out": True}
