@@ -30,6 +30,8 @@ fi
 .venv/bin/python -m pip install -q -e '.[test]'
 
 .venv/bin/ruff check src tests benchmarks
+.venv/bin/ruff format --check src tests benchmarks
+.venv/bin/mypy src
 # pytest exits 5 when it collects nothing; that must fail CI, never pass silently.
 set +e
 .venv/bin/python -m pytest -q "$@"

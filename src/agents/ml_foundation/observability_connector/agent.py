@@ -78,10 +78,11 @@ class SpanScope:
         self._token = _CURRENT.set(record)
         return record
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        # Returns None: the agent's exception is never swallowed.
         record = self._record
         if record is None:
-            return False
+            return
         record.end_ns = _time_ns()
         if exc is not None:
             record.record_error(exc)
@@ -89,13 +90,12 @@ class SpanScope:
             record.status = "ok"
         reset_current(self._token)
         self._agent._finish(record)
-        return False  # never swallow the agent's exception
 
     async def __aenter__(self) -> SpanRecord:
         return self.__enter__()
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
-        return self.__exit__(exc_type, exc, tb)
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        self.__exit__(exc_type, exc, tb)
 
 
 class ObservabilityConnectorAgent:
@@ -371,8 +371,10 @@ class ObservabilityConnectorAgent:
                 log.warning("span rejected: %s", line)
         # Spooled batches and dead-lettered rows are accounted for; only a batch that neither the
         # store nor the spool took counts as failed.
-        if state.get("db_writes_successful") is False and not state.get("spans_spooled") and not state.get(
-            "events_logged"
+        if (
+            state.get("db_writes_successful") is False
+            and not state.get("spans_spooled")
+            and not state.get("events_logged")
         ):
             raise RuntimeError(state.get("error") or "store write failed")
         self.last_batch_state = state

@@ -617,7 +617,7 @@ async def _synthesize(state: OrchestratorState, config: RunnableConfig) -> dict[
 def orchestrator_graph() -> Any:
     builder = StateGraph(OrchestratorState, context_schema=DemoRuntime)
     builder.add_node("classify_intent", _classify_intent)
-    builder.add_node("dispatch", _dispatch)
+    builder.add_node("dispatch", _dispatch)  # type: ignore[arg-type]  # config + runtime: no stub overload
     builder.add_node("synthesize", _synthesize)
     builder.add_edge(START, "classify_intent")
     builder.add_edge("classify_intent", "dispatch")

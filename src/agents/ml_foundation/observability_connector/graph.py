@@ -7,7 +7,7 @@ about a millisecond, which is ~10 µs per span at a batch of 100.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
@@ -27,10 +27,10 @@ async def wants_metrics(state: ObservabilityConnectorState) -> Literal["metrics_
     """
     if state.get("include_metrics") or not state.get("events_to_log"):
         return "metrics_aggregator"
-    return END
+    return "__end__"  # END
 
 
-def build_graph() -> CompiledStateGraph:  # type: ignore[type-arg]
+def build_graph() -> CompiledStateGraph[Any, Any, Any, Any]:
     builder = StateGraph(ObservabilityConnectorState, context_schema=ConnectorContext, input_schema=InputState)
     builder.add_node("context", manage_context)
     builder.add_node("span_emitter", emit_spans)

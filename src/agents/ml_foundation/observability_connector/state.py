@@ -12,7 +12,7 @@ __all__ = ["InputState", "ObservabilityConnectorState"]
 class InputState(TypedDict, total=False):
     """What callers send; everything is optional (an empty input asks for metrics only)."""
 
-    events_to_log: list[dict[str, Any]]
+    events_to_log: list[Any]  # ObservabilityEvent payloads (dicts), or in-process SpanRecords
     time_window: str
     agent_name_filter: str | None
     trace_id_filter: str | None

@@ -19,7 +19,7 @@ __all__ = ["write_batch"]
 log = logging.getLogger(__name__)
 
 
-async def write_batch(state: ObservabilityConnectorState, runtime: Any = None) -> ObservabilityConnectorState:
+async def write_batch(state: ObservabilityConnectorState, runtime: Any = None) -> dict[str, Any]:
     ctx = resolve_context(runtime)
     spans = state.get("validated_spans") or []
     errors = list(state.get("emission_errors") or [])
@@ -91,7 +91,7 @@ async def _through_spool(
     errors: list[str],
     base: dict[str, Any],
     opik_job: asyncio.Task[dict[str, Any]] | None,
-) -> ObservabilityConnectorState:
+) -> dict[str, Any]:
     """Store write with the spool behind it: a batch the store can't take now is kept on disk
     and replayed in order, so it counts as logged (durably accepted), not as lost."""
     delivery = ctx.store_delivery

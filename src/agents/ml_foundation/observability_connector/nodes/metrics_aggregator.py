@@ -104,7 +104,7 @@ async def compute_metrics(
     return value, False, 0.0
 
 
-async def aggregate_metrics(state: ObservabilityConnectorState, runtime: Any = None) -> ObservabilityConnectorState:
+async def aggregate_metrics(state: ObservabilityConnectorState, runtime: Any = None) -> dict[str, Any]:
     ctx = resolve_context(runtime)
     window = state.get("time_window") or DEFAULT_WINDOW
     try:
