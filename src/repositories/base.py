@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Final, Literal
 
 from src.agents.ml_foundation.observability_connector.models import (
     LatencyStats,
@@ -20,6 +20,8 @@ from src.agents.ml_foundation.observability_connector.models import (
 )
 
 __all__ = [
+    "COLUMNS",
+    "TABLE",
     "WINDOW_FORMS",
     "BaseRepository",
     "BatchInsertResult",
@@ -36,6 +38,10 @@ __all__ = [
     "parse_window",
     "window_start",
 ]
+
+#: The table every backend writes, and its columns in the order of :class:`ObservabilitySpan`.
+TABLE: Final = "ml_observability_spans"
+COLUMNS: Final[tuple[str, ...]] = tuple(ObservabilitySpan.model_fields)
 
 GroupBy = Literal["agent", "tier", "all"]
 ProgressCallback = Callable[[int], None]

@@ -82,6 +82,8 @@ from src.agents.ml_foundation.observability_connector.models import (
     QualityMetrics,
 )
 from src.repositories.base import (
+    COLUMNS,
+    TABLE,
     BatchInsertResult,
     GroupBy,
     ProgressCallback,
@@ -93,7 +95,7 @@ from src.repositories.base import (
     StoreUnavailableError,
     window_start,
 )
-from src.repositories.sqlite import _dumps as _json_text  # one JSON policy (NaN, cycles, odd types) for all
+from src.repositories.json_text import json_text as _json_text  # one JSON policy (NaN, cycles, odd types) for all
 
 __all__ = [
     "SCHEMA_PATH",
@@ -107,31 +109,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-TABLE: Final = "ml_observability_spans"
 SCHEMA_PATH: Final = Path(__file__).resolve().parents[2] / "database" / "ml" / "mlops_tables.sql"
 
-COLUMNS: Final[tuple[str, ...]] = (
-    "id",
-    "span_id",
-    "trace_id",
-    "parent_span_id",
-    "operation_name",
-    "agent_name",
-    "agent_tier",
-    "start_time",
-    "end_time",
-    "duration_ms",
-    "status",
-    "error_type",
-    "error_message",
-    "attributes",
-    "llm_model",
-    "input_tokens",
-    "output_tokens",
-    "total_tokens",
-    "events",
-    "created_at",
-)
 _COLS: Final = ", ".join(COLUMNS)
 _SELECT_COLS: Final = ", ".join("id::text AS id" if c == "id" else c for c in COLUMNS)
 
@@ -375,32 +354,7 @@ def _lean_table_row(span: ObservabilitySpan) -> tuple[Any, ...]:
 
 def _lean_stage_row(n: int, span: ObservabilitySpan) -> tuple[Any, ...]:
     """:func:`_lean_table_row` with the row number in front, for the staging table."""
-    d = span.__dict__
-    attributes = d["attributes"]
-    events = d["events"]
-    return (
-        n,
-        d["id"],
-        d["span_id"],
-        d["trace_id"],
-        d["parent_span_id"],
-        d["operation_name"],
-        d["agent_name"],
-        d["agent_tier"],
-        d["start_time"],
-        d["end_time"],
-        d["duration_ms"],
-        d["status"],
-        d["error_type"],
-        d["error_message"],
-        _fast_json(attributes, "{}"),
-        d["llm_model"],
-        d["input_tokens"],
-        d["output_tokens"],
-        d["total_tokens"],
-        _fast_json(events, "[]"),
-        d["created_at"],
-    )
+    return (n, *_lean_table_row(span))
 
 
 def _row_to_span(row: Sequence[Any]) -> ObservabilitySpan:

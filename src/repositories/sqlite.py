@@ -28,21 +28,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal
+from datetime import UTC, datetime, timedelta
 from functools import partial
-from json.encoder import c_make_encoder as _c_make_encoder  # type: ignore[attr-defined]
-from json.encoder import encode_basestring_ascii as _encode_str  # type: ignore[attr-defined]
 from pathlib import Path
 from time import monotonic, sleep
 from typing import Any, Final, Literal, TypeVar
-
-from pydantic import BaseModel
 
 from src.agents.ml_foundation.observability_connector.models import (
     LatencyStats,
@@ -50,45 +44,26 @@ from src.agents.ml_foundation.observability_connector.models import (
     QualityMetrics,
 )
 from src.repositories.base import (
+    COLUMNS,
+    TABLE,
     BatchInsertResult,
     GroupBy,
     ProgressCallback,
     SpanStore,
     window_start,
 )
+from src.repositories.json_text import json_text as _dumps
+from src.repositories.json_text import safe_str as _safe_str
 
 __all__ = ["SCHEMA_VERSION", "TABLE", "SQLiteSpanRepository"]
 
 T = TypeVar("T")
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
-TABLE: Final = "ml_observability_spans"
 SCHEMA_VERSION: Final = 1
 #: Window functions (3.25) and UPSERT's ``DO NOTHING`` (3.24) are what the store relies on.
 _MIN_SQLITE: Final = (3, 25, 0)
 
-COLUMNS: Final[tuple[str, ...]] = (
-    "id",
-    "span_id",
-    "trace_id",
-    "parent_span_id",
-    "operation_name",
-    "agent_name",
-    "agent_tier",
-    "start_time",
-    "end_time",
-    "duration_ms",
-    "status",
-    "error_type",
-    "error_message",
-    "attributes",
-    "llm_model",
-    "input_tokens",
-    "output_tokens",
-    "total_tokens",
-    "events",
-    "created_at",
-)
 _COLS = ", ".join(COLUMNS)
 
 # The unique key (trace_id, span_id) already serves lookups by trace_id, and the composite
@@ -229,92 +204,6 @@ def _ts_or_none(value: datetime | None) -> str | None:
 
 def _parse_ts(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text)
-
-
-def _json_default(value: object) -> object:
-    """Make common non-JSON values readable instead of failing the row (``str`` as last resort)."""
-    if isinstance(value, Decimal):
-        return float(value) if value.is_finite() else str(value)
-    if isinstance(value, datetime | date | time):
-        return value.isoformat()
-    if isinstance(value, set | frozenset):
-        return list(value)
-    if isinstance(value, bytes | bytearray):
-        return bytes(value).decode("utf-8", "replace")
-    if isinstance(value, BaseModel):
-        try:
-            return value.model_dump(mode="json")
-        except Exception:
-            pass
-    return _safe_str(value)
-
-
-def _safe_str(value: object) -> str:
-    try:
-        return str(value)
-    except Exception:
-        return f"<unprintable {type(value).__name__}>"
-
-
-_MAX_DEPTH: Final = 64
-
-
-def _sanitize(value: object, ancestors: set[int], depth: int) -> object:
-    """Slow path for what ``json.dumps`` refuses: NaN/inf, non-string keys, cycles, deep nesting."""
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if depth >= _MAX_DEPTH:
-        return "<too deep>"
-    if isinstance(value, dict | list | tuple):
-        if id(value) in ancestors:
-            return "<circular>"
-        ancestors.add(id(value))
-        try:
-            if isinstance(value, dict):
-                return {
-                    (k if isinstance(k, str) else _safe_str(k)): _sanitize(v, ancestors, depth + 1)
-                    for k, v in value.items()
-                }
-            return [_sanitize(v, ancestors, depth + 1) for v in value]
-        finally:
-            ancestors.discard(id(value))
-    converted = _json_default(value)
-    if isinstance(converted, str):
-        return converted
-    return _sanitize(converted, ancestors, depth + 1)
-
-
-# Built once: json.dumps() with non-default options constructs a new encoder on every call.
-_ENCODER: Final = json.JSONEncoder(default=_json_default, allow_nan=False, separators=(",", ":"))
-_SAFE_ENCODER: Final = json.JSONEncoder(default=_safe_str, allow_nan=False, separators=(",", ":"))
-# The C encoder behind ``_ENCODER``, built once: ``encode()`` builds a new one on every call, a
-# large part of the cost per row. Same output (ASCII escapes, compact separators, NaN refused,
-# the same default); no cycle bookkeeping: a cycle ends in RecursionError and the slow path.
-_C_ENCODE: Final = (
-    _c_make_encoder(None, _json_default, _encode_str, None, ":", ",", False, False, False) if _c_make_encoder else None
-)
-
-
-def _dumps(value: object, empty: str) -> str:
-    """JSON text that never raises: the fast path handles almost everything, the slow path the rest.
-
-    ``allow_nan=False`` matters: Python would otherwise write ``NaN``, which is not JSON and would
-    make every ``json_extract`` over the table fail.
-    """
-    if value is None:
-        return empty
-    kind = value.__class__
-    try:
-        if kind is dict or kind is list:
-            if not value:  # events are usually []
-                return "[]" if kind is list else "{}"
-            if _C_ENCODE is not None:
-                return "".join(_C_ENCODE(value, 0))
-        return _ENCODER.encode(value)
-    except (TypeError, ValueError, RecursionError):
-        return _SAFE_ENCODER.encode(_sanitize(value, set(), 0))
 
 
 def _float_or_none(value: object) -> float | None:

@@ -78,6 +78,8 @@ from src.agents.ml_foundation.observability_connector.models import (
     QualityMetrics,
 )
 from src.repositories.base import (
+    COLUMNS,
+    TABLE,
     BatchInsertResult,
     GroupBy,
     ProgressCallback,
@@ -94,7 +96,7 @@ from src.repositories.base import (
 
 # The same sanitising as the embedded store, so an odd attribute value (NaN, a set, a cycle)
 # reads back identically from every backend.
-from src.repositories.sqlite import _dumps as _json_text
+from src.repositories.json_text import json_text as _json_text
 
 __all__ = [
     "COLUMNS",
@@ -110,10 +112,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-TABLE: Final = "ml_observability_spans"
-#: Every column, in the model's order; reads name them instead of ``*`` so a column added to the
-#: table later cannot break ``ObservabilitySpan`` validation (it forbids extra fields).
-COLUMNS: Final[tuple[str, ...]] = tuple(ObservabilitySpan.model_fields)
 ON_CONFLICT: Final = "trace_id,span_id"
 #: ``id`` breaks ties so offset pagination never skips or repeats rows with equal start times.
 ORDER_BY: Final[tuple[str, ...]] = ("start_time", "id")
@@ -683,6 +681,8 @@ class SupabaseSpanRepository(SpanStore):
             offset = len(spans)
 
             def request(c: AsyncClient, page: int = page, offset: int = offset) -> Awaitable[Any]:
+                # Named columns, not ``*``: a column added to the table later cannot break
+                # ObservabilitySpan validation (it forbids extra fields).
                 query = c.table(TABLE).select(*COLUMNS)
                 for column, op, value in filters:
                     query = query.filter(column, op, value)

@@ -254,8 +254,8 @@ def test_the_fast_json_encoder_matches_the_shared_policy() -> None:
     """The write path's prebuilt C encoder must give byte-identical JSON to every other backend."""
     from decimal import Decimal
 
+    from src.repositories.json_text import json_text as _dumps
     from src.repositories.postgres import _fast_json
-    from src.repositories.sqlite import _dumps
 
     cyclic: dict[str, Any] = {"a": 1}
     cyclic["self"] = cyclic
