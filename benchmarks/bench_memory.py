@@ -30,7 +30,7 @@ os.environ.setdefault("OPIK_SENTRY_ENABLE", "false")
 os.environ.setdefault("OPIK_ANALYTICS_ENABLE", "false")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from benchmarks.bench_opik import machine  # noqa: E402
+from machine_info import machine  # noqa: E402
 
 
 def rss_mb() -> float:

@@ -32,8 +32,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import random
 import sqlite3
 import statistics
@@ -49,6 +47,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from machine_info import machine  # noqa: E402
+
 from src.agents.ml_foundation.observability_connector.cache import MetricsCache  # noqa: E402
 from src.agents.ml_foundation.observability_connector.config import (  # noqa: E402
     AgentRegistry,
@@ -58,33 +58,12 @@ from src.agents.ml_foundation.observability_connector.config import (  # noqa: E
 )
 from src.agents.ml_foundation.observability_connector.nodes.metrics_aggregator import compute_metrics  # noqa: E402
 from src.agents.ml_foundation.observability_connector.runtime import ConnectorContext  # noqa: E402
-from src.repositories.base import parse_window  # noqa: E402
+from src.repositories.base import COLUMNS, parse_window  # noqa: E402
 from src.repositories.observability_span import ObservabilitySpanRepository  # noqa: E402
-from src.repositories.sqlite import _INSERT, COLUMNS, SQLiteSpanRepository  # noqa: E402
+from src.repositories.sqlite import _INSERT, SQLiteSpanRepository  # noqa: E402
 
 SPREAD = timedelta(days=8)
 UNKNOWN = ("legacy_ranker", "mystery_agent")
-
-
-def machine() -> str:
-    cpu = "unknown cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        kb = int(Path("/proc/meminfo").read_text().split()[1])
-        mem = f", {kb / 1024 / 1024:.0f} GiB RAM"
-    except (OSError, ValueError, IndexError):
-        pass
-    return (
-        f"{platform.python_implementation()} {platform.python_version()} on {cpu}, "
-        f"{os.cpu_count()} cores{mem}, {platform.system()} {platform.release()}"
-    )
 
 
 # --------------------------------------------------------------------------- data

@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -36,26 +34,13 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from machine_info import machine  # noqa: E402
+
 os.environ.setdefault("OPIK_SENTRY_ENABLE", "false")
 os.environ.setdefault("OPIK_ANALYTICS_ENABLE", "false")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("OPIK_CHECK_TLS_CERTIFICATE", "false")
-
-
-def machine() -> str:
-    cpu = "unknown cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = "n/a"
-    with contextlib.suppress(OSError):
-        load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    python = f"{platform.python_implementation()} {platform.python_version()}"
-    return f"{python} on {cpu}, {os.cpu_count()} cores, load average {load} (other work on the machine skews figures)"
 
 
 class Receiver:

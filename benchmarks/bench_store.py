@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
+from machine_info import cpu_model, memory  # noqa: E402
 from psycopg.adapt import Dumper  # noqa: E402
 from psycopg.pq import Format  # noqa: E402
 
@@ -81,20 +82,6 @@ _RAW_BINARY_TYPES = [
 
 
 def machine(dsn: str) -> list[str]:
-    cpu = "unknown cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        kb = int(Path("/proc/meminfo").read_text().split()[1])
-        mem = f", {kb / 1024 / 1024:.0f} GiB RAM"
-    except (OSError, ValueError, IndexError):
-        pass
     with psycopg.connect(dsn) as conn:
         version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
         settings = dict(
@@ -106,7 +93,7 @@ def machine(dsn: str) -> list[str]:
     shared_mb = int(settings.get("shared_buffers", 0)) * 8 // 1024
     return [
         f"{platform.python_implementation()} {platform.python_version()}, psycopg {psycopg.__version__}, "
-        f"on {cpu}, {os.cpu_count()} cores{mem}",
+        f"on {cpu_model()}, {os.cpu_count()} cores{memory()}",
         f"PostgreSQL {version}: fsync={settings.get('fsync')}, "
         f"synchronous_commit={settings.get('synchronous_commit')}, shared_buffers={shared_mb} MB, "
         f"work_mem={settings.get('work_mem')} kB",
