@@ -16,10 +16,9 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
-import math
 import random
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -34,6 +33,7 @@ from src.agents.ml_foundation.observability_connector.models import (
     row_id_for,
 )
 from src.repositories import BatchInsertResult, ObservabilitySpanRepository, SpanStore, SQLiteSpanRepository
+from tests.fixtures.span_rows import assert_stats_equal, make_span, reference_stats
 
 BACKENDS = ["sqlite", "postgres", "supabase"]
 SUPABASE_FACTORY_MODULE = "tests.fixtures.supabase_store"
@@ -89,69 +89,10 @@ async def span_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
 
 # --------------------------------------------------------------------------- helpers
 
-_counter = 0
-
-
-def make_span(
-    *,
-    start: datetime | None = None,
-    agent: str = "gap_analyzer",
-    trace_id: str | None = None,
-    span_id: str | None = None,
-    **fields: Any,
-) -> ObservabilitySpan:
-    global _counter
-    _counter += 1
-    trace_id = trace_id or f"{_counter:032x}"
-    span_id = span_id or f"{_counter:016x}"
-    values: dict[str, Any] = {
-        "id": row_id_for(trace_id, span_id),
-        "span_id": span_id,
-        "trace_id": trace_id,
-        "operation_name": "execute",
-        "agent_name": agent,
-        "agent_tier": AGENTS.get(agent, -1),
-        "start_time": start or datetime.now(UTC) - timedelta(minutes=5),
-        "duration_ms": 12.5,
-        "status": "ok",
-    }
-    values.update(fields)
-    return ObservabilitySpan(**values)
-
 
 def unvalidated(**overrides: Any) -> ObservabilitySpan:
     """A span that slipped past validation (``model_construct`` skips pydantic's checks)."""
     return ObservabilitySpan.model_construct(**{**make_span().model_dump(), **overrides})
-
-
-def percentile_cont(values: Iterable[float], p: float) -> float | None:
-    """Postgres' definition: linear interpolation at position p·(n−1) of the sorted values."""
-    data = sorted(values)
-    if not data:
-        return None
-    pos = p * (len(data) - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(data) - 1)
-    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
-
-
-def reference_stats(key: str, spans: list[ObservabilitySpan]) -> LatencyStats:
-    durations = [s.duration_ms for s in spans if s.duration_ms is not None]
-    ok = sum(s.status == "ok" for s in spans)
-    err = sum(s.status == "error" for s in spans)
-    return LatencyStats(
-        key=key,
-        count=len(spans),
-        avg_ms=sum(durations) / len(durations) if durations else None,
-        p50_ms=percentile_cont(durations, 0.50),
-        p95_ms=percentile_cont(durations, 0.95),
-        p99_ms=percentile_cont(durations, 0.99),
-        error_count=err,
-        error_rate=err / (ok + err) if ok + err else 0.0,
-        input_tokens=sum(s.input_tokens or 0 for s in spans),
-        output_tokens=sum(s.output_tokens or 0 for s in spans),
-        total_tokens=sum(s.total_tokens or 0 for s in spans),
-    )
 
 
 def reference_groups(spans: list[ObservabilitySpan], group_by: str) -> list[LatencyStats]:
@@ -162,19 +103,6 @@ def reference_groups(spans: list[ObservabilitySpan], group_by: str) -> list[Late
     # Tiers numerically; agents in byte order, whatever the server's locale.
     keys = sorted(groups, key=int) if group_by == "tier" else sorted(groups, key=lambda k: k.encode())
     return [reference_stats(k, groups[k]) for k in keys]
-
-
-def assert_stats_equal(actual: list[LatencyStats], expected: list[LatencyStats]) -> None:
-    assert [s.key for s in actual] == [s.key for s in expected]
-    for got, want in zip(actual, expected, strict=True):
-        for name in ("count", "error_count", "input_tokens", "output_tokens", "total_tokens"):
-            assert getattr(got, name) == getattr(want, name), (got.key, name)
-        for name in ("avg_ms", "p50_ms", "p95_ms", "p99_ms", "error_rate"):
-            g, w = getattr(got, name), getattr(want, name)
-            if w is None:
-                assert g is None, (got.key, name)
-            else:
-                assert g == pytest.approx(w, rel=1e-9, abs=1e-9), (got.key, name)
 
 
 def random_spans(rng: random.Random, now: datetime, n: int, *, max_age: timedelta) -> list[ObservabilitySpan]:

@@ -8,12 +8,11 @@ behind an equally wrong expectation.
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 import sqlite3
 import threading
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -22,10 +21,8 @@ from typing import Any
 import pytest
 
 from src.agents.ml_foundation.observability_connector.models import (
-    LatencyStats,
     ObservabilitySpan,
     quality_score,
-    row_id_for,
 )
 from src.repositories import (
     BatchInsertResult,
@@ -33,6 +30,7 @@ from src.repositories import (
     SpanStore,
     SQLiteSpanRepository,
 )
+from tests.fixtures.span_rows import assert_stats_equal, make_span, percentile_cont, reference_stats
 
 AGENTS = {
     "scope_definer": 0,
@@ -42,78 +40,6 @@ AGENTS = {
     "drift_monitor": 3,
     "explainer": 5,
 }
-
-_counter = 0
-
-
-def make_span(
-    *,
-    start: datetime | None = None,
-    agent: str = "gap_analyzer",
-    trace_id: str | None = None,
-    span_id: str | None = None,
-    **fields: Any,
-) -> ObservabilitySpan:
-    global _counter
-    _counter += 1
-    trace_id = trace_id or f"{_counter:032x}"
-    span_id = span_id or f"{_counter:016x}"
-    values: dict[str, Any] = {
-        "id": row_id_for(trace_id, span_id),
-        "span_id": span_id,
-        "trace_id": trace_id,
-        "operation_name": "execute",
-        "agent_name": agent,
-        "agent_tier": AGENTS.get(agent, -1),
-        "start_time": start or datetime.now(UTC) - timedelta(minutes=5),
-        "duration_ms": 12.5,
-        "status": "ok",
-    }
-    values.update(fields)
-    return ObservabilitySpan(**values)
-
-
-def percentile_cont(values: Iterable[float], p: float) -> float | None:
-    """Postgres' definition: linear interpolation at position p·(n−1) of the sorted values."""
-    data = sorted(values)
-    if not data:
-        return None
-    pos = p * (len(data) - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(data) - 1)
-    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
-
-
-def reference_stats(key: str, spans: list[ObservabilitySpan]) -> LatencyStats:
-    durations = [s.duration_ms for s in spans if s.duration_ms is not None]
-    ok = sum(s.status == "ok" for s in spans)
-    err = sum(s.status == "error" for s in spans)
-    return LatencyStats(
-        key=key,
-        count=len(spans),
-        avg_ms=sum(durations) / len(durations) if durations else None,
-        p50_ms=percentile_cont(durations, 0.50),
-        p95_ms=percentile_cont(durations, 0.95),
-        p99_ms=percentile_cont(durations, 0.99),
-        error_count=err,
-        error_rate=err / (ok + err) if ok + err else 0.0,
-        input_tokens=sum(s.input_tokens or 0 for s in spans),
-        output_tokens=sum(s.output_tokens or 0 for s in spans),
-        total_tokens=sum(s.total_tokens or 0 for s in spans),
-    )
-
-
-def assert_stats_equal(actual: list[LatencyStats], expected: list[LatencyStats]) -> None:
-    assert [s.key for s in actual] == [s.key for s in expected]
-    for got, want in zip(actual, expected, strict=True):
-        for field in ("count", "error_count", "input_tokens", "output_tokens", "total_tokens"):
-            assert getattr(got, field) == getattr(want, field), (got.key, field)
-        for field in ("avg_ms", "p50_ms", "p95_ms", "p99_ms", "error_rate"):
-            g, w = getattr(got, field), getattr(want, field)
-            if w is None:
-                assert g is None, (got.key, field)
-            else:
-                assert g == pytest.approx(w, rel=1e-9, abs=1e-9), (got.key, field)
 
 
 @pytest.fixture
