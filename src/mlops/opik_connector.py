@@ -1259,20 +1259,13 @@ def _register_exit(connector: OpikConnector) -> None:
     and ``threading``'s exit hooks run last-registered first, so the flushers hand over their
     final batches before this drains them.
     """
+    from src.agents.ml_foundation.observability_connector.batch_processor import at_exit_before_thread_pools
+
     global _exit_hook_installed
     _live.add(connector)
-    if _exit_hook_installed:
-        return
-    register = getattr(threading, "_register_atexit", None)
-    try:
-        if register is None:
-            raise RuntimeError("no threading atexit hook")
-        register(_close_all_at_exit)
-    except RuntimeError:
-        import atexit
-
-        atexit.register(_close_all_at_exit)
-    _exit_hook_installed = True
+    if not _exit_hook_installed:
+        at_exit_before_thread_pools(_close_all_at_exit)
+        _exit_hook_installed = True
 
 
 def _close_all_at_exit() -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 from .spans import SpanRecord
 
-__all__ = ["BatchFlusher", "FlusherStats", "SpanCollector"]
+__all__ = ["BatchFlusher", "FlusherStats", "SpanCollector", "at_exit_before_thread_pools"]
 
 log = logging.getLogger(__name__)
 
@@ -350,24 +350,28 @@ _live_flushers: weakref.WeakSet[BatchFlusher] = weakref.WeakSet()
 _exit_hook_installed = False
 
 
-def _register_exit(flusher: BatchFlusher) -> None:
-    """Flush at interpreter exit, before the thread pools the sinks use are shut down.
+def at_exit_before_thread_pools(callback: Callable[[], None]) -> None:
+    """Run ``callback`` at interpreter exit, before the thread pools the sinks use are shut down.
 
-    ``threading._register_atexit`` hooks run before ``concurrent.futures`` joins its workers
-    (after which ``asyncio.to_thread`` refuses work); plain ``atexit`` runs too late for that.
+    ``threading._register_atexit`` hooks run (last registered first) before ``concurrent.futures``
+    joins its workers, after which ``asyncio.to_thread`` refuses work; plain ``atexit`` runs too
+    late for that, so it is only the fallback.
     """
-    global _exit_hook_installed
-    _live_flushers.add(flusher)
-    if _exit_hook_installed:
-        return
     register = getattr(threading, "_register_atexit", None)
     try:
         if register is None:
             raise RuntimeError("no threading atexit hook")
-        register(_flush_all_at_exit)
+        register(callback)
     except RuntimeError:
-        atexit.register(_flush_all_at_exit)
-    _exit_hook_installed = True
+        atexit.register(callback)
+
+
+def _register_exit(flusher: BatchFlusher) -> None:
+    global _exit_hook_installed
+    _live_flushers.add(flusher)
+    if not _exit_hook_installed:
+        at_exit_before_thread_pools(_flush_all_at_exit)
+        _exit_hook_installed = True
 
 
 def _flush_all_at_exit() -> None:
