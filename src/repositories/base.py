@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Final, Literal
@@ -21,6 +21,7 @@ from src.agents.ml_foundation.observability_connector.models import (
 
 __all__ = [
     "COLUMNS",
+    "GROUPS",
     "TABLE",
     "WINDOW_FORMS",
     "BaseRepository",
@@ -35,7 +36,9 @@ __all__ = [
     "StoreRequestError",
     "StoreSchemaError",
     "StoreUnavailableError",
+    "check_group_by",
     "parse_window",
+    "status_counts",
     "window_start",
 ]
 
@@ -49,6 +52,23 @@ ProgressCallback = Callable[[int], None]
 _WINDOW_RE = re.compile(r"^\s*(\d+)\s*(m|min|h|d|w)\s*$")
 _UNIT = {"m": "minutes", "min": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 WINDOW_FORMS = "a positive number followed by m, h, d or w, e.g. '30m', '1h', '24h', '7d', '2w'"
+
+
+GROUPS: Final[tuple[str, ...]] = ("agent", "tier", "all")
+
+
+def check_group_by(group_by: str) -> None:
+    """Every backend refuses an unknown grouping the same way."""
+    if group_by not in GROUPS:
+        raise ValueError(f"group_by must be one of {', '.join(GROUPS)}, got {group_by!r}")
+
+
+def status_counts(pairs: Iterable[tuple[str, int]]) -> dict[str, int]:
+    """(status, count) pairs as the distribution every backend returns: all three statuses, zeros included."""
+    distribution = {"ok": 0, "error": 0, "started": 0}
+    for status, count in pairs:
+        distribution[str(status)] = int(count)
+    return distribution
 
 
 def parse_window(window: str) -> timedelta:

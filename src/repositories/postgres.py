@@ -93,6 +93,8 @@ from src.repositories.base import (
     StorePermissionError,
     StoreSchemaError,
     StoreUnavailableError,
+    check_group_by,
+    status_counts,
     window_start,
 )
 from src.repositories.json_text import json_text as _json_text  # one JSON policy (NaN, cycles, odd types) for all
@@ -897,10 +899,7 @@ class PostgresSpanRepository(SpanStore):
             [window_start(window), agent_name, trace_id],
             "reading the status distribution",
         )
-        distribution = {"ok": 0, "error": 0, "started": 0}
-        for status, n in rows:
-            distribution[status] = int(n)
-        return distribution
+        return status_counts(rows)
 
     async def get_latency_stats(
         self,
@@ -910,8 +909,7 @@ class PostgresSpanRepository(SpanStore):
         group_by: GroupBy = "agent",
     ) -> list[LatencyStats]:
         """One entry per group present in the window; keys and semantics as the SQLite backend's."""
-        if group_by not in ("agent", "tier", "all"):
-            raise ValueError(f"group_by must be one of agent, tier, all, got {group_by!r}")
+        check_group_by(group_by)
         rows = await self._fetchall(
             "SELECT key, count, avg_ms, p50_ms, p95_ms, p99_ms, error_count, error_rate, "
             "input_tokens, output_tokens, total_tokens "

@@ -50,6 +50,8 @@ from src.repositories.base import (
     GroupBy,
     ProgressCallback,
     SpanStore,
+    check_group_by,
+    status_counts,
     window_start,
 )
 from src.repositories.json_text import json_text as _dumps
@@ -600,10 +602,7 @@ class SQLiteSpanRepository(SpanStore):
         where, params = _filters(window, agent_name, trace_id)
         sql = f"SELECT status, COUNT(*) FROM {TABLE} WHERE {where} GROUP BY status"
         rows = await self._run(partial(self._fetchall, sql, params))
-        distribution = {"ok": 0, "error": 0, "started": 0}
-        for status, count in rows:
-            distribution[status] = int(count)
-        return distribution
+        return status_counts(rows)
 
     async def get_latency_stats(
         self,
@@ -618,8 +617,7 @@ class SQLiteSpanRepository(SpanStore):
         every status; latency figures only the spans with a duration; ``error_rate`` is errors
         over finished (ok + error) spans.
         """
-        if group_by not in _GROUP_KEYS:
-            raise ValueError(f"group_by must be one of {', '.join(_GROUP_KEYS)}, got {group_by!r}")
+        check_group_by(group_by)
         key_expr, order_by = _GROUP_KEYS[group_by]
         where, params = _filters(window, agent_name, trace_id)
         rows = await self._run(partial(self._fetchall, _stats_sql(key_expr, where, order_by), params))

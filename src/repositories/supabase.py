@@ -91,6 +91,8 @@ from src.repositories.base import (
     StoreRequestError,
     StoreSchemaError,
     StoreUnavailableError,
+    check_group_by,
+    status_counts,
     window_start,
 )
 
@@ -124,7 +126,6 @@ RPC_DELETE_OLD: Final = "obs_delete_old_spans"
 ENV_URL: Final = "SUPABASE_URL"
 ENV_SERVICE_KEY: Final = "SUPABASE_SERVICE_KEY"
 
-_GROUPS: Final = ("agent", "tier", "all")
 #: SQLSTATE classes / PostgREST codes that describe the request or the schema, never one row:
 #: undefined column/table/function, syntax, privileges, and every PostgREST-level error.
 _REQUEST_LEVEL_CODES: Final = ("PGRST", "42")
@@ -752,8 +753,7 @@ class SupabaseSpanRepository(SpanStore):
         trace_id: str | None = None,
         group_by: GroupBy = "agent",
     ) -> list[LatencyStats]:
-        if group_by not in _GROUPS:
-            raise ValueError(f"group_by must be one of {', '.join(_GROUPS)}, got {group_by!r}")
+        check_group_by(group_by)
         params = {**self._rpc_filters(window, agent_name, trace_id), "p_group": group_by}
         rows = await self._rpc_rows(RPC_LATENCY_STATS, params)
         return [
@@ -778,10 +778,7 @@ class SupabaseSpanRepository(SpanStore):
     ) -> dict[str, int]:
         """Always all three statuses, zeros included, like every other backend."""
         rows = await self._rpc_rows(RPC_STATUS_DISTRIBUTION, self._rpc_filters(window, agent_name, trace_id))
-        distribution = {"ok": 0, "error": 0, "started": 0}
-        for row in rows:
-            distribution[str(row["status"])] = _int(row.get("n"))
-        return distribution
+        return status_counts((row["status"], _int(row.get("n"))) for row in rows)
 
     async def get_quality_metrics(
         self, window: str, agent_name: str | None = None, trace_id: str | None = None
