@@ -55,6 +55,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from .circuit_breaker import CircuitBreaker, CircuitState
 from .opik_ids import opik_span_id, opik_trace_id
 from .opik_payloads import SpanLike, TraceBook, feedback_score, iso, span_payload
@@ -120,7 +122,9 @@ class OpikConfig:
     project_name: str = "e2i-causal-analytics"
     request_timeout_s: float = 10.0
     wait_s: float = 1.0
-    max_items_per_request: int = 500
+    max_items_per_request: int = 1000
+    #: Requests sent at once while Opik is healthy (a retry or a probe always goes alone).
+    max_requests_in_flight: int = 2
     replay_backlog_max_spans: int = 10_000
     failure_threshold: int = 5
     recovery_timeout_s: float = 30.0
@@ -157,7 +161,8 @@ class OpikConfig:
             project_name=env.get("OPIK_PROJECT_NAME") or _get(section, "project_name", "e2i-causal-analytics"),
             request_timeout_s=float(_get(section, "request_timeout_s", 10.0)),
             wait_s=float(_get(section, "wait_s", 1.0)),
-            max_items_per_request=int(_get(section, "max_items_per_request", 500)),
+            max_items_per_request=int(_get(section, "max_items_per_request", 1000)),
+            max_requests_in_flight=int(_get(section, "max_requests_in_flight", 2)),
             replay_backlog_max_spans=int(_get(section, "replay_backlog_max_spans", 10_000)),
             failure_threshold=int(_get(breaker, "failure_threshold", 5)),
             recovery_timeout_s=float(
@@ -216,8 +221,27 @@ class BatchOutcome:
     reason: str | None = None
 
 
+_ORJSON_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
+
+
 def _dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    """Compact JSON; datetimes as RFC 3339 UTC with a ``Z`` (span bodies carry them unformatted).
+
+    orjson first: about five times the standard encoder's speed on span bodies, and it formats
+    the datetimes in C, which was a tenth of the flusher's time as ``isoformat`` calls. What it
+    refuses (an integer past 64 bits, a lone surrogate, a non-string key) goes through the
+    standard encoder, so one odd value never costs a batch its delivery.
+    """
+    try:
+        return orjson.dumps(value, option=_ORJSON_OPTIONS)
+    except (TypeError, ValueError):
+        return json.dumps(value, separators=(",", ":"), allow_nan=False, default=_json_default).encode()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return iso(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _gzip(raw: bytes) -> tuple[bytes, bool]:
@@ -520,7 +544,12 @@ class OpikConnector:
             traces = self._book.update(chunk)
             starts = [b["start_time"] for b in bodies]
             encoded: bytes | list[dict[str, Any]] = bodies
-            if self.config.encode_once:
+            if not self.config.encode_once:  # the generated methods and the spool's JSON take strings
+                for body in bodies:
+                    body["start_time"] = iso(body["start_time"])
+                    if "end_time" in body:
+                        body["end_time"] = iso(body["end_time"])
+            else:
                 try:
                     encoded = _dumps(bodies)[1:-1]
                 except (TypeError, ValueError) as exc:  # json_safe makes this unreachable; never lose it silently
@@ -533,8 +562,8 @@ class OpikConnector:
                     traces=traces,
                     span_count=len(bodies),
                     obs_ids=[str(getattr(span, "span_id", "")) for span in chunk[:20]],
-                    first_start=min(starts),
-                    last_start=max(starts),
+                    first_start=iso(min(starts)),
+                    last_start=iso(max(starts)),
                 )
             )
         return self._enqueue(entries, wake)
@@ -722,25 +751,48 @@ class OpikConnector:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), max(seconds, 0.0))
 
-    def _take_unit(self) -> list[_Entry]:
-        """The head batch, joined with the batches behind it up to one request's worth (lock held).
+    def _take_unit(self, start: int = 0) -> list[_Entry]:
+        """The batch at ``start``, joined with the batches behind it up to one request's worth (lock held).
 
         Joining matters when a backlog builds (an outage, a burst, a distant server): one request
-        of 500 spans instead of five of 100 cuts the per-request cost five times; order is kept.
+        of 1,000 spans instead of ten of 100 cuts the per-request cost ten times; order is kept.
         """
-        if not self._backlog:
+        if start >= len(self._backlog):
             return []
-        head = self._backlog[0]
+        head = self._backlog[start]
         unit = [head]
         if head.solo:
             return unit
         room = self.config.max_items_per_request - head.span_count
-        for entry in itertools.islice(self._backlog, 1, None):
+        for entry in itertools.islice(self._backlog, start + 1, None):
             if entry.solo or entry.span_count > room:
                 break
             unit.append(entry)
             room -= entry.span_count
         return unit
+
+    def _take_units(self) -> list[list[_Entry]]:
+        """The next request units from the head (lock held): several only while Opik is healthy.
+
+        With the circuit closed and no failure pending, up to ``max_requests_in_flight`` units
+        go out together, so the server's time on one overlaps our sending of the next (a distant
+        server's round trip would otherwise cap the rate at one request per round trip). A retry,
+        a half-open probe or a unit marked ``solo`` after a rejection goes alone, so failures are
+        counted and retried exactly as one at a time.
+        """
+        first = self._take_unit()
+        if not first:
+            return []
+        units = [first]
+        healthy = self.breaker.state is CircuitState.CLOSED and self.breaker.consecutive_failures == 0
+        taken = len(first)
+        while healthy and len(units) < self.config.max_requests_in_flight and not any(e.attempts for e in units[-1]):
+            unit = self._take_unit(taken)
+            if not unit or any(e.attempts or e.solo for e in unit):
+                break
+            units.append(unit)
+            taken += len(unit)
+        return units
 
     async def _send_loop(self, api: Any, api_error: Any, httpx: Any) -> None:
         wake = self._wake_event
@@ -749,8 +801,8 @@ class OpikConnector:
             if self._spool is not None and not self._closing:
                 self._refill_from_spool()
             with self._lock:
-                unit = self._take_unit()
-            if not unit:
+                units = self._take_units()
+            if not units:
                 if self._closing:
                     return
                 wake.clear()
@@ -769,41 +821,54 @@ class OpikConnector:
                 await self._pause(self.breaker.seconds_until_probe() or 0.01)
                 continue
             with self._lock:
-                self._in_flight = unit
-            for entry in unit:
-                entry.attempts += 1
-            result, reason = await self._attempt(api, api_error, httpx, unit)
+                self._in_flight = [entry for unit in units for entry in unit]
+            for unit in units:
+                for entry in unit:
+                    entry.attempts += 1
+            results = await asyncio.gather(*(self._attempt(api, api_error, httpx, unit) for unit in units))
             with self._lock:
                 self._in_flight = []
-            if result == "failed":
-                self._on_failure(unit, reason)
-                if self.breaker.state is CircuitState.CLOSED:
-                    backoff = self.config.retry_backoff_s * 2 ** max(0, self.breaker.consecutive_failures - 1)
-                    await self._pause(min(backoff, self.config.retry_backoff_max_s))
-                continue
-            self.breaker.record_success()  # a rejection is an answer too: the server is up
-            if self._failure_logged:
-                log.warning("Opik is reachable again at %s; sending the backlog in order", self.config.url)
-                self._failure_logged = False
-            if result == "rejected" and len(unit) > 1:
-                # Which batch is at fault? Each goes alone once; only that one is recorded and dropped.
-                for entry in unit:
-                    entry.solo = True
-                continue
-            with self._lock:
-                for entry in unit:
-                    if self._backlog and self._backlog[0] is entry:
-                        self._backlog.popleft()
-                        self._backlog_spans -= entry.span_count
+            failed = False
+            for unit, (result, reason) in zip(units, results, strict=True):
+                failed = self._settle(unit, result, reason) or failed
+            if failed and self.breaker.state is CircuitState.CLOSED:
+                backoff = self.config.retry_backoff_s * 2 ** max(0, self.breaker.consecutive_failures - 1)
+                await self._pause(min(backoff, self.config.retry_backoff_max_s))
+
+    def _settle(self, unit: list[_Entry], result: str, reason: str | None) -> bool:
+        """Apply one unit's outcome; True when it failed (it stays in the backlog, in its place)."""
+        if result == "failed":
+            self._on_failure(unit, reason)
+            return True
+        self.breaker.record_success()  # a rejection is an answer too: the server is up
+        if self._failure_logged:
+            log.warning("Opik is reachable again at %s; sending the backlog in order", self.config.url)
+            self._failure_logged = False
+        if result == "rejected" and len(unit) > 1:
+            # Which batch is at fault? Each goes alone once; only that one is recorded and dropped.
             for entry in unit:
-                if result == "sent":
-                    self._on_sent(entry)
-                else:
-                    self._record_rejection(entry.span_count, reason or "rejected", entry)
-                    self._settle_spooled(entry)  # a rejection is final: never resent
-                    entry.resolve(BatchOutcome("rejected", entry.span_count, reason))
+                entry.solo = True
+            return False
+        with self._lock:
+            for entry in unit:
+                if self._backlog and self._backlog[0] is entry:
+                    self._backlog.popleft()
+                else:  # a unit behind one that failed: taken out of the middle, order of the rest kept
+                    try:
+                        self._backlog.remove(entry)
+                    except ValueError:
+                        continue
+                self._backlog_spans -= entry.span_count
+        for entry in unit:
             if result == "sent":
-                self.stats.requests_sent += 1
+                self._on_sent(entry)
+            else:
+                self._record_rejection(entry.span_count, reason or "rejected", entry)
+                self._settle_spooled(entry)  # a rejection is final: never resent
+                entry.resolve(BatchOutcome("rejected", entry.span_count, reason))
+        if result == "sent":
+            self.stats.requests_sent += 1
+        return False
 
     def _unit_calls(self, api: Any, api_error: Any, unit: list[_Entry]) -> dict[str, Any]:
         """The requests of one attempt; parts the server already confirmed are not sent again."""

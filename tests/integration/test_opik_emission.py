@@ -470,3 +470,30 @@ async def test_a_rejection_inside_a_joined_request_costs_only_the_bad_batch(make
     delivered = {body["metadata"]["obs_trace_id"] for body in receiver.spans.values()}
     assert delivered == {first, last} and poisoned not in delivered
     assert receiver.duplicate_span_ids() == []
+
+
+async def test_a_slow_server_gets_two_requests_at_once_and_every_span_exactly_once(
+    make_rig: Callable[..., Rig],
+) -> None:
+    """A distant server (every batch answered 0.2 s later): while healthy, two requests overlap,
+    never more than ``max_requests_in_flight``; after an outage retries go one at a time."""
+    rig = make_rig(max_items_per_request=100, request_timeout_s=5.0)
+    receiver = rig.receiver
+    receiver.delay_s = 0.2
+    traces = [make_trace(rig.obs) for _ in range(60)]  # 600 spans: six requests of 100
+    assert await rig.obs.flush(10)
+    assert await rig.opik.wait_until_sent(20)
+    assert receiver.max_active_span_batches == 2
+    await assert_exactly_once(rig, traces)
+
+    receiver.mode = "error"
+    receiver.max_active_span_batches = 0
+    failing = [make_trace(rig.obs) for _ in range(30)]
+    assert await rig.obs.flush(10)
+    await wait_until(lambda: rig.opik.stats.batch_attempts_failed >= 3, 10)
+    receiver.max_active_span_batches = 0  # from here on only retries: they must go alone
+    await wait_until(lambda: rig.opik.stats.batch_attempts_failed >= 5, 10)
+    assert receiver.max_active_span_batches <= 1
+    receiver.recover()
+    await wait_until(lambda: rig.opik.breaker.state is CircuitState.CLOSED and rig.opik.backlog_spans == 0, 20)
+    await assert_exactly_once(rig, traces + failing)

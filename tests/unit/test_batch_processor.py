@@ -160,3 +160,38 @@ def test_without_back_pressure_a_full_buffer_drops_and_counts(caplog: pytest.Log
         for i in range(5):
             collector.append(rec(i))
     assert collector.dropped == 2 and collector.waited == 0
+
+
+class SlowSink:
+    """A sink that waits on I/O (like a COPY's round trips) and records how many batches overlap."""
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.max_active = 0
+        self.spans = 0
+
+    async def __call__(self, batch: list[SpanRecord]) -> None:
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        await asyncio.sleep(0.02)
+        self.spans += len(batch)
+        self.active -= 1
+
+
+@pytest.mark.parametrize("in_flight", [1, 3])
+def test_batches_overlap_up_to_max_in_flight_and_flush_waits_for_all(in_flight: int) -> None:
+    sink = SlowSink()
+    flusher = BatchFlusher(sink, batch_size=100, max_wait=60, max_drain_batch=100, max_in_flight=in_flight)
+    for i in range(1000):
+        flusher.submit(rec(i))
+    flusher.start()
+    assert flusher.flush_sync(timeout=10)
+    assert sink.spans == 1000 and sink.active == 0  # flush returned after the last batch, not the last start
+    assert sink.max_active == in_flight
+    assert flusher.stats.spans_delivered == 1000
+    flusher.close(5)
+
+
+def test_max_in_flight_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_in_flight"):
+        BatchFlusher(Recorder(), max_in_flight=0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pydantic
@@ -47,7 +47,10 @@ def validate(kind: str, body: dict[str, Any]) -> None:
     model = _models()[f"write:{kind}"]
     assert set(body) <= set(model.model_fields), set(body) - set(model.model_fields)
     model.model_validate(body)
-    json.dumps(body, allow_nan=False)
+    from src.mlops.opik_connector import _dumps
+
+    sent = json.loads(_dumps(body))  # what goes over the wire, as the receiver sees it
+    model.model_validate(sent)
 
 
 def test_llm_span_body() -> None:
@@ -73,8 +76,10 @@ def test_llm_span_body() -> None:
     assert body["trace_id"] == opik_trace_id("trace_456")
     assert body["input"] == {"messages": ["hi"]}
     assert body["output"] == "hello"
-    assert body["start_time"] == "2026-11-26T10:00:00.000000Z"
-    assert body["end_time"] == "2026-11-26T10:00:00.812500Z"
+    # Times stay datetimes in UTC; the connector's encoder writes them as RFC 3339 with a Z.
+    assert body["start_time"] == datetime(2026, 11, 26, 10, 0, 0, tzinfo=UTC)
+    assert body["end_time"] == datetime(2026, 11, 26, 10, 0, 0, 812500, tzinfo=UTC)
+    assert body["start_time"].tzinfo is UTC
     assert body["metadata"]["obs_span_id"] == "llm_1"
     assert body["metadata"]["agent_name"] == "gap_analyzer"
     assert "tier:2-causal_analytics" in body["tags"]
@@ -205,3 +210,18 @@ def test_context_from_config_gets_the_process_wide_sink(monkeypatch: pytest.Monk
 def test_bad_opik_settings_name_the_key() -> None:
     with pytest.raises(pydantic.ValidationError, match="max_items_per_request"):
         ObservabilitySettings(opik={"max_items_per_request": 5000})
+
+
+def test_encoder_writes_times_in_utc_with_z_and_never_fails_a_batch_on_an_odd_value() -> None:
+    from src.mlops.opik_connector import _dumps
+
+    plus_two = timezone(timedelta(hours=2))
+    span = make_span(started_at=datetime(2026, 11, 26, 12, 0, 0, 5, tzinfo=plus_two))
+    body = span_payload(span, "p", {})
+    encoded = json.loads(_dumps([body]))[0]
+    assert encoded["start_time"] == "2026-11-26T10:00:00.000005Z"  # converted from +02:00
+    validate("spans", encoded)
+    # What orjson refuses goes through the standard encoder: same JSON, nothing lost.
+    odd = {"big": 2**70, "surrogate": "\ud800", "when": datetime(2026, 1, 1, tzinfo=UTC)}
+    assert json.loads(_dumps(odd)) == {"big": 2**70, "surrogate": "\ud800", "when": "2026-01-01T00:00:00.000000Z"}
+    assert _dumps({"nan": math.nan}) == b'{"nan":null}'  # never a 400 (json_safe upstream makes it "nan")

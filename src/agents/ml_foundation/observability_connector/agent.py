@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from .batch_processor import BatchFlusher
 from .constants import OPIK_PROJECT, OPIK_WORKSPACE
+from .gc_tuning import raise_young_threshold
 from .sampling import Sampler
 from .spans import SpanRecord
 from .trace_context import (
@@ -136,6 +137,7 @@ class ObservabilityConnectorAgent:
             max_wait=batching.max_batch_wait_s,
             max_queue=batching.max_queue_size,
             max_drain_batch=batching.max_drain_batch_size,
+            max_in_flight=batching.max_in_flight,
             full_wait_s=batching.full_wait_s,
             on_timeout=self._spool_at_shutdown,
             on_stop=self._stop_background,
@@ -152,6 +154,7 @@ class ObservabilityConnectorAgent:
 
         self._graph: Any = compiled_graph
         if start:
+            raise_young_threshold(batching.gc_young_threshold)
             self._flusher.start()
 
     # -- contexts -------------------------------------------------------------------------

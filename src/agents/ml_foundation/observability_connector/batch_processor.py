@@ -156,8 +156,15 @@ class BatchFlusher:
         on_start: Callable[[], Awaitable[Any]] | None = None,
         full_wait_s: float = 0.0,
         on_timeout: Callable[[list[SpanRecord]], int] | None = None,
+        max_in_flight: int = 2,
     ) -> None:
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
         self._deliver = deliver
+        self.max_in_flight = max_in_flight
+        # Batches handed to ``deliver`` and not finished: if shutdown times out behind a stuck
+        # sink they are kept with the queued spans (a resend is harmless: writes are idempotent).
+        self._delivering: dict[int, list[SpanRecord]] = {}
         self.batch_size = batch_size
         self.max_drain_batch = max(batch_size, max_drain_batch or batch_size * 10)
         self._on_stop = on_stop
@@ -234,7 +241,8 @@ class BatchFlusher:
         self._thread.join(limit)
         finished = not self._thread.is_alive()
         if not finished:
-            leftover = self.collector.drain(len(self.collector))
+            stuck = [span for batch in list(self._delivering.values()) for span in batch]
+            leftover = stuck + self.collector.drain(len(self.collector))
             kept = 0
             if leftover and self._on_timeout is not None:
                 try:
@@ -321,18 +329,41 @@ class BatchFlusher:
             signalled = bool(self._flush_waiters) or self._stopping or len(self.collector) >= self.batch_size
 
     async def _drain(self, drain_all: bool) -> None:
+        """Deliver what is queued, up to ``max_in_flight`` batches at a time; returns when all are done.
+
+        Why more than one: a batch spends most of its life waiting for a sink (a COPY's round
+        trips and commit, an HTTP answer) while this thread has nothing to do; the next batch's
+        validation and conversion run in that gap. Batches are independent (idempotent writes,
+        per-span ids), so their order between sinks does not matter.
+        """
         collector = self.collector
-        while len(collector) >= self.batch_size or (drain_all and len(collector)):
-            # Under a backlog, take bigger bites: one graph invocation and one sink write
-            # cost about a millisecond whatever the size, so a deep queue drains ~10x faster.
-            depth = len(collector)
-            take = self.batch_size if depth < 2 * self.batch_size else min(depth, self.max_drain_batch)
-            batch = collector.drain(take)
-            if not batch:
-                break
-            await self._deliver_one(batch)
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            while len(collector) >= self.batch_size or (drain_all and len(collector)):
+                if len(in_flight) >= self.max_in_flight:
+                    # Wait for room before taking spans out of the queue: a span is always either
+                    # queued or in a delivery that shutdown knows about (``_delivering``).
+                    _, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                # Under a backlog, take bigger bites: one graph invocation and one sink write
+                # cost about a millisecond whatever the size, so a deep queue drains ~10x faster.
+                depth = len(collector)
+                take = self.batch_size if depth < 2 * self.batch_size else min(depth, self.max_drain_batch)
+                batch = collector.drain(take)
+                if not batch:
+                    break
+                if self.max_in_flight == 1:
+                    await self._deliver_one(batch)
+                    continue
+                self._delivering[id(batch)] = batch  # known to shutdown from now, before the task runs
+                in_flight.add(asyncio.ensure_future(self._deliver_one(batch)))
+        finally:
+            if in_flight:  # _deliver_one never raises; a cancelled drain still waits for its batches
+                await asyncio.gather(*in_flight, return_exceptions=True)
 
     async def _deliver_one(self, batch: list[SpanRecord]) -> None:
+        key = id(batch)
+        self._delivering[key] = batch
         try:
             await self._deliver(batch)
         except Exception as exc:  # the flusher must survive any sink failure
@@ -343,6 +374,8 @@ class BatchFlusher:
         else:
             self.stats.batches_sent += 1
             self.stats.spans_delivered += len(batch)
+        finally:
+            self._delivering.pop(key, None)
         self.stats.last_flush_at = time.time()
 
 

@@ -63,6 +63,11 @@ class BatchingSettings(_Section):
     max_batch_wait_s: float = Field(5.0, gt=0, le=3600)
     max_queue_size: int = Field(10_000, ge=1)
     max_drain_batch_size: int = Field(1000, ge=1, le=100_000)
+    # Batches being validated or written at once (one waits on a sink while the next is converted).
+    max_in_flight: int = Field(2, ge=1, le=16)
+    # Raise the interpreter's young-generation GC threshold to this when the flusher starts, only
+    # if it still has CPython's default (700); null leaves the collector alone (gc_tuning.py).
+    gc_young_threshold: int | None = Field(10_000, ge=701, le=1_000_000)
     # Back-pressure: with the buffer full, a producer waits up to this long for room (the flusher
     # is moving spans to the sinks or the spool) before the span is counted as dropped; 0: never wait.
     full_wait_s: float = Field(1.0, ge=0, le=60)
@@ -162,7 +167,8 @@ class OpikSettings(_Section):
     url: str | None = None  # OPIK_URL_OVERRIDE wins; default: Opik Cloud with a key, else http://localhost:5173/api
     request_timeout_s: float = Field(10.0, gt=0, le=600)  # per attempt of one batch
     wait_s: float = Field(1.0, ge=0, le=60)  # how long the batch node waits to report "sent"; never longer
-    max_items_per_request: int = Field(500, ge=1, le=1000)  # Opik accepts at most 1000 per batch request
+    max_items_per_request: int = Field(1000, ge=1, le=1000)  # Opik accepts at most 1000 per batch request
+    max_requests_in_flight: int = Field(2, ge=1, le=16)  # while healthy; a retry or a probe goes alone
     replay_backlog_max_spans: int = Field(10_000, ge=1)  # spans held in memory for Opik; beyond: the on-disk spool
     retry_backoff_s: float = Field(0.5, ge=0, le=60)  # first retry of a failed batch; doubles per failure
     retry_backoff_max_s: float = Field(8.0, ge=0, le=600)

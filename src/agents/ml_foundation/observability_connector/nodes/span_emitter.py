@@ -28,7 +28,7 @@ from ..models import (
     STATUS_ALIASES,
     ObservabilityEvent,
     ObservabilitySpan,
-    _construct_span,
+    _span_from_fields,
     describe_validation_error,
     row_id_for,
 )
@@ -128,27 +128,29 @@ def _from_record(record: SpanRecord, tier_of: Any, created_at: datetime) -> Obse
     if error_type is None and status == "error" and error:
         error_type = "Error"
     fromtimestamp = datetime.fromtimestamp
-    return _construct_span(
-        id=row_id_for(trace_id, span_id),
-        span_id=span_id,
-        trace_id=trace_id,
-        parent_span_id=parent,
-        operation_name=operation,
-        agent_name=agent_name,
-        agent_tier=tier_of(agent_name),
-        start_time=fromtimestamp(start_ns / 1e9, tz=UTC),
-        end_time=None if end_ns is None else fromtimestamp(end_ns / 1e9, tz=UTC),
-        duration_ms=None if end_ns is None else (end_ns - start_ns) / 1e6,
-        status=status,
-        error_type=error_type,
-        error_message=error,
-        attributes=attributes,
-        llm_model=model,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        total_tokens=total,
-        events=record.events if record._events else [],
-        created_at=created_at,
+    return _span_from_fields(
+        {
+            "id": row_id_for(trace_id, span_id),
+            "span_id": span_id,
+            "trace_id": trace_id,
+            "parent_span_id": parent,
+            "operation_name": operation,
+            "agent_name": agent_name,
+            "agent_tier": tier_of(agent_name),
+            "start_time": fromtimestamp(start_ns / 1e9, tz=UTC),
+            "end_time": None if end_ns is None else fromtimestamp(end_ns / 1e9, tz=UTC),
+            "duration_ms": None if end_ns is None else (end_ns - start_ns) / 1e6,
+            "status": status,
+            "error_type": error_type,
+            "error_message": error,
+            "attributes": attributes,
+            "llm_model": model,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "total_tokens": total,
+            "events": record.events if record._events else [],
+            "created_at": created_at,
+        }
     )
 
 
@@ -224,12 +226,16 @@ async def emit_spans(state: ObservabilityConnectorState, runtime: Any = None) ->
             continue
         validated.append(_Candidate(index, payload, event, None, event.sampled))
 
-    roots = _roots(validated)
+    # Roots matter only for spans that carry no decision (payloads from other processes).
+    roots = _roots(validated) if any(item.sampled is None for item in validated) else {}
+    uncapped = cap >= 1.0
     for item in validated:
         decided = item.sampled
         if decided is None and incoming_trace is not None and item.trace_id == incoming_trace:
             decided = bool(incoming_sampled)
-        if not sampler.decide(item.trace_id, roots.get(item.trace_id), decided, cap):
+        if decided is True and uncapped:
+            pass  # kept: what sampler.decide answers for a sampled parent and no cap, without the call
+        elif not sampler.decide(item.trace_id, roots.get(item.trace_id), decided, cap):
             if not sampler.keep(False, item.status):
                 sampled_out += 1
                 continue
