@@ -1029,17 +1029,29 @@ class OpikConnector:
         return len(self._backlog)
 
     async def wait_until_sent(self, timeout: float | None = None) -> bool:
-        """True once everything handed over so far has been sent (or rejected / dropped)."""
+        """True once everything handed over so far has been sent (or rejected / dropped).
+
+        Batches spilled to the on-disk spool count as not sent yet: the sender brings them back.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         self._wake()
         while True:
             with self._lock:
                 empty = not self._backlog
-            if empty:
+            if empty and not self._spilled_pending():
                 return True
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(0.005)
+
+    def _spilled_pending(self) -> bool:
+        spool = self._spool
+        if spool is None or self._closed:
+            return False
+        try:
+            return bool(spool.has_pending("opik"))
+        except Exception:  # an unreadable spool is reported by the sender; don't spin on it here
+            return False
 
     async def flush(self, timeout: float | None = 30.0) -> bool:
         """Deliver the bound agent's pending spans through the graph, then wait for Opik to confirm them."""

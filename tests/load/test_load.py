@@ -264,7 +264,9 @@ async def test_opik_spans_left_on_disk_by_a_closed_process_are_sent_by_the_next(
     second.attach_spool(Spool(tmp_path / "spool.db"))
     try:
         expected = {opik_span_id(t, s) for t, s in produced}
-        await wait_until(lambda: expected <= set(opik_receiver.spans), 30, "the next process to send the spool")
+        # Batches waiting on disk are not "sent": wait_until_sent returns only once they are.
+        assert await second.wait_until_sent(30)
+        assert expected <= set(opik_receiver.spans)
         assert opik_receiver.duplicate_span_ids() == []
     finally:
         second.close(1.0)
