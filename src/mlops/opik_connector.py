@@ -851,13 +851,10 @@ class OpikConnector:
             return False
         with self._lock:
             for entry in unit:
-                if self._backlog and self._backlog[0] is entry:
-                    self._backlog.popleft()
-                else:  # a unit behind one that failed: taken out of the middle, order of the rest kept
-                    try:
-                        self._backlog.remove(entry)
-                    except ValueError:
-                        continue
+                try:  # usually the head; a unit behind one that failed leaves from the middle
+                    self._backlog.remove(entry)
+                except ValueError:
+                    continue
                 self._backlog_spans -= entry.span_count
         for entry in unit:
             if result == "sent":

@@ -352,9 +352,6 @@ class BatchFlusher:
                 batch = collector.drain(take)
                 if not batch:
                     break
-                if self.max_in_flight == 1:
-                    await self._deliver_one(batch)
-                    continue
                 self._delivering[id(batch)] = batch  # known to shutdown from now, before the task runs
                 in_flight.add(asyncio.ensure_future(self._deliver_one(batch)))
         finally:
@@ -362,8 +359,7 @@ class BatchFlusher:
                 await asyncio.gather(*in_flight, return_exceptions=True)
 
     async def _deliver_one(self, batch: list[SpanRecord]) -> None:
-        key = id(batch)
-        self._delivering[key] = batch
+        """Deliver one batch registered in ``_delivering`` by :meth:`_drain`; never raises."""
         try:
             await self._deliver(batch)
         except Exception as exc:  # the flusher must survive any sink failure
@@ -375,7 +371,7 @@ class BatchFlusher:
             self.stats.batches_sent += 1
             self.stats.spans_delivered += len(batch)
         finally:
-            self._delivering.pop(key, None)
+            self._delivering.pop(id(batch), None)
         self.stats.last_flush_at = time.time()
 
 

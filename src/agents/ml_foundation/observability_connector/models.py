@@ -164,27 +164,29 @@ class ObservabilityEvent(BaseModel):
         if error_type is None and self.status == "error" and self.error:
             error_type = "Error"
         # Every value was validated above: construct without validating a second time.
-        return _construct_span(
-            id=row_id_for(self.trace_id, self.span_id),
-            span_id=self.span_id,
-            trace_id=self.trace_id,
-            parent_span_id=self.parent_span_id,
-            operation_name=self.operation,
-            agent_name=self.agent_name,
-            agent_tier=self.agent_tier if self.agent_tier is not None else agent_tier,
-            start_time=self.started_at,
-            end_time=end,
-            duration_ms=duration,
-            status=self.status,
-            error_type=error_type,
-            error_message=self.error,
-            attributes=attributes,
-            llm_model=self.model_used,
-            input_tokens=self.input_tokens,
-            output_tokens=self.output_tokens,
-            total_tokens=total,
-            events=list(self.events or []),
-            created_at=created_at or datetime.now(UTC),
+        return _span_from_fields(
+            {
+                "id": row_id_for(self.trace_id, self.span_id),
+                "span_id": self.span_id,
+                "trace_id": self.trace_id,
+                "parent_span_id": self.parent_span_id,
+                "operation_name": self.operation,
+                "agent_name": self.agent_name,
+                "agent_tier": self.agent_tier if self.agent_tier is not None else agent_tier,
+                "start_time": self.started_at,
+                "end_time": end,
+                "duration_ms": duration,
+                "status": self.status,
+                "error_type": error_type,
+                "error_message": self.error,
+                "attributes": attributes,
+                "llm_model": self.model_used,
+                "input_tokens": self.input_tokens,
+                "output_tokens": self.output_tokens,
+                "total_tokens": total,
+                "events": list(self.events or []),
+                "created_at": created_at or datetime.now(UTC),
+            }
         )
 
 
@@ -243,13 +245,9 @@ _set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
 _set_private = BaseModel.__dict__["__pydantic_private__"].__set__
 
 
-def _construct_span(**values: Any) -> ObservabilitySpan:
-    """``model_construct`` without its per-field default handling: every field is given here."""
-    return _span_from_fields(values)
-
-
 def _span_from_fields(values: dict[str, Any]) -> ObservabilitySpan:
-    """The row whose ``__dict__`` is ``values`` (every field, already valid): no copy, no checks."""
+    """``model_construct`` without its per-field handling: ``values`` (every field, already valid)
+    becomes the row's ``__dict__`` as it is — no copy, no checks."""
     span = _new_object(ObservabilitySpan)
     _set_dict(span, "__dict__", values)
     _set_fields_set(span, _ALL_FIELDS_SET)

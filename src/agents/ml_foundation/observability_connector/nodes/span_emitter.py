@@ -226,16 +226,12 @@ async def emit_spans(state: ObservabilityConnectorState, runtime: Any = None) ->
             continue
         validated.append(_Candidate(index, payload, event, None, event.sampled))
 
-    # Roots matter only for spans that carry no decision (payloads from other processes).
-    roots = _roots(validated) if any(item.sampled is None for item in validated) else {}
-    uncapped = cap >= 1.0
+    roots = _roots(validated)
     for item in validated:
         decided = item.sampled
         if decided is None and incoming_trace is not None and item.trace_id == incoming_trace:
             decided = bool(incoming_sampled)
-        if decided is True and uncapped:
-            pass  # kept: what sampler.decide answers for a sampled parent and no cap, without the call
-        elif not sampler.decide(item.trace_id, roots.get(item.trace_id), decided, cap):
+        if not sampler.decide(item.trace_id, roots.get(item.trace_id), decided, cap):
             if not sampler.keep(False, item.status):
                 sampled_out += 1
                 continue
