@@ -387,6 +387,10 @@ async def test_windows_and_filters_select_exactly_the_right_rows(span_store: Spa
     assert [s.span_id for s in await span_store.get_spans_by_trace_id("t" * 32)] == [
         f"gap_analyzer-{n}" for n in reversed(offsets)
     ]
+    assert await span_store.get_spans_by_time_window("7d", limit=0) == []
+    assert [s.span_id for s in await span_store.get_spans_by_trace_id("t" * 32)] == [
+        f"gap_analyzer-{n}" for n in reversed(offsets)
+    ]
 
 
 async def test_status_distribution_counts_each_status(span_store: SpanStore) -> None:
@@ -417,7 +421,7 @@ async def test_invalid_window_is_a_value_error_naming_the_forms(span_store: Span
 
 
 async def test_group_by_must_be_known(span_store: SpanStore) -> None:
-    with pytest.raises(ValueError, match="group_by"):
+    with pytest.raises(ValueError, match="group_by must be one of agent, tier, all"):
         await span_store.get_latency_stats("1h", group_by="model")  # type: ignore[arg-type]
 
 

@@ -1,4 +1,7 @@
-"""The embedded SQLite span store against its contract and a pure-Python reference.
+"""The embedded SQLite span store: what only SQLite does, and its metrics against a pure-Python reference.
+
+Behaviour every backend shares (duplicates, windows and filters, status counts, window and
+group_by errors, retention) is in tests/contract/test_store_contract.py, which runs on SQLite too.
 
 Metrics are checked against numbers computed here from the same rows with the textbook
 definition of a continuous percentile (Postgres ``percentile_cont``), so a query bug cannot hide
@@ -157,25 +160,6 @@ async def test_json_serialisation_never_crashes(repo: SQLiteSpanRepository) -> N
 
 
 # --------------------------------------------------------------------------- writes
-
-
-async def test_duplicates_are_ignored_and_counted(repo: SQLiteSpanRepository) -> None:
-    first = [make_span() for _ in range(5)]
-    assert await repo.insert_spans_batch(first) == BatchInsertResult(inserted=5)
-
-    changed = first[0].model_copy(update={"duration_ms": 999.0, "id": "some-other-id"})
-    again = [*first, changed, make_span(), make_span()]
-    result = await repo.insert_spans_batch(again)
-    assert (result.inserted, result.duplicates, result.failed) == (2, 6, 0)
-    assert await repo.count_spans() == 7
-    (kept,) = await repo.get_spans_by_trace_id(first[0].trace_id)
-    assert kept.duration_ms == first[0].duration_ms  # first write wins, replay is a no-op
-
-    twin = make_span()
-    assert await repo.insert_spans_batch([twin, twin]) == BatchInsertResult(inserted=1, duplicates=1)
-    assert await repo.insert_span(twin) is False
-    assert await repo.insert_span(make_span()) is True
-    assert await repo.insert_spans_batch([]) == BatchInsertResult()
 
 
 async def test_one_bad_row_costs_only_itself(repo: SQLiteSpanRepository) -> None:
@@ -356,104 +340,7 @@ async def test_empty_store_answers_without_data(repo: SQLiteSpanRepository) -> N
     assert (stats.count, stats.avg_ms, stats.p50_ms, stats.error_rate) == (1, None, None, 0.0)
 
 
-async def test_group_by_must_be_known(repo: SQLiteSpanRepository) -> None:
-    with pytest.raises(ValueError, match="agent, tier, all"):
-        await repo.get_latency_stats("1h", group_by="model")  # type: ignore[arg-type]
-
-
-# --------------------------------------------------------------------------- windows and filters
-
-
-async def test_windows_and_filters_select_exactly_the_right_rows(repo: SQLiteSpanRepository) -> None:
-    now = datetime.now(UTC)
-    offsets = {
-        "10m": timedelta(minutes=10),
-        "45m": timedelta(minutes=45),
-        "2h": timedelta(hours=2),
-        "12h": timedelta(hours=12),
-        "30h": timedelta(hours=30),
-        "3d": timedelta(days=3),
-        "8d": timedelta(days=8),
-    }
-    spans = {}
-    for name, offset in offsets.items():
-        for agent, trace in (("gap_analyzer", "t" * 32), ("explainer", "u" * 32)):
-            span = make_span(start=now - offset, agent=agent, trace_id=trace, span_id=f"{agent}-{name}")
-            spans[span.span_id] = span
-    await repo.insert_spans_batch(list(spans.values()))
-
-    expected_offsets = {
-        "30m": ["10m"],
-        "1h": ["10m", "45m"],
-        "24h": ["10m", "45m", "2h", "12h"],
-        "7d": ["10m", "45m", "2h", "12h", "30h", "3d"],
-    }
-    for window, names in expected_offsets.items():
-        oldest_first = list(reversed(names))
-        got = await repo.get_spans_by_time_window(window, agent_name="gap_analyzer")
-        assert [s.span_id for s in got] == [f"gap_analyzer-{n}" for n in oldest_first], window
-        got = await repo.get_spans_by_time_window(window, trace_id="u" * 32)
-        assert [s.span_id for s in got] == [f"explainer-{n}" for n in oldest_first], window
-        got = await repo.get_spans_by_time_window(window)
-        assert len(got) == 2 * len(names)
-        assert await repo.get_spans_by_time_window(window, agent_name="explainer", trace_id="t" * 32) == []
-        assert (await repo.get_status_distribution(window))["ok"] == 2 * len(names)
-        stats = await repo.get_latency_stats(window, agent_name="explainer", group_by="all")
-        assert [s.count for s in stats] == [len(names)]
-        assert (await repo.get_quality_metrics(window, trace_id="t" * 32)).total_spans == len(names)
-
-    limited = await repo.get_spans_by_time_window("7d", limit=3)
-    assert [s.start_time for s in limited] == sorted(s.start_time for s in limited)
-    assert {s.span_id for s in limited} <= {"gap_analyzer-3d", "explainer-3d", "gap_analyzer-30h", "explainer-30h"}
-    assert len(limited) == 3
-    assert await repo.get_spans_by_time_window("7d", limit=0) == []
-    assert [s.span_id for s in await repo.get_spans_by_trace_id("t" * 32)] == [
-        f"gap_analyzer-{n}" for n in reversed(offsets)
-    ]
-
-
-async def test_status_distribution_counts_each_status(repo: SQLiteSpanRepository) -> None:
-    await repo.insert_spans_batch(
-        [make_span(status="ok")] * 1
-        + [make_span(status="error") for _ in range(3)]
-        + [make_span(status="started", duration_ms=None) for _ in range(2)]
-        + [make_span(status="ok", agent="explainer") for _ in range(4)]
-    )
-    assert await repo.get_status_distribution("1h") == {"ok": 5, "error": 3, "started": 2}
-    assert await repo.get_status_distribution("1h", agent_name="explainer") == {"ok": 4, "error": 0, "started": 0}
-
-
-@pytest.mark.parametrize("window", ["", "abc", "0h", "-1h", "1y", "24", "h", "1.5h"])
-async def test_invalid_window_is_a_value_error_naming_the_forms(repo: SQLiteSpanRepository, window: str) -> None:
-    for call in (
-        repo.get_spans_by_time_window(window),
-        repo.get_latency_stats(window),
-        repo.get_quality_metrics(window),
-        repo.get_status_distribution(window),
-    ):
-        with pytest.raises(ValueError, match=r"'30m', '1h', '24h', '7d'"):
-            await call
-
-
 # --------------------------------------------------------------------------- retention
-
-
-async def test_retention_deletes_exactly_the_old_rows_in_batches(repo: SQLiteSpanRepository) -> None:
-    now = datetime.now(UTC)
-    old = [make_span(start=now - timedelta(days=31 + i, minutes=i)) for i in range(25)]
-    recent = [make_span(start=now - timedelta(days=29, hours=23 - i)) for i in range(10)]
-    await repo.insert_spans_batch(old + recent)
-    calls: list[int] = []
-
-    deleted = await repo.delete_old_spans(30, batch_size=10, progress=calls.append)
-
-    assert deleted == 25
-    assert calls == [10, 20, 25]
-    remaining = await repo.get_spans_by_time_window("30d", limit=100)
-    assert {s.span_id for s in remaining} == {s.span_id for s in recent}
-    assert await repo.count_spans() == 10
-    assert await repo.delete_old_spans(30, batch_size=10, progress=calls.append) == 0
-    assert calls == [10, 20, 25]
 
 
 async def test_retention_deletes_the_oldest_first_and_stops_on_exact_multiples(repo: SQLiteSpanRepository) -> None:
