@@ -25,7 +25,7 @@ from src.agents.ml_foundation.observability_connector.config import (
     build_store,
     store_backend,
 )
-from src.agents.ml_foundation.observability_connector.models import ObservabilitySpan, row_id_for
+from src.agents.ml_foundation.observability_connector.models import ObservabilitySpan
 from src.repositories.base import (
     BatchInsertResult,
     StoreAuthError,
@@ -36,27 +36,7 @@ from src.repositories.base import (
 )
 from src.repositories.postgres import PostgresSpanRepository, describe_dsn, migrate
 from tests.fixtures.postgres_server import PostgresCluster, TemplateInfo
-
-_counter = 0
-
-
-def make_span(*, start: datetime | None = None, agent: str = "gap_analyzer", **fields: Any) -> ObservabilitySpan:
-    global _counter
-    _counter += 1
-    trace_id, span_id = f"{_counter:032x}", f"{_counter:016x}"
-    values: dict[str, Any] = {
-        "id": row_id_for(trace_id, span_id),
-        "span_id": span_id,
-        "trace_id": trace_id,
-        "operation_name": "execute",
-        "agent_name": agent,
-        "agent_tier": 2,
-        "start_time": start or datetime.now(UTC) - timedelta(minutes=5),
-        "duration_ms": 12.5,
-        "status": "ok",
-    }
-    values.update(fields)
-    return ObservabilitySpan(**values)
+from tests.fixtures.span_rows import make_span
 
 
 def unvalidated(**overrides: Any) -> ObservabilitySpan:

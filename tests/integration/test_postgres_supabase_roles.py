@@ -17,9 +17,9 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from src.agents.ml_foundation.observability_connector.models import ObservabilitySpan, row_id_for
 from src.repositories.postgres import PostgresSpanRepository
 from tests.fixtures.postgres_server import PostgresCluster
+from tests.fixtures.span_rows import make_span
 
 INSERT = (
     "INSERT INTO ml_observability_spans (id, span_id, trace_id, operation_name, agent_name, start_time, status) "
@@ -124,16 +124,12 @@ async def test_the_postgres_backend_works_as_service_role(postgres_database: tup
     repo = PostgresSpanRepository(dsn)
     now = datetime.now(UTC)
     spans = [
-        ObservabilitySpan(
-            id=row_id_for("trace-sr", f"s{i}"),
-            span_id=f"s{i}",
+        make_span(
+            start=now - timedelta(days=100 if i < 2 else 0, minutes=1),
+            agent="explainer",
             trace_id="trace-sr",
-            operation_name="execute",
-            agent_name="explainer",
-            agent_tier=5,
-            start_time=now - timedelta(days=100 if i < 2 else 0, minutes=1),
+            span_id=f"s{i}",
             duration_ms=float(i),
-            status="ok",
         )
         for i in range(5)
     ]

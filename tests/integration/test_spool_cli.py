@@ -8,8 +8,8 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from src.agents.ml_foundation.observability_connector.cli import app
-from src.agents.ml_foundation.observability_connector.models import ObservabilitySpan, row_id_for
 from src.agents.ml_foundation.observability_connector.spool import Spool
+from tests.fixtures.span_rows import make_span
 
 runner = CliRunner()
 
@@ -17,16 +17,13 @@ runner = CliRunner()
 def rows(n: int) -> list[dict[str, object]]:
     t0 = datetime.now(UTC) - timedelta(minutes=5)
     return [
-        ObservabilitySpan(
-            id=row_id_for("t-spool", f"s{i}"),
-            span_id=f"s{i}",
+        make_span(
+            start=t0 + timedelta(seconds=i),
+            agent="explainer",
             trace_id="t-spool",
+            span_id=f"s{i}",
             operation_name="op",
-            agent_name="explainer",
-            agent_tier=5,
-            start_time=t0 + timedelta(seconds=i),
             duration_ms=2.5,
-            status="ok",
         ).model_dump(mode="json")
         for i in range(n)
     ]

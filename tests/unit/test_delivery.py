@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from src.agents.ml_foundation.observability_connector.delivery import RetryPolicy, SinkDelivery
-from src.agents.ml_foundation.observability_connector.models import ObservabilitySpan, row_id_for
+from src.agents.ml_foundation.observability_connector.models import ObservabilitySpan
 from src.agents.ml_foundation.observability_connector.sinks import StoreSink
 from src.agents.ml_foundation.observability_connector.spool import Spool
 from src.repositories.observability_span import ObservabilitySpanRepository
+from tests.fixtures.span_rows import make_span
 
 FAST = RetryPolicy(initial_s=0.01, max_s=0.05, timeout_s=2.0)
 
@@ -38,16 +39,12 @@ class Switchable:
 def spans(start: int, n: int) -> list[ObservabilitySpan]:
     t0 = datetime.now(UTC) - timedelta(minutes=1)
     return [
-        ObservabilitySpan(
-            id=row_id_for("t", f"s{i:05d}"),
-            span_id=f"s{i:05d}",
+        make_span(
+            start=t0 + timedelta(milliseconds=i),
             trace_id="t",
+            span_id=f"s{i:05d}",
             operation_name="op",
-            agent_name="gap_analyzer",
-            agent_tier=2,
-            start_time=t0 + timedelta(milliseconds=i),
             duration_ms=1.0,
-            status="ok",
         )
         for i in range(start, start + n)
     ]
