@@ -455,8 +455,11 @@ class OpikConnector:
         if inherited:
             self._ensure_started()
 
-    def _spill(self, entries: list[_Entry], why: str) -> list[_Entry]:
-        """Write batches to the spool (those not already there); returns the ones that could not be."""
+    def _spill(self, entries: list[_Entry], why: str, note: str) -> list[_Entry]:
+        """Write batches to the spool (those not already there); returns the ones that could not be.
+
+        Each batch now on disk is resolved as ``retrying`` with ``note``: it is sent when Opik answers.
+        """
         spool = self._spool
         if spool is None:
             return entries
@@ -476,6 +479,7 @@ class OpikConnector:
             else:
                 self._spooled_in_memory.discard(entry.spool_id)  # back on disk only, reloaded later
             spilled += entry.span_count
+            entry.resolve(BatchOutcome("retrying", entry.span_count, note))
         if spilled:
             self.stats.spans_spilled += spilled
             log.warning(
@@ -620,12 +624,8 @@ class OpikConnector:
                 self.stats.spans_submitted += entry.span_count
             evicted = self._evict_over_bound()
         if evicted and self._spool is not None:
-            lost = self._spill(evicted, "the in-memory backlog is full")
-            for entry in evicted:
-                if entry not in lost:
-                    entry.resolve(BatchOutcome("retrying", entry.span_count, "moved to the on-disk spool"))
-            evicted = lost
-            self._count_overflow(lost)
+            evicted = self._spill(evicted, "the in-memory backlog is full", "moved to the on-disk spool")
+            self._count_overflow(evicted)
         for entry in evicted:
             entry.resolve(BatchOutcome("overflow", entry.span_count, "replay backlog full; oldest batch dropped"))
         if entries:
@@ -1102,11 +1102,7 @@ class OpikConnector:
             self._backlog_spans = 0
             self._closed = True
         if leftover and self._spool is not None:
-            lost = self._spill(leftover, "the sender is closing")
-            for entry in leftover:
-                if entry not in lost:
-                    entry.resolve(BatchOutcome("retrying", entry.span_count, "kept in the on-disk spool"))
-            leftover = lost
+            leftover = self._spill(leftover, "the sender is closing", "kept in the on-disk spool")
         unsent = sum(e.span_count for e in leftover)
         for entry in leftover:
             entry.resolve(BatchOutcome("closed", entry.span_count, "the Opik sender closed"))
