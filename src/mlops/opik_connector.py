@@ -27,11 +27,12 @@ Failure handling: a :class:`~src.mlops.circuit_breaker.CircuitBreaker` counts ev
 real outcome; a failed batch stays at the head of the backlog and is retried with backoff, then
 only as the breaker's half-open probe. Rejections (400, 409, 413, 415, 422: the data, not the
 server) are recorded with the server's reason and never retried, so they hold nothing up. The
-in-memory backlog is bounded (``replay_backlog_max_spans``): past the bound the oldest batches
-move to the connector's on-disk spool (sink "opik", :meth:`attach_spool`) and come back once Opik
-answers, also after a restart; without a spool they are dropped, counted and logged with their
-time range — they are in the store, and :meth:`replay_from_store` resends them. Ids are
-deterministic (``opik_ids``), so a resend never duplicates anything in Opik.
+in-memory backlog is bounded in bytes and in spans (``replay_backlog_max_bytes`` / ``_spans``):
+past a bound the oldest batches move to the connector's on-disk spool (sink "opik",
+:meth:`attach_spool`) and come back once Opik answers, also after a restart; without a spool
+they are dropped, counted and logged with their time range — they are in the store, and
+:meth:`replay_from_store` resends them. Ids are deterministic (``opik_ids``), so a resend never
+duplicates anything in Opik.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
@@ -125,7 +126,11 @@ class OpikConfig:
     max_items_per_request: int = 1000
     #: Requests sent at once while Opik is healthy (a retry or a probe always goes alone).
     max_requests_in_flight: int = 2
-    replay_backlog_max_spans: int = 10_000
+    #: The in-memory backlog's bounds; past either, the oldest batches wait in the on-disk spool.
+    #: Bytes are the unit that tracks memory (a span with a long prompt weighs a hundred short
+    #: ones); the span count only caps how many are held when spans are tiny.
+    replay_backlog_max_spans: int = 100_000
+    replay_backlog_max_bytes: int = 32 * 1024 * 1024
     failure_threshold: int = 5
     recovery_timeout_s: float = 30.0
     retry_backoff_s: float = 0.5
@@ -163,7 +168,8 @@ class OpikConfig:
             wait_s=float(_get(section, "wait_s", 1.0)),
             max_items_per_request=int(_get(section, "max_items_per_request", 1000)),
             max_requests_in_flight=int(_get(section, "max_requests_in_flight", 2)),
-            replay_backlog_max_spans=int(_get(section, "replay_backlog_max_spans", 10_000)),
+            replay_backlog_max_spans=int(_get(section, "replay_backlog_max_spans", 100_000)),
+            replay_backlog_max_bytes=int(_get(section, "replay_backlog_max_mb", 32) * 1024 * 1024),
             failure_threshold=int(_get(breaker, "failure_threshold", 5)),
             recovery_timeout_s=float(
                 _get(breaker, "recovery_timeout_s", _get(breaker, "recovery_timeout_seconds", 30.0))
@@ -255,6 +261,28 @@ def encode_body(payload: dict[str, Any]) -> tuple[bytes, bool]:
     return _gzip(_dumps(payload))
 
 
+#: Estimated bytes an unencoded item holds in memory (dicts of a span or trace body, measured
+#: with tracemalloc: ~1.4 KB per trace summary, ~2 KB per unencoded span body).
+_TRACE_BODY_BYTES: Final = 1_400
+_SPAN_BODY_BYTES: Final = 2_048
+_SCORE_BYTES: Final = 300
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.3g} MiB"
+
+
+def _weight(
+    spans: bytes | list[dict[str, Any]] | None,
+    traces: list[dict[str, Any]],
+    scores: list[dict[str, Any]],
+    span_count: int,
+) -> int:
+    """What a batch costs the process's memory, for the backlog's byte bound (an estimate)."""
+    body = len(spans) if isinstance(spans, bytes) else span_count * _SPAN_BODY_BYTES
+    return body + len(traces) * _TRACE_BODY_BYTES + len(scores) * _SCORE_BYTES
+
+
 class _Entry:
     """One batch waiting for Opik.
 
@@ -277,6 +305,7 @@ class _Entry:
         "spans",
         "spool_id",
         "traces",
+        "weight",
     )
 
     def __init__(
@@ -304,6 +333,7 @@ class _Entry:
         self.parts_done: set[str] = set()
         self.solo = kind != "spans"  # True: never joined with its neighbours into one request
         self.spool_id: int | None = None  # set when this batch also waits on disk (sink "opik")
+        self.weight = _weight(spans, self.traces, self.scores, span_count)
 
     def to_record(self) -> dict[str, Any]:
         """The batch as one JSON record for the on-disk spool (already converted and encoded)."""
@@ -384,6 +414,7 @@ class OpikConnector:
         self._tier_names: Mapping[int, str] = tier_names or {}
         self._backlog: deque[_Entry] = deque()
         self._backlog_spans = 0
+        self._backlog_bytes = 0
         # Durability: batches pushed out of the bounded in-memory backlog (and those left at
         # close) wait in the connector's on-disk spool under sink "opik" and come back in order
         # of age once Opik answers again, so an outage or a restart costs Opik nothing.
@@ -498,7 +529,8 @@ class OpikConnector:
             return
         self._last_refill = now
         room = self.config.replay_backlog_max_spans // 2 - self._backlog_spans
-        if room <= 0 and self._backlog:
+        room_bytes = self.config.replay_backlog_max_bytes // 2 - self._backlog_bytes
+        if (room <= 0 or room_bytes <= 0) and self._backlog:
             return
         try:
             batches = spool.pending("opik", limit=64 if closed else 1)
@@ -510,16 +542,16 @@ class OpikConnector:
             if batch.id in self._spooled_in_memory or not batch.rows:
                 continue
             entry = _Entry.from_record(batch.rows[0], batch.id)
-            if entry.span_count > room and (entries or self._backlog):
+            if (entry.span_count > room or entry.weight > room_bytes) and (entries or self._backlog):
                 break  # an empty backlog always takes one batch, however big
             room -= entry.span_count
+            room_bytes -= entry.weight
             self._spooled_in_memory.add(batch.id)
             entries.append(entry)
         if entries:
             with self._lock:
                 for entry in entries:
-                    self._backlog.append(entry)
-                    self._backlog_spans += entry.span_count
+                    self._push(entry)
 
     def _settle_spooled(self, entry: _Entry) -> None:
         """A batch that also waits on disk got its final answer: remove it from the spool."""
@@ -619,8 +651,7 @@ class OpikConnector:
         with self._lock:
             ahead = len(self._backlog)
             for entry in entries:
-                self._backlog.append(entry)
-                self._backlog_spans += entry.span_count
+                self._push(entry)
                 self.stats.spans_submitted += entry.span_count
             evicted = self._evict_over_bound()
         if evicted and self._spool is not None:
@@ -634,18 +665,34 @@ class OpikConnector:
                 self._wake()
         return _Ticket(entries, ahead, state)
 
+    def _push(self, entry: _Entry) -> None:
+        """Append to the backlog (lock held); the counters the bounds read move with it."""
+        self._backlog.append(entry)
+        self._backlog_spans += entry.span_count
+        self._backlog_bytes += entry.weight
+
+    def _uncount(self, entry: _Entry) -> None:
+        """``entry`` has just left the backlog (lock held)."""
+        self._backlog_spans -= entry.span_count
+        self._backlog_bytes -= entry.weight
+
+    def _over_bound(self) -> bool:
+        return (
+            self._backlog_spans > self.config.replay_backlog_max_spans
+            or self._backlog_bytes > self.config.replay_backlog_max_bytes
+        )
+
     def _evict_over_bound(self) -> list[_Entry]:
-        """Drop the oldest waiting batches past the bound (lock held); never the one in flight."""
-        bound = self.config.replay_backlog_max_spans
+        """Drop the oldest waiting batches past the bounds (lock held); never the one in flight."""
         evicted: list[_Entry] = []
         index = 0
-        while self._backlog_spans > bound and index < len(self._backlog):
+        while self._over_bound() and index < len(self._backlog):
             entry = self._backlog[index]
             if entry.kind != "spans" or any(entry is busy for busy in self._in_flight):
                 index += 1
                 continue
             del self._backlog[index]
-            self._backlog_spans -= entry.span_count
+            self._uncount(entry)
             evicted.append(entry)
         if evicted and self._spool is None:  # with a spool, _enqueue spills them to disk instead
             self._count_overflow(evicted)
@@ -653,7 +700,7 @@ class OpikConnector:
 
     def _count_overflow(self, evicted: list[_Entry]) -> None:
         """Batches that left the backlog for good: counted and logged with their time range."""
-        bound = self.config.replay_backlog_max_spans
+        bound = f"{self.config.replay_backlog_max_spans} span(s) / {_mib(self.config.replay_backlog_max_bytes)}"
         if evicted:
             count = sum(e.span_count for e in evicted)
             self.stats.spans_overflowed += count
@@ -666,7 +713,7 @@ class OpikConnector:
             }
             self.overflows.append(window)
             log.error(
-                "Opik replay backlog is over its bound of %d span(s) (circuit %s): dropped the oldest %d span(s) "
+                "Opik replay backlog is over its bound of %s (circuit %s): dropped the oldest %d span(s) "
                 "started %s … %s from the Opik backlog (%d dropped so far). They are in the store; resend them with "
                 "OpikConnector.replay_from_store once Opik is back.",
                 bound,
@@ -855,7 +902,7 @@ class OpikConnector:
                     self._backlog.remove(entry)
                 except ValueError:
                     continue
-                self._backlog_spans -= entry.span_count
+                self._uncount(entry)
         for entry in unit:
             if result == "sent":
                 self._on_sent(entry)
@@ -1072,7 +1119,9 @@ class OpikConnector:
             "circuit_breaker": breaker,
             "backlog_batches": self.backlog_batches,
             "backlog_spans": self._backlog_spans,
+            "backlog_bytes": self._backlog_bytes,
             "replay_backlog_max_spans": self.config.replay_backlog_max_spans,
+            "replay_backlog_max_bytes": self.config.replay_backlog_max_bytes,
             "sender_running": self._thread is not None and self._thread.is_alive(),
             **stats,
             "rejections": list(self.rejections)[-10:],
@@ -1099,7 +1148,7 @@ class OpikConnector:
         with self._lock:
             leftover = list(self._backlog)
             self._backlog.clear()
-            self._backlog_spans = 0
+            self._backlog_spans = self._backlog_bytes = 0
             self._closed = True
         if leftover and self._spool is not None:
             leftover = self._spill(leftover, "the sender is closing", "kept in the on-disk spool")
@@ -1138,11 +1187,12 @@ class OpikConnector:
         spans = await store.get_spans_by_time_window(window, agent_name=agent_name, trace_id=trace_id, limit=limit)
         spans = sorted(spans, key=lambda s: s.start_time)
         bound = self.config.replay_backlog_max_spans
+        half_bytes = self.config.replay_backlog_max_bytes // 2
         step = max(1, min(self.config.max_items_per_request, bound // 2 or 1))
         handed = 0
         for start in range(0, len(spans), step):
             chunk = spans[start : start + step]
-            while self._backlog_spans + len(chunk) > bound:
+            while self._backlog_spans + len(chunk) > bound or self._backlog_bytes > half_bytes:
                 if self.breaker.state is CircuitState.OPEN:
                     log.warning("replay to Opik paused: circuit open; %d of %d span(s) handed over", handed, len(spans))
                     return handed

@@ -435,6 +435,24 @@ async def test_backlog_over_its_bound_drops_oldest_counted_and_logged_then_repla
     assert set(rig.receiver.spans) == {opik_span_id(s.trace_id, s.span_id) for s in stored}
 
 
+async def test_the_backlog_is_bounded_in_bytes_too(make_rig: Callable[..., Rig]) -> None:
+    """Bytes are what memory is made of: a few large spans reach the bound long before the span count."""
+    rig = make_rig(replay_backlog_max_bytes=64 * 1024)  # span bound left at its default (100,000)
+    rig.receiver.refuse()
+    for _ in range(6):
+        with rig.obs.span("summarise", "gap_analyzer") as span:
+            span.set_input({"prompt": "x" * 15_000})  # ~16.5 KB per batch: the span and its trace
+        assert await rig.obs.flush(5)
+    status = rig.opik.get_status()
+    assert status["backlog_spans"] == 3, "three such batches fit in 64 KiB, a fourth does not"
+    assert 3 * 15_000 < status["backlog_bytes"] <= 64 * 1024
+    assert status["spans_overflowed"] == 3 and status["replay_backlog_max_bytes"] == 64 * 1024
+
+    rig.receiver.resume()
+    assert await rig.opik.wait_until_sent(10)
+    assert rig.opik.get_status()["backlog_bytes"] == 0 and len(rig.receiver.spans) == 3
+
+
 async def test_close_reports_what_was_not_sent(make_rig: Callable[..., Rig], caplog: pytest.LogCaptureFixture) -> None:
     rig = make_rig(recovery_timeout_s=30)
     rig.receiver.mode = "error"

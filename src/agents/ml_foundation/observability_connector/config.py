@@ -169,7 +169,9 @@ class OpikSettings(_Section):
     wait_s: float = Field(1.0, ge=0, le=60)  # how long the batch node waits to report "sent"; never longer
     max_items_per_request: int = Field(1000, ge=1, le=1000)  # Opik accepts at most 1000 per batch request
     max_requests_in_flight: int = Field(2, ge=1, le=16)  # while healthy; a retry or a probe goes alone
-    replay_backlog_max_spans: int = Field(10_000, ge=1)  # spans held in memory for Opik; beyond: the on-disk spool
+    # The in-memory backlog for Opik; past either bound the oldest batches wait in the on-disk spool.
+    replay_backlog_max_mb: float = Field(32.0, gt=0)  # ~600 bytes per typical span: ~55,000 spans
+    replay_backlog_max_spans: int = Field(100_000, ge=1)
     retry_backoff_s: float = Field(0.5, ge=0, le=60)  # first retry of a failed batch; doubles per failure
     retry_backoff_max_s: float = Field(8.0, ge=0, le=600)
 
