@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -146,6 +146,12 @@ def test_newest_start_forms() -> None:
     assert newest_start(t) == t.timestamp()
     assert newest_start(iter([t, t + timedelta(seconds=5), t - timedelta(days=1)])) == t.timestamp() + 5
     assert newest_start(12.5) == 12.5
+    # Mixed forms (epoch seconds with datetimes, naive with aware) are compared as instants.
+    assert newest_start([t, t.timestamp() + 7, t - timedelta(hours=1)]) == t.timestamp() + 7
+    naive = datetime(2026, 1, 1, 0, 0, 3)  # local time, as datetime.timestamp() reads it
+    assert newest_start([t, naive]) == max(t.timestamp(), naive.timestamp())
+    later_zone = datetime(2026, 1, 1, 1, 0, 1, tzinfo=timezone(timedelta(hours=1)))  # 00:00:01 UTC
+    assert newest_start([later_zone, t]) == t.timestamp() + 1
 
 
 def test_redis_url_password_is_never_shown() -> None:

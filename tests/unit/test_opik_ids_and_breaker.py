@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from src.agents.ml_foundation.observability_connector.models import row_id_for
 from src.agents.ml_foundation.observability_connector.trace_context import new_span_id, new_trace_id
 from src.mlops import CircuitBreaker, CircuitState, opik_span_id, opik_trace_id
 from src.mlops.opik_ids import is_uuid7, uuid7_timestamp_ms
@@ -145,3 +146,16 @@ def test_breaker_rejects_bad_settings_and_resets() -> None:
     breaker.reset()
     assert breaker.state is CircuitState.CLOSED
     assert breaker.get_status()["failures"] == 0
+
+
+def test_ids_never_change_between_versions() -> None:
+    """Spans already in Opik or the store keep their ids when this code is sped up or reordered.
+
+    The values were produced by the first implementation (one keyed BLAKE2b per id, laid out bit
+    by bit); a resend after an upgrade must land on the same ids, not duplicate the spans.
+    """
+    native = "0193a1b2c3d47e8f9a0b1c2d3e4f5a6b"
+    assert opik_span_id(native, "a1b2c3d4e5f60718") == "0193a1b2-c3d4-7504-ac61-13726d81cdef"
+    assert opik_trace_id("trace_456") == "0071f5aa-fbcf-723e-be94-4f2fc7936615"
+    assert opik_span_id("trace_456", "span_123") == "0071f5aa-fbcf-7051-a950-e51b8b9ccbfe"
+    assert row_id_for(native, "a1b2c3d4e5f60718") == "583a3d0a-7045-8dc1-8532-be929a506f67"

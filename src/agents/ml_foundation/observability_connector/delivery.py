@@ -77,7 +77,7 @@ class DeliveryOutcome:
     error: str | None = None
     reasons: list[str] = field(default_factory=list)
     details: dict[str, int] = field(default_factory=dict)
-    delivered_ids: frozenset[str] = frozenset()
+    rejected_ids: frozenset[str] = frozenset()  # the rest of the batch was delivered (or spooled)
 
 
 class SinkDelivery:
@@ -138,10 +138,9 @@ class SinkDelivery:
             self.spool.dead_letter(self.name, row, reason)
             if self._on_dead_letter is not None and span is not None:
                 self._on_dead_letter(self.name, span, reason)
-        rejected = {span_id for span_id, _ in result.rejected}
-        delivered_ids = frozenset(s.span_id for s in spans if s.span_id not in rejected)
+        rejected = frozenset(span_id for span_id, _ in result.rejected)
         return DeliveryOutcome(
-            self.name, result.delivered, 0, len(result.rejected), None, reasons, dict(result.details), delivered_ids
+            self.name, result.delivered, 0, len(result.rejected), None, reasons, dict(result.details), rejected
         )
 
     async def _spool(self, spans: list[ObservabilitySpan], reason: str) -> DeliveryOutcome:

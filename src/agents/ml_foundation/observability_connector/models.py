@@ -49,6 +49,7 @@ EventId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGT
 #: Deterministic row ids: the same (trace_id, span_id) always gives the same ``id``, so a
 #: replayed batch cannot create a second row even in a store without the unique key.
 _ROW_ID_KEY = b"ml_observability_spans.id"
+_ROW_ID_HASHER = blake2b(digest_size=16, key=_ROW_ID_KEY)  # copied per id: the key block is hashed once
 
 
 def normalize_status(value: object) -> SpanStatus:
@@ -76,7 +77,9 @@ def _aware(value: datetime) -> datetime:
 
 def row_id_for(trace_id: str, span_id: str) -> str:
     """A UUIDv8 (RFC 9562 custom layout) hashed from the key: same answer in every process."""
-    h = blake2b(f"{trace_id}\x00{span_id}".encode(), digest_size=16, key=_ROW_ID_KEY).hexdigest()
+    hasher = _ROW_ID_HASHER.copy()
+    hasher.update(f"{trace_id}\x00{span_id}".encode())
+    h = hasher.hexdigest()
     return f"{h[:8]}-{h[8:12]}-8{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:32]}"
 
 

@@ -98,7 +98,12 @@ async def _through_spool(
     delivery.ensure_replaying(lambda replayed: ctx.cache.ainvalidate(s.start_time for s in replayed))
     outcome = await delivery.deliver(spans)
     errors.extend(outcome.reasons)
-    logged = [s for s in spans if s.span_id in outcome.delivered_ids] if not outcome.spooled else list(spans)
+    if outcome.error and not outcome.spooled:
+        logged = []  # not even the spool took it (reported below)
+    elif outcome.rejected_ids:
+        logged = [s for s in spans if s.span_id not in outcome.rejected_ids]
+    else:
+        logged = spans
     if outcome.details.get("inserted"):
         await ctx.cache.ainvalidate(s.start_time for s in logged)
     update: dict[str, Any] = {
@@ -117,7 +122,6 @@ async def _through_spool(
         update["error_type"] = "store_unavailable"
     elif outcome.error:  # not even the spool could take it: said loudly, nothing counted as logged
         errors.append(f"store write failed for {len(spans)} span(s): {outcome.error}")
-        update.update(span_ids_logged=[], trace_ids_logged=[], events_logged=0)
         update.update(error=outcome.error, error_type="store_unavailable")
     return {**state, **update, **(await _opik_outcome(opik_job))}
 
