@@ -490,6 +490,20 @@ async def test_a_rejection_inside_a_joined_request_costs_only_the_bad_batch(make
     assert receiver.duplicate_span_ids() == []
 
 
+async def test_one_slow_answer_does_not_hold_the_other_request_slot(make_rig: Callable[..., Rig]) -> None:
+    """Requests go out as a window, not in rounds: while one waits for a slow answer, the other
+    slot keeps sending the batches behind it (a round would wait for its slowest request)."""
+    rig = make_rig(max_items_per_request=100, request_timeout_s=5.0)
+    receiver = rig.receiver
+    receiver.slow_span_batches = [1.5]  # the first spans request is answered 1.5 s late, the rest at once
+    traces = [make_trace(rig.obs) for _ in range(60)]  # 600 spans: six requests of 100
+    assert await rig.obs.flush(10)
+    await wait_until(lambda: len(receiver.spans) >= 500, 1.2)  # the five others, while the first waits
+    assert receiver.active_span_batches == 1 and receiver.max_active_span_batches == 2
+    assert await rig.opik.wait_until_sent(10)
+    await assert_exactly_once(rig, traces)
+
+
 async def test_a_slow_server_gets_two_requests_at_once_and_every_span_exactly_once(
     make_rig: Callable[..., Rig],
 ) -> None:

@@ -588,7 +588,7 @@ class Redactor:
     def _top_level(self, attributes: Any, active: set[int]) -> tuple[dict[str, Any], dict[str, int]]:
         """The attributes dict, cleaned, with each top-level value's size (the trimming unit)."""
         sizes: dict[str, int] = {}
-        if not isinstance(attributes, Mapping):
+        if type(attributes) is not dict and not isinstance(attributes, Mapping):  # skip the ABC check for dicts
             attributes = {"attributes": attributes}
         out, _ = self._mapping(attributes, 0, active, sizes)
         if type(out) is not dict:  # a broken mapping came back as text
