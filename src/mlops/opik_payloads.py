@@ -346,30 +346,36 @@ class TraceBook:
         touched: dict[str, _TraceSummary] = {}
         with self._lock:
             book = self._traces
-            for span in spans:
-                summary = book.get(span.trace_id)
+            find, recent = book.get, book.move_to_end
+            for span in spans:  # each field read once: this runs for every span on the flusher
+                trace_id = span.trace_id
+                start = span.start_time
+                summary = find(trace_id)
                 if summary is None:
-                    summary = _TraceSummary(opik_trace_id(span.trace_id), span.start_time, span.operation_name)
-                    book[span.trace_id] = summary
+                    summary = _TraceSummary(opik_trace_id(trace_id), start, span.operation_name)
+                    book[trace_id] = summary
                     if len(book) > self.max_traces:
                         book.popitem(last=False)
                 else:
-                    book.move_to_end(span.trace_id)
-                if span.start_time < summary.start:
-                    summary.start = span.start_time
-                    summary.first_name = span.operation_name
-                if span.end_time is not None and (summary.end is None or span.end_time > summary.end):
-                    summary.end = span.end_time
-                if span.agent_name not in summary.agents:
-                    summary.agents += (span.agent_name,)
-                if span.agent_tier not in summary.tiers:
-                    summary.tiers += (span.agent_tier,)
+                    recent(trace_id)
+                    if start < summary.start:
+                        summary.start = start
+                        summary.first_name = span.operation_name
+                end = span.end_time
+                if end is not None and (summary.end is None or end > summary.end):
+                    summary.end = end
+                agent = span.agent_name
+                if agent not in summary.agents:
+                    summary.agents += (agent,)
+                tier = span.agent_tier
+                if tier not in summary.tiers:
+                    summary.tiers += (tier,)
                 summary.spans += 1
                 if span.status == "error":
                     summary.errors += 1
                 if span.parent_span_id is None:
                     summary.root = _Root(span)
-                touched[span.trace_id] = summary
+                touched[trace_id] = summary
             updated_at = iso(now or datetime.now(UTC))
             return [self._trace_body(trace_id, s, updated_at) for trace_id, s in touched.items()]
 

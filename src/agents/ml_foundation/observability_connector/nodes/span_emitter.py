@@ -61,11 +61,6 @@ def _validate(payload: dict[str, Any], redactor: Redactor) -> tuple[Observabilit
         return None, redact_text(describe_validation_error(exc, cleaned))
 
 
-def _event_id(value: object) -> bool:
-    """What ``EventId`` accepts, checked without pydantic: a non-blank str of 1..64 characters."""
-    return type(value) is str and 0 < len(value) <= MAX_ID_LENGTH and not value.isspace()
-
-
 def _from_record(record: SpanRecord, tier_of: Any, created_at: datetime) -> ObservabilitySpan | None:
     """The row for a span recorded in this process, built directly (None: take the full path).
 
@@ -80,8 +75,9 @@ def _from_record(record: SpanRecord, tier_of: Any, created_at: datetime) -> Obse
     trace_id = record.trace_id
     agent_name = record.agent_name
     operation = record.operation_name
-    if not (_event_id(span_id) and _event_id(trace_id) and _event_id(agent_name) and _event_id(operation)):
-        return None
+    for value in (span_id, trace_id, agent_name, operation):  # what EventId accepts, without pydantic
+        if type(value) is not str or not 0 < len(value) <= MAX_ID_LENGTH or value.isspace():
+            return None
     parent = record.parent_span_id
     if parent == "":
         parent = None
@@ -174,16 +170,18 @@ class _Candidate:
         self.sampled: bool | None = sampled
 
 
-def _roots(validated: list[_Candidate]) -> dict[str, str]:
+def _roots(validated: list[Any]) -> dict[str, str]:
     """The agent that started each trace whose root span is in this batch.
 
     Several parentless spans in one trace (flat lists from callers that send no parent ids):
     the earliest, then the smallest agent name, so the choice does not depend on batch order.
+    ``validated`` holds candidates and rows already decided (``ObservabilitySpan``).
     """
     best: dict[str, tuple[datetime, str]] = {}
     for item in validated:
         if item.parent_span_id is None:
-            candidate = (item.started_at, item.agent_name)
+            started = item.start_time if item.__class__ is ObservabilitySpan else item.started_at
+            candidate = (started, item.agent_name)
             current = best.get(item.trace_id)
             if current is None or candidate < current:
                 best[item.trace_id] = candidate
@@ -208,13 +206,20 @@ async def emit_spans(state: ObservabilityConnectorState, runtime: Any = None) ->
     sampled_out = 0
     now = datetime.now(UTC)
 
-    validated: list[_Candidate] = []
+    # Rows kept without a sampler call (our records decided at their root, no cap) go in as they
+    # are; everything else as a candidate. One list either way, so the batch keeps its order.
+    validated: list[Any] = []
+    undecided = False
     tier_of = registry.tier_of
+    uncapped = cap >= 1.0
     for index, raw in enumerate(events):
         if raw.__class__ is SpanRecord:
             span = _from_record(raw, tier_of, now)  # type: ignore[arg-type]
             if span is not None:
-                validated.append(_Candidate(index, raw, None, span, raw.sampled))  # type: ignore[union-attr]
+                if uncapped and raw.sampled is True:  # type: ignore[union-attr]
+                    validated.append(span)  # Sampler.decide(..., True, cap >= 1) is always True
+                else:
+                    validated.append(_Candidate(index, raw, None, span, raw.sampled))  # type: ignore[union-attr]
                 continue
         payload = raw.to_event() if isinstance(raw, SpanRecord) else raw
         if not isinstance(payload, dict):
@@ -225,9 +230,13 @@ async def emit_spans(state: ObservabilityConnectorState, runtime: Any = None) ->
             errors.append(f"event[{index}] {reason}")
             continue
         validated.append(_Candidate(index, payload, event, None, event.sampled))
+        undecided = undecided or event.sampled is None
 
-    roots = _roots(validated)
+    roots = _roots(validated) if undecided else {}  # only undecided traces are sampled by their root
     for item in validated:
+        if item.__class__ is ObservabilitySpan:
+            spans.append(redactor.redact_span(item))
+            continue
         decided = item.sampled
         if decided is None and incoming_trace is not None and item.trace_id == incoming_trace:
             decided = bool(incoming_sampled)
