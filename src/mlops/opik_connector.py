@@ -130,7 +130,7 @@ class OpikConfig:
     #: Bytes are the unit that tracks memory (a span with a long prompt weighs a hundred short
     #: ones); the span count only caps how many are held when spans are tiny.
     replay_backlog_max_spans: int = 100_000
-    replay_backlog_max_bytes: int = 32 * 1024 * 1024
+    replay_backlog_max_bytes: int = 16 * 1024 * 1024
     failure_threshold: int = 5
     recovery_timeout_s: float = 30.0
     retry_backoff_s: float = 0.5
@@ -169,7 +169,7 @@ class OpikConfig:
             max_items_per_request=int(_get(section, "max_items_per_request", 1000)),
             max_requests_in_flight=int(_get(section, "max_requests_in_flight", 2)),
             replay_backlog_max_spans=int(_get(section, "replay_backlog_max_spans", 100_000)),
-            replay_backlog_max_bytes=int(_get(section, "replay_backlog_max_mb", 32) * 1024 * 1024),
+            replay_backlog_max_bytes=int(_get(section, "replay_backlog_max_mb", 16) * 1024 * 1024),
             failure_threshold=int(_get(breaker, "failure_threshold", 5)),
             recovery_timeout_s=float(
                 _get(breaker, "recovery_timeout_s", _get(breaker, "recovery_timeout_seconds", 30.0))

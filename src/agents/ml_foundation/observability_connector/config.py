@@ -170,7 +170,7 @@ class OpikSettings(_Section):
     max_items_per_request: int = Field(1000, ge=1, le=1000)  # Opik accepts at most 1000 per batch request
     max_requests_in_flight: int = Field(2, ge=1, le=16)  # while healthy; a retry or a probe goes alone
     # The in-memory backlog for Opik; past either bound the oldest batches wait in the on-disk spool.
-    replay_backlog_max_mb: float = Field(32.0, gt=0)  # ~600 bytes per typical span: ~55,000 spans
+    replay_backlog_max_mb: float = Field(16.0, gt=0)  # ~740 bytes per typical span and its trace: ~22,000
     replay_backlog_max_spans: int = Field(100_000, ge=1)
     retry_backoff_s: float = Field(0.5, ge=0, le=60)  # first retry of a failed batch; doubles per failure
     retry_backoff_max_s: float = Field(8.0, ge=0, le=600)
