@@ -258,7 +258,7 @@ def span_payload(span: SpanLike, project_name: str, tier_names: Mapping[int, str
         "type": _span_type(span),
         "start_time": utc(span.start_time),
         "metadata": _checked(metadata),  # a new dict: only its values may be shared with the row
-        "tags": [f"agent:{agent}", f"tier:{tier}-{tier_name}" if tier_name else f"tier:{tier}"],
+        "tags": [f"agent:{agent}", f"tier:{tier}-{tier_name}" if tier_name else f"tier:{tier}"],  # = tier_label()
     }
     if parent:
         body["parent_span_id"] = opik_span_id(trace_id, parent)
