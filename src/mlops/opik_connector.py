@@ -51,6 +51,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -798,7 +799,7 @@ class OpikConnector:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), max(seconds, 0.0))
 
-    def _take_unit(self, start: int = 0, busy: frozenset[int] | set[int] = frozenset()) -> list[_Entry]:
+    def _take_unit(self, start: int = 0, busy: AbstractSet[int] = frozenset()) -> list[_Entry]:
         """The batch at ``start``, joined with the batches behind it up to one request's worth (lock held).
 
         Joining matters when a backlog builds (an outage, a burst, a distant server): one request
@@ -893,31 +894,36 @@ class OpikConnector:
                     for entry in unit:
                         entry.attempts += 1
                     running[asyncio.ensure_future(self._attempt(api, api_error, httpx, unit))] = unit
-                with self._lock:
-                    self._in_flight = [entry for unit in running.values() for entry in unit]
+                self._track_in_flight(running)
                 # Top up at least every idle_poll_s: batches handed over meanwhile do not wake us.
                 done, _ = await asyncio.wait(
                     running, timeout=self.config.idle_poll_s, return_when=asyncio.FIRST_COMPLETED
                 )
-                failed = False
-                for task in done:
-                    result, reason = task.result()  # _attempt never raises
-                    failed = self._settle(running.pop(task), result, reason) or failed
+                failed = self._settle_done(running, done)
                 if failed and running:
                     # Let what is in flight finish (each settles as usual) before retrying alone.
-                    await asyncio.wait(running)
-                    for task, unit in running.items():
-                        result, reason = task.result()
-                        self._settle(unit, result, reason)
-                    running.clear()
-                with self._lock:
-                    self._in_flight = [entry for unit in running.values() for entry in unit]
+                    done, _ = await asyncio.wait(running)
+                    self._settle_done(running, done)
+                self._track_in_flight(running)
                 if failed and self.breaker.state is CircuitState.CLOSED:
                     backoff = self.config.retry_backoff_s * 2 ** max(0, self.breaker.consecutive_failures - 1)
                     await self._pause(min(backoff, self.config.retry_backoff_max_s))
         finally:
             for task in running:
                 task.cancel()
+
+    def _track_in_flight(self, running: Mapping[Any, list[_Entry]]) -> None:
+        """What eviction must not touch: the batches of the requests in flight."""
+        with self._lock:
+            self._in_flight = [entry for unit in running.values() for entry in unit]
+
+    def _settle_done(self, running: dict[Any, list[_Entry]], done: set[Any]) -> bool:
+        """Settle the finished requests and forget them; True when one of them failed."""
+        failed = False
+        for task in done:
+            result, reason = task.result()  # _attempt never raises
+            failed = self._settle(running.pop(task), result, reason) or failed
+        return failed
 
     def _settle(self, unit: list[_Entry], result: str, reason: str | None) -> bool:
         """Apply one unit's outcome; True when it failed (it stays in the backlog, in its place)."""

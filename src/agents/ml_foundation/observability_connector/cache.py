@@ -133,9 +133,9 @@ def newest_start(start_times: StartTimes) -> float | None:
         # One C comparison per value instead of a conversion each (a batch brings a thousand).
         newest = max(values)
     except TypeError:  # datetimes mixed with numbers, or naive with aware
-        return max(_epoch(value) for value in values)
-    if isinstance(newest, datetime) and newest.tzinfo is None:
-        return max(_epoch(value) for value in values)  # local wall clocks do not order like instants
+        newest = None
+    if newest is None or (isinstance(newest, datetime) and newest.tzinfo is None):
+        return max(_epoch(value) for value in values)  # as instants (local wall clocks do not order like them)
     return _epoch(newest)
 
 
