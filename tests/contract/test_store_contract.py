@@ -33,20 +33,12 @@ from src.agents.ml_foundation.observability_connector.models import (
     row_id_for,
 )
 from src.repositories import BatchInsertResult, ObservabilitySpanRepository, SpanStore, SQLiteSpanRepository
-from tests.fixtures.span_rows import assert_stats_equal, make_span, reference_stats
+from tests.fixtures.span_rows import TIERS, assert_stats_equal, make_span, reference_stats
 
 BACKENDS = ["sqlite", "postgres", "supabase"]
 SUPABASE_FACTORY_MODULE = "tests.fixtures.supabase_store"
 
-AGENTS = {
-    "scope_definer": 0,
-    "orchestrator": 1,
-    "gap_analyzer": 2,
-    "causal_impact": 2,
-    "drift_monitor": 3,
-    "explainer": 5,
-    "unregistered_agent": -1,
-}
+AGENTS = TIERS  # the registry's agents and one it does not know
 
 
 def _supabase_factory() -> Callable[[str], Any] | None:

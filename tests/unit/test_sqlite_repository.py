@@ -33,16 +33,9 @@ from src.repositories import (
     SpanStore,
     SQLiteSpanRepository,
 )
-from tests.fixtures.span_rows import assert_stats_equal, make_span, percentile_cont, reference_stats
+from tests.fixtures.span_rows import TIERS, assert_stats_equal, make_span, percentile_cont, reference_stats
 
-AGENTS = {
-    "scope_definer": 0,
-    "orchestrator": 1,
-    "gap_analyzer": 2,
-    "causal_impact": 2,
-    "drift_monitor": 3,
-    "explainer": 5,
-}
+AGENTS = {agent: tier for agent, tier in TIERS.items() if tier >= 0}  # registered agents only
 
 
 @pytest.fixture
