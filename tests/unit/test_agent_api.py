@@ -201,6 +201,16 @@ def test_exit_hook_flushes_without_explicit_close(tmp_path: Path) -> None:
         assert conn.execute("select count(*) from ml_observability_spans").fetchone()[0] == 250
 
 
+#: A store whose every write hangs, for the subprocess scripts below (indented for their f-string).
+HANGING_STORE = """class HangingStore:
+            async def insert_spans_batch(self, spans):
+                await asyncio.sleep(3600)
+            def describe(self):
+                return "hanging"
+            async def close(self):
+                pass"""
+
+
 def test_exit_hook_is_bounded_when_the_store_hangs(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
@@ -210,13 +220,7 @@ def test_exit_hook_is_bounded_when_the_store_hangs(tmp_path: Path) -> None:
         from src.agents.ml_foundation.observability_connector.config import ObservabilitySettings
         from src.agents.ml_foundation.observability_connector.runtime import ConnectorContext
 
-        class HangingStore:
-            async def insert_spans_batch(self, spans):
-                await asyncio.sleep(3600)
-            def describe(self):
-                return "hanging"
-            async def close(self):
-                pass
+        {HANGING_STORE}
 
         settings = ObservabilitySettings(batching={{"shutdown_timeout_s": 1.0, "max_batch_size": 10}})
         obs = ObservabilityConnectorAgent(context=ConnectorContext(store=HangingStore(), settings=settings))
@@ -247,13 +251,7 @@ def test_a_stuck_store_at_shutdown_leaves_the_queued_spans_in_the_spool(tmp_path
             ObservabilitySettings, build_store_delivery, load_registry)
         from src.agents.ml_foundation.observability_connector.runtime import ConnectorContext
 
-        class HangingStore:
-            async def insert_spans_batch(self, spans):
-                await asyncio.sleep(3600)
-            def describe(self):
-                return "hanging"
-            async def close(self):
-                pass
+        {HANGING_STORE}
 
         settings = ObservabilitySettings(batching={{
             "shutdown_timeout_s": 1.0, "max_batch_size": 100, "max_drain_batch_size": 500,
