@@ -251,7 +251,7 @@ async def measure(
     fields: dict[str, Any] = {}
     for run in range(cold_runs):
         cache = MetricsCache(settings.cache, near_cache=near_cache)
-        await cache.ainvalidate(None)  # a shared Redis must not answer the "cold" question
+        await cache.ainvalidate_since(None)  # a shared Redis must not answer the "cold" question
         ctx = ConnectorContext(store=store, settings=settings, registry=registry, cache=cache)
         t0 = time.perf_counter()
         fields, from_cache, _ = await compute_metrics(ctx, window)

@@ -126,7 +126,7 @@ async def produce(obs: Any, spans: int) -> None:
                 async with obs.span(f"step_{step}", "gap_analyzer") as span:
                     span.set_attribute("segment", "NE")
                     span.set_output({"rows": step})
-            obs.track_llm_call("gap_analyzer", "gpt-4o", 812, 95, duration_ms=3, provider="openai")
+            obs.record_llm_call("gap_analyzer", "gpt-4o", 812, 95, duration_ms=3, provider="openai")
         if index % 50 == 49:
             await asyncio.sleep(0)  # let the event loop breathe, as an agent would
 

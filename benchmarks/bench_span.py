@@ -9,7 +9,7 @@ Compares, per span on the caller's path (async code, three attributes set on the
     exporter (its cheapest real configuration).
 Then the compiled graph's cost per span at batch 100 and 1,000 (validation + SQLite write),
 and with a no-op store (the graph and validation alone), for event payloads (the orchestrator's
-path) and for in-process ``SpanRecord`` objects (the agents' path). Target: ours ≤ 0.2× OpenTelemetry.
+path) and for in-process ``Span`` objects (the agents' path). Target: ours ≤ 0.2× OpenTelemetry.
 """
 
 from __future__ import annotations
@@ -144,15 +144,15 @@ def make_events(n: int) -> list[dict[str, Any]]:
 
 
 def make_records(n: int) -> list[Any]:
-    """The same spans as the agents' own path hands them over: finished ``SpanRecord`` objects."""
-    from src.agents.ml_foundation.observability_connector.spans import SpanRecord
+    """The same spans as the agents' own path hands them over: finished ``Span`` objects."""
+    from src.agents.ml_foundation.observability_connector.spans import Span
     from src.agents.ml_foundation.observability_connector.trace_context import new_span_id, new_trace_id
 
     now = time.time_ns()
     trace = new_trace_id()
     records = []
     for i in range(n):
-        record = SpanRecord(new_span_id(), trace, None, "execute", "gap_analyzer", now - i * 1_000_000)
+        record = Span(new_span_id(), trace, None, "execute", "gap_analyzer", start_ns=now - i * 1_000_000)
         record.set_attributes({"a": i, "b": "x", "c": 1.5})
         records.append(record.finish(now - i * 1_000_000 + 12_500_000))
     return records
@@ -178,7 +178,7 @@ async def bench_graph(ctx: Any, batch: int, rounds: int, records: bool = False) 
     for _ in range(rounds):
         events = make_records(batch) if records else make_events(batch)
         t0 = time.perf_counter_ns()
-        state = await graph.ainvoke({"events_to_log": events}, context=ctx)
+        state = await graph.ainvoke({"events_to_log": events, "skip_metrics": True}, context=ctx)
         samples.append((time.perf_counter_ns() - t0) / batch / 1000)
         assert state["events_logged"] == batch, state.get("emission_errors")
     return statistics.median(samples)
@@ -237,7 +237,7 @@ async def main() -> None:
         with_store = await bench_graph(ctx2, batch, rounds)
         graph_only = await bench_graph(noop_ctx, batch, rounds)
         print(f"  batch {batch:5d}: {with_store:6.2f} µs/span with SQLite, {graph_only:6.2f} µs/span graph alone")
-    print("the same, with in-process SpanRecords (the agents' own path: rows built without an event dict)")
+    print("the same, with in-process Spans (the agents' own path: rows built without an event dict)")
     for batch, rounds in ((100, 50), (1000, 10)):
         with_store = await bench_graph(ctx2, batch, rounds, records=True)
         graph_only = await bench_graph(noop_ctx, batch, rounds, records=True)

@@ -47,7 +47,9 @@ CREATE TABLE IF NOT EXISTS public.ml_observability_spans (
     -- double precision, not numeric: percentile_cont works on float8 anyway, and every
     -- decimal duration a span can carry (a Python float) round-trips exactly.
     duration_ms     double precision CHECK (duration_ms IS NULL OR duration_ms >= 0),
-    status          text             NOT NULL CHECK (status IN ('ok', 'error', 'started')),
+    status          text             NOT NULL
+                    CONSTRAINT ml_observability_spans_status_check
+                    CHECK (status IN ('ok', 'error', 'timeout', 'started')),
     error_type      text,
     error_message   text,
     attributes      jsonb            NOT NULL DEFAULT '{}'::jsonb,
@@ -75,6 +77,36 @@ BEGIN
     END IF;
 END
 $key$;
+
+-- A table created before `timeout` was a status refuses it: replace its status CHECK with the
+-- current one (once; the widened constraint passes the guard on every later run). Every CHECK
+-- that involves only the status column is replaced, whatever it was named.
+DO $status$
+DECLARE
+    status_attnum smallint;
+    old_check text;
+BEGIN
+    SELECT attnum INTO status_attnum FROM pg_attribute
+    WHERE attrelid = 'public.ml_observability_spans'::regclass AND attname = 'status' AND NOT attisdropped;
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_constraint
+        WHERE conrelid = 'public.ml_observability_spans'::regclass AND contype = 'c'
+          AND conname = 'ml_observability_spans_status_check'
+          AND pg_get_constraintdef(oid) LIKE '%''timeout''%'
+    ) THEN
+        FOR old_check IN
+            SELECT conname FROM pg_constraint
+            WHERE conrelid = 'public.ml_observability_spans'::regclass AND contype = 'c'
+              AND conkey = ARRAY[status_attnum]
+        LOOP
+            EXECUTE format('ALTER TABLE public.ml_observability_spans DROP CONSTRAINT %I', old_check);
+        END LOOP;
+        ALTER TABLE public.ml_observability_spans
+            ADD CONSTRAINT ml_observability_spans_status_check
+            CHECK (status IN ('ok', 'error', 'timeout', 'started'));
+    END IF;
+END
+$status$;
 
 COMMENT ON TABLE public.ml_observability_spans IS
     'One row per span of the 18 agents (observability connector). Unique on (trace_id, span_id); '
@@ -106,8 +138,9 @@ CREATE INDEX IF NOT EXISTS idx_ml_observability_spans_agent_start
 -- the same numbers for the same rows:
 --   * window: start_time >= p_since (no upper bound); p_agent / p_trace filter when not null;
 --   * count covers every status; latency figures only rows with a duration;
---   * percentiles are continuous (percentile_cont); error_rate = errors / (ok + error), 0 when
---     nothing finished;
+--   * percentiles are continuous (percentile_cont); error_rate = errors / count (every status,
+--     the host's definition: a timeout or a started span is not an error), 0 without rows;
+--     the backends derive it from the counts the same way (models.error_rate);
 --   * fallback: attributes.fallback_used is truthy in Python's sense (true, a non-zero number, a
 --     non-empty string / array / object).
 -- All are SECURITY INVOKER (callers see only what RLS and their grants allow) with a fixed
@@ -182,7 +215,6 @@ BEGIN
                 parts := parts || format(
                     $q$SELECT %L::text AS k, count(*) AS n, avg(s.duration_ms) AS avg_d,
                               percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY s.duration_ms) AS pct,
-                              count(*) FILTER (WHERE s.status = 'ok') AS n_ok,
                               count(*) FILTER (WHERE s.status = 'error') AS n_error,
                               sum(s.input_tokens) AS tok_in, sum(s.output_tokens) AS tok_out,
                               sum(s.total_tokens) AS tok_total
@@ -192,8 +224,7 @@ BEGIN
             END LOOP;
             RETURN QUERY EXECUTE format(
                 $q$SELECT g.k, g.n, g.avg_d, g.pct[1], g.pct[2], g.pct[3], g.n_error,
-                          CASE WHEN g.n_ok + g.n_error > 0
-                               THEN g.n_error::double precision / (g.n_ok + g.n_error) ELSE 0.0 END,
+                          g.n_error::double precision / g.n,
                           coalesce(g.tok_in, 0)::bigint, coalesce(g.tok_out, 0)::bigint,
                           coalesce(g.tok_total, 0)::bigint
                    FROM (%s) g WHERE g.n > 0 ORDER BY g.k COLLATE "C"$q$,
@@ -203,15 +234,13 @@ BEGIN
         END IF;
         RETURN QUERY
         SELECT a.agent, g.n, g.avg_d, g.pct[1], g.pct[2], g.pct[3], g.n_error,
-               CASE WHEN g.n_ok + g.n_error > 0
-                    THEN g.n_error::double precision / (g.n_ok + g.n_error) ELSE 0.0 END,
+               g.n_error::double precision / g.n,
                g.tok_in, g.tok_out, g.tok_total
         FROM unnest(agent_list) AS a(agent)
         CROSS JOIN LATERAL (
             SELECT count(*) AS n,
                    avg(s.duration_ms) AS avg_d,
                    percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY s.duration_ms) AS pct,
-                   count(*) FILTER (WHERE s.status = 'ok') AS n_ok,
                    count(*) FILTER (WHERE s.status = 'error') AS n_error,
                    coalesce(sum(s.input_tokens), 0)::bigint AS tok_in,
                    coalesce(sum(s.output_tokens), 0)::bigint AS tok_out,
@@ -232,10 +261,7 @@ BEGIN
            (percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY b.d))[2],
            (percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY b.d))[3],
            count(*) FILTER (WHERE b.st = 'error'),
-           CASE WHEN count(*) FILTER (WHERE b.st IN ('ok', 'error')) > 0
-                THEN count(*) FILTER (WHERE b.st = 'error')::double precision
-                     / count(*) FILTER (WHERE b.st IN ('ok', 'error'))
-                ELSE 0.0 END,
+           count(*) FILTER (WHERE b.st = 'error')::double precision / count(*),
            coalesce(sum(b.ti), 0)::bigint,
            coalesce(sum(b.tout), 0)::bigint,
            coalesce(sum(b.tt), 0)::bigint
@@ -258,7 +284,7 @@ $fn$;
 COMMENT ON FUNCTION public.obs_latency_stats(timestamptz, text, text, text) IS
     'Latency per agent / tier / all since p_since: (key, count, avg_ms, p50_ms, p95_ms, p99_ms, '
     'error_count, error_rate, input_tokens, output_tokens, total_tokens). Continuous percentiles; '
-    'error_rate = errors / (ok + error).';
+    'error_rate = errors / count (timeouts are not errors).';
 
 -- obs_status_distribution(p_since, p_agent, p_trace) -> (status text, n bigint), one row per status
 -- present in the window (absent statuses have no row).
@@ -294,8 +320,23 @@ COMMENT ON FUNCTION public.obs_status_distribution(timestamptz, text, text) IS
     'Span count per status since p_since: (status, n).';
 
 -- obs_quality_counts(p_since, p_agent, p_trace) -> exactly one row (zeros / nulls when empty):
---   total, ok_count, error_count, started_count, fallback_count bigint,
+--   total, ok_count, error_count, timeout_count, started_count, fallback_count bigint,
 --   p50_ms, p95_ms, p99_ms, avg_ms double precision
+-- The four status counts sum to total. Rates are derived by the callers (QualityMetrics.from_counts).
+-- A version without timeout_count has another result type, which CREATE OR REPLACE cannot
+-- change: drop it first (only then, so an up-to-date schema keeps its function and grants).
+DO $quality$
+BEGIN
+    IF EXISTS (
+        SELECT 1 FROM pg_proc p JOIN pg_namespace ns ON ns.oid = p.pronamespace
+        WHERE ns.nspname = 'public' AND p.proname = 'obs_quality_counts'
+          AND NOT ('timeout_count' = ANY (coalesce(p.proargnames, ARRAY[]::text[])))
+    ) THEN
+        DROP FUNCTION public.obs_quality_counts(timestamptz, text, text);
+    END IF;
+END
+$quality$;
+
 CREATE OR REPLACE FUNCTION public.obs_quality_counts(
     p_since timestamptz,
     p_agent text DEFAULT NULL,
@@ -305,6 +346,7 @@ RETURNS TABLE (
     total bigint,
     ok_count bigint,
     error_count bigint,
+    timeout_count bigint,
     started_count bigint,
     fallback_count bigint,
     p50_ms double precision,
@@ -324,12 +366,13 @@ BEGIN
         RAISE EXCEPTION 'obs_quality_counts: p_since must not be null' USING ERRCODE = '22004';
     END IF;
     RETURN QUERY
-    SELECT q.total, q.ok_count, q.error_count, q.started_count, q.fallback_count,
+    SELECT q.total, q.ok_count, q.error_count, q.timeout_count, q.started_count, q.fallback_count,
            q.pct[1], q.pct[2], q.pct[3], q.avg_d
     FROM (
         SELECT count(*) AS total,
                count(*) FILTER (WHERE s.status = 'ok') AS ok_count,
                count(*) FILTER (WHERE s.status = 'error') AS error_count,
+               count(*) FILTER (WHERE s.status = 'timeout') AS timeout_count,
                count(*) FILTER (WHERE s.status = 'started') AS started_count,
                count(*) FILTER (WHERE
                    CASE jsonb_typeof(s.attributes -> 'fallback_used')
@@ -351,8 +394,8 @@ END
 $fn$;
 
 COMMENT ON FUNCTION public.obs_quality_counts(timestamptz, text, text) IS
-    'System-wide counts since p_since, one row: (total, ok_count, error_count, started_count, '
-    'fallback_count, p50_ms, p95_ms, p99_ms, avg_ms). fallback = attributes.fallback_used truthy.';
+    'System-wide counts since p_since, one row: (total, ok_count, error_count, timeout_count, '
+    'started_count, fallback_count, p50_ms, p95_ms, p99_ms, avg_ms). fallback = attributes.fallback_used truthy.';
 
 -- obs_delete_old_spans(p_cutoff, p_batch) -> integer: deletes at most p_batch rows that started
 -- before p_cutoff, oldest first, and returns how many went; call it until it returns less than
@@ -412,7 +455,7 @@ FROM public.obs_latency_stats(now() - interval '24 hours') AS st;
 
 COMMENT ON VIEW public.v_agent_latency_summary IS
     'Per agent, last 24 h: span_count, avg/p50/p95/p99 duration_ms, error_count, error_rate '
-    '(errors / finished), token sums. security_invoker; for other windows call obs_latency_stats.';
+    '(errors / span_count), token sums. security_invoker; for other windows call obs_latency_stats.';
 
 -- --------------------------------------------------------------------------- lock-down
 

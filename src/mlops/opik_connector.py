@@ -64,10 +64,12 @@ from .opik_ids import opik_span_id, opik_trace_id
 from .opik_payloads import SpanLike, TraceBook, feedback_score, iso, span_payload
 
 if TYPE_CHECKING:
-    from src.agents.ml_foundation.observability_connector.spans import SpanRecord
+    from src.agents.ml_foundation.observability_connector.spans import Span
 
 __all__ = [
     "OPIK_ENV_VARS",
+    "CircuitBreaker",  # re-exported: the host imports both from mlops.opik_connector
+    "CircuitState",
     "OpikConfig",
     "OpikConnector",
     "get_opik_connector",
@@ -1289,7 +1291,7 @@ class OpikConnector:
         trace_id: str | None = None,
         parent_span_id: str | None = None,
         metadata: dict[str, Any] | None = None,
-    ) -> AsyncIterator[SpanRecord]:
+    ) -> AsyncIterator[Span]:
         """``async with opik.trace_agent("gap_analyzer", "execute") as span:`` — a span, nested as usual.
 
         With ``trace_id`` the span joins that trace (under ``parent_span_id`` when given); without
@@ -1313,7 +1315,7 @@ class OpikConnector:
         input_tokens: int | None = None,
         output_tokens: int | None = None,
         metadata: dict[str, Any] | None = None,
-    ) -> AsyncIterator[SpanRecord]:
+    ) -> AsyncIterator[Span]:
         """An LLM span (Opik type ``llm``); set tokens on the yielded span with ``span.set_llm(...)``."""
         async with self.trace_agent(agent_name, operation, trace_id, parent_span_id, metadata) as span:
             span.set_llm(model, input_tokens, output_tokens)

@@ -204,9 +204,14 @@ def _usage(span: SpanLike) -> dict[str, int] | None:
 
 
 def _error_info(span: SpanLike) -> dict[str, str] | None:
-    if span.status != "error":
+    """Opik marks a span failed only through ``error_info``: a timeout is shown failed too (the
+    metrics keep it apart from errors, as the host's do)."""
+    if span.status == "error":
+        kind = span.error_type or "Error"
+    elif span.status == "timeout":
+        kind = span.error_type or "Timeout"
+    else:
         return None
-    kind = span.error_type or "Error"
     message = span.error_message or kind
     # The server requires a traceback; spans carry type and message only, so the message stands in.
     return {"exception_type": kind, "message": message, "traceback": f"{kind}: {message}"}

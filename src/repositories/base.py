@@ -11,12 +11,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 from src.agents.ml_foundation.observability_connector.models import (
+    COLUMN_NAMES,
     LatencyStats,
     ObservabilitySpan,
     QualityMetrics,
+    SpanStatus,
 )
 
 __all__ = [
@@ -37,6 +39,8 @@ __all__ = [
     "StoreSchemaError",
     "StoreUnavailableError",
     "check_group_by",
+    "check_limit",
+    "hours_start",
     "parse_window",
     "status_counts",
     "window_start",
@@ -44,7 +48,7 @@ __all__ = [
 
 #: The table every backend writes, and its columns in the order of :class:`ObservabilitySpan`.
 TABLE: Final = "ml_observability_spans"
-COLUMNS: Final[tuple[str, ...]] = tuple(ObservabilitySpan.model_fields)
+COLUMNS: Final[tuple[str, ...]] = tuple(COLUMN_NAMES.get(name, name) for name in ObservabilitySpan.model_fields)
 
 GroupBy = Literal["agent", "tier", "all"]
 ProgressCallback = Callable[[int], None]
@@ -64,8 +68,8 @@ def check_group_by(group_by: str) -> None:
 
 
 def status_counts(pairs: Iterable[tuple[str, int]]) -> dict[str, int]:
-    """(status, count) pairs as the distribution every backend returns: all three statuses, zeros included."""
-    distribution = {"ok": 0, "error": 0, "started": 0}
+    """(status, count) pairs as the distribution every backend returns: every stored status, zeros included."""
+    distribution = dict.fromkeys(get_args(SpanStatus), 0)
     for status, count in pairs:
         distribution[str(status)] = int(count)
     return distribution
@@ -81,6 +85,18 @@ def parse_window(window: str) -> timedelta:
 
 def window_start(window: str, now: datetime | None = None) -> datetime:
     return (now or datetime.now(UTC)) - parse_window(window)
+
+
+def hours_start(hours: float, now: datetime | None = None) -> datetime:
+    """Start of the last ``hours`` hours (the host's ``get_spans_by_agent`` window); ValueError unless positive."""
+    if isinstance(hours, bool) or not isinstance(hours, int | float) or not 0 < hours < float("inf"):
+        raise ValueError(f"hours must be a positive number of hours, got {hours!r}")
+    return (now or datetime.now(UTC)) - timedelta(hours=hours)
+
+
+def check_limit(limit: int) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise ValueError(f"limit must be zero or positive, got {limit!r}")
 
 
 @dataclass
@@ -207,6 +223,15 @@ class SpanStore(BaseRepository):
         """Every span of one trace, oldest first."""
 
     @abstractmethod
+    async def get_spans_by_agent(self, agent_name: str, hours: float = 24, limit: int = 500) -> list[ObservabilitySpan]:
+        """One agent's spans that started in the last ``hours`` hours, **newest first**, at most ``limit``.
+
+        The host's signature and order: "what has this agent done lately". Same window rule as
+        every read (``start_time >= now - hours``, no upper bound). ValueError for a non-positive
+        ``hours`` or a negative ``limit``, before any I/O.
+        """
+
+    @abstractmethod
     async def get_latency_stats(
         self,
         window: str,
@@ -220,7 +245,10 @@ class SpanStore(BaseRepository):
     async def get_status_distribution(
         self, window: str, agent_name: str | None = None, trace_id: str | None = None
     ) -> dict[str, int]:
-        """Span counts per status (ok / error / started) in the window."""
+        """Span counts per stored status (ok / error / timeout / started) in the window, zeros included.
+
+        The raw counts; the metrics node folds ``started`` into ``ok`` for the host's shape.
+        """
 
     @abstractmethod
     async def get_quality_metrics(

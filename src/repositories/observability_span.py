@@ -86,6 +86,9 @@ class ObservabilitySpanRepository(SpanStore):
     async def get_spans_by_trace_id(self, trace_id: str) -> list[ObservabilitySpan]:
         return await self._store.get_spans_by_trace_id(trace_id)
 
+    async def get_spans_by_agent(self, agent_name: str, hours: float = 24, limit: int = 500) -> list[ObservabilitySpan]:
+        return await self._store.get_spans_by_agent(agent_name, hours=hours, limit=limit)
+
     async def get_latency_stats(
         self,
         window: str,

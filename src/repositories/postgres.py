@@ -80,6 +80,7 @@ from src.agents.ml_foundation.observability_connector.models import (
     LatencyStats,
     ObservabilitySpan,
     QualityMetrics,
+    error_rate,
 )
 from src.repositories.base import (
     COLUMNS,
@@ -94,6 +95,8 @@ from src.repositories.base import (
     StoreSchemaError,
     StoreUnavailableError,
     check_group_by,
+    check_limit,
+    hours_start,
     status_counts,
     window_start,
 )
@@ -335,10 +338,10 @@ def _lean_table_row(span: ObservabilitySpan) -> tuple[Any, ...]:
         d["span_id"],
         d["trace_id"],
         d["parent_span_id"],
-        d["operation_name"],
+        d["operation_type"],
         d["agent_name"],
         d["agent_tier"],
-        d["start_time"],
+        d["started_at"],
         d["end_time"],
         d["duration_ms"],
         d["status"],
@@ -886,6 +889,16 @@ class PostgresSpanRepository(SpanStore):
         rows = await self._fetchall(sql, [trace_id], "reading a trace")
         return [_row_to_span(row) for row in rows]
 
+    async def get_spans_by_agent(self, agent_name: str, hours: float = 24, limit: int = 500) -> list[ObservabilitySpan]:
+        since = hours_start(hours)
+        check_limit(limit)
+        sql = (
+            f"SELECT {_SELECT_COLS} FROM {TABLE} WHERE agent_name = %s AND start_time >= %s "
+            "ORDER BY start_time DESC, id DESC LIMIT %s"
+        )
+        rows = await self._fetchall(sql, [agent_name, since, limit], "reading an agent's spans")
+        return [_row_to_span(row) for row in rows]
+
     async def count_spans(self) -> int:
         rows = await self._fetchall(f"SELECT count(*) FROM {TABLE}", [], "counting spans")
         return int(rows[0][0])
@@ -893,7 +906,7 @@ class PostgresSpanRepository(SpanStore):
     async def get_status_distribution(
         self, window: str, agent_name: str | None = None, trace_id: str | None = None
     ) -> dict[str, int]:
-        """Always all three statuses, zeros included, so callers can index without ``.get``."""
+        """Always every stored status, zeros included, so callers can index without ``.get``."""
         rows = await self._fetchall(
             "SELECT status, n FROM public.obs_status_distribution(%s::timestamptz, %s::text, %s::text)",
             [window_start(window), agent_name, trace_id],
@@ -908,10 +921,14 @@ class PostgresSpanRepository(SpanStore):
         trace_id: str | None = None,
         group_by: GroupBy = "agent",
     ) -> list[LatencyStats]:
-        """One entry per group present in the window; keys and semantics as the SQLite backend's."""
+        """One entry per group present in the window; keys and semantics as the SQLite backend's.
+
+        ``error_rate`` is derived here from the counts (the one definition every backend shares);
+        the function's own column serves the view.
+        """
         check_group_by(group_by)
         rows = await self._fetchall(
-            "SELECT key, count, avg_ms, p50_ms, p95_ms, p99_ms, error_count, error_rate, "
+            "SELECT key, count, avg_ms, p50_ms, p95_ms, p99_ms, error_count, "
             "input_tokens, output_tokens, total_tokens "
             "FROM public.obs_latency_stats(%s::timestamptz, %s::text, %s::text, %s::text)",
             [window_start(window), agent_name, trace_id, group_by],
@@ -926,27 +943,39 @@ class PostgresSpanRepository(SpanStore):
                 p95_ms=p95,
                 p99_ms=p99,
                 error_count=int(errors),
-                error_rate=float(error_rate),
+                error_rate=error_rate(int(errors), int(count)),
                 input_tokens=int(tok_in),
                 output_tokens=int(tok_out),
                 total_tokens=int(tok_total),
             )
-            for key, count, avg_ms, p50, p95, p99, errors, error_rate, tok_in, tok_out, tok_total in rows
+            for key, count, avg_ms, p50, p95, p99, errors, tok_in, tok_out, tok_total in rows
         ]
 
     async def get_quality_metrics(
         self, window: str, agent_name: str | None = None, trace_id: str | None = None
     ) -> QualityMetrics:
-        """Same definitions as the SQLite backend: success over finished spans, fallback over all."""
+        """Counts and percentiles from ``obs_quality_counts``; the rates come from ``from_counts``."""
         rows = await self._fetchall(
-            "SELECT total, ok_count, error_count, started_count, fallback_count, p50_ms, p95_ms, p99_ms, avg_ms "
+            "SELECT total, ok_count, error_count, timeout_count, started_count, fallback_count, "
+            "p50_ms, p95_ms, p99_ms, avg_ms "
             "FROM public.obs_quality_counts(%s::timestamptz, %s::text, %s::text)",
             [window_start(window), agent_name, trace_id],
             "reading quality metrics",
         )
-        total, n_ok, n_error, n_started, n_fallback, p50, p95, p99, avg_d = rows[0]
-        total, n_ok, n_error, n_started, n_fallback = map(int, (total, n_ok, n_error, n_started, n_fallback))
-        return QualityMetrics.from_counts(window, total, n_ok, n_error, n_started, n_fallback, p50, p95, p99, avg_d)
+        total, n_ok, n_error, n_timeout, n_started, n_fallback, p50, p95, p99, avg_d = rows[0]
+        return QualityMetrics.from_counts(
+            window,
+            total=int(total),
+            ok=int(n_ok),
+            error=int(n_error),
+            timeout=int(n_timeout),
+            started=int(n_started),
+            fallback=int(n_fallback),
+            p50=p50,
+            p95=p95,
+            p99=p99,
+            avg=avg_d,
+        )
 
 
 # --------------------------------------------------------------------------- migrations
@@ -984,6 +1013,11 @@ SELECT 'function ' || p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace
        ('obs_latency_stats', 'obs_status_distribution', 'obs_quality_counts', 'obs_delete_old_spans')
 UNION ALL
 SELECT 'policy ' || policyname FROM pg_policies WHERE schemaname = 'public' AND tablename = 'ml_observability_spans'
+UNION ALL
+SELECT 'check ' || c.conname || ': ' || array_to_string(ARRAY(
+           SELECT m[1] FROM regexp_matches(pg_get_constraintdef(c.oid), '''([a-z_]+)''', 'g') AS m), ', ')
+  FROM pg_constraint c
+ WHERE c.conrelid = to_regclass('public.ml_observability_spans') AND c.conname = 'ml_observability_spans_status_check'
 """
 
 _ACCESS_SQL: Final = """

@@ -36,12 +36,14 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from time import monotonic, sleep
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar, get_args
 
 from src.agents.ml_foundation.observability_connector.models import (
     LatencyStats,
     ObservabilitySpan,
     QualityMetrics,
+    SpanStatus,
+    error_rate,
 )
 from src.repositories.base import (
     COLUMNS,
@@ -51,6 +53,8 @@ from src.repositories.base import (
     ProgressCallback,
     SpanStore,
     check_group_by,
+    check_limit,
+    hours_start,
     status_counts,
     window_start,
 )
@@ -62,17 +66,20 @@ __all__ = ["SCHEMA_VERSION", "TABLE", "SQLiteSpanRepository"]
 T = TypeVar("T")
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
-SCHEMA_VERSION: Final = 1
+#: 2: ``status`` also accepts ``timeout`` (a version-1 table is rebuilt on open, see _create_schema).
+SCHEMA_VERSION: Final = 2
 #: Window functions (3.25) and UPSERT's ``DO NOTHING`` (3.24) are what the store relies on.
 _MIN_SQLITE: Final = (3, 25, 0)
 
 _COLS = ", ".join(COLUMNS)
 
-# The unique key (trace_id, span_id) already serves lookups by trace_id, and the composite
-# (agent_name, start_time) serves lookups by agent_name; separate single-column indexes on those
-# would only cost insert time.
-_SCHEMA: Final = f"""
-CREATE TABLE IF NOT EXISTS {TABLE} (
+_STATUSES: Final = ", ".join(f"'{status}'" for status in get_args(SpanStatus))
+
+
+def _table_ddl(name: str) -> str:
+    """The table's definition under ``name`` (the upgrade builds the new table beside the old one)."""
+    return f"""
+CREATE TABLE IF NOT EXISTS {name} (
     id              TEXT    NOT NULL PRIMARY KEY,
     span_id         TEXT    NOT NULL CHECK (length(span_id) > 0),
     trace_id        TEXT    NOT NULL CHECK (length(trace_id) > 0),
@@ -83,7 +90,7 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     start_time      TEXT    NOT NULL,
     end_time        TEXT,
     duration_ms     REAL    CHECK (duration_ms IS NULL OR duration_ms >= 0),
-    status          TEXT    NOT NULL CHECK (status IN ('ok', 'error', 'started')),
+    status          TEXT    NOT NULL CHECK (status IN ({_STATUSES})),
     error_type      TEXT,
     error_message   TEXT,
     attributes      TEXT    NOT NULL DEFAULT '{{}}' CHECK (json_valid(attributes)),
@@ -94,10 +101,16 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     events          TEXT    NOT NULL DEFAULT '[]' CHECK (json_valid(events)),
     created_at      TEXT    NOT NULL,
     UNIQUE (trace_id, span_id)
-);
-CREATE INDEX IF NOT EXISTS idx_{TABLE}_start_time ON {TABLE} (start_time);
-CREATE INDEX IF NOT EXISTS idx_{TABLE}_agent_start ON {TABLE} (agent_name, start_time);
-"""
+)"""
+
+
+# The unique key (trace_id, span_id) already serves lookups by trace_id, and the composite
+# (agent_name, start_time) serves lookups by agent_name; separate single-column indexes on those
+# would only cost insert time.
+_INDEXES: Final = (
+    f"CREATE INDEX IF NOT EXISTS idx_{TABLE}_start_time ON {TABLE} (start_time)",
+    f"CREATE INDEX IF NOT EXISTS idx_{TABLE}_agent_start ON {TABLE} (agent_name, start_time)",
+)
 
 _INSERT: Final = (
     f"INSERT INTO {TABLE} ({_COLS}) VALUES ({', '.join('?' * len(COLUMNS))}) ON CONFLICT (trace_id, span_id) DO NOTHING"
@@ -165,6 +178,7 @@ totals AS (
            COUNT(*) AS n_all,
            COALESCE(SUM(status = 'ok'), 0) AS n_ok,
            COALESCE(SUM(status = 'error'), 0) AS n_error,
+           COALESCE(SUM(status = 'timeout'), 0) AS n_timeout,
            COALESCE(SUM(status = 'started'), 0) AS n_started,
            COALESCE(SUM(input_tokens), 0) AS tok_in,
            COALESCE(SUM(output_tokens), 0) AS tok_out,
@@ -181,7 +195,7 @@ ranked AS (
 picked AS (
     SELECT k, {", ".join(picks)} FROM ranked GROUP BY k
 )
-SELECT t.k, t.n_all, t.n_ok, t.n_error, t.n_started, t.tok_in, t.tok_out, t.tok_total, t.avg_d,
+SELECT t.k, t.n_all, t.n_ok, t.n_error, t.n_timeout, t.n_started, t.tok_in, t.tok_out, t.tok_total, t.avg_d,
        {", ".join(lerps)}, t.n_fallback
 FROM totals AS t LEFT JOIN picked AS p ON p.k = t.k
 ORDER BY {order_by}
@@ -438,8 +452,14 @@ class SQLiteSpanRepository(SpanStore):
                 return
             conn.execute("BEGIN IMMEDIATE")
             try:
-                # Not executescript(): it would COMMIT on its own, outside our transaction.
-                for statement in filter(str.strip, _SCHEMA.split(";")):
+                # Not executescript(): it would COMMIT on its own, outside our transaction. The
+                # check runs under the write lock, so two processes opening one old file upgrade it once.
+                found = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (TABLE,))
+                row = found.fetchone()
+                if row is not None and "'timeout'" not in row[0]:
+                    self._widen_status_check(conn)
+                conn.execute(_table_ddl(TABLE))
+                for statement in _INDEXES:
                     conn.execute(statement)
                 if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
                     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -449,6 +469,21 @@ class SQLiteSpanRepository(SpanStore):
                     conn.execute("ROLLBACK")
                 raise
             self._schema_ready = True
+
+    @staticmethod
+    def _widen_status_check(conn: sqlite3.Connection) -> None:
+        """Rebuild a version-1 table, whose CHECK refuses ``timeout``, inside the caller's transaction.
+
+        SQLite cannot alter a CHECK constraint: the documented way is a new table, a copy, a drop
+        and a rename (the indexes go with the old table and are created again by the caller).
+        One-off, and proportional to the table: an existing store pays it on its first open.
+        """
+        upgraded = f"{TABLE}_v{SCHEMA_VERSION}"
+        conn.execute(f"DROP TABLE IF EXISTS {upgraded}")
+        conn.execute(_table_ddl(upgraded))
+        conn.execute(f"INSERT INTO {upgraded} ({_COLS}) SELECT {_COLS} FROM {TABLE} ORDER BY rowid")
+        conn.execute(f"DROP TABLE {TABLE}")
+        conn.execute(f"ALTER TABLE {upgraded} RENAME TO {TABLE}")
 
     # ------------------------------------------------------------------ writes
 
@@ -591,6 +626,16 @@ class SQLiteSpanRepository(SpanStore):
         rows = await self._run(partial(self._fetchall, sql, [trace_id]))
         return [_row_to_span(row) for row in rows]
 
+    async def get_spans_by_agent(self, agent_name: str, hours: float = 24, limit: int = 500) -> list[ObservabilitySpan]:
+        since = _ts(hours_start(hours))
+        check_limit(limit)
+        sql = (
+            f"SELECT {_COLS} FROM {TABLE} WHERE agent_name = ? AND start_time >= ? "
+            "ORDER BY start_time DESC, rowid DESC LIMIT ?"
+        )
+        rows = await self._run(partial(self._fetchall, sql, [agent_name, since, limit]))
+        return [_row_to_span(row) for row in rows]
+
     async def count_spans(self) -> int:
         rows = await self._run(partial(self._fetchall, f"SELECT COUNT(*) FROM {TABLE}", []))
         return int(rows[0][0])
@@ -598,7 +643,7 @@ class SQLiteSpanRepository(SpanStore):
     async def get_status_distribution(
         self, window: str, agent_name: str | None = None, trace_id: str | None = None
     ) -> dict[str, int]:
-        """Always all three statuses, zeros included, so callers can index without ``.get``."""
+        """Always every stored status, zeros included, so callers can index without ``.get``."""
         where, params = _filters(window, agent_name, trace_id)
         sql = f"SELECT status, COUNT(*) FROM {TABLE} WHERE {where} GROUP BY status"
         rows = await self._run(partial(self._fetchall, sql, params))
@@ -615,15 +660,14 @@ class SQLiteSpanRepository(SpanStore):
 
         Keys: the agent name, ``str(tier)`` (ordered numerically), or ``"all"``. ``count`` covers
         every status; latency figures only the spans with a duration; ``error_rate`` is errors
-        over finished (ok + error) spans.
+        over ``count`` (:func:`~src.agents.ml_foundation.observability_connector.models.error_rate`).
         """
         check_group_by(group_by)
         key_expr, order_by = _GROUP_KEYS[group_by]
         where, params = _filters(window, agent_name, trace_id)
         rows = await self._run(partial(self._fetchall, _stats_sql(key_expr, where, order_by), params))
         stats = []
-        for k, n_all, n_ok, n_error, _started, tok_in, tok_out, tok_total, avg_d, p50, p95, p99, _fb in rows:
-            finished = n_ok + n_error
+        for k, n_all, _ok, n_error, _timeout, _started, tok_in, tok_out, tok_total, avg_d, p50, p95, p99, _fb in rows:
             stats.append(
                 LatencyStats(
                     key=str(k),
@@ -633,7 +677,7 @@ class SQLiteSpanRepository(SpanStore):
                     p95_ms=p95,
                     p99_ms=p99,
                     error_count=n_error,
-                    error_rate=n_error / finished if finished else 0.0,
+                    error_rate=error_rate(n_error, n_all),
                     input_tokens=tok_in,
                     output_tokens=tok_out,
                     total_tokens=tok_total,
@@ -644,20 +688,32 @@ class SQLiteSpanRepository(SpanStore):
     async def get_quality_metrics(
         self, window: str, agent_name: str | None = None, trace_id: str | None = None
     ) -> QualityMetrics:
-        """``success_rate`` is 1.0 when nothing has finished: no evidence of failure is not failure.
+        """Counts per status and percentiles in one statement; the rates come from ``from_counts``.
 
         A fallback is a span whose ``attributes.fallback_used`` is truthy in Python's sense (true,
-        a non-zero number, a non-empty string/array/object); ``fallback_rate`` is over all spans.
+        a non-zero number, a non-empty string/array/object).
         """
         where, params = _filters(window, agent_name, trace_id)
         sql = _stats_sql("'all'", where, "t.k", with_fallback=True)
         rows = await self._run(partial(self._fetchall, sql, params))
         if rows:
-            _k, total, n_ok, n_error, n_started, _ti, _to, _tt, avg_d, p50, p95, p99, n_fallback = rows[0]
+            _k, total, n_ok, n_error, n_timeout, n_started, _ti, _to, _tt, avg_d, p50, p95, p99, n_fallback = rows[0]
         else:
-            total = n_ok = n_error = n_started = n_fallback = 0
+            total = n_ok = n_error = n_timeout = n_started = n_fallback = 0
             avg_d = p50 = p95 = p99 = None
-        return QualityMetrics.from_counts(window, total, n_ok, n_error, n_started, n_fallback, p50, p95, p99, avg_d)
+        return QualityMetrics.from_counts(
+            window,
+            total=total,
+            ok=n_ok,
+            error=n_error,
+            timeout=n_timeout,
+            started=n_started,
+            fallback=n_fallback,
+            p50=p50,
+            p95=p95,
+            p99=p99,
+            avg=avg_d,
+        )
 
     @staticmethod
     def _fetchall(sql: str, params: Sequence[Any], conn: sqlite3.Connection) -> list[Any]:

@@ -76,6 +76,7 @@ from src.agents.ml_foundation.observability_connector.models import (
     LatencyStats,
     ObservabilitySpan,
     QualityMetrics,
+    error_rate,
 )
 from src.repositories.base import (
     COLUMNS,
@@ -92,6 +93,8 @@ from src.repositories.base import (
     StoreSchemaError,
     StoreUnavailableError,
     check_group_by,
+    check_limit,
+    hours_start,
     status_counts,
     window_start,
 )
@@ -674,8 +677,10 @@ class SupabaseSpanRepository(SpanStore):
 
     # ------------------------------------------------------------------ reads
 
-    async def _select(self, filters: Sequence[tuple[str, str, str]], limit: int | None) -> list[ObservabilitySpan]:
-        """Pages of at most ``page_size`` rows until ``limit`` rows or a short page."""
+    async def _select(
+        self, filters: Sequence[tuple[str, str, str]], limit: int | None, *, descending: bool = False
+    ) -> list[ObservabilitySpan]:
+        """Pages of at most ``page_size`` rows until ``limit`` rows or a short page (newest first if ``descending``)."""
         spans: list[ObservabilitySpan] = []
         while limit is None or len(spans) < limit:
             page = self._page_size if limit is None else min(self._page_size, limit - len(spans))
@@ -688,7 +693,7 @@ class SupabaseSpanRepository(SpanStore):
                 for column, op, value in filters:
                     query = query.filter(column, op, value)
                 for column in ORDER_BY:
-                    query = query.order(column)
+                    query = query.order(column, desc=descending)
                 query = query.limit(page)
                 if offset:
                     query = query.offset(offset)
@@ -722,6 +727,13 @@ class SupabaseSpanRepository(SpanStore):
     async def get_spans_by_trace_id(self, trace_id: str) -> list[ObservabilitySpan]:
         return await self._select([("trace_id", "eq", trace_id)], None)
 
+    async def get_spans_by_agent(self, agent_name: str, hours: float = 24, limit: int = 500) -> list[ObservabilitySpan]:
+        filters = [("agent_name", "eq", agent_name), ("start_time", "gte", _iso(hours_start(hours)))]
+        check_limit(limit)
+        if limit == 0:
+            return []
+        return await self._select(filters, limit, descending=True)
+
     async def count_spans(self) -> int:
         response = await self._call(
             "count", lambda c: c.table(TABLE).select("id", count=CountMethod.exact, head=True).execute()
@@ -753,30 +765,34 @@ class SupabaseSpanRepository(SpanStore):
         trace_id: str | None = None,
         group_by: GroupBy = "agent",
     ) -> list[LatencyStats]:
+        """``error_rate`` is derived from the counts, like every backend (the RPC's own column is not read)."""
         check_group_by(group_by)
         params = {**self._rpc_filters(window, agent_name, trace_id), "p_group": group_by}
         rows = await self._rpc_rows(RPC_LATENCY_STATS, params)
-        return [
-            LatencyStats(
-                key=str(row["key"]),
-                count=_int(row.get("count")),
-                avg_ms=_float(row.get("avg_ms")),
-                p50_ms=_float(row.get("p50_ms")),
-                p95_ms=_float(row.get("p95_ms")),
-                p99_ms=_float(row.get("p99_ms")),
-                error_count=_int(row.get("error_count")),
-                error_rate=_float(row.get("error_rate")) or 0.0,
-                input_tokens=_int(row.get("input_tokens")),
-                output_tokens=_int(row.get("output_tokens")),
-                total_tokens=_int(row.get("total_tokens")),
+        stats = []
+        for row in rows:
+            count, errors = _int(row.get("count")), _int(row.get("error_count"))
+            stats.append(
+                LatencyStats(
+                    key=str(row["key"]),
+                    count=count,
+                    avg_ms=_float(row.get("avg_ms")),
+                    p50_ms=_float(row.get("p50_ms")),
+                    p95_ms=_float(row.get("p95_ms")),
+                    p99_ms=_float(row.get("p99_ms")),
+                    error_count=errors,
+                    error_rate=error_rate(errors, count),
+                    input_tokens=_int(row.get("input_tokens")),
+                    output_tokens=_int(row.get("output_tokens")),
+                    total_tokens=_int(row.get("total_tokens")),
+                )
             )
-            for row in rows
-        ]
+        return stats
 
     async def get_status_distribution(
         self, window: str, agent_name: str | None = None, trace_id: str | None = None
     ) -> dict[str, int]:
-        """Always all three statuses, zeros included, like every other backend."""
+        """Always every stored status, zeros included, like every other backend."""
         rows = await self._rpc_rows(RPC_STATUS_DISTRIBUTION, self._rpc_filters(window, agent_name, trace_id))
         return status_counts((row["status"], _int(row.get("n"))) for row in rows)
 
@@ -786,21 +802,18 @@ class SupabaseSpanRepository(SpanStore):
         """Counts and percentiles come from SQL; the rates and the score are derived as in every backend."""
         rows = await self._rpc_rows(RPC_QUALITY_COUNTS, self._rpc_filters(window, agent_name, trace_id))
         row = rows[0] if rows else {}
-        total = _int(row.get("total"))
-        n_ok = _int(row.get("ok_count"))
-        n_error = _int(row.get("error_count"))
-        n_fallback = _int(row.get("fallback_count"))
         return QualityMetrics.from_counts(
             window,
-            total,
-            n_ok,
-            n_error,
-            _int(row.get("started_count")),
-            n_fallback,
-            _float(row.get("p50_ms")),
-            _float(row.get("p95_ms")),
-            _float(row.get("p99_ms")),
-            _float(row.get("avg_ms")),
+            total=_int(row.get("total")),
+            ok=_int(row.get("ok_count")),
+            error=_int(row.get("error_count")),
+            timeout=_int(row.get("timeout_count")),
+            started=_int(row.get("started_count")),
+            fallback=_int(row.get("fallback_count")),
+            p50=_float(row.get("p50_ms")),
+            p95=_float(row.get("p95_ms")),
+            p99=_float(row.get("p99_ms")),
+            avg=_float(row.get("avg_ms")),
         )
 
 

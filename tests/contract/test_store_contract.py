@@ -102,7 +102,7 @@ def random_spans(rng: random.Random, now: datetime, n: int, *, max_age: timedelt
     spans = []
     for _ in range(n):
         agent = rng.choice(list(AGENTS))
-        status = rng.choices(["ok", "error", "started"], weights=[80, 15, 5])[0]
+        status = rng.choices(["ok", "error", "timeout", "started"], weights=[75, 12, 8, 5])[0]
         tokens = rng.random() < 0.6
         spans.append(
             make_span(
@@ -206,7 +206,7 @@ async def test_one_bad_row_costs_only_itself(span_store: SpanStore) -> None:
     bad_status = unvalidated(status="exploded")
     bad_duration = unvalidated(duration_ms=-3.0)
     bad_tokens = unvalidated(input_tokens=-1)
-    bad_time = unvalidated(start_time="yesterday")
+    bad_time = unvalidated(started_at="yesterday")
     batch = [good[0], bad_status, good[1], bad_duration, good[2], bad_tokens, good[3], bad_time, good[4], good[0]]
     batch.append(good[5])
 
@@ -265,20 +265,24 @@ async def test_percentiles_match_the_python_reference_on_random_data(span_store:
     (overall,) = reference_groups(recent, "all")
     ok = sum(s.status == "ok" for s in recent)
     err = sum(s.status == "error" for s in recent)
+    timeouts = sum(s.status == "timeout" for s in recent)
     fallback = sum(bool(s.attributes.get("fallback_used")) for s in recent)
     assert (metrics.total_spans, metrics.ok_count, metrics.error_count) == (len(recent), ok, err)
+    assert metrics.timeout_count == timeouts > 0
     assert metrics.started_count == sum(s.status == "started" for s in recent)
     assert metrics.fallback_count == fallback
     assert metrics.fallback_rate == pytest.approx(fallback / len(recent))
-    assert metrics.success_rate == pytest.approx(ok / (ok + err))
-    assert metrics.error_rate == pytest.approx(err / (ok + err))
+    # Host semantics: every rate over all spans; a started span is a success, a timeout is not an error.
+    assert metrics.success_rate == pytest.approx((len(recent) - err - timeouts) / len(recent))
+    assert metrics.error_rate == pytest.approx(err / len(recent))
+    assert metrics.timeout_rate == pytest.approx(timeouts / len(recent))
     for name, want in (("p50", overall.p50_ms), ("p95", overall.p95_ms), ("p99", overall.p99_ms)):
         assert getattr(metrics, f"{name}_latency_ms") == pytest.approx(want, rel=1e-9)
     assert metrics.avg_latency_ms == pytest.approx(overall.avg_ms, rel=1e-9)
     assert metrics.quality_score == quality_score(metrics.success_rate, metrics.p95_latency_ms, metrics.fallback_rate)
 
     statuses = await span_store.get_status_distribution("24h")
-    assert statuses == {st: sum(s.status == st for s in recent) for st in ("ok", "error", "started")}
+    assert statuses == {st: sum(s.status == st for s in recent) for st in ("ok", "error", "timeout", "started")}
 
 
 async def test_percentiles_follow_percentile_cont_exactly(span_store: SpanStore) -> None:
@@ -314,9 +318,10 @@ async def test_empty_windows_answer_without_data(span_store: SpanStore) -> None:
     await span_store.insert_span(make_span(start=datetime.now(UTC) - timedelta(days=3)))
     assert await span_store.get_latency_stats("1h") == []
     assert await span_store.get_latency_stats("1h", group_by="all") == []
-    assert await span_store.get_status_distribution("1h") == {"ok": 0, "error": 0, "started": 0}
+    assert await span_store.get_status_distribution("1h") == {"ok": 0, "error": 0, "timeout": 0, "started": 0}
     metrics = await span_store.get_quality_metrics("1h")
     assert (metrics.total_spans, metrics.success_rate, metrics.error_rate, metrics.fallback_rate) == (0, 1.0, 0.0, 0.0)
+    assert (metrics.timeout_count, metrics.timeout_rate) == (0, 0.0)
     assert metrics.p95_latency_ms is None and metrics.avg_latency_ms is None
     assert metrics.quality_score == 1.0
     assert await span_store.get_spans_by_time_window("1h") == []
@@ -385,17 +390,97 @@ async def test_windows_and_filters_select_exactly_the_right_rows(span_store: Spa
     ]
 
 
+async def test_spans_by_agent_are_newest_first_within_the_last_hours(span_store: SpanStore) -> None:
+    """The host's ``get_spans_by_agent(agent_name, hours=24, limit=500)``: what an agent did lately."""
+    now = datetime.now(UTC)
+    ages = {
+        "future": -timedelta(minutes=30),  # a fast producer clock: no upper bound, as for every read
+        "5m": timedelta(minutes=5),
+        "50m": timedelta(minutes=50),
+        "3h": timedelta(hours=3),
+        "23h": timedelta(hours=23),
+        "30h": timedelta(hours=30),
+    }
+    await span_store.insert_spans_batch(
+        [
+            make_span(start=now - age, agent=agent, span_id=f"{agent}-{name}")
+            for name, age in ages.items()
+            for agent in ("gap_analyzer", "explainer")
+        ]
+    )
+
+    async def names(agent: str, **kwargs: Any) -> list[str]:
+        return [s.span_id.split("-", 1)[1] for s in await span_store.get_spans_by_agent(agent, **kwargs)]
+
+    assert await names("gap_analyzer") == ["future", "5m", "50m", "3h", "23h"]  # 24 hours by default
+    assert await names("explainer", hours=1) == ["future", "5m", "50m"]
+    assert await names("explainer", hours=0.5) == ["future", "5m"]
+    assert await names("gap_analyzer", hours=48) == list(ages)
+    assert await names("gap_analyzer", hours=48, limit=2) == ["future", "5m"]  # the newest ones
+    assert await span_store.get_spans_by_agent("gap_analyzer", limit=0) == []
+    assert await span_store.get_spans_by_agent("no_such_agent", hours=48) == []
+    (row,) = await span_store.get_spans_by_agent("explainer", hours=0.5, limit=1)
+    assert row == only(await span_store.get_spans_by_trace_id(row.trace_id))  # whole rows, every column
+    for bad in ({"hours": 0}, {"hours": -1}, {"hours": True}, {"limit": -1}):
+        with pytest.raises(ValueError, match=r"hours must be a positive number|limit must be zero or positive"):
+            await span_store.get_spans_by_agent("gap_analyzer", **bad)
+
+
+def only(rows: list[ObservabilitySpan]) -> ObservabilitySpan:
+    assert len(rows) == 1
+    return rows[0]
+
+
 async def test_status_distribution_counts_each_status(span_store: SpanStore) -> None:
     await span_store.insert_spans_batch(
         [make_span(status="ok")]
         + [make_span(status="error") for _ in range(3)]
+        + [make_span(status="timeout") for _ in range(2)]
         + [make_span(status="started", duration_ms=None) for _ in range(2)]
         + [make_span(status="ok", agent="explainer") for _ in range(4)]
     )
-    assert await span_store.get_status_distribution("1h") == {"ok": 5, "error": 3, "started": 2}
+    assert await span_store.get_status_distribution("1h") == {"ok": 5, "error": 3, "timeout": 2, "started": 2}
     assert await span_store.get_status_distribution("1h", agent_name="explainer") == {
         "ok": 4,
         "error": 0,
+        "timeout": 0,
+        "started": 0,
+    }
+
+
+async def test_timeout_is_stored_as_itself_and_is_not_an_error(span_store: SpanStore) -> None:
+    """``timeout`` round-trips as its own status; rates follow the host (every span in the denominator)."""
+    timed_out = make_span(status="timeout", duration_ms=30_000.0, error_type="TimeoutError", agent="explainer")
+    spans = [
+        timed_out,
+        make_span(status="error", agent="explainer"),
+        make_span(status="ok", agent="explainer"),
+        make_span(status="started", duration_ms=None, agent="explainer"),
+        *[make_span(status="timeout", agent="gap_analyzer") for _ in range(3)],
+        make_span(status="ok", agent="gap_analyzer"),
+    ]
+    assert (await span_store.insert_spans_batch(spans)).inserted == len(spans)
+
+    (back,) = await span_store.get_spans_by_trace_id(timed_out.trace_id)
+    assert back.status == "timeout" and back.model_dump() == timed_out.model_dump()
+    assert {s.span_id for s in await span_store.get_spans_by_time_window("1h") if s.status == "timeout"} == {
+        s.span_id for s in spans if s.status == "timeout"
+    }
+
+    metrics = await span_store.get_quality_metrics("1h")
+    assert (metrics.ok_count, metrics.error_count, metrics.timeout_count, metrics.started_count) == (2, 1, 4, 1)
+    assert metrics.total_spans == 8
+    assert (metrics.success_rate, metrics.error_rate, metrics.timeout_rate) == (3 / 8, 1 / 8, 4 / 8)
+    assert metrics.quality_score == quality_score(3 / 8, metrics.p95_latency_ms, 0.0)
+
+    by_agent = {s.key: s for s in await span_store.get_latency_stats("1h")}
+    assert (by_agent["explainer"].count, by_agent["explainer"].error_count) == (4, 1)
+    assert by_agent["explainer"].error_rate == 1 / 4  # the timeout and the started span count, as non-errors
+    assert (by_agent["gap_analyzer"].error_count, by_agent["gap_analyzer"].error_rate) == (0, 0.0)
+    assert await span_store.get_status_distribution("1h", agent_name="gap_analyzer") == {
+        "ok": 1,
+        "error": 0,
+        "timeout": 3,
         "started": 0,
     }
 

@@ -182,3 +182,26 @@ def test_langgraph_dev_serves_the_graph_to_a_stateless_sdk_run(studio_server: tu
     assert set(rows) == {"span_123", "span_124"}
     assert "sk-ant-api03-studio" not in rows["span_123"] and "[REDACTED]" in rows["span_123"]
     assert "abcdefgh12345678" not in rows["span_124"] and "Bearer [REDACTED]" in rows["span_124"]
+
+
+def test_the_readmes_studio_example_runs_against_langgraph_dev(studio_server: tuple[str, Path]) -> None:
+    """The README's Python client example, as written, with this server's URL for port 2024."""
+    import ast
+
+    from tests.integration.test_readme_examples import studio_block
+
+    url, db = studio_server
+    source = studio_block()
+    assert 'url="http://127.0.0.1:2024"' in source
+    code = compile(source.replace("http://127.0.0.1:2024", url), "<README studio block>", "exec",
+                   flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)  # fmt: skip
+    namespace: dict[str, object] = {}
+
+    async def run() -> None:
+        result = eval(code, namespace)
+        if asyncio.iscoroutine(result):
+            await result
+
+    asyncio.run(asyncio.wait_for(run(), timeout=30))
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM ml_observability_spans WHERE agent_name = 'explainer'").fetchone()[0]

@@ -144,10 +144,10 @@ async def test_an_answer_racing_a_write_into_its_window_is_not_stored(
     key = ("race", 3600)
     generation = await reader.cache.generation()
     window_start = time.time() - 3600
-    await writer.cache.ainvalidate(time.time() - 7200)  # before the window: harmless
+    await writer.cache.ainvalidate_since(time.time() - 7200)  # before the window: harmless
     assert await reader.cache.aput(key, 1, 3600, generation=generation, window_start=window_start) is not None
     generation = await reader.cache.generation()
-    await writer.cache.ainvalidate(time.time())  # inside the window, after the reader's snapshot
+    await writer.cache.ainvalidate_since(time.time())  # inside the window, after the reader's snapshot
     assert await reader.cache.aput(key, 2, 3600, generation=generation, window_start=window_start) is None
     assert reader.cache.get_status()["stale_discarded"] == 1
 
@@ -444,7 +444,7 @@ async def test_another_process_s_write_reaches_the_near_cache_at_once(
 
 
 def _foreign_invalidation(server: RedisServer, ctx: ConnectorContext, newest: str) -> None:
-    """What another process's ``ainvalidate`` sends: the same script, the same keys."""
+    """What another process's ``ainvalidate_since`` sends: the same script, the same keys."""
     from src.agents.ml_foundation.observability_connector.cache import _INVALIDATE_LUA, _INVALIDATION_LOG
 
     backend: Any = ctx.cache._backend
@@ -504,3 +504,36 @@ async def test_a_gap_in_the_generations_drops_the_near_cache(
     redis_server.command("PUBLISH", backend._channel, f"{gen + 5} 0")  # gen + 2 .. + 4 never heard
     await _until(lambda: _near(ctx)["entries"] == 0)
     assert (await compute_metrics(ctx, "1h"))[1] is True  # from Redis: the entry there is fine
+
+
+# --------------------------------------------------------------------------- the host codebase's API
+
+
+async def test_host_api_is_shared_across_processes_and_honours_its_ttl(
+    redis_server: RedisServer, redis_prefix: str, make_context: MakeContext
+) -> None:
+    """``set_metrics`` in one process, ``get_metrics`` in another; ``invalidate``/``clear`` reach
+    both, near-caches included; a TTL given at store time is obeyed by the other process's near-cache."""
+    writer = make_context(redis_server.url, redis_prefix).cache
+    reader = make_context(redis_server.url, redis_prefix).cache
+    assert await writer.set_metrics("1h", "orchestrator", {"p95": 12.5})
+    assert await writer.set_metrics("7d", None, {"short": True}, ttl=0.4)  # far below the 7d window's 600 s
+    assert await reader.get_metrics("1h", "orchestrator") == {"p95": 12.5}
+    await _until(lambda: reader.get_status()["redis"]["near_cache"]["live"])
+    for window, agent in (("1h", "orchestrator"), ("7d", None)):
+        assert await reader.get_metrics(window, agent) is not None  # now in the reader's near-cache too
+        assert await reader.get_metrics(window, agent) is not None
+    assert reader.get_status()["redis"]["near_cache"]["hits"] >= 2
+
+    await asyncio.sleep(0.6)
+    assert await reader.get_metrics("7d") is None  # expired locally as in Redis, not after 600 s
+    assert await reader.get_metrics("1h", "orchestrator") == {"p95": 12.5}
+
+    assert await writer.invalidate(agent="orchestrator", window="1h") == 1
+    await _until(lambda: reader.get_status()["redis"]["near_cache"]["entries"] == 0)
+    assert await reader.get_metrics("1h", "orchestrator") is None
+
+    assert await reader.get_or_compute("24h", "explainer", lambda: {"n": 1}) == {"n": 1}
+    assert await writer.get_or_compute("24h", "explainer", lambda: {"n": 2}) == {"n": 1}
+    assert await writer.clear() == 1
+    assert await reader.get_or_compute("24h", "explainer", lambda: {"n": 3}) == {"n": 3}

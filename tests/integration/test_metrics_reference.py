@@ -91,14 +91,21 @@ async def test_every_field_matches_the_reference(
     assert set(UNKNOWN_AGENTS) <= set(everything["latency_by_agent"])
     assert "-1" in everything["latency_by_tier"]
     assert everything["latency_by_tier"]["-1"]["tier_name"] == "unknown"
-    assert all(everything["status_distribution"][s] > 0 for s in ("ok", "error", "started"))
+    assert list(everything["status_distribution"]) == ["ok", "error", "timeout"]
+    assert all(n > 0 for n in everything["status_distribution"].values())
     assert 0 < everything["fallback_invocation_rate"] < 1
     for label, answer in answers.items():
+        # The host's invariants, on every filter: the statuses add up, no percentile is None.
+        assert sum(answer["status_distribution"].values()) == answer["total_spans_analyzed"], label
+        for group in (*answer["latency_by_agent"].values(), *answer["latency_by_tier"].values()):
+            assert group["p50"] <= group["p95"] <= group["p99"], label
+        assert isinstance(answer["overall_p95_latency_ms"], float), label
         if label != "all":
             assert answer["total_spans_analyzed"] < everything["total_spans_analyzed"], label
     assert answers["agent without spans"]["total_spans_analyzed"] == 0
     assert answers["agent without spans"]["latency_by_agent"] == {}
     assert answers["absent trace"]["overall_success_rate"] == 1.0
+    assert answers["absent trace"]["overall_p99_latency_ms"] == 0.0
 
 
 async def test_windows_nest_and_differ(metrics_store: ObservabilitySpanRepository, settings: Any) -> None:

@@ -83,7 +83,7 @@ def make_trace(obs: ObservabilityConnectorAgent, spans: int = 10, poison: bool =
             name = "poison" if poison and index == 0 else f"step_{index}"
             with obs.span(name, "gap_analyzer"):
                 pass
-        obs.track_llm_call("gap_analyzer", "gpt-4o", 100, 20, duration_ms=3, provider="openai")
+        obs.record_llm_call("gap_analyzer", "gpt-4o", 100, 20, duration_ms=3, provider="openai")
     return root.trace_id
 
 
@@ -137,7 +137,7 @@ async def test_a_trace_arrives_as_the_right_tree_with_model_and_usage(
     async with obs.span("route_request", "orchestrator") as root:
         root.set_input({"question": "why did NE drop?"})
         async with obs.span("execute", "gap_analyzer") as execute:
-            llm = obs.track_llm_call("gap_analyzer", "claude-sonnet-4", 812, 95, duration_ms=40, provider="anthropic")
+            llm = obs.record_llm_call("gap_analyzer", "claude-sonnet-4", 812, 95, duration_ms=40, provider="anthropic")
         with pytest.raises(RuntimeError):
             async with obs.span("estimate_effect", "causal_impact") as failing:
                 raise RuntimeError("solver diverged")

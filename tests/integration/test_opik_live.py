@@ -52,7 +52,7 @@ async def send_and_read_back(environ: Mapping[str, str], tmp_path: Path, read_ti
     try:
         async with obs.span("route_request", "orchestrator") as root:
             root.set_input({"question": "live test"})
-            llm = obs.track_llm_call("gap_analyzer", "gpt-4o-mini", 21, 7, duration_ms=12, provider="openai")
+            llm = obs.record_llm_call("gap_analyzer", "gpt-4o-mini", 21, 7, duration_ms=12, provider="openai")
             root.set_output({"answer": 42})
         assert await connector.flush(30), connector.get_status()
         status = connector.get_status()

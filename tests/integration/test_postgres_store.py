@@ -79,6 +79,7 @@ def test_schema_applies_twice_and_reports_what_it_did(postgres_template: Templat
         "function obs_quality_counts(timestamp with time zone,text,text)",
         "function obs_delete_old_spans(timestamp with time zone,integer)",
         "policy ml_observability_spans_service_role_all",
+        "check ml_observability_spans_status_check: ok, error, timeout, started",
     }
     assert set(first.created) == expected and first.already_present == [] and first.changed
     assert second.created == [] and set(second.already_present) == expected and not second.changed
@@ -127,6 +128,58 @@ def test_schema_objects_have_the_promised_properties(postgres_dsn: str) -> None:
             "WHERE conname = 'ml_observability_spans_trace_span_key'"
         ).fetchone()
         assert unique == ("UNIQUE (trace_id, span_id)",)
+
+
+#: What a database migrated before ``timeout`` existed has: the narrower status CHECK and an
+#: ``obs_quality_counts`` without ``timeout_count`` (another result type).
+_BEFORE_TIMEOUT_SQL = """
+ALTER TABLE ml_observability_spans DROP CONSTRAINT ml_observability_spans_status_check;
+ALTER TABLE ml_observability_spans ADD CONSTRAINT ml_observability_spans_status_check
+    CHECK (status IN ('ok', 'error', 'started'));
+DROP FUNCTION obs_quality_counts(timestamptz, text, text);
+CREATE FUNCTION obs_quality_counts(p_since timestamptz, p_agent text DEFAULT NULL, p_trace text DEFAULT NULL)
+RETURNS TABLE (total bigint, ok_count bigint, error_count bigint, started_count bigint, fallback_count bigint,
+               p50_ms double precision, p95_ms double precision, p99_ms double precision, avg_ms double precision)
+LANGUAGE sql STABLE AS $$ SELECT 0::bigint, 0::bigint, 0::bigint, 0::bigint, 0::bigint,
+                                 NULL::float8, NULL::float8, NULL::float8, NULL::float8 $$;
+GRANT EXECUTE ON FUNCTION obs_quality_counts(timestamptz, text, text) TO anon;
+"""
+
+
+async def test_migrate_widens_an_existing_table_to_accept_timeout(postgres_dsn: str) -> None:
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(_BEFORE_TIMEOUT_SQL)  # type: ignore[arg-type]
+    old = make_span(status="error")
+    timed_out = make_span(status="timeout", duration_ms=31_000.0)
+    repo = PostgresSpanRepository(postgres_dsn)
+    try:
+        assert (await repo.insert_spans_batch([old])).inserted == 1
+        refused = await repo.insert_spans_batch([timed_out])
+        assert refused.failed == 1 and "ml_observability_spans_status_check" in refused.errors[0][1]
+
+        report = await asyncio.to_thread(migrate, postgres_dsn)
+        assert report.created == ["check ml_observability_spans_status_check: ok, error, timeout, started"]
+
+        assert (await repo.insert_spans_batch([timed_out])).inserted == 1
+        (back,) = await repo.get_spans_by_trace_id(timed_out.trace_id)
+        assert back.status == "timeout"
+        metrics = await repo.get_quality_metrics("1h")
+        assert (metrics.total_spans, metrics.error_count, metrics.timeout_count) == (2, 1, 1)
+        assert (metrics.success_rate, metrics.error_rate) == (0.0, 0.5)
+        assert await repo.get_status_distribution("1h") == {"ok": 0, "error": 1, "timeout": 1, "started": 0}
+    finally:
+        await repo.close()
+
+    again = await asyncio.to_thread(migrate, postgres_dsn)
+    assert again.created == [] and not again.changed
+    # The replaced function got the schema's grants again, not the ones the old one had.
+    assert scalar(
+        postgres_dsn,
+        "SELECT has_function_privilege('service_role', 'obs_quality_counts(timestamptz, text, text)', 'EXECUTE')",
+    )
+    assert not scalar(
+        postgres_dsn, "SELECT has_function_privilege('anon', 'obs_quality_counts(timestamptz, text, text)', 'EXECUTE')"
+    )
 
 
 @pytest.mark.parametrize("agents", [3, 70])  # the parallel union up to 64 agents, a lateral join beyond
@@ -430,10 +483,10 @@ def test_cli_migrate_and_cleanup_on_postgres(postgres_template: TemplateInfo, mo
         first = runner.invoke(app, ["migrate"])
         assert first.exit_code == 0, first.output
         out = flat(first.output)
-        assert "table ml_observability_spans created" in out and "Done: 13 created, 0 already present." in out
+        assert "table ml_observability_spans created" in out and "Done: 14 created, 0 already present." in out
         assert "anon denied" in out and "service_role granted" in out
         second = runner.invoke(app, ["migrate"])
-        assert second.exit_code == 0 and "Nothing to create: 0 created, 13 already present." in flat(second.output)
+        assert second.exit_code == 0 and "Nothing to create: 0 created, 14 already present." in flat(second.output)
 
         now = datetime.now(UTC)
 

@@ -398,6 +398,49 @@ async def test_reads_paginate_past_max_rows(api: Any) -> None:
     ]
 
 
+async def test_spans_by_agent_sends_exact_filters_newest_first(api: Any) -> None:
+    rows = [
+        expected_row(make_span(agent_name="explainer", start_time=datetime(2026, 1, 1, 0, 9 - i, tzinfo=UTC)))
+        for i in range(5)
+    ]
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        offset = int(request.url.params.get("offset", "0"))
+        return httpx.Response(200, json=rows[offset : offset + int(request.url.params["limit"])])
+
+    route = api.get(f"/{TABLE}").mock(side_effect=answer)
+    store = SupabaseSpanRepository(URL, KEY, page_size=2)
+    try:
+        got = await store.get_spans_by_agent("explainer", hours=6, limit=3)
+    finally:
+        await store.close()
+
+    assert [s.span_id for s in got] == [r["span_id"] for r in rows[:3]]
+    pages = [call.request.url.params for call in route.calls]
+    assert [(p["limit"], p.get("offset")) for p in pages] == [("2", None), ("1", "2")]
+    for params in pages:
+        assert params["select"] == ",".join(COLUMNS)
+        assert params["agent_name"] == "eq.explainer"
+        since = params["start_time"]
+        assert since.startswith("gte.")
+        assert_near_now_minus(since.removeprefix("gte."), timedelta(hours=6))
+        # Newest first; the unique id keeps equal start times in one order across pages.
+        assert params["order"] == "start_time.desc,id.desc"
+        assert "trace_id" not in params
+
+
+async def test_spans_by_agent_arguments_are_validated_before_any_request(
+    repo: SupabaseSpanRepository, api: Any
+) -> None:
+    route = api.get(f"/{TABLE}")
+    with pytest.raises(ValueError, match="hours must be a positive number of hours, got 0"):
+        await repo.get_spans_by_agent("explainer", hours=0)
+    with pytest.raises(ValueError, match="limit must be zero or positive, got -5"):
+        await repo.get_spans_by_agent("explainer", limit=-5)
+    assert await repo.get_spans_by_agent("explainer", limit=0) == []
+    assert route.call_count == 0
+
+
 async def test_window_and_limit_are_validated_before_any_request(repo: SupabaseSpanRepository, api: Any) -> None:
     route = api.get(f"/{TABLE}")
     with pytest.raises(ValueError, match="time window"):
@@ -438,7 +481,7 @@ async def test_latency_stats_rpc(repo: SupabaseSpanRepository, api: Any) -> None
                     "p95_ms": 300.25,
                     "p99_ms": 310.0,
                     "error_count": 2,
-                    "error_rate": 0.25,
+                    "error_rate": 0.2,
                     "input_tokens": 1000,
                     "output_tokens": 200,
                     "total_tokens": 1200,
@@ -459,7 +502,8 @@ async def test_latency_stats_rpc(repo: SupabaseSpanRepository, api: Any) -> None
     assert len(stats) == 1
     s = stats[0]
     assert (s.key, s.count, s.avg_ms, s.p50_ms, s.p95_ms, s.p99_ms) == ("2", 10, 150.5, 120.0, 300.25, 310.0)
-    assert (s.error_count, s.error_rate, s.input_tokens, s.output_tokens, s.total_tokens) == (2, 0.25, 1000, 200, 1200)
+    # error_rate is errors over every span of the group (count), derived from the counts.
+    assert (s.error_count, s.error_rate, s.input_tokens, s.output_tokens, s.total_tokens) == (2, 0.2, 1000, 200, 1200)
 
 
 async def test_latency_stats_rejects_unknown_group_without_request(repo: SupabaseSpanRepository, api: Any) -> None:
@@ -471,9 +515,16 @@ async def test_latency_stats_rejects_unknown_group_without_request(repo: Supabas
 
 async def test_status_distribution_rpc(repo: SupabaseSpanRepository, api: Any) -> None:
     route = api.post("/rpc/obs_status_distribution").mock(
-        return_value=httpx.Response(200, json=[{"status": "error", "n": 3}, {"status": "ok", "n": 7}])
+        return_value=httpx.Response(
+            200, json=[{"status": "error", "n": 3}, {"status": "ok", "n": 7}, {"status": "timeout", "n": 2}]
+        )
     )
-    assert await repo.get_status_distribution("7d", trace_id="t-9") == {"ok": 7, "error": 3, "started": 0}
+    assert await repo.get_status_distribution("7d", trace_id="t-9") == {
+        "ok": 7,
+        "error": 3,
+        "timeout": 2,
+        "started": 0,
+    }
     body = json.loads(route.calls.last.request.content)
     assert (body["p_agent"], body["p_trace"]) == (None, "t-9")
     assert_near_now_minus(body["p_since"], timedelta(days=7))
@@ -486,8 +537,9 @@ async def test_quality_metrics_rpc(repo: SupabaseSpanRepository, api: Any) -> No
             json=[
                 {
                     "total": 10,
-                    "ok_count": 6,
+                    "ok_count": 5,
                     "error_count": 2,
+                    "timeout_count": 1,
                     "started_count": 2,
                     "fallback_count": 1,
                     "p50_ms": 100.0,
@@ -500,15 +552,17 @@ async def test_quality_metrics_rpc(repo: SupabaseSpanRepository, api: Any) -> No
     )
     q = await repo.get_quality_metrics("1h", agent_name="explainer")
     assert json.loads(route.calls.last.request.content)["p_agent"] == "explainer"
-    assert (q.total_spans, q.ok_count, q.error_count, q.started_count, q.fallback_count) == (10, 6, 2, 2, 1)
-    assert (q.success_rate, q.error_rate, q.fallback_rate) == (0.75, 0.25, 0.1)
+    counts = (q.total_spans, q.ok_count, q.error_count, q.timeout_count, q.started_count, q.fallback_count)
+    assert counts == (10, 5, 2, 1, 2, 1)
+    # Over all 10 spans: the started ones are successes, the timeout is neither success nor error.
+    assert (q.success_rate, q.error_rate, q.timeout_rate, q.fallback_rate) == (0.7, 0.2, 0.1, 0.1)
     assert (q.p50_latency_ms, q.p95_latency_ms, q.p99_latency_ms, q.avg_latency_ms) == (
         100.0,
         20_000.0,
         25_000.0,
         4_000.0,
     )
-    assert q.quality_score == pytest.approx(0.6 * 0.75 + 0.3 * 0.5 + 0.1 * 0.9)
+    assert q.quality_score == pytest.approx(0.6 * 0.7 + 0.3 * 0.5 + 0.1 * 0.9)
 
 
 async def test_quality_metrics_empty_window(repo: SupabaseSpanRepository, api: Any) -> None:
@@ -520,6 +574,7 @@ async def test_quality_metrics_empty_window(repo: SupabaseSpanRepository, api: A
                     "total": 0,
                     "ok_count": 0,
                     "error_count": 0,
+                    "timeout_count": 0,
                     "started_count": 0,
                     "fallback_count": 0,
                     "p50_ms": None,
@@ -837,7 +892,7 @@ async def test_core_operations_through_the_emulator_on_real_postgres(emulated_ds
             agent_tier=5 if i % 2 else 2,
             start_time=now - timedelta(minutes=i + 1),
             duration_ms=float(i),
-            status="error" if i % 10 == 0 else "ok",
+            status="error" if i % 10 == 0 else "timeout" if i % 10 == 5 else "ok",
             attributes={"i": i, "fallback_used": i % 4 == 0},
         )
         for i in range(120)
@@ -873,13 +928,16 @@ async def test_core_operations_through_the_emulator_on_real_postgres(emulated_ds
         durations = sorted(float(i) for i in range(0, 120, 2))
         assert stats["gap_analyzer"].p50_ms == pytest.approx((durations[29] + durations[30]) / 2)
 
+        assert stats["explainer"].error_count == 0 and stats["explainer"].error_rate == 0.0  # timeouts only
         assert await store.get_status_distribution("24h", trace_id="trace-emu") == {
-            "ok": 108,
+            "ok": 96,
             "error": 12,
+            "timeout": 12,
             "started": 0,
         }
         quality = await store.get_quality_metrics("24h", trace_id="trace-emu")
         assert (quality.total_spans, quality.fallback_count) == (120, 30)
+        assert (quality.error_count, quality.timeout_count, quality.success_rate) == (12, 12, 0.8)
 
         assert await store.delete_old_spans(30, batch_size=1) == 1
         assert await store.count_spans() == 121

@@ -82,6 +82,7 @@ def test_spooled_spans_survive_sigkill_and_reach_the_store_after_restart(tmp_pat
 
     async def restart() -> dict[str, object]:
         obs = ObservabilityConnectorAgent(settings)
+        obs.start()  # resume the spool now: the constructor opens nothing
         try:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:

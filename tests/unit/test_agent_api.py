@@ -1,5 +1,6 @@
-"""The agent-facing API: spans nest by themselves, errors are recorded and re-raised, and every
-finished span reaches the store through the background flusher."""
+"""The agent-facing API: spans nest by themselves, errors are recorded and re-raised, every
+finished span reaches the store through the background flusher, and nothing is opened or
+started before it is needed. (The host's exact calls are in tests/contract/test_host_contract_agent.py.)"""
 
 from __future__ import annotations
 
@@ -7,19 +8,19 @@ import asyncio
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from src.agents.ml_foundation.observability_connector.agent import (
-    ObservabilityConnectorAgent,
-    ObservabilityContext,
-)
+from src.agents.ml_foundation.observability_connector.agent import ObservabilityConnectorAgent
 from src.agents.ml_foundation.observability_connector.config import ObservabilitySettings
 from src.agents.ml_foundation.observability_connector.runtime import ConnectorContext
-from src.agents.ml_foundation.observability_connector.spans import SpanRecord
-from src.agents.ml_foundation.observability_connector.trace_context import current_parent, inject
+from src.agents.ml_foundation.observability_connector.spans import Span
+from src.agents.ml_foundation.observability_connector.trace_context import TraceContext, current_parent, inject
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,7 +55,7 @@ async def test_nested_spans_get_parents_without_passing_context(obs: Observabili
 
 
 async def test_gather_and_tasks_nest_under_the_right_parent(obs: ObservabilityConnectorAgent) -> None:
-    seen: dict[str, SpanRecord] = {}
+    seen: dict[str, Span] = {}
 
     async def branch(name: str) -> None:
         async with obs.span(name, "causal_impact") as s:
@@ -89,7 +90,7 @@ async def test_spans_reach_the_store_with_every_field(obs: ObservabilityConnecto
         span.add_event("cache_miss", {"key": "k1"})
         span.set_input({"query": "q"})
         span.set_output({"answer": 1})
-        obs.track_llm_call("gap_analyzer", "claude-sonnet-4", input_tokens=120, output_tokens=30, duration_ms=50)
+        await obs.track_llm_call("gap_analyzer", "llm_call", "claude-sonnet-4", 120, 30, duration_ms=50)
         obs.log_metric("rows_scanned", 1000)
     assert await obs.flush(timeout=10)
     rows = {r.operation_name: r for r in await obs.context.store.get_spans_by_trace_id(span.trace_id)}
@@ -129,30 +130,189 @@ async def test_sync_context_manager_and_decorators(obs: ObservabilityConnectorAg
 
 
 async def test_observability_context_and_cross_process_headers(obs: ObservabilityConnectorAgent) -> None:
-    ctx = obs.create_observability_context(request_id="req-1", user_id="u-9")
-    assert isinstance(ctx, ObservabilityContext)
+    ctx = obs.create_observability_context("req-1", user_id="u-9")
+    assert isinstance(ctx, dict) and ctx["request_id"] == "req-1" and ctx["parent_span_id"] is None
     async with obs.span("route", "orchestrator", ctx) as root:
         headers: dict[str, str] = {}
         inject(headers)
-    assert root.trace_id == ctx.trace_id
-    assert root.parent_span_id is None  # a local context is not a stored span
+    assert (root.trace_id, root.span_id) == (ctx["trace_id"], ctx["span_id"])  # the context names this span
+    assert root.parent_span_id is None
     assert headers["traceparent"] == f"00-{root.trace_id}-{root.span_id}-01"
     assert "request_id=req-1" in headers["baggage"]
 
     # The other process continues the trace from the header.
-    remote = obs.create_observability_context(traceparent=headers["traceparent"])
+    remote = obs.create_observability_context("req-1", traceparent=headers["traceparent"])
+    assert remote["parent_span_id"] == root.span_id
     async with obs.span("execute", "explainer", remote) as downstream:
         pass
     assert downstream.trace_id == root.trace_id
     assert downstream.parent_span_id == root.span_id
 
-    bad = obs.create_observability_context(traceparent="00-zzzz-bad-01")
-    assert bad.trace_id != root.trace_id and bad.parent_span_id is None
+    bad = obs.create_observability_context("req-2", traceparent="00-zzzz-bad-01")
+    assert bad["trace_id"] != root.trace_id and bad["parent_span_id"] is None
 
-    child = obs.create_child_context(root)
+    child = obs.create_child_context(root)  # an open span works as a parent too
     async with obs.span("sub", "explainer", child) as sub:
         pass
     assert sub.parent_span_id == root.span_id and sub.trace_id == root.trace_id
+
+
+async def test_a_context_dict_names_one_span_and_later_spans_become_its_children(
+    obs: ObservabilityConnectorAgent,
+) -> None:
+    ctx = obs.create_observability_context("req-3")
+    frozen = dict(ctx)
+    async with obs.span("execute", "scope_definer", ctx) as first:
+        async with obs.span("inner", "scope_definer") as inner:  # no context: the current span
+            async with obs.span("again", "scope_definer", ctx) as nested:  # the innermost span of its trace
+                pass
+    async with obs.span("retry", "scope_definer", ctx) as second:  # reused after the first closed
+        pass
+    async with obs.span("copied", "scope_definer", dict(ctx)) as copied:  # a copy names the same span
+        pass
+    assert ctx == frozen  # never changed
+    assert first.span_id == ctx["span_id"] and first.parent_span_id is None
+    assert inner.parent_span_id == first.span_id and nested.parent_span_id == inner.span_id
+    assert second.parent_span_id == first.span_id and copied.parent_span_id == first.span_id
+    ids = {s.span_id for s in (first, inner, nested, second, copied)}
+    assert len(ids) == 5
+    assert await obs.flush(timeout=10)
+    stored = await obs.context.store.get_spans_by_trace_id(ctx["trace_id"])
+    assert {s.span_id for s in stored} == ids  # none was a duplicate the store ignored
+
+
+async def test_a_context_dict_needs_string_ids(obs: ObservabilityConnectorAgent) -> None:
+    with pytest.raises(ValueError, match="'span_id'"):
+        async with obs.span("execute", "scope_definer", {"trace_id": "t-1"}):
+            pass
+    with pytest.raises(ValueError, match="sample_rate"):
+        obs.create_observability_context("req", sample_rate=1.5)
+    with pytest.raises(ValueError, match="parent context"):
+        obs.create_child_context()
+
+
+async def test_child_contexts_of_our_own_context_objects(obs: ObservabilityConnectorAgent) -> None:
+    remote = TraceContext(trace_id="4bf92f3577b34da6a3ce929d0e0e4736", span_id="00f067aa0ba902b7", sampled=False)
+    child = obs.create_child_context(remote)
+    assert child["trace_id"] == remote.trace_id and child["parent_span_id"] == remote.span_id
+    assert child["span_id"] != remote.span_id and child["sampled"] is False and child["request_id"] is None
+    async with obs.span("root", "orchestrator") as root:
+        assert obs.create_child_context()["parent_span_id"] == root.span_id  # default: the current span
+
+
+async def test_record_llm_call_is_the_synchronous_form(obs: ObservabilityConnectorAgent) -> None:
+    with obs.span("execute", "gap_analyzer") as parent:
+        llm = obs.record_llm_call("gap_analyzer", "gpt-4o", 10, 5, provider="openai", error=TimeoutError("slow"))
+    assert llm.parent_span_id == parent.span_id and llm.total_tokens == 15
+    assert (llm.status, llm.error_type, llm.error_message) == ("error", "TimeoutError", "slow")
+    assert llm.attributes["llm.provider"] == "openai"
+
+
+def test_span_keeps_exact_times_and_reports_whole_milliseconds() -> None:
+    start = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+    span = Span("s1", "t1", None, "op", "agent", start_time=start)
+    assert span.start_time == start and span.end_time is None and span.duration_ms is None
+    span.end_time = start + timedelta(microseconds=400)
+    assert span.duration_ms == 1  # under a millisecond still reads as 1
+    span.end_ns = span.start_ns + 2_500_000
+    assert span.duration_ms == 2
+    assert span.to_event()["duration_ms"] == 2.5  # the stored value is exact
+    naive = Span("s2", "t1", None, "op", "agent", start_time=start.replace(tzinfo=None))
+    assert naive.start_time == start  # a naive datetime is read as UTC
+
+
+# -- nothing opens or starts before it is needed ------------------------------------------
+
+
+async def test_the_constructor_opens_nothing_and_starts_no_thread(tmp_path: Path) -> None:
+    """conftest points the default store at tmp_path; no file appears until the first span."""
+    store_file = tmp_path / "default-spans.db"
+    before = set(threading.enumerate())
+    agent = ObservabilityConnectorAgent()
+    assert set(threading.enumerate()) == before
+    assert agent._context is None and agent._opik_connector is None and agent._span_repository is None
+    assert not store_file.exists() and not (tmp_path / "spool.db").exists()
+    t0 = time.monotonic()
+    status = agent.get_status()  # answers without opening or starting anything
+    assert await agent.flush(timeout=1)
+    await agent.aclose()
+    assert time.monotonic() - t0 < 1.0
+    assert status["spans_accepted"] == 0 and status["store"] is None and status["flusher_running"] is False
+    assert set(threading.enumerate()) == before and not store_file.exists()
+
+    fresh = ObservabilityConnectorAgent()
+    try:
+        async with fresh.span("execute", "scope_definer") as span:
+            pass
+        assert fresh.get_status()["flusher_running"] is True
+        assert await fresh.flush(timeout=10)
+        assert store_file.exists()
+        assert [s.span_id for s in await fresh.context.store.get_spans_by_trace_id(span.trace_id)] == [span.span_id]
+    finally:
+        await fresh.aclose()
+
+
+async def test_an_agent_without_arguments_shares_the_process_wide_context() -> None:
+    """Node functions called directly and the agent then use one store and one metrics cache."""
+    from src.agents.ml_foundation.observability_connector.nodes import emit_spans
+    from src.agents.ml_foundation.observability_connector.runtime import default_context
+
+    agent = ObservabilityConnectorAgent()
+    try:
+        assert agent.context is default_context()
+        await emit_spans({"events_to_log": [{"trace_id": "trace-shared", "agent_name": "explainer"}]})
+        metrics = await agent.get_quality_metrics({"trace_id_filter": "trace-shared"})
+        assert metrics["total_spans_analyzed"] == 1
+    finally:
+        await agent.aclose()
+
+
+async def test_a_configuration_error_is_reported_not_raised_into_the_span(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "observability.yaml").write_text("batching:\n  max_batch_size: -5\n")
+    monkeypatch.setenv("OBS_CONFIG_DIR", str(config))
+    agent = ObservabilityConnectorAgent()  # nothing read yet, so nothing to fail
+    with pytest.raises(KeyError):  # the caller's own exception comes out, not the connector's
+        async with agent.span("execute", "scope_definer"):
+            raise KeyError("caller")
+    async with agent.span("execute", "scope_definer", {"trace_id": "t-cfg", "span_id": "s-cfg"}):
+        pass
+    status = agent.get_status()
+    assert status["spans_not_recorded"] == 2 and "max_batch_size" in (status["last_error"] or "")
+    assert caplog.text.count("spans are not recorded") == 1
+    await agent.aclose()
+
+
+async def test_start_opens_the_sinks_and_starts_the_flusher_before_any_span(tmp_path: Path) -> None:
+    before = set(threading.enumerate())
+    agent = ObservabilityConnectorAgent()
+    try:
+        agent.start()
+        agent.start()  # idempotent
+        status = agent.get_status()
+        assert status["flusher_running"] is True and status["store"] is not None
+        started = set(threading.enumerate()) - before
+        assert [t.name for t in started] == ["obs-flusher"]
+    finally:
+        await agent.aclose()
+    assert not any(t.is_alive() for t in started)
+
+
+async def test_the_hosts_lazy_handles_never_raise(tmp_path: Path) -> None:
+    agent = ObservabilityConnectorAgent()
+    try:
+        assert agent.opik_connector is None and agent.is_opik_enabled is False  # Opik is not configured here
+        assert agent.is_db_enabled is True and agent.span_repository is agent.context.store
+        agent._span_repository = None  # assigned (as the host's tests do): the answer stands
+        assert agent.span_repository is None and agent.is_db_enabled is False
+    finally:
+        await agent.aclose()
+
+    broken = ObservabilityConnectorAgent(ObservabilitySettings(store={"backend": "postgres"}))  # no DSN set
+    assert broken.span_repository is None and broken.is_db_enabled is False
 
 
 async def test_sampling_keeps_whole_traces_and_errors(connector_context: ConnectorContext) -> None:

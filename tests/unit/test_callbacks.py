@@ -39,7 +39,7 @@ from src.agents.ml_foundation.observability_connector.callbacks import (
     node_context,
     registered_runs,
 )
-from src.agents.ml_foundation.observability_connector.spans import SpanRecord
+from src.agents.ml_foundation.observability_connector.spans import Span
 from src.agents.ml_foundation.observability_connector.trace_context import TraceContext, attach
 
 USAGE = {"input_tokens": 12, "output_tokens": 7, "total_tokens": 19}
@@ -104,7 +104,7 @@ class Counter:
     def __init__(self) -> None:
         self.count = 0
 
-    def __call__(self, span: SpanRecord) -> None:
+    def __call__(self, span: Span) -> None:
         self.count += 1
 
 
@@ -114,13 +114,13 @@ def make_handler(submit: Any, **kwargs: Any) -> ObservabilityCallbackHandler:
     return handler
 
 
-def only(spans: list[SpanRecord], operation: str) -> SpanRecord:
+def only(spans: list[Span], operation: str) -> Span:
     found = [s for s in spans if s.operation_name == operation]
     assert len(found) == 1, f"expected one {operation!r} span, got {[s.operation_name for s in spans]}"
     return found[0]
 
 
-def children(spans: list[SpanRecord], parent: SpanRecord) -> list[str]:
+def children(spans: list[Span], parent: Span) -> list[str]:
     return sorted(s.operation_name for s in spans if s.parent_span_id == parent.span_id)
 
 
@@ -155,7 +155,7 @@ def test_sequential_graph_gives_graph_node_llm_tool_tree() -> None:
     builder.add_edge("act", END)
     graph = builder.compile(name="planner_graph")
 
-    spans: list[SpanRecord] = []
+    spans: list[Span] = []
     handler = make_handler(spans.append)
     result = graph.invoke({"log": []}, config={"callbacks": [handler]})
 
@@ -220,7 +220,7 @@ def test_internal_and_hidden_runs_are_skipped_and_their_children_reattached() ->
     builder.add_edge("work", END)
     graph = builder.compile()
 
-    spans: list[SpanRecord] = []
+    spans: list[Span] = []
     handler = make_handler(spans.append)
     graph.invoke({"log": []}, config={"callbacks": [handler]})
 
@@ -254,7 +254,7 @@ def test_subgraph_becomes_a_span_between_its_node_and_its_nodes() -> None:
     outer.add_edge("delegate", "call_inside")
     graph = outer.compile(name="outer_graph")
 
-    spans: list[SpanRecord] = []
+    spans: list[Span] = []
     handler = make_handler(spans.append)
     graph.invoke({"log": []}, config={"callbacks": [handler]})
 
@@ -279,7 +279,7 @@ def test_capture_inputs_keeps_references_to_inputs_and_outputs() -> None:
     builder.add_edge(START, "think")
     graph = builder.compile()
 
-    spans: list[SpanRecord] = []
+    spans: list[Span] = []
     graph.invoke({"log": ["in"]}, config={"callbacks": [make_handler(spans.append, capture_inputs=True)]})
 
     root = only(spans, "LangGraph")
@@ -312,7 +312,7 @@ def test_node_error_marks_node_and_graph_and_propagates_unchanged() -> None:
     builder.add_edge("ok_first", "fails")
     graph = builder.compile(name="fragile")
 
-    spans: list[SpanRecord] = []
+    spans: list[Span] = []
     handler = make_handler(spans.append)
     with pytest.raises(QuotaExceededError) as caught:
         graph.invoke({"log": []}, config={"callbacks": [handler]})
@@ -347,7 +347,7 @@ def test_tool_error_handled_by_node_fails_only_the_tool_span() -> None:
     builder.add_edge(START, "act")
     graph = builder.compile()
 
-    spans: list[SpanRecord] = []
+    spans: list[Span] = []
     graph.invoke({"log": []}, config={"callbacks": [make_handler(spans.append)]})
 
     tool_span = only(spans, "tool.flaky")
@@ -368,7 +368,7 @@ def test_llm_error_marks_the_llm_span() -> None:
     builder.add_edge(START, "think")
     graph = builder.compile()
 
-    spans: list[SpanRecord] = []
+    spans: list[Span] = []
     handler = make_handler(spans.append)
     with pytest.raises(TimeoutError):
         graph.invoke({"log": []}, config={"callbacks": [handler]})
@@ -387,7 +387,7 @@ def test_interrupt_is_control_flow_not_an_error() -> None:
     builder.add_node("ask", ask)
     builder.add_edge(START, "ask")
     graph = builder.compile(checkpointer=InMemorySaver())
-    spans: list[SpanRecord] = []
+    spans: list[Span] = []
     handler = make_handler(spans.append)
     config: Any = {"callbacks": [handler], "configurable": {"thread_id": "review-1"}}
 
@@ -440,7 +440,7 @@ def build_fan_out(llm_a: Any, llm_b: Any, *, is_async: bool) -> Any:
     return builder.compile(name="fan_out")
 
 
-def assert_branches_nest_correctly(spans: list[SpanRecord]) -> None:
+def assert_branches_nest_correctly(spans: list[Span]) -> None:
     root = only(spans, "fan_out")
     node_a, node_b, join = only(spans, "branch_a"), only(spans, "branch_b"), only(spans, "join")
     llm_a, llm_b = only(spans, "llm.model-a"), only(spans, "llm.model-b")
@@ -457,7 +457,7 @@ def assert_branches_nest_correctly(spans: list[SpanRecord]) -> None:
 
 async def test_async_parallel_branches_each_llm_under_its_own_node() -> None:
     graph = build_fan_out(make_llm("model-a", delay=0.05), make_llm("model-b", delay=0.05), is_async=True)
-    spans: list[SpanRecord] = []
+    spans: list[Span] = []
     handler = make_handler(spans.append)
 
     result = await graph.ainvoke({"log": []}, config={"callbacks": [handler]})
@@ -469,7 +469,7 @@ async def test_async_parallel_branches_each_llm_under_its_own_node() -> None:
 
 async def test_async_astream_and_concurrent_invocations_share_one_handler() -> None:
     graph = build_fan_out(make_llm("model-a", delay=0.02), make_llm("model-b", delay=0.02), is_async=True)
-    spans: list[SpanRecord] = []
+    spans: list[Span] = []
     handler = make_handler(spans.append)
 
     async def stream_once() -> None:
@@ -487,7 +487,7 @@ async def test_async_astream_and_concurrent_invocations_share_one_handler() -> N
 
 def test_sync_parallel_branches_on_pool_threads_nest_correctly() -> None:
     graph = build_fan_out(make_llm("model-a", delay=0.05), make_llm("model-b", delay=0.05), is_async=False)
-    spans: list[SpanRecord] = []
+    spans: list[Span] = []
     handler = make_handler(spans.append)
 
     graph.invoke({"log": []}, config={"callbacks": [handler]})
@@ -498,7 +498,7 @@ def test_sync_parallel_branches_on_pool_threads_nest_correctly() -> None:
 
 async def test_astream_closed_early_ends_every_run() -> None:
     graph = build_fan_out(make_llm("model-a"), make_llm("model-b"), is_async=True)
-    spans: list[SpanRecord] = []
+    spans: list[Span] = []
     handler = make_handler(spans.append)
 
     stream = graph.astream({"log": []}, config={"callbacks": [handler]})
@@ -529,7 +529,7 @@ def test_token_details_are_attributes_and_not_added_to_totals() -> None:
     builder.add_edge(START, "think")
     graph = builder.compile()
 
-    spans: list[SpanRecord] = []
+    spans: list[Span] = []
     graph.invoke({"log": []}, config={"callbacks": [make_handler(spans.append)]})
 
     span = only(spans, "llm.fake-reasoner")
@@ -549,7 +549,7 @@ def test_token_usage_falls_back_to_llm_output() -> None:
     builder.add_edge(START, "think")
     graph = builder.compile()
 
-    spans: list[SpanRecord] = []
+    spans: list[Span] = []
     graph.invoke({"log": []}, config={"callbacks": [make_handler(spans.append)]})
 
     # No ls_model_name at start: the model comes from the response and renames the span.
@@ -571,7 +571,7 @@ def tiny_graph() -> Any:
 
 def test_graph_nests_under_the_callers_current_span() -> None:
     graph = tiny_graph()
-    spans: list[SpanRecord] = []
+    spans: list[Span] = []
     handler = make_handler(spans.append)
     outer = TraceContext.new_root()
 
@@ -591,7 +591,7 @@ def test_graph_nests_under_the_callers_current_span() -> None:
 
 async def test_async_graph_nests_under_the_callers_current_span() -> None:
     graph = tiny_graph()
-    spans: list[SpanRecord] = []
+    spans: list[Span] = []
     outer = TraceContext.new_root(sampled=False)
 
     with attach(outer):
@@ -718,7 +718,7 @@ def test_runs_that_never_end_are_bounded_by_max_open_runs() -> None:
 
 
 def test_eviction_drops_the_oldest_runs_counts_and_submits_them(caplog: pytest.LogCaptureFixture) -> None:
-    spans: list[SpanRecord] = []
+    spans: list[Span] = []
     handler = make_handler(spans.append, max_open_runs=3)
     run_ids = [uuid.uuid4() for _ in range(5)]
     for index, run_id in enumerate(run_ids):
@@ -747,7 +747,7 @@ def test_eviction_in_a_real_graph_keeps_the_agent_running() -> None:
     builder.add_node("think", lambda state: {"log": [llm.invoke("q").content]})
     builder.add_edge(START, "think")
     graph = builder.compile()
-    spans: list[SpanRecord] = []
+    spans: list[Span] = []
     handler = make_handler(spans.append, max_open_runs=2)
 
     assert graph.invoke({"log": []}, config={"callbacks": [handler]}) == {"log": ["reply from fake-model-1"]}
@@ -798,7 +798,7 @@ class NestedCase:
         same_handler: bool = False,
         wrap_in_span: bool = False,
     ) -> None:
-        self.spans: list[SpanRecord] = []
+        self.spans: list[Span] = []
         if same_handler:  # one handler instance attached at both levels
             shared = agent_handler(self.spans.append, "orchestrator")
             self.handlers = dict.fromkeys(self.AGENTS, shared)
@@ -972,13 +972,13 @@ class NestedCase:
         return Tally((agent, op) for agent, names in ops.items() for op in names)
 
 
-def span_of(spans: list[SpanRecord], agent: str, operation: str) -> SpanRecord:
+def span_of(spans: list[Span], agent: str, operation: str) -> Span:
     found = [s for s in spans if s.agent_name == agent and s.operation_name == operation]
     assert len(found) == 1, f"expected one {agent}.{operation} span, got {found}"
     return found[0]
 
 
-def assert_one_tree(case: NestedCase, *, parallel: bool) -> dict[str, SpanRecord]:
+def assert_one_tree(case: NestedCase, *, parallel: bool) -> dict[str, Span]:
     """Every run recorded exactly once, by its own agent's handler, as one tree of one trace."""
     spans = case.spans
     assert Tally((s.agent_name, s.operation_name) for s in spans) == case.expected(parallel=parallel)
@@ -1167,7 +1167,7 @@ def test_model_called_with_another_agents_handler_is_recorded_once_by_it() -> No
     span. (A plain runnable given ``callbacks=[handler]`` replaces the inherited ones, so only
     graphs, which merge them, need adoption otherwise.)"""
     before = registered_runs()
-    spans: list[SpanRecord] = []
+    spans: list[Span] = []
     outer, inner = agent_handler(spans.append, "orchestrator"), agent_handler(spans.append, "explainer")
     llm = make_llm("explain-model")
 
@@ -1230,7 +1230,7 @@ def test_adoption_does_not_depend_on_handler_order(inner_first: bool) -> None:
     """LangChain calls inherited handlers first, except when a config's callbacks are a
     manager merged into a list; either way the inner handler records the inner runs once."""
     before = registered_runs()
-    spans: list[SpanRecord] = []
+    spans: list[Span] = []
     outer, inner = agent_handler(spans.append, "orchestrator"), agent_handler(spans.append, "gap_analyzer")
     graph_id = uuid.uuid4()
     outer.on_chain_start(None, {}, run_id=graph_id, parent_run_id=None, tags=[], metadata={}, name="orch")

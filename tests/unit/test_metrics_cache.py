@@ -94,17 +94,17 @@ async def test_invalidation_drops_only_windows_reaching_back_to_the_new_spans() 
     cache = MetricsCache()
     for name, seconds in (("30m", 1800), ("1h", HOUR), ("24h", DAY), ("7d", 7 * DAY)):
         await _put(cache, (name,), name, seconds)
-    await cache.ainvalidate([datetime.now(UTC) - timedelta(hours=3), datetime.now(UTC) - timedelta(days=2)])
+    await cache.ainvalidate_since([datetime.now(UTC) - timedelta(hours=3), datetime.now(UTC) - timedelta(days=2)])
     kept = [
         name for name, s in (("30m", 1800), ("1h", HOUR), ("24h", DAY), ("7d", 7 * DAY)) if await cache.aget((name,), s)
     ]
     assert kept == ["30m", "1h"]  # the newest new span is 3 h old: inside 24h and 7d only
-    await cache.ainvalidate(time.time() - 10)
+    await cache.ainvalidate_since(time.time() - 10)
     assert await cache.aget(("30m",), 1800) is None
     await _put(cache, ("30m",), "again", 1800)
-    await cache.ainvalidate([])  # nothing new stored: nothing changes
+    await cache.ainvalidate_since([])  # nothing new stored: nothing changes
     assert await cache.aget(("30m",), 1800) is not None
-    await cache.ainvalidate(None)  # "anything may have changed"
+    await cache.ainvalidate_since(None)  # "anything may have changed"
     assert await cache.aget(("30m",), 1800) is None
     assert cache.get_status()["entries_invalidated"] == 5
 
@@ -114,20 +114,20 @@ async def test_an_answer_computed_across_a_write_into_its_window_is_not_stored()
     key = ("1h",)
     generation = await cache.generation()
     window_start = time.time() - HOUR
-    await cache.ainvalidate(time.time())  # a writer commits while the reader is reading the store
+    await cache.ainvalidate_since(time.time())  # a writer commits while the reader is reading the store
     assert await cache.aput(key, "stale", HOUR, generation=generation, window_start=window_start) is None
     assert cache.get_status()["stale_discarded"] == 1
     # ...but a write entirely before the window does not cost the answer.
     generation = await cache.generation()
     window_start = time.time() - HOUR
-    await cache.ainvalidate(time.time() - 2 * HOUR)
+    await cache.ainvalidate_since(time.time() - 2 * HOUR)
     assert await cache.aput(key, "fine", HOUR, generation=generation, window_start=window_start) is not None
 
 
-async def test_sync_invalidate_works_without_a_loop() -> None:
+async def test_sync_invalidate_since_works_without_a_loop() -> None:
     cache = MetricsCache()
     await _put(cache, ("k",), 1, HOUR)
-    cache.invalidate()
+    cache.invalidate_since()
     assert await cache.aget(("k",), HOUR) is None
 
 

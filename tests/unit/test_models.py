@@ -5,14 +5,18 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
+from typing import get_args
 
 import pytest
 from pydantic import ValidationError
 
 from src.agents.ml_foundation.observability_connector.models import (
+    STATUS_ALIASES,
     ObservabilityConnectorOutput,
     ObservabilityEvent,
     ObservabilitySpan,
+    QualityMetrics,
+    SpanStatus,
     describe_validation_error,
     normalize_status,
     quality_score,
@@ -36,11 +40,51 @@ def payload(**over: object) -> dict[str, object]:
 
 @pytest.mark.parametrize(
     ("given", "expected"),
-    [("completed", "ok"), ("OK", "ok"), ("ok", "ok"), ("failed", "error"), ("error", "error"), ("started", "started")],
+    [
+        ("completed", "ok"),
+        ("OK", "ok"),
+        ("ok", "ok"),
+        ("success", "ok"),
+        ("failed", "error"),
+        ("error", "error"),
+        ("timeout", "timeout"),
+        ("TIMEOUT", "timeout"),
+        ("timed_out", "timeout"),
+        ("timed-out", "timeout"),
+        (" Timed_Out ", "timeout"),
+        ("started", "started"),
+    ],
 )
 def test_status_vocabulary_is_normalised(given: str, expected: str) -> None:
     assert normalize_status(given) == expected
     assert ObservabilityEvent.model_validate(payload(status=given)).status == expected
+
+
+def test_timeout_is_stored_as_its_own_status_not_as_an_error() -> None:
+    """The host counts timeouts apart (``status_distribution``): the row keeps ``timeout``."""
+    event = ObservabilityEvent.model_validate(
+        payload(status="timed_out", error="deadline exceeded", duration_ms=30_000)
+    )
+    row = event.to_span(agent_tier=2)
+    assert row.status == "timeout" and row.error_message == "deadline exceeded"
+    assert row.error_type is None  # only an ``error`` span gets the generic "Error" type
+    assert row.end_time is not None  # a timed-out span has ended
+    assert ObservabilitySpan.model_validate(row.model_dump()).status == "timeout"
+    assert "timeout" in get_args(SpanStatus) and STATUS_ALIASES["timeout"] == "timeout"
+
+
+def test_quality_metrics_rates_are_over_every_span_as_the_host_defines_them() -> None:
+    q = QualityMetrics.from_counts(
+        "24h", total=20, ok=10, error=4, timeout=2, started=4, fallback=5, p50=1.0, p95=20_000.0, p99=25_000.0, avg=2.0
+    )
+    # Started spans count as successes; a timeout is neither a success nor an error.
+    assert (q.success_rate, q.error_rate, q.timeout_rate, q.fallback_rate) == (0.7, 0.2, 0.1, 0.25)
+    assert q.quality_score == quality_score(0.7, 20_000.0, 0.25) == pytest.approx(0.6 * 0.7 + 0.3 * 0.5 + 0.1 * 0.75)
+    empty = QualityMetrics.from_counts(
+        "1h", total=0, ok=0, error=0, timeout=0, started=0, fallback=0, p50=None, p95=None, p99=None, avg=None
+    )
+    assert (empty.success_rate, empty.error_rate, empty.timeout_rate, empty.fallback_rate) == (1.0, 0.0, 0.0, 0.0)
+    assert empty.quality_score == 1.0
 
 
 def test_unknown_status_names_the_value_and_the_accepted_ones() -> None:

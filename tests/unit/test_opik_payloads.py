@@ -95,6 +95,9 @@ def test_failed_and_tool_spans() -> None:
         "message": "rate limit",
         "traceback": "RateLimitError: rate limit",
     }
+    timed_out = span_payload(make_span(status="timeout"), "p", REGISTRY.tier_names)
+    validate("spans", timed_out)
+    assert timed_out["error_info"]["exception_type"] == "Timeout" and timed_out["metadata"]["status"] == "timeout"
     tool = span_payload(make_span(attributes={"langchain.run_type": "tool", "tool.name": "q"}), "p", {})
     assert tool["type"] == "tool"
     assert "error_info" not in tool and "usage" not in tool and "parent_span_id" not in tool

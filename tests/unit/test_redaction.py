@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from src.agents.ml_foundation.observability_connector.models import ObservabilityEvent
-from src.agents.ml_foundation.observability_connector.nodes import emit_spans
+from src.agents.ml_foundation.observability_connector.nodes import validate_spans
 from src.agents.ml_foundation.observability_connector.redaction import (
     REDACTED,
     Redactor,
@@ -305,7 +305,7 @@ async def test_rejection_reasons_never_echo_a_secret(caplog: pytest.LogCaptureFi
             "attributes": [f"password={secret}"],
         },
     ]
-    state = await emit_spans({"events_to_log": events})
+    state = await validate_spans({"events_to_log": events})
     assert len(state["emission_errors"]) == 2
     assert all(secret[:20] not in e for e in state["emission_errors"])
     assert "event[0]" in state["emission_errors"][0] and "duration_ms" in state["emission_errors"][0]
@@ -320,7 +320,7 @@ async def test_non_string_keys_rescue_an_event_instead_of_rejecting_it() -> None
         "started_at": datetime.now(UTC),
         "attributes": {1: "one", "api_key": "abc12345"},
     }
-    state = await emit_spans({"events_to_log": [event]})
+    state = await validate_spans({"events_to_log": [event]})
     assert state["emission_errors"] == []
     (span,) = state["validated_spans"]
     assert span.attributes == {"1": "one", "api_key": R}

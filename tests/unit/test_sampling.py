@@ -28,7 +28,7 @@ from src.agents.ml_foundation.observability_connector.graph import graph
 from src.agents.ml_foundation.observability_connector.nodes import emit_spans, manage_context
 from src.agents.ml_foundation.observability_connector.runtime import ConnectorContext
 from src.agents.ml_foundation.observability_connector.sampling import Sampler, trace_sampled
-from src.agents.ml_foundation.observability_connector.spans import SpanRecord
+from src.agents.ml_foundation.observability_connector.spans import Span
 from src.agents.ml_foundation.observability_connector.trace_context import new_trace_id
 
 REPO = Path(__file__).resolve().parents[2]
@@ -156,7 +156,7 @@ def _agent(tmp_path: Path, **sampling: Any) -> ObservabilityConnectorAgent:
     return ObservabilityConnectorAgent(context=context, start=False)
 
 
-def _collected(agent: ObservabilityConnectorAgent) -> list[SpanRecord]:
+def _collected(agent: ObservabilityConnectorAgent) -> list[Span]:
     return agent._flusher.collector.drain(1_000_000)
 
 
@@ -165,13 +165,13 @@ def test_in_process_traces_are_kept_or_dropped_whole_and_errors_survive(tmp_path
     for _ in range(400):
         with agent.span("route", "orchestrator"):
             with agent.span("analyze", "gap_analyzer"):
-                agent.track_llm_call("gap_analyzer", "claude-sonnet-4", 10, 2)
+                agent.record_llm_call("gap_analyzer", "claude-sonnet-4", 10, 2)
             try:
                 with agent.span("explain", "explainer"):
                     raise ValueError("boom")
             except ValueError:
                 pass
-    by_trace: dict[str, list[SpanRecord]] = {}
+    by_trace: dict[str, list[Span]] = {}
     for span in _collected(agent):
         by_trace.setdefault(span.trace_id, []).append(span)
     whole = [spans for spans in by_trace.values() if len(spans) == 4]
@@ -263,22 +263,22 @@ def test_the_production_rate_applies_when_environment_is_production(
 def test_an_incoming_sampled_flag_is_honoured(tmp_path: Path) -> None:
     trace = "4bf92f3577b34da6a3ce929d0e0e4736"
     keep_all = _agent(tmp_path, default_rate=1.0)
-    ctx = keep_all.create_observability_context(traceparent=f"00-{trace}-00f067aa0ba902b7-00")
-    assert ctx.sampled is False
+    ctx = keep_all.create_observability_context("req", traceparent=f"00-{trace}-00f067aa0ba902b7-00")
+    assert ctx["sampled"] is False
     with keep_all.span("op", "explainer", ctx):
         pass
     assert _collected(keep_all) == []
 
     keep_none = _agent(tmp_path, default_rate=0.0)
-    ctx = keep_none.create_observability_context(traceparent=f"00-{trace}-00f067aa0ba902b7-01")
+    ctx = keep_none.create_observability_context("req", traceparent=f"00-{trace}-00f067aa0ba902b7-01")
     with keep_none.span("op", "explainer", ctx):
         pass
     assert [s.trace_id for s in _collected(keep_none)] == [trace]
     # A new trace for a named agent is decided at that agent's rate.
-    ctx = keep_none.create_observability_context(agent_name="orchestrator")
-    assert ctx.sampled is False
+    ctx = keep_none.create_observability_context("req", agent_name="orchestrator")
+    assert ctx["sampled"] is False
     always = _agent(tmp_path, default_rate=0.0, always_sample_agents=["orchestrator"])
-    assert always.create_observability_context(agent_name="orchestrator").sampled is True
+    assert always.create_observability_context("req", agent_name="orchestrator")["sampled"] is True
 
 
 async def test_the_graph_honours_the_callers_traceparent_for_its_own_trace() -> None:

@@ -1,4 +1,4 @@
-"""The span_emitter builds rows for in-process ``SpanRecord`` objects directly (no event dict, no
+"""The span_emitter builds rows for in-process ``Span`` objects directly (no event dict, no
 pydantic validation of values we produced). These tests pin that it gives exactly the rows and the
 rejections of the full path (``to_event`` → ``ObservabilityEvent`` → ``to_span``), still redacted
 and sampled like every other row."""
@@ -9,19 +9,19 @@ import time
 from typing import Any
 
 from src.agents.ml_foundation.observability_connector.nodes import emit_spans, span_emitter
-from src.agents.ml_foundation.observability_connector.spans import SpanRecord
+from src.agents.ml_foundation.observability_connector.spans import Span
 
 T0 = time.time_ns()
 
 
-def _record(span_id: str, **changes: Any) -> SpanRecord:
-    record = SpanRecord(span_id, "0" * 31 + "1", changes.pop("parent", None), "execute", "gap_analyzer", T0)
+def _record(span_id: str, **changes: Any) -> Span:
+    record = Span(span_id, "0" * 31 + "1", changes.pop("parent", None), "execute", "gap_analyzer", start_ns=T0)
     for key, value in changes.items():
         setattr(record, key, value)
     return record
 
 
-def _records() -> list[SpanRecord]:
+def _records() -> list[Span]:
     plain = _record("a1").set_attributes({"segment": "NE", "n": 3, "x": 1.5}).finish(T0 + 2_000_000)
     io = _record("a2", parent="a1").set_input({"q": "why"}).set_output({"rows": [1, 2]}).finish(T0 + 3_000_000)
     failed = _record("a3", parent="a1").record_error(ValueError("boom")).finish(T0 + 4_000_000)
@@ -40,9 +40,9 @@ def _records() -> list[SpanRecord]:
 
 
 class _Wrapped:
-    """Not a SpanRecord: the emitter must take the full path for it (``to_event``)."""
+    """Not a Span: the emitter must take the full path for it (``to_event``)."""
 
-    def __init__(self, record: SpanRecord) -> None:
+    def __init__(self, record: Span) -> None:
         self.record = record
 
     def to_event(self) -> dict[str, Any]:
@@ -62,7 +62,7 @@ async def test_records_give_the_same_rows_and_rejections_as_the_full_path(monkey
     built: list[int] = []
     real = span_emitter._from_record
 
-    def counting(record: SpanRecord, tier_of: Any, created_at: Any) -> Any:
+    def counting(record: Span, tier_of: Any, created_at: Any) -> Any:
         span = real(record, tier_of, created_at)
         built.append(span is not None)
         return span
@@ -94,3 +94,11 @@ async def test_the_callers_attributes_are_not_changed() -> None:
     state = await emit_spans({"events_to_log": [record]})
     assert record.attributes == {"k": "v"}
     assert state["validated_spans"][0].attributes == {"k": "v", "trace_sampled_out": True}
+
+
+async def test_rows_keep_the_exact_duration_that_the_span_rounds_for_its_callers() -> None:
+    record = _record("d1").finish(T0 + 2_500_000)  # 2.5 ms
+    assert record.duration_ms == 2  # what host callers read: whole milliseconds
+    fast = await emit_spans({"events_to_log": [record]})
+    full = await emit_spans({"events_to_log": [record.to_event()]})
+    assert fast["validated_spans"][0].duration_ms == full["validated_spans"][0].duration_ms == 2.5

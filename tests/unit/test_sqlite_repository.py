@@ -160,7 +160,7 @@ async def test_one_bad_row_costs_only_itself(repo: SQLiteSpanRepository) -> None
     # model_construct bypasses pydantic, like a payload that slipped past validation would.
     bad_status = ObservabilitySpan.model_construct(**{**make_span().model_dump(), "status": "exploded"})
     bad_duration = ObservabilitySpan.model_construct(**{**make_span().model_dump(), "duration_ms": -3.0})
-    bad_time = ObservabilitySpan.model_construct(**{**make_span().model_dump(), "start_time": "yesterday"})
+    bad_time = ObservabilitySpan.model_construct(**{**make_span().model_dump(), "started_at": "yesterday"})
     batch = [good[0], bad_status, good[1], bad_duration, good[2], bad_time, good[3], good[0]]
 
     result = await repo.insert_spans_batch(batch)
@@ -193,7 +193,7 @@ def random_spans(rng: random.Random, now: datetime, n: int) -> list[Observabilit
     traces = [f"{rng.getrandbits(128):032x}" for _ in range(12)]
     for _ in range(n):
         agent = rng.choice(list(AGENTS))
-        status = rng.choices(["ok", "error", "started"], weights=[7, 2, 1])[0]
+        status = rng.choices(["ok", "error", "timeout", "started"], weights=[7, 2, 1, 1])[0]
         duration = None if status == "started" or rng.random() < 0.05 else rng.lognormvariate(5, 1.5)
         tokens_in = rng.randint(0, 5000) if rng.random() < 0.6 else None
         tokens_out = rng.randint(0, 2000) if rng.random() < 0.6 else None
@@ -285,6 +285,7 @@ async def test_quality_metrics_match_the_reference(
     repo, recent = populated
     ok = sum(s.status == "ok" for s in recent)
     err = sum(s.status == "error" for s in recent)
+    timeouts = sum(s.status == "timeout" for s in recent)
     fallback = sum(bool(s.attributes.get("fallback_used")) for s in recent)
     durations = [s.duration_ms for s in recent if s.duration_ms is not None]
 
@@ -292,9 +293,10 @@ async def test_quality_metrics_match_the_reference(
 
     assert metrics.time_window == "24h"
     assert (metrics.total_spans, metrics.ok_count, metrics.error_count) == (len(recent), ok, err)
+    assert metrics.timeout_count == timeouts > 0
     assert metrics.started_count == sum(s.status == "started" for s in recent)
-    assert metrics.success_rate == pytest.approx(ok / (ok + err))
-    assert metrics.error_rate == pytest.approx(err / (ok + err))
+    assert metrics.success_rate == pytest.approx((len(recent) - err - timeouts) / len(recent))
+    assert metrics.error_rate == pytest.approx(err / len(recent))
     assert metrics.fallback_count == fallback
     assert metrics.fallback_rate == pytest.approx(fallback / len(recent))
     assert metrics.avg_latency_ms == pytest.approx(sum(durations) / len(durations))
@@ -321,11 +323,11 @@ async def test_percentiles_follow_percentile_cont(repo: SQLiteSpanRepository) ->
 async def test_empty_store_answers_without_data(repo: SQLiteSpanRepository) -> None:
     assert await repo.get_latency_stats("24h") == []
     assert await repo.get_latency_stats("24h", group_by="all") == []
-    assert await repo.get_status_distribution("24h") == {"ok": 0, "error": 0, "started": 0}
+    assert await repo.get_status_distribution("24h") == {"ok": 0, "error": 0, "timeout": 0, "started": 0}
     metrics = await repo.get_quality_metrics("24h")
     assert (metrics.total_spans, metrics.success_rate, metrics.error_rate, metrics.fallback_rate) == (0, 1.0, 0.0, 0.0)
     assert metrics.p95_latency_ms is None and metrics.quality_score == 1.0
-    # Only started spans: nothing finished, so no evidence of failure yet.
+    # Only started spans: no evidence of failure, so a success in the host's definition.
     await repo.insert_span(make_span(status="started", duration_ms=None))
     metrics = await repo.get_quality_metrics("24h")
     assert (metrics.total_spans, metrics.started_count, metrics.success_rate) == (1, 1, 1.0)
@@ -439,6 +441,81 @@ async def test_lifecycle(tmp_path: Path) -> None:
         assert await reopened.count_spans() == 1
     with pytest.raises(ValueError, match="file path"):
         SQLiteSpanRepository(":memory:")
+
+
+#: The table as schema version 1 created it: its CHECK refuses ``timeout``.
+_VERSION_1_TABLE = """
+CREATE TABLE ml_observability_spans (
+    id TEXT NOT NULL PRIMARY KEY,
+    span_id TEXT NOT NULL CHECK (length(span_id) > 0),
+    trace_id TEXT NOT NULL CHECK (length(trace_id) > 0),
+    parent_span_id TEXT,
+    operation_name TEXT NOT NULL,
+    agent_name TEXT NOT NULL,
+    agent_tier INTEGER NOT NULL DEFAULT -1,
+    start_time TEXT NOT NULL,
+    end_time TEXT,
+    duration_ms REAL CHECK (duration_ms IS NULL OR duration_ms >= 0),
+    status TEXT NOT NULL CHECK (status IN ('ok', 'error', 'started')),
+    error_type TEXT,
+    error_message TEXT,
+    attributes TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(attributes)),
+    llm_model TEXT,
+    input_tokens INTEGER CHECK (input_tokens IS NULL OR input_tokens >= 0),
+    output_tokens INTEGER CHECK (output_tokens IS NULL OR output_tokens >= 0),
+    total_tokens INTEGER CHECK (total_tokens IS NULL OR total_tokens >= 0),
+    events TEXT NOT NULL DEFAULT '[]' CHECK (json_valid(events)),
+    created_at TEXT NOT NULL,
+    UNIQUE (trace_id, span_id)
+)"""
+
+
+async def test_a_version_1_file_is_upgraded_to_accept_timeout_keeping_every_row(tmp_path: Path) -> None:
+    from src.repositories.sqlite import COLUMNS, SCHEMA_VERSION, _span_to_row
+
+    path = tmp_path / "old.db"
+    start = datetime.now(UTC) - timedelta(minutes=3)
+    # Same start time: their order comes from insertion (rowid), which the upgrade must keep.
+    old_rows = [make_span(start=start, trace_id="t" * 32, status=st) for st in ("ok", "error", "started", "ok")]
+    with sqlite3.connect(path) as conn:
+        conn.execute(_VERSION_1_TABLE)
+        conn.execute("CREATE INDEX idx_ml_observability_spans_start_time ON ml_observability_spans (start_time)")
+        conn.executemany(
+            f"INSERT INTO ml_observability_spans ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+            [_span_to_row(span) for span in old_rows],
+        )
+        conn.execute("PRAGMA user_version = 1")
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+            conn.execute("UPDATE ml_observability_spans SET status = 'timeout'")
+    conn.close()
+
+    store = SQLiteSpanRepository(path)
+    try:
+        timed_out = make_span(status="timeout", trace_id="u" * 32)
+        assert await store.insert_span(timed_out) is True
+        assert [s.model_dump() for s in await store.get_spans_by_trace_id("t" * 32)] == [
+            s.model_dump() for s in old_rows
+        ]
+        assert (await store.get_spans_by_trace_id("u" * 32))[0].status == "timeout"
+        assert (await store.get_quality_metrics("1h")).timeout_count == 1
+    finally:
+        await store.close()
+
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        tables = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        (ddl,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'ml_observability_spans'").fetchone()
+    conn.close()
+    assert tables == ["ml_observability_spans"]  # the rebuild left no second table behind
+    assert {"idx_ml_observability_spans_start_time", "idx_ml_observability_spans_agent_start"} <= indexes
+    assert "'timeout'" in ddl
+
+    again = SQLiteSpanRepository(path)  # an upgraded file opens as it is
+    try:
+        assert await again.count_spans() == 5
+    finally:
+        await again.close()
 
 
 async def test_facade_delegates_everything(tmp_path: Path) -> None:

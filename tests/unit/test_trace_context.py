@@ -1,9 +1,12 @@
-"""W3C Trace Context (Recommendation, level 1): one test per parsing/formatting rule.
+"""W3C Trace Context (Recommendation): one test per parsing/formatting rule.
 
 The cases follow the Recommendation's section on the ``traceparent`` / ``tracestate`` request
 headers and the W3C test suite (``w3c/trace-context`` ``test/test.py``): a header that breaks
 a rule must start a new trace (``traceparent``) or be dropped on its own (``tracestate``),
 because anything else would either join unrelated traces or forward garbage downstream.
+``tracestate`` keys and duplicated keys follow the June 2026 amendment (one key rule with "@"
+among the keychars; a repeated key keeps its left-most entry), where the suite's older
+strict-level-2 cases expected the tenant@system limits and a dropped header.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import Phase, find, given, settings
 from hypothesis import strategies as st
 
 from src.agents.ml_foundation.observability_connector import trace_context as tc
@@ -29,8 +32,8 @@ SPAN_ID = "00f067aa0ba902b7"
 VALID = f"00-{TRACE_ID}-{SPAN_ID}-01"
 FUTURE = f"cc-{TRACE_ID}-{SPAN_ID}-01"
 
-# All characters the tracestate grammar allows, as the W3C test suite spells them out.
-KEY_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_-*/"
+# All characters a tracestate key may hold after its first one (keychar), "@" included.
+KEY_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_-*/@"
 VALUE_CHARS = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in ",=")
 
 
@@ -280,60 +283,84 @@ def test_empty_members_do_not_count_towards_the_limit() -> None:
 @pytest.mark.parametrize(
     "key",
     [
-        "a",
-        "foo",
-        "z" * 256,
-        KEY_CHARS,
-        "a0_-*/",
-        "congo",
-        "rojo",
+        pytest.param("a", id="one-letter"),
+        pytest.param("7", id="one-digit"),
+        pytest.param("foo", id="word"),
+        pytest.param("z" * 256, id="256-chars"),
+        pytest.param("0" * 256, id="256-digits"),
+        pytest.param(KEY_CHARS, id="every-keychar"),
+        pytest.param("0" + KEY_CHARS, id="digit-then-every-keychar"),
+        pytest.param("1abc", id="starts-with-digit"),
+        pytest.param("a0_-*/", id="punctuation"),
+        pytest.param("congo", id="congo"),
+        pytest.param("rojo", id="rojo"),
     ],
 )
-def test_simple_keys_start_with_lcalpha_and_are_up_to_256_chars(key: str) -> None:
-    assert tc.parse_tracestate(f"{key}=1") == ((key, "1"),)
+def test_keys_start_with_lcalpha_or_digit_and_are_up_to_256_chars(key: str) -> None:
+    """``key = ( lcalpha / DIGIT ) 0*255 ( keychar )``: a digit may lead any key now, not
+    only a tenant's."""
+    assert tc.parse_tracestate(f"{key}=1,bar=2") == ((key, "1"), ("bar", "2"))
 
 
 @pytest.mark.parametrize(
     "key",
     [
-        "t" * 241 + "@" + "v" * 14,
-        KEY_CHARS + "@a-z0-9_-*/",
-        "0tenant@vendor",
-        "9@x",
-        "tenant@v0_-*/",
+        pytest.param("t" * 241 + "@" + "v" * 14, id="old-tenant-241-system-14"),
+        pytest.param("0tenant@vendor", id="old-digit-tenant"),
+        pytest.param("tenant@v0_-*/", id="old-system-keychars"),
+        pytest.param("t" * 242 + "@v", id="tenant-over-old-241"),
+        pytest.param("t@" + "v" * 15, id="system-over-old-14"),
+        pytest.param("t@" + "v" * 254, id="system-254"),
+        pytest.param("t@1abc", id="digit-after-at"),
+        pytest.param("t@_x", id="underscore-after-at"),
+        pytest.param("foo@", id="at-last"),
+        pytest.param("9@", id="digit-then-at"),
+        pytest.param("foo@@bar", id="two-ats-in-a-row"),
+        pytest.param("foo@bar@baz", id="two-ats-apart"),
+        pytest.param("a" + "@" * 255, id="255-ats"),
+        pytest.param("a@" * 128, id="alternating-256"),
     ],
 )
-def test_multi_tenant_keys_within_their_limits_are_valid(key: str) -> None:
-    assert tc.parse_tracestate(f"{key}=1") == ((key, "1"),)
+def test_at_signs_are_ordinary_keychars(key: str) -> None:
+    """The amendment folded the tenant@system form into one rule: "@" may appear anywhere
+    after the first character, any number of times, with no per-part limits."""
+    assert len(key) <= 256
+    assert tc.parse_tracestate(f"{key}=1,bar=2") == ((key, "1"), ("bar", "2"))
 
 
 @pytest.mark.parametrize(
     "key",
     [
-        pytest.param("z" * 257, id="simple-key-257"),
-        pytest.param("t" * 242 + "@v", id="tenant-242"),
-        pytest.param("t@" + "v" * 15, id="system-15"),
-        pytest.param("1abc", id="simple-key-starts-with-digit"),
-        pytest.param("_abc", id="simple-key-starts-with-underscore"),
-        pytest.param("t@1abc", id="system-starts-with-digit"),
+        pytest.param("z" * 257, id="257-chars"),
+        pytest.param("1" * 257, id="257-digits"),
+        pytest.param("t" * 242 + "@" + "v" * 14, id="tenant-and-system-257"),
+        pytest.param("@foo", id="starts-with-at"),
+        pytest.param("@", id="only-at"),
+        pytest.param("_abc", id="starts-with-underscore"),
+        pytest.param("-abc", id="starts-with-dash"),
+        pytest.param("*abc", id="starts-with-asterisk"),
+        pytest.param("/abc", id="starts-with-slash"),
         pytest.param("FOO", id="uppercase"),
         pytest.param("Foo", id="capitalised"),
-        pytest.param("foo@BAR", id="uppercase-system"),
-        pytest.param("TENANT@bar", id="uppercase-tenant"),
+        pytest.param("foo@BAR", id="uppercase-after-at"),
+        pytest.param("TENANT@bar", id="uppercase-before-at"),
         pytest.param("foo.bar", id="dot"),
+        pytest.param("foo#bar", id="hash"),
+        pytest.param("foo:bar", id="colon"),
         pytest.param("foo ", id="space-before-equals"),
-        pytest.param("foo@", id="empty-system"),
-        pytest.param("@foo", id="empty-tenant"),
-        pytest.param("foo@@bar", id="double-at"),
-        pytest.param("foo@bar@baz", id="two-ats"),
+        pytest.param("foo bar", id="inner-space"),
+        pytest.param("foo\tbar", id="inner-tab"),
         pytest.param("fo\u00f6", id="non-ascii"),
+        pytest.param("\u0661abc", id="non-ascii-digit-first"),
         pytest.param("foo\n", id="trailing-line-feed"),
         pytest.param("", id="empty"),
     ],
 )
 def test_keys_outside_the_grammar_invalidate_the_header(key: str) -> None:
-    """One bad member invalidates the whole tracestate (W3C test suite, strict level 2)."""
+    """One bad member invalidates the whole tracestate (W3C test suite, strict level 2):
+    forwarding the rest would re-send a header the sender got wrong."""
     assert tc.parse_tracestate(f"{key}=1,bar=2") is None
+    assert tc.parse_tracestate(f"bar=2,{key}=1") is None
 
 
 @pytest.mark.parametrize(
@@ -377,16 +404,51 @@ def test_trailing_space_is_whitespace_not_part_of_the_value() -> None:
 
 
 @pytest.mark.parametrize(
-    "header",
+    ("header", "expected"),
     [
-        pytest.param("foo=1,foo=1", id="same-value"),
-        pytest.param("foo=1,foo=2", id="different-value"),
-        pytest.param(["foo=1", "foo=1"], id="across-fields"),
-        pytest.param(["foo=1", "foo=2"], id="across-fields-different-value"),
-        pytest.param("t@v=1,bar=2,t@v=3", id="multi-tenant"),
+        pytest.param("foo=1,foo=1", (("foo", "1"),), id="same-value"),
+        pytest.param("foo=1,foo=2", (("foo", "1"),), id="different-value"),
+        pytest.param(["foo=1", "foo=1"], (("foo", "1"),), id="across-fields"),
+        pytest.param(["foo=1", "foo=2"], (("foo", "1"),), id="across-fields-different-value"),
+        pytest.param("t@v=1,bar=2,t@v=3", (("t@v", "1"), ("bar", "2")), id="at-sign-key"),
+        pytest.param(
+            "congo=new,rojo=1,congo=old,rojo=2,congo=older",
+            (("congo", "new"), ("rojo", "1")),
+            id="several-keys-several-times",
+        ),
+        pytest.param(" foo=1 ,, foo=2\t,bar=3", (("foo", "1"), ("bar", "3")), id="with-ows-and-empty-members"),
+        pytest.param("foo= lead,foo=lead", (("foo", " lead"),), id="values-differ-only-by-leading-space"),
     ],
 )
-def test_duplicate_keys_invalidate_the_header(header: str | list[str]) -> None:
+def test_duplicate_keys_keep_the_left_most_entry(header: str | list[str], expected: tuple[Any, ...]) -> None:
+    """One entry per key, and the left-most is the vendor's latest position: keep it, drop
+    the stale ones, keep everyone else's entries in their order."""
+    assert tc.parse_tracestate(header) == expected
+
+
+def test_duplicate_keys_still_count_towards_the_32_member_limit() -> None:
+    """The limit is on list members received; a repeat must not smuggle a 33rd member in."""
+    with_repeat = members(31) + ",k0=again"
+    parsed = tc.parse_tracestate(with_repeat)
+    assert parsed is not None
+    assert len(parsed) == 31
+    assert parsed[0] == ("k0", "0")
+    assert tc.parse_tracestate(with_repeat + ",extra=1") is None
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        pytest.param("foo=1,foo=", id="repeat-with-empty-value"),
+        pytest.param("foo=1,foo=a=b", id="repeat-with-equals-in-value"),
+        pytest.param("foo=1,FOO=2", id="repeat-in-uppercase"),
+        pytest.param("foo=1,foo", id="repeat-without-value"),
+        pytest.param("foo=1,foo =2", id="repeat-with-space-before-equals"),
+    ],
+)
+def test_a_repeated_key_outside_the_grammar_still_invalidates_the_header(header: str) -> None:
+    """Only the repetition itself is forgiven; a later entry that breaks the grammar is a
+    bad member like any other, even though its value would be discarded."""
     assert tc.parse_tracestate(header) is None
 
 
@@ -435,10 +497,17 @@ def test_non_string_tracestate_is_invalid() -> None:
 
 
 def test_format_tracestate_round_trips() -> None:
-    header = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE,t@v= lead"
+    header = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE,t@v= lead,0vendor=1,a@b@c=2,x@=3," + "t" * 250 + "@vvvvv=4"
     parsed = tc.parse_tracestate(header)
     assert parsed is not None
     assert tc.format_tracestate(parsed) == header
+
+
+def test_format_tracestate_forwards_a_header_with_repeated_keys_once_per_key() -> None:
+    """What we forward is what we read: the left-most entry of each key, in order."""
+    parsed = tc.parse_tracestate(["congo=2,rojo=1", "congo=1, \t,0x@y=5"])
+    assert parsed == (("congo", "2"), ("rojo", "1"), ("0x@y", "5"))
+    assert tc.format_tracestate(parsed) == "congo=2,rojo=1,0x@y=5"
 
 
 def test_format_tracestate_never_sends_what_a_receiver_would_reject() -> None:
@@ -464,6 +533,134 @@ def test_format_tracestate_truncates_to_32_members_from_the_right() -> None:
     assert parsed == tuple(pairs[:32])
 
 
+# Generators for the properties below, written from the ABNF rather than from the parser.
+KEY_FIRST = "abcdefghijklmnopqrstuvwxyz0123456789"
+NBLK_CHARS = VALUE_CHARS.replace(" ", "")
+GRAMMAR_KEYS = st.one_of(
+    st.builds(str.__add__, st.sampled_from(KEY_FIRST), st.text(alphabet=KEY_CHARS, max_size=12)),
+    st.builds(str.__add__, st.sampled_from(KEY_FIRST), st.text(alphabet=KEY_CHARS, min_size=250, max_size=255)),
+    st.builds(
+        lambda t, s: f"{t}@{s}",
+        st.text(alphabet=KEY_FIRST, min_size=1, max_size=4),
+        st.text(alphabet=KEY_CHARS, max_size=4),
+    ),
+)
+GRAMMAR_VALUES = st.one_of(
+    st.builds(str.__add__, st.text(alphabet=VALUE_CHARS, max_size=10), st.sampled_from(NBLK_CHARS)),
+    st.builds(str.__add__, st.text(alphabet=VALUE_CHARS, min_size=255, max_size=255), st.sampled_from(NBLK_CHARS)),
+)
+# Mostly outside the grammar; a short draw may land inside ("a"), which no property assumes away.
+OFF_GRAMMAR_KEYS = st.one_of(
+    st.text(alphabet="aZ@_.= \t\n", max_size=6),
+    st.text(alphabet="k", min_size=257, max_size=258),
+    st.sampled_from(["@a", "_a", "A", "a b"]),
+)
+OFF_GRAMMAR_VALUES = st.one_of(st.just(""), st.text(alphabet="a=,\t\x7f\u00e9 ", min_size=1, max_size=4))
+OWS_TEXT = st.text(alphabet=" \t", max_size=2)
+
+
+@st.composite
+def grammar_lists(draw: st.DrawFn) -> list[tuple[str, str]]:
+    """List members inside the grammar, with keys repeated now and then, up to 32 of them."""
+    pairs = draw(st.lists(st.tuples(GRAMMAR_KEYS, GRAMMAR_VALUES), max_size=32))
+    for index in draw(st.lists(st.integers(0, max(len(pairs) - 1, 0)), max_size=4)):
+        if pairs and len(pairs) < 32:  # a repeat: an earlier key comes back with another value
+            pairs.insert(draw(st.integers(index + 1, len(pairs))), (pairs[index][0], draw(GRAMMAR_VALUES)))
+    return pairs
+
+
+def render(pairs: list[tuple[str, str]], draw: st.DrawFn) -> list[str]:
+    """Members written as a sender may: OWS around them, empty members, split into fields."""
+    parts: list[str] = []
+    for key, value in pairs:
+        parts.append(f"{draw(OWS_TEXT)}{key}={value}{draw(OWS_TEXT)}")
+        if draw(st.integers(0, 5)) == 0:
+            parts.append(draw(OWS_TEXT))
+    cuts = sorted(draw(st.lists(st.integers(0, len(parts)), max_size=3)))
+    fields, start = [], 0
+    for cut in [*cuts, len(parts)]:
+        fields.append(",".join(parts[start:cut]))
+        start = cut
+    return fields
+
+
+@st.composite
+def valid_headers(draw: st.DrawFn) -> tuple[list[tuple[str, str]], list[str]]:
+    pairs = draw(grammar_lists())
+    return pairs, render(pairs, draw)
+
+
+@st.composite
+def any_headers(draw: st.DrawFn) -> list[str]:
+    """Mostly valid lists with one member sometimes broken, sometimes past 32 members."""
+    pairs = draw(grammar_lists())
+    shape = draw(st.sampled_from(["valid", "bad-key", "bad-value", "too-many"]))
+    if shape == "bad-key":
+        pairs.insert(draw(st.integers(0, len(pairs))), (draw(OFF_GRAMMAR_KEYS), "1"))
+    elif shape == "bad-value":
+        pairs.insert(draw(st.integers(0, len(pairs))), (draw(GRAMMAR_KEYS), draw(OFF_GRAMMAR_VALUES)))
+    elif shape == "too-many":
+        pairs += [(f"k{i}", "1") for i in range(33 - len(pairs) + draw(st.integers(0, 2)))]
+    return render(pairs, draw)
+
+
+def first_of_each_key(pairs: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    kept: dict[str, str] = {}
+    for key, value in pairs:
+        kept.setdefault(key, value)
+    return tuple(kept.items())
+
+
+@settings(max_examples=300, deadline=None)
+@given(case=valid_headers())
+def test_any_list_inside_the_grammar_parses_to_the_first_entry_of_each_key(
+    case: tuple[list[tuple[str, str]], list[str]],
+) -> None:
+    pairs, fields = case
+    assert tc.parse_tracestate(fields) == first_of_each_key(pairs)
+
+
+@settings(max_examples=300, deadline=None)
+@given(fields=any_headers())
+def test_format_gives_back_exactly_what_parse_accepted(fields: list[str]) -> None:
+    """Forwarding must not lose, reorder or alter a member we accepted, nor add OWS."""
+    parsed = tc.parse_tracestate(fields)
+    if parsed is None:
+        return
+    assert len(parsed) <= 32
+    assert len({key for key, _ in parsed}) == len(parsed)
+    formatted = tc.format_tracestate(parsed)
+    assert formatted == ",".join(f"{key}={value}" for key, value in parsed)
+    assert tc.parse_tracestate(formatted) == parsed
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pairs=st.lists(
+        st.tuples(st.one_of(GRAMMAR_KEYS, OFF_GRAMMAR_KEYS), st.one_of(GRAMMAR_VALUES, OFF_GRAMMAR_VALUES)),
+        max_size=40,
+    )
+)
+def test_format_only_sends_what_parse_accepts(pairs: list[tuple[str, str]]) -> None:
+    """Whatever a caller puts in a context, the header we send is one a receiver keeps."""
+    formatted = tc.format_tracestate(pairs)
+    parsed = tc.parse_tracestate(formatted)
+    assert parsed is not None
+    kept = [(key, value) for key, value in pairs if tc.parse_tracestate(f"{key}={value}") == ((key, value),)]
+    assert parsed == first_of_each_key(kept)[:32]
+
+
+def test_the_generators_reach_every_case() -> None:
+    """A property that only ever saw valid (or only invalid) headers would prove little."""
+    search = settings(max_examples=2000, database=None, phases=[Phase.generate])
+    find(valid_headers(), lambda case: len(case[0]) != len(first_of_each_key(case[0])), settings=search)
+    find(valid_headers(), lambda case: any(k[:1].isdigit() and "@" not in k for k, _ in case[0]), settings=search)
+    find(valid_headers(), lambda case: any(k.count("@") >= 2 or k.endswith("@") for k, _ in case[0]), settings=search)
+    find(valid_headers(), lambda case: any(len(k) == 256 for k, _ in case[0]), settings=search)
+    find(any_headers(), lambda f: tc.parse_tracestate(f) is None, settings=search)
+    find(any_headers(), lambda f: len(tc.parse_tracestate(f) or ()) >= 3, settings=search)
+
+
 # --- extract ----------------------------------------------------------------------------
 
 
@@ -474,13 +671,23 @@ def test_extract_continues_the_trace_as_a_remote_parent() -> None:
     assert ctx.tracestate == (("rojo", "00f067aa0ba902b7"), ("congo", "t61rcWkgMzE"))
 
 
-@pytest.mark.parametrize("tracestate", ["FOO=1", "foo=1,foo=2", members(33), "foo=", "foo=1,bar"])
+@pytest.mark.parametrize(
+    "tracestate", ["FOO=1", "@foo=1", "foo=1,foo=", members(33), members(32) + ",k0=1", "foo=", "foo=1,bar"]
+)
 def test_invalid_tracestate_is_dropped_but_traceparent_kept(tracestate: str) -> None:
     """Failing to parse tracestate MUST NOT affect the parsing of traceparent."""
     ctx = tc.extract({"traceparent": VALID, "tracestate": tracestate})
     assert ctx is not None
     assert ctx.trace_id == TRACE_ID
     assert ctx.tracestate == ()
+
+
+def test_extract_keeps_a_tracestate_with_repeated_keys() -> None:
+    """A repeated key used to cost every vendor its entry; now only the stale entry goes."""
+    ctx = tc.extract({"traceparent": VALID, "tracestate": "rojo=2,congo=t61rcWkgMzE,rojo=1"})
+    assert ctx is not None
+    assert ctx.tracestate == (("rojo", "2"), ("congo", "t61rcWkgMzE"))
+    assert tc.inject({}, ctx)["tracestate"] == "rojo=2,congo=t61rcWkgMzE"
 
 
 @pytest.mark.parametrize(

@@ -4,12 +4,16 @@ OpenTelemetry is the reference most peers run, so agreeing with it on every head
 trace joined across our agents and theirs. Where it departs from the W3C Recommendation the
 Recommendation wins; those cases (found by running this file, OpenTelemetry 1.45) are named
 below, excluded from the agreement properties by a filter of the same name, and pinned by an
-explicit test each that shows both answers.
+explicit test each that shows both answers. Two of them are ours by choice rather than
+OpenTelemetry bugs: the Recommendation's June 2026 amendment (one ``tracestate`` key rule with
+"@" among the keychars; a repeated key no longer costs the whole header) is newer than
+OpenTelemetry's ``tracestate`` grammar, and we follow the amendment.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -121,6 +125,20 @@ OTEL_TRACESTATE_MAX = 8192
 # test suite: test_tracestate_ows_handling).
 OTEL_TRACESTATE_LEADING_OWS = "OTEL_TRACESTATE_LEADING_OWS"
 
+# Deliberate, since the Recommendation's June 2026 amendment: OTel (1.45, installed here) still
+# checks tracestate keys against the two rules the amendment replaced (a simple key starting
+# with a letter; or one "@" between a tenant of up to 241 and a system of up to 14 characters
+# starting with a letter). The amended rule is ``key = ( lcalpha / DIGIT ) 0*255 ( keychar )``
+# with "@" a keychar, so "0t", "t@0v", "foo@", "a@b@c" or "t"*242 + "@v" are valid keys. OTel
+# drops the whole tracestate for one of them; we keep it, as the Recommendation now asks.
+OTEL_TRACESTATE_LEGACY_KEY_GRAMMAR = "OTEL_TRACESTATE_LEGACY_KEY_GRAMMAR"
+
+# Deliberate, since the same amendment: OTel (1.45) drops the whole tracestate when a
+# key repeats. We propagate it with one entry per key, the left-most (a vendor moves its entry
+# to the left on each visit, so that one is its latest position); every other vendor's entry
+# survives. Repeats still count towards the 32-member limit (strict everywhere else).
+OTEL_TRACESTATE_DUPLICATE_KEYS = "OTEL_TRACESTATE_DUPLICATE_KEYS"
+
 # Carrier-level, so outside the string properties (each has its own property or test), in
 # all releases tried: OTel's default getter looks a header up by its exact lowercase name
 # ("Vendors MUST expect the header name in any case"; OTel's HTTP instrumentations pass
@@ -136,6 +154,11 @@ PROBES: dict[str, list[dict[str, Any]]] = {
     OTEL_TRACEPARENT_OVER_512: [{"traceparent": LONG_FUTURE}],
     OTEL_TRACESTATE_OVER_8192: [{"traceparent": VALID, "tracestate": LONG_TRACESTATE}],
     OTEL_TRACESTATE_LEADING_OWS: [{"traceparent": VALID, "tracestate": " foo=1"}],
+    OTEL_TRACESTATE_LEGACY_KEY_GRAMMAR: [
+        {"traceparent": VALID, "tracestate": tracestate}
+        for tracestate in ("0t=1", "t@0v=1", "foo@=1", "a@b@c=1", "t" * 242 + "@v=1", "t@" + "v" * 15 + "=1")
+    ],
+    OTEL_TRACESTATE_DUPLICATE_KEYS: [{"traceparent": VALID, "tracestate": "foo=1,bar=2,foo=3"}],
     OTEL_HEADER_NAME_CASE: [{"TraceParent": VALID}],
     OTEL_FIRST_OF_SEVERAL_TRACEPARENTS: [{"traceparent": [VALID, f"00-{'1' * 32}-{SPAN_ID}-01"]}],
 }
@@ -167,12 +190,52 @@ def otel_traceparent_divergence(header: str) -> str | None:
     return None
 
 
+# The tracestate list as the amended Recommendation reads it, written here from its ABNF so
+# that the filters below do not lean on the parser under test, and the grammar OTel keeps.
+W3C_KEY = re.compile(r"[a-z0-9][a-z0-9_\-*/@]{0,255}")
+W3C_VALUE = re.compile(r"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]")
+LEGACY_KEY = re.compile(r"[a-z][a-z0-9_\-*/]{0,255}|[a-z0-9][a-z0-9_\-*/]{0,240}@[a-z][a-z0-9_\-*/]{0,13}")
+
+
+def received_members(fields: list[str]) -> list[tuple[str, str]] | None:
+    """Every member as received (repeats included), or None if the list breaks the grammar."""
+    received: list[tuple[str, str]] = []
+    for raw in ",".join(fields).split(","):
+        member = raw.strip(" \t")
+        if not member:
+            continue
+        key, sep, value = member.partition("=")
+        if not (sep and W3C_KEY.fullmatch(key) and W3C_VALUE.fullmatch(value)):
+            return None
+        received.append((key, value))
+    return received if len(received) <= 32 else None
+
+
+def first_of_each_key(members: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    kept: dict[str, str] = {}
+    for key, value in members:
+        kept.setdefault(key, value)
+    return tuple(kept.items())
+
+
 def otel_tracestate_divergence(fields: list[str]) -> str | None:
-    """Same arithmetic as OTel's size check (fields joined by ","), so exactly what it refuses."""
+    """The departure these fields fall under, or None: then both must agree.
+
+    Each check is exact: the size check uses OTel's arithmetic (fields joined by ","), and
+    the two grammar departures apply only to a list the Recommendation accepts, since on a
+    list it refuses both parsers drop the header.
+    """
     if OTEL_TRACESTATE_OVER_8192 in PRESENT and sum(len(f) for f in fields) + len(fields) - 1 > OTEL_TRACESTATE_MAX:
         return OTEL_TRACESTATE_OVER_8192
     if OTEL_TRACESTATE_LEADING_OWS in PRESENT and any(f[:1] in (" ", "\t") for f in fields):
         return OTEL_TRACESTATE_LEADING_OWS
+    received = received_members(fields)
+    if received is None:
+        return None
+    if OTEL_TRACESTATE_LEGACY_KEY_GRAMMAR in PRESENT and any(not LEGACY_KEY.fullmatch(key) for key, _ in received):
+        return OTEL_TRACESTATE_LEGACY_KEY_GRAMMAR
+    if OTEL_TRACESTATE_DUPLICATE_KEYS in PRESENT and len({key for key, _ in received}) < len(received):
+        return OTEL_TRACESTATE_DUPLICATE_KEYS
     return None
 
 
@@ -241,8 +304,9 @@ TRACEPARENTS = st.one_of(
 )
 
 LCALPHA = "abcdefghijklmnopqrstuvwxyz"
-KEYCHARS = LCALPHA + "0123456789_-*/"
+KEYCHARS = LCALPHA + "0123456789_-*/"  # without "@", which the old grammar placed apart
 # Built from text() rather than from_regex(): same language, a fraction of the draws.
+# Keys both grammars accept, which both parsers must treat alike:
 SIMPLE_KEYS = st.builds(str.__add__, st.sampled_from(LCALPHA), st.text(alphabet=KEYCHARS, max_size=12))
 TENANT_KEYS = st.builds(
     lambda tenant, rest, system, tail: f"{tenant}{rest}@{system}{tail}",
@@ -251,27 +315,42 @@ TENANT_KEYS = st.builds(
     st.sampled_from(LCALPHA),
     st.text(alphabet=KEYCHARS, max_size=13),
 )
-# Each limit of the key grammar, from both sides.
-EDGE_KEYS = st.sampled_from(
-    [
-        "k" * 256,
-        "k" * 257,
-        "t" * 241 + "@v",
-        "t" * 242 + "@v",
-        "t@" + "v" * 14,
-        "t@" + "v" * 15,
-        "0t@v",  # a tenant may start with a digit
-        "0t",  # a simple key may not
-        "t@0v",  # nor may a system
-        "_t",
-        "t@",
-        "@v",
-        "t@v@w",
-        "tT",
-    ]
+# Keys only the amended grammar accepts (OTEL_TRACESTATE_LEGACY_KEY_GRAMMAR): a digit first
+# without "@"; or an "@" followed by nothing, by a non-letter, or by another "@" somewhere.
+AMENDED_ONLY_KEYS = st.one_of(
+    st.builds(str.__add__, st.sampled_from("0123456789"), st.text(alphabet=KEYCHARS, max_size=8)),
+    st.builds(
+        lambda first, before, after: f"{first}{before}@{after}",
+        st.sampled_from(LCALPHA + "0123456789"),
+        st.text(alphabet=KEYCHARS + "@", max_size=6),
+        st.one_of(
+            st.just(""),
+            st.builds(str.__add__, st.sampled_from("0123456789_-*/@"), st.text(alphabet=KEYCHARS + "@", max_size=5)),
+        ),
+    ),
 )
+# Each limit of the key grammar, from both sides, and the old grammar's limits.
+EDGE_KEY_LIST = [
+    "k" * 256,
+    "k" * 257,
+    "0" * 256,
+    "0" * 257,
+    "t" * 241 + "@" + "v" * 14,  # the old tenant@system maximum: valid in both
+    "t" * 242 + "@" + "v" * 14,  # 257 characters: invalid in both
+    "t" * 242 + "@v",  # tenant over the old 241: valid now
+    "t@" + "v" * 15,  # system over the old 14: valid now
+    "0t@v",  # a tenant could always start with a digit
+    "0t",  # now any key may
+    "t@0v",  # and so may what follows "@"
+    "_t",
+    "t@",
+    "@v",
+    "t@v@w",
+    "tT",
+]
+EDGE_KEYS = st.sampled_from(EDGE_KEY_LIST)
 BAD_KEYS = st.text(alphabet="abcAB@=1_ \t\n./", max_size=8)
-KEYS = st.one_of(SIMPLE_KEYS, SIMPLE_KEYS, TENANT_KEYS, EDGE_KEYS, BAD_KEYS)
+KEYS = st.one_of(SIMPLE_KEYS, SIMPLE_KEYS, TENANT_KEYS, AMENDED_ONLY_KEYS, EDGE_KEYS, BAD_KEYS)
 VALUE_CHARS = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in ",=")
 VALUES = st.one_of(
     st.text(alphabet=VALUE_CHARS, min_size=1, max_size=12),  # ends in a space now and then
@@ -282,16 +361,41 @@ VALUES = st.one_of(
 MEMBERS = st.one_of(
     st.builds(lambda k, v: f"{k}={v}", KEYS, VALUES),
     st.builds(lambda a, k, v, b: f"{a}{k}={v}{b}", OWS, SIMPLE_KEYS, VALUES, OWS),
-    st.sampled_from(["", " ", "\t", "novalue", "=v", "dup=1"]),
+    st.sampled_from(["", " ", "\t", "novalue", "=v", "dup=1", "dup=2"]),
     st.text(alphabet="ab=,@ \t", max_size=8),
 )
 
 
 @st.composite
 def tracestate_fields(draw: st.DrawFn) -> list[str]:
-    """One or more tracestate fields, sometimes at the 32-member and 8192-character edges."""
-    shape = draw(st.sampled_from(["random", "random", "random", "count-edge", "long-edge", "key-edge", "value-edge"]))
-    if shape == "key-edge":
+    """One or more tracestate fields, sometimes at the 32-member and 8192-character edges,
+    sometimes repeating a key (alone, next to a bad member, or across the 32-member edge)."""
+    shape = draw(
+        st.sampled_from(
+            [
+                "random",
+                "random",
+                "random",
+                "count-edge",
+                "long-edge",
+                "key-edge",
+                "value-edge",
+                "repeat",
+                "repeat-count",
+            ]
+        )
+    )
+    if shape == "repeat":
+        items = draw(
+            st.lists(st.builds(lambda k, v: f"{k}={v}", st.one_of(SIMPLE_KEYS, KEYS), VALUES), min_size=1, max_size=6)
+        )
+        again = draw(st.sampled_from(items)).split("=", 1)[0]
+        items.insert(draw(st.integers(0, len(items))), f"{again}={draw(VALUES)}")
+    elif shape == "repeat-count":
+        items = [f"k{i}={i}" for i in range(draw(st.integers(29, 32)))]
+        for _ in range(draw(st.integers(1, 3))):
+            items.insert(draw(st.integers(0, len(items))), f"k{draw(st.integers(0, 28))}=again")
+    elif shape == "key-edge":
         items = draw(st.permutations([f"{draw(EDGE_KEYS)}=1", "foo=2"]))
     elif shape == "value-edge":
         items = draw(st.permutations([f"edge={draw(st.integers(254, 258).map(lambda n: 'v' * n))}", "foo=2"]))
@@ -340,7 +444,8 @@ def test_traceparent_decisions_agree_with_otel(header: str) -> None:
 @example(fields=["foo=1 \t , \t bar=2, \t baz=3"])
 @example(fields=["", "foo=1"])
 @example(fields=[",".join(f"k{i}=1" for i in range(33))])
-@example(fields=["foo=1", "foo=2"])
+@example(fields=["foo=1,bar", "foo=2"])  # a repeat next to a bad member: both drop
+@example(fields=[",".join(f"k{i}=1" for i in range(32)), "k0=2"])  # a repeat as 33rd member: both drop
 @example(fields=["t" * 241 + "@" + "v" * 14 + "=1"])
 @example(fields=["foo=1\n"])
 def test_tracestate_members_agree_with_otel(fields: list[str]) -> None:
@@ -355,8 +460,10 @@ def test_tracestate_members_agree_with_otel(fields: list[str]) -> None:
 
 @FAST
 @given(key=st.one_of(EDGE_KEYS, KEYS), value=VALUES, ows=st.tuples(OWS, OWS))
-@example(key="0t", value="1", ows=("", ""))
-@example(key="t@" + "v" * 15, value="1", ows=("", ""))
+@example(key="0t@v", value="1", ows=("", ""))
+@example(key="t@" + "v" * 14, value="1", ows=("", ""))
+@example(key="@v", value="1", ows=("", ""))
+@example(key="0" * 257, value="1", ows=("", ""))
 @example(key="foo", value="v" * 257, ows=("", ""))
 @example(key="foo", value=" lead", ows=(" ", "\t"))
 def test_one_member_grammar_agrees_with_otel(key: str, value: str, ows: tuple[str, str]) -> None:
@@ -386,7 +493,7 @@ def test_whole_extract_agrees_with_otel(header: str, fields: list[str] | None) -
 @settings(max_examples=200, deadline=None)
 @given(
     header=well_formed_traceparents(),
-    fields=st.sampled_from([["foo=1"], ["foo=1,bar=2", "baz=3"], ["FOO=1"], ["a=1,a=2"], [""]]),
+    fields=st.sampled_from([["foo=1"], ["foo=1,bar=2", "baz=3"], ["FOO=1"], ["a=1,@b=2"], [""]]),
     casing=st.lists(st.booleans(), min_size=20, max_size=20),
 )
 def test_header_names_in_any_case_match_otel_on_lowercase_names(
@@ -423,6 +530,13 @@ def test_header_names_in_any_case_match_otel_on_lowercase_names(
         (tracestate_fields(), lambda f: len(f) > 1 and f[-1][:1] in (" ", "\t")),
         (TRACEPARENTS, lambda h: len(h) > OTEL_TRACEPARENT_MAX),
         (TRACEPARENTS, lambda h: "\n" in h.lstrip(" \t")[55:] and tc.parse_traceparent(h) is not None),
+        (tracestate_fields(), lambda f: otel_tracestate_divergence(f) == OTEL_TRACESTATE_LEGACY_KEY_GRAMMAR),
+        (tracestate_fields(), lambda f: otel_tracestate_divergence(f) == OTEL_TRACESTATE_DUPLICATE_KEYS),
+        (
+            tracestate_fields(),
+            lambda f: otel_tracestate_divergence(f) is None and "@" in ",".join(f) and tc.parse_tracestate(f),
+        ),
+        (tracestate_fields(), lambda f: tc.parse_tracestate(f) is None and "=again" in ",".join(f)),
     ],
     ids=[
         "valid-traceparent",
@@ -434,6 +548,10 @@ def test_header_names_in_any_case_match_otel_on_lowercase_names(
         "tracestate-field-with-leading-ows",
         "traceparent-over-512",
         "traceparent-valid-with-line-feed",
+        "tracestate-key-only-the-amendment-allows",
+        "tracestate-repeated-key",
+        "tracestate-at-sign-key-both-accept",
+        "tracestate-repeat-as-33rd-member",
     ],
 )
 def test_generators_reach_both_sides(strategy: st.SearchStrategy[Any], wanted: Callable[[Any], bool]) -> None:
@@ -509,13 +627,123 @@ def test_departure_several_traceparent_fields() -> None:
     assert otel_extract(carrier) == otel_answer(OTEL_FIRST_OF_SEVERAL_TRACEPARENTS, _parsed(), None)
 
 
+@pytest.mark.parametrize(
+    "key",
+    [
+        pytest.param("0t", id="digit-first"),
+        pytest.param("9", id="one-digit"),
+        pytest.param("0" * 256, id="256-digits"),
+        pytest.param("t@0v", id="digit-after-at"),
+        pytest.param("t@_v", id="underscore-after-at"),
+        pytest.param("foo@", id="at-last"),
+        pytest.param("foo@@bar", id="two-ats-in-a-row"),
+        pytest.param("t@v@w", id="two-ats-apart"),
+        pytest.param("t" * 242 + "@v", id="tenant-over-241"),
+        pytest.param("t@" + "v" * 15, id="system-over-14"),
+    ],
+)
+def test_departure_tracestate_legacy_key_grammar(key: str) -> None:
+    """OTEL_TRACESTATE_LEGACY_KEY_GRAMMAR: the amended key rule accepts these keys; OTel,
+    still on the replaced rules, drops every member of the header for one of them."""
+    carrier = {"traceparent": VALID, "tracestate": f"rojo=1,{key}=2"}
+    recommended = _parsed(tracestate=(("rojo", "1"), (key, "2")))
+    assert our_extract(carrier) == recommended
+    assert otel_extract(carrier) == otel_answer(OTEL_TRACESTATE_LEGACY_KEY_GRAMMAR, _parsed(), recommended)
+
+
+@pytest.mark.parametrize(
+    ("fields", "kept"),
+    [
+        pytest.param(["foo=1,foo=1"], (("foo", "1"),), id="same-value"),
+        pytest.param(["foo=1,bar=2,foo=3"], (("foo", "1"), ("bar", "2")), id="different-value"),
+        pytest.param(["congo=2", "rojo=1,congo=1"], (("congo", "2"), ("rojo", "1")), id="across-fields"),
+        pytest.param(
+            [",".join(f"k{i}={i}" for i in range(31)), "k3=again"],
+            tuple((f"k{i}", str(i)) for i in range(31)),
+            id="32-members-with-one-repeat",
+        ),
+    ],
+)
+def test_departure_tracestate_duplicate_keys(fields: list[str], kept: tuple[tuple[str, str], ...]) -> None:
+    """OTEL_TRACESTATE_DUPLICATE_KEYS: one entry per key, the left-most (the vendor's latest
+    position), and every other vendor's entry kept; OTel drops them all."""
+    carrier = {"traceparent": VALID, "tracestate": fields}
+    recommended = _parsed(tracestate=kept)
+    assert our_extract(carrier) == recommended
+    assert otel_extract(carrier) == otel_answer(OTEL_TRACESTATE_DUPLICATE_KEYS, _parsed(), recommended)
+
+
+@st.composite
+def grammar_departure_fields(draw: st.DrawFn) -> list[str]:
+    """Lists the amended Recommendation accepts, each with an amended-only key or a repeated
+    key (or both), written with empty members, OWS and field splits as senders do."""
+    value = st.builds(str.__add__, st.text(alphabet=VALUE_CHARS, max_size=8), st.sampled_from(VALUE_CHARS.strip()))
+    keys = st.one_of(
+        SIMPLE_KEYS, TENANT_KEYS, AMENDED_ONLY_KEYS, st.sampled_from([k for k in EDGE_KEY_LIST if W3C_KEY.fullmatch(k)])
+    )
+    pairs = draw(st.lists(st.tuples(keys, value), max_size=28))
+    for _ in range(draw(st.integers(1, 3))):
+        key = draw(AMENDED_ONLY_KEYS) if not pairs or draw(st.booleans()) else draw(st.sampled_from(pairs))[0]
+        pairs.insert(draw(st.integers(0, len(pairs))), (key, draw(value)))
+    members = [f"{draw(OWS)}{k}={v}{draw(OWS)}" for k, v in pairs]
+    members += draw(st.lists(st.sampled_from(["", " ", "\t"]), max_size=2))
+    members = draw(st.permutations(members)) if draw(st.booleans()) else members
+    cuts = sorted(draw(st.lists(st.integers(0, len(members)), max_size=3)))
+    fields, start = [], 0
+    for cut in [*cuts, len(members)]:  # split on commas only, so the list stays valid
+        fields.append(",".join(members[start:cut]))
+        start = cut
+    return fields
+
+
+@FAST
+@given(key=AMENDED_ONLY_KEYS)
+def test_amended_only_keys_are_what_their_name_says(key: str) -> None:
+    """The generator behind the departure property really makes keys OTel's old grammar
+    refuses and the amended one accepts (else that property would test agreement)."""
+    assert W3C_KEY.fullmatch(key)
+    assert not LEGACY_KEY.fullmatch(key)
+
+
+@FAST
+@given(fields=grammar_departure_fields())
+def test_tracestate_grammar_departures_hold_on_random_input(fields: list[str]) -> None:
+    """Where the two grammar departures apply, both answers are the stated ones: ours is the
+    amended Recommendation's list (first entry of each key), OTel's is nothing. So the
+    filters exclude exactly these two differences, never a third one hiding among them."""
+    name = otel_tracestate_divergence(fields)
+    assume(name in (OTEL_TRACESTATE_LEGACY_KEY_GRAMMAR, OTEL_TRACESTATE_DUPLICATE_KEYS))
+    received = received_members(fields)
+    assert received is not None
+    carrier = {"traceparent": VALID, "tracestate": fields}
+    assert our_extract(carrier) == _parsed(tracestate=first_of_each_key(received))
+    assert otel_extract(carrier) == _parsed()
+
+
 def test_departure_filters_are_narrow() -> None:
     """Close relatives of each departure stay inside the agreement properties."""
     at_cap = LONG_FUTURE[:OTEL_TRACEPARENT_MAX]
     for header in (VALID, f" \t{VALID}\t ", "\n" + VALID, VALID[:30] + "\n" + VALID[31:], VALID[:-1] + "\n", at_cap):
         assert otel_traceparent_divergence(header) is None, header
         assert our_extract({"traceparent": header}) == otel_extract({"traceparent": header})
-    for fields in ([",".join(f"k{i}=" + "v" * 250 for i in range(32))], ["foo=1 ", "bar=2\t"], ["foo=1, \t,bar=2"]):
+    for fields in (
+        [",".join(f"k{i}=" + "v" * 250 for i in range(32))],
+        ["foo=1 ", "bar=2\t"],
+        ["foo=1, \t,bar=2"],
+        # keys both grammars accept, at the old limits
+        ["t" * 241 + "@" + "v" * 14 + "=1,0t@v=2," + "k" * 256 + "=3"],
+        # keys both grammars refuse: both drop the header
+        ["bar=1,@v=2"],
+        ["bar=1,_t=2"],
+        ["bar=1,tT=2"],
+        ["bar=1," + "0" * 257 + "=2"],
+        ["bar=1," + "t" * 242 + "@" + "v" * 14 + "=2"],
+        # an amended-only key or a repeat beside a bad member, or past 32 members: both drop
+        ["0t=1,bad key=2"],
+        ["foo=1,foo=2,bar="],
+        [",".join(f"k{i}=1" for i in range(32)), "k0=2"],
+        [",".join(f"k{i}=1" for i in range(32)), "0t=2"],
+    ):
         assert otel_tracestate_divergence(fields) is None, fields
         carrier = {"traceparent": VALID, "tracestate": fields}
         assert our_extract(carrier) == otel_extract(carrier)

@@ -10,23 +10,30 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .agent import ObservabilityConnectorAgent, ObservabilityContext, SpanScope
-    from .spans import SpanRecord
+    from .batch_processor import BatchProcessor
+    from .spans import Span
+    from .state import ObservabilityConnectorState
     from .trace_context import TraceContext, extract, inject
 
+# The host's three names first (ObservabilityConnectorAgent, Span, ObservabilityConnectorState).
 _EXPORTS = {
     "ObservabilityConnectorAgent": ".agent",
+    "Span": ".spans",
+    "ObservabilityConnectorState": ".state",
+    "BatchProcessor": ".batch_processor",
     "ObservabilityContext": ".agent",
     "SpanScope": ".agent",
-    "SpanRecord": ".spans",
     "TraceContext": ".trace_context",
     "extract": ".trace_context",
     "inject": ".trace_context",
 }
 
 __all__ = [
+    "BatchProcessor",
     "ObservabilityConnectorAgent",
+    "ObservabilityConnectorState",
     "ObservabilityContext",
-    "SpanRecord",
+    "Span",
     "SpanScope",
     "TraceContext",
     "extract",

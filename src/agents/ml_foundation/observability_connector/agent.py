@@ -1,6 +1,11 @@
 """The public face of the connector: spans for agents, the orchestrator's ``run()``, metrics.
 
-The hot path (``span()``, ``trace_agent``, ``@traced``, ``track_llm_call``) is a few attribute
+The API is the host codebase's (``HOST_CONTRACT.md`` section 2): contexts are plain dicts,
+``span()`` yields a :class:`Span`, ``track_llm_call``, ``get_quality_metrics`` and ``run`` are
+awaited and answer with dicts. Spans also nest by themselves (a ContextVar holds the current
+one), so most code never passes a context at all.
+
+The hot path (``span()``, ``trace_agent``, ``@traced``, ``record_llm_call``) is a few attribute
 writes, two ids from ``random.getrandbits``, a ContextVar set/reset and a ``deque.append``.
 Nothing on it awaits, locks, validates or touches a sink; the background flusher invokes the
 compiled graph once per batch.
@@ -8,37 +13,41 @@ compiled graph once per batch.
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from .batch_processor import BatchFlusher
+from .batch_processor import BatchProcessor, FlusherStats
 from .constants import OPIK_PROJECT, OPIK_WORKSPACE
 from .gc_tuning import raise_young_threshold
 from .sampling import Sampler
-from .spans import SpanRecord
+from .spans import Span
 from .trace_context import (
     _CURRENT,
     ObservabilityContext,
     ParentLike,
     TraceContext,
     extract,
+    format_tracestate,
     new_span_id,
     new_trace_id,
+    parse_tracestate,
     reset_current,
     span_parent_id,
 )
 
 if TYPE_CHECKING:  # the hot path imports nothing heavy: pydantic, yaml and langgraph load lazily
     from .config import ObservabilitySettings
-    from .models import QualityMetrics
     from .runtime import ConnectorContext
+    from .state import ObservabilityConnectorState
 
 
-__all__ = ["ObservabilityConnectorAgent", "ObservabilityContext", "SpanScope"]
+__all__ = ["ObservabilityConnectorAgent", "ObservabilityContext", "Span", "SpanScope"]
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +59,99 @@ _time_ns = time.time_ns
 
 _effective_parent = span_parent_id
 
+#: A span's parent as ``span()`` and friends accept it: a host context dict, one of our
+#: contexts (``TraceContext`` / ``ObservabilityContext``) or an open :class:`Span`.
+SpanContext = Mapping[str, Any] | ParentLike
+
+_REQUEST_KEYS = ("request_id", "experiment_id", "user_id")
+
+
+class _AdoptedIds:
+    """The (trace_id, span_id) pairs that a span has already taken from a context dict.
+
+    A host context names the span about to be opened, and host code passes one dict to several
+    ``span()`` calls; a second span with the same pair would be a duplicate that the store
+    ignores. So the first span adopts the pair and later ones open children of it. Dicts can
+    be neither weakly referenced nor marked (the caller's dict is never changed), and ``id()``
+    is reused once a dict is freed; remembering the pair itself also catches copies of a
+    context. Bounded, least recently used first out, and holding hashes of the pairs only (a
+    collision, one chance in 2**64, merely makes a span a child instead of adopting). A pair
+    evicted after ``max_entries`` newer ones would be adopted again by a later span: the store
+    keeps the first of the two rows.
+    """
+
+    __slots__ = ("_lock", "_max", "_seen")
+
+    def __init__(self, max_entries: int = 16_384) -> None:
+        self._lock = threading.Lock()
+        self._max = max_entries
+        self._seen: dict[int, None] = {}
+
+    def claim(self, trace_id: str, span_id: str) -> bool:
+        """True for the first span to use the pair (it adopts it), False afterwards."""
+        key = hash((trace_id, span_id))
+        with self._lock:
+            seen = self._seen
+            if key in seen:
+                del seen[key]  # re-inserted below: most recently used goes last
+                seen[key] = None
+                return False
+            seen[key] = None
+            if len(seen) > self._max:
+                del seen[next(iter(seen))]
+            return True
+
+    def taken(self, trace_id: str, span_id: str) -> bool:
+        return hash((trace_id, span_id)) in self._seen
+
+
+_ADOPTED = _AdoptedIds()
+
+
+def _context_ids(context: Mapping[str, Any]) -> tuple[str, str, str | None]:
+    """``(trace_id, span_id, parent_span_id)`` of a host context dict, checked."""
+    parent = context.get("parent_span_id")
+    return (
+        _required_id(context, "trace_id"),
+        _required_id(context, "span_id"),
+        parent if isinstance(parent, str) and parent else None,
+    )
+
+
+def _required_id(context: Mapping[str, Any], key: str) -> str:
+    value = context.get(key)
+    if not isinstance(value, str) or not value:
+        raise ValueError(
+            f"a span context dict needs a non-empty string {key!r} (got {value!r}); "
+            "create one with create_observability_context() or create_child_context()"
+        )
+    return value
+
+
+def _context_extras(context: Mapping[str, Any]) -> tuple[tuple[tuple[str, str], ...], dict[str, str] | None]:
+    """The ``tracestate`` members and the baggage (request, experiment and user ids) a dict carries."""
+    state = context.get("tracestate")
+    members = (parse_tracestate(state) or ()) if isinstance(state, str) else ()
+    baggage = {key: value for key in _REQUEST_KEYS if isinstance(value := context.get(key), str) and value}
+    return members, baggage or None
+
+
+def _sample_everything(trace_id: str, agent_name: str | None = None) -> bool:
+    return True
+
+
+def _check_rate(sample_rate: object) -> float:
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, float)) or not 0.0 <= sample_rate <= 1.0:
+        raise ValueError(f"sample_rate must be a number from 0.0 to 1.0, got {sample_rate!r}")
+    return float(sample_rate)
+
 
 class SpanScope:
-    """``async with`` / ``with`` scope of one span; yields the :class:`SpanRecord`."""
+    """``async with`` / ``with`` scope of one span; yields the :class:`Span`.
+
+    On exit the span is ``ok``, or ``error`` with the exception's class name and message (the
+    exception itself propagates unchanged); it is then handed to the collector, never awaited.
+    """
 
     __slots__ = ("_agent", "_agent_name", "_attributes", "_context", "_operation", "_record", "_token")
 
@@ -61,7 +160,7 @@ class SpanScope:
         agent: ObservabilityConnectorAgent,
         operation: str,
         agent_name: str,
-        context: ParentLike | None,
+        context: SpanContext | None,
         attributes: dict[str, Any] | None,
     ) -> None:
         self._agent = agent
@@ -69,11 +168,20 @@ class SpanScope:
         self._agent_name = agent_name
         self._context = context
         self._attributes = attributes
-        self._record: SpanRecord | None = None
+        self._record: Span | None = None
         self._token: Any = None
 
-    def __enter__(self) -> SpanRecord:
-        parent = self._context if self._context is not None else _CURRENT.get()
+    def __enter__(self) -> Span:
+        context = self._context
+        if context is None:
+            parent = _CURRENT.get()
+        elif isinstance(context, Mapping):
+            record = self._agent._record_in_mapping(self._operation, self._agent_name, context, self._attributes)
+            self._record = record
+            self._token = _CURRENT.set(record)
+            return record
+        else:
+            parent = context
         record = self._agent._new_record(self._operation, self._agent_name, parent, self._attributes, _time_ns())
         self._record = record
         self._token = _CURRENT.set(record)
@@ -92,7 +200,7 @@ class SpanScope:
         reset_current(self._token)
         self._agent._finish(record)
 
-    async def __aenter__(self) -> SpanRecord:
+    async def __aenter__(self) -> Span:
         return self.__enter__()
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
@@ -111,109 +219,316 @@ class ObservabilityConnectorAgent:
     def __init__(
         self,
         settings: ObservabilitySettings | None = None,
-        context: Any = None,
+        context: ConnectorContext | None = None,
         *,
         start: bool = True,
     ) -> None:
-        """``context`` is a ``ConnectorContext`` (store, registry, cache); built from config if omitted."""
-        from .runtime import ConnectorContext
+        """Builds nothing yet: no I/O and no thread, so an agent can be created at import time or
+        in a process about to fork.
 
-        self.context: ConnectorContext = context or ConnectorContext.from_config(settings)
-        self.settings = self.context.settings
-        opik = getattr(self.context, "opik", None)
-        if opik is not None:  # OpikConnector.trace_agent & co. record through this agent's collector
-            opik.bind_agent(self)
-        batching = self.settings.batching
-        from .config import build_sampler
+        The ``ConnectorContext`` (store, Opik, spool, cache) is resolved the first time something
+        needs it: ``context`` when given, else one built from ``settings``, else the process-wide
+        one (``runtime.default_context()``) that node functions called directly use too, so both
+        share one store and one metrics cache. The flusher's thread starts with the first span
+        handed to it; with ``start=False`` spans are only collected until :meth:`flush`.
+        """
+        # Imported (not read) here: the first span then only reads the configuration files instead
+        # of also importing pydantic and yaml on the caller's path.
+        from . import config  # noqa: F401
         from .redaction import install_log_redaction
 
         install_log_redaction()  # no log line of the connector prints a secret it was handed
-        # Decided once per trace, at its root (see sampling.Sampler); children inherit the flag.
-        self._sampler: Sampler = self.context.sampler or build_sampler(self.settings, self.context.registry)
-        self._keep_errors = self._sampler.always_sample_errors
-        self._flusher = BatchFlusher(
-            self._deliver,
-            batch_size=batching.max_batch_size,
-            max_wait=batching.max_batch_wait_s,
-            max_queue=batching.max_queue_size,
-            max_drain_batch=batching.max_drain_batch_size,
-            max_in_flight=batching.max_in_flight,
-            full_wait_s=batching.full_wait_s,
-            on_timeout=self._spool_at_shutdown,
-            on_stop=self._stop_background,
-            on_start=self._start_background,
-            shutdown_timeout=batching.shutdown_timeout_s,
-        )
-        self._submit = self._flusher.collector.append
+        self._context: ConnectorContext | None = context
+        self._settings: ObservabilitySettings | None = context.settings if context is not None else settings
+        self._own_settings = settings is not None and context is None
+        self._autostart = start
+        self._lazy_lock = threading.RLock()
+        self._flusher_obj: BatchProcessor | None = None
+        self._graph: Any = None
+        # The host's lazily resolved handles (its tests read and assign these two directly).
+        self._opik_connector: Any = None
+        self._span_repository_value: Any = None
+        self._span_repository_set = False
         self.emission_errors_total = 0
-        # Loaded now, not at the first flush: a first flush can happen during interpreter shutdown
-        # (a short script's exit hook), when importing LangGraph's thread-pool users is refused.
-        from .graph import graph as compiled_graph
-        from .nodes import span_emitter  # noqa: F401 - used by _spool_at_shutdown at exit
+        self.setup_error: str | None = None  # why spans cannot be recorded (a configuration error)
+        self.spans_not_recorded = 0
+        # Hot-path callables, replaced by the real ones on first use (see the two methods).
+        self._submit: Callable[[Span], None] = self._first_submit
+        self._sample_root: Callable[[str, str | None], bool] = self._first_sample_root
+        if context is not None:
+            self._bind_opik(context)
 
-        self._graph: Any = compiled_graph
-        if start:
-            raise_young_threshold(batching.gc_young_threshold)
-            self._flusher.start()
+    # -- what is built on first use --------------------------------------------------------
+
+    @property
+    def settings(self) -> ObservabilitySettings:
+        settings = self._settings
+        if settings is None:
+            with self._lazy_lock:
+                if self._settings is None:
+                    from .config import load_settings
+
+                    self._settings = load_settings()
+                settings = self._settings
+        return settings
+
+    @property
+    def context(self) -> ConnectorContext:
+        """The store, Opik sink, spool and cache; opened here the first time (thread-safe)."""
+        context = self._context
+        if context is None:
+            with self._lazy_lock:
+                if self._context is None:
+                    from .runtime import ConnectorContext, default_context
+
+                    built = ConnectorContext.from_config(self.settings) if self._own_settings else default_context()
+                    self._bind_opik(built)
+                    self._context = built
+                context = self._context
+        return context
+
+    def _bind_opik(self, context: ConnectorContext) -> None:
+        opik = getattr(context, "opik", None)
+        if opik is not None:  # OpikConnector.trace_agent & co. record through this agent's collector
+            opik.bind_agent(self)
+
+    @property
+    def _flusher(self) -> BatchProcessor:
+        flusher = self._flusher_obj
+        if flusher is None:
+            with self._lazy_lock:
+                if self._flusher_obj is None:
+                    batching = self.settings.batching
+                    self._flusher_obj = BatchProcessor(
+                        self._deliver,
+                        max_batch_size=batching.max_batch_size,
+                        max_wait_seconds=batching.max_batch_wait_s,
+                        max_queue=batching.max_queue_size,
+                        max_drain_batch=batching.max_drain_batch_size,
+                        max_in_flight=batching.max_in_flight,
+                        full_wait_s=batching.full_wait_s,
+                        on_timeout=self._spool_at_shutdown,
+                        on_stop=self._stop_background,
+                        on_start=self._open_background,
+                        shutdown_timeout=batching.shutdown_timeout_s,
+                    )
+                flusher = self._flusher_obj
+        return flusher
+
+    def _first_submit(self, record: Span) -> None:
+        """``_submit`` until the first finished span: builds the flusher, starts it, then hands the
+        hot path the collector's ``append`` itself (an instance attribute, no lookup on the class).
+
+        Two threads' first spans can both get here: harmless, there is one flusher, started once.
+        A configuration that cannot be loaded is reported here, once, and spans are then counted
+        as not recorded: raising would surface in the caller's ``with`` block, at its exit.
+        """
+        try:
+            flusher = self._flusher
+            if self._autostart:
+                self._start_flusher(flusher)
+        except Exception as exc:
+            self._give_up(exc)
+            self._submit(record)
+            return
+        append = flusher.collector.append
+        self._submit = append
+        append(record)
+
+    def _first_sample_root(self, trace_id: str, agent_name: str | None = None) -> bool:
+        """``_sample_root`` until the first root span: then the sampler's own method, called directly."""
+        try:
+            sample_root = self._sampler.sample_root
+        except Exception as exc:  # spans cannot be recorded at all; _first_submit says why
+            self._give_up(exc)
+            return True
+        self._sample_root = sample_root
+        return sample_root(trace_id, agent_name)
+
+    def _give_up(self, exc: Exception) -> None:
+        if self.setup_error is None:
+            self.setup_error = f"{type(exc).__name__}: {exc}"
+            log.error("observability is off, spans are not recorded: %s", self.setup_error)
+        self._submit = self._not_recorded
+        self._sample_root = _sample_everything  # no sampler to ask, and nothing is kept anyway
+
+    def _not_recorded(self, record: Span) -> None:
+        self.spans_not_recorded += 1
+
+    def start(self) -> None:
+        """Open the sinks and start the flusher now rather than at the first span (idempotent).
+
+        For a process that should resume at boot what a previous run left in the spool (a
+        crash, an outage that outlived it) before it records anything itself.
+        """
+        _ = self.context
+        self._start_flusher(self._flusher)
+
+    def _start_flusher(self, flusher: BatchProcessor) -> None:
+        # Imported before the flusher registers its exit hook: threading's exit hooks run last
+        # registered first, so the flush at exit runs while the thread pools that the sinks'
+        # ``asyncio.to_thread`` needs still take work (see at_exit_before_thread_pools).
+        import concurrent.futures.thread  # noqa: F401
+
+        raise_young_threshold(self.settings.batching.gc_young_threshold)
+        flusher.start()
+
+    @functools.cached_property
+    def _sampler(self) -> Sampler:
+        """Decided once per trace, at its root (see sampling.Sampler); children inherit the flag."""
+        from .config import build_sampler, load_registry
+
+        context = self._context
+        if context is not None:
+            return context.sampler or build_sampler(self.settings, context.registry)
+        return build_sampler(self.settings, load_registry())
+
+    @functools.cached_property
+    def _keep_errors(self) -> bool:
+        return self._sampler.always_sample_errors
+
+    async def _open_background(self) -> None:
+        """First thing on the flusher's thread: open the sinks and load the graph, off the callers'
+        path, then the sinks' own start-up (:meth:`_start_background`)."""
+        _ = self.graph, self.context  # the graph first: a bad configuration must not keep it unloaded
+        await self._start_background()
+
+    # The host's lazy handles: they never raise; a failure is logged and reads as None / False.
+
+    @property
+    def opik_connector(self) -> Any:
+        """The Opik sink (``src.mlops.opik_connector.OpikConnector``), or None when Opik is off."""
+        if self._opik_connector is None:
+            try:
+                context = self._context
+                if context is not None:
+                    self._opik_connector = context.opik
+                else:
+                    from .config import build_opik
+
+                    self._opik_connector = build_opik(self.settings)  # the process's one connector
+            except Exception as exc:
+                log.warning("Opik is unavailable: %s: %s", type(exc).__name__, exc)
+        return self._opik_connector
+
+    @property
+    def _span_repository(self) -> Any:
+        return self._span_repository_value
+
+    @_span_repository.setter
+    def _span_repository(self, value: Any) -> None:
+        # Assigned (the host's tests do): that answer stands, None included.
+        self._span_repository_value = value
+        self._span_repository_set = True
+
+    @property
+    def span_repository(self) -> Any:
+        """The span store (``ObservabilitySpanRepository``), opened on first use; None when it cannot be."""
+        if not self._span_repository_set:
+            try:
+                self._span_repository = self.context.store
+            except Exception as exc:
+                log.warning("the span store is unavailable: %s: %s", type(exc).__name__, exc)
+                return None
+        return self._span_repository_value
+
+    @property
+    def is_opik_enabled(self) -> bool:
+        connector = self.opik_connector
+        return connector is not None and bool(getattr(connector, "is_enabled", True))
+
+    @property
+    def is_db_enabled(self) -> bool:
+        return self.span_repository is not None
 
     # -- contexts -------------------------------------------------------------------------
 
     def create_observability_context(
         self,
-        request_id: str | None = None,
+        request_id: str,
         experiment_id: str | None = None,
         user_id: str | None = None,
+        sample_rate: float = 1.0,
+        *,
         traceparent: str | None = None,
         tracestate: str | None = None,
         agent_name: str | None = None,
-    ) -> ObservabilityContext:
-        """A request's context: continues ``traceparent`` when valid, else starts a new trace.
+    ) -> dict[str, Any]:
+        """A request's context as a new dict; pass it to :meth:`span` to open the request's first span.
 
-        A new trace is sampled here, once, at ``agent_name``'s rate when given (the agent that
-        will open its first span; ``sampling.agent_rates``), else at the default rate. A
-        continued trace keeps the caller's sampled flag.
+        Keys: ``trace_id``, ``span_id`` (the id that first span takes), ``parent_span_id``,
+        ``request_id``, ``experiment_id``, ``user_id``, ``sampled``, ``sample_rate``, and
+        ``tracestate`` when a continued trace carried one.
+
+        With a valid ``traceparent`` the trace continues: same trace id, the caller's span as
+        parent, its sampled flag honoured. Otherwise a new trace, sampled here once from its id
+        at the configured rate (``agent_name``'s rate when given: the agent that opens its first
+        span). ``sample_rate`` can only lower that: 0.0 never samples; 1.0 leaves the
+        configured rate (which keeps everything unless sampling is configured lower).
         """
-        baggage = {
-            k: v for k, v in (("request_id", request_id), ("experiment_id", experiment_id), ("user_id", user_id)) if v
-        }
+        rate = _check_rate(sample_rate)
         remote = extract({"traceparent": traceparent, "tracestate": tracestate or ""}) if traceparent else None
         if remote is not None:
-            return ObservabilityContext(
-                trace_id=remote.trace_id,
-                span_id=new_span_id(),
-                sampled=remote.sampled,
-                tracestate=remote.tracestate,
-                baggage={**dict(remote.baggage), **baggage},
-                parent_span_id=remote.span_id,
-                remote=True,
-                request_id=request_id,
-                experiment_id=experiment_id,
-                user_id=user_id,
-            )
-        trace_id = new_trace_id()
-        return ObservabilityContext(
-            trace_id=trace_id,
-            span_id=new_span_id(),
-            sampled=self._sampler.sample_root(trace_id, agent_name),
-            baggage=baggage,
-            request_id=request_id,
-            experiment_id=experiment_id,
-            user_id=user_id,
-        )
+            trace_id, parent = remote.trace_id, remote.span_id
+            sampled = self._sampler.decide(trace_id, agent_name, remote.sampled, rate)
+        else:
+            trace_id, parent = new_trace_id(), None
+            sampled = self._sampler.sample_root(trace_id, agent_name, rate)
+        context: dict[str, Any] = {
+            "trace_id": trace_id,
+            "span_id": new_span_id(),
+            "parent_span_id": parent,
+            "request_id": request_id,
+            "experiment_id": experiment_id,
+            "user_id": user_id,
+            "sampled": sampled,
+            "sample_rate": sample_rate,
+        }
+        if remote is not None and remote.tracestate:
+            context["tracestate"] = format_tracestate(remote.tracestate)
+        return context
 
-    def create_child_context(self, parent: ParentLike | None = None) -> TraceContext:
-        """A context whose spans are children of ``parent`` (default: the current span)."""
-        parent = parent if parent is not None else _CURRENT.get()
+    def create_child_context(
+        self, parent_context: SpanContext | None = None, operation_name: str | None = None
+    ) -> dict[str, Any]:
+        """A new dict naming a child of ``parent_context``: same trace, a new ``span_id``, the parent's
+        ``span_id`` as ``parent_span_id``, the request fields, ``sampled`` and ``sample_rate`` copied.
+
+        ``parent_context`` is a context dict, an open :class:`Span` or one of our contexts
+        (default: the current span). ``operation_name`` is accepted for the host's signature;
+        the span's name is the one given to :meth:`span`.
+        """
+        parent = parent_context if parent_context is not None else _CURRENT.get()
         if parent is None:
-            return self.create_observability_context()
-        return TraceContext(
-            trace_id=parent.trace_id,
-            span_id=_effective_parent(parent) or new_span_id(),
-            sampled=parent.sampled,
-            tracestate=getattr(parent, "tracestate", ()),
-            baggage=getattr(parent, "baggage", None) or {},
-            parent_span_id=_effective_parent(parent),
-        )
+            raise ValueError("create_child_context needs a parent context (a dict or a span) or an open span")
+        if isinstance(parent, Mapping):
+            trace_id, span_id, _ = _context_ids(parent)
+            child: dict[str, Any] = {
+                "trace_id": trace_id,
+                "span_id": new_span_id(),
+                "parent_span_id": span_id,
+                "request_id": parent.get("request_id"),
+                "experiment_id": parent.get("experiment_id"),
+                "user_id": parent.get("user_id"),
+                "sampled": parent.get("sampled", True),
+                "sample_rate": parent.get("sample_rate", 1.0),
+            }
+            if isinstance(parent.get("tracestate"), str):
+                child["tracestate"] = parent["tracestate"]
+            return child
+        baggage = getattr(parent, "baggage", None) or {}
+        child = {
+            "trace_id": parent.trace_id,
+            "span_id": new_span_id(),
+            "parent_span_id": _effective_parent(parent),
+            **{key: getattr(parent, key, None) or baggage.get(key) for key in _REQUEST_KEYS},
+            "sampled": parent.sampled,
+            "sample_rate": 1.0,
+        }
+        members = getattr(parent, "tracestate", ())
+        if members:
+            child["tracestate"] = format_tracestate(members)
+        return child
 
     # -- the hot path ----------------------------------------------------------------------
 
@@ -221,17 +536,23 @@ class ObservabilityConnectorAgent:
         self,
         operation_name: str,
         agent_name: str,
-        context: ParentLike | None = None,
+        context: SpanContext | None = None,
         attributes: dict[str, Any] | None = None,
     ) -> SpanScope:
-        """``async with obs.span("execute", "gap_analyzer", ctx) as span:`` (also plain ``with``)."""
+        """``async with obs.span("execute", "gap_analyzer", ctx) as span:`` (also plain ``with``).
+
+        A context dict names the span to open: the first span given it takes its ``span_id`` and
+        ``parent_span_id``, later ones become children of that span (the dict is never changed).
+        ``sampled`` (default True) decides whether the span is kept. Our own contexts and spans
+        parent the new span; with no context it nests under the current span, if any.
+        """
         return SpanScope(self, operation_name, agent_name, context, attributes)
 
     def trace_agent(
         self,
         agent_name: str,
         operation: str,
-        context: ParentLike | None = None,
+        context: SpanContext | None = None,
         attributes: dict[str, Any] | None = None,
     ) -> SpanScope:
         """The same scope, argument order of the host codebase's ``trace_agent``."""
@@ -260,30 +581,92 @@ class ObservabilityConnectorAgent:
 
         return decorate
 
-    def track_llm_call(
+    async def track_llm_call(
+        self,
+        agent_name: str,
+        operation: str,
+        model: str,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        context: SpanContext | None = None,
+        attributes: dict[str, Any] | None = None,
+        error: BaseException | str | None = None,
+        error_type: str | None = None,
+        *,
+        duration_ms: float | None = None,
+        provider: str | None = None,
+    ) -> dict[str, Any]:
+        """Record a finished LLM call (model and tokens) and describe it as the host did.
+
+        Returns ``span_id``, ``trace_id``, ``agent_name``, ``operation``, ``model_used``,
+        ``input_tokens``, ``output_tokens``, ``tokens_used``, ``status`` and ``attributes``, plus
+        ``error`` / ``error_type`` when an error was given. The span itself is recorded like
+        any other (see :meth:`record_llm_call`), never awaited.
+        """
+        record = self.record_llm_call(
+            agent_name,
+            model,
+            input_tokens,
+            output_tokens,
+            operation=operation,
+            duration_ms=duration_ms,
+            error=error,
+            error_type=error_type,
+            context=context,
+            attributes=attributes,
+            provider=provider,
+        )
+        result: dict[str, Any] = {
+            "span_id": record.span_id,
+            "trace_id": record.trace_id,
+            "agent_name": agent_name,
+            "operation": operation,
+            "model_used": model,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "tokens_used": (input_tokens or 0) + (output_tokens or 0),
+            "status": "error" if error is not None else "ok",
+            "attributes": attributes if attributes is not None else {},
+        }
+        if error is not None:
+            result["error"] = error if isinstance(error, str) else str(error)
+            result["error_type"] = error_type or (None if isinstance(error, str) else type(error).__name__)
+        return result
+
+    def record_llm_call(
         self,
         agent_name: str,
         model: str,
         input_tokens: int | None = None,
         output_tokens: int | None = None,
+        *,
+        operation: str = "llm_call",
         duration_ms: float | None = None,
         error: BaseException | str | None = None,
-        operation: str = "llm_call",
-        context: ParentLike | None = None,
+        error_type: str | None = None,
+        context: SpanContext | None = None,
         attributes: dict[str, Any] | None = None,
         provider: str | None = None,
-    ) -> SpanRecord:
-        """Record a finished LLM call (model and tokens) as a span under the current one."""
+    ) -> Span:
+        """The synchronous form of :meth:`track_llm_call` for code without an event loop; returns the span.
+
+        The call ended now and took ``duration_ms``. It is a child of the current span; with a
+        context dict, of the span that context names once that span is open (before, of its
+        parent: the LLM call is not the span the context names).
+        """
         end = _time_ns()
         start = end - int((duration_ms or 0.0) * 1e6)
-        parent = context if context is not None else _CURRENT.get()
-        record = self._new_record(operation, agent_name, parent, attributes, start)
+        if isinstance(context, Mapping):
+            record = self._record_under_mapping(operation, agent_name, context, attributes, start)
+        else:
+            parent = context if context is not None else _CURRENT.get()
+            record = self._new_record(operation, agent_name, parent, attributes, start)
         record.set_llm(model, input_tokens, output_tokens)
         if provider:
             record.attributes["llm.provider"] = provider
         record.end_ns = end
         if error is not None:
-            record.record_error(error)
+            record.record_error(error, error_type)
         else:
             record.status = "ok"
         self._finish(record)
@@ -299,7 +682,7 @@ class ObservabilityConnectorAgent:
         """Attach a named measurement to the current span, or record it as its own span."""
         current = _CURRENT.get()
         payload = {"metric.name": name, "metric.value": value, **(attributes or {})}
-        if isinstance(current, SpanRecord) and (agent_name is None or agent_name == current.agent_name):
+        if isinstance(current, Span) and (agent_name is None or agent_name == current.agent_name):
             current.add_event(f"metric.{name}", payload)
             return
         end = _time_ns()
@@ -315,39 +698,109 @@ class ObservabilityConnectorAgent:
         parent: ParentLike | None,
         attributes: dict[str, Any] | None,
         start_ns: int,
-    ) -> SpanRecord:
+    ) -> Span:
         """A span under ``parent`` (or the root of a new trace, sampled here once)."""
         attrs = dict(attributes) if attributes else None
         if parent is None:
             trace_id = new_trace_id()
-            return SpanRecord(
+            return Span(
                 new_span_id(),
                 trace_id,
                 None,
                 operation,
                 agent_name,
-                start_ns,
+                None,
+                "started",
                 attrs,
+                start_ns,
                 self._sample_root(trace_id, agent_name),
             )
-        return SpanRecord(
+        return Span(
             new_span_id(),
             parent.trace_id,
             _effective_parent(parent),
             operation,
             agent_name,
-            start_ns,
+            None,
+            "started",
             attrs,
+            start_ns,
             parent.sampled,
             getattr(parent, "tracestate", ()),
             getattr(parent, "baggage", None),
         )
 
-    def _sample_root(self, trace_id: str, agent_name: str) -> bool:
-        return self._sampler.sample_root(trace_id, agent_name)
+    def _record_in_mapping(
+        self, operation: str, agent_name: str, context: Mapping[str, Any], attributes: dict[str, Any] | None
+    ) -> Span:
+        """The span a host context dict names: its ids the first time, a child of that span after."""
+        start_ns = _time_ns()
+        trace_id, span_id, parent_id = _context_ids(context)
+        if not _ADOPTED.claim(trace_id, span_id):
+            return self._record_under_mapping(operation, agent_name, context, attributes, start_ns)
+        members, baggage = _context_extras(context)
+        return Span(
+            span_id,
+            trace_id,
+            parent_id,
+            operation,
+            agent_name,
+            None,
+            "started",
+            dict(attributes) if attributes else None,
+            start_ns,
+            bool(context.get("sampled", True)),
+            members,
+            baggage,
+        )
 
-    def _finish(self, record: SpanRecord) -> None:
-        if record.sampled or (self._keep_errors and record.status == "error"):
+    def _record_under_mapping(
+        self,
+        operation: str,
+        agent_name: str,
+        context: Mapping[str, Any],
+        attributes: dict[str, Any] | None,
+        start_ns: int,
+    ) -> Span:
+        """A new span in a context dict's trace, below the span the dict names.
+
+        Under the innermost open span of that trace when there is one (it is that span or runs
+        inside it); else under the named span once a span has taken its id, or beside it, under
+        its parent, while none has (a parent id that names no stored span would leave an orphan).
+        """
+        trace_id = context.get("trace_id")
+        if not isinstance(trace_id, str) or not trace_id:  # no trace to join (the host then started one)
+            record = self._new_record(operation, agent_name, None, attributes, start_ns)
+            if "sampled" in context:
+                record.sampled = bool(context["sampled"])
+            return record
+        span_id = context.get("span_id")
+        current = _CURRENT.get()
+        if current is not None and current.trace_id == trace_id:
+            parent = _effective_parent(current)
+        elif isinstance(span_id, str) and span_id and _ADOPTED.taken(trace_id, span_id):
+            parent = span_id
+        else:
+            parent_id = context.get("parent_span_id")
+            parent = parent_id if isinstance(parent_id, str) and parent_id else None
+        members, baggage = _context_extras(context)
+        return Span(
+            new_span_id(),
+            trace_id,
+            parent,
+            operation,
+            agent_name,
+            None,
+            "started",
+            dict(attributes) if attributes else None,
+            start_ns,
+            bool(context.get("sampled", True)),
+            members,
+            baggage,
+        )
+
+    def _finish(self, record: Span) -> None:
+        if record.sampled or (record.status == "error" and self._keep_errors):
             self._submit(record)
 
     # -- the background side ---------------------------------------------------------------
@@ -360,7 +813,7 @@ class ObservabilityConnectorAgent:
             self._graph = graph
         return self._graph
 
-    async def _deliver(self, batch: list[SpanRecord]) -> dict[str, Any]:
+    async def _deliver(self, batch: list[Span]) -> dict[str, Any]:
         """One batch through the graph; returns the graph's final state (the flusher ignores it).
 
         The state is not kept: a batch's ~20,000 objects that outlived the call would be promoted
@@ -368,8 +821,9 @@ class ObservabilityConnectorAgent:
         """
         # Our own records go in as they are: the span_emitter builds their rows directly (no event
         # dict, no second validation of values we produced); anything else as its event payload.
-        events = [r if r.__class__ is SpanRecord else r.to_event() for r in batch]
-        payload = {"events_to_log": events, "opik_wait_s": 0.0}  # nobody awaits Opik here
+        events = [r if r.__class__ is Span else r.to_event() for r in batch]
+        # Nobody reads this state: no Opik confirmation to wait for, no metrics question to answer.
+        payload = {"events_to_log": events, "opik_wait_s": 0.0, "skip_metrics": True}
         state = await self.graph.ainvoke(payload, context=self.context)
         errors = state.get("emission_errors") or []
         if errors:
@@ -391,9 +845,9 @@ class ObservabilityConnectorAgent:
         delivery = getattr(self.context, "store_delivery", None)
         if delivery is not None and delivery.backlogged:
             cache = self.context.cache
-            delivery.ensure_replaying(lambda replayed: cache.ainvalidate(s.start_time for s in replayed))
+            delivery.ensure_replaying(lambda replayed: cache.ainvalidate_since(s.start_time for s in replayed))
 
-    def _spool_at_shutdown(self, records: list[SpanRecord]) -> int:
+    def _spool_at_shutdown(self, records: list[Span]) -> int:
         """Shutdown ran out of time (a sink is stuck): validate, redact and spool what is queued.
 
         Runs on the closing thread, not the stuck flusher; returns how many spans are now on disk.
@@ -403,18 +857,18 @@ class ObservabilityConnectorAgent:
             return 0
         import asyncio
 
-        from .nodes.span_emitter import emit_spans
+        from .nodes.span_emitter import validate_spans
 
         class _Runtime:
             context = self.context
 
-        state = asyncio.run(emit_spans({"events_to_log": records}, _Runtime()))
+        state = asyncio.run(validate_spans({"events_to_log": records}, _Runtime()))
         spans = state.get("validated_spans") or []
         if not spans:
             return 0
         # The store's cursor only: Opik's spool records are encoded batches of its own; these spans
         # reach Opik from the store with OpikConnector.replay_from_store.
-        delivery.spool.append([s.model_dump(mode="json") for s in spans], ["store"])
+        delivery.spool.append([s.to_row() for s in spans], ["store"])
         return len(spans)
 
     async def _stop_background(self) -> None:
@@ -425,17 +879,30 @@ class ObservabilityConnectorAgent:
             await delivery.stop()
 
     async def flush(self, timeout: float | None = None) -> bool:
-        """Deliver every span finished so far; True when done within ``timeout``."""
-        return await self._flusher.flush(timeout)
+        """Deliver every span finished so far; True when done within ``timeout``.
+
+        True at once when no span was ever handed over: nothing is opened or started for it.
+        """
+        flusher = self._flusher_obj
+        return True if flusher is None else await flusher.flush(timeout)
 
     def flush_sync(self, timeout: float | None = None) -> bool:
-        return self._flusher.flush_sync(timeout)
+        flusher = self._flusher_obj
+        return True if flusher is None else flusher.flush_sync(timeout)
 
     async def aclose(self) -> None:
-        """Flush within ``shutdown_timeout`` and stop the flusher, then close the store."""
-        await self._flusher.aclose()
+        """Flush within ``shutdown_timeout`` and stop the flusher, then close the store.
+
+        Only what was opened is closed: on an agent that never recorded a span this returns at once.
+        """
+        flusher = self._flusher_obj
+        if flusher is not None:
+            await flusher.aclose()
+        context = self._context
+        if context is None:
+            return
         try:
-            await self.context.store.close()
+            await context.store.close()
         except Exception:  # closing must never raise into an agent's shutdown
             log.exception("closing the span store failed")
 
@@ -463,28 +930,43 @@ class ObservabilityConnectorAgent:
         return ObservabilityCallbackHandler(self._finish, agent_name, **kwargs)
 
     def get_status(self) -> dict[str, Any]:
-        stats = self._flusher.stats
-        return {
-            "queue_depth": len(self._flusher.collector),
-            "spans_accepted": self._flusher.collector.accepted,
-            "spans_dropped": self._flusher.collector.dropped,
-            "producer_waits": self._flusher.collector.waited,
+        """Counters of the collector, the flusher and the sinks.
+
+        Reports only what exists: before the first span there is no flusher (zero counts,
+        ``flusher_running`` False), and before first use no store, spool, cache or Opik sink
+        (None each); asking opens and starts nothing.
+        """
+        flusher = self._flusher_obj
+        collector = flusher.collector if flusher is not None else None
+        stats = flusher.stats if flusher is not None else FlusherStats()
+        status: dict[str, Any] = {
+            "flusher_running": flusher is not None and flusher.running,
+            "queue_depth": len(collector) if collector is not None else 0,
+            "spans_accepted": collector.accepted if collector is not None else 0,
+            "spans_dropped": collector.dropped if collector is not None else 0,
+            "producer_waits": collector.waited if collector is not None else 0,
             "batches_sent": stats.batches_sent,
             "batches_failed": stats.batches_failed,
             "spans_delivered": stats.spans_delivered,
             "spans_failed": stats.spans_failed,
             "emission_errors": self.emission_errors_total,
-            "last_error": stats.last_error,
-            "store": self.context.store.describe(),
-            **self._spool_status(),
-            "cache": self.context.cache.get_status(),
-            "opik": opik.get_status()
-            if (opik := getattr(self.context, "opik", None)) is not None
-            else {"enabled": False},
+            "last_error": stats.last_error or self.setup_error,
+            "spans_not_recorded": self.spans_not_recorded,
+        }
+        context = self._context
+        if context is None:
+            return {**status, "store": None, "spool": None, "cache": None, "opik": None}
+        opik = getattr(context, "opik", None)
+        return {
+            **status,
+            "store": context.store.describe(),
+            **self._spool_status(context),
+            "cache": context.cache.get_status(),
+            "opik": opik.get_status() if opik is not None else {"enabled": False},
         }
 
-    def _spool_status(self) -> dict[str, Any]:
-        delivery = getattr(self.context, "store_delivery", None)
+    def _spool_status(self, context: ConnectorContext) -> dict[str, Any]:
+        delivery = getattr(context, "store_delivery", None)
         if delivery is None:
             return {"spool": None}
         try:
@@ -517,29 +999,72 @@ class ObservabilityConnectorAgent:
 
     # -- the orchestrator's and dashboards' side ------------------------------------------
 
-    async def run(self, input_data: dict[str, Any]) -> dict[str, Any]:
-        """Invoke the graph as the orchestrator does and return the output contract."""
-        state = await self.graph.ainvoke({**input_data, "include_metrics": True}, context=self.context)
-        finished = state.get("status_distribution") or {}
-        total_finished = finished.get("ok", 0) + finished.get("error", 0)
-        return {
+    async def run(self, input_data: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Invoke the graph as the orchestrator does: log ``events_to_log``, then answer the metrics question.
+
+        Reads ``events_to_log``, ``time_window`` (default ``"24h"``), ``agent_name_filter``,
+        ``trace_id_filter`` and ``sample_rate`` (default 1.0); the graph's other inputs
+        (``traceparent``, ``request_id`` ...) pass through. Raises ``RuntimeError("<error_type>:
+        <error>")`` when the graph reports a failure of its own; events it rejected are not one
+        (they are listed in ``emission_errors``).
+        """
+        data = dict(input_data or {})
+        data.pop("skip_metrics", None)  # the flusher's switch; run() always answers with metrics
+        graph_input = {
+            **data,
+            "events_to_log": data.get("events_to_log") or [],
+            "time_window": data.get("time_window") or "24h",
+            "agent_name_filter": data.get("agent_name_filter"),
+            "trace_id_filter": data.get("trace_id_filter"),
+            "sample_rate": data.get("sample_rate", 1.0),
+        }
+        state = await self.graph.ainvoke(graph_input, context=self.context)
+        if state.get("error"):
+            raise RuntimeError(f"{state.get('error_type') or 'unknown'}: {state['error']}")
+        output = {
+            "emission_successful": bool(state.get("emission_successful", False)),
             "span_ids_logged": state.get("span_ids_logged", []),
             "trace_ids_logged": state.get("trace_ids_logged", []),
             "events_logged": state.get("events_logged", 0),
             "opik_project": state.get("opik_project", OPIK_PROJECT),
             "opik_workspace": state.get("opik_workspace", OPIK_WORKSPACE),
-            "quality_metrics_computed": state.get("quality_metrics_computed", False),
+            "quality_metrics_computed": bool(state.get("quality_metrics_computed", False)),
             "quality_score": state.get("quality_score"),
-            "emission_successful": bool(state.get("db_writes_successful", True)) and not state.get("error"),
-            "overall_success_rate": state.get("overall_success_rate", 1.0 if not total_finished else None),
+            "overall_success_rate": state.get("overall_success_rate"),
             "overall_p95_latency_ms": state.get("overall_p95_latency_ms"),
+            # Beyond the host's keys: why events were rejected, and what the store took.
             "emission_errors": state.get("emission_errors", []),
-            "error": state.get("error"),
-            "error_type": state.get("error_type"),
+            "db_writes_successful": state.get("db_writes_successful"),
+            "db_write_count": state.get("db_write_count", 0),
+        }
+        if "opik_url" in state:
+            output["opik_url"] = state["opik_url"]
+        return output
+
+    async def get_quality_metrics(self, input_data: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The 13 quality-metric keys for ``time_window`` (default ``"24h"``), ``agent_name_filter`` and
+        ``trace_id_filter``, computed from the stored spans (cached per window, see ``cache.py``).
+
+        Never raises: a bad window or an unreachable store gives ``quality_metrics_computed``
+        False with ``error`` / ``error_type``, the other keys at their empty-window values.
+        """
+        from .nodes.metrics_aggregator import EMPTY_METRICS, aggregate_metrics
+
+        data = input_data or {}
+        question: ObservabilityConnectorState = {
+            "time_window": data.get("time_window") or "24h",
+            "agent_name_filter": data.get("agent_name_filter"),
+            "trace_id_filter": data.get("trace_id_filter"),
         }
 
-    async def get_quality_metrics(
-        self, time_window: str = "24h", agent_name: str | None = None, trace_id: str | None = None
-    ) -> QualityMetrics:
-        """System-wide quality for a window; raises ValueError for an unknown window."""
-        return await self.context.store.get_quality_metrics(time_window, agent_name=agent_name, trace_id=trace_id)
+        class _Runtime:  # what a node reads from LangGraph's Runtime: the context
+            context = self.context
+
+        state = await aggregate_metrics(question, _Runtime())
+        # Copies: a caller that edits its answer must not edit the shared empty values.
+        metrics = {key: state[key] if key in state else copy.deepcopy(empty) for key, empty in EMPTY_METRICS.items()}
+        if state.get("error"):
+            metrics["quality_metrics_computed"] = False
+            metrics["error"] = state["error"]
+            metrics["error_type"] = state.get("error_type")
+        return metrics

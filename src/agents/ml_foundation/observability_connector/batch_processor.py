@@ -20,13 +20,13 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from .spans import SpanRecord
+from .spans import Span
 
-__all__ = ["BatchFlusher", "FlusherStats", "SpanCollector", "at_exit_before_thread_pools"]
+__all__ = ["BatchProcessor", "FlusherStats", "SpanCollector", "at_exit_before_thread_pools"]
 
 log = logging.getLogger(__name__)
 
-Deliver = Callable[[list[SpanRecord]], Awaitable[Any]]
+Deliver = Callable[[list[Span]], Awaitable[Any]]
 
 
 class SpanCollector:
@@ -57,12 +57,12 @@ class SpanCollector:
         max_queue: int = 10_000,
         batch_size: int = 100,
         wake: Callable[[], None] | None = None,
-        overflow: Callable[[SpanRecord], None] | None = None,
+        overflow: Callable[[Span], None] | None = None,
         full_wait_s: float = 0.0,
     ) -> None:
         if max_queue < 1 or batch_size < 1:
             raise ValueError("max_queue and batch_size must be positive")
-        self._queue: deque[SpanRecord] = deque()
+        self._queue: deque[Span] = deque()
         self._max = max_queue
         self._batch_size = batch_size
         self._wake = wake
@@ -73,7 +73,7 @@ class SpanCollector:
         self.waited = 0  # producers that had to wait for room (back-pressure events)
         self.consumer_thread: int | None = None  # the flusher never waits on itself
 
-    def append(self, span: SpanRecord) -> None:
+    def append(self, span: Span) -> None:
         queue = self._queue
         depth = len(queue)
         if depth >= self._max:
@@ -84,7 +84,7 @@ class SpanCollector:
         if depth + 1 == self._batch_size and self._wake is not None:
             self._wake()
 
-    def _on_full(self, span: SpanRecord) -> None:
+    def _on_full(self, span: Span) -> None:
         if self._overflow is not None:
             self._overflow(span)
             return
@@ -109,9 +109,9 @@ class SpanCollector:
                 self.dropped,
             )
 
-    def drain(self, limit: int) -> list[SpanRecord]:
+    def drain(self, limit: int) -> list[Span]:
         queue = self._queue
-        out: list[SpanRecord] = []
+        out: list[Span] = []
         pop = queue.popleft
         try:
             for _ in range(min(limit, len(queue))):
@@ -134,28 +134,32 @@ class FlusherStats:
     last_error: str | None = None
 
 
-class BatchFlusher:
+class BatchProcessor:
     """Drains a :class:`SpanCollector` on a background thread and delivers whole batches.
 
-    Flushes when ``batch_size`` spans are waiting, every ``max_wait`` seconds, on
-    :meth:`flush`, and at shutdown (explicit :meth:`close` or the interpreter's exit hook,
-    bounded by ``shutdown_timeout`` so a dead sink never hangs the process).
+    Flushes when ``max_batch_size`` spans are waiting, every ``max_wait_seconds``, on
+    :meth:`flush`, and at shutdown (:meth:`stop` / :meth:`close` or the interpreter's exit
+    hook, bounded by ``shutdown_timeout`` so a dead sink never hangs the process).
+
+    The host codebase's name and its four methods (``add_span``, ``flush``, ``start``,
+    ``stop``); unlike the host's, ``add_span`` and ``stop`` are synchronous, because the
+    caller's side must never wait on the event loop that delivers.
     """
 
     def __init__(
         self,
         deliver: Deliver,
-        batch_size: int = 100,
-        max_wait: float = 5.0,
+        max_batch_size: int = 100,
+        max_wait_seconds: float = 5.0,
         max_queue: int = 10_000,
         shutdown_timeout: float = 5.0,
-        overflow: Callable[[SpanRecord], None] | None = None,
+        overflow: Callable[[Span], None] | None = None,
         name: str = "obs-flusher",
         max_drain_batch: int | None = None,
         on_stop: Callable[[], Awaitable[Any]] | None = None,
         on_start: Callable[[], Awaitable[Any]] | None = None,
         full_wait_s: float = 0.0,
-        on_timeout: Callable[[list[SpanRecord]], int] | None = None,
+        on_timeout: Callable[[list[Span]], int] | None = None,
         max_in_flight: int = 2,
     ) -> None:
         if max_in_flight < 1:
@@ -164,18 +168,18 @@ class BatchFlusher:
         self.max_in_flight = max_in_flight
         # Batches handed to ``deliver`` and not finished: if shutdown times out behind a stuck
         # sink they are kept with the queued spans (a resend is harmless: writes are idempotent).
-        self._delivering: dict[int, list[SpanRecord]] = {}
-        self.batch_size = batch_size
-        self.max_drain_batch = max(batch_size, max_drain_batch or batch_size * 10)
+        self._delivering: dict[int, list[Span]] = {}
+        self.max_batch_size = max_batch_size
+        self.max_drain_batch = max(max_batch_size, max_drain_batch or max_batch_size * 10)
         self._on_stop = on_stop
         self._on_start = on_start
         self._on_timeout = on_timeout  # shutdown ran out of time: keep what is still queued
-        self.max_wait = max_wait
+        self.max_wait_seconds = max_wait_seconds
         self.shutdown_timeout = shutdown_timeout
         self._async_wake: asyncio.Event | None = None
         self._wake_pending = False
         self.collector = SpanCollector(
-            max_queue, batch_size, wake=self._wake, overflow=overflow, full_wait_s=full_wait_s
+            max_queue, max_batch_size, wake=self._wake, overflow=overflow, full_wait_s=full_wait_s
         )
         self.stats = FlusherStats()
         self._flush_waiters: list[Future[None]] = []
@@ -201,12 +205,25 @@ class BatchFlusher:
     def running(self) -> bool:
         return self._started and self._thread.is_alive()
 
-    def submit(self, span: SpanRecord) -> None:
-        """Hot path: enqueue a finished span."""
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    def add_span(self, span: Span) -> None:
+        """Hot path: enqueue a finished span (the collector's append: no sink is waited on; a full
+        buffer waits at most ``full_wait_s``)."""
         self.collector.append(span)
 
     def flush_future(self) -> Future[None]:
+        """A future resolved once everything enqueued so far is delivered.
+
+        Resolved at once when the thread never started and nothing is queued, so asking an
+        idle processor to flush starts no thread.
+        """
         fut: Future[None] = Future()
+        if not self._started and not len(self.collector):
+            fut.set_result(None)
+            return fut
         if not self.running:
             self.start()
         with self._waiters_lock:
@@ -258,7 +275,13 @@ class BatchFlusher:
             )
         return finished
 
+    def stop(self, timeout: float | None = None) -> bool:
+        """The host's name for :meth:`close`."""
+        return self.close(timeout)
+
     async def aclose(self, timeout: float | None = None) -> bool:
+        if not self._started:
+            return True  # no thread to join, and none started to join it
         return await asyncio.to_thread(self.close, timeout)
 
     def _wake(self) -> None:
@@ -299,11 +322,11 @@ class BatchFlusher:
             except Exception:  # a sink's start-up problem must not stop span collection
                 log.exception("starting the sinks' background work failed")
         # Spans or flush requests that arrived before the loop existed.
-        signalled = bool(self._flush_waiters) or len(self.collector) >= self.batch_size or self._stopping
+        signalled = bool(self._flush_waiters) or len(self.collector) >= self.max_batch_size or self._stopping
         while True:
             if not signalled:
                 try:
-                    await asyncio.wait_for(event.wait(), self.max_wait)
+                    await asyncio.wait_for(event.wait(), self.max_wait_seconds)
                     signalled = True
                 except TimeoutError:
                     signalled = False
@@ -326,7 +349,7 @@ class BatchFlusher:
                     except Exception:  # stopping must finish whatever a sink does
                         log.exception("stopping the sinks' background work failed")
                 return
-            signalled = bool(self._flush_waiters) or self._stopping or len(self.collector) >= self.batch_size
+            signalled = bool(self._flush_waiters) or self._stopping or len(self.collector) >= self.max_batch_size
 
     async def _drain(self, drain_all: bool) -> None:
         """Deliver what is queued, up to ``max_in_flight`` batches at a time; returns when all are done.
@@ -339,7 +362,7 @@ class BatchFlusher:
         collector = self.collector
         in_flight: set[asyncio.Task[None]] = set()
         try:
-            while len(collector) >= self.batch_size or (drain_all and len(collector)):
+            while len(collector) >= self.max_batch_size or (drain_all and len(collector)):
                 if len(in_flight) >= self.max_in_flight:
                     # Wait for room before taking spans out of the queue: a span is always either
                     # queued or in a delivery that shutdown knows about (``_delivering``).
@@ -348,7 +371,8 @@ class BatchFlusher:
                 # Under a backlog, take bigger bites: one graph invocation and one sink write
                 # cost about a millisecond whatever the size, so a deep queue drains ~10x faster.
                 depth = len(collector)
-                take = self.batch_size if depth < 2 * self.batch_size else min(depth, self.max_drain_batch)
+                size = self.max_batch_size
+                take = size if depth < 2 * size else min(depth, self.max_drain_batch)
                 batch = collector.drain(take)
                 if not batch:
                     break
@@ -358,7 +382,7 @@ class BatchFlusher:
             if in_flight:  # _deliver_one never raises; a cancelled drain still waits for its batches
                 await asyncio.gather(*in_flight, return_exceptions=True)
 
-    async def _deliver_one(self, batch: list[SpanRecord]) -> None:
+    async def _deliver_one(self, batch: list[Span]) -> None:
         """Deliver one batch registered in ``_delivering`` by :meth:`_drain`; never raises."""
         try:
             await self._deliver(batch)
@@ -375,7 +399,7 @@ class BatchFlusher:
         self.stats.last_flush_at = time.time()
 
 
-_live_flushers: weakref.WeakSet[BatchFlusher] = weakref.WeakSet()
+_live_flushers: weakref.WeakSet[BatchProcessor] = weakref.WeakSet()
 _exit_hook_installed = False
 
 
@@ -395,7 +419,7 @@ def at_exit_before_thread_pools(callback: Callable[[], None]) -> None:
         atexit.register(callback)
 
 
-def _register_exit(flusher: BatchFlusher) -> None:
+def _register_exit(flusher: BatchProcessor) -> None:
     global _exit_hook_installed
     _live_flushers.add(flusher)
     if not _exit_hook_installed:

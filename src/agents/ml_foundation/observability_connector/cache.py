@@ -15,7 +15,7 @@ cached answer as its window slides forward with the clock.
 computed at ``t`` for a window of ``W`` seconds therefore records ``window_start = t − W``
 (taken *before* the store is read, so it is never later than the store's own bound), and a
 write of new spans makes it stale exactly when the newest new ``start_time`` is
-``>= window_start``. Writers call :meth:`MetricsCache.ainvalidate` with the start times they
+``>= window_start``. Writers call :meth:`MetricsCache.ainvalidate_since` with the start times they
 stored; only the entries whose window reaches back to the newest of them are dropped: a backfill
 of 3-hour-old spans drops the 24h and 7d answers and keeps the 30m and 1h ones. Filters are not
 considered (a write for one agent drops that window's answers for every agent): conservative, and
@@ -65,6 +65,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -159,8 +160,9 @@ except ImportError:  # pragma: no cover - same JSON on the wire either way
     _loads = json.loads
 
 
-def _encode(value: Any, computed_at: float, generation: int, window_start: float) -> bytes:
-    return _dumps({"v": value, "at": computed_at, "g": generation, "ws": window_start})
+def _encode(value: Any, computed_at: float, generation: int, window_start: float, ttl_s: float) -> bytes:
+    # "t": the entry's own TTL, so a near-cache copy never outlives a shorter TTL given at store time.
+    return _dumps({"v": value, "at": computed_at, "g": generation, "ws": window_start, "t": ttl_s})
 
 
 def _decode(payload: str | bytes) -> CachedValue:
@@ -233,10 +235,11 @@ class _MemoryBackend:
             self._generation += 1
             self._log.appendleft((self._generation, newest))
             stale = [k for k, ws in self._window_starts.items() if ws <= newest]
+            dropped = 0
             for k in stale:
                 self._window_starts.pop(k, None)
-                self._entries.pop(k, None)
-            return len(stale)
+                dropped += self._entries.pop(k, None) is not None  # an expired entry does not count
+            return dropped
 
     def entry_count(self) -> int:
         with self._lock:
@@ -287,6 +290,7 @@ return 1
 """
 
 # KEYS: gen, log, idx. ARGV: newest start ('inf' = everything), log length, pub/sub channel.
+# Returns the generation and how many live entries it deleted (expired ones still indexed do not count).
 _INVALIDATE_LUA = """
 local gen = redis.call('INCR', KEYS[1])
 redis.call('LPUSH', KEYS[2], gen .. ' ' .. ARGV[1])
@@ -295,9 +299,10 @@ redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[2]) - 1)
 local upper = ARGV[1]
 if upper == 'inf' then upper = '+inf' end
 local stale = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', upper)
-for _, key in ipairs(stale) do redis.call('DEL', key) end
+local dropped = 0
+for _, key in ipairs(stale) do dropped = dropped + redis.call('DEL', key) end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', upper)
-return {gen, #stale}
+return {gen, dropped}
 """
 
 
@@ -705,7 +710,8 @@ class _RedisBackend:
         if payload is not None and token is not None:
             try:
                 raw = _loads(payload)
-                near.offer(token, key, payload, float(raw["ws"]), float(raw["at"]) + ttl_s)  # type: ignore[union-attr]
+                lifetime = min(ttl_s, float(raw.get("t", ttl_s)))
+                near.offer(token, key, payload, float(raw["ws"]), float(raw["at"]) + lifetime)  # type: ignore[union-attr]
             except (ValueError, KeyError, TypeError):
                 pass  # unreadable: the caller logs it; never kept
         return payload
@@ -795,12 +801,27 @@ def _num(value: float) -> str:
 
 # --------------------------------------------------------------------------- the facade
 
+#: Key namespace of the host API's answers (``MetricsCache.get_metrics`` & co.).
+_HOST_NAMESPACE = "host_metrics"
+
+
+def _window_seconds(window: str) -> float:
+    from src.repositories.base import parse_window  # ValueError naming the accepted forms
+
+    return parse_window(window).total_seconds()
+
+
+def _host_key(window: str, agent: str | None) -> tuple[tuple[Any, ...], float]:
+    seconds = _window_seconds(window)
+    # Seconds, not the text: "24h" and "1d" are the same question.
+    return (_HOST_NAMESPACE, int(seconds), agent), seconds
+
 
 class MetricsCache:
     """The cache the metrics node uses, in front of the configured backend.
 
     Callers never see a backend failure: ``aget`` answers None (compute it), ``aput`` and
-    ``ainvalidate`` do what they can. Counters are per process.
+    ``ainvalidate_since`` do what they can. Counters are per process.
     """
 
     def __init__(self, settings: CacheSettings | None = None, *, near_cache: bool = True) -> None:
@@ -877,11 +898,15 @@ class MetricsCache:
         ``window_start`` (epoch seconds) must not be later than the bound the store used, so take
         ``time.time() - window_seconds`` before reading the store.
         """
-        ttl = self.ttl_for(window_seconds)
+        return await self._put(key, value, self.ttl_for(window_seconds), generation, window_start)
+
+    async def _put(
+        self, key: tuple[Any, ...], value: Any, ttl: float, generation: int | None, window_start: float
+    ) -> CachedValue | None:
         if generation is None or ttl <= 0:
             return None
         now = time.time()
-        payload = _encode(value, now, generation, window_start)
+        payload = _encode(value, now, generation, window_start, ttl)
         try:
             stored = await self._backend.put(_key_text(key), payload, ttl, generation, window_start)
         except _RedisUnavailableError:
@@ -892,7 +917,7 @@ class MetricsCache:
         self._count(stores=1)
         return CachedValue(value, now, generation, window_start)
 
-    async def ainvalidate(self, start_times: StartTimes = None) -> None:
+    async def ainvalidate_since(self, start_times: StartTimes = None) -> None:
         """New spans were stored: drop every answer whose window reaches back to the newest of them.
 
         ``start_times``: the stored spans' start times (datetimes or epoch seconds), or one of
@@ -901,17 +926,22 @@ class MetricsCache:
         newest = newest_start(start_times)
         if newest is None:
             return
+        await self._drop_reaching_back_to(newest)
+
+    async def _drop_reaching_back_to(self, newest: float) -> int:
+        """Drop every answer whose window starts at or before ``newest``; how many went (0: unknown)."""
         try:
             dropped = await self._backend.invalidate(newest)
         except _RedisUnavailableError:
-            dropped = 0
+            dropped = 0  # queued: this process's next Redis call delivers it
         self._count(invalidations=1, entries_invalidated=dropped)
+        return dropped
 
-    def invalidate(self, start_times: StartTimes = None) -> None:
-        """Synchronous variant for code without an event loop.
+    def invalidate_since(self, start_times: StartTimes = None) -> None:
+        """Synchronous variant of :meth:`ainvalidate_since` for code without an event loop.
 
         In memory it takes effect at once; with Redis it is queued and delivered by this
-        process's next Redis call (prefer :meth:`ainvalidate`, which delivers it now).
+        process's next Redis call (prefer :meth:`ainvalidate_since`, which delivers it now).
         """
         newest = newest_start(start_times)
         if newest is None:
@@ -922,6 +952,74 @@ class MetricsCache:
         else:
             backend.defer_invalidation(newest)
             self._count(invalidations=1)
+
+    # -- the host codebase's API: answers named by (window, agent) ----------------------------
+    #
+    # Same backend, TTLs, invalidation and counters as above. Its entries live under their own
+    # key namespace: get_metrics hands out only what set_metrics / get_or_compute stored, never
+    # the metrics node's answers (whose shape a host caller did not choose).
+
+    def get_ttl(self, window: str) -> float:
+        """Seconds an answer for ``window`` (``"1h"``, ``"24h"``, ``"7d"``, ...) stays cached."""
+        return self.ttl_for(_window_seconds(window))
+
+    async def get_metrics(self, window: str, agent: str | None = None) -> dict[str, Any] | None:
+        """The answer stored for ``(window, agent)``, or None (absent, expired, invalidated, backend down)."""
+        key, seconds = _host_key(window, agent)
+        entry = await self.aget(key, seconds)
+        return None if entry is None else entry.value  # type: ignore[no-any-return]
+
+    async def set_metrics(
+        self, window: str, agent: str | None, metrics: dict[str, Any], ttl: float | None = None
+    ) -> bool:
+        """Cache ``metrics`` for ``(window, agent)`` for ``ttl`` seconds (default: :meth:`get_ttl`).
+
+        False when it was not stored: caching is off for that window (TTL 0), the backend is
+        down, or spans were stored into the window while this call ran.
+        """
+        key, seconds = _host_key(window, agent)
+        generation = await self.generation()
+        lifetime = self.ttl_for(seconds) if ttl is None else float(ttl)
+        return await self._put(key, metrics, lifetime, generation, time.time() - seconds) is not None
+
+    async def get_or_compute(
+        self,
+        window: str,
+        agent: str | None,
+        compute_fn: Callable[[], Awaitable[dict[str, Any]] | dict[str, Any]],
+        ttl: float | None = None,
+    ) -> dict[str, Any]:
+        """The cached answer for ``(window, agent)``, else ``compute_fn()``'s (awaited if async), cached.
+
+        As for the metrics node, an answer is cached only if no spans were stored into its window
+        while it was being computed.
+        """
+        key, seconds = _host_key(window, agent)
+        cached = await self.aget(key, seconds)
+        if cached is not None:
+            return cached.value  # type: ignore[no-any-return]
+        generation = await self.generation()  # both before computing: see compute_metrics
+        window_start = time.time() - seconds
+        result = compute_fn()
+        value = await result if inspect.isawaitable(result) else result
+        lifetime = self.ttl_for(seconds) if ttl is None else float(ttl)
+        await self._put(key, value, lifetime, generation, window_start)
+        return value
+
+    async def invalidate(self, agent: str | None = None, window: str | None = None) -> int:
+        """Drop cached answers covering ``window`` (None: every window); the number dropped.
+
+        Conservative, as for span writes: the cache does not index answers by agent, so every
+        agent's answers go, not only ``agent``'s, and with a window every answer reaching back at
+        least that far (that window and longer ones). Answers of both APIs go. With Redis
+        unreachable the invalidation is queued for this process's next Redis call and 0 is returned.
+        """
+        newest = _EVERYTHING if window is None else time.time() - _window_seconds(window)
+        return await self._drop_reaching_back_to(newest)
+
+    async def clear(self) -> int:
+        """Drop every cached answer (in Redis: for every process sharing this prefix); the number dropped."""
+        return await self._drop_reaching_back_to(_EVERYTHING)
 
     def get_status(self) -> dict[str, Any]:
         with self._counts_lock:
@@ -936,6 +1034,11 @@ class MetricsCache:
                 "stale_discarded": self.stale_discarded,
                 "invalidations": self.invalidations,
                 "entries_invalidated": self.entries_invalidated,
+                "ttl_s": {
+                    "up_to_1h": self.settings.ttl_short_s,
+                    "up_to_24h": self.settings.ttl_day_s,
+                    "longer": self.settings.ttl_long_s,
+                },
             }
         count = self._backend.entry_count()
         if count is not None:

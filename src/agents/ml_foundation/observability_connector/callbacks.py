@@ -61,7 +61,7 @@ from langchain_core.runnables.config import var_child_runnable_config
 # LangGraph's control-flow exceptions (interrupt(), Command(graph=PARENT)) are not failures.
 from langgraph.errors import GraphBubbleUp, GraphInterrupt
 
-from .spans import SpanRecord
+from .spans import Span
 from .trace_context import ParentLike, TraceContext, current_parent, new_span_id, new_trace_id, span_parent_id
 
 __all__ = ["MAX_REGISTERED_RUNS", "ObservabilityCallbackHandler", "node_context", "registered_runs"]
@@ -129,7 +129,7 @@ def _trim(registry: dict[UUID, Any]) -> None:
             continue
 
 
-def _recorded_span(run_id: UUID) -> SpanRecord | None:
+def _recorded_span(run_id: UUID) -> Span | None:
     """The open span that records ``run_id``, or its nearest recorded ancestor, in any handler."""
     owner = _OWNERS.get(run_id)
     if owner is None:
@@ -169,7 +169,7 @@ def node_context(config: RunnableConfig | None = None) -> TraceContext | None:
     )
 
 
-def _adopted_parent(anchor: SpanRecord | None) -> ParentLike | None:
+def _adopted_parent(anchor: Span | None) -> ParentLike | None:
     """Parent of an adopted run: the other handler's span, or a span the node opened around the call.
 
     A node may wrap the nested agent call in ``obs.span("invoke_agent", ..., node_context(config))``;
@@ -198,7 +198,7 @@ class _Skipped:
 
     __slots__ = ("anchor", "hidden", "name", "promoted", "start_ns")
 
-    def __init__(self, anchor: SpanRecord | None, name: str | None, start_ns: int, hidden: bool) -> None:
+    def __init__(self, anchor: Span | None, name: str | None, start_ns: int, hidden: bool) -> None:
         self.anchor = anchor  # nearest tracked ancestor (None: the run sits above every span)
         self.name = name
         self.start_ns = start_ns
@@ -206,7 +206,7 @@ class _Skipped:
         # Filled by promotion. A list because list.append is atomic: when parallel nodes of a
         # subgraph start on pool threads at once, every thread appends and all use item 0, so
         # the subgraph gets exactly one span without a lock.
-        self.promoted: list[SpanRecord] = []
+        self.promoted: list[Span] = []
 
 
 def _has_step_tag(tags: Sequence[str]) -> bool:
@@ -257,7 +257,7 @@ def _model_name(
     return None
 
 
-def _put_details(span: SpanRecord, prefix: str, details: Any) -> None:
+def _put_details(span: Span, prefix: str, details: Any) -> None:
     # Details (cache reads, reasoning, audio...) are already part of input/output tokens, so
     # they are attributes and never added to the totals.
     if isinstance(details, Mapping):
@@ -267,7 +267,7 @@ def _put_details(span: SpanRecord, prefix: str, details: Any) -> None:
                 attrs[f"{prefix}.{key}"] = value
 
 
-def _record_llm_result(span: SpanRecord, response: Any) -> None:
+def _record_llm_result(span: Span, response: Any) -> None:
     """Tokens, response model and finish reason from an ``LLMResult`` (absent fields are fine)."""
     generations = getattr(response, "generations", None) or ()
     usage: Any = None
@@ -346,7 +346,7 @@ class ObservabilityCallbackHandler(BaseCallbackHandler):
 
     def __init__(
         self,
-        submit: Callable[[SpanRecord], None],
+        submit: Callable[[Span], None],
         agent_name: str,
         *,
         capture_inputs: bool = False,
@@ -362,8 +362,8 @@ class ObservabilityCallbackHandler(BaseCallbackHandler):
         self.agent_name = agent_name
         self.capture_inputs = capture_inputs
         self.max_open_runs = max_open_runs
-        # run_id -> SpanRecord (tracked), _Skipped or _FOREIGN; insertion order = age, for eviction.
-        self._runs: dict[UUID, SpanRecord | _Skipped | _Foreign] = {}
+        # run_id -> Span (tracked), _Skipped or _FOREIGN; insertion order = age, for eviction.
+        self._runs: dict[UUID, Span | _Skipped | _Foreign] = {}
         self.evicted = 0
         self._evicted_logged = 0
         self._last_eviction_log = -_EVICTION_LOG_INTERVAL_S
@@ -378,7 +378,7 @@ class ObservabilityCallbackHandler(BaseCallbackHandler):
 
     # -- run bookkeeping ------------------------------------------------------------------
 
-    def _open(self, run_id: UUID, parent: ParentLike | None, operation: str, attributes: dict[str, Any]) -> SpanRecord:
+    def _open(self, run_id: UUID, parent: ParentLike | None, operation: str, attributes: dict[str, Any]) -> Span:
         span = self._new_span(parent, operation, attributes, time_ns())
         runs = self._runs
         runs[run_id] = span
@@ -389,18 +389,18 @@ class ObservabilityCallbackHandler(BaseCallbackHandler):
             _trim(_OWNERS)
         return span
 
-    def _new_span(
-        self, parent: ParentLike | None, operation: str, attributes: dict[str, Any], start_ns: int
-    ) -> SpanRecord:
+    def _new_span(self, parent: ParentLike | None, operation: str, attributes: dict[str, Any], start_ns: int) -> Span:
         if parent is not None:
-            span = SpanRecord(
+            span = Span(
                 new_span_id(),
                 parent.trace_id,
                 parent.span_id,
                 operation,
                 self.agent_name,
-                start_ns,
+                None,
+                "started",
                 attributes,
+                start_ns,
                 parent.sampled,
                 getattr(parent, "tracestate", ()),
                 getattr(parent, "baggage", None),
@@ -413,25 +413,36 @@ class ObservabilityCallbackHandler(BaseCallbackHandler):
                 trace_id = new_trace_id()
                 sample = self._sample_root
                 sampled = True if sample is None else sample(trace_id, self.agent_name)
-                span = SpanRecord(
-                    new_span_id(), trace_id, None, operation, self.agent_name, start_ns, attributes, sampled
+                span = Span(
+                    new_span_id(),
+                    trace_id,
+                    None,
+                    operation,
+                    self.agent_name,
+                    None,
+                    "started",
+                    attributes,
+                    start_ns,
+                    sampled,
                 )
             else:
-                span = SpanRecord(
+                span = Span(
                     new_span_id(),
                     outer.trace_id,
                     span_parent_id(outer),
                     operation,
                     self.agent_name,
-                    start_ns,
+                    None,
+                    "started",
                     attributes,
+                    start_ns,
                     outer.sampled,
                     getattr(outer, "tracestate", ()),
                     getattr(outer, "baggage", None),
                 )
         return span
 
-    def _skip(self, run_id: UUID, anchor: SpanRecord | None, name: str | None, hidden: bool) -> None:
+    def _skip(self, run_id: UUID, anchor: Span | None, name: str | None, hidden: bool) -> None:
         runs = self._runs
         runs[run_id] = _Skipped(anchor, name, time_ns(), hidden)
         _OWNERS[run_id] = self
@@ -454,7 +465,7 @@ class ObservabilityCallbackHandler(BaseCallbackHandler):
         if runs.get(run_id) is not None:
             runs[run_id] = _FOREIGN  # same key: keeps the run's place in the eviction order
 
-    def _route(self, run_id: UUID, parent_run_id: UUID | None) -> tuple[SpanRecord | None, _Skipped | None, int]:
+    def _route(self, run_id: UUID, parent_run_id: UUID | None) -> tuple[Span | None, _Skipped | None, int]:
         """Where a starting run belongs: (nearest parent span, parent placeholder, how).
 
         ``how`` is ``_CHILD`` (its parent is ours), ``_ROOT``, ``_ADOPT`` (another of our
@@ -513,8 +524,8 @@ class ObservabilityCallbackHandler(BaseCallbackHandler):
                 _OWNERS.pop(run_id, None)
             if _ADOPTED and _ADOPTED.get(run_id) is self:
                 _ADOPTED.pop(run_id, None)
-            if entry.__class__ is SpanRecord:
-                span: SpanRecord = entry  # type: ignore[assignment]
+            if entry.__class__ is Span:
+                span: Span = entry  # type: ignore[assignment]
                 span.record_error(
                     f"open-run limit ({limit}) reached before this run's end event arrived",
                     "RunEvicted",
@@ -536,7 +547,7 @@ class ObservabilityCallbackHandler(BaseCallbackHandler):
             self._last_eviction_log = mono
             self._evicted_logged = self.evicted
 
-    def _promote(self, run_id: UUID, skipped: _Skipped) -> SpanRecord:
+    def _promote(self, run_id: UUID, skipped: _Skipped) -> Span:
         """A skipped chain that turned out to be a compiled subgraph becomes a span, in place."""
         promoted = skipped.promoted
         if not promoted:
@@ -546,7 +557,7 @@ class ObservabilityCallbackHandler(BaseCallbackHandler):
         self._runs[run_id] = span  # same key: keeps the run's place in the eviction order
         return span
 
-    def _close(self, run_id: UUID) -> SpanRecord | _Skipped | None:
+    def _close(self, run_id: UUID) -> Span | _Skipped | None:
         """Forget a run that ended; its registry entries go too (unless another handler records it)."""
         entry = self._runs.pop(run_id, None)
         if entry is None or entry is _FOREIGN:
@@ -556,25 +567,25 @@ class ObservabilityCallbackHandler(BaseCallbackHandler):
             _ADOPTED.pop(run_id, None)
         return entry  # type: ignore[return-value]
 
-    def _end(self, run_id: UUID, output: Any = None) -> SpanRecord | None:
+    def _end(self, run_id: UUID, output: Any = None) -> Span | None:
         entry = self._close(run_id)
-        if entry is None or entry.__class__ is not SpanRecord:
+        if entry is None or entry.__class__ is not Span:
             return None
-        span: SpanRecord = entry  # type: ignore[assignment]
+        span: Span = entry  # type: ignore[assignment]
         if self.capture_inputs and output is not None:
             span.output_data = output
         return span
 
-    def _finish(self, span: SpanRecord) -> None:
+    def _finish(self, span: Span) -> None:
         end = time_ns()
         span.finish(end if end > span.start_ns else span.start_ns)
         self._submit(span)
 
     def _fail(self, run_id: UUID, error: BaseException) -> None:
         entry = self._close(run_id)
-        if entry is None or entry.__class__ is not SpanRecord:
+        if entry is None or entry.__class__ is not Span:
             return
-        span: SpanRecord = entry  # type: ignore[assignment]
+        span: Span = entry  # type: ignore[assignment]
         if isinstance(error, GraphBubbleUp):
             # interrupt() pauses for a human and Command(graph=PARENT) hands control to the
             # parent graph: control flow, not failure.
@@ -722,7 +733,7 @@ class ObservabilityCallbackHandler(BaseCallbackHandler):
     def on_llm_new_token(self, token: Any, *, run_id: UUID, **kwargs: Any) -> None:
         # Streaming only: remember time to first token, the latency users actually feel.
         span = self._runs.get(run_id)
-        if span is not None and span.__class__ is SpanRecord:
+        if span is not None and span.__class__ is Span:
             attrs = span.attributes
             if "llm.time_to_first_token_ms" not in attrs:
                 attrs["llm.time_to_first_token_ms"] = (time_ns() - span.start_ns) / 1e6  # type: ignore[union-attr]
@@ -739,7 +750,7 @@ class ObservabilityCallbackHandler(BaseCallbackHandler):
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         span = self._runs.get(run_id)
         partial = kwargs.get("response")
-        if partial is not None and span is not None and span.__class__ is SpanRecord:
+        if partial is not None and span is not None and span.__class__ is Span:
             _record_llm_result(span, partial)  # type: ignore[arg-type]
         self._fail(run_id, error)
 
@@ -815,7 +826,7 @@ class ObservabilityCallbackHandler(BaseCallbackHandler):
 
     # -- annotations on the nearest span ---------------------------------------------------
 
-    def _nearest(self, run_id: UUID) -> SpanRecord | None:
+    def _nearest(self, run_id: UUID) -> Span | None:
         """The span recording ``run_id``, or the nearest recorded ancestor of a skipped run."""
         entry = self._runs.get(run_id)
         if entry is None or entry is _FOREIGN:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 import types
 import typing
 from contextvars import ContextVar
@@ -31,6 +32,7 @@ __all__ = [
     "AgentRegistry",
     "CircuitBreakerSettings",
     "ConfigError",
+    "ObservabilityConfig",
     "ObservabilitySettings",
     "RedactionSettings",
     "SamplingSettings",
@@ -40,8 +42,10 @@ __all__ = [
     "build_store",
     "config_dir",
     "database_url",
+    "get_observability_config",
     "load_registry",
     "load_settings",
+    "reset_observability_config",
     "store_backend",
 ]
 
@@ -285,6 +289,37 @@ def load_settings(path: Path | str | None = None) -> ObservabilitySettings:
         raise ConfigError(_report(file, _explain_env_parse_error(exc))) from exc
     finally:
         _YAML_DATA.reset(token)
+
+
+#: The host codebase's name for the settings class: one configuration, two names.
+ObservabilityConfig = ObservabilitySettings
+
+_PROCESS_SETTINGS: ObservabilitySettings | None = None
+_PROCESS_SETTINGS_LOCK = threading.Lock()
+
+
+def get_observability_config(
+    config_path: Path | str | None = None, *, force_reload: bool = False
+) -> ObservabilitySettings:
+    """The process-wide settings (the host's accessor), loaded by :func:`load_settings` on first use.
+
+    Later calls return the same object, so every part of a process reads one configuration.
+    ``config_path`` is read only by the call that loads (the first, or one with
+    ``force_reload=True``). A broken file or ``OBS_*`` variable raises :class:`ConfigError` naming
+    it; with no file at all the defaults are returned.
+    """
+    global _PROCESS_SETTINGS
+    with _PROCESS_SETTINGS_LOCK:
+        if _PROCESS_SETTINGS is None or force_reload:
+            _PROCESS_SETTINGS = load_settings(config_path)
+        return _PROCESS_SETTINGS
+
+
+def reset_observability_config() -> None:
+    """Forget the process-wide settings; the next :func:`get_observability_config` loads them again."""
+    global _PROCESS_SETTINGS
+    with _PROCESS_SETTINGS_LOCK:
+        _PROCESS_SETTINGS = None
 
 
 _ENV_PREFIX = "OBS_"

@@ -134,7 +134,7 @@ class SinkDelivery:
             self.stats.dead_lettered += 1
             reasons.append(f"span_id={span_id!r}: rejected by {self.name}: {reason}")
             span = by_id.get(span_id)
-            row = span.model_dump(mode="json") if span is not None else {"span_id": span_id}
+            row = span.to_row() if span is not None else {"span_id": span_id}
             self.spool.dead_letter(self.name, row, reason)
             if self._on_dead_letter is not None and span is not None:
                 self._on_dead_letter(self.name, span, reason)
@@ -144,7 +144,7 @@ class SinkDelivery:
         )
 
     async def _spool(self, spans: list[ObservabilitySpan], reason: str) -> DeliveryOutcome:
-        rows = [s.model_dump(mode="json") for s in spans]
+        rows = [s.to_row() for s in spans]
         try:
             await asyncio.to_thread(self.spool.append, rows, [self.name])
         except Exception as exc:  # the disk itself failed: say so loudly, nothing else is left

@@ -1,6 +1,6 @@
 """Pydantic models at the connector's boundaries.
 
-The hot path never builds these: agents hand plain :class:`SpanRecord` objects to the
+The hot path never builds these: agents hand plain :class:`Span` objects to the
 collector, and validation happens once per batch inside the graph's ``span_emitter`` node.
 Callers that talk to the graph directly (the orchestrator, Studio) send
 :class:`ObservabilityEvent` payloads; every stored row is an :class:`ObservabilitySpan`.
@@ -14,6 +14,7 @@ from hashlib import blake2b
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -24,10 +25,13 @@ from pydantic import (
 )
 
 from .constants import OPIK_PROJECT, OPIK_WORKSPACE
+from .trace_context import new_span_id, new_trace_id
 
-SpanStatus = Literal["ok", "error", "started"]
+#: ``timeout`` is its own value, not a kind of ``error``: the host's metrics count it apart
+#: (``status_distribution``) and leave it out of error rates.
+SpanStatus = Literal["ok", "error", "timeout", "started"]
 
-#: Every spelling existing callers use, mapped onto the three stored values.
+#: Every spelling existing callers use, mapped onto the four stored values.
 STATUS_ALIASES: dict[str, SpanStatus] = {
     "ok": "ok",
     "completed": "ok",
@@ -37,12 +41,19 @@ STATUS_ALIASES: dict[str, SpanStatus] = {
     "error": "error",
     "failed": "error",
     "failure": "error",
+    "timeout": "timeout",
+    "timed_out": "timeout",
+    "timed-out": "timeout",
+    "timedout": "timeout",
+    "time_out": "timeout",
     "started": "started",
     "running": "started",
     "in_progress": "started",
 }
 
 MAX_ID_LENGTH = 64
+#: What an event without an agent or operation name is stored under.
+UNKNOWN = "unknown"
 #: Callers send ids that are not W3C hex ("span_123"): any non-blank id up to 64 characters.
 EventId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"\S")]
 
@@ -53,7 +64,7 @@ _ROW_ID_HASHER = blake2b(digest_size=16, key=_ROW_ID_KEY)  # copied per id: the 
 
 
 def normalize_status(value: object) -> SpanStatus:
-    """Map any accepted status spelling to ``ok`` / ``error`` / ``started``."""
+    """Map any accepted status spelling to ``ok`` / ``error`` / ``timeout`` / ``started``."""
     if isinstance(value, str):
         found = STATUS_ALIASES.get(value.strip().lower())
         if found is not None:
@@ -88,12 +99,19 @@ class ObservabilityEvent(BaseModel):
 
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=False)
 
-    span_id: EventId
-    trace_id: EventId
+    # No field is required (host callers send events without ids, times or operation names):
+    # missing ids are generated, a missing start is "now", a missing operation is "unknown".
+    span_id: EventId = Field(default_factory=new_span_id)
+    trace_id: EventId = Field(default_factory=new_trace_id)
     parent_span_id: str | None = None
-    agent_name: EventId
-    operation: EventId
-    started_at: datetime
+    agent_name: EventId = UNKNOWN
+    # ``event_type`` is how some host callers name the operation; ``operation_name`` our spans'.
+    operation: EventId = Field(
+        default=UNKNOWN, validation_alias=AliasChoices("operation", "operation_name", "event_type")
+    )
+    started_at: datetime = Field(
+        default_factory=lambda: datetime.now(UTC), validation_alias=AliasChoices("started_at", "timestamp")
+    )
     completed_at: datetime | None = None
     duration_ms: float | None = Field(default=None, ge=0)
     status: SpanStatus = "ok"
@@ -173,10 +191,10 @@ class ObservabilityEvent(BaseModel):
                 "span_id": self.span_id,
                 "trace_id": self.trace_id,
                 "parent_span_id": self.parent_span_id,
-                "operation_name": self.operation,
+                "operation_type": self.operation,
                 "agent_name": self.agent_name,
                 "agent_tier": self.agent_tier if self.agent_tier is not None else agent_tier,
-                "start_time": self.started_at,
+                "started_at": self.started_at,
                 "end_time": end,
                 "duration_ms": duration,
                 "status": self.status,
@@ -193,6 +211,13 @@ class ObservabilityEvent(BaseModel):
         )
 
 
+#: Row fields whose table column has another name: the host's model names them ``operation_type``
+#: and ``started_at`` (its contract checks those field names); the table keeps ``operation_name``
+#: and ``start_time``. Rows read back from a store or the spool arrive under the column names.
+COLUMN_NAMES = {"operation_type": "operation_name", "started_at": "start_time"}
+_FIELD_NAMES = {column: field for field, column in COLUMN_NAMES.items()}
+
+
 class ObservabilitySpan(BaseModel):
     """One row of ``ml_observability_spans``."""
 
@@ -202,10 +227,10 @@ class ObservabilitySpan(BaseModel):
     span_id: str
     trace_id: str
     parent_span_id: str | None = None
-    operation_name: str
+    operation_type: str
     agent_name: str
     agent_tier: int = -1
-    start_time: datetime
+    started_at: datetime
     end_time: datetime | None = None
     duration_ms: float | None = Field(default=None, ge=0)
     status: SpanStatus
@@ -219,6 +244,13 @@ class ObservabilitySpan(BaseModel):
     events: list[dict[str, Any]] = Field(default_factory=list)
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
+    @model_validator(mode="before")
+    @classmethod
+    def _column_names(cls, data: object) -> object:
+        if isinstance(data, dict) and ("operation_name" in data or "start_time" in data):
+            return {_FIELD_NAMES.get(key, key): value for key, value in data.items()}
+        return data
+
     @field_validator("duration_ms", mode="before")
     @classmethod
     def _decimal(cls, value: object) -> object:
@@ -229,7 +261,22 @@ class ObservabilitySpan(BaseModel):
     def _status(cls, value: object) -> SpanStatus:
         return normalize_status(value)
 
-    @field_validator("start_time", "end_time", "created_at")
+    @property
+    def operation_name(self) -> str:
+        """The ``operation_name`` column."""
+        return self.operation_type
+
+    @property
+    def start_time(self) -> datetime:
+        """The ``start_time`` column."""
+        return self.started_at
+
+    def to_row(self) -> dict[str, Any]:
+        """JSON-ready values keyed by the table's column names (the spool's and PostgREST's rows)."""
+        row = self.model_dump(mode="json")
+        return {COLUMN_NAMES.get(key, key): value for key, value in row.items()}
+
+    @field_validator("started_at", "end_time", "created_at")
     @classmethod
     def _tz(cls, value: datetime | None) -> datetime | None:
         return None if value is None else _aware(value)
@@ -259,8 +306,21 @@ def _span_from_fields(values: dict[str, Any]) -> ObservabilitySpan:
     return span
 
 
+def error_rate(errors: int, total: int) -> float:
+    """Errors over *every* span of the group, as the host computes it; 0.0 without spans.
+
+    Timeouts and started spans are in the denominator but are not errors: a timeout has its own
+    count (``status_distribution``), and the success rate leaves both errors and timeouts out.
+    """
+    return errors / total if total else 0.0
+
+
 class LatencyStats(BaseModel):
-    """Latency percentiles of one group (an agent, a tier, or everything)."""
+    """Latency percentiles of one group (an agent, a tier, or everything).
+
+    ``count`` covers every status; the latency figures only spans with a duration (all None when
+    the group has none); ``error_rate`` is :func:`error_rate` over ``count``.
+    """
 
     key: str
     count: int = 0
@@ -276,15 +336,22 @@ class LatencyStats(BaseModel):
 
 
 class QualityMetrics(BaseModel):
-    """The system-wide quality picture for one window."""
+    """The system-wide quality picture for one window.
+
+    The counts are per stored status (``ok_count`` + ``error_count`` + ``timeout_count`` +
+    ``started_count`` = ``total_spans``); the rates follow the host's definitions, see
+    :meth:`from_counts`.
+    """
 
     time_window: str
     total_spans: int
     ok_count: int
     error_count: int
+    timeout_count: int
     started_count: int
     success_rate: float
     error_rate: float
+    timeout_rate: float
     p50_latency_ms: float | None
     p95_latency_ms: float | None
     p99_latency_ms: float | None
@@ -297,9 +364,11 @@ class QualityMetrics(BaseModel):
     def from_counts(
         cls,
         window: str,
+        *,
         total: int,
         ok: int,
         error: int,
+        timeout: int,
         started: int,
         fallback: int,
         p50: float | None,
@@ -309,20 +378,24 @@ class QualityMetrics(BaseModel):
     ) -> QualityMetrics:
         """The one place rates and the score are derived from a store's counts (every backend).
 
-        Success and error rates are over finished spans (1.0 / 0.0 when none has finished yet);
-        the fallback rate is over all spans.
+        Every rate is over all spans of the window, as the host defines them: success is every
+        span that neither failed nor timed out (a span still ``started`` counts as a success,
+        there being no evidence against it), so success + error + timeout rates sum to 1; with
+        no spans, success is 1.0 and the other rates 0.0.
         """
-        finished = ok + error
-        success_rate = ok / finished if finished else 1.0
+        succeeded = total - error - timeout
+        success_rate = succeeded / total if total else 1.0
         fallback_rate = fallback / total if total else 0.0
         return cls(
             time_window=window,
             total_spans=total,
             ok_count=ok,
             error_count=error,
+            timeout_count=timeout,
             started_count=started,
             success_rate=success_rate,
-            error_rate=error / finished if finished else 0.0,
+            error_rate=error_rate(error, total),
+            timeout_rate=timeout / total if total else 0.0,
             p50_latency_ms=p50,
             p95_latency_ms=p95,
             p99_latency_ms=p99,
@@ -370,3 +443,57 @@ def describe_validation_error(exc: ValidationError, payload: object) -> str:
     span_id = payload.get("span_id") if isinstance(payload, dict) else None
     prefix = f"span_id={span_id!r}: " if span_id else ""
     return prefix + "; ".join(parts)
+
+
+class SpanEvent(BaseModel):
+    """A point in time inside a span (a retry, a checkpoint, a warning); immutable once recorded.
+
+    ``to_dict()`` is the shape stored in a span's ``events`` list.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: Annotated[str, StringConstraints(min_length=1, pattern=r"\S")]
+    timestamp: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    attributes: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("timestamp")
+    @classmethod
+    def _tz(cls, value: datetime) -> datetime:
+        return _aware(value)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "timestamp": self.timestamp.isoformat(), "attributes": dict(self.attributes)}
+
+
+class TokenUsage(BaseModel):
+    """Tokens of one LLM call or an aggregate; ``total_tokens`` is input + output unless given.
+
+    A total of 0 next to non-zero parts is taken as "not given" (the host's models send that).
+    A total below input + output is refused: some providers count extra tokens (reasoning,
+    cache) into the total, none count fewer.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_tokens: int = Field(default=0, ge=0)
+    output_tokens: int = Field(default=0, ge=0)
+    total_tokens: int = Field(default=0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_total(cls, data: object) -> object:
+        if isinstance(data, dict) and not data.get("total_tokens"):
+            parts = (data.get("input_tokens") or 0, data.get("output_tokens") or 0)
+            if all(isinstance(p, int) and not isinstance(p, bool) for p in parts):
+                return {**data, "total_tokens": parts[0] + parts[1]}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TokenUsage:
+        if self.total_tokens < self.input_tokens + self.output_tokens:
+            raise ValueError(
+                f"total_tokens {self.total_tokens} is less than input_tokens + output_tokens "
+                f"({self.input_tokens} + {self.output_tokens})"
+            )
+        return self

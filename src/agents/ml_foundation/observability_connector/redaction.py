@@ -573,7 +573,7 @@ class Redactor:
         if message is not None:
             message = self.text(message if type(message) is str else self._repr(message))
             message_size = len(message)
-        for name in ("error_type", "operation_name", "llm_model"):
+        for name in ("error_type", "operation_type", "llm_model"):
             value = fields.get(name)
             if type(value) is str and len(value) >= MIN_SECRET_LEN:
                 fields[name] = self.text(value)

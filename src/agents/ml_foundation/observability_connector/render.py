@@ -69,7 +69,11 @@ def _stat_columns(table: Table) -> None:
 
 
 def agent_table(fields: Mapping[str, Any], registry: AgentRegistry, title: str = "Per agent") -> Table:
-    """One row per agent in ``latency_by_agent``, ordered by tier then name."""
+    """One row per agent with spans, ordered by tier then name.
+
+    ``latency_by_agent`` holds only agents whose spans have durations; ``error_rate_by_agent``
+    holds every agent with spans, so an agent without durations still gets its row (no figures).
+    """
     latency: Mapping[str, Mapping[str, Any]] = fields.get("latency_by_agent") or {}
     errors: Mapping[str, float] = fields.get("error_rate_by_agent") or {}
     tokens: Mapping[str, Mapping[str, int]] = fields.get("token_usage_by_agent") or {}
@@ -78,9 +82,9 @@ def agent_table(fields: Mapping[str, Any], registry: AgentRegistry, title: str =
     table.add_column("tier", justify="right", no_wrap=True)
     _stat_columns(table)
     table.add_column("tokens", justify="right", no_wrap=True)
-    rows = sorted(latency, key=lambda name: (_tier_sort_key(registry.tier_of(name)), name))
+    rows = sorted({*latency, *errors}, key=lambda name: (_tier_sort_key(registry.tier_of(name)), name))
     for i, name in enumerate(rows):
-        stats = latency[name]
+        stats = latency.get(name) or {}
         tier = registry.tier_of(name)
         rate = float(errors.get(name, 0.0))
         total_tokens = int((tokens.get(name) or {}).get("total", 0) or 0)
@@ -88,7 +92,7 @@ def agent_table(fields: Mapping[str, Any], registry: AgentRegistry, title: str =
         table.add_row(
             escape(name),
             str(tier),
-            f"{int(stats.get('count') or 0):,}",
+            f"{int(stats['count']):,}" if "count" in stats else "—",
             fmt_ms(stats.get("p50")),
             fmt_ms(stats.get("p95")),
             fmt_ms(stats.get("p99")),
@@ -100,7 +104,7 @@ def agent_table(fields: Mapping[str, Any], registry: AgentRegistry, title: str =
 
 
 def tier_table(fields: Mapping[str, Any], title: str = "Per tier") -> Table:
-    """One row per tier in ``latency_by_tier`` (keys are tier numbers as strings)."""
+    """One row per tier with spans (keys are tier numbers as strings), like :func:`agent_table`."""
     latency: Mapping[str, Mapping[str, Any]] = fields.get("latency_by_tier") or {}
     errors: Mapping[str, float] = fields.get("error_rate_by_tier") or {}
     table = _table(title)
@@ -113,12 +117,12 @@ def tier_table(fields: Mapping[str, Any], title: str = "Per tier") -> Table:
         except ValueError:
             return 2_000
 
-    for tier in sorted(latency, key=key):
-        stats = latency[tier]
+    for tier in sorted({*latency, *errors}, key=key):
+        stats = latency.get(tier) or {}
         rate = float(errors.get(tier, 0.0))
         table.add_row(
             f"{tier} {escape(str(stats.get('tier_name') or ''))}".strip(),
-            f"{int(stats.get('count') or 0):,}",
+            f"{int(stats['count']):,}" if "count" in stats else "—",
             fmt_ms(stats.get("p50")),
             fmt_ms(stats.get("p95")),
             fmt_ms(stats.get("p99")),
@@ -143,6 +147,9 @@ def overall_text(fields: Mapping[str, Any]) -> Text:
     text.append(f"  ·  p99 {fmt_ms(fields.get('overall_p99_latency_ms'))} ms")
     text.append(f"  ·  fallback rate {fmt_rate(fields.get('fallback_invocation_rate'))}")
     text.append(f"  ·  {int(fields.get('total_spans_analyzed') or 0):,} spans")
+    statuses: Mapping[str, int] = fields.get("status_distribution") or {}
+    if statuses:  # timeouts show nowhere else: they are not errors
+        text.append(" (" + ", ".join(f"{int(n):,} {status}" for status, n in statuses.items()) + ")")
     return text
 
 

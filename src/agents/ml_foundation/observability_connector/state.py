@@ -12,12 +12,14 @@ __all__ = ["InputState", "ObservabilityConnectorState"]
 class InputState(TypedDict, total=False):
     """What callers send; everything is optional (an empty input asks for metrics only)."""
 
-    events_to_log: list[Any]  # ObservabilityEvent payloads (dicts), or in-process SpanRecords
+    events_to_log: list[Any]  # ObservabilityEvent payloads (dicts), or in-process Spans
     time_window: str
     agent_name_filter: str | None
     trace_id_filter: str | None
     sample_rate: float
-    include_metrics: bool
+    # Set by the agents' own flusher only: it reads nothing back, so the graph ends after
+    # ``batch`` instead of answering the metrics question every other caller gets.
+    skip_metrics: bool
     traceparent: str | None
     tracestate: str | None
     request_id: str | None
@@ -40,8 +42,12 @@ class ObservabilityConnectorState(InputState, total=False):
     validated_spans: list[ObservabilitySpan]
     emission_errors: list[str]
     spans_sampled_out: int
+    events_rejected: int
 
     # batch
+    emission_successful: bool
+    opik_url: str
+    warnings: list[str]
     span_ids_logged: list[str]
     trace_ids_logged: list[str]
     events_logged: int
@@ -65,8 +71,8 @@ class ObservabilityConnectorState(InputState, total=False):
     error_rate_by_tier: dict[str, float]
     token_usage_by_agent: dict[str, dict[str, int]]
     overall_success_rate: float
-    overall_p95_latency_ms: float | None
-    overall_p99_latency_ms: float | None
+    overall_p95_latency_ms: float
+    overall_p99_latency_ms: float
     total_spans_analyzed: int
     fallback_invocation_rate: float
     status_distribution: dict[str, int]

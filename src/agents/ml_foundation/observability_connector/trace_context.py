@@ -5,12 +5,12 @@ the syscall releases the GIL, and on a busy process the caller then queues behin
 threads for it — measured at hundreds of µs per span on the peers. Trace ids are UUIDv7
 laid out as 32 hex digits, so the same value is a valid W3C trace id and a valid Opik id.
 
-Parsing follows the W3C Trace Context Recommendation (level 1), section by section:
+Parsing follows the W3C Trace Context Recommendation, section by section:
 ``traceparent`` version 00 is exactly 55 characters; a higher version is parsed leniently
 (anything after the flags, introduced by ``-``, is ignored); ``ff`` is never valid; ids are
-lowercase hex and never all zero. ``tracestate`` holds at most 32 list members with keys
-and values in the grammar of section 3.3; an invalid ``tracestate`` is dropped on its own,
-an invalid ``traceparent`` means "start a new trace".
+lowercase hex and never all zero. ``tracestate`` follows the Recommendation as amended in
+June 2026 (see :func:`parse_tracestate` for the key rule and for duplicated keys); an invalid
+``tracestate`` is dropped on its own, an invalid ``traceparent`` means "start a new trace".
 """
 
 from __future__ import annotations
@@ -51,11 +51,13 @@ _HEX32_ZERO = "0" * 32
 _HEX16_ZERO = "0" * 16
 _LOWER_HEX = frozenset("0123456789abcdef")
 
-_SIMPLE_KEY = r"[a-z][a-z0-9_\-*/]{0,255}"
-_TENANT_KEY = r"[a-z0-9][a-z0-9_\-*/]{0,240}@[a-z][a-z0-9_\-*/]{0,13}"
+# key = ( lcalpha / DIGIT ) 0*255 ( keychar )
+# keychar = lcalpha / DIGIT / "_" / "-" / "*" / "/" / "@"
+# One rule since the June 2026 amendment: it replaced the simple-key / multi-tenant-key
+# (``tenant@system``) pair, so "@" is an ordinary keychar (see parse_tracestate).
 # Always ``fullmatch``: with ``match`` + ``$`` a key or value ending in a line feed passed
 # (``$`` matches before a final newline), and we would have re-sent it in a header.
-_KEY_RE = re.compile(rf"{_SIMPLE_KEY}|{_TENANT_KEY}")
+_KEY_RE = re.compile(r"[a-z0-9][a-z0-9_\-*/@]{0,255}")
 # value: 0*255(chr) nblk-chr; chr = %x20 / nblk-chr; nblk-chr = %x21-2B / %x2D-3C / %x3E-7E
 _VALUE_RE = re.compile(r"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]")
 
@@ -198,6 +200,29 @@ def parse_tracestate(values: str | list[str] | tuple[str, ...] | None) -> tuple[
 
     Returns ``()`` for an absent/empty header and ``None`` when the header is invalid, in
     which case the caller drops it and keeps the ``traceparent``.
+
+    The rules, from the Recommendation's ``tracestate`` section as amended in June 2026:
+
+    * key: ``( lcalpha / DIGIT ) 0*255 ( keychar )`` with keychar ``lcalpha / DIGIT / "_"
+      / "-" / "*" / "/" / "@"``, so 1 to 256 characters. The ABNF is taken literally: "@"
+      may appear any number of times anywhere after the first character, also last. The
+      amendment dropped the ``tenant@system`` rule (one "@", tenant up to 241 characters,
+      system up to 14 starting with a letter); keeping those limits would drop, whole,
+      headers that a conforming sender now writes. Tenant/system is a naming convention
+      among vendors, nothing a receiver can check.
+    * value: 1 to 256 printable ASCII characters except "," and "=", not ending in a space
+      (unchanged).
+    * at most 32 list members, counted as received (a repeated key counts each time), so
+      a header is never accepted only because it repeats itself; empty and whitespace-only
+      members are allowed and do not count.
+    * a repeated key does not invalidate the header. Only one entry per key is allowed
+      because an entry records the vendor's latest position, and vendors add or move their
+      entry to the left; so the left-most occurrence is kept and later ones are dropped
+      (as the W3C test harness's own tracestate reader does). Dropping the whole header
+      would lose every other vendor's entry for one sender's mistake.
+
+    Everything else stays strict: one member outside the grammar, or more than 32 members,
+    invalidates the whole header.
     """
     if values is None:
         return ()
@@ -209,6 +234,7 @@ def parse_tracestate(values: str | list[str] | tuple[str, ...] | None) -> tuple[
         return None
     members: list[tuple[str, str]] = []
     seen: set[str] = set()
+    received = 0
     for raw in joined.split(","):
         member = raw.strip(" \t")
         if not member:
@@ -216,21 +242,26 @@ def parse_tracestate(values: str | list[str] | tuple[str, ...] | None) -> tuple[
         key, sep, val = member.partition("=")
         if not sep or not _KEY_RE.fullmatch(key) or not _VALUE_RE.fullmatch(val):
             return None
-        if key in seen:
+        received += 1
+        if received > MAX_TRACESTATE_MEMBERS:
             return None
+        if key in seen:
+            continue  # a later (older) entry of a key already kept
         seen.add(key)
         members.append((key, val))
-        if len(members) > MAX_TRACESTATE_MEMBERS:
-            return None
     return tuple(members)
 
 
 def format_tracestate(members: tuple[tuple[str, str], ...] | list[tuple[str, str]]) -> str:
     """Serialise members, keeping only what :func:`parse_tracestate` would accept.
 
-    A member that breaks the grammar, or repeats a key already written (the left-most entry
-    is the most recent one), would make the receiver drop the whole header, so it is left
-    out; past 32 members the right-most ones go, as the Recommendation's truncation asks.
+    A member that breaks the grammar would make the receiver drop the whole header, so it
+    is left out. A repeated key is written once, left-most occurrence (the most recent
+    one): the Recommendation allows one entry per key, and receivers still on the earlier
+    rule (OpenTelemetry among them) drop a header that repeats one. Past 32 members the
+    right-most ones go, as the Recommendation's truncation asks. Whatever
+    :func:`parse_tracestate` returns comes back out unchanged, so a header we accepted is
+    forwarded as we read it.
     """
     out: list[str] = []
     seen: set[str] = set()

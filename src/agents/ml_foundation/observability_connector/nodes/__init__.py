@@ -3,7 +3,7 @@
 from .batch import write_batch
 from .context_manager import create_context, extract_context, inject_context, manage_context
 from .metrics_aggregator import aggregate_metrics
-from .span_emitter import emit_spans
+from .span_emitter import emit_spans, validate_spans
 
 __all__ = [
     "aggregate_metrics",
@@ -12,5 +12,6 @@ __all__ = [
     "extract_context",
     "inject_context",
     "manage_context",
+    "validate_spans",
     "write_batch",
 ]

@@ -1,102 +1,157 @@
 """The ``batch`` node: one write of the validated batch to every sink.
 
-A sink failure is reported in the state (``db_writes_successful``, ``error``) and never raised:
-the connector must not break the orchestrator that called it.
+A sink failure is reported in the state and never raised: the connector must not break the
+orchestrator that called it. A batch the store cannot take now but the spool kept is
+durably accepted (it is replayed in order), so it is logged, with a warning, not an ``error``.
+
+``emission_successful`` is the caller's one-glance answer: every event it sent was accepted
+(stored, spooled or deliberately sampled out) and none was rejected. ``db_write_count`` counts
+the rows the store accounts for (new rows and rows it already had: a re-sent event counts
+again); ``db_duplicate_count`` says how many of them it already had.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Mapping
 from typing import Any
 
-from ..models import OPIK_PROJECT, OPIK_WORKSPACE
-from ..runtime import resolve_context
+from ..constants import OPIK_PROJECT, OPIK_URL, OPIK_WORKSPACE
+from ..redaction import redact_text
+from ..runtime import ConnectorContext, resolve_context
+from ..self_monitor import get_self_monitor
 from ..state import ObservabilityConnectorState
 
-__all__ = ["write_batch"]
+__all__ = ["emission_failure", "write_batch"]
 
 log = logging.getLogger(__name__)
 
 
-async def write_batch(state: ObservabilityConnectorState, runtime: Any = None) -> dict[str, Any]:
-    ctx = resolve_context(runtime)
-    spans = state.get("validated_spans") or []
-    errors = list(state.get("emission_errors") or [])
-    opik = getattr(ctx, "opik", None)
-    base: dict[str, Any] = {
+def _names(ctx: ConnectorContext, had_events: bool) -> dict[str, Any]:
+    opik = ctx.opik
+    names: dict[str, Any] = {
         "opik_project": getattr(opik, "project_name", None) or ctx.settings.opik.project_name or OPIK_PROJECT,
         "opik_workspace": ctx.settings.opik.workspace or OPIK_WORKSPACE,
     }
+    if had_events:
+        names["opik_url"] = getattr(opik, "url", None) or OPIK_URL
+    return names
+
+
+def _logged(spans: list[Any]) -> dict[str, Any]:
+    return {
+        "span_ids_logged": [s.span_id for s in spans],
+        "trace_ids_logged": list(dict.fromkeys(s.trace_id for s in spans)),
+        "events_logged": len(spans),
+    }
+
+
+async def write_batch(state: ObservabilityConnectorState, runtime: Any = None) -> dict[str, Any]:
+    """The graph's ``batch`` node. Never raises: a failure of its own is reported like the host's
+    ``emit_spans`` reports one (``span_emission_error``), with nothing counted as logged."""
+    monitor = get_self_monitor()
+    started = time.perf_counter()
+    try:
+        update = await _write(state, runtime)
+    except Exception as exc:
+        log.exception("writing a batch of spans failed")
+        monitor.record_span_emission_error(f"{type(exc).__name__}: {exc}")
+        return emission_failure(state, exc)
+    if state.get("validated_spans"):  # the connector's own health: what the sinks cost per batch
+        monitor.record_span_emission_latency((time.perf_counter() - started) * 1000.0)
+        if update.get("error"):
+            monitor.record_database_error(str(update["error"]))
+    return update
+
+
+def emission_failure(state: Mapping[str, Any], exc: BaseException) -> dict[str, Any]:
+    """The host's failure answer of ``emit_spans``: nothing logged, the reason in three places."""
+    message = redact_text(f"{type(exc).__name__}: {exc}")
+    return {
+        **_logged([]),
+        "emission_successful": False,
+        "emission_errors": [*(state.get("emission_errors") or []), message],
+        "db_writes_successful": False,
+        "db_write_count": 0,
+        "opik_project": OPIK_PROJECT,
+        "opik_workspace": OPIK_WORKSPACE,
+        "error": message,
+        "error_type": "span_emission_error",
+        "error_details": {"exception": message},
+    }
+
+
+async def _write(state: ObservabilityConnectorState, runtime: Any) -> dict[str, Any]:
+    ctx = resolve_context(runtime)
+    spans = state.get("validated_spans") or []
+    errors = list(state.get("emission_errors") or [])
+    accepted = not state.get("events_rejected")
+    base = _names(ctx, bool(state.get("events_to_log")))
     if not spans:
         return {
-            **state,
             **base,
-            "span_ids_logged": [],
-            "trace_ids_logged": [],
-            "events_logged": 0,
+            **_logged([]),
+            "emission_successful": accepted,
             "db_writes_successful": True,
             "db_write_count": 0,
             "db_duplicate_count": 0,
             "emission_errors": errors,
         }
     # Opik runs beside the store write, never before it; its outcome never decides the store's.
-    opik_job = _start_opik(opik, spans, state.get("opik_wait_s"))
+    opik_job = _start_opik(ctx.opik, spans, state.get("opik_wait_s"))
     if ctx.store_delivery is not None:
-        return await _through_spool(ctx, state, spans, errors, base, opik_job)
+        update = await _through_spool(ctx, spans, errors)
+    else:
+        update = await _direct(ctx, spans, errors)
+    update["emission_successful"] = accepted and update.pop("_all_accepted")
+    return {**base, **update, **(await _opik_outcome(opik_job))}
+
+
+async def _direct(ctx: ConnectorContext, spans: list[Any], errors: list[str]) -> dict[str, Any]:
+    """The store without a spool behind it (a context built without one, as some tests do)."""
     try:
         result = await ctx.store.insert_spans_batch(spans)
     except Exception as exc:  # the store being down must not raise into the caller
         log.error("writing %d span(s) to %s failed: %s", len(spans), _where(ctx.store), exc)
         errors.append(f"store write failed for {len(spans)} span(s): {type(exc).__name__}: {exc}")
         return {
-            **state,
-            **base,
-            "span_ids_logged": [],
-            "trace_ids_logged": [],
-            "events_logged": 0,
+            **_logged([]),
+            "_all_accepted": False,
             "db_writes_successful": False,
             "db_write_count": 0,
             "db_duplicate_count": 0,
             "emission_errors": errors,
             "error": f"store write failed: {exc}",
             "error_type": "store_unavailable",
-            **(await _opik_outcome(opik_job)),
         }
     failed = {span_id for span_id, _ in result.errors}
     for span_id, reason in result.errors:
         errors.append(f"span_id={span_id!r}: rejected by the store: {reason}")
     logged = [s for s in spans if s.span_id not in failed]
     if result.inserted:  # drops only cached windows that reach back to the newest start time
-        await ctx.cache.ainvalidate(s.start_time for s in logged)
-    trace_ids = list(dict.fromkeys(s.trace_id for s in logged))
+        await ctx.cache.ainvalidate_since(s.start_time for s in logged)
     return {
-        **state,
-        **base,
-        "span_ids_logged": [s.span_id for s in logged],
-        "trace_ids_logged": trace_ids,
-        "events_logged": len(logged),
+        **_logged(logged),
+        "_all_accepted": not failed,
         "db_writes_successful": result.failed == 0,
-        "db_write_count": result.inserted,
+        "db_write_count": result.inserted + result.duplicates,
         "db_duplicate_count": result.duplicates,
         "emission_errors": errors,
-        **(await _opik_outcome(opik_job)),
     }
 
 
-async def _through_spool(
-    ctx: Any,
-    state: ObservabilityConnectorState,
-    spans: list[Any],
-    errors: list[str],
-    base: dict[str, Any],
-    opik_job: asyncio.Task[dict[str, Any]] | None,
-) -> dict[str, Any]:
+async def _through_spool(ctx: ConnectorContext, spans: list[Any], errors: list[str]) -> dict[str, Any]:
     """Store write with the spool behind it: a batch the store can't take now is kept on disk
     and replayed in order, so it counts as logged (durably accepted), not as lost."""
     delivery = ctx.store_delivery
-    delivery.ensure_replaying(lambda replayed: ctx.cache.ainvalidate(s.start_time for s in replayed))
+    cache = ctx.cache
     outcome = await delivery.deliver(spans)
+    if delivery.backlogged:
+        # Only a backlog needs a replayer on this loop: a healthy write from an orchestrator's
+        # own loop leaves no task of ours behind on it.
+        delivery.ensure_replaying(lambda replayed: cache.ainvalidate_since(s.start_time for s in replayed))
     errors.extend(outcome.reasons)
     if outcome.error and not outcome.spooled:
         logged = []  # not even the spool took it (reported below)
@@ -104,26 +159,27 @@ async def _through_spool(
         logged = [s for s in spans if s.span_id not in outcome.rejected_ids]
     else:
         logged = spans
-    if outcome.details.get("inserted"):
-        await ctx.cache.ainvalidate(s.start_time for s in logged)
+    inserted = outcome.details.get("inserted", 0)
+    duplicates = outcome.details.get("duplicates", 0)
+    if inserted:
+        await cache.ainvalidate_since(s.start_time for s in logged)
     update: dict[str, Any] = {
-        **base,
-        "span_ids_logged": [s.span_id for s in logged],
-        "trace_ids_logged": list(dict.fromkeys(s.trace_id for s in logged)),
-        "events_logged": len(logged),
+        **_logged(logged),
+        "_all_accepted": not outcome.rejected and not (outcome.error and not outcome.spooled),
         "db_writes_successful": outcome.spooled == 0 and outcome.rejected == 0 and outcome.error is None,
-        "db_write_count": outcome.details.get("inserted", 0),
-        "db_duplicate_count": outcome.details.get("duplicates", 0),
+        "db_write_count": inserted + duplicates,
+        "db_duplicate_count": duplicates,
         "spans_spooled": outcome.spooled,
         "emission_errors": errors,
     }
     if outcome.spooled:
-        update["error"] = f"store unavailable ({outcome.error}); {outcome.spooled} span(s) spooled for replay"
-        update["error_type"] = "store_unavailable"
+        update["warnings"] = [
+            f"store unavailable ({outcome.error}); {outcome.spooled} span(s) spooled on disk for replay"
+        ]
     elif outcome.error:  # not even the spool could take it: said loudly, nothing counted as logged
         errors.append(f"store write failed for {len(spans)} span(s): {outcome.error}")
         update.update(error=outcome.error, error_type="store_unavailable")
-    return {**state, **update, **(await _opik_outcome(opik_job))}
+    return update
 
 
 def _start_opik(opik: Any, spans: list[Any], wait_s: float | None) -> asyncio.Task[dict[str, Any]] | None:

@@ -1,154 +1,181 @@
-"""The ``context`` node: the W3C trace context of one connector invocation.
+"""The ``context`` node and the host codebase's context functions.
 
-An incoming ``traceparent`` continues the caller's trace (an invalid one starts a new trace;
-an invalid ``tracestate`` is dropped on its own); otherwise a new root is made. The sampling
-decision is taken here once, from the trace id, so every process agrees on it.
+``create_context`` / ``extract_context`` / ``inject_context`` keep the host's names, keys and
+return shapes (its agents and tests call them directly with plain dicts); the graph's node,
+``manage_context``, uses the same pieces. Every function here returns a dict of updates and
+never raises: a failure comes back as ``error`` / ``error_type`` / ``error_details``.
+
+Request metadata travels in ``tracestate`` as ``request_id``, ``experiment_id``, ``user_id``,
+``sampled`` and ``sample_rate`` members, as the host's services expect. Our own W3C
+propagation (``trace_context.inject`` / ``extract``, used by the agent API) carries it in
+``baggage`` instead; ``extract_context`` reads both.
 """
 
 from __future__ import annotations
 
+import math
+import uuid
+from collections.abc import Mapping
+from random import getrandbits
 from typing import Any
 
 from ..config import build_sampler
 from ..redaction import redact_text
 from ..runtime import resolve_context
 from ..state import ObservabilityConnectorState
-from ..trace_context import (
-    TraceContext,
-    extract,
-    format_tracestate,
-    inject,
-    new_span_id,
-    new_trace_id,
-)
+from ..trace_context import extract, format_traceparent, format_tracestate, new_span_id, new_trace_id
 
 __all__ = ["create_context", "extract_context", "inject_context", "manage_context"]
 
 _CONNECTOR = "observability_connector"
+_REQUEST_KEYS = ("request_id", "experiment_id", "user_id")
 
 
-def _rate(state: ObservabilityConnectorState) -> float:
-    rate = state.get("sample_rate", 1.0)
-    if not isinstance(rate, (int, float)) or not 0.0 <= float(rate) <= 1.0:
-        raise ValueError(f"sample_rate {rate!r} is not a number between 0 and 1")
-    return float(rate)
+def new_request_id() -> str:
+    """A random UUID string without ``os.urandom`` (see trace_context: ids never touch the syscall)."""
+    return str(uuid.UUID(int=getrandbits(128), version=4))
 
 
-def _baggage(state: ObservabilityConnectorState) -> dict[str, str]:
-    bag = dict(state.get("baggage") or {})
-    for key in ("request_id", "experiment_id", "user_id"):
-        value = state.get(key)  # type: ignore[misc]
-        if value:
-            bag[key] = str(value)
-    return bag
+def _rate(value: object) -> float:
+    if value is None:
+        return 1.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"sample_rate {value!r} is not a number between 0 and 1")
+    return float(value)
 
 
-async def create_context(state: ObservabilityConnectorState, runtime: Any = None) -> ObservabilityConnectorState:
-    """Start a new trace for this invocation (a root span id, no parent).
+def _failure(error_type: str, exc: BaseException) -> dict[str, Any]:
+    message = redact_text(f"{type(exc).__name__}: {exc}")
+    return {"error": message, "error_type": error_type, "error_details": {"exception": message}}
 
-    The connector starts this trace, so its own rate applies (``sampling.agent_rates``), capped
-    by the caller's ``sample_rate``.
-    """
-    trace_id = new_trace_id()
+
+def _sampled(state: Mapping[str, Any], trace_id: str, rate: float, runtime: Any) -> bool:
+    """An explicit ``sample_rate`` decides alone (1.0 keeps every trace, 0.0 none, in between by
+    trace id); without one, the configured policy for traces the connector starts applies."""
     ctx = resolve_context(runtime)
     sampler = ctx.sampler or build_sampler(ctx.settings)
-    return {
-        **state,
-        "current_trace_id": trace_id,
-        "current_span_id": new_span_id(),
-        "current_parent_span_id": None,
-        "sampled": sampler.sample_root(trace_id, _CONNECTOR, _rate(state)),
-        "baggage": _baggage(state),
-    }
+    if state.get("sample_rate") is not None:
+        return sampler.decide(trace_id, None, True, rate)
+    return sampler.sample_root(trace_id, _CONNECTOR)
 
 
-async def extract_context(state: ObservabilityConnectorState, runtime: Any = None) -> ObservabilityConnectorState:
-    """Continue the trace named by ``state["traceparent"]``; start a new one if it is invalid."""
-    headers = {"traceparent": state.get("traceparent") or "", "tracestate": state.get("tracestate") or ""}
-    parent = extract(headers) if state.get("traceparent") else None
-    if parent is None:
-        fresh = await create_context(state, runtime)
-        if state.get("traceparent"):
-            fresh["error_details"] = {
-                **(state.get("error_details") or {}),
-                # Echoes the caller's header: redacted, as anything that may hold a token.
-                "traceparent": redact_text(
-                    f"invalid traceparent {str(state.get('traceparent'))[:200]!r}; started a new trace"
-                ),
-            }
-        fresh["tracestate"] = None
-        return fresh
-    return {
-        **state,
-        "current_trace_id": parent.trace_id,
-        "current_span_id": new_span_id(),
-        "current_parent_span_id": parent.span_id,
-        # Parent-based: an upstream decision is honoured; only an unsampled parent with our
-        # own rate can't resurrect the trace.
-        "sampled": parent.sampled,
-        "tracestate": format_tracestate(parent.tracestate) or None,
-        "baggage": {**_baggage(state), **dict(parent.baggage)},
-    }
+async def create_context(state: Mapping[str, Any], runtime: Any = None) -> dict[str, Any]:
+    """A new trace for this request: new ids, no parent, the request's ids and sampling."""
+    try:
+        rate = _rate(state.get("sample_rate"))
+        trace_id = new_trace_id()
+        return {
+            "current_trace_id": trace_id,
+            "current_span_id": new_span_id(),
+            "current_parent_span_id": None,
+            "request_id": state.get("request_id") or new_request_id(),
+            "experiment_id": state.get("experiment_id"),
+            "user_id": state.get("user_id"),
+            "sampled": _sampled(state, trace_id, rate, runtime),
+            "sample_rate": rate,
+        }
+    except Exception as exc:
+        return _failure("context_creation_error", exc)
 
 
-async def inject_context(state: ObservabilityConnectorState, runtime: Any = None) -> ObservabilityConnectorState:
-    """Write ``traceparent`` / ``tracestate`` / ``baggage`` for the next hop back into the state."""
+def _tracestate_fields(pairs: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    wanted = {*_REQUEST_KEYS, "sampled", "sample_rate"}
+    return {key: value for key, value in pairs if key in wanted}
+
+
+def _float_or_default(text: str | None) -> float:
+    try:
+        rate = float(text) if text is not None else 1.0
+    except ValueError:
+        return 1.0
+    return rate if math.isfinite(rate) and 0.0 <= rate <= 1.0 else 1.0
+
+
+async def extract_context(state: Mapping[str, Any], runtime: Any = None) -> dict[str, Any]:
+    """Continue the trace of ``state["headers"]["traceparent"]``; a missing or invalid one starts
+    a new trace. Request metadata comes from ``tracestate`` (or, from our own services, baggage).
+
+    Parsing is strict W3C (the host split any four dash-separated fields): an id that is not
+    lowercase hex, or all zeros, starts a new trace instead of being propagated.
+    """
+    try:
+        headers = state.get("headers") or {}
+        parent = extract(headers)
+        if parent is None:
+            trace_id, parent_span_id, flag_sampled = new_trace_id(), None, True
+            fields: dict[str, str] = {}
+            baggage: dict[str, str] = {}
+        else:
+            trace_id, parent_span_id, flag_sampled = parent.trace_id, parent.span_id, parent.sampled
+            fields = _tracestate_fields(parent.tracestate)
+            baggage = dict(parent.baggage)
+        ids = {key: fields.get(key) or baggage.get(key) for key in _REQUEST_KEYS}
+        sampled = fields["sampled"] == "1" if "sampled" in fields else flag_sampled
+        return {
+            "current_trace_id": trace_id,
+            "current_span_id": new_span_id(),
+            "current_parent_span_id": parent_span_id,
+            "request_id": ids["request_id"] or new_request_id(),
+            "experiment_id": ids["experiment_id"],
+            "user_id": ids["user_id"],
+            "sampled": sampled,
+            "sample_rate": _float_or_default(fields.get("sample_rate")),
+        }
+    except Exception as exc:
+        return _failure("context_extraction_error", exc)
+
+
+async def inject_context(state: Mapping[str, Any], runtime: Any = None) -> dict[str, Any]:
+    """``{"headers": {"traceparent", "tracestate"}}`` for the next hop, and nothing else.
+
+    Members whose value ``tracestate`` cannot carry (a ``,`` or ``=``, control characters,
+    over 256 characters) are left out rather than corrupting the header for every vendor.
+    """
     trace_id = state.get("current_trace_id")
     span_id = state.get("current_span_id")
     if not trace_id or not span_id:
-        return state
-    ctx = TraceContext(
-        trace_id=trace_id,
-        span_id=span_id,
-        sampled=bool(state.get("sampled", True)),
-        tracestate=_pairs(state.get("tracestate")),
-        baggage=state.get("baggage") or {},
-    )
-    headers: dict[str, str] = {}
-    inject(headers, ctx)
-    return {
-        **state,
-        "traceparent": headers.get("traceparent"),
-        "tracestate": headers.get("tracestate"),
-        "baggage": dict(ctx.baggage),
-    }
-
-
-def _pairs(tracestate: str | None) -> tuple[tuple[str, str], ...]:
-    from ..trace_context import parse_tracestate
-
-    return parse_tracestate(tracestate) or () if tracestate else ()
+        return {"error": "Missing trace_id or span_id in state", "error_type": "missing_context"}
+    try:
+        sampled = bool(state.get("sampled", True))
+        members = [(key, str(state[key])) for key in _REQUEST_KEYS if state.get(key)]
+        members.append(("sampled", "1" if sampled else "0"))
+        members.append(("sample_rate", str(float(_rate(state.get("sample_rate"))))))
+        return {
+            "headers": {
+                "traceparent": format_traceparent(trace_id, span_id, sampled),
+                "tracestate": format_tracestate(members),
+            }
+        }
+    except Exception as exc:
+        return _failure("context_injection_error", exc)
 
 
 async def manage_context(state: ObservabilityConnectorState, runtime: Any = None) -> dict[str, Any]:
-    """The graph node: extract when a traceparent came in, otherwise create; then inject."""
+    """The graph's node: continue an incoming ``traceparent`` (a state key of the graph's input),
+    else start a new trace. A bad ``sample_rate`` costs no event: it is reported in
+    ``emission_errors`` and the call goes on at rate 1.0."""
     updates: dict[str, Any] = {}
+    call: dict[str, Any] = dict(state)
     try:
-        _rate(state)
+        _rate(call.get("sample_rate"))
     except ValueError as exc:
-        # A bad rate must not cost the batch: keep everything and say so.
-        message = f"{exc}; every event of this call is kept (rate 1.0)"
-        updates = {
-            "error": message,
-            "error_type": "invalid_input",
-            "emission_errors": [*state.get("emission_errors", []), message],
-            "sample_rate": 1.0,
-        }
-        state = {**state, "sample_rate": 1.0}
-    new_state = await (extract_context if state.get("traceparent") else create_context)(state, runtime)
-    new_state = await inject_context(new_state)
-    return {**_ids(new_state), **updates}
-
-
-def _ids(state: ObservabilityConnectorState) -> dict[str, Any]:
-    keys = (
-        "current_trace_id",
-        "current_span_id",
-        "current_parent_span_id",
-        "sampled",
-        "traceparent",
-        "tracestate",
-        "baggage",
-        "error_details",
-    )
-    return {k: state[k] for k in keys if k in state}  # type: ignore[literal-required]
+        message = f"{redact_text(str(exc))}; every event of this call is kept (rate 1.0)"
+        updates = {"emission_errors": [*call.get("emission_errors", []), message], "sample_rate": 1.0}
+        call["sample_rate"] = 1.0
+    if call.get("traceparent"):
+        headers = {"traceparent": call["traceparent"], "tracestate": call.get("tracestate") or ""}
+        found = await extract_context({**call, "headers": headers}, runtime)
+        if extract(headers) is None:
+            found["error_details"] = {
+                **(call.get("error_details") or {}),
+                # Echoes the caller's header: redacted, as anything that may hold a token.
+                "traceparent": redact_text(
+                    f"invalid traceparent {str(call['traceparent'])[:200]!r}; started a new trace"
+                ),
+            }
+        for key in _REQUEST_KEYS:  # the call's own values win over what the headers carried
+            if call.get(key):
+                found[key] = call[key]
+    else:
+        found = await create_context(call, runtime)
+    return {**found, **updates}

@@ -4,15 +4,23 @@ Every figure is computed by the store (percentiles in SQL, never rows pulled int
 the requested window and filters, then cached (see ``cache.py``) until the TTL for that window
 runs out or spans are stored that fall inside it.
 
-What the fields mean (the store's semantics, identical on every backend):
+The answer has the host's 13 keys and shapes (HOST_CONTRACT.md §1), plus ``count`` in each
+latency group, ``tier_name`` in each tier group and ``metrics_from_cache``:
 
-* ``count`` covers every status; latency figures (continuous percentiles, average) only the spans
-  that have a duration; error rates are errors over *finished* (ok + error) spans.
+* ``status_distribution`` is ``{"ok", "error", "timeout"}`` with ok = total − error − timeout,
+  so the three sum to ``total_spans_analyzed`` and a span still ``started`` counts as ok; all
+  of them come from one query, so the sum holds even while spans are being written.
+* Every rate is over *all* spans of its group (``QualityMetrics.from_counts`` /
+  ``models.error_rate``): success = ok / total (1.0 without spans); error rate = errors / total,
+  a timeout not being an error (the host's definition; it has its own count).
+* ``latency_by_agent`` / ``latency_by_tier`` hold only groups with at least one duration, so
+  their percentiles are never None; ``count`` covers every status. The overall p95 / p99 are
+  0.0 when no span has a duration. ``token_usage_by_agent`` leaves out agents without tokens.
 * Tiers come from ``agent_tier`` as stored with each span — the registry's tier when it was
   written — so moving an agent to another tier does not rewrite history; agents missing from
   the registry are reported under their own name and tier ``-1`` rather than dropped.
-* ``overall_success_rate`` is 1.0 when nothing finished (no evidence of failure);
-  ``fallback_invocation_rate`` is over all spans in the window.
+* Only stored spans are counted: an empty window gives zeros, empty groups, success 1.0 and
+  score 1.0, never invented data.
 """
 
 from __future__ import annotations
@@ -28,21 +36,47 @@ from ..models import LatencyStats
 from ..runtime import ConnectorContext, resolve_context
 from ..state import ObservabilityConnectorState
 
-__all__ = ["aggregate_metrics", "compute_metrics", "metrics_from_store"]
+__all__ = ["EMPTY_METRICS", "aggregate_metrics", "compute_metrics", "metrics_from_store"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WINDOW = "24h"
 
+#: The host's 13 metric keys (HOST_CONTRACT.md §1) with their empty-window values.
+EMPTY_METRICS: dict[str, Any] = {
+    "quality_metrics_computed": True,
+    "latency_by_agent": {},
+    "latency_by_tier": {},
+    "error_rate_by_agent": {},
+    "error_rate_by_tier": {},
+    "token_usage_by_agent": {},
+    "overall_success_rate": 1.0,
+    "overall_p95_latency_ms": 0.0,
+    "overall_p99_latency_ms": 0.0,
+    "total_spans_analyzed": 0,
+    "quality_score": 1.0,
+    "fallback_invocation_rate": 0.0,
+    "status_distribution": {"ok": 0, "error": 0, "timeout": 0},
+}
+ERROR_TYPE = "metrics_aggregation_error"
 
-def _latency(stats: LatencyStats) -> dict[str, Any]:
-    return {
-        "p50": stats.p50_ms,
-        "p95": stats.p95_ms,
-        "p99": stats.p99_ms,
-        "avg": stats.avg_ms,
-        "count": stats.count,
-    }
+
+def _latency(stats: LatencyStats) -> dict[str, Any] | None:
+    """The group's entry, or None when it has no duration (the host leaves such groups out).
+
+    The max() only keeps p50 ≤ p95 ≤ p99 when interpolation rounds one percentile a ulp past
+    the next.
+    """
+    if stats.p50_ms is None or stats.p95_ms is None or stats.p99_ms is None or stats.avg_ms is None:
+        return None
+    p50 = float(stats.p50_ms)
+    p95 = max(float(stats.p95_ms), p50)
+    p99 = max(float(stats.p99_ms), p95)
+    return {"p50": p50, "p95": p95, "p99": p99, "avg": float(stats.avg_ms), "count": stats.count}
+
+
+def _ms(value: float | None) -> float:
+    return 0.0 if value is None else float(value)
 
 
 async def metrics_from_store(
@@ -50,36 +84,42 @@ async def metrics_from_store(
 ) -> dict[str, Any]:
     """Every metrics field of the state, straight from the store (no cache)."""
     store = ctx.store
-    # Four independent aggregate queries: concurrently, since the store runs them on its own
+    # Three independent aggregate queries: concurrently, since the store runs them on its own
     # workers (SQLite threads / a Postgres pool) and a cold 7-day answer is dominated by them.
-    by_agent, by_tier, statuses, quality = await asyncio.gather(
+    by_agent, by_tier, quality = await asyncio.gather(
         store.get_latency_stats(window, agent_name=agent_name, trace_id=trace_id, group_by="agent"),
         store.get_latency_stats(window, agent_name=agent_name, trace_id=trace_id, group_by="tier"),
-        store.get_status_distribution(window, agent_name=agent_name, trace_id=trace_id),
         store.get_quality_metrics(window, agent_name=agent_name, trace_id=trace_id),
     )
     registry = ctx.registry
+    latency_by_agent = {s.key: entry for s in by_agent if (entry := _latency(s)) is not None}
     latency_by_tier: dict[str, dict[str, Any]] = {}
     for stats in by_tier:
-        entry = _latency(stats)
-        entry["tier_name"] = registry.tier_name(int(stats.key))
-        latency_by_tier[stats.key] = entry
+        if (entry := _latency(stats)) is not None:
+            entry["tier_name"] = registry.tier_name(int(stats.key))
+            latency_by_tier[stats.key] = entry
     return {
-        "latency_by_agent": {s.key: _latency(s) for s in by_agent},
+        "quality_metrics_computed": True,
+        "latency_by_agent": latency_by_agent,
         "latency_by_tier": latency_by_tier,
         "error_rate_by_agent": {s.key: s.error_rate for s in by_agent},
         "error_rate_by_tier": {s.key: s.error_rate for s in by_tier},
         "token_usage_by_agent": {
-            s.key: {"input": s.input_tokens, "output": s.output_tokens, "total": s.total_tokens} for s in by_agent
+            s.key: {"input": s.input_tokens, "output": s.output_tokens, "total": s.total_tokens}
+            for s in by_agent
+            if s.input_tokens or s.output_tokens or s.total_tokens
         },
-        "status_distribution": statuses,
         "overall_success_rate": quality.success_rate,
-        "overall_p95_latency_ms": quality.p95_latency_ms,
-        "overall_p99_latency_ms": quality.p99_latency_ms,
+        "overall_p95_latency_ms": _ms(quality.p95_latency_ms),
+        "overall_p99_latency_ms": _ms(quality.p99_latency_ms),
         "total_spans_analyzed": quality.total_spans,
-        "fallback_invocation_rate": quality.fallback_rate,
         "quality_score": quality.quality_score,
-        "quality_metrics_computed": True,
+        "fallback_invocation_rate": quality.fallback_rate,
+        "status_distribution": {
+            "ok": quality.total_spans - quality.error_count - quality.timeout_count,
+            "error": quality.error_count,
+            "timeout": quality.timeout_count,
+        },
     }
 
 
@@ -105,25 +145,26 @@ async def compute_metrics(
 
 
 async def aggregate_metrics(state: ObservabilityConnectorState, runtime: Any = None) -> dict[str, Any]:
-    ctx = resolve_context(runtime)
-    window = state.get("time_window") or DEFAULT_WINDOW
+    """The graph node, also called directly with a plain dict as host code does.
+
+    Returns only the keys it sets. Never raises: an unknown window (the error names the
+    accepted forms; the host silently used 24 h instead), a store outage or a broken
+    configuration comes back as ``error`` / ``error_type="metrics_aggregation_error"`` /
+    ``error_details`` with ``quality_metrics_computed=False``.
+    """
     try:
+        ctx = resolve_context(runtime)
+        window = state.get("time_window") or DEFAULT_WINDOW
         value, from_cache, _age = await compute_metrics(
             ctx, window, state.get("agent_name_filter"), state.get("trace_id_filter")
         )
-    except ValueError as exc:
+    except Exception as exc:
+        if not isinstance(exc, ValueError):  # a caller's mistake is not worth an error in the log
+            log.error("computing metrics failed: %s: %s", type(exc).__name__, exc)
         return {
-            **state,
             "quality_metrics_computed": False,
-            "error": str(exc),
-            "error_type": "invalid_input",
+            "error": f"metrics aggregation failed: {type(exc).__name__}: {exc}",
+            "error_type": ERROR_TYPE,
+            "error_details": {"exception": str(exc)},
         }
-    except Exception as exc:  # a store outage degrades the answer, never raises into the caller
-        log.error("computing metrics failed: %s", exc)
-        return {
-            **state,
-            "quality_metrics_computed": False,
-            "error": f"metrics unavailable: {type(exc).__name__}: {exc}",
-            "error_type": "store_unavailable",
-        }
-    return {**state, **value, "metrics_from_cache": from_cache}
+    return {**value, "metrics_from_cache": from_cache}

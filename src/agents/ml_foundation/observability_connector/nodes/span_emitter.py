@@ -18,7 +18,7 @@ at the rate of the agent that started it when its root span is in the batch. A c
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from pydantic import ValidationError
 
@@ -34,10 +34,10 @@ from ..models import (
 )
 from ..redaction import Redactor, install_log_redaction, redact_text
 from ..runtime import resolve_context
-from ..spans import SpanRecord
+from ..spans import Span
 from ..state import ObservabilityConnectorState
 
-__all__ = ["emit_spans"]
+__all__ = ["emit_spans", "validate_spans"]
 
 install_log_redaction()
 
@@ -61,10 +61,10 @@ def _validate(payload: dict[str, Any], redactor: Redactor) -> tuple[Observabilit
         return None, redact_text(describe_validation_error(exc, cleaned))
 
 
-def _from_record(record: SpanRecord, tier_of: Any, created_at: datetime) -> ObservabilitySpan | None:
+def _from_record(record: Span, tier_of: Any, created_at: datetime) -> ObservabilitySpan | None:
     """The row for a span recorded in this process, built directly (None: take the full path).
 
-    Our own ``SpanRecord`` objects need no event dict and no pydantic model: every field has a
+    Our own ``Span`` objects need no event dict and no pydantic model: every field has a
     known type that is checked here with the exact rules of ``ObservabilityEvent`` and
     ``to_span``. Anything those rules would convert or reject (an odd status, a name over 64
     characters, a non-string key, an end before the start ...) returns None, and the record
@@ -130,11 +130,11 @@ def _from_record(record: SpanRecord, tier_of: Any, created_at: datetime) -> Obse
             "span_id": span_id,
             "trace_id": trace_id,
             "parent_span_id": parent,
-            "operation_name": operation,
+            "operation_type": operation,
             "agent_name": agent_name,
             "agent_tier": tier_of(agent_name),
             # tz passed by position: as a keyword it took 0.46 µs a call instead of 0.29
-            "start_time": fromtimestamp(start_ns / 1e9, UTC),
+            "started_at": fromtimestamp(start_ns / 1e9, UTC),
             "end_time": None if end_ns is None else fromtimestamp(end_ns / 1e9, UTC),
             "duration_ms": None if end_ns is None else (end_ns - start_ns) / 1e6,
             "status": status,
@@ -145,7 +145,7 @@ def _from_record(record: SpanRecord, tier_of: Any, created_at: datetime) -> Obse
             "input_tokens": input_tokens,
             "output_tokens": output_tokens,
             "total_tokens": total,
-            "events": record.events if record._events else [],
+            "events": list(record._events) if record._events else [],
             "created_at": created_at,
         }
     )
@@ -189,7 +189,26 @@ def _roots(validated: list[Any]) -> dict[str, str]:
     return {trace_id: agent for trace_id, (_, agent) in best.items()}
 
 
-async def emit_spans(state: ObservabilityConnectorState, runtime: Any = None) -> ObservabilityConnectorState:
+async def emit_spans(state: dict[str, Any], runtime: Any = None) -> dict[str, Any]:
+    """The host codebase's ``emit_spans``: validate the events *and* write them to every sink.
+
+    Returns the host's keys (``span_ids_logged``, ``trace_ids_logged``, ``events_logged``,
+    ``emission_successful``, ``emission_errors``, ``opik_project``/``_workspace``,
+    ``db_writes_successful``, ``db_write_count``, and ``opik_url`` when there were events); the
+    graph runs the same two steps as its ``span_emitter`` and ``batch`` nodes. Never raises.
+    """
+    from .batch import emission_failure, write_batch
+
+    try:
+        validated = await validate_spans(cast(ObservabilityConnectorState, state), runtime)
+        written = await write_batch(cast(ObservabilityConnectorState, {**state, **validated}), runtime)
+        return {**validated, **written}
+    except Exception as exc:
+        return emission_failure(state, exc)
+
+
+async def validate_spans(state: ObservabilityConnectorState, runtime: Any = None) -> dict[str, Any]:
+    """The graph's ``span_emitter`` node: payloads in, redacted rows and rejection reasons out."""
     ctx = resolve_context(runtime)
     registry = ctx.registry
     sampler = ctx.sampler or build_sampler(ctx.settings)
@@ -201,10 +220,17 @@ async def emit_spans(state: ObservabilityConnectorState, runtime: Any = None) ->
     # (the context node names a parent span only when the caller sent a valid traceparent).
     incoming_trace = state.get("current_trace_id") if state.get("current_parent_span_id") else None
     incoming_sampled = state.get("sampled")
-    events = state.get("events_to_log") or []
+    events = state.get("events_to_log")
     errors: list[str] = [redact_text(str(e)) for e in state.get("emission_errors") or []]
+    if events is None:
+        events = []
+    elif not isinstance(events, list | tuple):
+        # A string or a dict would otherwise be walked item by item, each item rejected.
+        errors.append(f"events_to_log: expected a list of events, got {type(events).__name__}")
+        return {"validated_spans": [], "emission_errors": errors, "spans_sampled_out": 0, "events_rejected": 1}
     spans: list[ObservabilitySpan] = []
     sampled_out = 0
+    rejected_before = len(errors)
     now = datetime.now(UTC)
 
     # Rows kept without a sampler call (our records decided at their root, no cap) go in as they
@@ -214,7 +240,7 @@ async def emit_spans(state: ObservabilityConnectorState, runtime: Any = None) ->
     tier_of = registry.tier_of
     uncapped = cap >= 1.0
     for index, raw in enumerate(events):
-        if raw.__class__ is SpanRecord:
+        if raw.__class__ is Span:
             span = _from_record(raw, tier_of, now)  # type: ignore[arg-type]
             if span is not None:
                 if uncapped and raw.sampled is True:  # type: ignore[union-attr]
@@ -222,7 +248,7 @@ async def emit_spans(state: ObservabilityConnectorState, runtime: Any = None) ->
                 else:
                     validated.append(_Candidate(index, raw, None, span, raw.sampled))  # type: ignore[union-attr]
                 continue
-        payload = raw.to_event() if isinstance(raw, SpanRecord) else raw
+        payload = raw.to_event() if isinstance(raw, Span) else raw
         if not isinstance(payload, dict):
             errors.append(f"event[{index}]: expected an object with span fields, got {type(payload).__name__}")
             continue
@@ -255,15 +281,15 @@ async def emit_spans(state: ObservabilityConnectorState, runtime: Any = None) ->
         else:
             try:
                 span = event.to_span(tier_of(event.agent_name), created_at=now)
-            except (ValidationError, ValueError) as exc:
+            except (ValidationError, ValueError, OverflowError) as exc:
                 payload = item.payload
                 reason = describe_validation_error(exc, payload) if isinstance(exc, ValidationError) else str(exc)
                 errors.append(f"event[{item.index}] {redact_text(reason)}")
                 continue
         spans.append(redactor.redact_span(span))
     return {
-        **state,
         "validated_spans": spans,
         "emission_errors": errors,
         "spans_sampled_out": sampled_out,
+        "events_rejected": len(errors) - rejected_before,
     }
