@@ -173,9 +173,9 @@ async def _through_spool(ctx: ConnectorContext, spans: list[Any], errors: list[s
         "emission_errors": errors,
     }
     if outcome.spooled:
-        update["warnings"] = [
-            f"store unavailable ({outcome.error}); {outcome.spooled} span(s) spooled on disk for replay"
-        ]
+        # The reason is the store's failure, or "behind an existing backlog" when a healthy store
+        # still has older batches to replay first (order is kept).
+        update["warnings"] = [f"{outcome.spooled} span(s) spooled on disk for replay: {outcome.error}"]
     elif outcome.error:  # not even the spool could take it: said loudly, nothing counted as logged
         errors.append(f"store write failed for {len(spans)} span(s): {outcome.error}")
         update.update(error=outcome.error, error_type="store_unavailable")
