@@ -1,13 +1,14 @@
 """Memory under a burst with both sinks down, then recovery.
 
-    python benchmarks/bench_memory.py [--spans 1000000]
+    python benchmarks/bench_memory.py [--spans 1000000] [--payload-kb 0]
 
 The store really fails (a file stands where its folder should be) and Opik refuses
 connections (nothing listens on its port). Agents emit ``--spans`` spans as fast as they can;
 the process's RSS is sampled throughout. Then both sinks come back (the folder appears, a
 receiver starts on Opik's port) and the benchmark waits until every span is in the store,
 reporting what reached Opik. Target (issue 5): RSS growth ≤ 150 MB, everything spooled,
-everything delivered after recovery.
+everything delivered after recovery. ``--payload-kb N`` gives every root span an attribute of
+N KB (a prompt): memory is then held by the byte bound (``batching.max_queue_mb``, issue 13).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spans", type=int, default=1_000_000)
     parser.add_argument("--timeout", type=float, default=1800, help="bound on the recovery wait (s)")
+    parser.add_argument("--payload-kb", type=int, default=0, help="a string attribute of this size per root span")
     args = parser.parse_args()
 
     from src.agents.ml_foundation.observability_connector.agent import ObservabilityConnectorAgent
@@ -104,9 +106,12 @@ async def main() -> None:
     sampler.start()
     t0 = time.perf_counter()
     span = obs.span
+    payload = args.payload_kb * 1024
     for i in range(args.spans // 10):
         async with span("route_request", "orchestrator") as root:
             root.set_attribute("request", i)
+            if payload:
+                root.set_attribute("prompt", chr(65 + i % 26) * payload)  # a new string each time
             for step in range(9):
                 async with span(f"step_{step}", "gap_analyzer") as child:
                     child.set_attribute("rows", step)
@@ -120,6 +125,10 @@ async def main() -> None:
     growth = sampler.peak - base
     print(f"  RSS: {base:.0f} MB before, peak {sampler.peak:.0f} MB, growth {growth:.0f} MB (target ≤ 150)")
     print(f"  producer waits (back-pressure): {status['producer_waits']:,}; spans dropped: {status['spans_dropped']:,}")
+    print(
+        f"  in-memory bound: {status['queue_max_bytes'] / 2**20:.0f} MB; "
+        f"dropped at the byte bound: {status['spans_dropped_for_bytes']:,}"
+    )
     print(f"  spool: {spool['spans']:,} spans in {spool['batches']:,} batches, {spool['bytes'] / 1e6:.0f} MB on disk")
     opik_status = opik.get_status()
     print(

@@ -59,6 +59,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
+from src.agents.ml_foundation.observability_connector.redaction import redact_url
+
 from .circuit_breaker import CircuitBreaker, CircuitState
 from .opik_ids import opik_span_id, opik_trace_id
 from .opik_payloads import SpanLike, TraceBook, feedback_score, iso, span_payload
@@ -118,9 +120,10 @@ def opik_configured(settings: Any = None, environ: Mapping[str, str] | None = No
 
 @dataclass(frozen=True)
 class OpikConfig:
-    """Resolved settings of the sink; the API key is kept out of ``repr`` and every log line."""
+    """Resolved settings of the sink; the API key, and a password in the URL, are kept out of
+    ``repr`` and every log line."""
 
-    url: str
+    url: str = field(repr=False)
     api_key: str | None = field(default=None, repr=False)
     workspace: str = "default"
     project_name: str = "e2i-causal-analytics"
@@ -464,12 +467,13 @@ class OpikConnector:
 
     @property
     def url(self) -> str:
-        return self.config.url
+        """Where spans go, without a password the URL may carry (for output; the client uses config.url)."""
+        return redact_url(self.config.url)
 
     def __repr__(self) -> str:
         key = "set" if self.config.api_key else "unset"
         return (
-            f"OpikConnector(url={self.config.url!r}, workspace={self.config.workspace!r}, "
+            f"OpikConnector(url={self.url!r}, workspace={self.config.workspace!r}, "
             f"project={self.config.project_name!r}, api_key={key}, breaker={self.breaker.state.value})"
         )
 
@@ -934,7 +938,7 @@ class OpikConnector:
             return True
         self.breaker.record_success()  # a rejection is an answer too: the server is up
         if self._failure_logged:
-            log.warning("Opik is reachable again at %s; sending the backlog in order", self.config.url)
+            log.warning("Opik is reachable again at %s; sending the backlog in order", self.url)
             self._failure_logged = False
         if result == "rejected" and len(unit) > 1:
             # Which batch is at fault? Each goes alone once; only that one is recorded and dropped.
@@ -1092,7 +1096,7 @@ class OpikConnector:
                 self._backlog_spans,
             )
         elif not self._failure_logged:
-            log.warning("sending a batch to Opik at %s failed (%s); retried in order", self.config.url, reason)
+            log.warning("sending a batch to Opik at %s failed (%s); retried in order", self.url, reason)
         self._failure_logged = True
         for entry in unit:
             entry.resolve(BatchOutcome("retrying", entry.span_count, reason))
@@ -1156,7 +1160,7 @@ class OpikConnector:
         breaker = self.breaker.get_status()
         return {
             "enabled": True,
-            "url": self.config.url,
+            "url": self.url,
             "workspace": self.config.workspace,
             "project_name": self.config.project_name,
             "api_key_set": bool(self.config.api_key),

@@ -24,6 +24,7 @@ from src.agents.ml_foundation.observability_connector.models import (
 __all__ = [
     "COLUMNS",
     "GROUPS",
+    "MAX_WINDOW",
     "TABLE",
     "WINDOW_FORMS",
     "BaseRepository",
@@ -75,12 +76,29 @@ def status_counts(pairs: Iterable[tuple[str, int]]) -> dict[str, int]:
     return distribution
 
 
+#: The longest window a question may cover: ten years reaches back past any retention period, and
+#: a bound here keeps ``now - window`` a representable date (``999999d`` would be year -700).
+MAX_WINDOW: Final = timedelta(days=3650)
+_MAX_WINDOW_TEXT = "10 years (3650d, 521w, 87600h)"
+
+
 def parse_window(window: str) -> timedelta:
-    """``"24h"`` → ``timedelta(hours=24)``; anything else is a ValueError naming the forms."""
+    """``"24h"`` → ``timedelta(hours=24)``; anything else is a ValueError naming the forms.
+
+    A window longer than :data:`MAX_WINDOW` is a ValueError saying so, checked on the digits
+    before any ``timedelta`` is built (a 20-digit count would overflow it).
+    """
     match = _WINDOW_RE.match(window) if isinstance(window, str) else None
-    if match is None or int(match.group(1)) == 0:
-        raise ValueError(f"time window {window!r} is not understood; use {WINDOW_FORMS}")
-    return timedelta(**{_UNIT[match.group(2)]: int(match.group(1))})
+    digits = match.group(1).lstrip("0") if match is not None else ""
+    shown = repr(window) if len(repr(window)) <= 60 else f"{str(window)[:40]!r}… ({len(str(window)):,} characters)"
+    if match is None or not digits:
+        raise ValueError(f"time window {shown} is not understood; use {WINDOW_FORMS}")
+    unit = _UNIT[match.group(2)]
+    # int() of thousands of digits is itself refused (and slow): no valid window has more than 7.
+    count = int(digits) if len(digits) <= 12 else None
+    if count is None or count > MAX_WINDOW // timedelta(**{unit: 1}):
+        raise ValueError(f"time window {shown} is too large: at most {_MAX_WINDOW_TEXT}")
+    return timedelta(**{unit: count})
 
 
 def window_start(window: str, now: datetime | None = None) -> datetime:

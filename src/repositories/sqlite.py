@@ -35,8 +35,10 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
+from stat import S_ISDIR
 from time import monotonic, sleep
 from typing import Any, Final, Literal, TypeVar, get_args
+from urllib.parse import quote
 
 from src.agents.ml_foundation.observability_connector.models import (
     LatencyStats,
@@ -45,6 +47,9 @@ from src.agents.ml_foundation.observability_connector.models import (
     SpanStatus,
     error_rate,
 )
+from src.agents.ml_foundation.observability_connector.paths import absolute as _absolute
+from src.agents.ml_foundation.observability_connector.paths import os_reason as _os_reason
+from src.agents.ml_foundation.observability_connector.paths import shown as _shown
 from src.repositories.base import (
     COLUMNS,
     TABLE,
@@ -52,6 +57,10 @@ from src.repositories.base import (
     GroupBy,
     ProgressCallback,
     SpanStore,
+    StoreError,
+    StoreRequestError,
+    StoreSchemaError,
+    StoreUnavailableError,
     check_group_by,
     check_limit,
     hours_start,
@@ -61,7 +70,7 @@ from src.repositories.base import (
 from src.repositories.json_text import json_text as _dumps
 from src.repositories.json_text import safe_str as _safe_str
 
-__all__ = ["SCHEMA_VERSION", "TABLE", "SQLiteSpanRepository"]
+__all__ = ["SCHEMA_VERSION", "TABLE", "SQLiteSpanRepository", "StoreCorruptError", "StoreNotFoundError"]
 
 T = TypeVar("T")
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
@@ -282,6 +291,24 @@ def _filters(window: str, agent_name: str | None, trace_id: str | None) -> tuple
     return " AND ".join(clauses), params
 
 
+# --------------------------------------------------------------------------- opening errors
+
+
+class StoreNotFoundError(StoreRequestError):
+    """A read-only store found no file at its path: a mistyped ``--store``, or nothing recorded yet.
+
+    Read-only stores never create the file (a typo must not leave an empty database behind).
+    """
+
+
+class StoreCorruptError(StoreError):
+    """The file at the store's path is not a SQLite database SQLite can read (garbage, truncated)."""
+
+
+#: SQLite's own codes for a file that is not (or no longer) a database.
+_CORRUPT_CODES: Final = frozenset({"SQLITE_NOTADB", "SQLITE_CORRUPT"})
+
+
 # --------------------------------------------------------------------------- repository
 
 
@@ -302,6 +329,7 @@ class SQLiteSpanRepository(SpanStore):
         busy_timeout_s: float = 30.0,
         synchronous: Synchronous = "NORMAL",
         max_workers: int = 4,
+        read_only: bool = False,
     ) -> None:
         """``synchronous`` trades durability for speed; the default suits the embedded store.
 
@@ -309,6 +337,10 @@ class SQLiteSpanRepository(SpanStore):
         crashes; only an OS crash or power cut can roll back commits made since the last
         checkpoint. ``"FULL"`` closes that gap with an fsync per batch (about half the insert
         throughput measured here) — the right choice where this file is the system of record.
+
+        ``read_only`` (the CLI's read commands): SQLite's ``mode=ro``; no directory, file or schema
+        is created or changed, and a missing file is a :class:`StoreNotFoundError`. SQLite may
+        still add the ``-wal``/``-shm`` companions of an existing WAL database to read it.
         """
         if str(path) == ":memory:" or str(path).startswith("file:"):
             raise ValueError(
@@ -320,7 +352,8 @@ class SQLiteSpanRepository(SpanStore):
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, got {synchronous!r}")
         if max_workers < 1:
             raise ValueError(f"max_workers must be at least 1, got {max_workers}")
-        self._path = Path(path).expanduser().resolve()
+        self._path = _absolute(Path(path))
+        self._read_only = read_only
         self._busy_timeout_s = busy_timeout_s
         self._synchronous = sync
         self._max_workers = max_workers
@@ -335,6 +368,10 @@ class SQLiteSpanRepository(SpanStore):
     @property
     def path(self) -> Path:
         return self._path
+
+    @property
+    def read_only(self) -> bool:
+        return self._read_only
 
     def describe(self) -> str:
         return f"sqlite:{self._path}"
@@ -399,11 +436,15 @@ class SQLiteSpanRepository(SpanStore):
                 f"SQLite {sqlite3.sqlite_version} is too old for the span store; "
                 f"{'.'.join(map(str, _MIN_SQLITE))} or newer is required (window functions, UPSERT)"
             )
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves. check_same_thread is
-        # off only so close() can close connections owned by already-stopped worker threads.
-        conn = sqlite3.connect(self._path, timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=False)
+        self._check_path()
         try:
+            conn = self._open_connection()
+        except sqlite3.Error as exc:
+            raise self._open_error(exc) from None
+        try:
+            if self._read_only:
+                self._check_readable(conn)
+                return conn
             conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
             self._enable_wal(conn)
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
@@ -417,10 +458,69 @@ class SQLiteSpanRepository(SpanStore):
             conn.execute("PRAGMA journal_size_limit = 67108864")
             if not self._schema_ready:
                 self._create_schema(conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise self._open_error(exc) from None
         except BaseException:
             conn.close()
             raise
         return conn
+
+    def _check_path(self) -> None:
+        """Refuse a path that cannot hold the store, with the reason, before SQLite's vaguer
+        "unable to open database file"; a writable store creates its directory here."""
+        path = self._path
+        shown = _shown(path)
+        try:
+            if self._read_only:
+                if not S_ISDIR(path.stat().st_mode):
+                    return
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if not path.is_dir():
+                    return
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            if self._read_only:
+                raise StoreNotFoundError(
+                    f"no store at {shown}",
+                    hint="check --store / OBS_STORE__SQLITE_PATH; the store is created by the first span written",
+                ) from None
+            raise StoreUnavailableError(f"the SQLite store {shown} cannot be created: {_os_reason(exc)}") from None
+        except OSError as exc:
+            action = "opened" if self._read_only else "created"
+            raise StoreUnavailableError(f"the SQLite store {shown} cannot be {action}: {_os_reason(exc)}") from None
+        raise StoreRequestError(f"the SQLite store path {shown} is a directory; give the path of a file in it")
+
+    def _open_connection(self) -> sqlite3.Connection:
+        # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves. check_same_thread is
+        # off only so close() can close connections owned by already-stopped worker threads.
+        if self._read_only:
+            return sqlite3.connect(
+                f"file:{quote(str(self._path))}?mode=ro",
+                uri=True,
+                timeout=self._busy_timeout_s,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        return sqlite3.connect(self._path, timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=False)
+
+    def _check_readable(self, conn: sqlite3.Connection) -> None:
+        """A read-only connection reads the schema now: a corrupt file or a database that is not
+        a span store fails here with a reason, not with "no such table" in the middle of a query."""
+        conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
+        found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (TABLE,)).fetchone()
+        if found is None:
+            raise StoreSchemaError(
+                f"{_shown(self._path)} is a SQLite database without the span table {TABLE}",
+                hint="is this the span store? check --store / OBS_STORE__SQLITE_PATH",
+            )
+
+    def _open_error(self, exc: sqlite3.Error) -> StoreError:
+        """SQLite's failure to open the file as a StoreError naming the file and the problem."""
+        if getattr(exc, "sqlite_errorname", None) in _CORRUPT_CODES:
+            return StoreCorruptError(f"the SQLite store {_shown(self._path)} is not a readable database: {exc}")
+        action = "read" if self._read_only else "opened"
+        return StoreUnavailableError(f"the SQLite store {_shown(self._path)} cannot be {action}: {exc}")
 
     def _enable_wal(self, conn: sqlite3.Connection) -> None:
         """Switch to WAL, retrying: the switch can fail with "locked" without consulting the busy

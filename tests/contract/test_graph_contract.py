@@ -15,6 +15,7 @@ import pytest
 from src.agents.ml_foundation.observability_connector.graph import graph
 from src.agents.ml_foundation.observability_connector.models import ObservabilityConnectorOutput
 from src.agents.ml_foundation.observability_connector.runtime import ConnectorContext
+from tests.fixtures.down_store import DownStore
 
 OUTPUT_FIELDS = set(ObservabilityConnectorOutput.model_fields)
 STATE_FIELDS = {
@@ -216,3 +217,14 @@ async def test_the_agents_own_flusher_skips_the_metrics_question(connector_conte
     state = await graph.ainvoke({"events_to_log": [event(0)], "skip_metrics": True}, context=connector_context)
     assert state["events_logged"] == 1 and state["emission_successful"] is True
     assert "quality_metrics_computed" not in state and "latency_by_agent" not in state
+
+
+async def test_a_store_outage_is_the_error_the_caller_sees_first(connector_context: ConnectorContext) -> None:
+    """The write fails, then the metrics question fails on the same store: the write's error stays
+    ``error`` / ``error_type``; the metrics failure is added to ``error_details``."""
+
+    connector_context.store = DownStore()
+    state = await graph.ainvoke({"events_to_log": [event(0)]}, context=connector_context)
+    assert state["error_type"] == "store_unavailable" and state["events_logged"] == 0
+    assert state["emission_successful"] is False and state["quality_metrics_computed"] is False
+    assert "store is down" in state["error_details"]["metrics"]

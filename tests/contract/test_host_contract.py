@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from tests.fixtures.down_store import DownStore
 from tests.fixtures.host_contract import EMIT_KEYS, METRIC_KEYS
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -447,16 +448,6 @@ async def test_aggregate_metrics_reports_a_store_failure_instead_of_raising() ->
 
     ctx = default_context()
     await ctx.store.close()
-
-    class DownStore:
-        def describe(self) -> str:
-            return "down"
-
-        def __getattr__(self, name: str) -> Any:
-            async def fail(*args: Any, **kwargs: Any) -> Any:
-                raise ConnectionError("store is down")
-
-            return fail
 
     ctx.store = DownStore()
     result = await aggregate_metrics({"time_window": "7d"})

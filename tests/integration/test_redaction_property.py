@@ -5,8 +5,9 @@ a log line, not in what the graph returns.
 Each example builds a small batch: events whose attributes, input, output, metadata, events
 and error message are arbitrary nested values (JSON and not: bytes, sets, tuples, Decimal,
 NaN, datetimes, objects, cycles, non-string keys) with secrets planted at random places —
-provider keys, bearer tokens, JWTs, AWS keys, connection-string passwords, PEM keys, values
-under sensitive keys, secrets inside bytes, reprs and exceptions — plus one event that is
+provider keys, bearer tokens, JWTs, AWS keys, connection-string passwords, Azure account keys,
+webhook URLs, private keys, card numbers, values under sensitive keys, JSON held in strings,
+secrets inside bytes, reprs and exceptions — plus one event that is
 invalid *because of* a secret-bearing value, so its rejection reason would echo it. The batch
 goes through the agent's delivery path (``_deliver``: the compiled graph with a
 ``ConnectorContext`` on a SQLite store, and the agent's log line per rejected span).
@@ -19,6 +20,7 @@ files, log lines, the returned state, and every span and trace body the local Op
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 import string
@@ -96,8 +98,27 @@ def _planted(kind: int, body: str) -> tuple[Any, str]:
         ({"db_password": body}, body),
         ({"Set-Cookie": f"session={body}; Path=/"}, body),
         ((f"token={body}", 1), body),  # inside a tuple
+        # formats without a label, and labels the first matcher did not normalise
+        (f"AccountName=acct;AccountKey={body}==;EndpointSuffix=core.windows.net", body),
+        (f"https://hooks.slack.com/services/T0ABC/B0DEF/{body}", body),
+        (f"-----BEGIN OPENSSH PRIVATE KEY-----\n{body}\n-----END OPENSSH PRIVATE KEY-----", body),
+        (f"amqp://svc:{body}@mq.internal:5672/", body),
+        (json.dumps({"client_secret": f"{body} two words", "n": 1}), body),  # JSON held in a string
+        ({"PGPASSWORD": body, "sessionid": body, "csrftoken": body}, body),
+        (f"card {_card_number(body)} on file", _card_number(body)),
     ]
     return kinds[kind % len(kinds)]
+
+
+def _card_number(body: str) -> str:
+    """A Luhn-valid 16-digit Visa-range number derived from ``body``, grouped in fours."""
+    digits = "4" + "".join(str(ord(c) % 10) for c in (body * 2)[:14])
+    total = 0
+    for index, char in enumerate(reversed(digits)):  # the check digit goes after: double odd places
+        value = int(char) * (2 if index % 2 == 0 else 1)
+        total += value - 9 if value > 9 else value
+    number = digits + str((10 - total % 10) % 10)
+    return " ".join(number[i : i + 4] for i in range(0, 16, 4))
 
 
 class _Holder:
@@ -256,7 +277,7 @@ def test_planted_secrets_never_leave_and_nothing_crashes(
             assert loop.run_until_complete(opik.wait_until_sent(10.0)), opik.get_status()
         assert state["db_writes_successful"] is True
         assert any(e.startswith(f"event[{len(events) - 1}]") for e in state["emission_errors"])
-        assert any("span rejected" in r.getMessage() for r in caplog.records)  # the log path ran
+        assert any("span(s) rejected" in r.getMessage() for r in caplog.records)  # the log path ran
         seen["examples"] += 1
         seen["stored"] += state["events_logged"]
         for where, data in texts_that_left_the_process(db, caplog, state):

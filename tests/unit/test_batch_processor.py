@@ -6,6 +6,7 @@ import asyncio
 import logging
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -219,3 +220,112 @@ def test_the_host_names_add_span_start_stop() -> None:
         flusher.add_span(rec(i))
     assert flusher.stop(timeout=5)  # stop = close: everything queued is delivered first
     assert sum(len(b) for b in sink.batches) == 12 and not flusher.running
+
+
+# -- the byte bound and the hot-path cut ---------------------------------------------------
+
+
+def big(i: int, chars: int) -> Span:
+    r = Span(f"{i:016x}", "a" * 32, None, "op", "agent")
+    r.set_attribute("payload", chr(65 + i % 26) * chars)
+    return r.finish(time.time_ns())
+
+
+def test_the_byte_bound_is_a_second_trigger_of_the_full_buffer_policy(caplog: pytest.LogCaptureFixture) -> None:
+    collector = SpanCollector(max_queue=10_000, batch_size=100, max_bytes=1_000_000, full_wait_s=0.0)
+    with caplog.at_level(logging.ERROR):
+        for i in range(20):
+            collector.append(big(i, 100_000))
+    assert 5 <= len(collector) < 10  # far below the span bound: the bytes decided
+    assert collector.dropped == collector.dropped_for_bytes == 20 - len(collector)
+    assert collector.accepted + collector.dropped == 20
+    assert collector.held_bytes <= 1_000_000
+    assert "span buffer full (1 MB)" in caplog.text and "max_queue_mb" in caplog.text
+    drained = collector.drain(100)
+    assert collector.held_bytes == 0 and len(drained) == collector.accepted
+    collector.append(big(99, 100_000))  # room again
+    assert len(collector) == 1
+
+
+def test_a_span_bigger_than_the_bound_is_taken_when_nothing_else_is_held() -> None:
+    collector = SpanCollector(max_bytes=10_000, full_wait_s=0.0)
+    collector.append(big(0, 50_000))
+    collector.append(big(1, 50_000))
+    assert len(collector) == 1 and collector.dropped == 1
+
+
+def test_the_byte_bound_applies_back_pressure_and_counts_bytes_until_delivered() -> None:
+    sink = SlowSink()
+    flusher = BatchProcessor(sink, max_batch_size=1000, max_wait_seconds=60, max_queue_bytes=2_000_000, full_wait_s=5.0)
+    flusher.start()
+    peak = 0
+    for i in range(200):  # 20 MB through a 2 MB bound
+        flusher.add_span(big(i, 100_000))
+        peak = max(peak, flusher.collector.held_bytes)
+    assert flusher.flush_sync(timeout=30)
+    assert sink.spans == 200 and flusher.collector.dropped == 0 and flusher.collector.waited > 0
+    assert peak <= 2_000_000 and flusher.collector.held_bytes == 0
+    flusher.close(5)
+
+
+def test_a_batch_is_due_by_bytes_before_it_is_due_by_count() -> None:
+    sink = Recorder()
+    flusher = BatchProcessor(sink, max_batch_size=1000, max_wait_seconds=60, max_queue_bytes=3_200_000)
+    flusher.start()
+    for i in range(4):  # 4 x 50 KB: past the 100 KB a batch is due at (1/32 of the bound)
+        flusher.add_span(big(i, 50_000))
+    deadline = time.monotonic() + 5
+    while not sink.batches and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sink.batches and sum(len(b) for b in sink.batches) <= 4
+    flusher.close(5)
+
+
+def test_long_strings_are_cut_on_append_and_the_callers_objects_are_not_changed() -> None:
+    attributes = {"prompt": "a" * 100_000, "n": 1, "short": "kept"}
+    record = Span("c1", "a" * 32, None, "op", "agent", attributes=attributes)
+    output = {"text": "c" * 100_000}
+    event_attributes = {"blob": "e" * 100_000}
+    record.set_input("b" * 100_000).set_output(output).record_error("d" * 100_000)
+    record.add_event("retry", event_attributes).finish(time.time_ns())
+    collector = SpanCollector(max_value_chars=1000, value_limit=900)
+    collector.append(record)
+    marker = "...[truncated: over 900 bytes]"
+    assert record.attributes == {"prompt": "a" * 1000 + marker, "n": 1, "short": "kept"}
+    assert record.input_data == "b" * 1000 + marker and record.error_message == "d" * 1000 + marker
+    assert record.events[0]["attributes"] == {"blob": "e" * 1000 + marker}
+    # The caller's dicts are replaced, never edited; containers are not walked (the redactor
+    # limits them off the hot path), but they are counted: one level of a small container.
+    assert attributes["prompt"] == "a" * 100_000 and event_attributes["blob"] == "e" * 100_000
+    assert record.output_data is output and output["text"] == "c" * 100_000
+    assert 100_000 < collector.held_bytes < 120_000
+
+
+async def test_a_string_cut_on_the_hot_path_is_stored_as_the_redactor_alone_would_store_it() -> None:
+    from src.agents.ml_foundation.observability_connector.nodes import emit_spans
+    from src.agents.ml_foundation.observability_connector.redaction import _SCAN_MARGIN
+
+    def make(span_id: str) -> Span:
+        record = Span(span_id, "0" * 31 + "1", None, "op", "agent")
+        text = "x" * 32_700 + " password=hunter2-hunter2 " + "y" * 200_000  # a secret across the redactor's limit
+        return record.set_attribute("prompt", text).set_input("z" * 100_000).finish(time.time_ns())
+
+    cut, whole = make("e1"), make("e2")
+    SpanCollector(max_value_chars=32_768 + _SCAN_MARGIN, value_limit=32_768).append(cut)
+    assert len(cut.attributes["prompt"]) < 40_000
+    state = await emit_spans({"events_to_log": [cut, whole]})
+    rows = {s.span_id: s for s in state["validated_spans"]}
+    assert rows["e1"].attributes == rows["e2"].attributes
+    assert "hunter2" not in str(rows["e1"].attributes)
+
+
+def test_the_estimate_never_raises_into_the_caller() -> None:
+    class Odd(dict[str, Any]):
+        def __len__(self) -> int:
+            raise RuntimeError("no length")
+
+    record = Span("o1", "a" * 32, None, "op", "agent")
+    record.set_attribute("odd", Odd(a=1)).set_output(Odd()).finish(time.time_ns())
+    collector = SpanCollector()
+    collector.append(record)
+    assert len(collector) == 1 and collector.held_bytes > 0

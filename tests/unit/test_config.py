@@ -250,3 +250,112 @@ def test_agent_registry_errors_name_file_key_value_and_what_is_accepted(
         load_registry(file)
     message = str(caught.value)
     assert str(file) in message and expected in message, message
+
+
+# --- configuration files are size-limited and parsed safely
+
+
+def _bomb(levels: int = 9) -> str:
+    """The "billion laughs": each level is nine aliases of the one before (9**levels values)."""
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i in range(1, levels + 1):
+        lines.append(f"{chr(97 + i)}: &{chr(97 + i)} [" + ", ".join([f"*{chr(96 + i)}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("loader", [load_settings, load_registry])
+def test_a_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path: Path, loader: object) -> None:
+    import time
+
+    from src.agents.ml_foundation.observability_connector.config import MAX_CONFIG_BYTES
+
+    file = tmp_path / "big.yaml"
+    with file.open("w") as handle:
+        handle.write("sampling:\n  always_sample_agents:\n")
+        handle.write("  - agent\n" * (50_000_000 // 10))
+    started = time.perf_counter()
+    with pytest.raises(ConfigError) as caught:
+        loader(file)  # type: ignore[operator]
+    assert time.perf_counter() - started < 1.0
+    assert str(caught.value) == (
+        f"{file}: {file.stat().st_size:,} bytes is too large for a configuration file "
+        f"(at most {MAX_CONFIG_BYTES:,} bytes); is this the right file?"
+    )
+
+
+def test_a_file_stat_cannot_size_is_still_bounded() -> None:
+    if not Path("/dev/zero").exists():
+        pytest.skip("no /dev/zero here")
+    with pytest.raises(ConfigError, match=r"/dev/zero: more than 1,048,576 bytes is too large"):
+        load_settings("/dev/zero")
+
+
+@pytest.mark.parametrize("loader", [load_settings, load_registry])
+def test_a_yaml_alias_bomb_is_refused_quickly_instead_of_exhausting_memory(tmp_path: Path, loader: object) -> None:
+    import time
+
+    file = tmp_path / "bomb.yaml"
+    file.write_text(_bomb())
+    started = time.perf_counter()
+    with pytest.raises(ConfigError) as caught:
+        loader(file)  # type: ignore[operator]
+    assert time.perf_counter() - started < 1.0
+    assert f"{file}: refused: it stands for more than 100,000 values once its aliases (*name) are expanded" in str(
+        caught.value
+    )
+
+
+def test_an_alias_inside_its_own_anchor_is_refused(tmp_path: Path) -> None:
+    file = tmp_path / "observability.yaml"
+    file.write_text("sampling: &loop\n  agent_rates: *loop\n")
+    with pytest.raises(ConfigError, match="contains an alias \\(\\*name\\) to itself"):
+        load_settings(file)
+
+
+def test_ordinary_aliases_and_merge_keys_still_work(tmp_path: Path) -> None:
+    file = tmp_path / "agent_config.yaml"
+    file.write_text(
+        "tiers: {0: foundation, 1: analysis}\n"
+        "agents:\n"
+        "  scope_definer: &foundation {tier: 0}\n"
+        "  data_preparer: *foundation\n"
+        "  explainer: {<<: *foundation, tier: 1}\n"
+    )
+    registry = load_registry(file)
+    assert registry.agents == {"scope_definer": 0, "data_preparer": 0, "explainer": 1}
+
+
+def test_a_large_but_honest_file_under_the_limits_loads(tmp_path: Path) -> None:
+    file = tmp_path / "observability.yaml"
+    names = [f"agent_{i}" for i in range(5_000)]
+    file.write_text("sampling:\n  always_sample_agents:\n" + "".join(f"    - {n}\n" for n in names))
+    assert load_settings(file).sampling.always_sample_agents == names
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda d: d, "is a directory, not a YAML configuration file"),
+        (
+            lambda d: _write(d / "latin1.yaml", "sampling:\n  default_rate: 0.5  # caf\xe9\n".encode("latin-1")),
+            "not UTF-8",
+        ),
+        (lambda d: _write(d / "deep.yaml", ("[" * 5_000 + "]" * 5_000).encode()), "not valid YAML"),
+        (lambda d: _write(d / "list.yaml", b"- 1\n- 2\n"), "expected a mapping of sections at the top, got list"),
+    ],
+)
+def test_unreadable_or_odd_files_are_one_clear_config_error(tmp_path: Path, make: object, expected: str) -> None:
+    file = make(tmp_path)  # type: ignore[operator]
+    with pytest.raises(ConfigError) as caught:
+        load_settings(file)
+    assert str(file) in str(caught.value) and expected in str(caught.value), str(caught.value)
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def test_a_path_too_long_for_the_os_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="cannot be read: File name too long"):
+        load_settings("/tmp/" + "x" * 5_000 + ".yaml")

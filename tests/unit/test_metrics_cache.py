@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from src.agents.ml_foundation.observability_connector.cache import MetricsCache, newest_start, redact_url
+from src.agents.ml_foundation.observability_connector.cache import MetricsCache, newest_start
 from src.agents.ml_foundation.observability_connector.config import CacheSettings, load_registry
 from src.agents.ml_foundation.observability_connector.nodes.metrics_aggregator import compute_metrics
+from src.agents.ml_foundation.observability_connector.redaction import redact_url
 from src.agents.ml_foundation.observability_connector.runtime import ConnectorContext
 from src.repositories.observability_span import ObservabilitySpanRepository
 from tests.fixtures.metrics_reference import write_events

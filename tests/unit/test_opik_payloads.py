@@ -200,6 +200,22 @@ def test_the_key_never_shows(caplog: pytest.LogCaptureFixture) -> None:
     assert SECRET_KEY not in caplog.text
 
 
+def test_a_password_in_the_opik_url_never_shows() -> None:
+    connector = OpikConnector(OpikConfig(url="http://opik-user:hunter2-secret@127.0.0.1:9/api"))
+    try:
+        shown = [
+            repr(connector),
+            repr(connector.config),
+            connector.url,
+            json.dumps(connector.get_status(), default=str),
+        ]
+        assert not any("hunter2-secret" in text for text in shown)
+        assert connector.get_status()["url"] == "http://opik-user:***@127.0.0.1:9/api"
+        assert connector.config.url.endswith("hunter2-secret@127.0.0.1:9/api")  # what the client uses
+    finally:
+        connector.close(0.1)
+
+
 def test_context_from_config_gets_the_process_wide_sink(monkeypatch: pytest.MonkeyPatch) -> None:
     assert build_opik(ObservabilitySettings()) is None
     assert ConnectorContext.from_config().opik is None

@@ -6,9 +6,10 @@ awaited and answer with dicts. Spans also nest by themselves (a ContextVar holds
 one), so most code never passes a context at all.
 
 The hot path (``span()``, ``trace_agent``, ``@traced``, ``record_llm_call``) is a few attribute
-writes, two ids from ``random.getrandbits``, a ContextVar set/reset and a ``deque.append``.
-Nothing on it awaits, locks, validates or touches a sink; the background flusher invokes the
-compiled graph once per batch.
+writes, two ids from ``random.getrandbits``, a ContextVar set/reset, a size estimate from string
+lengths (no serialisation; the buffer is bounded in bytes too) and a ``deque.append``. Nothing
+on it awaits, locks, validates or touches a sink; the background flusher invokes the compiled
+graph once per batch.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from .batch_processor import BatchProcessor, FlusherStats
+from .batch_processor import BatchNotStoredError, BatchProcessor, FlusherStats, FlushReport
 from .constants import OPIK_PROJECT, OPIK_WORKSPACE
 from .gc_tuning import raise_young_threshold
 from .sampling import Sampler
-from .spans import Span
+from .spans import Span, duration_ns
 from .trace_context import (
     _CURRENT,
     ObservabilityContext,
@@ -37,7 +38,6 @@ from .trace_context import (
     new_span_id,
     new_trace_id,
     parse_tracestate,
-    reset_current,
     span_parent_id,
 )
 
@@ -140,6 +140,16 @@ def _sample_everything(trace_id: str, agent_name: str | None = None) -> bool:
     return True
 
 
+def _not_stored(batch: list[Span], state: Any) -> int:
+    """Spans of a delivered batch that the graph neither logged (stored or spooled) nor sampled
+    out on purpose: rejected one by one, each with its reason in ``emission_errors``."""
+    if not isinstance(state, Mapping):
+        return 0
+    logged = state.get("events_logged") or 0
+    sampled_out = state.get("spans_sampled_out") or 0
+    return max(0, len(batch) - int(logged) - int(sampled_out))
+
+
 def _check_rate(sample_rate: object) -> float:
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, float)) or not 0.0 <= sample_rate <= 1.0:
         raise ValueError(f"sample_rate must be a number from 0.0 to 1.0, got {sample_rate!r}")
@@ -173,16 +183,12 @@ class SpanScope:
 
     def __enter__(self) -> Span:
         context = self._context
-        if context is None:
-            parent = _CURRENT.get()
-        elif isinstance(context, Mapping):
-            record = self._agent._record_in_mapping(self._operation, self._agent_name, context, self._attributes)
-            self._record = record
-            self._token = _CURRENT.set(record)
-            return record
+        agent = self._agent
+        if context is not None and isinstance(context, Mapping):
+            record = agent._record_in_mapping(self._operation, self._agent_name, context, self._attributes)
         else:
-            parent = context
-        record = self._agent._new_record(self._operation, self._agent_name, parent, self._attributes, _time_ns())
+            parent = _CURRENT.get() if context is None else context
+            record = agent._new_record(self._operation, self._agent_name, parent, self._attributes, _time_ns())
         self._record = record
         self._token = _CURRENT.set(record)
         return record
@@ -197,8 +203,13 @@ class SpanScope:
             record.record_error(exc)
         elif record.status == "started":
             record.status = "ok"
-        reset_current(self._token)
-        self._agent._finish(record)
+        try:
+            _CURRENT.reset(self._token)
+        except ValueError:  # a token of another context: see trace_context.reset_current
+            _CURRENT.set(None)
+        agent = self._agent
+        if record.sampled or (record.status == "error" and agent._keep_errors):
+            agent._submit(record)
 
     async def __aenter__(self) -> Span:
         return self.__enter__()
@@ -252,6 +263,7 @@ class ObservabilityConnectorAgent:
         self.emission_errors_total = 0
         self.setup_error: str | None = None  # why spans cannot be recorded (a configuration error)
         self.spans_not_recorded = 0
+        self._not_recorded_mark = 0
         # Hot-path callables, replaced by the real ones on first use (see the two methods).
         self._submit: Callable[[Span], None] = self._first_submit
         self._sample_root: Callable[[str, str | None], bool] = self._first_sample_root
@@ -298,7 +310,11 @@ class ObservabilityConnectorAgent:
         if flusher is None:
             with self._lazy_lock:
                 if self._flusher_obj is None:
-                    batching = self.settings.batching
+                    from .redaction import _SCAN_MARGIN
+
+                    settings = self.settings
+                    batching = settings.batching
+                    value_limit = settings.redaction.max_value_bytes
                     self._flusher_obj = BatchProcessor(
                         self._deliver,
                         max_batch_size=batching.max_batch_size,
@@ -311,6 +327,13 @@ class ObservabilityConnectorAgent:
                         on_stop=self._stop_background,
                         on_start=self._open_background,
                         shutdown_timeout=batching.shutdown_timeout_s,
+                        max_queue_bytes=int(batching.max_queue_mb * 2**20),
+                        # Cut where the redactor stops scanning: what it would keep is kept, and
+                        # a secret across the cut is still recognised and redacted off the hot path.
+                        max_value_chars=value_limit + _SCAN_MARGIN,
+                        value_limit=value_limit,
+                        rejected_of=_not_stored,
+                        on_reopen=self._reopen,
                     )
                 flusher = self._flusher_obj
         return flusher
@@ -354,6 +377,13 @@ class ObservabilityConnectorAgent:
 
     def _not_recorded(self, record: Span) -> None:
         self.spans_not_recorded += 1
+
+    def _reopen(self) -> None:
+        """The first span after :meth:`aclose`: start the flusher again (a new thread, the sinks
+        reopened on it) rather than queue spans that nothing would deliver."""
+        flusher = self._flusher_obj
+        if flusher is not None and self._autostart:
+            self._start_flusher(flusher)
 
     def start(self) -> None:
         """Open the sinks and start the flusher now rather than at the first span (idempotent).
@@ -601,7 +631,8 @@ class ObservabilityConnectorAgent:
         Returns ``span_id``, ``trace_id``, ``agent_name``, ``operation``, ``model_used``,
         ``input_tokens``, ``output_tokens``, ``tokens_used``, ``status`` and ``attributes``, plus
         ``error`` / ``error_type`` when an error was given. The span itself is recorded like
-        any other (see :meth:`record_llm_call`), never awaited.
+        any other (see :meth:`record_llm_call`), never awaited. Token counts are the ones
+        recorded: an invalid one reads None here (see :meth:`record_llm_call`).
         """
         record = self.record_llm_call(
             agent_name,
@@ -622,9 +653,9 @@ class ObservabilityConnectorAgent:
             "agent_name": agent_name,
             "operation": operation,
             "model_used": model,
-            "input_tokens": input_tokens,
-            "output_tokens": output_tokens,
-            "tokens_used": (input_tokens or 0) + (output_tokens or 0),
+            "input_tokens": record.input_tokens,
+            "output_tokens": record.output_tokens,
+            "tokens_used": record.total_tokens or 0,
             "status": "error" if error is not None else "ok",
             "attributes": attributes if attributes is not None else {},
         }
@@ -653,15 +684,25 @@ class ObservabilityConnectorAgent:
         The call ended now and took ``duration_ms``. It is a child of the current span; with a
         context dict, of the span that context names once that span is open (before, of its
         parent: the LLM call is not the span the context names).
+
+        Bad numbers never raise here: the call happened and is recorded. A token count that is
+        not a whole number from 0 to 2**31-1 (``"10"``, ``10.5``, NaN, ±inf, -1) leaves its
+        field None; a duration that is not a finite, non-negative number of milliseconds
+        starting after 1970 records the call as instantaneous. Each such value is kept, with
+        the reason, in ``attributes["invalid.<argument>"]`` (``invalid.duration_ms``,
+        ``invalid.input_tokens`` ...), so the span says what the caller passed.
         """
         end = _time_ns()
-        start = end - int((duration_ms or 0.0) * 1e6)
+        took, bad_duration = duration_ns(duration_ms, end)
+        start = end - took
         if isinstance(context, Mapping):
             record = self._record_under_mapping(operation, agent_name, context, attributes, start)
         else:
             parent = context if context is not None else _CURRENT.get()
             record = self._new_record(operation, agent_name, parent, attributes, start)
         record.set_llm(model, input_tokens, output_tokens)
+        if bad_duration is not None:
+            record.attributes["invalid.duration_ms"] = bad_duration
         if provider:
             record.attributes["llm.provider"] = provider
         record.end_ns = end
@@ -828,16 +869,16 @@ class ObservabilityConnectorAgent:
         errors = state.get("emission_errors") or []
         if errors:
             self.emission_errors_total += len(errors)
-            for line in errors[:5]:
-                log.warning("span rejected: %s", line)
+            if not state.get("events_dead_lettered"):  # the batch node said so for those it kept
+                log.warning("%d span(s) rejected; the first: %s", len(errors), errors[0])
         # Spooled batches and dead-lettered rows are accounted for; only a batch that neither the
-        # store nor the spool took counts as failed.
+        # store nor the spool took counts as failed (the batch node has logged why).
         if (
             state.get("db_writes_successful") is False
             and not state.get("spans_spooled")
             and not state.get("events_logged")
         ):
-            raise RuntimeError(state.get("error") or "store write failed")
+            raise BatchNotStoredError(state.get("error") or "store write failed")
         return state
 
     async def _start_background(self) -> None:
@@ -879,21 +920,44 @@ class ObservabilityConnectorAgent:
             await delivery.stop()
 
     async def flush(self, timeout: float | None = None) -> bool:
-        """Deliver every span finished so far; True when done within ``timeout``.
+        """Deliver every span finished so far; True when every span finished since the previous
+        flush was delivered (stored, or spooled on disk for replay) within ``timeout``.
 
-        True at once when no span was ever handed over: nothing is opened or started for it.
+        False when any was rejected (invalid values: see ``emission_errors`` and the dead
+        letters), dropped at the full buffer, in a batch nothing took, not recorded at all (a
+        configuration error), or still pending when time ran out; :attr:`last_flush` and
+        ``get_status()["last_flush"]`` give the counts. True at once when no span was handed
+        over since: nothing is opened or started for it, after :meth:`aclose` included.
         """
         flusher = self._flusher_obj
-        return True if flusher is None else await flusher.flush(timeout)
+        ok = True if flusher is None else await flusher.flush(timeout)
+        return self._not_recorded_since_flush() and ok
 
     def flush_sync(self, timeout: float | None = None) -> bool:
+        """:meth:`flush` for code without an event loop (never from the flusher's own thread)."""
         flusher = self._flusher_obj
-        return True if flusher is None else flusher.flush_sync(timeout)
+        ok = True if flusher is None else flusher.flush_sync(timeout)
+        return self._not_recorded_since_flush() and ok
+
+    def _not_recorded_since_flush(self) -> bool:
+        """True when no span went unrecorded (configuration error) since the previous flush."""
+        lost = self.spans_not_recorded - self._not_recorded_mark
+        self._not_recorded_mark = self.spans_not_recorded
+        return lost == 0
+
+    @property
+    def last_flush(self) -> FlushReport | None:
+        """What the latest :meth:`flush` found: delivered, rejected, failed, dropped, pending."""
+        flusher = self._flusher_obj
+        return None if flusher is None else flusher.last_flush
 
     async def aclose(self) -> None:
         """Flush within ``shutdown_timeout`` and stop the flusher, then close the store.
 
         Only what was opened is closed: on an agent that never recorded a span this returns at once.
+        Closing is not the end: a span recorded afterwards starts the flusher again, and the
+        store reopens on its first write (every backend reconnects lazily), so late spans are
+        stored like any other; :meth:`flush` after close returns at once when nothing is queued.
         """
         flusher = self._flusher_obj
         if flusher is not None:
@@ -944,14 +1008,19 @@ class ObservabilityConnectorAgent:
             "queue_depth": len(collector) if collector is not None else 0,
             "spans_accepted": collector.accepted if collector is not None else 0,
             "spans_dropped": collector.dropped if collector is not None else 0,
+            "spans_dropped_for_bytes": collector.dropped_for_bytes if collector is not None else 0,
+            "queue_bytes": collector.held_bytes if collector is not None else 0,
+            "queue_max_bytes": collector.max_bytes if collector is not None else None,
             "producer_waits": collector.waited if collector is not None else 0,
             "batches_sent": stats.batches_sent,
             "batches_failed": stats.batches_failed,
             "spans_delivered": stats.spans_delivered,
             "spans_failed": stats.spans_failed,
+            "spans_rejected": stats.spans_rejected,
             "emission_errors": self.emission_errors_total,
             "last_error": stats.last_error or self.setup_error,
             "spans_not_recorded": self.spans_not_recorded,
+            "last_flush": flusher.last_flush.as_dict() if flusher is not None and flusher.last_flush else None,
         }
         context = self._context
         if context is None:

@@ -78,11 +78,11 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 from cachetools import TLRUCache
 
 from .config import CacheSettings
+from .redaction import redact_url
 
 __all__ = ["DEFAULT_REDIS_URL", "CachedValue", "MetricsCache", "newest_start"]
 
@@ -170,21 +170,6 @@ def _decode(payload: str | bytes) -> CachedValue:
     # objects (a caller mutating its state dict must not corrupt the next answer).
     raw = _loads(payload)
     return CachedValue(raw["v"], float(raw["at"]), int(raw["g"]), float(raw["ws"]))
-
-
-def redact_url(url: str) -> str:
-    """The URL without its password, for logs and status output."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable redis url>"
-    if parts.password is None:
-        return url
-    netloc = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{netloc}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 # --------------------------------------------------------------------------- memory backend
@@ -406,6 +391,12 @@ class _NearCache:
     def start(self) -> None:
         if self._thread is not None and self._thread.is_alive():
             return
+        # Imported before the thread starts: redis-py imported by two threads at once (this one's
+        # sync client, the caller's asyncio client) can fail with a partially initialised module.
+        import redis.asyncio
+        import redis.backoff
+        import redis.retry  # noqa: F401
+
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, args=(self._stop,), name=f"metrics-cache-near:{self.channel}", daemon=True

@@ -9,6 +9,11 @@ own module (registered with ``app.command()(func)``), opening the store with
 * 0: done; 1: the answer is "no" or the store failed (e.g. trace not found);
 * 2: bad usage or configuration (an invalid ``--window``, an invalid settings file).
 
+Every expected failure is one ``error:`` line on stderr naming the file, server or value and
+the problem, never a traceback (``--verbose`` adds the connector's log lines). The read
+commands (``metrics``, ``trace``, ``status``) open the store read-only: a mistyped path is
+reported as "no store at ...", and nothing is created.
+
 Only ``typer`` and the standard library load at import, so ``--help`` answers quickly; the
 connector, LangGraph and the store load inside the command that needs them.
 """
@@ -22,21 +27,31 @@ import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, TypeVar
 
 import typer
 
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from .config import ObservabilitySettings
     from .runtime import ConnectorContext
 
-__all__ = ["app", "fail", "main", "open_context"]
+__all__ = ["app", "describe_failure", "fail", "main", "open_context"]
 
 T = TypeVar("T")
 
 EXIT_NOT_FOUND = 1
 EXIT_USAGE = 2
+
+#: Bounds of ``cleanup``'s options (the settings' bounds too): a century of days is still a date,
+#: and a delete transaction past a million rows would hold the write lock for too long.
+MAX_RETENTION_DAYS = 36_500
+MAX_DELETE_BATCH = 1_000_000
+
+#: How a command uses the store: ``read`` opens it read-only and creates nothing; ``write``
+#: changes an existing store (a missing one is an error); ``create`` makes it if needed.
+StoreMode = Literal["read", "write", "create"]
 
 app = typer.Typer(
     name="obs-connector",
@@ -60,33 +75,96 @@ def _console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, highlight=False)
 
 
+def _plain(text: object) -> str:
+    """``text`` shown as it is: paths, ids and driver messages hold brackets ("[Errno 2]", a
+    trace id "[/x]") that rich would otherwise take for markup, dropping them or failing."""
+    from rich.markup import escape
+
+    return escape(str(text))
+
+
 def fail(message: str, code: int = EXIT_NOT_FOUND) -> NoReturn:
     """Print a one-line error to stderr and exit; never a traceback for an expected failure."""
-    _console(stderr=True).print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    _console(stderr=True).print(f"[bold red]error:[/] {_plain(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 
 def _validate_window(value: str) -> str:
-    """Reject a bad window before anything touches the store, naming the accepted forms."""
+    """Reject a bad window before anything touches the store, naming the accepted forms and the
+    longest window, in one line."""
     from src.repositories.base import parse_window
 
     try:
         parse_window(value)
     except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+        fail(f"--window: {exc}", EXIT_USAGE)
     return value
 
 
-def open_context(options: CliOptions | None) -> ConnectorContext:
-    """The configured context (settings, registry, store), with ``--store`` applied."""
+def describe_failure(exc: BaseException) -> str:
+    """One line for a failed store operation: the store's own message (it names the file or
+    server and the problem) and its hint; anything else with its type. Secrets are redacted."""
+    from src.repositories.base import StoreError
+
+    from .redaction import redact_text
+
+    if isinstance(exc, StoreError):
+        text = exc.message + (f" ({exc.hint})" if exc.hint else "")
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return redact_text(" ".join(text.split()))  # one line, whatever the driver's message looked like
+
+
+def _settings(options: CliOptions | None) -> ObservabilitySettings:
     from .config import ConfigError, load_settings
-    from .runtime import ConnectorContext
 
     try:
         settings = load_settings()
-        if options is not None and options.store is not None:
-            settings.store = settings.store.model_copy(update={"sqlite_path": str(options.store)})
-        return ConnectorContext.from_config(settings)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+    if options is not None and options.store is not None:
+        settings.store = settings.store.model_copy(update={"sqlite_path": str(options.store)})
+    return settings
+
+
+def open_context(options: CliOptions | None, mode: StoreMode = "create", *, probe: bool = True) -> ConnectorContext:
+    """The configured context (settings, registry, store), with ``--store`` applied.
+
+    The store (and, for the commands that write, the spool) is opened once here, so a bad
+    path, a corrupt file or an unreachable server is one clear line before the command starts;
+    ``probe=False`` leaves that to the command (``status`` reports it beside everything else).
+    """
+    from .config import ConfigError, build_store, spool_path
+    from .runtime import ConnectorContext
+    from .spool import Spool, SpoolError
+
+    settings = _settings(options)
+    try:
+        if probe:
+            # A store that must already exist is probed read-only, so a typo creates nothing.
+            store = build_store(settings, read_only=mode != "create")
+
+            async def check() -> None:
+                try:
+                    await store.open()
+                finally:
+                    await store.close()
+
+            try:
+                _run(check)
+            except Exception as exc:
+                fail(describe_failure(exc))
+        if mode != "read" and settings.batching.spool_enabled:
+            # Checked here rather than left to the connector, which would log the problem and
+            # carry on without a spool: a command can say it once and stop.
+            spool = Spool(spool_path(settings))
+            try:
+                spool.has_pending("store")  # creates it: the command writes, and the connector would
+            except SpoolError as exc:
+                fail(str(exc))
+            finally:
+                spool.close()
+        return ConnectorContext.from_config(settings, read_only=mode == "read")
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
 
@@ -113,8 +191,8 @@ def _root(
         Path | None,
         typer.Option(
             "--store",
+            # No dir_okay=False: a directory is reported like every other bad path, in one line.
             help="SQLite file to use (default: store.sqlite_path, env OBS_STORE__SQLITE_PATH).",
-            dir_okay=False,
         ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log the connector's warnings and info.")] = False,
@@ -125,6 +203,10 @@ def _root(
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not verbose:
+        # The Postgres pool logs each failed connection attempt; the command's own error line says
+        # the same once (its reason included).
+        logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
     ctx.obj = CliOptions(store=store)
 
 
@@ -162,7 +244,7 @@ def metrics(
     """Latency, error rate and tokens per agent and per tier, and the overall quality score."""
     from .nodes.metrics_aggregator import compute_metrics
 
-    context = open_context(ctx.obj)
+    context = open_context(ctx.obj, "read")
 
     async def query() -> tuple[dict[str, Any], bool, float]:
         try:
@@ -175,7 +257,7 @@ def metrics(
     except ValueError as exc:  # validated above; kept so a store-side rejection is still clean
         fail(str(exc), EXIT_USAGE)
     except Exception as exc:
-        fail(f"reading metrics from {context.store.describe()} failed: {type(exc).__name__}: {exc}")
+        fail(f"reading metrics from {context.store.describe()} failed: {describe_failure(exc)}")
 
     if as_json:
         payload = {
@@ -197,9 +279,9 @@ def metrics(
     scope = f"window {window}" + (f", agent {agent}" if agent else "") + (f", trace {trace}" if trace else "")
     cache = context.cache.backend
     source = f"cached answer ({cache}), {age:.1f} s old" if from_cache else f"computed now, {cache} cache"
-    console.print(f"[bold]Metrics[/] — {scope} — {context.store.describe()} ({source})")
+    console.print(f"[bold]Metrics[/] — {_plain(scope)} — {_plain(context.store.describe())} ({source})")
     if agent and agent not in context.registry.agents:
-        console.print(f"[yellow]note:[/] {agent!r} is not in the agent registry; it is reported as tier -1")
+        console.print(f"[yellow]note:[/] {_plain(repr(agent))} is not in the agent registry; it is reported as tier -1")
     if not fields.get("total_spans_analyzed"):
         console.print("No spans in this window. Produce some with [bold]obs-connector demo[/].")
         return
@@ -218,7 +300,7 @@ def trace(
     """Draw one stored trace as a tree: operations, durations, statuses, models and tokens."""
     from .render import trace_tree
 
-    context = open_context(ctx.obj)
+    context = open_context(ctx.obj, "read")
 
     async def query() -> list[Any]:
         try:
@@ -229,7 +311,7 @@ def trace(
     try:
         spans = _run(query)
     except Exception as exc:
-        fail(f"reading trace {trace_id!r} from {context.store.describe()} failed: {type(exc).__name__}: {exc}")
+        fail(f"reading trace {trace_id!r} from {context.store.describe()} failed: {describe_failure(exc)}")
     if not spans:
         fail(
             f"no spans stored for trace {trace_id!r} in {context.store.describe()}. "
@@ -240,31 +322,42 @@ def trace(
 
 @app.command()
 def status(ctx: typer.Context) -> None:
-    """Where spans are stored, how many there are, and the connector's settings."""
+    """Where spans are stored, how many there are, and the connector's settings.
+
+    Exits 1 with one error line when the store or the spool cannot be read (missing, corrupt,
+    unreachable); the table is printed first either way. Creates nothing.
+    """
     from rich.table import Table
 
     from .config import config_dir, store_backend
 
-    context = open_context(ctx.obj)
+    context = open_context(ctx.obj, "read", probe=False)
 
     async def query() -> int:
         try:
+            await context.store.open()
             return await context.store.count_spans()
         finally:
             await _close(context)
 
+    problems: list[str] = []
     try:
         count: int | str = _run(query)
     except Exception as exc:
-        count = f"unavailable ({type(exc).__name__}: {exc})"
+        problem = describe_failure(exc)
+        problems.append(problem)
+        count = f"unavailable: {problem}"
+    spool_text, spool_problem = _spool_line(context.settings)
+    if spool_problem:
+        problems.append(spool_problem)
     s = context.settings
     registry = context.registry
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("store", f"{context.store.describe()} (backend {store_backend(s)})")
-    table.add_row("spans stored", f"{count:,}" if isinstance(count, int) else count)
-    table.add_row("config", str(config_dir()))
+    table.add_row("store", _plain(f"{context.store.describe()} (backend {store_backend(s)})"))
+    table.add_row("spans stored", f"{count:,}" if isinstance(count, int) else _plain(count))
+    table.add_row("config", _plain(config_dir()))
     table.add_row(
         "agents", f"{len(registry.agents)} in {len(registry.by_tier())} tiers" if registry.agents else "none registered"
     )
@@ -284,26 +377,37 @@ def status(ctx: typer.Context) -> None:
         f"{context.cache.describe()}, "
         f"TTL {s.cache.ttl_short_s:g} s (≤1h) / {s.cache.ttl_day_s:g} s (≤24h) / {s.cache.ttl_long_s:g} s (longer)",
     )
-    table.add_row("opik", f"project {s.opik.project_name!r}, workspace {s.opik.workspace!r}")
-    table.add_row("spool", _spool_line(context))
+    table.add_row("opik", _plain(f"project {s.opik.project_name!r}, workspace {s.opik.workspace!r}"))
+    table.add_row("spool", _plain(spool_text))
     _console().print(table)
+    if problems:
+        fail("; ".join(problems))
 
 
-def _spool_line(context: ConnectorContext) -> str:
-    """What waits on disk for a sink (batches a running or crashed process could not deliver)."""
-    delivery = context.store_delivery
-    if delivery is None:
-        return "off (batching.spool_enabled: false)"
+def _spool_line(settings: ObservabilitySettings) -> tuple[str, str | None]:
+    """What waits on disk for a sink (batches a running or crashed process could not deliver),
+    and the problem when the spool cannot be read. Read-only: a missing spool stays missing."""
+    from .config import spool_path
+    from .spool import Spool, SpoolError, SpoolMissingError
+
+    if not settings.batching.spool_enabled:
+        return "off (batching.spool_enabled: false)", None
+    spool = Spool(spool_path(settings), read_only=True)
     try:
-        st = delivery.spool.stats()
-    except Exception as exc:
-        return f"{delivery.spool.path}: unreadable ({type(exc).__name__}: {exc})"
+        st = spool.stats()
+    except SpoolMissingError as exc:
+        return f"{exc} yet (created when a batch first has to wait)", None
+    except SpoolError as exc:
+        return f"unreadable: {exc}", str(exc)
+    finally:
+        spool.close()
     age = "" if st.oldest_age_s is None else f", oldest {st.oldest_age_s:,.0f} s old"
     owed = ", ".join(f"{sink} owes {n}" for sink, n in sorted(st.pending_by_sink.items())) or "nothing owed"
-    return (
-        f"{delivery.spool.path}: {st.batches:,} batch(es), {st.spans:,} span(s), {st.bytes / 1e6:.1f} MB{age}; "
+    text = (
+        f"{spool.path}: {st.batches:,} batch(es), {st.spans:,} span(s), {st.bytes / 1e6:.1f} MB{age}; "
         f"{owed}; dropped {st.dropped_spans:,}; dead letters {st.dead_letters:,}"
     )
+    return text, None
 
 
 @app.command()
@@ -311,14 +415,31 @@ def replay(ctx: typer.Context) -> None:
     """Deliver what waits in the on-disk spool to the store now, with a progress bar."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from .config import spool_path
+    from .spool import Spool, SpoolError, SpoolMissingError
+
+    settings = _settings(ctx.obj)
+    if not settings.batching.spool_enabled:
+        fail("the spool is off (batching.spool_enabled: false): nothing to replay", EXIT_USAGE)
+    where = spool_path(settings)
+    probe = Spool(where, read_only=True)
+    try:
+        probe.stats()
+    except SpoolMissingError as exc:  # a mistyped --store must not create a spool and a store
+        _console().print(_plain(f"nothing to replay: {exc}"))
+        return
+    except SpoolError as exc:
+        fail(str(exc))
+    finally:
+        probe.close()
     context = open_context(ctx.obj)
     delivery = context.store_delivery
-    if delivery is None:
-        fail("the spool is off (batching.spool_enabled: false): nothing to replay", EXIT_USAGE)
+    if delivery is None:  # open_context has checked the spool; this would be a race with its removal
+        fail(f"the spool {where} could not be opened", EXIT_NOT_FOUND)
     before = delivery.spool.stats()
     owed = before.pending_by_sink.get("store", 0)
     if not owed:
-        _console().print(f"nothing to replay: the spool at {delivery.spool.path} owes the store no batch")
+        _console().print(_plain(f"nothing to replay: the spool at {delivery.spool.path} owes the store no batch"))
         return
 
     async def run(progress: Progress, task: Any) -> int:
@@ -340,7 +461,7 @@ def replay(ctx: typer.Context) -> None:
         task = progress.add_task("replay", total=owed)
         sent = _run(lambda: run(progress, task))
     left = delivery.spool.stats().pending_by_sink.get("store", 0)
-    _console().print(f"replayed {sent:,} span(s) to {context.store.describe()}; {left:,} batch(es) still owed")
+    _console().print(_plain(f"replayed {sent:,} span(s) to {context.store.describe()}; {left:,} batch(es) still owed"))
     if left:
         fail(f"the store did not take everything: {delivery.stats.last_error}", EXIT_NOT_FOUND)
 
@@ -388,9 +509,9 @@ def migrate(
     try:
         count = _run(ensure)
     except Exception as exc:
-        fail(f"preparing {context.store.describe()} failed: {type(exc).__name__}: {exc}")
+        fail(f"preparing {context.store.describe()} failed: {describe_failure(exc)}")
     _console().print(
-        f"{context.store.describe()}: schema ready (the embedded store creates it itself); {count:,} spans"
+        _plain(f"{context.store.describe()}: schema ready (the embedded store creates it itself); {count:,} spans")
     )
 
 
@@ -405,10 +526,9 @@ def _migrate_postgres(dsn: str, schema: Path | None) -> None:
     try:
         report = apply_schema(dsn, path)
     except StoreError as exc:
-        hint = f" ({exc.hint})" if getattr(exc, "hint", None) else ""
-        fail(f"{exc}{hint}")
+        fail(describe_failure(exc))
     except Exception as exc:
-        fail(f"applying {path} to {describe_dsn(dsn)} failed: {type(exc).__name__}: {exc}")
+        fail(f"applying {path} to {describe_dsn(dsn)} failed: {describe_failure(exc)}")
     console = _console()
     console.print(f"Applied [bold]{path.name}[/] to {report.database} (PostgreSQL {report.server_version})")
     table = Table(show_header=True, box=None, pad_edge=False)
@@ -437,18 +557,27 @@ def cleanup(
     days: Annotated[
         int | None,
         typer.Option(
-            "--days", "-d", min=1, help="Delete spans that started more than N days ago (default: retention.days)."
+            "--days",
+            "-d",
+            min=1,
+            max=MAX_RETENTION_DAYS,
+            help="Delete spans that started more than N days ago (default: retention.days).",
         ),
     ] = None,
     batch_size: Annotated[
         int | None,
-        typer.Option("--batch-size", min=1, help="Rows per delete transaction (default: retention.batch_size)."),
+        typer.Option(
+            "--batch-size",
+            min=1,
+            max=MAX_DELETE_BATCH,
+            help="Rows per delete transaction (default: retention.batch_size).",
+        ),
     ] = None,
 ) -> None:
     """Delete spans older than the retention period, in short batches, with a progress bar."""
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    context = open_context(ctx.obj)
+    context = open_context(ctx.obj, "write")
     keep = days if days is not None else context.settings.retention.days
     size = batch_size if batch_size is not None else context.settings.retention.batch_size
     console = _console()
@@ -478,13 +607,24 @@ def cleanup(
     except ValueError as exc:
         fail(str(exc), EXIT_USAGE)
     except Exception as exc:
-        fail(f"cleanup of {context.store.describe()} failed: {type(exc).__name__}: {exc}")
-    console.print(f"Deleted {deleted:,} spans older than {keep} days from {context.store.describe()}.")
+        fail(f"cleanup of {context.store.describe()} failed: {describe_failure(exc)}")
+    console.print(_plain(f"Deleted {deleted:,} spans older than {keep} days from {context.store.describe()}."))
 
 
 def main() -> None:
-    """Console-script entry point (``obs-connector``)."""
-    app()
+    """Console-script entry point (``obs-connector``).
+
+    Expected failures are reported by the commands themselves; anything else is a bug, still
+    reported as one line (``--verbose`` shows the traceback for a report).
+    """
+    try:
+        app()
+    except Exception as exc:
+        if "--verbose" in sys.argv or "-v" in sys.argv:
+            raise
+        message = f"unexpected {describe_failure(exc)} (rerun with --verbose for the traceback)"
+        _console(stderr=True).print(f"[bold red]error:[/] {_plain(message)}", soft_wrap=True)
+        raise SystemExit(EXIT_NOT_FOUND) from None
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import typing
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -46,6 +46,7 @@ __all__ = [
     "load_registry",
     "load_settings",
     "reset_observability_config",
+    "spool_path",
     "store_backend",
 ]
 
@@ -66,6 +67,8 @@ class BatchingSettings(_Section):
     max_batch_size: int = Field(100, ge=1, le=100_000)
     max_batch_wait_s: float = Field(5.0, gt=0, le=3600)
     max_queue_size: int = Field(10_000, ge=1)
+    # The same buffer bounded in (estimated) bytes: spans waiting plus those being delivered.
+    max_queue_mb: float = Field(64.0, gt=0, le=1024 * 1024)
     max_drain_batch_size: int = Field(1000, ge=1, le=100_000)
     # Batches being validated or written at once (one waits on a sink while the next is converted).
     max_in_flight: int = Field(2, ge=1, le=16)
@@ -144,8 +147,8 @@ class RedactionSettings(_Section):
 
 
 class RetentionSettings(_Section):
-    days: int = Field(90, ge=1)
-    batch_size: int = Field(10_000, ge=1)
+    days: int = Field(90, ge=1, le=36_500)  # a century: "now - days" must stay a date
+    batch_size: int = Field(10_000, ge=1, le=1_000_000)
 
 
 class CacheSettings(_Section):
@@ -231,13 +234,27 @@ def config_dir() -> Path:
     return _PACKAGE_ROOT / "config"
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+#: A configuration file is a few kilobytes; anything past this is the wrong file (a log, a dump)
+#: and is refused before it is read, rather than parsed for minutes.
+MAX_CONFIG_BYTES: Final = 1024 * 1024
+#: Values in one file once aliases are expanded. Aliases (``*name``) are accepted, but YAML lets
+#: a few lines of nested aliases stand for billions of values ("billion laughs"): the document's
+#: node graph is measured, aliases counted as often as they are used, before anything is built.
+MAX_CONFIG_VALUES: Final = 100_000
+
+# libyaml's parser when PyYAML was built with it (the usual wheel): same SafeLoader rules, faster.
+_SafeBase: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _UniqueKeyLoader(_SafeBase):  # type: ignore[misc]
     """SafeLoader that refuses a key repeated in one mapping (plain YAML keeps the last one silently)."""
 
 
 def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *defaults": explicit keys may override it
+            continue
         key = loader.construct_object(key_node, deep=deep)
         try:
             if key in seen:
@@ -257,13 +274,104 @@ def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {}
+def _check_expansion(root: yaml.Node, path: Path) -> None:
+    """ConfigError when ``root`` stands for more than :data:`MAX_CONFIG_VALUES` values with every
+    alias expanded, or when an alias sits inside its own anchor (an infinite value).
+
+    The composed graph shares one node per anchor, so each distinct node is sized once
+    (memoised) and an alias costs its target's size again: linear in the file, whatever the
+    expansion would be.
+    """
+    limit = MAX_CONFIG_VALUES
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    # Iterative post-order walk: a deeply nested file must not exhaust the interpreter's stack.
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            on_path.discard(key)
+            total = 1
+            for child in _children(node):
+                total += sizes[id(child)]
+            if total > limit:
+                raise ConfigError(
+                    f"{path}: refused: it stands for more than {limit:,} values once its aliases (*name) are "
+                    "expanded; a configuration file is far smaller — is this the right file?"
+                )
+            sizes[key] = total
+            continue
+        if key in sizes:
+            continue
+        on_path.add(key)
+        stack.append((node, True))
+        for child in _children(node):
+            if id(child) in on_path:
+                raise ConfigError(
+                    f"{path}: refused: the value anchored (&name) on line {child.start_mark.line + 1} contains "
+                    "an alias (*name) to itself, which would never end"
+                )
+            if id(child) not in sizes:
+                stack.append((child, False))
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def _read_config_text(path: Path) -> str | None:
+    """The file's text, None when there is no file; ConfigError for anything unreadable or too big.
+
+    The size is checked twice: ``stat`` refuses a large regular file before any read, and the
+    bounded read refuses what ``stat`` cannot size (a pipe, ``/dev/zero``).
+    """
     try:
-        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}  # a SafeLoader subclass
+        if not path.exists():
+            return None
+        if path.is_dir():
+            raise ConfigError(f"{path}: is a directory, not a YAML configuration file")
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"{path}: {size:,} bytes is too large for a configuration file "
+                f"(at most {MAX_CONFIG_BYTES:,} bytes); is this the right file?"
+            )
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{path}: more than {MAX_CONFIG_BYTES:,} bytes is too large for a configuration file; "
+            "is this the right file?"
+        )
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): is this a YAML file?") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    text = _read_config_text(path)
+    if text is None:
+        return {}
+    loader = _UniqueKeyLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None:
+            _check_expansion(node, path)
+        data = (loader.construct_document(node) if node is not None else None) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    except RecursionError:
+        raise ConfigError(f"{path}: refused: nested too deeply to be a configuration file") from None
+    finally:
+        loader.dispose()
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top, got {type(data).__name__}")
     # "sampling:" with nothing under it means "all defaults", not "sampling is null".
@@ -634,8 +742,13 @@ def database_url(environ: dict[str, str] | None = None) -> str | None:
     return url if url.startswith(("postgresql://", "postgres://")) else None
 
 
-def build_store(settings: ObservabilitySettings | None = None) -> Any:
-    """The configured span repository (an ``ObservabilitySpanRepository``)."""
+def build_store(settings: ObservabilitySettings | None = None, *, read_only: bool = False) -> Any:
+    """The configured span repository (an ``ObservabilitySpanRepository``).
+
+    ``read_only``: for commands that only look (metrics, trace, status): the embedded SQLite store
+    is opened with ``mode=ro`` and never created; the server backends are unaffected (reading
+    creates nothing there).
+    """
     from src.repositories.observability_span import ObservabilitySpanRepository
     from src.repositories.sqlite import SQLiteSpanRepository
 
@@ -663,24 +776,40 @@ def build_store(settings: ObservabilitySettings | None = None) -> Any:
             f"store backend {backend!r} was selected by the environment or store.backend, but only the "
             "embedded 'sqlite' backend is available in this build"
         )
-    path = Path(settings.store.sqlite_path).expanduser()
-    return ObservabilitySpanRepository(SQLiteSpanRepository(path))
+    try:  # the path is checked when the store is opened, so a bad one never fails this call
+        return ObservabilitySpanRepository(SQLiteSpanRepository(settings.store.sqlite_path, read_only=read_only))
+    except ValueError as exc:
+        raise ConfigError(f"store.sqlite_path {settings.store.sqlite_path!r}: {exc}") from exc
 
 
 def build_store_delivery(store: Any, settings: ObservabilitySettings | None = None) -> Any:
     """The store behind its on-disk spool (``SinkDelivery``), or None when the spool is off."""
     from .delivery import RetryPolicy, SinkDelivery
     from .sinks import StoreSink
-    from .spool import Spool
+    from .spool import Spool, SpoolError
 
     settings = settings or load_settings()
     batching = settings.batching
     if not batching.spool_enabled or store is None:
         return None
-    path = Path(batching.spool_path or Path(settings.store.sqlite_path).parent / "spool.db").expanduser()
-    spool = Spool(path, max_bytes=int(batching.spool_max_mb * 1024 * 1024))
+    spool = Spool(spool_path(settings), max_bytes=int(batching.spool_max_mb * 1024 * 1024))
     policy = RetryPolicy(batching.retry_initial_s, batching.retry_max_s, batching.sink_timeout_s)
-    return SinkDelivery(StoreSink(store), spool, policy)
+    try:
+        return SinkDelivery(StoreSink(store), spool, policy)  # reads the spool's backlog
+    except SpoolError as exc:
+        # Building the context must not fail (it happens inside graph nodes and the agent's
+        # flusher): the store is written directly, and a batch it cannot take is reported lost.
+        log.error(
+            "%s; spans go to the store without a spool, so a batch the store cannot take is lost "
+            "(set batching.spool_path / OBS_BATCHING__SPOOL_PATH to a writable file)",
+            exc,
+        )
+        return None
+
+
+def spool_path(settings: ObservabilitySettings) -> Path:
+    """Where the spool lives: ``batching.spool_path``, else ``spool.db`` beside the SQLite store."""
+    return Path(settings.batching.spool_path or Path(settings.store.sqlite_path).parent / "spool.db")
 
 
 def build_opik(settings: ObservabilitySettings | None = None, registry: AgentRegistry | None = None) -> Any:

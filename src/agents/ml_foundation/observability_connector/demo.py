@@ -805,7 +805,9 @@ async def _report(
         + (f", [red]{status['spans_dropped']} dropped[/]" if status.get("spans_dropped") else "")
     )
     if not delivered:
-        console.print("[red]the final flush did not finish in time; some spans may still be in flight[/]")
+        last = status.get("last_flush") or {}
+        counts = ", ".join(f"{last[k]:,} {k}" for k in ("rejected", "failed", "dropped", "pending") if last.get(k))
+        console.print(f"[red]the final flush did not deliver every span ({counts or 'timed out'})[/]")
 
     fields, _from_cache, _age = await compute_metrics(ctx, REPORT_WINDOW)
     total = int(fields.get("total_spans_analyzed") or 0)

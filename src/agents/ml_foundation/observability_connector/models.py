@@ -8,6 +8,7 @@ Callers that talk to the graph directly (the orchestrator, Studio) send
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from hashlib import blake2b
@@ -18,13 +19,15 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     StringConstraints,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-from .constants import OPIK_PROJECT, OPIK_WORKSPACE
+from .constants import MAX_DURATION_MS, MAX_INT4, MAX_TIME_NS, OPIK_PROJECT, OPIK_WORKSPACE
 from .trace_context import new_span_id, new_trace_id
 
 #: ``timeout`` is its own value, not a kind of ``error``: the host's metrics count it apart
@@ -54,8 +57,102 @@ STATUS_ALIASES: dict[str, SpanStatus] = {
 MAX_ID_LENGTH = 64
 #: What an event without an agent or operation name is stored under.
 UNKNOWN = "unknown"
-#: Callers send ids that are not W3C hex ("span_123"): any non-blank id up to 64 characters.
-EventId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"\S")]
+
+# -- what a value must be to be stored honestly ------------------------------------------------
+# Each span is judged alone, before any sink sees it: a value outside these limits rejects that
+# span with a reason (the rest of its batch goes on), where it would otherwise make a datetime
+# overflow, a database refuse the row or a metric lie.
+
+#: Ids (``span_id``, ``trace_id``, ``parent_span_id``): 1-64 visible ASCII characters ("!" to
+#: "~"). That takes every id callers send (W3C hex, UUIDs, "span_123", "run-<uuid>") and refuses
+#: spaces, control characters, NUL and look-alike Unicode: ids end up in headers, URLs and logs.
+ID_PATTERN = r"^[!-~]+\z"  # with 1 to 64 characters (the length constraints)
+_PARENT_PATTERN = r"^[!-~]*\z"  # "" is taken as "no parent"
+_ID_CHARS = re.compile(r"[!-~]{1,64}")  # the same rule for Python code (fullmatch)
+#: Names (``agent_name``, ``operation``): 1-64 printable characters, surrounding whitespace
+#: removed. Printable as ``str.isprintable`` means it: no control, format, surrogate or
+#: separator characters but the plain space. Unknown agent names are fine (the unknown tier).
+NAME_PATTERN = r"^(?:[^\p{C}\p{Z}]|\x20)+\z"
+MAX_NAME_LENGTH = 64
+#: Labels (``model_used``, ``error_type``): at most 256 printable characters, kept as sent. A NUL
+#: or a lone surrogate there is refused by Postgres or SQLite; control characters are garbage.
+LABEL_PATTERN = r"^(?:[^\p{C}\p{Z}]|\x20)*\z"
+MAX_LABEL_LENGTH = 256
+MAX_DURATION_NS = MAX_DURATION_MS * 1_000_000
+MIN_INT4 = -(2**31)
+#: Span times lie between the epoch and 2262-04-11, where signed 64-bit nanoseconds since the
+#: epoch end: the range of ``Span.start_ns`` and of OTLP/Opik timestamps, well inside every
+#: store's range and far enough from year 9999 that adding a duration can never overflow.
+MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_TIME = MIN_TIME + timedelta(microseconds=MAX_TIME_NS // 1000)  # 2262-04-11T00:00:00Z
+MIN_TIME_NS = 0
+_MAX_DURATION = timedelta(milliseconds=MAX_DURATION_MS)
+_LATEST_START = MAX_TIME - _MAX_DURATION  # no span starting earlier can end past MAX_TIME
+
+# Checked by pydantic-core itself (patterns, strict numbers): no Python call per field, and
+# describe_validation_error turns its messages into the rules' own words.
+EventId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)]
+ParentId = Annotated[str, StringConstraints(max_length=MAX_ID_LENGTH, pattern=_PARENT_PATTERN)]
+Name = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)
+]
+Label = Annotated[str, StringConstraints(max_length=MAX_LABEL_LENGTH, pattern=LABEL_PATTERN)]
+#: Strict numbers: ``"10"`` tokens are not 10, ``True`` is not 1, ``"high"`` is no confidence.
+Tokens = Annotated[int, Strict(), Field(ge=0, le=MAX_INT4)]
+DurationMs = Annotated[float, Strict(), Field(ge=0, le=MAX_DURATION_MS, allow_inf_nan=False)]
+Confidence = Annotated[float, Strict(), Field(ge=0, le=1, allow_inf_nan=False)]
+Tier = Annotated[int, Strict(), Field(ge=MIN_INT4, le=MAX_INT4)]
+
+# The same rules for code that checks one value (the span_emitter's fast path, callers).
+_ID_RULE: TypeAdapter[str] = TypeAdapter(EventId)
+_NAME_RULE: TypeAdapter[str] = TypeAdapter(Name)
+_LABEL_RULE: TypeAdapter[str] = TypeAdapter(Label)
+
+_RULES = {  # pattern: (what the value must be, its length limit)
+    ID_PATTERN: ("1-64 visible ASCII characters (letters, digits, punctuation): no spaces, control "
+                 "characters or other Unicode", MAX_ID_LENGTH),
+    _PARENT_PATTERN: ("at most 64 visible ASCII characters (letters, digits, punctuation): no spaces, "
+                      "control characters or other Unicode", MAX_ID_LENGTH),
+    NAME_PATTERN: ("1-64 printable characters: no control characters, tabs, line breaks or NUL", MAX_NAME_LENGTH),
+    LABEL_PATTERN: ("at most 256 printable characters: no control characters, tabs, line breaks or NUL",
+                    MAX_LABEL_LENGTH),
+}  # fmt: skip
+
+
+def check_id(value: object) -> str:
+    """``value`` if it is an id by the rule of ``span_id`` / ``trace_id``, else ValueError saying why."""
+    return _check(_ID_RULE, value)
+
+
+def check_name(value: object) -> str:
+    """The name ``value`` stands for (surrounding whitespace removed) by the rule of ``agent_name``
+    and ``operation``, else ValueError saying why."""
+    return _check(_NAME_RULE, value)
+
+
+def check_label(value: object) -> str:
+    """``value`` if it is a label by the rule of ``model_used`` / ``error_type``, else ValueError."""
+    return _check(_LABEL_RULE, value)
+
+
+def _check(rule: TypeAdapter[str], value: object) -> str:
+    try:
+        return rule.validate_python(value)
+    except ValidationError as exc:
+        raise ValueError(_message(exc.errors(include_url=False)[0])) from None
+
+
+def _rule_message(pattern: str, value: object) -> str:
+    if not isinstance(value, str):
+        return f"must be a string, got {type(value).__name__}"
+    rule, limit = _RULES[pattern]
+    if not value.strip() and pattern in (ID_PATTERN, NAME_PATTERN):
+        return "must not be empty or blank"
+    length = len(value if pattern in (ID_PATTERN, _PARENT_PATTERN) else value.strip())
+    if length > limit:
+        return f"is {length:,} characters long; at most {limit} are accepted"
+    return f"must be {rule}"
+
 
 #: Deterministic row ids: the same (trace_id, span_id) always gives the same ``id``, so a
 #: replayed batch cannot create a second row even in a store without the unique key.
@@ -73,17 +170,12 @@ def normalize_status(value: object) -> SpanStatus:
     raise ValueError(f"status {value!r} is not one of: {accepted}")
 
 
-def _check_id(value: object, field: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{field} must be a non-empty string, got {value!r}")
-    if len(value) > MAX_ID_LENGTH:
-        raise ValueError(f"{field} is {len(value)} characters long; at most {MAX_ID_LENGTH} are accepted")
-    return value
-
-
 def _aware(value: datetime) -> datetime:
     """Naive timestamps are taken as UTC: every producer in the system logs UTC."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+14:00 is in year 0 in UTC
+        raise ValueError(f"{value.isoformat()} is outside the range of dates in UTC") from None
 
 
 def row_id_for(trace_id: str, span_id: str) -> str:
@@ -103,42 +195,34 @@ class ObservabilityEvent(BaseModel):
     # missing ids are generated, a missing start is "now", a missing operation is "unknown".
     span_id: EventId = Field(default_factory=new_span_id)
     trace_id: EventId = Field(default_factory=new_trace_id)
-    parent_span_id: str | None = None
-    agent_name: EventId = UNKNOWN
+    parent_span_id: ParentId | None = None  # "" becomes None
+    agent_name: Name = UNKNOWN
     # ``event_type`` is how some host callers name the operation; ``operation_name`` our spans'.
-    operation: EventId = Field(
-        default=UNKNOWN, validation_alias=AliasChoices("operation", "operation_name", "event_type")
-    )
+    operation: Name = Field(default=UNKNOWN, validation_alias=AliasChoices("operation", "operation_name", "event_type"))
+    # ISO 8601 strings, datetimes or Unix seconds; in MIN_TIME..MAX_TIME once in UTC.
     started_at: datetime = Field(
         default_factory=lambda: datetime.now(UTC), validation_alias=AliasChoices("started_at", "timestamp")
     )
     completed_at: datetime | None = None
-    duration_ms: float | None = Field(default=None, ge=0)
+    duration_ms: DurationMs | None = None
     status: SpanStatus = "ok"
     error: str | None = None
-    error_type: str | None = None
+    error_type: Label | None = None
     input_data: Any = None
     output_data: Any = None
     metadata: dict[str, Any] | None = None
-    tokens_used: int | None = Field(default=None, ge=0)
-    input_tokens: int | None = Field(default=None, ge=0)
-    output_tokens: int | None = Field(default=None, ge=0)
-    model_used: str | None = None
-    confidence: float | None = Field(default=None, ge=0, le=1)
+    tokens_used: Tokens | None = None
+    input_tokens: Tokens | None = None
+    output_tokens: Tokens | None = None
+    model_used: Label | None = None
+    confidence: Confidence | None = None
     # Extensions used by the in-process API and the callback handler.
     attributes: dict[str, Any] | None = None
     events: list[dict[str, Any]] | None = None
-    agent_tier: int | None = None
+    agent_tier: Tier | None = None
     # The trace's sampling decision when the producer already made it (W3C sampled flag);
     # absent: the connector decides from the trace id (see sampling.Sampler).
-    sampled: bool | None = None
-
-    @field_validator("parent_span_id", mode="before")
-    @classmethod
-    def _parent(cls, value: object) -> str | None:
-        if value is None or value == "":
-            return None
-        return _check_id(value, "parent_span_id")
+    sampled: Annotated[bool, Strict()] | None = None
 
     @field_validator("status", mode="before")
     @classmethod
@@ -148,14 +232,49 @@ class ObservabilityEvent(BaseModel):
     @field_validator("started_at", "completed_at")
     @classmethod
     def _tz(cls, value: datetime | None) -> datetime | None:
-        return None if value is None else _aware(value)
+        if value is None:
+            return None
+        value = _aware(value)
+        if MIN_TIME <= value <= MAX_TIME:
+            return value
+        raise ValueError(
+            f"{value.isoformat()} is outside the storable range {MIN_TIME.isoformat()} to {MAX_TIME.isoformat()}"
+        )
 
     @model_validator(mode="after")
     def _consistent(self) -> ObservabilityEvent:
-        if self.completed_at is not None and self.completed_at < self.started_at:
-            raise ValueError(
-                f"completed_at {self.completed_at.isoformat()} is before started_at {self.started_at.isoformat()}"
-            )
+        """Times that add up: no end before the start, no span over 30 days, no end past MAX_TIME.
+
+        Checked here so that :meth:`to_span` cannot overflow or store a duration nobody measured.
+        """
+        if self.parent_span_id == "":
+            self.parent_span_id = None
+        start = self.started_at
+        completed = self.completed_at
+        if completed is not None:
+            if completed < start:
+                raise ValueError(f"completed_at {completed.isoformat()} is before started_at {start.isoformat()}")
+            if completed - start > _MAX_DURATION:
+                raise ValueError(
+                    f"completed_at is {(completed - start).total_seconds() / 86400:.1f} days after started_at; "
+                    f"a span may last at most {MAX_DURATION_MS // 86_400_000} days"
+                )
+        elif start > _LATEST_START and self.duration_ms is not None and self.status != "started":
+            # duration_ms is at most 30 days and started_at at most MAX_TIME: this cannot overflow.
+            end = start + timedelta(milliseconds=self.duration_ms)
+            if end > MAX_TIME:
+                raise ValueError(
+                    f"started_at + duration_ms ends at {end.isoformat()}, past the storable range "
+                    f"(until {MAX_TIME.isoformat()})"
+                )
+        parts = self.input_tokens, self.output_tokens  # to_span sums them when no total is given
+        if (
+            parts[0] is not None
+            and parts[1] is not None
+            and parts[0] + parts[1] > MAX_INT4
+            and self.tokens_used is None
+        ):
+            raise ValueError(f"input_tokens + output_tokens is over {MAX_INT4}, the largest token count stored")
         return self
 
     def to_span(self, agent_tier: int, created_at: datetime | None = None) -> ObservabilitySpan:
@@ -429,20 +548,47 @@ class ObservabilityConnectorOutput(BaseModel):
     quality_score: float | None = None
 
 
-def describe_validation_error(exc: ValidationError, payload: object) -> str:
-    """One readable line per problem: field path, message and the offending value."""
+def describe_validation_error(exc: ValidationError | list[Any], payload: object) -> str:
+    """One readable line per problem: field path, message and the offending value (each quoted
+    value at most 80 characters); ``exc`` may also be a list of its ``errors()``."""
     parts = []
-    for err in exc.errors(include_url=False):
+    for err in exc if isinstance(exc, list) else exc.errors(include_url=False):
         loc = ".".join(str(p) for p in err["loc"]) or "event"
-        bad = err.get("input")
-        shown = repr(bad)
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
-        msg = err["msg"].removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg} (got {shown})")
+        parts.append(f"{loc}: {_message(err)} (got {_shown(err.get('input'))})")
     span_id = payload.get("span_id") if isinstance(payload, dict) else None
-    prefix = f"span_id={span_id!r}: " if span_id else ""
+    prefix = f"span_id={_shown(span_id)}: " if span_id else ""
     return prefix + "; ".join(parts)
+
+
+def _message(err: Any) -> str:
+    """pydantic's message, in the words of the rule it enforces where pydantic's would only quote
+    a regular expression or a bare limit."""
+    kind = err["type"]
+    if kind == "string_pattern_mismatch":
+        pattern = (err.get("ctx") or {}).get("pattern")
+        if pattern in _RULES:
+            return _rule_message(pattern, err.get("input"))
+    elif kind == "string_too_long" and isinstance(err.get("input"), str):
+        limit = (err.get("ctx") or {}).get("max_length")
+        return f"is {len(err['input']):,} characters long; at most {limit} are accepted"
+    elif kind == "string_too_short":
+        return "must not be empty or blank"
+    elif kind == "string_unicode":
+        return "holds a lone surrogate: not valid Unicode text"
+    elif kind == "less_than_equal" and tuple(err["loc"]) == ("duration_ms",):
+        return (
+            f"is over {MAX_DURATION_MS // 86_400_000} days ({MAX_DURATION_MS} ms), the longest span accepted "
+            "(a duration in nanoseconds or microseconds given as milliseconds?)"
+        )
+    return str(err["msg"]).removeprefix("Value error, ")
+
+
+def _shown(value: object) -> str:
+    try:
+        shown = repr(value[:100] if type(value) is str else value)
+    except Exception:  # an object whose repr raises is still described
+        shown = f"<{type(value).__name__}>"
+    return shown if len(shown) <= 80 else shown[:77] + "..."
 
 
 class SpanEvent(BaseModel):

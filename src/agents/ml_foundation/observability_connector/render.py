@@ -184,6 +184,22 @@ def _span_label(span: ObservabilitySpan, parent_agent: str | None) -> Text:
     return label
 
 
+def _descendants(
+    span: ObservabilitySpan, children: Mapping[str | None, list[ObservabilitySpan]], seen: set[int]
+) -> int:
+    """Marks every span below ``span`` as seen (iteratively: any depth, loops included); returns how many."""
+    count = 0
+    stack = list(children.get(span.span_id, []))
+    while stack:
+        child = stack.pop()
+        if id(child) in seen:
+            continue
+        seen.add(id(child))
+        count += 1
+        stack.extend(children.get(child.span_id, []))
+    return count
+
+
 def trace_tree(spans: Sequence[ObservabilitySpan], trace_id: str | None = None) -> Tree:
     """The stored spans of one trace as a tree, children in start order.
 
@@ -211,16 +227,29 @@ def trace_tree(spans: Sequence[ObservabilitySpan], trace_id: str | None = None) 
         head.append(f"  {errors} error span(s)", style="red")
     tree = Tree(head)
 
+    shown: set[int] = set()
+
     def add(node: Tree, span: ObservabilitySpan, parent_agent: str | None, depth: int) -> None:
+        shown.add(id(span))
         label = _span_label(span, parent_agent)
         if span.parent_span_id and span.parent_span_id not in by_id:
             label.append("  (parent not stored)", style="bold red")
         branch = node.add(label)
-        if depth > 64:  # a cycle in corrupt data must not recurse forever
+        if depth > 64:  # a terminal cannot show deeper; a cycle in corrupt data must not recurse forever
+            hidden = _descendants(span, children, shown)
+            if hidden:
+                branch.add(Text(f"… {hidden:,} deeper span(s) not drawn", style="dim"))
             return
         for child in children.get(span.span_id, []):
             add(branch, child, span.agent_name, depth + 1)
 
     for root in roots:
         add(tree, root, None, 0)
+    # Spans whose parents form a loop (A under B under A) reach no root: shown, not hidden.
+    for span in spans:
+        if id(span) not in shown:
+            label = _span_label(span, None)
+            label.append("  (in a loop of parent ids)", style="bold red")
+            shown.add(id(span))
+            tree.add(label)
     return tree

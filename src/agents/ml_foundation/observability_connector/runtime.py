@@ -47,9 +47,17 @@ class ConnectorContext:
     store_delivery: Any = None
 
     @classmethod
-    def from_config(cls, settings: ObservabilitySettings | None = None) -> ConnectorContext:
+    def from_config(cls, settings: ObservabilitySettings | None = None, *, read_only: bool = False) -> ConnectorContext:
+        """The configured context; never fails on a path: a store that cannot be opened fails its
+        first operation (with the reason), a spool that cannot be opened is logged and left out.
+
+        ``read_only`` (commands that only look): the store opens read-only and never creates its
+        file, and there is neither a spool nor an Opik sink (nothing is written).
+        """
         settings = settings or load_settings()
-        store = build_store(settings)
+        store = build_store(settings, read_only=read_only)
+        if read_only:
+            return cls(store=store, settings=settings, registry=load_registry(), cache=MetricsCache(settings.cache))
         store_delivery = build_store_delivery(store, settings)
         opik = build_opik(settings)
         if opik is not None and store_delivery is not None:

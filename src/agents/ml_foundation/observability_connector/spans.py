@@ -10,15 +10,75 @@ caller's path, in the graph.
 
 from __future__ import annotations
 
+import contextlib
+import math
+import operator
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-__all__ = ["Span"]
+from .constants import MAX_DURATION_MS, MAX_INT4, MAX_TIME_NS
+
+__all__ = ["MAX_TOKENS", "Span", "duration_ns", "token_count"]
 
 _time_ns = time.time_ns
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
+
+#: The stores' token columns are 32-bit integers (Postgres ``integer``).
+MAX_TOKENS = MAX_INT4
+
+
+def _shown(value: Any) -> str:
+    """A bad value as kept in ``invalid.<field>``: its repr (bounded) and type, never raising."""
+    try:
+        text = repr(value)
+    except Exception:  # a repr that raises must not raise into the caller either
+        text = "<unprintable>"
+    if len(text) > 200:
+        text = text[:200] + "…"
+    return f"{text} ({type(value).__name__})"
+
+
+def token_count(value: Any) -> tuple[int | None, str | None]:
+    """``(count, None)`` for a whole number from 0 to :data:`MAX_TOKENS`, else ``(None, why)``.
+
+    Integers only (numpy's too, through ``__index__``): ``"10"``, ``10.0``, ``True``, NaN and
+    infinities are not token counts, and guessing would store a number nobody measured.
+    """
+    if value.__class__ is int and 0 <= value <= MAX_TOKENS:
+        return value, None
+    if value is None:
+        return None, None
+    count = -1
+    if not isinstance(value, bool):
+        with contextlib.suppress(TypeError):  # floats and strings have no __index__
+            count = operator.index(value)
+    if 0 <= count <= MAX_TOKENS:
+        return count, None
+    return None, f"{_shown(value)}: not a whole number of tokens from 0 to {MAX_TOKENS}"
+
+
+_LONGEST_NS = MAX_DURATION_MS * 1_000_000
+
+
+def duration_ns(value: Any, longest_ns: int) -> tuple[int, str | None]:
+    """A duration in milliseconds as nanoseconds, or ``(0, why)`` when it is not a finite number
+    of milliseconds from 0 to ``longest_ns`` (what the span's times can hold: a call that ended
+    now started after 1970; a span ends before MAX_TIME_NS) nor to the longest span validation
+    stores (MAX_DURATION_MS)."""
+    if value is None:
+        return 0, None
+    longest_ns = min(longest_ns, _LONGEST_NS)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            ms = float(value)
+        except OverflowError:  # an int beyond any float
+            ms = math.inf
+        if math.isfinite(ms) and ms >= 0.0 and ms * 1e6 <= longest_ns:
+            return round(ms * 1e6), None
+        return 0, f"{_shown(value)}: not a finite duration from 0 to {longest_ns // 1_000_000} ms"
+    return 0, f"{_shown(value)}: not a number of milliseconds"
 
 
 def _dt(ns: int | None) -> datetime | None:
@@ -50,6 +110,7 @@ class Span:
 
     __slots__ = (
         "_events",
+        "_qbytes",
         "agent_name",
         "attributes",
         "baggage",
@@ -71,6 +132,9 @@ class Span:
         "trace_id",
         "tracestate",
     )
+
+    #: Estimated bytes, set by the collector when it queues the span (unset before).
+    _qbytes: int
 
     def __init__(
         self,
@@ -144,16 +208,39 @@ class Span:
         output_tokens: int | None = None,
         total_tokens: int | None = None,
     ) -> Span:
+        """Model and token counts. A count that is not a whole number from 0 to :data:`MAX_TOKENS`
+        (``"10"``, ``10.5``, NaN, -1) is not stored in its field, which stays as it was; the
+        value is kept, with the reason, in ``attributes["invalid.<field>"]``. Never raises."""
         if model is not None:
             self.llm_model = model
+        given = False
         if input_tokens is not None:
-            self.input_tokens = input_tokens
+            count, why = token_count(input_tokens)
+            if why is None:
+                self.input_tokens = count
+                given = True
+            else:
+                self.attributes["invalid.input_tokens"] = why
         if output_tokens is not None:
-            self.output_tokens = output_tokens
+            count, why = token_count(output_tokens)
+            if why is None:
+                self.output_tokens = count
+                given = True
+            else:
+                self.attributes["invalid.output_tokens"] = why
         if total_tokens is not None:
-            self.total_tokens = total_tokens
-        elif input_tokens is not None or output_tokens is not None:
-            self.total_tokens = (self.input_tokens or 0) + (self.output_tokens or 0)
+            count, why = token_count(total_tokens)
+            if why is None:
+                self.total_tokens = count
+                return self
+            self.attributes["invalid.total_tokens"] = why
+        if given:
+            total = (self.input_tokens or 0) + (self.output_tokens or 0)
+            if total <= MAX_TOKENS:
+                self.total_tokens = total
+            else:
+                self.total_tokens = None
+                self.attributes["invalid.total_tokens"] = f"{total} (int): more than {MAX_TOKENS} tokens in all"
         return self
 
     def record_error(self, error: BaseException | str, error_type: str | None = None) -> Span:
@@ -209,7 +296,15 @@ class Span:
 
     @duration_ms.setter
     def duration_ms(self, value: float | None) -> None:
-        self.end_ns = None if value is None else self.start_ns + round(value * 1e6)
+        """Ends the span ``value`` ms after its start. A value that is not a finite, non-negative
+        number ends it at its start instead and is kept in ``attributes["invalid.duration_ms"]``."""
+        if value is None:
+            self.end_ns = None
+            return
+        ns, why = duration_ns(value, MAX_TIME_NS - self.start_ns)
+        if why is not None:
+            self.attributes["invalid.duration_ms"] = why
+        self.end_ns = self.start_ns + ns
 
     def to_event(self) -> dict[str, Any]:
         """The ``ObservabilityEvent`` payload for this span (runs on the flusher, not the caller)."""

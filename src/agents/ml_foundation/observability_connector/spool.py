@@ -22,8 +22,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-__all__ = ["Spool", "SpoolBatch", "SpoolStats"]
+from .paths import absolute as _absolute
+from .paths import os_reason as _os_reason
+from .paths import shown as _shown
+
+__all__ = ["Spool", "SpoolBatch", "SpoolError", "SpoolMissingError", "SpoolStats"]
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +84,26 @@ class SpoolStats:
     dead_letters: int
 
 
-class Spool:
-    """Durable, bounded, per-sink backlog of span batches."""
+class SpoolError(Exception):
+    """The spool file cannot be opened or read (a path that cannot be created, a corrupt file);
+    the message names the file and the problem."""
 
-    def __init__(self, path: str | Path, max_bytes: int = 1 << 30) -> None:
-        self.path = Path(path).expanduser().resolve()
+
+class SpoolMissingError(SpoolError):
+    """A read-only spool found no file: nothing has had to wait on disk yet."""
+
+
+class Spool:
+    """Durable, bounded, per-sink backlog of span batches.
+
+    ``read_only``: for looking only (``obs-connector status``): the file is opened with SQLite's
+    ``mode=ro``, so a missing spool is reported (:class:`SpoolError`), never created.
+    """
+
+    def __init__(self, path: str | Path, max_bytes: int = 1 << 30, *, read_only: bool = False) -> None:
+        self.path = _absolute(Path(path))
         self.max_bytes = max_bytes
+        self.read_only = read_only
         self._lock = threading.Lock()  # one writer connection shared by the flusher's threads
         self._conn: sqlite3.Connection | None = None
         self._bytes: int | None = None
@@ -93,15 +112,45 @@ class Spool:
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")  # durable before acknowledged
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.executescript(_SCHEMA)
+            conn = self._open()
+            try:
+                self._bytes = conn.execute("SELECT COALESCE(SUM(n_bytes), 0) FROM spool_batches").fetchone()[0]
+            except sqlite3.Error as exc:
+                conn.close()
+                raise SpoolError(f"the spool {_shown(self.path)} cannot be read: {exc}") from None
             self._conn = conn
-            self._bytes = conn.execute("SELECT COALESCE(SUM(n_bytes), 0) FROM spool_batches").fetchone()[0]
         return self._conn
+
+    def _open(self) -> sqlite3.Connection:
+        """A connection with the schema in place; every failure is a SpoolError naming the file."""
+        try:
+            if self.path.is_dir():
+                raise SpoolError(f"the spool path {_shown(self.path)} is a directory, not a file")
+            if self.read_only:
+                if not self.path.exists():
+                    raise SpoolMissingError(f"no spool at {_shown(self.path)}")
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SpoolError(f"the spool {_shown(self.path)} cannot be created or opened: {_os_reason(exc)}") from None
+        conn: sqlite3.Connection | None = None
+        try:
+            if self.read_only:
+                uri = f"file:{quote(str(self.path))}?mode=ro"
+                conn = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None, check_same_thread=False)
+                conn.execute("SELECT 1 FROM spool_batches LIMIT 1")  # a corrupt file fails here, not later
+            else:
+                conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")  # durable before acknowledged
+                conn.execute("PRAGMA foreign_keys=ON")
+                conn.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            if conn is not None:
+                conn.close()
+            problem = "not a spool (no spool_batches table)" if "no such table" in str(exc) else str(exc)
+            raise SpoolError(f"the spool {_shown(self.path)} cannot be opened: {problem}") from None
+        return conn
 
     def close(self) -> None:
         with self._lock:
@@ -254,6 +303,23 @@ class Spool:
                 "INSERT INTO dead_letters (sink, created_at, span_id, reason, row) VALUES (?, ?, ?, ?, ?)",
                 (sink, time.time(), str(row.get("span_id")), reason[:2000], json.dumps(row, default=str)),
             )
+
+    def dead_letter_many(self, sink: str, items: Sequence[tuple[dict[str, Any], str]]) -> None:
+        """:meth:`dead_letter` for many (row, reason) pairs in one transaction: one disk sync, not one each."""
+        now = time.time()
+        values = [(sink, now, str(row.get("span_id")), reason[:2000], json.dumps(row, default=str))
+                  for row, reason in items]  # fmt: skip
+        with self._lock:
+            db = self._db()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(
+                    "INSERT INTO dead_letters (sink, created_at, span_id, reason, row) VALUES (?, ?, ?, ?, ?)", values
+                )
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
     def dead_letters(self, limit: int = 100) -> list[tuple[str, str | None, str]]:
         """(sink, span_id, reason), newest first."""

@@ -42,7 +42,13 @@ class ObservabilityConnectorState(InputState, total=False):
     validated_spans: list[ObservabilitySpan]
     emission_errors: list[str]
     spans_sampled_out: int
+    # Events refused for good: by validation (span_emitter) and, once the batch node ran, by the
+    # store too. Whenever the store or the spool took the batch,
+    # events_logged + events_rejected + spans_sampled_out = the events sent.
     events_rejected: int
+    # One per event validation refused: {"reason", "row"} (the row: event index, ids, the event as
+    # redacted, size-limited JSON). The batch node dead-letters them in the spool, when there is one.
+    rejected_events: list[dict[str, Any]]
 
     # batch
     emission_successful: bool
@@ -55,6 +61,7 @@ class ObservabilityConnectorState(InputState, total=False):
     db_write_count: int
     db_duplicate_count: int
     spans_spooled: int
+    events_dead_lettered: int  # rejected events kept in the spool's dead letters (validation and store)
     opik_project: str
     opik_workspace: str
     # Opik sink, beside the store write (absent when Opik is not configured)

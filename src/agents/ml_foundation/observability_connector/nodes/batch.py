@@ -24,7 +24,7 @@ from ..runtime import ConnectorContext, resolve_context
 from ..self_monitor import get_self_monitor
 from ..state import ObservabilityConnectorState
 
-__all__ = ["emission_failure", "write_batch"]
+__all__ = ["VALIDATION_SINK", "emission_failure", "write_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,11 @@ async def _write(state: ObservabilityConnectorState, runtime: Any) -> dict[str, 
     ctx = resolve_context(runtime)
     spans = state.get("validated_spans") or []
     errors = list(state.get("emission_errors") or [])
-    accepted = not state.get("events_rejected")
+    invalid = state.get("events_rejected")
+    invalid = invalid if type(invalid) is int else 0
+    accepted = not invalid
     base = _names(ctx, bool(state.get("events_to_log")))
+    dead = await _dead_letter_rejected(ctx, state.get("rejected_events"))
     if not spans:
         return {
             **base,
@@ -98,6 +101,8 @@ async def _write(state: ObservabilityConnectorState, runtime: Any) -> dict[str, 
             "db_write_count": 0,
             "db_duplicate_count": 0,
             "emission_errors": errors,
+            "events_rejected": invalid,
+            "events_dead_lettered": dead,
         }
     # Opik runs beside the store write, never before it; its outcome never decides the store's.
     opik_job = _start_opik(ctx.opik, spans, state.get("opik_wait_s"))
@@ -106,7 +111,54 @@ async def _write(state: ObservabilityConnectorState, runtime: Any) -> dict[str, 
     else:
         update = await _direct(ctx, spans, errors)
     update["emission_successful"] = accepted and update.pop("_all_accepted")
+    store_rejected = update.pop("_store_rejected")
+    update["events_rejected"] = invalid + store_rejected
+    update["events_dead_lettered"] = dead + (store_rejected if ctx.store_delivery is not None else 0)
     return {**base, **update, **(await _opik_outcome(opik_job))}
+
+
+#: The spool's name for events validation refused (the store's own refusals are under "store").
+VALIDATION_SINK = "validation"
+
+
+async def _dead_letter_rejected(ctx: ConnectorContext, rejected: Any) -> int:
+    """Keep the events validation refused in the spool's dead letters, with their reasons, and say
+    so in one log line per batch; returns how many were kept (0 without a spool).
+
+    Nobody reads the agents' own flusher's answer: without this, a span refused there would
+    leave only a counter behind.
+    """
+    delivery = ctx.store_delivery
+    if delivery is None or not rejected or not isinstance(rejected, list):
+        return 0
+    items = [(r["row"], r["reason"]) for r in rejected if isinstance(r, dict) and "row" in r and "reason" in r]
+    if not items:
+        return 0
+    try:
+        await asyncio.to_thread(delivery.spool.dead_letter_many, VALIDATION_SINK, items)
+    except Exception as exc:  # one row the spool cannot take must not cost the others theirs
+        kept = await asyncio.to_thread(_one_by_one, delivery.spool, items)
+        log.error("%d of %d rejected event(s) could not be dead-lettered (their reasons are in emission_errors): %s",
+                  len(items) - kept, len(items), redact_text(str(exc)))  # fmt: skip
+        return kept
+    log.warning(
+        "%d event(s) rejected and dead-lettered (sink %r in the spool); the first: %s",
+        len(items),
+        VALIDATION_SINK,
+        redact_text(items[0][1])[:300],
+    )
+    return len(items)
+
+
+def _one_by_one(spool: Any, items: list[tuple[Any, str]]) -> int:
+    kept = 0
+    for item in items:
+        try:
+            spool.dead_letter_many(VALIDATION_SINK, [item])
+        except Exception:
+            continue
+        kept += 1
+    return kept
 
 
 async def _direct(ctx: ConnectorContext, spans: list[Any], errors: list[str]) -> dict[str, Any]:
@@ -119,6 +171,7 @@ async def _direct(ctx: ConnectorContext, spans: list[Any], errors: list[str]) ->
         return {
             **_logged([]),
             "_all_accepted": False,
+            "_store_rejected": 0,
             "db_writes_successful": False,
             "db_write_count": 0,
             "db_duplicate_count": 0,
@@ -135,6 +188,7 @@ async def _direct(ctx: ConnectorContext, spans: list[Any], errors: list[str]) ->
     return {
         **_logged(logged),
         "_all_accepted": not failed,
+        "_store_rejected": len(spans) - len(logged),
         "db_writes_successful": result.failed == 0,
         "db_write_count": result.inserted + result.duplicates,
         "db_duplicate_count": result.duplicates,
@@ -166,6 +220,7 @@ async def _through_spool(ctx: ConnectorContext, spans: list[Any], errors: list[s
     update: dict[str, Any] = {
         **_logged(logged),
         "_all_accepted": not outcome.rejected and not (outcome.error and not outcome.spooled),
+        "_store_rejected": len(spans) - len(logged) if outcome.rejected_ids else 0,
         "db_writes_successful": outcome.spooled == 0 and outcome.rejected == 0 and outcome.error is None,
         "db_write_count": inserted + duplicates,
         "db_duplicate_count": duplicates,

@@ -161,10 +161,17 @@ async def aggregate_metrics(state: ObservabilityConnectorState, runtime: Any = N
     except Exception as exc:
         if not isinstance(exc, ValueError):  # a caller's mistake is not worth an error in the log
             log.error("computing metrics failed: %s: %s", type(exc).__name__, exc)
-        return {
+        failure = {
             "quality_metrics_computed": False,
             "error": f"metrics aggregation failed: {type(exc).__name__}: {exc}",
             "error_type": ERROR_TYPE,
             "error_details": {"exception": str(exc)},
         }
+        if state.get("error"):
+            # An earlier node's failure (the store write, usually the same outage) is the one the
+            # caller must see first; this one joins it in the details instead of replacing it.
+            details = dict(state.get("error_details") or {})
+            details["metrics"] = failure["error"]
+            return {"quality_metrics_computed": False, "error_details": details}
+        return failure
     return {**value, "metrics_from_cache": from_cache}

@@ -1,7 +1,11 @@
 """The ``span_emitter`` node: payloads in, validated rows out, every rejection with its reason.
 
-Validation happens here, once per batch and off every agent's path. A malformed event is
-reported in ``emission_errors`` and costs nothing else: the rest of the batch goes on.
+Validation happens here, once per batch and off every agent's path. Each event is judged
+alone, by the limits in ``models`` (ids, names, finite and bounded numbers, times that stay in
+range once a duration is added): a malformed event is reported in ``emission_errors`` with its
+reason and handed to the batch node in ``rejected_events`` to be dead-lettered, and costs
+nothing else: the rest of the batch goes on. Even an exception of our own while judging one
+event rejects only that event.
 
 Every row is then redacted and size-limited (``redaction.Redactor``) before any sink sees
 it, and the rejection reasons are redacted too: they echo the offending values, and they end
@@ -17,6 +21,7 @@ at the rate of the agent that started it when its root span is in the batch. A c
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -24,7 +29,16 @@ from pydantic import ValidationError
 
 from ..config import build_redactor, build_sampler
 from ..models import (
-    MAX_ID_LENGTH,
+    _ID_CHARS,
+    _LABEL_RULE,
+    _NAME_RULE,
+    MAX_DURATION_NS,
+    MAX_INT4,
+    MAX_NAME_LENGTH,
+    MAX_TIME,
+    MAX_TIME_NS,
+    MIN_TIME,
+    MIN_TIME_NS,
     STATUS_ALIASES,
     ObservabilityEvent,
     ObservabilitySpan,
@@ -40,10 +54,59 @@ from ..state import ObservabilityConnectorState
 __all__ = ["emit_spans", "validate_spans"]
 
 install_log_redaction()
+log = logging.getLogger(__name__)
+
+_id_ok = _ID_CHARS.fullmatch
+# Strings the fast path has found to pass the model's rule for their field unchanged (an id, a
+# name, a label): looked up instead of checked again. Bounded: emptied when full. Set operations
+# are atomic under the GIL.
+_good_ids: set[str] = set()
+_good_names: set[str] = set()
+_good_labels: set[str] = set()
+_GOOD_MAX = 4096
 
 
-def _validate(payload: dict[str, Any], redactor: Redactor) -> tuple[ObservabilityEvent | None, str | None]:
-    """The event, or the reason it was rejected (computed from a redacted copy of the payload).
+def _learn_id(value: str) -> bool:
+    if _id_ok(value) is None:
+        return False
+    if len(_good_ids) >= _GOOD_MAX:
+        _good_ids.clear()
+    _good_ids.add(value)
+    return True
+
+
+def _learn_label(value: str) -> bool:
+    if not _passes_unchanged(_LABEL_RULE, value):
+        return False
+    if len(_good_labels) >= _GOOD_MAX:
+        _good_labels.clear()
+    _good_labels.add(value)
+    return True
+
+
+def _learn_name(value: str) -> bool:
+    if not _passes_unchanged(_NAME_RULE, value):  # a name to strip takes the full path
+        return False
+    if len(_good_names) >= _GOOD_MAX:
+        _good_names.clear()
+    _good_names.add(value)
+    return True
+
+
+def _passes_unchanged(rule: Any, value: str) -> bool:
+    """The model's own rule for the field, applied to one value (once per distinct value)."""
+    try:
+        return bool(rule.validate_python(value) == value)
+    except ValidationError:
+        return False
+
+
+_UNSET: Any = object()
+
+
+def _validate(payload: dict[str, Any], redactor: Redactor) -> tuple[ObservabilityEvent | None, str | None, Any]:
+    """The event, or the reason it was rejected (computed from a redacted copy of the payload)
+    and that copy, which is what gets dead-lettered.
 
     Failures take the slow path only: the payload is converted to plain, redacted JSON and
     validated again. That rescues events whose only fault was a non-JSON value (a non-string
@@ -51,14 +114,88 @@ def _validate(payload: dict[str, Any], redactor: Redactor) -> tuple[Observabilit
     quotes the redacted one, redacted before it is shortened for the message.
     """
     try:
-        return ObservabilityEvent.model_validate(payload), None
-    except ValidationError:
-        pass
-    cleaned = redactor.clean(payload)
-    try:
-        return ObservabilityEvent.model_validate(cleaned), None
+        return ObservabilityEvent.model_validate(payload), None, None
     except ValidationError as exc:
-        return None, redact_text(describe_validation_error(exc, cleaned))
+        first = exc
+    cleaned = redactor.clean(payload)
+    # Cleaning makes strings NUL-free, redacted and cut to size. An id or a name that needed that
+    # is not accepted as changed: it is judged as sent ("gap\x00analyzer" is rejected, not stored
+    # as "gapanalyzer"), quoting a redacted copy of the value.
+    # A non-finite number is judged as sent too: cleaning would turn it into a string, and the
+    # reason would then say "not a number" instead of "not finite".
+    as_sent = [
+        err
+        for err in first.errors(include_url=False)
+        if (err["loc"] and err["loc"][0] in _AS_SENT) or err["type"] == "finite_number"
+    ]
+    if as_sent:
+        for err in as_sent:
+            if type(err.get("input")) is str:
+                err["input"] = redact_text(err["input"][:4096])
+        return None, redact_text(describe_validation_error(as_sent, cleaned)), cleaned
+    try:
+        return ObservabilityEvent.model_validate(cleaned), None, None
+    except ValidationError as exc:
+        return None, redact_text(describe_validation_error(exc, cleaned)), cleaned
+
+
+#: Fields whose values are judged as sent, never after cleaning (the aliases included).
+_AS_SENT = frozenset({"span_id", "trace_id", "parent_span_id", "agent_name", "operation", "operation_name",
+                      "event_type", "model_used", "error_type"})  # fmt: skip
+
+
+def _record_fault(record: Span) -> str:
+    """Why a ``Span`` that cannot even be turned into an event payload is rejected.
+
+    ``to_event`` converts the nanosecond times to datetimes; a time outside MIN_TIME..MAX_TIME
+    (a duration in nanoseconds set as milliseconds moves the end past year 9999) cannot be,
+    so it is described here from the integers instead.
+    """
+    prefix = f"span_id={record.span_id[:100]!r}: " if type(record.span_id) is str else ""
+    for field, ns in (("start_ns", record.start_ns), ("end_ns", record.end_ns)):
+        if field == "end_ns" and ns is None:
+            continue
+        if type(ns) is not int:
+            return f"{prefix}{field}: must be integer nanoseconds since the epoch, got {type(ns).__name__} {ns!r:.40}"
+        if not MIN_TIME_NS <= ns <= MAX_TIME_NS:
+            return (
+                f"{prefix}{field}: {ns} ns since the epoch is outside the storable range "
+                f"{MIN_TIME.isoformat()} to {MAX_TIME.isoformat()}"
+            )
+    return f"{prefix}cannot be read as a span"
+
+
+def _dead_letter_row(index: int, source: Any, cleaned: Any) -> dict[str, Any]:
+    """What the spool keeps of a rejected event: its ids when they are strings, and the event
+    as redacted, size-limited JSON (``Redactor.clean`` caps every container)."""
+    ids = cleaned if isinstance(cleaned, dict) else {}
+    row: dict[str, Any] = {"event_index": index}
+    for key in ("span_id", "trace_id", "agent_name"):
+        value = ids.get(key, getattr(source, key, None))
+        if type(value) is str:
+            row[key] = _encodable(value[: MAX_NAME_LENGTH * 4])
+    row["event"] = cleaned
+    return row
+
+
+def _encodable(text: str) -> str:
+    """``text`` as valid UTF-8: a lone surrogate (which SQLite, Postgres and JSON writers refuse)
+    becomes its ``\\udxxx`` escape."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
+
+
+def _record_as_json(record: Span) -> dict[str, Any]:
+    """A ``Span``'s fields for a dead letter, without the datetime conversions that failed."""
+    return {name: getattr(record, name, None) for name in _RECORD_FIELDS}
+
+
+_RECORD_FIELDS = ("span_id", "trace_id", "parent_span_id", "operation_name", "agent_name", "start_ns", "end_ns",
+                  "status", "error_type", "error_message", "attributes", "llm_model", "input_tokens",
+                  "output_tokens", "total_tokens")  # fmt: skip
 
 
 def _from_record(record: Span, tier_of: Any, created_at: datetime) -> ObservabilitySpan | None:
@@ -66,26 +203,40 @@ def _from_record(record: Span, tier_of: Any, created_at: datetime) -> Observabil
 
     Our own ``Span`` objects need no event dict and no pydantic model: every field has a
     known type that is checked here with the exact rules of ``ObservabilityEvent`` and
-    ``to_span``. Anything those rules would convert or reject (an odd status, a name over 64
-    characters, a non-string key, an end before the start ...) returns None, and the record
-    goes through ``to_event`` and full validation instead, so its reason reads the same.
-    Redaction and sampling apply to these rows like to any other.
+    ``to_span`` (the model's own id, name and label rules, the time, duration and int4 limits).
+    Anything those rules would convert or reject (an odd status, a name over 64 characters or
+    with a control character, a non-string key, an end before the start, a time out of range,
+    a float token count ...) returns None, and the record goes through ``to_event`` and full
+    validation instead, so its reason reads the same. Redaction and sampling apply to these
+    rows like to any other.
     """
     span_id = record.span_id
     trace_id = record.trace_id
     agent_name = record.agent_name
     operation = record.operation_name
-    for value in (span_id, trace_id, agent_name, operation):  # what EventId accepts, without pydantic
-        if type(value) is not str or not 0 < len(value) <= MAX_ID_LENGTH or value.isspace():
-            return None
     parent = record.parent_span_id
+    if type(span_id) is not str or _id_ok(span_id) is None:
+        return None
+    # Trace ids, parent ids and names repeat from span to span: checked once, then looked up.
+    good_ids = _good_ids
+    good_names = _good_names
+    if type(trace_id) is not str or (trace_id not in good_ids and not _learn_id(trace_id)):
+        return None
+    if type(agent_name) is not str or (agent_name not in good_names and not _learn_name(agent_name)):
+        return None
+    if type(operation) is not str or (operation not in good_names and not _learn_name(operation)):
+        return None
     if parent == "":
         parent = None
-    elif parent is not None and not (type(parent) is str and len(parent) <= MAX_ID_LENGTH and parent.strip()):
+    elif parent is not None and (type(parent) is not str or (parent not in good_ids and not _learn_id(parent))):
         return None
     start_ns = record.start_ns
     end_ns = record.end_ns
-    if type(start_ns) is not int or (end_ns is not None and (type(end_ns) is not int or end_ns < start_ns)):
+    if type(start_ns) is not int or not MIN_TIME_NS <= start_ns <= MAX_TIME_NS:
+        return None
+    if end_ns is not None and (
+        type(end_ns) is not int or not start_ns <= end_ns <= start_ns + MAX_DURATION_NS or end_ns > MAX_TIME_NS
+    ):
         return None
     status = STATUS_ALIASES.get(record.status) if type(record.status) is str else None
     if status is None or status != record.status:  # an alias or an unknown value: the full path
@@ -95,8 +246,10 @@ def _from_record(record: Span, tier_of: Any, created_at: datetime) -> Observabil
     model = record.llm_model
     if not (
         (error is None or type(error) is str)
-        and (error_type is None or type(error_type) is str)
-        and (model is None or type(model) is str)
+        and (
+            error_type is None or (type(error_type) is str and (error_type in _good_labels or _learn_label(error_type)))
+        )
+        and (model is None or (type(model) is str and (model in _good_labels or _learn_label(model))))
         and type(record.sampled) is bool
     ):
         return None
@@ -104,7 +257,7 @@ def _from_record(record: Span, tier_of: Any, created_at: datetime) -> Observabil
     output_tokens = record.output_tokens
     total = record.total_tokens
     for tokens in (input_tokens, output_tokens, total):
-        if tokens is not None and (type(tokens) is not int or tokens < 0):
+        if tokens is not None and (type(tokens) is not int or not 0 <= tokens <= MAX_INT4):
             return None
     source = record.attributes
     if type(source) is not dict:
@@ -121,6 +274,8 @@ def _from_record(record: Span, tier_of: Any, created_at: datetime) -> Observabil
         attributes.setdefault("output", record.output_data)
     if total is None and (input_tokens is not None or output_tokens is not None):
         total = (input_tokens or 0) + (output_tokens or 0)
+        if total > MAX_INT4:
+            return None
     if error_type is None and status == "error" and error:
         error_type = "Error"
     fromtimestamp = datetime.fromtimestamp
@@ -222,12 +377,27 @@ async def validate_spans(state: ObservabilityConnectorState, runtime: Any = None
     incoming_sampled = state.get("sampled")
     events = state.get("events_to_log")
     errors: list[str] = [redact_text(str(e)) for e in state.get("emission_errors") or []]
+    rejected: list[dict[str, Any]] = []  # dead-lettered by the batch node
+    unexpected: list[Exception] = []
+
+    def reject(index: int, reason: str, source: Any, cleaned: Any = _UNSET) -> None:
+        """Reject one event: the reason in ``emission_errors``, the event kept for its dead letter."""
+        reason = _encodable(reason)
+        errors.append(f"event[{index}] {reason}" if index >= 0 else reason)
+        try:
+            if cleaned is _UNSET:
+                cleaned = redactor.clean(_record_as_json(source) if isinstance(source, Span) else source)
+        except Exception as exc:  # the reason is still reported; only the copy is lost
+            cleaned = {"unreadable": f"{type(exc).__name__}"}
+        rejected.append({"reason": reason, "row": _dead_letter_row(index, source, cleaned)})
+
     if events is None:
         events = []
     elif not isinstance(events, list | tuple):
         # A string or a dict would otherwise be walked item by item, each item rejected.
-        errors.append(f"events_to_log: expected a list of events, got {type(events).__name__}")
-        return {"validated_spans": [], "emission_errors": errors, "spans_sampled_out": 0, "events_rejected": 1}
+        reject(-1, f"events_to_log: expected a list of events, got {type(events).__name__}", events)
+        return {"validated_spans": [], "emission_errors": errors, "spans_sampled_out": 0, "events_rejected": 1,
+                "rejected_events": rejected}  # fmt: skip
     spans: list[ObservabilitySpan] = []
     sampled_out = 0
     rejected_before = len(errors)
@@ -235,61 +405,100 @@ async def validate_spans(state: ObservabilityConnectorState, runtime: Any = None
 
     # Rows kept without a sampler call (our records decided at their root, no cap) go in as they
     # are; everything else as a candidate. One list either way, so the batch keeps its order.
+    # Each event is judged alone: whatever goes wrong with one (even a bug of ours) rejects that
+    # one with its reason, never the batch.
     validated: list[Any] = []
     undecided = False
     tier_of = registry.tier_of
     uncapped = cap >= 1.0
     for index, raw in enumerate(events):
-        if raw.__class__ is Span:
-            span = _from_record(raw, tier_of, now)  # type: ignore[arg-type]
-            if span is not None:
-                if uncapped and raw.sampled is True:  # type: ignore[union-attr]
-                    validated.append(span)  # Sampler.decide(..., True, cap >= 1) is always True
-                else:
-                    validated.append(_Candidate(index, raw, None, span, raw.sampled))  # type: ignore[union-attr]
+        try:
+            if raw.__class__ is Span:
+                span = _from_record(raw, tier_of, now)  # type: ignore[arg-type]
+                if span is not None:
+                    if uncapped and raw.sampled is True:  # type: ignore[union-attr]
+                        validated.append(span)  # Sampler.decide(..., True, cap >= 1) is always True
+                    else:
+                        validated.append(_Candidate(index, raw, None, span, raw.sampled))  # type: ignore[union-attr]
+                    continue
+            if isinstance(raw, Span):
+                try:
+                    payload: Any = raw.to_event()
+                except Exception:  # times that are no datetimes: described from the integers
+                    reject(index, redact_text(_record_fault(raw)), raw)
+                    continue
+            else:
+                payload = raw
+            if not isinstance(payload, dict):
+                reject(index, f"expected an object with span fields, got {type(payload).__name__}", payload)
                 continue
-        payload = raw.to_event() if isinstance(raw, Span) else raw
-        if not isinstance(payload, dict):
-            errors.append(f"event[{index}]: expected an object with span fields, got {type(payload).__name__}")
-            continue
-        event, reason = _validate(payload, redactor)
-        if event is None:
-            errors.append(f"event[{index}] {reason}")
-            continue
-        validated.append(_Candidate(index, payload, event, None, event.sampled))
-        undecided = undecided or event.sampled is None
+            event, reason, cleaned = _validate(payload, redactor)
+            if event is None:
+                reject(index, str(reason), payload, cleaned)
+                continue
+            validated.append(_Candidate(index, payload, event, None, event.sampled))
+            undecided = undecided or event.sampled is None
+        except Exception as exc:
+            unexpected.append(exc)
+            reject(index, _unexpected(exc), raw)
 
     roots = _roots(validated) if undecided else {}  # only undecided traces are sampled by their root
     for item in validated:
-        if item.__class__ is ObservabilitySpan:
-            spans.append(redactor.redact_span(item))
-            continue
-        decided = item.sampled
-        if decided is None and incoming_trace is not None and item.trace_id == incoming_trace:
-            decided = bool(incoming_sampled)
-        if not sampler.decide(item.trace_id, roots.get(item.trace_id), decided, cap):
-            if not sampler.keep(False, item.status):
-                sampled_out += 1
+        try:
+            if item.__class__ is ObservabilitySpan:
+                spans.append(redactor.redact_span(item))
                 continue
-            if item.event is not None:
-                item.event.attributes = {**(item.event.attributes or {}), "trace_sampled_out": True}
+            decided = item.sampled
+            if decided is None and incoming_trace is not None and item.trace_id == incoming_trace:
+                decided = bool(incoming_sampled)
+            if not sampler.decide(item.trace_id, roots.get(item.trace_id), decided, cap):
+                if not sampler.keep(False, item.status):
+                    sampled_out += 1
+                    continue
+                if item.event is not None:
+                    item.event.attributes = {**(item.event.attributes or {}), "trace_sampled_out": True}
+                else:
+                    item.span.attributes["trace_sampled_out"] = True  # the row's own copy
+            event = item.event
+            if event is None:
+                span = item.span
             else:
-                item.span.attributes["trace_sampled_out"] = True  # the row's own copy
-        event = item.event
-        if event is None:
-            span = item.span
-        else:
-            try:
-                span = event.to_span(tier_of(event.agent_name), created_at=now)
-            except (ValidationError, ValueError, OverflowError) as exc:
-                payload = item.payload
-                reason = describe_validation_error(exc, payload) if isinstance(exc, ValidationError) else str(exc)
-                errors.append(f"event[{item.index}] {redact_text(reason)}")
-                continue
-        spans.append(redactor.redact_span(span))
-    return {
+                try:
+                    span = event.to_span(tier_of(event.agent_name), created_at=now)
+                except (ValidationError, ValueError, OverflowError) as exc:  # the event's checks make this rare
+                    payload = item.payload
+                    reason = describe_validation_error(exc, payload) if isinstance(exc, ValidationError) else str(exc)
+                    reject(item.index, redact_text(reason), payload)
+                    continue
+            spans.append(redactor.redact_span(span))
+        except Exception as exc:
+            unexpected.append(exc)
+            if item.__class__ is _Candidate:
+                reject(item.index, _unexpected(exc), item.payload)
+            else:  # a row built by the fast path: find its record (only ever on this rare path)
+                found = (i for i, r in enumerate(events) if r.__class__ is Span and r.span_id == item.span_id)
+                index = next(found, -1)
+                reject(index, _unexpected(exc), events[index] if index >= 0 else {"span_id": item.span_id})
+    update: dict[str, Any] = {
         "validated_spans": spans,
         "emission_errors": errors,
         "spans_sampled_out": sampled_out,
         "events_rejected": len(errors) - rejected_before,
+        "rejected_events": rejected,
     }
+    if unexpected:
+        # Not the events' fault: logged with its traceback once per batch. When it hit every
+        # event, it is the connector failing, and said so the host's way (span_emission_error).
+        first = unexpected[0]
+        log.error("%d event(s) of %d broke validation: %s", len(unexpected), len(events), _unexpected(first),
+                  exc_info=(type(first), first, first.__traceback__))  # fmt: skip
+        if len(unexpected) == len(events):
+            message = redact_text(f"{type(first).__name__}: {first}")
+            update.update(error=message, error_type="span_emission_error", error_details={"exception": message})
+    return update
+
+
+def _unexpected(exc: BaseException) -> str:
+    """The reason for an event that broke validation itself (a bug of ours, or an object whose
+    methods raise); redacted, since an exception message may quote the value."""
+    return redact_text(f"could not be validated: {type(exc).__name__}: {exc}"[:500])
