@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
+from src.agents.ml_foundation.observability_connector.fork import register_after_fork, watch_after_fork
 from src.agents.ml_foundation.observability_connector.redaction import redact_url
 
 from .circuit_breaker import CircuitBreaker, CircuitState
@@ -445,6 +446,29 @@ class OpikConnector:
         # later on the sender thread while agents run: importing ~2k modules holds the GIL.
         self._client_parts = _load_rest_client()
         _register_exit(self)
+        watch_after_fork(self)
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: the sender thread, its loop and HTTP client are the parent's, and so
+        are the batches waiting to be sent (the parent sends them). Forget them, and the parent's
+        spool handle (the child's context attaches its own); the next batch starts a sender of
+        the child's own. Locks another thread may have held at the fork are replaced."""
+        self._lock = threading.Lock()
+        self._start_lock = threading.RLock()
+        self.breaker._lock = threading.Lock()
+        self._book._lock = threading.Lock()
+        self._backlog = deque()
+        self._backlog_spans = self._backlog_bytes = 0
+        self._in_flight = []
+        self._spooled_in_memory = set()
+        self._spool = None
+        self._thread = None
+        self._loop = None
+        self._wake_event = self._stop_event = None
+        self._sender_idle = True
+        self.stats = OpikStats()
+        self.rejections = deque(maxlen=50)
+        self.overflows = deque(maxlen=50)
 
     @classmethod
     def from_settings(
@@ -1404,6 +1428,15 @@ def set_opik_connector(connector: OpikConnector | None) -> None:
     global _instance
     with _instance_lock:
         _instance = connector
+
+
+def _after_fork_in_child() -> None:
+    # The connector itself (shared by every context built in the parent) resets in place.
+    global _instance_lock
+    _instance_lock = threading.Lock()
+
+
+register_after_fork(_after_fork_in_child)
 
 
 def reset_opik_connector(timeout: float = 1.0) -> None:

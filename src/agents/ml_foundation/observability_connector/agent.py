@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from .batch_processor import BatchNotStoredError, BatchProcessor, FlusherStats, FlushReport
 from .constants import OPIK_PROJECT, OPIK_WORKSPACE
+from .fork import keep_inherited, watch_after_fork
 from .gc_tuning import raise_young_threshold
 from .sampling import Sampler
 from .spans import Span, duration_ns
@@ -269,6 +270,25 @@ class ObservabilityConnectorAgent:
         self._sample_root: Callable[[str, str | None], bool] = self._first_sample_root
         if context is not None:
             self._bind_opik(context)
+        self._context_given = context is not None
+        watch_after_fork(self)
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: the next span takes the lazy path again, so it starts the child's
+        own flusher (the processor has forgotten the parent's run) and, unless a context was
+        given, resolves the child's own context (the process-wide one is rebuilt in the child)."""
+        self._lazy_lock = threading.RLock()
+        if not self._context_given and self._context is not None:
+            old = self._context
+            keep_inherited(old)  # its connections are the parent's: never closed from here
+            self._context = None
+            if self._span_repository_value is old.store:
+                self._span_repository_value = None
+                self._span_repository_set = False
+            if self._opik_connector is old.opik:
+                self._opik_connector = None
+        if self.setup_error is None:
+            self._submit = self._first_submit
 
     # -- what is built on first use --------------------------------------------------------
 

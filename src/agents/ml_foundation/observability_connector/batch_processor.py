@@ -21,6 +21,7 @@ from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .fork import register_before_fork, watch_after_fork
 from .spans import Span
 
 __all__ = [
@@ -384,6 +385,17 @@ class SpanCollector:
         self._reopen = None
         self._max = self._open_max
 
+    def forget_after_fork(self, reopen: Callable[[], None] | None) -> None:
+        """In a forked child: drop the parent's queued spans (the parent delivers them) and its
+        counts; with ``reopen``, the next ``append`` starts the child's own flusher."""
+        self._queue = deque()
+        self._taken = self.waited = self.dropped = self.dropped_for_bytes = 0
+        self.bytes_in = self.bytes_taken = self.bytes_out = 0
+        self._bytes_limit = self._max_bytes
+        self.consumer_thread = None
+        if reopen is not None:
+            self.close_gate(reopen)
+
     def __len__(self) -> int:
         return len(self._queue)
 
@@ -510,6 +522,28 @@ class BatchProcessor:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._started = False
         self._start_lock = threading.Lock()
+        # Set once the thread's start-up (``on_start``: imports, opening the sinks) is over.
+        self._ready = threading.Event()
+        watch_after_fork(self)
+
+    def _after_fork_in_child(self) -> None:
+        """The child has none of the parent's threads: forget the parent's run (its queue, batches
+        in flight, waiters, loop and locks, which another thread may have held at the fork) so
+        that the child's first span starts a flusher of its own."""
+        was_started = self._started
+        self._start_lock = threading.Lock()
+        self._waiters_lock = threading.Lock()
+        self._ready = threading.Event()
+        self._flush_waiters = []
+        self._delivering = {}
+        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+        self._started = self._stopping = self._abandoned = self._wake_pending = False
+        self._loop = None
+        self._async_wake = None
+        self.stats = FlusherStats()
+        self.last_flush = None
+        self._flush_mark = (0, 0, 0, 0)
+        self.collector.forget_after_fork((self._on_reopen or self.start) if was_started else None)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -526,6 +560,7 @@ class BatchProcessor:
             self._async_wake = None
             self._wake_pending = False
             self._started = True
+            self._ready.clear()
             self.collector.open_gate()
             self._thread.start()
             _register_exit(self)
@@ -728,6 +763,7 @@ class BatchProcessor:
                 await self._on_start()
             except Exception:  # a sink's start-up problem must not stop span collection
                 log.exception("starting the sinks' background work failed")
+        self._ready.set()
         collector = self.collector
         # Spans or flush requests that arrived before the loop existed.
         signalled = bool(self._flush_waiters) or collector.ready() or self._stopping
@@ -837,6 +873,26 @@ def at_exit_before_thread_pools(callback: Callable[[], None]) -> None:
         register(callback)
     except RuntimeError:
         atexit.register(callback)
+
+
+# How long a fork waits for a flusher's start-up to finish (see _before_fork).
+_FORK_WAIT_S = 10.0
+
+
+def _before_fork() -> None:
+    """A fork while a flusher's thread imports modules (its start-up, the graph's first run's lazy
+    imports) would leave the child half-imported modules whose import locks belong to a thread
+    that does not exist there: wait (bounded) for start-ups and batches in flight to finish."""
+    deadline = time.monotonic() + _FORK_WAIT_S
+    for flusher in list(_live_flushers):
+        if not (flusher._started and flusher._thread.is_alive()):
+            continue
+        flusher._ready.wait(max(0.0, deadline - time.monotonic()))
+        while flusher._delivering and flusher._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+
+register_before_fork(_before_fork)
 
 
 def _register_exit(flusher: BatchProcessor) -> None:

@@ -82,6 +82,7 @@ from typing import Any, TypeVar
 from cachetools import TLRUCache
 
 from .config import CacheSettings
+from .fork import keep_inherited, register_after_fork, watch_after_fork
 from .redaction import redact_url
 
 __all__ = ["DEFAULT_REDIS_URL", "CachedValue", "MetricsCache", "newest_start"]
@@ -484,6 +485,15 @@ _NEAR_LOCK = threading.Lock()
 _NEAR: dict[tuple[int, str, str], _NearCache] = {}
 
 
+def _near_after_fork_in_child() -> None:
+    # Entries are keyed by pid, so the parent's are never found here; only the lock is replaced.
+    global _NEAR_LOCK
+    _NEAR_LOCK = threading.Lock()
+
+
+register_after_fork(_near_after_fork_in_child)
+
+
 def _near_acquire(url: str, channel: str, settings: CacheSettings) -> _NearCache:
     key = (os.getpid(), url, channel)  # after a fork the parent's subscriber thread is not ours
     with _NEAR_LOCK:
@@ -549,6 +559,19 @@ class _RedisBackend:
         self._near: _NearCache | None = None
         self._near_release: weakref.finalize | None = None
         self._near_lock = threading.Lock()
+        watch_after_fork(self)
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: the per-loop clients belong to the parent's loops and sockets, and
+        the near-cache's subscriber thread is the parent's; the child opens its own on first use
+        (the inherited clients are held, never closed: closing could write on a shared socket)."""
+        keep_inherited(list(self._clients.values()))
+        self._clients = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+        self._near_lock = threading.Lock()
+        release, self._near_release, self._near = self._near_release, None, None
+        if release is not None:
+            release.detach()  # the parent's subscription is the parent's to release
 
     def describe(self) -> str:
         return redact_url(self._url)
@@ -825,12 +848,19 @@ class MetricsCache:
         else:
             self._backend = _MemoryBackend(self.settings)
         self._counts_lock = threading.Lock()
+        watch_after_fork(self)
         self.hits = 0
         self.misses = 0
         self.stores = 0
         self.stale_discarded = 0
         self.invalidations = 0
         self.entries_invalidated = 0
+
+    def _after_fork_in_child(self) -> None:
+        # Another thread of the parent may have held it at the fork (the Redis backend resets itself).
+        self._counts_lock = threading.Lock()
+        if isinstance(self._backend, _MemoryBackend):
+            self._backend._lock = threading.Lock()
 
     @property
     def backend(self) -> str:

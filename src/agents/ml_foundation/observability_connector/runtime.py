@@ -20,6 +20,7 @@ from .config import (
     load_registry,
     load_settings,
 )
+from .fork import keep_inherited, register_after_fork
 from .redaction import Redactor
 from .sampling import Sampler
 
@@ -90,6 +91,18 @@ def set_default_context(context: ConnectorContext | None) -> None:
     global _default
     with _lock:
         _default = context
+
+
+def _after_fork_in_child() -> None:
+    """The child builds its own context on first use: the parent's store connections, spool
+    handle and Opik sender are not the child's (kept referenced, never closed: see fork.py)."""
+    global _default, _lock
+    keep_inherited(_default)
+    _default = None
+    _lock = threading.Lock()
+
+
+register_after_fork(_after_fork_in_child)
 
 
 def resolve_context(runtime: Any) -> ConnectorContext:
