@@ -31,9 +31,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from src.agents.ml_foundation.observability_connector.config import ObservabilitySettings
+from src.agents.ml_foundation.observability_connector.constants import MAX_DURATION_NS
 from src.agents.ml_foundation.observability_connector.graph import graph
 from src.agents.ml_foundation.observability_connector.models import (
-    MAX_DURATION_NS,
     STATUS_ALIASES,
     ObservabilityEvent,
 )

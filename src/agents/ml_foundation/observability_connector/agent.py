@@ -27,7 +27,7 @@ from .batch_processor import BatchNotStoredError, BatchProcessor, FlusherStats, 
 from .constants import OPIK_PROJECT, OPIK_WORKSPACE
 from .fork import keep_inherited, watch_after_fork
 from .gc_tuning import raise_young_threshold
-from .sampling import Sampler
+from .sampling import Sampler, check_sample_rate
 from .spans import Span, duration_ns
 from .trace_context import (
     _CURRENT,
@@ -151,12 +151,6 @@ def _not_stored(batch: list[Span], state: Any) -> int:
     return max(0, len(batch) - int(logged) - int(sampled_out))
 
 
-def _check_rate(sample_rate: object) -> float:
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, float)) or not 0.0 <= sample_rate <= 1.0:
-        raise ValueError(f"sample_rate must be a number from 0.0 to 1.0, got {sample_rate!r}")
-    return float(sample_rate)
-
-
 class SpanScope:
     """``async with`` / ``with`` scope of one span; yields the :class:`Span`.
 
@@ -208,9 +202,7 @@ class SpanScope:
             _CURRENT.reset(self._token)
         except ValueError:  # a token of another context: see trace_context.reset_current
             _CURRENT.set(None)
-        agent = self._agent
-        if record.sampled or (record.status == "error" and agent._keep_errors):
-            agent._submit(record)
+        self._agent._finish(record)
 
     async def __aenter__(self) -> Span:
         return self.__enter__()
@@ -516,7 +508,7 @@ class ObservabilityConnectorAgent:
         span). ``sample_rate`` can only lower that: 0.0 never samples; 1.0 leaves the
         configured rate (which keeps everything unless sampling is configured lower).
         """
-        rate = _check_rate(sample_rate)
+        rate = check_sample_rate(sample_rate)
         remote = extract({"traceparent": traceparent, "tracestate": tracestate or ""}) if traceparent else None
         if remote is not None:
             trace_id, parent = remote.trace_id, remote.span_id

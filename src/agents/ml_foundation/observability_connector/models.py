@@ -78,7 +78,6 @@ MAX_NAME_LENGTH = 64
 #: or a lone surrogate there is refused by Postgres or SQLite; control characters are garbage.
 LABEL_PATTERN = r"^(?:[^\p{C}\p{Z}]|\x20)*\z"
 MAX_LABEL_LENGTH = 256
-MAX_DURATION_NS = MAX_DURATION_MS * 1_000_000
 MIN_INT4 = -(2**31)
 #: Span times lie between the epoch and 2262-04-11, where signed 64-bit nanoseconds since the
 #: epoch end: the range of ``Span.start_ns`` and of OTLP/Opik timestamps, well inside every

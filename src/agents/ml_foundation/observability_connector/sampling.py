@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from hashlib import blake2b
 
-__all__ = ["Sampler", "trace_sampled"]
+__all__ = ["Sampler", "check_sample_rate", "trace_sampled"]
 
 _BOUND = 1 << 56
 _HEX = frozenset("0123456789abcdef")
@@ -35,6 +35,13 @@ def _threshold(rate: float) -> int:
     if rate <= 0.0:
         return 0
     return int(rate * _BOUND)
+
+
+def check_sample_rate(value: object) -> float:
+    """A caller's ``sample_rate`` as a float, or a ValueError saying what is accepted."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"sample_rate {value!r} is not a number between 0 and 1")
+    return float(value)
 
 
 def trace_sampled(trace_id: str, rate: float) -> bool:

@@ -17,7 +17,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .constants import MAX_DURATION_MS, MAX_INT4, MAX_TIME_NS
+from .constants import MAX_DURATION_NS, MAX_INT4, MAX_TIME_NS
 
 __all__ = ["MAX_TOKENS", "Span", "duration_ns", "token_count"]
 
@@ -59,9 +59,6 @@ def token_count(value: Any) -> tuple[int | None, str | None]:
     return None, f"{_shown(value)}: not a whole number of tokens from 0 to {MAX_TOKENS}"
 
 
-_LONGEST_NS = MAX_DURATION_MS * 1_000_000
-
-
 def duration_ns(value: Any, longest_ns: int) -> tuple[int, str | None]:
     """A duration in milliseconds as nanoseconds, or ``(0, why)`` when it is not a finite number
     of milliseconds from 0 to ``longest_ns`` (what the span's times can hold: a call that ended
@@ -69,7 +66,7 @@ def duration_ns(value: Any, longest_ns: int) -> tuple[int, str | None]:
     stores (MAX_DURATION_MS)."""
     if value is None:
         return 0, None
-    longest_ns = min(longest_ns, _LONGEST_NS)
+    longest_ns = min(longest_ns, MAX_DURATION_NS)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         try:
             ms = float(value)

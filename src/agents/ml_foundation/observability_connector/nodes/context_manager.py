@@ -22,6 +22,7 @@ from typing import Any
 from ..config import build_sampler
 from ..redaction import redact_text
 from ..runtime import resolve_context
+from ..sampling import check_sample_rate
 from ..state import ObservabilityConnectorState
 from ..trace_context import extract, format_traceparent, format_tracestate, new_span_id, new_trace_id
 
@@ -37,11 +38,7 @@ def new_request_id() -> str:
 
 
 def _rate(value: object) -> float:
-    if value is None:
-        return 1.0
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"sample_rate {value!r} is not a number between 0 and 1")
-    return float(value)
+    return 1.0 if value is None else check_sample_rate(value)
 
 
 def _failure(error_type: str, exc: BaseException) -> dict[str, Any]:

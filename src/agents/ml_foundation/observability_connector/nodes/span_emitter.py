@@ -28,15 +28,13 @@ from typing import Any, cast
 from pydantic import ValidationError
 
 from ..config import build_redactor, build_sampler
+from ..constants import MAX_DURATION_NS, MAX_INT4, MAX_TIME_NS
 from ..models import (
     _ID_CHARS,
     _LABEL_RULE,
     _NAME_RULE,
-    MAX_DURATION_NS,
-    MAX_INT4,
     MAX_NAME_LENGTH,
     MAX_TIME,
-    MAX_TIME_NS,
     MIN_TIME,
     MIN_TIME_NS,
     STATUS_ALIASES,
@@ -48,6 +46,7 @@ from ..models import (
 )
 from ..redaction import Redactor, install_log_redaction, redact_text
 from ..runtime import resolve_context
+from ..sampling import check_sample_rate
 from ..spans import Span
 from ..state import ObservabilityConnectorState
 
@@ -368,8 +367,9 @@ async def validate_spans(state: ObservabilityConnectorState, runtime: Any = None
     registry = ctx.registry
     sampler = ctx.sampler or build_sampler(ctx.settings)
     redactor = ctx.redactor or build_redactor(ctx.settings)
-    cap = state.get("sample_rate", 1.0)
-    if not isinstance(cap, (int, float)) or isinstance(cap, bool) or not 0.0 <= cap <= 1.0:
+    try:
+        cap = check_sample_rate(state.get("sample_rate", 1.0))
+    except ValueError:
         cap = 1.0  # the context node has already reported it
     # Parent-based: events of the invocation's own trace follow an incoming traceparent's flag
     # (the context node names a parent span only when the caller sent a valid traceparent).
