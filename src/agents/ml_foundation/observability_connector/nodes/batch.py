@@ -110,8 +110,10 @@ async def _write(state: ObservabilityConnectorState, runtime: Any) -> dict[str, 
         update = await _through_spool(ctx, spans, errors)
     else:
         update = await _direct(ctx, spans, errors)
-    update["emission_successful"] = accepted and update.pop("_all_accepted")
     store_rejected = update.pop("_store_rejected")
+    # Every event accepted: none refused by validation or by the store, and the batch was taken
+    # (stored or spooled; a batch nothing took carries ``error``).
+    update["emission_successful"] = accepted and not store_rejected and "error" not in update
     update["events_rejected"] = invalid + store_rejected
     update["events_dead_lettered"] = dead + (store_rejected if ctx.store_delivery is not None else 0)
     return {**base, **update, **(await _opik_outcome(opik_job))}
@@ -170,7 +172,6 @@ async def _direct(ctx: ConnectorContext, spans: list[Any], errors: list[str]) ->
         errors.append(f"store write failed for {len(spans)} span(s): {type(exc).__name__}: {exc}")
         return {
             **_logged([]),
-            "_all_accepted": False,
             "_store_rejected": 0,
             "db_writes_successful": False,
             "db_write_count": 0,
@@ -187,7 +188,6 @@ async def _direct(ctx: ConnectorContext, spans: list[Any], errors: list[str]) ->
         await ctx.cache.ainvalidate_since(s.start_time for s in logged)
     return {
         **_logged(logged),
-        "_all_accepted": not failed,
         "_store_rejected": len(spans) - len(logged),
         "db_writes_successful": result.failed == 0,
         "db_write_count": result.inserted + result.duplicates,
@@ -219,7 +219,6 @@ async def _through_spool(ctx: ConnectorContext, spans: list[Any], errors: list[s
         await cache.ainvalidate_since(s.start_time for s in logged)
     update: dict[str, Any] = {
         **_logged(logged),
-        "_all_accepted": not outcome.rejected and not (outcome.error and not outcome.spooled),
         "_store_rejected": len(spans) - len(logged) if outcome.rejected_ids else 0,
         "db_writes_successful": outcome.spooled == 0 and outcome.rejected == 0 and outcome.error is None,
         "db_write_count": inserted + duplicates,
