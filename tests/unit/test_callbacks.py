@@ -608,7 +608,7 @@ async def test_async_graph_nests_under_the_callers_current_span() -> None:
 
 def _our_growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot) -> int:
     """Bytes still held that were allocated in the handler's or the span's source files."""
-    ours = [tracemalloc.Filter(True, "*observability_connector/callbacks.py"), tracemalloc.Filter(True, "*spans.py")]
+    ours = [tracemalloc.Filter(True, "*observability_connector/callback*.py"), tracemalloc.Filter(True, "*spans.py")]
     stats = after.filter_traces(ours).compare_to(before.filter_traces(ours), "filename")
     return sum(stat.size_diff for stat in stats)
 

@@ -1,0 +1,312 @@
+"""One handler's open runs: the bookkeeping behind :class:`callbacks.ObservabilityCallbackHandler`.
+
+Each run that becomes a span is opened here, parented by LangChain's ``run_id`` /
+``parent_run_id`` (see :mod:`callbacks` for why never by contextvars), and finished and
+submitted when it ends or fails. Runs that are not spans get a :class:`Skipped` placeholder;
+runs another handler records are remembered as foreign (see :mod:`callback_registry`).
+
+Memory: a run's entry is removed when it ends or errors, so a finished run costs nothing.
+``max_open_runs`` bounds the map for runs whose end never arrives; the oldest open runs are
+then evicted, counted in ``evicted``, and — if they were spans — submitted with the error
+type ``RunEvicted`` so that they are not lost silently.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from time import monotonic, time_ns
+from typing import Any
+from uuid import UUID
+
+# LangGraph's control-flow exceptions (interrupt(), Command(graph=PARENT)) are not failures.
+from langgraph.errors import GraphBubbleUp, GraphInterrupt
+
+from .callback_payloads import RUN_TYPE
+from .callback_registry import (
+    ADOPT,
+    ADOPTED,
+    CHILD,
+    FOREIGN,
+    IGNORE,
+    MAX_REGISTERED_RUNS,
+    OWNERS,
+    ROOT,
+    Foreign,
+    Skipped,
+    trim_registry,
+)
+from .spans import Span
+from .trace_context import ParentLike, current_parent, new_span_id, new_trace_id, span_parent_id
+
+__all__ = ["RunTree"]
+
+logger = logging.getLogger(__name__)
+
+_EVICTION_LOG_INTERVAL_S = 60.0
+
+
+class RunTree:
+    """The open runs of one handler (spans, skipped placeholders, foreign runs), oldest first."""
+
+    def __init__(
+        self,
+        submit: Callable[[Span], None],
+        agent_name: str,
+        *,
+        capture_inputs: bool = False,
+        max_open_runs: int = 10_000,
+        sample_root: Callable[[str, str], bool] | None = None,
+    ) -> None:
+        super().__init__()  # the handler's other base, LangChain's BaseCallbackHandler
+        if max_open_runs < 1:
+            raise ValueError("max_open_runs must be at least 1")
+        self._submit = submit
+        # Sampling decision for a trace this handler starts (None: keep every trace).
+        self._sample_root = sample_root
+        self.agent_name = agent_name
+        self.capture_inputs = capture_inputs
+        self.max_open_runs = max_open_runs
+        # run_id -> Span (tracked), Skipped or FOREIGN; insertion order = age, for eviction.
+        self._runs: dict[UUID, Span | Skipped | Foreign] = {}
+        self.evicted = 0
+        self._evicted_logged = 0
+        self._last_eviction_log = -_EVICTION_LOG_INTERVAL_S
+
+    @property
+    def open_runs(self) -> int:
+        """Runs started and not yet ended (spans, skipped placeholders and foreign runs)."""
+        return len(self._runs)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(agent_name={self.agent_name!r}, open_runs={len(self._runs)})"
+
+    def _open(self, run_id: UUID, parent: ParentLike | None, operation: str, attributes: dict[str, Any]) -> Span:
+        span = self._new_span(parent, operation, attributes, time_ns())
+        runs = self._runs
+        runs[run_id] = span
+        OWNERS[run_id] = self
+        if len(runs) > self.max_open_runs:
+            self._evict()
+        if len(OWNERS) > MAX_REGISTERED_RUNS:
+            trim_registry(OWNERS)
+        return span
+
+    def _new_span(self, parent: ParentLike | None, operation: str, attributes: dict[str, Any], start_ns: int) -> Span:
+        if parent is not None:
+            span = Span(
+                new_span_id(),
+                parent.trace_id,
+                parent.span_id,
+                operation,
+                self.agent_name,
+                None,
+                "started",
+                attributes,
+                start_ns,
+                parent.sampled,
+                getattr(parent, "tracestate", ()),
+                getattr(parent, "baggage", None),
+            )
+        else:
+            # A root run: nest under the caller's open span (obs.span(...) / attach(...)) so
+            # the graph joins the trace the agent is already in.
+            outer = current_parent()
+            if outer is None:
+                trace_id = new_trace_id()
+                sample = self._sample_root
+                sampled = True if sample is None else sample(trace_id, self.agent_name)
+                span = Span(
+                    new_span_id(),
+                    trace_id,
+                    None,
+                    operation,
+                    self.agent_name,
+                    None,
+                    "started",
+                    attributes,
+                    start_ns,
+                    sampled,
+                )
+            else:
+                span = Span(
+                    new_span_id(),
+                    outer.trace_id,
+                    span_parent_id(outer),
+                    operation,
+                    self.agent_name,
+                    None,
+                    "started",
+                    attributes,
+                    start_ns,
+                    outer.sampled,
+                    getattr(outer, "tracestate", ()),
+                    getattr(outer, "baggage", None),
+                )
+        return span
+
+    def _skip(self, run_id: UUID, anchor: Span | None, name: str | None, hidden: bool) -> None:
+        runs = self._runs
+        runs[run_id] = Skipped(anchor, name, time_ns(), hidden)
+        OWNERS[run_id] = self
+        if len(runs) > self.max_open_runs:
+            self._evict()
+        if len(OWNERS) > MAX_REGISTERED_RUNS:
+            trim_registry(OWNERS)
+
+    def _ignore(self, run_id: UUID) -> None:
+        """Another handler records this run: remember it only so that its children and its
+        end event are ignored too (not registered: the registry names the recording handler)."""
+        runs = self._runs
+        runs[run_id] = FOREIGN
+        if len(runs) > self.max_open_runs:
+            self._evict()
+
+    def _disown(self, run_id: UUID) -> None:
+        """Another handler adopted a run this handler opened: drop it unsubmitted, ignore its tree."""
+        runs = self._runs
+        if runs.get(run_id) is not None:
+            runs[run_id] = FOREIGN  # same key: keeps the run's place in the eviction order
+
+    def _route(self, run_id: UUID, parent_run_id: UUID | None) -> tuple[Span | None, Skipped | None, int]:
+        """Where a starting run belongs: (nearest parent span, parent placeholder, how).
+
+        ``how`` is ``CHILD`` (its parent is ours), ``ROOT``, ``ADOPT`` (another of our
+        handlers records the parent: this handler is the innermost one attached for the run,
+        so it records it under that handler's span) or ``IGNORE`` (recorded elsewhere; the
+        run is already remembered as foreign).
+        """
+        if parent_run_id is None:
+            return None, None, ROOT
+        entry = self._runs.get(parent_run_id)
+        if entry is None:
+            owner = OWNERS.get(parent_run_id)
+            if owner is None or owner is self:
+                return None, None, ROOT
+            # LangChain called the outer handlers for this event first; whichever of them
+            # opened this run drops it. Then the run is ours (registered by _open/_skip).
+            previous = OWNERS.get(run_id)
+            if previous is not None and previous is not self:
+                previous._disown(run_id)
+            ADOPTED[run_id] = self
+            if len(ADOPTED) > MAX_REGISTERED_RUNS:
+                trim_registry(ADOPTED)
+            return owner._nearest(parent_run_id), None, ADOPT
+        if entry is FOREIGN:
+            self._ignore(run_id)
+            return None, None, IGNORE
+        if ADOPTED:
+            # A handler called before this one for the same event adopted the run (local
+            # handlers come first when a config's callbacks are a manager merged with a list).
+            adopter = ADOPTED.get(run_id)
+            if adopter is not None and adopter is not self:
+                self._ignore(run_id)
+                return None, None, IGNORE
+        if entry.__class__ is Skipped:
+            return entry.anchor, entry, CHILD  # type: ignore[union-attr,return-value]
+        return entry, None, CHILD  # type: ignore[return-value]
+
+    def _evict(self) -> None:
+        """Drop the oldest open runs until the map is within bounds."""
+        runs = self._runs
+        limit = self.max_open_runs
+        now = time_ns()
+        attempts = 0
+        while len(runs) > limit and attempts < 4 * limit:
+            attempts += 1
+            try:
+                run_id = next(iter(runs))
+                entry = runs.pop(run_id)
+            except (StopIteration, KeyError, RuntimeError):
+                # Another thread changed the map between the two steps; look again.
+                continue
+            self.evicted += 1
+            if entry is FOREIGN:
+                continue
+            if OWNERS.get(run_id) is self:
+                OWNERS.pop(run_id, None)
+            if ADOPTED and ADOPTED.get(run_id) is self:
+                ADOPTED.pop(run_id, None)
+            if entry.__class__ is Span:
+                span: Span = entry  # type: ignore[assignment]
+                span.record_error(
+                    f"open-run limit ({limit}) reached before this run's end event arrived",
+                    "RunEvicted",
+                )
+                span.attributes["callback.evicted"] = True
+                span.finish(now if now > span.start_ns else span.start_ns)
+                self._submit(span)
+        mono = monotonic()
+        if mono - self._last_eviction_log >= _EVICTION_LOG_INTERVAL_S:
+            # Rate-limited: this runs on the agent's thread, and a leak evicts on every event.
+            logger.warning(
+                "observability callback handler for %s evicted %d open run(s) (limit %d, %d since last report); "
+                "their end events never arrived",
+                self.agent_name,
+                self.evicted,
+                limit,
+                self.evicted - self._evicted_logged,
+            )
+            self._last_eviction_log = mono
+            self._evicted_logged = self.evicted
+
+    def _promote(self, run_id: UUID, skipped: Skipped) -> Span:
+        """A skipped chain that turned out to be a compiled subgraph becomes a span, in place."""
+        promoted = skipped.promoted
+        if not promoted:
+            name = skipped.name or "subgraph"
+            promoted.append(self._new_span(skipped.anchor, name, {RUN_TYPE: "subgraph"}, skipped.start_ns))
+        span = promoted[0]
+        self._runs[run_id] = span  # same key: keeps the run's place in the eviction order
+        return span
+
+    def _close(self, run_id: UUID) -> Span | Skipped | None:
+        """Forget a run that ended; its registry entries go too (unless another handler records it)."""
+        entry = self._runs.pop(run_id, None)
+        if entry is None or entry is FOREIGN:
+            return None
+        OWNERS.pop(run_id, None)
+        if ADOPTED:
+            ADOPTED.pop(run_id, None)
+        return entry  # type: ignore[return-value]
+
+    def _end(self, run_id: UUID, output: Any = None) -> Span | None:
+        entry = self._close(run_id)
+        if entry is None or entry.__class__ is not Span:
+            return None
+        span: Span = entry  # type: ignore[assignment]
+        if self.capture_inputs and output is not None:
+            span.output_data = output
+        return span
+
+    def _finish(self, span: Span) -> None:
+        end = time_ns()
+        span.finish(end if end > span.start_ns else span.start_ns)
+        self._submit(span)
+
+    def _fail(self, run_id: UUID, error: BaseException) -> None:
+        entry = self._close(run_id)
+        if entry is None or entry.__class__ is not Span:
+            return
+        span: Span = entry  # type: ignore[assignment]
+        if isinstance(error, GraphBubbleUp):
+            # interrupt() pauses for a human and Command(graph=PARENT) hands control to the
+            # parent graph: control flow, not failure.
+            span.attributes["langgraph.bubble_up"] = type(error).__name__
+            if isinstance(error, GraphInterrupt):
+                span.attributes["langgraph.interrupted"] = True
+        elif isinstance(error, GeneratorExit):
+            # The consumer of astream()/stream() stopped reading early; the run did not fail.
+            span.attributes["langchain.stream_closed_early"] = True
+        else:
+            span.record_error(error)
+        self._finish(span)
+
+    def _nearest(self, run_id: UUID) -> Span | None:
+        """The span recording ``run_id``, or the nearest recorded ancestor of a skipped run."""
+        entry = self._runs.get(run_id)
+        if entry is None or entry is FOREIGN:
+            return None
+        if entry.__class__ is Skipped:
+            return entry.anchor  # type: ignore[union-attr]
+        return entry  # type: ignore[return-value]
