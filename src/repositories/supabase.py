@@ -6,17 +6,6 @@ how to read the answer, and what to do when it goes wrong.
 
 Design notes (why it looks like this):
 
-* **We own the HTTP client.** The supabase client is given our ``httpx.AsyncClient``, whose
-  response hook turns every non-2xx answer into a typed :class:`~src.repositories.base.StoreError`
-  carrying the HTTP status. postgrest-py's own ``APIError`` drops the status, and the gateway's
-  401 for a bad key (``{"message": "Invalid API key"}``) has no code at all, so without the hook
-  "wrong key", "RLS denied", "duplicate" and "server down" would be indistinguishable.
-* **One retry layer, ours.** The client's retry is switched off (it retries only GET/HEAD on
-  503/520, never POST, with its own fixed backoff that would multiply with ours). Ours retries
-  every operation on 5xx, connection errors and timeouts only, with exponential backoff and full
-  jitter, a few attempts; a 4xx fails the same way every time and is never retried. Retrying a
-  write is safe because the upsert ignores duplicates: a batch that did commit before its answer
-  was lost is counted as duplicates on the second try, never stored twice.
 * **Inserted vs duplicate counts without a body.** Writes are ``POST …?on_conflict=trace_id,span_id``
   with ``Prefer: return=minimal,count=exact,resolution=ignore-duplicates,missing=default``.
   PostgREST answers ``Content-Range: */N`` where N counts the rows its ``INSERT … ON CONFLICT DO
@@ -40,37 +29,22 @@ Design notes (why it looks like this):
   ``DELETE`` returns every deleted row unless told ``return=minimal``, and a limited delete is
   only fast ordered by ``start_time`` (DESIGN.md); ``obs_delete_old_spans`` deletes one such
   batch per call in a short transaction and returns just the count.
-* **One client per event loop.** httpx connections belong to the loop that opened them, and the
-  repository is used from several loops at once (the flusher thread's and the caller's).
-* **The service key stays secret.** It comes from ``SUPABASE_SERVICE_KEY`` (or the constructor),
-  is sent only in the ``apikey``/``Authorization`` headers, and appears in no repr, description,
-  log line or error message.
+* **Split by job**: :mod:`supabase_client` owns the HTTP clients and the retry layer (and keeps
+  the service key secret), :mod:`supabase_errors` reads PostgREST's answers, :mod:`supabase_rows`
+  converts spans to rows and back; this module decides what to send and how to read the results.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import binascii
-import ipaddress
-import json
 import logging
-import math
 import os
-import threading
-import weakref
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, TypeVar
-from urllib.parse import urlsplit
+from typing import Any, Final
 
 import httpx
-from postgrest.exceptions import APIError
 from postgrest.types import CountMethod, ReturnMethod
-from pydantic import SecretStr
-from supabase import AsyncClient, AsyncClientOptions, acreate_client
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
+from supabase import AsyncClient
 
 from src.agents.ml_foundation.observability_connector.models import (
     LatencyStats,
@@ -85,12 +59,8 @@ from src.repositories.base import (
     GroupBy,
     ProgressCallback,
     SpanStore,
-    StoreAuthError,
-    StoreConflictError,
     StoreError,
-    StorePermissionError,
     StoreRequestError,
-    StoreSchemaError,
     StoreUnavailableError,
     check_group_by,
     check_limit,
@@ -101,7 +71,9 @@ from src.repositories.base import (
 
 # The same sanitising as the embedded store, so an odd attribute value (NaN, a set, a cycle)
 # reads back identically from every backend.
-from src.repositories.json_text import json_text as _json_text
+from src.repositories.supabase_client import SupabaseClient
+from src.repositories.supabase_errors import ENV_SERVICE_KEY, ENV_URL, STATEMENT_TIMEOUT, row_level
+from src.repositories.supabase_rows import float_or_none, int_or_zero, iso, row_to_span, span_label, span_to_row
 
 __all__ = [
     "COLUMNS",
@@ -115,7 +87,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 ON_CONFLICT: Final = "trace_id,span_id"
 #: ``id`` breaks ties so offset pagination never skips or repeats rows with equal start times.
@@ -126,259 +97,8 @@ RPC_STATUS_DISTRIBUTION: Final = "obs_status_distribution"
 RPC_QUALITY_COUNTS: Final = "obs_quality_counts"
 RPC_DELETE_OLD: Final = "obs_delete_old_spans"
 
-ENV_URL: Final = "SUPABASE_URL"
-ENV_SERVICE_KEY: Final = "SUPABASE_SERVICE_KEY"
 
-#: SQLSTATE classes / PostgREST codes that describe the request or the schema, never one row:
-#: undefined column/table/function, syntax, privileges, and every PostgREST-level error.
-_REQUEST_LEVEL_CODES: Final = ("PGRST", "42")
-_SCHEMA_CODES: Final = frozenset({"PGRST202", "PGRST204", "PGRST205", "42P01", "42703", "42883"})
-_ROW_LEVEL_STATUSES: Final = frozenset({400, 409, 413, 422})
-_STATEMENT_TIMEOUT: Final = "57014"
-_LOOPBACK_NAMES: Final = frozenset({"localhost", "localhost.localdomain"})
-
-# Strict: refuses NaN/inf and anything that is not plain JSON, so a row that would break the
-# request body is caught on its own before the batch is sent.
-_STRICT_ENCODER: Final = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
-
-
-# --------------------------------------------------------------------------- rows
-
-
-def _iso(value: datetime) -> str:
-    """Timezone-aware ISO 8601 in UTC; naive values are UTC, as everywhere in the model."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    elif value.tzinfo is not UTC:
-        value = value.astimezone(UTC)
-    return value.isoformat(timespec="microseconds")
-
-
-def _iso_or_none(value: datetime | None) -> str | None:
-    return None if value is None else _iso(value)
-
-
-def _finite_or_none(value: object, field: str) -> float | None:
-    if value is None:
-        return None
-    number = float(value)  # type: ignore[arg-type]
-    if not math.isfinite(number):
-        raise ValueError(f"{field} must be a finite number, got {number!r}")
-    return number
-
-
-def _span_to_row(span: ObservabilitySpan) -> dict[str, Any]:
-    """The JSON object PostgREST maps onto one table row; raises for a row that cannot be sent."""
-    row: dict[str, Any] = {
-        "id": span.id,
-        "span_id": span.span_id,
-        "trace_id": span.trace_id,
-        "parent_span_id": span.parent_span_id,
-        "operation_name": span.operation_name,
-        "agent_name": span.agent_name,
-        "agent_tier": span.agent_tier,
-        "start_time": _iso(span.start_time),
-        "end_time": _iso_or_none(span.end_time),
-        "duration_ms": _finite_or_none(span.duration_ms, "duration_ms"),
-        "status": span.status,
-        "error_type": span.error_type,
-        "error_message": span.error_message,
-        "attributes": span.attributes if span.attributes is not None else {},
-        "llm_model": span.llm_model,
-        "input_tokens": span.input_tokens,
-        "output_tokens": span.output_tokens,
-        "total_tokens": span.total_tokens,
-        "events": span.events if span.events is not None else [],
-        "created_at": _iso(span.created_at),
-    }
-    try:
-        text = _STRICT_ENCODER.encode(row)
-    except (TypeError, ValueError, RecursionError):
-        # Rare slow path: make attributes/events plain JSON, then insist the row encodes.
-        row["attributes"] = json.loads(_json_text(span.attributes, "{}"))
-        row["events"] = json.loads(_json_text(span.events, "[]"))
-        text = _STRICT_ENCODER.encode(row)
-    if "\\u0000" in text:
-        # Postgres stores no NUL in text or jsonb; replace it (as the direct backend does) rather
-        # than lose the span to a 400.
-        row = _replace_nul(row)
-        text = _STRICT_ENCODER.encode(row)
-    text.encode("utf-8")  # a lone surrogate cannot be sent: fail this row, not the request
-    return row
-
-
-def _replace_nul(value: Any) -> Any:
-    if isinstance(value, str):
-        return value.replace("\x00", "\ufffd")
-    if isinstance(value, dict):
-        return {_replace_nul(k): _replace_nul(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_replace_nul(v) for v in value]
-    return value
-
-
-def _row_to_span(row: Mapping[str, Any]) -> ObservabilitySpan:
-    data = dict(row)
-    if data.get("attributes") is None:
-        data["attributes"] = {}
-    if data.get("events") is None:
-        data["events"] = []
-    return ObservabilitySpan.model_validate(data)
-
-
-def _label(span: object) -> str:
-    try:
-        return str(getattr(span, "span_id", None) or "<no span_id>")
-    except Exception:
-        return "<unprintable span_id>"
-
-
-def _float(value: object) -> float | None:
-    return None if value is None else float(value)  # type: ignore[arg-type]
-
-
-def _int(value: object) -> int:
-    return 0 if value is None else int(value)  # type: ignore[call-overload]
-
-
-# --------------------------------------------------------------------------- errors
-
-
-def _text(value: object) -> str | None:
-    if value is None or value == "":
-        return None
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-
-
-def _proxy_status_code(response: httpx.Response) -> str | None:
-    """PostgREST names its error code in ``Proxy-Status: PostgREST; error=CODE`` too."""
-    header = response.headers.get("proxy-status", "")
-    for part in header.split(";"):
-        key, _, value = part.strip().partition("=")
-        if key == "error" and value:
-            return value.strip('"')
-    return None
-
-
-def error_for_response(response: httpx.Response) -> StoreError:
-    """The typed error for one failed HTTP answer, with PostgREST's own diagnosis when present."""
-    status = response.status_code
-    payload: dict[str, Any] = {}
-    try:
-        parsed = json.loads(response.content) if response.content else None
-    except ValueError:
-        parsed = None
-    if isinstance(parsed, dict):
-        payload = parsed
-    code = _text(payload.get("code")) or _proxy_status_code(response)
-    message = _text(payload.get("message")) or _text(payload.get("msg")) or _text(payload.get("error"))
-    if message is None:
-        body = response.text.strip()
-        message = (body[:200] + "…") if len(body) > 200 else (body or response.reason_phrase or "no message")
-    details = _text(payload.get("details"))
-    hint = _text(payload.get("hint"))
-    where = f"{response.request.method} {response.request.url.path}"
-    said = message + (f" ({code})" if code else "")
-    said += (f"; {details}" if details else "") + (f"; hint: {hint}" if hint else "")
-    facts: dict[str, Any] = {"status": status, "code": code, "details": details, "hint": hint}
-
-    if status == 401:
-        return StoreAuthError(f"{where}: service key rejected (401) — check {ENV_SERVICE_KEY}: {said}", **facts)
-    if status == 403:
-        return StorePermissionError(
-            f"{where}: permission denied (403) — the key is not the service_role key, or grants/RLS on "
-            f"{TABLE} do not allow it: {said}",
-            **facts,
-        )
-    if status == 409:
-        return StoreConflictError(f"{where}: conflict with stored data (409): {said}", **facts)
-    if status >= 500:
-        return StoreUnavailableError(f"{where}: Supabase is failing or unreachable ({status}): {said}", **facts)
-    if status == 404 or (code in _SCHEMA_CODES):
-        return StoreSchemaError(
-            f"{where}: not found ({status}) — is database/ml/mlops_tables.sql applied to this project? {said}",
-            **facts,
-        )
-    return StoreRequestError(f"{where}: request rejected ({status}): {said}", **facts)
-
-
-async def _raise_for_status(response: httpx.Response) -> None:
-    """httpx response hook: a non-2xx answer becomes a typed StoreError before postgrest-py sees it."""
-    if response.is_success:
-        return
-    await response.aread()
-    raise error_for_response(response)
-
-
-def _row_level(exc: StoreError) -> bool:
-    """Could this failure belong to one row of the batch (so splitting the batch isolates it)?"""
-    if isinstance(exc, StoreSchemaError) or exc.status not in _ROW_LEVEL_STATUSES:
-        return False
-    return not (exc.code or "").startswith(_REQUEST_LEVEL_CODES)
-
-
-def _retryable(exc: BaseException) -> bool:
-    # A statement timeout (57014) would time out again at once; callers that can shrink the work do.
-    return isinstance(exc, StoreError) and exc.retryable and exc.code != _STATEMENT_TIMEOUT
-
-
-# --------------------------------------------------------------------------- configuration checks
-
-
-def _origin(url: str) -> tuple[str, str]:
-    """(``scheme://host[:port]``, host) of a Supabase URL; refuses what would leak the key."""
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{ENV_URL} must be an http(s) URL like https://<project>.supabase.co, got {url!r}")
-    if parts.username or parts.password:
-        raise ValueError(f"{ENV_URL} must not contain credentials; the service key goes in {ENV_SERVICE_KEY}")
-    host = parts.hostname
-    if parts.scheme == "http" and not _is_loopback(host):
-        raise ValueError(
-            f"refusing to send the service key over plain http to {host}; use https (http is accepted for "
-            "a local Supabase on the loopback interface only)"
-        )
-    shown_host = f"[{host}]" if ":" in host else host
-    origin = f"{parts.scheme}://{shown_host}" + (f":{parts.port}" if parts.port else "")
-    return origin, host
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _key_role(key: str) -> str | None:
-    """The role a key grants, where the key says so: a legacy JWT's ``role`` claim or the new prefixes."""
-    if key.startswith("sb_publishable_"):
-        return "anon"
-    if key.startswith("sb_secret_"):
-        return "service_role"
-    parts = key.split(".")
-    if len(parts) != 3:
-        return None
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (binascii.Error, ValueError):
-        return None
-    role = claims.get("role") if isinstance(claims, dict) else None
-    return role if isinstance(role, str) else None
-
-
-# --------------------------------------------------------------------------- repository
-
-
-@dataclass(slots=True)
-class _LoopClient:
-    supabase: AsyncClient
-    http: httpx.AsyncClient
-
-
-class SupabaseSpanRepository(SpanStore):
+class SupabaseSpanRepository(SupabaseClient, SpanStore):
     """``ml_observability_spans`` in a Supabase project, over its REST API (PostgREST).
 
     Safe to share between event loops and threads: each loop gets its own client on first use.
@@ -408,34 +128,22 @@ class SupabaseSpanRepository(SpanStore):
         changed), or a truncated page would look like the last one. ``max_rows_per_request`` keeps
         request bodies well under gateway size limits for spans with large attributes.
         """
-        self._origin, self._host = _origin(url)
-        key = (service_key or "").strip()
-        if not key:
-            raise ValueError(f"a Supabase service key is required ({ENV_SERVICE_KEY})")
-        role = _key_role(key)
-        if role is not None and role != "service_role":
-            raise ValueError(
-                f"{ENV_SERVICE_KEY} holds a key for the {role!r} role; the span table is readable and writable "
-                "by service_role only (Row Level Security) — use the project's service_role / secret key"
-            )
-        if max_attempts < 1:
-            raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
+        super().__init__(
+            url,
+            service_key,
+            schema=schema,
+            timeout_s=timeout_s,
+            connect_timeout_s=connect_timeout_s,
+            max_attempts=max_attempts,
+            retry_base_s=retry_base_s,
+            retry_max_s=retry_max_s,
+            max_connections=max_connections,
+            transport=transport,
+        )
         if max_rows_per_request < 1 or page_size < 1:
             raise ValueError("max_rows_per_request and page_size must be at least 1")
-        self._url = url.strip()
-        # SecretStr: even vars(), a debugger or a rich traceback of this object shows '**********'.
-        self._key = SecretStr(key)
-        self._schema = schema
-        self._timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
-        self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        self._max_attempts = max_attempts
-        self._retry_base_s = retry_base_s
-        self._retry_max_s = retry_max_s
         self._max_rows = max_rows_per_request
         self._page_size = page_size
-        self._transport = transport
-        self._lock = threading.Lock()
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClient] = weakref.WeakKeyDictionary()
         self._warned_no_count = False
 
     @classmethod
@@ -450,119 +158,11 @@ class SupabaseSpanRepository(SpanStore):
             )
         return cls(env[ENV_URL], env[ENV_SERVICE_KEY], **options)
 
-    def describe(self) -> str:
-        return f"supabase:{self._origin}"
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._origin!r})"
-
     # ------------------------------------------------------------------ lifecycle
 
     async def open(self) -> None:
         """Check now that the project answers, the key is accepted and the table exists."""
         await self._call("open", lambda c: c.table(TABLE).select("id").limit(0).execute())
-
-    async def close(self) -> None:
-        """Close every loop's HTTP connections (idempotent); a later call reconnects lazily."""
-        with self._lock:
-            clients = list(self._clients.items())
-            self._clients.clear()
-        current = asyncio.get_running_loop()
-        for loop, client in clients:
-            if loop is current:
-                await client.http.aclose()
-            elif loop.is_running() and not loop.is_closed():
-                future = asyncio.run_coroutine_threadsafe(client.http.aclose(), loop)
-                try:
-                    await asyncio.wait_for(asyncio.wrap_future(future), timeout=5.0)
-                except Exception as exc:  # that loop is busy or dying: its sockets go with it
-                    log.debug("closing the supabase client of another event loop failed: %s", exc)
-            # A stopped or closed loop's connections cannot be used again and are dropped with it.
-
-    async def _client(self) -> AsyncClient:
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            found = self._clients.get(loop)
-        if found is not None:
-            return found.supabase
-        http = httpx.AsyncClient(
-            timeout=self._timeout,
-            limits=self._limits,
-            transport=self._transport,
-            follow_redirects=False,
-            event_hooks={"response": [_raise_for_status]},
-        )
-        try:
-            client = await acreate_client(
-                self._url,
-                self._key.get_secret_value(),
-                AsyncClientOptions(
-                    schema=self._schema,
-                    httpx_client=http,
-                    postgrest_client_retry=False,
-                    auto_refresh_token=False,
-                    persist_session=False,
-                ),
-            )
-        except BaseException:
-            await http.aclose()
-            raise
-        with self._lock:
-            entry = self._clients.setdefault(loop, _LoopClient(client, http))
-        if entry.http is not http:  # another task of this loop won the race
-            await http.aclose()
-        return entry.supabase
-
-    # ------------------------------------------------------------------ the retry layer
-
-    async def _call(self, op: str, request: Callable[[AsyncClient], Awaitable[T]]) -> T:
-        """Run one REST call, retrying only what can succeed later (5xx, connection, timeout)."""
-        client = await self._client()
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._max_attempts),
-            wait=wait_random_exponential(multiplier=self._retry_base_s, max=self._retry_max_s),
-            retry=retry_if_exception(_retryable),
-            before_sleep=self._log_retry(op),
-            reraise=True,
-        )
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    return await self._once(op, request, client)
-        except StoreUnavailableError as exc:
-            attempts = int(retrying.statistics.get("attempt_number", 1))
-            if attempts > 1 and "gave up after" not in exc.message:
-                exc.message = f"{exc.message} (gave up after {attempts} attempts)"
-                exc.args = (exc.message,)
-            raise
-        raise AssertionError("unreachable: tenacity either returns or re-raises")
-
-    async def _once(self, op: str, request: Callable[[AsyncClient], Awaitable[T]], client: AsyncClient) -> T:
-        try:
-            return await request(client)
-        except StoreError:
-            raise
-        except httpx.TimeoutException as exc:
-            raise StoreUnavailableError(f"{op}: {self.describe()} timed out ({type(exc).__name__})") from exc
-        except httpx.TransportError as exc:
-            raise StoreUnavailableError(f"{op}: cannot reach {self.describe()}: {type(exc).__name__}: {exc}") from exc
-        except APIError as exc:  # only when the hook did not classify the answer (never expected)
-            raise StoreRequestError(f"{op}: {exc.message or exc}", code=exc.code) from exc
-
-    def _log_retry(self, op: str) -> Callable[[RetryCallState], None]:
-        def before_sleep(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome is not None else None
-            delay = state.next_action.sleep if state.next_action is not None else 0.0
-            log.warning(
-                "supabase %s failed (attempt %d of %d), retrying in %.2fs: %s",
-                op,
-                state.attempt_number,
-                self._max_attempts,
-                delay,
-                exc,
-            )
-
-        return before_sleep
 
     # ------------------------------------------------------------------ writes
 
@@ -585,12 +185,12 @@ class SupabaseSpanRepository(SpanStore):
         labels: list[str] = []
         for span in spans:
             try:
-                rows.append(_span_to_row(span))
+                rows.append(span_to_row(span))
             except Exception as exc:
                 result.failed += 1
-                result.errors.append((_label(span), f"not sendable: {type(exc).__name__}: {exc}"))
+                result.errors.append((span_label(span), f"not sendable: {type(exc).__name__}: {exc}"))
             else:
-                labels.append(_label(span))
+                labels.append(span_label(span))
         for start in range(0, len(rows), self._max_rows):
             end = start + self._max_rows
             result += await self._write(rows[start:end], labels[start:end])
@@ -600,7 +200,7 @@ class SupabaseSpanRepository(SpanStore):
         try:
             inserted = await self._upsert(rows)
         except StoreError as exc:
-            if not _row_level(exc):
+            if not row_level(exc):
                 raise
             if len(rows) == 1:
                 return BatchInsertResult(failed=1, errors=[(labels[0], exc.message)])
@@ -649,7 +249,7 @@ class SupabaseSpanRepository(SpanStore):
             raise ValueError(f"days must be zero or positive, got {days}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        cutoff = _iso(datetime.now(UTC) - timedelta(days=days))
+        cutoff = iso(datetime.now(UTC) - timedelta(days=days))
         total = 0
         while True:
             params = {"p_cutoff": cutoff, "p_batch": batch_size}
@@ -660,7 +260,7 @@ class SupabaseSpanRepository(SpanStore):
             try:
                 response = await self._call("delete_old_spans", delete_batch)
             except StoreUnavailableError as exc:
-                if exc.code != _STATEMENT_TIMEOUT or batch_size == 1:
+                if exc.code != STATEMENT_TIMEOUT or batch_size == 1:
                     raise
                 batch_size = max(1, batch_size // 2)
                 log.warning("retention batch timed out on the server; continuing with batches of %d", batch_size)
@@ -701,7 +301,7 @@ class SupabaseSpanRepository(SpanStore):
 
             response = await self._call("select", request)
             rows = response.data or []
-            spans.extend(_row_to_span(row) for row in rows)
+            spans.extend(row_to_span(row) for row in rows)
             if len(rows) < page:
                 break
         return spans
@@ -715,7 +315,7 @@ class SupabaseSpanRepository(SpanStore):
     ) -> list[ObservabilitySpan]:
         if limit < 0:
             raise ValueError(f"limit must be zero or positive, got {limit}")
-        filters = [("start_time", "gte", _iso(window_start(window)))]
+        filters = [("start_time", "gte", iso(window_start(window)))]
         if agent_name is not None:
             filters.append(("agent_name", "eq", agent_name))
         if trace_id is not None:
@@ -728,7 +328,7 @@ class SupabaseSpanRepository(SpanStore):
         return await self._select([("trace_id", "eq", trace_id)], None)
 
     async def get_spans_by_agent(self, agent_name: str, hours: float = 24, limit: int = 500) -> list[ObservabilitySpan]:
-        filters = [("agent_name", "eq", agent_name), ("start_time", "gte", _iso(hours_start(hours)))]
+        filters = [("agent_name", "eq", agent_name), ("start_time", "gte", iso(hours_start(hours)))]
         check_limit(limit)
         if limit == 0:
             return []
@@ -745,7 +345,7 @@ class SupabaseSpanRepository(SpanStore):
     # ------------------------------------------------------------------ metrics (SQL functions)
 
     def _rpc_filters(self, window: str, agent_name: str | None, trace_id: str | None) -> dict[str, Any]:
-        return {"p_since": _iso(window_start(window)), "p_agent": agent_name, "p_trace": trace_id}
+        return {"p_since": iso(window_start(window)), "p_agent": agent_name, "p_trace": trace_id}
 
     async def _rpc_rows(self, fn: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         response = await self._call(fn, lambda c: c.rpc(fn, params).execute())
@@ -771,20 +371,20 @@ class SupabaseSpanRepository(SpanStore):
         rows = await self._rpc_rows(RPC_LATENCY_STATS, params)
         stats = []
         for row in rows:
-            count, errors = _int(row.get("count")), _int(row.get("error_count"))
+            count, errors = int_or_zero(row.get("count")), int_or_zero(row.get("error_count"))
             stats.append(
                 LatencyStats(
                     key=str(row["key"]),
                     count=count,
-                    avg_ms=_float(row.get("avg_ms")),
-                    p50_ms=_float(row.get("p50_ms")),
-                    p95_ms=_float(row.get("p95_ms")),
-                    p99_ms=_float(row.get("p99_ms")),
+                    avg_ms=float_or_none(row.get("avg_ms")),
+                    p50_ms=float_or_none(row.get("p50_ms")),
+                    p95_ms=float_or_none(row.get("p95_ms")),
+                    p99_ms=float_or_none(row.get("p99_ms")),
                     error_count=errors,
                     error_rate=error_rate(errors, count),
-                    input_tokens=_int(row.get("input_tokens")),
-                    output_tokens=_int(row.get("output_tokens")),
-                    total_tokens=_int(row.get("total_tokens")),
+                    input_tokens=int_or_zero(row.get("input_tokens")),
+                    output_tokens=int_or_zero(row.get("output_tokens")),
+                    total_tokens=int_or_zero(row.get("total_tokens")),
                 )
             )
         return stats
@@ -794,7 +394,7 @@ class SupabaseSpanRepository(SpanStore):
     ) -> dict[str, int]:
         """Always every stored status, zeros included, like every other backend."""
         rows = await self._rpc_rows(RPC_STATUS_DISTRIBUTION, self._rpc_filters(window, agent_name, trace_id))
-        return status_counts((row["status"], _int(row.get("n"))) for row in rows)
+        return status_counts((row["status"], int_or_zero(row.get("n"))) for row in rows)
 
     async def get_quality_metrics(
         self, window: str, agent_name: str | None = None, trace_id: str | None = None
@@ -804,16 +404,16 @@ class SupabaseSpanRepository(SpanStore):
         row = rows[0] if rows else {}
         return QualityMetrics.from_counts(
             window,
-            total=_int(row.get("total")),
-            ok=_int(row.get("ok_count")),
-            error=_int(row.get("error_count")),
-            timeout=_int(row.get("timeout_count")),
-            started=_int(row.get("started_count")),
-            fallback=_int(row.get("fallback_count")),
-            p50=_float(row.get("p50_ms")),
-            p95=_float(row.get("p95_ms")),
-            p99=_float(row.get("p99_ms")),
-            avg=_float(row.get("avg_ms")),
+            total=int_or_zero(row.get("total")),
+            ok=int_or_zero(row.get("ok_count")),
+            error=int_or_zero(row.get("error_count")),
+            timeout=int_or_zero(row.get("timeout_count")),
+            started=int_or_zero(row.get("started_count")),
+            fallback=int_or_zero(row.get("fallback_count")),
+            p50=float_or_none(row.get("p50_ms")),
+            p95=float_or_none(row.get("p95_ms")),
+            p99=float_or_none(row.get("p99_ms")),
+            avg=float_or_none(row.get("avg_ms")),
         )
 
 
