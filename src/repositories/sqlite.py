@@ -45,9 +45,10 @@ from src.repositories.base import (
     hours_start,
     status_counts,
 )
+from src.repositories.row_values import span_label, utc_text
 from src.repositories.sqlite_connect import SQLiteConnector, StoreCorruptError, StoreNotFoundError
 from src.repositories.sqlite_queries import GROUP_KEYS, filters, stats_sql
-from src.repositories.sqlite_rows import reason, row_to_span, span_label, span_to_row, ts
+from src.repositories.sqlite_rows import reason, row_to_span, span_to_row
 from src.repositories.sqlite_schema import COLS, INSERT, ROW_ERRORS, SCHEMA_VERSION
 
 __all__ = ["COLUMNS", "SCHEMA_VERSION", "TABLE", "SQLiteSpanRepository", "StoreCorruptError", "StoreNotFoundError"]
@@ -268,7 +269,7 @@ class SQLiteSpanRepository(SpanStore):
             raise ValueError(f"days must be zero or positive, got {days}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        cutoff = ts(datetime.now(UTC) - timedelta(days=days))
+        cutoff = utc_text(datetime.now(UTC) - timedelta(days=days))
         total = 0
         while True:
             deleted = await self._run(partial(self._delete_batch_sync, cutoff=cutoff, batch_size=batch_size))
@@ -319,7 +320,7 @@ class SQLiteSpanRepository(SpanStore):
         return [row_to_span(row) for row in rows]
 
     async def get_spans_by_agent(self, agent_name: str, hours: float = 24, limit: int = 500) -> list[ObservabilitySpan]:
-        since = ts(hours_start(hours))
+        since = utc_text(hours_start(hours))
         check_limit(limit)
         sql = (
             f"SELECT {COLS} FROM {TABLE} WHERE agent_name = ? AND start_time >= ? "

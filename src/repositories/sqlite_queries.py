@@ -14,7 +14,7 @@ from src.repositories.base import (
     TABLE,
     window_start,
 )
-from src.repositories.sqlite_rows import ts
+from src.repositories.row_values import utc_text
 
 __all__ = ["GROUP_KEYS", "filters", "stats_sql"]
 
@@ -95,7 +95,7 @@ ORDER BY {order_by}
 def filters(window: str, agent_name: str | None, trace_id: str | None) -> tuple[str, list[Any]]:
     """WHERE clause for the shared filters; ``window`` is validated here (ValueError names forms)."""
     clauses = ["start_time >= ?"]
-    params: list[Any] = [ts(window_start(window))]
+    params: list[Any] = [utc_text(window_start(window))]
     if agent_name is not None:
         clauses.append("agent_name = ?")
         params.append(agent_name)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from src.agents.ml_foundation.observability_connector.models import (
@@ -19,30 +19,13 @@ from src.repositories.base import (
     COLUMNS,
 )
 from src.repositories.json_text import json_text as _dumps
-from src.repositories.json_text import safe_str as _safe_str
+from src.repositories.row_values import float_or_none, utc_text, utc_text_or_none
 
-__all__ = ["row_to_span", "span_to_row", "ts"]
-
-
-def ts(value: datetime) -> str:
-    """The one text form every timestamp is stored in; naive values are UTC like in the model."""
-    if not isinstance(value, datetime):
-        raise TypeError(f"expected a datetime, got {type(value).__name__} {value!r}")
-    if value.tzinfo is not UTC:  # validated spans are already UTC: skip the conversion
-        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    return value.isoformat(timespec="microseconds")
-
-
-def ts_or_none(value: datetime | None) -> str | None:
-    return None if value is None else ts(value)
+__all__ = ["reason", "row_to_span", "span_to_row"]
 
 
 def parse_ts(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text)
-
-
-def float_or_none(value: object) -> float | None:
-    return None if value is None else float(value)  # type: ignore[arg-type]
 
 
 def span_to_row(span: ObservabilitySpan) -> tuple[Any, ...]:
@@ -54,8 +37,8 @@ def span_to_row(span: ObservabilitySpan) -> tuple[Any, ...]:
         span.operation_name,
         span.agent_name,
         span.agent_tier,
-        ts(span.start_time),
-        ts_or_none(span.end_time),
+        utc_text(span.start_time),
+        utc_text_or_none(span.end_time),
         float_or_none(span.duration_ms),
         span.status,
         span.error_type,
@@ -66,7 +49,7 @@ def span_to_row(span: ObservabilitySpan) -> tuple[Any, ...]:
         span.output_tokens,
         span.total_tokens,
         _dumps(span.events, "[]"),
-        ts(span.created_at),
+        utc_text(span.created_at),
     )
 
 
@@ -78,10 +61,6 @@ def row_to_span(row: Sequence[Any]) -> ObservabilitySpan:
     data["attributes"] = json.loads(data["attributes"]) if data["attributes"] else {}
     data["events"] = json.loads(data["events"]) if data["events"] else []
     return ObservabilitySpan.model_validate(data)
-
-
-def span_label(span: object) -> str:
-    return _safe_str(getattr(span, "span_id", None) or "<no span_id>")
 
 
 def reason(exc: BaseException) -> str:

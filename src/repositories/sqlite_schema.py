@@ -20,7 +20,7 @@ from src.repositories.base import (
 
 __all__ = ["INSERT", "SCHEMA_VERSION", "ensure_schema"]
 
-#: 2: ``status`` also accepts ``timeout`` (a version-1 table is rebuilt on open, see _create_schema).
+#: 2: ``status`` also accepts ``timeout`` (a version-1 table is rebuilt on open, see ensure_schema).
 SCHEMA_VERSION: Final = 2
 #: Window functions (3.25) and UPSERT's ``DO NOTHING`` (3.24) are what the store relies on.
 MIN_SQLITE: Final = (3, 25, 0)

@@ -68,12 +68,11 @@ from src.repositories.base import (
     status_counts,
     window_start,
 )
+from src.repositories.row_values import float_or_none, span_label, utc_text
 
-# The same sanitising as the embedded store, so an odd attribute value (NaN, a set, a cycle)
-# reads back identically from every backend.
 from src.repositories.supabase_client import SupabaseClient
 from src.repositories.supabase_errors import ENV_SERVICE_KEY, ENV_URL, STATEMENT_TIMEOUT, row_level
-from src.repositories.supabase_rows import float_or_none, int_or_zero, iso, row_to_span, span_label, span_to_row
+from src.repositories.supabase_rows import int_or_zero, row_to_span, span_to_row
 
 __all__ = [
     "COLUMNS",
@@ -249,7 +248,7 @@ class SupabaseSpanRepository(SupabaseClient, SpanStore):
             raise ValueError(f"days must be zero or positive, got {days}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        cutoff = iso(datetime.now(UTC) - timedelta(days=days))
+        cutoff = utc_text(datetime.now(UTC) - timedelta(days=days))
         total = 0
         while True:
             params = {"p_cutoff": cutoff, "p_batch": batch_size}
@@ -315,7 +314,7 @@ class SupabaseSpanRepository(SupabaseClient, SpanStore):
     ) -> list[ObservabilitySpan]:
         if limit < 0:
             raise ValueError(f"limit must be zero or positive, got {limit}")
-        filters = [("start_time", "gte", iso(window_start(window)))]
+        filters = [("start_time", "gte", utc_text(window_start(window)))]
         if agent_name is not None:
             filters.append(("agent_name", "eq", agent_name))
         if trace_id is not None:
@@ -328,7 +327,7 @@ class SupabaseSpanRepository(SupabaseClient, SpanStore):
         return await self._select([("trace_id", "eq", trace_id)], None)
 
     async def get_spans_by_agent(self, agent_name: str, hours: float = 24, limit: int = 500) -> list[ObservabilitySpan]:
-        filters = [("agent_name", "eq", agent_name), ("start_time", "gte", iso(hours_start(hours)))]
+        filters = [("agent_name", "eq", agent_name), ("start_time", "gte", utc_text(hours_start(hours)))]
         check_limit(limit)
         if limit == 0:
             return []
@@ -345,7 +344,7 @@ class SupabaseSpanRepository(SupabaseClient, SpanStore):
     # ------------------------------------------------------------------ metrics (SQL functions)
 
     def _rpc_filters(self, window: str, agent_name: str | None, trace_id: str | None) -> dict[str, Any]:
-        return {"p_since": iso(window_start(window)), "p_agent": agent_name, "p_trace": trace_id}
+        return {"p_since": utc_text(window_start(window)), "p_agent": agent_name, "p_trace": trace_id}
 
     async def _rpc_rows(self, fn: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         response = await self._call(fn, lambda c: c.rpc(fn, params).execute())

@@ -47,8 +47,6 @@ from src.repositories.base import (
     StoreUnavailableError,
 )
 
-# The same sanitising as the embedded store, so an odd attribute value (NaN, a set, a cycle)
-# reads back identically from every backend.
 from src.repositories.supabase_errors import ENV_SERVICE_KEY, ENV_URL, raise_for_status, retryable
 
 __all__ = ["SupabaseClient"]

@@ -22,8 +22,6 @@ from src.repositories.base import (
     StoreUnavailableError,
 )
 
-# The same sanitising as the embedded store, so an odd attribute value (NaN, a set, a cycle)
-# reads back identically from every backend.
 
 __all__ = ["STATEMENT_TIMEOUT", "error_for_response", "raise_for_status", "retryable", "row_level"]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any, Final
 
 from src.agents.ml_foundation.observability_connector.models import (
@@ -15,25 +14,13 @@ from src.agents.ml_foundation.observability_connector.models import (
 # The same sanitising as the embedded store, so an odd attribute value (NaN, a set, a cycle)
 # reads back identically from every backend.
 from src.repositories.json_text import json_text as _json_text
+from src.repositories.row_values import utc_text, utc_text_or_none
 
-__all__ = ["iso", "row_to_span", "span_label", "span_to_row"]
+__all__ = ["int_or_zero", "row_to_span", "span_to_row"]
 
 # Strict: refuses NaN/inf and anything that is not plain JSON, so a row that would break the
 # request body is caught on its own before the batch is sent.
 _STRICT_ENCODER: Final = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
-
-
-def iso(value: datetime) -> str:
-    """Timezone-aware ISO 8601 in UTC; naive values are UTC, as everywhere in the model."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    elif value.tzinfo is not UTC:
-        value = value.astimezone(UTC)
-    return value.isoformat(timespec="microseconds")
-
-
-def iso_or_none(value: datetime | None) -> str | None:
-    return None if value is None else iso(value)
 
 
 def finite_or_none(value: object, field: str) -> float | None:
@@ -55,8 +42,8 @@ def span_to_row(span: ObservabilitySpan) -> dict[str, Any]:
         "operation_name": span.operation_name,
         "agent_name": span.agent_name,
         "agent_tier": span.agent_tier,
-        "start_time": iso(span.start_time),
-        "end_time": iso_or_none(span.end_time),
+        "start_time": utc_text(span.start_time),
+        "end_time": utc_text_or_none(span.end_time),
         "duration_ms": finite_or_none(span.duration_ms, "duration_ms"),
         "status": span.status,
         "error_type": span.error_type,
@@ -67,7 +54,7 @@ def span_to_row(span: ObservabilitySpan) -> dict[str, Any]:
         "output_tokens": span.output_tokens,
         "total_tokens": span.total_tokens,
         "events": span.events if span.events is not None else [],
-        "created_at": iso(span.created_at),
+        "created_at": utc_text(span.created_at),
     }
     try:
         text = _STRICT_ENCODER.encode(row)
@@ -102,17 +89,6 @@ def row_to_span(row: Mapping[str, Any]) -> ObservabilitySpan:
     if data.get("events") is None:
         data["events"] = []
     return ObservabilitySpan.model_validate(data)
-
-
-def span_label(span: object) -> str:
-    try:
-        return str(getattr(span, "span_id", None) or "<no span_id>")
-    except Exception:
-        return "<unprintable span_id>"
-
-
-def float_or_none(value: object) -> float | None:
-    return None if value is None else float(value)  # type: ignore[arg-type]
 
 
 def int_or_zero(value: object) -> int:
