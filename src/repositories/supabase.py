@@ -69,7 +69,6 @@ from src.repositories.base import (
     window_start,
 )
 from src.repositories.row_values import float_or_none, span_label, utc_text
-
 from src.repositories.supabase_client import SupabaseClient
 from src.repositories.supabase_errors import ENV_SERVICE_KEY, ENV_URL, STATEMENT_TIMEOUT, row_level
 from src.repositories.supabase_rows import int_or_zero, row_to_span, span_to_row

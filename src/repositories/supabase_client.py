@@ -46,7 +46,6 @@ from src.repositories.base import (
     StoreRequestError,
     StoreUnavailableError,
 )
-
 from src.repositories.supabase_errors import ENV_SERVICE_KEY, ENV_URL, raise_for_status, retryable
 
 __all__ = ["SupabaseClient"]

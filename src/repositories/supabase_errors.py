@@ -22,7 +22,6 @@ from src.repositories.base import (
     StoreUnavailableError,
 )
 
-
 __all__ = ["STATEMENT_TIMEOUT", "error_for_response", "raise_for_status", "retryable", "row_level"]
 
 ENV_URL: Final = "SUPABASE_URL"
