@@ -2,8 +2,9 @@
 
 Commands: ``demo``, ``metrics``, ``trace``, ``status``, ``migrate``, ``cleanup``, ``replay``. More
 plug in the same way: a function decorated with ``@app.command()`` here or in its
-own module (registered with ``app.command()(func)``), opening the store with
-:func:`open_context` and reporting failures with :func:`fail`, so every command shares the
+own module (registered with ``app.command()(func)``, as :mod:`cli_maintenance`'s ``replay``,
+``migrate`` and ``cleanup`` are), opening the store with :func:`open_context` and reporting
+failures with :func:`fail` (both in :mod:`cli_support`), so every command shares the
 ``--store`` option, the error style and the exit codes:
 
 * 0: done; 1: the answer is "no" or the store failed (e.g. trace not found);
@@ -20,38 +21,33 @@ connector, LangGraph and the store load inside the command that needs them.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import sys
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-if TYPE_CHECKING:
-    from rich.console import Console
+from .cli_maintenance import cleanup, migrate, replay
+from .cli_support import (
+    EXIT_NOT_FOUND,
+    EXIT_USAGE,
+    CliOptions,
+    close_context,
+    describe_failure,
+    fail,
+    make_console,
+    open_context,
+    plain,
+    run_sync,
+    validate_window,
+)
 
+if TYPE_CHECKING:
     from .config import ObservabilitySettings
-    from .runtime import ConnectorContext
 
 __all__ = ["app", "describe_failure", "fail", "main", "open_context"]
-
-T = TypeVar("T")
-
-EXIT_NOT_FOUND = 1
-EXIT_USAGE = 2
-
-#: Bounds of ``cleanup``'s options (the settings' bounds too): a century of days is still a date,
-#: and a delete transaction past a million rows would hold the write lock for too long.
-MAX_RETENTION_DAYS = 36_500
-MAX_DELETE_BATCH = 1_000_000
-
-#: How a command uses the store: ``read`` opens it read-only and creates nothing; ``write``
-#: changes an existing store (a missing one is an error); ``create`` makes it if needed.
-StoreMode = Literal["read", "write", "create"]
 
 app = typer.Typer(
     name="obs-connector",
@@ -60,128 +56,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
-
-
-@dataclass
-class CliOptions:
-    """Options of the top-level callback, shared by every command through ``ctx.obj``."""
-
-    store: Path | None = None
-
-
-def _console(stderr: bool = False) -> Console:
-    from rich.console import Console
-
-    return Console(stderr=stderr, highlight=False)
-
-
-def _plain(text: object) -> str:
-    """``text`` shown as it is: paths, ids and driver messages hold brackets ("[Errno 2]", a
-    trace id "[/x]") that rich would otherwise take for markup, dropping them or failing."""
-    from rich.markup import escape
-
-    return escape(str(text))
-
-
-def fail(message: str, code: int = EXIT_NOT_FOUND) -> NoReturn:
-    """Print a one-line error to stderr and exit; never a traceback for an expected failure."""
-    _console(stderr=True).print(f"[bold red]error:[/] {_plain(message)}", soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def _validate_window(value: str) -> str:
-    """Reject a bad window before anything touches the store, naming the accepted forms and the
-    longest window, in one line."""
-    from src.repositories.base import parse_window
-
-    try:
-        parse_window(value)
-    except ValueError as exc:
-        fail(f"--window: {exc}", EXIT_USAGE)
-    return value
-
-
-def describe_failure(exc: BaseException) -> str:
-    """One line for a failed store operation: the store's own message (it names the file or
-    server and the problem) and its hint; anything else with its type. Secrets are redacted."""
-    from src.repositories.base import StoreError
-
-    from .redaction import redact_text
-
-    if isinstance(exc, StoreError):
-        text = exc.message + (f" ({exc.hint})" if exc.hint else "")
-    else:
-        text = f"{type(exc).__name__}: {exc}"
-    return redact_text(" ".join(text.split()))  # one line, whatever the driver's message looked like
-
-
-def _settings(options: CliOptions | None) -> ObservabilitySettings:
-    from .config import ConfigError, load_settings
-
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        fail(str(exc), EXIT_USAGE)
-    if options is not None and options.store is not None:
-        settings.store = settings.store.model_copy(update={"sqlite_path": str(options.store)})
-    return settings
-
-
-def open_context(options: CliOptions | None, mode: StoreMode = "create", *, probe: bool = True) -> ConnectorContext:
-    """The configured context (settings, registry, store), with ``--store`` applied.
-
-    The store (and, for the commands that write, the spool) is opened once here, so a bad
-    path, a corrupt file or an unreachable server is one clear line before the command starts;
-    ``probe=False`` leaves that to the command (``status`` reports it beside everything else).
-    """
-    from .config import ConfigError, build_store, spool_path
-    from .runtime import ConnectorContext
-    from .spool import Spool, SpoolError
-
-    settings = _settings(options)
-    try:
-        if probe:
-            # A store that must already exist is probed read-only, so a typo creates nothing.
-            store = build_store(settings, read_only=mode != "create")
-
-            async def check() -> None:
-                try:
-                    await store.open()
-                finally:
-                    await store.close()
-
-            try:
-                _run(check)
-            except Exception as exc:
-                fail(describe_failure(exc))
-        if mode != "read" and settings.batching.spool_enabled:
-            # Checked here rather than left to the connector, which would log the problem and
-            # carry on without a spool: a command can say it once and stop.
-            spool = Spool(spool_path(settings))
-            try:
-                spool.has_pending("store")  # creates it: the command writes, and the connector would
-            except SpoolError as exc:
-                fail(str(exc))
-            finally:
-                spool.close()
-        return ConnectorContext.from_config(settings, read_only=mode == "read")
-    except ConfigError as exc:
-        fail(str(exc), EXIT_USAGE)
-
-
-def _run(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    try:
-        return asyncio.run(make())
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
-
-
-async def _close(ctx: ConnectorContext) -> None:
-    try:
-        await ctx.store.close()
-    except Exception as exc:  # closing must not turn a good answer into a failure
-        logging.getLogger(__name__).warning("closing the store failed: %s", exc)
-    await ctx.cache.aclose()  # Redis connections of this loop; never raises
 
 
 @app.callback()
@@ -221,8 +95,8 @@ def demo(
     from .demo import run_demo
 
     context = open_context(ctx.obj)
-    console = _console()
-    result = _run(lambda: run_demo(traces, seed, console, context=context, concurrency=concurrency))
+    console = make_console()
+    result = run_sync(lambda: run_demo(traces, seed, console, context=context, concurrency=concurrency))
     if not result.delivered or result.spans_stored < result.spans_produced:
         fail(
             f"only {result.spans_stored:,} of {result.spans_produced:,} spans reached {result.store}; "
@@ -235,7 +109,7 @@ def metrics(
     ctx: typer.Context,
     window: Annotated[
         str,
-        typer.Option("--window", "-w", callback=_validate_window, help="Time window: 30m, 1h, 24h, 7d, 2w ..."),
+        typer.Option("--window", "-w", callback=validate_window, help="Time window: 30m, 1h, 24h, 7d, 2w ..."),
     ] = "24h",
     agent: Annotated[str | None, typer.Option("--agent", "-a", help="Only this agent's spans.")] = None,
     trace: Annotated[str | None, typer.Option("--trace", "-t", help="Only this trace's spans.")] = None,
@@ -250,10 +124,10 @@ def metrics(
         try:
             return await compute_metrics(context, window, agent, trace)
         finally:
-            await _close(context)
+            await close_context(context)
 
     try:
-        fields, from_cache, age = _run(query)
+        fields, from_cache, age = run_sync(query)
     except ValueError as exc:  # validated above; kept so a store-side rejection is still clean
         fail(str(exc), EXIT_USAGE)
     except Exception as exc:
@@ -275,13 +149,13 @@ def metrics(
 
     from .render import agent_table, overall_text, tier_table
 
-    console = _console()
+    console = make_console()
     scope = f"window {window}" + (f", agent {agent}" if agent else "") + (f", trace {trace}" if trace else "")
     cache = context.cache.backend
     source = f"cached answer ({cache}), {age:.1f} s old" if from_cache else f"computed now, {cache} cache"
-    console.print(f"[bold]Metrics[/] — {_plain(scope)} — {_plain(context.store.describe())} ({source})")
+    console.print(f"[bold]Metrics[/] — {plain(scope)} — {plain(context.store.describe())} ({source})")
     if agent and agent not in context.registry.agents:
-        console.print(f"[yellow]note:[/] {_plain(repr(agent))} is not in the agent registry; it is reported as tier -1")
+        console.print(f"[yellow]note:[/] {plain(repr(agent))} is not in the agent registry; it is reported as tier -1")
     if not fields.get("total_spans_analyzed"):
         console.print("No spans in this window. Produce some with [bold]obs-connector demo[/].")
         return
@@ -306,10 +180,10 @@ def trace(
         try:
             return await context.store.get_spans_by_trace_id(trace_id)
         finally:
-            await _close(context)
+            await close_context(context)
 
     try:
-        spans = _run(query)
+        spans = run_sync(query)
     except Exception as exc:
         fail(f"reading trace {trace_id!r} from {context.store.describe()} failed: {describe_failure(exc)}")
     if not spans:
@@ -317,7 +191,7 @@ def trace(
             f"no spans stored for trace {trace_id!r} in {context.store.describe()}. "
             "Trace ids are printed by `obs-connector demo`; check --store / OBS_STORE__SQLITE_PATH."
         )
-    _console().print(trace_tree(spans, trace_id))
+    make_console().print(trace_tree(spans, trace_id))
 
 
 @app.command()
@@ -338,11 +212,11 @@ def status(ctx: typer.Context) -> None:
             await context.store.open()
             return await context.store.count_spans()
         finally:
-            await _close(context)
+            await close_context(context)
 
     problems: list[str] = []
     try:
-        count: int | str = _run(query)
+        count: int | str = run_sync(query)
     except Exception as exc:
         problem = describe_failure(exc)
         problems.append(problem)
@@ -355,9 +229,9 @@ def status(ctx: typer.Context) -> None:
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("store", _plain(f"{context.store.describe()} (backend {store_backend(s)})"))
-    table.add_row("spans stored", f"{count:,}" if isinstance(count, int) else _plain(count))
-    table.add_row("config", _plain(config_dir()))
+    table.add_row("store", plain(f"{context.store.describe()} (backend {store_backend(s)})"))
+    table.add_row("spans stored", f"{count:,}" if isinstance(count, int) else plain(count))
+    table.add_row("config", plain(config_dir()))
     table.add_row(
         "agents", f"{len(registry.agents)} in {len(registry.by_tier())} tiers" if registry.agents else "none registered"
     )
@@ -377,9 +251,9 @@ def status(ctx: typer.Context) -> None:
         f"{context.cache.describe()}, "
         f"TTL {s.cache.ttl_short_s:g} s (≤1h) / {s.cache.ttl_day_s:g} s (≤24h) / {s.cache.ttl_long_s:g} s (longer)",
     )
-    table.add_row("opik", _plain(f"project {s.opik.project_name!r}, workspace {s.opik.workspace!r}"))
-    table.add_row("spool", _plain(spool_text))
-    _console().print(table)
+    table.add_row("opik", plain(f"project {s.opik.project_name!r}, workspace {s.opik.workspace!r}"))
+    table.add_row("spool", plain(spool_text))
+    make_console().print(table)
     if problems:
         fail("; ".join(problems))
 
@@ -410,205 +284,10 @@ def _spool_line(settings: ObservabilitySettings) -> tuple[str, str | None]:
     return text, None
 
 
-@app.command()
-def replay(ctx: typer.Context) -> None:
-    """Deliver what waits in the on-disk spool to the store now, with a progress bar."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from .config import spool_path
-    from .spool import Spool, SpoolError, SpoolMissingError
-
-    settings = _settings(ctx.obj)
-    if not settings.batching.spool_enabled:
-        fail("the spool is off (batching.spool_enabled: false): nothing to replay", EXIT_USAGE)
-    where = spool_path(settings)
-    probe = Spool(where, read_only=True)
-    try:
-        probe.stats()
-    except SpoolMissingError as exc:  # a mistyped --store must not create a spool and a store
-        _console().print(_plain(f"nothing to replay: {exc}"))
-        return
-    except SpoolError as exc:
-        fail(str(exc))
-    finally:
-        probe.close()
-    context = open_context(ctx.obj)
-    delivery = context.store_delivery
-    if delivery is None:  # open_context has checked the spool; this would be a race with its removal
-        fail(f"the spool {where} could not be opened", EXIT_NOT_FOUND)
-    before = delivery.spool.stats()
-    owed = before.pending_by_sink.get("store", 0)
-    if not owed:
-        _console().print(_plain(f"nothing to replay: the spool at {delivery.spool.path} owes the store no batch"))
-        return
-
-    async def run(progress: Progress, task: Any) -> int:
-        sent = 0
-        try:
-            while delivery.backlogged:
-                await asyncio.to_thread(delivery.spool.make_due, "store")
-                got = await delivery.replay_once()
-                if got == 0 and delivery.backlogged:
-                    break
-                sent += got
-                progress.advance(task)
-            return sent
-        finally:
-            await _close(context)
-
-    columns = (TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"), TimeElapsedColumn())
-    with Progress(*columns, console=_console(stderr=True), transient=True) as progress:
-        task = progress.add_task("replay", total=owed)
-        sent = _run(lambda: run(progress, task))
-    left = delivery.spool.stats().pending_by_sink.get("store", 0)
-    _console().print(_plain(f"replayed {sent:,} span(s) to {context.store.describe()}; {left:,} batch(es) still owed"))
-    if left:
-        fail(f"the store did not take everything: {delivery.stats.last_error}", EXIT_NOT_FOUND)
-
-
-@app.command()
-def migrate(
-    ctx: typer.Context,
-    schema: Annotated[
-        Path | None,
-        typer.Option("--schema", help="SQL file to apply (default: database/ml/mlops_tables.sql).", dir_okay=False),
-    ] = None,
-) -> None:
-    """Create or update the span table, indexes, view, functions and access rules (safe to repeat).
-
-    Postgres / Supabase: applied to OBS_DATABASE_URL (or DATABASE_URL) in one transaction. The
-    embedded SQLite store creates its own schema; this only makes sure it exists.
-    """
-    from .config import ConfigError, database_url, load_settings, store_backend
-
-    try:
-        backend = store_backend(load_settings())
-    except ConfigError as exc:
-        fail(str(exc), EXIT_USAGE)
-    dsn = database_url()
-    if dsn is None and backend in ("postgres", "supabase"):
-        fail(
-            f"store backend {backend!r}: migrations need a Postgres connection string in OBS_DATABASE_URL "
-            "(or DATABASE_URL); the Supabase REST API cannot create tables — use the project's "
-            "database connection string",
-            EXIT_USAGE,
-        )
-    if dsn is not None:
-        _migrate_postgres(dsn, schema)
-        return
-
-    context = open_context(ctx.obj)
-
-    async def ensure() -> int:
-        try:
-            await context.store.open()
-            return int(await context.store.count_spans())
-        finally:
-            await _close(context)
-
-    try:
-        count = _run(ensure)
-    except Exception as exc:
-        fail(f"preparing {context.store.describe()} failed: {describe_failure(exc)}")
-    _console().print(
-        _plain(f"{context.store.describe()}: schema ready (the embedded store creates it itself); {count:,} spans")
-    )
-
-
-def _migrate_postgres(dsn: str, schema: Path | None) -> None:
-    from rich.table import Table
-
-    from src.repositories.base import StoreError
-    from src.repositories.postgres import SCHEMA_PATH, describe_dsn
-    from src.repositories.postgres import migrate as apply_schema
-
-    path = schema or SCHEMA_PATH
-    try:
-        report = apply_schema(dsn, path)
-    except StoreError as exc:
-        fail(describe_failure(exc))
-    except Exception as exc:
-        fail(f"applying {path} to {describe_dsn(dsn)} failed: {describe_failure(exc)}")
-    console = _console()
-    console.print(f"Applied [bold]{path.name}[/] to {report.database} (PostgreSQL {report.server_version})")
-    table = Table(show_header=True, box=None, pad_edge=False)
-    table.add_column("object")
-    table.add_column("state")
-    for name in report.created:
-        table.add_row(name, "[green]created[/]")
-    for name in report.already_present:
-        table.add_row(name, "already present")
-    console.print(table)
-    if report.supabase_roles:
-        access = ", ".join(f"{role} {state}" for role, state in report.access.items())
-        console.print(f"Supabase API roles: {access}")
-    else:
-        console.print(
-            "No Supabase API roles (anon, authenticated, service_role) here: a plain Postgres. "
-            "Run migrate again after creating them to add their grants and policy."
-        )
-    summary = f"{len(report.created)} created, {len(report.already_present)} already present"
-    console.print(f"Done: {summary}." if report.changed else f"Nothing to create: {summary}.")
-
-
-@app.command()
-def cleanup(
-    ctx: typer.Context,
-    days: Annotated[
-        int | None,
-        typer.Option(
-            "--days",
-            "-d",
-            min=1,
-            max=MAX_RETENTION_DAYS,
-            help="Delete spans that started more than N days ago (default: retention.days).",
-        ),
-    ] = None,
-    batch_size: Annotated[
-        int | None,
-        typer.Option(
-            "--batch-size",
-            min=1,
-            max=MAX_DELETE_BATCH,
-            help="Rows per delete transaction (default: retention.batch_size).",
-        ),
-    ] = None,
-) -> None:
-    """Delete spans older than the retention period, in short batches, with a progress bar."""
-    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    context = open_context(ctx.obj, "write")
-    keep = days if days is not None else context.settings.retention.days
-    size = batch_size if batch_size is not None else context.settings.retention.batch_size
-    console = _console()
-    bar = Progress(
-        SpinnerColumn(),
-        TextColumn(f"deleting spans older than {keep} days"),
-        BarColumn(),
-        TextColumn("{task.completed:,.0f} rows"),
-        TimeElapsedColumn(),
-        console=console,
-    )
-
-    async def run_cleanup() -> int:
-        try:
-            with bar:
-                task = bar.add_task("cleanup", total=None)
-                deleted = await context.store.delete_old_spans(
-                    keep, batch_size=size, progress=lambda total: bar.update(task, completed=total)
-                )
-                bar.update(task, completed=deleted, total=deleted or 1)
-                return int(deleted)
-        finally:
-            await _close(context)
-
-    try:
-        deleted = _run(run_cleanup)
-    except ValueError as exc:
-        fail(str(exc), EXIT_USAGE)
-    except Exception as exc:
-        fail(f"cleanup of {context.store.describe()} failed: {describe_failure(exc)}")
-    console.print(_plain(f"Deleted {deleted:,} spans older than {keep} days from {context.store.describe()}."))
+# Registered after ``status`` so that ``--help`` lists the read commands first.
+app.command()(replay)
+app.command()(migrate)
+app.command()(cleanup)
 
 
 def main() -> None:
@@ -623,7 +302,7 @@ def main() -> None:
         if "--verbose" in sys.argv or "-v" in sys.argv:
             raise
         message = f"unexpected {describe_failure(exc)} (rerun with --verbose for the traceback)"
-        _console(stderr=True).print(f"[bold red]error:[/] {_plain(message)}", soft_wrap=True)
+        make_console(stderr=True).print(f"[bold red]error:[/] {plain(message)}", soft_wrap=True)
         raise SystemExit(EXIT_NOT_FOUND) from None
 
 
