@@ -26,7 +26,7 @@ HIDDEN = "langchain.hidden"
 def has_step_tag(tags: Sequence[str]) -> bool:
     # A LangGraph task's own run carries the non-inheritable tag "graph:step:N"; runs nested
     # inside a node share its ``langgraph_node`` metadata but not this tag. A plain loop: a
-    # generator in any() costs several times more and this runs on every chain start.
+    # generator in any() costs more, and this runs on every chain start.
     for tag in tags:  # noqa: SIM110
         if tag.startswith(_STEP_TAG_PREFIX):
             return True
