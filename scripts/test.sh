@@ -32,6 +32,8 @@ fi
 .venv/bin/ruff check src tests benchmarks
 .venv/bin/ruff format --check src tests benchmarks
 .venv/bin/mypy src
+# Layers import only downward and no module cycles ([tool.importlinter] in pyproject.toml).
+.venv/bin/lint-imports
 # pytest exits 5 when it collects nothing; that must fail CI, never pass silently.
 set +e
 .venv/bin/python -m pytest -q "$@"

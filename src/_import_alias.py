@@ -10,7 +10,9 @@ How: :class:`_AliasFinder` sits first on ``sys.meta_path`` and answers for the t
 names and everything below them with a loader whose ``create_module`` returns the ``src.`` module
 (importing it if needed) and whose ``exec_module`` runs nothing. It is installed when ``src`` is
 imported, and by each of the three packages when the interpreter reaches it under its short name
-first (``src/agents/__init__.py`` and friends call :func:`adopt`).
+first: ``src/agents/__init__.py`` and friends then make one call, :func:`adopt`, reaching this file
+by its top-level name ``_import_alias`` (``<root>/src`` is on ``sys.path``, or the short name would
+not have been found here; ``src`` itself may not be importable yet).
 
 Only this project's packages are aliased: a top-level ``agents`` / ``mlops`` / ``repositories`` is
 taken over only when the regular path finder would load it from this ``src`` directory, so an
@@ -100,19 +102,28 @@ def install() -> None:
 
 
 def adopt(name: str, file: str) -> ModuleType:
-    """Make ``sys.modules[name]`` the ``src.`` package; called by a package imported under its short name.
+    """Make ``sys.modules[name]`` the ``src.`` package; the one call of a package imported under its short name.
 
-    ``file`` is that package's ``__init__.py``; the ``src`` package importable now must be the one
-    it lives in, or every ``src.`` import inside it would reach someone else's code.
+    ``file`` is that package's ``__init__.py``. Its ``src`` package must be importable (with only
+    ``<root>/src`` on the path, ``<root>`` is appended), and must be the one the package lives in,
+    or every ``src.`` import inside it would reach someone else's code.
     """
-    expected = os.path.dirname(os.path.dirname(os.path.realpath(file)))
-    if expected != _SRC_DIR:
+    package_src = os.path.dirname(os.path.dirname(os.path.realpath(file)))
+    if importlib.util.find_spec("src") is None:
+        sys.path.append(os.path.dirname(package_src))
+    try:
+        # The canonical copy of this module: its finder and lock are the process's only ones.
+        canonical_alias = importlib.import_module(CANONICAL_PREFIX + "_import_alias")
+    except ImportError as exc:
+        raise ImportError(f"{name!r} ({file}) needs its own 'src' package importable: {exc}", name=name) from exc
+    if package_src != canonical_alias._SRC_DIR:
         raise ImportError(
-            f"{name!r} was imported from {file}, but the importable 'src' package is {_SRC_DIR}; "
-            f"put {os.path.dirname(expected)} on sys.path ahead of it",
+            f"{name!r} was imported from {file}, but the importable 'src' package is {canonical_alias._SRC_DIR}; "
+            f"put {os.path.dirname(package_src)} on sys.path ahead of it",
             name=name,
         )
-    install()
+    canonical_alias.install()
+    sys.modules[__name__] = canonical_alias  # "_import_alias" too names the one copy from now on
     canonical = importlib.import_module(CANONICAL_PREFIX + name)
     sys.modules[name] = canonical
     return canonical

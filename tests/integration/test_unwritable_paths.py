@@ -21,7 +21,8 @@ from src.agents.ml_foundation.observability_connector.agent import Observability
 from src.agents.ml_foundation.observability_connector.config import ObservabilitySettings
 from src.agents.ml_foundation.observability_connector.graph import graph
 from src.agents.ml_foundation.observability_connector.nodes.span_emitter import emit_spans
-from src.agents.ml_foundation.observability_connector.runtime import ConnectorContext, set_default_context
+from src.agents.ml_foundation.observability_connector.runtime import set_default_context
+from src.agents.ml_foundation.observability_connector.wiring import build_context
 from src.repositories.sqlite import SQLiteSpanRepository
 
 UNDER_PROC = "/proc/obs-connector-test/spans.db"
@@ -97,7 +98,7 @@ async def test_graph_ainvoke_with_metrics_still_answers(monkeypatch: pytest.Monk
 
 async def test_graph_ainvoke_with_a_context_built_from_unwritable_settings(tmp_path: Path) -> None:
     settings = ObservabilitySettings(store={"sqlite_path": UNDER_A_FILE})
-    context = ConnectorContext.from_config(settings)  # never raises on a path
+    context = build_context(settings)  # never raises on a path
     assert context.store_delivery is None  # the spool beside it could not be opened
 
     state = await graph.ainvoke({"events_to_log": [_event()], "skip_metrics": True}, context=context)

@@ -195,9 +195,9 @@ def test_no_files_at_all_give_working_defaults(tmp_path: Path, monkeypatch: pyte
     assert settings.redaction.enabled and settings.redaction.max_value_bytes == 32_768
     assert settings.redaction.max_span_bytes == 262_144
     assert load_registry().tier_of("gap_analyzer") == -1
-    from src.agents.ml_foundation.observability_connector.runtime import ConnectorContext
+    from src.agents.ml_foundation.observability_connector.wiring import build_context
 
-    context = ConnectorContext.from_config()
+    context = build_context()
     assert build_sampler(context.settings).rate == 1.0 and build_redactor(context.settings).enabled
 
 
@@ -212,12 +212,12 @@ def test_the_shipped_file_has_every_section() -> None:
     load_settings(ROOT / "config" / "observability.yaml")  # and it validates
 
 
-def test_nothing_but_config_py_reads_yaml() -> None:
+def test_nothing_but_config_file_py_reads_yaml() -> None:
     package = ROOT / "src"
     readers = [
         path.relative_to(ROOT)
         for path in package.rglob("*.py")
-        if path.name != "config.py" and ("import yaml" in path.read_text() or "from yaml" in path.read_text())
+        if path.name != "config_file.py" and ("import yaml" in path.read_text() or "from yaml" in path.read_text())
     ]
     assert readers == []
 

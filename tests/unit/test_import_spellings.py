@@ -154,13 +154,14 @@ import json, sys
 sys.path.insert(0, {str(REPO / "src")!r})
 before = list(sys.path)
 import agents
-import src, src.agents
+import src, src.agents, src._import_alias
 print(json.dumps({{
     "same": agents is src.agents,
     "appended": sys.path == before + [{str(REPO)!r}],
+    "one alias module": sys.modules["_import_alias"] is src._import_alias,
 }}))
 """
-    assert run(script, tmp_path, isolated=True) == {"same": True, "appended": True}
+    assert run(script, tmp_path, isolated=True) == {"same": True, "appended": True, "one alias module": True}
 
 
 def test_someone_elses_src_package_is_a_clear_import_error(tmp_path: Path) -> None:

@@ -81,9 +81,9 @@ from typing import Any, TypeVar
 
 from cachetools import TLRUCache
 
-from .config import CacheSettings
 from .fork import keep_inherited, register_after_fork, watch_after_fork
 from .redaction import redact_url
+from .settings import CacheSettings
 
 __all__ = ["DEFAULT_REDIS_URL", "CachedValue", "MetricsCache", "newest_start"]
 

@@ -1,28 +1,23 @@
 """The dependencies nodes reach through LangGraph's ``context_schema`` / ``Runtime``.
 
 Nodes called directly with a state dict (as the host codebase's code and tests do) get the
-process-wide context from :func:`default_context`, built once from configuration.
+process-wide context from :func:`default_context`, built once from configuration by the wiring
+layer (reached through ``context_factory``: the pipeline never imports the wiring).
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
+from . import context_factory
 from .cache import MetricsCache
-from .config import (
-    AgentRegistry,
-    ObservabilitySettings,
-    build_opik,
-    build_store,
-    build_store_delivery,
-    load_registry,
-    load_settings,
-)
 from .fork import keep_inherited, register_after_fork
 from .redaction import Redactor
+from .registry import AgentRegistry
 from .sampling import Sampler
+from .settings import ObservabilitySettings
 
 __all__ = ["ConnectorContext", "default_context", "resolve_context", "set_default_context"]
 
@@ -41,7 +36,7 @@ class ConnectorContext:
     # The Opik sink (src.mlops.OpikConnector) when Opik is configured; None: the store only.
     opik: Any = None
     # Sampling and redaction policies; None (the usual case): built from ``settings`` when used,
-    # so replacing ``settings`` replaces the policies too (config.build_sampler / build_redactor).
+    # so replacing ``settings`` replaces the policies too (policies.build_sampler / build_redactor).
     sampler: Sampler | None = None
     redactor: Redactor | None = None
     # The store behind its on-disk spool (delivery.SinkDelivery); None: write the store directly.
@@ -49,28 +44,8 @@ class ConnectorContext:
 
     @classmethod
     def from_config(cls, settings: ObservabilitySettings | None = None, *, read_only: bool = False) -> ConnectorContext:
-        """The configured context; never fails on a path: a store that cannot be opened fails its
-        first operation (with the reason), a spool that cannot be opened is logged and left out.
-
-        ``read_only`` (commands that only look): the store opens read-only and never creates its
-        file, and there is neither a spool nor an Opik sink (nothing is written).
-        """
-        settings = settings or load_settings()
-        store = build_store(settings, read_only=read_only)
-        if read_only:
-            return cls(store=store, settings=settings, registry=load_registry(), cache=MetricsCache(settings.cache))
-        store_delivery = build_store_delivery(store, settings)
-        opik = build_opik(settings)
-        if opik is not None and store_delivery is not None:
-            opik.attach_spool(store_delivery.spool)  # Opik's overflow waits on disk too
-        return cls(
-            store=store,
-            store_delivery=store_delivery,
-            settings=settings,
-            registry=load_registry(),
-            cache=MetricsCache(settings.cache),
-            opik=opik,
-        )
+        """The configured context, built by the wiring layer (``wiring.build_context``, which says how)."""
+        return cast(ConnectorContext, context_factory.build(settings, read_only=read_only))
 
 
 _default: ConnectorContext | None = None

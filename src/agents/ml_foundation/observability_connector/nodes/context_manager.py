@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from random import getrandbits
 from typing import Any
 
-from ..config import build_sampler
+from ..policies import build_sampler
 from ..redaction import redact_text
 from ..runtime import resolve_context
 from ..sampling import check_sample_rate

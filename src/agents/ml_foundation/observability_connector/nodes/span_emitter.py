@@ -27,7 +27,6 @@ from typing import Any, cast
 
 from pydantic import ValidationError
 
-from ..config import build_redactor, build_sampler
 from ..constants import MAX_DURATION_NS, MAX_INT4, MAX_TIME_NS
 from ..models import (
     _ID_CHARS,
@@ -44,6 +43,7 @@ from ..models import (
     describe_validation_error,
     row_id_for,
 )
+from ..policies import build_redactor, build_sampler
 from ..redaction import Redactor, install_log_redaction, redact_text
 from ..runtime import resolve_context
 from ..sampling import check_sample_rate

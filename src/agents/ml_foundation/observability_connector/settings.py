@@ -1,0 +1,215 @@
+"""The settings models: every section of ``config/observability.yaml`` with its bounds.
+
+Core layer: plain validated values that every other layer (sinks included) may read. Reading the
+file and wording its errors is ``config_file.py`` / ``config_errors.py``; building objects from
+these values is ``policies.py`` (sampler, redactor) and ``wiring.py`` (stores, sinks, context).
+Precedence: values passed in code > ``OBS_*`` environment variables > the YAML file > defaults.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+__all__ = [
+    "ENV_DELIMITER",
+    "ENV_PREFIX",
+    "BatchingSettings",
+    "CacheSettings",
+    "CircuitBreakerSettings",
+    "ObservabilitySettings",
+    "OpikSettings",
+    "RedactionSettings",
+    "RetentionSettings",
+    "SamplingSettings",
+    "StoreSettings",
+    "file_values",
+]
+
+#: ``OBS_BATCHING__MAX_BATCH_SIZE=500`` overrides ``batching.max_batch_size``.
+ENV_PREFIX: Final = "OBS_"
+ENV_DELIMITER: Final = "__"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BatchingSettings(_Section):
+    max_batch_size: int = Field(100, ge=1, le=100_000)
+    max_batch_wait_s: float = Field(5.0, gt=0, le=3600)
+    max_queue_size: int = Field(10_000, ge=1)
+    # The same buffer bounded in (estimated) bytes: spans waiting plus those being delivered.
+    max_queue_mb: float = Field(64.0, gt=0, le=1024 * 1024)
+    max_drain_batch_size: int = Field(1000, ge=1, le=100_000)
+    # Batches being validated or written at once (one waits on a sink while the next is converted).
+    max_in_flight: int = Field(2, ge=1, le=16)
+    # Raise the interpreter's young-generation GC threshold to this when the flusher starts, only
+    # if it still has CPython's default (700); null leaves the collector alone (gc_tuning.py).
+    gc_young_threshold: int | None = Field(10_000, ge=701, le=1_000_000)
+    # Back-pressure: with the buffer full, a producer waits up to this long for room (the flusher
+    # is moving spans to the sinks or the spool) before the span is counted as dropped; 0: never wait.
+    full_wait_s: float = Field(1.0, ge=0, le=60)
+    shutdown_timeout_s: float = Field(5.0, ge=0, le=600)
+    # Durability: a batch a sink cannot take now waits on disk and is replayed per sink.
+    spool_enabled: bool = True
+    spool_path: str | None = None  # None: spool.db beside store.sqlite_path
+    spool_max_mb: float = Field(1024, gt=0)
+    retry_initial_s: float = Field(0.5, gt=0, le=600)
+    retry_max_s: float = Field(30.0, gt=0, le=3600)
+    sink_timeout_s: float = Field(10.0, gt=0, le=600)
+
+
+class StoreSettings(_Section):
+    backend: Literal["auto", "sqlite", "postgres", "supabase"] = "auto"
+    sqlite_path: str = ".observability/spans.db"
+
+
+Rate = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class SamplingSettings(_Section):
+    default_rate: Rate = 1.0
+    always_sample_errors: bool = True
+    # Used instead of default_rate when ENVIRONMENT=production; None keeps default_rate.
+    production_rate: Rate | None = None
+    # Per-agent rates and always-sampled agents apply to traces whose root that agent starts.
+    agent_rates: dict[str, Rate] = Field(default_factory=dict)
+    always_sample_agents: list[str] = Field(default_factory=list)
+
+
+class CircuitBreakerSettings(_Section):
+    """Guards Opik: this many consecutive failures open it; half-open after the timeout."""
+
+    failure_threshold: int = Field(5, ge=1, le=1000)
+    recovery_timeout_s: float = Field(30.0, gt=0, le=3600)
+
+
+class RedactionSettings(_Section):
+    """Secrets and size limits applied to every span before any sink (see redaction.py)."""
+
+    enabled: bool = True
+    # Added to the built-in sensitive key words (password, secret, token, api_key, ...);
+    # matched case-insensitively as whole words of a key: "ssn" also hides "user_ssn".
+    extra_sensitive_keys: list[str] = Field(default_factory=list)
+    # Extra regular expressions; the whole match becomes [REDACTED].
+    extra_patterns: list[str] = Field(default_factory=list)
+    max_value_bytes: int = Field(32_768, ge=256, le=16 * 1024 * 1024)
+    max_span_bytes: int = Field(262_144, ge=1024, le=64 * 1024 * 1024)
+
+    @field_validator("extra_patterns")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
+        for index, pattern in enumerate(patterns):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(
+                    f"extra_patterns[{index}] {pattern!r} is not a valid regular expression: {exc}"
+                ) from exc
+        return patterns
+
+    @model_validator(mode="after")
+    def _span_holds_a_value(self) -> RedactionSettings:
+        if self.max_span_bytes < self.max_value_bytes:
+            raise ValueError(
+                f"max_span_bytes ({self.max_span_bytes}) must be at least max_value_bytes ({self.max_value_bytes})"
+            )
+        return self
+
+
+class RetentionSettings(_Section):
+    days: int = Field(90, ge=1, le=36_500)  # a century: "now - days" must stay a date
+    batch_size: int = Field(10_000, ge=1, le=1_000_000)
+
+
+class CacheSettings(_Section):
+    ttl_short_s: float = Field(60, ge=0)
+    ttl_day_s: float = Field(300, ge=0)
+    ttl_long_s: float = Field(600, ge=0)
+    max_entries: int = Field(1024, ge=1)
+    # memory: per process. redis: shared by every process pointed at the same Redis (see cache.py).
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str | None = None  # default: $REDIS_URL, else redis://127.0.0.1:6379/0
+    redis_timeout_s: float = Field(0.5, gt=0, le=60)  # per Redis call; beyond it we compute instead
+    redis_retry_s: float = Field(5.0, ge=0, le=3600)  # after a Redis failure, compute without it this long
+    key_prefix: str = Field("obs:metrics", min_length=1)
+
+
+class OpikSettings(_Section):
+    """Opik sink (src/mlops/opik_connector.py); the API key comes only from ``OPIK_API_KEY``."""
+
+    project_name: str = "e2i-causal-analytics"  # OPIK_PROJECT_NAME wins
+    workspace: str = "default"  # OPIK_WORKSPACE wins
+    # auto: on when OPIK_URL_OVERRIDE or OPIK_API_KEY is set; true: always (url below or local Opik).
+    enabled: Literal["auto"] | bool = "auto"
+    url: str | None = None  # OPIK_URL_OVERRIDE wins; default: Opik Cloud with a key, else http://localhost:5173/api
+    request_timeout_s: float = Field(10.0, gt=0, le=600)  # per attempt of one batch
+    wait_s: float = Field(1.0, ge=0, le=60)  # how long the batch node waits to report "sent"; never longer
+    max_items_per_request: int = Field(1000, ge=1, le=1000)  # Opik accepts at most 1000 per batch request
+    max_requests_in_flight: int = Field(2, ge=1, le=16)  # while healthy; a retry or a probe goes alone
+    # The in-memory backlog for Opik; past either bound the oldest batches wait in the on-disk spool.
+    replay_backlog_max_mb: float = Field(16.0, gt=0)  # ~740 bytes per typical span and its trace: ~22,000
+    replay_backlog_max_spans: int = Field(100_000, ge=1)
+    retry_backoff_s: float = Field(0.5, ge=0, le=60)  # first retry of a failed batch; doubles per failure
+    retry_backoff_max_s: float = Field(8.0, ge=0, le=600)
+
+
+class ObservabilitySettings(BaseSettings):
+    """Validated settings; build with ``config_file.load_settings`` (file, environment, errors)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_DELIMITER, extra="forbid")
+
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    sampling: SamplingSettings = Field(default_factory=SamplingSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    opik: OpikSettings = Field(default_factory=OpikSettings)
+    circuit_breaker: CircuitBreakerSettings = Field(default_factory=CircuitBreakerSettings)
+    redaction: RedactionSettings = Field(default_factory=RedactionSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Precedence: values passed in code > environment > the YAML file > defaults.
+        return init_settings, env_settings, _YamlSource(settings_cls)
+
+
+_YAML_DATA: ContextVar[dict[str, Any] | None] = ContextVar("obs_yaml_settings", default=None)
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """The parsed ``observability.yaml`` that ``config_file.load_settings`` is currently loading."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return (_YAML_DATA.get() or {}).get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_YAML_DATA.get() or {})
+
+
+@contextmanager
+def file_values(data: dict[str, Any]) -> Iterator[None]:
+    """Within the block, building :class:`ObservabilitySettings` reads ``data`` as the YAML file.
+
+    A context variable rather than a class attribute: two threads (or tasks) loading different
+    files at once each see their own.
+    """
+    token = _YAML_DATA.set(data)
+    try:
+        yield
+    finally:
+        _YAML_DATA.reset(token)
