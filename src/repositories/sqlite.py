@@ -40,6 +40,8 @@ from time import monotonic, sleep
 from typing import Any, Final, Literal, TypeVar, get_args
 from urllib.parse import quote
 
+from src.agents.ml_foundation.observability_connector.json_codec import json_text as _dumps
+from src.agents.ml_foundation.observability_connector.json_codec import safe_str as _safe_str
 from src.agents.ml_foundation.observability_connector.models import (
     LatencyStats,
     ObservabilitySpan,
@@ -67,8 +69,6 @@ from src.repositories.base import (
     status_counts,
     window_start,
 )
-from src.repositories.json_text import json_text as _dumps
-from src.repositories.json_text import safe_str as _safe_str
 
 __all__ = ["SCHEMA_VERSION", "TABLE", "SQLiteSpanRepository", "StoreCorruptError", "StoreNotFoundError"]
 

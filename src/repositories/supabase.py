@@ -72,6 +72,9 @@ from pydantic import SecretStr
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+# The same sanitising as the embedded store, so an odd attribute value (NaN, a set, a cycle)
+# reads back identically from every backend.
+from src.agents.ml_foundation.observability_connector.json_codec import json_text as _json_text
 from src.agents.ml_foundation.observability_connector.models import (
     LatencyStats,
     ObservabilitySpan,
@@ -98,10 +101,6 @@ from src.repositories.base import (
     status_counts,
     window_start,
 )
-
-# The same sanitising as the embedded store, so an odd attribute value (NaN, a set, a cycle)
-# reads back identically from every backend.
-from src.repositories.json_text import json_text as _json_text
 
 __all__ = [
     "COLUMNS",

@@ -82,7 +82,7 @@ from typing import Any, TypeVar
 from cachetools import TLRUCache
 
 from .config import CacheSettings
-from .fork import keep_inherited, register_after_fork, watch_after_fork
+from .lifecycle import keep_inherited, register_after_fork, watch_after_fork
 from .redaction import redact_url
 
 __all__ = ["DEFAULT_REDIS_URL", "CachedValue", "MetricsCache", "newest_start"]

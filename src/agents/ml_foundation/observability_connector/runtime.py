@@ -20,7 +20,7 @@ from .config import (
     load_registry,
     load_settings,
 )
-from .fork import keep_inherited, register_after_fork
+from .lifecycle import keep_inherited, register_after_fork
 from .redaction import Redactor
 from .sampling import Sampler
 
