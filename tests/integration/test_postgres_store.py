@@ -283,32 +283,6 @@ async def test_each_write_path_is_taken_only_when_needed(postgres_dsn: str) -> N
         await repo.close()
 
 
-def test_the_fast_json_encoder_matches_the_shared_policy() -> None:
-    """The write path's prebuilt C encoder must give byte-identical JSON to every other backend."""
-    from decimal import Decimal
-
-    from src.repositories.json_text import json_text as _dumps
-    from src.repositories.postgres import _fast_json
-
-    cyclic: dict[str, Any] = {"a": 1}
-    cyclic["self"] = cyclic
-    values: list[Any] = [
-        None,
-        {},
-        [],
-        {"segment": "NE", "n": 3, "x": 2.5, "ok": True, "none": None, "nested": {"l": [1, "ü", '✓ \n\t"q"']}},
-        [{"name": "retry", "attempt": 1}],
-        {"when": datetime(2030, 1, 1, tzinfo=UTC), "amount": Decimal("1.5"), "tags": {"a"}},  # not plain JSON
-        {"bad": float("nan"), "inf": float("inf")},
-        {1: "int key", None: "none key"},
-        cyclic,
-        {"big": 2**70},
-    ]
-    for value in values:
-        for empty in ("{}", "[]"):
-            assert _fast_json(value, empty) == _dumps(value, empty), value
-
-
 async def test_nul_characters_are_replaced_rather_than_losing_the_span(postgres_dsn: str) -> None:
     repo = PostgresSpanRepository(postgres_dsn)
     span = make_span(error_message="bad\x00byte", attributes={"k\x00": ["v\x00", {"n": "\x00"}]}, status="error")

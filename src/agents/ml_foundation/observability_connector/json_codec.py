@@ -9,7 +9,7 @@ Two policies, both never raising, so one odd value never costs a row, a batch or
   the same from every backend. :func:`json_text_without_nul` is the same text for Postgres's
   ``jsonb``, which refuses ``\\u0000``.
 * :func:`json_bytes` — compact UTF-8 bytes for wire bodies (Opik) and cache entries: orjson
-  first (C speed, datetimes formatted in C as RFC 3339 UTC with a ``Z``, naive ones taken as
+  first (C speed, datetimes formatted in C as RFC 3339, UTC with a ``Z``, naive ones taken as
   UTC); what orjson refuses (an integer past 64 bits, a lone surrogate, a non-string key) goes
   through the standard encoder with the same datetime format, and what that refuses through the
   store policy.
@@ -137,10 +137,9 @@ def json_text_without_nul(value: object, empty: str) -> str:
 
 
 def _rfc3339(value: datetime) -> str:
-    """UTC with a ``Z`` (naive values taken as UTC), as orjson's ``OPT_UTC_Z | OPT_NAIVE_UTC`` writes it."""
-    tz = value.tzinfo
-    utc = value.replace(tzinfo=UTC) if tz is None else value if tz is UTC else value.astimezone(UTC)
-    return utc.isoformat(timespec="microseconds").replace("+00:00", "Z")
+    """What orjson's ``OPT_UTC_Z | OPT_NAIVE_UTC`` writes: naive values as UTC, UTC with a ``Z``."""
+    text = (value.replace(tzinfo=UTC) if value.tzinfo is None else value).isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
 def _wire_default(value: object) -> object:
