@@ -53,6 +53,7 @@ __all__ = [
     "PRODUCERS",
     "SINKS",
     "ForkAware",
+    "ShutdownOrder",
     "Stage",
     "keep_inherited",
     "on_shutdown",
@@ -77,32 +78,58 @@ PRODUCERS = Stage.PRODUCERS
 FLUSHERS = Stage.FLUSHERS
 SINKS = Stage.SINKS
 
-# Per stage: zero-argument callables returning the callback (None once a weakly held one died).
-_stages: dict[Stage, list[Callable[[], Callable[[], Any] | None]]] = {stage: [] for stage in Stage}
-_registry_lock = threading.Lock()
+_Ref = Callable[[], Callable[[], Any] | None]  # the callback, or None once a weakly held one died
+
+
+class ShutdownOrder:
+    """Callbacks per stage, run stage by stage; the process has one (:func:`on_shutdown`)."""
+
+    def __init__(self) -> None:
+        self._stages: dict[Stage, list[_Ref]] = {stage: [] for stage in Stage}
+        self._lock = threading.Lock()
+
+    def add(self, stage: Stage, callback: Callable[[], Any]) -> bool:
+        """Register ``callback`` under ``stage``; False when it already was."""
+        ref: _Ref = weakref.WeakMethod(callback) if hasattr(callback, "__self__") else (lambda: callback)  # type: ignore[arg-type]
+        with self._lock:
+            refs = self._stages[Stage(stage)]
+            if any(existing() == callback for existing in refs):
+                return False
+            refs.append(ref)
+        return True
+
+    def run(self) -> None:
+        """Run every live callback, stage by stage; never raises (each failure is logged)."""
+        for stage in Stage:
+            with self._lock:
+                refs = self._stages[stage]
+                callbacks = [cb for cb in (ref() for ref in refs) if cb is not None]
+                self._stages[stage] = [ref for ref in refs if ref() is not None]  # forget the dead
+            for callback in callbacks:
+                try:
+                    callback()
+                except Exception:  # one component's failure must not stop the others' shutdown
+                    log.exception("shutdown (%s): %s failed", stage.name.lower(), _name(callback))
+
+    def after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()  # another thread of the parent may have held it
+
+
+_order = ShutdownOrder()
 _exit_hook_installed = False
-
-
-def _strong(callback: Callable[[], Any]) -> Callable[[], Callable[[], Any] | None]:
-    return lambda: callback
 
 
 def on_shutdown(stage: Stage, callback: Callable[[], Any]) -> None:
     """Run ``callback()`` in ``stage`` at interpreter exit (and on every explicit :func:`shutdown`).
 
     Registering the same callback again (the same function, or the same object's same method)
-    does nothing. A sink owner closes its sink with ``on_shutdown(SINKS, self.close_now)``, a
-    synchronous, bounded, idempotent method.
+    does nothing. A sink owner closes its sink with ``on_shutdown(SINKS, self.close_now)``: a
+    synchronous, bounded, idempotent method (a bound method is held weakly).
     """
-    ref = weakref.WeakMethod(callback) if hasattr(callback, "__self__") else _strong(callback)
     global _exit_hook_installed
-    with _registry_lock:
-        if any(existing() == callback for existing in _stages[Stage(stage)]):
-            return
-        _stages[Stage(stage)].append(ref)  # type: ignore[arg-type]
-        install = not _exit_hook_installed
+    _order.add(stage, callback)
+    if not _exit_hook_installed:
         _exit_hook_installed = True
-    if install:
         _install_exit_hook()
 
 
@@ -117,17 +144,8 @@ def _install_exit_hook() -> None:
 
 
 def shutdown() -> None:
-    """Run every registered callback, stage by stage; never raises (each failure is logged)."""
-    for stage in Stage:
-        with _registry_lock:
-            refs = _stages[stage]
-            callbacks = [cb for cb in (ref() for ref in refs) if cb is not None]
-            _stages[stage] = [ref for ref in refs if ref() is not None]  # forget the dead
-        for callback in callbacks:
-            try:
-                callback()
-            except Exception:  # one component's failure must not stop the others' shutdown
-                log.exception("shutdown (%s): %s failed", stage.name.lower(), _name(callback))
+    """Run the process's shutdown stages now: producers, then flushers, then sinks (never raises)."""
+    _order.run()
 
 
 def _name(callback: object) -> str:
@@ -183,8 +201,7 @@ def _before_fork() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _registry_lock
-    _registry_lock = threading.Lock()  # another thread of the parent may have held it
+    _order.after_fork_in_child()
     # Objects first: a processor forgets the parent's queue before a module reset drops a context.
     for obj in list(_objects):
         try:
