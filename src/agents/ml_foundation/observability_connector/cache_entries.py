@@ -171,4 +171,3 @@ def unaffected_since(token: int, current: int, window_start: float, log_newest_f
     if len(recent) < missed:
         return False
     return all(newest < window_start for _gen, newest in recent)
-

@@ -272,4 +272,3 @@ def near_release(near: NearCache) -> None:
 def near_existing(url: str, channel: str) -> NearCache | None:
     with _NEAR_LOCK:
         return _NEAR.get((os.getpid(), url, channel))
-

@@ -15,9 +15,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from .cache_entries import INVALIDATION_LOG
-from .json_codec import loads
 from .cache_near import NearCache, near_acquire, near_existing, near_release
 from .config import CacheSettings
+from .json_codec import loads
 from .lifecycle import keep_inherited, watch_after_fork
 from .redaction import redact_url
 
@@ -360,4 +360,3 @@ class RedisBackend:
 def _num(value: float) -> str:
     """A float for Lua's ``tonumber`` and Redis scores; ``inf`` means "every window"."""
     return "inf" if value == math.inf else repr(float(value))
-
