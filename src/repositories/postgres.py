@@ -2,16 +2,9 @@
 
 Design notes (why it looks like this):
 
-* **The pool lives on the repository's own background loop** (:mod:`..background`). psycopg's
-  async connections and ``AsyncConnectionPool`` belong to the loop they were opened on, but one
-  repository is used from several loops: the batch flusher writes from its own thread's loop,
-  while agents, the CLI and tests read from theirs, and ``close()`` often runs after the
-  flusher's loop is gone. So every operation is handed to the private loop and awaited from the
-  caller's loop; one thread hop per call is small next to the database work. ``close()`` closes
-  the pool on its own loop and stops the thread; the next call reopens both. At interpreter exit
-  the repository closes itself in the ``SINKS`` stage of :mod:`..lifecycle`, after the flushers
-  have delivered what they held; in a forked child it forgets the parent's loop and pool (never
-  closing them: the sockets are shared with the parent) and opens its own on first use.
+* **The pool lives on a private background loop** (:mod:`src.repositories.postgres_pool`), so
+  the repository is usable from any thread and event loop at once; it closes in the ``SINKS``
+  stage at interpreter exit, after the flushers, and resets itself in a forked child.
 * **Batch writes** (:mod:`src.repositories.postgres_copy`): an optimistic binary COPY straight
   into the table, a staged ``INSERT ... ON CONFLICT DO NOTHING`` for batches with duplicates,
   and a careful bisection that dead-letters only the bad rows. ``write_paths`` counts which
@@ -30,27 +23,14 @@ Design notes (why it looks like this):
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import threading
-import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from time import monotonic
 from typing import Any, Final, TypeVar
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from src.agents.ml_foundation.observability_connector.background import BackgroundLoop
-from src.agents.ml_foundation.observability_connector.lifecycle import (
-    SINKS,
-    keep_inherited,
-    on_shutdown,
-    watch_after_fork,
-)
 from src.agents.ml_foundation.observability_connector.models import (
     LatencyStats,
     ObservabilitySpan,
@@ -64,7 +44,6 @@ from src.repositories.base import (
     GroupBy,
     ProgressCallback,
     SpanStore,
-    StoreError,
     StoreSchemaError,
     check_group_by,
     check_limit,
@@ -73,7 +52,8 @@ from src.repositories.base import (
     window_start,
 )
 from src.repositories.postgres_copy import write_batch
-from src.repositories.postgres_errors import describe_dsn, store_error
+from src.repositories.postgres_errors import describe_dsn
+from src.repositories.postgres_pool import PostgresPool
 from src.repositories.postgres_rows import row_to_span
 from src.repositories.postgres_schema import SCHEMA_PATH, MigrationReport, migrate
 
@@ -87,25 +67,9 @@ __all__ = [
     "migrate",
 ]
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _SELECT_COLS: Final = ", ".join("id::text AS id" if c == "id" else c for c in COLUMNS)
-
-#: A pooled connection idle longer than this is checked (one empty query) before use: after a
-#: database restart or a pooler's idle cut-off it is the stale ones that fail. Connections in
-#: steady use skip the check, which would otherwise cost a round trip per batch.
-_CHECK_AFTER_IDLE_S: Final = 5.0
-
-
-class _IOLoop(BackgroundLoop):
-    """The repository's private loop and the pool that lives on it (both dropped together)."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.pool: AsyncConnectionPool | None = None
-        self.pool_lock = asyncio.Lock()  # only ever used on this loop
-
 
 # --------------------------------------------------------------------------- repository
 
@@ -147,11 +111,6 @@ class PostgresSpanRepository(SpanStore):
                 "the Postgres connection string cannot be parsed (not shown: it may hold a password)"
             ) from None
         self._dsn = dsn
-        self._min_size = min_size
-        self._max_size = max_size
-        self._connect_timeout_s = connect_timeout_s
-        self._pool_timeout_s = pool_timeout_s
-        self._application_name = application_name
         # Added to, never replacing, the DSN's own ``options`` (e.g. ``-c role=service_role``).
         dsn_options = params.get("options")
         # client_min_messages: the staging DDL's "already exists, skipping" NOTICE on every batch.
@@ -159,23 +118,25 @@ class PostgresSpanRepository(SpanStore):
         if statement_timeout_ms:
             ours += f" -c statement_timeout={int(statement_timeout_ms)}"
         self._options = " ".join(str(o) for o in (dsn_options, ours) if o) or None
-        self._lock = threading.Lock()
-        self._io: _IOLoop | None = None
-        self._finalizer: weakref.finalize | None = None
+        kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "prepare_threshold": None,
+            "application_name": application_name,
+            "connect_timeout": max(1, round(connect_timeout_s)),
+        }
+        if self._options:
+            kwargs["options"] = self._options
+        self._pool = PostgresPool(
+            dsn,
+            kwargs,
+            min_size=min_size,
+            max_size=max_size,
+            connect_timeout_s=connect_timeout_s,
+            pool_timeout_s=pool_timeout_s,
+            where=self.describe(),
+        )
         #: Batches per write path ("direct", "staged", "careful"): how often the slow paths run.
         self.write_paths: Counter[str] = Counter()
-        self._last_used: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = weakref.WeakKeyDictionary()
-        watch_after_fork(self)
-
-    def _after_fork_in_child(self) -> None:
-        """The loop thread and the pool's sockets are the parent's: held, never closed (a close
-        would send a Terminate on a socket the parent still uses); the child opens its own."""
-        keep_inherited(self._io)
-        self._io = None
-        self._lock = threading.Lock()
-        if self._finalizer is not None:
-            self._finalizer.detach()
-            self._finalizer = None
 
     def describe(self) -> str:
         return describe_dsn(self._dsn)
@@ -185,84 +146,9 @@ class PostgresSpanRepository(SpanStore):
 
     # ------------------------------------------------------------------ lifecycle
 
-    def _connect_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
-            "autocommit": True,
-            "prepare_threshold": None,
-            "application_name": self._application_name,
-            "connect_timeout": max(1, round(self._connect_timeout_s)),
-        }
-        if self._options:
-            kwargs["options"] = self._options
-        return kwargs
-
-    def _get_io(self) -> _IOLoop:
-        with self._lock:
-            if self._io is None:
-                io = _IOLoop(name=f"postgres-spans-{id(self):x}")
-                io.start(wait=True)
-                self._io = io
-                # A repository dropped without close() must not leave its thread running forever.
-                self._finalizer = weakref.finalize(self, io.stop)
-                on_shutdown(SINKS, self.close_now)  # after the flushers, at interpreter exit
-            return self._io
-
-    async def _pool(self, io: _IOLoop) -> AsyncConnectionPool:
-        """The pool of ``io`` (runs on io.loop), opened on first use; a failed open is retried later."""
-        if io.pool is not None:
-            return io.pool
-        async with io.pool_lock:
-            if io.pool is None:
-                pool = AsyncConnectionPool(
-                    self._dsn,
-                    min_size=self._min_size,
-                    max_size=self._max_size,
-                    kwargs=self._connect_kwargs(),
-                    open=False,
-                    check=self._check_if_idle,
-                    timeout=self._pool_timeout_s,
-                    name="obs-spans",
-                )
-                try:
-                    await pool.open(wait=self._min_size > 0, timeout=self._connect_timeout_s)
-                except PoolTimeout:
-                    await pool.close()
-                    # The pool only logs why its connections failed; one direct attempt raises the
-                    # reason itself (a wrong password, an unknown database) instead of a timeout.
-                    conn = await psycopg.AsyncConnection.connect(self._dsn, **self._connect_kwargs())
-                    await conn.close()
-                    raise
-                except BaseException:
-                    await pool.close()
-                    raise
-                io.pool = pool
-        return io.pool
-
     async def _call(self, op: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]], what: str) -> T:
-        """Run ``op`` with a pooled connection on the I/O loop and await it from the caller's loop."""
-
-        async def on_io_loop(io: _IOLoop) -> T:
-            pool = await self._pool(io)
-            async with pool.connection() as conn:
-                try:
-                    return await op(conn)
-                finally:
-                    self._last_used[conn] = monotonic()
-
-        try:
-            io = self._get_io()
-            if io.in_loop():
-                return await on_io_loop(io)
-            return await asyncio.wrap_future(io.submit(on_io_loop(io)))
-        except StoreError:
-            raise
-        except (psycopg.Error, PoolTimeout, OSError, TimeoutError) as exc:
-            raise store_error(exc, f"{what} on {self.describe()}") from exc
-
-    async def _check_if_idle(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        last = self._last_used.get(conn)
-        if last is None or monotonic() - last > _CHECK_AFTER_IDLE_S:
-            await AsyncConnectionPool.check_connection(conn)
+        """Run ``op`` with a pooled connection (on the pool's loop), awaited from the caller's loop."""
+        return await self._pool.call(op, what)
 
     async def open(self) -> None:
         """Connect now (fail fast on a wrong DSN or a missing schema) rather than on first use."""
@@ -279,34 +165,12 @@ class PostgresSpanRepository(SpanStore):
         await self._call(check, "opening the span store")
 
     async def close(self) -> None:
-        """Close the pool on its own loop and stop the loop's thread (idempotent)."""
-        io = self._detach_io()
-        if io is not None:
-            await asyncio.to_thread(self._shut, io)
+        """Close the pool and stop its loop's thread (idempotent; the next call reopens both)."""
+        await self._pool.close()
 
     def close_now(self) -> None:
-        """:meth:`close` for code without an event loop (the ``SINKS`` stage at interpreter exit)."""
-        io = self._detach_io()
-        if io is not None:
-            self._shut(io)
-
-    def _detach_io(self) -> _IOLoop | None:
-        with self._lock:
-            io, self._io = self._io, None
-            if self._finalizer is not None:
-                self._finalizer.detach()
-                self._finalizer = None
-        return io
-
-    def _shut(self, io: _IOLoop) -> None:
-        pool = io.pool
-        if pool is not None and not io.in_loop():
-            try:
-                io.submit(pool.close(timeout=5.0)).result(timeout=10.0)
-            except Exception as exc:  # closing must not fail the caller
-                log.warning("closing the Postgres pool of %s failed: %s", self.describe(), exc)
-        io.stop()
-        io.join(timeout=10.0)
+        """:meth:`close` for code without an event loop."""
+        self._pool.close_now()
 
     # ------------------------------------------------------------------ writes
 

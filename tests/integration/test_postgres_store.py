@@ -520,3 +520,52 @@ def test_cli_cleanup_and_migrate_on_the_embedded_store(tmp_path: Path) -> None:
 
 def test_store_error_type_is_shared_with_other_backends() -> None:
     assert issubclass(StoreUnavailableError, StoreError) and StoreUnavailableError.retryable
+
+
+def test_at_exit_the_queued_spans_are_stored_before_the_pool_closes(postgres_dsn: str, tmp_path: Path) -> None:
+    """A real interpreter exit with spans queued: the flushers deliver them (FLUSHERS stage) while
+    the pool is still open, then the repository closes its pool itself (SINKS stage)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    repo_root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "exit.json"
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        sys.path.insert(0, {str(repo_root)!r})
+        import psycopg
+        from src.agents.ml_foundation.observability_connector.agent import ObservabilityConnectorAgent
+        from src.agents.ml_foundation.observability_connector.config import ObservabilitySettings
+        from src.agents.ml_foundation.observability_connector.lifecycle import SINKS, on_shutdown
+
+        def observe():  # registered before the repository's own close: runs first within SINKS
+            with psycopg.connect({postgres_dsn!r}) as conn:
+                stored = conn.execute("SELECT count(*) FROM ml_observability_spans").fetchone()[0]
+            with open({str(out)!r}, "w") as f:
+                json.dump({{"stored_at_sinks_stage": stored}}, f)
+
+        on_shutdown(SINKS, observe)
+        settings = ObservabilitySettings(
+            store={{"backend": "postgres"}}, batching={{"max_batch_size": 1000, "max_batch_wait_s": 60}}
+        )
+        obs = ObservabilityConnectorAgent(settings)
+        for i in range(300):
+            with obs.span("step", "data_preparer"):
+                pass
+        assert len(obs._flusher.collector) == 300  # all still queued as the process ends
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OBS_")}
+    env["OBS_DATABASE_URL"] = postgres_dsn  # the spool goes under cwd (tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(out.read_text()) == {"stored_at_sinks_stage": 300}
+    assert "Traceback" not in proc.stderr and "failed" not in proc.stderr, proc.stderr
+    with psycopg.connect(postgres_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM ml_observability_spans").fetchone() == (300,)
