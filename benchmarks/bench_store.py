@@ -238,7 +238,7 @@ async def write_raw_copy(
 
 async def write_staged_text(conn: psycopg.AsyncConnection[Any], rows: list[tuple[Any, ...]], batch: int) -> None:
     """The repository's statements with a text-format COPY into the staging table."""
-    from src.repositories import postgres as pg
+    from src.repositories import postgres_copy as pg
 
     for i in range(0, len(rows), batch):
         part = rows[i : i + batch]

@@ -12,13 +12,13 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from src.agents.ml_foundation.observability_connector.json_codec import json_text as _dumps
 from src.agents.ml_foundation.observability_connector.models import (
     ObservabilitySpan,
 )
 from src.repositories.base import (
     COLUMNS,
 )
-from src.repositories.json_text import json_text as _dumps
 from src.repositories.row_values import float_or_none, utc_text, utc_text_or_none
 
 __all__ = ["reason", "row_to_span", "span_to_row"]

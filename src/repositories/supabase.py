@@ -46,6 +46,8 @@ import httpx
 from postgrest.types import CountMethod, ReturnMethod
 from supabase import AsyncClient
 
+# The same sanitising as the embedded store, so an odd attribute value (NaN, a set, a cycle)
+# reads back identically from every backend.
 from src.agents.ml_foundation.observability_connector.models import (
     LatencyStats,
     ObservabilitySpan,

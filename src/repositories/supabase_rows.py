@@ -7,13 +7,12 @@ import math
 from collections.abc import Mapping
 from typing import Any, Final
 
+# The same sanitising as the embedded store, so an odd attribute value (NaN, a set, a cycle)
+# reads back identically from every backend.
+from src.agents.ml_foundation.observability_connector.json_codec import json_text as _json_text
 from src.agents.ml_foundation.observability_connector.models import (
     ObservabilitySpan,
 )
-
-# The same sanitising as the embedded store, so an odd attribute value (NaN, a set, a cycle)
-# reads back identically from every backend.
-from src.repositories.json_text import json_text as _json_text
 from src.repositories.row_values import utc_text, utc_text_or_none
 
 __all__ = ["int_or_zero", "row_to_span", "span_to_row"]

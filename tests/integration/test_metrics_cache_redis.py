@@ -159,10 +159,10 @@ async def test_an_unreadable_entry_is_a_miss(
     key = ("metrics", ctx.store.describe(), 3600, None, None)
     await write_events(ctx, [_event("s1")])
     backend = ctx.cache._backend
-    from src.agents.ml_foundation.observability_connector.cache import _key_text
+    from src.agents.ml_foundation.observability_connector.cache_entries import key_text
 
     # Written (say) by an incompatible version before this process asked; never kept locally either.
-    redis_server.command("SET", backend.entry_key(_key_text(key)), "{not json")  # type: ignore[union-attr]
+    redis_server.command("SET", backend.entry_key(key_text(key)), "{not json")  # type: ignore[union-attr]
     value, from_cache, _ = await compute_metrics(ctx, "1h")
     assert not from_cache and value["total_spans_analyzed"] == 1
     assert (await compute_metrics(ctx, "1h"))[1] is True  # our answer replaced it
@@ -445,11 +445,12 @@ async def test_another_process_s_write_reaches_the_near_cache_at_once(
 
 def _foreign_invalidation(server: RedisServer, ctx: ConnectorContext, newest: str) -> None:
     """What another process's ``ainvalidate_since`` sends: the same script, the same keys."""
-    from src.agents.ml_foundation.observability_connector.cache import _INVALIDATE_LUA, _INVALIDATION_LOG
+    from src.agents.ml_foundation.observability_connector.cache_entries import INVALIDATION_LOG
+    from src.agents.ml_foundation.observability_connector.cache_redis import INVALIDATE_LUA
 
     backend: Any = ctx.cache._backend
     keys = (backend._gen_key, backend._log_key, backend._idx_key)
-    reply = server.command("EVAL", _INVALIDATE_LUA, "3", *keys, newest, str(_INVALIDATION_LOG), backend._channel)
+    reply = server.command("EVAL", INVALIDATE_LUA, "3", *keys, newest, str(INVALIDATION_LOG), backend._channel)
     assert reply.startswith(b"*2"), reply
 
 

@@ -283,32 +283,6 @@ async def test_each_write_path_is_taken_only_when_needed(postgres_dsn: str) -> N
         await repo.close()
 
 
-def test_the_fast_json_encoder_matches_the_shared_policy() -> None:
-    """The write path's prebuilt C encoder must give byte-identical JSON to every other backend."""
-    from decimal import Decimal
-
-    from src.repositories.json_text import json_text as _dumps
-    from src.repositories.postgres import _fast_json
-
-    cyclic: dict[str, Any] = {"a": 1}
-    cyclic["self"] = cyclic
-    values: list[Any] = [
-        None,
-        {},
-        [],
-        {"segment": "NE", "n": 3, "x": 2.5, "ok": True, "none": None, "nested": {"l": [1, "ü", '✓ \n\t"q"']}},
-        [{"name": "retry", "attempt": 1}],
-        {"when": datetime(2030, 1, 1, tzinfo=UTC), "amount": Decimal("1.5"), "tags": {"a"}},  # not plain JSON
-        {"bad": float("nan"), "inf": float("inf")},
-        {1: "int key", None: "none key"},
-        cyclic,
-        {"big": 2**70},
-    ]
-    for value in values:
-        for empty in ("{}", "[]"):
-            assert _fast_json(value, empty) == _dumps(value, empty), value
-
-
 async def test_nul_characters_are_replaced_rather_than_losing_the_span(postgres_dsn: str) -> None:
     repo = PostgresSpanRepository(postgres_dsn)
     span = make_span(error_message="bad\x00byte", attributes={"k\x00": ["v\x00", {"n": "\x00"}]}, status="error")
@@ -546,3 +520,52 @@ def test_cli_cleanup_and_migrate_on_the_embedded_store(tmp_path: Path) -> None:
 
 def test_store_error_type_is_shared_with_other_backends() -> None:
     assert issubclass(StoreUnavailableError, StoreError) and StoreUnavailableError.retryable
+
+
+def test_at_exit_the_queued_spans_are_stored_before_the_pool_closes(postgres_dsn: str, tmp_path: Path) -> None:
+    """A real interpreter exit with spans queued: the flushers deliver them (FLUSHERS stage) while
+    the pool is still open, then the repository closes its pool itself (SINKS stage)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    repo_root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "exit.json"
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        sys.path.insert(0, {str(repo_root)!r})
+        import psycopg
+        from src.agents.ml_foundation.observability_connector.agent import ObservabilityConnectorAgent
+        from src.agents.ml_foundation.observability_connector.config import ObservabilitySettings
+        from src.agents.ml_foundation.observability_connector.lifecycle import SINKS, on_shutdown
+
+        def observe():  # registered before the repository's own close: runs first within SINKS
+            with psycopg.connect({postgres_dsn!r}) as conn:
+                stored = conn.execute("SELECT count(*) FROM ml_observability_spans").fetchone()[0]
+            with open({str(out)!r}, "w") as f:
+                json.dump({{"stored_at_sinks_stage": stored}}, f)
+
+        on_shutdown(SINKS, observe)
+        settings = ObservabilitySettings(
+            store={{"backend": "postgres"}}, batching={{"max_batch_size": 1000, "max_batch_wait_s": 60}}
+        )
+        obs = ObservabilityConnectorAgent(settings)
+        for i in range(300):
+            with obs.span("step", "data_preparer"):
+                pass
+        assert len(obs._flusher.collector) == 300  # all still queued as the process ends
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OBS_")}
+    env["OBS_DATABASE_URL"] = postgres_dsn  # the spool goes under cwd (tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(out.read_text()) == {"stored_at_sinks_stage": 300}
+    assert "Traceback" not in proc.stderr and "failed" not in proc.stderr, proc.stderr
+    with psycopg.connect(postgres_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM ml_observability_spans").fetchone() == (300,)

@@ -188,9 +188,9 @@ async def test_metrics_node_uses_the_cache_and_writes_invalidate_it(
 
 def test_near_cache_refuses_answers_that_raced_an_invalidation_or_a_lost_subscription() -> None:
     """The Redis near-cache's bookkeeping, without Redis (the subscriber thread is not started)."""
-    from src.agents.ml_foundation.observability_connector.cache import _NearCache
+    from src.agents.ml_foundation.observability_connector.cache_near import NearCache
 
-    near = _NearCache("redis://127.0.0.1:1/0", "ch", max_entries=8, timeout_s=0.1, retry_s=0.1)
+    near = NearCache("redis://127.0.0.1:1/0", "ch", max_entries=8, timeout_s=0.1, retry_s=0.1)
     far = time.time() + 60
     assert near.token() is None and not near.offer(0, "k", b"1", 0.0, far)  # not subscribed: keeps nothing
     near.drop_all(live=True)  # what the subscriber does on the server's SUBSCRIBE confirmation

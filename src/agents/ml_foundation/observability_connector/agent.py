@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from .batch_processor import BatchNotStoredError, BatchProcessor, FlusherStats, FlushReport
 from .constants import OPIK_PROJECT, OPIK_WORKSPACE
-from .fork import keep_inherited, watch_after_fork
 from .gc_tuning import raise_young_threshold
+from .lifecycle import keep_inherited, watch_after_fork
 from .sampling import Sampler, check_sample_rate
 from .spans import Span, duration_ns
 from .trace_context import (

@@ -1,27 +1,28 @@
-"""Collector and flusher: the only bridge between an agent's hot path and the sinks.
+"""The flusher: drains the collector on a background loop and delivers whole batches.
 
-The caller's side is a size estimate and one ``deque.append`` (no lock, no I/O). A daemon
-thread with its own event loop drains the deque in batches and hands each batch to a
-``deliver`` coroutine (the compiled graph), so a slow sink can never stall an agent's event
-loop, and agents without an event loop (sync code, callback handlers) are served the same way.
+The caller's side is the collector's (:mod:`.collector`: a size estimate and one
+``deque.append``). The flusher runs on its own thread and event loop (:mod:`.background`),
+takes batches out of the collector and hands each to a ``deliver`` coroutine (the compiled
+graph), so a slow sink can never stall an agent's event loop, and agents without an event loop
+(sync code, callback handlers) are served the same way. At interpreter exit every flusher is
+closed in the ``FLUSHERS`` stage of :mod:`.lifecycle`, after producers and before the sinks.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import logging
-import sys
 import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass
 from typing import Any
 
-from .fork import register_before_fork, watch_after_fork
+from .background import BackgroundLoop
+from .collector import SpanCollector
+from .flush_report import BatchNotStoredError, FlusherStats, FlushReport
+from .lifecycle import FLUSHERS, SINKS, on_shutdown, register_before_fork, watch_after_fork
 from .spans import Span
 
 __all__ = [
@@ -36,406 +37,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Deliver = Callable[[list[Span]], Awaitable[Any]]
-
-# What a queued span is estimated to hold, in bytes, without serialising it: the object with its
-# ids and times, then per attribute key a dict slot and a small value; strings add their length
-# (a span that adds up to more than _RECOUNT_FROM is counted again with each string's real size:
-# a non-ASCII character takes 2 or 4 bytes). Containers are counted by their length, and a small
-# one's string items by theirs (one level).
-_SPAN_BYTES = 512
-_RECOUNT_FROM = 16_384
-_KEY_BYTES = 64
-_ITEM_BYTES = 48
-_EVENT_BYTES = 256
-_SHALLOW_ITEMS = 16
-_UNBOUNDED = 1 << 62
-
-_CONTAINERS = (dict, list, tuple, set, frozenset)
-_SCALARS = frozenset((int, float, bool, type(None)))
-
-
-def _value_bytes(value: Any) -> int:
-    """Estimated bytes of a value that is not a ``str``, ``int``, ``float``, ``bool`` or None."""
-    if isinstance(value, (str, bytes, bytearray)):
-        return sys.getsizeof(value)
-    if isinstance(value, _CONTAINERS):
-        count = len(value)
-        size = count * _ITEM_BYTES
-        if count <= _SHALLOW_ITEMS:  # a prompt in {"messages": [...]} is found; deeper levels are not walked
-            for item in value.values() if isinstance(value, dict) else value:
-                if isinstance(item, (str, bytes)):
-                    size += sys.getsizeof(item)
-                elif isinstance(item, _CONTAINERS):
-                    size += len(item) * _ITEM_BYTES
-        return size
-    return _ITEM_BYTES  # numbers and other objects: made into JSON off the hot path
-
-
-def _span_bytes(span: Span) -> int:
-    """The slow half of the estimate: input, output, events and error text (most spans have none)."""
-    size = 0
-    for value in (span.input_data, span.output_data, span.error_message):
-        if value is not None:
-            size += _value_bytes(value)
-    events = span._events
-    if events:
-        size += len(events) * _EVENT_BYTES
-        for event in events[:_SHALLOW_ITEMS]:
-            attributes = event.get("attributes") if isinstance(event, dict) else None
-            if attributes:
-                size += _value_bytes(attributes)
-    return size
-
-
-def _cut(value: str, keep: int, limit: int) -> str:
-    # ``keep`` is where the redactor stops scanning: it sees a longer string, re-cuts it there
-    # (dropping this marker) and marks it its own way, so the value is stored as if never cut
-    # here. The marker is ASCII so that an ASCII value's copy stays one byte per character.
-    return f"{value[:keep]}...[truncated: over {limit} bytes]"
-
-
-def _cut_strings(span: Span, keep: int, limit: int) -> None:
-    """Cut every string longer than ``keep`` characters in the span's own fields and its top-level
-    attribute values and event attribute values. The caller's dicts are replaced, never changed;
-    containers are not walked (the redactor limits them off the hot path)."""
-    attributes = span.attributes
-    if attributes and isinstance(attributes, dict):
-        long = [key for key, value in attributes.items() if isinstance(value, str) and len(value) > keep]
-        if long:
-            attributes = dict(attributes)
-            for key in long:
-                attributes[key] = _cut(attributes[key], keep, limit)
-            span.attributes = attributes
-    for name in ("input_data", "output_data", "error_message"):
-        value = getattr(span, name)
-        if isinstance(value, str) and len(value) > keep:
-            setattr(span, name, _cut(value, keep, limit))
-    events = span._events
-    if events:
-        for index, event in enumerate(events):
-            attrs = event.get("attributes") if isinstance(event, dict) else None
-            if isinstance(attrs, dict) and any(isinstance(v, str) and len(v) > keep for v in attrs.values()):
-                cut = {k: _cut(v, keep, limit) if isinstance(v, str) and len(v) > keep else v for k, v in attrs.items()}
-                events[index] = {**event, "attributes": cut}
-
-
-class BatchNotStoredError(RuntimeError):
-    """``deliver`` could not store a batch and has already logged why: counted, not logged again."""
-
-
-class SpanCollector:
-    """A buffer of finished spans, bounded in spans and in (estimated) bytes.
-
-    ``append`` estimates a span's size from the lengths of its strings and containers (no
-    serialisation) and, when ``max_value_chars`` is set, first cuts any string longer than
-    that, with the redactor's marker, so a 1 MB prompt is not held while it waits. Bytes count
-    from ``append`` until the flusher has delivered the batch, so the bound covers the spans
-    queued and the ones being delivered; a span alone bigger than the bound is still taken when
-    nothing else is held.
-
-    When either bound is reached the producer gets bounded back-pressure: it yields the GIL in
-    short sleeps (no I/O, no lock) for at most ``full_wait_s`` so the flusher can move spans to
-    the sinks or the on-disk spool. Only if there is still no room is the span counted as
-    dropped and logged — never silently. ``overflow``, when given, takes the span instead.
-
-    The byte counters are written without a lock: producers only add to ``bytes_in`` and the
-    flusher only to ``bytes_taken`` / ``bytes_out``, so a rare lost update between two producer
-    threads can only make the count lower than the truth, never wedge the buffer as full.
-    """
-
-    __slots__ = (
-        "_batch_bytes",
-        "_batch_size",
-        "_bytes_limit",
-        "_cut_keep",
-        "_cut_limit",
-        "_full_wait_s",
-        "_max",
-        "_max_bytes",
-        "_open_max",
-        "_overflow",
-        "_queue",
-        "_reopen",
-        "_taken",
-        "_wake",
-        "bytes_in",
-        "bytes_out",
-        "bytes_taken",
-        "consumer_thread",
-        "dropped",
-        "dropped_for_bytes",
-        "waited",
-    )
-
-    def __init__(
-        self,
-        max_queue: int = 10_000,
-        batch_size: int = 100,
-        wake: Callable[[], None] | None = None,
-        overflow: Callable[[Span], None] | None = None,
-        full_wait_s: float = 0.0,
-        max_bytes: int | None = None,
-        max_value_chars: int | None = None,
-        value_limit: int | None = None,
-    ) -> None:
-        """``max_bytes``: the byte bound (None: spans only). ``max_value_chars``: strings longer
-        than this are cut on append (None: never), marked as over ``value_limit`` bytes (the
-        redactor's ``max_value_bytes``; default ``max_value_chars``)."""
-        if max_queue < 1 or batch_size < 1:
-            raise ValueError("max_queue and batch_size must be positive")
-        if max_bytes is not None and max_bytes < 1:
-            raise ValueError("max_bytes must be positive")
-        if max_value_chars is not None and max_value_chars < 1:
-            raise ValueError("max_value_chars must be positive")
-        self._queue: deque[Span] = deque()
-        self._max = max_queue
-        self._open_max = max_queue
-        self._max_bytes = _UNBOUNDED if max_bytes is None else max_bytes
-        self._bytes_limit = self._max_bytes  # bytes_out + max_bytes: what bytes_in may reach
-        # A batch is due once this many bytes wait, and a bite takes at most this many: the
-        # batches being converted (each briefly copied by validation and redaction) stay small.
-        self._batch_bytes = _UNBOUNDED if max_bytes is None else max(1, max_bytes // 32)
-        self._cut_keep = _UNBOUNDED if max_value_chars is None else max_value_chars
-        self._cut_limit = value_limit if value_limit is not None else self._cut_keep
-        self._batch_size = batch_size
-        self._wake = wake
-        self._overflow = overflow
-        self._full_wait_s = full_wait_s
-        self._reopen: Callable[[], None] | None = None
-        self.dropped = 0
-        self.dropped_for_bytes = 0  # of ``dropped``: the byte bound was the one reached
-        self._taken = 0  # spans taken out of the queue (accepted = taken + queued)
-        self.waited = 0  # producers that had to wait for room (back-pressure events)
-        self.bytes_in = 0  # estimated bytes of every span accepted
-        self.bytes_taken = 0  # ... of those the flusher has taken into batches
-        self.bytes_out = 0  # ... of those whose batch has been delivered (or given up)
-        self.consumer_thread: int | None = None  # the flusher never waits on itself
-
-    def append(self, span: Span) -> None:
-        # The estimate: inline for the common case (a few short attributes), never raising.
-        size = _SPAN_BYTES
-        try:
-            attributes = span.attributes
-            if attributes:
-                size += len(attributes) * _KEY_BYTES
-                for value in attributes.values():
-                    if value.__class__ is str:
-                        size += len(value)
-                    elif value.__class__ not in _SCALARS:
-                        size += _value_bytes(value)
-            if (
-                span.input_data is not None
-                or span.output_data is not None
-                or span._events is not None
-                or span.error_message is not None
-            ):
-                size += _span_bytes(span)
-            if size > _RECOUNT_FROM:  # a big span: cut what is too long, count what strings hold
-                if size > self._cut_keep:
-                    _cut_strings(span, self._cut_keep, self._cut_limit)
-                size = self._estimate(span)
-        except Exception:  # an odd mapping or value: count the span as small; the graph judges it
-            log.debug("estimating a span's size failed", exc_info=True)
-        queue = self._queue
-        depth = len(queue)
-        bytes_in = self.bytes_in
-        if depth >= self._max or (bytes_in + size > self._bytes_limit and bytes_in > self.bytes_out):
-            self._on_full(span, size)
-            return
-        span._qbytes = size
-        queue.append(span)
-        self.bytes_in = bytes_in + size
-        # A batch is due at batch_size spans, or (big spans only: small ones reach the count
-        # first, or a full buffer wakes the flusher) once a batch's worth of bytes waits.
-        if depth + 1 == self._batch_size or (
-            size > _RECOUNT_FROM and bytes_in + size - self.bytes_taken >= self._batch_bytes
-        ):
-            wake = self._wake
-            if wake is not None:
-                wake()
-
-    def _estimate(self, span: Span) -> int:
-        size = _SPAN_BYTES + _span_bytes(span)
-        attributes = span.attributes
-        if attributes:
-            size += len(attributes) * _KEY_BYTES
-            for value in attributes.values():
-                if value.__class__ not in _SCALARS:
-                    size += _value_bytes(value)
-        return size
-
-    def _full(self, size: int) -> bool:
-        held = self.bytes_in - self.bytes_out
-        return len(self._queue) >= self._max or (held + size > self._max_bytes and held > 0)
-
-    def _accept(self, span: Span, size: int) -> None:
-        span._qbytes = size
-        self._queue.append(span)
-        self.bytes_in += size
-
-    def _on_full(self, span: Span, size: int) -> None:
-        reopen = self._reopen
-        if reopen is not None:  # the flusher was closed: this span opens the pipeline again
-            self._reopen = None
-            self._max = self._open_max
-            try:
-                reopen()
-            except Exception:  # the span is kept queued; a flush or the exit hook delivers it
-                log.exception("reopening the span pipeline after close failed")
-        if not self._full(size):  # reopened, or room appeared since append looked
-            self._accept(span, size)
-            if self._wake is not None:
-                self._wake()
-            return
-        if self._overflow is not None:
-            self._overflow(span)
-            return
-        if self._wake is not None:
-            self._wake()
-        if self._full_wait_s > 0 and threading.get_ident() != self.consumer_thread:
-            self.waited += 1
-            deadline = time.monotonic() + self._full_wait_s
-            while self._full(size) and time.monotonic() < deadline:
-                time.sleep(0.0002)  # releases the GIL to the flusher; no I/O, no lock
-            if not self._full(size):
-                self._accept(span, size)
-                return
-        self.dropped += 1
-        by_bytes = len(self._queue) < self._max
-        if by_bytes:
-            self.dropped_for_bytes += 1
-        if self.dropped == 1 or self.dropped % 1000 == 0:
-            log.error(
-                "span buffer full (%s): %d span(s) dropped so far; raise batching.%s or batching.full_wait_s, "
-                "or check the store and the spool's disk",
-                f"{self._max_bytes / 2**20:.0f} MB" if by_bytes else f"{self._max} spans",
-                self.dropped,
-                "max_queue_mb" if by_bytes else "max_queue_size",
-            )
-
-    @property
-    def accepted(self) -> int:
-        """Spans taken into the buffer so far (counted from the queue, not on the hot path)."""
-        return self._taken + len(self._queue)
-
-    @property
-    def held_bytes(self) -> int:
-        """Estimated bytes of the spans queued or being delivered."""
-        return max(0, self.bytes_in - self.bytes_out)
-
-    @property
-    def max_bytes(self) -> int | None:
-        return None if self._max_bytes == _UNBOUNDED else self._max_bytes
-
-    def ready(self) -> bool:
-        """A batch is due: ``batch_size`` spans, or an eighth of the byte bound, are waiting."""
-        return len(self._queue) >= self._batch_size or self.bytes_in - self.bytes_taken >= self._batch_bytes
-
-    def take(self, limit: int) -> tuple[list[Span], int]:
-        """Up to ``limit`` spans (fewer once a batch's worth of bytes is taken) and their bytes,
-        which stay counted as held until :meth:`release`."""
-        queue = self._queue
-        out: list[Span] = []
-        taken = 0
-        pop = queue.popleft
-        most = self._batch_bytes
-        try:
-            for _ in range(min(limit, len(queue))):
-                span = pop()
-                out.append(span)
-                taken += span._qbytes
-                if taken >= most:
-                    break
-        except IndexError:
-            pass
-        self._taken += len(out)
-        self.bytes_taken += taken
-        return out, taken
-
-    def release(self, nbytes: int) -> None:
-        """The batch of ``nbytes`` has been delivered (or given up): its room is free again."""
-        self.bytes_out += nbytes
-        self._bytes_limit = self.bytes_out + self._max_bytes
-
-    def drain(self, limit: int) -> list[Span]:
-        """Take up to ``limit`` spans out for good (their room is freed at once)."""
-        queue = self._queue
-        out: list[Span] = []
-        taken = 0
-        pop = queue.popleft
-        try:
-            for _ in range(min(limit, len(queue))):
-                span = pop()
-                out.append(span)
-                taken += span._qbytes
-        except IndexError:
-            pass
-        self._taken += len(out)
-        self.bytes_taken += taken
-        self.release(taken)
-        return out
-
-    def close_gate(self, reopen: Callable[[], None]) -> None:
-        """The flusher has stopped: the next ``append`` calls ``reopen`` (which starts it again)
-        before queueing. Costs the hot path nothing: every append takes the full-buffer branch."""
-        self._reopen = reopen
-        self._max = 0
-
-    def open_gate(self) -> None:
-        self._reopen = None
-        self._max = self._open_max
-
-    def forget_after_fork(self, reopen: Callable[[], None] | None) -> None:
-        """In a forked child: drop the parent's queued spans (the parent delivers them) and its
-        counts; with ``reopen``, the next ``append`` starts the child's own flusher."""
-        self._queue = deque()
-        self._taken = self.waited = self.dropped = self.dropped_for_bytes = 0
-        self.bytes_in = self.bytes_taken = self.bytes_out = 0
-        self._bytes_limit = self._max_bytes
-        self.consumer_thread = None
-        if reopen is not None:
-            self.close_gate(reopen)
-
-    def __len__(self) -> int:
-        return len(self._queue)
-
-
-@dataclass
-class FlusherStats:
-    batches_sent: int = 0
-    batches_failed: int = 0
-    spans_delivered: int = 0  # taken by the sinks: stored, or spooled on disk for replay
-    spans_failed: int = 0  # in batches that neither the store nor the spool took
-    spans_rejected: int = 0  # refused one by one by validation or the store (each with a reason)
-    last_flush_at: float | None = None
-    last_error: str | None = None
-
-
-@dataclass(frozen=True)
-class FlushReport:
-    """What became of the spans handed over between the previous completed flush and this one.
-
-    ``ok`` (what ``flush()`` returns) only when every one of them was delivered: stored, or
-    spooled on disk for replay. Counts: ``delivered``; ``rejected`` one by one (invalid values,
-    refused rows: see ``emission_errors`` and the dead letters); ``failed`` in batches nothing
-    took; ``dropped`` at the full buffer; ``pending`` still queued or in flight when the flush
-    gave up (``timed_out``, or the flusher is stuck behind a sink since a close timed out).
-    """
-
-    delivered: int = 0
-    rejected: int = 0
-    failed: int = 0
-    dropped: int = 0
-    pending: int = 0
-    timed_out: bool = False
-    at: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return not (self.rejected or self.failed or self.dropped or self.pending or self.timed_out)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ok": self.ok}
 
 
 class BatchProcessor:
@@ -517,9 +118,7 @@ class BatchProcessor:
         self._waiters_lock = threading.Lock()
         self._stopping = False
         self._abandoned = False  # a close timed out behind a stuck sink; its thread may still run
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._name = name
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._bg = BackgroundLoop(name)  # resets itself in a forked child
         self._started = False
         self._start_lock = threading.Lock()
         # Set once the thread's start-up (``on_start``: imports, opening the sinks) is over.
@@ -536,9 +135,7 @@ class BatchProcessor:
         self._ready = threading.Event()
         self._flush_waiters = []
         self._delivering = {}
-        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
         self._started = self._stopping = self._abandoned = self._wake_pending = False
-        self._loop = None
         self._async_wake = None
         self.stats = FlusherStats()
         self.last_flush = None
@@ -550,24 +147,25 @@ class BatchProcessor:
     def start(self) -> None:
         """Start the thread (idempotent); after a close, a new one."""
         with self._start_lock:
-            if self._started and self._thread.is_alive():
+            if self._started and self._bg.is_alive():
                 return
-            if self._thread.ident is not None:  # a previous run's thread: threads start once
-                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
             self._stopping = False
             self._abandoned = False
-            self._loop = None
-            self._async_wake = None
+            self._async_wake = asyncio.Event()  # bound to the new loop on its first wait
             self._wake_pending = False
             self._started = True
             self._ready.clear()
             self.collector.open_gate()
-            self._thread.start()
+            try:
+                self._bg.start(self._main)
+            except BaseException:
+                self._started = False
+                raise
             _register_exit(self)
 
     @property
     def running(self) -> bool:
-        return self._started and self._thread.is_alive()
+        return self._started and self._bg.is_alive()
 
     @property
     def started(self) -> bool:
@@ -576,7 +174,7 @@ class BatchProcessor:
     @property
     def stuck(self) -> bool:
         """A close ran out of time and its thread still waits on a sink."""
-        return self._abandoned and self._thread.is_alive()
+        return self._abandoned and self._bg.is_alive()
 
     def add_span(self, span: Span) -> None:
         """Hot path: enqueue a finished span (the collector's append: no sink is waited on; a full
@@ -676,17 +274,16 @@ class BatchProcessor:
         return not self._started and not len(self.collector)
 
     def _stop(self, wait: float, limit: float) -> bool:
-        thread = self._thread
+        thread = self._bg.thread
         self._stopping = True
         self._wake()
-        thread.join(wait)
-        if thread.is_alive():
+        if not self._bg.join(wait):
             self._abandoned = True
             stuck = [span for batch in list(self._delivering.values()) for span in batch]
             self._give_up(stuck + self.collector.drain(len(self.collector)), limit, None)
             return False
         with self._start_lock:
-            if self._thread is not thread:  # a span reopened the pipeline meanwhile: it runs on
+            if self._bg.thread is not thread:  # a span reopened the pipeline meanwhile: it runs on
                 return True
             self._started = False
             self._stopping = False
@@ -730,32 +327,18 @@ class BatchProcessor:
         """Wake the flusher's loop; at most one wake-up in flight, so bursts cost one write."""
         if self._wake_pending:
             return
-        loop, event = self._loop, self._async_wake
-        if loop is None or event is None:
+        event = self._async_wake
+        if event is None:
             return  # not started yet: the loop drains everything when it starts
         self._wake_pending = True
-        try:
-            loop.call_soon_threadsafe(event.set)
-        except RuntimeError:  # loop already closed at shutdown
+        if not self._bg.call_soon(event.set):  # the loop already closed at shutdown
             self._wake_pending = False
 
-    # -- the background thread ----------------------------------------------------------
-
-    def _run(self) -> None:
-        self.collector.consumer_thread = threading.get_ident()
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        self._async_wake = asyncio.Event()
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._main())
-        finally:
-            try:
-                loop.run_until_complete(loop.shutdown_asyncgens())
-            finally:
-                loop.close()
+    # -- the background loop ------------------------------------------------------------
 
     async def _main(self) -> None:
+        """The flusher's thread: one run, from start-up to the final drain of a close."""
+        self.collector.consumer_thread = threading.get_ident()
         event = self._async_wake
         assert event is not None
         if self._on_start is not None:
@@ -818,7 +401,8 @@ class BatchProcessor:
                     _, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                     continue
                 # Under a backlog, take bigger bites: one graph invocation and one sink write
-                # cost about a millisecond whatever the size, so a deep queue drains ~10x faster.
+                # cost nearly the same whatever the batch size, so bigger batches drain a deep
+                # queue faster.
                 depth = len(collector)
                 size = self.max_batch_size
                 take = size if depth < 2 * size else min(depth, self.max_drain_batch)
@@ -856,23 +440,15 @@ class BatchProcessor:
 
 
 _live_flushers: weakref.WeakSet[BatchProcessor] = weakref.WeakSet()
-_exit_hook_installed = False
 
 
 def at_exit_before_thread_pools(callback: Callable[[], None]) -> None:
-    """Run ``callback`` at interpreter exit, before the thread pools the sinks use are shut down.
+    """Run ``callback`` at interpreter exit in the ``SINKS`` stage of :mod:`.lifecycle`.
 
-    ``threading._register_atexit`` hooks run (last registered first) before ``concurrent.futures``
-    joins its workers, after which ``asyncio.to_thread`` refuses work; plain ``atexit`` runs too
-    late for that, so it is only the fallback.
+    Kept only for ``src/mlops/opik_connector.py`` (its exit hook drains the Opik sender) until
+    its rewrite registers with ``lifecycle.on_shutdown(SINKS, ...)`` itself; delete it then.
     """
-    register = getattr(threading, "_register_atexit", None)
-    try:
-        if register is None:
-            raise RuntimeError("no threading atexit hook")
-        register(callback)
-    except RuntimeError:
-        atexit.register(callback)
+    on_shutdown(SINKS, callback)
 
 
 # How long a fork waits for a flusher's start-up to finish (see _before_fork).
@@ -885,10 +461,10 @@ def _before_fork() -> None:
     that does not exist there: wait (bounded) for start-ups and batches in flight to finish."""
     deadline = time.monotonic() + _FORK_WAIT_S
     for flusher in list(_live_flushers):
-        if not (flusher._started and flusher._thread.is_alive()):
+        if not (flusher._started and flusher._bg.is_alive()):
             continue
         flusher._ready.wait(max(0.0, deadline - time.monotonic()))
-        while flusher._delivering and flusher._thread.is_alive() and time.monotonic() < deadline:
+        while flusher._delivering and flusher._bg.is_alive() and time.monotonic() < deadline:
             time.sleep(0.001)
 
 
@@ -896,16 +472,14 @@ register_before_fork(_before_fork)
 
 
 def _register_exit(flusher: BatchProcessor) -> None:
-    global _exit_hook_installed
     _live_flushers.add(flusher)
-    if not _exit_hook_installed:
-        at_exit_before_thread_pools(_flush_all_at_exit)
-        _exit_hook_installed = True
+    on_shutdown(FLUSHERS, close_all_flushers)  # registered once: the same function again is ignored
 
 
-def _flush_all_at_exit() -> None:
+def close_all_flushers() -> None:
+    """Close every started flusher (each bounded by its ``shutdown_timeout``): the ``FLUSHERS`` stage."""
     for flusher in list(_live_flushers):
         try:
             flusher.close()
-        except Exception:  # never let an exit hook raise
+        except Exception:  # a shutdown stage must never raise
             log.exception("closing the observability flusher at exit failed")

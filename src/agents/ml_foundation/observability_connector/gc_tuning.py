@@ -3,10 +3,10 @@
 Why: the background path holds a batch (up to 1,000 spans: rows, Opik bodies) across many
 allocations. With CPython's default threshold of 700 tracked allocations, every such batch
 outlives two young collections and is promoted to the oldest generation, and each promotion
-brings the next full collection closer; measured under a burst with the default, full
-collections took ~20 % of the process's time (150 ms each, every ~0.8 s). With a threshold of
-10,000 the batch is freed before a young collection sees it (benchmarks/bench_e2e.py shows the
-difference). CPython itself moved this way (3.13 raised the default to 2,000).
+brings the next full collection closer: under a burst, full collections (each scanning every
+object of the process) become a large share of its time. With a threshold of 10,000 the batch
+is freed before a young collection sees it (the figures, with the command: benchmarks/README.md).
+CPython itself moved this way (3.13 raised the default to 2,000).
 
 It is a process-wide setting, so it is only changed while it still has CPython's default: an
 application that tuned its collector keeps its own numbers. ``batching.gc_young_threshold: null``

@@ -13,7 +13,7 @@ from typing import Any, cast
 
 from . import context_factory
 from .cache import MetricsCache
-from .fork import keep_inherited, register_after_fork
+from .lifecycle import keep_inherited, register_after_fork
 from .redaction import Redactor
 from .registry import AgentRegistry
 from .sampling import Sampler
@@ -70,7 +70,7 @@ def set_default_context(context: ConnectorContext | None) -> None:
 
 def _after_fork_in_child() -> None:
     """The child builds its own context on first use: the parent's store connections, spool
-    handle and Opik sender are not the child's (kept referenced, never closed: see fork.py)."""
+    handle and Opik sender are not the child's (kept referenced, never closed: see lifecycle.py)."""
     global _default, _lock
     keep_inherited(_default)
     _default = None

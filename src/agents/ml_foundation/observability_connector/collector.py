@@ -1,0 +1,381 @@
+"""The collector: the bounded in-memory buffer between an agent's hot path and the flusher.
+
+The caller's side is a size estimate and one ``deque.append`` (no lock, no I/O, no
+serialisation): :class:`SpanCollector` bounds the buffer in spans and in estimated bytes, cuts
+oversized strings, and applies bounded back-pressure when it is full. The flusher
+(:mod:`.batch_processor`) takes batches out of it on its own thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from .spans import Span
+
+__all__ = ["SpanCollector"]
+
+log = logging.getLogger(__name__)
+
+# What a queued span is estimated to hold, in bytes, without serialising it: the object with its
+# ids and times, then per attribute key a dict slot and a small value; strings add their length
+# (a span that adds up to more than _RECOUNT_FROM is counted again with each string's real size:
+# a non-ASCII character takes 2 or 4 bytes). Containers are counted by their length, and a small
+# one's string items by theirs (one level).
+_SPAN_BYTES = 512
+_RECOUNT_FROM = 16_384
+_KEY_BYTES = 64
+_ITEM_BYTES = 48
+_EVENT_BYTES = 256
+_SHALLOW_ITEMS = 16
+_UNBOUNDED = 1 << 62
+
+_CONTAINERS = (dict, list, tuple, set, frozenset)
+_SCALARS = frozenset((int, float, bool, type(None)))
+
+
+def _value_bytes(value: Any) -> int:
+    """Estimated bytes of a value that is not a ``str``, ``int``, ``float``, ``bool`` or None."""
+    if isinstance(value, (str, bytes, bytearray)):
+        return sys.getsizeof(value)
+    if isinstance(value, _CONTAINERS):
+        count = len(value)
+        size = count * _ITEM_BYTES
+        if count <= _SHALLOW_ITEMS:  # a prompt in {"messages": [...]} is found; deeper levels are not walked
+            for item in value.values() if isinstance(value, dict) else value:
+                if isinstance(item, (str, bytes)):
+                    size += sys.getsizeof(item)
+                elif isinstance(item, _CONTAINERS):
+                    size += len(item) * _ITEM_BYTES
+        return size
+    return _ITEM_BYTES  # numbers and other objects: made into JSON off the hot path
+
+
+def _span_bytes(span: Span) -> int:
+    """The slow half of the estimate: input, output, events and error text (most spans have none)."""
+    size = 0
+    for value in (span.input_data, span.output_data, span.error_message):
+        if value is not None:
+            size += _value_bytes(value)
+    events = span._events
+    if events:
+        size += len(events) * _EVENT_BYTES
+        for event in events[:_SHALLOW_ITEMS]:
+            attributes = event.get("attributes") if isinstance(event, dict) else None
+            if attributes:
+                size += _value_bytes(attributes)
+    return size
+
+
+def _cut(value: str, keep: int, limit: int) -> str:
+    # ``keep`` is where the redactor stops scanning: it sees a longer string, re-cuts it there
+    # (dropping this marker) and marks it its own way, so the value is stored as if never cut
+    # here. The marker is ASCII so that an ASCII value's copy stays one byte per character.
+    return f"{value[:keep]}...[truncated: over {limit} bytes]"
+
+
+def _cut_strings(span: Span, keep: int, limit: int) -> None:
+    """Cut every string longer than ``keep`` characters in the span's own fields and its top-level
+    attribute values and event attribute values. The caller's dicts are replaced, never changed;
+    containers are not walked (the redactor limits them off the hot path)."""
+    attributes = span.attributes
+    if attributes and isinstance(attributes, dict):
+        long = [key for key, value in attributes.items() if isinstance(value, str) and len(value) > keep]
+        if long:
+            attributes = dict(attributes)
+            for key in long:
+                attributes[key] = _cut(attributes[key], keep, limit)
+            span.attributes = attributes
+    for name in ("input_data", "output_data", "error_message"):
+        value = getattr(span, name)
+        if isinstance(value, str) and len(value) > keep:
+            setattr(span, name, _cut(value, keep, limit))
+    events = span._events
+    if events:
+        for index, event in enumerate(events):
+            attrs = event.get("attributes") if isinstance(event, dict) else None
+            if isinstance(attrs, dict) and any(isinstance(v, str) and len(v) > keep for v in attrs.values()):
+                cut = {k: _cut(v, keep, limit) if isinstance(v, str) and len(v) > keep else v for k, v in attrs.items()}
+                events[index] = {**event, "attributes": cut}
+
+
+class SpanCollector:
+    """A buffer of finished spans, bounded in spans and in (estimated) bytes.
+
+    ``append`` estimates a span's size from the lengths of its strings and containers (no
+    serialisation) and, when ``max_value_chars`` is set, first cuts any string longer than
+    that, with the redactor's marker, so a 1 MB prompt is not held while it waits. Bytes count
+    from ``append`` until the flusher has delivered the batch, so the bound covers the spans
+    queued and the ones being delivered; a span alone bigger than the bound is still taken when
+    nothing else is held.
+
+    When either bound is reached the producer gets bounded back-pressure: it yields the GIL in
+    short sleeps (no I/O, no lock) for at most ``full_wait_s`` so the flusher can move spans to
+    the sinks or the on-disk spool. Only if there is still no room is the span counted as
+    dropped and logged — never silently. ``overflow``, when given, takes the span instead.
+
+    The byte counters are written without a lock: producers only add to ``bytes_in`` and the
+    flusher only to ``bytes_taken`` / ``bytes_out``, so a rare lost update between two producer
+    threads can only make the count lower than the truth, never wedge the buffer as full.
+    """
+
+    __slots__ = (
+        "_batch_bytes",
+        "_batch_size",
+        "_bytes_limit",
+        "_cut_keep",
+        "_cut_limit",
+        "_full_wait_s",
+        "_max",
+        "_max_bytes",
+        "_open_max",
+        "_overflow",
+        "_queue",
+        "_reopen",
+        "_taken",
+        "_wake",
+        "bytes_in",
+        "bytes_out",
+        "bytes_taken",
+        "consumer_thread",
+        "dropped",
+        "dropped_for_bytes",
+        "waited",
+    )
+
+    def __init__(
+        self,
+        max_queue: int = 10_000,
+        batch_size: int = 100,
+        wake: Callable[[], None] | None = None,
+        overflow: Callable[[Span], None] | None = None,
+        full_wait_s: float = 0.0,
+        max_bytes: int | None = None,
+        max_value_chars: int | None = None,
+        value_limit: int | None = None,
+    ) -> None:
+        """``max_bytes``: the byte bound (None: spans only). ``max_value_chars``: strings longer
+        than this are cut on append (None: never), marked as over ``value_limit`` bytes (the
+        redactor's ``max_value_bytes``; default ``max_value_chars``)."""
+        if max_queue < 1 or batch_size < 1:
+            raise ValueError("max_queue and batch_size must be positive")
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError("max_bytes must be positive")
+        if max_value_chars is not None and max_value_chars < 1:
+            raise ValueError("max_value_chars must be positive")
+        self._queue: deque[Span] = deque()
+        self._max = max_queue
+        self._open_max = max_queue
+        self._max_bytes = _UNBOUNDED if max_bytes is None else max_bytes
+        self._bytes_limit = self._max_bytes  # bytes_out + max_bytes: what bytes_in may reach
+        # A batch is due once this many bytes wait, and a bite takes at most this many: the
+        # batches being converted (each briefly copied by validation and redaction) stay small.
+        self._batch_bytes = _UNBOUNDED if max_bytes is None else max(1, max_bytes // 32)
+        self._cut_keep = _UNBOUNDED if max_value_chars is None else max_value_chars
+        self._cut_limit = value_limit if value_limit is not None else self._cut_keep
+        self._batch_size = batch_size
+        self._wake = wake
+        self._overflow = overflow
+        self._full_wait_s = full_wait_s
+        self._reopen: Callable[[], None] | None = None
+        self.dropped = 0
+        self.dropped_for_bytes = 0  # of ``dropped``: the byte bound was the one reached
+        self._taken = 0  # spans taken out of the queue (accepted = taken + queued)
+        self.waited = 0  # producers that had to wait for room (back-pressure events)
+        self.bytes_in = 0  # estimated bytes of every span accepted
+        self.bytes_taken = 0  # ... of those the flusher has taken into batches
+        self.bytes_out = 0  # ... of those whose batch has been delivered (or given up)
+        self.consumer_thread: int | None = None  # the flusher never waits on itself
+
+    def append(self, span: Span) -> None:
+        # The estimate: inline for the common case (a few short attributes), never raising.
+        size = _SPAN_BYTES
+        try:
+            attributes = span.attributes
+            if attributes:
+                size += len(attributes) * _KEY_BYTES
+                for value in attributes.values():
+                    if value.__class__ is str:
+                        size += len(value)
+                    elif value.__class__ not in _SCALARS:
+                        size += _value_bytes(value)
+            if (
+                span.input_data is not None
+                or span.output_data is not None
+                or span._events is not None
+                or span.error_message is not None
+            ):
+                size += _span_bytes(span)
+            if size > _RECOUNT_FROM:  # a big span: cut what is too long, count what strings hold
+                if size > self._cut_keep:
+                    _cut_strings(span, self._cut_keep, self._cut_limit)
+                size = self._estimate(span)
+        except Exception:  # an odd mapping or value: count the span as small; the graph judges it
+            log.debug("estimating a span's size failed", exc_info=True)
+        queue = self._queue
+        depth = len(queue)
+        bytes_in = self.bytes_in
+        if depth >= self._max or (bytes_in + size > self._bytes_limit and bytes_in > self.bytes_out):
+            self._on_full(span, size)
+            return
+        span._qbytes = size
+        queue.append(span)
+        self.bytes_in = bytes_in + size
+        # A batch is due at batch_size spans, or (big spans only: small ones reach the count
+        # first, or a full buffer wakes the flusher) once a batch's worth of bytes waits.
+        if depth + 1 == self._batch_size or (
+            size > _RECOUNT_FROM and bytes_in + size - self.bytes_taken >= self._batch_bytes
+        ):
+            wake = self._wake
+            if wake is not None:
+                wake()
+
+    def _estimate(self, span: Span) -> int:
+        size = _SPAN_BYTES + _span_bytes(span)
+        attributes = span.attributes
+        if attributes:
+            size += len(attributes) * _KEY_BYTES
+            for value in attributes.values():
+                if value.__class__ not in _SCALARS:
+                    size += _value_bytes(value)
+        return size
+
+    def _full(self, size: int) -> bool:
+        held = self.bytes_in - self.bytes_out
+        return len(self._queue) >= self._max or (held + size > self._max_bytes and held > 0)
+
+    def _accept(self, span: Span, size: int) -> None:
+        span._qbytes = size
+        self._queue.append(span)
+        self.bytes_in += size
+
+    def _on_full(self, span: Span, size: int) -> None:
+        reopen = self._reopen
+        if reopen is not None:  # the flusher was closed: this span opens the pipeline again
+            self._reopen = None
+            self._max = self._open_max
+            try:
+                reopen()
+            except Exception:  # the span is kept queued; a flush or the exit hook delivers it
+                log.exception("reopening the span pipeline after close failed")
+        if not self._full(size):  # reopened, or room appeared since append looked
+            self._accept(span, size)
+            if self._wake is not None:
+                self._wake()
+            return
+        if self._overflow is not None:
+            self._overflow(span)
+            return
+        if self._wake is not None:
+            self._wake()
+        if self._full_wait_s > 0 and threading.get_ident() != self.consumer_thread:
+            self.waited += 1
+            deadline = time.monotonic() + self._full_wait_s
+            while self._full(size) and time.monotonic() < deadline:
+                time.sleep(0.0002)  # releases the GIL to the flusher; no I/O, no lock
+            if not self._full(size):
+                self._accept(span, size)
+                return
+        self.dropped += 1
+        by_bytes = len(self._queue) < self._max
+        if by_bytes:
+            self.dropped_for_bytes += 1
+        if self.dropped == 1 or self.dropped % 1000 == 0:
+            log.error(
+                "span buffer full (%s): %d span(s) dropped so far; raise batching.%s or batching.full_wait_s, "
+                "or check the store and the spool's disk",
+                f"{self._max_bytes / 2**20:.0f} MB" if by_bytes else f"{self._max} spans",
+                self.dropped,
+                "max_queue_mb" if by_bytes else "max_queue_size",
+            )
+
+    @property
+    def accepted(self) -> int:
+        """Spans taken into the buffer so far (counted from the queue, not on the hot path)."""
+        return self._taken + len(self._queue)
+
+    @property
+    def held_bytes(self) -> int:
+        """Estimated bytes of the spans queued or being delivered."""
+        return max(0, self.bytes_in - self.bytes_out)
+
+    @property
+    def max_bytes(self) -> int | None:
+        return None if self._max_bytes == _UNBOUNDED else self._max_bytes
+
+    def ready(self) -> bool:
+        """A batch is due: ``batch_size`` spans, or an eighth of the byte bound, are waiting."""
+        return len(self._queue) >= self._batch_size or self.bytes_in - self.bytes_taken >= self._batch_bytes
+
+    def take(self, limit: int) -> tuple[list[Span], int]:
+        """Up to ``limit`` spans (fewer once a batch's worth of bytes is taken) and their bytes,
+        which stay counted as held until :meth:`release`."""
+        queue = self._queue
+        out: list[Span] = []
+        taken = 0
+        pop = queue.popleft
+        most = self._batch_bytes
+        try:
+            for _ in range(min(limit, len(queue))):
+                span = pop()
+                out.append(span)
+                taken += span._qbytes
+                if taken >= most:
+                    break
+        except IndexError:
+            pass
+        self._taken += len(out)
+        self.bytes_taken += taken
+        return out, taken
+
+    def release(self, nbytes: int) -> None:
+        """The batch of ``nbytes`` has been delivered (or given up): its room is free again."""
+        self.bytes_out += nbytes
+        self._bytes_limit = self.bytes_out + self._max_bytes
+
+    def drain(self, limit: int) -> list[Span]:
+        """Take up to ``limit`` spans out for good (their room is freed at once)."""
+        queue = self._queue
+        out: list[Span] = []
+        taken = 0
+        pop = queue.popleft
+        try:
+            for _ in range(min(limit, len(queue))):
+                span = pop()
+                out.append(span)
+                taken += span._qbytes
+        except IndexError:
+            pass
+        self._taken += len(out)
+        self.bytes_taken += taken
+        self.release(taken)
+        return out
+
+    def close_gate(self, reopen: Callable[[], None]) -> None:
+        """The flusher has stopped: the next ``append`` calls ``reopen`` (which starts it again)
+        before queueing. Costs the hot path nothing: every append takes the full-buffer branch."""
+        self._reopen = reopen
+        self._max = 0
+
+    def open_gate(self) -> None:
+        self._reopen = None
+        self._max = self._open_max
+
+    def forget_after_fork(self, reopen: Callable[[], None] | None) -> None:
+        """In a forked child: drop the parent's queued spans (the parent delivers them) and its
+        counts; with ``reopen``, the next ``append`` starts the child's own flusher."""
+        self._queue = deque()
+        self._taken = self.waited = self.dropped = self.dropped_for_bytes = 0
+        self.bytes_in = self.bytes_taken = self.bytes_out = 0
+        self._bytes_limit = self._max_bytes
+        self.consumer_thread = None
+        if reopen is not None:
+            self.close_gate(reopen)
+
+    def __len__(self) -> int:
+        return len(self._queue)
