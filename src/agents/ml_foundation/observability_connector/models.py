@@ -276,8 +276,15 @@ class ObservabilityEvent(BaseModel):
             raise ValueError(f"input_tokens + output_tokens is over {MAX_INT4}, the largest token count stored")
         return self
 
-    def to_span(self, agent_tier: int, created_at: datetime | None = None) -> ObservabilitySpan:
-        """Turn the payload into the stored row; derived fields are filled here once."""
+    def to_span(
+        self, agent_tier: int, created_at: datetime | None = None, *, sampled_out: bool = False
+    ) -> ObservabilitySpan:
+        """The stored row for this payload (through :func:`build_row`, as every row is built).
+
+        What only an event has is derived here: the end or the duration from the other, and the
+        ``metadata`` / ``confidence`` attributes. ``sampled_out``: its trace was sampled out and
+        the span is kept anyway (an error span, see ``sampling.Sampler.keep``).
+        """
         duration = self.duration_ms
         if duration is None and self.completed_at is not None:
             duration = (self.completed_at - self.started_at).total_seconds() * 1000.0
@@ -290,22 +297,11 @@ class ObservabilityEvent(BaseModel):
             # Callers flag fallbacks in metadata; metrics read the flag at the top level.
             if "fallback_used" in self.metadata:
                 attributes.setdefault("fallback_used", self.metadata["fallback_used"])
-        if self.input_data is not None:
-            attributes.setdefault("input", self.input_data)
-        if self.output_data is not None:
-            attributes.setdefault("output", self.output_data)
         if self.confidence is not None:
             attributes.setdefault("confidence", self.confidence)
-        total = self.tokens_used
-        if total is None and (self.input_tokens is not None or self.output_tokens is not None):
-            total = (self.input_tokens or 0) + (self.output_tokens or 0)
-        error_type = self.error_type
-        if error_type is None and self.status == "error" and self.error:
-            error_type = "Error"
-        # Every value was validated above: construct without validating a second time.
-        return _span_from_fields(
+        # Every value was validated above (the token sum included): build_row does not check again.
+        return build_row(
             {
-                "id": row_id_for(self.trace_id, self.span_id),
                 "span_id": self.span_id,
                 "trace_id": self.trace_id,
                 "parent_span_id": self.parent_span_id,
@@ -316,16 +312,19 @@ class ObservabilityEvent(BaseModel):
                 "end_time": end,
                 "duration_ms": duration,
                 "status": self.status,
-                "error_type": error_type,
+                "error_type": self.error_type,
                 "error_message": self.error,
                 "attributes": attributes,
                 "llm_model": self.model_used,
                 "input_tokens": self.input_tokens,
                 "output_tokens": self.output_tokens,
-                "total_tokens": total,
+                "total_tokens": self.tokens_used,
                 "events": list(self.events or []),
                 "created_at": created_at or datetime.now(UTC),
-            }
+            },
+            self.input_data,
+            self.output_data,
+            sampled_out=sampled_out,
         )
 
 
@@ -400,28 +399,52 @@ class ObservabilitySpan(BaseModel):
         return None if value is None else _aware(value)
 
 
-_SPAN_FIELDS = frozenset(ObservabilitySpan.model_fields)
-# One "every field was set" set shared by the rows built below. Safe to share: pydantic only ever
-# adds to it (on attribute assignment), and adding a field name already present changes nothing;
-# copies (model_copy) copy it. A set per row was a third of the construction cost and one more
-# object for every garbage collection to walk.
-_ALL_FIELDS_SET = set(_SPAN_FIELDS)
-_new_object = object.__new__
-_set_dict = object.__setattr__
-_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
-_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
-_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
+#: The row every row is copied from: ``model_copy(update=...)`` is pydantic's documented way to
+#: make a model from values that are not validated again; every field is in the update.
+_TEMPLATE = ObservabilitySpan.model_construct(
+    id="", span_id="", trace_id="", operation_type="", agent_name="", started_at=MIN_TIME, status="started"
+)
 
 
-def _span_from_fields(values: dict[str, Any]) -> ObservabilitySpan:
-    """``model_construct`` without its per-field handling: ``values`` (every field, already valid)
-    becomes the row's ``__dict__`` as it is — no copy, no checks."""
-    span = _new_object(ObservabilitySpan)
-    _set_dict(span, "__dict__", values)
-    _set_fields_set(span, _ALL_FIELDS_SET)
-    _set_extra(span, None)
-    _set_private(span, None)
-    return span
+def build_row(
+    values: dict[str, Any], input_data: Any = None, output_data: Any = None, *, sampled_out: bool = False
+) -> ObservabilitySpan:
+    """The stored row of one finished span: the one function both paths use (events and our own
+    in-process spans), so every derived value is written once.
+
+    ``values`` holds every column of the row but ``id`` under the model's field names, each
+    already satisfying its field's rule: the span emitter checked our own span's values by
+    the event model's rules, and an event was validated by :class:`ObservabilityEvent`. So
+    the row is not validated a second time: validating would cost more than building the row
+    does, on the path every span takes. ``values`` (and its ``attributes`` dict) become the
+    row's own and are completed here:
+
+    * ``id``: :func:`row_id_for` the ids, so a replayed span can never make a second row;
+    * ``attributes["input"]`` / ``["output"]`` from ``input_data`` / ``output_data`` (an
+      attribute of that name set by the caller wins), ``["trace_sampled_out"]`` when
+      ``sampled_out`` (the trace was sampled out and this span kept anyway);
+    * ``total_tokens``: input + output when no total was given; ValueError when that sum is
+      over the int4 column (the caller's rules let each part through, not their sum);
+    * ``error_type``: ``"Error"`` for a failed span that has a message and no type.
+    """
+    attributes = values["attributes"]
+    if input_data is not None:
+        attributes.setdefault("input", input_data)
+    if output_data is not None:
+        attributes.setdefault("output", output_data)
+    if sampled_out:
+        attributes["trace_sampled_out"] = True
+    if values["total_tokens"] is None:
+        parts = values["input_tokens"], values["output_tokens"]
+        if parts[0] is not None or parts[1] is not None:
+            total = (parts[0] or 0) + (parts[1] or 0)
+            if total > MAX_INT4:
+                raise ValueError(f"input_tokens + output_tokens is over {MAX_INT4}, the largest token count stored")
+            values["total_tokens"] = total
+    if values["error_type"] is None and values["status"] == "error" and values["error_message"]:
+        values["error_type"] = "Error"
+    values["id"] = row_id_for(values["trace_id"], values["span_id"])
+    return _TEMPLATE.model_copy(update=values)
 
 
 def error_rate(errors: int, total: int) -> float:

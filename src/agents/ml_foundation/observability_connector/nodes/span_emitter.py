@@ -40,9 +40,8 @@ from ..models import (
     STATUS_ALIASES,
     ObservabilityEvent,
     ObservabilitySpan,
-    _span_from_fields,
+    build_row,
     describe_validation_error,
-    row_id_for,
 )
 from ..redaction import Redactor, install_log_redaction, redact_text
 from ..runtime import resolve_context
@@ -198,11 +197,12 @@ _RECORD_FIELDS = ("span_id", "trace_id", "parent_span_id", "operation_name", "ag
 
 
 def _from_record(record: Span, tier_of: Any, created_at: datetime) -> ObservabilitySpan | None:
-    """The row for a span recorded in this process, built directly (None: take the full path).
+    """The row for a span recorded in this process, without an event model (None: take the full path).
 
-    Our own ``Span`` objects need no event dict and no pydantic model: every field has a
-    known type that is checked here with the exact rules of ``ObservabilityEvent`` and
-    ``to_span`` (the model's own id, name and label rules, the time, duration and int4 limits).
+    Our own ``Span`` objects need no event dict and no validation by pydantic: every field has
+    a known type that is checked here with the exact rules of ``ObservabilityEvent`` (the
+    model's own id, name and label rules, the time, duration and int4 limits), and the row is
+    then built by ``models.build_row``, the function that builds the event path's rows too.
     Anything those rules would convert or reject (an odd status, a name over 64 characters or
     with a control character, a non-string key, an end before the start, a time out of range,
     a float token count ...) returns None, and the record goes through ``to_event`` and full
@@ -264,45 +264,37 @@ def _from_record(record: Span, tier_of: Any, created_at: datetime) -> Observabil
     for key in source:
         if type(key) is not str:
             return None
-    attributes = dict(source)
-    if not record.sampled:
-        attributes["trace_sampled_out"] = True
-    if record.input_data is not None:
-        attributes.setdefault("input", record.input_data)
-    if record.output_data is not None:
-        attributes.setdefault("output", record.output_data)
-    if total is None and (input_tokens is not None or output_tokens is not None):
-        total = (input_tokens or 0) + (output_tokens or 0)
-        if total > MAX_INT4:
-            return None
-    if error_type is None and status == "error" and error:
-        error_type = "Error"
     fromtimestamp = datetime.fromtimestamp
-    return _span_from_fields(
-        {
-            "id": row_id_for(trace_id, span_id),
-            "span_id": span_id,
-            "trace_id": trace_id,
-            "parent_span_id": parent,
-            "operation_type": operation,
-            "agent_name": agent_name,
-            "agent_tier": tier_of(agent_name),
-            # tz passed by position: as a keyword it took 0.46 µs a call instead of 0.29
-            "started_at": fromtimestamp(start_ns / 1e9, UTC),
-            "end_time": None if end_ns is None else fromtimestamp(end_ns / 1e9, UTC),
-            "duration_ms": None if end_ns is None else (end_ns - start_ns) / 1e6,
-            "status": status,
-            "error_type": error_type,
-            "error_message": error,
-            "attributes": attributes,
-            "llm_model": model,
-            "input_tokens": input_tokens,
-            "output_tokens": output_tokens,
-            "total_tokens": total,
-            "events": list(record._events) if record._events else [],
-            "created_at": created_at,
-        }
-    )
+    try:
+        return build_row(
+            {
+                "span_id": span_id,
+                "trace_id": trace_id,
+                "parent_span_id": parent,
+                "operation_type": operation,
+                "agent_name": agent_name,
+                "agent_tier": tier_of(agent_name),
+                # tz passed by position: a keyword argument costs a lookup on every span
+                "started_at": fromtimestamp(start_ns / 1e9, UTC),
+                "end_time": None if end_ns is None else fromtimestamp(end_ns / 1e9, UTC),
+                "duration_ms": None if end_ns is None else (end_ns - start_ns) / 1e6,
+                "status": status,
+                "error_type": error_type,
+                "error_message": error,
+                "attributes": dict(source),
+                "llm_model": model,
+                "input_tokens": input_tokens,
+                "output_tokens": output_tokens,
+                "total_tokens": total,
+                "events": list(record._events) if record._events else [],
+                "created_at": created_at,
+            },
+            record.input_data,
+            record.output_data,
+            sampled_out=not record.sampled,
+        )
+    except ValueError:  # input + output tokens over int4: the full path says so
+        return None
 
 
 class _Candidate:
@@ -443,6 +435,8 @@ async def validate_spans(state: ObservabilityConnectorState, runtime: Any = None
             reject(index, _unexpected(exc), raw)
 
     roots = _roots(validated) if undecided else {}  # only undecided traces are sampled by their root
+    # One sampler decision per trace (and flag it arrived with), never one per span.
+    decisions: dict[tuple[str, bool | None], bool] = {}
     for item in validated:
         try:
             if item.__class__ is ObservabilitySpan:
@@ -450,21 +444,25 @@ async def validate_spans(state: ObservabilityConnectorState, runtime: Any = None
                 continue
             decided = item.sampled
             if decided is None and incoming_trace is not None and item.trace_id == incoming_trace:
-                decided = bool(incoming_sampled)
-            if not sampler.decide(item.trace_id, roots.get(item.trace_id), decided, cap):
+                decided = bool(incoming_sampled)  # the context node's decision for this invocation's trace
+            key = (item.trace_id, decided)
+            kept = decisions.get(key)
+            if kept is None:
+                kept = decisions[key] = sampler.decide(item.trace_id, roots.get(item.trace_id), decided, cap)
+            sampled_out_kept = False
+            if not kept:
                 if not sampler.keep(False, item.status):
                     sampled_out += 1
                     continue
-                if item.event is not None:
-                    item.event.attributes = {**(item.event.attributes or {}), "trace_sampled_out": True}
-                else:
-                    item.span.attributes["trace_sampled_out"] = True  # the row's own copy
+                sampled_out_kept = True
             event = item.event
             if event is None:
                 span = item.span
+                if sampled_out_kept:  # a row built from a record its root had kept: a cap dropped it
+                    span.attributes["trace_sampled_out"] = True  # the row's own attributes dict
             else:
                 try:
-                    span = event.to_span(tier_of(event.agent_name), created_at=now)
+                    span = event.to_span(tier_of(event.agent_name), created_at=now, sampled_out=sampled_out_kept)
                 except (ValidationError, ValueError, OverflowError) as exc:  # the event's checks make this rare
                     payload = item.payload
                     reason = describe_validation_error(exc, payload) if isinstance(exc, ValidationError) else str(exc)
