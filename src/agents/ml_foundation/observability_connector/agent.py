@@ -141,6 +141,10 @@ def _sample_everything(trace_id: str, agent_name: str | None = None) -> bool:
     return True
 
 
+def _keep_everything(sampled: bool, status: str | None) -> bool:
+    return True
+
+
 def _not_stored(batch: list[Span], state: Any) -> int:
     """Spans of a delivered batch that the graph neither logged (stored or spooled) nor sampled
     out on purpose: rejected one by one, each with its reason in ``emission_errors``."""
@@ -149,6 +153,23 @@ def _not_stored(batch: list[Span], state: Any) -> int:
     logged = state.get("events_logged") or 0
     sampled_out = state.get("spans_sampled_out") or 0
     return max(0, len(batch) - int(logged) - int(sampled_out))
+
+
+def _open(
+    span_id: str,
+    trace_id: str,
+    parent_span_id: str | None,
+    operation: str,
+    agent_name: str,
+    attributes: dict[str, Any] | None,
+    start_ns: int,
+    sampled: bool,
+    tracestate: tuple[tuple[str, str], ...] = (),
+    baggage: Any = None,
+) -> Span:
+    """The one place a span is opened; the caller's ``attributes`` dict is copied, never kept."""
+    return Span(span_id, trace_id, parent_span_id, operation, agent_name, None, "started",
+                dict(attributes) if attributes else None, start_ns, sampled, tracestate, baggage)  # fmt: skip
 
 
 class SpanScope:
@@ -260,6 +281,7 @@ class ObservabilityConnectorAgent:
         # Hot-path callables, replaced by the real ones on first use (see the two methods).
         self._submit: Callable[[Span], None] = self._first_submit
         self._sample_root: Callable[[str, str | None], bool] = self._first_sample_root
+        self._keep: Callable[[bool, str | None], bool] = self._first_keep
         if context is not None:
             self._bind_opik(context)
         self._context_given = context is not None
@@ -380,12 +402,23 @@ class ObservabilityConnectorAgent:
         self._sample_root = sample_root
         return sample_root(trace_id, agent_name)
 
+    def _first_keep(self, sampled: bool, status: str | None) -> bool:
+        """``_keep`` until the first span of a dropped trace ends: then the sampler's ``keep``."""
+        try:
+            keep = self._sampler.keep
+        except Exception as exc:  # spans cannot be recorded at all; _first_submit says why
+            self._give_up(exc)
+            return True
+        self._keep = keep
+        return keep(sampled, status)
+
     def _give_up(self, exc: Exception) -> None:
         if self.setup_error is None:
             self.setup_error = f"{type(exc).__name__}: {exc}"
             log.error("observability is off, spans are not recorded: %s", self.setup_error)
         self._submit = self._not_recorded
         self._sample_root = _sample_everything  # no sampler to ask, and nothing is kept anyway
+        self._keep = _keep_everything
 
     def _not_recorded(self, record: Span) -> None:
         self.spans_not_recorded += 1
@@ -424,10 +457,6 @@ class ObservabilityConnectorAgent:
         if context is not None:
             return context.sampler or build_sampler(self.settings, context.registry)
         return build_sampler(self.settings, load_registry())
-
-    @functools.cached_property
-    def _keep_errors(self) -> bool:
-        return self._sampler.always_sample_errors
 
     async def _open_background(self) -> None:
         """First thing on the flusher's thread: open the sinks and load the graph, off the callers'
@@ -753,35 +782,13 @@ class ObservabilityConnectorAgent:
         start_ns: int,
     ) -> Span:
         """A span under ``parent`` (or the root of a new trace, sampled here once)."""
-        attrs = dict(attributes) if attributes else None
         if parent is None:
             trace_id = new_trace_id()
-            return Span(
-                new_span_id(),
-                trace_id,
-                None,
-                operation,
-                agent_name,
-                None,
-                "started",
-                attrs,
-                start_ns,
-                self._sample_root(trace_id, agent_name),
-            )
-        return Span(
-            new_span_id(),
-            parent.trace_id,
-            _effective_parent(parent),
-            operation,
-            agent_name,
-            None,
-            "started",
-            attrs,
-            start_ns,
-            parent.sampled,
-            getattr(parent, "tracestate", ()),
-            getattr(parent, "baggage", None),
-        )
+            return _open(new_span_id(), trace_id, None, operation, agent_name, attributes, start_ns,
+                         self._sample_root(trace_id, agent_name))  # fmt: skip
+        return _open(new_span_id(), parent.trace_id, _effective_parent(parent), operation, agent_name, attributes,
+                     start_ns, parent.sampled, getattr(parent, "tracestate", ()),
+                     getattr(parent, "baggage", None))  # fmt: skip
 
     def _record_in_mapping(
         self, operation: str, agent_name: str, context: Mapping[str, Any], attributes: dict[str, Any] | None
@@ -792,20 +799,8 @@ class ObservabilityConnectorAgent:
         if not _ADOPTED.claim(trace_id, span_id):
             return self._record_under_mapping(operation, agent_name, context, attributes, start_ns)
         members, baggage = _context_extras(context)
-        return Span(
-            span_id,
-            trace_id,
-            parent_id,
-            operation,
-            agent_name,
-            None,
-            "started",
-            dict(attributes) if attributes else None,
-            start_ns,
-            bool(context.get("sampled", True)),
-            members,
-            baggage,
-        )
+        return _open(span_id, trace_id, parent_id, operation, agent_name, attributes, start_ns,
+                     bool(context.get("sampled", True)), members, baggage)  # fmt: skip
 
     def _record_under_mapping(
         self,
@@ -837,23 +832,17 @@ class ObservabilityConnectorAgent:
             parent_id = context.get("parent_span_id")
             parent = parent_id if isinstance(parent_id, str) and parent_id else None
         members, baggage = _context_extras(context)
-        return Span(
-            new_span_id(),
-            trace_id,
-            parent,
-            operation,
-            agent_name,
-            None,
-            "started",
-            dict(attributes) if attributes else None,
-            start_ns,
-            bool(context.get("sampled", True)),
-            members,
-            baggage,
-        )
+        return _open(new_span_id(), trace_id, parent, operation, agent_name, attributes, start_ns,
+                     bool(context.get("sampled", True)), members, baggage)  # fmt: skip
 
     def _finish(self, record: Span) -> None:
-        if record.sampled or (record.status == "error" and self._keep_errors):
+        """Hand a finished span to the collector when its trace is kept.
+
+        Nothing is decided here: the trace was sampled once, at its root, and the span carries
+        that flag; a span of a dropped trace only asks the sampler whether it is kept anyway
+        (``Sampler.keep``: an error span, with ``always_sample_errors``).
+        """
+        if record.sampled or self._keep(False, record.status):
             self._submit(record)
 
     # -- the background side ---------------------------------------------------------------
@@ -910,12 +899,11 @@ class ObservabilityConnectorAgent:
             return 0
         import asyncio
 
+        from langgraph.runtime import Runtime
+
         from .nodes.span_emitter import validate_spans
 
-        class _Runtime:
-            context = self.context
-
-        state = asyncio.run(validate_spans({"events_to_log": records}, _Runtime()))
+        state = asyncio.run(validate_spans({"events_to_log": records}, Runtime(context=self.context)))
         spans = state.get("validated_spans") or []
         if not spans:
             return 0
@@ -1129,6 +1117,8 @@ class ObservabilityConnectorAgent:
         Never raises: a bad window or an unreachable store gives ``quality_metrics_computed``
         False with ``error`` / ``error_type``, the other keys at their empty-window values.
         """
+        from langgraph.runtime import Runtime
+
         from .nodes.metrics_aggregator import EMPTY_METRICS, aggregate_metrics
 
         data = input_data or {}
@@ -1138,10 +1128,7 @@ class ObservabilityConnectorAgent:
             "trace_id_filter": data.get("trace_id_filter"),
         }
 
-        class _Runtime:  # what a node reads from LangGraph's Runtime: the context
-            context = self.context
-
-        state = await aggregate_metrics(question, _Runtime())
+        state = await aggregate_metrics(question, Runtime(context=self.context))
         # Copies: a caller that edits its answer must not edit the shared empty values.
         metrics = {key: state[key] if key in state else copy.deepcopy(empty) for key, empty in EMPTY_METRICS.items()}
         if state.get("error"):

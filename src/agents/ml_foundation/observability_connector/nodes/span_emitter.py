@@ -11,12 +11,14 @@ Every row is then redacted and size-limited (``redaction.Redactor``) before any 
 it, and the rejection reasons are redacted too: they echo the offending values, and they end
 up in the returned state and in log lines.
 
-Sampling is parent-based (``sampling.Sampler``): an event that carries its trace's decision
-(``sampled``, set by the in-process API at the trace's root), or that belongs to the trace
-of an incoming ``traceparent``, follows it; otherwise the trace is decided here from its id,
-at the rate of the agent that started it when its root span is in the batch. A caller's
-``sample_rate`` can only lower the rate. An error span of a dropped trace is kept when
-``always_sample_errors`` is on, marked ``trace_sampled_out``.
+Sampling applies decisions; the sampler (``sampling.Sampler``) makes each one, once per
+trace: an event that carries its trace's decision (``sampled``, made by the in-process API at
+the trace's root) follows it, and so do the events of this invocation's own trace when the
+caller sent a ``traceparent`` (decided once by the ``context`` node). A trace that arrives
+with no decision is first seen here, so this is its root's decision: one sampler call per
+trace, from its id, at the rate of the agent that started it when its root span is in the
+batch. A caller's ``sample_rate`` can only lower the rate. An error span of a dropped trace is
+kept when ``always_sample_errors`` is on (``Sampler.keep``), marked ``trace_sampled_out``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any, cast
 
+from langgraph.runtime import Runtime
 from pydantic import ValidationError
 
 from ..config import build_redactor, build_sampler
@@ -44,7 +47,7 @@ from ..models import (
     describe_validation_error,
 )
 from ..redaction import Redactor, install_log_redaction, redact_text
-from ..runtime import resolve_context
+from ..runtime import ConnectorContext, resolve_context
 from ..sampling import check_sample_rate
 from ..spans import Span
 from ..state import ObservabilityConnectorState
@@ -335,7 +338,7 @@ def _roots(validated: list[Any]) -> dict[str, str]:
     return {trace_id: agent for trace_id, (_, agent) in best.items()}
 
 
-async def emit_spans(state: dict[str, Any], runtime: Any = None) -> dict[str, Any]:
+async def emit_spans(state: dict[str, Any], runtime: Runtime[ConnectorContext] | None = None) -> dict[str, Any]:
     """The host codebase's ``emit_spans``: validate the events *and* write them to every sink.
 
     Returns the host's keys (``span_ids_logged``, ``trace_ids_logged``, ``events_logged``,
@@ -353,12 +356,24 @@ async def emit_spans(state: dict[str, Any], runtime: Any = None) -> dict[str, An
         return emission_failure(state, exc)
 
 
-async def validate_spans(state: ObservabilityConnectorState, runtime: Any = None) -> dict[str, Any]:
-    """The graph's ``span_emitter`` node: payloads in, redacted rows and rejection reasons out."""
-    ctx = resolve_context(runtime)
-    registry = ctx.registry
-    sampler = ctx.sampler or build_sampler(ctx.settings)
-    redactor = ctx.redactor or build_redactor(ctx.settings)
+async def validate_spans(
+    state: ObservabilityConnectorState, runtime: Runtime[ConnectorContext] | None = None
+) -> dict[str, Any]:
+    """The graph's ``span_emitter`` node: payloads in, redacted rows and rejection reasons out.
+
+    Returns only the keys it sets; a context it cannot work with (see ``runtime.resolve_context``)
+    comes back as ``error_type="span_emission_error"`` with no span accepted.
+    """
+    try:
+        ctx = resolve_context(runtime)
+        registry = ctx.registry
+        sampler = ctx.sampler or build_sampler(ctx.settings)
+        redactor = ctx.redactor or build_redactor(ctx.settings)
+    except Exception as exc:
+        message = redact_text(f"{type(exc).__name__}: {exc}")
+        return {"validated_spans": [], "emission_errors": list(state.get("emission_errors") or []),
+                "spans_sampled_out": 0, "events_rejected": 0, "rejected_events": [], "error": message,
+                "error_type": "span_emission_error", "error_details": {"exception": message}}  # fmt: skip
     try:
         cap = check_sample_rate(state.get("sample_rate", 1.0))
     except ValueError:
