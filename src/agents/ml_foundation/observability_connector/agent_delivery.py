@@ -64,10 +64,10 @@ class BatchDelivery:
     async def _deliver(self, batch: list[Span]) -> dict[str, Any]:
         """One batch through the graph; returns the graph's final state (the flusher ignores it).
 
-        The state is not kept: a batch's ~20,000 objects that outlived the call would be promoted
-        to the oldest generation and walked by every full collection (measured in bench_e2e).
+        The state is not kept: a batch's objects that outlived the call would be promoted to the
+        oldest generation and walked by every full collection for as long as they lived.
         """
-        # Our own records go in as they are: the span_emitter builds their rows directly (no event
+        # Our own records go in as they are: the span_emitter checks and builds their rows (no event
         # dict, no second validation of values we produced); anything else as its event payload.
         events = [r if r.__class__ is Span else r.to_event() for r in batch]
         # Nobody reads this state: no Opik confirmation to wait for, no metrics question to answer.
