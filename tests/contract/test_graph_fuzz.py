@@ -37,7 +37,7 @@ from src.agents.ml_foundation.observability_connector.models import (
     STATUS_ALIASES,
     ObservabilityEvent,
 )
-from src.agents.ml_foundation.observability_connector.nodes.span_emitter import _from_record
+from src.agents.ml_foundation.observability_connector.nodes.record_rows import _from_record
 from src.agents.ml_foundation.observability_connector.runtime import ConnectorContext
 from src.agents.ml_foundation.observability_connector.spans import Span
 

@@ -26,7 +26,6 @@ from src.agents.ml_foundation.observability_connector.models import (
     MAX_INT4,
     MAX_TIME,
     ObservabilityEvent,
-    _span_from_fields,
     check_id,
     check_name,
 )
@@ -302,7 +301,7 @@ async def test_a_row_the_store_refuses_is_dead_lettered_and_the_rest_stored(spoo
     """Validation keeps such rows from the sinks; a row that still gets there (built without
     validation, as host code may) costs only itself, with the database's reason."""
     good = [make_span(trace_id="f" * 32) for _ in range(5)]
-    refused = _span_from_fields({**make_span(trace_id="f" * 32).__dict__, "agent_tier": 2**70})
+    refused = make_span(trace_id="f" * 32).model_copy(update={"agent_tier": 2**70})
     state = await write_batch(
         {"validated_spans": [*good[:2], refused, *good[2:]], "events_to_log": [{}] * 6}, Runtime(spooled)
     )

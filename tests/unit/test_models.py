@@ -181,3 +181,18 @@ def test_quality_score_formula(success: float, p95: float | None, fallback: floa
 def test_output_defaults_name_the_opik_project() -> None:
     out = ObservabilityConnectorOutput()
     assert (out.opik_project, out.opik_workspace) == ("e2i-causal-analytics", "default")
+
+
+def test_rows_are_ordinary_models_that_validate_as_they_are_and_share_nothing() -> None:
+    """``build_row`` skips a second validation, not the model: each row is a model of its own
+    that pydantic's own validation accepts unchanged, with every field counted as set."""
+    event = ObservabilityEvent.model_validate(
+        payload(status="failed", error="boom", input_tokens=3, output_tokens=4, input_data={"q": 1})
+    )
+    first, second = event.to_span(5), event.to_span(5, sampled_out=True)
+    assert ObservabilitySpan.model_validate(first.model_dump()) == first
+    assert first.model_fields_set == set(ObservabilitySpan.model_fields)
+    assert (first.total_tokens, first.error_type, first.attributes["input"]) == (7, "Error", {"q": 1})
+    assert first.id == row_id_for(event.trace_id, event.span_id)
+    assert "trace_sampled_out" not in first.attributes and second.attributes["trace_sampled_out"] is True
+    assert first.attributes is not second.attributes and first.events is not second.events

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from src.agents.ml_foundation.observability_connector.models import quality_score
 from src.agents.ml_foundation.observability_connector.nodes import (
@@ -196,3 +197,48 @@ async def test_aggregate_metrics_names_the_accepted_windows_for_an_invalid_one()
     assert "'1h', '24h', '7d'" in result["error_details"]["exception"]
     # A missing window is the host's default, 24 hours.
     assert (await aggregate_metrics({"time_window": None}))["quality_metrics_computed"] is True
+
+
+# --------------------------------------------------------------------------- the graph's runtime
+
+
+async def test_the_flushers_batches_get_no_trace_context() -> None:
+    """Nobody reads a trace id, headers or a sampling decision for the agents' own batches."""
+    assert await manage_context({"skip_metrics": True, "events_to_log": []}) == {}
+
+
+async def test_a_context_that_is_not_a_connector_context_is_reported_by_every_node() -> None:
+    from langgraph.runtime import Runtime
+
+    wrong = Runtime(context={"store": "sqlite:///x.db"})
+    emitted = await validate_spans({"events_to_log": [{"agent_name": "explainer"}]}, wrong)  # type: ignore[arg-type]
+    assert emitted["error_type"] == "span_emission_error" and emitted["validated_spans"] == []
+    assert "must be a ConnectorContext, got dict" in emitted["error"]
+    created = await manage_context({}, wrong)  # type: ignore[arg-type]
+    assert created["error_type"] == "context_creation_error" and "ConnectorContext" in created["error"]
+    metrics = await aggregate_metrics({"time_window": "1h"}, wrong)  # type: ignore[arg-type]
+    assert metrics["error_type"] == "metrics_aggregation_error" and metrics["quality_metrics_computed"] is False
+
+
+async def test_a_context_built_from_json_is_filled_from_configuration_and_said_once(caplog: Any) -> None:
+    """What ``langgraph dev`` / Studio hand the graph: a ConnectorContext with no store."""
+    import logging
+
+    from langgraph.runtime import Runtime
+
+    from src.agents.ml_foundation.observability_connector import runtime as runtime_module
+    from src.agents.ml_foundation.observability_connector.sampling import Sampler
+
+    runtime_module._served_logged = False
+    served = Runtime(context=ConnectorContext(sampler=Sampler(0.0, always_sample_errors=False)))
+    with caplog.at_level(logging.INFO, logger=runtime_module.__name__):
+        first = runtime_module.resolve_context(served)
+        second = runtime_module.resolve_context(served)
+    configured = default_context()
+    assert first.store is configured.store and first.cache is configured.cache
+    assert first.sampler is served.context.sampler  # what the JSON context did carry is kept
+    assert second.store is configured.store
+    said = [r for r in caplog.records if "has no store" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.INFO
+    state = await validate_spans({"events_to_log": [{"agent_name": "explainer"}]}, served)  # type: ignore[arg-type]
+    assert state["spans_sampled_out"] == 1  # the served context's own sampler decided

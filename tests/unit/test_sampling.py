@@ -290,3 +290,16 @@ async def test_the_graph_honours_the_callers_traceparent_for_its_own_trace() -> 
     # The context node alone: a new trace is decided by the sampler, capped by sample_rate.
     assert (await manage_context({"sample_rate": 0.0}))["sampled"] is False
     assert (await manage_context({}))["sampled"] is True
+
+
+def test_span_exit_keeps_error_spans_of_dropped_traces_only_when_the_sampler_says_so(tmp_path: Path) -> None:
+    """``_finish`` reads the root's flag and asks ``Sampler.keep``: no second policy of its own."""
+    for keep_errors, expected in ((True, 1), (False, 0)):
+        agent = _agent(tmp_path, default_rate=0.0, always_sample_errors=keep_errors)
+        with agent.span("route", "orchestrator"):
+            try:
+                with agent.span("explain", "explainer"):
+                    raise ValueError("boom")
+            except ValueError:
+                pass
+        assert [s.status for s in _collected(agent)] == ["error"] * expected

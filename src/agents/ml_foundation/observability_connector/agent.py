@@ -5,6 +5,11 @@ The API is the host codebase's (``HOST_CONTRACT.md`` section 2): contexts are pl
 awaited and answer with dicts. Spans also nest by themselves (a ContextVar holds the current
 one), so most code never passes a context at all.
 
+The class is assembled from one part per concept: span opening and finishing
+(``span_opening``), LLM calls (``llm_calls``), host context dicts (``contexts``) and the
+background delivery of batches (``agent_delivery``); this module holds its construction, the
+lazily built flusher, sampler and sinks, status, and the orchestrator's ``run()`` / metrics.
+
 The hot path (``span()``, ``trace_agent``, ``@traced``, ``record_llm_call``) is a few attribute
 writes, two ids from ``random.getrandbits``, a ContextVar set/reset, a size estimate from string
 lengths (no serialisation; the buffer is bounded in bytes too) and a ``deque.append``. Nothing
@@ -16,202 +21,46 @@ from __future__ import annotations
 
 import copy
 import functools
-import inspect
 import logging
 import threading
-import time
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from .batch_processor import BatchNotStoredError, BatchProcessor, FlusherStats, FlushReport
+from .agent_delivery import BatchDelivery, _not_stored
+from .batch_processor import BatchProcessor, FlusherStats
 from .constants import OPIK_PROJECT, OPIK_WORKSPACE
+from .contexts import ContextFactory
 from .gc_tuning import raise_young_threshold
 from .lifecycle import keep_inherited, watch_after_fork
-from .sampling import Sampler, check_sample_rate
-from .spans import Span, duration_ns
-from .trace_context import (
-    _CURRENT,
-    ObservabilityContext,
-    ParentLike,
-    TraceContext,
-    extract,
-    format_tracestate,
-    new_span_id,
-    new_trace_id,
-    parse_tracestate,
-    span_parent_id,
-)
+from .llm_calls import LLMCalls
+from .policies import build_sampler
+from .registry import load_registry
+from .sampling import Sampler
+from .span_opening import SpanScope
+from .spans import Span
+from .trace_context import ObservabilityContext, TraceContext
+from .wiring import build_opik
 
 if TYPE_CHECKING:  # the hot path imports nothing heavy: pydantic, yaml and langgraph load lazily
     from .config import ObservabilitySettings
     from .runtime import ConnectorContext
     from .state import ObservabilityConnectorState
 
-
 __all__ = ["ObservabilityConnectorAgent", "ObservabilityContext", "Span", "SpanScope"]
 
+
 log = logging.getLogger(__name__)
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-_time_ns = time.time_ns
-
-
-_effective_parent = span_parent_id
-
-#: A span's parent as ``span()`` and friends accept it: a host context dict, one of our
-#: contexts (``TraceContext`` / ``ObservabilityContext``) or an open :class:`Span`.
-SpanContext = Mapping[str, Any] | ParentLike
-
-_REQUEST_KEYS = ("request_id", "experiment_id", "user_id")
-
-
-class _AdoptedIds:
-    """The (trace_id, span_id) pairs that a span has already taken from a context dict.
-
-    A host context names the span about to be opened, and host code passes one dict to several
-    ``span()`` calls; a second span with the same pair would be a duplicate that the store
-    ignores. So the first span adopts the pair and later ones open children of it. Dicts can
-    be neither weakly referenced nor marked (the caller's dict is never changed), and ``id()``
-    is reused once a dict is freed; remembering the pair itself also catches copies of a
-    context. Bounded, least recently used first out, and holding hashes of the pairs only (a
-    collision, one chance in 2**64, merely makes a span a child instead of adopting). A pair
-    evicted after ``max_entries`` newer ones would be adopted again by a later span: the store
-    keeps the first of the two rows.
-    """
-
-    __slots__ = ("_lock", "_max", "_seen")
-
-    def __init__(self, max_entries: int = 16_384) -> None:
-        self._lock = threading.Lock()
-        self._max = max_entries
-        self._seen: dict[int, None] = {}
-
-    def claim(self, trace_id: str, span_id: str) -> bool:
-        """True for the first span to use the pair (it adopts it), False afterwards."""
-        key = hash((trace_id, span_id))
-        with self._lock:
-            seen = self._seen
-            if key in seen:
-                del seen[key]  # re-inserted below: most recently used goes last
-                seen[key] = None
-                return False
-            seen[key] = None
-            if len(seen) > self._max:
-                del seen[next(iter(seen))]
-            return True
-
-    def taken(self, trace_id: str, span_id: str) -> bool:
-        return hash((trace_id, span_id)) in self._seen
-
-
-_ADOPTED = _AdoptedIds()
-
-
-def _context_ids(context: Mapping[str, Any]) -> tuple[str, str, str | None]:
-    """``(trace_id, span_id, parent_span_id)`` of a host context dict, checked."""
-    parent = context.get("parent_span_id")
-    return (
-        _required_id(context, "trace_id"),
-        _required_id(context, "span_id"),
-        parent if isinstance(parent, str) and parent else None,
-    )
-
-
-def _required_id(context: Mapping[str, Any], key: str) -> str:
-    value = context.get(key)
-    if not isinstance(value, str) or not value:
-        raise ValueError(
-            f"a span context dict needs a non-empty string {key!r} (got {value!r}); "
-            "create one with create_observability_context() or create_child_context()"
-        )
-    return value
-
-
-def _context_extras(context: Mapping[str, Any]) -> tuple[tuple[tuple[str, str], ...], dict[str, str] | None]:
-    """The ``tracestate`` members and the baggage (request, experiment and user ids) a dict carries."""
-    state = context.get("tracestate")
-    members = (parse_tracestate(state) or ()) if isinstance(state, str) else ()
-    baggage = {key: value for key in _REQUEST_KEYS if isinstance(value := context.get(key), str) and value}
-    return members, baggage or None
 
 
 def _sample_everything(trace_id: str, agent_name: str | None = None) -> bool:
     return True
 
 
-def _not_stored(batch: list[Span], state: Any) -> int:
-    """Spans of a delivered batch that the graph neither logged (stored or spooled) nor sampled
-    out on purpose: rejected one by one, each with its reason in ``emission_errors``."""
-    if not isinstance(state, Mapping):
-        return 0
-    logged = state.get("events_logged") or 0
-    sampled_out = state.get("spans_sampled_out") or 0
-    return max(0, len(batch) - int(logged) - int(sampled_out))
+def _keep_everything(sampled: bool, status: str | None) -> bool:
+    return True
 
 
-class SpanScope:
-    """``async with`` / ``with`` scope of one span; yields the :class:`Span`.
-
-    On exit the span is ``ok``, or ``error`` with the exception's class name and message (the
-    exception itself propagates unchanged); it is then handed to the collector, never awaited.
-    """
-
-    __slots__ = ("_agent", "_agent_name", "_attributes", "_context", "_operation", "_record", "_token")
-
-    def __init__(
-        self,
-        agent: ObservabilityConnectorAgent,
-        operation: str,
-        agent_name: str,
-        context: SpanContext | None,
-        attributes: dict[str, Any] | None,
-    ) -> None:
-        self._agent = agent
-        self._operation = operation
-        self._agent_name = agent_name
-        self._context = context
-        self._attributes = attributes
-        self._record: Span | None = None
-        self._token: Any = None
-
-    def __enter__(self) -> Span:
-        context = self._context
-        agent = self._agent
-        if context is not None and isinstance(context, Mapping):
-            record = agent._record_in_mapping(self._operation, self._agent_name, context, self._attributes)
-        else:
-            parent = _CURRENT.get() if context is None else context
-            record = agent._new_record(self._operation, self._agent_name, parent, self._attributes, _time_ns())
-        self._record = record
-        self._token = _CURRENT.set(record)
-        return record
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        # Returns None: the agent's exception is never swallowed.
-        record = self._record
-        if record is None:
-            return
-        record.end_ns = _time_ns()
-        if exc is not None:
-            record.record_error(exc)
-        elif record.status == "started":
-            record.status = "ok"
-        try:
-            _CURRENT.reset(self._token)
-        except ValueError:  # a token of another context: see trace_context.reset_current
-            _CURRENT.set(None)
-        self._agent._finish(record)
-
-    async def __aenter__(self) -> Span:
-        return self.__enter__()
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        self.__exit__(exc_type, exc, tb)
-
-
-class ObservabilityConnectorAgent:
+class ObservabilityConnectorAgent(LLMCalls, ContextFactory, BatchDelivery):
     """Tier-0 observability agent (ml_foundation, standard, 5 s SLA)."""
 
     agent_name = "observability_connector"
@@ -260,6 +109,7 @@ class ObservabilityConnectorAgent:
         # Hot-path callables, replaced by the real ones on first use (see the two methods).
         self._submit: Callable[[Span], None] = self._first_submit
         self._sample_root: Callable[[str, str | None], bool] = self._first_sample_root
+        self._keep: Callable[[bool, str | None], bool] = self._first_keep
         if context is not None:
             self._bind_opik(context)
         self._context_given = context is not None
@@ -380,12 +230,23 @@ class ObservabilityConnectorAgent:
         self._sample_root = sample_root
         return sample_root(trace_id, agent_name)
 
+    def _first_keep(self, sampled: bool, status: str | None) -> bool:
+        """``_keep`` until the first span of a dropped trace ends: then the sampler's ``keep``."""
+        try:
+            keep = self._sampler.keep
+        except Exception as exc:  # spans cannot be recorded at all; _first_submit says why
+            self._give_up(exc)
+            return True
+        self._keep = keep
+        return keep(sampled, status)
+
     def _give_up(self, exc: Exception) -> None:
         if self.setup_error is None:
             self.setup_error = f"{type(exc).__name__}: {exc}"
             log.error("observability is off, spans are not recorded: %s", self.setup_error)
         self._submit = self._not_recorded
         self._sample_root = _sample_everything  # no sampler to ask, and nothing is kept anyway
+        self._keep = _keep_everything
 
     def _not_recorded(self, record: Span) -> None:
         self.spans_not_recorded += 1
@@ -418,22 +279,10 @@ class ObservabilityConnectorAgent:
     @functools.cached_property
     def _sampler(self) -> Sampler:
         """Decided once per trace, at its root (see sampling.Sampler); children inherit the flag."""
-        from .config import build_sampler, load_registry
-
         context = self._context
         if context is not None:
             return context.sampler or build_sampler(self.settings, context.registry)
         return build_sampler(self.settings, load_registry())
-
-    @functools.cached_property
-    def _keep_errors(self) -> bool:
-        return self._sampler.always_sample_errors
-
-    async def _open_background(self) -> None:
-        """First thing on the flusher's thread: open the sinks and load the graph, off the callers'
-        path, then the sinks' own start-up (:meth:`_start_background`)."""
-        _ = self.graph, self.context  # the graph first: a bad configuration must not keep it unloaded
-        await self._start_background()
 
     # The host's lazy handles: they never raise; a failure is logged and reads as None / False.
 
@@ -446,8 +295,6 @@ class ObservabilityConnectorAgent:
                 if context is not None:
                     self._opik_connector = context.opik
                 else:
-                    from .config import build_opik
-
                     self._opik_connector = build_opik(self.settings)  # the process's one connector
             except Exception as exc:
                 log.warning("Opik is unavailable: %s: %s", type(exc).__name__, exc)
@@ -482,511 +329,6 @@ class ObservabilityConnectorAgent:
     @property
     def is_db_enabled(self) -> bool:
         return self.span_repository is not None
-
-    # -- contexts -------------------------------------------------------------------------
-
-    def create_observability_context(
-        self,
-        request_id: str,
-        experiment_id: str | None = None,
-        user_id: str | None = None,
-        sample_rate: float = 1.0,
-        *,
-        traceparent: str | None = None,
-        tracestate: str | None = None,
-        agent_name: str | None = None,
-    ) -> dict[str, Any]:
-        """A request's context as a new dict; pass it to :meth:`span` to open the request's first span.
-
-        Keys: ``trace_id``, ``span_id`` (the id that first span takes), ``parent_span_id``,
-        ``request_id``, ``experiment_id``, ``user_id``, ``sampled``, ``sample_rate``, and
-        ``tracestate`` when a continued trace carried one.
-
-        With a valid ``traceparent`` the trace continues: same trace id, the caller's span as
-        parent, its sampled flag honoured. Otherwise a new trace, sampled here once from its id
-        at the configured rate (``agent_name``'s rate when given: the agent that opens its first
-        span). ``sample_rate`` can only lower that: 0.0 never samples; 1.0 leaves the
-        configured rate (which keeps everything unless sampling is configured lower).
-        """
-        rate = check_sample_rate(sample_rate)
-        remote = extract({"traceparent": traceparent, "tracestate": tracestate or ""}) if traceparent else None
-        if remote is not None:
-            trace_id, parent = remote.trace_id, remote.span_id
-            sampled = self._sampler.decide(trace_id, agent_name, remote.sampled, rate)
-        else:
-            trace_id, parent = new_trace_id(), None
-            sampled = self._sampler.sample_root(trace_id, agent_name, rate)
-        context: dict[str, Any] = {
-            "trace_id": trace_id,
-            "span_id": new_span_id(),
-            "parent_span_id": parent,
-            "request_id": request_id,
-            "experiment_id": experiment_id,
-            "user_id": user_id,
-            "sampled": sampled,
-            "sample_rate": sample_rate,
-        }
-        if remote is not None and remote.tracestate:
-            context["tracestate"] = format_tracestate(remote.tracestate)
-        return context
-
-    def create_child_context(
-        self, parent_context: SpanContext | None = None, operation_name: str | None = None
-    ) -> dict[str, Any]:
-        """A new dict naming a child of ``parent_context``: same trace, a new ``span_id``, the parent's
-        ``span_id`` as ``parent_span_id``, the request fields, ``sampled`` and ``sample_rate`` copied.
-
-        ``parent_context`` is a context dict, an open :class:`Span` or one of our contexts
-        (default: the current span). ``operation_name`` is accepted for the host's signature;
-        the span's name is the one given to :meth:`span`.
-        """
-        parent = parent_context if parent_context is not None else _CURRENT.get()
-        if parent is None:
-            raise ValueError("create_child_context needs a parent context (a dict or a span) or an open span")
-        if isinstance(parent, Mapping):
-            trace_id, span_id, _ = _context_ids(parent)
-            child: dict[str, Any] = {
-                "trace_id": trace_id,
-                "span_id": new_span_id(),
-                "parent_span_id": span_id,
-                "request_id": parent.get("request_id"),
-                "experiment_id": parent.get("experiment_id"),
-                "user_id": parent.get("user_id"),
-                "sampled": parent.get("sampled", True),
-                "sample_rate": parent.get("sample_rate", 1.0),
-            }
-            if isinstance(parent.get("tracestate"), str):
-                child["tracestate"] = parent["tracestate"]
-            return child
-        baggage = getattr(parent, "baggage", None) or {}
-        child = {
-            "trace_id": parent.trace_id,
-            "span_id": new_span_id(),
-            "parent_span_id": _effective_parent(parent),
-            **{key: getattr(parent, key, None) or baggage.get(key) for key in _REQUEST_KEYS},
-            "sampled": parent.sampled,
-            "sample_rate": 1.0,
-        }
-        members = getattr(parent, "tracestate", ())
-        if members:
-            child["tracestate"] = format_tracestate(members)
-        return child
-
-    # -- the hot path ----------------------------------------------------------------------
-
-    def span(
-        self,
-        operation_name: str,
-        agent_name: str,
-        context: SpanContext | None = None,
-        attributes: dict[str, Any] | None = None,
-    ) -> SpanScope:
-        """``async with obs.span("execute", "gap_analyzer", ctx) as span:`` (also plain ``with``).
-
-        A context dict names the span to open: the first span given it takes its ``span_id`` and
-        ``parent_span_id``, later ones become children of that span (the dict is never changed).
-        ``sampled`` (default True) decides whether the span is kept. Our own contexts and spans
-        parent the new span; with no context it nests under the current span, if any.
-        """
-        return SpanScope(self, operation_name, agent_name, context, attributes)
-
-    def trace_agent(
-        self,
-        agent_name: str,
-        operation: str,
-        context: SpanContext | None = None,
-        attributes: dict[str, Any] | None = None,
-    ) -> SpanScope:
-        """The same scope, argument order of the host codebase's ``trace_agent``."""
-        return SpanScope(self, operation, agent_name, context, attributes)
-
-    def traced(self, agent_name: str, operation: str | None = None) -> Callable[[Callable[P, R]], Callable[P, R]]:
-        """Decorator for sync and async functions: one span per call, named after the function."""
-
-        def decorate(func: Callable[P, R]) -> Callable[P, R]:
-            op = operation or func.__name__
-            if inspect.iscoroutinefunction(func):
-
-                @functools.wraps(func)
-                async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                    async with SpanScope(self, op, agent_name, None, None):
-                        return await func(*args, **kwargs)  # type: ignore[misc]
-
-                return async_wrapper  # type: ignore[return-value]
-
-            @functools.wraps(func)
-            def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-                with SpanScope(self, op, agent_name, None, None):
-                    return func(*args, **kwargs)
-
-            return wrapper
-
-        return decorate
-
-    async def track_llm_call(
-        self,
-        agent_name: str,
-        operation: str,
-        model: str,
-        input_tokens: int | None = None,
-        output_tokens: int | None = None,
-        context: SpanContext | None = None,
-        attributes: dict[str, Any] | None = None,
-        error: BaseException | str | None = None,
-        error_type: str | None = None,
-        *,
-        duration_ms: float | None = None,
-        provider: str | None = None,
-    ) -> dict[str, Any]:
-        """Record a finished LLM call (model and tokens) and describe it as the host did.
-
-        Returns ``span_id``, ``trace_id``, ``agent_name``, ``operation``, ``model_used``,
-        ``input_tokens``, ``output_tokens``, ``tokens_used``, ``status`` and ``attributes``, plus
-        ``error`` / ``error_type`` when an error was given. The span itself is recorded like
-        any other (see :meth:`record_llm_call`), never awaited. Token counts are the ones
-        recorded: an invalid one reads None here (see :meth:`record_llm_call`).
-        """
-        record = self.record_llm_call(
-            agent_name,
-            model,
-            input_tokens,
-            output_tokens,
-            operation=operation,
-            duration_ms=duration_ms,
-            error=error,
-            error_type=error_type,
-            context=context,
-            attributes=attributes,
-            provider=provider,
-        )
-        result: dict[str, Any] = {
-            "span_id": record.span_id,
-            "trace_id": record.trace_id,
-            "agent_name": agent_name,
-            "operation": operation,
-            "model_used": model,
-            "input_tokens": record.input_tokens,
-            "output_tokens": record.output_tokens,
-            "tokens_used": record.total_tokens or 0,
-            "status": "error" if error is not None else "ok",
-            "attributes": attributes if attributes is not None else {},
-        }
-        if error is not None:
-            result["error"] = error if isinstance(error, str) else str(error)
-            result["error_type"] = error_type or (None if isinstance(error, str) else type(error).__name__)
-        return result
-
-    def record_llm_call(
-        self,
-        agent_name: str,
-        model: str,
-        input_tokens: int | None = None,
-        output_tokens: int | None = None,
-        *,
-        operation: str = "llm_call",
-        duration_ms: float | None = None,
-        error: BaseException | str | None = None,
-        error_type: str | None = None,
-        context: SpanContext | None = None,
-        attributes: dict[str, Any] | None = None,
-        provider: str | None = None,
-    ) -> Span:
-        """The synchronous form of :meth:`track_llm_call` for code without an event loop; returns the span.
-
-        The call ended now and took ``duration_ms``. It is a child of the current span; with a
-        context dict, of the span that context names once that span is open (before, of its
-        parent: the LLM call is not the span the context names).
-
-        Bad numbers never raise here: the call happened and is recorded. A token count that is
-        not a whole number from 0 to 2**31-1 (``"10"``, ``10.5``, NaN, ±inf, -1) leaves its
-        field None; a duration that is not a finite, non-negative number of milliseconds
-        starting after 1970 records the call as instantaneous. Each such value is kept, with
-        the reason, in ``attributes["invalid.<argument>"]`` (``invalid.duration_ms``,
-        ``invalid.input_tokens`` ...), so the span says what the caller passed.
-        """
-        end = _time_ns()
-        took, bad_duration = duration_ns(duration_ms, end)
-        start = end - took
-        if isinstance(context, Mapping):
-            record = self._record_under_mapping(operation, agent_name, context, attributes, start)
-        else:
-            parent = context if context is not None else _CURRENT.get()
-            record = self._new_record(operation, agent_name, parent, attributes, start)
-        record.set_llm(model, input_tokens, output_tokens)
-        if bad_duration is not None:
-            record.attributes["invalid.duration_ms"] = bad_duration
-        if provider:
-            record.attributes["llm.provider"] = provider
-        record.end_ns = end
-        if error is not None:
-            record.record_error(error, error_type)
-        else:
-            record.status = "ok"
-        self._finish(record)
-        return record
-
-    def log_metric(
-        self,
-        name: str,
-        value: float,
-        agent_name: str | None = None,
-        attributes: dict[str, Any] | None = None,
-    ) -> None:
-        """Attach a named measurement to the current span, or record it as its own span."""
-        current = _CURRENT.get()
-        payload = {"metric.name": name, "metric.value": value, **(attributes or {})}
-        if isinstance(current, Span) and (agent_name is None or agent_name == current.agent_name):
-            current.add_event(f"metric.{name}", payload)
-            return
-        end = _time_ns()
-        span = self._new_record(f"metric.{name}", agent_name or self.agent_name, current, payload, end)
-        span.end_ns = end
-        span.status = "ok"
-        self._finish(span)
-
-    def _new_record(
-        self,
-        operation: str,
-        agent_name: str,
-        parent: ParentLike | None,
-        attributes: dict[str, Any] | None,
-        start_ns: int,
-    ) -> Span:
-        """A span under ``parent`` (or the root of a new trace, sampled here once)."""
-        attrs = dict(attributes) if attributes else None
-        if parent is None:
-            trace_id = new_trace_id()
-            return Span(
-                new_span_id(),
-                trace_id,
-                None,
-                operation,
-                agent_name,
-                None,
-                "started",
-                attrs,
-                start_ns,
-                self._sample_root(trace_id, agent_name),
-            )
-        return Span(
-            new_span_id(),
-            parent.trace_id,
-            _effective_parent(parent),
-            operation,
-            agent_name,
-            None,
-            "started",
-            attrs,
-            start_ns,
-            parent.sampled,
-            getattr(parent, "tracestate", ()),
-            getattr(parent, "baggage", None),
-        )
-
-    def _record_in_mapping(
-        self, operation: str, agent_name: str, context: Mapping[str, Any], attributes: dict[str, Any] | None
-    ) -> Span:
-        """The span a host context dict names: its ids the first time, a child of that span after."""
-        start_ns = _time_ns()
-        trace_id, span_id, parent_id = _context_ids(context)
-        if not _ADOPTED.claim(trace_id, span_id):
-            return self._record_under_mapping(operation, agent_name, context, attributes, start_ns)
-        members, baggage = _context_extras(context)
-        return Span(
-            span_id,
-            trace_id,
-            parent_id,
-            operation,
-            agent_name,
-            None,
-            "started",
-            dict(attributes) if attributes else None,
-            start_ns,
-            bool(context.get("sampled", True)),
-            members,
-            baggage,
-        )
-
-    def _record_under_mapping(
-        self,
-        operation: str,
-        agent_name: str,
-        context: Mapping[str, Any],
-        attributes: dict[str, Any] | None,
-        start_ns: int,
-    ) -> Span:
-        """A new span in a context dict's trace, below the span the dict names.
-
-        Under the innermost open span of that trace when there is one (it is that span or runs
-        inside it); else under the named span once a span has taken its id, or beside it, under
-        its parent, while none has (a parent id that names no stored span would leave an orphan).
-        """
-        trace_id = context.get("trace_id")
-        if not isinstance(trace_id, str) or not trace_id:  # no trace to join (the host then started one)
-            record = self._new_record(operation, agent_name, None, attributes, start_ns)
-            if "sampled" in context:
-                record.sampled = bool(context["sampled"])
-            return record
-        span_id = context.get("span_id")
-        current = _CURRENT.get()
-        if current is not None and current.trace_id == trace_id:
-            parent = _effective_parent(current)
-        elif isinstance(span_id, str) and span_id and _ADOPTED.taken(trace_id, span_id):
-            parent = span_id
-        else:
-            parent_id = context.get("parent_span_id")
-            parent = parent_id if isinstance(parent_id, str) and parent_id else None
-        members, baggage = _context_extras(context)
-        return Span(
-            new_span_id(),
-            trace_id,
-            parent,
-            operation,
-            agent_name,
-            None,
-            "started",
-            dict(attributes) if attributes else None,
-            start_ns,
-            bool(context.get("sampled", True)),
-            members,
-            baggage,
-        )
-
-    def _finish(self, record: Span) -> None:
-        if record.sampled or (record.status == "error" and self._keep_errors):
-            self._submit(record)
-
-    # -- the background side ---------------------------------------------------------------
-
-    @property
-    def graph(self) -> Any:
-        if self._graph is None:
-            from .graph import graph
-
-            self._graph = graph
-        return self._graph
-
-    async def _deliver(self, batch: list[Span]) -> dict[str, Any]:
-        """One batch through the graph; returns the graph's final state (the flusher ignores it).
-
-        The state is not kept: a batch's ~20,000 objects that outlived the call would be promoted
-        to the oldest generation and walked by every full collection (measured in bench_e2e).
-        """
-        # Our own records go in as they are: the span_emitter builds their rows directly (no event
-        # dict, no second validation of values we produced); anything else as its event payload.
-        events = [r if r.__class__ is Span else r.to_event() for r in batch]
-        # Nobody reads this state: no Opik confirmation to wait for, no metrics question to answer.
-        payload = {"events_to_log": events, "opik_wait_s": 0.0, "skip_metrics": True}
-        state = await self.graph.ainvoke(payload, context=self.context)
-        errors = state.get("emission_errors") or []
-        if errors:
-            self.emission_errors_total += len(errors)
-            if not state.get("events_dead_lettered"):  # the batch node said so for those it kept
-                log.warning("%d span(s) rejected; the first: %s", len(errors), errors[0])
-        # Spooled batches and dead-lettered rows are accounted for; only a batch that neither the
-        # store nor the spool took counts as failed (the batch node has logged why).
-        if (
-            state.get("db_writes_successful") is False
-            and not state.get("spans_spooled")
-            and not state.get("events_logged")
-        ):
-            raise BatchNotStoredError(state.get("error") or "store write failed")
-        return state
-
-    async def _start_background(self) -> None:
-        """On the flusher's loop, as it starts: replay what a previous run left in the spool."""
-        delivery = getattr(self.context, "store_delivery", None)
-        if delivery is not None and delivery.backlogged:
-            cache = self.context.cache
-            delivery.ensure_replaying(lambda replayed: cache.ainvalidate_since(s.start_time for s in replayed))
-
-    def _spool_at_shutdown(self, records: list[Span]) -> int:
-        """Shutdown ran out of time (a sink is stuck): validate, redact and spool what is queued.
-
-        Runs on the closing thread, not the stuck flusher; returns how many spans are now on disk.
-        """
-        delivery = getattr(self.context, "store_delivery", None)
-        if delivery is None:
-            return 0
-        import asyncio
-
-        from .nodes.span_emitter import validate_spans
-
-        class _Runtime:
-            context = self.context
-
-        state = asyncio.run(validate_spans({"events_to_log": records}, _Runtime()))
-        spans = state.get("validated_spans") or []
-        if not spans:
-            return 0
-        # The store's cursor only: Opik's spool records are encoded batches of its own; these spans
-        # reach Opik from the store with OpikConnector.replay_from_store.
-        delivery.spool.append([s.to_row() for s in spans], ["store"])
-        return len(spans)
-
-    async def _stop_background(self) -> None:
-        """On the flusher's loop, as it stops: end the spool's replay task (its backlog stays on
-        disk and is replayed at the next start)."""
-        delivery = getattr(self.context, "store_delivery", None)
-        if delivery is not None:
-            await delivery.stop()
-
-    async def flush(self, timeout: float | None = None) -> bool:
-        """Deliver every span finished so far; True when every span finished since the previous
-        flush was delivered (stored, or spooled on disk for replay) within ``timeout``.
-
-        False when any was rejected (invalid values: see ``emission_errors`` and the dead
-        letters), dropped at the full buffer, in a batch nothing took, not recorded at all (a
-        configuration error), or still pending when time ran out; :attr:`last_flush` and
-        ``get_status()["last_flush"]`` give the counts. True at once when no span was handed
-        over since: nothing is opened or started for it, after :meth:`aclose` included.
-        """
-        flusher = self._flusher_obj
-        ok = True if flusher is None else await flusher.flush(timeout)
-        return self._not_recorded_since_flush() and ok
-
-    def flush_sync(self, timeout: float | None = None) -> bool:
-        """:meth:`flush` for code without an event loop (never from the flusher's own thread)."""
-        flusher = self._flusher_obj
-        ok = True if flusher is None else flusher.flush_sync(timeout)
-        return self._not_recorded_since_flush() and ok
-
-    def _not_recorded_since_flush(self) -> bool:
-        """True when no span went unrecorded (configuration error) since the previous flush."""
-        lost = self.spans_not_recorded - self._not_recorded_mark
-        self._not_recorded_mark = self.spans_not_recorded
-        return lost == 0
-
-    @property
-    def last_flush(self) -> FlushReport | None:
-        """What the latest :meth:`flush` found: delivered, rejected, failed, dropped, pending."""
-        flusher = self._flusher_obj
-        return None if flusher is None else flusher.last_flush
-
-    async def aclose(self) -> None:
-        """Flush within ``shutdown_timeout`` and stop the flusher, then close the store.
-
-        Only what was opened is closed: on an agent that never recorded a span this returns at once.
-        Closing is not the end: a span recorded afterwards starts the flusher again, and the
-        store reopens on its first write (every backend reconnects lazily), so late spans are
-        stored like any other; :meth:`flush` after close returns at once when nothing is queued.
-        """
-        flusher = self._flusher_obj
-        if flusher is not None:
-            await flusher.aclose()
-        context = self._context
-        if context is None:
-            return
-        try:
-            await context.store.close()
-        except Exception:  # closing must never raise into an agent's shutdown
-            log.exception("closing the span store failed")
-
-    async def __aenter__(self) -> ObservabilityConnectorAgent:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     def node_context(self, config: Any = None) -> TraceContext | None:
         """The span of the LangGraph node that is running (traced by a callback handler).
@@ -1129,6 +471,8 @@ class ObservabilityConnectorAgent:
         Never raises: a bad window or an unreachable store gives ``quality_metrics_computed``
         False with ``error`` / ``error_type``, the other keys at their empty-window values.
         """
+        from langgraph.runtime import Runtime
+
         from .nodes.metrics_aggregator import EMPTY_METRICS, aggregate_metrics
 
         data = input_data or {}
@@ -1138,10 +482,7 @@ class ObservabilityConnectorAgent:
             "trace_id_filter": data.get("trace_id_filter"),
         }
 
-        class _Runtime:  # what a node reads from LangGraph's Runtime: the context
-            context = self.context
-
-        state = await aggregate_metrics(question, _Runtime())
+        state = await aggregate_metrics(question, Runtime(context=self.context))
         # Copies: a caller that edits its answer must not edit the shared empty values.
         metrics = {key: state[key] if key in state else copy.deepcopy(empty) for key, empty in EMPTY_METRICS.items()}
         if state.get("error"):

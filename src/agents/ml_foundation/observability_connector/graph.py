@@ -24,8 +24,8 @@ __all__ = ["build_graph", "create_observability_connector_graph", "graph", "want
 async def wants_metrics(state: ObservabilityConnectorState) -> Literal["metrics_aggregator", "__end__"]:
     """Metrics run for every caller except the agents' own flusher (``skip_metrics``).
 
-    Async on purpose: LangGraph runs a sync router in a thread pool under ``ainvoke``, which
-    cost more than a millisecond per invocation here.
+    Async on purpose: LangGraph runs a sync router in a thread pool under ``ainvoke``, a thread
+    hand-off on every invocation for a dictionary lookup.
     """
     return "__end__" if state.get("skip_metrics") else "metrics_aggregator"
 

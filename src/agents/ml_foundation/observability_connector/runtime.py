@@ -7,8 +7,9 @@ layer (reached through ``context_factory``: the pipeline never imports the wirin
 
 from __future__ import annotations
 
+import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 from . import context_factory
@@ -19,7 +20,9 @@ from .registry import AgentRegistry
 from .sampling import Sampler
 from .settings import ObservabilitySettings
 
-__all__ = ["ConnectorContext", "default_context", "resolve_context", "set_default_context"]
+__all__ = ["ConnectorContext", "ContextError", "default_context", "resolve_context", "set_default_context"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -80,6 +83,55 @@ def _after_fork_in_child() -> None:
 register_after_fork(_after_fork_in_child)
 
 
+class ContextError(TypeError):
+    """The graph was handed a context that is not a :class:`ConnectorContext`."""
+
+
+_served_logged = False
+
+
+def _configured_for_server(given: ConnectorContext) -> ConnectorContext:
+    """The configured context for a run whose context LangGraph built from JSON.
+
+    ``langgraph dev`` / LangGraph Studio build the ``context_schema`` from the run's JSON, and
+    JSON carries no store, Opik sink or cache: such a context is filled from configuration (the
+    process-wide context: the store, spool, Opik sink and cache that ``OBS_*`` and the YAML
+    files name), and the one policy JSON can carry, a sampler or redactor set on it, is kept.
+    Said once at INFO, so a server's log shows which store its runs write to.
+    """
+    global _served_logged
+    configured = default_context()
+    if not _served_logged:
+        _served_logged = True
+        log.info(
+            "the graph's context has no store (built from JSON by LangGraph Studio / langgraph dev): "
+            "nodes use the configured one, %s",
+            configured.store.describe() if configured.store is not None else None,
+        )
+    if given.sampler is None and given.redactor is None:
+        return configured
+    return replace(
+        configured, sampler=given.sampler or configured.sampler, redactor=given.redactor or configured.redactor
+    )
+
+
 def resolve_context(runtime: Any) -> ConnectorContext:
-    ctx = getattr(runtime, "context", None) if runtime is not None else None
-    return ctx if isinstance(ctx, ConnectorContext) and ctx.store is not None else default_context()
+    """The context a node works with, from its LangGraph ``runtime``.
+
+    * ``runtime`` None (a node function called directly, as the host's code and tests call
+      them) or a runtime without a context (the module-level ``graph`` invoked without
+      ``context=``, as the host's orchestrator does): the process-wide context
+      (:func:`default_context`), deliberately: those callers have no other way to name one.
+    * a :class:`ConnectorContext` with a store: that one.
+    * a :class:`ConnectorContext` without a store (built from JSON by Studio / ``langgraph
+      dev``): filled from configuration, see :func:`_configured_for_server`.
+    * anything else: :class:`ContextError`, which each node reports in its error keys.
+    """
+    if runtime is None:
+        return default_context()
+    ctx = getattr(runtime, "context", None)
+    if ctx is None:
+        return default_context()
+    if isinstance(ctx, ConnectorContext):
+        return ctx if ctx.store is not None else _configured_for_server(ctx)
+    raise ContextError(f"the graph's context must be a ConnectorContext, got {type(ctx).__name__}")

@@ -1,7 +1,7 @@
 """The span object agents hold while an operation runs: the host codebase's ``Span``.
 
-A plain ``__slots__`` class on purpose: creating, mutating and finishing one must cost about
-a microsecond, so there is no validation, no copying and no datetime arithmetic here. Times
+A plain ``__slots__`` class on purpose: creating, mutating and finishing one is on every
+agent's path, so there is no validation, no copying and no datetime arithmetic here. Times
 are integer nanoseconds from ``time.time_ns``; the datetimes and the whole-millisecond
 duration that callers read are derived on access, and the stored row is built from the
 nanoseconds, never from those rounded views. Validation happens once per batch, off the

@@ -4,9 +4,10 @@ The server loads this file by path, not as part of the package, so package-relat
 would fail here: this module only re-exports the compiled graph through an absolute import.
 
 The server hands the graph a context built from JSON, which cannot carry a store, so the
-nodes fall back to the process-wide context (configuration + ``OBS_*`` environment). It is
-built here, at load time, because building it reads the YAML files and opens the store:
-blocking calls that ``langgraph dev`` (rightly) refuses inside a run on the event loop.
+nodes fill it from configuration (``OBS_*`` environment and the YAML files; see
+``runtime.resolve_context``). The configured context is built here, at load time, because
+building it reads the YAML files and opens the store: blocking calls that ``langgraph dev``
+(rightly) refuses inside a run on the event loop.
 """
 
 from src.agents.ml_foundation.observability_connector.graph import graph

@@ -2,7 +2,7 @@
 
 Ids come from ``random.getrandbits`` rather than ``os.urandom`` (what ``uuid4`` reads):
 the syscall releases the GIL, and on a busy process the caller then queues behind other
-threads for it — measured at hundreds of µs per span on the peers. Trace ids are UUIDv7
+threads for it, which the caller then pays on every span. Trace ids are UUIDv7
 laid out as 32 hex digits, so the same value is a valid W3C trace id and a valid Opik id.
 
 Parsing follows the W3C Trace Context Recommendation, section by section:

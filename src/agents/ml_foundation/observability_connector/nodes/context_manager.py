@@ -19,9 +19,11 @@ from collections.abc import Mapping
 from random import getrandbits
 from typing import Any
 
+from langgraph.runtime import Runtime
+
 from ..policies import build_sampler
 from ..redaction import redact_text
-from ..runtime import resolve_context
+from ..runtime import ConnectorContext, resolve_context
 from ..sampling import check_sample_rate
 from ..state import ObservabilityConnectorState
 from ..trace_context import extract, format_traceparent, format_tracestate, new_span_id, new_trace_id
@@ -46,8 +48,10 @@ def _failure(error_type: str, exc: BaseException) -> dict[str, Any]:
     return {"error": message, "error_type": error_type, "error_details": {"exception": message}}
 
 
-def _sampled(state: Mapping[str, Any], trace_id: str, rate: float, runtime: Any) -> bool:
-    """An explicit ``sample_rate`` decides alone (1.0 keeps every trace, 0.0 none, in between by
+def _sampled(state: Mapping[str, Any], trace_id: str, rate: float, runtime: Runtime[ConnectorContext] | None) -> bool:
+    """The sampler's decision for the new trace (the one decision for this invocation's trace).
+
+    An explicit ``sample_rate`` decides alone (1.0 keeps every trace, 0.0 none, in between by
     trace id); without one, the configured policy for traces the connector starts applies."""
     ctx = resolve_context(runtime)
     sampler = ctx.sampler or build_sampler(ctx.settings)
@@ -56,7 +60,7 @@ def _sampled(state: Mapping[str, Any], trace_id: str, rate: float, runtime: Any)
     return sampler.sample_root(trace_id, _CONNECTOR)
 
 
-async def create_context(state: Mapping[str, Any], runtime: Any = None) -> dict[str, Any]:
+async def create_context(state: Mapping[str, Any], runtime: Runtime[ConnectorContext] | None = None) -> dict[str, Any]:
     """A new trace for this request: new ids, no parent, the request's ids and sampling."""
     try:
         rate = _rate(state.get("sample_rate"))
@@ -88,7 +92,7 @@ def _float_or_default(text: str | None) -> float:
     return rate if math.isfinite(rate) and 0.0 <= rate <= 1.0 else 1.0
 
 
-async def extract_context(state: Mapping[str, Any], runtime: Any = None) -> dict[str, Any]:
+async def extract_context(state: Mapping[str, Any], runtime: Runtime[ConnectorContext] | None = None) -> dict[str, Any]:
     """Continue the trace of ``state["headers"]["traceparent"]``; a missing or invalid one starts
     a new trace. Request metadata comes from ``tracestate`` (or, from our own services, baggage).
 
@@ -122,7 +126,7 @@ async def extract_context(state: Mapping[str, Any], runtime: Any = None) -> dict
         return _failure("context_extraction_error", exc)
 
 
-async def inject_context(state: Mapping[str, Any], runtime: Any = None) -> dict[str, Any]:
+async def inject_context(state: Mapping[str, Any], runtime: Runtime[ConnectorContext] | None = None) -> dict[str, Any]:
     """``{"headers": {"traceparent", "tracestate"}}`` for the next hop, and nothing else.
 
     Members whose value ``tracestate`` cannot carry (a ``,`` or ``=``, control characters,
@@ -147,32 +151,42 @@ async def inject_context(state: Mapping[str, Any], runtime: Any = None) -> dict[
         return _failure("context_injection_error", exc)
 
 
-async def manage_context(state: ObservabilityConnectorState, runtime: Any = None) -> dict[str, Any]:
-    """The graph's node: continue an incoming ``traceparent`` (a state key of the graph's input),
-    else start a new trace. A bad ``sample_rate`` costs no event: it is reported in
-    ``emission_errors`` and the call goes on at rate 1.0."""
+async def manage_context(
+    state: ObservabilityConnectorState, runtime: Runtime[ConnectorContext] | None = None
+) -> dict[str, Any]:
+    """The graph's ``context`` node: continue an incoming ``traceparent`` (a state key of the
+    graph's input), else start a new trace, and decide its sampling once for this invocation
+    (``span_emitter`` applies that decision to the events of this trace).
+
+    Returns only the keys it sets. The agents' own flusher batches (``skip_metrics``) get
+    nothing: nobody reads a trace id, headers or a sampling decision for them (their spans carry
+    their own trace's decision, made at its root). A bad ``sample_rate`` costs no event: it is
+    reported in ``emission_errors`` and the call goes on at rate 1.0.
+    """
+    if state.get("skip_metrics"):
+        return {}
     updates: dict[str, Any] = {}
-    call: dict[str, Any] = dict(state)
+    rate = state.get("sample_rate")
     try:
-        _rate(call.get("sample_rate"))
+        _rate(rate)
     except ValueError as exc:
         message = f"{redact_text(str(exc))}; every event of this call is kept (rate 1.0)"
-        updates = {"emission_errors": [*call.get("emission_errors", []), message], "sample_rate": 1.0}
-        call["sample_rate"] = 1.0
-    if call.get("traceparent"):
-        headers = {"traceparent": call["traceparent"], "tracestate": call.get("tracestate") or ""}
-        found = await extract_context({**call, "headers": headers}, runtime)
+        updates = {"emission_errors": [*(state.get("emission_errors") or []), message], "sample_rate": 1.0}
+        rate = 1.0
+    request = {key: state.get(key) for key in _REQUEST_KEYS}
+    traceparent = state.get("traceparent")
+    if traceparent:
+        headers = {"traceparent": traceparent, "tracestate": state.get("tracestate") or ""}
+        found = await extract_context({"headers": headers}, runtime)
         if extract(headers) is None:
             found["error_details"] = {
-                **(call.get("error_details") or {}),
+                **(state.get("error_details") or {}),
                 # Echoes the caller's header: redacted, as anything that may hold a token.
-                "traceparent": redact_text(
-                    f"invalid traceparent {str(call['traceparent'])[:200]!r}; started a new trace"
-                ),
+                "traceparent": redact_text(f"invalid traceparent {str(traceparent)[:200]!r}; started a new trace"),
             }
-        for key in _REQUEST_KEYS:  # the call's own values win over what the headers carried
-            if call.get(key):
-                found[key] = call[key]
+        for key, value in request.items():  # the call's own values win over what the headers carried
+            if value:
+                found[key] = value
     else:
-        found = await create_context(call, runtime)
+        found = await create_context({**request, "sample_rate": rate}, runtime)
     return {**found, **updates}

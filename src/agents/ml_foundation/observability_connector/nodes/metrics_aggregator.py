@@ -30,6 +30,8 @@ import logging
 import time
 from typing import Any
 
+from langgraph.runtime import Runtime
+
 from src.repositories.base import parse_window
 
 from ..models import LatencyStats
@@ -144,7 +146,9 @@ async def compute_metrics(
     return value, False, 0.0
 
 
-async def aggregate_metrics(state: ObservabilityConnectorState, runtime: Any = None) -> dict[str, Any]:
+async def aggregate_metrics(
+    state: ObservabilityConnectorState, runtime: Runtime[ConnectorContext] | None = None
+) -> dict[str, Any]:
     """The graph node, also called directly with a plain dict as host code does.
 
     Returns only the keys it sets. Never raises: an unknown window (the error names the

@@ -11,12 +11,14 @@ Every row is then redacted and size-limited (``redaction.Redactor``) before any 
 it, and the rejection reasons are redacted too: they echo the offending values, and they end
 up in the returned state and in log lines.
 
-Sampling is parent-based (``sampling.Sampler``): an event that carries its trace's decision
-(``sampled``, set by the in-process API at the trace's root), or that belongs to the trace
-of an incoming ``traceparent``, follows it; otherwise the trace is decided here from its id,
-at the rate of the agent that started it when its root span is in the batch. A caller's
-``sample_rate`` can only lower the rate. An error span of a dropped trace is kept when
-``always_sample_errors`` is on, marked ``trace_sampled_out``.
+Sampling applies decisions; the sampler (``sampling.Sampler``) makes each one, once per
+trace: an event that carries its trace's decision (``sampled``, made by the in-process API at
+the trace's root) follows it, and so do the events of this invocation's own trace when the
+caller sent a ``traceparent`` (decided once by the ``context`` node). A trace that arrives
+with no decision is first seen here, so this is its root's decision: one sampler call per
+trace, from its id, at the rate of the agent that started it when its root span is in the
+batch. A caller's ``sample_rate`` can only lower the rate. An error span of a dropped trace is
+kept when ``always_sample_errors`` is on (``Sampler.keep``), marked ``trace_sampled_out``.
 """
 
 from __future__ import annotations
@@ -25,79 +27,31 @@ import logging
 from datetime import UTC, datetime
 from typing import Any, cast
 
+from langgraph.runtime import Runtime
 from pydantic import ValidationError
 
-from ..constants import MAX_DURATION_NS, MAX_INT4, MAX_TIME_NS
+from ..constants import MAX_TIME_NS
 from ..models import (
-    _ID_CHARS,
-    _LABEL_RULE,
-    _NAME_RULE,
     MAX_NAME_LENGTH,
     MAX_TIME,
     MIN_TIME,
     MIN_TIME_NS,
-    STATUS_ALIASES,
     ObservabilityEvent,
     ObservabilitySpan,
-    _span_from_fields,
     describe_validation_error,
-    row_id_for,
 )
 from ..policies import build_redactor, build_sampler
 from ..redaction import Redactor, install_log_redaction, redact_text
-from ..runtime import resolve_context
+from ..runtime import ConnectorContext, resolve_context
 from ..sampling import check_sample_rate
 from ..spans import Span
 from ..state import ObservabilityConnectorState
+from .record_rows import _from_record
 
 __all__ = ["emit_spans", "validate_spans"]
 
 install_log_redaction()
 log = logging.getLogger(__name__)
-
-_id_ok = _ID_CHARS.fullmatch
-# Strings the fast path has found to pass the model's rule for their field unchanged (an id, a
-# name, a label): looked up instead of checked again. Bounded: emptied when full. Set operations
-# are atomic under the GIL.
-_good_ids: set[str] = set()
-_good_names: set[str] = set()
-_good_labels: set[str] = set()
-_GOOD_MAX = 4096
-
-
-def _learn_id(value: str) -> bool:
-    if _id_ok(value) is None:
-        return False
-    if len(_good_ids) >= _GOOD_MAX:
-        _good_ids.clear()
-    _good_ids.add(value)
-    return True
-
-
-def _learn_label(value: str) -> bool:
-    if not _passes_unchanged(_LABEL_RULE, value):
-        return False
-    if len(_good_labels) >= _GOOD_MAX:
-        _good_labels.clear()
-    _good_labels.add(value)
-    return True
-
-
-def _learn_name(value: str) -> bool:
-    if not _passes_unchanged(_NAME_RULE, value):  # a name to strip takes the full path
-        return False
-    if len(_good_names) >= _GOOD_MAX:
-        _good_names.clear()
-    _good_names.add(value)
-    return True
-
-
-def _passes_unchanged(rule: Any, value: str) -> bool:
-    """The model's own rule for the field, applied to one value (once per distinct value)."""
-    try:
-        return bool(rule.validate_python(value) == value)
-    except ValidationError:
-        return False
 
 
 _UNSET: Any = object()
@@ -197,114 +151,6 @@ _RECORD_FIELDS = ("span_id", "trace_id", "parent_span_id", "operation_name", "ag
                   "output_tokens", "total_tokens")  # fmt: skip
 
 
-def _from_record(record: Span, tier_of: Any, created_at: datetime) -> ObservabilitySpan | None:
-    """The row for a span recorded in this process, built directly (None: take the full path).
-
-    Our own ``Span`` objects need no event dict and no pydantic model: every field has a
-    known type that is checked here with the exact rules of ``ObservabilityEvent`` and
-    ``to_span`` (the model's own id, name and label rules, the time, duration and int4 limits).
-    Anything those rules would convert or reject (an odd status, a name over 64 characters or
-    with a control character, a non-string key, an end before the start, a time out of range,
-    a float token count ...) returns None, and the record goes through ``to_event`` and full
-    validation instead, so its reason reads the same. Redaction and sampling apply to these
-    rows like to any other.
-    """
-    span_id = record.span_id
-    trace_id = record.trace_id
-    agent_name = record.agent_name
-    operation = record.operation_name
-    parent = record.parent_span_id
-    if type(span_id) is not str or _id_ok(span_id) is None:
-        return None
-    # Trace ids, parent ids and names repeat from span to span: checked once, then looked up.
-    good_ids = _good_ids
-    good_names = _good_names
-    if type(trace_id) is not str or (trace_id not in good_ids and not _learn_id(trace_id)):
-        return None
-    if type(agent_name) is not str or (agent_name not in good_names and not _learn_name(agent_name)):
-        return None
-    if type(operation) is not str or (operation not in good_names and not _learn_name(operation)):
-        return None
-    if parent == "":
-        parent = None
-    elif parent is not None and (type(parent) is not str or (parent not in good_ids and not _learn_id(parent))):
-        return None
-    start_ns = record.start_ns
-    end_ns = record.end_ns
-    if type(start_ns) is not int or not MIN_TIME_NS <= start_ns <= MAX_TIME_NS:
-        return None
-    if end_ns is not None and (
-        type(end_ns) is not int or not start_ns <= end_ns <= start_ns + MAX_DURATION_NS or end_ns > MAX_TIME_NS
-    ):
-        return None
-    status = STATUS_ALIASES.get(record.status) if type(record.status) is str else None
-    if status is None or status != record.status:  # an alias or an unknown value: the full path
-        return None
-    error = record.error_message
-    error_type = record.error_type
-    model = record.llm_model
-    if not (
-        (error is None or type(error) is str)
-        and (
-            error_type is None or (type(error_type) is str and (error_type in _good_labels or _learn_label(error_type)))
-        )
-        and (model is None or (type(model) is str and (model in _good_labels or _learn_label(model))))
-        and type(record.sampled) is bool
-    ):
-        return None
-    input_tokens = record.input_tokens
-    output_tokens = record.output_tokens
-    total = record.total_tokens
-    for tokens in (input_tokens, output_tokens, total):
-        if tokens is not None and (type(tokens) is not int or not 0 <= tokens <= MAX_INT4):
-            return None
-    source = record.attributes
-    if type(source) is not dict:
-        return None
-    for key in source:
-        if type(key) is not str:
-            return None
-    attributes = dict(source)
-    if not record.sampled:
-        attributes["trace_sampled_out"] = True
-    if record.input_data is not None:
-        attributes.setdefault("input", record.input_data)
-    if record.output_data is not None:
-        attributes.setdefault("output", record.output_data)
-    if total is None and (input_tokens is not None or output_tokens is not None):
-        total = (input_tokens or 0) + (output_tokens or 0)
-        if total > MAX_INT4:
-            return None
-    if error_type is None and status == "error" and error:
-        error_type = "Error"
-    fromtimestamp = datetime.fromtimestamp
-    return _span_from_fields(
-        {
-            "id": row_id_for(trace_id, span_id),
-            "span_id": span_id,
-            "trace_id": trace_id,
-            "parent_span_id": parent,
-            "operation_type": operation,
-            "agent_name": agent_name,
-            "agent_tier": tier_of(agent_name),
-            # tz passed by position: as a keyword it took 0.46 µs a call instead of 0.29
-            "started_at": fromtimestamp(start_ns / 1e9, UTC),
-            "end_time": None if end_ns is None else fromtimestamp(end_ns / 1e9, UTC),
-            "duration_ms": None if end_ns is None else (end_ns - start_ns) / 1e6,
-            "status": status,
-            "error_type": error_type,
-            "error_message": error,
-            "attributes": attributes,
-            "llm_model": model,
-            "input_tokens": input_tokens,
-            "output_tokens": output_tokens,
-            "total_tokens": total,
-            "events": list(record._events) if record._events else [],
-            "created_at": created_at,
-        }
-    )
-
-
 class _Candidate:
     """One accepted span before sampling: the validated event, or the row built from a record."""
 
@@ -343,7 +189,7 @@ def _roots(validated: list[Any]) -> dict[str, str]:
     return {trace_id: agent for trace_id, (_, agent) in best.items()}
 
 
-async def emit_spans(state: dict[str, Any], runtime: Any = None) -> dict[str, Any]:
+async def emit_spans(state: dict[str, Any], runtime: Runtime[ConnectorContext] | None = None) -> dict[str, Any]:
     """The host codebase's ``emit_spans``: validate the events *and* write them to every sink.
 
     Returns the host's keys (``span_ids_logged``, ``trace_ids_logged``, ``events_logged``,
@@ -361,12 +207,24 @@ async def emit_spans(state: dict[str, Any], runtime: Any = None) -> dict[str, An
         return emission_failure(state, exc)
 
 
-async def validate_spans(state: ObservabilityConnectorState, runtime: Any = None) -> dict[str, Any]:
-    """The graph's ``span_emitter`` node: payloads in, redacted rows and rejection reasons out."""
-    ctx = resolve_context(runtime)
-    registry = ctx.registry
-    sampler = ctx.sampler or build_sampler(ctx.settings)
-    redactor = ctx.redactor or build_redactor(ctx.settings)
+async def validate_spans(
+    state: ObservabilityConnectorState, runtime: Runtime[ConnectorContext] | None = None
+) -> dict[str, Any]:
+    """The graph's ``span_emitter`` node: payloads in, redacted rows and rejection reasons out.
+
+    Returns only the keys it sets; a context it cannot work with (see ``runtime.resolve_context``)
+    comes back as ``error_type="span_emission_error"`` with no span accepted.
+    """
+    try:
+        ctx = resolve_context(runtime)
+        registry = ctx.registry
+        sampler = ctx.sampler or build_sampler(ctx.settings)
+        redactor = ctx.redactor or build_redactor(ctx.settings)
+    except Exception as exc:
+        message = redact_text(f"{type(exc).__name__}: {exc}")
+        return {"validated_spans": [], "emission_errors": list(state.get("emission_errors") or []),
+                "spans_sampled_out": 0, "events_rejected": 0, "rejected_events": [], "error": message,
+                "error_type": "span_emission_error", "error_details": {"exception": message}}  # fmt: skip
     try:
         cap = check_sample_rate(state.get("sample_rate", 1.0))
     except ValueError:
@@ -443,6 +301,8 @@ async def validate_spans(state: ObservabilityConnectorState, runtime: Any = None
             reject(index, _unexpected(exc), raw)
 
     roots = _roots(validated) if undecided else {}  # only undecided traces are sampled by their root
+    # One sampler decision per trace (and flag it arrived with), never one per span.
+    decisions: dict[tuple[str, bool | None], bool] = {}
     for item in validated:
         try:
             if item.__class__ is ObservabilitySpan:
@@ -450,21 +310,25 @@ async def validate_spans(state: ObservabilityConnectorState, runtime: Any = None
                 continue
             decided = item.sampled
             if decided is None and incoming_trace is not None and item.trace_id == incoming_trace:
-                decided = bool(incoming_sampled)
-            if not sampler.decide(item.trace_id, roots.get(item.trace_id), decided, cap):
+                decided = bool(incoming_sampled)  # the context node's decision for this invocation's trace
+            key = (item.trace_id, decided)
+            kept = decisions.get(key)
+            if kept is None:
+                kept = decisions[key] = sampler.decide(item.trace_id, roots.get(item.trace_id), decided, cap)
+            sampled_out_kept = False
+            if not kept:
                 if not sampler.keep(False, item.status):
                     sampled_out += 1
                     continue
-                if item.event is not None:
-                    item.event.attributes = {**(item.event.attributes or {}), "trace_sampled_out": True}
-                else:
-                    item.span.attributes["trace_sampled_out"] = True  # the row's own copy
+                sampled_out_kept = True
             event = item.event
             if event is None:
                 span = item.span
+                if sampled_out_kept:  # a row built from a record its root had kept: a cap dropped it
+                    span.attributes["trace_sampled_out"] = True  # the row's own attributes dict
             else:
                 try:
-                    span = event.to_span(tier_of(event.agent_name), created_at=now)
+                    span = event.to_span(tier_of(event.agent_name), created_at=now, sampled_out=sampled_out_kept)
                 except (ValidationError, ValueError, OverflowError) as exc:  # the event's checks make this rare
                     payload = item.payload
                     reason = describe_validation_error(exc, payload) if isinstance(exc, ValidationError) else str(exc)
