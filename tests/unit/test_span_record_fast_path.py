@@ -40,13 +40,49 @@ def _records() -> list[Span]:
 
 
 class _Wrapped:
-    """Not a Span: the emitter must take the full path for it (``to_event``)."""
+    """Not a Span, only shaped like one (it has ``to_event``): the documented input is a list of
+    event dicts or our own ``Span`` records, so the emitter must reject it, never read it."""
 
     def __init__(self, record: Span) -> None:
         self.record = record
+        self.to_event_calls = 0
 
     def to_event(self) -> dict[str, Any]:
+        self.to_event_calls += 1
         return self.record.to_event()
+
+
+class _SubclassedRecord(Span):
+    """A ``Span`` subclass: only the exact class is built directly, anything derived from it must
+    go through its own ``to_event`` (which may change what a record reads as)."""
+
+    def to_event(self) -> dict[str, Any]:
+        event = super().to_event()
+        event["attributes"] = {**event["attributes"], "via": "to_event"}
+        return event
+
+
+def _subclassed(record: Span) -> _SubclassedRecord:
+    copy = _SubclassedRecord(record.span_id, record.trace_id, record.parent_span_id, record.operation_name,
+                             record.agent_name, start_ns=record.start_ns)  # fmt: skip
+    for name in Span.__slots__:
+        if hasattr(record, name):
+            setattr(copy, name, getattr(record, name))
+    return copy
+
+
+def _counting_fast_path(monkeypatch: Any) -> list[bool]:
+    """Record every call of the fast path (``_from_record``): True when it built a row."""
+    built: list[bool] = []
+    real = span_emitter._from_record
+
+    def counting(record: Span, tier_of: Any, created_at: Any) -> Any:
+        span = real(record, tier_of, created_at)
+        built.append(span is not None)
+        return span
+
+    monkeypatch.setattr(span_emitter, "_from_record", counting)
+    return built
 
 
 def _rows(state: dict[str, Any]) -> list[dict[str, Any]]:
@@ -59,15 +95,7 @@ def _rows(state: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 async def test_records_give_the_same_rows_and_rejections_as_the_full_path(monkeypatch: Any) -> None:
-    built: list[int] = []
-    real = span_emitter._from_record
-
-    def counting(record: Span, tier_of: Any, created_at: Any) -> Any:
-        span = real(record, tier_of, created_at)
-        built.append(span is not None)
-        return span
-
-    monkeypatch.setattr(span_emitter, "_from_record", counting)
+    built = _counting_fast_path(monkeypatch)
     fast = await emit_spans({"events_to_log": _records()})
     full = await emit_spans({"events_to_log": [record.to_event() for record in _records()]})
     # Built directly: everything the model would accept unchanged; the alias, the non-string key
@@ -82,11 +110,27 @@ async def test_records_give_the_same_rows_and_rejections_as_the_full_path(monkey
     assert by_id["a2"].attributes["input"] == {"q": "why"} and by_id["a4"].total_tokens == 907
 
 
-async def test_objects_that_only_look_like_records_take_the_full_path() -> None:
-    records = _records()
-    state = await emit_spans({"events_to_log": [_Wrapped(r).to_event() for r in records]})
-    direct = await emit_spans({"events_to_log": _records()})
-    assert _rows(state) == _rows(direct)
+async def test_span_subclasses_take_the_full_path_through_their_own_to_event(monkeypatch: Any) -> None:
+    built = _counting_fast_path(monkeypatch)
+    subclassed = [_subclassed(record) for record in _records()]
+    state = await emit_spans({"events_to_log": subclassed})
+    assert built == []  # none of them was built directly
+    # Their rows are those of their own events (the override is kept), rejections included.
+    expected = await emit_spans({"events_to_log": [record.to_event() for record in subclassed]})
+    assert _rows(state) == _rows(expected) and len(_rows(state)) == 10
+    assert all(span.attributes["via"] == "to_event" for span in state["validated_spans"])
+    assert state["emission_errors"] == expected["emission_errors"] and len(state["emission_errors"]) == 3
+
+
+async def test_objects_that_only_look_like_records_are_rejected_unread(monkeypatch: Any) -> None:
+    built = _counting_fast_path(monkeypatch)
+    wrapped = [_Wrapped(record) for record in _records()]
+    state = await emit_spans({"events_to_log": wrapped})
+    assert built == [] and [w.to_event_calls for w in wrapped] == [0] * len(wrapped)
+    assert state["validated_spans"] == [] and state["events_rejected"] == len(wrapped)
+    assert state["emission_errors"] == [
+        f"event[{i}] expected an object with span fields, got _Wrapped" for i in range(len(wrapped))
+    ]
 
 
 async def test_the_callers_attributes_are_not_changed() -> None:
