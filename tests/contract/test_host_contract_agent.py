@@ -13,7 +13,6 @@ import asyncio
 import re
 import sys
 import threading
-import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -262,15 +261,20 @@ async def test_an_unsampled_span_completes_but_is_not_emitted(obs: Observability
     assert len(await stored(obs, kept["trace_id"])) == 1
 
 
-class _SlowStore:
-    """The real SQLite store behind a write that takes half a second."""
+class _GatedStore:
+    """The real SQLite store behind a write that cannot finish until the test opens the gate
+    (a store slower than any caller would wait for, without a clock)."""
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
+        self.gate = threading.Event()
+        self.writes_done = 0
 
     async def insert_spans_batch(self, spans: Any) -> Any:
-        await asyncio.sleep(0.5)
-        return await self._inner.insert_spans_batch(spans)
+        await asyncio.to_thread(self.gate.wait)  # a thread: the flusher may run on another loop
+        result = await self._inner.insert_spans_batch(spans)
+        self.writes_done += 1
+        return result
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -281,17 +285,24 @@ async def test_emitting_a_span_never_blocks_the_caller(store: Any) -> None:
     from agents.ml_foundation.observability_connector.runtime import ConnectorContext
 
     settings = ObservabilitySettings(batching={"max_batch_size": 1, "max_batch_wait_s": 0.05})
-    agent = ObservabilityConnectorAgent(context=ConnectorContext(store=_SlowStore(store), settings=settings))
+    gated = _GatedStore(store)
+    agent = ObservabilityConnectorAgent(context=ConnectorContext(store=gated, settings=settings))
     try:
         context = fresh_context()
-        t0 = time.perf_counter()
-        for i in range(20):
-            async with agent.span(f"op{i}", "test_agent", context):
-                pass
-        elapsed = time.perf_counter() - t0
-        assert elapsed < 0.25  # twenty spans, each store write half a second: none waited for
+
+        async def twenty_spans() -> None:
+            for i in range(20):
+                async with agent.span(f"op{i}", "test_agent", context):
+                    pass
+
+        # Every write is held back: the spans complete anyway (a caller that waited on the store
+        # would hang here until the timeout), and not one write has finished meanwhile.
+        await asyncio.wait_for(twenty_spans(), timeout=10)
+        assert gated.writes_done == 0
+        gated.gate.set()
         assert len(await stored(agent, context["trace_id"])) == 20
     finally:
+        gated.gate.set()
         await agent.aclose()
 
 

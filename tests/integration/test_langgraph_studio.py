@@ -19,13 +19,14 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.fixtures.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 45
@@ -63,20 +64,22 @@ def _studio_config(workdir: Path) -> Path:
 def _wait_until_up(port: int, proc: subprocess.Popen[bytes], log: Path) -> str:
     """The server's URL once it answers ``/ok``. The port is free when chosen, but the server
     moves to another one (and says so) if something took it in between: follow it."""
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
+
+    def answering_url() -> str | None:
         if proc.poll() is not None:
             pytest.fail(f"langgraph dev exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
         moved = re.search(r"Port \d+ is already in use, using port (\d+) instead", log.read_text(errors="replace"))
         url = f"http://127.0.0.1:{moved.group(1) if moved else port}"
         try:
             with urllib.request.urlopen(f"{url}/ok", timeout=1) as response:
-                if response.status == 200:
-                    return url
+                return url if response.status == 200 else None
         except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.25)
-    pytest.fail(f"langgraph dev did not answer within {START_TIMEOUT_S}s:\n{log.read_text()[-4000:]}")
+            return None
+
+    try:
+        return wait_until(answering_url, START_TIMEOUT_S, "langgraph dev to answer /ok", interval=0.25)
+    except AssertionError as exc:
+        pytest.fail(f"{exc}:\n{log.read_text()[-4000:]}")
 
 
 @pytest.fixture

@@ -39,6 +39,7 @@ from src.repositories.observability_span import ObservabilitySpanRepository
 from src.repositories.sqlite import SQLiteSpanRepository
 from tests.fixtures.metrics_reference import write_events
 from tests.fixtures.redis_server import RedisServer
+from tests.fixtures.waiting import wait_until_async
 
 CACHE_LOGGER = "src.agents.ml_foundation.observability_connector.cache"
 REGISTRY = load_registry()
@@ -95,7 +96,7 @@ async def test_miss_hit_and_status(redis_server: RedisServer, redis_prefix: str,
     await write_events(ctx, [_event(f"s{i}") for i in range(5)])
     first, from_cache, _ = await compute_metrics(ctx, "1h")
     assert (first["total_spans_analyzed"], from_cache) == (5, False)
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # the age under test: the entry's clock (time.time, kept in Redis) cannot be injected
     second, from_cache, age = await compute_metrics(ctx, "1h")
     assert from_cache and second == first and 0.04 <= age < 5
     status = ctx.cache.get_status()
@@ -112,7 +113,7 @@ async def test_entries_expire_after_the_window_ttl(
     await compute_metrics(ctx, "1h")
     await compute_metrics(ctx, "24h")
     assert (await compute_metrics(ctx, "1h"))[1] is True
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(0.6)  # the TTL under test, kept by Redis itself: no clock to inject
     assert (await compute_metrics(ctx, "1h"))[1] is False  # expired in Redis (PX)
     assert (await compute_metrics(ctx, "24h"))[1] is True
 
@@ -300,14 +301,15 @@ async def test_redis_stopped_mid_test_then_restarted(
             await write_events(ctx, [_event(f"down{expected}")])  # its invalidation cannot be delivered
         value, from_cache, _ = await compute_metrics(ctx, "1h")
         assert (value["total_spans_analyzed"], from_cache) == (expected, False)
-        await asyncio.sleep(0.12)  # past redis_retry_s: every round really tries Redis again
+        # past redis_retry_s (a monotonic back-off, no clock to inject): every round really tries Redis again
+        await asyncio.sleep(0.12)
     status = ctx.cache.get_status()["redis"]
     assert status["available"] is False and status["errors"] >= 3 and status["last_error"]
     failures = [r for r in caplog.records if "failed during" in r.getMessage()]
     assert len(failures) == 1, [r.getMessage() for r in failures]  # rate-limited: one line, not one per call
 
     private_redis_server.start()
-    await asyncio.sleep(0.12)
+    await asyncio.sleep(0.12)  # the last failure's back-off (redis_retry_s) runs out: the next call tries Redis
     value, from_cache, _ = await compute_metrics(ctx, "1h")
     assert (value["total_spans_analyzed"], from_cache) == (4, False)
     value, from_cache, _ = await compute_metrics(ctx, "1h")
@@ -330,6 +332,8 @@ async def test_an_invalidation_lost_in_a_blip_is_replayed(
     private_redis_server.command("CLIENT", "PAUSE", "1000", "ALL")
     await write_events(writer, [_event("during-pause")])  # stored; never raises
     assert writer.cache.get_status()["redis"]["invalidation_pending"] is True
+    # The blip under test is a server-side timer (CLIENT PAUSE) plus the writer's own back-off:
+    # nothing to wait on but their end.
     await asyncio.sleep(max(0.0, paused_until - time.monotonic()) + 0.15)
     await writer.cache.aget(("anything",), 3600)  # the writer's next call delivers it
     assert writer.cache.get_status()["redis"]["invalidation_pending"] is False
@@ -353,13 +357,6 @@ def _near(ctx: ConnectorContext) -> dict[str, Any]:
     return ctx.cache.get_status()["redis"]["near_cache"]
 
 
-async def _until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out waiting"
-        await asyncio.sleep(0.01)
-
-
 def _redis_commands(server: RedisServer) -> int:
     """Commands the server has executed, from INFO commandstats (minus INFO and heartbeat PINGs)."""
     total = 0
@@ -372,7 +369,7 @@ def _redis_commands(server: RedisServer) -> int:
 async def _warm(ctx: ConnectorContext, window: str = "1h") -> dict[str, Any]:
     """Ask until the answer sits in this process's near-cache (its subscriber starts on first use)."""
     value, _, _ = await compute_metrics(ctx, window)
-    await _until(lambda: _near(ctx)["live"])
+    await wait_until_async(lambda: _near(ctx)["live"])
     await compute_metrics(ctx, window)  # a Redis hit (or our own store) fills the near-cache
     hits = _near(ctx)["hits"]
     again, from_cache, _ = await compute_metrics(ctx, window)
@@ -473,7 +470,7 @@ async def test_a_dropped_pubsub_connection_never_serves_a_stale_answer(
 
         killed = private_redis_server.command("CLIENT", "KILL", "TYPE", "pubsub")
         assert killed.startswith(b":") and int(killed[1:].strip()) >= 1
-        await _until(lambda: not _near(reader)["live"], timeout_s=2)
+        await wait_until_async(lambda: not _near(reader)["live"], 2)
         assert _near(reader)["entries"] == 0 and _near(reader)["losses"] == 1
 
         await write_events(writer, [_event("while-deaf")])
@@ -483,7 +480,7 @@ async def test_a_dropped_pubsub_connection_never_serves_a_stale_answer(
         assert (await compute_metrics(reader, "1h"))[:2] == (value, True)  # plain Redis meanwhile
         assert _near(reader)["entries"] == 0  # nothing kept while unsubscribed
 
-        await _until(lambda: _near(reader)["live"], timeout_s=5)  # resubscribed: the near-cache is back
+        await wait_until_async(lambda: _near(reader)["live"], 5)  # resubscribed: the near-cache is back
         assert (await _warm(reader))["total_spans_analyzed"] == 3
     finally:
         await writer.store.close()
@@ -500,10 +497,10 @@ async def test_a_gap_in_the_generations_drops_the_near_cache(
     backend: Any = ctx.cache._backend
     gen = int(redis_server.command("GET", backend._gen_key).split(b"\r\n")[1])
     _foreign_invalidation(redis_server, ctx, "0")  # gen + 1, 1970: touches no window
-    await _until(lambda: backend._near._last_gen == gen + 1)
+    await wait_until_async(lambda: backend._near._last_gen == gen + 1)
     assert _near(ctx)["entries"] == 1
     redis_server.command("PUBLISH", backend._channel, f"{gen + 5} 0")  # gen + 2 .. + 4 never heard
-    await _until(lambda: _near(ctx)["entries"] == 0)
+    await wait_until_async(lambda: _near(ctx)["entries"] == 0)
     assert (await compute_metrics(ctx, "1h"))[1] is True  # from Redis: the entry there is fine
 
 
@@ -520,18 +517,18 @@ async def test_host_api_is_shared_across_processes_and_honours_its_ttl(
     assert await writer.set_metrics("1h", "orchestrator", {"p95": 12.5})
     assert await writer.set_metrics("7d", None, {"short": True}, ttl=0.4)  # far below the 7d window's 600 s
     assert await reader.get_metrics("1h", "orchestrator") == {"p95": 12.5}
-    await _until(lambda: reader.get_status()["redis"]["near_cache"]["live"])
+    await wait_until_async(lambda: reader.get_status()["redis"]["near_cache"]["live"])
     for window, agent in (("1h", "orchestrator"), ("7d", None)):
         assert await reader.get_metrics(window, agent) is not None  # now in the reader's near-cache too
         assert await reader.get_metrics(window, agent) is not None
     assert reader.get_status()["redis"]["near_cache"]["hits"] >= 2
 
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(0.6)  # the 0.4 s TTL under test must pass (the near-cache's timer is time.monotonic)
     assert await reader.get_metrics("7d") is None  # expired locally as in Redis, not after 600 s
     assert await reader.get_metrics("1h", "orchestrator") == {"p95": 12.5}
 
     assert await writer.invalidate(agent="orchestrator", window="1h") == 1
-    await _until(lambda: reader.get_status()["redis"]["near_cache"]["entries"] == 0)
+    await wait_until_async(lambda: reader.get_status()["redis"]["near_cache"]["entries"] == 0)
     assert await reader.get_metrics("1h", "orchestrator") is None
 
     assert await reader.get_or_compute("24h", "explainer", lambda: {"n": 1}) == {"n": 1}

@@ -37,6 +37,7 @@ from src.repositories.base import (
 from src.repositories.postgres import PostgresSpanRepository, describe_dsn, migrate
 from tests.fixtures.postgres_server import PostgresCluster, TemplateInfo
 from tests.fixtures.span_rows import make_span
+from tests.fixtures.waiting import wait_until_async
 
 
 def unvalidated(**overrides: Any) -> ObservabilitySpan:
@@ -330,7 +331,7 @@ async def test_usable_from_a_flusher_thread_loop_and_the_callers_loop(postgres_d
     while thread.is_alive():
         await repo.count_spans()
         reads += 1
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0.005)  # paces the reads that overlap the writes; nothing waits on it
     thread.join()
     assert written == [50] * 5 and reads > 0
     assert await repo.count_spans() == 250
@@ -342,16 +343,11 @@ async def test_usable_from_a_flusher_thread_loop_and_the_callers_loop(postgres_d
     assert await asyncio.to_thread(lambda: asyncio.run(repo.count_spans())) == 250
     await repo.close()
     # close() really closed the pool (a backend leaves pg_stat_activity a moment after its client).
-    for _ in range(100):
-        connections = scalar(
-            postgres_dsn,
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE application_name = 'obs-connector' AND datname = current_database()",
-        )
-        if connections == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert connections == 0
+    connections = (
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE application_name = 'obs-connector' AND datname = current_database()"
+    )
+    await wait_until_async(lambda: scalar(postgres_dsn, connections) == 0, what="the pool's backends to leave")
 
 
 async def test_failures_are_classified_for_retry(postgres_cluster: PostgresCluster, postgres_dsn: str) -> None:

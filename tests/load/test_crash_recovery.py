@@ -15,11 +15,11 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 from src.agents.ml_foundation.observability_connector.agent import ObservabilityConnectorAgent
 from src.agents.ml_foundation.observability_connector.config import ObservabilitySettings
+from tests.fixtures.waiting import wait_until, wait_until_async
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -62,12 +62,12 @@ def test_spooled_spans_survive_sigkill_and_reach_the_store_after_restart(tmp_pat
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if acked_file.exists() and len(acked_file.read_text().splitlines()) >= 20:
-                break
+
+        def twenty_batches_acked() -> bool:
             assert proc.poll() is None, "the producer died on its own"
-            time.sleep(0.05)
+            return acked_file.exists() and len(acked_file.read_text().splitlines()) >= 20
+
+        wait_until(twenty_batches_acked, 60, interval=0.05)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
@@ -84,14 +84,13 @@ def test_spooled_spans_survive_sigkill_and_reach_the_store_after_restart(tmp_pat
         obs = ObservabilityConnectorAgent(settings)
         obs.start()  # resume the spool now: the constructor opens nothing
         try:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                status = obs.get_status()
-                spool = status["spool"]
+
+            def spool_drained() -> bool:
+                spool = obs.get_status()["spool"]
                 assert isinstance(spool, dict)
-                if spool["batches"] == 0:
-                    return status
-                await asyncio.sleep(0.05)
+                return spool["batches"] == 0
+
+            await wait_until_async(spool_drained, 60, "the spool to drain into the good store", interval=0.05)
             return obs.get_status()
         finally:
             await obs.aclose()

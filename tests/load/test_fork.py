@@ -36,6 +36,7 @@ def scenario(pre: int, flush_before: bool, post: int) -> str:
         import asyncio, json, os, sys, time, traceback
         sys.path.insert(0, {str(REPO)!r})
         from src.agents.ml_foundation.observability_connector.agent import ObservabilityConnectorAgent
+        from tests.fixtures.waiting import wait_until
 
         obs = ObservabilityConnectorAgent()  # the process-wide context: OBS_STORE__SQLITE_PATH
 
@@ -74,14 +75,20 @@ def scenario(pre: int, flush_before: bool, post: int) -> str:
             return await obs.flush(timeout=30)
 
         flushed_after = asyncio.run(after())
-        codes, deadline = {{}}, time.monotonic() + 45
-        while len(codes) < len(pids) and time.monotonic() < deadline:
+        codes = {{}}
+
+        def all_reaped():
             for pid in pids:
                 if pid not in codes:
                     done, status = os.waitpid(pid, os.WNOHANG)
                     if done:
                         codes[pid] = os.waitstatus_to_exitcode(status)
-            time.sleep(0.05)
+            return len(codes) == len(pids)
+
+        try:
+            wait_until(all_reaped, 45, "the workers to exit", interval=0.05)
+        except AssertionError:
+            pass  # the stragglers are killed and reported below
         for pid in pids:
             if pid not in codes:
                 os.kill(pid, 9)

@@ -40,7 +40,7 @@ SCRIPT = textwrap.dedent(
 
     class SlowStore(ObservabilitySpanRepository):
         async def insert_spans_batch(self, spans):
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # the slow store under test: producers outrun it and fill the queue
             return await super().insert_spans_batch(spans)
 
     settings = ObservabilitySettings(
@@ -55,7 +55,7 @@ SCRIPT = textwrap.dedent(
         global peak
         while sampling:
             peak = max(peak, rss())
-            time.sleep(0.002)
+            time.sleep(0.002)  # the RSS sampling period; no assertion waits on it
 
     async def main():
         global sampling

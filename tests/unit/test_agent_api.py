@@ -59,9 +59,9 @@ async def test_gather_and_tasks_nest_under_the_right_parent(obs: ObservabilityCo
 
     async def branch(name: str) -> None:
         async with obs.span(name, "causal_impact") as s:
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0)  # yield: the branches interleave, each in its own context
             async with obs.span(f"{name}.inner", "causal_impact") as inner:
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0)
             seen[name] = s
             seen[f"{name}.inner"] = inner
 
@@ -362,9 +362,12 @@ def test_exit_hook_flushes_without_explicit_close(tmp_path: Path) -> None:
 
 
 #: A store whose every write hangs, for the subprocess scripts below (indented for their f-string).
-HANGING_STORE = """class HangingStore:
+HANGING_STORE = """import threading
+        class HangingStore:
+            entered = threading.Event()  # set once a write is under way (and hanging)
             async def insert_spans_batch(self, spans):
-                await asyncio.sleep(3600)
+                HangingStore.entered.set()
+                await asyncio.sleep(3600)  # the hang under test
             def describe(self):
                 return "hanging"
             async def close(self):
@@ -387,7 +390,7 @@ def test_exit_hook_is_bounded_when_the_store_hangs(tmp_path: Path) -> None:
         for i in range(50):
             with obs.span("op", "scope_definer"):
                 pass
-        time.sleep(0.2)
+        assert HangingStore.entered.wait(10), "the flusher never started a write"
         """
     )
     import time

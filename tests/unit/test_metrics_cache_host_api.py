@@ -48,7 +48,7 @@ async def test_ttl_per_window_and_per_call() -> None:
     await cache.set_metrics("7d", "a", {"v": 2}, ttl=0.15)  # shorter than the window's, on request
     await cache.set_metrics("7d", "b", {"v": 3})
     assert await cache.set_metrics("24h", "a", {"v": 4}, ttl=0) is False  # TTL 0: not cached
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # the TTLs under test must pass: the memory backend's timer takes no clock
     assert await cache.get_metrics("1h", "a") is None
     assert await cache.get_metrics("7d", "a") is None
     assert await cache.get_metrics("7d", "b") == {"v": 3}
@@ -131,5 +131,5 @@ async def test_expired_answers_are_not_counted_as_invalidated() -> None:
     cache = MetricsCache(CacheSettings(ttl_short_s=0.1))
     await cache.set_metrics("1h", None, {"old": True})
     await cache.set_metrics("24h", None, {"live": True})
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.2)  # the 0.1 s TTL must pass: the memory backend's timer takes no clock
     assert await cache.clear() == 1
