@@ -12,6 +12,7 @@ import pytest
 
 from src.agents.ml_foundation.observability_connector.batch_processor import BatchProcessor, SpanCollector
 from src.agents.ml_foundation.observability_connector.spans import Span
+from tests.fixtures.waiting import wait_until, wait_until_async
 
 
 def rec(i: int) -> Span:
@@ -41,9 +42,7 @@ async def test_size_triggered_batches_run_off_the_callers_thread() -> None:
     flusher.start()
     for i in range(200):
         flusher.add_span(rec(i))
-    deadline = time.monotonic() + 5
-    while sum(len(b) for b in sink.batches) < 200 and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
+    await wait_until_async(lambda: sum(len(b) for b in sink.batches) >= 200, 5, "all 200 spans delivered")
     assert [len(b) for b in sink.batches] == [50, 50, 50, 50]
     assert sink.threads == {"obs-flusher"}
     assert flusher.close(5)
@@ -55,9 +54,7 @@ async def test_time_triggered_flush_delivers_a_partial_batch() -> None:
     flusher.start()
     for i in range(7):
         flusher.add_span(rec(i))
-    deadline = time.monotonic() + 5
-    while not sink.batches and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
+    await wait_until_async(lambda: sink.batches, 5, "the time-triggered batch")
     assert [len(b) for b in sink.batches] == [7]
     flusher.close(5)
 
@@ -174,7 +171,7 @@ class SlowSink:
     async def __call__(self, batch: list[Span]) -> None:
         self.active += 1
         self.max_active = max(self.max_active, self.active)
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)  # the I/O wait under test: batches in flight overlap during it
         self.spans += len(batch)
         self.active -= 1
 
@@ -274,9 +271,7 @@ def test_a_batch_is_due_by_bytes_before_it_is_due_by_count() -> None:
     flusher.start()
     for i in range(4):  # 4 x 50 KB: past the 100 KB a batch is due at (1/32 of the bound)
         flusher.add_span(big(i, 50_000))
-    deadline = time.monotonic() + 5
-    while not sink.batches and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: sink.batches, 5, "a batch due by bytes")
     assert sink.batches and sum(len(b) for b in sink.batches) <= 4
     flusher.close(5)
 

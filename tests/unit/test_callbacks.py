@@ -407,6 +407,8 @@ def test_interrupt_is_control_flow_not_an_error() -> None:
 
 
 def build_fan_out(llm_a: Any, llm_b: Any, *, is_async: bool) -> Any:
+    # The short sleeps are the overlap under test: the branches' runs (and their LLM calls) are
+    # open at the same time, one before its call and one after. No assertion waits on them.
     if is_async:
 
         async def branch_a(state: State) -> dict[str, Any]:

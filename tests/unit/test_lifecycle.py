@@ -123,7 +123,7 @@ def test_flush_after_a_close_that_timed_out_returns_at_once_with_false() -> None
 
     async def stuck(batch: list[Span]) -> None:
         entered.set()
-        while not release.is_set():
+        while not release.is_set():  # polls the release event, so the task stays cancellable
             await asyncio.sleep(0.01)
 
     flusher = BatchProcessor(stuck, max_batch_size=5, max_wait_seconds=60)
@@ -177,12 +177,17 @@ async def test_flush_is_false_when_a_batch_failed() -> None:
 
 
 async def test_flush_is_false_when_time_runs_out() -> None:
+    gate = threading.Event()  # the sink's write cannot finish before the test opens it
+
     async def slow(batch: list[Span]) -> None:
-        await asyncio.sleep(0.5)
+        await asyncio.to_thread(gate.wait, 10)
 
     flusher = BatchProcessor(slow, max_batch_size=100, max_wait_seconds=60)
     flusher.add_span(rec(0))
-    assert await flusher.flush(0.05) is False
+    try:
+        assert await flusher.flush(0.05) is False
+    finally:
+        gate.set()
     report = flusher.last_flush
     assert report is not None and report.timed_out and report.pending == 1
     assert await flusher.flush(5) is True  # the next flush covers it, delivered

@@ -25,6 +25,7 @@ from src.agents.ml_foundation.observability_connector.self_monitor import (
     reset_self_monitor,
 )
 from src.repositories.observability_span import ObservabilitySpanRepository
+from tests.fixtures.waiting import wait_until_async
 
 
 def percentile_cont(values: list[float], q: float) -> float:
@@ -238,11 +239,15 @@ async def test_periodic_emission_runs_on_the_callers_loop_until_stopped() -> Non
     await monitor.start_health_emission()
     await monitor.start_health_emission()  # a second start does not start a second loop
     assert monitor.is_running and threading.active_count() == threads
-    await asyncio.sleep(0.3)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await wait_until_async(lambda: len(sent) >= 6, what="six health emissions")
     await monitor.stop_health_emission()
-    emitted = len(sent)
-    assert 2 <= emitted <= 7  # one loop at ~20 per second, not two
-    await asyncio.sleep(0.15)
+    emitted, elapsed = len(sent), loop.time() - started
+    # One loop at one emission per 0.05 s (plus the first at once), not two: two would have
+    # reached six in half the time.
+    assert emitted <= elapsed / 0.05 + 2, (emitted, elapsed)
+    await asyncio.sleep(0.15)  # that nothing more comes can only be seen over time: three intervals
     assert len(sent) == emitted and not monitor.is_running
 
 
@@ -267,7 +272,7 @@ def test_reset_starts_over() -> None:
 async def test_latency_contexts_time_the_block_and_record_its_failure() -> None:
     monitor = SelfMonitor()
     with LatencyContext(monitor, MetricType.OPIK_API) as timed:
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)  # the duration under test: the block must last
     assert timed.latency_ms >= 15.0
     assert monitor.get_latency_stats(MetricType.OPIK_API).last_ms == timed.latency_ms
 

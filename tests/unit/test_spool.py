@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from src.agents.ml_foundation.observability_connector.spool import Spool
+from tests.fixtures.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -91,13 +92,11 @@ def test_an_acknowledged_batch_survives_sigkill(tmp_path: Path) -> None:
         """
     )
     proc = subprocess.Popen([sys.executable, "-c", script])
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if marker.exists() and len(marker.read_text().splitlines()) >= 200:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(10)
+    try:
+        wait_until(lambda: marker.exists() and len(marker.read_text().splitlines()) >= 200, 20, "200 acked appends")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
     acked = {int(x) for x in marker.read_text().splitlines() if x.strip()}
     assert len(acked) >= 200
     stored = {b.id for b in Spool(path).pending("store", limit=1_000_000)}
