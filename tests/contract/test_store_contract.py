@@ -33,12 +33,10 @@ from src.agents.ml_foundation.observability_connector.models import (
     row_id_for,
 )
 from src.repositories import BatchInsertResult, ObservabilitySpanRepository, SpanStore, SQLiteSpanRepository
-from tests.fixtures.span_rows import TIERS, assert_stats_equal, make_span, reference_stats
+from tests.fixtures.span_rows import assert_stats_equal, make_span, random_spans, reference_stats, unvalidated
 
 BACKENDS = ["sqlite", "postgres", "supabase"]
 SUPABASE_FACTORY_MODULE = "tests.fixtures.supabase_store"
-
-AGENTS = TIERS  # the registry's agents and one it does not know
 
 
 def _supabase_factory() -> Callable[[str], Any] | None:
@@ -82,11 +80,6 @@ async def span_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
 # --------------------------------------------------------------------------- helpers
 
 
-def unvalidated(**overrides: Any) -> ObservabilitySpan:
-    """A span that slipped past validation (``model_construct`` skips pydantic's checks)."""
-    return ObservabilitySpan.model_construct(**{**make_span().model_dump(), **overrides})
-
-
 def reference_groups(spans: list[ObservabilitySpan], group_by: str) -> list[LatencyStats]:
     groups: dict[str, list[ObservabilitySpan]] = defaultdict(list)
     for span in spans:
@@ -95,31 +88,6 @@ def reference_groups(spans: list[ObservabilitySpan], group_by: str) -> list[Late
     # Tiers numerically; agents in byte order, whatever the server's locale.
     keys = sorted(groups, key=int) if group_by == "tier" else sorted(groups, key=lambda k: k.encode())
     return [reference_stats(k, groups[k]) for k in keys]
-
-
-def random_spans(rng: random.Random, now: datetime, n: int, *, max_age: timedelta) -> list[ObservabilitySpan]:
-    traces = [f"{rng.getrandbits(128):032x}" for _ in range(10)]
-    spans = []
-    for _ in range(n):
-        agent = rng.choice(list(AGENTS))
-        status = rng.choices(["ok", "error", "timeout", "started"], weights=[75, 12, 8, 5])[0]
-        tokens = rng.random() < 0.6
-        spans.append(
-            make_span(
-                start=now - max_age * rng.random(),
-                agent=agent,
-                trace_id=rng.choice(traces),
-                span_id=f"{rng.getrandbits(64):016x}",
-                status=status,
-                # Heavy-tailed, with ties and missing durations, like real latencies.
-                duration_ms=None if status == "started" or rng.random() < 0.05 else round(rng.lognormvariate(3, 1), 3),
-                input_tokens=rng.randint(0, 4000) if tokens else None,
-                output_tokens=rng.randint(0, 800) if tokens else None,
-                total_tokens=None if not tokens else rng.randint(0, 4800),
-                attributes={"fallback_used": rng.choice([True, False, None, 0, 1, "", "yes", [], [1], {}, {"a": 1}])},
-            )
-        )
-    return spans
 
 
 # --------------------------------------------------------------------------- round trip

@@ -25,7 +25,6 @@ from src.agents.ml_foundation.observability_connector.config import (
     build_store,
     store_backend,
 )
-from src.agents.ml_foundation.observability_connector.models import ObservabilitySpan
 from src.repositories.base import (
     BatchInsertResult,
     StoreAuthError,
@@ -36,12 +35,8 @@ from src.repositories.base import (
 )
 from src.repositories.postgres import PostgresSpanRepository, describe_dsn, migrate
 from tests.fixtures.postgres_server import PostgresCluster, TemplateInfo
-from tests.fixtures.span_rows import make_span
+from tests.fixtures.span_rows import make_span, unvalidated
 from tests.fixtures.waiting import wait_until_async
-
-
-def unvalidated(**overrides: Any) -> ObservabilitySpan:
-    return ObservabilitySpan.model_construct(**{**make_span().model_dump(), **overrides})
 
 
 def flat(text: str) -> str:

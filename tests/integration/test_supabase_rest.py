@@ -26,7 +26,7 @@ import httpx
 import pytest
 import respx
 
-from src.agents.ml_foundation.observability_connector.models import ObservabilitySpan, row_id_for
+from src.agents.ml_foundation.observability_connector.models import ObservabilitySpan
 from src.repositories.base import (
     StoreAuthError,
     StoreConflictError,
@@ -36,6 +36,7 @@ from src.repositories.base import (
     StoreUnavailableError,
 )
 from src.repositories.supabase import COLUMNS, TABLE, SupabaseSpanRepository
+from tests.fixtures import span_rows
 
 #: Loopback on purpose: respx answers every request, and anything that slipped past it would
 #: stay on this machine.
@@ -44,27 +45,14 @@ REST = f"{URL}/rest/v1"
 KEY = "test-service-role-key-0123456789"
 PREFER_UPSERT = {"return=minimal", "count=exact", "resolution=ignore-duplicates", "missing=default"}
 
-_counter = 0
+#: Fixed times: the tests compare the rows' serialised form to exact text.
+START = datetime(2026, 11, 26, 10, 0, 0, 123456, tzinfo=UTC)
+CREATED = datetime(2026, 11, 26, 10, 0, 1, tzinfo=UTC)
 
 
 def make_span(**fields: Any) -> ObservabilitySpan:
-    global _counter
-    _counter += 1
-    trace_id = fields.pop("trace_id", f"{_counter:032x}")
-    span_id = fields.pop("span_id", f"{_counter:016x}")
-    values: dict[str, Any] = {
-        "id": row_id_for(trace_id, span_id),
-        "span_id": span_id,
-        "trace_id": trace_id,
-        "operation_name": "execute",
-        "agent_name": "gap_analyzer",
-        "agent_tier": 2,
-        "start_time": datetime(2026, 11, 26, 10, 0, 0, 123456, tzinfo=UTC),
-        "status": "ok",
-        "created_at": datetime(2026, 11, 26, 10, 0, 1, tzinfo=UTC),
-    }
-    values.update(fields)
-    return ObservabilitySpan(**values)
+    """The shared row at fixed times with every optional column null (no duration either)."""
+    return span_rows.make_span(**{"start_time": START, "created_at": CREATED, "duration_ms": None, **fields})
 
 
 def full_span() -> ObservabilitySpan:

@@ -12,13 +12,8 @@ import pytest
 
 from src.agents.ml_foundation.observability_connector.batch_processor import BatchProcessor, SpanCollector
 from src.agents.ml_foundation.observability_connector.spans import Span
+from tests.fixtures.spans import make_record
 from tests.fixtures.waiting import wait_until, wait_until_async
-
-
-def rec(i: int) -> Span:
-    r = Span(f"{i:016x}", "a" * 32, None, "op", "agent")
-    r.finish(time.time_ns())
-    return r
 
 
 class Recorder:
@@ -41,7 +36,7 @@ async def test_size_triggered_batches_run_off_the_callers_thread() -> None:
     flusher = BatchProcessor(sink, max_batch_size=50, max_wait_seconds=30, max_drain_batch=50)
     flusher.start()
     for i in range(200):
-        flusher.add_span(rec(i))
+        flusher.add_span(make_record(i))
     await wait_until_async(lambda: sum(len(b) for b in sink.batches) >= 200, 5, "all 200 spans delivered")
     assert [len(b) for b in sink.batches] == [50, 50, 50, 50]
     assert sink.threads == {"obs-flusher"}
@@ -53,7 +48,7 @@ async def test_time_triggered_flush_delivers_a_partial_batch() -> None:
     flusher = BatchProcessor(sink, max_batch_size=100, max_wait_seconds=0.1)
     flusher.start()
     for i in range(7):
-        flusher.add_span(rec(i))
+        flusher.add_span(make_record(i))
     await wait_until_async(lambda: sink.batches, 5, "the time-triggered batch")
     assert [len(b) for b in sink.batches] == [7]
     flusher.close(5)
@@ -64,7 +59,7 @@ async def test_flush_on_demand_and_order_is_kept() -> None:
     flusher = BatchProcessor(sink, max_batch_size=30, max_wait_seconds=60)
     flusher.start()
     for i in range(75):
-        flusher.add_span(rec(i))
+        flusher.add_span(make_record(i))
     assert await flusher.flush(timeout=5)
     delivered = [r.span_id for b in sink.batches for r in b]
     assert delivered == [f"{i:016x}" for i in range(75)]
@@ -78,10 +73,10 @@ async def test_a_failing_sink_is_counted_and_the_flusher_survives(caplog: pytest
     flusher.start()
     with caplog.at_level(logging.ERROR):
         for i in range(10):
-            flusher.add_span(rec(i))
+            flusher.add_span(make_record(i))
         await flusher.flush(timeout=5)
         for i in range(10, 20):
-            flusher.add_span(rec(i))
+            flusher.add_span(make_record(i))
         await flusher.flush(timeout=5)
     assert flusher.stats.batches_failed == 1
     assert flusher.stats.spans_failed == 10
@@ -95,7 +90,7 @@ def test_a_deep_backlog_drains_in_bigger_bites() -> None:
     sink = Recorder()
     flusher = BatchProcessor(sink, max_batch_size=100, max_wait_seconds=60, max_drain_batch=400)
     for i in range(1050):
-        flusher.add_span(rec(i))  # queued before the thread starts: a backlog
+        flusher.add_span(make_record(i))  # queued before the thread starts: a backlog
     flusher.start()
     assert flusher.flush_sync(timeout=5)
     sizes = [len(b) for b in sink.batches]
@@ -108,7 +103,7 @@ def test_full_buffer_counts_and_logs_drops_instead_of_blocking(caplog: pytest.Lo
     collector = SpanCollector(max_queue=5, batch_size=100)
     with caplog.at_level(logging.ERROR):
         for i in range(8):
-            collector.append(rec(i))
+            collector.append(make_record(i))
     assert len(collector) == 5
     assert collector.dropped == 3
     assert "span buffer full" in caplog.text
@@ -118,7 +113,7 @@ def test_overflow_handler_receives_what_does_not_fit() -> None:
     spilled: list[Span] = []
     collector = SpanCollector(max_queue=2, batch_size=100, overflow=spilled.append)
     for i in range(5):
-        collector.append(rec(i))
+        collector.append(make_record(i))
     assert [r.span_id for r in spilled] == [f"{i:016x}" for i in (2, 3, 4)]
     assert collector.dropped == 0
 
@@ -128,7 +123,7 @@ def test_close_delivers_everything_queued() -> None:
     flusher = BatchProcessor(sink, max_batch_size=1000, max_wait_seconds=60)
     flusher.start()
     for i in range(123):
-        flusher.add_span(rec(i))
+        flusher.add_span(make_record(i))
     assert flusher.close(5)
     assert sum(len(b) for b in sink.batches) == 123
     assert not flusher.running
@@ -144,7 +139,7 @@ def test_a_full_buffer_applies_bounded_back_pressure_instead_of_dropping() -> No
     flusher = BatchProcessor(sink, max_batch_size=50, max_wait_seconds=60, max_queue=100, full_wait_s=5.0)
     flusher.start()
     for i in range(5_000):  # 50x the buffer, produced as fast as the loop goes
-        flusher.add_span(rec(i))
+        flusher.add_span(make_record(i))
     assert flusher.flush_sync(timeout=10)
     assert flusher.collector.dropped == 0
     assert flusher.collector.waited > 0
@@ -156,7 +151,7 @@ def test_without_back_pressure_a_full_buffer_drops_and_counts(caplog: pytest.Log
     collector = SpanCollector(max_queue=3, batch_size=100, full_wait_s=0.0)
     with caplog.at_level(logging.ERROR):
         for i in range(5):
-            collector.append(rec(i))
+            collector.append(make_record(i))
     assert collector.dropped == 2 and collector.waited == 0
 
 
@@ -183,7 +178,7 @@ def test_batches_overlap_up_to_max_in_flight_and_flush_waits_for_all(in_flight: 
         sink, max_batch_size=100, max_wait_seconds=60, max_drain_batch=100, max_in_flight=in_flight
     )
     for i in range(1000):
-        flusher.add_span(rec(i))
+        flusher.add_span(make_record(i))
     flusher.start()
     assert flusher.flush_sync(timeout=10)
     assert sink.spans == 1000 and sink.active == 0  # flush returned after the last batch, not the last start
@@ -214,7 +209,7 @@ def test_the_host_names_add_span_start_stop() -> None:
     flusher = BatchProcessor(sink, max_batch_size=1000, max_wait_seconds=60)
     flusher.start()
     for i in range(12):
-        flusher.add_span(rec(i))
+        flusher.add_span(make_record(i))
     assert flusher.stop(timeout=5)  # stop = close: everything queued is delivered first
     assert sum(len(b) for b in sink.batches) == 12 and not flusher.running
 
@@ -222,17 +217,11 @@ def test_the_host_names_add_span_start_stop() -> None:
 # -- the byte bound and the hot-path cut ---------------------------------------------------
 
 
-def big(i: int, chars: int) -> Span:
-    r = Span(f"{i:016x}", "a" * 32, None, "op", "agent")
-    r.set_attribute("payload", chr(65 + i % 26) * chars)
-    return r.finish(time.time_ns())
-
-
 def test_the_byte_bound_is_a_second_trigger_of_the_full_buffer_policy(caplog: pytest.LogCaptureFixture) -> None:
     collector = SpanCollector(max_queue=10_000, batch_size=100, max_bytes=1_000_000, full_wait_s=0.0)
     with caplog.at_level(logging.ERROR):
         for i in range(20):
-            collector.append(big(i, 100_000))
+            collector.append(make_record(i, payload_chars=100_000))
     assert 5 <= len(collector) < 10  # far below the span bound: the bytes decided
     assert collector.dropped == collector.dropped_for_bytes == 20 - len(collector)
     assert collector.accepted + collector.dropped == 20
@@ -240,14 +229,14 @@ def test_the_byte_bound_is_a_second_trigger_of_the_full_buffer_policy(caplog: py
     assert "span buffer full (1 MB)" in caplog.text and "max_queue_mb" in caplog.text
     drained = collector.drain(100)
     assert collector.held_bytes == 0 and len(drained) == collector.accepted
-    collector.append(big(99, 100_000))  # room again
+    collector.append(make_record(99, payload_chars=100_000))  # room again
     assert len(collector) == 1
 
 
 def test_a_span_bigger_than_the_bound_is_taken_when_nothing_else_is_held() -> None:
     collector = SpanCollector(max_bytes=10_000, full_wait_s=0.0)
-    collector.append(big(0, 50_000))
-    collector.append(big(1, 50_000))
+    collector.append(make_record(0, payload_chars=50_000))
+    collector.append(make_record(1, payload_chars=50_000))
     assert len(collector) == 1 and collector.dropped == 1
 
 
@@ -257,7 +246,7 @@ def test_the_byte_bound_applies_back_pressure_and_counts_bytes_until_delivered()
     flusher.start()
     peak = 0
     for i in range(200):  # 20 MB through a 2 MB bound
-        flusher.add_span(big(i, 100_000))
+        flusher.add_span(make_record(i, payload_chars=100_000))
         peak = max(peak, flusher.collector.held_bytes)
     assert flusher.flush_sync(timeout=30)
     assert sink.spans == 200 and flusher.collector.dropped == 0 and flusher.collector.waited > 0
@@ -270,7 +259,7 @@ def test_a_batch_is_due_by_bytes_before_it_is_due_by_count() -> None:
     flusher = BatchProcessor(sink, max_batch_size=1000, max_wait_seconds=60, max_queue_bytes=3_200_000)
     flusher.start()
     for i in range(4):  # 4 x 50 KB: past the 100 KB a batch is due at (1/32 of the bound)
-        flusher.add_span(big(i, 50_000))
+        flusher.add_span(make_record(i, payload_chars=50_000))
     wait_until(lambda: sink.batches, 5, "a batch due by bytes")
     assert sink.batches and sum(len(b) for b in sink.batches) <= 4
     flusher.close(5)

@@ -17,6 +17,7 @@ from src.agents.ml_foundation.observability_connector.agent import Observability
 from src.agents.ml_foundation.observability_connector.batch_processor import BatchProcessor
 from src.agents.ml_foundation.observability_connector.runtime import ConnectorContext
 from src.agents.ml_foundation.observability_connector.spans import Span
+from tests.fixtures.spans import make_record
 
 
 @pytest.fixture
@@ -28,10 +29,6 @@ async def obs(connector_context: ConnectorContext) -> AsyncIterator[Observabilit
 
 async def _stored_ids(context: ConnectorContext) -> set[str]:
     return {row.span_id for row in await context.store.get_spans_by_time_window("1h")}
-
-
-def rec(i: int) -> Span:
-    return Span(f"{i:016x}", "a" * 32, None, "op", "agent").finish(time.time_ns())
 
 
 class Recorder:
@@ -106,11 +103,11 @@ def test_a_stopped_processor_reopens_on_the_next_span() -> None:
     flusher = BatchProcessor(sink, max_batch_size=100, max_wait_seconds=60)
     flusher.start()
     for i in range(5):
-        flusher.add_span(rec(i))
+        flusher.add_span(make_record(i))
     assert flusher.stop(5) and not flusher.running
     t0 = time.monotonic()
     assert flusher.flush_sync() is True and time.monotonic() - t0 < 0.5  # nothing queued: at once
-    flusher.add_span(rec(5))
+    flusher.add_span(make_record(5))
     assert flusher.running  # the span started a new thread
     assert flusher.flush_sync(5) is True
     assert [s.span_id for s in sink.spans] == [f"{i:016x}" for i in range(6)]
@@ -129,11 +126,11 @@ def test_flush_after_a_close_that_timed_out_returns_at_once_with_false() -> None
     flusher = BatchProcessor(stuck, max_batch_size=5, max_wait_seconds=60)
     flusher.start()
     for i in range(5):
-        flusher.add_span(rec(i))
+        flusher.add_span(make_record(i))
     assert entered.wait(5)  # the batch is in the stuck sink
     try:
         assert flusher.close(0.2) is False  # the sink is stuck: shutdown gives up in time
-        flusher.add_span(rec(99))
+        flusher.add_span(make_record(99))
         t0 = time.monotonic()
         assert flusher.flush_sync() is False  # no timeout, yet it answers: nothing would deliver
         assert time.monotonic() - t0 < 0.5
@@ -153,13 +150,13 @@ def test_flush_is_false_when_spans_were_dropped_and_counts_them() -> None:
     sink = Recorder()
     flusher = BatchProcessor(sink, max_batch_size=100, max_wait_seconds=60, max_queue=5, full_wait_s=0)
     for i in range(8):  # queued before the thread runs: three find the buffer full
-        flusher.add_span(rec(i))
+        flusher.add_span(make_record(i))
     assert flusher.flush_sync(5) is False
     report = flusher.last_flush
     assert report is not None
     assert (report.delivered, report.dropped, report.failed, report.rejected, report.pending) == (5, 3, 0, 0, 0)
     assert report.as_dict()["ok"] is False
-    flusher.add_span(rec(8))
+    flusher.add_span(make_record(8))
     assert flusher.flush_sync(5) is True  # a flush answers for what came since the previous one
     assert flusher.last_flush is not None and flusher.last_flush.delivered == 1
     assert flusher.stop(5)
@@ -168,10 +165,10 @@ def test_flush_is_false_when_spans_were_dropped_and_counts_them() -> None:
 async def test_flush_is_false_when_a_batch_failed() -> None:
     flusher = BatchProcessor(Recorder(fail_first=1), max_batch_size=100, max_wait_seconds=60)
     for i in range(10):
-        flusher.add_span(rec(i))
+        flusher.add_span(make_record(i))
     assert await flusher.flush(5) is False
     assert flusher.last_flush is not None and flusher.last_flush.failed == 10
-    flusher.add_span(rec(10))
+    flusher.add_span(make_record(10))
     assert await flusher.flush(5) is True
     await flusher.aclose()
 
@@ -183,7 +180,7 @@ async def test_flush_is_false_when_time_runs_out() -> None:
         await asyncio.to_thread(gate.wait, 10)
 
     flusher = BatchProcessor(slow, max_batch_size=100, max_wait_seconds=60)
-    flusher.add_span(rec(0))
+    flusher.add_span(make_record(0))
     try:
         assert await flusher.flush(0.05) is False
     finally:

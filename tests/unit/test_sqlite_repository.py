@@ -33,7 +33,15 @@ from src.repositories import (
     SpanStore,
     SQLiteSpanRepository,
 )
-from tests.fixtures.span_rows import TIERS, assert_stats_equal, make_span, percentile_cont, reference_stats
+from tests.fixtures.span_rows import (
+    TIERS,
+    assert_stats_equal,
+    make_span,
+    percentile_cont,
+    random_spans,
+    reference_stats,
+    unvalidated,
+)
 
 AGENTS = {agent: tier for agent, tier in TIERS.items() if tier >= 0}  # registered agents only
 
@@ -179,7 +187,7 @@ async def test_one_bad_row_costs_only_itself(repo: SQLiteSpanRepository) -> None
 
 
 async def test_insert_span_raises_with_the_reason_for_a_bad_row(repo: SQLiteSpanRepository) -> None:
-    bad = ObservabilitySpan.model_construct(**{**make_span().model_dump(), "input_tokens": -1})
+    bad = unvalidated(input_tokens=-1)
     with pytest.raises(ValueError, match=r"input_tokens"):
         await repo.insert_span(bad)
     assert await repo.count_spans() == 0
@@ -188,29 +196,9 @@ async def test_insert_span_raises_with_the_reason_for_a_bad_row(repo: SQLiteSpan
 # --------------------------------------------------------------------------- metrics
 
 
-def random_spans(rng: random.Random, now: datetime, n: int) -> list[ObservabilitySpan]:
-    spans = []
-    traces = [f"{rng.getrandbits(128):032x}" for _ in range(12)]
-    for _ in range(n):
-        agent = rng.choice(list(AGENTS))
-        status = rng.choices(["ok", "error", "timeout", "started"], weights=[7, 2, 1, 1])[0]
-        duration = None if status == "started" or rng.random() < 0.05 else rng.lognormvariate(5, 1.5)
-        tokens_in = rng.randint(0, 5000) if rng.random() < 0.6 else None
-        tokens_out = rng.randint(0, 2000) if rng.random() < 0.6 else None
-        spans.append(
-            make_span(
-                agent=agent,
-                trace_id=rng.choice(traces),
-                span_id=f"{rng.getrandbits(64):016x}",
-                start=now - timedelta(seconds=rng.uniform(60, 23 * 3600)),
-                status=status,
-                duration_ms=duration,
-                input_tokens=tokens_in,
-                output_tokens=tokens_out,
-                total_tokens=None if tokens_in is None and tokens_out is None else (tokens_in or 0) + (tokens_out or 0),
-                attributes={"fallback_used": rng.choice([True, False, None, 0, 1, "", "yes", [], [1], {}, {"a": 1}])},
-            )
-        )
+def traffic(rng: random.Random, now: datetime, n: int) -> list[ObservabilitySpan]:
+    """``n`` rows of the last day (registered agents), with ties, and rows outside the window."""
+    spans = random_spans(rng, now - timedelta(minutes=1), n, max_age=timedelta(hours=23), agents=AGENTS)
     # Ties: a run of identical durations in one agent must not confuse row numbering.
     for span in spans[:15]:
         span.duration_ms = 250.0
@@ -226,7 +214,7 @@ def random_spans(rng: random.Random, now: datetime, n: int) -> list[Observabilit
 @pytest.fixture
 async def populated(repo: SQLiteSpanRepository) -> tuple[SQLiteSpanRepository, list[ObservabilitySpan]]:
     now = datetime.now(UTC)
-    spans = random_spans(random.Random(20240601), now, 400)
+    spans = traffic(random.Random(20240601), now, 400)
     for i in range(0, len(spans), 64):
         result = await repo.insert_spans_batch(spans[i : i + 64])
         assert result.failed == 0
