@@ -12,27 +12,12 @@ import pytest
 
 from src.agents.ml_foundation.observability_connector.batch_processor import BatchProcessor, SpanCollector
 from src.agents.ml_foundation.observability_connector.spans import Span
-from tests.fixtures.spans import make_record
+from tests.fixtures.spans import RecordingSink, make_record
 from tests.fixtures.waiting import wait_until, wait_until_async
 
 
-class Recorder:
-    def __init__(self, fail_first: int = 0) -> None:
-        self.batches: list[list[Span]] = []
-        self.threads: set[str] = set()
-        self.fail_first = fail_first
-        self.calls = 0
-
-    async def __call__(self, batch: list[Span]) -> None:
-        self.calls += 1
-        self.threads.add(threading.current_thread().name)
-        if self.calls <= self.fail_first:
-            raise ConnectionError("sink down")
-        self.batches.append(batch)
-
-
 async def test_size_triggered_batches_run_off_the_callers_thread() -> None:
-    sink = Recorder()
+    sink = RecordingSink()
     flusher = BatchProcessor(sink, max_batch_size=50, max_wait_seconds=30, max_drain_batch=50)
     flusher.start()
     for i in range(200):
@@ -44,7 +29,7 @@ async def test_size_triggered_batches_run_off_the_callers_thread() -> None:
 
 
 async def test_time_triggered_flush_delivers_a_partial_batch() -> None:
-    sink = Recorder()
+    sink = RecordingSink()
     flusher = BatchProcessor(sink, max_batch_size=100, max_wait_seconds=0.1)
     flusher.start()
     for i in range(7):
@@ -55,7 +40,7 @@ async def test_time_triggered_flush_delivers_a_partial_batch() -> None:
 
 
 async def test_flush_on_demand_and_order_is_kept() -> None:
-    sink = Recorder()
+    sink = RecordingSink()
     flusher = BatchProcessor(sink, max_batch_size=30, max_wait_seconds=60)
     flusher.start()
     for i in range(75):
@@ -68,7 +53,7 @@ async def test_flush_on_demand_and_order_is_kept() -> None:
 
 
 async def test_a_failing_sink_is_counted_and_the_flusher_survives(caplog: pytest.LogCaptureFixture) -> None:
-    sink = Recorder(fail_first=1)
+    sink = RecordingSink(fail_first=1)
     flusher = BatchProcessor(sink, max_batch_size=10, max_wait_seconds=60)
     flusher.start()
     with caplog.at_level(logging.ERROR):
@@ -87,7 +72,7 @@ async def test_a_failing_sink_is_counted_and_the_flusher_survives(caplog: pytest
 
 
 def test_a_deep_backlog_drains_in_bigger_bites() -> None:
-    sink = Recorder()
+    sink = RecordingSink()
     flusher = BatchProcessor(sink, max_batch_size=100, max_wait_seconds=60, max_drain_batch=400)
     for i in range(1050):
         flusher.add_span(make_record(i))  # queued before the thread starts: a backlog
@@ -119,7 +104,7 @@ def test_overflow_handler_receives_what_does_not_fit() -> None:
 
 
 def test_close_delivers_everything_queued() -> None:
-    sink = Recorder()
+    sink = RecordingSink()
     flusher = BatchProcessor(sink, max_batch_size=1000, max_wait_seconds=60)
     flusher.start()
     for i in range(123):
@@ -135,7 +120,7 @@ def test_invalid_sizes_are_rejected() -> None:
 
 
 def test_a_full_buffer_applies_bounded_back_pressure_instead_of_dropping() -> None:
-    sink = Recorder()
+    sink = RecordingSink()
     flusher = BatchProcessor(sink, max_batch_size=50, max_wait_seconds=60, max_queue=100, full_wait_s=5.0)
     flusher.start()
     for i in range(5_000):  # 50x the buffer, produced as fast as the loop goes
@@ -189,12 +174,12 @@ def test_batches_overlap_up_to_max_in_flight_and_flush_waits_for_all(in_flight: 
 
 def test_max_in_flight_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_in_flight"):
-        BatchProcessor(Recorder(), max_in_flight=0)
+        BatchProcessor(RecordingSink(), max_in_flight=0)
 
 
 async def test_an_idle_processor_flushes_and_closes_without_starting_a_thread() -> None:
     before = set(threading.enumerate())
-    flusher = BatchProcessor(Recorder())
+    flusher = BatchProcessor(RecordingSink())
     assert await flusher.flush(timeout=1) and flusher.flush_sync(timeout=1)
     assert await flusher.aclose() and flusher.stop()
     assert not flusher.started and set(threading.enumerate()) == before
@@ -205,7 +190,7 @@ def test_the_host_names_add_span_start_stop() -> None:
 
     params = inspect.signature(BatchProcessor.__init__).parameters
     assert "max_batch_size" in params and "max_wait_seconds" in params
-    sink = Recorder()
+    sink = RecordingSink()
     flusher = BatchProcessor(sink, max_batch_size=1000, max_wait_seconds=60)
     flusher.start()
     for i in range(12):
@@ -255,7 +240,7 @@ def test_the_byte_bound_applies_back_pressure_and_counts_bytes_until_delivered()
 
 
 def test_a_batch_is_due_by_bytes_before_it_is_due_by_count() -> None:
-    sink = Recorder()
+    sink = RecordingSink()
     flusher = BatchProcessor(sink, max_batch_size=1000, max_wait_seconds=60, max_queue_bytes=3_200_000)
     flusher.start()
     for i in range(4):  # 4 x 50 KB: past the 100 KB a batch is due at (1/32 of the bound)

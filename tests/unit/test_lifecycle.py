@@ -17,7 +17,7 @@ from src.agents.ml_foundation.observability_connector.agent import Observability
 from src.agents.ml_foundation.observability_connector.batch_processor import BatchProcessor
 from src.agents.ml_foundation.observability_connector.runtime import ConnectorContext
 from src.agents.ml_foundation.observability_connector.spans import Span
-from tests.fixtures.spans import make_record
+from tests.fixtures.spans import RecordingSink, make_record
 
 
 @pytest.fixture
@@ -29,19 +29,6 @@ async def obs(connector_context: ConnectorContext) -> AsyncIterator[Observabilit
 
 async def _stored_ids(context: ConnectorContext) -> set[str]:
     return {row.span_id for row in await context.store.get_spans_by_time_window("1h")}
-
-
-class Recorder:
-    def __init__(self, fail_first: int = 0) -> None:
-        self.spans: list[Span] = []
-        self.fail_first = fail_first
-        self.calls = 0
-
-    async def __call__(self, batch: list[Span]) -> None:
-        self.calls += 1
-        if self.calls <= self.fail_first:
-            raise ConnectionError("sink down")
-        self.spans.extend(batch)
 
 
 # -- after aclose() -------------------------------------------------------------------------
@@ -99,7 +86,7 @@ async def test_an_agent_that_only_collects_delivers_at_aclose(connector_context:
 
 
 def test_a_stopped_processor_reopens_on_the_next_span() -> None:
-    sink = Recorder()
+    sink = RecordingSink()
     flusher = BatchProcessor(sink, max_batch_size=100, max_wait_seconds=60)
     flusher.start()
     for i in range(5):
@@ -147,7 +134,7 @@ def test_flush_after_a_close_that_timed_out_returns_at_once_with_false() -> None
 
 
 def test_flush_is_false_when_spans_were_dropped_and_counts_them() -> None:
-    sink = Recorder()
+    sink = RecordingSink()
     flusher = BatchProcessor(sink, max_batch_size=100, max_wait_seconds=60, max_queue=5, full_wait_s=0)
     for i in range(8):  # queued before the thread runs: three find the buffer full
         flusher.add_span(make_record(i))
@@ -163,7 +150,7 @@ def test_flush_is_false_when_spans_were_dropped_and_counts_them() -> None:
 
 
 async def test_flush_is_false_when_a_batch_failed() -> None:
-    flusher = BatchProcessor(Recorder(fail_first=1), max_batch_size=100, max_wait_seconds=60)
+    flusher = BatchProcessor(RecordingSink(fail_first=1), max_batch_size=100, max_wait_seconds=60)
     for i in range(10):
         flusher.add_span(make_record(i))
     assert await flusher.flush(5) is False

@@ -105,7 +105,7 @@ async def test_records_give_the_same_rows_and_rejections_as_the_full_path(monkey
     assert fast["emission_errors"] == full["emission_errors"] and len(fast["emission_errors"]) == 3
     assert fast["spans_sampled_out"] == full["spans_sampled_out"]
     by_id = {span.span_id: span for span in fast["validated_spans"]}
-    assert by_id["a5"].attributes["api_key"] != "sk-live-0123456789abcdef0123"  # redacted
+    assert "0123456789abcdef0123" not in repr(by_id["a5"].__dict__)  # redacted: no part of the key is stored
     assert by_id["a8"].attributes["trace_sampled_out"] is True  # an error of a dropped trace, kept
     assert by_id["a2"].attributes["input"] == {"q": "why"} and by_id["a4"].total_tokens == 907
 
