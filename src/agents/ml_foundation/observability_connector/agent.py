@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
+from src.mlops.opik_connector import register_agent_factory
+
 from .batch_processor import BatchNotStoredError, BatchProcessor, FlusherStats, FlushReport
 from .constants import OPIK_PROJECT, OPIK_WORKSPACE
 from .fork import keep_inherited, watch_after_fork
@@ -439,16 +441,10 @@ class ObservabilityConnectorAgent:
 
     @property
     def opik_connector(self) -> Any:
-        """The Opik sink (``src.mlops.opik_connector.OpikConnector``), or None when Opik is off."""
+        """The Opik facade (``src.mlops.opik_connector.OpikConnector``), or None when Opik is off."""
         if self._opik_connector is None:
             try:
-                context = self._context
-                if context is not None:
-                    self._opik_connector = context.opik
-                else:
-                    from .config import build_opik
-
-                    self._opik_connector = build_opik(self.settings)  # the process's one connector
+                self._opik_connector = self.context.opik  # the facade of the context's Opik delivery
             except Exception as exc:
                 log.warning("Opik is unavailable: %s: %s", type(exc).__name__, exc)
         return self._opik_connector
@@ -895,10 +891,15 @@ class ObservabilityConnectorAgent:
 
     async def _start_background(self) -> None:
         """On the flusher's loop, as it starts: replay what a previous run left in the spool."""
-        delivery = getattr(self.context, "store_delivery", None)
-        if delivery is not None and delivery.backlogged:
-            cache = self.context.cache
-            delivery.ensure_replaying(lambda replayed: cache.ainvalidate_since(s.start_time for s in replayed))
+        context = self.context
+        cache = context.cache
+        for delivery in context.deliveries:
+            if not delivery.backlogged:
+                continue
+            if delivery.name == "store":  # a replayed store batch changes what cached metrics cover
+                delivery.ensure_replaying(lambda replayed: cache.ainvalidate_since(s.start_time for s in replayed))
+            else:
+                delivery.ensure_replaying()
 
     def _spool_at_shutdown(self, records: list[Span]) -> int:
         """Shutdown ran out of time (a sink is stuck): validate, redact and spool what is queued.
@@ -919,17 +920,16 @@ class ObservabilityConnectorAgent:
         spans = state.get("validated_spans") or []
         if not spans:
             return 0
-        # The store's cursor only: Opik's spool records are encoded batches of its own; these spans
-        # reach Opik from the store with OpikConnector.replay_from_store.
-        delivery.spool.append([s.to_row() for s in spans], ["store"])
+        # Owed to every sink (store and Opik), each replays it from the spool at the next start.
+        delivery.spool.append([s.to_row() for s in spans], [d.name for d in self.context.deliveries])
         return len(spans)
 
     async def _stop_background(self) -> None:
-        """On the flusher's loop, as it stops: end the spool's replay task (its backlog stays on
-        disk and is replayed at the next start)."""
-        delivery = getattr(self.context, "store_delivery", None)
-        if delivery is not None:
-            await delivery.stop()
+        """On the flusher's loop, as it stops: end every sink's replay task (its backlog stays on
+        disk and is replayed at the next start), let Opik's sends in flight finish or spool, and
+        close the connections the sinks opened on this loop."""
+        for delivery in self.context.deliveries:
+            await delivery.aclose()
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Deliver every span finished so far; True when every span finished since the previous
@@ -1054,7 +1054,6 @@ class ObservabilityConnectorAgent:
             stats = delivery.spool.stats()
         except Exception as exc:  # status must answer even when the disk does not
             return {"spool": {"error": f"{type(exc).__name__}: {exc}"}}
-        sink = delivery.stats
         return {
             "spool": {
                 "path": str(delivery.spool.path),
@@ -1066,16 +1065,8 @@ class ObservabilityConnectorAgent:
                 "dropped_spans": stats.dropped_spans,
                 "dead_letters": stats.dead_letters,
             },
-            "store_sink": {
-                "backlogged": delivery.backlogged,
-                "batches_sent": sink.batches_sent,
-                "batches_failed": sink.batches_failed,
-                "batches_retried": sink.batches_retried,
-                "batches_spooled": sink.batches_spooled,
-                "spans_spooled": sink.spans_spooled,
-                "dead_lettered": sink.dead_lettered,
-                "last_error": sink.last_error,
-            },
+            # The store's delivery: breaker, counters, what it owes (Opik's is under "opik").
+            "store_sink": delivery.status(),
         }
 
     # -- the orchestrator's and dashboards' side ------------------------------------------
@@ -1149,3 +1140,8 @@ class ObservabilityConnectorAgent:
             metrics["error"] = state["error"]
             metrics["error_type"] = state.get("error_type")
         return metrics
+
+
+# The host's Opik facade records its convenience spans (trace_agent & co.) through an agent; it
+# cannot import one (mlops sits below this layer), so this module tells it how to make one.
+register_agent_factory(ObservabilityConnectorAgent)

@@ -16,7 +16,7 @@ import typing
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, NamedTuple
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -32,11 +32,12 @@ __all__ = [
     "AgentRegistry",
     "CircuitBreakerSettings",
     "ConfigError",
+    "Deliveries",
     "ObservabilityConfig",
     "ObservabilitySettings",
     "RedactionSettings",
     "SamplingSettings",
-    "build_opik",
+    "build_deliveries",
     "build_redactor",
     "build_sampler",
     "build_store",
@@ -107,7 +108,7 @@ class SamplingSettings(_Section):
 
 
 class CircuitBreakerSettings(_Section):
-    """Guards Opik: this many consecutive failures open it; half-open after the timeout."""
+    """One breaker per sink (store, Opik): this many consecutive failures open it; half-open after the timeout."""
 
     failure_threshold: int = Field(5, ge=1, le=1000)
     recovery_timeout_s: float = Field(30.0, gt=0, le=3600)
@@ -165,22 +166,18 @@ class CacheSettings(_Section):
 
 
 class OpikSettings(_Section):
-    """Opik sink (src/mlops/opik_connector.py); the API key comes only from ``OPIK_API_KEY``."""
+    """Opik sink (src/mlops/opik_sink.py); the API key comes only from ``OPIK_API_KEY``. Retries,
+    backoff and the spool are the delivery layer's (``batching``), the breaker ``circuit_breaker``."""
 
     project_name: str = "e2i-causal-analytics"  # OPIK_PROJECT_NAME wins
     workspace: str = "default"  # OPIK_WORKSPACE wins
     # auto: on when OPIK_URL_OVERRIDE or OPIK_API_KEY is set; true: always (url below or local Opik).
     enabled: Literal["auto"] | bool = "auto"
     url: str | None = None  # OPIK_URL_OVERRIDE wins; default: Opik Cloud with a key, else http://localhost:5173/api
-    request_timeout_s: float = Field(10.0, gt=0, le=600)  # per attempt of one batch
-    wait_s: float = Field(1.0, ge=0, le=60)  # how long the batch node waits to report "sent"; never longer
+    request_timeout_s: float = Field(10.0, gt=0, le=600)  # per HTTP request
+    wait_s: float = Field(1.0, ge=0, le=60)  # how long a graph caller waits to report "sent"; never longer
     max_items_per_request: int = Field(1000, ge=1, le=1000)  # Opik accepts at most 1000 per batch request
-    max_requests_in_flight: int = Field(2, ge=1, le=16)  # while healthy; a retry or a probe goes alone
-    # The in-memory backlog for Opik; past either bound the oldest batches wait in the on-disk spool.
-    replay_backlog_max_mb: float = Field(16.0, gt=0)  # ~740 bytes per typical span and its trace: ~22,000
-    replay_backlog_max_spans: int = Field(100_000, ge=1)
-    retry_backoff_s: float = Field(0.5, ge=0, le=60)  # first retry of a failed batch; doubles per failure
-    retry_backoff_max_s: float = Field(8.0, ge=0, le=600)
+    max_requests_in_flight: int = Field(2, ge=1, le=16)  # batches (and requests of one batch) at once
 
 
 class ObservabilitySettings(BaseSettings):
@@ -782,44 +779,74 @@ def build_store(settings: ObservabilitySettings | None = None, *, read_only: boo
         raise ConfigError(f"store.sqlite_path {settings.store.sqlite_path!r}: {exc}") from exc
 
 
-def build_store_delivery(store: Any, settings: ObservabilitySettings | None = None) -> Any:
-    """The store behind its on-disk spool (``SinkDelivery``), or None when the spool is off."""
+class Deliveries(NamedTuple):
+    """The sinks behind the delivery layer, sharing one spool; None where a sink is off."""
+
+    store: Any  # delivery.SinkDelivery of the StoreSink (None: no spool, the store is written directly)
+    opik: Any  # delivery.SinkDelivery of the OpikSink (None: Opik not configured, or no spool)
+    connector: Any  # the host's Opik facade (src.mlops.opik_connector.OpikConnector) for that sink
+
+
+def build_deliveries(
+    store: Any,
+    settings: ObservabilitySettings | None = None,
+    registry: AgentRegistry | None = None,
+    *,
+    opik: Any = "auto",
+) -> Deliveries:
+    """Every sink behind its ``SinkDelivery`` (retries, a breaker per sink, the shared spool).
+
+    ``opik``: ``"auto"`` builds the Opik sink when Opik is configured (``opik.enabled``); an
+    ``OpikSink`` uses that one (tests, benchmarks); None leaves Opik out. Never fails on a path:
+    a spool that cannot be opened is logged, and then the store is written directly and Opik,
+    which needs the spool to keep what it cannot send now, is left out.
+    """
+    from src.mlops.circuit_breaker import CircuitBreaker
+    from src.mlops.opik_connector import OpikConnector
+    from src.mlops.opik_sink import OpikSink
+
     from .delivery import RetryPolicy, SinkDelivery
     from .sinks import StoreSink
     from .spool import Spool, SpoolError
 
     settings = settings or load_settings()
-    batching = settings.batching
+    batching, breaker = settings.batching, settings.circuit_breaker
+    if opik == "auto":
+        opik = OpikSink.from_settings(settings, tier_names=(registry or load_registry()).tier_names)
     if not batching.spool_enabled or store is None:
-        return None
-    spool = Spool(spool_path(settings), max_bytes=int(batching.spool_max_mb * 1024 * 1024))
-    policy = RetryPolicy(batching.retry_initial_s, batching.retry_max_s, batching.sink_timeout_s)
+        if opik is not None:
+            log.error("Opik is configured but batching.spool_enabled is off: Opik needs the spool, so it is left out")
+        return Deliveries(None, None, None)
+
+    def breaker_for(name: str) -> CircuitBreaker:
+        return CircuitBreaker(breaker.failure_threshold, breaker.recovery_timeout_s, name=name)
+
     try:
-        return SinkDelivery(StoreSink(store), spool, policy)  # reads the spool's backlog
+        spool = Spool(spool_path(settings), max_bytes=int(batching.spool_max_mb * 1024 * 1024))
+        policy = RetryPolicy(batching.retry_initial_s, batching.retry_max_s, batching.sink_timeout_s)
+        store_delivery = SinkDelivery(StoreSink(store), spool, policy, breaker=breaker_for("store"))
+        if opik is None:
+            return Deliveries(store_delivery, None, None)
+        opik_policy = RetryPolicy(batching.retry_initial_s, batching.retry_max_s, 2 * opik.config.request_timeout_s)
+        opik_delivery = SinkDelivery(
+            opik, spool, opik_policy, breaker=breaker_for("opik"),
+            wait_s=opik.config.wait_s, max_detached=opik.config.max_requests_in_flight,
+        )  # fmt: skip
     except SpoolError as exc:
         # Building the context must not fail (it happens inside graph nodes and the agent's
         # flusher): the store is written directly, and a batch it cannot take is reported lost.
         log.error(
-            "%s; spans go to the store without a spool, so a batch the store cannot take is lost "
-            "(set batching.spool_path / OBS_BATCHING__SPOOL_PATH to a writable file)",
+            "%s; spans go to the store without a spool, so a batch the store cannot take is lost, and Opik is "
+            "left out (set batching.spool_path / OBS_BATCHING__SPOOL_PATH to a writable file)",
             exc,
         )
-        return None
+        return Deliveries(None, None, None)
+    return Deliveries(store_delivery, opik_delivery, OpikConnector(opik.config, delivery=opik_delivery, sink=opik))
 
 
 def spool_path(settings: ObservabilitySettings) -> Path:
     """Where the spool lives: ``batching.spool_path``, else ``spool.db`` beside the SQLite store."""
     return Path(settings.batching.spool_path or Path(settings.store.sqlite_path).parent / "spool.db")
-
-
-def build_opik(settings: ObservabilitySettings | None = None, registry: AgentRegistry | None = None) -> Any:
-    """The process's Opik sink when Opik is configured (see ``opik.enabled``), else None."""
-    from src.mlops.opik_connector import get_opik_connector, opik_configured
-
-    settings = settings or load_settings()
-    if not opik_configured(settings):
-        return None
-    return get_opik_connector(settings, tier_names=(registry or load_registry()).tier_names)
 
 
 def _environment(environ: dict[str, str] | None = None) -> str | None:

@@ -10,13 +10,14 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from src.mlops.opik_connector import register_default_connector
+
 from .cache import MetricsCache
 from .config import (
     AgentRegistry,
     ObservabilitySettings,
-    build_opik,
+    build_deliveries,
     build_store,
-    build_store_delivery,
     load_registry,
     load_settings,
 )
@@ -38,14 +39,21 @@ class ConnectorContext:
     settings: ObservabilitySettings = field(default_factory=ObservabilitySettings)
     registry: AgentRegistry = field(default_factory=AgentRegistry)
     cache: MetricsCache = field(default_factory=MetricsCache)
-    # The Opik sink (src.mlops.OpikConnector) when Opik is configured; None: the store only.
+    # The host's Opik facade (src.mlops.OpikConnector) for the Opik delivery below; None: no Opik.
     opik: Any = None
     # Sampling and redaction policies; None (the usual case): built from ``settings`` when used,
     # so replacing ``settings`` replaces the policies too (config.build_sampler / build_redactor).
     sampler: Sampler | None = None
     redactor: Redactor | None = None
-    # The store behind its on-disk spool (delivery.SinkDelivery); None: write the store directly.
+    # Each sink behind the one delivery layer (delivery.SinkDelivery), sharing one spool.
+    # store_delivery None: the store is written directly; opik_delivery None: Opik is off.
     store_delivery: Any = None
+    opik_delivery: Any = None
+
+    @property
+    def deliveries(self) -> list[Any]:
+        """The sinks' deliveries, the store first (what the batch node fans out to)."""
+        return [d for d in (self.store_delivery, self.opik_delivery) if d is not None]
 
     @classmethod
     def from_config(cls, settings: ObservabilitySettings | None = None, *, read_only: bool = False) -> ConnectorContext:
@@ -57,19 +65,18 @@ class ConnectorContext:
         """
         settings = settings or load_settings()
         store = build_store(settings, read_only=read_only)
+        registry = load_registry()
         if read_only:
-            return cls(store=store, settings=settings, registry=load_registry(), cache=MetricsCache(settings.cache))
-        store_delivery = build_store_delivery(store, settings)
-        opik = build_opik(settings)
-        if opik is not None and store_delivery is not None:
-            opik.attach_spool(store_delivery.spool)  # Opik's overflow waits on disk too
+            return cls(store=store, settings=settings, registry=registry, cache=MetricsCache(settings.cache))
+        deliveries = build_deliveries(store, settings, registry)
         return cls(
             store=store,
-            store_delivery=store_delivery,
+            store_delivery=deliveries.store,
+            opik_delivery=deliveries.opik,
+            opik=deliveries.connector,
             settings=settings,
-            registry=load_registry(),
+            registry=registry,
             cache=MetricsCache(settings.cache),
-            opik=opik,
         )
 
 
@@ -95,7 +102,7 @@ def set_default_context(context: ConnectorContext | None) -> None:
 
 def _after_fork_in_child() -> None:
     """The child builds its own context on first use: the parent's store connections, spool
-    handle and Opik sender are not the child's (kept referenced, never closed: see fork.py)."""
+    handle and Opik connections are not the child's (kept referenced, never closed: see fork.py)."""
     global _default, _lock
     keep_inherited(_default)
     _default = None
@@ -103,6 +110,14 @@ def _after_fork_in_child() -> None:
 
 
 register_after_fork(_after_fork_in_child)
+
+
+def _configured_opik() -> Any:
+    """The process's Opik facade: the process-wide context's (``get_opik_connector()`` asks here)."""
+    return default_context().opik
+
+
+register_default_connector(_configured_opik)
 
 
 def resolve_context(runtime: Any) -> ConnectorContext:
