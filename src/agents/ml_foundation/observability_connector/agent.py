@@ -928,8 +928,10 @@ class ObservabilityConnectorAgent:
         """On the flusher's loop, as it stops: end every sink's replay task (its backlog stays on
         disk and is replayed at the next start), let Opik's sends in flight finish or spool, and
         close the connections the sinks opened on this loop."""
+        # Half the shutdown budget for sends still in flight: the rest of it is the flush's.
+        budget = self.settings.batching.shutdown_timeout_s / 2
         for delivery in self.context.deliveries:
-            await delivery.aclose()
+            await delivery.aclose(budget)
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Deliver every span finished so far; True when every span finished since the previous

@@ -397,9 +397,7 @@ def _opik_line(settings: ObservabilitySettings) -> str:
         return f"off (opik.enabled: {settings.opik.enabled}; auto turns on with OPIK_URL_OVERRIDE or OPIK_API_KEY)"
     config = OpikConfig.from_settings(settings)
     key = "key set" if config.api_key else "no key"
-    return (
-        f"{redact_url(config.url)}, project {config.project_name!r}, workspace {config.workspace!r}, {key}; {guard}"
-    )
+    return f"{redact_url(config.url)}, project {config.project_name!r}, workspace {config.workspace!r}, {key}; {guard}"
 
 
 def _spool_line(settings: ObservabilitySettings) -> tuple[str, str | None]:

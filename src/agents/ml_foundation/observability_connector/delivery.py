@@ -257,14 +257,13 @@ class SinkDelivery:
         if self._wake is not None:
             self._wake.set()
 
-    async def stop(self) -> None:
-        """End the replay task; detached sends get their timeout to finish, then wait in the spool.
-
-        Nothing is lost: a send cut short here is spooled and replayed by the next start.
+    async def stop(self, timeout: float | None = None) -> None:
+        """End the replay task; detached sends get ``timeout`` (default: the policy's) to finish,
+        then wait in the spool. Nothing is lost: a send cut short here is replayed by the next start.
         """
         if self._detached:
             tasks = list(self._detached)
-            _, late = await asyncio.wait(tasks, timeout=self.policy.timeout_s)
+            _, late = await asyncio.wait(tasks, timeout=self.policy.timeout_s if timeout is None else timeout)
             for task in late:
                 spans = self._detached.pop(task, None)
                 task.cancel()
@@ -278,9 +277,9 @@ class SinkDelivery:
                 await self._replayer
             self._replayer = None
 
-    async def aclose(self) -> None:
+    async def aclose(self, timeout: float | None = None) -> None:
         """:meth:`stop`, then the sink releases what it opened on this loop."""
-        await self.stop()
+        await self.stop(timeout)
         with contextlib.suppress(Exception):
             await self.sink.aclose()
 
