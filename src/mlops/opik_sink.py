@@ -109,6 +109,10 @@ class OpikSink:
     async def aclose(self) -> None:
         await self.wire.aclose()
 
+    def _after_fork_in_child(self) -> None:
+        """In a forked child the parent's connections are not ours (never closed from here)."""
+        self.wire.forget_connections()
+
     # -- requests ---------------------------------------------------------------------------
 
     async def _spans_request(

@@ -174,6 +174,10 @@ class OpikWire:
         if found is not None:
             await found[0].aclose()
 
+    def forget_connections(self) -> None:
+        """Drop every loop's pool without closing it (a forked child: they are the parent's)."""
+        self._clients = weakref.WeakKeyDictionary()
+
     # -- the batch requests ----------------------------------------------------------------
 
     async def post_spans(self, encoded_items: bytes | list[dict[str, Any]]) -> None:

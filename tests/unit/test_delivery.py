@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from src.agents.ml_foundation.observability_connector.delivery import (
+    DeliveryOutcome,
     RetryPolicy,
     SinkDelivery,
     SinkResult,
@@ -251,3 +252,18 @@ async def test_stop_spools_a_send_still_in_flight(tmp_path: Path) -> None:
     delivery.policy = RetryPolicy(0.01, 0.05, timeout_s=0.05)  # shutdown's patience
     await delivery.stop()
     assert delivery.spool.backlog("opik") == (1, 4), "nothing lost: it waits in the spool for the next start"
+
+
+def test_a_detached_send_cut_short_by_its_loop_ending_waits_in_the_spool(tmp_path: Path) -> None:
+    """A caller's ``asyncio.run`` ends while Opik has not answered: the batch is kept on disk."""
+    sink = Recorder()
+    sink.hang = True
+    policy = RetryPolicy(0.01, 0.05, timeout_s=60)
+    delivery = SinkDelivery(sink, Spool(tmp_path / "spool.db"), policy, wait_s=0.0, replay_task=False)
+
+    async def call() -> DeliveryOutcome:
+        return await delivery.deliver(spans(0, 3))
+
+    outcome = asyncio.run(call())  # cancels the send still in flight as the loop ends
+    assert outcome.pending == 3
+    assert delivery.spool.backlog("opik") == (1, 3) and delivery.backlogged

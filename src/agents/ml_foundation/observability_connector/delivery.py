@@ -29,6 +29,7 @@ from typing import Any
 
 from src.mlops.circuit_breaker import CircuitBreaker, CircuitState
 
+from .fork import watch_after_fork
 from .models import ObservabilitySpan
 from .sink import Sink, SinkResult
 from .spool import Spool
@@ -117,6 +118,20 @@ class SinkDelivery:
         self._detached: dict[asyncio.Task[DeliveryOutcome], list[ObservabilitySpan]] = {}
         self._auto_replay = replay_task
         self._replaying = False  # one replay attempt at a time, whoever asks (task, drain, CLI)
+        watch_after_fork(self)
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: the sends in flight, the replay task and the sink's connections are
+        the parent's (the parent finishes them); what waits in the spool is replayed here too,
+        safely: sinks take a resent batch without duplicating it."""
+        self._detached = {}
+        self._replayer = None
+        self._wake = None
+        self._replaying = False
+        self.breaker._after_fork_in_child()
+        child_hook = getattr(self.sink, "_after_fork_in_child", None)
+        if callable(child_hook):
+            child_hook()
 
     @property
     def backlogged(self) -> bool:
@@ -162,6 +177,12 @@ class SinkDelivery:
     async def _send_or_spool(self, spans: list[ObservabilitySpan]) -> DeliveryOutcome:
         try:
             result = await asyncio.wait_for(self.sink.send(spans), self.policy.timeout_s)
+        except asyncio.CancelledError:
+            # A detached send cut short (shutdown, or the caller's loop ending): keep the batch on
+            # disk before giving up, written here because this loop may not run another step.
+            self.breaker.release_probe()
+            self._spool_rows([s.to_row() for s in spans], "cut short before the sink answered")
+            raise
         except Exception as exc:  # any failure of the whole batch is transient by contract
             reason = self._failed(exc)
             log.warning("%s sink failed a batch of %d: %s; spooling it for replay", self.name, len(spans), reason)
@@ -213,18 +234,25 @@ class SinkDelivery:
 
     async def _spool(self, spans: list[ObservabilitySpan], reason: str) -> DeliveryOutcome:
         rows = [s.to_row() for s in spans]
-        try:
-            await asyncio.to_thread(self.spool.append, rows, [self.name])
-        except Exception as exc:  # the disk itself failed: say so loudly, nothing else is left
-            log.error("could not spool %d span(s) for %s: %s", len(rows), self.name, exc)
-            return DeliveryOutcome(self.name, 0, 0, 0, f"spool write failed: {exc}")
-        self.stats.batches_spooled += 1
-        self.stats.spans_spooled += len(rows)
-        self._backlogged = True
+        error = await asyncio.to_thread(self._spool_rows, rows, reason)
+        if error is not None:
+            return DeliveryOutcome(self.name, 0, 0, 0, error)
         if self._auto_replay:
             self.ensure_replaying()
         self._kick()
         return DeliveryOutcome(self.name, 0, len(rows), 0, reason)
+
+    def _spool_rows(self, rows: list[dict[str, Any]], reason: str) -> str | None:
+        """Append to the spool (blocking); the error text when even the disk failed, else None."""
+        try:
+            self.spool.append(rows, [self.name])
+        except Exception as exc:  # the disk itself failed: say so loudly, nothing else is left
+            log.error("could not spool %d span(s) for %s (%s): %s", len(rows), self.name, reason, exc)
+            return f"spool write failed: {exc}"
+        self.stats.batches_spooled += 1
+        self.stats.spans_spooled += len(rows)
+        self._backlogged = True
+        return None
 
     # -- replay ---------------------------------------------------------------------------
 
@@ -264,13 +292,10 @@ class SinkDelivery:
         if self._detached:
             tasks = list(self._detached)
             _, late = await asyncio.wait(tasks, timeout=self.policy.timeout_s if timeout is None else timeout)
-            for task in late:
-                spans = self._detached.pop(task, None)
+            for task in late:  # each spools its own batch as it is cancelled
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-                if spans:
-                    await self._spool(spans, "still in flight at shutdown")
         if self._replayer is not None:
             self._replayer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
