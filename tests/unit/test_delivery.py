@@ -267,3 +267,26 @@ def test_a_detached_send_cut_short_by_its_loop_ending_waits_in_the_spool(tmp_pat
     outcome = asyncio.run(call())  # cancels the send still in flight as the loop ends
     assert outcome.pending == 3
     assert delivery.spool.backlog("opik") == (1, 3) and delivery.backlogged
+
+
+async def test_with_every_sink_down_a_batch_is_spooled_once_for_all_and_each_replays_it(
+    tmp_path: Path, store: ObservabilitySpanRepository
+) -> None:
+    spool = Spool(tmp_path / "spool.db")
+    target = Switchable(store)
+    opik = Recorder()
+    never = RetryPolicy(0.0, 0.0, 2.0)
+    stored = SinkDelivery(StoreSink(target), spool, never, replay_task=False)
+    detached = SinkDelivery(opik, spool, never, wait_s=1.0, replay_task=False)
+    target.down = opik.down = True
+    first = await fan_out([stored, detached], spans(0, 5))  # each fails and spools its own copy
+    assert first["store"].spooled == first["opik"].spooled == 5
+    second = await fan_out([stored, detached], spans(5, 5))  # both backlogged: one copy for both
+    assert second["store"].spooled == second["opik"].spooled == 5
+    stats = spool.stats()
+    assert stats.batches == 3 and stats.pending_by_sink == {"store": 2, "opik": 2}
+
+    target.down = opik.down = False
+    assert await stored.drain() and await detached.drain()
+    assert await store.count_spans() == 10 and opik.got == [f"s{i:05d}" for i in range(10)]
+    assert spool.stats().batches == 0, "a batch leaves the spool once every sink has it"

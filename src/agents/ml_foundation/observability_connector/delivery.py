@@ -249,9 +249,20 @@ class SinkDelivery:
         except Exception as exc:  # the disk itself failed: say so loudly, nothing else is left
             log.error("could not spool %d span(s) for %s (%s): %s", len(rows), self.name, reason, exc)
             return f"spool write failed: {exc}"
+        self._spooled(len(rows))
+        return None
+
+    def _spooled(self, count: int) -> None:
         self.stats.batches_spooled += 1
-        self.stats.spans_spooled += len(rows)
+        self.stats.spans_spooled += count
         self._backlogged = True
+
+    def spool_reason(self) -> str | None:
+        """Why a new batch would go straight to the spool (a backlog, an open breaker); None: it is sent."""
+        if self._backlogged:
+            return "behind an existing backlog"
+        if self.breaker.state is CircuitState.OPEN:
+            return "circuit open: waiting for replay"
         return None
 
     # -- replay ---------------------------------------------------------------------------
@@ -435,14 +446,37 @@ async def fan_out(
     if len(deliveries) == 1:
         only = deliveries[0]
         return {only.name: await only.deliver(spans, wait_s)}
-    outcomes = await asyncio.gather(*(d.deliver(spans, wait_s) for d in deliveries), return_exceptions=True)
     result: dict[str, DeliveryOutcome] = {}
+    waiting = [d for d in deliveries if d.spool_reason() is not None]
+    if spans and len(waiting) > 1 and all(d.spool is waiting[0].spool for d in waiting):
+        result.update(await _spool_once(waiting, spans))  # every sink down: one copy on disk, not one each
+        deliveries = [d for d in deliveries if d.name not in result]
+    outcomes = await asyncio.gather(*(d.deliver(spans, wait_s) for d in deliveries), return_exceptions=True)
     for delivery, outcome in zip(deliveries, outcomes, strict=True):
         if isinstance(outcome, BaseException):  # deliver() never raises; a bug must not cost the others
             log.error("delivering to %s failed: %s", delivery.name, _reason(outcome))
             outcome = DeliveryOutcome(delivery.name, 0, 0, 0, _reason(outcome))
         result[delivery.name] = outcome
     return result
+
+
+async def _spool_once(deliveries: list[SinkDelivery], spans: list[ObservabilitySpan]) -> dict[str, DeliveryOutcome]:
+    """One spooled batch owed to several sinks (each replays it on its own cursor)."""
+    rows = [s.to_row() for s in spans]
+    try:
+        await asyncio.to_thread(deliveries[0].spool.append, rows, [d.name for d in deliveries])
+    except Exception as exc:  # the disk itself failed: say so loudly, nothing else is left
+        log.error("could not spool %d span(s) for %s: %s", len(rows), ", ".join(d.name for d in deliveries), exc)
+        return {d.name: DeliveryOutcome(d.name, 0, 0, 0, f"spool write failed: {exc}") for d in deliveries}
+    outcomes = {}
+    for delivery in deliveries:
+        reason = delivery.spool_reason() or "waiting for replay"
+        delivery._spooled(len(rows))
+        if delivery._auto_replay:
+            delivery.ensure_replaying()
+        delivery._kick()
+        outcomes[delivery.name] = DeliveryOutcome(delivery.name, 0, len(rows), 0, reason)
+    return outcomes
 
 
 def _reason(exc: BaseException) -> str:
