@@ -18,8 +18,8 @@ from src.agents.ml_foundation.observability_connector.delivery import (
     RetryPolicy,
     SinkDelivery,
     SinkResult,
-    fan_out,
 )
+from src.agents.ml_foundation.observability_connector.fanout import fan_out
 from src.agents.ml_foundation.observability_connector.models import ObservabilitySpan
 from src.agents.ml_foundation.observability_connector.sinks import StoreSink
 from src.agents.ml_foundation.observability_connector.spool import Spool

@@ -12,7 +12,7 @@ the sink's reason and never retried; the rest of the batch is delivered.
 A sink whose answer nobody should wait for (Opik) is *detached*: its send runs as a task and the
 caller waits at most ``wait_s`` for the outcome; a send that fails later spools itself. A send
 that fails after a newer batch was spooled is replayed after it: ids are deterministic, so order
-changes nothing a sink keeps. :func:`fan_out` hands one batch to every sink concurrently.
+changes nothing a sink keeps. ``fanout.fan_out`` hands one batch to every sink concurrently.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +34,7 @@ from .models import ObservabilitySpan
 from .sink import Sink, SinkResult
 from .spool import Spool
 
-__all__ = ["DeliveryOutcome", "RetryPolicy", "Sink", "SinkDelivery", "SinkResult", "SinkStats", "fan_out"]
+__all__ = ["DeliveryOutcome", "RetryPolicy", "Sink", "SinkDelivery", "SinkResult", "SinkStats", "describe_failure"]
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ class SinkDelivery:
         return self._accepted(spans, result)
 
     def _failed(self, exc: BaseException) -> str:
-        reason = _reason(exc)
+        reason = describe_failure(exc)
         self.stats.batches_failed += 1
         self.stats.last_error = reason
         was_open = self.breaker.state is CircuitState.OPEN
@@ -234,16 +234,25 @@ class SinkDelivery:
 
     async def _spool(self, spans: list[ObservabilitySpan], reason: str) -> DeliveryOutcome:
         rows = [s.to_row() for s in spans]
-        error = await asyncio.to_thread(self._spool_rows, rows, reason)
-        if error is not None:
-            return DeliveryOutcome(self.name, 0, 0, 0, error)
+        try:
+            await asyncio.to_thread(self.spool.append, rows, [self.name])
+        except Exception as exc:  # the disk itself failed: say so loudly, nothing else is left
+            log.error("could not spool %d span(s) for %s (%s): %s", len(rows), self.name, reason, exc)
+            return DeliveryOutcome(self.name, 0, 0, 0, f"spool write failed: {exc}")
+        return self.spooled(len(rows), reason)
+
+    def spooled(self, count: int, reason: str) -> DeliveryOutcome:
+        """A batch of ``count`` spans owed to this sink is now in the spool (written here, or once for
+        several sinks by :func:`~.fanout.fan_out`): count it and make sure it is replayed."""
+        self._spooled(count)
         if self._auto_replay:
             self.ensure_replaying()
         self._kick()
-        return DeliveryOutcome(self.name, 0, len(rows), 0, reason)
+        return DeliveryOutcome(self.name, 0, count, 0, reason)
 
     def _spool_rows(self, rows: list[dict[str, Any]], reason: str) -> str | None:
-        """Append to the spool (blocking); the error text when even the disk failed, else None."""
+        """Append to the spool, blocking (a send being cancelled: its loop may not run another step);
+        the error text when even the disk failed, else None."""
         try:
             self.spool.append(rows, [self.name])
         except Exception as exc:  # the disk itself failed: say so loudly, nothing else is left
@@ -346,7 +355,7 @@ class SinkDelivery:
         try:
             spans = [ObservabilitySpan.model_validate(row) for row in batch.rows]
         except Exception as exc:  # not a span row (a file from another version): kept, never retried
-            await asyncio.to_thread(self._unreadable, batch.id, batch.rows, _reason(exc))
+            await asyncio.to_thread(self._unreadable, batch.id, batch.rows, describe_failure(exc))
             return 1
         try:
             result = await asyncio.wait_for(self.sink.send(spans), self.policy.timeout_s)
@@ -434,51 +443,7 @@ class SinkDelivery:
         return out
 
 
-async def fan_out(
-    deliveries: Sequence[SinkDelivery], spans: list[ObservabilitySpan], wait_s: float | None = None
-) -> dict[str, DeliveryOutcome]:
-    """One batch to every sink at once; each sink's outcome by name. Never raises.
-
-    ``wait_s`` overrides how long detached sinks are waited for (the agents' own flusher passes
-    0: nobody reads its answer; None: each sink's own); a sink whose own ``wait_s`` is None (the
-    store) is always awaited.
-    """
-    if len(deliveries) == 1:
-        only = deliveries[0]
-        return {only.name: await only.deliver(spans, wait_s)}
-    result: dict[str, DeliveryOutcome] = {}
-    waiting = [d for d in deliveries if d.spool_reason() is not None]
-    if spans and len(waiting) > 1 and all(d.spool is waiting[0].spool for d in waiting):
-        result.update(await _spool_once(waiting, spans))  # every sink down: one copy on disk, not one each
-        deliveries = [d for d in deliveries if d.name not in result]
-    outcomes = await asyncio.gather(*(d.deliver(spans, wait_s) for d in deliveries), return_exceptions=True)
-    for delivery, outcome in zip(deliveries, outcomes, strict=True):
-        if isinstance(outcome, BaseException):  # deliver() never raises; a bug must not cost the others
-            log.error("delivering to %s failed: %s", delivery.name, _reason(outcome))
-            outcome = DeliveryOutcome(delivery.name, 0, 0, 0, _reason(outcome))
-        result[delivery.name] = outcome
-    return result
-
-
-async def _spool_once(deliveries: list[SinkDelivery], spans: list[ObservabilitySpan]) -> dict[str, DeliveryOutcome]:
-    """One spooled batch owed to several sinks (each replays it on its own cursor)."""
-    rows = [s.to_row() for s in spans]
-    try:
-        await asyncio.to_thread(deliveries[0].spool.append, rows, [d.name for d in deliveries])
-    except Exception as exc:  # the disk itself failed: say so loudly, nothing else is left
-        log.error("could not spool %d span(s) for %s: %s", len(rows), ", ".join(d.name for d in deliveries), exc)
-        return {d.name: DeliveryOutcome(d.name, 0, 0, 0, f"spool write failed: {exc}") for d in deliveries}
-    outcomes = {}
-    for delivery in deliveries:
-        reason = delivery.spool_reason() or "waiting for replay"
-        delivery._spooled(len(rows))
-        if delivery._auto_replay:
-            delivery.ensure_replaying()
-        delivery._kick()
-        outcomes[delivery.name] = DeliveryOutcome(delivery.name, 0, len(rows), 0, reason)
-    return outcomes
-
-
-def _reason(exc: BaseException) -> str:
+def describe_failure(exc: BaseException) -> str:
+    """``Type: message`` of a failure, bounded (for logs, outcomes and the spool)."""
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"[:500]

@@ -1,6 +1,6 @@
 """The ``batch`` node: one write of the validated batch to every sink, through the delivery layer.
 
-The batch goes to every sink's ``SinkDelivery`` at once (``delivery.fan_out``): the store's outcome
+The batch goes to every sink's ``SinkDelivery`` at once (``fanout.fan_out``): the store's outcome
 decides the ``db_*`` and emission keys; Opik's only fills ``opik_spans_sent`` / ``opik_spans_queued``
 / ``opik_error`` and is waited for at most ``opik.wait_s`` (the agents' own flusher: not at all).
 A sink failure is reported in the state and never raised: the connector must not break the
@@ -24,7 +24,8 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from ..constants import OPIK_PROJECT, OPIK_URL, OPIK_WORKSPACE
-from ..delivery import DeliveryOutcome, fan_out
+from ..delivery import DeliveryOutcome
+from ..fanout import fan_out
 from ..redaction import redact_text
 from ..runtime import ConnectorContext, resolve_context
 from ..self_monitor import get_self_monitor
