@@ -226,7 +226,8 @@ class OpikWire:
     async def _call(self, request: Any) -> None:
         """Run one request; every failure leaves as :class:`OpikRejectedError` or :class:`OpikUnavailableError`."""
         try:
-            await asyncio.wait_for(request(self.api()), self.config.request_timeout_s)
+            async with asyncio.timeout(self.config.request_timeout_s):  # not wait_for: see delivery._send
+                await request(self.api())
         except (OpikRejectedError, OpikUnavailableError):
             raise
         except Exception as exc:

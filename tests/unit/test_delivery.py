@@ -290,3 +290,32 @@ async def test_with_every_sink_down_a_batch_is_spooled_once_for_all_and_each_rep
     assert await stored.drain() and await detached.drain()
     assert await store.count_spans() == 10 and opik.got == [f"s{i:05d}" for i in range(10)]
     assert spool.stats().batches == 0, "a batch leaves the spool once every sink has it"
+
+
+async def test_a_slow_sink_keeps_its_batches_out_of_the_spool_and_a_hanging_one_costs_one_short_wait(
+    tmp_path: Path,
+) -> None:
+    class Slow(Recorder):
+        async def send(self, spans: list[ObservabilitySpan]) -> SinkResult:
+            await asyncio.sleep(0.05)  # answers, just slower than batches arrive
+            return await super().send(spans)
+
+    slow = Slow()
+    policy = RetryPolicy(0.01, 0.05, timeout_s=5.0)
+    delivery = SinkDelivery(slow, Spool(tmp_path / "a.db"), policy, wait_s=0.0, max_detached=1, replay_task=False)
+    outcomes = await asyncio.gather(*(delivery.deliver(spans(10 * k, 10)) for k in range(4)))
+    assert [o.spooled for o in outcomes] == [0, 0, 0, 0] and await delivery.wait_idle(5)
+    assert len(slow.got) == 40
+
+    hanging = Recorder()
+    hanging.hang = True
+    delivery = SinkDelivery(hanging, Spool(tmp_path / "b.db"), policy, wait_s=0.0, max_detached=1, slot_wait_s=0.1)
+    assert (await delivery.deliver(spans(0, 5))).pending == 5
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert (await delivery.deliver(spans(5, 5))).spooled == 5
+    assert 0.1 <= loop.time() - started < 1.0
+    started = loop.time()
+    assert (await delivery.deliver(spans(10, 5))).spooled == 5, "backlogged now: straight to the spool"
+    assert loop.time() - started < 0.1
+    await delivery.stop(0.0)

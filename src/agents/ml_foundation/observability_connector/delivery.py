@@ -81,7 +81,8 @@ class SinkDelivery:
 
     ``wait_s``: None (the store) — :meth:`deliver` returns the sink's answer; a number (Opik) —
     the send is detached and :meth:`deliver` waits at most that long for it (0: not at all).
-    ``max_detached``: detached sends in flight at once; one more goes to the spool.
+    ``max_detached``: detached sends in flight at once; one more waits up to ``slot_wait_s`` for
+    one of them to finish, then goes to the spool.
     ``replay_task``: False — no background replay task is started by spooling; the backlog moves
     only through :meth:`replay_once` / :meth:`drain` (a command that replays by hand, tests).
     """
@@ -98,6 +99,7 @@ class SinkDelivery:
         wait_s: float | None = None,
         max_detached: int = 2,
         replay_task: bool = True,
+        slot_wait_s: float = 0.5,
     ) -> None:
         self.sink = sink
         self.name = sink.name
@@ -106,6 +108,7 @@ class SinkDelivery:
         self.breaker = breaker or CircuitBreaker(name=sink.name)
         self.wait_s = wait_s
         self.max_detached = max(1, max_detached)
+        self.slot_wait_s = slot_wait_s
         self.stats = SinkStats()
         self._on_dead_letter = on_dead_letter
         self._on_delivered = on_delivered
@@ -155,7 +158,7 @@ class SinkDelivery:
         wait = self.wait_s if wait_s is None or self.wait_s is None else wait_s
         if self._backlogged:
             return await self._spool(spans, "behind an existing backlog")
-        if wait is not None and len(self._detached) >= self.max_detached:
+        if wait is not None and len(self._detached) >= self.max_detached and not await self._slot_freed():
             return await self._spool(spans, f"{len(self._detached)} send(s) to {self.name} still in flight")
         if not self.breaker.allow_request():
             return await self._spool(spans, f"circuit {self.breaker.state.value}: waiting for replay")
@@ -169,14 +172,42 @@ class SinkDelivery:
             return task.result()
         return DeliveryOutcome(self.name, 0, 0, 0, pending=len(spans))
 
+    async def _slot_freed(self) -> bool:
+        """Wait up to ``slot_wait_s`` for a detached send to finish; True when there is room now.
+
+        A sink that answers, only slower than batches arrive, frees a slot within a round trip:
+        waiting that long keeps its batches out of the spool (whose replay goes one batch at a
+        time). A sink that hangs costs the caller ``slot_wait_s`` once: then its batch is spooled
+        and, the sink being backlogged, the next ones go straight to the spool.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.slot_wait_s
+        while len(self._detached) >= self.max_detached and not self._backlogged:
+            mine = [task for task in self._detached if task.get_loop() is loop]
+            left = deadline - loop.time()
+            if len(mine) < len(self._detached) or left <= 0:
+                return False  # a send on another loop cannot be awaited here; time is up
+            # Several callers may wait for the same slot: whoever loses the race waits again.
+            await asyncio.wait(mine, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        return len(self._detached) < self.max_detached and not self._backlogged
+
     def _settled(self, task: asyncio.Task[DeliveryOutcome]) -> None:
         self._detached.pop(task, None)
         if self._backlogged:
             self._kick()  # a slot for the replay
 
+    async def _send(self, spans: list[ObservabilitySpan]) -> SinkResult:
+        """The sink's answer within the policy's timeout (``TimeoutError`` past it).
+
+        ``asyncio.timeout`` rather than ``wait_for``: on 3.11, ``wait_for`` returns the result when
+        a cancellation arrives just as the call completes, and a replay task could not be stopped.
+        """
+        async with asyncio.timeout(self.policy.timeout_s):
+            return await self.sink.send(spans)
+
     async def _send_or_spool(self, spans: list[ObservabilitySpan]) -> DeliveryOutcome:
         try:
-            result = await asyncio.wait_for(self.sink.send(spans), self.policy.timeout_s)
+            result = await self._send(spans)
         except asyncio.CancelledError:
             # A detached send cut short (shutdown, or the caller's loop ending): keep the batch on
             # disk before giving up, written here because this loop may not run another step.
@@ -358,7 +389,7 @@ class SinkDelivery:
             await asyncio.to_thread(self._unreadable, batch.id, batch.rows, describe_failure(exc))
             return 1
         try:
-            result = await asyncio.wait_for(self.sink.send(spans), self.policy.timeout_s)
+            result = await self._send(spans)
         except Exception as exc:
             reason = self._failed(exc)
             self.stats.batches_retried += 1
@@ -419,7 +450,8 @@ class SinkDelivery:
             wake.clear()
             pause = max(self.breaker.seconds_until_probe(), self._hold_until - time.monotonic(), 0.01)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout=min(pause, self.policy.max_s, 1.0))
+                async with asyncio.timeout(min(pause, self.policy.max_s, 1.0)):
+                    await wake.wait()
 
     # -- status -----------------------------------------------------------------------------
 
