@@ -55,22 +55,25 @@ def build_settings(tmp: Path, batch: int) -> Any:
 
 
 def build(dsn: str, url: str, tmp: Path, batch: int) -> tuple[Any, Any, Any]:
+    """An agent wired as ``ConnectorContext.from_config`` wires it (``build_deliveries``), Postgres and Opik."""
     from src.agents.ml_foundation.observability_connector.agent import ObservabilityConnectorAgent
-    from src.agents.ml_foundation.observability_connector.config import build_store_delivery, load_registry
+    from src.agents.ml_foundation.observability_connector.config import build_deliveries, load_registry
     from src.agents.ml_foundation.observability_connector.runtime import ConnectorContext
-    from src.mlops import OpikConfig, OpikConnector
+    from src.mlops import OpikConfig
+    from src.mlops.opik_sink import OpikSink
     from src.repositories.observability_span import ObservabilitySpanRepository
     from src.repositories.postgres import PostgresSpanRepository
 
     registry = load_registry()
     settings = build_settings(tmp, batch)
     store = ObservabilitySpanRepository(PostgresSpanRepository(dsn))
-    opik = OpikConnector(OpikConfig(url=url, project_name="bench-e2e"), tier_names=registry.tier_names)
-    delivery = build_store_delivery(store, settings)
-    if delivery is not None and hasattr(opik, "attach_spool"):
-        opik.attach_spool(delivery.spool)  # as ConnectorContext.from_config wires it
-    context = ConnectorContext(store=store, settings=settings, registry=registry, opik=opik, store_delivery=delivery)
-    return ObservabilityConnectorAgent(context=context), opik, store
+    sink = OpikSink(OpikConfig(url=url, project_name="bench-e2e"), tier_names=registry.tier_names)
+    built = build_deliveries(store, settings, registry, opik=sink)
+    context = ConnectorContext(
+        store=store, settings=settings, registry=registry,
+        store_delivery=built.store, opik_delivery=built.opik, opik=built.connector,
+    )  # fmt: skip
+    return ObservabilityConnectorAgent(context=context), built.connector, store
 
 
 async def produce(obs: Any, spans: int, costs: list[int]) -> None:
@@ -154,7 +157,6 @@ async def run(dsn: str, args: argparse.Namespace) -> None:
             await obs.flush(120)
             await opik.wait_until_sent(120)
             await obs.aclose()
-            opik.close(5)
             await store.close()
             with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute("TRUNCATE ml_observability_spans")
@@ -163,7 +165,7 @@ async def run(dsn: str, args: argparse.Namespace) -> None:
             for round_no in range(args.rounds):
                 work = tmp / f"round{round_no}"
                 work.mkdir()
-                obs, opik, store = build(dsn, receiver.url, work, args.batch)
+                obs, _opik, store = build(dsn, receiver.url, work, args.batch)
                 base_rows = await asyncio.to_thread(count_rows, dsn)
                 base_spans = receiver.stats()["spans"]
                 costs: list[int] = []
@@ -173,14 +175,13 @@ async def run(dsn: str, args: argparse.Namespace) -> None:
                 produced = time.perf_counter() - started
                 counters = (
                     functools.partial(getattr, obs.context.store_delivery.stats, "spans_sent"),
-                    functools.partial(getattr, opik.stats, "spans_sent"),
+                    functools.partial(getattr, obs.context.opik_delivery.stats, "spans_sent"),
                 )
                 stored, received = await wait_for(
                     dsn, receiver, counters, args.spans, since, base_spans + args.spans, args.timeout
                 )
                 elapsed = time.perf_counter() - started
                 await obs.aclose()
-                opik.close(5)
                 await store.close()
                 if stored is None or received is None:
                     raise SystemExit(

@@ -10,8 +10,8 @@ the figure measures pydantic on the shared two cores rather than either client (
 validates every body it receives). Both clients face the same receiver in the same run:
 
 1. spans/s delivered to the receiver end to end by the connector: agents' ``span()`` → collector →
-   compiled graph (validation, SQLite store) → Opik sink → receiver; and the Opik sink alone
-   (validated rows handed to ``OpikConnector.submit`` → receiver);
+   compiled graph (validation, SQLite store) → the Opik delivery (``OpikSink``) → receiver; and the
+   Opik sink alone (validated rows handed to ``OpikSink.send``, two batches at a time → receiver);
 2. the same figure for the ``opik`` SDK's own path, ``client.trace(...)`` + ``trace.span(...)`` with
    its background queue, against the same receiver, in the same run. Target: ours ≥ 10×;
 3. the caller-side cost of ``async with obs.span(...)`` (three attributes) while Opik answers, and
@@ -86,21 +86,23 @@ class Receiver:
 
 
 def build_connector(url: str | None, db: Path, batch_size: int) -> tuple[Any, Any, Any]:
+    """An agent wired as ``ConnectorContext.from_config`` wires it (``build_deliveries``); Opik when ``url``."""
     from src.agents.ml_foundation.observability_connector.agent import ObservabilityConnectorAgent
     from src.agents.ml_foundation.observability_connector.config import (
         ObservabilitySettings,
-        build_store_delivery,
+        build_deliveries,
         load_registry,
     )
     from src.agents.ml_foundation.observability_connector.runtime import ConnectorContext
-    from src.mlops import OpikConfig, OpikConnector
+    from src.mlops import OpikConfig
+    from src.mlops.opik_sink import OpikSink
     from src.repositories.observability_span import ObservabilitySpanRepository
     from src.repositories.sqlite import SQLiteSpanRepository
 
     registry = load_registry()
-    opik = None
+    sink = None
     if url is not None:
-        opik = OpikConnector(OpikConfig(url=url, project_name="bench-ours"), tier_names=registry.tier_names)
+        sink = OpikSink(OpikConfig(url=url, project_name="bench-ours"), tier_names=registry.tier_names)
     settings = ObservabilitySettings(
         batching={
             "max_batch_size": batch_size,
@@ -110,11 +112,12 @@ def build_connector(url: str | None, db: Path, batch_size: int) -> tuple[Any, An
         }
     )
     store = ObservabilitySpanRepository(SQLiteSpanRepository(db))
-    delivery = build_store_delivery(store, settings)
-    if opik is not None:
-        opik.attach_spool(delivery.spool)  # the production wiring (ConnectorContext.from_config)
-    context = ConnectorContext(store=store, settings=settings, registry=registry, opik=opik, store_delivery=delivery)
-    return ObservabilityConnectorAgent(context=context), opik, store
+    built = build_deliveries(store, settings, registry, opik=sink)
+    context = ConnectorContext(
+        store=store, settings=settings, registry=registry,
+        store_delivery=built.store, opik_delivery=built.opik, opik=built.connector,
+    )  # fmt: skip
+    return ObservabilityConnectorAgent(context=context), built.connector, store
 
 
 async def produce(obs: Any, spans: int) -> None:
@@ -133,13 +136,12 @@ async def produce(obs: Any, spans: int) -> None:
 
 async def warm_up(receiver: Receiver, tmp: Path) -> None:
     """Imports (the graph, LangGraph, the opik client) and first connections happen here, untimed."""
-    obs, opik, _store = build_connector(receiver.url, tmp / "warm.db", 100)
+    obs, _opik, _store = build_connector(receiver.url, tmp / "warm.db", 100)
     base = receiver.stats()["spans"]
     await produce(obs, 200)
     await obs.flush(60)
     await asyncio.to_thread(receiver.wait_for_spans, base + 200, 60)
     await obs.aclose()
-    opik.close(5)
 
 
 async def store_only(spans: int, batch_size: int, tmp: Path) -> dict[str, float]:
@@ -154,7 +156,7 @@ async def store_only(spans: int, batch_size: int, tmp: Path) -> dict[str, float]
 
 
 async def ours_end_to_end(receiver: Receiver, spans: int, batch_size: int, tmp: Path) -> dict[str, float]:
-    obs, opik, _store = build_connector(receiver.url, tmp / f"e2e-{batch_size}.db", batch_size)
+    obs, _opik, _store = build_connector(receiver.url, tmp / f"e2e-{batch_size}.db", batch_size)
     base = receiver.stats()["spans"]
     started = time.perf_counter()
     await produce(obs, spans)
@@ -162,7 +164,6 @@ async def ours_end_to_end(receiver: Receiver, spans: int, batch_size: int, tmp: 
     waited = await asyncio.to_thread(receiver.wait_for_spans, base + spans, 300)
     total = time.perf_counter() - started
     await obs.aclose()
-    opik.close(5)
     if waited is None:
         raise SystemExit(f"ours: not every span reached the receiver: {receiver.stats()}")
     return {"spans_per_s": spans / total, "seconds": total, "produce_s": produced}
@@ -171,7 +172,8 @@ async def ours_end_to_end(receiver: Receiver, spans: int, batch_size: int, tmp: 
 async def sink_alone(receiver: Receiver, spans: int) -> dict[str, float]:
     from src.agents.ml_foundation.observability_connector.config import load_registry
     from src.agents.ml_foundation.observability_connector.models import ObservabilityEvent
-    from src.mlops import OpikConfig, OpikConnector
+    from src.mlops import OpikConfig
+    from src.mlops.opik_sink import OpikSink
 
     registry = load_registry()
     now = datetime.now(UTC)
@@ -193,18 +195,20 @@ async def sink_alone(receiver: Receiver, spans: int) -> dict[str, float]:
             }
         )
         rows.append(event.to_span(registry.tier_of(event.agent_name)))
-    # All of them are handed over at once, faster than any sender drains them: the backlog must
-    # hold the whole burst (its default bound, 10,000 spans, would drop the oldest — loudly).
-    config = OpikConfig(url=receiver.url, project_name="bench-sink", replay_backlog_max_spans=max(10_000, 2 * spans))
-    opik = OpikConnector(config, tier_names=registry.tier_names)
+    sink = OpikSink(OpikConfig(url=receiver.url, project_name="bench-sink"), tier_names=registry.tier_names)
+    slots = asyncio.Semaphore(2)  # as the delivery layer runs it: two batches in flight
+
+    async def send(batch: list[Any]) -> None:
+        async with slots:
+            result = await sink.send(batch)
+        assert not result.rejected, result.rejected[:3]
+
     base = receiver.stats()["spans"]
     started = time.perf_counter()
-    for start in range(0, spans, 100):
-        opik.submit(rows[start : start + 100])
-    await opik.wait_until_sent(300)
+    await asyncio.gather(*(send(rows[start : start + 1000]) for start in range(0, spans, 1000)))
     waited = await asyncio.to_thread(receiver.wait_for_spans, base + spans, 60)
     total = time.perf_counter() - started
-    opik.close(5)
+    await sink.aclose()
     if waited is None:
         raise SystemExit(f"sink: not every span reached the receiver: {receiver.stats()}")
     return {"spans_per_s": spans / total, "seconds": total}
@@ -314,7 +318,6 @@ async def healthy_vs_hanging(receiver: Receiver, spans: int, tmp: Path, rounds: 
     delivered = await opik.wait_until_sent(120)
     stats = receiver.stats()
     await obs.aclose()
-    opik.close(5)
     return {
         "healthy": _median_of(healthy),
         "hanging": _median_of(hanging),

@@ -1,7 +1,8 @@
-"""MLOps sinks of the observability connector: Opik emission and the circuit breaker guarding it.
+"""MLOps sinks of the observability connector: Opik (settings, wire format, sink, host facade) and
+the circuit breaker the delivery layer keeps per sink.
 
-Importing this package is cheap: the ``opik`` client loads only when an :class:`OpikConnector`
-is built (Opik configured), never on an agent's hot path.
+Importing this package is cheap: the ``opik`` client loads only when an Opik sink is built (Opik
+configured), never on an agent's hot path.
 """
 
 if __name__ == "mlops":  # the host's spelling: one module object for both names (src/_import_alias.py)
@@ -11,14 +12,13 @@ if __name__ == "mlops":  # the host's spelling: one module object for both names
 
 from .circuit_breaker import CircuitBreaker, CircuitState
 from .opik_connector import (
-    OpikConfig,
     OpikConnector,
     get_opik_connector,
-    opik_configured,
     reset_opik_connector,
     set_opik_connector,
 )
 from .opik_ids import opik_span_id, opik_trace_id
+from .opik_settings import OpikConfig, opik_configured
 
 __all__ = [
     "CircuitBreaker",

@@ -1,14 +1,15 @@
 """A circuit breaker for a remote sink, fed with real batch outcomes.
 
-Why a breaker at all: when Opik is down, every attempt costs a connect or read timeout on the
-sender, and a flood of attempts against a struggling server slows its recovery. After
-``failure_threshold`` consecutive failed batches the breaker opens and no call is attempted;
-after ``recovery_timeout_s`` it lets exactly one batch through as a probe (half-open); the
-probe's outcome closes or re-opens it.
+Why a breaker at all: when a sink is down, every attempt costs a connect or read timeout, and a
+flood of attempts against a struggling server slows its recovery. The delivery layer keeps one
+per sink (store, Opik). After ``failure_threshold`` consecutive failed batches the breaker
+opens and no call is attempted; after ``recovery_timeout_s`` it lets exactly one batch through
+as a probe (half-open); the probe's outcome closes or re-opens it.
 
-Only transport-level and server-side failures are counted (timeouts, refused connections, 5xx,
-429): a 400 means the server is up and answering, so it closes the breaker like a success.
-Thread-safe: the sender records outcomes on its own thread while status readers poll from others.
+Only failures of a whole batch are counted (timeouts, refused connections, 5xx, 429): rows a
+sink refuses one by one (a 400 from Opik) mean the server is up and answering, so that closes
+the breaker like a success.
+Thread-safe: the delivery records outcomes on the flusher's loop while status readers poll from others.
 """
 
 from __future__ import annotations
@@ -99,6 +100,11 @@ class CircuitBreaker:
             self._counters.rejected_calls += 1
             return False
 
+    def release_probe(self) -> None:
+        """A call allowed as the half-open probe never got an answer (cancelled): let another probe go."""
+        with self._lock:
+            self._probe_in_flight = False
+
     def record_success(self) -> None:
         with self._lock:
             self._counters.successes += 1
@@ -149,6 +155,11 @@ class CircuitBreaker:
                 "calls_not_attempted": self._counters.rejected_calls,
                 "last_failure": self.last_failure,
             }
+
+    def _after_fork_in_child(self) -> None:
+        """A forked child gets a fresh lock (another thread may have held this one at the fork)."""
+        self._lock = threading.Lock()
+        self._probe_in_flight = False
 
     # -- internals (lock held) ---------------------------------------------------------------
 

@@ -347,8 +347,14 @@ class TraceBook:
     def __len__(self) -> int:
         return len(self._traces)
 
-    def update(self, spans: Iterable[SpanLike], now: datetime | None = None) -> list[dict[str, Any]]:
-        """Fold ``spans`` into their traces and return the ``TraceWrite`` body of each touched trace."""
+    def update(
+        self, spans: Iterable[SpanLike], now: datetime | None = None, *, count: bool = True
+    ) -> list[dict[str, Any]]:
+        """Fold ``spans`` into their traces and return the ``TraceWrite`` body of each touched trace.
+
+        ``count=False``: the batch was folded in before (a retry): the records are rebuilt without
+        counting its spans again, unless their trace has left the book meanwhile.
+        """
         touched: dict[str, _TraceSummary] = {}
         with self._lock:
             book = self._traces
@@ -364,6 +370,9 @@ class TraceBook:
                         book.popitem(last=False)
                 else:
                     recent(trace_id)
+                    if not count:
+                        touched[trace_id] = summary
+                        continue
                     if start < summary.start:
                         summary.start = start
                         summary.first_name = span.operation_name

@@ -1,16 +1,17 @@
-"""Opik emission end to end: agents → collector → graph → OpikConnector → a real HTTP receiver.
+"""Opik emission end to end: agents → collector → graph → the Opik delivery → a real HTTP receiver.
 
 The receiver (``tests/fixtures/opik_receiver.py``) is a real server on 127.0.0.1 that validates
 every body with the ``opik`` SDK's own models and answers like Opik (400 for a non-UUIDv7 id);
 it is switched to 500s, refused connections and 10 s hangs. Timeouts, backoff and the breaker's
-recovery are shortened so the outage tests take seconds, with the same code paths as production.
+recovery are shortened so the outage tests take seconds, with the same code paths as production:
+``OpikSink`` behind a ``SinkDelivery`` (breaker, spool, replay) built by ``build_deliveries``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
-import logging
 import statistics
 import time
 from collections.abc import AsyncIterator, Callable
@@ -23,24 +24,31 @@ import pytest
 from rich.console import Console
 
 from src.agents.ml_foundation.observability_connector.agent import ObservabilityConnectorAgent
-from src.agents.ml_foundation.observability_connector.config import ObservabilitySettings, load_registry
+from src.agents.ml_foundation.observability_connector.config import (
+    ObservabilitySettings,
+    build_deliveries,
+    load_registry,
+)
+from src.agents.ml_foundation.observability_connector.delivery import SinkDelivery
 from src.agents.ml_foundation.observability_connector.demo import run_demo
 from src.agents.ml_foundation.observability_connector.graph import graph
 from src.agents.ml_foundation.observability_connector.runtime import ConnectorContext
 from src.mlops import CircuitState, OpikConfig, OpikConnector, opik_span_id, opik_trace_id
+from src.mlops.opik_sink import OpikSink
 from src.repositories.observability_span import ObservabilitySpanRepository
 from src.repositories.sqlite import SQLiteSpanRepository
 from tests.fixtures.opik_receiver import OpikReceiver
 
 REGISTRY = load_registry()
 
-FAST = {
-    "request_timeout_s": 0.3,
-    "wait_s": 0.2,
-    "failure_threshold": 5,
-    "recovery_timeout_s": 1.0,
-    "retry_backoff_s": 0.01,
-    "retry_backoff_max_s": 0.05,
+FAST_OPIK = {"request_timeout_s": 0.3, "wait_s": 0.2}
+FAST_BREAKER = {"failure_threshold": 5, "recovery_timeout_s": 1.0}
+FAST_BATCHING = {
+    "max_batch_size": 100,
+    "max_batch_wait_s": 0.2,
+    "max_queue_size": 100_000,
+    "retry_initial_s": 0.01,
+    "retry_max_s": 0.05,
     "shutdown_timeout_s": 1.0,
 }
 
@@ -48,7 +56,8 @@ FAST = {
 @dataclass
 class Rig:
     receiver: OpikReceiver
-    opik: OpikConnector
+    opik: OpikConnector  # the host's facade
+    delivery: SinkDelivery  # the Opik sink behind the one delivery layer
     store: ObservabilitySpanRepository
     context: ConnectorContext
     obs: ObservabilityConnectorAgent
@@ -58,22 +67,32 @@ class Rig:
 async def make_rig(opik_receiver: OpikReceiver, tmp_path: Path) -> AsyncIterator[Callable[..., Rig]]:
     made: list[Rig] = []
 
-    def make(**overrides: Any) -> Rig:
-        config = OpikConfig(url=opik_receiver.url, **{**FAST, **overrides})
-        opik = OpikConnector(config, tier_names=REGISTRY.tier_names)
-        store = ObservabilitySpanRepository(SQLiteSpanRepository(tmp_path / f"spans-{len(made)}.db"))
+    def make(encode_once: bool = True, recovery_timeout_s: float = 1.0, **opik: Any) -> Rig:
+        n = len(made)
         settings = ObservabilitySettings(
-            batching={"max_batch_size": 100, "max_batch_wait_s": 0.2, "max_queue_size": 100_000}
+            opik={"enabled": True, "url": opik_receiver.url, **FAST_OPIK, **opik},
+            circuit_breaker={**FAST_BREAKER, "recovery_timeout_s": recovery_timeout_s},
+            batching={**FAST_BATCHING, "spool_path": str(tmp_path / f"spool-{n}.db")},
         )
-        context = ConnectorContext(store=store, settings=settings, registry=REGISTRY, opik=opik)
-        rig = Rig(opik_receiver, opik, store, context, ObservabilityConnectorAgent(context=context))
+        config = dataclasses.replace(OpikConfig.from_settings(settings, {}), encode_once=encode_once)
+        store = ObservabilitySpanRepository(SQLiteSpanRepository(tmp_path / f"spans-{n}.db"))
+        sink = OpikSink(config, tier_names=REGISTRY.tier_names)
+        built = build_deliveries(store, settings, REGISTRY, opik=sink)
+        context = ConnectorContext(
+            store=store, settings=settings, registry=REGISTRY,
+            store_delivery=built.store, opik_delivery=built.opik, opik=built.connector,
+        )  # fmt: skip
+        rig = Rig(
+            opik_receiver, built.connector, built.opik, store, context, ObservabilityConnectorAgent(context=context)
+        )
         made.append(rig)
         return rig
 
     yield make
     for rig in made:
         await rig.obs.aclose()
-        rig.opik.close(0.5)
+        for delivery in rig.context.deliveries:  # the replay tasks of graph calls made on this loop
+            await delivery.aclose()
 
 
 def make_trace(obs: ObservabilityConnectorAgent, spans: int = 10, poison: bool = False) -> str:
@@ -111,17 +130,6 @@ async def assert_exactly_once(rig: Rig, trace_ids: list[str]) -> None:
     assert rig.receiver.duplicate_span_ids() == []
     assert sum(rig.receiver.span_writes.values()) == len(stored)
     assert set(rig.receiver.traces) == {opik_trace_id(t) for t in trace_ids}
-
-
-def delivered_trace_order(receiver: OpikReceiver) -> list[str]:
-    """Our trace ids in the order their span batches were accepted by the receiver."""
-    order: list[str] = []
-    for request in receiver.batch_posts("spans", 204):
-        for span_id in request.ids:
-            trace_id = receiver.spans[span_id]["metadata"]["obs_trace_id"]
-            if trace_id not in order:
-                order.append(trace_id)
-    return order
 
 
 # --------------------------------------------------------------------------- the happy path
@@ -169,6 +177,7 @@ async def test_a_trace_arrives_as_the_right_tree_with_model_and_usage(
     assert all(r.gzipped for r in rig.receiver.batch_posts("spans"))
     status = obs.get_status()["opik"]
     assert status["state"] == "closed" and status["spans_sent"] == 4 and status["backlog_spans"] == 0
+    assert trace["metadata"]["span_count"] == 4, "each span counted once in its trace record"
 
 
 def tid_as_uuid(trace_id: str) -> str:
@@ -281,24 +290,25 @@ async def test_outage_opens_the_breaker_keeps_every_span_and_recovers_exactly_on
     make_rig: Callable[..., Rig], outage: str
 ) -> None:
     rig = make_rig()
-    receiver, opik, obs = rig.receiver, rig.opik, rig.obs
+    receiver, opik, obs, delivery = rig.receiver, rig.opik, rig.obs, rig.delivery
     start_outage(receiver, outage)
     trace_ids: list[str] = []
     for _ in range(8):
         trace_ids.append(make_trace(obs, 10))
         started = time.perf_counter()
         assert await obs.flush(5)
-        # The store write never waits for Opik: at most wait_s for the first batch, nothing later.
+        # The store write never waits for Opik: the agents' flusher hands Opik its batch and goes on.
         assert time.perf_counter() - started < 1.0
-    await wait_until(lambda: opik.breaker.state is CircuitState.OPEN, 10)
-    breaker = opik.breaker.get_status()
+    await wait_until(lambda: delivery.breaker.state is CircuitState.OPEN, 10)
+    breaker = delivery.breaker.get_status()
     assert breaker["failures"] == 5 and breaker["times_opened"] == 1
     if outage == "http_500":
         assert len(receiver.batch_posts("spans", 500)) == 5
+    await wait_until(lambda: delivery.in_flight == 0, 5)
     requests_before = len(receiver.requests)
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # a stretch of the open breaker's recovery time: nothing may be sent in it
     assert len(receiver.requests) == requests_before, "no Opik call while the circuit is open"
-    assert opik.breaker.get_status()["failures"] == 5
+    assert delivery.breaker.get_status()["failures"] == 5
 
     assert len(await stored_spans(rig, trace_ids)) == 80, "the store keeps every span during the outage"
     status = obs.get_status()["opik"]
@@ -307,9 +317,8 @@ async def test_outage_opens_the_breaker_keeps_every_span_and_recovers_exactly_on
 
     end_outage(receiver, outage)
     assert await opik.wait_until_sent(10)
-    assert opik.breaker.state is CircuitState.CLOSED
+    assert delivery.breaker.state is CircuitState.CLOSED
     await assert_exactly_once(rig, trace_ids)
-    assert delivered_trace_order(receiver) == trace_ids, "the backlog is replayed oldest first"
     assert opik.get_status()["spans_sent"] == 80
 
 
@@ -357,7 +366,7 @@ async def test_graph_invocation_does_not_wait_for_a_hanging_opik(make_rig: Calla
         started = time.perf_counter()
         state = await graph.ainvoke({"events_to_log": events}, context=rig.context)
         elapsed = time.perf_counter() - started
-        assert elapsed < FAST["wait_s"] + 0.5
+        assert elapsed < FAST_OPIK["wait_s"] + 0.5
         assert state["db_writes_successful"] is True and state["db_write_count"] == 20
         assert state["opik_spans_sent"] == 0 and state["opik_spans_queued"] == 20
         assert not state.get("error")
@@ -382,10 +391,12 @@ async def test_a_rejected_batch_is_recorded_not_retried_and_holds_nothing_up(mak
     assert len(receiver.batch_posts("spans", 400)) == 1, "a rejected batch is never retried"
     assert len(receiver.batch_posts("spans", 204)) == 2
     status = rig.opik.get_status()
-    assert status["batches_rejected"] == 1 and status["spans_rejected"] == 10
+    assert status["spans_rejected"] == 10 and status["backlog_spans"] == 0
     assert "HTTP 400" in status["rejections"][0]["reason"]
     assert "rejected by the test" in status["rejections"][0]["reason"]
     assert status["state"] == "closed" and status["circuit_breaker"]["failures"] == 0
+    dead = [d for d in rig.delivery.spool.dead_letters() if d[0] == "opik"]
+    assert len(dead) == 10 and all("HTTP 400" in reason for _, _, reason in dead), "kept with Opik's reason"
     delivered = {body["metadata"]["obs_trace_id"] for body in receiver.spans.values()}
     assert delivered == {first, last}
     assert len(await stored_spans(rig, trace_ids)) == 30, "the store keeps the rejected batch"
@@ -395,7 +406,7 @@ async def test_a_rejected_batch_is_recorded_not_retried_and_holds_nothing_up(mak
              "started_at": datetime.now(UTC).isoformat(), "duration_ms": 1.0, "status": "ok"}  # fmt: skip
     state = await graph.ainvoke({"events_to_log": [event]}, context=rig.context)
     assert state["db_writes_successful"] is True and state["db_write_count"] == 1
-    assert "rejected: spans: HTTP 400" in (state["opik_error"] or "")
+    assert "rejected by opik: HTTP 400" in (state["opik_error"] or "")
     assert state["opik_spans_sent"] == 0 and state["opik_spans_queued"] == 0
     assert len(receiver.batch_posts("spans", 400)) == 2
 
@@ -411,88 +422,32 @@ async def test_a_non_uuid7_id_is_rejected_by_the_receiver_as_by_opik(opik_receiv
     assert "version 7" in response.json()["errors"][0]
 
 
-async def test_backlog_over_its_bound_drops_oldest_counted_and_logged_then_replays_from_store(
-    make_rig: Callable[..., Rig], caplog: pytest.LogCaptureFixture
+async def test_closing_while_opik_is_down_keeps_the_batch_in_the_spool_for_the_next_start(
+    make_rig: Callable[..., Rig],
 ) -> None:
-    rig = make_rig(replay_backlog_max_spans=25)
-    rig.receiver.refuse()
-    trace_ids = []
-    for _ in range(5):
-        trace_ids.append(make_trace(rig.obs, 10))
-        assert await rig.obs.flush(5)
-    status = rig.opik.get_status()
-    assert status["spans_overflowed"] == 30 and status["backlog_spans"] == 20
-    assert status["overflows"] and "replay_from_store" in caplog.text and "dropped the oldest" in caplog.text
-    assert len(await stored_spans(rig, trace_ids)) == 50
-
-    rig.receiver.resume()
-    assert await rig.opik.wait_until_sent(10)
-    assert len(rig.receiver.spans) == 20
-    with caplog.at_level(logging.ERROR):
-        assert await rig.opik.replay_from_store(rig.store, "1h") == 50
-    assert await rig.opik.wait_until_sent(10)
-    stored = await stored_spans(rig, trace_ids)
-    assert set(rig.receiver.spans) == {opik_span_id(s.trace_id, s.span_id) for s in stored}
-
-
-async def test_the_backlog_is_bounded_in_bytes_too(make_rig: Callable[..., Rig]) -> None:
-    """Bytes are what memory is made of: a few large spans reach the bound long before the span count."""
-    rig = make_rig(replay_backlog_max_bytes=64 * 1024)  # span bound left at its default (100,000)
-    rig.receiver.refuse()
-    for _ in range(6):
-        with rig.obs.span("summarise", "gap_analyzer") as span:
-            span.set_input({"prompt": "x" * 15_000})  # ~16.5 KB per batch: the span and its trace
-        assert await rig.obs.flush(5)
-    status = rig.opik.get_status()
-    assert status["backlog_spans"] == 3, "three such batches fit in 64 KiB, a fourth does not"
-    assert 3 * 15_000 < status["backlog_bytes"] <= 64 * 1024
-    assert status["spans_overflowed"] == 3 and status["replay_backlog_max_bytes"] == 64 * 1024
-
-    rig.receiver.resume()
-    assert await rig.opik.wait_until_sent(10)
-    assert rig.opik.get_status()["backlog_bytes"] == 0 and len(rig.receiver.spans) == 3
-
-
-async def test_close_reports_what_was_not_sent(make_rig: Callable[..., Rig], caplog: pytest.LogCaptureFixture) -> None:
     rig = make_rig(recovery_timeout_s=30)
     rig.receiver.mode = "error"
-    make_trace(rig.obs)
+    trace_id = make_trace(rig.obs)
     assert await rig.obs.flush(5)
-    await wait_until(lambda: rig.opik.breaker.state is CircuitState.OPEN, 5)
+    await wait_until(lambda: rig.delivery.in_flight == 0, 5)
     started = time.perf_counter()
-    assert rig.opik.close(2.0) is False
-    assert time.perf_counter() - started < 1.0, "close does not wait for the open circuit"
-    assert rig.opik.get_status()["spans_unsent_at_close"] == 10
-    assert "10 span(s) not sent" in caplog.text
+    await rig.obs.aclose()
+    assert time.perf_counter() - started < 1.0, "closing does not wait for Opik"
+    assert rig.delivery.spool.backlog("opik") == (1, 10)
 
-
-async def test_a_rejection_inside_a_joined_request_costs_only_the_bad_batch(make_rig: Callable[..., Rig]) -> None:
-    """After an outage the backlog goes out joined; a 400 then splits it to find the batch at fault."""
-    rig = make_rig()
-    receiver = rig.receiver
-    receiver.reject_when(lambda kind, item: kind == "spans" and item.get("name") == "poison", "poisoned")
-    receiver.refuse()
-    first = make_trace(rig.obs)
-    assert await rig.obs.flush(5)
-    poisoned = make_trace(rig.obs, poison=True)
-    assert await rig.obs.flush(5)
-    last = make_trace(rig.obs)
-    assert await rig.obs.flush(5)
-    receiver.resume()
-    assert await rig.opik.wait_until_sent(10)
-
-    rejected = receiver.batch_posts("spans", 400)
-    assert [r.items for r in rejected] == [30, 10], "the joined request, then the bad batch alone"
-    status = rig.opik.get_status()
-    assert status["batches_rejected"] == 1 and status["spans_rejected"] == 10
-    delivered = {body["metadata"]["obs_trace_id"] for body in receiver.spans.values()}
-    assert delivered == {first, last} and poisoned not in delivered
-    assert receiver.duplicate_span_ids() == []
+    # The next process (a new delivery on the same spool) sends it once Opik answers.
+    rig.receiver.recover()
+    settings = rig.context.settings
+    sink = OpikSink(OpikConfig.from_settings(settings, {}), tier_names=REGISTRY.tier_names)
+    again = build_deliveries(rig.store, settings, REGISTRY, opik=sink).opik
+    assert again is not None and again.backlogged
+    assert await again.drain()
+    await again.aclose()
+    await assert_exactly_once(rig, [trace_id])
 
 
 async def test_one_slow_answer_does_not_hold_the_other_request_slot(make_rig: Callable[..., Rig]) -> None:
-    """Requests go out as a window, not in rounds: while one waits for a slow answer, the other
-    slot keeps sending the batches behind it (a round would wait for its slowest request)."""
+    """While one batch waits for a slow answer, the other slot keeps sending the batches behind it."""
     rig = make_rig(max_items_per_request=100, request_timeout_s=5.0)
     receiver = rig.receiver
     receiver.slow_span_batches = [1.5]  # the first spans request is answered 1.5 s late, the rest at once
@@ -507,8 +462,8 @@ async def test_one_slow_answer_does_not_hold_the_other_request_slot(make_rig: Ca
 async def test_a_slow_server_gets_two_requests_at_once_and_every_span_exactly_once(
     make_rig: Callable[..., Rig],
 ) -> None:
-    """A distant server (every batch answered 0.2 s later): while healthy, two requests overlap,
-    never more than ``max_requests_in_flight``; after an outage retries go one at a time."""
+    """A distant server (every batch answered 0.2 s later): while healthy, two batches overlap,
+    never more than ``max_requests_in_flight``; after an outage the spool is replayed one batch at a time."""
     rig = make_rig(max_items_per_request=100, request_timeout_s=5.0)
     receiver = rig.receiver
     receiver.delay_s = 0.2
@@ -522,10 +477,11 @@ async def test_a_slow_server_gets_two_requests_at_once_and_every_span_exactly_on
     receiver.max_active_span_batches = 0
     failing = [make_trace(rig.obs) for _ in range(30)]
     assert await rig.obs.flush(10)
-    await wait_until(lambda: rig.opik.stats.batch_attempts_failed >= 3, 10)
-    receiver.max_active_span_batches = 0  # from here on only retries: they must go alone
-    await wait_until(lambda: rig.opik.stats.batch_attempts_failed >= 5, 10)
-    assert receiver.max_active_span_batches <= 1
+    await wait_until(lambda: rig.delivery.stats.batches_failed >= 3 and rig.delivery.in_flight == 0, 10)
+    receiver.max_active_span_batches = 0  # from here on only replays of the spool's head, one batch at a time
+    await wait_until(lambda: rig.delivery.stats.batches_failed >= 5, 10)
+    assert receiver.max_active_span_batches <= 2, "one batch (a flush of 300 spans is 3 requests, 2 at once)"
     receiver.recover()
-    await wait_until(lambda: rig.opik.breaker.state is CircuitState.CLOSED and rig.opik.backlog_spans == 0, 20)
+    assert await rig.opik.wait_until_sent(20)
+    assert rig.delivery.breaker.state is CircuitState.CLOSED
     await assert_exactly_once(rig, traces + failing)

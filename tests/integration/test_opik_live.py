@@ -22,10 +22,16 @@ from typing import Any
 import pytest
 
 from src.agents.ml_foundation.observability_connector.agent import ObservabilityConnectorAgent
-from src.agents.ml_foundation.observability_connector.config import ObservabilitySettings, load_registry
+from src.agents.ml_foundation.observability_connector.config import (
+    ObservabilitySettings,
+    build_deliveries,
+    load_registry,
+)
 from src.agents.ml_foundation.observability_connector.runtime import ConnectorContext
-from src.mlops import OpikConfig, OpikConnector, opik_span_id, opik_trace_id
-from src.mlops.opik_connector import OPIK_ENV_VARS, _load_rest_client
+from src.mlops import OpikConfig, opik_span_id, opik_trace_id
+from src.mlops.opik_settings import OPIK_ENV_VARS
+from src.mlops.opik_sink import OpikSink
+from src.mlops.opik_wire import load_rest_client
 from src.repositories.observability_span import ObservabilitySpanRepository
 from src.repositories.sqlite import SQLiteSpanRepository
 from tests.fixtures.opik_receiver import OpikReceiver
@@ -41,13 +47,18 @@ SKIP_REASON = (
 async def send_and_read_back(environ: Mapping[str, str], tmp_path: Path, read_timeout: float) -> None:
     project = environ.get("OPIK_PROJECT_NAME") or "obs-connector-live-test"
     settings = ObservabilitySettings(
-        opik={"project_name": project}, batching={"max_batch_size": 100, "max_batch_wait_s": 0.2}
+        opik={"project_name": project},
+        batching={"max_batch_size": 100, "max_batch_wait_s": 0.2, "spool_path": str(tmp_path / "spool.db")},
     )
     config = OpikConfig.from_settings(settings, {**environ, "OPIK_PROJECT_NAME": project})
     registry = load_registry()
-    connector = OpikConnector(config, tier_names=registry.tier_names)
     store = ObservabilitySpanRepository(SQLiteSpanRepository(tmp_path / "live.db"))
-    context = ConnectorContext(store=store, settings=settings, registry=registry, opik=connector)
+    built = build_deliveries(store, settings, registry, opik=OpikSink(config, tier_names=registry.tier_names))
+    connector = built.connector
+    context = ConnectorContext(
+        store=store, settings=settings, registry=registry,
+        store_delivery=built.store, opik_delivery=built.opik, opik=connector,
+    )  # fmt: skip
     obs = ObservabilityConnectorAgent(context=context)
     try:
         async with obs.span("route_request", "orchestrator") as root:
@@ -59,9 +70,8 @@ async def send_and_read_back(environ: Mapping[str, str], tmp_path: Path, read_ti
         assert status["spans_sent"] == 2 and status["spans_rejected"] == 0, status
     finally:
         await obs.aclose()
-        connector.close(5)
 
-    async_api, _api_error, _httpx = _load_rest_client()
+    async_api, _api_error, _httpx = load_rest_client()
     api = async_api(base_url=config.url, api_key=config.api_key, workspace_name=config.workspace, timeout=30)
     trace_id = opik_trace_id(root.trace_id)
     deadline = time.monotonic() + read_timeout

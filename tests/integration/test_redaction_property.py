@@ -35,9 +35,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from src.agents.ml_foundation.observability_connector.agent import ObservabilityConnectorAgent
-from src.agents.ml_foundation.observability_connector.config import ObservabilitySettings, load_registry
+from src.agents.ml_foundation.observability_connector.config import (
+    ObservabilitySettings,
+    build_deliveries,
+    load_registry,
+)
 from src.agents.ml_foundation.observability_connector.runtime import ConnectorContext
-from src.mlops import OpikConfig, OpikConnector
+from src.mlops import OpikConfig
+from src.mlops.opik_sink import OpikSink
 from src.repositories.observability_span import ObservabilitySpanRepository
 from src.repositories.sqlite import SQLiteSpanRepository
 from tests.fixtures.opik_receiver import OpikReceiver
@@ -250,10 +255,17 @@ def test_planted_secrets_never_leave_and_nothing_crashes(
 ) -> None:
     db = tmp_path / "property.db"
     store = ObservabilitySpanRepository(SQLiteSpanRepository(db))
-    opik = OpikConnector(
-        OpikConfig(url=opik_receiver.url, request_timeout_s=2.0, wait_s=2.0), tier_names=load_registry().tier_names
+    registry = load_registry()
+    obs_settings = ObservabilitySettings(batching={"spool_path": str(tmp_path / "spool.db")})
+    sink = OpikSink(
+        OpikConfig(url=opik_receiver.url, request_timeout_s=2.0, wait_s=2.0), tier_names=registry.tier_names
     )
-    context = ConnectorContext(store=store, settings=ObservabilitySettings(), registry=load_registry(), opik=opik)
+    built = build_deliveries(store, obs_settings, registry, opik=sink)
+    opik = built.connector
+    context = ConnectorContext(
+        store=store, settings=obs_settings, registry=registry,
+        store_delivery=built.store, opik_delivery=built.opik, opik=opik,
+    )  # fmt: skip
     agent = ObservabilityConnectorAgent(context=context, start=False)
     EGRESS_SOURCES.append(_receiver_bodies(opik_receiver))
     loop = asyncio.new_event_loop()
@@ -277,7 +289,8 @@ def test_planted_secrets_never_leave_and_nothing_crashes(
             assert loop.run_until_complete(opik.wait_until_sent(10.0)), opik.get_status()
         assert state["db_writes_successful"] is True
         assert any(e.startswith(f"event[{len(events) - 1}]") for e in state["emission_errors"])
-        assert any("span(s) rejected" in r.getMessage() for r in caplog.records)  # the log path ran
+        # The log path ran (with a spool, which Opik needs, the rejection is logged as dead-lettered).
+        assert any("rejected and dead-lettered" in r.getMessage() for r in caplog.records)
         seen["examples"] += 1
         seen["stored"] += state["events_logged"]
         for where, data in texts_that_left_the_process(db, caplog, state):
@@ -288,7 +301,8 @@ def test_planted_secrets_never_leave_and_nothing_crashes(
         check()
     finally:
         EGRESS_SOURCES.clear()
-        opik.close(1.0)
+        for delivery in context.deliveries:
+            loop.run_until_complete(delivery.aclose())
         loop.run_until_complete(store.close())
         loop.close()
     assert seen["examples"] >= 20 and seen["stored"] > 0

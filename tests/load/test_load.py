@@ -21,26 +21,19 @@ import pytest
 from src.agents.ml_foundation.observability_connector.agent import ObservabilityConnectorAgent
 from src.agents.ml_foundation.observability_connector.config import (
     ObservabilitySettings,
-    build_store_delivery,
+    build_deliveries,
     load_registry,
 )
 from src.agents.ml_foundation.observability_connector.graph import graph
 from src.agents.ml_foundation.observability_connector.runtime import ConnectorContext
-from src.mlops import OpikConfig, OpikConnector, opik_span_id
+from src.mlops import OpikConnector, opik_span_id
 from src.repositories.observability_span import ObservabilitySpanRepository
 from src.repositories.sqlite import SQLiteSpanRepository
 from tests.fixtures.opik_receiver import OpikReceiver
 
 REGISTRY = load_registry()
-FAST_OPIK = {
-    "request_timeout_s": 0.5,
-    "wait_s": 0.2,
-    "failure_threshold": 5,
-    "recovery_timeout_s": 0.5,
-    "retry_backoff_s": 0.01,
-    "retry_backoff_max_s": 0.05,
-    "shutdown_timeout_s": 2.0,
-}
+FAST_OPIK = {"request_timeout_s": 0.5, "wait_s": 0.2}
+FAST_BREAKER = {"failure_threshold": 5, "recovery_timeout_s": 0.5}
 
 
 @dataclass
@@ -52,8 +45,10 @@ class Rig:
     receiver: OpikReceiver
 
 
-def settings_for(tmp_path: Path) -> ObservabilitySettings:
+def settings_for(tmp_path: Path, opik_url: str, **opik: Any) -> ObservabilitySettings:
     return ObservabilitySettings(
+        opik={"enabled": True, "url": opik_url, **FAST_OPIK, **opik},
+        circuit_breaker=FAST_BREAKER,
         batching={
             "max_batch_size": 100,
             "max_batch_wait_s": 0.1,
@@ -62,8 +57,18 @@ def settings_for(tmp_path: Path) -> ObservabilitySettings:
             "retry_initial_s": 0.05,
             "retry_max_s": 0.5,
             "sink_timeout_s": 3.0,
-        }
+            "shutdown_timeout_s": 2.0,
+        },
     )
+
+
+def context_for(store: Any, settings: ObservabilitySettings) -> ConnectorContext:
+    """What ``ConnectorContext.from_config`` builds, around a store of the test's choice."""
+    built = build_deliveries(store, settings, REGISTRY)
+    return ConnectorContext(
+        store=store, settings=settings, registry=REGISTRY,
+        store_delivery=built.store, opik_delivery=built.opik, opik=built.connector,
+    )  # fmt: skip
 
 
 @pytest.fixture
@@ -71,26 +76,16 @@ async def make_rig(opik_receiver: OpikReceiver, tmp_path: Path) -> AsyncIterator
     made: list[Rig] = []
 
     def make(store: Any, **opik_overrides: Any) -> Rig:
-        settings = settings_for(tmp_path)
-        config = OpikConfig(url=opik_receiver.url, **{**FAST_OPIK, **opik_overrides})
-        opik = OpikConnector(config, tier_names=REGISTRY.tier_names)
-        delivery = build_store_delivery(store, settings)
-        opik.attach_spool(delivery.spool)  # as ConnectorContext.from_config wires it
-        context = ConnectorContext(
-            store=store,
-            settings=settings,
-            registry=REGISTRY,
-            opik=opik,
-            store_delivery=delivery,
-        )
-        rig = Rig(ObservabilityConnectorAgent(context=context), context, store, opik, opik_receiver)
+        context = context_for(store, settings_for(tmp_path, opik_receiver.url, **opik_overrides))
+        rig = Rig(ObservabilityConnectorAgent(context=context), context, store, context.opik, opik_receiver)
         made.append(rig)
         return rig
 
     yield make
     for rig in made:
         await rig.obs.aclose()
-        rig.opik.close(1.0)
+        for delivery in rig.context.deliveries:  # replay tasks started by graph calls on this loop
+            await delivery.aclose()
         await rig.store.close()
 
 
@@ -188,25 +183,20 @@ async def test_opik_outage_and_recovery(make_rig: Callable[..., Rig], tmp_path: 
     await assert_exactly_once(rig, produced)
 
 
-async def test_an_opik_outage_longer_than_the_backlog_spills_to_disk_and_loses_nothing(
-    make_rig: Callable[..., Rig], tmp_path: Path
-) -> None:
-    """Refused connections while 3,000 spans arrive and the in-memory backlog holds only 300."""
-    rig = make_rig(sqlite_store(tmp_path), replay_backlog_max_spans=300)
+async def test_a_long_opik_outage_waits_on_disk_and_loses_nothing(make_rig: Callable[..., Rig], tmp_path: Path) -> None:
+    """Refused connections while 3,000 spans arrive: they wait in the spool, not in memory."""
+    rig = make_rig(sqlite_store(tmp_path))
     produced: set[tuple[str, str]] = set()
     rig.receiver.refuse()
     for _ in range(300):
         await emit_trace(rig.obs, 9, produced)
     await rig.obs.flush(timeout=30)
-    await wait_until(lambda: rig.opik.stats.spans_spilled > 0, 10, "the Opik backlog to spill")
-    status = rig.opik.get_status()
-    assert status["spans_overflowed"] == 0, status  # spilled to disk, not dropped
-    assert rig.context.store_delivery.spool.stats().pending_by_sink.get("opik", 0) > 0
+    opik = rig.context.opik_delivery
+    await wait_until(lambda: opik.in_flight == 0, 10, "Opik's sends in flight to settle")
+    assert opik.spool.backlog("opik")[1] == len(produced), "every span waits on disk for Opik"
     rig.receiver.resume()
     await settle(rig, produced, timeout=60)
-    await wait_until(
-        lambda: not rig.context.store_delivery.spool.stats().pending_by_sink.get("opik"), 30, "the Opik spool to drain"
-    )
+    assert await rig.opik.wait_until_sent(30)
     await assert_exactly_once(rig, produced)
 
 
@@ -244,30 +234,26 @@ async def test_opik_spans_left_on_disk_by_a_closed_process_are_sent_by_the_next(
     from src.agents.ml_foundation.observability_connector.spool import Spool
 
     store = sqlite_store(tmp_path)
-    settings = settings_for(tmp_path)
-    first = OpikConnector(OpikConfig(url=opik_receiver.url, **FAST_OPIK), tier_names=REGISTRY.tier_names)
-    delivery = build_store_delivery(store, settings)
-    first.attach_spool(delivery.spool)
-    context = ConnectorContext(store=store, settings=settings, registry=REGISTRY, opik=first, store_delivery=delivery)
-    obs = ObservabilityConnectorAgent(context=context)
+    settings = settings_for(tmp_path, opik_receiver.url)
+    obs = ObservabilityConnectorAgent(context=context_for(store, settings))
     produced: set[tuple[str, str]] = set()
     opik_receiver.refuse()
     for _ in range(50):
         await emit_trace(obs, 9, produced)
     await obs.flush(timeout=30)
     await obs.aclose()
-    first.close(0.5)
     assert Spool(tmp_path / "spool.db").stats().pending_by_sink.get("opik", 0) > 0
 
     opik_receiver.resume()
-    second = OpikConnector(OpikConfig(url=opik_receiver.url, **FAST_OPIK), tier_names=REGISTRY.tier_names)
-    second.attach_spool(Spool(tmp_path / "spool.db"))
+    second = context_for(store, settings)
     try:
         expected = {opik_span_id(t, s) for t, s in produced}
+        second.opik_delivery.ensure_replaying()  # what the agent's flusher does as it starts
         # Batches waiting on disk are not "sent": wait_until_sent returns only once they are.
-        assert await second.wait_until_sent(30)
+        assert await second.opik.wait_until_sent(30)
         assert expected <= set(opik_receiver.spans)
         assert opik_receiver.duplicate_span_ids() == []
     finally:
-        second.close(1.0)
+        for delivery in second.deliveries:
+            await delivery.aclose()
         await store.close()

@@ -411,7 +411,7 @@ def test_a_stuck_store_at_shutdown_leaves_the_queued_spans_in_the_spool(tmp_path
         sys.path.insert(0, {str(REPO)!r})
         from src.agents.ml_foundation.observability_connector.agent import ObservabilityConnectorAgent
         from src.agents.ml_foundation.observability_connector.config import (
-            ObservabilitySettings, build_store_delivery, load_registry)
+            ObservabilitySettings, build_deliveries, load_registry)
         from src.agents.ml_foundation.observability_connector.runtime import ConnectorContext
 
         {HANGING_STORE}
@@ -421,7 +421,7 @@ def test_a_stuck_store_at_shutdown_leaves_the_queued_spans_in_the_spool(tmp_path
             "max_batch_wait_s": 60, "sink_timeout_s": 600, "spool_path": {str(tmp_path / "spool.db")!r}}})
         store = HangingStore()
         context = ConnectorContext(store=store, settings=settings, registry=load_registry(),
-                                   store_delivery=build_store_delivery(store, settings))
+                                   store_delivery=build_deliveries(store, settings, opik=None).store)
         obs = ObservabilityConnectorAgent(context=context)
         for i in range(2000):
             with obs.span("op", "scope_definer"):

@@ -13,11 +13,11 @@ import pytest
 
 from src.agents.ml_foundation.observability_connector.config import (
     ObservabilitySettings,
-    build_opik,
+    build_deliveries,
     load_registry,
 )
 from src.agents.ml_foundation.observability_connector.models import ObservabilityEvent, ObservabilitySpan
-from src.agents.ml_foundation.observability_connector.runtime import ConnectorContext
+from src.agents.ml_foundation.observability_connector.runtime import ConnectorContext, default_context
 from src.mlops import OpikConfig, OpikConnector, get_opik_connector, opik_configured, opik_span_id, opik_trace_id
 from src.mlops.opik_payloads import TraceBook, json_safe, span_payload
 from tests.fixtures.opik_receiver import _models
@@ -47,7 +47,7 @@ def validate(kind: str, body: dict[str, Any]) -> None:
     model = _models()[f"write:{kind}"]
     assert set(body) <= set(model.model_fields), set(body) - set(model.model_fields)
     model.model_validate(body)
-    from src.mlops.opik_connector import _dumps
+    from src.mlops.opik_wire import dumps as _dumps
 
     sent = json.loads(_dumps(body))  # what goes over the wire, as the receiver sees it
     model.model_validate(sent)
@@ -172,14 +172,12 @@ def test_opik_is_configured_by_env_or_setting() -> None:
 
 def test_config_from_settings_and_env() -> None:
     settings = ObservabilitySettings(
-        opik={"project_name": "file-project", "request_timeout_s": 2.5, "replay_backlog_max_spans": 123},
-        circuit_breaker={"failure_threshold": 7, "recovery_timeout_s": 12},
+        opik={"project_name": "file-project", "request_timeout_s": 2.5, "max_requests_in_flight": 3},
     )
     config = OpikConfig.from_settings(settings, {"OPIK_URL_OVERRIDE": "http://127.0.0.1:9/api/"})
     assert config.url == "http://127.0.0.1:9/api"
     assert config.project_name == "file-project"
-    assert (config.request_timeout_s, config.replay_backlog_max_spans) == (2.5, 123)
-    assert (config.failure_threshold, config.recovery_timeout_s) == (7, 12.0)
+    assert (config.request_timeout_s, config.max_requests_in_flight) == (2.5, 3)
     env = {"OPIK_API_KEY": SECRET_KEY, "OPIK_WORKSPACE": "team", "OPIK_PROJECT_NAME": "env-project"}
     cloud = OpikConfig.from_settings(settings, env)
     assert cloud.url.startswith("https://www.comet.com/opik/api")
@@ -188,42 +186,51 @@ def test_config_from_settings_and_env() -> None:
 
 
 def test_the_key_never_shows(caplog: pytest.LogCaptureFixture) -> None:
+    from src.mlops.opik_wire import OpikWire
+
     caplog.set_level(logging.DEBUG)
     connector = OpikConnector(OpikConfig(url="http://127.0.0.1:9/api", api_key=SECRET_KEY))
-    try:
-        shown = [repr(connector), repr(connector.config), json.dumps(connector.get_status(), default=str)]
-        assert not any(SECRET_KEY in text for text in shown)
-        assert connector.get_status()["api_key_set"] is True
-        assert connector._scrub(f"server said {SECRET_KEY}") == "server said [REDACTED]"
-    finally:
-        connector.close(0.1)
+    shown = [repr(connector), repr(connector.config), json.dumps(connector.get_status(), default=str)]
+    assert not any(SECRET_KEY in text for text in shown)
+    assert connector.get_status()["api_key_set"] is True
+    assert OpikWire(connector.config).scrub(f"server said {SECRET_KEY}") == "server said [REDACTED]"
     assert SECRET_KEY not in caplog.text
 
 
 def test_a_password_in_the_opik_url_never_shows() -> None:
     connector = OpikConnector(OpikConfig(url="http://opik-user:hunter2-secret@127.0.0.1:9/api"))
-    try:
-        shown = [
-            repr(connector),
-            repr(connector.config),
-            connector.url,
-            json.dumps(connector.get_status(), default=str),
-        ]
-        assert not any("hunter2-secret" in text for text in shown)
-        assert connector.get_status()["url"] == "http://opik-user:***@127.0.0.1:9/api"
-        assert connector.config.url.endswith("hunter2-secret@127.0.0.1:9/api")  # what the client uses
-    finally:
-        connector.close(0.1)
+    shown = [repr(connector), repr(connector.config), connector.url, json.dumps(connector.get_status(), default=str)]
+    assert not any("hunter2-secret" in text for text in shown)
+    assert connector.get_status()["url"] == "http://opik-user:***@127.0.0.1:9/api"
+    assert connector.config.url.endswith("hunter2-secret@127.0.0.1:9/api")  # what the client uses
 
 
-def test_context_from_config_gets_the_process_wide_sink(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert build_opik(ObservabilitySettings()) is None
+def test_context_from_config_gets_the_opik_sink_and_the_process_wide_facade(
+    store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert build_deliveries(store, ObservabilitySettings()).opik is None
     assert ConnectorContext.from_config().opik is None
+    assert get_opik_connector() is None
     monkeypatch.setenv("OPIK_URL_OVERRIDE", "http://127.0.0.1:9/api")
     context = ConnectorContext.from_config()
-    assert isinstance(context.opik, OpikConnector)
-    assert context.opik is get_opik_connector() is OpikConnector.instance()
+    assert isinstance(context.opik, OpikConnector) and context.opik_delivery.name == "opik"
     assert context.opik.url == "http://127.0.0.1:9/api"
+    assert [d.name for d in context.deliveries] == ["store", "opik"]
+    assert context.opik_delivery.spool is context.store_delivery.spool, "one spool for every sink"
+    assert default_context().opik is get_opik_connector() is OpikConnector.instance()
+
+
+def test_without_an_agent_the_convenience_api_says_how_to_get_one() -> None:
+    from src.mlops import opik_connector
+
+    connector = OpikConnector(OpikConfig(url="http://127.0.0.1:9/api"))
+    saved = opik_connector._agent_factory
+    opik_connector.register_agent_factory(None)
+    try:
+        with pytest.raises(RuntimeError, match="bind_agent"):
+            connector.log_metric("rows", 1.0)
+    finally:
+        opik_connector.register_agent_factory(saved)
 
 
 def test_bad_opik_settings_name_the_key() -> None:
@@ -232,7 +239,7 @@ def test_bad_opik_settings_name_the_key() -> None:
 
 
 def test_encoder_writes_times_in_utc_with_z_and_never_fails_a_batch_on_an_odd_value() -> None:
-    from src.mlops.opik_connector import _dumps
+    from src.mlops.opik_wire import dumps as _dumps
 
     plus_two = timezone(timedelta(hours=2))
     span = make_span(started_at=datetime(2026, 11, 26, 12, 0, 0, 5, tzinfo=plus_two))

@@ -26,6 +26,8 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from src.mlops.opik_connector import register_agent_factory
+
 from .agent_delivery import BatchDelivery, _not_stored
 from .batch_processor import BatchProcessor, FlusherStats
 from .constants import OPIK_PROJECT, OPIK_WORKSPACE
@@ -39,7 +41,6 @@ from .sampling import Sampler
 from .span_opening import SpanScope
 from .spans import Span
 from .trace_context import ObservabilityContext, TraceContext
-from .wiring import build_opik
 
 if TYPE_CHECKING:  # the hot path imports nothing heavy: pydantic, yaml and langgraph load lazily
     from .config import ObservabilitySettings
@@ -268,11 +269,6 @@ class ObservabilityConnectorAgent(LLMCalls, ContextFactory, BatchDelivery):
         self._start_flusher(self._flusher)
 
     def _start_flusher(self, flusher: BatchProcessor) -> None:
-        # Imported before the flusher registers its exit hook: threading's exit hooks run last
-        # registered first, so the flush at exit runs while the thread pools that the sinks'
-        # ``asyncio.to_thread`` needs still take work (see at_exit_before_thread_pools).
-        import concurrent.futures.thread  # noqa: F401
-
         raise_young_threshold(self.settings.batching.gc_young_threshold)
         flusher.start()
 
@@ -288,14 +284,10 @@ class ObservabilityConnectorAgent(LLMCalls, ContextFactory, BatchDelivery):
 
     @property
     def opik_connector(self) -> Any:
-        """The Opik sink (``src.mlops.opik_connector.OpikConnector``), or None when Opik is off."""
+        """The Opik facade (``src.mlops.opik_connector.OpikConnector``), or None when Opik is off."""
         if self._opik_connector is None:
             try:
-                context = self._context
-                if context is not None:
-                    self._opik_connector = context.opik
-                else:
-                    self._opik_connector = build_opik(self.settings)  # the process's one connector
+                self._opik_connector = self.context.opik  # the facade of the context's Opik delivery
             except Exception as exc:
                 log.warning("Opik is unavailable: %s: %s", type(exc).__name__, exc)
         return self._opik_connector
@@ -396,7 +388,6 @@ class ObservabilityConnectorAgent(LLMCalls, ContextFactory, BatchDelivery):
             stats = delivery.spool.stats()
         except Exception as exc:  # status must answer even when the disk does not
             return {"spool": {"error": f"{type(exc).__name__}: {exc}"}}
-        sink = delivery.stats
         return {
             "spool": {
                 "path": str(delivery.spool.path),
@@ -408,16 +399,8 @@ class ObservabilityConnectorAgent(LLMCalls, ContextFactory, BatchDelivery):
                 "dropped_spans": stats.dropped_spans,
                 "dead_letters": stats.dead_letters,
             },
-            "store_sink": {
-                "backlogged": delivery.backlogged,
-                "batches_sent": sink.batches_sent,
-                "batches_failed": sink.batches_failed,
-                "batches_retried": sink.batches_retried,
-                "batches_spooled": sink.batches_spooled,
-                "spans_spooled": sink.spans_spooled,
-                "dead_lettered": sink.dead_lettered,
-                "last_error": sink.last_error,
-            },
+            # The store's delivery: breaker, counters, what it owes (Opik's is under "opik").
+            "store_sink": delivery.status(),
         }
 
     # -- the orchestrator's and dashboards' side ------------------------------------------
@@ -490,3 +473,8 @@ class ObservabilityConnectorAgent(LLMCalls, ContextFactory, BatchDelivery):
             metrics["error"] = state["error"]
             metrics["error_type"] = state.get("error_type")
         return metrics
+
+
+# The host's Opik facade records its convenience spans (trace_agent & co.) through an agent; it
+# cannot import one (mlops sits below this layer), so this module tells it how to make one.
+register_agent_factory(ObservabilityConnectorAgent)

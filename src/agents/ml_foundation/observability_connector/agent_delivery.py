@@ -90,10 +90,15 @@ class BatchDelivery:
 
     async def _start_background(self) -> None:
         """On the flusher's loop, as it starts: replay what a previous run left in the spool."""
-        delivery = getattr(self.context, "store_delivery", None)
-        if delivery is not None and delivery.backlogged:
-            cache = self.context.cache
-            delivery.ensure_replaying(lambda replayed: cache.ainvalidate_since(s.start_time for s in replayed))
+        context = self.context
+        cache = context.cache
+        for delivery in context.deliveries:
+            if not delivery.backlogged:
+                continue
+            if delivery.name == "store":  # a replayed store batch changes what cached metrics cover
+                delivery.ensure_replaying(lambda replayed: cache.ainvalidate_since(s.start_time for s in replayed))
+            else:
+                delivery.ensure_replaying()
 
     def _spool_at_shutdown(self, records: list[Span]) -> int:
         """Shutdown ran out of time (a sink is stuck): validate, redact and spool what is queued.
@@ -113,17 +118,18 @@ class BatchDelivery:
         spans = state.get("validated_spans") or []
         if not spans:
             return 0
-        # The store's cursor only: Opik's spool records are encoded batches of its own; these spans
-        # reach Opik from the store with OpikConnector.replay_from_store.
-        delivery.spool.append([s.to_row() for s in spans], ["store"])
+        # Owed to every sink (store and Opik), each replays it from the spool at the next start.
+        delivery.spool.append([s.to_row() for s in spans], [d.name for d in self.context.deliveries])
         return len(spans)
 
     async def _stop_background(self) -> None:
-        """On the flusher's loop, as it stops: end the spool's replay task (its backlog stays on
-        disk and is replayed at the next start)."""
-        delivery = getattr(self.context, "store_delivery", None)
-        if delivery is not None:
-            await delivery.stop()
+        """On the flusher's loop, as it stops: end every sink's replay task (its backlog stays on
+        disk and is replayed at the next start), let Opik's sends in flight finish or spool, and
+        close the connections the sinks opened on this loop."""
+        # Half the shutdown budget for sends still in flight: the rest of it is the flush's.
+        budget = self.context.settings.batching.shutdown_timeout_s / 2
+        for delivery in self.context.deliveries:
+            await delivery.aclose(budget)
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Deliver every span finished so far; True when every span finished since the previous

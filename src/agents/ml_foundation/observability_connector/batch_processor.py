@@ -22,7 +22,7 @@ from typing import Any
 from .background import BackgroundLoop
 from .collector import SpanCollector
 from .flush_report import BatchNotStoredError, FlusherStats, FlushReport
-from .lifecycle import FLUSHERS, SINKS, on_shutdown, register_before_fork, watch_after_fork
+from .lifecycle import FLUSHERS, on_shutdown, register_before_fork, watch_after_fork
 from .spans import Span
 
 __all__ = [
@@ -31,7 +31,6 @@ __all__ = [
     "FlushReport",
     "FlusherStats",
     "SpanCollector",
-    "at_exit_before_thread_pools",
 ]
 
 log = logging.getLogger(__name__)
@@ -440,15 +439,6 @@ class BatchProcessor:
 
 
 _live_flushers: weakref.WeakSet[BatchProcessor] = weakref.WeakSet()
-
-
-def at_exit_before_thread_pools(callback: Callable[[], None]) -> None:
-    """Run ``callback`` at interpreter exit in the ``SINKS`` stage of :mod:`.lifecycle`.
-
-    Kept only for ``src/mlops/opik_connector.py`` (its exit hook drains the Opik sender) until
-    its rewrite registers with ``lifecycle.on_shutdown(SINKS, ...)`` itself; delete it then.
-    """
-    on_shutdown(SINKS, callback)
 
 
 # How long a fork waits for a flusher's start-up to finish (see _before_fork).

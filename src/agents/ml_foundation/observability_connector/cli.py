@@ -251,11 +251,27 @@ def status(ctx: typer.Context) -> None:
         f"{context.cache.describe()}, "
         f"TTL {s.cache.ttl_short_s:g} s (≤1h) / {s.cache.ttl_day_s:g} s (≤24h) / {s.cache.ttl_long_s:g} s (longer)",
     )
-    table.add_row("opik", plain(f"project {s.opik.project_name!r}, workspace {s.opik.workspace!r}"))
+    table.add_row("opik", plain(_opik_line(s)))
     table.add_row("spool", plain(spool_text))
     make_console().print(table)
     if problems:
         fail("; ".join(problems))
+
+
+def _opik_line(settings: ObservabilitySettings) -> str:
+    """Whether spans go to Opik, where (a password in the URL hidden), and the breaker's settings;
+    what waits for Opik is on the spool line (``opik owes N``)."""
+    from src.mlops.opik_settings import OpikConfig, opik_configured
+
+    from .redaction import redact_url
+
+    breaker = settings.circuit_breaker
+    guard = f"breaker opens after {breaker.failure_threshold} failures, probes after {breaker.recovery_timeout_s:g} s"
+    if not opik_configured(settings):
+        return f"off (opik.enabled: {settings.opik.enabled}; auto turns on with OPIK_URL_OVERRIDE or OPIK_API_KEY)"
+    config = OpikConfig.from_settings(settings)
+    key = "key set" if config.api_key else "no key"
+    return f"{redact_url(config.url)}, project {config.project_name!r}, workspace {config.workspace!r}, {key}; {guard}"
 
 
 def _spool_line(settings: ObservabilitySettings) -> tuple[str, str | None]:

@@ -1,47 +1,42 @@
-"""Per-sink delivery: each sink gets the batch once, and on failure its own spooled backlog.
+"""The one delivery layer: every sink (store, Opik) gets each batch through a :class:`SinkDelivery`.
 
-A failing sink never delays the other: a batch it cannot take now is written to the spool
-under that sink's name and the call returns; a replay task for that sink retries the backlog
-in order with exponential backoff and full jitter, and while a backlog exists new batches for
-that sink go straight to the spool behind it (order kept, no hammering of a dead server).
-Rows a sink rejects one by one (a value out of range) are dead-lettered with the sink's reason
-and never retried; the rest of the batch is delivered.
+Per sink: a direct send bounded by a timeout; on a transient failure the batch is written to the
+spool under the sink's name and the call returns; a replay task retries that sink's backlog in
+order (only the head is tried) with exponential backoff and full jitter, or after the server's
+``Retry-After``. A circuit breaker per sink counts real outcomes: after ``failure_threshold``
+consecutive failures it opens, and then only a half-open probe reaches the sink. While the
+breaker is open or a backlog exists, new batches go straight to the spool behind it (no waiting,
+order kept, no hammering of a dead server). Rows a sink rejects one by one are dead-lettered with
+the sink's reason and never retried; the rest of the batch is delivered.
+
+A sink whose answer nobody should wait for (Opik) is *detached*: its send runs as a task and the
+caller waits at most ``wait_s`` for the outcome; a send that fails later spools itself. A send
+that fails after a newer batch was spooled is replayed after it: ids are deterministic, so order
+changes nothing a sink keeps. ``fanout.fan_out`` hands one batch to every sink concurrently.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any
 
+from src.mlops.circuit_breaker import CircuitBreaker, CircuitState
+
+from .lifecycle import watch_after_fork
 from .models import ObservabilitySpan
+from .sink import Sink, SinkResult
 from .spool import Spool
 
-__all__ = ["DeliveryOutcome", "RetryPolicy", "Sink", "SinkDelivery", "SinkResult", "SinkStats"]
+__all__ = ["DeliveryOutcome", "RetryPolicy", "Sink", "SinkDelivery", "SinkResult", "SinkStats", "describe_failure"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class SinkResult:
-    """What a sink did with a batch it accepted: per-row rejections are final."""
-
-    delivered: int
-    rejected: Sequence[tuple[str, str]] = ()  # (span_id, the sink's reason)
-    details: dict[str, int] = field(default_factory=dict)  # e.g. inserted / duplicates
-
-
-class Sink(Protocol):
-    name: str
-
-    async def send(self, spans: list[ObservabilitySpan]) -> SinkResult:
-        """Deliver the rows; raise for a transient failure of the whole batch."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,10 +73,19 @@ class DeliveryOutcome:
     reasons: list[str] = field(default_factory=list)
     details: dict[str, int] = field(default_factory=dict)
     rejected_ids: frozenset[str] = frozenset()  # the rest of the batch was delivered (or spooled)
+    pending: int = 0  # a detached send still on its way: delivered or spooled later, never lost
 
 
 class SinkDelivery:
-    """One sink's delivery state: direct sends, spool fallback, ordered replay."""
+    """One sink's delivery state: direct sends, breaker, spool fallback, ordered replay, dead letters.
+
+    ``wait_s``: None (the store) — :meth:`deliver` returns the sink's answer; a number (Opik) —
+    the send is detached and :meth:`deliver` waits at most that long for it (0: not at all).
+    ``max_detached``: detached sends in flight at once; one more waits up to ``slot_wait_s`` for
+    one of them to finish, then goes to the spool.
+    ``replay_task``: False — no background replay task is started by spooling; the backlog moves
+    only through :meth:`replay_once` / :meth:`drain` (a command that replays by hand, tests).
+    """
 
     def __init__(
         self,
@@ -90,39 +94,152 @@ class SinkDelivery:
         policy: RetryPolicy | None = None,
         on_dead_letter: Callable[[str, ObservabilitySpan, str], None] | None = None,
         on_delivered: Callable[[list[ObservabilitySpan]], Awaitable[None] | None] | None = None,
+        *,
+        breaker: CircuitBreaker | None = None,
+        wait_s: float | None = None,
+        max_detached: int = 2,
+        replay_task: bool = True,
+        slot_wait_s: float = 0.5,
     ) -> None:
         self.sink = sink
         self.name = sink.name
         self.spool = spool
         self.policy = policy or RetryPolicy()
+        self.breaker = breaker or CircuitBreaker(name=sink.name)
+        self.wait_s = wait_s
+        self.max_detached = max(1, max_detached)
+        self.slot_wait_s = slot_wait_s
         self.stats = SinkStats()
         self._on_dead_letter = on_dead_letter
         self._on_delivered = on_delivered
         self._backlogged = spool.has_pending(self.name)  # a previous run left work behind
         if self._backlogged:
             spool.make_due(self.name)  # a new process is a fresh chance: no inherited back-off
+        self._hold_until = 0.0  # monotonic: the server asked for no call before then (Retry-After)
         self._wake: asyncio.Event | None = None
         self._replayer: asyncio.Task[None] | None = None
+        self._detached: dict[asyncio.Task[DeliveryOutcome], list[ObservabilitySpan]] = {}
+        self._auto_replay = replay_task
+        self._replaying = False  # one replay attempt at a time, whoever asks (task, drain, CLI)
+        watch_after_fork(self)
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: the sends in flight, the replay task and the sink's connections are
+        the parent's (the parent finishes them); what waits in the spool is replayed here too,
+        safely: sinks take a resent batch without duplicating it."""
+        self._detached = {}
+        self._replayer = None
+        self._wake = None
+        self._replaying = False
+        self.breaker._after_fork_in_child()
+        child_hook = getattr(self.sink, "_after_fork_in_child", None)
+        if callable(child_hook):
+            child_hook()
 
     @property
     def backlogged(self) -> bool:
         return self._backlogged
 
-    async def deliver(self, spans: list[ObservabilitySpan]) -> DeliveryOutcome:
-        """Send now, or spool behind an existing backlog; never raises."""
+    @property
+    def in_flight(self) -> int:
+        """Detached sends not answered yet."""
+        return len(self._detached)
+
+    # -- sending ----------------------------------------------------------------------------
+
+    async def deliver(self, spans: list[ObservabilitySpan], wait_s: float | None = None) -> DeliveryOutcome:
+        """Send now, or spool behind a backlog or an open breaker; never raises.
+
+        ``wait_s`` overrides the delivery's own (see the class docstring) for a detached sink;
+        None keeps it.
+        """
         if not spans:
             return DeliveryOutcome(self.name, 0, 0, 0)
+        wait = self.wait_s if wait_s is None or self.wait_s is None else wait_s
         if self._backlogged:
             return await self._spool(spans, "behind an existing backlog")
+        if wait is not None and len(self._detached) >= self.max_detached and not await self._slot_freed():
+            return await self._spool(spans, f"{len(self._detached)} send(s) to {self.name} still in flight")
+        if not self.breaker.allow_request():
+            return await self._spool(spans, f"circuit {self.breaker.state.value}: waiting for replay")
+        if wait is None:
+            return await self._send_or_spool(spans)
+        task = asyncio.get_running_loop().create_task(self._send_or_spool(spans), name=f"send-{self.name}")
+        self._detached[task] = spans
+        task.add_done_callback(self._settled)
+        done, _ = await asyncio.wait({task}, timeout=wait) if wait > 0 else (set(), set())
+        if task in done:
+            return task.result()
+        return DeliveryOutcome(self.name, 0, 0, 0, pending=len(spans))
+
+    async def _slot_freed(self) -> bool:
+        """Wait up to ``slot_wait_s`` for a detached send to finish; True when there is room now.
+
+        A sink that answers, only slower than batches arrive, frees a slot within a round trip:
+        waiting that long keeps its batches out of the spool (whose replay goes one batch at a
+        time). A sink that hangs costs the caller ``slot_wait_s`` once: then its batch is spooled
+        and, the sink being backlogged, the next ones go straight to the spool.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.slot_wait_s
+        while len(self._detached) >= self.max_detached and not self._backlogged:
+            mine = [task for task in self._detached if task.get_loop() is loop]
+            left = deadline - loop.time()
+            if len(mine) < len(self._detached) or left <= 0:
+                return False  # a send on another loop cannot be awaited here; time is up
+            # Several callers may wait for the same slot: whoever loses the race waits again.
+            await asyncio.wait(mine, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        return len(self._detached) < self.max_detached and not self._backlogged
+
+    def _settled(self, task: asyncio.Task[DeliveryOutcome]) -> None:
+        self._detached.pop(task, None)
+        if self._backlogged:
+            self._kick()  # a slot for the replay
+
+    async def _send(self, spans: list[ObservabilitySpan]) -> SinkResult:
+        """The sink's answer within the policy's timeout (``TimeoutError`` past it).
+
+        ``asyncio.timeout`` rather than ``wait_for``: on 3.11, ``wait_for`` returns the result when
+        a cancellation arrives just as the call completes, and a replay task could not be stopped.
+        """
+        async with asyncio.timeout(self.policy.timeout_s):
+            return await self.sink.send(spans)
+
+    async def _send_or_spool(self, spans: list[ObservabilitySpan]) -> DeliveryOutcome:
         try:
-            result = await asyncio.wait_for(self.sink.send(spans), self.policy.timeout_s)
+            result = await self._send(spans)
+        except asyncio.CancelledError:
+            # A detached send cut short (shutdown, or the caller's loop ending): keep the batch on
+            # disk before giving up, written here because this loop may not run another step.
+            self.breaker.release_probe()
+            self._spool_rows([s.to_row() for s in spans], "cut short before the sink answered")
+            raise
         except Exception as exc:  # any failure of the whole batch is transient by contract
-            reason = _reason(exc)
-            self.stats.batches_failed += 1
-            self.stats.last_error = reason
+            reason = self._failed(exc)
             log.warning("%s sink failed a batch of %d: %s; spooling it for replay", self.name, len(spans), reason)
             return await self._spool(spans, reason)
+        self.breaker.record_success()  # per-row rejections are an answer too: the sink is up
         return self._accepted(spans, result)
+
+    def _failed(self, exc: BaseException) -> str:
+        reason = describe_failure(exc)
+        self.stats.batches_failed += 1
+        self.stats.last_error = reason
+        was_open = self.breaker.state is CircuitState.OPEN
+        self.breaker.record_failure(reason)
+        if not was_open and self.breaker.state is CircuitState.OPEN:
+            log.warning(
+                "%s circuit open after %d consecutive failed batch(es) (last: %s); no call for %.0f s, "
+                "its batches wait in the spool",
+                self.name,
+                self.breaker.consecutive_failures,
+                reason,
+                self.breaker.recovery_timeout_s,
+            )
+        hint = getattr(exc, "retry_after_s", None)
+        if isinstance(hint, (int, float)) and hint > 0:
+            self._hold_until = max(self._hold_until, time.monotonic() + float(hint))
+        return reason
 
     def _accepted(self, spans: list[ObservabilitySpan], result: SinkResult) -> DeliveryOutcome:
         self.stats.batches_sent += 1
@@ -135,7 +252,10 @@ class SinkDelivery:
             reasons.append(f"span_id={span_id!r}: rejected by {self.name}: {reason}")
             span = by_id.get(span_id)
             row = span.to_row() if span is not None else {"span_id": span_id}
-            self.spool.dead_letter(self.name, row, reason)
+            try:
+                self.spool.dead_letter(self.name, row, reason)
+            except Exception as exc:  # the reason is still in the outcome and the log
+                log.error("could not dead-letter span %r for %s: %s", span_id, self.name, exc)
             if self._on_dead_letter is not None and span is not None:
                 self._on_dead_letter(self.name, span, reason)
         rejected = frozenset(span_id for span_id, _ in result.rejected)
@@ -148,13 +268,42 @@ class SinkDelivery:
         try:
             await asyncio.to_thread(self.spool.append, rows, [self.name])
         except Exception as exc:  # the disk itself failed: say so loudly, nothing else is left
-            log.error("could not spool %d span(s) for %s: %s", len(rows), self.name, exc)
+            log.error("could not spool %d span(s) for %s (%s): %s", len(rows), self.name, reason, exc)
             return DeliveryOutcome(self.name, 0, 0, 0, f"spool write failed: {exc}")
-        self.stats.batches_spooled += 1
-        self.stats.spans_spooled += len(rows)
-        self._backlogged = True
+        return self.spooled(len(rows), reason)
+
+    def spooled(self, count: int, reason: str) -> DeliveryOutcome:
+        """A batch of ``count`` spans owed to this sink is now in the spool (written here, or once for
+        several sinks by :func:`~.fanout.fan_out`): count it and make sure it is replayed."""
+        self._spooled(count)
+        if self._auto_replay:
+            self.ensure_replaying()
         self._kick()
-        return DeliveryOutcome(self.name, 0, len(rows), 0, reason)
+        return DeliveryOutcome(self.name, 0, count, 0, reason)
+
+    def _spool_rows(self, rows: list[dict[str, Any]], reason: str) -> str | None:
+        """Append to the spool, blocking (a send being cancelled: its loop may not run another step);
+        the error text when even the disk failed, else None."""
+        try:
+            self.spool.append(rows, [self.name])
+        except Exception as exc:  # the disk itself failed: say so loudly, nothing else is left
+            log.error("could not spool %d span(s) for %s (%s): %s", len(rows), self.name, reason, exc)
+            return f"spool write failed: {exc}"
+        self._spooled(len(rows))
+        return None
+
+    def _spooled(self, count: int) -> None:
+        self.stats.batches_spooled += 1
+        self.stats.spans_spooled += count
+        self._backlogged = True
+
+    def spool_reason(self) -> str | None:
+        """Why a new batch would go straight to the spool (a backlog, an open breaker); None: it is sent."""
+        if self._backlogged:
+            return "behind an existing backlog"
+        if self.breaker.state is CircuitState.OPEN:
+            return "circuit open: waiting for replay"
+        return None
 
     # -- replay ---------------------------------------------------------------------------
 
@@ -187,43 +336,82 @@ class SinkDelivery:
         if self._wake is not None:
             self._wake.set()
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float | None = None) -> None:
+        """End the replay task; detached sends get ``timeout`` (default: the policy's) to finish,
+        then wait in the spool. Nothing is lost: a send cut short here is replayed by the next start.
+        """
+        if self._detached:
+            tasks = list(self._detached)
+            _, late = await asyncio.wait(tasks, timeout=self.policy.timeout_s if timeout is None else timeout)
+            for task in late:  # each spools its own batch as it is cancelled
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         if self._replayer is not None:
             self._replayer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._replayer
             self._replayer = None
 
+    async def aclose(self, timeout: float | None = None) -> None:
+        """:meth:`stop`, then the sink releases what it opened on this loop."""
+        await self.stop(timeout)
+        with contextlib.suppress(Exception):
+            await self.sink.aclose()
+
     async def replay_once(self) -> int:
-        """Send the oldest owed batch if it is due; returns spans delivered (0: not due or failed).
+        """Send the oldest owed batch if it is due and the breaker allows; returns how many spans it
+        settled, at least 1 (0: nothing due, breaker open, or the attempt failed).
 
         Only the head of the backlog is ever tried, so batches reach the sink in the order they
-        were produced even while the head is backing off.
+        were spooled even while the head is backing off.
         """
+        if self._replaying or self.breaker.state is CircuitState.OPEN or time.monotonic() < self._hold_until:
+            return 0
+        if len(self._detached) >= self.max_detached:  # a replay is one more request in flight
+            return 0
+        self._replaying = True
+        try:
+            return await self._replay_head()
+        finally:
+            self._replaying = False
+
+    async def _replay_head(self) -> int:
         batch = await asyncio.to_thread(self.spool.head, self.name)
         if batch is None:
             self._backlogged = False
             return 0
-        if batch.next_attempt_at > time.time():
+        if batch.next_attempt_at > time.time() or not self.breaker.allow_request():
             return 0
-        spans = [ObservabilitySpan.model_validate(row) for row in batch.rows]
         try:
-            result = await asyncio.wait_for(self.sink.send(spans), self.policy.timeout_s)
+            spans = [ObservabilitySpan.model_validate(row) for row in batch.rows]
+        except Exception as exc:  # not a span row (a file from another version): kept, never retried
+            await asyncio.to_thread(self._unreadable, batch.id, batch.rows, describe_failure(exc))
+            return 1
+        try:
+            result = await self._send(spans)
         except Exception as exc:
-            reason = _reason(exc)
-            self.stats.batches_failed += 1
+            reason = self._failed(exc)
             self.stats.batches_retried += 1
-            self.stats.last_error = reason
-            delay = self.policy.delay(batch.attempts)
+            delay = max(self.policy.delay(batch.attempts), self._hold_until - time.monotonic())
             await asyncio.to_thread(self.spool.retry_later, self.name, batch.id, reason, delay)
             return 0
+        self.breaker.record_success()
         self._accepted(spans, result)
         await asyncio.to_thread(self.spool.ack, self.name, batch.id)
         if self._on_delivered is not None:
             maybe = self._on_delivered(spans)
             if maybe is not None:
                 await maybe
-        return result.delivered
+        return max(result.delivered, 1)  # a batch rejected row by row is settled too: keep going
+
+    def _unreadable(self, batch_id: int, rows: list[dict[str, Any]], reason: str) -> None:
+        log.error("a spooled batch for %s is not made of span rows (%s); dead-lettered", self.name, reason)
+        self.spool.dead_letter_many(
+            self.name,
+            [(row if isinstance(row, dict) else {"row": row}, f"unreadable spooled row: {reason}") for row in rows],
+        )
+        self.spool.ack(self.name, batch_id)
 
     async def drain(self, deadline: float | None = None) -> bool:
         """Replay everything due now; True when no backlog is left."""
@@ -233,6 +421,19 @@ class SinkDelivery:
             if sent == 0 and self._backlogged:
                 return False
         return not self._backlogged
+
+    async def wait_idle(self, timeout: float | None = None) -> bool:
+        """True once no detached send is in flight and the backlog is empty (within ``timeout``).
+
+        For callers on another loop or thread too: it only reads the state the delivery's own
+        loop changes.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._detached or self._backlogged:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
 
     async def _replay_loop(self) -> None:
         wake = self._wake
@@ -245,12 +446,36 @@ class SinkDelivery:
             sent = await self.replay_once()
             if sent or not self._backlogged:
                 continue
-            # Nothing was due: sleep until the earliest retry or a new spooled batch.
+            # Nothing was due: sleep until the breaker's probe, the earliest retry or a new spooled batch.
             wake.clear()
+            pause = max(self.breaker.seconds_until_probe(), self._hold_until - time.monotonic(), 0.01)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout=min(self.policy.max_s, 1.0))
+                async with asyncio.timeout(min(pause, self.policy.max_s, 1.0)):
+                    await wake.wait()
+
+    # -- status -----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Breaker state, counters and spool backlog of this sink (read from disk: not for hot paths)."""
+        breaker = self.breaker.get_status()
+        out: dict[str, Any] = {
+            "sink": self.name,
+            "state": breaker["state"],
+            "circuit_breaker": breaker,
+            "backlogged": self._backlogged,
+            "in_flight": len(self._detached),
+            **dataclasses.asdict(self.stats),
+        }
+        try:
+            batches, spans = self.spool.backlog(self.name)
+        except Exception as exc:  # status must answer even when the disk does not
+            out["backlog_error"] = f"{type(exc).__name__}: {exc}"
+        else:
+            out["backlog_batches"], out["backlog_spans"] = batches, spans
+        return out
 
 
-def _reason(exc: BaseException) -> str:
+def describe_failure(exc: BaseException) -> str:
+    """``Type: message`` of a failure, bounded (for logs, outcomes and the spool)."""
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"[:500]

@@ -12,6 +12,8 @@ import threading
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
+from src.mlops.opik_connector import register_default_connector
+
 from . import context_factory
 from .cache import MetricsCache
 from .lifecycle import keep_inherited, register_after_fork
@@ -36,14 +38,21 @@ class ConnectorContext:
     settings: ObservabilitySettings = field(default_factory=ObservabilitySettings)
     registry: AgentRegistry = field(default_factory=AgentRegistry)
     cache: MetricsCache = field(default_factory=MetricsCache)
-    # The Opik sink (src.mlops.OpikConnector) when Opik is configured; None: the store only.
+    # The host's Opik facade (src.mlops.OpikConnector) for the Opik delivery below; None: no Opik.
     opik: Any = None
     # Sampling and redaction policies; None (the usual case): built from ``settings`` when used,
     # so replacing ``settings`` replaces the policies too (policies.build_sampler / build_redactor).
     sampler: Sampler | None = None
     redactor: Redactor | None = None
-    # The store behind its on-disk spool (delivery.SinkDelivery); None: write the store directly.
+    # Each sink behind the one delivery layer (delivery.SinkDelivery), sharing one spool.
+    # store_delivery None: the store is written directly; opik_delivery None: Opik is off.
     store_delivery: Any = None
+    opik_delivery: Any = None
+
+    @property
+    def deliveries(self) -> list[Any]:
+        """The sinks' deliveries, the store first (what the batch node fans out to)."""
+        return [d for d in (self.store_delivery, self.opik_delivery) if d is not None]
 
     @classmethod
     def from_config(cls, settings: ObservabilitySettings | None = None, *, read_only: bool = False) -> ConnectorContext:
@@ -113,6 +122,14 @@ def _configured_for_server(given: ConnectorContext) -> ConnectorContext:
     return replace(
         configured, sampler=given.sampler or configured.sampler, redactor=given.redactor or configured.redactor
     )
+
+
+def _configured_opik() -> Any:
+    """The process's Opik facade: the process-wide context's (``get_opik_connector()`` asks here)."""
+    return default_context().opik
+
+
+register_default_connector(_configured_opik)
 
 
 def resolve_context(runtime: Any) -> ConnectorContext:

@@ -9,6 +9,7 @@ Precedence: values passed in code > ``OBS_*`` environment variables > the YAML f
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -85,7 +86,7 @@ class SamplingSettings(_Section):
 
 
 class CircuitBreakerSettings(_Section):
-    """Guards Opik: this many consecutive failures open it; half-open after the timeout."""
+    """One breaker per sink (store, Opik): this many consecutive failures open it; half-open after the timeout."""
 
     failure_threshold: int = Field(5, ge=1, le=1000)
     recovery_timeout_s: float = Field(30.0, gt=0, le=3600)
@@ -143,22 +144,37 @@ class CacheSettings(_Section):
 
 
 class OpikSettings(_Section):
-    """Opik sink (src/mlops/opik_connector.py); the API key comes only from ``OPIK_API_KEY``."""
+    """Opik sink (src/mlops/opik_sink.py); the API key comes only from ``OPIK_API_KEY``. Retries,
+    backoff and the spool are the delivery layer's (``batching``), the breaker ``circuit_breaker``."""
 
     project_name: str = "e2i-causal-analytics"  # OPIK_PROJECT_NAME wins
     workspace: str = "default"  # OPIK_WORKSPACE wins
     # auto: on when OPIK_URL_OVERRIDE or OPIK_API_KEY is set; true: always (url below or local Opik).
     enabled: Literal["auto"] | bool = "auto"
     url: str | None = None  # OPIK_URL_OVERRIDE wins; default: Opik Cloud with a key, else http://localhost:5173/api
-    request_timeout_s: float = Field(10.0, gt=0, le=600)  # per attempt of one batch
-    wait_s: float = Field(1.0, ge=0, le=60)  # how long the batch node waits to report "sent"; never longer
+    request_timeout_s: float = Field(10.0, gt=0, le=600)  # per HTTP request
+    wait_s: float = Field(1.0, ge=0, le=60)  # how long a graph caller waits to report "sent"; never longer
     max_items_per_request: int = Field(1000, ge=1, le=1000)  # Opik accepts at most 1000 per batch request
-    max_requests_in_flight: int = Field(2, ge=1, le=16)  # while healthy; a retry or a probe goes alone
-    # The in-memory backlog for Opik; past either bound the oldest batches wait in the on-disk spool.
-    replay_backlog_max_mb: float = Field(16.0, gt=0)  # ~740 bytes per typical span and its trace: ~22,000
-    replay_backlog_max_spans: int = Field(100_000, ge=1)
-    retry_backoff_s: float = Field(0.5, ge=0, le=60)  # first retry of a failed batch; doubles per failure
-    retry_backoff_max_s: float = Field(8.0, ge=0, le=600)
+    max_requests_in_flight: int = Field(2, ge=1, le=16)  # batches (and requests of one batch) at once
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_retired_keys(cls, data: Any) -> Any:
+        """Keys of the former in-memory Opik backlog: an existing file keeps loading, with a warning."""
+        if isinstance(data, dict) and (retired := sorted(set(data) & _RETIRED_OPIK_KEYS)):
+            warnings.warn(
+                f"opik.{', opik.'.join(retired)} no longer mean anything and are ignored: Opik's retries, "
+                "backoff and overflow are the delivery layer's (batching.retry_*, batching.spool_*)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            data = {k: v for k, v in data.items() if k not in _RETIRED_OPIK_KEYS}
+        return data
+
+
+_RETIRED_OPIK_KEYS = frozenset(
+    {"replay_backlog_max_mb", "replay_backlog_max_spans", "retry_backoff_s", "retry_backoff_max_s"}
+)
 
 
 class ObservabilitySettings(BaseSettings):

@@ -1,11 +1,11 @@
-"""Adapters that give every destination the same small ``send(spans)`` face for delivery."""
+"""The span store as a sink of the delivery layer (Opik's sink is ``src.mlops.opik_sink.OpikSink``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .delivery import SinkResult
 from .models import ObservabilitySpan
+from .sink import SinkResult
 
 __all__ = ["StoreSink"]
 
@@ -29,3 +29,6 @@ class StoreSink:
             rejected=list(result.errors),
             details={"inserted": result.inserted, "duplicates": result.duplicates},
         )
+
+    async def aclose(self) -> None:
+        """Nothing to release here: the store is also read (metrics), so its owner closes it."""

@@ -160,12 +160,8 @@ class Spool:
 
     # -- writing --------------------------------------------------------------------------
 
-    def append(self, rows: Sequence[dict[str, Any]], sinks: Iterable[str], n_spans: int | None = None) -> int:
-        """Persist one batch owed to ``sinks``; returns its id once it is on disk.
-
-        ``n_spans`` counts the spans when a row is not one span (Opik keeps a whole encoded
-        batch as one record).
-        """
+    def append(self, rows: Sequence[dict[str, Any]], sinks: Iterable[str]) -> int:
+        """Persist one batch (one row per span) owed to ``sinks``; returns its id once it is on disk."""
         sinks = list(dict.fromkeys(sinks))
         if not rows or not sinks:
             raise ValueError("a spooled batch needs at least one row and one sink")
@@ -177,7 +173,7 @@ class Spool:
             try:
                 cur = db.execute(
                     "INSERT INTO spool_batches (created_at, n_spans, n_bytes, payload) VALUES (?, ?, ?, ?)",
-                    (now, len(rows) if n_spans is None else n_spans, len(blob), blob),
+                    (now, len(rows), len(blob), blob),
                 )
                 batch_id = int(cur.lastrowid or 0)
                 db.executemany(
@@ -287,6 +283,20 @@ class Spool:
         """A sink recovered: everything it owes is due now (replay in order)."""
         with self._lock:
             self._db().execute("UPDATE spool_pending SET next_attempt_at = 0 WHERE sink = ?", (sink,))
+
+    def backlog(self, sink: str) -> tuple[int, int]:
+        """(batches, spans) that ``sink`` still owes."""
+        with self._lock:
+            row = (
+                self._db()
+                .execute(
+                    "SELECT COUNT(*), COALESCE(SUM(b.n_spans), 0) FROM spool_pending p "
+                    "JOIN spool_batches b ON b.id = p.batch_id WHERE p.sink = ?",
+                    (sink,),
+                )
+                .fetchone()
+            )
+        return int(row[0]), int(row[1])
 
     def has_pending(self, sink: str) -> bool:
         with self._lock:

@@ -12,7 +12,11 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+from src.mlops.circuit_breaker import CircuitBreaker
+from src.mlops.opik_connector import OpikConnector
+from src.mlops.opik_sink import OpikSink
 
 from .cache import MetricsCache
 from .config_errors import ConfigError
@@ -25,10 +29,10 @@ from .sinks import StoreSink
 from .spool import Spool, SpoolError
 
 __all__ = [
+    "Deliveries",
     "build_context",
-    "build_opik",
+    "build_deliveries",
     "build_store",
-    "build_store_delivery",
     "database_url",
     "spool_path",
     "store_backend",
@@ -100,40 +104,66 @@ def build_store(settings: ObservabilitySettings | None = None, *, read_only: boo
         raise ConfigError(f"store.sqlite_path {settings.store.sqlite_path!r}: {exc}") from exc
 
 
-def build_store_delivery(store: Any, settings: ObservabilitySettings | None = None) -> Any:
-    """The store behind its on-disk spool (``SinkDelivery``), or None when the spool is off."""
+class Deliveries(NamedTuple):
+    """The sinks behind the delivery layer, sharing one spool; None where a sink is off."""
+
+    store: SinkDelivery | None  # the StoreSink's (None: no spool, the store is written directly)
+    opik: SinkDelivery | None  # the OpikSink's (None: Opik not configured, or no spool)
+    connector: OpikConnector | None  # the host's Opik facade for that sink
+
+
+def build_deliveries(
+    store: Any,
+    settings: ObservabilitySettings | None = None,
+    registry: AgentRegistry | None = None,
+    *,
+    opik: Any = "auto",
+) -> Deliveries:
+    """Every sink behind its ``SinkDelivery`` (retries, a breaker per sink, the shared spool).
+
+    ``opik``: ``"auto"`` builds the Opik sink when Opik is configured (``opik.enabled``); an
+    ``OpikSink`` uses that one (tests, benchmarks); None leaves Opik out. Never fails on a path:
+    a spool that cannot be opened is logged, and then the store is written directly and Opik,
+    which needs the spool to keep what it cannot send now, is left out.
+    """
     settings = settings or load_settings()
-    batching = settings.batching
+    batching, breaker = settings.batching, settings.circuit_breaker
+    if opik == "auto":
+        opik = OpikSink.from_settings(settings, tier_names=(registry or load_registry()).tier_names)
     if not batching.spool_enabled or store is None:
-        return None
-    spool = Spool(spool_path(settings), max_bytes=int(batching.spool_max_mb * 1024 * 1024))
-    policy = RetryPolicy(batching.retry_initial_s, batching.retry_max_s, batching.sink_timeout_s)
+        if opik is not None:
+            log.error("Opik is configured but batching.spool_enabled is off: Opik needs the spool, so it is left out")
+        return Deliveries(None, None, None)
+
+    def breaker_for(name: str) -> CircuitBreaker:
+        return CircuitBreaker(breaker.failure_threshold, breaker.recovery_timeout_s, name=name)
+
     try:
-        return SinkDelivery(StoreSink(store), spool, policy)  # reads the spool's backlog
+        spool = Spool(spool_path(settings), max_bytes=int(batching.spool_max_mb * 1024 * 1024))
+        policy = RetryPolicy(batching.retry_initial_s, batching.retry_max_s, batching.sink_timeout_s)
+        store_delivery = SinkDelivery(StoreSink(store), spool, policy, breaker=breaker_for("store"))
+        if opik is None:
+            return Deliveries(store_delivery, None, None)
+        opik_policy = RetryPolicy(batching.retry_initial_s, batching.retry_max_s, 2 * opik.config.request_timeout_s)
+        opik_delivery = SinkDelivery(
+            opik, spool, opik_policy, breaker=breaker_for("opik"),
+            wait_s=opik.config.wait_s, max_detached=opik.config.max_requests_in_flight,
+        )  # fmt: skip
     except SpoolError as exc:
         # Building the context must not fail (it happens inside graph nodes and the agent's
         # flusher): the store is written directly, and a batch it cannot take is reported lost.
         log.error(
-            "%s; spans go to the store without a spool, so a batch the store cannot take is lost "
-            "(set batching.spool_path / OBS_BATCHING__SPOOL_PATH to a writable file)",
+            "%s; spans go to the store without a spool, so a batch the store cannot take is lost, and Opik is "
+            "left out (set batching.spool_path / OBS_BATCHING__SPOOL_PATH to a writable file)",
             exc,
         )
-        return None
+        return Deliveries(None, None, None)
+    return Deliveries(store_delivery, opik_delivery, OpikConnector(opik.config, delivery=opik_delivery, sink=opik))
 
 
 def spool_path(settings: ObservabilitySettings) -> Path:
     """Where the spool lives: ``batching.spool_path``, else ``spool.db`` beside the SQLite store."""
     return Path(settings.batching.spool_path or Path(settings.store.sqlite_path).parent / "spool.db")
-
-
-def build_opik(settings: ObservabilitySettings | None = None, registry: AgentRegistry | None = None) -> Any:
-    """The process's Opik sink when Opik is configured (see ``opik.enabled``), else None."""
-    from src.mlops.opik_connector import get_opik_connector, opik_configured
-
-    settings = settings or load_settings()
-    if not opik_configured(settings):
-        return None
-    return get_opik_connector(settings, tier_names=(registry or load_registry()).tier_names)
 
 
 def build_context(settings: ObservabilitySettings | None = None, *, read_only: bool = False) -> ConnectorContext:
@@ -149,15 +179,14 @@ def build_context(settings: ObservabilitySettings | None = None, *, read_only: b
         return ConnectorContext(
             store=store, settings=settings, registry=load_registry(), cache=MetricsCache(settings.cache)
         )
-    store_delivery = build_store_delivery(store, settings)
-    opik = build_opik(settings)
-    if opik is not None and store_delivery is not None:
-        opik.attach_spool(store_delivery.spool)  # Opik's overflow waits on disk too
+    registry = load_registry()
+    deliveries = build_deliveries(store, settings, registry)
     return ConnectorContext(
         store=store,
-        store_delivery=store_delivery,
+        store_delivery=deliveries.store,
+        opik_delivery=deliveries.opik,
+        opik=deliveries.connector,
         settings=settings,
-        registry=load_registry(),
+        registry=registry,
         cache=MetricsCache(settings.cache),
-        opik=opik,
     )

@@ -1,5 +1,8 @@
-"""The ``batch`` node: one write of the validated batch to every sink.
+"""The ``batch`` node: one write of the validated batch to every sink, through the delivery layer.
 
+The batch goes to every sink's ``SinkDelivery`` at once (``fanout.fan_out``): the store's outcome
+decides the ``db_*`` and emission keys; Opik's only fills ``opik_spans_sent`` / ``opik_spans_queued``
+/ ``opik_error`` and is waited for at most ``opik.wait_s`` (the agents' own flusher: not at all).
 A sink failure is reported in the state and never raised: the connector must not break the
 orchestrator that called it. A batch the store cannot take now but the spool kept is
 durably accepted (it is replayed in order), so it is logged, with a warning, not an ``error``.
@@ -18,7 +21,11 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from langgraph.runtime import Runtime
+
 from ..constants import OPIK_PROJECT, OPIK_URL, OPIK_WORKSPACE
+from ..delivery import DeliveryOutcome
+from ..fanout import fan_out
 from ..redaction import redact_text
 from ..runtime import ConnectorContext, resolve_context
 from ..self_monitor import get_self_monitor
@@ -48,7 +55,9 @@ def _logged(spans: list[Any]) -> dict[str, Any]:
     }
 
 
-async def write_batch(state: ObservabilityConnectorState, runtime: Any = None) -> dict[str, Any]:
+async def write_batch(
+    state: ObservabilityConnectorState, runtime: Runtime[ConnectorContext] | None = None
+) -> dict[str, Any]:
     """The graph's ``batch`` node. Never raises: a failure of its own is reported like the host's
     ``emit_spans`` reports one (``span_emission_error``), with nothing counted as logged."""
     monitor = get_self_monitor()
@@ -83,7 +92,7 @@ def emission_failure(state: Mapping[str, Any], exc: BaseException) -> dict[str, 
     }
 
 
-async def _write(state: ObservabilityConnectorState, runtime: Any) -> dict[str, Any]:
+async def _write(state: ObservabilityConnectorState, runtime: Runtime[ConnectorContext] | None) -> dict[str, Any]:
     ctx = resolve_context(runtime)
     spans = state.get("validated_spans") or []
     errors = list(state.get("emission_errors") or [])
@@ -104,10 +113,12 @@ async def _write(state: ObservabilityConnectorState, runtime: Any) -> dict[str, 
             "events_rejected": invalid,
             "events_dead_lettered": dead,
         }
-    # Opik runs beside the store write, never before it; its outcome never decides the store's.
-    opik_job = _start_opik(ctx.opik, spans, state.get("opik_wait_s"))
+    opik_outcome: DeliveryOutcome | None = None
     if ctx.store_delivery is not None:
-        update = await _through_spool(ctx, spans, errors)
+        # Every sink at once; Opik's outcome never decides the store's.
+        outcomes = await fan_out(ctx.deliveries, spans, state.get("opik_wait_s"))
+        update = await _stored(ctx, spans, errors, outcomes[ctx.store_delivery.name])
+        opik_outcome = outcomes.get(ctx.opik_delivery.name) if ctx.opik_delivery is not None else None
     else:
         update = await _direct(ctx, spans, errors)
     store_rejected = update.pop("_store_rejected")
@@ -116,7 +127,7 @@ async def _write(state: ObservabilityConnectorState, runtime: Any) -> dict[str, 
     update["emission_successful"] = accepted and not store_rejected and "error" not in update
     update["events_rejected"] = invalid + store_rejected
     update["events_dead_lettered"] = dead + (store_rejected if ctx.store_delivery is not None else 0)
-    return {**base, **update, **(await _opik_outcome(opik_job))}
+    return {**base, **update, **_opik_keys(opik_outcome)}
 
 
 #: The spool's name for events validation refused (the store's own refusals are under "store").
@@ -196,12 +207,13 @@ async def _direct(ctx: ConnectorContext, spans: list[Any], errors: list[str]) ->
     }
 
 
-async def _through_spool(ctx: ConnectorContext, spans: list[Any], errors: list[str]) -> dict[str, Any]:
-    """Store write with the spool behind it: a batch the store can't take now is kept on disk
-    and replayed in order, so it counts as logged (durably accepted), not as lost."""
+async def _stored(
+    ctx: ConnectorContext, spans: list[Any], errors: list[str], outcome: DeliveryOutcome
+) -> dict[str, Any]:
+    """The store's outcome with the spool behind it: a batch the store can't take now is kept on
+    disk and replayed in order, so it counts as logged (durably accepted), not as lost."""
     delivery = ctx.store_delivery
     cache = ctx.cache
-    outcome = await delivery.deliver(spans)
     if delivery.backlogged:
         # Only a backlog needs a replayer on this loop: a healthy write from an orchestrator's
         # own loop leaves no task of ours behind on it.
@@ -236,21 +248,18 @@ async def _through_spool(ctx: ConnectorContext, spans: list[Any], errors: list[s
     return update
 
 
-def _start_opik(opik: Any, spans: list[Any], wait_s: float | None) -> asyncio.Task[dict[str, Any]] | None:
-    """Hand the batch to the Opik sink concurrently with the store write (bounded by ``opik.wait_s``)."""
-    if opik is None or not spans:
-        return None
-    return asyncio.ensure_future(opik.deliver(spans, wait_s))
-
-
-async def _opik_outcome(job: asyncio.Task[dict[str, Any]] | None) -> dict[str, Any]:
-    if job is None:
+def _opik_keys(outcome: DeliveryOutcome | None) -> dict[str, Any]:
+    """Opik's outcome in the state: sent (confirmed within the wait), queued (on its way or spooled
+    for replay) and why not everything was sent; nothing when Opik is off."""
+    if outcome is None:
         return {}
-    try:
-        return await job
-    except Exception as exc:  # an Opik problem is reported, never raised, never a store failure
-        log.error("handing the batch to Opik failed: %s", exc)
-        return {"opik_spans_sent": 0, "opik_spans_queued": 0, "opik_error": f"{type(exc).__name__}: {exc}"}
+    problems = [outcome.error] if outcome.error else []
+    problems.extend(outcome.reasons[:5])
+    return {
+        "opik_spans_sent": outcome.delivered,
+        "opik_spans_queued": outcome.spooled + outcome.pending,
+        "opik_error": redact_text("; ".join(problems))[:2000] if problems else None,
+    }
 
 
 def _where(store: Any) -> str:

@@ -1,0 +1,39 @@
+"""The one face every destination shows the delivery layer: ``send(spans) -> SinkResult``, ``aclose()``.
+
+Core layer on purpose: the sinks (``src/repositories`` for the store, ``src/mlops`` for Opik)
+implement it without importing the pipeline that drives them (``delivery.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+__all__ = ["Sink", "SinkResult"]
+
+
+@dataclass(frozen=True, slots=True)
+class SinkResult:
+    """What a sink did with a batch it accepted: per-row rejections are final."""
+
+    delivered: int
+    rejected: Sequence[tuple[str, str]] = ()  # (span_id, the sink's reason)
+    details: dict[str, int] = field(default_factory=dict)  # e.g. inserted / duplicates
+
+
+class Sink(Protocol):
+    """A destination of validated span rows.
+
+    ``send`` raises for a transient failure of the whole batch (the delivery layer spools it and
+    replays it later; an exception may carry ``retry_after_s``, the server's own hint); rows it
+    refuses for good come back in :attr:`SinkResult.rejected` and are never retried.
+    """
+
+    name: str
+
+    async def send(self, spans: list[Any]) -> SinkResult: ...
+
+    async def aclose(self) -> None:
+        """Release what the sink opened on the running loop (connections); the sink stays usable."""
+        ...

@@ -1,0 +1,178 @@
+"""Opik as a sink of the delivery layer: validated span rows → Opik's batch requests, one outcome.
+
+Everything about *when* a batch is sent — retries with backoff, the circuit breaker, the on-disk
+spool, ordered replay, dead letters — belongs to the delivery layer that drives every sink. This
+module only turns a batch into Opik requests and reports what became of each span:
+
+- the rows become ``spans/batch`` requests of at most ``max_items_per_request`` spans, plus one
+  ``traces/batch`` request with the cumulative record of each trace the batch touches, sent
+  concurrently (at most ``max_requests_in_flight`` at once);
+- a request Opik refuses for its data (400, 409, 413, 415, 422) puts its spans in
+  :attr:`SinkResult.rejected` with the server's reason, and is never retried;
+- any transient failure (a timeout, a refused connection, 5xx, 429) raises
+  :class:`~src.mlops.opik_wire.OpikUnavailableError`: the delivery layer spools the batch and replays
+  it. Opik ids are deterministic (``opik_ids``), so a resent span is the same span, never a copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict, deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from src.agents.ml_foundation.observability_connector.sink import SinkResult
+
+from .opik_payloads import SpanLike, TraceBook, iso, span_payload
+from .opik_settings import OpikConfig, opik_configured
+from .opik_wire import OpikRejectedError, OpikUnavailableError, OpikWire, dumps
+
+__all__ = ["OpikSink"]
+
+log = logging.getLogger(__name__)
+
+#: Batches remembered as already folded into the trace records, so a retry does not count twice.
+_SEEN_BATCHES = 4096
+
+
+@dataclass
+class OpikSinkStats:
+    requests_sent: int = 0
+    requests_rejected: int = 0
+    trace_requests_rejected: int = 0
+
+
+class OpikSink:
+    """Sends validated span rows to one Opik server (see the module docstring for the outcome rules)."""
+
+    name = "opik"
+
+    def __init__(
+        self, config: OpikConfig, *, tier_names: Mapping[int, str] | None = None, wire: OpikWire | None = None
+    ) -> None:
+        self.config = config
+        self.wire = wire or OpikWire(config)
+        self.stats = OpikSinkStats()
+        #: The latest refusals with the server's reason (bounded), for status output.
+        self.rejections: deque[dict[str, Any]] = deque(maxlen=20)
+        self._tier_names: Mapping[int, str] = tier_names or {}
+        self._book = TraceBook(config.project_name, tier_names, config.max_traces_tracked)
+        self._seen: OrderedDict[tuple[Any, ...], None] = OrderedDict()
+
+    @classmethod
+    def from_settings(
+        cls, settings: Any = None, environ: Mapping[str, str] | None = None, tier_names: Mapping[int, str] | None = None
+    ) -> OpikSink | None:
+        """The sink for the configured Opik; None when Opik is not configured (see ``opik.enabled``)."""
+        if not opik_configured(settings, environ):
+            return None
+        return cls(OpikConfig.from_settings(settings, environ), tier_names=tier_names)
+
+    def __repr__(self) -> str:
+        return f"OpikSink(project={self.config.project_name!r}, workspace={self.config.workspace!r})"
+
+    # -- the Sink interface -----------------------------------------------------------------
+
+    async def send(self, spans: Sequence[SpanLike]) -> SinkResult:
+        rejected: list[tuple[str, str]] = []
+        chunks: list[tuple[list[str], bytes | list[dict[str, Any]]]] = []
+        size = max(1, min(self.config.max_items_per_request, 1000))
+        for start in range(0, len(spans), size):
+            ids, bodies = [], []
+            for span in spans[start : start + size]:
+                try:
+                    bodies.append(span_payload(span, self.config.project_name, self._tier_names))
+                except Exception as exc:  # one odd row must not cost the batch its delivery
+                    rejected.append((str(span.span_id), f"not convertible to an Opik span: {exc!r}"[:500]))
+                    continue
+                ids.append(str(span.span_id))
+            if bodies:
+                chunks.append((ids, dumps(bodies)[1:-1] if self.config.encode_once else bodies))
+        traces = self._book.update(spans, count=self._first_time(spans))
+        # Per batch, not per sink: a semaphore belongs to the loop it first waits on.
+        slots = asyncio.Semaphore(max(1, self.config.max_requests_in_flight))
+        requests = [self._spans_request(slots, ids, items) for ids, items in chunks]
+        if traces:
+            requests.append(self._traces_request(slots, traces))
+        outcomes = await asyncio.gather(*requests, return_exceptions=True)
+        failures = [o for o in outcomes if isinstance(o, BaseException)]
+        if failures:  # a retry rebuilds the trace records without counting these spans again
+            raise _one_failure(failures)
+        for outcome in outcomes:
+            if isinstance(outcome, list):
+                rejected.extend(outcome)
+        return SinkResult(delivered=len(spans) - len(rejected), rejected=rejected)
+
+    async def aclose(self) -> None:
+        await self.wire.aclose()
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child the parent's connections are not ours (never closed from here)."""
+        self.wire.forget_connections()
+
+    # -- requests ---------------------------------------------------------------------------
+
+    async def _spans_request(
+        self, slots: asyncio.Semaphore, ids: list[str], items: bytes | list[dict[str, Any]]
+    ) -> list[tuple[str, str]]:
+        """Send one request; returns its spans as rejections when Opik refused them."""
+        async with slots:
+            try:
+                await self.wire.post_spans(items)
+            except OpikRejectedError as exc:
+                self._record_rejection("spans", len(ids), exc.reason, ids)
+                return [(span_id, exc.reason) for span_id in ids]
+        self.stats.requests_sent += 1
+        return []
+
+    async def _traces_request(self, slots: asyncio.Semaphore, bodies: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        """The trace records; a refusal is logged and counted, the spans' outcomes stand on their own."""
+        async with slots:
+            try:
+                await self.wire.post_traces(bodies)
+            except OpikRejectedError as exc:
+                self.stats.trace_requests_rejected += 1
+                self._record_rejection("traces", len(bodies), exc.reason, [b["id"] for b in bodies[:20]])
+                return []
+        self.stats.requests_sent += 1
+        return []
+
+    def _record_rejection(self, kind: str, count: int, reason: str, ids: list[str]) -> None:
+        self.stats.requests_rejected += 1
+        self.rejections.append(
+            {"at": iso(datetime.now(UTC)), "kind": kind, "items": count, "reason": reason, "ids": ids[:20]}
+        )
+        log.error("Opik rejected %d %s, not retried: %s", count, kind, reason)
+
+    # -- trace records count each batch once ------------------------------------------------
+
+    @staticmethod
+    def _key(spans: Sequence[SpanLike]) -> tuple[Any, ...]:
+        if not spans:
+            return ()
+        first, last = spans[0], spans[-1]
+        return (len(spans), first.trace_id, first.span_id, last.trace_id, last.span_id)
+
+    def _first_time(self, spans: Sequence[SpanLike]) -> bool:
+        key = self._key(spans)
+        if key in self._seen:
+            self._seen.move_to_end(key)
+            return False
+        self._seen[key] = None
+        if len(self._seen) > _SEEN_BATCHES:
+            self._seen.popitem(last=False)
+        return True
+
+
+def _one_failure(failures: list[BaseException]) -> BaseException:
+    """One exception for the batch: transient if any part was (the delivery layer retries it),
+    with the longest ``Retry-After`` any answer asked for."""
+    transient = [f for f in failures if isinstance(f, OpikUnavailableError)]
+    if not transient:
+        return failures[0]
+    hints = [f.retry_after_s for f in transient if f.retry_after_s is not None]
+    reason = "; ".join(dict.fromkeys(f.reason for f in transient))
+    return OpikUnavailableError(reason, max(hints) if hints else None)
