@@ -24,11 +24,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from src.agents.ml_foundation.observability_connector.json_codec import json_bytes
 from src.agents.ml_foundation.observability_connector.sink import SinkResult
 
 from .opik_payloads import SpanLike, TraceBook, iso, span_payload
 from .opik_settings import OpikConfig, opik_configured
-from .opik_wire import OpikRejectedError, OpikUnavailableError, OpikWire, dumps
+from .opik_wire import OpikRejectedError, OpikUnavailableError, OpikWire
 
 __all__ = ["OpikSink"]
 
@@ -90,7 +91,7 @@ class OpikSink:
                     continue
                 ids.append(str(span.span_id))
             if bodies:
-                chunks.append((ids, dumps(bodies)[1:-1] if self.config.encode_once else bodies))
+                chunks.append((ids, json_bytes(bodies)[1:-1] if self.config.encode_once else bodies))
         traces = self._book.update(spans, count=self._first_time(spans))
         # Per batch, not per sink: a semaphore belongs to the loop it first waits on.
         slots = asyncio.Semaphore(max(1, self.config.max_requests_in_flight))

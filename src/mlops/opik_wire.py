@@ -25,7 +25,7 @@ from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import orjson
+from src.agents.ml_foundation.observability_connector.json_codec import json_bytes
 
 from .opik_payloads import iso
 from .opik_settings import OpikConfig
@@ -35,7 +35,6 @@ __all__ = [
     "OpikRejectedError",
     "OpikUnavailableError",
     "OpikWire",
-    "dumps",
     "encode_body",
     "load_rest_client",
 ]
@@ -45,7 +44,6 @@ PERMANENT_STATUSES = frozenset({400, 409, 413, 415, 422})
 _GZIP_MIN_BYTES = 1024
 _REASON_LIMIT = 500
 _RETRY_AFTER_MAX_S = 300.0
-_ORJSON_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
 
 
 class OpikRejectedError(Exception):
@@ -81,25 +79,6 @@ def load_rest_client() -> tuple[Any, Any, Any]:
 # --------------------------------------------------------------------------- encoding
 
 
-def dumps(value: Any) -> bytes:
-    """Compact JSON; datetimes as RFC 3339 UTC with a ``Z`` (span bodies carry them unformatted).
-
-    orjson first (it formats the datetimes in C); what it refuses (an integer past 64 bits, a lone
-    surrogate, a non-string key) goes through the standard encoder, so one odd value never costs
-    a batch its delivery.
-    """
-    try:
-        return orjson.dumps(value, option=_ORJSON_OPTIONS)
-    except (TypeError, ValueError):
-        return json.dumps(value, separators=(",", ":"), allow_nan=False, default=_json_default).encode()
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return iso(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
 def gzipped(raw: bytes) -> tuple[bytes, bool]:
     """Gzipped past 1 KB (level 1: this CPU is shared with the agents through the GIL)."""
     if len(raw) >= _GZIP_MIN_BYTES:
@@ -108,7 +87,7 @@ def gzipped(raw: bytes) -> tuple[bytes, bool]:
 
 
 def encode_body(payload: dict[str, Any]) -> tuple[bytes, bool]:
-    return gzipped(dumps(payload))
+    return gzipped(json_bytes(payload))
 
 
 def _gzip_client_class(httpx: Any) -> Any:

@@ -47,7 +47,7 @@ def validate(kind: str, body: dict[str, Any]) -> None:
     model = _models()[f"write:{kind}"]
     assert set(body) <= set(model.model_fields), set(body) - set(model.model_fields)
     model.model_validate(body)
-    from src.mlops.opik_wire import dumps as _dumps
+    from src.agents.ml_foundation.observability_connector.json_codec import json_bytes as _dumps
 
     sent = json.loads(_dumps(body))  # what goes over the wire, as the receiver sees it
     model.model_validate(sent)
@@ -239,7 +239,7 @@ def test_bad_opik_settings_name_the_key() -> None:
 
 
 def test_encoder_writes_times_in_utc_with_z_and_never_fails_a_batch_on_an_odd_value() -> None:
-    from src.mlops.opik_wire import dumps as _dumps
+    from src.agents.ml_foundation.observability_connector.json_codec import json_bytes as _dumps
 
     plus_two = timezone(timedelta(hours=2))
     span = make_span(started_at=datetime(2026, 11, 26, 12, 0, 0, 5, tzinfo=plus_two))

@@ -12,7 +12,6 @@ Payloads are the validated, redacted rows (JSON), so nothing secret is ever writ
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 import threading
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from .json_codec import json_bytes, loads
 from .paths import absolute as _absolute
 from .paths import os_reason as _os_reason
 from .paths import shown as _shown
@@ -165,7 +165,7 @@ class Spool:
         sinks = list(dict.fromkeys(sinks))
         if not rows or not sinks:
             raise ValueError("a spooled batch needs at least one row and one sink")
-        blob = zlib.compress(json.dumps(rows, separators=(",", ":"), default=str).encode(), 1)
+        blob = zlib.compress(json_bytes(rows), 1)
         now = time.time()
         with self._lock:
             db = self._db()
@@ -235,7 +235,7 @@ class Spool:
                 )
                 .fetchall()
             )
-        return [SpoolBatch(r[0], r[1], json.loads(zlib.decompress(r[2])), r[3]) for r in rows]
+        return [SpoolBatch(r[0], r[1], loads(zlib.decompress(r[2])), r[3]) for r in rows]
 
     def head(self, sink: str) -> SpoolBatch | None:
         """The oldest batch ``sink`` owes, due or not: replay never overtakes it (order kept)."""
@@ -251,7 +251,7 @@ class Spool:
             )
         if row is None:
             return None
-        return SpoolBatch(row[0], row[1], json.loads(zlib.decompress(row[2])), row[3], row[4])
+        return SpoolBatch(row[0], row[1], loads(zlib.decompress(row[2])), row[3], row[4])
 
     def ack(self, sink: str, batch_id: int) -> None:
         """``sink`` has the batch; delete it once no sink owes it any more."""
@@ -311,13 +311,13 @@ class Spool:
         with self._lock:
             self._db().execute(
                 "INSERT INTO dead_letters (sink, created_at, span_id, reason, row) VALUES (?, ?, ?, ?, ?)",
-                (sink, time.time(), str(row.get("span_id")), reason[:2000], json.dumps(row, default=str)),
+                (sink, time.time(), str(row.get("span_id")), reason[:2000], json_bytes(row).decode()),
             )
 
     def dead_letter_many(self, sink: str, items: Sequence[tuple[dict[str, Any], str]]) -> None:
         """:meth:`dead_letter` for many (row, reason) pairs in one transaction: one disk sync, not one each."""
         now = time.time()
-        values = [(sink, now, str(row.get("span_id")), reason[:2000], json.dumps(row, default=str))
+        values = [(sink, now, str(row.get("span_id")), reason[:2000], json_bytes(row).decode())
                   for row, reason in items]  # fmt: skip
         with self._lock:
             db = self._db()
