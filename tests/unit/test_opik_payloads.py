@@ -249,5 +249,9 @@ def test_encoder_writes_times_in_utc_with_z_and_never_fails_a_batch_on_an_odd_va
     validate("spans", encoded)
     # What orjson refuses goes through the standard encoder: same JSON, nothing lost.
     odd = {"big": 2**70, "surrogate": "\ud800", "when": datetime(2026, 1, 1, tzinfo=UTC)}
-    assert json.loads(_dumps(odd)) == {"big": 2**70, "surrogate": "\ud800", "when": "2026-01-01T00:00:00.000000Z"}
+    assert json.loads(_dumps(odd)) == {
+        "big": 2**70,
+        "surrogate": "\ud800",
+        "when": "2026-01-01T00:00:00Z",
+    }  # as orjson writes it
     assert _dumps({"nan": math.nan}) == b'{"nan":null}'  # never a 400 (json_safe upstream makes it "nan")
