@@ -10,14 +10,11 @@ recovery are shortened so the outage tests take seconds, with the same code path
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import io
 import statistics
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,74 +22,17 @@ from rich.console import Console
 
 from src.agents.ml_foundation.observability_connector.agent import ObservabilityConnectorAgent
 from src.agents.ml_foundation.observability_connector.config import (
-    ObservabilitySettings,
     build_deliveries,
-    load_registry,
 )
-from src.agents.ml_foundation.observability_connector.delivery import SinkDelivery
 from src.agents.ml_foundation.observability_connector.demo import run_demo
 from src.agents.ml_foundation.observability_connector.graph import graph
-from src.agents.ml_foundation.observability_connector.runtime import ConnectorContext
-from src.mlops import CircuitState, OpikConfig, OpikConnector, opik_span_id, opik_trace_id
+from src.mlops import CircuitState, OpikConfig, opik_span_id, opik_trace_id
 from src.mlops.opik_sink import OpikSink
-from src.repositories.observability_span import ObservabilitySpanRepository
-from src.repositories.sqlite import SQLiteSpanRepository
 from tests.fixtures.opik_receiver import OpikReceiver
+from tests.fixtures.opik_rig import FAST_OPIK, REGISTRY, Rig, make_rig
+from tests.fixtures.waiting import wait_until_async
 
-REGISTRY = load_registry()
-
-FAST_OPIK = {"request_timeout_s": 0.3, "wait_s": 0.2}
-FAST_BREAKER = {"failure_threshold": 5, "recovery_timeout_s": 1.0}
-FAST_BATCHING = {
-    "max_batch_size": 100,
-    "max_batch_wait_s": 0.2,
-    "max_queue_size": 100_000,
-    "retry_initial_s": 0.01,
-    "retry_max_s": 0.05,
-    "shutdown_timeout_s": 1.0,
-}
-
-
-@dataclass
-class Rig:
-    receiver: OpikReceiver
-    opik: OpikConnector  # the host's facade
-    delivery: SinkDelivery  # the Opik sink behind the one delivery layer
-    store: ObservabilitySpanRepository
-    context: ConnectorContext
-    obs: ObservabilityConnectorAgent
-
-
-@pytest.fixture
-async def make_rig(opik_receiver: OpikReceiver, tmp_path: Path) -> AsyncIterator[Callable[..., Rig]]:
-    made: list[Rig] = []
-
-    def make(encode_once: bool = True, recovery_timeout_s: float = 1.0, **opik: Any) -> Rig:
-        n = len(made)
-        settings = ObservabilitySettings(
-            opik={"enabled": True, "url": opik_receiver.url, **FAST_OPIK, **opik},
-            circuit_breaker={**FAST_BREAKER, "recovery_timeout_s": recovery_timeout_s},
-            batching={**FAST_BATCHING, "spool_path": str(tmp_path / f"spool-{n}.db")},
-        )
-        config = dataclasses.replace(OpikConfig.from_settings(settings, {}), encode_once=encode_once)
-        store = ObservabilitySpanRepository(SQLiteSpanRepository(tmp_path / f"spans-{n}.db"))
-        sink = OpikSink(config, tier_names=REGISTRY.tier_names)
-        built = build_deliveries(store, settings, REGISTRY, opik=sink)
-        context = ConnectorContext(
-            store=store, settings=settings, registry=REGISTRY,
-            store_delivery=built.store, opik_delivery=built.opik, opik=built.connector,
-        )  # fmt: skip
-        rig = Rig(
-            opik_receiver, built.connector, built.opik, store, context, ObservabilityConnectorAgent(context=context)
-        )
-        made.append(rig)
-        return rig
-
-    yield make
-    for rig in made:
-        await rig.obs.aclose()
-        for delivery in rig.context.deliveries:  # the replay tasks of graph calls made on this loop
-            await delivery.aclose()
+__all__ = ["make_rig"]  # the fixture, used by name
 
 
 def make_trace(obs: ObservabilityConnectorAgent, spans: int = 10, poison: bool = False) -> str:
@@ -104,14 +44,6 @@ def make_trace(obs: ObservabilityConnectorAgent, spans: int = 10, poison: bool =
                 pass
         obs.record_llm_call("gap_analyzer", "gpt-4o", 100, 20, duration_ms=3, provider="openai")
     return root.trace_id
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 async def stored_spans(rig: Rig, trace_ids: list[str]) -> list[Any]:
@@ -299,12 +231,12 @@ async def test_outage_opens_the_breaker_keeps_every_span_and_recovers_exactly_on
         assert await obs.flush(5)
         # The store write never waits for Opik: the agents' flusher hands Opik its batch and goes on.
         assert time.perf_counter() - started < 1.0
-    await wait_until(lambda: delivery.breaker.state is CircuitState.OPEN, 10)
+    await wait_until_async(lambda: delivery.breaker.state is CircuitState.OPEN, 10)
     breaker = delivery.breaker.get_status()
     assert breaker["failures"] == 5 and breaker["times_opened"] == 1
     if outage == "http_500":
         assert len(receiver.batch_posts("spans", 500)) == 5
-    await wait_until(lambda: delivery.in_flight == 0, 5)
+    await wait_until_async(lambda: delivery.in_flight == 0, 5)
     requests_before = len(receiver.requests)
     await asyncio.sleep(0.3)  # a stretch of the open breaker's recovery time: nothing may be sent in it
     assert len(receiver.requests) == requests_before, "no Opik call while the circuit is open"
@@ -425,11 +357,11 @@ async def test_a_non_uuid7_id_is_rejected_by_the_receiver_as_by_opik(opik_receiv
 async def test_closing_while_opik_is_down_keeps_the_batch_in_the_spool_for_the_next_start(
     make_rig: Callable[..., Rig],
 ) -> None:
-    rig = make_rig(recovery_timeout_s=30)
+    rig = make_rig(breaker={"recovery_timeout_s": 30})
     rig.receiver.mode = "error"
     trace_id = make_trace(rig.obs)
     assert await rig.obs.flush(5)
-    await wait_until(lambda: rig.delivery.in_flight == 0, 5)
+    await wait_until_async(lambda: rig.delivery.in_flight == 0, 5)
     started = time.perf_counter()
     await rig.obs.aclose()
     assert time.perf_counter() - started < 1.0, "closing does not wait for Opik"
@@ -453,7 +385,7 @@ async def test_one_slow_answer_does_not_hold_the_other_request_slot(make_rig: Ca
     receiver.slow_span_batches = [1.5]  # the first spans request is answered 1.5 s late, the rest at once
     traces = [make_trace(rig.obs) for _ in range(60)]  # 600 spans: six requests of 100
     assert await rig.obs.flush(10)
-    await wait_until(lambda: len(receiver.spans) >= 500, 1.2)  # the five others, while the first waits
+    await wait_until_async(lambda: len(receiver.spans) >= 500, 1.2)  # the five others, while the first waits
     assert receiver.active_span_batches == 1 and receiver.max_active_span_batches == 2
     assert await rig.opik.wait_until_sent(10)
     await assert_exactly_once(rig, traces)
@@ -477,9 +409,9 @@ async def test_a_slow_server_gets_two_requests_at_once_and_every_span_exactly_on
     receiver.max_active_span_batches = 0
     failing = [make_trace(rig.obs) for _ in range(30)]
     assert await rig.obs.flush(10)
-    await wait_until(lambda: rig.delivery.stats.batches_failed >= 3 and rig.delivery.in_flight == 0, 10)
+    await wait_until_async(lambda: rig.delivery.stats.batches_failed >= 3 and rig.delivery.in_flight == 0, 10)
     receiver.max_active_span_batches = 0  # from here on only replays of the spool's head, one batch at a time
-    await wait_until(lambda: rig.delivery.stats.batches_failed >= 5, 10)
+    await wait_until_async(lambda: rig.delivery.stats.batches_failed >= 5, 10)
     assert receiver.max_active_span_batches <= 2, "one batch (a flush of 300 spans is 3 requests, 2 at once)"
     receiver.recover()
     assert await rig.opik.wait_until_sent(20)

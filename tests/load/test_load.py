@@ -9,105 +9,48 @@ Opik receiver = spans produced, no duplicates anywhere.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from src.agents.ml_foundation.observability_connector.agent import ObservabilityConnectorAgent
-from src.agents.ml_foundation.observability_connector.config import (
-    ObservabilitySettings,
-    build_deliveries,
-    load_registry,
-)
 from src.agents.ml_foundation.observability_connector.graph import graph
-from src.agents.ml_foundation.observability_connector.runtime import ConnectorContext
-from src.mlops import OpikConnector, opik_span_id
+from src.mlops import opik_span_id
 from src.repositories.observability_span import ObservabilitySpanRepository
 from src.repositories.sqlite import SQLiteSpanRepository
 from tests.fixtures.opik_receiver import OpikReceiver
+from tests.fixtures.opik_rig import Rig, context_for, make_rig, rig_settings
+from tests.fixtures.waiting import wait_until_async
 
-REGISTRY = load_registry()
-FAST_OPIK = {"request_timeout_s": 0.5, "wait_s": 0.2}
-FAST_BREAKER = {"failure_threshold": 5, "recovery_timeout_s": 0.5}
+__all__ = ["make_rig"]  # the fixture, used by name
 
-
-@dataclass
-class Rig:
-    obs: ObservabilityConnectorAgent
-    context: ConnectorContext
-    store: Any
-    opik: OpikConnector
-    receiver: OpikReceiver
-
-
-def settings_for(tmp_path: Path, opik_url: str, **opik: Any) -> ObservabilitySettings:
-    return ObservabilitySettings(
-        opik={"enabled": True, "url": opik_url, **FAST_OPIK, **opik},
-        circuit_breaker=FAST_BREAKER,
-        batching={
-            "max_batch_size": 100,
-            "max_batch_wait_s": 0.1,
-            "max_queue_size": 200_000,
-            "spool_path": str(tmp_path / "spool.db"),
-            "retry_initial_s": 0.05,
-            "retry_max_s": 0.5,
-            "sink_timeout_s": 3.0,
-            "shutdown_timeout_s": 2.0,
-        },
-    )
-
-
-def context_for(store: Any, settings: ObservabilitySettings) -> ConnectorContext:
-    """What ``ConnectorContext.from_config`` builds, around a store of the test's choice."""
-    built = build_deliveries(store, settings, REGISTRY)
-    return ConnectorContext(
-        store=store, settings=settings, registry=REGISTRY,
-        store_delivery=built.store, opik_delivery=built.opik, opik=built.connector,
-    )  # fmt: skip
-
-
-@pytest.fixture
-async def make_rig(opik_receiver: OpikReceiver, tmp_path: Path) -> AsyncIterator[Callable[..., Rig]]:
-    made: list[Rig] = []
-
-    def make(store: Any, **opik_overrides: Any) -> Rig:
-        context = context_for(store, settings_for(tmp_path, opik_receiver.url, **opik_overrides))
-        rig = Rig(ObservabilityConnectorAgent(context=context), context, store, context.opik, opik_receiver)
-        made.append(rig)
-        return rig
-
-    yield make
-    for rig in made:
-        await rig.obs.aclose()
-        for delivery in rig.context.deliveries:  # replay tasks started by graph calls on this loop
-            await delivery.aclose()
-        await rig.store.close()
+#: The load tests' own pace: bigger queues, slower backoff, a quicker breaker than the rig's defaults.
+LOAD: dict[str, Any] = {
+    "request_timeout_s": 0.5,
+    "breaker": {"recovery_timeout_s": 0.5},
+    "batching": {
+        "max_batch_wait_s": 0.1,
+        "max_queue_size": 200_000,
+        "retry_initial_s": 0.05,
+        "retry_max_s": 0.5,
+        "sink_timeout_s": 3.0,
+        "shutdown_timeout_s": 2.0,
+    },
+}
 
 
 def sqlite_store(tmp_path: Path) -> ObservabilitySpanRepository:
     return ObservabilitySpanRepository(SQLiteSpanRepository(tmp_path / "spans.db"))
 
 
-async def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 async def settle(rig: Rig, produced: set[tuple[str, str]], timeout: float = 60) -> None:
     """Flush, then wait until the store's spool and Opik's backlog are empty."""
     assert await rig.obs.flush(timeout=timeout)
     delivery = rig.context.store_delivery
-    await wait_until(lambda: not delivery.backlogged, timeout, "the store's spool to drain")
+    await wait_until_async(lambda: not delivery.backlogged, timeout, "the store's spool to drain", interval=0.02)
     expected = {opik_span_id(t, s) for t, s in produced}
-    await wait_until(lambda: expected <= set(rig.receiver.spans), timeout, "Opik to receive every span")
+    await wait_until_async(lambda: expected <= set(rig.receiver.spans), timeout, "Opik to receive every span", interval=0.02)
 
 
 async def assert_exactly_once(rig: Rig, produced: set[tuple[str, str]]) -> None:
@@ -133,7 +76,7 @@ async def emit_trace(obs: ObservabilityConnectorAgent, width: int, produced: set
 
 
 async def test_100_concurrent_emitters(make_rig: Callable[..., Rig], tmp_path: Path) -> None:
-    rig = make_rig(sqlite_store(tmp_path))
+    rig = make_rig(sqlite_store(tmp_path), **LOAD)
     produced: set[tuple[str, str]] = set()
     await asyncio.gather(*(emit_trace(rig.obs, 9, produced) for _ in range(100)))
     assert len(produced) == 1_000
@@ -142,7 +85,7 @@ async def test_100_concurrent_emitters(make_rig: Callable[..., Rig], tmp_path: P
 
 
 async def test_1000_spans_in_one_batch(make_rig: Callable[..., Rig], tmp_path: Path) -> None:
-    rig = make_rig(sqlite_store(tmp_path))
+    rig = make_rig(sqlite_store(tmp_path), **LOAD)
     t0 = datetime.now(UTC) - timedelta(minutes=1)
     trace_id = "0" * 16 + "1" * 16
     events = [
@@ -166,7 +109,7 @@ async def test_1000_spans_in_one_batch(make_rig: Callable[..., Rig], tmp_path: P
 
 
 async def test_opik_outage_and_recovery(make_rig: Callable[..., Rig], tmp_path: Path) -> None:
-    rig = make_rig(sqlite_store(tmp_path))
+    rig = make_rig(sqlite_store(tmp_path), **LOAD)
     produced: set[tuple[str, str]] = set()
     for _ in range(20):
         await emit_trace(rig.obs, 9, produced)
@@ -185,14 +128,14 @@ async def test_opik_outage_and_recovery(make_rig: Callable[..., Rig], tmp_path: 
 
 async def test_a_long_opik_outage_waits_on_disk_and_loses_nothing(make_rig: Callable[..., Rig], tmp_path: Path) -> None:
     """Refused connections while 3,000 spans arrive: they wait in the spool, not in memory."""
-    rig = make_rig(sqlite_store(tmp_path))
+    rig = make_rig(sqlite_store(tmp_path), **LOAD)
     produced: set[tuple[str, str]] = set()
     rig.receiver.refuse()
     for _ in range(300):
         await emit_trace(rig.obs, 9, produced)
     await rig.obs.flush(timeout=30)
     opik = rig.context.opik_delivery
-    await wait_until(lambda: opik.in_flight == 0, 10, "Opik's sends in flight to settle")
+    await wait_until_async(lambda: opik.in_flight == 0, 10, "Opik's sends in flight to settle")
     assert opik.spool.backlog("opik")[1] == len(produced), "every span waits on disk for Opik"
     rig.receiver.resume()
     await settle(rig, produced, timeout=60)
@@ -206,7 +149,7 @@ async def test_postgres_outage_and_recovery(make_rig: Callable[..., Rig], outage
 
     cluster, dsn = outage_postgres
     store = ObservabilitySpanRepository(PostgresSpanRepository(dsn, connect_timeout_s=1.0, pool_timeout_s=2.0))
-    rig = make_rig(store)
+    rig = make_rig(store, **LOAD)
     produced: set[tuple[str, str]] = set()
     for _ in range(30):
         await emit_trace(rig.obs, 9, produced)
@@ -234,7 +177,10 @@ async def test_opik_spans_left_on_disk_by_a_closed_process_are_sent_by_the_next(
     from src.agents.ml_foundation.observability_connector.spool import Spool
 
     store = sqlite_store(tmp_path)
-    settings = settings_for(tmp_path, opik_receiver.url)
+    settings = rig_settings(
+        opik_receiver.url, tmp_path / "spool.db", breaker=LOAD["breaker"], batching=LOAD["batching"],
+        request_timeout_s=LOAD["request_timeout_s"],
+    )  # fmt: skip
     obs = ObservabilityConnectorAgent(context=context_for(store, settings))
     produced: set[tuple[str, str]] = set()
     opik_receiver.refuse()
