@@ -7,8 +7,10 @@ module only turns a batch into Opik requests and reports what became of each spa
 - the rows become ``spans/batch`` requests of at most ``max_items_per_request`` spans, plus one
   ``traces/batch`` request with the cumulative record of each trace the batch touches, sent
   concurrently (at most ``max_requests_in_flight`` at once);
-- a request Opik refuses for its data (400, 409, 413, 415, 422) puts its spans in
+- a request Opik refuses for its data (400, 409, 415, 422) puts its spans in
   :attr:`SinkResult.rejected` with the server's reason, and is never retried;
+- a request refused as too large (413) is split in halves, recursively; a single span still
+  too large is rejected as above;
 - any transient failure (a timeout, a refused connection, 5xx, 429) raises
   :class:`~src.mlops.opik_wire.OpikUnavailableError`: the delivery layer spools the batch and replays
   it. Opik ids are deterministic (``opik_ids``), so a resent span is the same span, never a copy.
@@ -44,6 +46,7 @@ class OpikSinkStats:
     requests_sent: int = 0
     requests_rejected: int = 0
     trace_requests_rejected: int = 0
+    requests_split: int = 0  # requests Opik refused as too large (413), resent in halves
 
 
 class OpikSink:
@@ -79,7 +82,7 @@ class OpikSink:
 
     async def send(self, spans: Sequence[SpanLike]) -> SinkResult:
         rejected: list[tuple[str, str]] = []
-        chunks: list[tuple[list[str], bytes | list[dict[str, Any]]]] = []
+        chunks: list[tuple[list[str], list[dict[str, Any]]]] = []
         size = max(1, min(self.config.max_items_per_request, 1000))
         for start in range(0, len(spans), size):
             ids, bodies = [], []
@@ -91,18 +94,19 @@ class OpikSink:
                     continue
                 ids.append(str(span.span_id))
             if bodies:
-                chunks.append((ids, json_bytes(bodies)[1:-1] if self.config.encode_once else bodies))
+                chunks.append((ids, bodies))
         traces = self._book.update(spans, count=self._first_time(spans))
         # Per batch, not per sink: a semaphore belongs to the loop it first waits on.
         slots = asyncio.Semaphore(max(1, self.config.max_requests_in_flight))
-        requests = [self._spans_request(slots, ids, items) for ids, items in chunks]
+        requests = [self._request(slots, "spans", ids, bodies) for ids, bodies in chunks]
         if traces:
-            requests.append(self._traces_request(slots, traces))
+            requests.append(self._request(slots, "traces", [str(b["id"]) for b in traces], traces))
         outcomes = await asyncio.gather(*requests, return_exceptions=True)
         failures = [o for o in outcomes if isinstance(o, BaseException)]
         if failures:  # a retry rebuilds the trace records without counting these spans again
             raise _one_failure(failures)
-        for outcome in outcomes:
+        # The trace records' refusals are logged and counted; the spans' outcomes stand on their own.
+        for outcome in outcomes[: len(chunks)]:
             if isinstance(outcome, list):
                 rejected.extend(outcome)
         return SinkResult(delivered=len(spans) - len(rejected), rejected=rejected)
@@ -116,30 +120,42 @@ class OpikSink:
 
     # -- requests ---------------------------------------------------------------------------
 
-    async def _spans_request(
-        self, slots: asyncio.Semaphore, ids: list[str], items: bytes | list[dict[str, Any]]
+    async def _request(
+        self, slots: asyncio.Semaphore, kind: str, ids: list[str], bodies: list[dict[str, Any]]
     ) -> list[tuple[str, str]]:
-        """Send one request; returns its spans as rejections when Opik refused them."""
-        async with slots:
-            try:
-                await self.wire.post_spans(items)
-            except OpikRejectedError as exc:
-                self._record_rejection("spans", len(ids), exc.reason, ids)
-                return [(span_id, exc.reason) for span_id in ids]
-        self.stats.requests_sent += 1
-        return []
+        """One ``spans`` or ``traces`` batch request; returns its items with the reason Opik refused them.
 
-    async def _traces_request(self, slots: asyncio.Semaphore, bodies: list[dict[str, Any]]) -> list[tuple[str, str]]:
-        """The trace records; a refusal is logged and counted, the spans' outcomes stand on their own."""
+        A 413 (the request is too large for the server or a proxy in front of it) is about the
+        request, not about its items: it is split in halves, each sent on its own, down to a single
+        item, which is then refused with the server's reason (and dead-lettered by the delivery
+        layer). Halves go one after the other, so a server already pushing back is not handed a
+        burst; a transient failure of either half fails the batch, which is retried whole (the ids
+        are deterministic: a resent item is the same item).
+        """
         async with slots:
             try:
-                await self.wire.post_traces(bodies)
+                await self._post(kind, bodies)
             except OpikRejectedError as exc:
-                self.stats.trace_requests_rejected += 1
-                self._record_rejection("traces", len(bodies), exc.reason, [b["id"] for b in bodies[:20]])
+                refused = exc
+            else:
+                self.stats.requests_sent += 1
                 return []
-        self.stats.requests_sent += 1
-        return []
+        if refused.status == 413 and len(bodies) > 1:
+            self.stats.requests_split += 1
+            log.info("Opik refused %d %s as too large (413); sending them in two halves", len(bodies), kind)
+            mid = len(bodies) // 2
+            first = await self._request(slots, kind, ids[:mid], bodies[:mid])
+            return first + await self._request(slots, kind, ids[mid:], bodies[mid:])
+        if kind == "traces":
+            self.stats.trace_requests_rejected += 1
+        self._record_rejection(kind, len(ids), refused.reason, ids)
+        return [(item_id, refused.reason) for item_id in ids]
+
+    async def _post(self, kind: str, bodies: list[dict[str, Any]]) -> None:
+        if kind == "traces":
+            await self.wire.post_traces(bodies)
+        else:  # encoded here, per request: a split re-encodes only its halves
+            await self.wire.post_spans(json_bytes(bodies)[1:-1] if self.config.encode_once else bodies)
 
     def _record_rejection(self, kind: str, count: int, reason: str, ids: list[str]) -> None:
         self.stats.requests_rejected += 1

@@ -34,7 +34,7 @@ from src.agents.ml_foundation.observability_connector.lifecycle import (
     watch_after_fork,
 )
 from src.repositories.base import StoreError
-from src.repositories.postgres_errors import store_error
+from src.repositories.postgres_errors import reason, store_error
 
 __all__ = ["PostgresPool"]
 
@@ -45,6 +45,14 @@ T = TypeVar("T")
 #: database restart or a pooler's idle cut-off it is the stale ones that fail. Connections in
 #: steady use skip the check, which would otherwise cost a round trip per batch.
 _CHECK_AFTER_IDLE_S: Final = 5.0
+
+
+class _ConnectionLostError(Exception):
+    """The connection broke while an operation ran on it (``cause``: psycopg's error)."""
+
+    def __init__(self, cause: psycopg.OperationalError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 class _IOLoop(BackgroundLoop):
@@ -134,21 +142,48 @@ class PostgresPool:
         return io.pool
 
     async def call(self, op: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]], what: str) -> T:
-        """Run ``op`` with a pooled connection on the I/O loop and await it from the caller's loop."""
+        """Run ``op`` with a pooled connection on the I/O loop and await it from the caller's loop.
+
+        A connection lost while ``op`` ran (the server restarted, an administrator or a pooler ended
+        the session, the network cut it mid-COPY) is retried once, whole, on a new connection:
+        every operation of the store is one transaction, so the lost attempt left nothing behind,
+        and the writes are idempotent on ``(trace_id, span_id)``, so an attempt whose COMMIT
+        reached the server before the cut costs only duplicates the retry counts, never a second
+        row. A second loss, or no connection at all, raises: the delivery layer spools the batch.
+        """
 
         async def on_io_loop(io: _IOLoop) -> T:
             pool = await self._pool(io)
             async with pool.connection() as conn:
                 try:
                     return await op(conn)
+                except psycopg.OperationalError as exc:
+                    if conn.broken:  # the pool discards it when it comes back
+                        raise _ConnectionLostError(exc) from exc
+                    raise
                 finally:
                     self._last_used[conn] = monotonic()
 
-        try:
-            io = self._get_io()
+        async def run_once(io: _IOLoop) -> T:
             if io.in_loop():
                 return await on_io_loop(io)
             return await asyncio.wrap_future(io.submit(on_io_loop(io)))
+
+        try:
+            io = self._get_io()
+            try:
+                return await run_once(io)
+            except _ConnectionLostError as lost:
+                log.warning(
+                    "the connection to %s was lost while %s (%s); retrying once on a new connection",
+                    self._where,
+                    what,
+                    reason(lost.cause),
+                )
+            try:
+                return await run_once(io)
+            except _ConnectionLostError as lost:
+                raise lost.cause from None
         except StoreError:
             raise
         except (psycopg.Error, PoolTimeout, OSError, TimeoutError) as exc:

@@ -26,6 +26,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from src.agents.ml_foundation.observability_connector.lifecycle import keep_inherited, watch_after_fork
 from src.agents.ml_foundation.observability_connector.models import (
     LatencyStats,
     ObservabilitySpan,
@@ -112,6 +113,18 @@ class SQLiteSpanRepository(SpanStore):
         self._connections: dict[int, sqlite3.Connection] = {}
         self._local = threading.local()
         self._generation = 0
+        watch_after_fork(self)
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child the executor's threads do not exist and the connections are the
+        parent's (SQLite forbids using them across a fork): open new ones on first use, never
+        closing the inherited ones (see lifecycle.keep_inherited)."""
+        keep_inherited((self._executor, list(self._connections.values())))
+        self._lock = threading.Lock()
+        self._executor = None
+        self._connections = {}
+        self._local = threading.local()
+        self._generation += 1
 
     @property
     def path(self) -> Path:

@@ -119,7 +119,12 @@ class ObservabilityConnectorAgent(LLMCalls, ContextFactory, BatchDelivery):
     def _after_fork_in_child(self) -> None:
         """In a forked child: the next span takes the lazy path again, so it starts the child's
         own flusher (the processor has forgotten the parent's run) and, unless a context was
-        given, resolves the child's own context (the process-wide one is rebuilt in the child)."""
+        given, resolves the child's own context (the process-wide one is rebuilt in the child).
+
+        A context given to the constructor is the caller's object and stays this agent's: each of
+        its parts resets itself in the child (deliveries and breakers, the spool's connection, the
+        SQLite store's threads and connections, the Postgres pool, the caches), so the child writes
+        through its own connections to the same store and spool (``tests/load/test_fork.py``)."""
         self._lazy_lock = threading.RLock()
         if not self._context_given and self._context is not None:
             old = self._context

@@ -6,10 +6,17 @@ first span given it adopts its ids and later ones open children of that span. Ev
 constructed in one place, :func:`_open`; a root span is sampled there once, and every other span
 inherits its parent's flag. :class:`SpanRecording` is the part of ``ObservabilityConnectorAgent``
 that does this; everything here runs on the agents' hot path, so it stays allocation-light.
+
+**Threads.** The current span lives in a ContextVar, and a thread starts with an empty context: a
+span opened in a worker thread is the root of a new trace unless the submitting code hands its
+context over. :func:`wrap` (``obs.wrap(fn)``) is the one way to do that, for executors, threads and
+``loop.run_in_executor`` alike; ``asyncio.to_thread`` already copies the context. Without it a
+worker never nests under a span another thread has open: that span is not in its context.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 import threading
@@ -27,7 +34,7 @@ from .trace_context import (
     span_parent_id,
 )
 
-__all__ = ["SpanContext", "SpanRecording", "SpanScope"]
+__all__ = ["SpanContext", "SpanRecording", "SpanScope", "wrap"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -131,6 +138,23 @@ def _open(
                 dict(attributes) if attributes else None, start_ns, sampled, tracestate, baggage)  # fmt: skip
 
 
+def wrap(fn: Callable[P, R]) -> Callable[P, R]:
+    """``fn`` bound to the caller's context now: spans it opens, on whatever thread, nest under the
+    span open here (``executor.submit(obs.wrap(work), item)``, ``Thread(target=obs.wrap(work))``).
+
+    Each call runs in its own copy of that context: one ``Context`` cannot be entered by two
+    threads at once (``executor.map`` over a wrapped function runs it on several), and what a call
+    sets (its spans) never leaks into the worker thread's own context or into the next call.
+    """
+    captured = contextvars.copy_context()
+
+    @functools.wraps(fn)
+    def in_captured_context(*args: P.args, **kwargs: P.kwargs) -> R:
+        return captured.copy().run(fn, *args, **kwargs)
+
+    return in_captured_context
+
+
 class SpanScope:
     """``async with`` / ``with`` scope of one span; yields the :class:`Span`.
 
@@ -200,6 +224,9 @@ class SpanRecording:
     _sample_root: Callable[[str, str | None], bool]
     _keep: Callable[[bool, str | None], bool]
     _submit: Callable[[Span], None]
+
+    #: ``obs.wrap(fn)``: run ``fn`` on another thread under the span open now (see :func:`wrap`).
+    wrap = staticmethod(wrap)
 
     # -- the hot path ----------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import quote
 
 from .json_codec import json_bytes, loads
+from .lifecycle import keep_inherited, watch_after_fork
 from .paths import absolute as _absolute
 from .paths import os_reason as _os_reason
 from .paths import shown as _shown
@@ -107,6 +108,15 @@ class Spool:
         self._lock = threading.Lock()  # one writer connection shared by the flusher's threads
         self._conn: sqlite3.Connection | None = None
         self._bytes: int | None = None
+        watch_after_fork(self)
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child the connection is the parent's (SQLite forbids using it across a
+        fork): open a new one on first use, never closing the inherited one."""
+        keep_inherited(self._conn)
+        self._conn = None
+        self._bytes = None
+        self._lock = threading.Lock()
 
     # -- connection -----------------------------------------------------------------------
 
