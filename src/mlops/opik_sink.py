@@ -65,6 +65,9 @@ class OpikSink:
         self._tier_names: Mapping[int, str] = tier_names or {}
         self._book = TraceBook(config.project_name, tier_names, config.max_traces_tracked)
         self._seen: OrderedDict[tuple[Any, ...], None] = OrderedDict()
+        # A batch that failed after some of its span requests were accepted: which ones were, and
+        # what they refused for good, so that its retry sends only the rest (no span written twice).
+        self._partial: OrderedDict[tuple[Any, ...], tuple[set[int], list[tuple[str, str]]]] = OrderedDict()
 
     @classmethod
     def from_settings(
@@ -95,21 +98,35 @@ class OpikSink:
                 ids.append(str(span.span_id))
             if bodies:
                 chunks.append((ids, bodies))
+        key = self._key(spans)
         traces = self._book.update(spans, count=self._first_time(spans))
+        done, refused = self._partial.pop(key, (set(), []))
         # Per batch, not per sink: a semaphore belongs to the loop it first waits on.
         slots = asyncio.Semaphore(max(1, self.config.max_requests_in_flight))
-        requests = [self._request(slots, "spans", ids, bodies) for ids, bodies in chunks]
+        pending = [index for index in range(len(chunks)) if index not in done]
+        requests = [self._request(slots, "spans", *chunks[index]) for index in pending]
         if traces:
             requests.append(self._request(slots, "traces", [str(b["id"]) for b in traces], traces))
         outcomes = await asyncio.gather(*requests, return_exceptions=True)
+        # The trace records' refusals are logged and counted; the spans' outcomes stand on their own.
+        for index, outcome in zip(pending, outcomes[: len(pending)], strict=True):
+            if isinstance(outcome, list):
+                done.add(index)
+                refused.extend(outcome)
         failures = [o for o in outcomes if isinstance(o, BaseException)]
         if failures:  # a retry rebuilds the trace records without counting these spans again
+            self._remember_partial(key, done, refused)
             raise _one_failure(failures)
-        # The trace records' refusals are logged and counted; the spans' outcomes stand on their own.
-        for outcome in outcomes[: len(chunks)]:
-            if isinstance(outcome, list):
-                rejected.extend(outcome)
+        rejected.extend(refused)
         return SinkResult(delivered=len(spans) - len(rejected), rejected=rejected)
+
+    def _remember_partial(self, key: tuple[Any, ...], done: set[int], refused: list[tuple[str, str]]) -> None:
+        """Keep what a failed batch's accepted requests settled, for its retry (bounded, oldest out)."""
+        if not done:
+            return
+        self._partial[key] = (done, refused)
+        if len(self._partial) > _SEEN_BATCHES:
+            self._partial.popitem(last=False)
 
     async def aclose(self) -> None:
         await self.wire.aclose()

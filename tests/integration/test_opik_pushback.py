@@ -137,3 +137,21 @@ async def test_413_for_a_single_span_dead_letters_it_with_the_servers_reason(
     assert "HTTP 413" in reason and "Payload Too Large" in reason, reason
     assert sink.rejections[-1]["reason"] == reason and sink.rejections[-1]["items"] == 1
     assert delivery.breaker.get_status()["consecutive_failures"] == 0  # a refusal is an answer: the sink is up
+
+
+async def test_a_batch_that_failed_after_some_requests_were_accepted_resends_only_the_rest(
+    make_delivery: Callable[..., tuple[SinkDelivery, OpikSink]], opik_receiver: OpikReceiver
+) -> None:
+    """Three span requests and a trace request go out at once; one of them is answered 429. The
+    batch fails as a whole (the delivery layer retries it), but its retry must not write the
+    spans Opik already accepted a second time."""
+    _, sink = make_delivery(max_items_per_request=10, max_requests_in_flight=4)
+    spans = one_trace(30)
+    opik_receiver.throttle(1, retry_after=None)
+    with pytest.raises(Exception, match="429"):
+        await sink.send(spans)
+    result = await sink.send(spans)  # the retry of the same batch
+    assert result.delivered == 30 and not result.rejected
+    assert set(opik_receiver.spans) == opik_ids(spans)
+    assert opik_receiver.duplicate_span_ids() == []
+    assert sum(opik_receiver.span_writes[i] for i in opik_ids(spans)) == 30

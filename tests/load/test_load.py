@@ -50,7 +50,9 @@ async def settle(rig: Rig, produced: set[tuple[str, str]], timeout: float = 60) 
     delivery = rig.context.store_delivery
     await wait_until_async(lambda: not delivery.backlogged, timeout, "the store's spool to drain", interval=0.02)
     expected = {opik_span_id(t, s) for t, s in produced}
-    await wait_until_async(lambda: expected <= set(rig.receiver.spans), timeout, "Opik to receive every span", interval=0.02)
+    await wait_until_async(
+        lambda: expected <= set(rig.receiver.spans), timeout, "Opik to receive every span", interval=0.02
+    )
 
 
 async def assert_exactly_once(rig: Rig, produced: set[tuple[str, str]]) -> None:
