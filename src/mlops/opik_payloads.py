@@ -238,7 +238,7 @@ def span_payload(span: SpanLike, project_name: str, tier_names: Mapping[int, str
     status = span.status
     metadata: dict[str, Any] = {k: v for k, v in attrs.items() if k not in _LIFTED}
     caller_metadata = attrs.get("metadata")
-    if caller_metadata is not None and isinstance(caller_metadata, Mapping):  # an ABC check costs ~0.3 µs
+    if caller_metadata is not None and isinstance(caller_metadata, Mapping):
         for key, value in caller_metadata.items():
             metadata.setdefault(str(key), value)
     metadata["agent_name"] = agent

@@ -27,8 +27,9 @@ Design notes (why it looks like this):
 * **Metrics and retention are RPCs** to SQL functions in ``database/ml/mlops_tables.sql``:
   percentiles must be computed next to the data (never rows pulled into Python). A REST
   ``DELETE`` returns every deleted row unless told ``return=minimal``, and a limited delete is
-  only fast ordered by ``start_time`` (DESIGN.md); ``obs_delete_old_spans`` deletes one such
-  batch per call in a short transaction and returns just the count.
+  only fast ordered by ``start_time`` (ordered by the uuid key it walks the whole index);
+  ``obs_delete_old_spans`` deletes one such batch per call in a short transaction and returns
+  just the count.
 * **Split by job**: :mod:`supabase_client` owns the HTTP clients and the retry layer (and keeps
   the service key secret), :mod:`supabase_errors` reads PostgREST's answers, :mod:`supabase_rows`
   converts spans to rows and back; this module decides what to send and how to read the results.

@@ -9,7 +9,6 @@ show.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from email.utils import formatdate
@@ -54,13 +53,6 @@ def one_trace(n: int, **fields: object) -> list[ObservabilitySpan]:
 
 def opik_ids(spans: list[ObservabilitySpan]) -> set[str]:
     return {opik_span_id(s.trace_id, s.span_id) for s in spans}
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    async with asyncio.timeout(WAIT_S):
-        while not condition():
-            await asyncio.sleep(0.01)
-    assert condition(), what
 
 
 @pytest.mark.parametrize("retry_after", ["1", "http-date"])
