@@ -187,3 +187,16 @@ def test_a_batch_the_spool_cannot_write_is_counted_and_said_once_a_minute(caplog
     lines = [r.getMessage() for r in caplog.records if "cannot be written" in r.getMessage()]
     assert len(lines) == 1, lines
     assert "/proc/obs-connector-test/spool.db" in lines[0] and "OBS_BATCHING__SPOOL_PATH" in lines[0]
+
+
+def test_cli_status_says_which_process_replays_which_sink(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from src.agents.ml_foundation.observability_connector.cli import app
+
+    spool = Spool(tmp_path / "spool.db")  # beside --store: where the connector looks by default
+    spool.append(rows(0), ["opik"])
+    assert spool.acquire_replay("opik", ttl_s=60)
+    shown = CliRunner().invoke(app, ["--store", str(tmp_path / "spans.db"), "status"], env={"COLUMNS": "300"})
+    assert f"replayed now: opik by pid {os.getpid()}" in shown.output, shown.output
+    spool.close()

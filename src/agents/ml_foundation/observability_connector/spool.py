@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -172,6 +173,7 @@ class Spool:
                     raise SpoolMissingError(f"no spool at {_shown(self.path)}")
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+                _check_writable(self.path)
         except OSError as exc:
             raise SpoolError(f"the spool {_shown(self.path)} cannot be created or opened: {_os_reason(exc)}") from None
         conn: sqlite3.Connection | None = None
@@ -201,14 +203,6 @@ class Spool:
                     self._conn.execute("DELETE FROM spool_leases WHERE owner = ?", (self._owner.token,))
                 self._conn.close()
                 self._conn = None
-
-    def _drop_connection(self) -> None:
-        """After a failed write (disk full, I/O error): reopen on next use rather than keep a
-        connection SQLite may have left in an error state. Called with ``_lock`` held."""
-        if self._conn is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.close()
-            self._conn = None
 
     # -- writing --------------------------------------------------------------------------
 
@@ -243,8 +237,8 @@ class Spool:
                             db.execute("ROLLBACK")
                     raise
             except (sqlite3.Error, OSError, SpoolError) as exc:
-                if isinstance(exc, sqlite3.Error):
-                    self._drop_connection()
+                # The connection is kept: SQLite has rolled the write back and the connection stays
+                # usable, whereas reopening needs writes of its own (the WAL index) a full disk refuses.
                 reason = str(exc) or type(exc).__name__
                 self.unwritten.record(len(rows), reason)
                 raise SpoolWriteError(
@@ -453,6 +447,18 @@ class Spool:
             replay_leases=leases,
             unwritten=self.unwritten.stats(),
         )
+
+
+def _check_writable(path: Path) -> None:
+    """A read-only directory or file is named now, at start, rather than as SQLite's "unable to
+    open database file" or "attempt to write a readonly database" at the first batch."""
+    if not os.access(path.parent, os.W_OK | os.X_OK):  # the file and its WAL files live there
+        raise SpoolError(
+            f"the spool {_shown(path)} cannot be written: its directory is read-only for this process "
+            f"(uid {os.geteuid()})"
+        )
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        raise SpoolError(f"the spool {_shown(path)} cannot be written: the file is read-only for this process")
 
 
 def _retry_locked(conn: sqlite3.Connection, sql: str, *, script: bool = False, timeout_s: float = 30.0) -> None:

@@ -28,6 +28,9 @@ class WriteFailureStats:
     last_error: str | None
     last_at: float | None
 
+    def as_dict(self) -> dict[str, object]:
+        return {"batches": self.batches, "spans": self.spans, "last_error": self.last_error}
+
 
 class SpoolWriteFailures:
     """Counts of batches lost because the spool could not write them; logs at most once per interval."""
