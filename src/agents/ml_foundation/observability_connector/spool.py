@@ -29,15 +29,14 @@ from dataclasses import dataclass
 from dataclasses import field as dataclasses_field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from . import spool_lease
 from .json_codec import json_bytes, loads
 from .lifecycle import keep_inherited, watch_after_fork
 from .paths import absolute as _absolute
-from .paths import os_reason as _os_reason
 from .paths import shown as _shown
 from .spool_drops import SpoolWriteFailures, WriteFailureStats
+from .spool_file import SpoolError, SpoolMissingError, open_spool
 from .spool_lease import LeaseOwner, ReplayLease
 
 __all__ = [
@@ -52,36 +51,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS spool_batches (
-    id         INTEGER PRIMARY KEY AUTOINCREMENT,
-    created_at REAL    NOT NULL,
-    n_spans    INTEGER NOT NULL,
-    n_bytes    INTEGER NOT NULL,
-    payload    BLOB    NOT NULL
-);
-CREATE TABLE IF NOT EXISTS spool_pending (
-    sink            TEXT    NOT NULL,
-    batch_id        INTEGER NOT NULL REFERENCES spool_batches(id) ON DELETE CASCADE,
-    attempts        INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL    NOT NULL DEFAULT 0,
-    last_error      TEXT,
-    PRIMARY KEY (sink, batch_id)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS dead_letters (
-    id         INTEGER PRIMARY KEY AUTOINCREMENT,
-    sink       TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    span_id    TEXT,
-    reason     TEXT NOT NULL,
-    row        TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS spool_counters (
-    name  TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-) WITHOUT ROWID;
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,15 +74,6 @@ class SpoolStats:
     dead_letters: int
     replay_leases: dict[str, ReplayLease] = dataclasses_field(default_factory=dict)
     unwritten: WriteFailureStats = dataclasses_field(default_factory=lambda: WriteFailureStats(0, 0, None, None))
-
-
-class SpoolError(Exception):
-    """The spool file cannot be opened or read (a path that cannot be created, a corrupt file);
-    the message names the file and the problem."""
-
-
-class SpoolMissingError(SpoolError):
-    """A read-only spool found no file: nothing has had to wait on disk yet."""
 
 
 class SpoolWriteError(SpoolError):
@@ -154,7 +114,7 @@ class Spool:
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
-            conn = self._open()
+            conn = open_spool(self.path, read_only=self.read_only)
             try:
                 self._bytes = conn.execute("SELECT COALESCE(SUM(n_bytes), 0) FROM spool_batches").fetchone()[0]
             except sqlite3.Error as exc:
@@ -162,38 +122,6 @@ class Spool:
                 raise SpoolError(f"the spool {_shown(self.path)} cannot be read: {exc}") from None
             self._conn = conn
         return self._conn
-
-    def _open(self) -> sqlite3.Connection:
-        """A connection with the schema in place; every failure is a SpoolError naming the file."""
-        try:
-            if self.path.is_dir():
-                raise SpoolError(f"the spool path {_shown(self.path)} is a directory, not a file")
-            if self.read_only:
-                if not self.path.exists():
-                    raise SpoolMissingError(f"no spool at {_shown(self.path)}")
-            else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                _check_writable(self.path)
-        except OSError as exc:
-            raise SpoolError(f"the spool {_shown(self.path)} cannot be created or opened: {_os_reason(exc)}") from None
-        conn: sqlite3.Connection | None = None
-        try:
-            if self.read_only:
-                uri = f"file:{quote(str(self.path))}?mode=ro"
-                conn = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None, check_same_thread=False)
-                conn.execute("SELECT 1 FROM spool_batches LIMIT 1")  # a corrupt file fails here, not later
-            else:
-                conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-                _retry_locked(conn, "PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=FULL")  # durable before acknowledged
-                conn.execute("PRAGMA foreign_keys=ON")
-                _retry_locked(conn, _SCHEMA + spool_lease.LEASE_SCHEMA, script=True)
-        except sqlite3.Error as exc:
-            if conn is not None:
-                conn.close()
-            problem = "not a spool (no spool_batches table)" if "no such table" in str(exc) else str(exc)
-            raise SpoolError(f"the spool {_shown(self.path)} cannot be opened: {problem}") from None
-        return conn
 
     def close(self) -> None:
         """Release this object's leases and close the file."""
