@@ -200,3 +200,20 @@ def test_cli_status_says_which_process_replays_which_sink(tmp_path: Path) -> Non
     shown = CliRunner().invoke(app, ["--store", str(tmp_path / "spans.db"), "status"], env={"COLUMNS": "300"})
     assert f"replayed now: opik by pid {os.getpid()}" in shown.output, shown.output
     spool.close()
+
+
+def test_cli_replay_leaves_a_backlog_another_process_replays_and_says_who(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from src.agents.ml_foundation.observability_connector.cli import app
+
+    store = ["--store", str(tmp_path / "spans.db")]
+    assert CliRunner().invoke(app, [*store, "migrate"]).exit_code == 0
+    other = Spool(tmp_path / "spool.db")  # another process, replaying the store's backlog now
+    other.append(rows(0), ["store"])
+    assert other.acquire_replay("store", ttl_s=60)
+    done = CliRunner().invoke(app, [*store, "replay"], env={"COLUMNS": "300"})
+    assert done.exit_code != 0
+    assert f"being replayed by pid {os.getpid()}" in done.output, done.output
+    assert other.stats().pending_by_sink == {"store": 1}  # not sent twice
+    other.close()
