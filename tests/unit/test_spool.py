@@ -217,3 +217,30 @@ def test_cli_replay_leaves_a_backlog_another_process_replays_and_says_who(tmp_pa
     assert f"being replayed by pid {os.getpid()}" in done.output, done.output
     assert other.stats().pending_by_sink == {"store": 1}  # not sent twice
     other.close()
+
+
+def test_four_processes_creating_and_writing_one_spool_at_once_lose_no_batch(tmp_path: Path) -> None:
+    """Concurrent writers on one new file: creating it (WAL switch, schema) and appending queue on
+    SQLite's locks; none fails with "database is locked"."""
+    path = tmp_path / "spool.db"
+    go = tmp_path / "go"
+    script = textwrap.dedent(
+        f"""
+        import os, sys, time
+        sys.path.insert(0, {str(REPO)!r})
+        from src.agents.ml_foundation.observability_connector.spool import Spool
+        while not os.path.exists({str(go)!r}):
+            time.sleep(0.001)
+        spool = Spool({str(path)!r})
+        for i in range(100):
+            spool.append([{{"span_id": f"{{os.getpid()}}-{{i}}"}}], ["store", "opik"])
+            if i % 10 == 0:
+                assert spool.acquire_replay("store", ttl_s=60) in (True, False)
+        """
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    go.touch()  # all at once, onto a file none of them has created yet
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+    stats = Spool(path).stats()
+    assert stats.batches == 400 and stats.pending_by_sink == {"store": 400, "opik": 400}
