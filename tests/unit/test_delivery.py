@@ -9,6 +9,7 @@ clock, so its tests never sleep.
 from __future__ import annotations
 
 import asyncio
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -319,3 +320,48 @@ async def test_a_slow_sink_keeps_its_batches_out_of_the_spool_and_a_hanging_one_
     assert (await delivery.deliver(spans(10, 5))).spooled == 5, "backlogged now: straight to the spool"
     assert loop.time() - started < 0.1
     await delivery.stop(0.0)
+
+
+async def test_two_deliveries_sharing_a_spool_replay_each_batch_once(tmp_path: Path) -> None:
+    """Two processes' deliveries of one sink on one spool file (two Spool objects, as two processes
+    have): the backlog is replayed by whichever holds the sink's lease, so no batch is sent twice."""
+
+    class Slow(Recorder):
+        async def send(self, spans: list[ObservabilitySpan]) -> SinkResult:
+            await asyncio.sleep(0.005)  # a round trip: room for the other replayer to race in
+            return await super().send(spans)
+
+    sink_a, sink_b = Slow(), Slow()
+    never = CircuitBreaker(failure_threshold=1000)
+    a = SinkDelivery(sink_a, Spool(tmp_path / "spool.db"), FAST, breaker=never)
+    b = SinkDelivery(sink_b, Spool(tmp_path / "spool.db"), FAST, breaker=CircuitBreaker(failure_threshold=1000))
+    sink_a.down = sink_b.down = True
+    for k in range(20):
+        await (a if k % 2 else b).deliver(spans(10 * k, 10))
+    assert a.backlogged and b.backlogged
+    sink_a.down = sink_b.down = False
+    a.start()
+    b.start()
+    deadline = asyncio.get_running_loop().time() + 20
+    while (a.backlogged or b.backlogged) and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.02)
+    await a.stop()
+    await b.stop()
+    got = sink_a.got + sink_b.got
+    assert len(got) == 200 and len(set(got)) == 200, "a batch was replayed twice"
+    assert a.spool.stats().batches == 0
+    assert a.spool.replay_leases() == {}  # given back when the backlog emptied / on stop
+
+
+async def test_status_says_who_holds_the_replay_lease(tmp_path: Path) -> None:
+    sink = Recorder()
+    delivery = SinkDelivery(sink, Spool(tmp_path / "spool.db"), FAST, replay_task=False)
+    sink.down = True
+    await delivery.deliver(spans(0, 5))
+    assert await delivery.replay_once() == 0  # failed, but it holds the lease while it retries
+    assert delivery.status()["replay_lease_held"] is True
+    other = Spool(tmp_path / "spool.db")
+    lease = other.stats().replay_leases["opik"]
+    assert lease.pid == os.getpid() and not lease.mine
+    await delivery.stop()
+    assert other.replay_leases() == {}

@@ -392,7 +392,13 @@ class ObservabilityConnectorAgent(LLMCalls, ContextFactory, BatchDelivery):
         try:
             stats = delivery.spool.stats()
         except Exception as exc:  # status must answer even when the disk does not
-            return {"spool": {"error": f"{type(exc).__name__}: {exc}"}}
+            return {
+                "spool": {
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "unwritten": delivery.spool.unwritten.stats().as_dict(),
+                },
+                "store_sink": delivery.status(),
+            }
         return {
             "spool": {
                 "path": str(delivery.spool.path),
@@ -403,6 +409,10 @@ class ObservabilityConnectorAgent(LLMCalls, ContextFactory, BatchDelivery):
                 "pending_by_sink": stats.pending_by_sink,
                 "dropped_spans": stats.dropped_spans,
                 "dead_letters": stats.dead_letters,
+                # Which process replays which sink's backlog now (one at a time per sink).
+                "replay_leases": {sink: lease.as_dict() for sink, lease in stats.replay_leases.items()},
+                # Batches this process could not write at all (disk full): lost, counted.
+                "unwritten": stats.unwritten.as_dict(),
             },
             # The store's delivery: breaker, counters, what it owes (Opik's is under "opik").
             "store_sink": delivery.status(),

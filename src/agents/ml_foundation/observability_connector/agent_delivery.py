@@ -74,17 +74,19 @@ class BatchDelivery:
         payload = {"events_to_log": events, "opik_wait_s": 0.0, "skip_metrics": True}
         state = await self.graph.ainvoke(payload, context=self.context)
         errors = state.get("emission_errors") or []
-        if errors:
-            self.emission_errors_total += len(errors)
-            if not state.get("events_dead_lettered"):  # the batch node said so for those it kept
-                log.warning("%d span(s) rejected; the first: %s", len(errors), errors[0])
         # Spooled batches and dead-lettered rows are accounted for; only a batch that neither the
-        # store nor the spool took counts as failed (the batch node has logged why).
-        if (
+        # store nor the spool took counts as failed (logged where it failed: the batch node, the
+        # delivery, or the spool's once-a-minute line for a full disk).
+        not_stored = (
             state.get("db_writes_successful") is False
             and not state.get("spans_spooled")
             and not state.get("events_logged")
-        ):
+        )
+        if errors:
+            self.emission_errors_total += len(errors)
+            if not state.get("events_dead_lettered") and not not_stored:  # the batch node said so for those it kept
+                log.warning("%d span(s) rejected; the first: %s", len(errors), errors[0])
+        if not_stored:
             raise BatchNotStoredError(state.get("error") or "store write failed")
         return state
 

@@ -293,9 +293,13 @@ def _spool_line(settings: ObservabilitySettings) -> tuple[str, str | None]:
         spool.close()
     age = "" if st.oldest_age_s is None else f", oldest {st.oldest_age_s:,.0f} s old"
     owed = ", ".join(f"{sink} owes {n}" for sink, n in sorted(st.pending_by_sink.items())) or "nothing owed"
+    replaying = ", ".join(
+        f"{sink} by pid {lease.pid} on {lease.host}" for sink, lease in sorted(st.replay_leases.items())
+    )
     text = (
         f"{spool.path}: {st.batches:,} batch(es), {st.spans:,} span(s), {st.bytes / 1e6:.1f} MB{age}; "
         f"{owed}; dropped {st.dropped_spans:,}; dead letters {st.dead_letters:,}"
+        f"{f'; replayed now: {replaying}' if replaying else ''}"
     )
     return text, None
 

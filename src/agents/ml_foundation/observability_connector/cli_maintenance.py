@@ -81,6 +81,13 @@ def replay(ctx: typer.Context) -> None:
         plain(f"replayed {sent:,} span(s) to {context.store.describe()}; {left:,} batch(es) still owed")
     )
     if left:
+        lease = delivery.spool.replay_leases().get("store")
+        if lease is not None and not lease.mine:  # another process replays it: nothing is wrong
+            fail(
+                f"the store's backlog is being replayed by pid {lease.pid} on {lease.host}; it delivers the "
+                "rest (run replay again once that process has stopped)",
+                EXIT_NOT_FOUND,
+            )
         fail(f"the store did not take everything: {delivery.stats.last_error}", EXIT_NOT_FOUND)
 
 

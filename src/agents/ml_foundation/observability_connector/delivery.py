@@ -13,6 +13,11 @@ A sink whose answer nobody should wait for (Opik) is *detached*: its send runs a
 caller waits at most ``wait_s`` for the outcome; a send that fails later spools itself. A send
 that fails after a newer batch was spooled is replayed after it: ids are deterministic, so order
 changes nothing a sink keeps. ``fanout.fan_out`` hands one batch to every sink concurrently.
+
+Processes sharing a spool replay a sink's backlog one at a time: replaying needs the sink's lease
+in the spool (:mod:`.spool_lease`), renewed while replaying and given back once the backlog is
+empty or the delivery stops. A process without the lease spools behind the backlog and looks
+again every ``LEASE_POLL_S``; it takes over at once when the holder's process has died.
 """
 
 from __future__ import annotations
@@ -32,11 +37,14 @@ from src.mlops.circuit_breaker import CircuitBreaker, CircuitState
 from .lifecycle import watch_after_fork
 from .models import ObservabilitySpan
 from .sink import Sink, SinkResult
-from .spool import Spool
+from .spool import Spool, SpoolWriteError
 
 __all__ = ["DeliveryOutcome", "RetryPolicy", "Sink", "SinkDelivery", "SinkResult", "SinkStats", "describe_failure"]
 
 log = logging.getLogger(__name__)
+
+#: How often a process that does not hold a sink's replay lease looks again.
+LEASE_POLL_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +129,15 @@ class SinkDelivery:
         self._detached: dict[asyncio.Task[DeliveryOutcome], list[ObservabilitySpan]] = {}
         self._auto_replay = replay_task
         self._replaying = False  # one replay attempt at a time, whoever asks (task, drain, CLI)
+        self._lease_until = 0.0  # monotonic: this delivery holds the sink's replay lease until then
+        self._lease_retry_at = 0.0  # monotonic: another owner held it; look again then
         watch_after_fork(self)
+
+    @property
+    def lease_ttl_s(self) -> float:
+        """Longer than any one replay attempt (a send is bounded by the policy's timeout), so a
+        live owner never loses its lease mid-send; a dead one's is taken over without waiting."""
+        return 2 * self.policy.timeout_s + 5.0
 
     def _after_fork_in_child(self) -> None:
         """In a forked child: the sends in flight, the replay task and the sink's connections are
@@ -131,6 +147,7 @@ class SinkDelivery:
         self._replayer = None
         self._wake = None
         self._replaying = False
+        self._lease_until = self._lease_retry_at = 0.0  # the lease is the parent's
         self.breaker._after_fork_in_child()
         child_hook = getattr(self.sink, "_after_fork_in_child", None)
         if callable(child_hook):
@@ -267,8 +284,9 @@ class SinkDelivery:
         rows = [s.to_row() for s in spans]
         try:
             await asyncio.to_thread(self.spool.append, rows, [self.name])
-        except Exception as exc:  # the disk itself failed: say so loudly, nothing else is left
-            log.error("could not spool %d span(s) for %s (%s): %s", len(rows), self.name, reason, exc)
+        except Exception as exc:  # the disk itself failed: nothing else is left
+            if not isinstance(exc, SpoolWriteError):  # that one is counted and logged once a minute
+                log.error("could not spool %d span(s) for %s (%s): %s", len(rows), self.name, reason, exc)
             return DeliveryOutcome(self.name, 0, 0, 0, f"spool write failed: {exc}")
         return self.spooled(len(rows), reason)
 
@@ -286,8 +304,9 @@ class SinkDelivery:
         the error text when even the disk failed, else None."""
         try:
             self.spool.append(rows, [self.name])
-        except Exception as exc:  # the disk itself failed: say so loudly, nothing else is left
-            log.error("could not spool %d span(s) for %s (%s): %s", len(rows), self.name, reason, exc)
+        except Exception as exc:  # the disk itself failed: nothing else is left
+            if not isinstance(exc, SpoolWriteError):  # that one is counted and logged once a minute
+                log.error("could not spool %d span(s) for %s (%s): %s", len(rows), self.name, reason, exc)
             return f"spool write failed: {exc}"
         self._spooled(len(rows))
         return None
@@ -352,6 +371,34 @@ class SinkDelivery:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._replayer
             self._replayer = None
+        await self._release_lease()
+
+    async def _hold_lease(self) -> bool:
+        """Take or renew the sink's replay lease (renewed once half its time is gone)."""
+        now = time.monotonic()
+        ttl = self.lease_ttl_s
+        if now < self._lease_until - ttl / 2:
+            return True
+        try:
+            held = await asyncio.to_thread(self.spool.acquire_replay, self.name, ttl)
+        except Exception as exc:  # the spool cannot be written: nothing can be replayed from it now
+            log.warning("%s: could not take the spool's replay lease: %s", self.name, describe_failure(exc))
+            held = False
+        if held:
+            self._lease_until = now + ttl
+        else:
+            self._lease_until = 0.0
+            self._lease_retry_at = now + LEASE_POLL_S
+        return held
+
+    async def _release_lease(self) -> None:
+        if self._lease_until == 0.0:
+            return
+        self._lease_until = 0.0
+        try:
+            await asyncio.to_thread(self.spool.release_replay, self.name)
+        except Exception as exc:  # it expires on its own
+            log.warning("%s: could not release the spool's replay lease: %s", self.name, describe_failure(exc))
 
     async def aclose(self, timeout: float | None = None) -> None:
         """:meth:`stop`, then the sink releases what it opened on this loop."""
@@ -366,12 +413,23 @@ class SinkDelivery:
         Only the head of the backlog is ever tried, so batches reach the sink in the order they
         were spooled even while the head is backing off.
         """
-        if self._replaying or self.breaker.state is CircuitState.OPEN or time.monotonic() < self._hold_until:
+        now = time.monotonic()
+        if (
+            self._replaying
+            or self.breaker.state is CircuitState.OPEN
+            or now < max(self._hold_until, self._lease_retry_at)
+        ):
             return 0
         if len(self._detached) >= self.max_detached:  # a replay is one more request in flight
             return 0
         self._replaying = True
         try:
+            if not await self._hold_lease():
+                # Another process replays this sink's backlog; ours is done once it has emptied it.
+                with contextlib.suppress(Exception):  # unreadable now: asked again next time
+                    if not await asyncio.to_thread(self.spool.has_pending, self.name):
+                        self._backlogged = False
+                return 0
             return await self._replay_head()
         finally:
             self._replaying = False
@@ -380,6 +438,7 @@ class SinkDelivery:
         batch = await asyncio.to_thread(self.spool.head, self.name)
         if batch is None:
             self._backlogged = False
+            await self._release_lease()
             return 0
         if batch.next_attempt_at > time.time() or not self.breaker.allow_request():
             return 0
@@ -448,7 +507,8 @@ class SinkDelivery:
                 continue
             # Nothing was due: sleep until the breaker's probe, the earliest retry or a new spooled batch.
             wake.clear()
-            pause = max(self.breaker.seconds_until_probe(), self._hold_until - time.monotonic(), 0.01)
+            now = time.monotonic()
+            pause = max(self.breaker.seconds_until_probe(), self._hold_until - now, self._lease_retry_at - now, 0.01)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(pause, self.policy.max_s, 1.0)):
                     await wake.wait()
@@ -464,6 +524,7 @@ class SinkDelivery:
             "circuit_breaker": breaker,
             "backlogged": self._backlogged,
             "in_flight": len(self._detached),
+            "replay_lease_held": self._lease_until > time.monotonic(),
             **dataclasses.asdict(self.stats),
         }
         try:

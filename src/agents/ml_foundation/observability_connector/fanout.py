@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from .delivery import DeliveryOutcome, SinkDelivery, describe_failure
 from .models import ObservabilitySpan
+from .spool import SpoolWriteError
 
 __all__ = ["fan_out"]
 
@@ -50,7 +51,8 @@ async def _spool_once(deliveries: list[SinkDelivery], spans: list[ObservabilityS
     rows = [s.to_row() for s in spans]
     try:
         await asyncio.to_thread(deliveries[0].spool.append, rows, [d.name for d in deliveries])
-    except Exception as exc:  # the disk itself failed: say so loudly, nothing else is left
-        log.error("could not spool %d span(s) for %s: %s", len(rows), ", ".join(d.name for d in deliveries), exc)
+    except Exception as exc:  # the disk itself failed: nothing else is left
+        if not isinstance(exc, SpoolWriteError):  # that one is counted and logged once a minute
+            log.error("could not spool %d span(s) for %s: %s", len(rows), ", ".join(d.name for d in deliveries), exc)
         return {d.name: DeliveryOutcome(d.name, 0, 0, 0, f"spool write failed: {exc}") for d in deliveries}
     return {d.name: d.spooled(len(rows), d.spool_reason() or "waiting for replay") for d in deliveries}

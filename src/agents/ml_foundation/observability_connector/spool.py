@@ -7,61 +7,50 @@ replays its own backlog in order without waiting for the others, and a batch is 
 every sink has it. The spool is bounded: past ``max_bytes`` the oldest batches are dropped,
 counted and logged — never silently.
 
+Several processes may share the file: each sink's backlog is replayed by one of them at a time,
+the holder of the sink's lease (:mod:`.spool_lease`). A batch the disk cannot take (full, a
+file-size limit) is counted and reported once a minute (:mod:`.spool_drops`) and raised as
+:class:`SpoolWriteError`, which callers treat as already reported.
+
 Payloads are the validated, redacted rows (JSON), so nothing secret is ever written here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sqlite3
 import threading
 import time
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclasses_field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
+from . import spool_lease
 from .json_codec import json_bytes, loads
 from .lifecycle import keep_inherited, watch_after_fork
 from .paths import absolute as _absolute
-from .paths import os_reason as _os_reason
 from .paths import shown as _shown
+from .spool_drops import SpoolWriteFailures, WriteFailureStats
+from .spool_file import SpoolError, SpoolMissingError, open_spool
+from .spool_lease import LeaseOwner, ReplayLease
 
-__all__ = ["Spool", "SpoolBatch", "SpoolError", "SpoolMissingError", "SpoolStats"]
+__all__ = [
+    "ReplayLease",
+    "Spool",
+    "SpoolBatch",
+    "SpoolError",
+    "SpoolMissingError",
+    "SpoolStats",
+    "SpoolWriteError",
+    "WriteFailureStats",
+]
 
 log = logging.getLogger(__name__)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS spool_batches (
-    id         INTEGER PRIMARY KEY AUTOINCREMENT,
-    created_at REAL    NOT NULL,
-    n_spans    INTEGER NOT NULL,
-    n_bytes    INTEGER NOT NULL,
-    payload    BLOB    NOT NULL
-);
-CREATE TABLE IF NOT EXISTS spool_pending (
-    sink            TEXT    NOT NULL,
-    batch_id        INTEGER NOT NULL REFERENCES spool_batches(id) ON DELETE CASCADE,
-    attempts        INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL    NOT NULL DEFAULT 0,
-    last_error      TEXT,
-    PRIMARY KEY (sink, batch_id)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS dead_letters (
-    id         INTEGER PRIMARY KEY AUTOINCREMENT,
-    sink       TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    span_id    TEXT,
-    reason     TEXT NOT NULL,
-    row        TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS spool_counters (
-    name  TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-) WITHOUT ROWID;
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,15 +72,13 @@ class SpoolStats:
     dropped_spans: int
     dropped_batches: int
     dead_letters: int
+    replay_leases: dict[str, ReplayLease] = dataclasses_field(default_factory=dict)
+    unwritten: WriteFailureStats = dataclasses_field(default_factory=lambda: WriteFailureStats(0, 0, None, None))
 
 
-class SpoolError(Exception):
-    """The spool file cannot be opened or read (a path that cannot be created, a corrupt file);
-    the message names the file and the problem."""
-
-
-class SpoolMissingError(SpoolError):
-    """A read-only spool found no file: nothing has had to wait on disk yet."""
+class SpoolWriteError(SpoolError):
+    """A batch could not be written (disk full, file-size limit, unwritable file): its spans are
+    lost. Already counted and logged (once a minute) by the spool: callers need not log it again."""
 
 
 class Spool:
@@ -108,21 +95,26 @@ class Spool:
         self._lock = threading.Lock()  # one writer connection shared by the flusher's threads
         self._conn: sqlite3.Connection | None = None
         self._bytes: int | None = None
+        self._owner = LeaseOwner.new()
+        self.unwritten = SpoolWriteFailures(_shown(self.path))
         watch_after_fork(self)
 
     def _after_fork_in_child(self) -> None:
-        """In a forked child the connection is the parent's (SQLite forbids using it across a
-        fork): open a new one on first use, never closing the inherited one."""
-        keep_inherited(self._conn)
+        """A forked child opens its own connection (the parent's is never touched from here: closing
+        it could disturb the parent's locks or WAL) and is a new lease owner: it holds no lease."""
+        if self._conn is not None:
+            keep_inherited(self._conn)
         self._conn = None
         self._bytes = None
         self._lock = threading.Lock()
+        self._owner = LeaseOwner.new()
+        self.unwritten.reset_after_fork()
 
     # -- connection -----------------------------------------------------------------------
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
-            conn = self._open()
+            conn = open_spool(self.path, read_only=self.read_only)
             try:
                 self._bytes = conn.execute("SELECT COALESCE(SUM(n_bytes), 0) FROM spool_batches").fetchone()[0]
             except sqlite3.Error as exc:
@@ -131,71 +123,61 @@ class Spool:
             self._conn = conn
         return self._conn
 
-    def _open(self) -> sqlite3.Connection:
-        """A connection with the schema in place; every failure is a SpoolError naming the file."""
-        try:
-            if self.path.is_dir():
-                raise SpoolError(f"the spool path {_shown(self.path)} is a directory, not a file")
-            if self.read_only:
-                if not self.path.exists():
-                    raise SpoolMissingError(f"no spool at {_shown(self.path)}")
-            else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise SpoolError(f"the spool {_shown(self.path)} cannot be created or opened: {_os_reason(exc)}") from None
-        conn: sqlite3.Connection | None = None
-        try:
-            if self.read_only:
-                uri = f"file:{quote(str(self.path))}?mode=ro"
-                conn = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None, check_same_thread=False)
-                conn.execute("SELECT 1 FROM spool_batches LIMIT 1")  # a corrupt file fails here, not later
-            else:
-                conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=FULL")  # durable before acknowledged
-                conn.execute("PRAGMA foreign_keys=ON")
-                conn.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            if conn is not None:
-                conn.close()
-            problem = "not a spool (no spool_batches table)" if "no such table" in str(exc) else str(exc)
-            raise SpoolError(f"the spool {_shown(self.path)} cannot be opened: {problem}") from None
-        return conn
-
     def close(self) -> None:
+        """Release this object's leases and close the file."""
         with self._lock:
             if self._conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("DELETE FROM spool_leases WHERE owner = ?", (self._owner.token,))
                 self._conn.close()
                 self._conn = None
 
     # -- writing --------------------------------------------------------------------------
 
     def append(self, rows: Sequence[dict[str, Any]], sinks: Iterable[str]) -> int:
-        """Persist one batch (one row per span) owed to ``sinks``; returns its id once it is on disk."""
+        """Persist one batch (one row per span) owed to ``sinks``; returns its id once it is on disk.
+
+        Raises :class:`SpoolWriteError` when the disk cannot take it (counted in :attr:`unwritten`
+        and logged at most once a minute).
+        """
         sinks = list(dict.fromkeys(sinks))
         if not rows or not sinks:
             raise ValueError("a spooled batch needs at least one row and one sink")
         blob = zlib.compress(json_bytes(rows), 1)
         now = time.time()
         with self._lock:
-            db = self._db()
-            db.execute("BEGIN IMMEDIATE")
             try:
-                cur = db.execute(
-                    "INSERT INTO spool_batches (created_at, n_spans, n_bytes, payload) VALUES (?, ?, ?, ?)",
-                    (now, len(rows), len(blob), blob),
-                )
-                batch_id = int(cur.lastrowid or 0)
-                db.executemany(
-                    "INSERT INTO spool_pending (sink, batch_id) VALUES (?, ?)", [(s, batch_id) for s in sinks]
-                )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+                db = self._db()
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    cur = db.execute(
+                        "INSERT INTO spool_batches (created_at, n_spans, n_bytes, payload) VALUES (?, ?, ?, ?)",
+                        (now, len(rows), len(blob), blob),
+                    )
+                    batch_id = int(cur.lastrowid or 0)
+                    db.executemany(
+                        "INSERT INTO spool_pending (sink, batch_id) VALUES (?, ?)", [(s, batch_id) for s in sinks]
+                    )
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:  # SQLite may have rolled back itself (disk full)
+                        with contextlib.suppress(sqlite3.Error):
+                            db.execute("ROLLBACK")
+                    raise
+            except (sqlite3.Error, OSError, SpoolError) as exc:
+                # The connection is kept: SQLite has rolled the write back and the connection stays
+                # usable, whereas reopening needs writes of its own (the WAL index) a full disk refuses.
+                reason = str(exc) or type(exc).__name__
+                self.unwritten.record(len(rows), reason)
+                raise SpoolWriteError(
+                    f"the spool {_shown(self.path)} could not keep {len(rows)} span(s): {reason}"
+                ) from None
             self._bytes = (self._bytes or 0) + len(blob)
             if self._bytes > self.max_bytes:
-                self._enforce_bound(db)
+                try:
+                    self._enforce_bound(db)
+                except sqlite3.Error as exc:  # the batch is on disk; only trimming the oldest failed
+                    log.error("the spool %s could not drop its oldest batches: %s", _shown(self.path), exc)
         return batch_id
 
     def _enforce_bound(self, db: sqlite3.Connection) -> None:
@@ -308,6 +290,24 @@ class Spool:
             )
         return int(row[0]), int(row[1])
 
+    # -- who replays ------------------------------------------------------------------------
+
+    def acquire_replay(self, sink: str, ttl_s: float) -> bool:
+        """Take or renew ``sink``'s replay lease for ``ttl_s`` (see :mod:`.spool_lease`); False
+        while another live owner (another process, or another Spool object) holds it."""
+        with self._lock:
+            return spool_lease.acquire(self._db(), sink, self._owner, ttl_s)
+
+    def release_replay(self, sink: str) -> None:
+        """Give back ``sink``'s replay lease if this object holds it."""
+        with self._lock:
+            spool_lease.release(self._db(), sink, self._owner)
+
+    def replay_leases(self) -> dict[str, ReplayLease]:
+        """The live replay leases by sink: which process replays which backlog now."""
+        with self._lock:
+            return spool_lease.holders(self._db(), None if self.read_only else self._owner)
+
     def has_pending(self, sink: str) -> bool:
         with self._lock:
             return (
@@ -362,6 +362,7 @@ class Spool:
             by_sink = dict(db.execute("SELECT sink, COUNT(*) FROM spool_pending GROUP BY sink").fetchall())
             counters = dict(db.execute("SELECT name, value FROM spool_counters").fetchall())
             dead = db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0]
+            leases = spool_lease.holders(db, None if self.read_only else self._owner)
         return SpoolStats(
             batches=batches,
             spans=spans,
@@ -371,4 +372,38 @@ class Spool:
             dropped_spans=counters.get("dropped_spans", 0),
             dropped_batches=counters.get("dropped_batches", 0),
             dead_letters=dead,
+            replay_leases=leases,
+            unwritten=self.unwritten.stats(),
         )
+
+
+def _check_writable(path: Path) -> None:
+    """A read-only directory or file is named now, at start, rather than as SQLite's "unable to
+    open database file" or "attempt to write a readonly database" at the first batch."""
+    if not os.access(path.parent, os.W_OK | os.X_OK):  # the file and its WAL files live there
+        raise SpoolError(
+            f"the spool {_shown(path)} cannot be written: its directory is read-only for this process "
+            f"(uid {os.geteuid()})"
+        )
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        raise SpoolError(f"the spool {_shown(path)} cannot be written: the file is read-only for this process")
+
+
+def _retry_locked(conn: sqlite3.Connection, sql: str, *, script: bool = False, timeout_s: float = 30.0) -> None:
+    """Run ``sql``, retrying "database is locked": switching to WAL and creating the schema can
+    fail that way without consulting the busy handler while another process creates the same
+    file (several processes starting at once on one data directory)."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.005
+    while True:
+        try:
+            if script:
+                conn.executescript(sql)
+            else:
+                conn.execute(sql)
+            return
+        except sqlite3.OperationalError as exc:
+            if not ("locked" in str(exc) or "busy" in str(exc)) or time.monotonic() >= deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
