@@ -4,7 +4,9 @@ The caller's side is the collector's (:mod:`.collector`: a size estimate and one
 ``deque.append``). The flusher runs on its own thread and event loop (:mod:`.background`),
 takes batches out of the collector and hands each to a ``deliver`` coroutine (the compiled
 graph), so a slow sink can never stall an agent's event loop, and agents without an event loop
-(sync code, callback handlers) are served the same way. At interpreter exit every flusher is
+(sync code, callback handlers) are served the same way. A burst the pipeline cannot keep up with
+is spilled to the on-disk spool and replayed from there (:mod:`.overflow`), so a producer never
+waits. At interpreter exit every flusher is
 closed in the ``FLUSHERS`` stage of :mod:`.lifecycle`, after producers and before the sinks.
 """
 
@@ -23,6 +25,7 @@ from .background import BackgroundLoop
 from .collector import SpanCollector
 from .flush_report import BatchNotStoredError, FlusherStats, FlushReport
 from .lifecycle import FLUSHERS, on_shutdown, register_before_fork, watch_after_fork
+from .overflow import OverflowSpool
 from .spans import Span
 
 __all__ = [
@@ -36,6 +39,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Deliver = Callable[[list[Span]], Awaitable[Any]]
+#: Gives the flusher, on its own thread, the overflow lane of the spool (None: nothing to spill to).
+SpillTo = Callable[[], OverflowSpool | None]
 
 
 class BatchProcessor:
@@ -45,6 +50,15 @@ class BatchProcessor:
     every ``max_wait_seconds``, on :meth:`flush`, and at shutdown (:meth:`stop` / :meth:`close`
     or the interpreter's exit hook, bounded by ``shutdown_timeout`` so a dead sink never hangs
     the process).
+
+    Overload (``spill_to`` given): past ``high_water`` of either bound, a task of the flusher's
+    loop moves the oldest queued spans to the spool's overflow lane in bulk (a worker thread
+    encodes and writes them), and the flusher delivers that backlog, oldest first, before the
+    spans still queued: everything spilled is older than everything queued (a spill takes the
+    head of the queue), so spans reach the sinks in the order they were finished. A span that
+    finds the buffer full goes to the side lane the spiller takes next; a span is dropped only
+    when the spool is at its disk bound (counted, logged once a minute). Without ``spill_to`` a
+    full buffer drops at once (counted, logged). The producer never waits.
 
     A closed processor is not dead: the next span handed to it calls ``on_reopen`` (default:
     :meth:`start`), which starts a new thread, so spans recorded after a close are delivered
@@ -69,7 +83,6 @@ class BatchProcessor:
         max_drain_batch: int | None = None,
         on_stop: Callable[[], Awaitable[Any]] | None = None,
         on_start: Callable[[], Awaitable[Any]] | None = None,
-        full_wait_s: float = 0.0,
         on_timeout: Callable[[list[Span]], int] | None = None,
         max_in_flight: int = 2,
         *,
@@ -78,10 +91,13 @@ class BatchProcessor:
         value_limit: int | None = None,
         rejected_of: Callable[[list[Span], Any], int] | None = None,
         on_reopen: Callable[[], None] | None = None,
+        spill_to: SpillTo | None = None,
+        high_water: float = 0.5,
     ) -> None:
         """``rejected_of(batch, result)``: how many spans of a delivered batch ``deliver``'s
-        result says were refused (default: none). ``max_queue_bytes``, ``max_value_chars`` and
-        ``value_limit``: see :class:`SpanCollector`."""
+        result says were refused (default: none). ``max_queue_bytes``, ``max_value_chars``,
+        ``value_limit`` and ``high_water``: see :class:`SpanCollector`. ``spill_to``: called on
+        the flusher's thread once its start-up is over; the overflow lane, or None."""
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         self._deliver = deliver
@@ -100,19 +116,27 @@ class BatchProcessor:
         self.shutdown_timeout = shutdown_timeout
         self._async_wake: asyncio.Event | None = None
         self._wake_pending = False
+        self._spill_to = spill_to
+        self._lane: OverflowSpool | None = None  # resolved by each run of the thread
+        self._spill_event: asyncio.Event | None = None
+        self._spill_pending = False
+        self._spilled_done: asyncio.Event | None = None  # set after each spill: a drain waiting on it goes on
+        self._spilling = 0  # spans out of the queue on their way to disk
+        self._unreplayed = 0  # spans in the overflow lane not yet taken for replay
         self.collector = SpanCollector(
             max_queue,
             max_batch_size,
             wake=self._wake,
             overflow=overflow,
-            full_wait_s=full_wait_s,
             max_bytes=max_queue_bytes,
             max_value_chars=max_value_chars,
             value_limit=value_limit,
+            high_water=high_water,
+            spill_wake=self._wake_spill if spill_to is not None else None,
         )
         self.stats = FlusherStats()
         self.last_flush: FlushReport | None = None
-        self._flush_mark = (0, 0, 0, 0)  # delivered, rejected, failed, dropped at the last completed flush
+        self._flush_mark = (0, 0, 0, 0, 0)  # delivered, rejected, failed, dropped, spilled at the last completed flush
         self._flush_waiters: list[Future[None]] = []
         self._waiters_lock = threading.Lock()
         self._stopping = False
@@ -136,9 +160,12 @@ class BatchProcessor:
         self._delivering = {}
         self._started = self._stopping = self._abandoned = self._wake_pending = False
         self._async_wake = None
+        self._lane = self._spill_event = self._spilled_done = None
+        self._spill_pending = False
+        self._spilling = self._unreplayed = 0
         self.stats = FlusherStats()
         self.last_flush = None
-        self._flush_mark = (0, 0, 0, 0)
+        self._flush_mark = (0, 0, 0, 0, 0)
         self.collector.forget_after_fork((self._on_reopen or self.start) if was_started else None)
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -152,6 +179,9 @@ class BatchProcessor:
             self._abandoned = False
             self._async_wake = asyncio.Event()  # bound to the new loop on its first wait
             self._wake_pending = False
+            self._spill_event = asyncio.Event()
+            self._spilled_done = asyncio.Event()
+            self._spill_pending = False
             self._started = True
             self._ready.clear()
             self.collector.open_gate()
@@ -176,8 +206,7 @@ class BatchProcessor:
         return self._abandoned and self._bg.is_alive()
 
     def add_span(self, span: Span) -> None:
-        """Hot path: enqueue a finished span (the collector's append: no sink is waited on; a full
-        buffer waits at most ``full_wait_s``)."""
+        """Hot path: enqueue a finished span (the collector's append: nothing is waited on)."""
         self.collector.append(span)
 
     def flush_future(self) -> Future[None]:
@@ -220,18 +249,26 @@ class BatchProcessor:
 
     def _report(self, done: bool) -> FlushReport:
         stats, collector = self.stats, self.collector
-        now = (stats.spans_delivered, stats.spans_rejected, stats.spans_failed, collector.dropped)
+        now = (
+            stats.spans_delivered,
+            stats.spans_rejected,
+            stats.spans_failed,
+            collector.dropped,
+            stats.spans_spilled,
+        )
         mark = self._flush_mark
         stuck = self.stuck
         pending = 0
         if not done or stuck:
-            pending = len(collector) + sum(len(batch) for batch in list(self._delivering.values()))
+            in_flight = sum(len(batch) for batch in list(self._delivering.values()))
+            pending = len(collector) + in_flight + self._spilling + self._unreplayed
         report = FlushReport(
             delivered=now[0] - mark[0],
             rejected=now[1] - mark[1],
             failed=now[2] - mark[2],
             dropped=now[3] - mark[3],
             pending=pending,
+            spilled=stats.spans_spilled - mark[4],
             timed_out=not done,
             at=time.time(),
         )
@@ -333,6 +370,17 @@ class BatchProcessor:
         if not self._bg.call_soon(event.set):  # the loop already closed at shutdown
             self._wake_pending = False
 
+    def _wake_spill(self) -> None:
+        """The collector is past its high-water mark or full: wake the spiller (one wake-up in flight)."""
+        if self._spill_pending:
+            return
+        event = self._spill_event
+        if event is None:
+            return  # not started yet: the spiller looks as soon as it runs
+        self._spill_pending = True
+        if not self._bg.call_soon(event.set):
+            self._spill_pending = False
+
     # -- the background loop ------------------------------------------------------------
 
     async def _main(self) -> None:
@@ -345,6 +393,7 @@ class BatchProcessor:
                 await self._on_start()
             except Exception:  # a sink's start-up problem must not stop span collection
                 log.exception("starting the sinks' background work failed")
+        spiller = await self._open_lane()
         self._ready.set()
         collector = self.collector
         # Spans or flush requests that arrived before the loop existed.
@@ -369,6 +418,9 @@ class BatchProcessor:
             if stopping:
                 # Anything enqueued while we drained is delivered too before exiting.
                 await self._drain(True)
+                if spiller is not None:
+                    spiller.cancel()
+                    await asyncio.gather(spiller, return_exceptions=True)
                 if self._on_stop is not None:
                     try:
                         await self._on_stop()
@@ -389,16 +441,36 @@ class BatchProcessor:
         trips and commit, an HTTP answer) while this thread has nothing to do; the next batch's
         validation and conversion run in that gap. Batches are independent (idempotent writes,
         per-span ids), so their order between sinks does not matter.
+
+        The overflow lane comes first: what was spilled is older than what is still queued.
         """
         collector = self.collector
         in_flight: set[asyncio.Task[None]] = set()
         try:
-            while collector.ready() or (drain_all and len(collector)):
+            while True:
                 if len(in_flight) >= self.max_in_flight:
                     # Wait for room before taking spans out of the queue: a span is always either
                     # queued or in a delivery that shutdown knows about (``_delivering``).
                     _, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                     continue
+                if self._unreplayed:
+                    task = await self._replay_next()
+                    if task is not None:
+                        in_flight.add(task)
+                        continue
+                wanted = collector.ready() or (drain_all and len(collector))
+                if self._spilling or (wanted and self._lane is not None and collector.spill_due()):
+                    # Older spans are on their way to disk (or the side lane waits for the spiller):
+                    # they are replayed before the queue is delivered.
+                    if not (self._spilling or self._spill_event is None):
+                        self._wake_spill()
+                    done = self._spilled_done
+                    assert done is not None
+                    done.clear()
+                    await done.wait()
+                    continue
+                if not wanted:
+                    break
                 # Under a backlog, take bigger bites: one graph invocation and one sink write
                 # cost nearly the same whatever the batch size, so bigger batches drain a deep
                 # queue faster.
@@ -413,6 +485,83 @@ class BatchProcessor:
         finally:
             if in_flight:  # _deliver_one never raises; a cancelled drain still waits for its batches
                 await asyncio.gather(*in_flight, return_exceptions=True)
+
+    # -- overload: the overflow lane ------------------------------------------------------
+
+    async def _open_lane(self) -> asyncio.Task[None] | None:
+        """Resolve the overflow lane for this run and start the spiller; None: nothing to spill to."""
+        lane = None
+        if self._spill_to is not None:
+            try:
+                lane = self._spill_to()
+                if lane is not None:  # a previous run's (or a dead process's) spill is replayed first
+                    self._unreplayed = await asyncio.to_thread(lane.backlog)
+            except Exception:  # no lane: a full buffer drops (counted) instead of spilling
+                log.exception("opening the spool's overflow lane failed; a full span buffer will drop spans")
+                lane = None
+        self._lane = lane
+        if lane is None:
+            self.collector.spill_off()
+            return None
+        self.collector.spill_on(self._wake_spill)  # again after a fork or a close that turned it off
+        return asyncio.ensure_future(self._spill_loop(lane))
+
+    async def _spill_loop(self, lane: OverflowSpool) -> None:
+        """Move the oldest queued spans to disk whenever the collector runs high; runs until cancelled."""
+        event, done = self._spill_event, self._spilled_done
+        assert event is not None and done is not None
+        collector, stats = self.collector, self.stats
+        while True:
+            await event.wait()
+            event.clear()
+            self._spill_pending = False
+            while True:
+                spans, nbytes = collector.take_spill(self.max_drain_batch)
+                if not spans:
+                    break
+                self._spilling += len(spans)
+                try:
+                    kept = await asyncio.to_thread(lane.put, spans)  # never raises: a refusal is counted
+                finally:
+                    self._spilling -= len(spans)
+                    collector.release(nbytes)
+                self._unreplayed += kept
+                stats.spans_spilled += kept
+                lost = len(spans) - kept
+                if lost:
+                    collector.dropped += lost
+                    collector.dropped_for_disk += lost
+                done.set()
+                self._wake()  # the drain replays what was spilled
+            done.set()
+
+    async def _replay_next(self) -> asyncio.Task[None] | None:
+        """Take the oldest batch of the overflow lane and start its delivery; None when none is due."""
+        lane = self._lane
+        if lane is None:
+            self._unreplayed = 0
+            return None
+        try:
+            taken = await asyncio.to_thread(lane.take)
+        except Exception:  # the spool cannot be read now: the next drain tries again
+            log.exception("reading the spool's overflow lane failed")
+            taken = None
+        if taken is None:  # nothing due here (another process holds the rest): stop looking this drain
+            self._unreplayed = 0
+            return None
+        batch_id, batch = taken
+        self._unreplayed = max(0, self._unreplayed - len(batch))
+        self._delivering[id(batch)] = batch
+        return asyncio.ensure_future(self._replay_one(lane, batch_id, batch))
+
+    async def _replay_one(self, lane: OverflowSpool, batch_id: int, batch: list[Span]) -> None:
+        await self._deliver_one(batch, 0)
+        self.stats.spans_replayed += len(batch)
+        try:
+            # Delivered or counted as failed, as a queued batch would be: either way it is done.
+            await asyncio.to_thread(lane.ack, batch_id)
+        except Exception:  # left leased in the spool: replayed again once the lease ends (idempotent writes)
+            log.exception("acknowledging a replayed overflow batch failed")
 
     async def _deliver_one(self, batch: list[Span], nbytes: int = 0) -> None:
         """Deliver one batch registered in ``_delivering`` by :meth:`_drain`; never raises."""
