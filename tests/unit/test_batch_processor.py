@@ -13,8 +13,8 @@ import pytest
 
 from src.agents.ml_foundation.observability_connector.batch_processor import BatchProcessor, SpanCollector
 from src.agents.ml_foundation.observability_connector.overflow import OverflowSpool
-from src.agents.ml_foundation.observability_connector.spool import Spool
 from src.agents.ml_foundation.observability_connector.spans import Span
+from src.agents.ml_foundation.observability_connector.spool import Spool
 from tests.fixtures.spans import RecordingSink, make_record
 from tests.fixtures.waiting import wait_until, wait_until_async
 

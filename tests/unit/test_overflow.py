@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from src.agents.ml_foundation.observability_connector.batch_processor import BatchProcessor
+from src.agents.ml_foundation.observability_connector.config import ObservabilitySettings
 from src.agents.ml_foundation.observability_connector.overflow import (
     OVERFLOW_SINK,
     OverflowSpool,
@@ -125,3 +126,9 @@ def test_the_spools_disk_bound_drops_with_a_count_and_one_log_line(
     assert len(lines) == 1  # once a minute, not once per bite
     assert spool.stats().dropped_spans == 0  # refused at the door: no sink's older backlog was evicted
     spool.close()
+
+
+def test_full_wait_s_is_accepted_and_ignored_with_a_deprecation_warning() -> None:
+    with pytest.warns(DeprecationWarning, match="full_wait_s"):
+        settings = ObservabilitySettings(batching={"full_wait_s": 1.0, "max_queue_size": 7})
+    assert settings.batching.max_queue_size == 7 and not hasattr(settings.batching, "full_wait_s")

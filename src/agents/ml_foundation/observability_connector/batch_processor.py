@@ -495,7 +495,7 @@ class BatchProcessor:
             try:
                 lane = self._spill_to()
                 if lane is not None:  # a previous run's (or a dead process's) spill is replayed first
-                    self._unreplayed = await asyncio.to_thread(lane.backlog)
+                    self._unreplayed = lane.backlog()  # one indexed count, on this thread: no worker yet
             except Exception:  # no lane: a full buffer drops (counted) instead of spilling
                 log.exception("opening the spool's overflow lane failed; a full span buffer will drop spans")
                 lane = None
