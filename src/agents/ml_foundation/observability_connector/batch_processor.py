@@ -123,6 +123,8 @@ class BatchProcessor:
         self._spilled_done: asyncio.Event | None = None  # set after each spill: a drain waiting on it goes on
         self._spilling = 0  # spans out of the queue on their way to disk
         self._unreplayed = 0  # spans in the overflow lane not yet taken for replay
+        self._spilled_at = 0.0  # monotonic time of the latest spill, and of the latest replay
+        self._replayed_at = 0.0
         self.collector = SpanCollector(
             max_queue,
             max_batch_size,
@@ -453,6 +455,10 @@ class BatchProcessor:
                     # queued or in a delivery that shutdown knows about (``_delivering``).
                     _, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                     continue
+                if self._unreplayed and self._defer_replay():
+                    # A burst is being spilled: catch up once it calms down (bounded, see _defer_replay).
+                    await asyncio.sleep(_REPLAY_QUIET_S)
+                    continue
                 if self._unreplayed:
                     task = await self._replay_next()
                     if task is not None:
@@ -526,6 +532,7 @@ class BatchProcessor:
                     self._spilling -= len(spans)
                     collector.release(nbytes)
                 self._unreplayed += kept
+                self._spilled_at = time.monotonic()
                 stats.spans_spilled += kept
                 lost = len(spans) - kept
                 if lost:
@@ -534,6 +541,18 @@ class BatchProcessor:
                 done.set()
                 self._wake()  # the drain replays what was spilled
             done.set()
+
+    def _defer_replay(self) -> bool:
+        """While spans are being spilled, replaying would compete with the producers for the
+        interpreter (the graph is the expensive part) and slow the very burst it follows: the
+        backlog waits until no spill for ``_REPLAY_QUIET_S``, but never more than
+        ``_REPLAY_MAX_DEFER_S`` since the last replay (a burst that never ends still drains)."""
+        if self._stopping:
+            return False
+        now = time.monotonic()
+        if now - self._replayed_at >= _REPLAY_MAX_DEFER_S:
+            return False
+        return bool(self._spilling) or now - self._spilled_at < _REPLAY_QUIET_S
 
     async def _replay_next(self) -> asyncio.Task[None] | None:
         """Take the oldest batch of the overflow lane and start its delivery; None when none is due."""
@@ -550,6 +569,7 @@ class BatchProcessor:
             self._unreplayed = 0
             return None
         batch_id, batch = taken
+        self._replayed_at = time.monotonic()
         self._unreplayed = max(0, self._unreplayed - len(batch))
         self._delivering[id(batch)] = batch
         return asyncio.ensure_future(self._replay_one(lane, batch_id, batch))
@@ -589,6 +609,11 @@ class BatchProcessor:
 
 _live_flushers: weakref.WeakSet[BatchProcessor] = weakref.WeakSet()
 
+
+# Replay of the overflow lane waits for this long without a spill (the burst is over) ...
+_REPLAY_QUIET_S = 0.05
+# ... but never longer than this since the previous replay.
+_REPLAY_MAX_DEFER_S = 1.0
 
 # How long a fork waits for a flusher's start-up to finish (see _before_fork).
 _FORK_WAIT_S = 10.0
