@@ -522,7 +522,11 @@ class BatchProcessor:
             event.clear()
             self._spill_pending = False
             while True:
-                spans, nbytes = collector.take_spill(self.max_drain_batch)
+                try:
+                    spans, nbytes = collector.take_spill(self.max_drain_batch)
+                except Exception:  # the spiller must outlive any surprise: a drain waits on it
+                    log.exception("taking spans to spill failed")
+                    break
                 if not spans:
                     break
                 self._spilling += len(spans)
