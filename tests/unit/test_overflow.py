@@ -124,7 +124,9 @@ def test_the_spools_disk_bound_drops_with_a_count_and_one_log_line(
     assert kept == [0] * 5 and lane.dropped == 500
     lines = [r for r in caplog.records if "could not be spilled" in r.getMessage()]
     assert len(lines) == 1  # once a minute, not once per bite
-    assert spool.stats().dropped_spans == 0  # refused at the door: no sink's older backlog was evicted
+    stats = spool.stats()
+    assert stats.dropped_spans == 500  # counted in the file too: `obs-connector status` shows them
+    assert stats.dropped_batches == 0  # refused at the door: no sink's older backlog was evicted
     spool.close()
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import time
 from typing import Any, Final
 
@@ -118,6 +119,7 @@ class OverflowSpool:
 
     def _drop(self, count: int, why: str) -> int:
         self.dropped += count
+        _count_dropped(self.spool, count)
         now = time.monotonic()
         if self._logged_count == 0 or now - self._logged_at >= _LOG_EVERY_S:
             log.error(
@@ -146,3 +148,19 @@ class OverflowSpool:
     def backlog(self) -> int:
         """Spans waiting in this lane (leased ones included)."""
         return self.spool.backlog(OVERFLOW_SINK)[1]
+
+
+def _count_dropped(spool: Spool, count: int) -> None:
+    """Add ``count`` to the spool's own ``dropped_spans`` counter, so that ``obs-connector status``
+    (another process, reading the file) shows these drops too. The spool has no public method
+    for it: this writes the counter row on a short connection of its own; never raises."""
+    try:
+        with sqlite3.connect(spool.path, timeout=5) as conn:
+            conn.execute(
+                "INSERT INTO spool_counters (name, value) VALUES ('dropped_spans', ?) "
+                "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                (count,),
+            )
+        conn.close()
+    except sqlite3.Error:  # a full or unwritable disk: the in-process count and the log line remain
+        log.debug("counting dropped spans in the spool failed", exc_info=True)
