@@ -34,6 +34,9 @@ from tests.fixtures.waiting import wait_until_async
 
 __all__ = ["make_rig"]  # the fixture, used by name
 
+#: Tests where Opik hangs give up on a request this soon, so that they take seconds.
+HANG_TIMEOUT_S = 0.3
+
 
 def make_trace(obs: ObservabilityConnectorAgent, spans: int = 10, poison: bool = False) -> str:
     """One trace: a root and ``spans - 1`` children (one an LLM call); returns its trace id."""
@@ -221,7 +224,7 @@ def end_outage(receiver: OpikReceiver, kind: str) -> None:
 async def test_outage_opens_the_breaker_keeps_every_span_and_recovers_exactly_once(
     make_rig: Callable[..., Rig], outage: str
 ) -> None:
-    rig = make_rig()
+    rig = make_rig(request_timeout_s=HANG_TIMEOUT_S)
     receiver, opik, obs, delivery = rig.receiver, rig.opik, rig.obs, rig.delivery
     start_outage(receiver, outage)
     trace_ids: list[str] = []
@@ -255,7 +258,7 @@ async def test_outage_opens_the_breaker_keeps_every_span_and_recovers_exactly_on
 
 
 async def test_span_cost_is_unchanged_while_opik_hangs(make_rig: Callable[..., Rig]) -> None:
-    rig = make_rig()
+    rig = make_rig(request_timeout_s=HANG_TIMEOUT_S)
     obs = rig.obs
 
     def measure(n: int = 5_000) -> tuple[float, float]:
@@ -286,7 +289,7 @@ async def test_span_cost_is_unchanged_while_opik_hangs(make_rig: Callable[..., R
 
 
 async def test_graph_invocation_does_not_wait_for_a_hanging_opik(make_rig: Callable[..., Rig]) -> None:
-    rig = make_rig()
+    rig = make_rig(request_timeout_s=HANG_TIMEOUT_S)
     rig.receiver.hang(10.0)
     now = datetime.now(UTC).isoformat()
     for batch in range(3):

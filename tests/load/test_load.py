@@ -27,7 +27,7 @@ __all__ = ["make_rig"]  # the fixture, used by name
 
 #: The load tests' own pace: bigger queues, slower backoff, a quicker breaker than the rig's defaults.
 LOAD: dict[str, Any] = {
-    "request_timeout_s": 0.5,
+    "request_timeout_s": 5.0,
     "breaker": {"recovery_timeout_s": 0.5},
     "batching": {
         "max_batch_wait_s": 0.1,
