@@ -359,3 +359,20 @@ def _write(path: Path, data: bytes) -> Path:
 def test_a_path_too_long_for_the_os_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="cannot be read: File name too long"):
         load_settings("/tmp/" + "x" * 5_000 + ".yaml")
+
+
+def test_retired_opik_backlog_keys_still_load_with_a_warning() -> None:
+    """A file written for the former in-memory Opik backlog keeps loading; the keys are named as ignored."""
+    import warnings
+
+    from src.agents.ml_foundation.observability_connector.settings import ObservabilitySettings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        settings = ObservabilitySettings(opik={"replay_backlog_max_mb": 16, "retry_backoff_s": 0.5, "wait_s": 2})
+    messages = [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)]
+    assert messages == [
+        "retired setting(s) ignored: opik.replay_backlog_max_mb, opik.retry_backoff_s; Opik's retries, backoff "
+        "and overflow are the delivery layer's (batching.retry_*, batching.spool_*)"
+    ]
+    assert settings.opik.wait_s == 2  # the keys that still mean something are read as before

@@ -177,8 +177,8 @@ class OpikSettings(_Section):
         """Keys of the former in-memory Opik backlog: an existing file keeps loading, with a warning."""
         if isinstance(data, dict) and (retired := sorted(set(data) & _RETIRED_OPIK_KEYS)):
             warnings.warn(
-                f"opik.{', opik.'.join(retired)} no longer mean anything and are ignored: Opik's retries, "
-                "backoff and overflow are the delivery layer's (batching.retry_*, batching.spool_*)",
+                f"retired setting(s) ignored: opik.{', opik.'.join(retired)}; Opik's retries, backoff and "
+                "overflow are the delivery layer's (batching.retry_*, batching.spool_*)",
                 DeprecationWarning,
                 stacklevel=2,
             )
