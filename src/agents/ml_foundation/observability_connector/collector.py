@@ -303,10 +303,7 @@ class SpanCollector:
             self._overflow(span)
             return
         spill = self._spill
-        # Never wait: the flusher spills the side lane next. The lane shares the buffer's byte
-        # bound (``max_queue_mb`` bounds the memory of everything held): past it the spill is not
-        # keeping up and the span is dropped, counted, like a full buffer without a spool.
-        if spill is not None and self.bytes_in - self.bytes_out + size <= self._max_bytes:
+        if spill is not None:  # never wait: the flusher spills the side lane next
             span._qbytes = size
             self._side.append(span)
             self.bytes_in += size
@@ -319,13 +316,11 @@ class SpanCollector:
             self.dropped_for_bytes += 1
         if self.dropped == 1 or self.dropped % 1000 == 0:
             log.error(
-                "span buffer full (%s): %d span(s) dropped so far; raise batching.%s, %s",
+                "span buffer full (%s): %d span(s) dropped so far; raise batching.%s, "
+                "or enable batching.spool_enabled so that a full buffer spills to disk",
                 f"{self._max_bytes / 2**20:.0f} MB" if by_bytes else f"{self._max} spans",
                 self.dropped,
                 "max_queue_mb" if by_bytes else "max_queue_size",
-                "or enable batching.spool_enabled so that a full buffer spills to disk"
-                if spill is None
-                else "or lower batching.spill_high_water: spilling to disk did not keep up with this burst",
             )
 
     def spill_on(self, wake: Callable[[], None]) -> None:
