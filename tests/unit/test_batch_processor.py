@@ -6,15 +6,12 @@ import asyncio
 import logging
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from src.agents.ml_foundation.observability_connector.batch_processor import BatchProcessor, SpanCollector
-from src.agents.ml_foundation.observability_connector.overflow import OverflowSpool
 from src.agents.ml_foundation.observability_connector.spans import Span
-from src.agents.ml_foundation.observability_connector.spool import Spool
 from tests.fixtures.spans import RecordingSink, make_record
 from tests.fixtures.waiting import wait_until, wait_until_async
 
@@ -122,13 +119,25 @@ def test_invalid_sizes_are_rejected() -> None:
         SpanCollector(max_queue=0)
 
 
-def test_without_a_spool_a_full_buffer_drops_at_once_and_counts(caplog: pytest.LogCaptureFixture) -> None:
-    collector = SpanCollector(max_queue=3, batch_size=100)
+def test_a_full_buffer_applies_bounded_back_pressure_instead_of_dropping() -> None:
+    sink = RecordingSink()
+    flusher = BatchProcessor(sink, max_batch_size=50, max_wait_seconds=60, max_queue=100, full_wait_s=5.0)
+    flusher.start()
+    for i in range(5_000):  # 50x the buffer, produced as fast as the loop goes
+        flusher.add_span(make_record(i))
+    assert flusher.flush_sync(timeout=10)
+    assert flusher.collector.dropped == 0
+    assert flusher.collector.waited > 0
+    assert sum(len(b) for b in sink.batches) == 5_000
+    flusher.close(5)
+
+
+def test_without_back_pressure_a_full_buffer_drops_and_counts(caplog: pytest.LogCaptureFixture) -> None:
+    collector = SpanCollector(max_queue=3, batch_size=100, full_wait_s=0.0)
     with caplog.at_level(logging.ERROR):
         for i in range(5):
             collector.append(make_record(i))
-    assert collector.dropped == 2 and collector.side_lane_spans == 0
-    assert "span buffer full (3 spans)" in caplog.text
+    assert collector.dropped == 2 and collector.waited == 0
 
 
 class SlowSink:
@@ -194,7 +203,7 @@ def test_the_host_names_add_span_start_stop() -> None:
 
 
 def test_the_byte_bound_is_a_second_trigger_of_the_full_buffer_policy(caplog: pytest.LogCaptureFixture) -> None:
-    collector = SpanCollector(max_queue=10_000, batch_size=100, max_bytes=1_000_000)
+    collector = SpanCollector(max_queue=10_000, batch_size=100, max_bytes=1_000_000, full_wait_s=0.0)
     with caplog.at_level(logging.ERROR):
         for i in range(20):
             collector.append(make_record(i, payload_chars=100_000))
@@ -210,30 +219,24 @@ def test_the_byte_bound_is_a_second_trigger_of_the_full_buffer_policy(caplog: py
 
 
 def test_a_span_bigger_than_the_bound_is_taken_when_nothing_else_is_held() -> None:
-    collector = SpanCollector(max_bytes=10_000)
+    collector = SpanCollector(max_bytes=10_000, full_wait_s=0.0)
     collector.append(make_record(0, payload_chars=50_000))
     collector.append(make_record(1, payload_chars=50_000))
     assert len(collector) == 1 and collector.dropped == 1
 
 
-def test_the_byte_bound_spills_and_counts_bytes_until_delivered(tmp_path: Path) -> None:
+def test_the_byte_bound_applies_back_pressure_and_counts_bytes_until_delivered() -> None:
     sink = SlowSink()
-    spool = Spool(tmp_path / "spool.db")
-    flusher = BatchProcessor(
-        sink,
-        max_batch_size=1000,
-        max_wait_seconds=60,
-        max_queue_bytes=2_000_000,
-        spill_to=lambda: OverflowSpool(spool),
-    )
+    flusher = BatchProcessor(sink, max_batch_size=1000, max_wait_seconds=60, max_queue_bytes=2_000_000, full_wait_s=5.0)
     flusher.start()
-    for i in range(200):  # 20 MB through a 2 MB bound: the flusher spills, the producer never waits
+    peak = 0
+    for i in range(200):  # 20 MB through a 2 MB bound
         flusher.add_span(make_record(i, payload_chars=100_000))
-    assert flusher.flush_sync(timeout=60)
-    assert sink.spans == 200 and flusher.collector.dropped == 0 and flusher.stats.spans_spilled > 0
-    assert flusher.collector.held_bytes == 0 and spool.backlog("overflow") == (0, 0)
+        peak = max(peak, flusher.collector.held_bytes)
+    assert flusher.flush_sync(timeout=30)
+    assert sink.spans == 200 and flusher.collector.dropped == 0 and flusher.collector.waited > 0
+    assert peak <= 2_000_000 and flusher.collector.held_bytes == 0
     flusher.close(5)
-    spool.close()
 
 
 def test_a_batch_is_due_by_bytes_before_it_is_due_by_count() -> None:

@@ -190,6 +190,7 @@ class ObservabilityConnectorAgent(LLMCalls, ContextFactory, BatchDelivery):
                         max_queue=batching.max_queue_size,
                         max_drain_batch=batching.max_drain_batch_size,
                         max_in_flight=batching.max_in_flight,
+                        full_wait_s=batching.full_wait_s,
                         on_timeout=self._spool_at_shutdown,
                         on_stop=self._stop_background,
                         on_start=self._open_background,
@@ -201,8 +202,6 @@ class ObservabilityConnectorAgent(LLMCalls, ContextFactory, BatchDelivery):
                         value_limit=value_limit,
                         rejected_of=_not_stored,
                         on_reopen=self._reopen,
-                        spill_to=self._overflow_lane if batching.spool_enabled else None,
-                        high_water=batching.spill_high_water,
                     )
                 flusher = self._flusher_obj
         return flusher
@@ -363,10 +362,7 @@ class ObservabilityConnectorAgent(LLMCalls, ContextFactory, BatchDelivery):
             "spans_dropped_for_bytes": collector.dropped_for_bytes if collector is not None else 0,
             "queue_bytes": collector.held_bytes if collector is not None else 0,
             "queue_max_bytes": collector.max_bytes if collector is not None else None,
-            "spans_dropped_for_disk": collector.dropped_for_disk if collector is not None else 0,
-            "side_lane_spans": collector.side_lane_spans if collector is not None else 0,
-            "spans_spilled": stats.spans_spilled,
-            "spans_replayed": stats.spans_replayed,
+            "producer_waits": collector.waited if collector is not None else 0,
             "batches_sent": stats.batches_sent,
             "batches_failed": stats.batches_failed,
             "spans_delivered": stats.spans_delivered,

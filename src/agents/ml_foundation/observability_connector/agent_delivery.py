@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Self
 
 from .batch_processor import BatchNotStoredError, FlushReport
-from .overflow import OverflowSpool
 from .spans import Span
 
 if TYPE_CHECKING:
@@ -102,12 +101,6 @@ class BatchDelivery:
                 delivery.ensure_replaying(lambda replayed: cache.ainvalidate_since(s.start_time for s in replayed))
             else:
                 delivery.ensure_replaying()
-
-    def _overflow_lane(self) -> OverflowSpool | None:
-        """Where the flusher spills a burst (on its thread, after the sinks opened): the spool's
-        overflow lane, or None when there is no spool (a full buffer then drops, counted)."""
-        delivery = getattr(self.context, "store_delivery", None)
-        return None if delivery is None else OverflowSpool(delivery.spool)
 
     def _spool_at_shutdown(self, records: list[Span]) -> int:
         """Shutdown ran out of time (a sink is stuck): validate, redact and spool what is queued.

@@ -4,9 +4,7 @@ The caller's side is the collector's (:mod:`.collector`: a size estimate and one
 ``deque.append``). The flusher runs on its own thread and event loop (:mod:`.background`),
 takes batches out of the collector and hands each to a ``deliver`` coroutine (the compiled
 graph), so a slow sink can never stall an agent's event loop, and agents without an event loop
-(sync code, callback handlers) are served the same way. A burst the pipeline cannot keep up with
-is spilled to the on-disk spool and replayed from there (:mod:`.overflow`), so a producer never
-waits. At interpreter exit every flusher is
+(sync code, callback handlers) are served the same way. At interpreter exit every flusher is
 closed in the ``FLUSHERS`` stage of :mod:`.lifecycle`, after producers and before the sinks.
 """
 
@@ -25,9 +23,7 @@ from .background import BackgroundLoop
 from .collector import SpanCollector
 from .flush_report import BatchNotStoredError, FlusherStats, FlushReport
 from .lifecycle import FLUSHERS, on_shutdown, register_before_fork, watch_after_fork
-from .overflow import OverflowSpool
 from .spans import Span
-from .spill_lane import REPLAY_QUIET_S, SpillLane, SpillTo
 
 __all__ = [
     "BatchNotStoredError",
@@ -42,22 +38,13 @@ log = logging.getLogger(__name__)
 Deliver = Callable[[list[Span]], Awaitable[Any]]
 
 
-class BatchProcessor(SpillLane):
+class BatchProcessor:
     """Drains a :class:`SpanCollector` on a background thread and delivers whole batches.
 
     Flushes when ``max_batch_size`` spans (or an eighth of ``max_queue_bytes``) are waiting,
     every ``max_wait_seconds``, on :meth:`flush`, and at shutdown (:meth:`stop` / :meth:`close`
     or the interpreter's exit hook, bounded by ``shutdown_timeout`` so a dead sink never hangs
     the process).
-
-    Overload (``spill_to`` given): past ``high_water`` of either bound, a task of the flusher's
-    loop moves the oldest queued spans to the spool's overflow lane in bulk (a worker thread
-    encodes and writes them), and the flusher delivers that backlog, oldest first, before the
-    spans still queued: everything spilled is older than everything queued (a spill takes the
-    head of the queue), so spans reach the sinks in the order they were finished. A span that
-    finds the buffer full goes to the side lane the spiller takes next; a span is dropped only
-    when the spool is at its disk bound (counted, logged once a minute). Without ``spill_to`` a
-    full buffer drops at once (counted, logged). The producer never waits.
 
     A closed processor is not dead: the next span handed to it calls ``on_reopen`` (default:
     :meth:`start`), which starts a new thread, so spans recorded after a close are delivered
@@ -82,6 +69,7 @@ class BatchProcessor(SpillLane):
         max_drain_batch: int | None = None,
         on_stop: Callable[[], Awaitable[Any]] | None = None,
         on_start: Callable[[], Awaitable[Any]] | None = None,
+        full_wait_s: float = 0.0,
         on_timeout: Callable[[list[Span]], int] | None = None,
         max_in_flight: int = 2,
         *,
@@ -90,13 +78,10 @@ class BatchProcessor(SpillLane):
         value_limit: int | None = None,
         rejected_of: Callable[[list[Span], Any], int] | None = None,
         on_reopen: Callable[[], None] | None = None,
-        spill_to: SpillTo | None = None,
-        high_water: float = 0.5,
     ) -> None:
         """``rejected_of(batch, result)``: how many spans of a delivered batch ``deliver``'s
-        result says were refused (default: none). ``max_queue_bytes``, ``max_value_chars``,
-        ``value_limit`` and ``high_water``: see :class:`SpanCollector`. ``spill_to``: called on
-        the flusher's thread once its start-up is over; the overflow lane, or None."""
+        result says were refused (default: none). ``max_queue_bytes``, ``max_value_chars`` and
+        ``value_limit``: see :class:`SpanCollector`."""
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         self._deliver = deliver
@@ -115,29 +100,19 @@ class BatchProcessor(SpillLane):
         self.shutdown_timeout = shutdown_timeout
         self._async_wake: asyncio.Event | None = None
         self._wake_pending = False
-        self._spill_to = spill_to
-        self._lane: OverflowSpool | None = None  # resolved by each run of the thread
-        self._spill_event: asyncio.Event | None = None
-        self._spill_pending = False
-        self._spilled_done: asyncio.Event | None = None  # set after each spill: a drain waiting on it goes on
-        self._spilling = 0  # spans out of the queue on their way to disk
-        self._unreplayed = 0  # spans in the overflow lane not yet taken for replay
-        self._spilled_at = 0.0  # monotonic time of the latest spill, and of the latest replay
-        self._replayed_at = 0.0
         self.collector = SpanCollector(
             max_queue,
             max_batch_size,
             wake=self._wake,
             overflow=overflow,
+            full_wait_s=full_wait_s,
             max_bytes=max_queue_bytes,
             max_value_chars=max_value_chars,
             value_limit=value_limit,
-            high_water=high_water,
-            spill_wake=self._wake_spill if spill_to is not None else None,
         )
         self.stats = FlusherStats()
         self.last_flush: FlushReport | None = None
-        self._flush_mark = (0, 0, 0, 0, 0)  # delivered, rejected, failed, dropped, spilled at the last completed flush
+        self._flush_mark = (0, 0, 0, 0)  # delivered, rejected, failed, dropped at the last completed flush
         self._flush_waiters: list[Future[None]] = []
         self._waiters_lock = threading.Lock()
         self._stopping = False
@@ -161,12 +136,9 @@ class BatchProcessor(SpillLane):
         self._delivering = {}
         self._started = self._stopping = self._abandoned = self._wake_pending = False
         self._async_wake = None
-        self._lane = self._spill_event = self._spilled_done = None
-        self._spill_pending = False
-        self._spilling = self._unreplayed = 0
         self.stats = FlusherStats()
         self.last_flush = None
-        self._flush_mark = (0, 0, 0, 0, 0)
+        self._flush_mark = (0, 0, 0, 0)
         self.collector.forget_after_fork((self._on_reopen or self.start) if was_started else None)
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -180,9 +152,6 @@ class BatchProcessor(SpillLane):
             self._abandoned = False
             self._async_wake = asyncio.Event()  # bound to the new loop on its first wait
             self._wake_pending = False
-            self._spill_event = asyncio.Event()
-            self._spilled_done = asyncio.Event()
-            self._spill_pending = False
             self._started = True
             self._ready.clear()
             self.collector.open_gate()
@@ -207,7 +176,8 @@ class BatchProcessor(SpillLane):
         return self._abandoned and self._bg.is_alive()
 
     def add_span(self, span: Span) -> None:
-        """Hot path: enqueue a finished span (the collector's append: nothing is waited on)."""
+        """Hot path: enqueue a finished span (the collector's append: no sink is waited on; a full
+        buffer waits at most ``full_wait_s``)."""
         self.collector.append(span)
 
     def flush_future(self) -> Future[None]:
@@ -250,26 +220,18 @@ class BatchProcessor(SpillLane):
 
     def _report(self, done: bool) -> FlushReport:
         stats, collector = self.stats, self.collector
-        now = (
-            stats.spans_delivered,
-            stats.spans_rejected,
-            stats.spans_failed,
-            collector.dropped,
-            stats.spans_spilled,
-        )
+        now = (stats.spans_delivered, stats.spans_rejected, stats.spans_failed, collector.dropped)
         mark = self._flush_mark
         stuck = self.stuck
         pending = 0
         if not done or stuck:
-            in_flight = sum(len(batch) for batch in list(self._delivering.values()))
-            pending = len(collector) + in_flight + self._spilling + self._unreplayed
+            pending = len(collector) + sum(len(batch) for batch in list(self._delivering.values()))
         report = FlushReport(
             delivered=now[0] - mark[0],
             rejected=now[1] - mark[1],
             failed=now[2] - mark[2],
             dropped=now[3] - mark[3],
             pending=pending,
-            spilled=stats.spans_spilled - mark[4],
             timed_out=not done,
             at=time.time(),
         )
@@ -383,7 +345,6 @@ class BatchProcessor(SpillLane):
                 await self._on_start()
             except Exception:  # a sink's start-up problem must not stop span collection
                 log.exception("starting the sinks' background work failed")
-        spiller = await self._open_lane()
         self._ready.set()
         collector = self.collector
         # Spans or flush requests that arrived before the loop existed.
@@ -408,9 +369,6 @@ class BatchProcessor(SpillLane):
             if stopping:
                 # Anything enqueued while we drained is delivered too before exiting.
                 await self._drain(True)
-                if spiller is not None:
-                    spiller.cancel()
-                    await asyncio.gather(spiller, return_exceptions=True)
                 if self._on_stop is not None:
                     try:
                         await self._on_stop()
@@ -431,40 +389,16 @@ class BatchProcessor(SpillLane):
         trips and commit, an HTTP answer) while this thread has nothing to do; the next batch's
         validation and conversion run in that gap. Batches are independent (idempotent writes,
         per-span ids), so their order between sinks does not matter.
-
-        The overflow lane comes first: what was spilled is older than what is still queued.
         """
         collector = self.collector
         in_flight: set[asyncio.Task[None]] = set()
         try:
-            while True:
+            while collector.ready() or (drain_all and len(collector)):
                 if len(in_flight) >= self.max_in_flight:
                     # Wait for room before taking spans out of the queue: a span is always either
                     # queued or in a delivery that shutdown knows about (``_delivering``).
                     _, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                     continue
-                if self._unreplayed and self._defer_replay():
-                    # A burst is being spilled: catch up once it calms down (bounded, see _defer_replay).
-                    await asyncio.sleep(REPLAY_QUIET_S)
-                    continue
-                if self._unreplayed:
-                    task = await self._replay_next()
-                    if task is not None:
-                        in_flight.add(task)
-                        continue
-                wanted = collector.ready() or (drain_all and len(collector))
-                if self._spilling or (wanted and self._lane is not None and collector.spill_due()):
-                    # Older spans are on their way to disk (or the side lane waits for the spiller):
-                    # they are replayed before the queue is delivered.
-                    if not (self._spilling or self._spill_event is None):
-                        self._wake_spill()
-                    done = self._spilled_done
-                    assert done is not None
-                    done.clear()
-                    await done.wait()
-                    continue
-                if not wanted:
-                    break
                 # Under a backlog, take bigger bites: one graph invocation and one sink write
                 # cost nearly the same whatever the batch size, so bigger batches drain a deep
                 # queue faster.

@@ -1,16 +1,17 @@
 """The collector: the bounded in-memory buffer between an agent's hot path and the flusher.
 
 The caller's side is a size estimate and one ``deque.append`` (no lock, no I/O, no
-serialisation, never a wait): :class:`SpanCollector` bounds the buffer in spans and in estimated
-bytes and cuts oversized strings. Past a high-water mark it wakes the flusher
-(:mod:`.batch_processor`, its own thread) to spill the oldest spans to the on-disk spool; a span
-that finds the buffer full goes to a side lane the flusher spills next.
+serialisation): :class:`SpanCollector` bounds the buffer in spans and in estimated bytes, cuts
+oversized strings, and applies bounded back-pressure when it is full. The flusher
+(:mod:`.batch_processor`) takes batches out of it on its own thread.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -113,12 +114,10 @@ class SpanCollector:
     queued and the ones being delivered; a span alone bigger than the bound is still taken when
     nothing else is held.
 
-    The producer never waits. Past ``high_water`` (a fraction of either bound) ``spill_wake`` is
-    called so the flusher moves the oldest spans to disk (:meth:`take_spill`). A span that finds
-    the buffer full anyway goes, when spilling is possible (``spill_wake`` given and not switched
-    off by :meth:`spill_off`), to a side lane, and the spans after it follow it there until the
-    flusher has spilled the lane, so the order is kept; otherwise it is counted as dropped and
-    logged — never silently. ``overflow``, when given, takes the span instead.
+    When either bound is reached the producer gets bounded back-pressure: it yields the GIL in
+    short sleeps (no I/O, no lock) for at most ``full_wait_s`` so the flusher can move spans to
+    the sinks or the on-disk spool. Only if there is still no room is the span counted as
+    dropped and logged — never silently. ``overflow``, when given, takes the span instead.
 
     The byte counters are written without a lock: producers only add to ``bytes_in`` and the
     flusher only to ``bytes_taken`` / ``bytes_out``, so a rare lost update between two producer
@@ -131,17 +130,13 @@ class SpanCollector:
         "_bytes_limit",
         "_cut_keep",
         "_cut_limit",
-        "_high",
-        "_high_bytes",
-        "_low",
+        "_full_wait_s",
         "_max",
         "_max_bytes",
         "_open_max",
         "_overflow",
         "_queue",
         "_reopen",
-        "_side",
-        "_spill",
         "_taken",
         "_wake",
         "bytes_in",
@@ -150,8 +145,7 @@ class SpanCollector:
         "consumer_thread",
         "dropped",
         "dropped_for_bytes",
-        "dropped_for_disk",
-        "side_lane_spans",
+        "waited",
     )
 
     def __init__(
@@ -160,25 +154,20 @@ class SpanCollector:
         batch_size: int = 100,
         wake: Callable[[], None] | None = None,
         overflow: Callable[[Span], None] | None = None,
+        full_wait_s: float = 0.0,
         max_bytes: int | None = None,
         max_value_chars: int | None = None,
         value_limit: int | None = None,
-        *,
-        high_water: float = 0.5,
-        spill_wake: Callable[[], None] | None = None,
     ) -> None:
         """``max_bytes``: the byte bound (None: spans only). ``max_value_chars``: strings longer
         than this are cut on append (None: never), marked as over ``value_limit`` bytes (the
-        redactor's ``max_value_bytes``; default ``max_value_chars``). ``high_water``: the
-        fraction of either bound past which ``spill_wake`` is called (None: no spilling)."""
+        redactor's ``max_value_bytes``; default ``max_value_chars``)."""
         if max_queue < 1 or batch_size < 1:
             raise ValueError("max_queue and batch_size must be positive")
         if max_bytes is not None and max_bytes < 1:
             raise ValueError("max_bytes must be positive")
         if max_value_chars is not None and max_value_chars < 1:
             raise ValueError("max_value_chars must be positive")
-        if not 0 < high_water <= 1:
-            raise ValueError("high_water must be in (0, 1]")
         self._queue: deque[Span] = deque()
         self._max = max_queue
         self._open_max = max_queue
@@ -192,19 +181,12 @@ class SpanCollector:
         self._batch_size = batch_size
         self._wake = wake
         self._overflow = overflow
-        self._high = max(1, int(max_queue * high_water))
-        self._low = self._high // 2  # a spill takes the queue down to here: bites, not a trickle
-        self._high_bytes = _UNBOUNDED if max_bytes is None else max(1, int(max_bytes * high_water))
-        # The side lane: spans that found the buffer full while spilling is possible (the flusher
-        # spills it next). A deque's append and popleft are atomic: no lock on either side.
-        self._side: deque[Span] = deque()
-        self._spill = spill_wake
+        self._full_wait_s = full_wait_s
         self._reopen: Callable[[], None] | None = None
         self.dropped = 0
         self.dropped_for_bytes = 0  # of ``dropped``: the byte bound was the one reached
-        self.dropped_for_disk = 0  # of ``dropped``: the spool was at its disk bound (counted by the flusher)
-        self._taken = 0  # spans taken out of the queue and the side lane (accepted = taken + held)
-        self.side_lane_spans = 0  # spans that found the buffer full and went to the side lane
+        self._taken = 0  # spans taken out of the queue (accepted = taken + queued)
+        self.waited = 0  # producers that had to wait for room (back-pressure events)
         self.bytes_in = 0  # estimated bytes of every span accepted
         self.bytes_taken = 0  # ... of those the flusher has taken into batches
         self.bytes_out = 0  # ... of those whose batch has been delivered (or given up)
@@ -238,11 +220,7 @@ class SpanCollector:
         queue = self._queue
         depth = len(queue)
         bytes_in = self.bytes_in
-        if (
-            depth >= self._max
-            or (bytes_in + size > self._bytes_limit and bytes_in > self.bytes_out)
-            or self._side  # spans before this one wait in the side lane: this one follows them
-        ):
+        if depth >= self._max or (bytes_in + size > self._bytes_limit and bytes_in > self.bytes_out):
             self._on_full(span, size)
             return
         span._qbytes = size
@@ -256,11 +234,6 @@ class SpanCollector:
             wake = self._wake
             if wake is not None:
                 wake()
-        # Past the high-water mark the flusher spills the oldest spans to disk, before it is full.
-        if depth + 1 == self._high or (size > _RECOUNT_FROM and bytes_in + size - self.bytes_out > self._high_bytes):
-            spill = self._spill
-            if spill is not None:
-                spill()
 
     def _estimate(self, span: Span) -> int:
         size = _SPAN_BYTES + _span_bytes(span)
@@ -274,11 +247,7 @@ class SpanCollector:
 
     def _full(self, size: int) -> bool:
         held = self.bytes_in - self.bytes_out
-        return (
-            len(self._queue) >= self._max
-            or (held + size > self._max_bytes and held > 0)
-            or (self._spill is not None and bool(self._side))
-        )
+        return len(self._queue) >= self._max or (held + size > self._max_bytes and held > 0)
 
     def _accept(self, span: Span, size: int) -> None:
         span._qbytes = size
@@ -302,69 +271,33 @@ class SpanCollector:
         if self._overflow is not None:
             self._overflow(span)
             return
-        spill = self._spill
-        if spill is not None:  # never wait: the flusher spills the side lane next
-            span._qbytes = size
-            self._side.append(span)
-            self.bytes_in += size
-            self.side_lane_spans += 1
-            spill()
-            return
+        if self._wake is not None:
+            self._wake()
+        if self._full_wait_s > 0 and threading.get_ident() != self.consumer_thread:
+            self.waited += 1
+            deadline = time.monotonic() + self._full_wait_s
+            while self._full(size) and time.monotonic() < deadline:
+                time.sleep(0.0002)  # releases the GIL to the flusher; no I/O, no lock
+            if not self._full(size):
+                self._accept(span, size)
+                return
         self.dropped += 1
         by_bytes = len(self._queue) < self._max
         if by_bytes:
             self.dropped_for_bytes += 1
         if self.dropped == 1 or self.dropped % 1000 == 0:
             log.error(
-                "span buffer full (%s): %d span(s) dropped so far; raise batching.%s, "
-                "or enable batching.spool_enabled so that a full buffer spills to disk",
+                "span buffer full (%s): %d span(s) dropped so far; raise batching.%s or batching.full_wait_s, "
+                "or check the store and the spool's disk",
                 f"{self._max_bytes / 2**20:.0f} MB" if by_bytes else f"{self._max} spans",
                 self.dropped,
                 "max_queue_mb" if by_bytes else "max_queue_size",
             )
 
-    def spill_on(self, wake: Callable[[], None]) -> None:
-        """Spilling is possible (the flusher has its overflow lane): past the high-water mark, call ``wake``."""
-        self._spill = wake
-
-    def spill_off(self) -> None:
-        """Nothing to spill to (no spool): a full buffer drops again; the side lane is delivered
-        by :meth:`take` like the queue."""
-        self._spill = None
-
-    def spill_due(self) -> bool:
-        """The queue is past its high-water mark, or spans wait in the side lane."""
-        return bool(self._side) or len(self._queue) >= self._high or self.bytes_in - self.bytes_taken > self._high_bytes
-
-    def take_spill(self, limit: int) -> tuple[list[Span], int]:
-        """The oldest spans to spill (at most ``limit``) and their bytes, which stay counted as
-        held until :meth:`release`. Past the high-water mark the queue is taken down to half of it;
-        with spans in the side lane, all of the queue then the lane (older first, order kept)."""
-        queue, side = self._queue, self._side
-        if not side and not self.spill_due():
-            return [], 0
-        # Down to half the high-water mark in spans and in bytes (all of the queue when the side
-        # lane holds spans: they are newer than anything queued).
-        keep = 0 if side else self._low
-        keep_bytes = 0 if side else self._high_bytes // 2
-        queued_bytes = self.bytes_in - self.bytes_taken
-        out: list[Span] = []
-        taken = 0
-        try:
-            while len(out) < limit and (len(queue) > keep or queued_bytes - taken > keep_bytes):
-                span = queue.popleft() if queue else side.popleft()
-                out.append(span)
-                taken += span._qbytes
-        except IndexError:
-            pass
-        self._taken += len(out)
-        self.bytes_taken += taken
-        return out, taken
-
     @property
     def accepted(self) -> int:
         """Spans taken into the buffer so far (counted from the queue, not on the hot path)."""
-        return self._taken + len(self._queue) + len(self._side)
+        return self._taken + len(self._queue)
 
     @property
     def held_bytes(self) -> int:
@@ -377,14 +310,12 @@ class SpanCollector:
 
     def ready(self) -> bool:
         """A batch is due: ``batch_size`` spans, or an eighth of the byte bound, are waiting."""
-        return len(self) >= self._batch_size or self.bytes_in - self.bytes_taken >= self._batch_bytes
+        return len(self._queue) >= self._batch_size or self.bytes_in - self.bytes_taken >= self._batch_bytes
 
     def take(self, limit: int) -> tuple[list[Span], int]:
         """Up to ``limit`` spans (fewer once a batch's worth of bytes is taken) and their bytes,
         which stay counted as held until :meth:`release`."""
         queue = self._queue
-        if not queue and self._side and self._spill is None:  # nothing to spill to: delivered as queued
-            queue = self._side
         out: list[Span] = []
         taken = 0
         pop = queue.popleft
@@ -409,12 +340,13 @@ class SpanCollector:
 
     def drain(self, limit: int) -> list[Span]:
         """Take up to ``limit`` spans out for good (their room is freed at once)."""
-        queue, side = self._queue, self._side
+        queue = self._queue
         out: list[Span] = []
         taken = 0
+        pop = queue.popleft
         try:
-            for _ in range(min(limit, len(queue) + len(side))):
-                span = queue.popleft() if queue else side.popleft()
+            for _ in range(min(limit, len(queue))):
+                span = pop()
                 out.append(span)
                 taken += span._qbytes
         except IndexError:
@@ -438,8 +370,7 @@ class SpanCollector:
         """In a forked child: drop the parent's queued spans (the parent delivers them) and its
         counts; with ``reopen``, the next ``append`` starts the child's own flusher."""
         self._queue = deque()
-        self._side = deque()
-        self._taken = self.side_lane_spans = self.dropped = self.dropped_for_bytes = self.dropped_for_disk = 0
+        self._taken = self.waited = self.dropped = self.dropped_for_bytes = 0
         self.bytes_in = self.bytes_taken = self.bytes_out = 0
         self._bytes_limit = self._max_bytes
         self.consumer_thread = None
@@ -447,5 +378,4 @@ class SpanCollector:
             self.close_gate(reopen)
 
     def __len__(self) -> int:
-        """Spans waiting: the queue and the side lane."""
-        return len(self._queue) + len(self._side)
+        return len(self._queue)

@@ -20,8 +20,6 @@ class FlusherStats:
     spans_delivered: int = 0  # taken by the sinks: stored, or spooled on disk for replay
     spans_failed: int = 0  # in batches that neither the store nor the spool took
     spans_rejected: int = 0  # refused one by one by validation or the store (each with a reason)
-    spans_spilled: int = 0  # moved to the spool's overflow lane under overload (replayed later)
-    spans_replayed: int = 0  # ... of those, delivered from there through the pipeline
     last_flush_at: float | None = None
     last_error: str | None = None
 
@@ -33,10 +31,8 @@ class FlushReport:
     ``ok`` (what ``flush()`` returns) only when every one of them was delivered: stored, or
     spooled on disk for replay. Counts: ``delivered``; ``rejected`` one by one (invalid values,
     refused rows: see ``emission_errors`` and the dead letters); ``failed`` in batches nothing
-    took; ``dropped`` at a full buffer with nothing to spill to, or at the spool's disk bound;
-    ``pending`` still queued, in flight or spilled and not yet replayed when the flush gave up
-    (``timed_out``, or the flusher is stuck behind a sink since a close timed out). ``spilled``
-    (not a failure): how many went through the spool's overflow lane under overload.
+    took; ``dropped`` at the full buffer; ``pending`` still queued or in flight when the flush
+    gave up (``timed_out``, or the flusher is stuck behind a sink since a close timed out).
     """
 
     delivered: int = 0
@@ -44,7 +40,6 @@ class FlushReport:
     failed: int = 0
     dropped: int = 0
     pending: int = 0
-    spilled: int = 0
     timed_out: bool = False
     at: float = 0.0
 

@@ -54,9 +54,9 @@ class BatchingSettings(_Section):
     # Raise the interpreter's young-generation GC threshold to this when the flusher starts, only
     # if it still has CPython's default (700); null leaves the collector alone (gc_tuning.py).
     gc_young_threshold: int | None = Field(10_000, ge=701, le=1_000_000)
-    # Overload: past this fraction of either bound the flusher spills the oldest queued spans to
-    # the spool and replays them afterwards; a producer never waits (collector.py, overflow.py).
-    spill_high_water: float = Field(0.5, gt=0, le=1)
+    # Back-pressure: with the buffer full, a producer waits up to this long for room (the flusher
+    # is moving spans to the sinks or the spool) before the span is counted as dropped; 0: never wait.
+    full_wait_s: float = Field(1.0, ge=0, le=60)
     shutdown_timeout_s: float = Field(5.0, ge=0, le=600)
     # Durability: a batch a sink cannot take now waits on disk and is replayed per sink.
     spool_enabled: bool = True
@@ -65,20 +65,6 @@ class BatchingSettings(_Section):
     retry_initial_s: float = Field(0.5, gt=0, le=600)
     retry_max_s: float = Field(30.0, gt=0, le=3600)
     sink_timeout_s: float = Field(10.0, gt=0, le=600)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _drop_retired_keys(cls, data: Any) -> Any:
-        """``full_wait_s`` (a producer used to wait for room): an existing file keeps loading, with a warning."""
-        if isinstance(data, dict) and "full_wait_s" in data:
-            warnings.warn(
-                "batching.full_wait_s no longer means anything and is ignored: a producer never waits; "
-                "past batching.spill_high_water the flusher spills spans to the spool instead",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-            data = {k: v for k, v in data.items() if k != "full_wait_s"}
-        return data
 
 
 class StoreSettings(_Section):
