@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sqlite3
 import threading
 import time
@@ -375,35 +374,3 @@ class Spool:
             replay_leases=leases,
             unwritten=self.unwritten.stats(),
         )
-
-
-def _check_writable(path: Path) -> None:
-    """A read-only directory or file is named now, at start, rather than as SQLite's "unable to
-    open database file" or "attempt to write a readonly database" at the first batch."""
-    if not os.access(path.parent, os.W_OK | os.X_OK):  # the file and its WAL files live there
-        raise SpoolError(
-            f"the spool {_shown(path)} cannot be written: its directory is read-only for this process "
-            f"(uid {os.geteuid()})"
-        )
-    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
-        raise SpoolError(f"the spool {_shown(path)} cannot be written: the file is read-only for this process")
-
-
-def _retry_locked(conn: sqlite3.Connection, sql: str, *, script: bool = False, timeout_s: float = 30.0) -> None:
-    """Run ``sql``, retrying "database is locked": switching to WAL and creating the schema can
-    fail that way without consulting the busy handler while another process creates the same
-    file (several processes starting at once on one data directory)."""
-    deadline = time.monotonic() + timeout_s
-    delay = 0.005
-    while True:
-        try:
-            if script:
-                conn.executescript(sql)
-            else:
-                conn.execute(sql)
-            return
-        except sqlite3.OperationalError as exc:
-            if not ("locked" in str(exc) or "busy" in str(exc)) or time.monotonic() >= deadline:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 0.2)
