@@ -36,8 +36,9 @@ from .callback_registry import (
     Skipped,
     trim_registry,
 )
+from .span_opening import open_under
 from .spans import Span
-from .trace_context import ParentLike, current_parent, new_span_id, new_trace_id, span_parent_id
+from .trace_context import ParentLike, current_parent
 
 __all__ = ["RunTree"]
 
@@ -93,57 +94,17 @@ class RunTree:
         return span
 
     def _new_span(self, parent: ParentLike | None, operation: str, attributes: dict[str, Any], start_ns: int) -> Span:
-        if parent is not None:
-            span = Span(
-                new_span_id(),
-                parent.trace_id,
-                parent.span_id,
-                operation,
-                self.agent_name,
-                None,
-                "started",
-                attributes,
-                start_ns,
-                parent.sampled,
-                getattr(parent, "tracestate", ()),
-                getattr(parent, "baggage", None),
-            )
-        else:
-            # A root run: nest under the caller's open span (obs.span(...) / attach(...)) so
-            # the graph joins the trace the agent is already in.
-            outer = current_parent()
-            if outer is None:
-                trace_id = new_trace_id()
-                sample = self._sample_root
-                sampled = True if sample is None else sample(trace_id, self.agent_name)
-                span = Span(
-                    new_span_id(),
-                    trace_id,
-                    None,
-                    operation,
-                    self.agent_name,
-                    None,
-                    "started",
-                    attributes,
-                    start_ns,
-                    sampled,
-                )
-            else:
-                span = Span(
-                    new_span_id(),
-                    outer.trace_id,
-                    span_parent_id(outer),
-                    operation,
-                    self.agent_name,
-                    None,
-                    "started",
-                    attributes,
-                    start_ns,
-                    outer.sampled,
-                    getattr(outer, "tracestate", ()),
-                    getattr(outer, "baggage", None),
-                )
-        return span
+        # A root run nests under the caller's open span (obs.span(...) / attach(...)), so the
+        # graph joins the trace the agent is already in.
+        sample = self._sample_root
+        return open_under(
+            parent if parent is not None else current_parent(),
+            operation,
+            self.agent_name,
+            attributes,
+            start_ns,
+            _keep_everything if sample is None else sample,
+        )
 
     def _skip(self, run_id: UUID, anchor: Span | None, name: str | None, hidden: bool) -> None:
         runs = self._runs
@@ -310,3 +271,8 @@ class RunTree:
         if entry.__class__ is Skipped:
             return entry.anchor  # type: ignore[union-attr]
         return entry  # type: ignore[return-value]
+
+
+def _keep_everything(trace_id: str, agent_name: str) -> bool:
+    """A handler without a sampler keeps every trace it roots."""
+    return True

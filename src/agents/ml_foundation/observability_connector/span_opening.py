@@ -138,6 +138,25 @@ def _open(
                 dict(attributes) if attributes else None, start_ns, sampled, tracestate, baggage)  # fmt: skip
 
 
+def open_under(
+    parent: ParentLike | None,
+    operation: str,
+    agent_name: str,
+    attributes: dict[str, Any] | None,
+    start_ns: int,
+    sample_root: Callable[[str, str], bool],
+) -> Span:
+    """A span under ``parent``, sharing its trace, sampled flag, tracestate and baggage; with no
+    parent, the root of a new trace, sampled once here by ``sample_root``."""
+    if parent is None:
+        trace_id = new_trace_id()
+        return _open(new_span_id(), trace_id, None, operation, agent_name, attributes, start_ns,
+                     sample_root(trace_id, agent_name))  # fmt: skip
+    return _open(new_span_id(), parent.trace_id, _effective_parent(parent), operation, agent_name, attributes,
+                 start_ns, parent.sampled, getattr(parent, "tracestate", ()),
+                 getattr(parent, "baggage", None))  # fmt: skip
+
+
 def wrap(fn: Callable[P, R]) -> Callable[P, R]:
     """``fn`` bound to the caller's context now: spans it opens, on whatever thread, nest under the
     span open here (``executor.submit(obs.wrap(work), item)``, ``Thread(target=obs.wrap(work))``).
@@ -307,13 +326,7 @@ class SpanRecording:
         start_ns: int,
     ) -> Span:
         """A span under ``parent`` (or the root of a new trace, sampled here once)."""
-        if parent is None:
-            trace_id = new_trace_id()
-            return _open(new_span_id(), trace_id, None, operation, agent_name, attributes, start_ns,
-                         self._sample_root(trace_id, agent_name))  # fmt: skip
-        return _open(new_span_id(), parent.trace_id, _effective_parent(parent), operation, agent_name, attributes,
-                     start_ns, parent.sampled, getattr(parent, "tracestate", ()),
-                     getattr(parent, "baggage", None))  # fmt: skip
+        return open_under(parent, operation, agent_name, attributes, start_ns, self._sample_root)
 
     def _record_in_mapping(
         self, operation: str, agent_name: str, context: Mapping[str, Any], attributes: dict[str, Any] | None
