@@ -15,10 +15,11 @@ the same figures are computed from at most :data:`SAMPLE_LIMIT` spans read throu
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 from src.agents.ml_foundation.observability_connector.models import ObservabilitySpan
@@ -84,10 +85,25 @@ def _bucket_of(ms: float) -> int:
     return bisect.bisect_left(EDGES_MS, ms)  # the first edge >= ms, as _bucket_sql's CASE
 
 
+def _search_sql(column: str, edges: Sequence[str], op: str, lo: int = 0, hi: int | None = None) -> str:
+    """The number of ``edges`` that ``column`` is past, as a balanced tree of CASEs.
+
+    ``edges`` ascend; bucket ``i`` holds the values with ``column op edges[i]`` false for every
+    edge below ``i``: log2(n) comparisons per row instead of n, and exact (no arithmetic on the
+    value), so a span on a bucket's edge lands where the Python reference puts it.
+    """
+    hi = len(edges) if hi is None else hi
+    if lo == hi:
+        return str(lo)
+    mid = (lo + hi + 1) // 2
+    below = _search_sql(column, edges, op, lo, mid - 1)
+    above = _search_sql(column, edges, op, mid, hi)
+    return f"(CASE WHEN {column} {op} {edges[mid - 1]} THEN {below} ELSE {above} END)"
+
+
 def _bucket_sql(column: str) -> str:
     """The histogram bucket of ``column`` (a bucket holds values up to and including its edge)."""
-    whens = " ".join(f"WHEN {column} <= {edge!r} THEN {i}" for i, edge in enumerate(EDGES_MS))
-    return f"CASE {whens} ELSE {len(EDGES_MS)} END"
+    return _search_sql(column, [repr(float(e)) for e in EDGES_MS], "<=")
 
 
 def _distinct(rows: Sequence[Sequence[Any]], limit: int) -> list[tuple[str, Any]]:
@@ -197,25 +213,16 @@ def _assemble(rows: dict[str, list[Any]], bucket_s: float, top: int, *, sampled:
 async def _sqlite_reads(store: SQLiteSpanRepository, question: ReportFilter, bucket_s: float, top: int) -> ReportReads:
     since = utc_text(question.since)
     where, params = _where(question, "?", since)
-    # Whole seconds and the microseconds apart (the stored text is fixed-width UTC): julianday()
-    # differences lose tens of microseconds and would move a span on a bucket's edge.
-    epoch = int(question.since.timestamp())
-    bucket = (
-        "CAST(((CAST(strftime('%s', substr(start_time, 1, 19)) AS INTEGER) - ?) "
-        f"+ (CAST(substr(start_time, 20, 7) AS REAL) - ?)) / {bucket_s!r} AS INTEGER)"
-    )
-    statements = _statements(where, "?", bucket, str(_CANDIDATES))
-    bucket_params = [epoch, question.since.microsecond / 1e6]
+    # Bucket starts as stored text (fixed-width UTC sorts like time): compared, never parsed.
+    starts = [f"'{utc_text(question.since + timedelta(seconds=bucket_s * i))}'" for i in range(1, TIME_BUCKETS)]
+    statements = _statements(where, "?", _search_sql("start_time", starts, "<"), str(_CANDIDATES))
 
-    def run(conn: Any) -> dict[str, list[Any]]:
-        # One worker, one statement after another; each is bounded by the window.
-        out: dict[str, list[Any]] = {}
-        for name, sql in statements.items():
-            extra = bucket_params if name == "over_time" else []
-            out[name] = conn.execute(sql, [*extra, *params]).fetchall()
-        return out
+    def one(sql: str) -> Any:
+        return lambda conn: conn.execute(sql, params).fetchall()
 
-    return _assemble(await store._run(run), bucket_s, top)
+    # Each statement on its own worker: they scan the same window and the store has the threads.
+    results = await asyncio.gather(*(store._run(one(sql)) for sql in statements.values()))
+    return _assemble(dict(zip(statements, results, strict=True)), bucket_s, top)
 
 
 async def _postgres_reads(
@@ -224,11 +231,13 @@ async def _postgres_reads(
     where, params = _where(question, "%s", question.since)
     bucket = f"floor(extract(epoch FROM (start_time - %s::timestamptz)) / {bucket_s!r})::int"
     statements = _statements(where, "%s", bucket, str(_CANDIDATES))
-    rows: dict[str, list[Any]] = {}
-    for name, sql in statements.items():
+
+    async def one(name: str, sql: str) -> list[Any]:
         extra = [question.since] if name == "over_time" else []
-        rows[name] = await store._fetchall(sql, [*extra, *params], "reading the report")
-    return _assemble(rows, bucket_s, top)
+        return await store._fetchall(sql, [*extra, *params], "reading the report")
+
+    results = await asyncio.gather(*(one(name, sql) for name, sql in statements.items()))
+    return _assemble(dict(zip(statements, results, strict=True)), bucket_s, top)
 
 
 async def _sampled_reads(store: SpanStore, question: ReportFilter, bucket_s: float, top: int) -> ReportReads:

@@ -156,7 +156,11 @@ async def gather_report(
     note = None
     from_cache = False
     if thread is None:
-        fields, from_cache, _age = await compute_metrics(context, window, agent, None)
+        # The metrics answer and the report's reads are independent: both at once, on the store's workers.
+        question = ReportFilter(window, since, agent, None)
+        (fields, from_cache, _age), reads = await asyncio.gather(
+            compute_metrics(context, window, agent, None), read_report(store, question, top)
+        )
     else:
         thread_traces = await thread_trace_ids(store, window, since, thread, MAX_THREAD_TRACES)
         spans = await _thread_spans(context, thread_traces, since, agent)
@@ -165,8 +169,7 @@ async def gather_report(
             f"Thread tables computed from the thread's {len(spans):,} stored spans in "
             f"{len(thread_traces):,} traces (the metrics path has no thread filter yet: issue 19)."
         )
-    question = ReportFilter(window, since, agent, tuple(thread_traces) if thread is not None else None)
-    reads = await read_report(store, question, top)
+        reads = await read_report(store, ReportFilter(window, since, agent, tuple(thread_traces)), top)
     data = ReportData(
         window=window,
         since=since,
