@@ -5,7 +5,8 @@ The browser test writes the page with the CLI, asks ``obs-connector metrics --js
 question, and opens the page in Debian's Chromium through Playwright (the system browser, no
 download): no console error, something drawn (ink pixels on the screenshot), and every figure of
 the tables and the overview equal to the metrics answer, read from the DOM's ``data-value``.
-The per-backend tests check what the metrics answer does not cover — histogram, timeline, the
+The per-backend tests (SQLite, Postgres, and Supabase REST through the PostgREST emulator, where
+the report reads through the public store API) check what the metrics answer does not cover — histogram, timeline, the
 slowest and failed traces, the thread filter — against a Python reference over the same rows.
 """
 
@@ -40,6 +41,7 @@ from src.repositories.postgres import PostgresSpanRepository
 from src.repositories.report_queries import EDGES_MS, TIME_BUCKETS
 from src.repositories.sqlite import SQLiteSpanRepository
 from tests.fixtures.span_rows import make_span, random_spans
+from tests.fixtures.supabase_store import make_supabase_store
 
 CHROMIUM = Path("/usr/bin/chromium")
 HOSTILE = "<script>window.__pwned = 1</script> & \"quoted\" 'x'"
@@ -238,13 +240,15 @@ class _Figures(HTMLParser):
             self.values[(a.get("data-key") or "", a["data-metric"] or "")] = a.get("data-value") or ""
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "supabase"])
 async def backend_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ObservabilitySpanRepository]:
     inner: SpanStore
     if request.param == "sqlite":
         inner = SQLiteSpanRepository(tmp_path / "spans.db")
-    else:
+    elif request.param == "postgres":
         inner = PostgresSpanRepository(request.getfixturevalue("postgres_dsn"))
+    else:  # PostgREST answered by the suite's emulator over a real Postgres; read through the public API
+        inner = make_supabase_store(request.getfixturevalue("postgres_dsn"))
     store = ObservabilitySpanRepository(inner)
     yield store
     await store.close()
@@ -353,3 +357,28 @@ async def test_agent_filter_and_thread_filter(backend_store: ObservabilitySpanRe
     nobody = await gather_report(context, "24h", thread="no-such-thread", now=now)
     assert nobody.empty and nobody.reads.slowest == [] and sum(map(sum, nobody.reads.over_time)) == 0
     assert "No spans in this window" in render_report(nobody)
+
+
+# --------------------------------------------------------------------------- the command's failures
+
+
+def test_report_command_failures_are_one_line(tmp_path: Path) -> None:
+    db = tmp_path / "spans.db"
+
+    async def create() -> None:
+        store = SQLiteSpanRepository(db)
+        await store.open()
+        await store.close()
+
+    asyncio.run(create())
+    cases = [
+        (["--store", str(tmp_path / "missing.db"), "report", "--html", str(tmp_path / "r.html")], 1, "no store at"),
+        (["--store", str(db), "report", "--html", str(tmp_path / "r.html"), "--window", "9y"], 2, "--window"),
+        (["--store", str(db), "report", "--html", str(tmp_path / "no-dir" / "r.html")], 2, "cannot write"),
+    ]
+    for args, code, words in cases:
+        result = runner.invoke(app, args, env={"COLUMNS": "1000"})
+        assert result.exit_code == code, (args, result.output)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], result.stderr
+    assert not (tmp_path / "missing.db").exists() and not (tmp_path / "r.html").exists()

@@ -3,7 +3,7 @@
 Why SVG written here rather than a plotting library: the page must open with no network and no
 console errors, print cleanly and stay small enough to attach to a ticket. Inline SVG is vector
 (sharp on paper and on any screen), needs no script at all, adds no dependency and costs a few
-kilobytes per chart; a Plotly page carries ~3.5 MB of JavaScript and draws nothing without it.
+kilobytes per chart; a Plotly page carries megabytes of JavaScript and draws nothing without it.
 What an interactive chart adds (hover) is covered by ``<title>`` tooltips on every bar.
 
 Every string that came from a caller (agent and operation names, models, error messages) goes
