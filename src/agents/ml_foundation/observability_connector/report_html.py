@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from src.repositories.report_queries import EDGES_MS
+from src.repositories.report_queries import EDGES_MS, SAMPLE_LIMIT
 
 from .render import fmt_ms, fmt_rate
 from .report_data import ReportData
@@ -246,7 +246,10 @@ def render_report(data: ReportData) -> str:
     if data.fields_note:
         notes.append(data.fields_note)
     if data.reads.sampled:
-        notes.append("Charts and trace picks come from the first spans of the window (this store has no SQL here).")
+        notes.append(
+            f"Charts and trace picks come from the window's first {SAMPLE_LIMIT:,} spans: this store is "
+            "read through its REST API, without the SQL the other backends answer them with. The tables are complete."
+        )
     page.append(f"<section><h2>Overview</h2>{_kpis(data)}")
     page.extend(f"<p class='note'>{esc(n)}</p>" for n in notes)
     page.append("</section>")
