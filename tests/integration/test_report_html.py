@@ -18,6 +18,7 @@ import io
 import json
 import os
 import random
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
@@ -124,6 +125,8 @@ def _open_in_chromium(page_path: Path) -> dict[str, Any]:
                 "text": page.inner_text("body"),
                 "pwned": page.evaluate("() => window.__pwned === undefined ? null : window.__pwned"),
                 "images": page.eval_on_selector_all("img", "els => els.length"),
+                # Printed as a reader would print it (@media print applies to the PDF).
+                "pdf": page.pdf(format="A4", print_background=False),
             }
         finally:
             browser.close()
@@ -165,6 +168,8 @@ def test_report_in_chromium_matches_the_metrics_answer(tmp_path: Path) -> None:
     assert seen["errors"] == []
     assert seen["requests"] == [page_path.as_uri()]
     assert _ink_fraction(seen["png"]) > 0.02, "the page looks blank"
+    assert seen["pdf"].startswith(b"%PDF")
+    assert len(re.findall(rb"/Type\s*/Page\b", seen["pdf"])) >= 3, "the printed report should run over pages"
 
     cells = {(key, metric): (value, text) for key, metric, value, text in seen["cells"]}
     expected: dict[tuple[str, str], Any] = {}
