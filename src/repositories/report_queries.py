@@ -25,9 +25,13 @@ from typing import Any, Final
 from src.agents.ml_foundation.observability_connector.models import ObservabilitySpan
 from src.repositories.base import TABLE, SpanStore, parse_window
 from src.repositories.observability_span import ObservabilitySpanRepository
+from src.repositories.postgres import _SELECT_COLS as PG_COLUMNS
 from src.repositories.postgres import PostgresSpanRepository
+from src.repositories.postgres_rows import row_to_span as pg_row_to_span
 from src.repositories.row_values import utc_text
 from src.repositories.sqlite import SQLiteSpanRepository
+from src.repositories.sqlite_rows import row_to_span as sqlite_row_to_span
+from src.repositories.sqlite_schema import COLS as SQLITE_COLUMNS
 
 __all__ = [
     "EDGES_MS",
@@ -38,6 +42,7 @@ __all__ = [
     "ReportReads",
     "read_report",
     "thread_trace_ids",
+    "trace_spans",
 ]
 
 #: Upper edges (ms) of the latency histogram's buckets; the last bucket is everything above.
@@ -154,6 +159,35 @@ async def thread_trace_ids(
         if value is not None and str(value) == thread_id and span.trace_id not in found:
             found.append(span.trace_id)
     return found[:limit]
+
+
+async def trace_spans(store: SpanStore, trace_id: str, limit: int) -> tuple[list[ObservabilitySpan], int]:
+    """The first ``limit`` spans of one trace (oldest first) and how many it has in all.
+
+    ``get_spans_by_trace_id`` has no limit, and a runaway trace can hold any number of spans;
+    the page draws a few hundred, so only those are read (the count comes from the index).
+    """
+    backend = _backend(store)
+    if isinstance(backend, SQLiteSpanRepository):
+        rows_sql = f"SELECT {SQLITE_COLUMNS} FROM {TABLE} WHERE trace_id = ? ORDER BY start_time, rowid LIMIT ?"
+        count_sql = f"SELECT COUNT(*) FROM {TABLE} WHERE trace_id = ?"
+
+        def read(conn: Any) -> tuple[list[Any], int]:
+            return conn.execute(rows_sql, (trace_id, limit)).fetchall(), conn.execute(
+                count_sql, (trace_id,)
+            ).fetchone()[0]
+
+        rows, total = await backend._run(read)
+        return [sqlite_row_to_span(row) for row in rows], int(total)
+    if isinstance(backend, PostgresSpanRepository):
+        rows = await backend._fetchall(
+            f"SELECT {PG_COLUMNS}, count(*) OVER () FROM {TABLE} WHERE trace_id = %s ORDER BY start_time, id LIMIT %s",
+            [trace_id, limit],
+            "reading a trace",
+        )
+        return [pg_row_to_span(row[:-1]) for row in rows], int(rows[0][-1]) if rows else 0
+    spans = await store.get_spans_by_trace_id(trace_id)
+    return spans[:limit], len(spans)
 
 
 def _where(question: ReportFilter, mark: str, since: Any) -> tuple[str, list[Any]]:

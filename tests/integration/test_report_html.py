@@ -33,7 +33,7 @@ from src.agents.ml_foundation.observability_connector.config import Observabilit
 from src.agents.ml_foundation.observability_connector.models import ObservabilitySpan
 from src.agents.ml_foundation.observability_connector.nodes.metrics_aggregator import metrics_from_store
 from src.agents.ml_foundation.observability_connector.render import fmt_ms
-from src.agents.ml_foundation.observability_connector.report_data import gather_report
+from src.agents.ml_foundation.observability_connector.report_data import MAX_TRACE_SPANS, gather_report
 from src.agents.ml_foundation.observability_connector.report_html import NOT_PRICED, render_report
 from src.agents.ml_foundation.observability_connector.runtime import ConnectorContext
 from src.repositories.base import SpanStore
@@ -387,3 +387,21 @@ def test_report_command_failures_are_one_line(tmp_path: Path) -> None:
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], result.stderr
     assert not (tmp_path / "missing.db").exists() and not (tmp_path / "r.html").exists()
+
+
+async def test_a_long_trace_is_drawn_up_to_its_bound(backend_store: ObservabilitySpanRepository) -> None:
+    now = datetime.now(UTC)
+    start = now - timedelta(hours=1)
+    trace = "e" * 32
+    spans = [
+        make_span(trace_id=trace, span_id=f"{i + 1:016x}", start=start + timedelta(milliseconds=i), duration_ms=1.0)
+        for i in range(MAX_TRACE_SPANS + 10)
+    ]
+    spans[0] = make_span(trace_id=trace, span_id=f"{1:016x}", start=start, duration_ms=5_000.0)
+    await _fill(backend_store, spans)
+    data = await gather_report(_context(backend_store), "24h", now=now)
+    assert data.reads.slowest == [(trace, 5_000.0)]
+    drawn = data.traces[trace]
+    assert [s.span_id for s in drawn] == [s.span_id for s in spans[:MAX_TRACE_SPANS]]
+    assert data.spans_left_out == {trace: 10}
+    assert "10 more spans not drawn" in render_report(data)

@@ -2,8 +2,8 @@
 
 The tables' numbers are the metrics answer itself — :func:`compute_metrics`, the call
 ``obs-connector metrics`` makes, cache included — so the page and the terminal never disagree.
-The charts and the waterfalls come from :mod:`src.repositories.report_queries` (bounded reads)
-and ``get_spans_by_trace_id`` for the few traces shown.
+The charts, the trace picks and the shown traces (at most :data:`MAX_TRACE_SPANS` spans each)
+come from :mod:`src.repositories.report_queries`, whose reads are all bounded.
 
 ``--thread``: the thread id is a span attribute today and the metrics path has no thread filter
 (issue 19 adds both), so a thread's tables are computed here from its spans — at most
@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
 from src.repositories.base import parse_window
-from src.repositories.report_queries import ReportFilter, ReportReads, read_report, thread_trace_ids
+from src.repositories.report_queries import ReportFilter, ReportReads, read_report, thread_trace_ids, trace_spans
 
 from .models import ObservabilitySpan, error_rate
 from .nodes.metrics_aggregator import EMPTY_METRICS, compute_metrics
@@ -129,9 +129,8 @@ async def _thread_spans(
 ) -> list[ObservabilitySpan]:
     spans: list[ObservabilitySpan] = []
     for trace_id in trace_ids:
-        for span in await context.store.get_spans_by_trace_id(trace_id):
-            if span.start_time >= since and (agent is None or span.agent_name == agent):
-                spans.append(span)
+        found, _total = await trace_spans(context.store, trace_id, MAX_THREAD_SPANS - len(spans))
+        spans.extend(s for s in found if s.start_time >= since and (agent is None or s.agent_name == agent))
         if len(spans) >= MAX_THREAD_SPANS:
             break
     return spans[:MAX_THREAD_SPANS]
@@ -187,12 +186,11 @@ async def gather_report(
         thread_traces=thread_traces,
     )
     wanted = list(dict.fromkeys([t for t, _ in reads.slowest] + reads.failed))
-    for trace_id, spans_of in zip(
-        wanted, await asyncio.gather(*(store.get_spans_by_trace_id(t) for t in wanted)), strict=True
-    ):
-        data.traces[trace_id] = spans_of[:MAX_TRACE_SPANS]
-        if len(spans_of) > MAX_TRACE_SPANS:
-            data.spans_left_out[trace_id] = len(spans_of) - MAX_TRACE_SPANS
+    shown = await asyncio.gather(*(trace_spans(store, t, MAX_TRACE_SPANS) for t in wanted))
+    for trace_id, (spans_of, total) in zip(wanted, shown, strict=True):
+        data.traces[trace_id] = spans_of
+        if total > len(spans_of):
+            data.spans_left_out[trace_id] = total - len(spans_of)
     return data
 
 
