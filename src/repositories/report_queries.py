@@ -8,7 +8,9 @@ the window's lower bound on the indexed ``start_time``, a ``LIMIT`` where rows c
 number of groups where they are counted — so a store of a million spans answers in the time the
 window's rows take to scan once, never more.
 
-SQLite and Postgres answer in SQL. Any other store (Supabase REST) has no SQL entry point here:
+SQLite and Postgres answer in SQL, run through the backend's own executor (``_run`` /
+``_fetchall``: its worker threads or pool, its error mapping), so the report opens nothing of
+its own. Any other store (Supabase REST) has no SQL entry point here:
 the same figures are computed from at most :data:`SAMPLE_LIMIT` spans read through the public
 ``get_spans_by_time_window``, and :attr:`ReportReads.sampled` says so, for the page to say it too.
 """
