@@ -22,6 +22,14 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
 fi
 export OBS_REQUIRE_POSTGRES=1  # here missing Postgres binaries fail the suite instead of skipping tests
 
+# Debian's Chromium for the HTML report's browser test (driven by Playwright as the system browser;
+# Playwright downloads no browser of its own).
+if [ ! -x /usr/bin/chromium ]; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+export OBS_REQUIRE_CHROMIUM=1  # here a missing Chromium fails the report's browser test instead of skipping it
+
 PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv

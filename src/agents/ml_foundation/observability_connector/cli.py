@@ -1,6 +1,6 @@
 """``obs-connector``: run the demo and ask the span store questions from a shell.
 
-Commands: ``demo``, ``metrics``, ``trace``, ``status``, ``migrate``, ``cleanup``, ``replay``. More
+Commands: ``demo``, ``metrics``, ``report``, ``trace``, ``status``, ``migrate``, ``cleanup``, ``replay``. More
 plug in the same way: a function decorated with ``@app.command()`` here or in its
 own module (registered with ``app.command()(func)``, as :mod:`cli_maintenance`'s ``replay``,
 ``migrate`` and ``cleanup`` are), opening the store with :func:`open_context` and reporting
@@ -164,6 +164,50 @@ def metrics(
     console.print(tier_table(fields))
     console.print()
     console.print(overall_text(fields))
+
+
+@app.command()
+def report(
+    ctx: typer.Context,
+    html_file: Annotated[
+        Path,
+        typer.Option("--html", help="Write the report to this HTML file (one self-contained page)."),
+    ],
+    window: Annotated[
+        str,
+        typer.Option("--window", "-w", callback=validate_window, help="Time window: 30m, 1h, 24h, 7d, 2w ..."),
+    ] = "24h",
+    agent: Annotated[str | None, typer.Option("--agent", "-a", help="Only this agent's spans.")] = None,
+    thread: Annotated[
+        str | None, typer.Option("--thread", help="Only the traces of this LangGraph thread (langgraph.thread_id).")
+    ] = None,
+) -> None:
+    """Write an HTML report: tables per tier and agent, latency and error charts, slowest and failed traces."""
+    from .report_data import gather_report
+    from .report_html import render_report
+
+    context = open_context(ctx.obj, "read")
+
+    async def query() -> Any:
+        try:
+            return await gather_report(context, window, agent, thread)
+        finally:
+            await close_context(context)
+
+    try:
+        data = run_sync(query)
+    except ValueError as exc:
+        fail(str(exc), EXIT_USAGE)
+    except Exception as exc:
+        fail(f"reading the report from {context.store.describe()} failed: {describe_failure(exc)}")
+    page = render_report(data)
+    try:
+        html_file.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        fail(f"cannot write {html_file}: {exc.strerror or exc}", EXIT_USAGE)
+    spans = int(data.fields.get("total_spans_analyzed") or 0)
+    summary = f"{spans:,} spans" if spans else "no spans in this window"
+    make_console().print(f"wrote {plain(html_file)} ({len(page.encode()) / 1024:,.0f} KB, {summary})")
 
 
 @app.command()
