@@ -81,10 +81,16 @@ def _set_value(target: AnyValue, value: Any) -> None:
         target.int_value = value
     elif kind is float:
         target.double_value = value
-    elif kind in (list, tuple) and value and len({v.__class__ for v in value}) == 1 and value[0].__class__ in (
-        str,
-        bool,
-        float,
+    elif (
+        kind in (list, tuple)
+        and value
+        and len({v.__class__ for v in value}) == 1
+        and value[0].__class__
+        in (
+            str,
+            bool,
+            float,
+        )
     ):
         for item in value:
             _set_value(target.array_value.values.add(), item)

@@ -28,8 +28,8 @@ import httpx
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from src.agents.ml_foundation.observability_connector.sink import SinkResult
-from .opik_wire import retry_after
 
+from .opik_wire import retry_after
 from .otlp_encode import encode_spans
 from .otlp_settings import OtlpConfig, otlp_configured
 

@@ -33,6 +33,7 @@ __all__ = [
     "Deliveries",
     "build_context",
     "build_deliveries",
+    "build_otlp_delivery",
     "build_store",
     "database_url",
     "spool_path",
@@ -155,13 +156,7 @@ def build_deliveries(
         spool = Spool(spool_path(settings), max_bytes=int(batching.spool_max_mb * 1024 * 1024))
         policy = RetryPolicy(batching.retry_initial_s, batching.retry_max_s, batching.sink_timeout_s)
         store_delivery = SinkDelivery(StoreSink(store), spool, policy, breaker=breaker_for("store"))
-        otlp_delivery = None
-        if otlp is not None:
-            otlp_policy = RetryPolicy(batching.retry_initial_s, batching.retry_max_s, 2 * otlp.config.timeout_s)
-            otlp_delivery = SinkDelivery(
-                otlp, spool, otlp_policy, breaker=breaker_for("otlp"),
-                wait_s=otlp.config.wait_s, max_detached=otlp.config.max_requests_in_flight,
-            )  # fmt: skip
+        otlp_delivery = None if otlp is None else build_otlp_delivery(settings, spool, otlp)
         if opik is None:
             return Deliveries(store_delivery, None, None, otlp_delivery)
         opik_policy = RetryPolicy(batching.retry_initial_s, batching.retry_max_s, 2 * opik.config.request_timeout_s)
@@ -180,6 +175,17 @@ def build_deliveries(
         return Deliveries(None, None, None)
     connector = OpikConnector(opik.config, delivery=opik_delivery, sink=opik)
     return Deliveries(store_delivery, opik_delivery, connector, otlp_delivery)
+
+
+def build_otlp_delivery(settings: ObservabilitySettings, spool: Spool, sink: Any) -> SinkDelivery:
+    """An ``OtlpSink`` behind its delivery: detached like Opik (a caller waits at most ``otlp.wait_s``),
+    its own breaker, the shared spool. ``obs-connector demo --otlp URL`` adds one to a built context."""
+    batching, breaker = settings.batching, settings.circuit_breaker
+    policy = RetryPolicy(batching.retry_initial_s, batching.retry_max_s, 2 * sink.config.timeout_s)
+    return SinkDelivery(
+        sink, spool, policy, breaker=CircuitBreaker(breaker.failure_threshold, breaker.recovery_timeout_s, name="otlp"),
+        wait_s=sink.config.wait_s, max_detached=sink.config.max_requests_in_flight,
+    )  # fmt: skip
 
 
 def spool_path(settings: ObservabilitySettings) -> Path:
