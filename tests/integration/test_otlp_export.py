@@ -18,7 +18,6 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from src.agents.ml_foundation.observability_connector.config import ObservabilitySettings
 from src.agents.ml_foundation.observability_connector.delivery import RetryPolicy, SinkDelivery
-from src.agents.ml_foundation.observability_connector.models import ObservabilitySpan
 from src.agents.ml_foundation.observability_connector.spool import Spool
 from src.agents.ml_foundation.observability_connector.wiring import build_deliveries
 from src.mlops.otlp_encode import span_id_bytes, trace_id_bytes
@@ -62,19 +61,41 @@ async def test_a_trace_arrives_as_otlp_with_its_tree_and_genai_attributes(
 ) -> None:
     delivery, _ = make_delivery(headers={"x-api-key": "k-123"})
     start = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
-    root = make_span(agent="orchestrator", operation_name="route_request", start=start,
-                     attributes={"langgraph.thread_id": "t-9", "tags": ["a", "b"], "nested": {"k": 1}})  # fmt: skip
+    root = make_span(
+        agent="orchestrator",
+        operation_name="route_request",
+        start=start,
+        attributes={"langgraph.thread_id": "t-9", "tags": ["a", "b"], "nested": {"k": 1}},
+    )
     chat = make_span(
-        trace_id=root.trace_id, parent_span_id=root.span_id, agent="gap_analyzer", operation_name="llm.gpt-4o",
-        llm_model="gpt-4o", input_tokens=70, output_tokens=30, total_tokens=100, start=start,
-        attributes={"llm.provider": "openai", "llm.response_model": "gpt-4o-2024-08-06",
-                    "llm.usage.input_token_details.cache_read": 40, "input": {"q": "why"}},
-        events=[{"name": "retry", "timestamp": (start + timedelta(milliseconds=3)).isoformat(), "attributes": {"n": 2}}],
-    )  # fmt: skip
+        trace_id=root.trace_id,
+        parent_span_id=root.span_id,
+        agent="gap_analyzer",
+        operation_name="llm.gpt-4o",
+        llm_model="gpt-4o",
+        input_tokens=70,
+        output_tokens=30,
+        total_tokens=100,
+        start=start,
+        attributes={
+            "llm.provider": "openai",
+            "llm.response_model": "gpt-4o-2024-08-06",
+            "llm.usage.input_token_details.cache_read": 40,
+            "input": {"q": "why"},
+        },
+        events=[
+            {"name": "retry", "timestamp": (start + timedelta(milliseconds=3)).isoformat(), "attributes": {"n": 2}}
+        ],
+    )
     tool = make_span(
-        trace_id=root.trace_id, parent_span_id=chat.span_id, operation_name="tool.search", status="error",
-        error_type="TimeoutError", error_message="backend slow", attributes={"tool.name": "search", "langchain.run_type": "tool"},
-    )  # fmt: skip
+        trace_id=root.trace_id,
+        parent_span_id=chat.span_id,
+        operation_name="tool.search",
+        status="error",
+        error_type="TimeoutError",
+        error_message="backend slow",
+        attributes={"tool.name": "search", "langchain.run_type": "tool"},
+    )
     outcome = await delivery.deliver([root, chat, tool])
     assert outcome.delivered == 3 and outcome.rejected == 0, outcome
     (received,) = otlp_receiver.requests
@@ -91,14 +112,28 @@ async def test_a_trace_arrives_as_otlp_with_its_tree_and_genai_attributes(
     assert attrs(r)["nested"] == '{"k":1}' or attrs(r)["nested"] == '{"k": 1}'
     assert attrs(r)["obs.agent.tier"] == 1 and attrs(r)["obs.status"] == "ok"
     chat_attrs = attrs(c)
-    assert {k: chat_attrs[k] for k in (
-        "gen_ai.operation.name", "gen_ai.provider.name", "gen_ai.request.model", "gen_ai.response.model",
-        "gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens", "gen_ai.usage.cache_read.input_tokens",
-        "gen_ai.agent.name")} == {
-        "gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai", "gen_ai.request.model": "gpt-4o",
-        "gen_ai.response.model": "gpt-4o-2024-08-06", "gen_ai.usage.input_tokens": 70,
-        "gen_ai.usage.output_tokens": 30, "gen_ai.usage.cache_read.input_tokens": 40, "gen_ai.agent.name": "gap_analyzer",
-    }  # fmt: skip
+    assert {
+        k: chat_attrs[k]
+        for k in (
+            "gen_ai.operation.name",
+            "gen_ai.provider.name",
+            "gen_ai.request.model",
+            "gen_ai.response.model",
+            "gen_ai.usage.input_tokens",
+            "gen_ai.usage.output_tokens",
+            "gen_ai.usage.cache_read.input_tokens",
+            "gen_ai.agent.name",
+        )
+    } == {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "openai",
+        "gen_ai.request.model": "gpt-4o",
+        "gen_ai.response.model": "gpt-4o-2024-08-06",
+        "gen_ai.usage.input_tokens": 70,
+        "gen_ai.usage.output_tokens": 30,
+        "gen_ai.usage.cache_read.input_tokens": 40,
+        "gen_ai.agent.name": "gap_analyzer",
+    }
     assert c.kind == Span.SpanKind.SPAN_KIND_CLIENT and "llm.provider" not in chat_attrs
     assert c.events[0].name == "retry" and c.events[0].time_unix_nano == 1767323045681901000
     assert attrs(t)["gen_ai.operation.name"] == "execute_tool" and attrs(t)["gen_ai.tool.name"] == "search"
