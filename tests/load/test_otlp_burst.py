@@ -69,7 +69,7 @@ def test_100k_spans_from_4_sdk_clients_are_all_stored_once(tmp_path: Path) -> No
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
-            )  # fmt: skip
+            )
             for w in range(CLIENTS)
         ]
         for client in clients:
