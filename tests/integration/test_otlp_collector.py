@@ -257,3 +257,16 @@ def test_sigterm_stops_accepting_finishes_in_flight_and_loses_nothing(tmp_path: 
             process.kill()
     assert sum(acked) >= 500
     assert len(stored(tmp_path)) >= sum(acked)  # every acknowledged span, and nothing twice (ids are unique)
+
+
+def test_gzip_bodies_are_accepted_and_bounded_once_inflated(tmp_path: Path) -> None:
+    import gzip
+
+    good = gzip.compress(proto_request([{"trace": TRACE, "span": "00f067aa0ba902b7"}]).SerializeToString())
+    bomb = gzip.compress(b"\0" * 2_000_000)  # ~2 KB on the wire, 2 MB inflated
+    headers = {"Content-Type": "application/x-protobuf", "Content-Encoding": "gzip"}
+    with running_collector(collector_settings(tmp_path), max_body_bytes=100_000) as collector:
+        accepted = httpx.post(collector.traces_url, content=good, headers=headers)
+        refused = httpx.post(collector.traces_url, content=bomb, headers=headers)
+    assert accepted.status_code == 200 and refused.status_code == 413
+    assert [r.span_id for r in stored(tmp_path)] == ["00f067aa0ba902b7"]
