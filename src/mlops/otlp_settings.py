@@ -9,6 +9,7 @@ URL-encoded values.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 __all__ = ["DEFAULT_ENDPOINT", "OTLP_ENV_VARS", "OtlpConfig", "otlp_configured", "parse_headers", "redact_url"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:4318/v1/traces"
 #: Every variable read here (the tests' isolation clears them).
@@ -57,9 +60,10 @@ def otlp_configured(settings: Any = None, environ: Mapping[str, str] | None = No
 
 
 def parse_headers(text: str) -> dict[str, str]:
-    """``k1=v1,k2=v2`` (values URL-encoded) as a dict; a pair without ``=`` is ignored, as the SDKs do.
+    """``k1=v1,k2=v2`` (values URL-encoded) as a dict.
 
-    ValueError names the pair's position only: the text holds API keys.
+    A pair that is not ``key=value`` is skipped with a warning naming its position only (the text
+    holds API keys), as the SDKs skip it: a typo must not stop the process that exports.
     """
     headers: dict[str, str] = {}
     for index, pair in enumerate(text.split(",")):
@@ -67,7 +71,8 @@ def parse_headers(text: str) -> dict[str, str]:
             continue
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"OTLP header #{index + 1} is not key=value")
+            log.warning("OTLP header #%d is not key=value; skipped", index + 1)
+            continue
         headers[unquote(key.strip()).lower()] = unquote(value.strip())
     return headers
 

@@ -139,7 +139,8 @@ class OtlpSink:
             else:
                 self.stats.requests_sent += 1
                 return refused
-        kept = [row for row in rows if str(row.span_id) in set(ids)]
+        carried = set(ids)
+        kept = [row for row in rows if str(row.span_id) in carried]
         if status == 413 and len(kept) > 1:
             self.stats.requests_split += 1
             log.info("the OTLP endpoint refused %d spans as too large (413); sending them in two halves", len(kept))

@@ -248,7 +248,7 @@ def test_settings_and_standard_env_vars() -> None:
     settings = ObservabilitySettings(otlp={"endpoint": "http://127.0.0.1:1/v1/traces", "headers": {"A": "1"}})
     env = {
         "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318/",
-        "OTEL_EXPORTER_OTLP_HEADERS": "api-key=abc%3D%3D,b=2",
+        "OTEL_EXPORTER_OTLP_HEADERS": "api-key=abc%3D%3D,b=2,typo-without-value",
         "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "b=3",
         "OTEL_EXPORTER_OTLP_TIMEOUT": "2500",
     }
@@ -276,3 +276,16 @@ async def test_wiring_adds_the_export_when_an_endpoint_is_set(
         assert delivery is not None
         await delivery.aclose()
     deliveries.otlp.spool.close()
+
+
+async def test_the_collector_never_exports_to_itself(tmp_path: Path) -> None:
+    from src.agents.ml_foundation.observability_connector.otlp_server import _no_export_to
+    from src.agents.ml_foundation.observability_connector.runtime import ConnectorContext
+
+    for endpoint, kept in (("http://localhost:4318/v1/traces", False), ("http://127.0.0.1:6006/v1/traces", True)):
+        sink = OtlpSink(OtlpConfig(endpoint=endpoint))
+        delivery = SinkDelivery(sink, Spool(tmp_path / "spool.db"))
+        context = ConnectorContext(otlp_delivery=delivery)
+        _no_export_to(context, 4318)
+        assert (context.otlp_delivery is delivery) is kept
+        delivery.spool.close()

@@ -28,6 +28,7 @@ import logging
 import signal
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from langgraph.runtime import Runtime
@@ -155,6 +156,18 @@ def _refusal(status: int, reason: str, content_type: str, headers: dict[str, str
     return web.Response(status=status, text=reason, headers=headers)
 
 
+def _no_export_to(context: ConnectorContext, port: int) -> None:
+    """Leave out an OTLP export aimed at this collector's own port on this machine (an
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` meant for the services): every span would come back, for ever."""
+    delivery = context.otlp_delivery
+    if delivery is None or port == 0:
+        return
+    target = urlsplit(delivery.sink.config.endpoint)
+    if target.hostname in ("127.0.0.1", "localhost", "0.0.0.0", "::1") and target.port == port:
+        log.error("OTLP export points at this collector (%s): left out, or every span would loop", target.netloc)
+        context.otlp_delivery = None
+
+
 async def serve(
     context: ConnectorContext,
     host: str = "127.0.0.1",
@@ -172,6 +185,7 @@ async def serve(
     the store. Returns the counters.
     """
     collector = OtlpCollector(context, token=token, max_body_bytes=max_body_bytes)
+    _no_export_to(context, port)
     budget = context.settings.batching.shutdown_timeout_s
     runner = web.AppRunner(collector.app(), access_log=None, shutdown_timeout=max(budget, 1.0))
     await runner.setup()
