@@ -69,6 +69,16 @@ def _ns(value: datetime) -> int:
     return ((value - _EPOCH) // _MICRO) * 1000
 
 
+def _homogeneous(values: list[Any] | tuple[Any, ...]) -> bool:
+    """A non-empty list of one scalar type (OTLP arrays hold one type; ints must fit 64 bits)."""
+    if not values:
+        return False
+    kind = values[0].__class__
+    if kind not in (str, bool, int, float) or any(v.__class__ is not kind for v in values):
+        return False
+    return kind is not int or all(-(2**63) <= v < 2**63 for v in values)
+
+
 def _set_value(target: AnyValue, value: Any) -> None:
     """One attribute value, typed: scalars as themselves, lists of one scalar type as arrays,
     anything else (objects, mixed lists) as its JSON text."""
@@ -81,17 +91,7 @@ def _set_value(target: AnyValue, value: Any) -> None:
         target.int_value = value
     elif kind is float:
         target.double_value = value
-    elif (
-        kind in (list, tuple)
-        and value
-        and len({v.__class__ for v in value}) == 1
-        and value[0].__class__
-        in (
-            str,
-            bool,
-            float,
-        )
-    ):
+    elif kind in (list, tuple) and _homogeneous(value):
         for item in value:
             _set_value(target.array_value.values.add(), item)
     else:

@@ -51,7 +51,9 @@ def attrs(span: Span) -> dict[str, object]:
     for kv in span.attributes:
         kind = kv.value.WhichOneof("value")
         out[kv.key] = (
-            getattr(kv.value, kind) if kind != "array_value" else [v.string_value for v in kv.value.array_value.values]
+            getattr(kv.value, kind)
+            if kind != "array_value"
+            else [getattr(v, str(v.WhichOneof("value"))) for v in kv.value.array_value.values]
         )
     return out
 
@@ -65,7 +67,13 @@ async def test_a_trace_arrives_as_otlp_with_its_tree_and_genai_attributes(
         agent="orchestrator",
         operation_name="route_request",
         start=start,
-        attributes={"langgraph.thread_id": "t-9", "tags": ["a", "b"], "nested": {"k": 1}},
+        attributes={
+            "langgraph.thread_id": "t-9",
+            "tags": ["a", "b"],
+            "sizes": [1, 2],
+            "mixed": [1, "a"],
+            "nested": {"k": 1},
+        },
     )
     chat = make_span(
         trace_id=root.trace_id,
@@ -109,6 +117,7 @@ async def test_a_trace_arrives_as_otlp_with_its_tree_and_genai_attributes(
     assert r.start_time_unix_nano == 1767323045678901000
     assert attrs(r)["gen_ai.operation.name"] == "invoke_agent" and attrs(r)["gen_ai.agent.name"] == "orchestrator"
     assert attrs(r)["gen_ai.conversation.id"] == "t-9" and attrs(r)["tags"] == ["a", "b"]
+    assert attrs(r)["sizes"] == [1, 2] and attrs(r)["mixed"] in ('[1,"a"]', '[1, "a"]')
     assert attrs(r)["nested"] == '{"k":1}' or attrs(r)["nested"] == '{"k": 1}'
     assert attrs(r)["obs.agent.tier"] == 1 and attrs(r)["obs.status"] == "ok"
     chat_attrs = attrs(c)
