@@ -8,6 +8,7 @@ replayed (after ``Retry-After``), 413 split, other 4xx dead-lettered with the se
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -298,3 +299,20 @@ async def test_the_collector_never_exports_to_itself(tmp_path: Path) -> None:
         _no_export_to(context, 4318)
         assert (context.otlp_delivery is delivery) is kept
         delivery.spool.close()
+
+
+def test_demo_otlp_option_exports_every_stored_span(tmp_path: Path, otlp_receiver: OtlpReceiver) -> None:
+    from typer.testing import CliRunner
+
+    from src.agents.ml_foundation.observability_connector.cli import app
+
+    runner = CliRunner()
+    store = str(tmp_path / "spans.db")
+    bad = runner.invoke(app, ["--store", store, "demo", "-n", "1", "--otlp", "ftp://127.0.0.1/x"])
+    assert bad.exit_code == 2 and "--otlp" in bad.output
+    result = runner.invoke(app, ["--store", store, "demo", "-n", "2", "--otlp", otlp_receiver.url])
+    assert result.exit_code == 0, result.output
+    assert "span(s) exported to" in result.output
+    with sqlite3.connect(store) as db:
+        stored = {row[0] for row in db.execute("SELECT span_id FROM ml_observability_spans")}
+    assert sorted(s.span_id.hex() for s in otlp_receiver.accepted_spans()) == sorted(stored)
