@@ -21,6 +21,7 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
         -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold postgresql >/dev/null
 fi
 export OBS_REQUIRE_POSTGRES=1  # here missing Postgres binaries fail the suite instead of skipping tests
+export OBS_REQUIRE_PHOENIX=1  # `phoenix serve` (arize-phoenix, in the test extra) must run: the OTLP export test needs it
 
 # Debian's Chromium for the HTML report's browser test (driven by Playwright as the system browser;
 # Playwright downloads no browser of its own).

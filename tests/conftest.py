@@ -19,11 +19,18 @@ from src.agents.ml_foundation.observability_connector.runtime import (
     set_default_context,
 )
 from src.mlops.opik_connector import OPIK_ENV_VARS, reset_opik_connector
+from src.mlops.otlp_settings import OTLP_ENV_VARS
 from src.repositories.observability_span import ObservabilitySpanRepository
 from src.repositories.sqlite import SQLiteSpanRepository
 
 # Fixture plugins: real servers the suite starts itself (extend this list, don't replace it).
-pytest_plugins = ["tests.fixtures.redis_server", "tests.fixtures.opik_receiver", "tests.fixtures.postgres_server"]
+pytest_plugins = [
+    "tests.fixtures.redis_server",
+    "tests.fixtures.opik_receiver",
+    "tests.fixtures.postgres_server",
+    "tests.fixtures.otlp_receiver",
+    "tests.fixtures.phoenix_server",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -36,6 +43,8 @@ def _isolated_default_context(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         monkeypatch.delenv(var, raising=False)
     # No test reaches a real Opik by accident (the live test reads these at import, and opts in).
     for var in OPIK_ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    for var in OTLP_ENV_VARS:  # nor an OTLP endpoint configured on the machine
         monkeypatch.delenv(var, raising=False)
     set_default_context(None)
     yield

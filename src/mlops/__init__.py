@@ -1,5 +1,6 @@
-"""MLOps sinks of the observability connector: Opik (settings, wire format, sink, host facade) and
-the circuit breaker the delivery layer keeps per sink.
+"""MLOps sinks of the observability connector: Opik (settings, wire format, sink, host facade),
+OTLP/HTTP export in the GenAI conventions (``otlp_*``) and the circuit breaker the delivery layer
+keeps per sink.
 
 Importing this package is cheap: the ``opik`` client loads only when an Opik sink is built (Opik
 configured), never on an agent's hot path.

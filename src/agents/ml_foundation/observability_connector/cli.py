@@ -1,7 +1,7 @@
 """``obs-connector``: run the demo and ask the span store questions from a shell.
 
-Commands: ``demo``, ``metrics``, ``report``, ``trace``, ``status``, ``migrate``, ``cleanup``, ``replay``. More
-plug in the same way: a function decorated with ``@app.command()`` here or in its
+Commands: ``demo``, ``metrics``, ``report``, ``trace``, ``status``, ``migrate``, ``cleanup``, ``replay``,
+``serve``. More plug in the same way: a function decorated with ``@app.command()`` here or in its
 own module (registered with ``app.command()(func)``, as :mod:`cli_maintenance`'s ``replay``,
 ``migrate`` and ``cleanup`` are), opening the store with :func:`open_context` and reporting
 failures with :func:`fail` (both in :mod:`cli_support`), so every command shares the
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from .cli_maintenance import cleanup, migrate, replay
+from .cli_serve import serve
 from .cli_support import (
     EXIT_NOT_FOUND,
     EXIT_USAGE,
@@ -90,13 +91,25 @@ def demo(
     traces: Annotated[int, typer.Option("--traces", "-n", min=1, max=10_000, help="Requests to route.")] = 50,
     seed: Annotated[int, typer.Option("--seed", help="Same seed, same requests, agents and failures.")] = 7,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=256, help="Requests in flight.")] = 4,
+    otlp: Annotated[
+        str | None,
+        typer.Option(
+            "--otlp",
+            metavar="URL",
+            help="Also export the spans over OTLP/HTTP, e.g. Phoenix's http://127.0.0.1:6006/v1/traces.",
+        ),
+    ] = None,
 ) -> None:
     """Route requests through the 18 agents (fake LLMs and tools), trace them, report from the store."""
     from .demo import run_demo
 
+    if otlp is not None and not otlp.startswith(("http://", "https://")):
+        fail(f"--otlp {otlp!r}: expected an http:// or https:// URL ending in /v1/traces", EXIT_USAGE)
     context = open_context(ctx.obj)
     console = make_console()
-    result = run_sync(lambda: run_demo(traces, seed, console, context=context, concurrency=concurrency))
+    result = run_sync(
+        lambda: run_demo(traces, seed, console, context=context, concurrency=concurrency, otlp_endpoint=otlp)
+    )
     if not result.delivered or result.spans_stored < result.spans_produced:
         fail(
             f"only {result.spans_stored:,} of {result.spans_produced:,} spans reached {result.store}; "
@@ -352,6 +365,7 @@ def _spool_line(settings: ObservabilitySettings) -> tuple[str, str | None]:
 app.command()(replay)
 app.command()(migrate)
 app.command()(cleanup)
+app.command()(serve)
 
 
 def main() -> None:

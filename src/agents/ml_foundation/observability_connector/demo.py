@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .agent import ObservabilityConnectorAgent
 from .demo_graphs import DemoRuntime, agent_graphs, orchestrator_graph
@@ -66,6 +66,33 @@ async def _run_request(runtime: DemoRuntime, plan: RequestPlan) -> RequestOutcom
     return RequestOutcome(root.trace_id, plan, fallbacks)
 
 
+def _export_to(ctx: ConnectorContext, endpoint: str) -> None:
+    """Give ``ctx`` an OTLP export delivery to ``endpoint`` (on the spool its store delivery uses)."""
+    from dataclasses import replace
+
+    from src.mlops.otlp_settings import OtlpConfig
+    from src.mlops.otlp_sink import OtlpSink
+
+    from .wiring import build_otlp_delivery
+
+    if ctx.store_delivery is None:
+        raise ValueError("--otlp needs the spool (batching.spool_enabled): export retries and replays from it")
+    sink = OtlpSink(replace(OtlpConfig.from_settings(ctx.settings), endpoint=endpoint))
+    ctx.otlp_delivery = build_otlp_delivery(ctx.settings, ctx.store_delivery.spool, sink)
+
+
+def _report_otlp(console: Console, delivery: Any, sent: bool) -> None:
+    status = delivery.status()
+    where = delivery.sink.config.display_endpoint
+    if sent and not status.get("backlog_spans"):
+        console.print(f"OTLP: {status['spans_sent']:,} span(s) exported to [cyan]{where}[/]")
+    else:
+        console.print(
+            f"[yellow]OTLP:[/] {status['spans_sent']:,} span(s) exported to {where}, "
+            f"{status.get('backlog_spans', 0):,} waiting in the spool (last error: {status.get('last_error')})"
+        )
+
+
 async def run_demo(
     traces: int = 50,
     seed: int = 7,
@@ -75,11 +102,14 @@ async def run_demo(
     concurrency: int = 4,
     time_scale: float = 1.0,
     show_progress: bool = True,
+    otlp_endpoint: str | None = None,
 ) -> DemoResult:
     """Run the workload, flush, and report from the store.
 
     ``context`` defaults to the configured one (``OBS_STORE__SQLITE_PATH`` etc.). The
     connector is closed at the end (its store reopens lazily if the caller reads it again).
+    ``otlp_endpoint``: also export every span there over OTLP/HTTP (e.g. Phoenix's
+    ``http://127.0.0.1:6006/v1/traces``), whatever the configuration says.
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -90,6 +120,8 @@ async def run_demo(
         raise ValueError(f"concurrency must be at least 1, got {concurrency}")
     console = console or Console()
     ctx = context or ConnectorContext.from_config()
+    if otlp_endpoint:
+        _export_to(ctx, otlp_endpoint)
     plans = build_plans(traces, seed, time_scale)
     obs = ObservabilityConnectorAgent(context=ctx)
     try:
@@ -128,6 +160,7 @@ async def run_demo(
             outcomes = await asyncio.gather(*(one(p) for p in plans))
         delivered = await obs.flush(timeout=60)
         opik_sent = await ctx.opik.wait_until_sent(timeout=30) if ctx.opik is not None else None
+        otlp_sent = await ctx.otlp_delivery.wait_idle(timeout=30) if ctx.otlp_delivery is not None else None
         wall = time.perf_counter() - started
         status = obs.get_status()
         result = await report(
@@ -135,6 +168,8 @@ async def run_demo(
         )
         if ctx.opik is not None:
             result.opik = report_opik(console, ctx.opik.get_status(), bool(opik_sent))
+        if ctx.otlp_delivery is not None:
+            _report_otlp(console, ctx.otlp_delivery, bool(otlp_sent))
     finally:
         await obs.aclose()
     return result

@@ -48,11 +48,12 @@ class ConnectorContext:
     # store_delivery None: the store is written directly; opik_delivery None: Opik is off.
     store_delivery: Any = None
     opik_delivery: Any = None
+    otlp_delivery: Any = None  # OTLP/HTTP export (src.mlops.otlp_sink); None: export is off
 
     @property
     def deliveries(self) -> list[Any]:
         """The sinks' deliveries, the store first (what the batch node fans out to)."""
-        return [d for d in (self.store_delivery, self.opik_delivery) if d is not None]
+        return [d for d in (self.store_delivery, self.opik_delivery, self.otlp_delivery) if d is not None]
 
     @classmethod
     def from_config(cls, settings: ObservabilitySettings | None = None, *, read_only: bool = False) -> ConnectorContext:

@@ -26,6 +26,7 @@ __all__ = [
     "CircuitBreakerSettings",
     "ObservabilitySettings",
     "OpikSettings",
+    "OtlpSettings",
     "RedactionSettings",
     "RetentionSettings",
     "SamplingSettings",
@@ -177,6 +178,24 @@ _RETIRED_OPIK_KEYS = frozenset(
 )
 
 
+class OtlpSettings(_Section):
+    """OTLP/HTTP export (src/otlp/otlp_sink.py). The standard ``OTEL_EXPORTER_OTLP_*`` variables win
+    over these, as the environment does everywhere else; put API keys in ``OTEL_EXPORTER_OTLP_HEADERS``
+    rather than in this file. Retries, backoff and the spool are the delivery layer's (``batching``)."""
+
+    # auto: on when OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    enabled: Literal["auto"] | bool = "auto"
+    # The traces URL, e.g. http://127.0.0.1:6006/v1/traces (Phoenix); default http://127.0.0.1:4318/v1/traces.
+    endpoint: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)  # sent with every request; values never logged
+    timeout_s: float = Field(10.0, gt=0, le=600)  # per HTTP request
+    compression: Literal["none", "gzip"] = "gzip"
+    wait_s: float = Field(1.0, ge=0, le=60)  # how long a graph caller waits for the answer; never longer
+    max_spans_per_request: int = Field(512, ge=1, le=100_000)
+    max_requests_in_flight: int = Field(2, ge=1, le=16)
+    service_name: str = Field("obs-connector", min_length=1)  # OTEL_SERVICE_NAME wins
+
+
 class ObservabilitySettings(BaseSettings):
     """Validated settings; build with ``config_file.load_settings`` (file, environment, errors)."""
 
@@ -188,6 +207,7 @@ class ObservabilitySettings(BaseSettings):
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     opik: OpikSettings = Field(default_factory=OpikSettings)
+    otlp: OtlpSettings = Field(default_factory=OtlpSettings)
     circuit_breaker: CircuitBreakerSettings = Field(default_factory=CircuitBreakerSettings)
     redaction: RedactionSettings = Field(default_factory=RedactionSettings)
 

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 from src.mlops.circuit_breaker import CircuitBreaker
 from src.mlops.opik_connector import OpikConnector
 from src.mlops.opik_sink import OpikSink
+from src.mlops.otlp_settings import otlp_configured
 
 from .cache import MetricsCache
 from .config_errors import ConfigError
@@ -32,6 +33,7 @@ __all__ = [
     "Deliveries",
     "build_context",
     "build_deliveries",
+    "build_otlp_delivery",
     "build_store",
     "database_url",
     "spool_path",
@@ -110,6 +112,7 @@ class Deliveries(NamedTuple):
     store: SinkDelivery | None  # the StoreSink's (None: no spool, the store is written directly)
     opik: SinkDelivery | None  # the OpikSink's (None: Opik not configured, or no spool)
     connector: OpikConnector | None  # the host's Opik facade for that sink
+    otlp: SinkDelivery | None = None  # the OtlpSink's (None: OTLP export off, or no spool)
 
 
 def build_deliveries(
@@ -118,21 +121,32 @@ def build_deliveries(
     registry: AgentRegistry | None = None,
     *,
     opik: Any = "auto",
+    otlp: Any = "auto",
 ) -> Deliveries:
     """Every sink behind its ``SinkDelivery`` (retries, a breaker per sink, the shared spool).
 
     ``opik``: ``"auto"`` builds the Opik sink when Opik is configured (``opik.enabled``); an
     ``OpikSink`` uses that one (tests, benchmarks); None leaves Opik out. Never fails on a path:
     a spool that cannot be opened is logged, and then the store is written directly and Opik,
-    which needs the spool to keep what it cannot send now, is left out.
+    which needs the spool to keep what it cannot send now, is left out. ``otlp`` likewise for the
+    OTLP/HTTP export (``otlp.enabled`` / ``OTEL_EXPORTER_OTLP_*ENDPOINT``): detached like Opik.
     """
     settings = settings or load_settings()
     batching, breaker = settings.batching, settings.circuit_breaker
     if opik == "auto":
         opik = OpikSink.from_settings(settings, tier_names=(registry or load_registry()).tier_names)
+    if otlp == "auto":
+        otlp = None
+        if otlp_configured(settings):  # protobuf and the sink load only when export is on
+            from src.mlops.otlp_sink import OtlpSink
+
+            otlp = OtlpSink.from_settings(settings)
     if not batching.spool_enabled or store is None:
-        if opik is not None:
-            log.error("Opik is configured but batching.spool_enabled is off: Opik needs the spool, so it is left out")
+        for sink in (opik, otlp):
+            if sink is not None:
+                log.error(
+                    "%s is configured but batching.spool_enabled is off: it needs the spool, so it is left out", sink
+                )
         return Deliveries(None, None, None)
 
     def breaker_for(name: str) -> CircuitBreaker:
@@ -142,8 +156,9 @@ def build_deliveries(
         spool = Spool(spool_path(settings), max_bytes=int(batching.spool_max_mb * 1024 * 1024))
         policy = RetryPolicy(batching.retry_initial_s, batching.retry_max_s, batching.sink_timeout_s)
         store_delivery = SinkDelivery(StoreSink(store), spool, policy, breaker=breaker_for("store"))
+        otlp_delivery = None if otlp is None else build_otlp_delivery(settings, spool, otlp)
         if opik is None:
-            return Deliveries(store_delivery, None, None)
+            return Deliveries(store_delivery, None, None, otlp_delivery)
         opik_policy = RetryPolicy(batching.retry_initial_s, batching.retry_max_s, 2 * opik.config.request_timeout_s)
         opik_delivery = SinkDelivery(
             opik, spool, opik_policy, breaker=breaker_for("opik"),
@@ -158,7 +173,19 @@ def build_deliveries(
             exc,
         )
         return Deliveries(None, None, None)
-    return Deliveries(store_delivery, opik_delivery, OpikConnector(opik.config, delivery=opik_delivery, sink=opik))
+    connector = OpikConnector(opik.config, delivery=opik_delivery, sink=opik)
+    return Deliveries(store_delivery, opik_delivery, connector, otlp_delivery)
+
+
+def build_otlp_delivery(settings: ObservabilitySettings, spool: Spool, sink: Any) -> SinkDelivery:
+    """An ``OtlpSink`` behind its delivery: detached like Opik (a caller waits at most ``otlp.wait_s``),
+    its own breaker, the shared spool. ``obs-connector demo --otlp URL`` adds one to a built context."""
+    batching, breaker = settings.batching, settings.circuit_breaker
+    policy = RetryPolicy(batching.retry_initial_s, batching.retry_max_s, 2 * sink.config.timeout_s)
+    return SinkDelivery(
+        sink, spool, policy, breaker=CircuitBreaker(breaker.failure_threshold, breaker.recovery_timeout_s, name="otlp"),
+        wait_s=sink.config.wait_s, max_detached=sink.config.max_requests_in_flight,
+    )  # fmt: skip
 
 
 def spool_path(settings: ObservabilitySettings) -> Path:
@@ -185,6 +212,7 @@ def build_context(settings: ObservabilitySettings | None = None, *, read_only: b
         store=store,
         store_delivery=deliveries.store,
         opik_delivery=deliveries.opik,
+        otlp_delivery=deliveries.otlp,
         opik=deliveries.connector,
         settings=settings,
         registry=registry,
