@@ -43,16 +43,21 @@ if TYPE_CHECKING:  # the library's data module takes ~0.6 s to import: only on t
     from genai_prices.types import ModelInfo, ModelPrice, Provider
 
 __all__ = [
-    "LIBRARY_VERSION",
     "Price",
     "Pricer",
     "PricingInputError",
     "build_pricer",
+    "library_version",
     "price_call",
 ]
 
-#: The price data's release (pinned in pyproject.toml); prices change only with it.
-LIBRARY_VERSION: Final = "0.2.5"
+
+def library_version() -> str:
+    """The price data's release (pinned in pyproject.toml): prices change only with it."""
+    from importlib.metadata import version
+
+    return version("genai-prices")
+
 
 # Matches kept by (provider, model): an LLM application uses a handful of models, a bad caller
 # could send endless names; the bound keeps that from growing memory.
@@ -222,6 +227,7 @@ def _rates_at(match: _Match, at: datetime | None) -> _Rates | None:
 
 
 # --- the library ---------------------------------------------------------------------------------
+
 
 @lru_cache(maxsize=1)
 def _providers() -> tuple[Provider, ...]:

@@ -302,4 +302,3 @@ def file_values(data: dict[str, Any]) -> Iterator[None]:
         yield
     finally:
         _YAML_DATA.reset(token)
-
