@@ -80,18 +80,19 @@ class Price:
     model: str  # the library's model id, or the override key that matched
 
 
-# Per token, for one input-token tier: (input part, output part, total) of each token kind's price.
-_Parts = tuple[Decimal, Decimal, Decimal]
+# One part of a price (input, output or total) for one input-token tier, in USD: per call (per-
+# request fees), then per input, output, cache-read, cache-write and reasoning token. Cache tokens
+# are input tokens too and reasoning tokens output tokens: their rates are what they add on top.
+# Floats: converting a Decimal to a float costs more than the whole sum, and a price is an estimate
+# good to far more digits than a float loses (tests compare with the library to 1e-12).
+_Part = tuple[float, float, float, float, float, float]
 
 
 @dataclass(frozen=True, slots=True)
 class _TierRates:
-    fixed: _Parts  # per call, whatever the tokens (per-request fees)
-    input: _Parts
-    output: _Parts
-    cache_read: _Parts  # on top of ``input``: cache-read tokens are input tokens too
-    cache_write: _Parts
-    reasoning: _Parts  # on top of ``output``
+    input: _Part
+    output: _Part
+    total: _Part
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,12 +176,15 @@ class Pricer:
         return _priced(match, rates, counts)
 
 
-def _checked_counts(*counts: int) -> tuple[int, int, int, int, int]:
-    names = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
-    for name, value in zip(names, counts, strict=True):
-        if type(value) is not int or value < 0:  # bool is an int subclass, and no token count
-            raise PricingInputError(f"{name} must be a non-negative integer, got {value!r}")
-    input_tokens, output_tokens, cache_read, cache_write, reasoning = counts
+def _checked_counts(
+    input_tokens: int, output_tokens: int, cache_read: int, cache_write: int, reasoning: int
+) -> tuple[int, int, int, int, int]:
+    counts = (input_tokens, output_tokens, cache_read, cache_write, reasoning)
+    # bool is an int subclass, and no token count: hence ``type(...) is int``.
+    if not all(type(value) is int and value >= 0 for value in counts):
+        names = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+        name, value = next((n, v) for n, v in zip(names, counts, strict=True) if type(v) is not int or v < 0)
+        raise PricingInputError(f"{name} must be a non-negative integer, got {value!r}")
     if cache_read + cache_write > input_tokens:
         raise PricingInputError(
             f"cache_read_tokens ({cache_read}) + cache_write_tokens ({cache_write}) exceed input_tokens "
@@ -191,25 +195,17 @@ def _checked_counts(*counts: int) -> tuple[int, int, int, int, int]:
             f"reasoning_tokens ({reasoning}) exceed output_tokens ({output_tokens}): "
             "output_tokens must include the reasoning tokens"
         )
-    return input_tokens, output_tokens, cache_read, cache_write, reasoning
+    return counts
 
 
 def _priced(match: _Match, rates: _Rates, counts: tuple[int, int, int, int, int]) -> Price:
-    input_tokens, output_tokens, cache_read, cache_write, reasoning = counts
-    tier = rates.tiers[bisect.bisect_left(rates.thresholds, input_tokens)]
-    parts = [
-        tier.fixed[i]
-        + tier.input[i] * input_tokens
-        + tier.output[i] * output_tokens
-        + tier.cache_read[i] * cache_read
-        + tier.cache_write[i] * cache_write
-        + tier.reasoning[i] * reasoning
-        for i in range(3)
-    ]
+    n_in, n_out, n_read, n_write, n_reason = counts
+    tier = rates.tiers[bisect.bisect_left(rates.thresholds, n_in)]
+    i, o, t = tier.input, tier.output, tier.total
     return Price(
-        total_usd=float(parts[2]),
-        input_usd=float(parts[0]),
-        output_usd=float(parts[1]),
+        total_usd=t[0] + t[1] * n_in + t[2] * n_out + t[3] * n_read + t[4] * n_write + t[5] * n_reason,
+        input_usd=i[0] + i[1] * n_in + i[2] * n_out + i[3] * n_read + i[4] * n_write + i[5] * n_reason,
+        output_usd=o[0] + o[1] * n_in + o[2] * n_out + o[3] * n_read + o[4] * n_write + o[5] * n_reason,
         source=match.source,
         provider=match.provider,
         model=match.model,
@@ -326,27 +322,32 @@ def _linearised(price: ModelPrice) -> _Rates | None:
 
 
 def _tier_rates(price: ModelPrice, a: int) -> _TierRates:
-    def cost(**usage: int) -> _Parts:
-        from genai_prices.types import Usage
+    """Rates measured at ``a`` input tokens (and ``a + 1``, for the input rate) with the library."""
+    from genai_prices.types import Usage
 
+    def cost(**usage: int) -> tuple[Decimal, Decimal, Decimal]:
         result = price.calc_price(Usage(**usage))
         return result["input_price"], result["output_price"], result["total_price"]
 
-    def minus(left: _Parts, right: _Parts) -> _Parts:
-        return left[0] - right[0], left[1] - right[1], left[2] - right[2]
-
     base = cost(input_tokens=a)
     one_more = cost(input_tokens=a + 1)
-    per_input = minus(one_more, base)
     with_output = cost(input_tokens=a, output_tokens=1)
-    return _TierRates(
-        fixed=(base[0] - per_input[0] * a, base[1] - per_input[1] * a, base[2] - per_input[2] * a),
-        input=per_input,
-        output=minus(with_output, base),
-        cache_read=minus(cost(input_tokens=a + 1, cache_read_tokens=1), one_more),
-        cache_write=minus(cost(input_tokens=a + 1, cache_write_tokens=1), one_more),
-        reasoning=minus(cost(input_tokens=a, output_tokens=1, output_reasoning_tokens=1), with_output),
-    )
+    read = cost(input_tokens=a + 1, cache_read_tokens=1)
+    write = cost(input_tokens=a + 1, cache_write_tokens=1)
+    reason = cost(input_tokens=a, output_tokens=1, output_reasoning_tokens=1)
+
+    def part(k: int) -> _Part:
+        per_input = one_more[k] - base[k]
+        return (
+            float(base[k] - per_input * a),
+            float(per_input),
+            float(with_output[k] - base[k]),
+            float(read[k] - one_more[k]),
+            float(write[k] - one_more[k]),
+            float(reason[k] - with_output[k]),
+        )
+
+    return _TierRates(input=part(0), output=part(1), total=part(2))
 
 
 _DEFAULT: Final = Pricer()
