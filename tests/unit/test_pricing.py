@@ -185,6 +185,8 @@ def test_a_provider_prefix_in_the_model_name_names_the_provider() -> None:
     litellm = price_call("litellm", "openai/gpt-4o", 1_000, 100, at=AT)
     assert price is not None and litellm is not None and price.provider == litellm.provider == "openai"
     assert price.total_usd == litellm.total_usd == pytest.approx(expected_usd(data, 1_000, 100), rel=1e-12)
+    both = price_call("openai", "openai/gpt-4o", 1_000, 100, at=AT)
+    assert both is not None and both.total_usd == price.total_usd
 
 
 def test_the_price_in_force_at_the_call_is_used() -> None:
@@ -278,6 +280,13 @@ def test_a_free_model_costs_zero() -> None:
     assert not {k for k, v in vars(data).items() if v is not None}  # the library lists it with no price
     price = price_call("github-copilot", "gpt-4o", 1_000, 100)
     assert price is not None and price.total_usd == 0.0
+
+
+def test_a_model_or_provider_that_is_not_a_string_raises_a_clear_error() -> None:
+    with pytest.raises(PricingInputError, match="model must be a string or None, got int"):
+        price_call("openai", 4, 10, 10)  # type: ignore[arg-type]
+    with pytest.raises(PricingInputError, match="provider must be a string or None, got dict"):
+        price_call({}, "gpt-4o", 10, 10)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

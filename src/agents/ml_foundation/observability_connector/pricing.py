@@ -17,7 +17,8 @@ Speed: the library's ``ModelPrice.calc_price`` resolves its unit registry on eve
 slow for the flusher's path (``benchmarks/README.md``). Its arithmetic is linear in the token
 counts between two tier thresholds of input tokens, so for each price a model has we ask the
 library once per tier for the price of one token of each kind and then price a call as a sum of
-products: the library's numbers (tests compare the two on every bundled model), without its walk.
+products: the library's numbers (tests compare the two on every shape of price in its data),
+without its walk.
 The model lookup is memoised per (provider, model).
 
 An unknown provider or model gives ``None``: the caller stores a null cost and counts the call as
@@ -157,6 +158,9 @@ class Pricer:
         a few cost less at night. Raises :class:`PricingInputError` for impossible token counts.
         """
         counts = _checked_counts(input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens)
+        for name, value in (("provider", provider), ("model", model)):
+            if value is not None and not isinstance(value, str):
+                raise PricingInputError(f"{name} must be a string or None, got {type(value).__name__}")
         if not self.enabled or not model:
             return None
         model_key = model.strip().lower()
@@ -240,7 +244,12 @@ def _library_match(provider_key: str, model_key: str) -> _Match | None:
     providers = list(_providers())
     if provider_key and provider_key != "litellm":  # LiteLLM names the real provider in the model
         found = find_provider_by_id(providers, provider_key)
-        return _model_match(found, model_key, providers) if found is not None else None
+        if found is None:
+            return None
+        _, slash, rest = model_key.partition("/")  # "openai/gpt-4o" with provider "openai"
+        return _model_match(found, model_key, providers) or (
+            _model_match(found, rest, providers) if slash and rest else None
+        )
     for candidate in providers:
         if candidate.model_match is not None and candidate.model_match.is_match(model_key):
             return _model_match(candidate, model_key, providers)
