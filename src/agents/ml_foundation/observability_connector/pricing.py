@@ -326,7 +326,7 @@ def _linearised(price: ModelPrice) -> _Rates | None:
     starts = [0, *(threshold + 1 for threshold in thresholds)]
     ends = [*thresholds, None]
     if any(end is not None and start + 1 > end for start, end in zip(starts, ends, strict=True)):
-        raise ValueError(f"price tiers closer than two tokens: {thresholds}")  # absent from the data
+        return None  # tiers closer than two tokens cannot be measured this way (none in the pinned data)
     return _Rates(thresholds=tuple(thresholds), tiers=tuple(_tier_rates(price, start) for start in starts))
 
 
