@@ -65,11 +65,17 @@ def check_env_sections(file: Path) -> None:
 
 
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The settings model that holds the last key of ``loc`` (None below a dict or a list)."""
+    """The settings model that holds the last key of ``loc``, through nested models and the values
+    of ``dict[str, Model]`` (``pricing.overrides.<model>``); None below any other dict or a list."""
     model: type[BaseModel] = ObservabilitySettings
-    for part in loc[:-1]:
+    parts = iter(loc[:-1])
+    for part in parts:
         info = model.model_fields.get(str(part))
         annotation = info.annotation if info is not None else None
+        if typing.get_origin(annotation) is dict:
+            annotation = typing.get_args(annotation)[1]
+            if next(parts, None) is None:  # ``loc`` names a key of the mapping itself
+                return None
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return None
         model = annotation

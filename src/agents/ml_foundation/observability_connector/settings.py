@@ -27,6 +27,8 @@ __all__ = [
     "ObservabilitySettings",
     "OpikSettings",
     "OtlpSettings",
+    "PriceOverride",
+    "PricingSettings",
     "RedactionSettings",
     "RetentionSettings",
     "SamplingSettings",
@@ -196,6 +198,56 @@ class OtlpSettings(_Section):
     service_name: str = Field("obs-connector", min_length=1)  # OTEL_SERVICE_NAME wins
 
 
+# USD per million tokens: finite and never negative (a negative price would make a call earn money).
+UsdPerMtok = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+#: An override key longer than this is not a model name (pricing.py bounds lookups the same way).
+MAX_MODEL_KEY_CHARS: Final = 256
+
+
+class PriceOverride(_Section):
+    """One model's own prices (self-hosted, negotiated), used instead of the price library's.
+
+    Token fields follow pricing.py's convention: cache reads and writes are part of the input
+    tokens and reasoning is part of the output, so an unset cache or reasoning price bills those
+    tokens at the plain input or output price, as the library does for a model without one.
+    """
+
+    input_per_mtok: UsdPerMtok
+    output_per_mtok: UsdPerMtok
+    cache_read_per_mtok: UsdPerMtok | None = None
+    cache_write_per_mtok: UsdPerMtok | None = None
+    reasoning_per_mtok: UsdPerMtok | None = None
+
+
+class PricingSettings(_Section):
+    """Cost of each LLM call (pricing.py): the pinned price library, with per-model overrides.
+
+    Overrides are keyed by model name or ``provider/model`` (the provider as spans carry it, e.g.
+    ``openai``, ``google_genai``), matched without regard to case; a ``provider/model`` key wins
+    over a bare model key, and both win over the library.
+    """
+
+    enabled: bool = True
+    overrides: dict[str, PriceOverride] = Field(default_factory=dict)
+
+    @field_validator("overrides")
+    @classmethod
+    def _keys_are_model_names(cls, overrides: dict[str, PriceOverride]) -> dict[str, PriceOverride]:
+        seen: dict[str, str] = {}
+        for key in overrides:
+            normal = key.strip().lower()
+            if not normal or len(normal) > MAX_MODEL_KEY_CHARS:
+                raise ValueError(
+                    f"override key {key!r} is not a model name (1 to {MAX_MODEL_KEY_CHARS} characters, "
+                    "'model' or 'provider/model')"
+                )
+            if normal in seen:
+                raise ValueError(f"override keys {seen[normal]!r} and {key!r} name the same model (case is ignored)")
+            seen[normal] = key
+        return overrides
+
+
 class ObservabilitySettings(BaseSettings):
     """Validated settings; build with ``config_file.load_settings`` (file, environment, errors)."""
 
@@ -210,6 +262,7 @@ class ObservabilitySettings(BaseSettings):
     otlp: OtlpSettings = Field(default_factory=OtlpSettings)
     circuit_breaker: CircuitBreakerSettings = Field(default_factory=CircuitBreakerSettings)
     redaction: RedactionSettings = Field(default_factory=RedactionSettings)
+    pricing: PricingSettings = Field(default_factory=PricingSettings)
 
     @classmethod
     def settings_customise_sources(
