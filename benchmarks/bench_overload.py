@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,32 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def run(spans: int, tasks: int, db: Path) -> int:
+def trace(obs: Any, rows: list[tuple[float, ...]], running: threading.Event) -> None:
+    """Every 50 ms: time, RSS (MB), buffer depth, overflow pending, spans dropped (``--trace``)."""
+    flusher = obs._flusher_obj
+    start = time.perf_counter()
+    while running.is_set():
+        status = flusher.buffer_status()
+        rows.append(
+            (
+                time.perf_counter() - start,
+                rss_mb(),
+                status["queued"],
+                status.get("overflow_pending", 0),
+                status["dropped_at_buffer"] + status.get("overflow_dropped", 0),
+            )
+        )
+        time.sleep(0.05)
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def run(spans: int, tasks: int, db: Path, show_trace: bool = False) -> int:
     from src.agents.ml_foundation.observability_connector.agent import ObservabilityConnectorAgent
 
     obs = ObservabilityConnectorAgent()
@@ -114,6 +140,11 @@ async def run(spans: int, tasks: int, db: Path) -> int:
     running.clear()
     await tick
 
+    rows: list[tuple[float, ...]] = []
+    tracing = threading.Event()
+    if show_trace:
+        tracing.set()
+        threading.Thread(target=trace, args=(obs, rows, tracing), daemon=True).start()
     lags: list[float] = []
     watch = GcWatch()
     gc.callbacks.append(watch)
@@ -129,6 +160,7 @@ async def run(spans: int, tasks: int, db: Path) -> int:
     gc.callbacks.remove(watch)
 
     flushed = await obs.flush(600)
+    tracing.clear()
     confirm_until = time.perf_counter() + 10
     while stored(db) - warm < total and time.perf_counter() < confirm_until:
         await asyncio.sleep(0.05)  # the flush has returned: this only confirms the count on disk
@@ -150,15 +182,18 @@ async def run(spans: int, tasks: int, db: Path) -> int:
         f"after the last span); flush() returned {flushed}"
     )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    by_gen = ", ".join(f"{g}: {ms:.1f}" for g, ms in sorted(watch.by_gen.items()))
     print(
-        f"  peak RSS {peak:,.0f} MB; during the burst: {watch.full} full GC collection(s), longest GC pause {watch.longest_ms:.1f} ms "
-        f"(by generation: {', '.join(f'{g}: {ms:.1f}' for g, ms in sorted(watch.by_gen.items()))})"
+        f"  peak RSS {peak:,.0f} MB; during the burst: {watch.full} full GC collection(s), "
+        f"longest GC pause {watch.longest_ms:.1f} ms (by generation: {by_gen})"
     )
     keys = ("spans_dropped", "spans_rejected", "spans_failed", "producer_waits")
     print("  status: " + ", ".join(f"{k} {status[k]:,}" for k in keys if k in status))
     buffer = status.get("buffer") or {}
     if buffer:
         print("  buffer: " + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in buffer.items()))
+    for row in rows:
+        print("  trace: {:6.2f} s  rss {:6.0f} MB  queued {:6,}  overflow {:7,}  dropped {:6,}".format(*row))
     return 0 if count == total else 1
 
 
@@ -182,6 +217,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--spans", type=int, default=100_000)
     parser.add_argument("--tasks", type=int, default=10)
+    parser.add_argument("--trace", action="store_true", help="print RSS, buffer and overflow every 50 ms")
     parser.add_argument("--baseline", metavar="REV", help="run this script against a detached worktree of REV")
     args = parser.parse_args()
     if args.baseline:
@@ -192,7 +228,7 @@ def main() -> int:
         os.environ["OBS_STORE__SQLITE_PATH"] = str(db)
         for name in ("OPIK_URL_OVERRIDE", "OPIK_API_KEY"):  # Opik off: the store is what is measured
             os.environ.pop(name, None)
-        return asyncio.run(run(args.spans, args.tasks, db))
+        return asyncio.run(run(args.spans, args.tasks, db, args.trace))
 
 
 if __name__ == "__main__":

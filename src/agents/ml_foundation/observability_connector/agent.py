@@ -200,6 +200,7 @@ class ObservabilityConnectorAgent(LLMCalls, ContextFactory, BatchDelivery):
                         max_in_flight=batching.max_in_flight,
                         overflow_dir=_overflow_dir(settings),
                         overflow_max_bytes=int(batching.overflow_max_mb * 2**20),
+                        gc_freeze=batching.gc_freeze_after_start,
                         on_timeout=self._spool_at_shutdown,
                         on_stop=self._stop_background,
                         on_start=self._open_background,

@@ -31,6 +31,7 @@ from typing import Any
 from .background import BackgroundLoop
 from .collector import SpanCollector
 from .flush_report import BatchNotStoredError, FlusherStats, FlushReport
+from .gc_tuning import freeze_after_start
 from .lifecycle import FLUSHERS, on_shutdown, register_before_fork, watch_after_fork
 from .overflow_file import OverflowFile
 from .spans import Span
@@ -89,12 +90,14 @@ class BatchProcessor:
         on_reopen: Callable[[], None] | None = None,
         overflow_dir: Path | None = None,
         overflow_max_bytes: int = 1024 * 2**20,
+        gc_freeze: bool = False,
     ) -> None:
         """``rejected_of(batch, result)``: how many spans of a delivered batch ``deliver``'s
         result says were refused (default: none). ``max_queue_bytes``, ``max_value_chars`` and
         ``value_limit``: see :class:`SpanCollector`. ``overflow_dir``: where the overflow file
         goes under a burst (None: no overflow; the buffer's bounds drop instead), at most
-        ``overflow_max_bytes`` on disk."""
+        ``overflow_max_bytes`` on disk. ``gc_freeze``: :func:`.gc_tuning.freeze_after_start`
+        once the first batch is delivered."""
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         self._deliver = deliver
@@ -130,6 +133,7 @@ class BatchProcessor:
         self._spill_pending = False
         self._spiller = BackgroundLoop(f"{name}-spill")
         self._last_paced = 0.0
+        self._gc_freeze = gc_freeze
         self.stats = FlusherStats()
         self.last_flush: FlushReport | None = None
         self._flush_mark = (0, 0, 0, 0)  # delivered, rejected, failed, dropped at the last completed flush
@@ -274,7 +278,7 @@ class BatchProcessor:
         return self._report(done).ok
 
     def _report(self, done: bool) -> FlushReport:
-        stats, collector = self.stats, self.collector
+        stats = self.stats
         now = (stats.spans_delivered, stats.spans_rejected, stats.spans_failed, self._dropped())
         mark = self._flush_mark
         stuck = self.stuck
@@ -574,6 +578,9 @@ class BatchProcessor:
             if not isinstance(exc, BatchNotStoredError):  # that one was logged where it happened
                 log.exception("delivering a batch of %d span(s) failed", len(batch))
         else:
+            if self._gc_freeze:  # the graph and the sinks have imported everything by now
+                self._gc_freeze = False
+                freeze_after_start()
             stats.batches_sent += 1
             stats.spans_delivered += len(batch) - rejected
             stats.spans_rejected += rejected

@@ -25,6 +25,7 @@ guards the chunk index (uncontended: a few hundred nanoseconds per chunk, not pe
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -287,10 +288,8 @@ class OverflowFile:
         inherited descriptors (the parent's files stay open in the parent) and start afresh."""
         self._lock = threading.Lock()
         for segment in self._segments:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(segment.fd)
-            except OSError:
-                pass
         self._reset()
         self.stats = OverflowStats()
 
@@ -305,14 +304,10 @@ class OverflowFile:
 
 
 def _close_and_remove(segment: _Segment) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.close(segment.fd)
-    except OSError:
-        pass
-    try:
+    with contextlib.suppress(OSError):
         segment.path.unlink()
-    except OSError:
-        pass
 
 
 def _alive(pid: int) -> bool:

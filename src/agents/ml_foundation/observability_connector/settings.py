@@ -54,6 +54,9 @@ class BatchingSettings(_Section):
     # Raise the interpreter's young-generation GC threshold to this when the flusher starts, only
     # if it still has CPython's default (700); null leaves the collector alone (gc_tuning.py).
     gc_young_threshold: int | None = Field(10_000, ge=701, le=1_000_000)
+    # gc.freeze() once the flusher delivered its first batch: full collections under a burst then
+    # skip the objects of start-up (gc_tuning.py says what it costs); false leaves the collector alone.
+    gc_freeze_after_start: bool = True
     # Under a burst the flusher spills the buffer, encrypted, to an overflow file beside the spool
     # (a producer never waits); this bounds that file: past it spans are dropped and counted.
     overflow_max_mb: float = Field(1024, gt=0)
