@@ -482,7 +482,7 @@ class BatchProcessor:
                     continue
                 with self._spill_lock:  # the overflow first: everything in the buffer is newer
                     if overflow is not None and overflow.pending:
-                        batch, nbytes = overflow.read(), 0
+                        batch, nbytes = overflow.read(self.max_drain_batch), 0
                     else:
                         # Under a backlog, take bigger bites: one graph invocation and one sink write
                         # cost nearly the same whatever the batch size, so bigger batches drain a
@@ -502,11 +502,16 @@ class BatchProcessor:
                 await asyncio.gather(*in_flight, return_exceptions=True)
 
     def _spill(self, overflow: OverflowFile) -> None:
-        """Move the whole buffer to the overflow's tail, in chunks of a drain batch."""
+        """Move the whole buffer to the overflow's tail as one chunk.
+
+        One chunk, one ``write``: the write releases the GIL, and a thread that releases it waits
+        a whole switch interval for it back while a producer runs; many small writes would let
+        producers fill the buffer faster than it is spilled.
+        """
         collector = self.collector
-        while len(collector):
-            with self._spill_lock:
-                overflow.write(collector.drain(self.max_drain_batch))
+        with self._spill_lock:
+            if len(collector):
+                overflow.write(collector.drain(len(collector)))
 
     def _pace_burst(self, overflow: OverflowFile | None) -> bool:
         """True while producers are outrunning the pipeline (a chunk was spilled within the last
@@ -542,7 +547,9 @@ class BatchProcessor:
         if overflow is None:
             return
         try:
-            while len(collector) and (overflow.pending or collector.above_high_water()):
+            # Only past the mark: below it the flusher moves stragglers at its own turns, and a
+            # spiller that spun on a few spans would make producers hand it the GIL for nothing.
+            while collector.above_high_water():
                 self._spill(overflow)
         except Exception:  # the spiller must survive anything; the flusher still drains the buffer
             log.exception("spilling the span buffer to the overflow failed")

@@ -155,6 +155,7 @@ class OverflowFile:
         self.stats = OverflowStats()
         self._lock = threading.Lock()
         self._chunks: deque[tuple[_Segment, int, int, int, int]] = deque()  # segment, offset, length, count, nonce
+        self._head: list[Span] = []  # the chunk being handed out, decrypted
         self._segments: deque[_Segment] = deque()
         self._pid = 0  # the pid whose files and key these are: 0 until the first write
         self._aead: Any = None
@@ -238,24 +239,36 @@ class OverflowFile:
 
     # -- reading ------------------------------------------------------------------------
 
-    def read(self) -> list[Span]:
-        """The head chunk's spans (empty when nothing is pending); its segment goes once read."""
+    def read(self, limit: int = 1_000) -> list[Span]:
+        """Up to ``limit`` spans from the head, oldest first (empty when nothing is pending).
+
+        A chunk is decrypted whole (it holds at most one buffer's worth) and handed out in
+        pieces of ``limit``; its segment goes once every chunk of it is read.
+        """
         with self._lock:
-            if not self._chunks or self._pid != os.getpid():
+            if self._pid != os.getpid():
                 return []
-            segment, offset, length, count, nonce = self._chunks.popleft()
+            while not self._head and self._chunks:
+                self._head = self._load_head()
+            out = self._head[:limit]
+            del self._head[:limit]
+            self.stats.pending -= len(out)
+            self.stats.drained += len(out)
+            return out
+
+    def _load_head(self) -> list[Span]:
+        segment, offset, length, count, nonce = self._chunks.popleft()
+        try:
+            sealed = os.pread(segment.fd, length, offset)
+            header = _HEADER.pack(length, count, nonce)
+            spans = _decode(self._aead.decrypt(nonce.to_bytes(12, "little"), sealed, header))
+        except Exception as exc:  # a disk error or a damaged file: these spans are lost, counted
             self.stats.pending -= count
-            self.stats.drained += count
-            try:
-                sealed = os.pread(segment.fd, length, offset)
-                header = _HEADER.pack(length, count, nonce)
-                spans = _decode(self._aead.decrypt(nonce.to_bytes(12, "little"), sealed, header))
-            except Exception as exc:  # a disk error or a damaged file: these spans are lost, counted
-                self._drop(count, f"overflow read failed: {type(exc).__name__}: {exc}")
-                spans = []
-            segment.unread -= 1
-            self._retire()
-            return spans
+            self._drop(count, f"overflow read failed: {type(exc).__name__}: {exc}")
+            spans = []
+        segment.unread -= 1
+        self._retire()
+        return spans
 
     def _retire(self) -> None:
         """Delete read segments; an empty overflow restarts its last segment from byte 0."""
@@ -269,8 +282,8 @@ class OverflowFile:
         """Everything pending, in order (shutdown: kept the way queued spans are)."""
         out: list[Span] = []
         while self.pending:
-            chunk = self.read()
-            if not chunk and not self._chunks:
+            chunk = self.read(1 << 30)
+            if not chunk:
                 break
             out.extend(chunk)
         return out
@@ -295,6 +308,7 @@ class OverflowFile:
 
     def _reset(self) -> None:
         self._chunks = deque()
+        self._head = []
         self._segments = deque()
         self._pid = 0
         self._aead = None
