@@ -13,7 +13,7 @@ encrypted on-disk overflow (:mod:`.overflow_file`, a few microseconds a span) an
 feeds the pipeline from the overflow's head; while the overflow holds anything every new span
 goes behind it, so spans are delivered in the order they were finished. The spiller is its own
 thread because the flusher's loop is busy for tens of milliseconds at a time converting a batch
-(pure Python, no await), while producers fill the buffer's other half in less.
+(pure Python, no await), while producers fill the rest of the buffer in less.
 """
 
 from __future__ import annotations
@@ -187,6 +187,7 @@ class BatchProcessor:
                 if self.overflow is not None:
                     self._spill_pending = False
                     self._spiller.start()
+                    self._spiller.call_soon(self.overflow.prepare)
                 self._bg.start(self._main)
             except BaseException:
                 self._started = False

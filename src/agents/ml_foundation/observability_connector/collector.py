@@ -37,6 +37,7 @@ _EVENT_BYTES = 256
 _SHALLOW_ITEMS = 16
 _UNBOUNDED = 1 << 62
 _LOG_EVERY_S = 60.0
+_HIGH_WATER_FRACTION = 4
 
 _CONTAINERS = (dict, list, tuple, set, frozenset)
 _SCALARS = frozenset((int, float, bool, type(None)))
@@ -117,10 +118,10 @@ class SpanCollector:
     queued and the ones being delivered; a span alone bigger than the bound is still taken when
     nothing else is held.
 
-    The caller never waits: a wait would stall every coroutine of the caller's event loop. At
-    half of either bound (the high-water mark) ``wake`` is called so that the flusher spills the
-    buffer to its overflow file; when a bound itself is reached the span is counted as dropped
-    (with the bound that was hit) and logged at most once a minute — never silently.
+    The caller never waits: a wait would stall every coroutine of the caller's event loop. At a
+    quarter of either bound (the high-water mark) ``high_water`` is called so that the spiller
+    moves the buffer to the overflow file; when a bound itself is reached the span is counted as
+    dropped (with the bound that was hit) and logged at most once a minute — never silently.
     ``overflow``, when given, takes such a span instead.
 
     The producers' byte counter is written without a lock: producers only add to ``bytes_in``, so
@@ -189,9 +190,10 @@ class SpanCollector:
         self._batch_size = batch_size
         self._wake = wake
         self._overflow = overflow
-        # The high-water mark: half the span bound wakes the flusher to spill (big spans: half
-        # the byte bound, checked only for them; small ones reach the span count first).
-        self._high = max(1, max_queue // 2)
+        # The high-water mark: a quarter of the span bound wakes the spiller (big spans: a quarter
+        # of the byte bound, checked only for them; small ones reach the span count first). The
+        # other three quarters are the room producers fill while the spiller waits for the GIL.
+        self._high = max(1, max_queue // _HIGH_WATER_FRACTION)
         self._high_water = high_water or wake
         self._last_log = -_LOG_EVERY_S
         self._reopen: Callable[[], None] | None = None
@@ -247,7 +249,7 @@ class SpanCollector:
             if wake is not None:
                 wake()
         if depth + 1 == self._high or (
-            size > _RECOUNT_FROM and bytes_in + size - self.bytes_out >= self._max_bytes // 2
+            size > _RECOUNT_FROM and bytes_in + size - self.bytes_out >= self._max_bytes // _HIGH_WATER_FRACTION
         ):
             high_water = self._high_water
             if high_water is not None:
@@ -321,8 +323,10 @@ class SpanCollector:
         return None if self._max_bytes == _UNBOUNDED else self._max_bytes
 
     def above_high_water(self) -> bool:
-        """Half of either bound is held: the flusher spills rather than waits for the pipeline."""
-        return len(self._queue) >= self._high or self.bytes_in - self.bytes_out >= self._max_bytes // 2
+        """A quarter of either bound is held: the buffer is spilled rather than left to the pipeline."""
+        return (
+            len(self._queue) >= self._high or self.bytes_in - self.bytes_out >= self._max_bytes // _HIGH_WATER_FRACTION
+        )
 
     @property
     def drop_reason(self) -> str | None:

@@ -171,6 +171,17 @@ class OverflowFile:
 
     # -- writing ------------------------------------------------------------------------
 
+    def prepare(self) -> None:
+        """Import the cipher, make the key and remove stale files now (the spiller's start-up), so
+        that the first spill of a burst does not pay for them while the buffer fills."""
+        with self._lock:
+            if self._pid != os.getpid():
+                try:
+                    self._open()
+                except OSError as exc:  # reported again, and counted, by the first write
+                    log.warning("the span overflow cannot be prepared in %s: %s", self.directory, exc)
+                    self._pid = 0
+
     def _open(self) -> None:
         """First write in this process: a fresh key, stale files of dead processes removed."""
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
