@@ -4,8 +4,9 @@
 the store is slow (every batch write waits 50 ms before the real SQLite write). Before the byte
 bound, RSS passed 4 GB after 4,700 of them. Now the hot path cuts each value to what the redactor
 keeps, and the buffer holds at most ``batching.max_queue_mb`` of spans waiting or being
-delivered; past half of it the flusher spills the buffer to its overflow file (the producer
-never waits), and only at the bound itself is a span dropped, counted and logged. RSS is read from ``/proc/self/statm`` in a subprocess of its own.
+delivered; past an eighth of it the buffer is spilled to the overflow file (the producer
+never waits), and only at the bound itself is a span dropped, counted and logged. RSS is read
+from ``/proc/self/statm`` in a subprocess of its own.
 """
 
 from __future__ import annotations

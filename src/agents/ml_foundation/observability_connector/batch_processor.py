@@ -477,13 +477,14 @@ class BatchProcessor:
                     # wake-up (the buffer passed its high-water mark) ends the wait too.
                     in_flight = await self._wait(in_flight, overflow is not None)
                     continue
-                if from_overflow and self._pace_burst(overflow):
+                burst = from_overflow and self._burst_on(overflow)
+                if burst and self._pace_burst():
                     # A burst is on: the producers get the CPU; one batch per pace still drains.
                     await asyncio.sleep(_BURST_PACE_S / 5)
                     continue
                 with self._spill_lock:  # the overflow first: everything in the buffer is newer
                     if overflow is not None and overflow.pending:
-                        batch, nbytes = overflow.read(self.max_drain_batch), 0
+                        batch, nbytes = overflow.read(self.max_batch_size if burst else self.max_drain_batch), 0
                     else:
                         # Under a backlog, take bigger bites: one graph invocation and one sink write
                         # cost nearly the same whatever the batch size, so bigger batches drain a
@@ -514,21 +515,23 @@ class BatchProcessor:
             if len(collector):
                 overflow.write(collector.drain(len(collector)))
 
-    def _pace_burst(self, overflow: OverflowFile | None) -> bool:
-        """True while producers are outrunning the pipeline (a chunk was spilled within the last
-        ``_BURST_QUIET_S``) and a batch from the overflow started less than ``_BURST_PACE_S`` ago.
+    @staticmethod
+    def _burst_on(overflow: OverflowFile | None) -> bool:
+        """Producers are outrunning the pipeline: a chunk was spilled within ``_BURST_QUIET_S``."""
+        return overflow is not None and time.monotonic() - overflow.last_write < _BURST_QUIET_S
+
+    def _pace_burst(self) -> bool:
+        """During a burst: True while a batch from the overflow started less than ``_BURST_PACE_S`` ago.
 
         Why: converting a batch is pure Python that holds the GIL in turns with the producers'
         thread, and the objects it holds make the young collections that stop every thread
-        longer. During a burst the flusher therefore starts at most one batch per pace and
-        leaves the CPU to the application; the backlog waits on disk (bounded) and drains at
-        full speed once the burst ends. It never stops: under sustained overload a batch still
-        starts every pace.
+        longer. During a burst the flusher therefore starts one batch of ``max_batch_size`` per
+        pace and leaves the CPU to the application; the backlog waits on disk (bounded) and
+        drains in ``max_drain_batch`` bites once the burst ends. It never stops: under
+        sustained overload a batch still starts every pace.
         """
-        if overflow is None:
-            return False
         now = time.monotonic()
-        if now - overflow.last_write >= _BURST_QUIET_S or now - self._last_paced >= _BURST_PACE_S:
+        if now - self._last_paced >= _BURST_PACE_S:
             self._last_paced = now
             return False
         return True

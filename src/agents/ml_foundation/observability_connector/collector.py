@@ -37,7 +37,7 @@ _EVENT_BYTES = 256
 _SHALLOW_ITEMS = 16
 _UNBOUNDED = 1 << 62
 _LOG_EVERY_S = 60.0
-_HIGH_WATER_FRACTION = 4
+_HIGH_WATER_FRACTION = 8
 
 _CONTAINERS = (dict, list, tuple, set, frozenset)
 _SCALARS = frozenset((int, float, bool, type(None)))
@@ -118,8 +118,8 @@ class SpanCollector:
     queued and the ones being delivered; a span alone bigger than the bound is still taken when
     nothing else is held.
 
-    The caller never waits: a wait would stall every coroutine of the caller's event loop. At a
-    quarter of either bound (the high-water mark) ``high_water`` is called so that the spiller
+    The caller never waits: a wait would stall every coroutine of the caller's event loop. At an
+    eighth of either bound (the high-water mark) ``high_water`` is called so that the spiller
     moves the buffer to the overflow file; when a bound itself is reached the span is counted as
     dropped (with the bound that was hit) and logged at most once a minute — never silently.
     ``overflow``, when given, takes such a span instead.
@@ -190,9 +190,9 @@ class SpanCollector:
         self._batch_size = batch_size
         self._wake = wake
         self._overflow = overflow
-        # The high-water mark: a quarter of the span bound wakes the spiller (big spans: a quarter
+        # The high-water mark: an eighth of the span bound wakes the spiller (big spans: an eighth
         # of the byte bound, checked only for them; small ones reach the span count first). The
-        # other three quarters are the room producers fill while the spiller waits for the GIL.
+        # other seven eighths are the room producers fill while the spiller waits for the GIL.
         self._high = max(1, max_queue // _HIGH_WATER_FRACTION)
         self._high_water = high_water or wake
         self._last_log = -_LOG_EVERY_S
@@ -323,7 +323,7 @@ class SpanCollector:
         return None if self._max_bytes == _UNBOUNDED else self._max_bytes
 
     def above_high_water(self) -> bool:
-        """A quarter of either bound is held: the buffer is spilled rather than left to the pipeline."""
+        """An eighth of either bound is held: the buffer is spilled rather than left to the pipeline."""
         return (
             len(self._queue) >= self._high or self.bytes_in - self.bytes_out >= self._max_bytes // _HIGH_WATER_FRACTION
         )
