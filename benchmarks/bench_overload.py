@@ -15,6 +15,8 @@ full collections and longest pause during the burst, and what the status says wa
 dropped or rejected. Targets (issue 15): lag p99 ≤ 5 ms and max ≤ 20 ms, every span stored;
 the exit code is 1 when a span is missing.
 
+``--producers-only`` is the control: the same burst into a buffer that holds all of it, the
+flusher idle until the end, so its lag is the producers' own plus the machine's.
 ``--baseline REV`` runs this same script against a detached worktree of ``REV`` (e.g. ``main``)
 in a temporary directory, for the before figure on the same machine.
 """
@@ -217,6 +219,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--spans", type=int, default=100_000)
     parser.add_argument("--tasks", type=int, default=10)
+    parser.add_argument(
+        "--producers-only",
+        action="store_true",
+        help="control run: the flusher idles during the burst (a buffer that holds it all), so the lag "
+        "is the producers' own plus the machine's",
+    )
     parser.add_argument("--trace", action="store_true", help="print RSS, buffer and overflow every 50 ms")
     parser.add_argument("--baseline", metavar="REV", help="run this script against a detached worktree of REV")
     args = parser.parse_args()
@@ -226,6 +234,10 @@ def main() -> int:
         db = Path(tmp) / "spans.db"
         os.environ["OBS_STORE__BACKEND"] = "sqlite"
         os.environ["OBS_STORE__SQLITE_PATH"] = str(db)
+        if args.producers_only:
+            os.environ["OBS_BATCHING__MAX_QUEUE_SIZE"] = str(4 * args.spans)
+            os.environ["OBS_BATCHING__MAX_BATCH_SIZE"] = "100000"
+            os.environ["OBS_BATCHING__MAX_BATCH_WAIT_S"] = "3600"
         for name in ("OPIK_URL_OVERRIDE", "OPIK_API_KEY"):  # Opik off: the store is what is measured
             os.environ.pop(name, None)
         return asyncio.run(run(args.spans, args.tasks, db, args.trace))

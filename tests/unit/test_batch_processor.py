@@ -228,10 +228,12 @@ def test_the_byte_bound_spills_to_the_overflow_and_counts_bytes_until_delivered(
 
     async def produce() -> None:
         nonlocal peak
-        for i in range(200):  # 20 MB through a 2 MB bound, from an event loop (each span awaits once)
+        for i in range(200):  # 20 MB through a 2 MB bound, from an event loop
             flusher.add_span(make_record(i, payload_chars=100_000))
             peak = max(peak, flusher.collector.held_bytes)
-            await asyncio.sleep(0)
+            # Each span's body waits on I/O briefly: a bound this small fills within one GIL switch
+            # interval otherwise, before the spiller's thread can run at all.
+            await asyncio.sleep(0.0005)
 
     asyncio.run(produce())
     assert flusher.flush_sync(timeout=30)

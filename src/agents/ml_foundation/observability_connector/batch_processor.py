@@ -512,7 +512,7 @@ class BatchProcessor:
         """
         collector = self.collector
         with self._spill_lock:
-            if len(collector):
+            if len(collector) and overflow.writable:
                 overflow.write(collector.drain(len(collector)))
 
     @staticmethod
@@ -553,7 +553,7 @@ class BatchProcessor:
         try:
             # Only past the mark: below it the flusher moves stragglers at its own turns, and a
             # spiller that spun on a few spans would make producers hand it the GIL for nothing.
-            while collector.above_high_water():
+            while collector.above_high_water() and overflow.writable:
                 self._spill(overflow)
         except Exception:  # the spiller must survive anything; the flusher still drains the buffer
             log.exception("spilling the span buffer to the overflow failed")

@@ -26,6 +26,7 @@ guards the chunk index (uncontended: a few hundred nanoseconds per chunk, not pe
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -163,11 +164,18 @@ class OverflowFile:
         self._seq = 0
         self._last_log = 0.0
         self._broken: str | None = None
+        self._broken_at = 0.0
         self.last_write = 0.0  # time.monotonic() of the latest chunk written
 
     @property
     def pending(self) -> int:
         return self.stats.pending
+
+    @property
+    def writable(self) -> bool:
+        """False for a minute after the directory refused a file (not merely a full disk): the
+        spiller then leaves the spans in the buffer rather than lose them to a write that fails."""
+        return self._broken is None or time.monotonic() - self._broken_at >= _LOG_EVERY_S
 
     # -- writing ------------------------------------------------------------------------
 
@@ -178,9 +186,10 @@ class OverflowFile:
             if self._pid != os.getpid():
                 try:
                     self._open()
-                except OSError as exc:  # reported again, and counted, by the first write
+                except OSError as exc:  # spans stay in the buffer; the bounds apply as without an overflow
                     log.warning("the span overflow cannot be prepared in %s: %s", self.directory, exc)
                     self._pid = 0
+                    self._broken, self._broken_at = f"overflow not writable: {exc}", time.monotonic()
 
     def _open(self) -> None:
         """First write in this process: a fresh key, stale files of dead processes removed."""
@@ -211,7 +220,7 @@ class OverflowFile:
             try:
                 if self._pid != os.getpid():
                     self._open()
-                if self._broken is None:
+                if self.writable:
                     data = _encode(spans)
                     if self.stats.bytes_on_disk + len(data) + 28 + _HEADER.size > self.max_bytes:
                         return self._drop(len(spans), f"overflow disk bound reached ({self.max_bytes / 2**20:.0f} MB)")
@@ -233,9 +242,11 @@ class OverflowFile:
                     self.last_write = time.monotonic()
                     self.stats.pending += len(spans)
                     return len(spans)
-                return self._drop(len(spans), self._broken)
+                return self._drop(len(spans), self._broken or "overflow not writable")
             except OSError as exc:  # disk full, a file-size limit, an unwritable directory
-                self._broken = None if exc.errno in (28, 27) else f"overflow not writable: {exc}"
+                self._pid = 0 if not self._segments else self._pid  # not opened: try again later
+                if exc.errno not in (errno.ENOSPC, errno.EFBIG):
+                    self._broken, self._broken_at = f"overflow not writable: {exc}", time.monotonic()
                 return self._drop(len(spans), f"overflow write failed: {exc}")
 
     def _drop(self, count: int, reason: str) -> int:
