@@ -75,10 +75,10 @@ def test_a_full_buffer_never_sleeps_spills_and_delivers_every_span_in_order(
     monkeypatch.setattr(collector_module.time, "sleep", watched_sleep)
     sink = SlowSink()
     flusher = BatchProcessor(
-        sink, max_batch_size=50, max_wait_seconds=60, max_queue=4_000, max_in_flight=1, overflow_dir=tmp_path
+        sink, max_batch_size=50, max_wait_seconds=60, max_queue=10_000, max_in_flight=1, overflow_dir=tmp_path
     )
     flusher.start()
-    total = 20_000  # 5x the buffer, through a sink that takes ~20 batches a second
+    total = 30_000  # 3x the default buffer, from a thread that never waits, into a slow sink
     for i in range(total):
         span = make_record(i)
         span.set_attribute("work", json.dumps({"i": i, "pad": "x" * 64}))  # a producer does some work

@@ -121,6 +121,7 @@ class BatchProcessor:
             max_batch_size,
             wake=self._wake,
             high_water=self._wake_spiller if overflow_dir is not None else None,
+            make_room=self._make_room if overflow_dir is not None else None,
             overflow=overflow,
             max_bytes=max_queue_bytes,
             max_value_chars=max_value_chars,
@@ -534,6 +535,26 @@ class BatchProcessor:
         if now - self._last_paced >= _BURST_PACE_S:
             self._last_paced = now
             return False
+        return True
+
+    def _make_room(self) -> bool:
+        """The buffer is at a bound before the spiller could run (a producer that holds the GIL
+        for a whole switch interval fills the rest of the buffer first): on the caller's thread,
+        move the oldest eighth of the buffer to the overflow now. Never waits: when the spiller
+        holds the lock it is making room already, and this span is dropped and counted."""
+        overflow = self.overflow
+        if overflow is None or not overflow.writable or not self._spill_lock.acquire(blocking=False):
+            return False
+        try:
+            collector = self.collector
+            count = max(1, len(collector) // 8)
+            overflow.write(collector.drain(count))  # the oldest: behind what is on disk, ahead of the rest
+        except Exception:  # never raise into the caller
+            log.exception("moving spans to the overflow on the caller's thread failed")
+            return False
+        finally:
+            self._spill_lock.release()
+        self._wake_spiller()
         return True
 
     def _wake_spiller(self) -> None:

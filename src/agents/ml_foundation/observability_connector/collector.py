@@ -121,7 +121,9 @@ class SpanCollector:
     The caller never waits: a wait would stall every coroutine of the caller's event loop. At an
     eighth of either bound (the high-water mark) ``high_water`` is called so that the spiller
     moves the buffer to the overflow file; when a bound itself is reached the span is counted as
-    dropped (with the bound that was hit) and logged at most once a minute — never silently.
+    dropped (with the bound that was hit) and logged at most once a minute — never silently —
+    unless ``make_room`` (the spiller's emergency path, run on the caller's thread only when the
+    spiller could not run in time) moved the oldest spans out without waiting.
     ``overflow``, when given, takes such a span instead.
 
     The producers' byte counter is written without a lock: producers only add to ``bytes_in``, so
@@ -140,6 +142,7 @@ class SpanCollector:
         "_cut_limit",
         "_high",
         "_high_water",
+        "_make_room",
         "_last_log",
         "_max",
         "_max_bytes",
@@ -164,6 +167,7 @@ class SpanCollector:
         wake: Callable[[], None] | None = None,
         overflow: Callable[[Span], None] | None = None,
         high_water: Callable[[], None] | None = None,
+        make_room: Callable[[], bool] | None = None,
         max_bytes: int | None = None,
         max_value_chars: int | None = None,
         value_limit: int | None = None,
@@ -195,6 +199,7 @@ class SpanCollector:
         # other seven eighths are the room producers fill while the spiller waits for the GIL.
         self._high = max(1, max_queue // _HIGH_WATER_FRACTION)
         self._high_water = high_water or wake
+        self._make_room = make_room
         self._last_log = -_LOG_EVERY_S
         self._reopen: Callable[[], None] | None = None
         self.dropped = 0
@@ -290,6 +295,10 @@ class SpanCollector:
             return
         if self._overflow is not None:
             self._overflow(span)
+            return
+        make_room = self._make_room
+        if make_room is not None and make_room() and not self._full(size):
+            self._accept(span, size)  # the oldest spans went to the overflow on this thread, at once
             return
         if self._high_water is not None:
             self._high_water()
