@@ -188,7 +188,6 @@ class BatchProcessor:
                 if self.overflow is not None:
                     self._spill_pending = False
                     self._spiller.start()
-                    self._spiller.call_soon(self.overflow.prepare)
                 self._bg.start(self._main)
             except BaseException:
                 self._started = False
@@ -412,6 +411,10 @@ class BatchProcessor:
                 await self._on_start()
             except Exception:  # a sink's start-up problem must not stop span collection
                 log.exception("starting the sinks' background work failed")
+        if self.overflow is not None:
+            # Part of start-up, so a fork waits for it (_before_fork): the cipher's import, the
+            # key and the removal of stale files are not paid by the first spill of a burst.
+            self.overflow.prepare()
         self._ready.set()
         collector = self.collector
         # Spans or flush requests that arrived before the loop existed.
@@ -483,9 +486,10 @@ class BatchProcessor:
                     # A burst is on: the producers get the CPU; one batch per pace still drains.
                     await asyncio.sleep(_BURST_PACE_S / 5)
                     continue
+                batch: list[Span]
                 with self._spill_lock:  # the overflow first: everything in the buffer is newer
                     if overflow is not None and overflow.pending:
-                        batch, nbytes = overflow.read(self.max_batch_size if burst else self.max_drain_batch), 0
+                        batch, nbytes = [], 0  # read below, outside the lock (decoding takes a while)
                     else:
                         # Under a backlog, take bigger bites: one graph invocation and one sink write
                         # cost nearly the same whatever the batch size, so bigger batches drain a
@@ -494,6 +498,8 @@ class BatchProcessor:
                         size = self.max_batch_size
                         take = size if depth < 2 * size else min(depth, self.max_drain_batch)
                         batch, nbytes = collector.take(take)
+                if not batch and overflow is not None and overflow.pending:
+                    batch = overflow.read(self.max_batch_size if burst else self.max_drain_batch)
                 if not batch:
                     if overflow is not None and overflow.pending:
                         continue  # a chunk that could not be read (counted as dropped): the next one

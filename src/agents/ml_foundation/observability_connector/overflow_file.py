@@ -267,30 +267,39 @@ class OverflowFile:
         A chunk is decrypted whole (it holds at most one buffer's worth) and handed out in
         pieces of ``limit``; its segment goes once every chunk of it is read.
         """
-        with self._lock:
-            if self._pid != os.getpid():
-                return []
-            while not self._head and self._chunks:
-                self._head = self._load_head()
-            out = self._head[:limit]
-            del self._head[:limit]
-            self.stats.pending -= len(out)
-            self.stats.drained += len(out)
-            return out
+        while True:
+            with self._lock:
+                if self._pid != os.getpid():
+                    return []
+                if self._head or not self._chunks:
+                    out = self._head[:limit]
+                    del self._head[:limit]
+                    self.stats.pending -= len(out)
+                    self.stats.drained += len(out)
+                    return out
+                sealed, count, header, nonce, aead = self._pop_chunk()
+            # Decrypted and decoded outside the lock: the spiller's writes never wait for it.
+            try:
+                if sealed is None:
+                    raise OSError("the chunk could not be read back")
+                spans = _decode(aead.decrypt(nonce.to_bytes(12, "little"), sealed, header))
+            except Exception as exc:  # a disk error or a damaged file: these spans are lost, counted
+                with self._lock:
+                    self.stats.pending -= count
+                    self._drop(count, f"overflow read failed: {type(exc).__name__}: {exc}")
+                continue
+            with self._lock:
+                self._head = spans
 
-    def _load_head(self) -> list[Span]:
+    def _pop_chunk(self) -> tuple[bytes | None, int, bytes, int, Any]:
         segment, offset, length, count, nonce = self._chunks.popleft()
         try:
-            sealed = os.pread(segment.fd, length, offset)
-            header = _HEADER.pack(length, count, nonce)
-            spans = _decode(self._aead.decrypt(nonce.to_bytes(12, "little"), sealed, header))
-        except Exception as exc:  # a disk error or a damaged file: these spans are lost, counted
-            self.stats.pending -= count
-            self._drop(count, f"overflow read failed: {type(exc).__name__}: {exc}")
-            spans = []
+            sealed: bytes | None = os.pread(segment.fd, length, offset)
+        except OSError:
+            sealed = None
         segment.unread -= 1
         self._retire()
-        return spans
+        return sealed, count, _HEADER.pack(length, count, nonce), nonce, self._aead
 
     def _retire(self) -> None:
         """Delete read segments; an empty overflow restarts its last segment from byte 0."""
