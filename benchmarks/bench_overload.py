@@ -163,6 +163,7 @@ async def run(spans: int, tasks: int, db: Path, show_trace: bool = False) -> int
 
     flushed = await obs.flush(600)
     tracing.clear()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the confirming reads below
     confirm_until = time.perf_counter() + 10
     while stored(db) - warm < total and time.perf_counter() < confirm_until:
         await asyncio.sleep(0.05)  # the flush has returned: this only confirms the count on disk
@@ -183,7 +184,6 @@ async def run(spans: int, tasks: int, db: Path, show_trace: bool = False) -> int
         f"  stored: {count:,} / {total:,} after {stored_s:.2f} s (drained {stored_s - produced_s:.2f} s "
         f"after the last span); flush() returned {flushed}"
     )
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     by_gen = ", ".join(f"{g}: {ms:.1f}" for g, ms in sorted(watch.by_gen.items()))
     print(
         f"  peak RSS {peak:,.0f} MB; during the burst: {watch.full} full GC collection(s), "
@@ -235,7 +235,8 @@ def main() -> int:
         os.environ["OBS_STORE__BACKEND"] = "sqlite"
         os.environ["OBS_STORE__SQLITE_PATH"] = str(db)
         if args.producers_only:
-            os.environ["OBS_BATCHING__MAX_QUEUE_SIZE"] = str(4 * args.spans)
+            os.environ["OBS_BATCHING__MAX_QUEUE_SIZE"] = str(16 * args.spans)
+            os.environ["OBS_BATCHING__MAX_QUEUE_MB"] = "4096"
             os.environ["OBS_BATCHING__MAX_BATCH_SIZE"] = "100000"
             os.environ["OBS_BATCHING__MAX_BATCH_WAIT_S"] = "3600"
         for name in ("OPIK_URL_OVERRIDE", "OPIK_API_KEY"):  # Opik off: the store is what is measured

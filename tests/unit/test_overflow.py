@@ -271,3 +271,25 @@ def test_full_wait_s_is_retired_with_a_warning_and_ignored() -> None:
         settings = BatchingSettings(full_wait_s=2.0)  # type: ignore[call-arg]
     assert not hasattr(settings, "full_wait_s")
     assert any(issubclass(w.category, DeprecationWarning) and "full_wait_s" in str(w.message) for w in caught)
+
+
+def test_while_a_spill_is_under_way_the_buffer_holds_up_to_twice_its_bound_then_drops() -> None:
+    from src.agents.ml_foundation.observability_connector.collector import NO_ROOM, ROOM_COMING, SpanCollector
+
+    answer = [ROOM_COMING]
+    asked: list[int] = []
+
+    def make_room() -> int:
+        asked.append(1)
+        return answer[0]
+
+    collector = SpanCollector(max_queue=100, batch_size=1_000, make_room=make_room)
+    for i in range(250):
+        collector.append(make_record(i))
+    assert len(collector) == 200 and collector.dropped == 50  # the grace ends at twice the bound
+    answer[0] = NO_ROOM
+    collector.drain(150)
+    for i in range(250, 400):
+        collector.append(make_record(i))
+    assert len(collector) == 100 and collector.dropped == 50 + 100  # no spill under way: the bound itself
+    assert len(asked) == 150 + 100  # asked only at a bound, never on the ordinary path

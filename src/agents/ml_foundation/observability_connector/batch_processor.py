@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .background import BackgroundLoop
-from .collector import SpanCollector
+from .collector import NO_ROOM, ROOM_COMING, ROOM_MADE, SpanCollector
 from .flush_report import BatchNotStoredError, FlusherStats, FlushReport
 from .gc_tuning import freeze_after_start
 from .lifecycle import FLUSHERS, on_shutdown, register_before_fork, watch_after_fork
@@ -543,25 +543,29 @@ class BatchProcessor:
             return False
         return True
 
-    def _make_room(self) -> bool:
+    def _make_room(self) -> int:
         """The buffer is at a bound before the spiller could run (a producer that holds the GIL
         for a whole switch interval fills the rest of the buffer first): on the caller's thread,
-        move the oldest eighth of the buffer to the overflow now. Never waits: when the spiller
-        holds the lock it is making room already, and this span is dropped and counted."""
+        move the oldest eighth of the buffer to the overflow now (ROOM_MADE). Never waits: when
+        the lock is held a spill is under way (ROOM_COMING: the collector holds up to twice its
+        bounds meanwhile)."""
         overflow = self.overflow
-        if overflow is None or not overflow.writable or not self._spill_lock.acquire(blocking=False):
-            return False
+        if overflow is None or not overflow.writable:
+            return NO_ROOM
+        if not self._spill_lock.acquire(blocking=False):
+            self._wake_spiller()
+            return ROOM_COMING
         try:
             collector = self.collector
             count = max(1, len(collector) // 8)
             overflow.write(collector.drain(count))  # the oldest: behind what is on disk, ahead of the rest
         except Exception:  # never raise into the caller
             log.exception("moving spans to the overflow on the caller's thread failed")
-            return False
+            return NO_ROOM
         finally:
             self._spill_lock.release()
         self._wake_spiller()
-        return True
+        return ROOM_MADE
 
     def _wake_spiller(self) -> None:
         """The buffer passed its high-water mark (a producer's thread): at most one wake-up in flight."""

@@ -38,6 +38,8 @@ _SHALLOW_ITEMS = 16
 _UNBOUNDED = 1 << 62
 _LOG_EVERY_S = 60.0
 _HIGH_WATER_FRACTION = 8
+#: What ``make_room`` answers: nothing could be done, room was made now, a spill is under way.
+NO_ROOM, ROOM_MADE, ROOM_COMING = 0, 1, 2
 
 _CONTAINERS = (dict, list, tuple, set, frozenset)
 _SCALARS = frozenset((int, float, bool, type(None)))
@@ -123,7 +125,8 @@ class SpanCollector:
     moves the buffer to the overflow file; when a bound itself is reached the span is counted as
     dropped (with the bound that was hit) and logged at most once a minute — never silently —
     unless ``make_room`` (the spiller's emergency path, run on the caller's thread only when the
-    spiller could not run in time) moved the oldest spans out without waiting.
+    spiller could not run in time) moved the oldest spans out without waiting, or says a spill
+    that empties the buffer is under way (then up to twice the bounds are held meanwhile).
     ``overflow``, when given, takes such a span instead.
 
     The producers' byte counter is written without a lock: producers only add to ``bytes_in``, so
@@ -167,7 +170,7 @@ class SpanCollector:
         wake: Callable[[], None] | None = None,
         overflow: Callable[[Span], None] | None = None,
         high_water: Callable[[], None] | None = None,
-        make_room: Callable[[], bool] | None = None,
+        make_room: Callable[[], int] | None = None,
         max_bytes: int | None = None,
         max_value_chars: int | None = None,
         value_limit: int | None = None,
@@ -274,6 +277,12 @@ class SpanCollector:
         held = self.bytes_in - self.bytes_out
         return len(self._queue) >= self._max or (held + size > self._max_bytes and held > 0)
 
+    def _within_grace(self, size: int) -> bool:
+        """Twice either bound: the ceiling while a spill that empties the buffer is under way (the
+        spiller lost the CPU mid-spill; dropping then would lose spans that are about to fit)."""
+        held = self.bytes_in - self.bytes_out
+        return len(self._queue) < 2 * self._max and held + size <= 2 * self._max_bytes
+
     def _accept(self, span: Span, size: int) -> None:
         span._qbytes = size
         self._queue.append(span)
@@ -297,9 +306,14 @@ class SpanCollector:
             self._overflow(span)
             return
         make_room = self._make_room
-        if make_room is not None and make_room() and not self._full(size):
-            self._accept(span, size)  # the oldest spans went to the overflow on this thread, at once
-            return
+        if make_room is not None:
+            made = make_room()
+            if made == ROOM_MADE and not self._full(size):
+                self._accept(span, size)  # the oldest spans went to the overflow on this thread, at once
+                return
+            if made == ROOM_COMING and self._within_grace(size):
+                self._accept(span, size)  # a spill is under way: it frees the whole buffer
+                return
         if self._high_water is not None:
             self._high_water()
         self.dropped += 1
