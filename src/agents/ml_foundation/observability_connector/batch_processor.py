@@ -353,6 +353,7 @@ class BatchProcessor:
             self._started = False
             self._stopping = False
             self.collector.close_gate(self._on_reopen or self.start)
+        self._spiller.join(1.0)  # a loop with nothing to do ends at once; never a stuck close
         if not self._queued():  # a flush that asked as the thread ended: nothing is left for it
             with self._waiters_lock:
                 waiters, self._flush_waiters = self._flush_waiters, []
