@@ -134,6 +134,7 @@ class BatchProcessor:
         self._spill_pending = False
         self._spiller = BackgroundLoop(f"{name}-spill")
         self._last_paced = 0.0
+        self._spill_chunk = max(self.max_drain_batch, max_queue // 4)
         self._gc_freeze = gc_freeze
         self.stats = FlusherStats()
         self.last_flush: FlushReport | None = None
@@ -512,16 +513,19 @@ class BatchProcessor:
                 await asyncio.gather(*in_flight, return_exceptions=True)
 
     def _spill(self, overflow: OverflowFile) -> None:
-        """Move the whole buffer to the overflow's tail as one chunk.
+        """Move the whole buffer to the overflow's tail, in chunks of a quarter of the span bound.
 
-        One chunk, one ``write``: the write releases the GIL, and a thread that releases it waits
-        a whole switch interval for it back while a producer runs; many small writes would let
-        producers fill the buffer faster than it is spilled.
+        Big chunks, one ``write`` each: the write releases the GIL, and a thread that releases
+        it waits a whole switch interval for it back while a producer runs, so many small writes
+        would let producers fill the buffer faster than it is spilled. Not one chunk for all:
+        the lock is held while a chunk is encoded, and a caller at the bound meanwhile can only
+        be taken into the grace (see ``_make_room``).
         """
         collector = self.collector
-        with self._spill_lock:
-            if len(collector) and overflow.writable:
-                overflow.write(collector.drain(len(collector)))
+        chunk = self._spill_chunk
+        while len(collector) and overflow.writable:
+            with self._spill_lock:
+                overflow.write(collector.drain(chunk))
 
     @staticmethod
     def _burst_on(overflow: OverflowFile | None) -> bool:
