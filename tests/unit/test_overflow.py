@@ -293,3 +293,19 @@ def test_while_a_spill_is_under_way_the_buffer_holds_up_to_twice_its_bound_then_
         collector.append(make_record(i))
     assert len(collector) == 100 and collector.dropped == 50 + 100  # no spill under way: the bound itself
     assert len(asked) == 150 + 100  # asked only at a bound, never on the ordinary path
+
+
+def test_status_names_overflow_files_by_process(tmp_path: Path) -> None:
+    from src.agents.ml_foundation.observability_connector.cli import _overflow_line
+    from src.agents.ml_foundation.observability_connector.config import ObservabilitySettings
+
+    settings = ObservabilitySettings(store={"backend": "sqlite", "sqlite_path": str(tmp_path / "spans.db")})
+    assert _overflow_line(settings).startswith("empty (bound 1024 MB per process")
+    (tmp_path / "overflow-999999999-1.seg").write_bytes(b"x" * 2_000_000)
+    overflow = OverflowFile(tmp_path, 2**30)
+    overflow.prepare()  # removes the ended process's file, as the next start does
+    assert overflow.write([make_record(0)]) == 1
+    line = _overflow_line(settings)
+    assert f"pid {os.getpid()} " in line and "1 file(s)" in line and "999999999" not in line
+    overflow.close()
+    assert _overflow_line(settings).startswith("empty")
