@@ -135,6 +135,10 @@ class BatchProcessor:
         self._spiller = BackgroundLoop(f"{name}-spill")
         self._last_paced = 0.0
         self._spill_chunk = max(self.max_drain_batch, max_queue // 4)
+        # ... and of a 32nd of the byte bound (a batch's worth): a chunk is briefly held three
+        # times over (the spans, their encoding, its sealed copy) and read back whole, and big
+        # short-lived buffers leave the allocator's heap grown.
+        self._spill_chunk_bytes = max(1, (max_queue_bytes or 64 * 2**20) // 32)
         self._gc_freeze = gc_freeze
         self.stats = FlusherStats()
         self.last_flush: FlushReport | None = None
@@ -513,7 +517,8 @@ class BatchProcessor:
                 await asyncio.gather(*in_flight, return_exceptions=True)
 
     def _spill(self, overflow: OverflowFile) -> None:
-        """Move the whole buffer to the overflow's tail, in chunks of a quarter of the span bound.
+        """Move the whole buffer to the overflow's tail, in chunks of a quarter of the span bound
+        (or a 32nd of the byte bound).
 
         Big chunks, one ``write`` each: the write releases the GIL, and a thread that releases
         it waits a whole switch interval for it back while a producer runs, so many small writes
@@ -525,7 +530,7 @@ class BatchProcessor:
         chunk = self._spill_chunk
         while len(collector) and overflow.writable:
             with self._spill_lock:
-                overflow.write(collector.drain(chunk))
+                overflow.write(collector.drain(chunk, self._spill_chunk_bytes))
 
     @staticmethod
     def _burst_on(overflow: OverflowFile | None) -> bool:
@@ -563,7 +568,9 @@ class BatchProcessor:
         try:
             collector = self.collector
             count = max(1, len(collector) // 8)
-            overflow.write(collector.drain(count))  # the oldest: behind what is on disk, ahead of the rest
+            overflow.write(
+                collector.drain(count, self._spill_chunk_bytes)
+            )  # the oldest: behind what is on disk, ahead of the rest
         except Exception:  # never raise into the caller
             log.exception("moving spans to the overflow on the caller's thread failed")
             return NO_ROOM

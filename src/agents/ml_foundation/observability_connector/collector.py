@@ -278,10 +278,11 @@ class SpanCollector:
         return len(self._queue) >= self._max or (held + size > self._max_bytes and held > 0)
 
     def _within_grace(self, size: int) -> bool:
-        """Twice either bound: the ceiling while a spill that empties the buffer is under way (the
-        spiller lost the CPU mid-spill; dropping then would lose spans that are about to fit)."""
+        """Twice the span bound, never more than the byte bound: the ceiling while a spill that
+        empties the buffer is under way (the spiller lost the CPU mid-spill; dropping then would
+        lose spans that are about to fit). Memory stays within ``max_bytes``."""
         held = self.bytes_in - self.bytes_out
-        return len(self._queue) < 2 * self._max and held + size <= 2 * self._max_bytes
+        return len(self._queue) < 2 * self._max and held + size <= self._max_bytes
 
     def _accept(self, span: Span, size: int) -> None:
         span._qbytes = size
@@ -391,17 +392,21 @@ class SpanCollector:
             self.bytes_out += nbytes
             self._bytes_limit = self.bytes_out + self._max_bytes
 
-    def drain(self, limit: int) -> list[Span]:
-        """Take up to ``limit`` spans out for good (their room is freed at once)."""
+    def drain(self, limit: int, max_bytes: int | None = None) -> list[Span]:
+        """Take up to ``limit`` spans (and, with ``max_bytes``, about that many estimated bytes:
+        at least one span) out for good; their room is freed at once."""
         queue = self._queue
         out: list[Span] = []
         taken = 0
         pop = queue.popleft
+        most = _UNBOUNDED if max_bytes is None else max_bytes
         try:
             for _ in range(min(limit, len(queue))):
                 span = pop()
                 out.append(span)
                 taken += span._qbytes
+                if taken >= most:
+                    break
         except IndexError:
             pass
         with self._consumer_lock:

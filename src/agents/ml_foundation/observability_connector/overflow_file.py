@@ -229,9 +229,8 @@ class OverflowFile:
                     sealed = self._aead.encrypt(self._nonce.to_bytes(12, "little"), data, header)
                     segment = self._segment(len(sealed) + _HEADER.size)
                     offset = segment.size
-                    frame = header + sealed
-                    written = os.write(segment.fd, frame)  # O_APPEND; one write per chunk
-                    if written != len(frame):  # the disk filled up mid-chunk: cut the partial frame
+                    written = os.writev(segment.fd, (header, sealed))  # O_APPEND; one write per chunk
+                    if written != len(header) + len(sealed):  # the disk filled up mid-chunk: cut the partial frame
                         os.ftruncate(segment.fd, offset)
                         raise OSError(28, "short write to the overflow file")
                     segment.size += len(sealed) + _HEADER.size
