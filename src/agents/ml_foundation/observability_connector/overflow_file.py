@@ -2,8 +2,8 @@
 
 Why it exists: producers can finish spans ten times faster than the pipeline (validation,
 redaction, the sinks) delivers them. Rather than make the caller wait (which stalls its event
-loop) or drop, the flusher moves raw spans out of the buffer into this file in bulk, and feeds
-the pipeline from the file's head, in order, until the file is empty.
+loop) or drop, the spiller thread moves raw spans out of the buffer into this file in bulk, and
+the flusher feeds the pipeline from the file's head, in order, until the file is empty.
 
 Why raw and encrypted, not redacted: redaction costs far more per span than the spill may (the
 spill must outrun the producers while sharing the GIL with them), so spans are written as they
@@ -19,8 +19,9 @@ text). Chunks are appended to segment files (``overflow-<pid>-<n>.seg``, one set
 processes sharing a data directory never touch each other's); a segment is deleted once read.
 A chunk that would take the overflow past its disk bound is dropped and counted.
 
-Thread-safety: the flusher writes and reads; shutdown may read from another thread. One lock
-guards the chunk index (uncontended: a few hundred nanoseconds per chunk, not per span).
+Thread-safety: the spiller (and, at a bound, a caller) writes, the flusher reads, shutdown may
+read from another thread. One lock guards the chunk index, taken per chunk, not per span; a
+read decrypts and decodes its chunk outside it, so a write never waits for a read's decode.
 """
 
 from __future__ import annotations
