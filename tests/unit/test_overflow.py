@@ -273,7 +273,7 @@ def test_full_wait_s_is_retired_with_a_warning_and_ignored() -> None:
     assert any(issubclass(w.category, DeprecationWarning) and "full_wait_s" in str(w.message) for w in caught)
 
 
-def test_while_a_spill_is_under_way_the_buffer_holds_up_to_twice_its_bound_then_drops() -> None:
+def test_while_a_spill_is_under_way_the_buffer_holds_spans_up_to_its_byte_bound_then_drops() -> None:
     from src.agents.ml_foundation.observability_connector.collector import NO_ROOM, ROOM_COMING, SpanCollector
 
     answer = [ROOM_COMING]
@@ -283,16 +283,18 @@ def test_while_a_spill_is_under_way_the_buffer_holds_up_to_twice_its_bound_then_
         asked.append(1)
         return answer[0]
 
-    collector = SpanCollector(max_queue=100, batch_size=1_000, make_room=make_room)
-    for i in range(250):
+    collector = SpanCollector(max_queue=100, batch_size=1_000, make_room=make_room, max_bytes=1_000_000)
+    for i in range(2_000):
         collector.append(make_record(i))
-    assert len(collector) == 200 and collector.dropped == 50  # the grace ends at twice the bound
+    held = len(collector)
+    assert 100 < held < 2_000 and collector.dropped == 2_000 - held  # past the span bound, up to the bytes
+    assert collector.held_bytes <= 1_000_000 and collector.dropped_for_bytes == 0
     answer[0] = NO_ROOM
-    collector.drain(150)
-    for i in range(250, 400):
+    collector.drain(held - 50)
+    for i in range(2_000, 2_150):
         collector.append(make_record(i))
-    assert len(collector) == 100 and collector.dropped == 50 + 100  # no spill under way: the bound itself
-    assert len(asked) == 150 + 100  # asked only at a bound, never on the ordinary path
+    assert len(collector) == 100 and collector.dropped == 2_000 - held + 100  # no spill under way: the span bound
+    assert len(asked) == (2_000 - 100) + 100  # asked only at a bound, never on the ordinary path
 
 
 def test_status_names_overflow_files_by_process(tmp_path: Path) -> None:

@@ -126,7 +126,8 @@ class SpanCollector:
     dropped (with the bound that was hit) and logged at most once a minute — never silently —
     unless ``make_room`` (the spiller's emergency path, run on the caller's thread only when the
     spiller could not run in time) moved the oldest spans out without waiting, or says a spill
-    that empties the buffer is under way (then up to twice the bounds are held meanwhile).
+    that empties the buffer is under way (then spans are held up to the byte bound meanwhile,
+    past the span bound).
     ``overflow``, when given, takes such a span instead.
 
     The producers' byte counter is written without a lock: producers only add to ``bytes_in``, so
@@ -278,11 +279,10 @@ class SpanCollector:
         return len(self._queue) >= self._max or (held + size > self._max_bytes and held > 0)
 
     def _within_grace(self, size: int) -> bool:
-        """Twice the span bound, never more than the byte bound: the ceiling while a spill that
-        empties the buffer is under way (the spiller lost the CPU mid-spill; dropping then would
-        lose spans that are about to fit). Memory stays within ``max_bytes``."""
-        held = self.bytes_in - self.bytes_out
-        return len(self._queue) < 2 * self._max and held + size <= self._max_bytes
+        """The byte bound alone: the ceiling while a spill that empties the buffer is under way
+        (the spiller lost the CPU mid-spill; dropping then would lose spans that are about to
+        fit). The span count is let past its bound, memory never past ``max_bytes``."""
+        return self.bytes_in - self.bytes_out + size <= self._max_bytes
 
     def _accept(self, span: Span, size: int) -> None:
         span._qbytes = size
