@@ -523,8 +523,8 @@ class BatchProcessor:
         Big chunks, one ``write`` each: the write releases the GIL, and a thread that releases
         it waits a whole switch interval for it back while a producer runs, so many small writes
         would let producers fill the buffer faster than it is spilled. Not one chunk for all:
-        the lock is held while a chunk is encoded, and a caller at the bound meanwhile can only
-        be taken into the grace (see ``_make_room``).
+        the lock is held while a chunk is encoded (a caller at the bound meanwhile is only taken
+        up to the byte bound, see ``_make_room``), and a big chunk is held three times over.
         """
         collector = self.collector
         chunk = self._spill_chunk
@@ -557,8 +557,8 @@ class BatchProcessor:
         """The buffer is at a bound before the spiller could run (a producer that holds the GIL
         for a whole switch interval fills the rest of the buffer first): on the caller's thread,
         move the oldest eighth of the buffer to the overflow now (ROOM_MADE). Never waits: when
-        the lock is held a spill is under way (ROOM_COMING: the collector holds up to twice its
-        bounds meanwhile)."""
+        the lock is held a spill is under way (ROOM_COMING: the collector then takes spans past
+        its span bound, up to its byte bound, meanwhile)."""
         overflow = self.overflow
         if overflow is None or not overflow.writable:
             return NO_ROOM
@@ -568,9 +568,8 @@ class BatchProcessor:
         try:
             collector = self.collector
             count = max(1, len(collector) // 8)
-            overflow.write(
-                collector.drain(count, self._spill_chunk_bytes)
-            )  # the oldest: behind what is on disk, ahead of the rest
+            oldest = collector.drain(count, self._spill_chunk_bytes)
+            overflow.write(oldest)  # behind what is on disk, ahead of the rest of the buffer
         except Exception:  # never raise into the caller
             log.exception("moving spans to the overflow on the caller's thread failed")
             return NO_ROOM
