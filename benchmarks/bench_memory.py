@@ -119,7 +119,11 @@ async def main() -> None:
     print(f"\nburst: {args.spans:,} spans in {burst_s:.1f} s with both sinks down; handed over after {settle_s:.1f} s")
     growth = sampler.peak - base
     print(f"  RSS: {base:.0f} MB before, peak {sampler.peak:.0f} MB, growth {growth:.0f} MB (target ≤ 150)")
-    print(f"  producer waits (back-pressure): {status['producer_waits']:,}; spans dropped: {status['spans_dropped']:,}")
+    buffer = status["buffer"] or {}
+    print(
+        f"  spans dropped: {status['spans_dropped']:,}; overflow (never a wait): "
+        f"{buffer.get('overflow_spilled', 0):,} spilled, {buffer.get('overflow_dropped', 0):,} dropped"
+    )
     print(
         f"  in-memory bound: {status['queue_max_bytes'] / 2**20:.0f} MB; "
         f"dropped at the byte bound: {status['spans_dropped_for_bytes']:,}"

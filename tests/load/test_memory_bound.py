@@ -4,8 +4,9 @@
 the store is slow (every batch write waits 50 ms before the real SQLite write). Before the byte
 bound, RSS passed 4 GB after 4,700 of them. Now the hot path cuts each value to what the redactor
 keeps, and the buffer holds at most ``batching.max_queue_mb`` of spans waiting or being
-delivered; the rest of the full-buffer policy is unchanged (a bounded wait, then a counted and
-logged drop). RSS is read from ``/proc/self/statm`` in a subprocess of its own.
+delivered; past an eighth of it the buffer is spilled to the overflow file (the producer
+never waits), and only at the bound itself is a span dropped, counted and logged. RSS is read
+from ``/proc/self/statm`` in a subprocess of its own.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ SCRIPT = textwrap.dedent(
             return await super().insert_spans_batch(spans)
 
     settings = ObservabilitySettings(
-        batching={{"max_queue_mb": {bound}, "full_wait_s": 0.005, "max_batch_wait_s": 0.2}}
+        batching={{"max_queue_mb": {bound}, "max_batch_wait_s": 0.2}}
     )
     store = SlowStore(SQLiteSpanRepository({db!r}))
     obs = ObservabilityConnectorAgent(context=ConnectorContext(store=store, settings=settings))
@@ -79,7 +80,8 @@ SCRIPT = textwrap.dedent(
             "accepted": status["spans_accepted"] - 50,
             "dropped": status["spans_dropped"],
             "dropped_for_bytes": status["spans_dropped_for_bytes"],
-            "waits": status["producer_waits"],
+            "spilled": status["buffer"]["overflow_spilled"],
+            "overflow_dropped": status["buffer"]["overflow_dropped"],
             "stored": await store.count_spans() - 50,
             "last_flush": status["last_flush"],
             "held_after": status["queue_bytes"],
@@ -112,5 +114,6 @@ def test_rss_stays_under_the_byte_bound_with_1mb_attributes_and_a_slow_store(tmp
         assert result["flushed"] is False  # flush() says so, with the counts
         assert result["last_flush"]["dropped"] == result["dropped"]
         assert result["last_flush"]["delivered"] == result["accepted"]
-    assert result["waits"] > 0  # the producer was held back first (bounded wait), as for the span bound
+    # The producer never waited: past half the byte bound the buffer went to the overflow file.
+    assert result["spilled"] > 0 and result["overflow_dropped"] == 0, result
     assert result["held_after"] == 0

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -119,25 +120,17 @@ def test_invalid_sizes_are_rejected() -> None:
         SpanCollector(max_queue=0)
 
 
-def test_a_full_buffer_applies_bounded_back_pressure_instead_of_dropping() -> None:
-    sink = RecordingSink()
-    flusher = BatchProcessor(sink, max_batch_size=50, max_wait_seconds=60, max_queue=100, full_wait_s=5.0)
-    flusher.start()
-    for i in range(5_000):  # 50x the buffer, produced as fast as the loop goes
-        flusher.add_span(make_record(i))
-    assert flusher.flush_sync(timeout=10)
-    assert flusher.collector.dropped == 0
-    assert flusher.collector.waited > 0
-    assert sum(len(b) for b in sink.batches) == 5_000
-    flusher.close(5)
-
-
-def test_without_back_pressure_a_full_buffer_drops_and_counts(caplog: pytest.LogCaptureFixture) -> None:
-    collector = SpanCollector(max_queue=3, batch_size=100, full_wait_s=0.0)
+def test_a_full_buffer_without_an_overflow_drops_counts_and_logs_once_a_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The caller never waits (tests/unit/test_overflow.py: with an overflow nothing is dropped).
+    collector = SpanCollector(max_queue=3, batch_size=100)
     with caplog.at_level(logging.ERROR):
-        for i in range(5):
+        for i in range(50):
             collector.append(make_record(i))
-    assert collector.dropped == 2 and collector.waited == 0
+    assert collector.dropped == 47 and len(collector) == 3
+    assert collector.drop_reason is not None and "max_queue_size" in collector.drop_reason
+    assert caplog.text.count("span buffer full") == 1
 
 
 class SlowSink:
@@ -203,7 +196,7 @@ def test_the_host_names_add_span_start_stop() -> None:
 
 
 def test_the_byte_bound_is_a_second_trigger_of_the_full_buffer_policy(caplog: pytest.LogCaptureFixture) -> None:
-    collector = SpanCollector(max_queue=10_000, batch_size=100, max_bytes=1_000_000, full_wait_s=0.0)
+    collector = SpanCollector(max_queue=10_000, batch_size=100, max_bytes=1_000_000)
     with caplog.at_level(logging.ERROR):
         for i in range(20):
             collector.append(make_record(i, payload_chars=100_000))
@@ -219,22 +212,33 @@ def test_the_byte_bound_is_a_second_trigger_of_the_full_buffer_policy(caplog: py
 
 
 def test_a_span_bigger_than_the_bound_is_taken_when_nothing_else_is_held() -> None:
-    collector = SpanCollector(max_bytes=10_000, full_wait_s=0.0)
+    collector = SpanCollector(max_bytes=10_000)
     collector.append(make_record(0, payload_chars=50_000))
     collector.append(make_record(1, payload_chars=50_000))
     assert len(collector) == 1 and collector.dropped == 1
 
 
-def test_the_byte_bound_applies_back_pressure_and_counts_bytes_until_delivered() -> None:
+def test_the_byte_bound_spills_to_the_overflow_and_counts_bytes_until_delivered(tmp_path: Path) -> None:
     sink = SlowSink()
-    flusher = BatchProcessor(sink, max_batch_size=1000, max_wait_seconds=60, max_queue_bytes=2_000_000, full_wait_s=5.0)
+    flusher = BatchProcessor(
+        sink, max_batch_size=1000, max_wait_seconds=60, max_queue_bytes=2_000_000, overflow_dir=tmp_path
+    )
     flusher.start()
     peak = 0
-    for i in range(200):  # 20 MB through a 2 MB bound
-        flusher.add_span(make_record(i, payload_chars=100_000))
-        peak = max(peak, flusher.collector.held_bytes)
+
+    async def produce() -> None:
+        nonlocal peak
+        for i in range(200):  # 20 MB through a 2 MB bound, from an event loop
+            flusher.add_span(make_record(i, payload_chars=100_000))
+            peak = max(peak, flusher.collector.held_bytes)
+            # Each span's body waits on I/O briefly: a bound this small fills within one GIL switch
+            # interval otherwise, before the spiller's thread can run at all.
+            await asyncio.sleep(0.0005)
+
+    asyncio.run(produce())
     assert flusher.flush_sync(timeout=30)
-    assert sink.spans == 200 and flusher.collector.dropped == 0 and flusher.collector.waited > 0
+    assert sink.spans == 200 and flusher._dropped() == 0
+    assert flusher.buffer_status()["overflow_spilled"] > 0  # past half the bytes, the buffer went to disk
     assert peak <= 2_000_000 and flusher.collector.held_bytes == 0
     flusher.close(5)
 

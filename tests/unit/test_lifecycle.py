@@ -135,7 +135,7 @@ def test_flush_after_a_close_that_timed_out_returns_at_once_with_false() -> None
 
 def test_flush_is_false_when_spans_were_dropped_and_counts_them() -> None:
     sink = RecordingSink()
-    flusher = BatchProcessor(sink, max_batch_size=100, max_wait_seconds=60, max_queue=5, full_wait_s=0)
+    flusher = BatchProcessor(sink, max_batch_size=100, max_wait_seconds=60, max_queue=5)
     for i in range(8):  # queued before the thread runs: three find the buffer full
         flusher.add_span(make_record(i))
     assert flusher.flush_sync(5) is False

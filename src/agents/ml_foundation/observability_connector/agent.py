@@ -24,6 +24,7 @@ import functools
 import logging
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from src.mlops.opik_connector import register_agent_factory
@@ -51,6 +52,13 @@ __all__ = ["ObservabilityConnectorAgent", "ObservabilityContext", "Span", "SpanS
 
 
 log = logging.getLogger(__name__)
+
+
+def _overflow_dir(settings: ObservabilitySettings) -> Path:
+    """The overflow file goes beside the spool (the spool's own directory is the data directory)."""
+    from .config import spool_path
+
+    return spool_path(settings).parent
 
 
 def _sample_everything(trace_id: str, agent_name: str | None = None) -> bool:
@@ -190,7 +198,9 @@ class ObservabilityConnectorAgent(LLMCalls, ContextFactory, BatchDelivery):
                         max_queue=batching.max_queue_size,
                         max_drain_batch=batching.max_drain_batch_size,
                         max_in_flight=batching.max_in_flight,
-                        full_wait_s=batching.full_wait_s,
+                        overflow_dir=_overflow_dir(settings),
+                        overflow_max_bytes=int(batching.overflow_max_mb * 2**20),
+                        gc_freeze=batching.gc_freeze_after_start,
                         on_timeout=self._spool_at_shutdown,
                         on_stop=self._stop_background,
                         on_start=self._open_background,
@@ -362,7 +372,8 @@ class ObservabilityConnectorAgent(LLMCalls, ContextFactory, BatchDelivery):
             "spans_dropped_for_bytes": collector.dropped_for_bytes if collector is not None else 0,
             "queue_bytes": collector.held_bytes if collector is not None else 0,
             "queue_max_bytes": collector.max_bytes if collector is not None else None,
-            "producer_waits": collector.waited if collector is not None else 0,
+            # The buffer's overflow under a burst: spans spilled to disk, waiting, dropped and why.
+            "buffer": flusher.buffer_status() if flusher is not None else None,
             "batches_sent": stats.batches_sent,
             "batches_failed": stats.batches_failed,
             "spans_delivered": stats.spans_delivered,

@@ -6,6 +6,14 @@ takes batches out of the collector and hands each to a ``deliver`` coroutine (th
 graph), so a slow sink can never stall an agent's event loop, and agents without an event loop
 (sync code, callback handlers) are served the same way. At interpreter exit every flusher is
 closed in the ``FLUSHERS`` stage of :mod:`.lifecycle`, after producers and before the sinks.
+
+Under a burst the pipeline is slower than the producers. The caller never waits for it: past
+the buffer's high-water mark a second loop thread (the spiller) moves the buffer, raw, into the
+encrypted on-disk overflow (:mod:`.overflow_file`, a few microseconds a span) and the flusher
+feeds the pipeline from the overflow's head; while the overflow holds anything every new span
+goes behind it, so spans are delivered in the order they were finished. The spiller is its own
+thread because the flusher's loop is busy for tens of milliseconds at a time converting a batch
+(pure Python, no await), while producers fill the rest of the buffer in less.
 """
 
 from __future__ import annotations
@@ -17,12 +25,15 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 from .background import BackgroundLoop
-from .collector import SpanCollector
+from .collector import NO_ROOM, ROOM_COMING, ROOM_MADE, SpanCollector
 from .flush_report import BatchNotStoredError, FlusherStats, FlushReport
+from .gc_tuning import freeze_after_start
 from .lifecycle import FLUSHERS, on_shutdown, register_before_fork, watch_after_fork
+from .overflow_file import OverflowFile
 from .spans import Span
 
 __all__ = [
@@ -69,7 +80,6 @@ class BatchProcessor:
         max_drain_batch: int | None = None,
         on_stop: Callable[[], Awaitable[Any]] | None = None,
         on_start: Callable[[], Awaitable[Any]] | None = None,
-        full_wait_s: float = 0.0,
         on_timeout: Callable[[list[Span]], int] | None = None,
         max_in_flight: int = 2,
         *,
@@ -78,10 +88,16 @@ class BatchProcessor:
         value_limit: int | None = None,
         rejected_of: Callable[[list[Span], Any], int] | None = None,
         on_reopen: Callable[[], None] | None = None,
+        overflow_dir: Path | None = None,
+        overflow_max_bytes: int = 1024 * 2**20,
+        gc_freeze: bool = False,
     ) -> None:
         """``rejected_of(batch, result)``: how many spans of a delivered batch ``deliver``'s
         result says were refused (default: none). ``max_queue_bytes``, ``max_value_chars`` and
-        ``value_limit``: see :class:`SpanCollector`."""
+        ``value_limit``: see :class:`SpanCollector`. ``overflow_dir``: where the overflow file
+        goes under a burst (None: no overflow; the buffer's bounds drop instead), at most
+        ``overflow_max_bytes`` on disk. ``gc_freeze``: :func:`.gc_tuning.freeze_after_start`
+        once the first batch is delivered."""
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         self._deliver = deliver
@@ -104,12 +120,26 @@ class BatchProcessor:
             max_queue,
             max_batch_size,
             wake=self._wake,
+            high_water=self._wake_spiller if overflow_dir is not None else None,
+            make_room=self._make_room if overflow_dir is not None else None,
             overflow=overflow,
-            full_wait_s=full_wait_s,
             max_bytes=max_queue_bytes,
             max_value_chars=max_value_chars,
             value_limit=value_limit,
         )
+        self.overflow = OverflowFile(overflow_dir, overflow_max_bytes) if overflow_dir is not None else None
+        # Held while spans move from the buffer to the overflow and while the flusher picks where
+        # its next batch comes from: nothing newer is delivered ahead of what waits on disk.
+        self._spill_lock = threading.Lock()
+        self._spill_pending = False
+        self._spiller = BackgroundLoop(f"{name}-spill")
+        self._last_paced = 0.0
+        self._spill_chunk = max(self.max_drain_batch, max_queue // 4)
+        # ... and of a 32nd of the byte bound (a batch's worth): a chunk is briefly held three
+        # times over (the spans, their encoding, its sealed copy) and read back whole, and big
+        # short-lived buffers leave the allocator's heap grown.
+        self._spill_chunk_bytes = max(1, (max_queue_bytes or 64 * 2**20) // 32)
+        self._gc_freeze = gc_freeze
         self.stats = FlusherStats()
         self.last_flush: FlushReport | None = None
         self._flush_mark = (0, 0, 0, 0)  # delivered, rejected, failed, dropped at the last completed flush
@@ -131,6 +161,8 @@ class BatchProcessor:
         was_started = self._started
         self._start_lock = threading.Lock()
         self._waiters_lock = threading.Lock()
+        self._spill_lock = threading.Lock()
+        self._spill_pending = False
         self._ready = threading.Event()
         self._flush_waiters = []
         self._delivering = {}
@@ -140,6 +172,8 @@ class BatchProcessor:
         self.last_flush = None
         self._flush_mark = (0, 0, 0, 0)
         self.collector.forget_after_fork((self._on_reopen or self.start) if was_started else None)
+        if self.overflow is not None:  # the parent's file and key stay the parent's
+            self.overflow.forget_after_fork()
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -156,6 +190,9 @@ class BatchProcessor:
             self._ready.clear()
             self.collector.open_gate()
             try:
+                if self.overflow is not None:
+                    self._spill_pending = False
+                    self._spiller.start()
                 self._bg.start(self._main)
             except BaseException:
                 self._started = False
@@ -176,8 +213,7 @@ class BatchProcessor:
         return self._abandoned and self._bg.is_alive()
 
     def add_span(self, span: Span) -> None:
-        """Hot path: enqueue a finished span (the collector's append: no sink is waited on; a full
-        buffer waits at most ``full_wait_s``)."""
+        """Hot path: enqueue a finished span (the collector's append: nothing is waited on)."""
         self.collector.append(span)
 
     def flush_future(self) -> Future[None]:
@@ -188,7 +224,7 @@ class BatchProcessor:
         sink (its thread would never answer; :meth:`flush` then reports the spans as pending).
         """
         fut: Future[None] = Future()
-        if (not self._started and not len(self.collector)) or self.stuck:
+        if (not self._started and not self._queued()) or self.stuck:
             fut.set_result(None)
             return fut
         if not self.running:
@@ -197,6 +233,35 @@ class BatchProcessor:
             self._flush_waiters.append(fut)
         self._wake()
         return fut
+
+    def _queued(self) -> int:
+        """Spans waiting in the buffer and in the overflow."""
+        return len(self.collector) + (self.overflow.pending if self.overflow is not None else 0)
+
+    def _dropped(self) -> int:
+        return self.collector.dropped + (self.overflow.stats.dropped if self.overflow is not None else 0)
+
+    def buffer_status(self) -> dict[str, Any]:
+        """The buffer and its overflow: what waits, what was spilled and drained, what was dropped and why."""
+        collector, overflow = self.collector, self.overflow
+        out: dict[str, Any] = {
+            "queued": len(collector),
+            "dropped_at_buffer": collector.dropped,
+            "dropped_at_buffer_reason": collector.drop_reason,
+            "overflow_enabled": overflow is not None,
+        }
+        if overflow is not None:
+            st = overflow.stats
+            out.update(
+                overflow_pending=st.pending,
+                overflow_spilled=st.spilled,
+                overflow_drained=st.drained,
+                overflow_dropped=st.dropped,
+                overflow_dropped_reason=st.dropped_reason,
+                overflow_bytes=st.bytes_on_disk,
+                overflow_dir=str(overflow.directory),
+            )
+        return out
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Deliver everything enqueued so far; True when every span handed over since the
@@ -219,13 +284,13 @@ class BatchProcessor:
         return self._report(done).ok
 
     def _report(self, done: bool) -> FlushReport:
-        stats, collector = self.stats, self.collector
-        now = (stats.spans_delivered, stats.spans_rejected, stats.spans_failed, collector.dropped)
+        stats = self.stats
+        now = (stats.spans_delivered, stats.spans_rejected, stats.spans_failed, self._dropped())
         mark = self._flush_mark
         stuck = self.stuck
         pending = 0
         if not done or stuck:
-            pending = len(collector) + sum(len(batch) for batch in list(self._delivering.values()))
+            pending = self._queued() + sum(len(batch) for batch in list(self._delivering.values()))
         report = FlushReport(
             delivered=now[0] - mark[0],
             rejected=now[1] - mark[1],
@@ -260,17 +325,22 @@ class BatchProcessor:
         deadline = time.monotonic() + limit
         for _ in range(3):  # a span can arrive after the final drain: a second round takes it
             if not self._started:
-                if not len(self.collector):
+                if not self._queued():
                     return True
                 try:
                     self.start()
                 except RuntimeError as exc:  # no new thread at interpreter shutdown
-                    return self._give_up(list(self.collector.drain(len(self.collector))), limit, exc)
+                    return self._give_up(self._leftover(), limit, exc)
             if not self._stop(max(0.0, deadline - time.monotonic()), limit):
                 return False
-            if not self._started and not len(self.collector):
+            if not self._started and not self._queued():
                 return True
-        return not self._started and not len(self.collector)
+        return not self._started and not self._queued()
+
+    def _leftover(self) -> list[Span]:
+        """What is still queued, oldest first: the overflow (decrypted), then the buffer."""
+        spilled = self.overflow.read_all() if self.overflow is not None else []
+        return spilled + self.collector.drain(len(self.collector))
 
     def _stop(self, wait: float, limit: float) -> bool:
         thread = self._bg.thread
@@ -279,15 +349,17 @@ class BatchProcessor:
         if not self._bg.join(wait):
             self._abandoned = True
             stuck = [span for batch in list(self._delivering.values()) for span in batch]
-            self._give_up(stuck + self.collector.drain(len(self.collector)), limit, None)
+            self._give_up(stuck + self._leftover(), limit, None)
             return False
         with self._start_lock:
             if self._bg.thread is not thread:  # a span reopened the pipeline meanwhile: it runs on
                 return True
+            self._spiller.stop()
             self._started = False
             self._stopping = False
             self.collector.close_gate(self._on_reopen or self.start)
-        if not len(self.collector):  # a flush that asked as the thread ended: nothing is left for it
+        self._spiller.join(1.0)  # a loop with nothing to do ends at once; never a stuck close
+        if not self._queued():  # a flush that asked as the thread ended: nothing is left for it
             with self._waiters_lock:
                 waiters, self._flush_waiters = self._flush_waiters, []
             for fut in waiters:
@@ -345,6 +417,10 @@ class BatchProcessor:
                 await self._on_start()
             except Exception:  # a sink's start-up problem must not stop span collection
                 log.exception("starting the sinks' background work failed")
+        if self.overflow is not None:
+            # Part of start-up, so a fork waits for it (_before_fork): the cipher's import, the
+            # key and the removal of stale files are not paid by the first spill of a burst.
+            self.overflow.prepare()
         self._ready.set()
         collector = self.collector
         # Spans or flush requests that arrived before the loop existed.
@@ -389,30 +465,156 @@ class BatchProcessor:
         trips and commit, an HTTP answer) while this thread has nothing to do; the next batch's
         validation and conversion run in that gap. Batches are independent (idempotent writes,
         per-span ids), so their order between sinks does not matter.
+
+        Past the buffer's high-water mark, and for as long as the overflow holds anything, the
+        buffer is spilled to the overflow at every turn (a wake-up from the collector is one)
+        and batches come from the overflow's head: the pipeline's pace no longer sets the
+        producers'.
         """
         collector = self.collector
+        overflow = self.overflow
         in_flight: set[asyncio.Task[None]] = set()
         try:
-            while collector.ready() or (drain_all and len(collector)):
+            while True:
+                if overflow is not None and len(collector) and (overflow.pending or collector.above_high_water()):
+                    self._spill(overflow)
+                from_overflow = overflow is not None and overflow.pending > 0
+                if not (from_overflow or collector.ready() or (drain_all and len(collector))):
+                    break
                 if len(in_flight) >= self.max_in_flight:
-                    # Wait for room before taking spans out of the queue: a span is always either
-                    # queued or in a delivery that shutdown knows about (``_delivering``).
-                    _, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    # Wait for room before taking spans out: a span is always either queued, in the
+                    # overflow or in a delivery that shutdown knows about (``_delivering``). A
+                    # wake-up (the buffer passed its high-water mark) ends the wait too.
+                    in_flight = await self._wait(in_flight, overflow is not None)
                     continue
-                # Under a backlog, take bigger bites: one graph invocation and one sink write
-                # cost nearly the same whatever the batch size, so bigger batches drain a deep
-                # queue faster.
-                depth = len(collector)
-                size = self.max_batch_size
-                take = size if depth < 2 * size else min(depth, self.max_drain_batch)
-                batch, nbytes = collector.take(take)
+                burst = from_overflow and self._burst_on(overflow)
+                if burst and self._pace_burst():
+                    # A burst is on: the producers get the CPU; one batch per pace still drains.
+                    await asyncio.sleep(_BURST_PACE_S / 5)
+                    continue
+                batch: list[Span]
+                with self._spill_lock:  # the overflow first: everything in the buffer is newer
+                    if overflow is not None and overflow.pending:
+                        batch, nbytes = [], 0  # read below, outside the lock (decoding takes a while)
+                    else:
+                        # Under a backlog, take bigger bites: one graph invocation and one sink write
+                        # cost nearly the same whatever the batch size, so bigger batches drain a
+                        # deep queue faster.
+                        depth = len(collector)
+                        size = self.max_batch_size
+                        take = size if depth < 2 * size else min(depth, self.max_drain_batch)
+                        batch, nbytes = collector.take(take)
+                if not batch and overflow is not None and overflow.pending:
+                    batch = overflow.read(self.max_batch_size if burst else self.max_drain_batch)
                 if not batch:
+                    if overflow is not None and overflow.pending:
+                        continue  # a chunk that could not be read (counted as dropped): the next one
                     break
                 self._delivering[id(batch)] = batch  # known to shutdown from now, before the task runs
                 in_flight.add(asyncio.ensure_future(self._deliver_one(batch, nbytes)))
         finally:
             if in_flight:  # _deliver_one never raises; a cancelled drain still waits for its batches
                 await asyncio.gather(*in_flight, return_exceptions=True)
+
+    def _spill(self, overflow: OverflowFile) -> None:
+        """Move the whole buffer to the overflow's tail, in chunks of a quarter of the span bound
+        (or a 32nd of the byte bound).
+
+        Big chunks, one ``write`` each: the write releases the GIL, and a thread that releases
+        it waits a whole switch interval for it back while a producer runs, so many small writes
+        would let producers fill the buffer faster than it is spilled. Not one chunk for all:
+        the lock is held while a chunk is encoded (a caller at the bound meanwhile is only taken
+        up to the byte bound, see ``_make_room``), and a big chunk is held three times over.
+        """
+        collector = self.collector
+        chunk = self._spill_chunk
+        while len(collector) and overflow.writable:
+            with self._spill_lock:
+                overflow.write(collector.drain(chunk, self._spill_chunk_bytes))
+
+    @staticmethod
+    def _burst_on(overflow: OverflowFile | None) -> bool:
+        """Producers are outrunning the pipeline: a chunk was spilled within ``_BURST_QUIET_S``."""
+        return overflow is not None and time.monotonic() - overflow.last_write < _BURST_QUIET_S
+
+    def _pace_burst(self) -> bool:
+        """During a burst: True while a batch from the overflow started less than ``_BURST_PACE_S`` ago.
+
+        Why: converting a batch is pure Python that holds the GIL in turns with the producers'
+        thread, and the objects it holds make the young collections that stop every thread
+        longer. During a burst the flusher therefore starts one batch of ``max_batch_size`` per
+        pace and leaves the CPU to the application; the backlog waits on disk (bounded) and
+        drains in ``max_drain_batch`` bites once the burst ends. It never stops: under
+        sustained overload a batch still starts every pace.
+        """
+        now = time.monotonic()
+        if now - self._last_paced >= _BURST_PACE_S:
+            self._last_paced = now
+            return False
+        return True
+
+    def _make_room(self) -> int:
+        """The buffer is at a bound before the spiller could run (a producer that holds the GIL
+        for a whole switch interval fills the rest of the buffer first): on the caller's thread,
+        move the oldest eighth of the buffer to the overflow now (ROOM_MADE). Never waits: when
+        the lock is held a spill is under way (ROOM_COMING: the collector then takes spans past
+        its span bound, up to its byte bound, meanwhile)."""
+        overflow = self.overflow
+        if overflow is None or not overflow.writable:
+            return NO_ROOM
+        if not self._spill_lock.acquire(blocking=False):
+            self._wake_spiller()
+            return ROOM_COMING
+        try:
+            collector = self.collector
+            count = max(1, len(collector) // 8)
+            oldest = collector.drain(count, self._spill_chunk_bytes)
+            overflow.write(oldest)  # behind what is on disk, ahead of the rest of the buffer
+        except Exception:  # never raise into the caller
+            log.exception("moving spans to the overflow on the caller's thread failed")
+            return NO_ROOM
+        finally:
+            self._spill_lock.release()
+        self._wake_spiller()
+        return ROOM_MADE
+
+    def _wake_spiller(self) -> None:
+        """The buffer passed its high-water mark (a producer's thread): at most one wake-up in flight."""
+        if self._spill_pending:
+            return
+        self._spill_pending = True
+        if not self._spiller.call_soon(self._spill_turn):
+            self._spill_pending = False
+
+    def _spill_turn(self) -> None:
+        """On the spiller's thread: spill while the buffer is past its mark or the overflow holds anything."""
+        self._spill_pending = False
+        overflow, collector = self.overflow, self.collector
+        if overflow is None:
+            return
+        try:
+            # Only past the mark: below it the flusher moves stragglers at its own turns, and a
+            # spiller that spun on a few spans would make producers hand it the GIL for nothing.
+            while collector.above_high_water() and overflow.writable:
+                self._spill(overflow)
+        except Exception:  # the spiller must survive anything; the flusher still drains the buffer
+            log.exception("spilling the span buffer to the overflow failed")
+
+    async def _wait(self, in_flight: set[asyncio.Task[None]], wakeable: bool) -> set[asyncio.Task[None]]:
+        """Until a delivery finishes (or, with ``wakeable``, a wake-up comes); the ones still running."""
+        event = self._async_wake
+        if not wakeable or event is None:
+            _, pending = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+            return pending
+        woken = asyncio.ensure_future(event.wait())
+        try:
+            await asyncio.wait({*in_flight, woken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+        if event.is_set():  # consumed here; the main loop still sees flush requests and stopping itself
+            event.clear()
+            self._wake_pending = False
+        return {task for task in in_flight if not task.done()}
 
     async def _deliver_one(self, batch: list[Span], nbytes: int = 0) -> None:
         """Deliver one batch registered in ``_delivering`` by :meth:`_drain`; never raises."""
@@ -429,6 +631,9 @@ class BatchProcessor:
             if not isinstance(exc, BatchNotStoredError):  # that one was logged where it happened
                 log.exception("delivering a batch of %d span(s) failed", len(batch))
         else:
+            if self._gc_freeze:  # the graph and the sinks have imported everything by now
+                self._gc_freeze = False
+                freeze_after_start()
             stats.batches_sent += 1
             stats.spans_delivered += len(batch) - rejected
             stats.spans_rejected += rejected
@@ -437,6 +642,11 @@ class BatchProcessor:
             self.collector.release(nbytes)
         stats.last_flush_at = time.time()
 
+
+# A burst is on while the overflow was written to within this long; during it a batch from the
+# overflow starts at most once per pace (see BatchProcessor._pace_burst).
+_BURST_QUIET_S = 0.05
+_BURST_PACE_S = 0.25
 
 _live_flushers: weakref.WeakSet[BatchProcessor] = weakref.WeakSet()
 

@@ -310,6 +310,7 @@ def status(ctx: typer.Context) -> None:
     )
     table.add_row("opik", plain(_opik_line(s)))
     table.add_row("spool", plain(spool_text))
+    table.add_row("overflow", plain(_overflow_line(s)))
     make_console().print(table)
     if problems:
         fail("; ".join(problems))
@@ -359,6 +360,27 @@ def _spool_line(settings: ObservabilitySettings) -> tuple[str, str | None]:
         f"{f'; replayed now: {replaying}' if replaying else ''}"
     )
     return text, None
+
+
+def _overflow_line(settings: ObservabilitySettings) -> str:
+    """The encrypted overflow files beside the spool (a burst a running process is catching up
+    on); only that process can read its own, and a dead process's are deleted at the next start."""
+    from .config import spool_path
+    from .overflow_file import overflow_files
+
+    files = overflow_files(spool_path(settings).parent)
+    bound = f"bound {settings.batching.overflow_max_mb:g} MB per process"
+    if not files:
+        return f"empty ({bound})"
+    by_pid: dict[int, list[int]] = {}
+    for _, pid, size, alive in files:
+        by_pid.setdefault(pid if alive else -pid, []).append(size)
+    parts = [
+        f"pid {abs(pid)}{'' if pid > 0 else ' (ended: unreadable, removed at the next start)'} "
+        f"{sum(sizes) / 1e6:.1f} MB in {len(sizes)} file(s)"
+        for pid, sizes in sorted(by_pid.items(), key=lambda item: abs(item[0]))
+    ]
+    return "; ".join(parts) + f" ({bound}; the running process's get_status()['buffer'] has its counts)"
 
 
 # Registered after ``status`` so that ``--help`` lists the read commands first.

@@ -1,9 +1,11 @@
 """The collector: the bounded in-memory buffer between an agent's hot path and the flusher.
 
 The caller's side is a size estimate and one ``deque.append`` (no lock, no I/O, no
-serialisation): :class:`SpanCollector` bounds the buffer in spans and in estimated bytes, cuts
-oversized strings, and applies bounded back-pressure when it is full. The flusher
-(:mod:`.batch_processor`) takes batches out of it on its own thread.
+serialisation, never a sleep): :class:`SpanCollector` bounds the buffer in spans and in
+estimated bytes and cuts oversized strings. Past its high-water mark it wakes the flusher
+(:mod:`.batch_processor`), which moves the spans to the on-disk overflow
+(:mod:`.overflow_file`) faster than producers fill the buffer; a span is dropped (counted, logged
+once a minute) only at the hard bound, when the flusher could not even spill.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ _ITEM_BYTES = 48
 _EVENT_BYTES = 256
 _SHALLOW_ITEMS = 16
 _UNBOUNDED = 1 << 62
+_LOG_EVERY_S = 60.0
+_HIGH_WATER_FRACTION = 8
+#: What ``make_room`` answers: nothing could be done, room was made now, a spill is under way.
+NO_ROOM, ROOM_MADE, ROOM_COMING = 0, 1, 2
 
 _CONTAINERS = (dict, list, tuple, set, frozenset)
 _SCALARS = frozenset((int, float, bool, type(None)))
@@ -114,23 +120,34 @@ class SpanCollector:
     queued and the ones being delivered; a span alone bigger than the bound is still taken when
     nothing else is held.
 
-    When either bound is reached the producer gets bounded back-pressure: it yields the GIL in
-    short sleeps (no I/O, no lock) for at most ``full_wait_s`` so the flusher can move spans to
-    the sinks or the on-disk spool. Only if there is still no room is the span counted as
-    dropped and logged — never silently. ``overflow``, when given, takes the span instead.
+    The caller never waits: a wait would stall every coroutine of the caller's event loop. At an
+    eighth of either bound (the high-water mark) ``high_water`` is called so that the spiller
+    moves the buffer to the overflow file; when a bound itself is reached the span is counted as
+    dropped (with the bound that was hit) and logged at most once a minute — never silently —
+    unless ``make_room`` (the spiller's emergency path, run on the caller's thread only when the
+    spiller could not run in time) moved the oldest spans out without waiting, or says a spill
+    that empties the buffer is under way (then spans are held up to the byte bound meanwhile,
+    past the span bound).
+    ``overflow``, when given, takes such a span instead.
 
-    The byte counters are written without a lock: producers only add to ``bytes_in`` and the
-    flusher only to ``bytes_taken`` / ``bytes_out``, so a rare lost update between two producer
-    threads can only make the count lower than the truth, never wedge the buffer as full.
+    The producers' byte counter is written without a lock: producers only add to ``bytes_in``, so
+    a rare lost update between two producer threads can only make the count lower than the
+    truth, never wedge the buffer as full. The consumers (the flusher and the spiller) update
+    ``bytes_taken`` / ``bytes_out`` under a lock of their own: a lost update there would count
+    room as held forever.
     """
 
     __slots__ = (
         "_batch_bytes",
         "_batch_size",
         "_bytes_limit",
+        "_consumer_lock",
         "_cut_keep",
         "_cut_limit",
-        "_full_wait_s",
+        "_high",
+        "_high_water",
+        "_last_log",
+        "_make_room",
         "_max",
         "_max_bytes",
         "_open_max",
@@ -145,7 +162,6 @@ class SpanCollector:
         "consumer_thread",
         "dropped",
         "dropped_for_bytes",
-        "waited",
     )
 
     def __init__(
@@ -154,7 +170,8 @@ class SpanCollector:
         batch_size: int = 100,
         wake: Callable[[], None] | None = None,
         overflow: Callable[[Span], None] | None = None,
-        full_wait_s: float = 0.0,
+        high_water: Callable[[], None] | None = None,
+        make_room: Callable[[], int] | None = None,
         max_bytes: int | None = None,
         max_value_chars: int | None = None,
         value_limit: int | None = None,
@@ -181,12 +198,18 @@ class SpanCollector:
         self._batch_size = batch_size
         self._wake = wake
         self._overflow = overflow
-        self._full_wait_s = full_wait_s
+        # The high-water mark: an eighth of the span bound wakes the spiller (big spans: an eighth
+        # of the byte bound, checked only for them; small ones reach the span count first). The
+        # other seven eighths are the room producers fill while the spiller waits for the GIL.
+        self._high = max(1, max_queue // _HIGH_WATER_FRACTION)
+        self._high_water = high_water or wake
+        self._make_room = make_room
+        self._last_log = -_LOG_EVERY_S
         self._reopen: Callable[[], None] | None = None
         self.dropped = 0
         self.dropped_for_bytes = 0  # of ``dropped``: the byte bound was the one reached
         self._taken = 0  # spans taken out of the queue (accepted = taken + queued)
-        self.waited = 0  # producers that had to wait for room (back-pressure events)
+        self._consumer_lock = threading.Lock()
         self.bytes_in = 0  # estimated bytes of every span accepted
         self.bytes_taken = 0  # ... of those the flusher has taken into batches
         self.bytes_out = 0  # ... of those whose batch has been delivered (or given up)
@@ -234,6 +257,12 @@ class SpanCollector:
             wake = self._wake
             if wake is not None:
                 wake()
+        if depth + 1 == self._high or (
+            size > _RECOUNT_FROM and bytes_in + size - self.bytes_out >= self._max_bytes // _HIGH_WATER_FRACTION
+        ):
+            high_water = self._high_water
+            if high_water is not None:
+                high_water()
 
     def _estimate(self, span: Span) -> int:
         size = _SPAN_BYTES + _span_bytes(span)
@@ -248,6 +277,12 @@ class SpanCollector:
     def _full(self, size: int) -> bool:
         held = self.bytes_in - self.bytes_out
         return len(self._queue) >= self._max or (held + size > self._max_bytes and held > 0)
+
+    def _within_grace(self, size: int) -> bool:
+        """The byte bound alone: the ceiling while a spill that empties the buffer is under way
+        (the spiller lost the CPU mid-spill; dropping then would lose spans that are about to
+        fit). The span count is let past its bound, memory never past ``max_bytes``."""
+        return self.bytes_in - self.bytes_out + size <= self._max_bytes
 
     def _accept(self, span: Span, size: int) -> None:
         span._qbytes = size
@@ -271,24 +306,27 @@ class SpanCollector:
         if self._overflow is not None:
             self._overflow(span)
             return
-        if self._wake is not None:
-            self._wake()
-        if self._full_wait_s > 0 and threading.get_ident() != self.consumer_thread:
-            self.waited += 1
-            deadline = time.monotonic() + self._full_wait_s
-            while self._full(size) and time.monotonic() < deadline:
-                time.sleep(0.0002)  # releases the GIL to the flusher; no I/O, no lock
-            if not self._full(size):
-                self._accept(span, size)
+        make_room = self._make_room
+        if make_room is not None:
+            made = make_room()
+            if made == ROOM_MADE and not self._full(size):
+                self._accept(span, size)  # the oldest spans went to the overflow on this thread, at once
                 return
+            if made == ROOM_COMING and self._within_grace(size):
+                self._accept(span, size)  # a spill is under way: it frees the whole buffer
+                return
+        if self._high_water is not None:
+            self._high_water()
         self.dropped += 1
         by_bytes = len(self._queue) < self._max
         if by_bytes:
             self.dropped_for_bytes += 1
-        if self.dropped == 1 or self.dropped % 1000 == 0:
+        now = time.monotonic()
+        if now - self._last_log >= _LOG_EVERY_S:
+            self._last_log = now
             log.error(
-                "span buffer full (%s): %d span(s) dropped so far; raise batching.%s or batching.full_wait_s, "
-                "or check the store and the spool's disk",
+                "span buffer full (%s) and the flusher could not spill it: %d span(s) dropped so far; "
+                "raise batching.%s, or check the flusher and the spool's disk",
                 f"{self._max_bytes / 2**20:.0f} MB" if by_bytes else f"{self._max} spans",
                 self.dropped,
                 "max_queue_mb" if by_bytes else "max_queue_size",
@@ -307,6 +345,20 @@ class SpanCollector:
     @property
     def max_bytes(self) -> int | None:
         return None if self._max_bytes == _UNBOUNDED else self._max_bytes
+
+    def above_high_water(self) -> bool:
+        """An eighth of either bound is held: the buffer is spilled rather than left to the pipeline."""
+        return (
+            len(self._queue) >= self._high or self.bytes_in - self.bytes_out >= self._max_bytes // _HIGH_WATER_FRACTION
+        )
+
+    @property
+    def drop_reason(self) -> str | None:
+        if not self.dropped:
+            return None
+        if self.dropped_for_bytes == self.dropped:
+            return "buffer byte bound (batching.max_queue_mb) reached"
+        return "buffer hard bound (batching.max_queue_size) reached"
 
     def ready(self) -> bool:
         """A batch is due: ``batch_size`` spans, or an eighth of the byte bound, are waiting."""
@@ -329,30 +381,37 @@ class SpanCollector:
                     break
         except IndexError:
             pass
-        self._taken += len(out)
-        self.bytes_taken += taken
+        with self._consumer_lock:
+            self._taken += len(out)
+            self.bytes_taken += taken
         return out, taken
 
     def release(self, nbytes: int) -> None:
         """The batch of ``nbytes`` has been delivered (or given up): its room is free again."""
-        self.bytes_out += nbytes
-        self._bytes_limit = self.bytes_out + self._max_bytes
+        with self._consumer_lock:
+            self.bytes_out += nbytes
+            self._bytes_limit = self.bytes_out + self._max_bytes
 
-    def drain(self, limit: int) -> list[Span]:
-        """Take up to ``limit`` spans out for good (their room is freed at once)."""
+    def drain(self, limit: int, max_bytes: int | None = None) -> list[Span]:
+        """Take up to ``limit`` spans (and, with ``max_bytes``, about that many estimated bytes:
+        at least one span) out for good; their room is freed at once."""
         queue = self._queue
         out: list[Span] = []
         taken = 0
         pop = queue.popleft
+        most = _UNBOUNDED if max_bytes is None else max_bytes
         try:
             for _ in range(min(limit, len(queue))):
                 span = pop()
                 out.append(span)
                 taken += span._qbytes
+                if taken >= most:
+                    break
         except IndexError:
             pass
-        self._taken += len(out)
-        self.bytes_taken += taken
+        with self._consumer_lock:
+            self._taken += len(out)
+            self.bytes_taken += taken
         self.release(taken)
         return out
 
@@ -370,7 +429,8 @@ class SpanCollector:
         """In a forked child: drop the parent's queued spans (the parent delivers them) and its
         counts; with ``reopen``, the next ``append`` starts the child's own flusher."""
         self._queue = deque()
-        self._taken = self.waited = self.dropped = self.dropped_for_bytes = 0
+        self._consumer_lock = threading.Lock()
+        self._taken = self.dropped = self.dropped_for_bytes = 0
         self.bytes_in = self.bytes_taken = self.bytes_out = 0
         self._bytes_limit = self._max_bytes
         self.consumer_thread = None

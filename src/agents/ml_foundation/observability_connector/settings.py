@@ -57,9 +57,12 @@ class BatchingSettings(_Section):
     # Raise the interpreter's young-generation GC threshold to this when the flusher starts, only
     # if it still has CPython's default (700); null leaves the collector alone (gc_tuning.py).
     gc_young_threshold: int | None = Field(10_000, ge=701, le=1_000_000)
-    # Back-pressure: with the buffer full, a producer waits up to this long for room (the flusher
-    # is moving spans to the sinks or the spool) before the span is counted as dropped; 0: never wait.
-    full_wait_s: float = Field(1.0, ge=0, le=60)
+    # gc.freeze() once the flusher delivered its first batch: full collections under a burst then
+    # skip the objects of start-up (gc_tuning.py says what it costs); false leaves the collector alone.
+    gc_freeze_after_start: bool = True
+    # Under a burst the flusher spills the buffer, encrypted, to an overflow file beside the spool
+    # (a producer never waits); this bounds that file: past it spans are dropped and counted.
+    overflow_max_mb: float = Field(1024, gt=0)
     shutdown_timeout_s: float = Field(5.0, ge=0, le=600)
     # Durability: a batch a sink cannot take now waits on disk and is replayed per sink.
     spool_enabled: bool = True
@@ -68,6 +71,23 @@ class BatchingSettings(_Section):
     retry_initial_s: float = Field(0.5, gt=0, le=600)
     retry_max_s: float = Field(30.0, gt=0, le=3600)
     sink_timeout_s: float = Field(10.0, gt=0, le=600)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_retired_keys(cls, data: Any) -> Any:
+        """``full_wait_s`` (producers waited for room): an existing file keeps loading, with a warning."""
+        if isinstance(data, dict) and (retired := sorted(set(data) & _RETIRED_BATCHING_KEYS)):
+            warnings.warn(
+                f"retired setting(s) ignored: batching.{', batching.'.join(retired)}; a producer never waits "
+                "for room any more: the flusher spills a full buffer to disk (batching.overflow_max_mb)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            data = {k: v for k, v in data.items() if k not in _RETIRED_BATCHING_KEYS}
+        return data
+
+
+_RETIRED_BATCHING_KEYS = frozenset({"full_wait_s"})
 
 
 class StoreSettings(_Section):
