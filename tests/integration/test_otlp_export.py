@@ -316,3 +316,29 @@ def test_demo_otlp_option_exports_every_stored_span(tmp_path: Path, otlp_receive
     with sqlite3.connect(store) as db:
         stored = {row[0] for row in db.execute("SELECT span_id FROM ml_observability_spans")}
     assert sorted(s.span_id.hex() for s in otlp_receiver.accepted_spans()) == sorted(stored)
+
+
+async def test_get_status_shows_the_export_delivery(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, otlp_receiver: OtlpReceiver
+) -> None:
+    from src.agents.ml_foundation.observability_connector.agent import ObservabilityConnectorAgent
+    from src.agents.ml_foundation.observability_connector.wiring import build_context
+    from tests.fixtures.waiting import wait_until_async
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", otlp_receiver.url)
+    settings = ObservabilitySettings(
+        store={"sqlite_path": str(tmp_path / "spans.db")}, batching={"spool_path": str(tmp_path / "spool.db")}
+    )
+    agent = ObservabilityConnectorAgent(context=build_context(settings))
+    try:
+        assert ObservabilityConnectorAgent().get_status()["otlp"] is None  # nothing built yet: nothing to show
+        for n in range(3):
+            with agent.span(f"op-{n}", "data_preparer"):
+                pass
+        assert await agent.flush(timeout=10)
+        await wait_until_async(lambda: len(otlp_receiver.accepted_spans()) == 3, timeout=WAIT_S)
+        await wait_until_async(lambda: agent.get_status()["otlp"]["spans_sent"] == 3, timeout=WAIT_S)
+        status = agent.get_status()["otlp"]
+        assert status["sink"] == "otlp" and status["state"] == "closed" and status["backlog_spans"] == 0
+    finally:
+        await agent.aclose()

@@ -386,14 +386,17 @@ class ObservabilityConnectorAgent(LLMCalls, ContextFactory, BatchDelivery):
         }
         context = self._context
         if context is None:
-            return {**status, "store": None, "spool": None, "cache": None, "opik": None}
+            return {**status, "store": None, "spool": None, "cache": None, "opik": None, "otlp": None}
         opik = getattr(context, "opik", None)
+        otlp = getattr(context, "otlp_delivery", None)
         return {
             **status,
             "store": context.store.describe(),
             **self._spool_status(context),
             "cache": context.cache.get_status(),
             "opik": opik.get_status() if opik is not None else {"enabled": False},
+            # The OTLP export's delivery: breaker, counters, what it owes (None: export is off).
+            "otlp": otlp.status() if otlp is not None else {"enabled": False},
         }
 
     def _spool_status(self, context: ConnectorContext) -> dict[str, Any]:
