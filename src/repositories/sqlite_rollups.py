@@ -1,0 +1,307 @@
+"""The SQLite store's rollup tables: DDL, maintenance inside the write transaction, the window
+query, rebuild and verify.
+
+Why SQL statements over the just-inserted rows instead of triggers: a row trigger runs six
+upserts per span; one ``INSERT ... SELECT ... GROUP BY ... ON CONFLICT DO UPDATE`` per table and
+level over the batch costs a few statements per batch. The batch's rows are the rows with
+``rowid`` above the largest one before the insert: the insert holds SQLite's write lock
+(``BEGIN IMMEDIATE``), so nobody else adds rows meanwhile, new rowids are always larger than
+the largest one present, and a duplicate that ``ON CONFLICT DO NOTHING`` skipped gets no rowid
+at all — only rows actually inserted are counted. Deletes (retention) subtract the rows they
+remove in the same transaction and drop buckets that reach zero.
+
+Buckets are named by the prefix of the stored UTC ISO text of ``start_time`` (``LEVELS``), so
+a bucket range is a text range on the primary key.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+from src.agents.ml_foundation.observability_connector.latency_sketch import index_sql
+from src.agents.ml_foundation.observability_connector.rollups import LEVELS, RollupGroup, window_segments
+from src.repositories.base import TABLE
+from src.repositories.row_values import utc_text
+from src.repositories.sqlite_queries import FALLBACK_SQL
+
+__all__ = [
+    "ROLLUPS",
+    "SKETCH",
+    "apply_rows",
+    "create_rollups",
+    "delete_with_rollups",
+    "read_groups",
+    "rebuild_day",
+    "verify",
+]
+
+ROLLUPS: Final = "ml_span_rollups"
+SKETCH: Final = "ml_span_rollup_sketch"
+
+_COUNTS: Final = (
+    "n_all",
+    "n_ok",
+    "n_error",
+    "n_timeout",
+    "n_started",
+    "n_fallback",
+    "tok_in",
+    "tok_out",
+    "tok_total",
+    "dur_n",
+    "dur_sum",
+)
+
+DDL: Final = (
+    f"""CREATE TABLE IF NOT EXISTS {ROLLUPS} (
+    level INTEGER NOT NULL, bucket TEXT NOT NULL, agent_name TEXT NOT NULL, agent_tier INTEGER NOT NULL,
+    n_all INTEGER NOT NULL, n_ok INTEGER NOT NULL, n_error INTEGER NOT NULL, n_timeout INTEGER NOT NULL,
+    n_started INTEGER NOT NULL, n_fallback INTEGER NOT NULL,
+    tok_in INTEGER NOT NULL, tok_out INTEGER NOT NULL, tok_total INTEGER NOT NULL,
+    dur_n INTEGER NOT NULL, dur_sum REAL NOT NULL,
+    PRIMARY KEY (level, bucket, agent_name, agent_tier)
+) WITHOUT ROWID""",
+    f"""CREATE TABLE IF NOT EXISTS {SKETCH} (
+    level INTEGER NOT NULL, bucket TEXT NOT NULL, agent_name TEXT NOT NULL, agent_tier INTEGER NOT NULL,
+    idx INTEGER NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (level, bucket, agent_name, agent_tier, idx)
+) WITHOUT ROWID""",
+)
+
+_IDX: Final = index_sql("duration_ms")
+
+
+def _row_figures(sign: int) -> str:
+    """The per-row figures summed into a bucket, signed (+1 insert, −1 delete)."""
+    return (
+        f"{sign} * COUNT(*), {sign} * SUM(status = 'ok'), {sign} * SUM(status = 'error'), "
+        f"{sign} * SUM(status = 'timeout'), {sign} * SUM(status = 'started'), {sign} * SUM({FALLBACK_SQL}), "
+        f"{sign} * COALESCE(SUM(input_tokens), 0), {sign} * COALESCE(SUM(output_tokens), 0), "
+        f"{sign} * COALESCE(SUM(total_tokens), 0), {sign} * COUNT(duration_ms), {sign} * COALESCE(SUM(duration_ms), 0.0)"
+    )
+
+
+def _upserts(where: str, sign: int) -> list[str]:
+    """Statements adding (or subtracting) the rows matching ``where`` to every level."""
+    statements = []
+    cols = ", ".join(_COUNTS)
+    sets = ", ".join(f"{c} = {c} + excluded.{c}" for c in _COUNTS)
+    for level, _width, length in LEVELS:
+        statements.append(
+            f"INSERT INTO {ROLLUPS} (level, bucket, agent_name, agent_tier, {cols}) "
+            f"SELECT {level}, substr(start_time, 1, {length}), agent_name, agent_tier, {_row_figures(sign)} "
+            f"FROM {TABLE} WHERE {where} GROUP BY 2, 3, 4 "
+            f"ON CONFLICT (level, bucket, agent_name, agent_tier) DO UPDATE SET {sets}"
+        )
+        statements.append(
+            f"INSERT INTO {SKETCH} (level, bucket, agent_name, agent_tier, idx, n) "
+            f"SELECT {level}, substr(start_time, 1, {length}), agent_name, agent_tier, {_IDX}, {sign} * COUNT(*) "
+            f"FROM {TABLE} WHERE ({where}) AND duration_ms IS NOT NULL GROUP BY 2, 3, 4, 5 "
+            f"ON CONFLICT (level, bucket, agent_name, agent_tier, idx) DO UPDATE SET n = n + excluded.n"
+        )
+    return statements
+
+
+_INSERTED: Final = _upserts("rowid > ?", 1)
+_DOOMED_TABLE: Final = "temp.obs_doomed_spans"
+_DELETED: Final = _upserts(f"rowid IN (SELECT rid FROM {_DOOMED_TABLE})", -1)
+
+
+def create_rollups(conn: sqlite3.Connection) -> bool:
+    """Create the rollup tables inside the caller's write transaction; back-fill them from the
+    raw rows when they did not exist (an existing store gains them on its first open). True
+    when they were created."""
+    found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (ROLLUPS,)).fetchone()
+    for statement in DDL:
+        conn.execute(statement)
+    if found is not None:
+        return False
+    apply_rows(conn, 0)
+    return True
+
+
+def max_rowid(conn: sqlite3.Connection) -> int:
+    return int(conn.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM {TABLE}").fetchone()[0])
+
+
+def apply_rows(conn: sqlite3.Connection, after_rowid: int) -> None:
+    """Add every raw row with ``rowid > after_rowid`` to the rollups (inside the write transaction)."""
+    for statement in _INSERTED:
+        conn.execute(statement, (after_rowid,))
+
+
+def delete_with_rollups(conn: sqlite3.Connection, select_rowids: str, params: tuple[Any, ...]) -> int:
+    """Delete the raw rows ``select_rowids`` names and subtract them from the rollups, inside the
+    caller's write transaction; buckets left empty are dropped. Returns the rows deleted."""
+    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS obs_doomed_spans (rid INTEGER PRIMARY KEY)")
+    conn.execute(f"DELETE FROM {_DOOMED_TABLE}")
+    conn.execute(f"INSERT INTO {_DOOMED_TABLE} (rid) {select_rowids}", params)
+    for statement in _DELETED:
+        conn.execute(statement)
+    cursor = conn.execute(f"DELETE FROM {TABLE} WHERE rowid IN (SELECT rid FROM {_DOOMED_TABLE})")
+    conn.execute(f"DELETE FROM {ROLLUPS} WHERE n_all = 0")
+    conn.execute(f"DELETE FROM {SKETCH} WHERE n = 0")
+    conn.execute(f"DELETE FROM {_DOOMED_TABLE}")
+    return cursor.rowcount
+
+
+def _bounds(since: datetime) -> dict[str, str]:
+    seg = window_segments(since)
+    return {
+        "since": utc_text(seg.since),
+        "raw_end": utc_text(seg.minute),
+        "m0": utc_text(seg.minute)[:16],
+        "m1": utc_text(seg.hour)[:16],
+        "h0": utc_text(seg.hour)[:13],
+        "h1": utc_text(seg.day)[:13],
+        "d0": utc_text(seg.day)[:10],
+    }
+
+
+def _window_union(columns: str, raw_columns: str, agent: bool, raw_where: str = "") -> str:
+    agent_rule = " AND agent_name = :agent" if agent else ""
+    return (
+        f"SELECT {columns} FROM {{t}} WHERE level = 0 AND bucket >= :m0 AND bucket < :m1{agent_rule} "
+        f"UNION ALL SELECT {columns} FROM {{t}} WHERE level = 1 AND bucket >= :h0 AND bucket < :h1{agent_rule} "
+        f"UNION ALL SELECT {columns} FROM {{t}} WHERE level = 2 AND bucket >= :d0{agent_rule} "
+        f"UNION ALL SELECT {raw_columns} FROM {TABLE} "
+        f"WHERE start_time >= :since AND start_time < :raw_end{agent_rule}{raw_where}"
+    )
+
+
+_RAW_FIGURES: Final = (
+    f"agent_name, agent_tier, 1 AS n_all, status = 'ok' AS n_ok, status = 'error' AS n_error, "
+    f"status = 'timeout' AS n_timeout, status = 'started' AS n_started, {FALLBACK_SQL} AS n_fallback, "
+    "COALESCE(input_tokens, 0) AS tok_in, COALESCE(output_tokens, 0) AS tok_out, "
+    "COALESCE(total_tokens, 0) AS tok_total, duration_ms IS NOT NULL AS dur_n, COALESCE(duration_ms, 0.0) AS dur_sum"
+)
+
+
+def _totals_sql(agent: bool) -> str:
+    inner = _window_union("agent_name, agent_tier, " + ", ".join(_COUNTS), _RAW_FIGURES, agent).replace("{t}", ROLLUPS)
+    sums = ", ".join(f"SUM({c})" for c in _COUNTS)
+    return f"SELECT agent_name, agent_tier, {sums} FROM ({inner}) GROUP BY agent_name, agent_tier"
+
+
+def _sketch_sql(agent: bool) -> str:
+    inner = _window_union(
+        "agent_name, agent_tier, idx, n", f"agent_name, agent_tier, {_IDX} AS idx, 1 AS n", agent,
+        " AND duration_ms IS NOT NULL",
+    ).replace("{t}", SKETCH)
+    return f"SELECT agent_name, agent_tier, idx, SUM(n) FROM ({inner}) GROUP BY agent_name, agent_tier, idx"
+
+
+_QUERIES: Final = {agent: (_totals_sql(agent), _sketch_sql(agent)) for agent in (False, True)}
+
+
+def read_groups(conn: sqlite3.Connection, since: datetime, agent_name: str | None) -> list[RollupGroup]:
+    """Every (agent, tier) of ``[since, ∞)``: both reads in one snapshot, so counts and sketches agree."""
+    params: dict[str, Any] = _bounds(since)
+    if agent_name is not None:
+        params["agent"] = agent_name
+    totals_sql, sketch_sql = _QUERIES[agent_name is not None]
+    conn.execute("BEGIN")
+    try:
+        totals = conn.execute(totals_sql, params).fetchall()
+        sketch = conn.execute(sketch_sql, params).fetchall()
+    finally:
+        conn.execute("COMMIT")
+    groups: dict[tuple[str, int], RollupGroup] = {}
+    for agent, tier, *figures in totals:
+        groups[(agent, tier)] = RollupGroup(agent, int(tier), *(int(v) for v in figures[:-1]), float(figures[-1]))
+    for agent, tier, idx, n in sketch:
+        group = groups.get((agent, tier))
+        if group is not None and n:
+            group.sketch[int(idx)] = int(n)
+    return list(groups.values())
+
+
+def rebuild_day(conn: sqlite3.Connection, day: datetime) -> None:
+    """Recompute every bucket of one UTC day from the raw rows, in one write transaction."""
+    start = day.replace(hour=0, minute=0, second=0, microsecond=0)
+    lo, hi = utc_text(start), utc_text(start + timedelta(days=1))
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for table in (ROLLUPS, SKETCH):
+            conn.execute(f"DELETE FROM {table} WHERE bucket >= ? AND bucket < ?", (lo[:10], hi[:10]))
+        where = "start_time >= ? AND start_time < ?"
+        for statement in _upserts(where, 1):
+            conn.execute(statement, (lo, hi))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _raw_by_day(conn: sqlite3.Connection, since: str) -> tuple[dict[Any, tuple[Any, ...]], dict[Any, int]]:
+    totals = {
+        tuple(row[:3]): tuple(row[3:])
+        for row in conn.execute(
+            f"SELECT substr(start_time, 1, 10), agent_name, agent_tier, {_row_figures(1)} FROM {TABLE} "
+            "WHERE start_time >= ? GROUP BY 1, 2, 3",
+            (since,),
+        )
+    }
+    sketch = {
+        tuple(row[:4]): int(row[4])
+        for row in conn.execute(
+            f"SELECT substr(start_time, 1, 10), agent_name, agent_tier, {_IDX}, COUNT(*) FROM {TABLE} "
+            "WHERE start_time >= ? AND duration_ms IS NOT NULL GROUP BY 1, 2, 3, 4",
+            (since,),
+        )
+    }
+    return totals, sketch
+
+
+def verify(conn: sqlite3.Connection, since: datetime, report: Callable[[str], None]) -> int:
+    """Compare every level, summed per UTC day, with the raw rows from ``since`` (a day start);
+    returns the number of mismatches, each described through ``report``."""
+    lo = utc_text(since)
+    conn.execute("BEGIN")
+    try:
+        raw_totals, raw_sketch = _raw_by_day(conn, lo)
+        problems = 0
+        sums = ", ".join(f"SUM({c})" for c in _COUNTS)
+        for level, _w, _length in LEVELS:
+            rolled = {
+                tuple(row[:3]): tuple(row[3:])
+                for row in conn.execute(
+                    f"SELECT substr(bucket, 1, 10), agent_name, agent_tier, {sums} FROM {ROLLUPS} "
+                    "WHERE level = ? AND bucket >= ? GROUP BY 1, 2, 3",
+                    (level, lo[:10]),
+                )
+            }
+            problems += _compare(f"level {level} totals", raw_totals, rolled, report)
+            rolled_sketch = {
+                tuple(row[:4]): int(row[4])
+                for row in conn.execute(
+                    f"SELECT substr(bucket, 1, 10), agent_name, agent_tier, idx, SUM(n) FROM {SKETCH} "
+                    "WHERE level = ? AND bucket >= ? GROUP BY 1, 2, 3, 4 HAVING SUM(n) != 0",
+                    (level, lo[:10]),
+                )
+            }
+            problems += _compare(f"level {level} sketch", raw_sketch, rolled_sketch, report)
+    finally:
+        conn.execute("COMMIT")
+    return problems
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) or isinstance(b, float):
+        return abs(float(a) - float(b)) <= 1e-6 * max(1.0, abs(float(a)), abs(float(b)))
+    return bool(a == b)
+
+
+def _compare(what: str, raw: dict[Any, Any], rolled: dict[Any, Any], report: Callable[[str], None]) -> int:
+    problems = 0
+    for key in sorted(set(raw) | set(rolled), key=repr):
+        if not _same(raw.get(key), rolled.get(key)):
+            problems += 1
+            report(f"{what} {key}: raw rows say {raw.get(key)}, rollups say {rolled.get(key)}")
+    return problems
