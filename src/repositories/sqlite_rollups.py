@@ -24,6 +24,7 @@ from typing import Any, Final
 from src.agents.ml_foundation.observability_connector.latency_sketch import index_sql
 from src.agents.ml_foundation.observability_connector.rollups import LEVELS, RollupGroup, window_segments
 from src.repositories.base import TABLE
+from src.repositories.rollup_check import compare_keyed
 from src.repositories.row_values import utc_text
 from src.repositories.sqlite_queries import FALLBACK_SQL
 
@@ -237,23 +238,21 @@ def rebuild_day(conn: sqlite3.Connection, day: datetime) -> None:
         raise
 
 
-def _raw_by_day(conn: sqlite3.Connection, since: str) -> tuple[dict[Any, tuple[Any, ...]], dict[Any, int]]:
-    totals = {
-        tuple(row[:3]): tuple(row[3:])
-        for row in conn.execute(
+def _raw_by_day(conn: sqlite3.Connection, since: str) -> tuple[list[Any], list[Any]]:
+    totals = list(
+        conn.execute(
             f"SELECT substr(start_time, 1, 10), agent_name, agent_tier, {_row_figures(1)} FROM {TABLE} "
             "WHERE start_time >= ? GROUP BY 1, 2, 3",
             (since,),
         )
-    }
-    sketch = {
-        tuple(row[:4]): int(row[4])
-        for row in conn.execute(
+    )
+    sketch = list(
+        conn.execute(
             f"SELECT substr(start_time, 1, 10), agent_name, agent_tier, {_IDX}, COUNT(*) FROM {TABLE} "
             "WHERE start_time >= ? AND duration_ms IS NOT NULL GROUP BY 1, 2, 3, 4",
             (since,),
         )
-    }
+    )
     return totals, sketch
 
 
@@ -267,41 +266,22 @@ def verify(conn: sqlite3.Connection, since: datetime, report: Callable[[str], No
         problems = 0
         sums = ", ".join(f"SUM({c})" for c in _COUNTS)
         for level, _w, _length in LEVELS:
-            rolled = {
-                tuple(row[:3]): tuple(row[3:])
-                for row in conn.execute(
+            rolled = list(
+                conn.execute(
                     f"SELECT substr(bucket, 1, 10), agent_name, agent_tier, {sums} FROM {ROLLUPS} "
                     "WHERE level = ? AND bucket >= ? GROUP BY 1, 2, 3",
                     (level, lo[:10]),
                 )
-            }
-            problems += _compare(f"level {level} totals", raw_totals, rolled, report)
-            rolled_sketch = {
-                tuple(row[:4]): int(row[4])
-                for row in conn.execute(
+            )
+            problems += compare_keyed(f"level {level} totals", raw_totals, rolled, 3, report)
+            rolled_sketch = list(
+                conn.execute(
                     f"SELECT substr(bucket, 1, 10), agent_name, agent_tier, idx, SUM(n) FROM {SKETCH} "
                     "WHERE level = ? AND bucket >= ? GROUP BY 1, 2, 3, 4 HAVING SUM(n) != 0",
                     (level, lo[:10]),
                 )
-            }
-            problems += _compare(f"level {level} sketch", raw_sketch, rolled_sketch, report)
+            )
+            problems += compare_keyed(f"level {level} sketch", raw_sketch, rolled_sketch, 4, report)
     finally:
         conn.execute("COMMIT")
-    return problems
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, tuple) and isinstance(b, tuple):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, float) or isinstance(b, float):
-        return abs(float(a) - float(b)) <= 1e-6 * max(1.0, abs(float(a)), abs(float(b)))
-    return bool(a == b)
-
-
-def _compare(what: str, raw: dict[Any, Any], rolled: dict[Any, Any], report: Callable[[str], None]) -> int:
-    problems = 0
-    for key in sorted(set(raw) | set(rolled), key=repr):
-        if not _same(raw.get(key), rolled.get(key)):
-            problems += 1
-            report(f"{what} {key}: raw rows say {raw.get(key)}, rollups say {rolled.get(key)}")
     return problems

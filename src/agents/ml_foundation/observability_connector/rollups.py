@@ -16,10 +16,10 @@ order; percentiles carry the sketch's guarantee (``latency_sketch``: within ``α
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from .latency_sketch import percentiles
 from .metrics_models import LatencyStats, QualityMetrics, error_rate
@@ -28,6 +28,7 @@ __all__ = [
     "LEVELS",
     "RollupGroup",
     "Segments",
+    "groups_from_rows",
     "latency_stats",
     "quality_metrics",
     "window_segments",
@@ -100,6 +101,24 @@ class RollupGroup:
         self.dur_sum += other.dur_sum
         for index, n in other.sketch.items():
             self.sketch[index] = self.sketch.get(index, 0) + n
+
+
+def groups_from_rows(rows: Iterable[Sequence[Any]]) -> list[RollupGroup]:
+    """The rows of ``obs_rollup_metrics`` (Postgres, and Supabase over RPC) as groups: rows with
+    a null ``idx`` carry a group's figures, the others one sketch bucket ``(idx, n)``."""
+    groups: dict[tuple[str, int], RollupGroup] = {}
+    sketch_rows = []
+    for agent, tier, idx, n, *figures in rows:
+        if idx is None:
+            counts = [int(v or 0) for v in figures[:-1]]
+            groups[(str(agent), int(tier))] = RollupGroup(str(agent), int(tier), *counts, float(figures[-1] or 0.0))
+        else:
+            sketch_rows.append((str(agent), int(tier), int(idx), int(n)))
+    for agent, tier, idx, n in sketch_rows:
+        group = groups.get((agent, tier))
+        if group is not None and n:
+            group.sketch[idx] = group.sketch.get(idx, 0) + n
+    return list(groups.values())
 
 
 def _merge(groups: Iterable[RollupGroup], key: str) -> RollupGroup:
