@@ -53,11 +53,11 @@ from src.repositories.base import (
     window_start,
 )
 from src.repositories.postgres_copy import write_batch
-from src.repositories.rollup_check import compare_keyed
 from src.repositories.postgres_errors import describe_dsn
 from src.repositories.postgres_pool import PostgresPool
 from src.repositories.postgres_rows import row_to_span
 from src.repositories.postgres_schema import SCHEMA_PATH, MigrationReport, migrate
+from src.repositories.rollup_check import compare_keyed
 
 __all__ = [
     "COLUMNS",
@@ -331,7 +331,9 @@ class PostgresSpanRepository(SpanStore):
     async def rebuild_rollups(self, since: datetime | None = None, progress: ProgressCallback | None = None) -> int:
         """``obs_rollup_rebuild`` one UTC day per transaction, oldest first (each blocks writers
         for that day's aggregation only); buckets outside the days with raw rows are dropped."""
-        span = await self._fetchall(f"SELECT min(start_time), max(start_time) FROM {TABLE}", (), "finding the span range")
+        span = await self._fetchall(
+            f"SELECT min(start_time), max(start_time) FROM {TABLE}", (), "finding the span range"
+        )
         oldest, last = span[0]
         if oldest is None:
             await self._execute_all(["DELETE FROM public.ml_span_rollups", "DELETE FROM public.ml_span_rollup_sketch"])

@@ -33,8 +33,8 @@ from src.agents.ml_foundation.observability_connector.models import (
     QualityMetrics,
     error_rate,
 )
-from src.agents.ml_foundation.observability_connector.rollups import RollupGroup
 from src.agents.ml_foundation.observability_connector.paths import absolute as _absolute
+from src.agents.ml_foundation.observability_connector.rollups import RollupGroup
 from src.repositories.base import (
     COLUMNS,
     TABLE,
@@ -318,7 +318,9 @@ class SQLiteSpanRepository(SpanStore):
         conn.execute("BEGIN IMMEDIATE")
         try:
             deleted = delete_with_rollups(
-                conn, f"SELECT rowid FROM {TABLE} WHERE start_time < ? ORDER BY start_time LIMIT ?", (cutoff, batch_size)
+                conn,
+                f"SELECT rowid FROM {TABLE} WHERE start_time < ? ORDER BY start_time LIMIT ?",
+                (cutoff, batch_size),
             )
             conn.execute("COMMIT")
         except BaseException:

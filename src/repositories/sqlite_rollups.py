@@ -81,7 +81,8 @@ def _row_figures(sign: int) -> str:
         f"{sign} * COUNT(*), {sign} * SUM(status = 'ok'), {sign} * SUM(status = 'error'), "
         f"{sign} * SUM(status = 'timeout'), {sign} * SUM(status = 'started'), {sign} * SUM({FALLBACK_SQL}), "
         f"{sign} * COALESCE(SUM(input_tokens), 0), {sign} * COALESCE(SUM(output_tokens), 0), "
-        f"{sign} * COALESCE(SUM(total_tokens), 0), {sign} * COUNT(duration_ms), {sign} * COALESCE(SUM(duration_ms), 0.0)"
+        f"{sign} * COALESCE(SUM(total_tokens), 0), {sign} * COUNT(duration_ms), "
+        f"{sign} * COALESCE(SUM(duration_ms), 0.0)"
     )
 
 
@@ -137,7 +138,7 @@ def apply_rows(conn: sqlite3.Connection, after_rowid: int) -> None:
 def delete_with_rollups(conn: sqlite3.Connection, select_rowids: str, params: tuple[Any, ...]) -> int:
     """Delete the raw rows ``select_rowids`` names and subtract them from the rollups, inside the
     caller's write transaction; buckets left empty are dropped. Returns the rows deleted."""
-    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS obs_doomed_spans (rid INTEGER PRIMARY KEY)")
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS obs_doomed_spans (rid INTEGER PRIMARY KEY)")
     conn.execute(f"DELETE FROM {_DOOMED_TABLE}")
     conn.execute(f"INSERT INTO {_DOOMED_TABLE} (rid) {select_rowids}", params)
     for statement in _DELETED:
@@ -189,7 +190,9 @@ def _totals_sql(agent: bool) -> str:
 
 def _sketch_sql(agent: bool) -> str:
     inner = _window_union(
-        "agent_name, agent_tier, idx, n", f"agent_name, agent_tier, {_IDX} AS idx, 1 AS n", agent,
+        "agent_name, agent_tier, idx, n",
+        f"agent_name, agent_tier, {_IDX} AS idx, 1 AS n",
+        agent,
         " AND duration_ms IS NOT NULL",
     ).replace("{t}", SKETCH)
     return f"SELECT agent_name, agent_tier, idx, SUM(n) FROM ({inner}) GROUP BY agent_name, agent_tier, idx"
@@ -212,7 +215,7 @@ def read_groups(conn: sqlite3.Connection, since: datetime, agent_name: str | Non
         conn.execute("COMMIT")
     groups: dict[tuple[str, int], RollupGroup] = {}
     for agent, tier, *figures in totals:
-        groups[(agent, tier)] = RollupGroup(agent, int(tier), *(int(v) for v in figures[:-1]), float(figures[-1]))
+        groups[(agent, tier)] = RollupGroup.from_figures(agent, int(tier), figures)
     for agent, tier, idx, n in sketch:
         group = groups.get((agent, tier))
         if group is not None and n:

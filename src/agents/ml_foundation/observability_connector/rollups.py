@@ -87,6 +87,14 @@ class RollupGroup:
     dur_sum: float = 0.0
     sketch: dict[int, int] = field(default_factory=dict)
 
+    @classmethod
+    def from_figures(cls, agent_name: str, agent_tier: int, figures: Sequence[Any]) -> RollupGroup:
+        """From the eleven summed figures in column order (n_all … dur_n, dur_sum); nulls as 0."""
+        n = [int(v or 0) for v in figures[:10]]
+        return cls(
+            agent_name, agent_tier, n[0], n[1], n[2], n[3], n[4], n[5], n[6], n[7], n[8], n[9], float(figures[10] or 0)
+        )
+
     def add(self, other: RollupGroup) -> None:
         self.n_all += other.n_all
         self.n_ok += other.n_ok
@@ -110,8 +118,7 @@ def groups_from_rows(rows: Iterable[Sequence[Any]]) -> list[RollupGroup]:
     sketch_rows = []
     for agent, tier, idx, n, *figures in rows:
         if idx is None:
-            counts = [int(v or 0) for v in figures[:-1]]
-            groups[(str(agent), int(tier))] = RollupGroup(str(agent), int(tier), *counts, float(figures[-1] or 0.0))
+            groups[(str(agent), int(tier))] = RollupGroup.from_figures(str(agent), int(tier), figures)
         else:
             sketch_rows.append((str(agent), int(tier), int(idx), int(n)))
     for agent, tier, idx, n in sketch_rows:

@@ -3,8 +3,8 @@
 Every figure comes from the store's rollups (``rollups.py``: per minute / hour / day bucket
 and agent, maintained with the raw rows; percentiles from a sketch within 1 % of the exact
 continuous percentile, ``latency_sketch.py``), or from its raw rows (percentiles in SQL) for a
-trace filter or a store without rollups, for the requested window and filters, then cached (see ``cache.py``) until the TTL for that window
-runs out or spans are stored that fall inside it.
+trace filter or a store without rollups, for the requested window and filters, then cached
+(see ``cache.py``) until the TTL for that window runs out or spans are stored that fall inside it.
 
 The answer has the host's 13 keys and shapes (HOST_CONTRACT.md §1), plus ``count`` in each
 latency group, ``tier_name`` in each tier group and ``metrics_from_cache``:
