@@ -10,6 +10,7 @@ find nothing, and ``rebuild_rollups`` must not change the answer.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
 from collections.abc import AsyncIterator
@@ -249,3 +250,30 @@ async def test_verify_reports_a_drifted_bucket_and_rebuild_repairs_it(store: Spa
     assert await store.rebuild_rollups(progress=days.append) >= 1
     assert days and days == sorted(days)
     assert await store.verify_rollups() == []
+
+
+async def test_postgres_migrate_back_fills_an_existing_table_once(postgres_dsn: str) -> None:
+    """A database whose span table predates the rollups: ``migrate`` adds them with the rows
+    already stored, and a second run changes nothing."""
+    import psycopg
+
+    from src.repositories.postgres import PostgresSpanRepository, migrate
+
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute("DROP TABLE ml_span_rollups, ml_span_rollup_sketch CASCADE")
+        for op in ("insert", "delete", "update", "truncate"):
+            conn.execute(f"DROP TRIGGER ml_observability_spans_rollup_{op} ON ml_observability_spans")
+    repo = PostgresSpanRepository(postgres_dsn)
+    now = datetime.now(UTC)
+    specs = [{"age": 3600.0 * i + 7.5, "agent": "orchestrator", "status": "ok", "duration": 3.0 * i,
+              "tokens": (i, 1), "fallback": i % 2 == 0} for i in range(50)]  # fmt: skip
+    try:
+        await repo.insert_spans_batch([_row(now, spec) for spec in specs])
+        for _ in range(2):
+            await asyncio.to_thread(migrate, postgres_dsn)
+            assert await repo.verify_rollups() == []
+            await _check(repo)
+        groups = await repo.rollup_groups("30d")
+        assert groups is not None and sum(g.n_all for g in groups) == 50
+    finally:
+        await repo.close()

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from .cli_maintenance import cleanup, migrate, replay
+from .cli_rollup import rollup_app
 from .cli_support import (
     EXIT_NOT_FOUND,
     EXIT_USAGE,
@@ -308,6 +309,7 @@ def _spool_line(settings: ObservabilitySettings) -> tuple[str, str | None]:
 app.command()(replay)
 app.command()(migrate)
 app.command()(cleanup)
+app.add_typer(rollup_app)
 
 
 def main() -> None:
