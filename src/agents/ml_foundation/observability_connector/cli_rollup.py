@@ -70,7 +70,13 @@ def rebuild(
         finally:
             await close_context(context)
 
-    columns = (TextColumn("rebuilding rollups"), BarColumn(), MofNCompleteColumn(), TextColumn("days"), TimeElapsedColumn())
+    columns = (
+        TextColumn("rebuilding rollups"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("days"),
+        TimeElapsedColumn(),
+    )
     try:
         with Progress(*columns, console=make_console(stderr=True), transient=True) as progress:
             days = run_sync(lambda: run(progress))
