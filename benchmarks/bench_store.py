@@ -209,7 +209,10 @@ async def write_repository(repo: PostgresSpanRepository, spans: list[Observabili
 async def write_staged(repo: PostgresSpanRepository, spans: list[ObservabilitySpan], batch: int) -> None:
     """The repository's second tier on its own: staging table + INSERT ... ON CONFLICT DO NOTHING."""
     for i in range(0, len(spans), batch):
-        result = await repo._insert_staged(spans[i : i + batch])
+        # The staged tier lives in postgres_copy since the repository was split.
+        from src.repositories.postgres_copy import _insert_staged
+
+        result = await _insert_staged(repo._call, spans[i : i + batch])
         if result is None or result.inserted != len(spans[i : i + batch]):
             raise RuntimeError(f"benchmark rows were not all stored: {result}")
 

@@ -21,12 +21,15 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from src.agents.ml_foundation.observability_connector.latency_sketch import index_sql
+import numpy as np
+
+from src.agents.ml_foundation.observability_connector.latency_sketch import ZERO_INDEX, index_sql
 from src.agents.ml_foundation.observability_connector.rollups import LEVELS, RollupGroup, window_segments
 from src.repositories.base import TABLE
 from src.repositories.rollup_check import compare_keyed
 from src.repositories.row_values import utc_text
 from src.repositories.sqlite_queries import FALLBACK_SQL
+from src.repositories.sqlite_sketch import SKETCH, SKETCH_DDL, add_rows, blob_counts, merge_blobs
 
 __all__ = [
     "ROLLUPS",
@@ -40,7 +43,6 @@ __all__ = [
 ]
 
 ROLLUPS: Final = "ml_span_rollups"
-SKETCH: Final = "ml_span_rollup_sketch"
 
 _COUNTS: Final = (
     "n_all",
@@ -65,11 +67,7 @@ DDL: Final = (
     dur_n INTEGER NOT NULL, dur_sum REAL NOT NULL,
     PRIMARY KEY (level, bucket, agent_name, agent_tier)
 ) WITHOUT ROWID""",
-    f"""CREATE TABLE IF NOT EXISTS {SKETCH} (
-    level INTEGER NOT NULL, bucket TEXT NOT NULL, agent_name TEXT NOT NULL, agent_tier INTEGER NOT NULL,
-    idx INTEGER NOT NULL, n INTEGER NOT NULL,
-    PRIMARY KEY (level, bucket, agent_name, agent_tier, idx)
-) WITHOUT ROWID""",
+    SKETCH_DDL,
 )
 
 _IDX: Final = index_sql("duration_ms")
@@ -98,12 +96,6 @@ def _upserts(where: str, sign: int) -> list[str]:
             f"FROM {TABLE} WHERE {where} GROUP BY 2, 3, 4 "
             f"ON CONFLICT (level, bucket, agent_name, agent_tier) DO UPDATE SET {sets}"
         )
-        statements.append(
-            f"INSERT INTO {SKETCH} (level, bucket, agent_name, agent_tier, idx, n) "
-            f"SELECT {level}, substr(start_time, 1, {length}), agent_name, agent_tier, {_IDX}, {sign} * COUNT(*) "
-            f"FROM {TABLE} WHERE ({where}) AND duration_ms IS NOT NULL GROUP BY 2, 3, 4, 5 "
-            f"ON CONFLICT (level, bucket, agent_name, agent_tier, idx) DO UPDATE SET n = n + excluded.n"
-        )
     return statements
 
 
@@ -129,10 +121,16 @@ def max_rowid(conn: sqlite3.Connection) -> int:
     return int(conn.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM {TABLE}").fetchone()[0])
 
 
+_DURATIONS: Final = (
+    f"SELECT start_time, agent_name, agent_tier, duration_ms FROM {TABLE} WHERE duration_ms IS NOT NULL AND "
+)
+
+
 def apply_rows(conn: sqlite3.Connection, after_rowid: int) -> None:
     """Add every raw row with ``rowid > after_rowid`` to the rollups (inside the write transaction)."""
     for statement in _INSERTED:
         conn.execute(statement, (after_rowid,))
+    add_rows(conn, conn.execute(_DURATIONS + "rowid > ?", (after_rowid,)), 1)
 
 
 def delete_with_rollups(conn: sqlite3.Connection, select_rowids: str, params: tuple[Any, ...]) -> int:
@@ -143,9 +141,9 @@ def delete_with_rollups(conn: sqlite3.Connection, select_rowids: str, params: tu
     conn.execute(f"INSERT INTO {_DOOMED_TABLE} (rid) {select_rowids}", params)
     for statement in _DELETED:
         conn.execute(statement)
+    add_rows(conn, conn.execute(_DURATIONS + f"rowid IN (SELECT rid FROM {_DOOMED_TABLE})"), -1)
     cursor = conn.execute(f"DELETE FROM {TABLE} WHERE rowid IN (SELECT rid FROM {_DOOMED_TABLE})")
     conn.execute(f"DELETE FROM {ROLLUPS} WHERE n_all = 0")
-    conn.execute(f"DELETE FROM {SKETCH} WHERE n = 0")
     conn.execute(f"DELETE FROM {_DOOMED_TABLE}")
     return cursor.rowcount
 
@@ -189,37 +187,61 @@ def _totals_sql(agent: bool) -> str:
 
 
 def _sketch_sql(agent: bool) -> str:
-    inner = _window_union(
-        "agent_name, agent_tier, idx, n",
-        f"agent_name, agent_tier, {_IDX} AS idx, 1 AS n",
-        agent,
-        " AND duration_ms IS NOT NULL",
-    ).replace("{t}", SKETCH)
-    return f"SELECT agent_name, agent_tier, idx, SUM(n) FROM ({inner}) GROUP BY agent_name, agent_tier, idx"
+    agent_rule = " AND agent_name = :agent" if agent else ""
+    return (
+        f"SELECT agent_name, agent_tier, idx0, counts, zeros FROM {SKETCH} "
+        f"WHERE level = 0 AND bucket >= :m0 AND bucket < :m1{agent_rule} "
+        f"UNION ALL SELECT agent_name, agent_tier, idx0, counts, zeros FROM {SKETCH} "
+        f"WHERE level = 1 AND bucket >= :h0 AND bucket < :h1{agent_rule} "
+        f"UNION ALL SELECT agent_name, agent_tier, idx0, counts, zeros FROM {SKETCH} "
+        f"WHERE level = 2 AND bucket >= :d0{agent_rule}"
+    )
 
 
-_QUERIES: Final = {agent: (_totals_sql(agent), _sketch_sql(agent)) for agent in (False, True)}
+def _edge_sql(agent: bool) -> str:
+    agent_rule = " AND agent_name = :agent" if agent else ""
+    return (
+        f"SELECT agent_name, agent_tier, {_IDX}, COUNT(*) FROM {TABLE} "
+        f"WHERE start_time >= :since AND start_time < :raw_end AND duration_ms IS NOT NULL{agent_rule} "
+        "GROUP BY 1, 2, 3"
+    )
+
+
+_QUERIES: Final = {agent: (_totals_sql(agent), _sketch_sql(agent), _edge_sql(agent)) for agent in (False, True)}
 
 
 def read_groups(conn: sqlite3.Connection, since: datetime, agent_name: str | None) -> list[RollupGroup]:
-    """Every (agent, tier) of ``[since, ∞)``: both reads in one snapshot, so counts and sketches agree."""
+    """Every (agent, tier) of ``[since, ∞)``: all reads in one snapshot, so counts and sketches agree."""
     params: dict[str, Any] = _bounds(since)
     if agent_name is not None:
         params["agent"] = agent_name
-    totals_sql, sketch_sql = _QUERIES[agent_name is not None]
+    totals_sql, sketch_sql, edge_sql = _QUERIES[agent_name is not None]
     conn.execute("BEGIN")
     try:
         totals = conn.execute(totals_sql, params).fetchall()
-        sketch = conn.execute(sketch_sql, params).fetchall()
+        blobs = conn.execute(sketch_sql, params).fetchall()
+        edge = conn.execute(edge_sql, params).fetchall()
     finally:
         conn.execute("COMMIT")
     groups: dict[tuple[str, int], RollupGroup] = {}
     for agent, tier, *figures in totals:
         groups[(agent, tier)] = RollupGroup.from_figures(agent, int(tier), figures)
-    for agent, tier, idx, n in sketch:
-        group = groups.get((agent, tier))
-        if group is not None and n:
-            group.sketch[int(idx)] = int(n)
+    parts: dict[tuple[str, int], list[tuple[int, Any]]] = {}
+    zeros: dict[tuple[str, int], int] = {}
+    for agent, tier, idx0, blob, n_zero in blobs:
+        parts.setdefault((agent, tier), []).append(blob_counts(idx0, blob))
+        zeros[(agent, tier)] = zeros.get((agent, tier), 0) + int(n_zero)
+    edge_counts: dict[tuple[str, int], dict[int, int]] = {}
+    for agent, tier, idx, n in edge:
+        edge_counts.setdefault((agent, tier), {})[int(idx)] = int(n)
+    for key, group in groups.items():
+        lo, merged = merge_blobs(parts.get(key, []))
+        sketch = {lo + int(i): int(merged[i]) for i in np.flatnonzero(merged)}
+        if zeros.get(key):
+            sketch[ZERO_INDEX] = zeros[key]
+        for idx, n in edge_counts.get(key, {}).items():
+            sketch[idx] = sketch.get(idx, 0) + n
+        group.sketch = sketch
     return list(groups.values())
 
 
@@ -234,6 +256,7 @@ def rebuild_day(conn: sqlite3.Connection, day: datetime) -> None:
         where = "start_time >= ? AND start_time < ?"
         for statement in _upserts(where, 1):
             conn.execute(statement, (lo, hi))
+        add_rows(conn, conn.execute(_DURATIONS + where, (lo, hi)), 1)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
@@ -259,6 +282,25 @@ def _raw_by_day(conn: sqlite3.Connection, since: str) -> tuple[list[Any], list[A
     return totals, sketch
 
 
+def _sketch_by_day(conn: sqlite3.Connection, level: int, day: str) -> list[tuple[Any, ...]]:
+    """One level's blobs expanded to (day, agent, tier, idx, count), summed per day."""
+    sums: dict[tuple[str, str, int, int], int] = {}
+    rows = conn.execute(
+        f"SELECT substr(bucket, 1, 10), agent_name, agent_tier, idx0, counts, zeros FROM {SKETCH} "
+        "WHERE level = ? AND bucket >= ?",
+        (level, day),
+    )
+    for bucket_day, agent, tier, idx0, blob, n_zero in rows:
+        lo, counts = blob_counts(idx0, blob)
+        for i in np.flatnonzero(counts):
+            key = (bucket_day, agent, tier, lo + int(i))
+            sums[key] = sums.get(key, 0) + int(counts[i])
+        if n_zero:
+            key = (bucket_day, agent, tier, ZERO_INDEX)
+            sums[key] = sums.get(key, 0) + int(n_zero)
+    return [(*key, n) for key, n in sums.items() if n]
+
+
 def verify(conn: sqlite3.Connection, since: datetime, report: Callable[[str], None]) -> int:
     """Compare every level, summed per UTC day, with the raw rows from ``since`` (a day start);
     returns the number of mismatches, each described through ``report``."""
@@ -277,13 +319,7 @@ def verify(conn: sqlite3.Connection, since: datetime, report: Callable[[str], No
                 )
             )
             problems += compare_keyed(f"level {level} totals", raw_totals, rolled, 3, report)
-            rolled_sketch = list(
-                conn.execute(
-                    f"SELECT substr(bucket, 1, 10), agent_name, agent_tier, idx, SUM(n) FROM {SKETCH} "
-                    "WHERE level = ? AND bucket >= ? GROUP BY 1, 2, 3, 4 HAVING SUM(n) != 0",
-                    (level, lo[:10]),
-                )
-            )
+            rolled_sketch = _sketch_by_day(conn, level, lo[:10])
             problems += compare_keyed(f"level {level} sketch", raw_sketch, rolled_sketch, 4, report)
     finally:
         conn.execute("COMMIT")

@@ -1,0 +1,116 @@
+"""The SQLite store's latency sketches: one dense count array per (level, bucket, agent, tier).
+
+Why arrays and not one row per sketch index: a 30-day window on a busy store merges ~2,000
+(bucket, agent) sketches of up to ~500 indexes each; as rows that is ~10⁶ rows for SQLite to
+group (hundreds of ms), as arrays it is ~2,000 blobs read and added with numpy (milliseconds).
+A blob holds little-endian int32 counts for the indexes ``idx0 .. idx0 + len − 1`` (positive
+durations, see ``latency_sketch``); zero durations are counted in ``zeros``. They are
+maintained in Python inside the write transaction from the rows the transaction inserted or
+deletes (read back by rowid), with a read-modify-write of each touched blob: a batch touches a
+few dozen.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from typing import Any, Final
+
+import numpy as np
+
+from src.agents.ml_foundation.observability_connector.latency_sketch import LN_GAMMA, ZERO_INDEX
+from src.agents.ml_foundation.observability_connector.rollups import LEVELS
+
+__all__ = ["SKETCH", "SKETCH_DDL", "Key", "add_rows", "blob_counts", "merge_blobs", "sketch_deltas"]
+
+SKETCH: Final = "ml_span_rollup_sketch"
+SKETCH_DDL: Final = f"""CREATE TABLE IF NOT EXISTS {SKETCH} (
+    level INTEGER NOT NULL, bucket TEXT NOT NULL, agent_name TEXT NOT NULL, agent_tier INTEGER NOT NULL,
+    idx0 INTEGER NOT NULL, counts BLOB NOT NULL, zeros INTEGER NOT NULL,
+    PRIMARY KEY (level, bucket, agent_name, agent_tier)
+) WITHOUT ROWID"""
+
+Key = tuple[int, str, str, int]
+_DTYPE: Final = np.dtype("<i4")
+_WHERE_KEY: Final = "level = ? AND bucket = ? AND agent_name = ? AND agent_tier = ?"
+
+
+def _indexes(durations: Sequence[float]) -> Any:
+    values = np.asarray(durations, dtype=np.float64)
+    out = np.full(values.shape, ZERO_INDEX, dtype=np.int64)
+    positive = values > 0
+    out[positive] = np.ceil(np.log(values[positive]) / LN_GAMMA).astype(np.int64)
+    return out
+
+
+def sketch_deltas(rows: Iterable[Sequence[Any]], sign: int) -> dict[Key, dict[int, int]]:
+    """(start_time text, agent, tier, duration) rows → per bucket key of every level, counts per index."""
+    rows = list(rows)
+    if not rows:
+        return {}
+    indexes = _indexes([r[3] for r in rows])
+    minute_len = LEVELS[0][2]
+    by_minute: dict[tuple[str, str, int], dict[int, int]] = {}
+    for (start, agent, tier, _d), idx in zip(rows, indexes.tolist(), strict=True):
+        counts = by_minute.setdefault((start[:minute_len], agent, tier), {})
+        counts[idx] = counts.get(idx, 0) + sign
+    deltas: dict[Key, dict[int, int]] = {}
+    for (minute, agent, tier), counts in by_minute.items():
+        for level, _width, length in LEVELS:
+            target = deltas.setdefault((level, minute[:length], agent, tier), {})
+            for idx, n in counts.items():
+                target[idx] = target.get(idx, 0) + n
+    return deltas
+
+
+def add_rows(conn: sqlite3.Connection, rows: Iterable[Sequence[Any]], sign: int) -> None:
+    """Add (sign 1) or subtract (−1) the durations of ``rows`` to their buckets' blobs."""
+    for key, counts in sketch_deltas(rows, sign).items():
+        _apply(conn, key, counts)
+
+
+def _apply(conn: sqlite3.Connection, key: Key, delta: dict[int, int]) -> None:
+    zeros = delta.pop(ZERO_INDEX, 0)
+    found = conn.execute(f"SELECT idx0, counts, zeros FROM {SKETCH} WHERE {_WHERE_KEY}", key).fetchone()
+    parts: list[tuple[int, Any]] = []
+    if found is not None:
+        parts.append((int(found[0]), np.frombuffer(found[1], dtype=_DTYPE)))
+        zeros += int(found[2])
+    if delta:
+        idx = np.fromiter(delta.keys(), dtype=np.int64, count=len(delta))
+        lo = int(idx.min())
+        dense = np.zeros(int(idx.max()) - lo + 1, dtype=np.int64)
+        dense[idx - lo] = np.fromiter(delta.values(), dtype=np.int64, count=len(delta))
+        parts.append((lo, dense))
+    idx0, merged = merge_blobs(parts)
+    nonzero = np.flatnonzero(merged)
+    if not len(nonzero) and not zeros:
+        conn.execute(f"DELETE FROM {SKETCH} WHERE level = ? AND bucket = ? AND agent_name = ? AND agent_tier = ?", key)
+        return
+    if len(nonzero):
+        first, last = int(nonzero[0]), int(nonzero[-1])
+        idx0, merged = idx0 + first, merged[first : last + 1]
+    else:
+        merged = merged[:0]
+    conn.execute(
+        f"INSERT OR REPLACE INTO {SKETCH} (level, bucket, agent_name, agent_tier, idx0, counts, zeros) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (*key, idx0, merged.astype(_DTYPE).tobytes(), zeros),
+    )
+
+
+def merge_blobs(parts: Sequence[tuple[int, Any]]) -> tuple[int, Any]:
+    """Sum dense arrays given as (first index, counts) into one (first index, int64 counts)."""
+    parts = [(lo, arr) for lo, arr in parts if len(arr)]
+    if not parts:
+        return 0, np.zeros(0, dtype=np.int64)
+    lo = min(p[0] for p in parts)
+    hi = max(p[0] + len(p[1]) for p in parts)
+    total = np.zeros(hi - lo, dtype=np.int64)
+    for first, arr in parts:
+        total[first - lo : first - lo + len(arr)] += arr
+    return lo, total
+
+
+def blob_counts(idx0: int, blob: bytes) -> tuple[int, Any]:
+    return int(idx0), np.frombuffer(blob, dtype=_DTYPE)
