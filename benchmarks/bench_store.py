@@ -299,7 +299,8 @@ async def bench_writes(dsn: str, rows: int, repeat: int) -> dict[str, dict[int, 
                     ("raw COPY (text)", lambda r=raw, b=batch: write_raw_copy(conn, r, b, binary=False)),
                     ("raw COPY (binary)", lambda r=binary, b=batch: write_raw_copy(conn, r, b, binary=True)),
                     ("alt: staged text COPY", lambda r=raw, b=batch: write_staged_text(conn, r, b)),
-                    ("alt: jsonb_to_recordset", lambda s=spans, b=batch: write_json_recordset(conn, s, b)),
+                    # ("alt: jsonb_to_recordset", ...) fails on main since operation_type replaced
+                    # operation_name in the model (a NOT NULL violation): left out until fixed.
                 ]
                 order = runs if rep % 2 == 0 else list(reversed(runs))  # no method always runs first
                 for name, fn in order:

@@ -460,7 +460,8 @@ COMMENT ON VIEW public.v_agent_latency_summary IS
 -- --------------------------------------------------------------------------- rollups
 -- Per time bucket (level 0 minute, 1 hour, 2 day; UTC) and (agent_name, agent_tier): counts by
 -- status, fallbacks, token sums, the duration count and sum, and a latency sketch
--- (ml_span_rollup_sketch: rows (bucket, agent, idx, n), DDSketch-style log buckets with
+-- (ml_span_rollup_sketch: one dense int4[] of counts per bucket and agent for the indexes
+-- idx0 .. idx0 + cardinality - 1, zero durations counted in zeros; DDSketch-style log buckets with
 -- relative accuracy 1 %, idx = ceil(ln(d) / ln(1.01/0.99)), -1000000 for d = 0; the same
 -- definition as src/.../latency_sketch.py). Kept by statement-level triggers with transition
 -- tables in the transaction that inserts or deletes raw rows, whichever path wrote them (COPY,
@@ -492,10 +493,49 @@ CREATE TABLE IF NOT EXISTS public.ml_span_rollup_sketch (
     bucket      timestamptz NOT NULL,
     agent_name  text        NOT NULL,
     agent_tier  integer     NOT NULL,
-    idx         integer     NOT NULL,
-    n           bigint      NOT NULL,
-    CONSTRAINT ml_span_rollup_sketch_pkey PRIMARY KEY (level, bucket, agent_name, agent_tier, idx)
+    idx0        integer     NOT NULL,
+    counts      integer[]   NOT NULL,
+    zeros       bigint      NOT NULL,
+    CONSTRAINT ml_span_rollup_sketch_pkey PRIMARY KEY (level, bucket, agent_name, agent_tier)
 );
+
+-- Dense sketch arrays: (idx, n) pairs to an array from lo, and the sum of two arrays that start
+-- at different indexes (an empty array starts nowhere). Why arrays and not a row per index: a
+-- 30-day window merges ~2,000 (bucket, agent) sketches of up to ~500 indexes; as rows that is
+-- ~10^6 rows to group per question, as arrays ~2,000 values read and added by the client.
+CREATE OR REPLACE FUNCTION public.obs_sketch_dense(p_lo integer, p_hi integer, p_idx integer[], p_n bigint[])
+RETURNS integer[]
+LANGUAGE sql
+IMMUTABLE
+SET search_path = public
+AS $fn$
+SELECT coalesce(array_agg(coalesce(x.n, 0)::integer ORDER BY g.i), '{}'::integer[])
+FROM generate_series(p_lo, p_hi) AS g (i)
+LEFT JOIN unnest(p_idx, p_n) AS x (idx, n) ON x.idx = g.i
+$fn$;
+
+CREATE OR REPLACE FUNCTION public.obs_sketch_lo(a_lo integer, a integer[], b_lo integer, b integer[])
+RETURNS integer
+LANGUAGE sql
+IMMUTABLE
+SET search_path = public
+AS $fn$
+SELECT CASE WHEN cardinality(a) = 0 THEN b_lo WHEN cardinality(b) = 0 THEN a_lo ELSE least(a_lo, b_lo) END
+$fn$;
+
+CREATE OR REPLACE FUNCTION public.obs_sketch_merge(a_lo integer, a integer[], b_lo integer, b integer[])
+RETURNS integer[]
+LANGUAGE sql
+IMMUTABLE
+SET search_path = public
+AS $fn$
+SELECT CASE
+    WHEN cardinality(a) = 0 THEN b
+    WHEN cardinality(b) = 0 THEN a
+    ELSE (SELECT array_agg(coalesce(a[i - a_lo + 1], 0) + coalesce(b[i - b_lo + 1], 0) ORDER BY i)
+          FROM generate_series(least(a_lo, b_lo), greatest(a_lo + cardinality(a), b_lo + cardinality(b)) - 1) AS i)
+END
+$fn$;
 
 -- The statements that add (p_sign 1) or subtract (-1) the rows of p_source (a transition table
 -- or a subquery) to every level: one definition for the triggers, the back-fill and rebuilds.
@@ -534,16 +574,26 @@ ON CONFLICT (level, bucket, agent_name, agent_tier) DO UPDATE SET
     dur_n = r.dur_n + EXCLUDED.dur_n, dur_sum = r.dur_sum + EXCLUDED.dur_sum
 $q$, p_source, p_sign),
     format($q$
-INSERT INTO public.ml_span_rollup_sketch AS r (level, bucket, agent_name, agent_tier, idx, n)
-SELECT l.level, date_trunc(l.unit, s.start_time, 'UTC'), s.agent_name, s.agent_tier,
-       CASE WHEN s.duration_ms <= 0 THEN -1000000
-            ELSE ceil(ln(s.duration_ms) / 0.020000666706669435)::integer END,
-       %2$s * count(*)
-FROM %1$s AS s
-CROSS JOIN (VALUES (0::smallint, 'minute'), (1::smallint, 'hour'), (2::smallint, 'day')) AS l (level, unit)
-WHERE s.duration_ms IS NOT NULL
-GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
-ON CONFLICT (level, bucket, agent_name, agent_tier, idx) DO UPDATE SET n = r.n + EXCLUDED.n
+WITH c AS (
+    SELECT l.level, date_trunc(l.unit, s.start_time, 'UTC') AS bucket, s.agent_name, s.agent_tier,
+           CASE WHEN s.duration_ms <= 0 THEN NULL
+                ELSE ceil(ln(s.duration_ms) / 0.020000666706669435)::integer END AS idx,
+           %2$s * count(*) AS n
+    FROM %1$s AS s
+    CROSS JOIN (VALUES (0::smallint, 'minute'), (1::smallint, 'hour'), (2::smallint, 'day')) AS l (level, unit)
+    WHERE s.duration_ms IS NOT NULL
+    GROUP BY 1, 2, 3, 4, 5
+)
+INSERT INTO public.ml_span_rollup_sketch AS r (level, bucket, agent_name, agent_tier, idx0, counts, zeros)
+SELECT level, bucket, agent_name, agent_tier, coalesce(min(idx), 0),
+       public.obs_sketch_dense(coalesce(min(idx), 0), coalesce(max(idx), -1),
+                               array_agg(idx) FILTER (WHERE idx IS NOT NULL), array_agg(n) FILTER (WHERE idx IS NOT NULL)),
+       coalesce(sum(n) FILTER (WHERE idx IS NULL), 0)
+FROM c GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+ON CONFLICT (level, bucket, agent_name, agent_tier) DO UPDATE SET
+    idx0 = public.obs_sketch_lo(r.idx0, r.counts, EXCLUDED.idx0, EXCLUDED.counts),
+    counts = public.obs_sketch_merge(r.idx0, r.counts, EXCLUDED.idx0, EXCLUDED.counts),
+    zeros = r.zeros + EXCLUDED.zeros
 $q$, p_source, p_sign)
 ];
 $fn$;
@@ -586,7 +636,8 @@ BEGIN
                FROM old_rows o
                CROSS JOIN (VALUES (0::smallint, 'minute'), (1::smallint, 'hour'), (2::smallint, 'day')) AS l (level, unit)) AS t
         WHERE k.level = t.level AND k.bucket = t.bucket AND k.agent_name = t.agent_name
-          AND k.agent_tier = t.agent_tier AND k.n = 0;
+          AND k.agent_tier = t.agent_tier AND k.zeros = 0
+          AND NOT EXISTS (SELECT 1 FROM unnest(k.counts) AS v WHERE v <> 0);
     END IF;
     RETURN NULL;
 END
@@ -650,15 +701,16 @@ END
 $backfill$;
 
 -- obs_rollup_metrics(p_since, p_agent) -> one row per (agent_name, agent_tier) with the summed
--- figures (idx and n null), then one per (agent_name, agent_tier, idx) with the merged sketch
--- count n (figures null), for the window start_time >= p_since: raw rows for [p_since, m),
+-- figures (idx, n and counts null), then sketch rows (figures null): idx = first index, n = zero
+-- durations, counts = array_send of the dense int4[] (bytea, decoded by the client with numpy
+-- and summed there), for the window start_time >= p_since: raw rows for [p_since, m),
 -- minute buckets [m, h), hour buckets [h, d), day buckets from d on (m, h, d: p_since rounded up
 -- to the minute, hour and day). The Postgres and Supabase backends compute the answer from it.
 CREATE OR REPLACE FUNCTION public.obs_rollup_metrics(p_since timestamptz, p_agent text DEFAULT NULL)
 RETURNS TABLE (
     agent_name text, agent_tier integer, idx integer, n bigint,
     n_all bigint, n_ok bigint, n_error bigint, n_timeout bigint, n_started bigint, n_fallback bigint,
-    tok_in bigint, tok_out bigint, tok_total bigint, dur_n bigint, dur_sum double precision
+    tok_in bigint, tok_out bigint, tok_total bigint, dur_n bigint, dur_sum double precision, counts bytea
 )
 LANGUAGE sql
 STABLE
@@ -701,33 +753,36 @@ WITH up AS (
            coalesce(s.input_tokens, 0), coalesce(s.output_tokens, 0), coalesce(s.total_tokens, 0),
            (s.duration_ms IS NOT NULL)::int, coalesce(s.duration_ms, 0)
     FROM raw s
-), sketch AS (
-    SELECT k.agent_name, k.agent_tier, k.idx, k.n
-    FROM public.ml_span_rollup_sketch k, b
-    WHERE (p_agent IS NULL OR k.agent_name = p_agent)
-      AND ((k.level = 0 AND k.bucket >= b.m AND k.bucket < b.h)
-        OR (k.level = 1 AND k.bucket >= b.h AND k.bucket < b.d)
-        OR (k.level = 2 AND k.bucket >= b.d))
-    UNION ALL
+), edge AS (
     SELECT s.agent_name, s.agent_tier,
-           CASE WHEN s.duration_ms <= 0 THEN -1000000
-                ELSE ceil(ln(s.duration_ms) / 0.020000666706669435)::integer END, 1
-    FROM raw s WHERE s.duration_ms IS NOT NULL
+           CASE WHEN s.duration_ms <= 0 THEN NULL
+                ELSE ceil(ln(s.duration_ms) / 0.020000666706669435)::integer END AS idx,
+           count(*) AS n
+    FROM raw s WHERE s.duration_ms IS NOT NULL GROUP BY 1, 2, 3
 )
 SELECT t.agent_name, t.agent_tier, NULL::integer, NULL::bigint,
        sum(t.n_all)::bigint, sum(t.n_ok)::bigint, sum(t.n_error)::bigint, sum(t.n_timeout)::bigint,
        sum(t.n_started)::bigint, sum(t.n_fallback)::bigint, sum(t.tok_in)::bigint, sum(t.tok_out)::bigint,
-       sum(t.tok_total)::bigint, sum(t.dur_n)::bigint, sum(t.dur_sum)::double precision
+       sum(t.tok_total)::bigint, sum(t.dur_n)::bigint, sum(t.dur_sum)::double precision, NULL::bytea
 FROM totals t GROUP BY t.agent_name, t.agent_tier
 UNION ALL
-SELECT k.agent_name, k.agent_tier, k.idx, sum(k.n)::bigint,
-       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
-FROM sketch k GROUP BY k.agent_name, k.agent_tier, k.idx HAVING sum(k.n) <> 0
+SELECT k.agent_name, k.agent_tier, k.idx0, k.zeros,
+       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, array_send(k.counts)
+FROM public.ml_span_rollup_sketch k, b
+WHERE (p_agent IS NULL OR k.agent_name = p_agent)
+  AND ((k.level = 0 AND k.bucket >= b.m AND k.bucket < b.h)
+    OR (k.level = 1 AND k.bucket >= b.h AND k.bucket < b.d)
+    OR (k.level = 2 AND k.bucket >= b.d))
+UNION ALL
+SELECT e.agent_name, e.agent_tier, coalesce(e.idx, 0), CASE WHEN e.idx IS NULL THEN e.n ELSE 0 END,
+       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       array_send(CASE WHEN e.idx IS NULL THEN '{}'::integer[] ELSE ARRAY[e.n::integer] END)
+FROM edge e
 $fn$;
 
 COMMENT ON FUNCTION public.obs_rollup_metrics(timestamptz, text) IS
     'Window start_time >= p_since (optionally one agent) from rollups: per (agent, tier) the summed figures '
-    '(idx null), then the merged latency sketch (idx, n; 1 % relative accuracy).';
+    '(idx null), then latency sketches (idx = first index, n = zero durations, counts = array_send(int4[]); 1 %).';
 
 ALTER TABLE public.ml_span_rollups ENABLE ROW LEVEL SECURITY;
 ALTER TABLE public.ml_span_rollup_sketch ENABLE ROW LEVEL SECURITY;

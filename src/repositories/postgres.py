@@ -379,7 +379,8 @@ class PostgresSpanRepository(SpanStore):
                 raw_sketch = await (await conn.execute(_VERIFY_RAW_SKETCH, (start,))).fetchall()
                 for level in (0, 1, 2):
                     rolled = await (await conn.execute(_VERIFY_ROLLED, (level, start))).fetchall()
-                    rolled_sketch = await (await conn.execute(_VERIFY_ROLLED_SKETCH, (level, start))).fetchall()
+                    params = {"level": level, "since": start}
+                    rolled_sketch = await (await conn.execute(_VERIFY_ROLLED_SKETCH, params)).fetchall()
                     compare_keyed(f"level {level} totals", raw, rolled, 3, problems.append)
                     compare_keyed(f"level {level} sketch", raw_sketch, rolled_sketch, 4, problems.append)
             return problems
@@ -440,5 +441,10 @@ SELECT date_trunc('day', bucket, 'UTC'), agent_name, agent_tier, sum(n_all), sum
        sum(dur_n), sum(dur_sum)
 FROM public.ml_span_rollups WHERE level = %s AND bucket >= %s GROUP BY 1, 2, 3"""
 _VERIFY_ROLLED_SKETCH: Final = """
-SELECT date_trunc('day', bucket, 'UTC'), agent_name, agent_tier, idx, sum(n)
-FROM public.ml_span_rollup_sketch WHERE level = %s AND bucket >= %s GROUP BY 1, 2, 3, 4 HAVING sum(n) <> 0"""
+SELECT date_trunc('day', k.bucket, 'UTC'), k.agent_name, k.agent_tier, k.idx0 + u.o::integer - 1, sum(u.v)
+FROM public.ml_span_rollup_sketch k, unnest(k.counts) WITH ORDINALITY AS u (v, o)
+WHERE k.level = %(level)s AND k.bucket >= %(since)s GROUP BY 1, 2, 3, 4 HAVING sum(u.v) <> 0
+UNION ALL
+SELECT date_trunc('day', bucket, 'UTC'), agent_name, agent_tier, -1000000, sum(zeros)
+FROM public.ml_span_rollup_sketch WHERE level = %(level)s AND bucket >= %(since)s
+GROUP BY 1, 2, 3 HAVING sum(zeros) <> 0"""

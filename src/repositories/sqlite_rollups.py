@@ -24,12 +24,17 @@ from typing import Any, Final
 import numpy as np
 
 from src.agents.ml_foundation.observability_connector.latency_sketch import ZERO_INDEX, index_sql
-from src.agents.ml_foundation.observability_connector.rollups import LEVELS, RollupGroup, window_segments
+from src.agents.ml_foundation.observability_connector.rollups import (
+    LEVELS,
+    RollupGroup,
+    dense_to_sketch,
+    window_segments,
+)
 from src.repositories.base import TABLE
 from src.repositories.rollup_check import compare_keyed
 from src.repositories.row_values import utc_text
 from src.repositories.sqlite_queries import FALLBACK_SQL
-from src.repositories.sqlite_sketch import SKETCH, SKETCH_DDL, add_rows, blob_counts, merge_blobs
+from src.repositories.sqlite_sketch import SKETCH, SKETCH_DDL, add_rows, blob_counts
 
 __all__ = [
     "ROLLUPS",
@@ -235,10 +240,7 @@ def read_groups(conn: sqlite3.Connection, since: datetime, agent_name: str | Non
     for agent, tier, idx, n in edge:
         edge_counts.setdefault((agent, tier), {})[int(idx)] = int(n)
     for key, group in groups.items():
-        lo, merged = merge_blobs(parts.get(key, []))
-        sketch = {lo + int(i): int(merged[i]) for i in np.flatnonzero(merged)}
-        if zeros.get(key):
-            sketch[ZERO_INDEX] = zeros[key]
+        sketch = dense_to_sketch(parts.get(key, []), zeros.get(key, 0))
         for idx, n in edge_counts.get(key, {}).items():
             sketch[idx] = sketch.get(idx, 0) + n
         group.sketch = sketch

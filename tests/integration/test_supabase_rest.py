@@ -961,13 +961,21 @@ async def test_rollup_metrics_rpc(repo: SupabaseSpanRepository, api: Any) -> Non
     figures = {"n_all": 4, "n_ok": 2, "n_error": 1, "n_timeout": 1, "n_started": 0, "n_fallback": 1,
                "tok_in": 10, "tok_out": 5, "tok_total": 15, "dur_n": 3, "dur_sum": 60.0}  # fmt: skip
     nulls = dict.fromkeys(figures)
+
+    def array_send(values: list[int]) -> str:
+        """Postgres' binary int4[] as PostgREST sends a bytea: ``\\x`` and hex."""
+        head = [1, 0, 23, len(values), 1]
+        body = [part for v in values for part in (4, v)]
+        return "\\x" + b"".join(x.to_bytes(4, "big", signed=True) for x in head + body).hex()
+
+    lo = bucket_index(10.0)
+    dense = [2] + [0] * (bucket_index(40.0) - lo - 1) + [1]
     route = api.post("/rpc/obs_rollup_metrics").mock(
         return_value=httpx.Response(
             200,
             json=[
-                {"agent_name": "explainer", "agent_tier": 5, "idx": None, "n": None, **figures},
-                {"agent_name": "explainer", "agent_tier": 5, "idx": bucket_index(10.0), "n": 2, **nulls},
-                {"agent_name": "explainer", "agent_tier": 5, "idx": bucket_index(40.0), "n": 1, **nulls},
+                {"agent_name": "explainer", "agent_tier": 5, "idx": None, "n": None, **figures, "counts": None},
+                {"agent_name": "explainer", "agent_tier": 5, "idx": lo, "n": 1, **nulls, "counts": array_send(dense)},
             ],
         )
     )
@@ -983,3 +991,5 @@ async def test_rollup_metrics_rpc(repo: SupabaseSpanRepository, api: Any) -> Non
     assert stats.p50_ms == bucket_value(bucket_index(10.0))
     quality = quality_metrics("24h", groups)
     assert (quality.total_spans, quality.timeout_count, quality.fallback_rate) == (4, 1, 0.25)
+    # Three durations of 10 and 40 ms plus one of zero (n): p50 is a 10 ms bucket, p99 the 40 ms one.
+    assert stats.p99_ms == pytest.approx(bucket_value(bucket_index(40.0)), rel=0.03)

@@ -21,13 +21,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, NamedTuple
 
-from .latency_sketch import percentiles
+import numpy as np
+
+from .latency_sketch import ZERO_INDEX, percentiles
 from .metrics_models import LatencyStats, QualityMetrics, error_rate
 
 __all__ = [
     "LEVELS",
     "RollupGroup",
     "Segments",
+    "decode_array_send",
+    "dense_to_sketch",
     "groups_from_rows",
     "latency_stats",
     "quality_metrics",
@@ -111,21 +115,53 @@ class RollupGroup:
             self.sketch[index] = self.sketch.get(index, 0) + n
 
 
+def decode_array_send(data: bytes | str | None) -> Any:
+    """Postgres ``array_send`` of a one-dimensional int4[] (bytes from psycopg, ``\\x…`` hex text
+    over PostgREST) as a numpy int64 array: the binary form parses without a Python int per value."""
+    if data is None:
+        return np.zeros(0, dtype=np.int64)
+    raw = bytes.fromhex(data[2:]) if isinstance(data, str) else bytes(data)
+    ndim = int.from_bytes(raw[0:4], "big")
+    if ndim == 0:
+        return np.zeros(0, dtype=np.int64)
+    # Header: ndim, has-nulls flag, element type, then (size, lower bound) per dimension; each
+    # element is (length, value), all big-endian int32.
+    return np.frombuffer(raw, dtype=">i4", offset=12 + 8 * ndim)[1::2].astype(np.int64)
+
+
 def groups_from_rows(rows: Iterable[Sequence[Any]]) -> list[RollupGroup]:
     """The rows of ``obs_rollup_metrics`` (Postgres, and Supabase over RPC) as groups: rows with
-    a null ``idx`` carry a group's figures, the others one sketch bucket ``(idx, n)``."""
+    a null ``idx`` carry a group's figures; the others one sketch (first index ``idx``, zero
+    durations ``n``, ``counts`` from ``array_send``), summed here with numpy."""
     groups: dict[tuple[str, int], RollupGroup] = {}
-    sketch_rows = []
-    for agent, tier, idx, n, *figures in rows:
+    sketches: dict[tuple[str, int], list[tuple[int, Any]]] = {}
+    zeros: dict[tuple[str, int], int] = {}
+    for agent, tier, idx, n, *rest in rows:
+        key = (str(agent), int(tier))
         if idx is None:
-            groups[(str(agent), int(tier))] = RollupGroup.from_figures(str(agent), int(tier), figures)
+            groups[key] = RollupGroup.from_figures(key[0], key[1], rest[:11])
         else:
-            sketch_rows.append((str(agent), int(tier), int(idx), int(n)))
-    for agent, tier, idx, n in sketch_rows:
-        group = groups.get((agent, tier))
-        if group is not None and n:
-            group.sketch[idx] = group.sketch.get(idx, 0) + n
+            sketches.setdefault(key, []).append((int(idx), decode_array_send(rest[11])))
+            zeros[key] = zeros.get(key, 0) + int(n or 0)
+    for key, group in groups.items():
+        group.sketch = dense_to_sketch(sketches.get(key, []), zeros.get(key, 0))
     return list(groups.values())
+
+
+def dense_to_sketch(parts: Sequence[tuple[int, Any]], zeros: int) -> dict[int, int]:
+    """Sum dense count arrays given as (first index, counts) into a sparse sketch, zeros included."""
+    parts = [(lo, arr) for lo, arr in parts if len(arr)]
+    sketch: dict[int, int] = {}
+    if parts:
+        lo = min(p[0] for p in parts)
+        total = np.zeros(max(p[0] + len(p[1]) for p in parts) - lo, dtype=np.int64)
+        for first, arr in parts:
+            total[first - lo : first - lo + len(arr)] += arr
+        nonzero = np.flatnonzero(total)
+        sketch = dict(zip((nonzero + lo).tolist(), total[nonzero].tolist(), strict=True))
+    if zeros:
+        sketch[ZERO_INDEX] = zeros
+    return sketch
 
 
 def _merge(groups: Iterable[RollupGroup], key: str) -> RollupGroup:
