@@ -460,8 +460,8 @@ COMMENT ON VIEW public.v_agent_latency_summary IS
 -- --------------------------------------------------------------------------- rollups
 -- Per time bucket (level 0 minute, 1 hour, 2 day; UTC) and (agent_name, agent_tier): counts by
 -- status, fallbacks, token sums, the duration count and sum, and a latency sketch
--- (ml_span_rollup_sketch: one dense int4[] of counts per bucket and agent for the indexes
--- idx0 .. idx0 + cardinality - 1, zero durations counted in zeros; DDSketch-style log buckets with
+-- (ml_span_rollup_sketch: per bucket and agent, (index, count) pairs in two int4[], zero
+-- durations counted in zeros; DDSketch-style log buckets with
 -- relative accuracy 1 %, idx = ceil(ln(d) / ln(1.01/0.99)), -1000000 for d = 0; the same
 -- definition as src/.../latency_sketch.py). Kept by statement-level triggers with transition
 -- tables in the transaction that inserts or deletes raw rows, whichever path wrote them (COPY,
@@ -493,49 +493,20 @@ CREATE TABLE IF NOT EXISTS public.ml_span_rollup_sketch (
     bucket      timestamptz NOT NULL,
     agent_name  text        NOT NULL,
     agent_tier  integer     NOT NULL,
-    idx0        integer     NOT NULL,
-    counts      integer[]   NOT NULL,
+    idxs        integer[]   NOT NULL,
+    ns          integer[]   NOT NULL,
     zeros       bigint      NOT NULL,
     CONSTRAINT ml_span_rollup_sketch_pkey PRIMARY KEY (level, bucket, agent_name, agent_tier)
 );
 
--- Dense sketch arrays: (idx, n) pairs to an array from lo, and the sum of two arrays that start
--- at different indexes (an empty array starts nowhere). Why arrays and not a row per index: a
--- 30-day window merges ~2,000 (bucket, agent) sketches of up to ~500 indexes; as rows that is
--- ~10^6 rows to group per question, as arrays ~2,000 values read and added by the client.
-CREATE OR REPLACE FUNCTION public.obs_sketch_dense(p_lo integer, p_hi integer, p_idx integer[], p_n bigint[])
-RETURNS integer[]
-LANGUAGE sql
-IMMUTABLE
-SET search_path = public
-AS $fn$
-SELECT coalesce(array_agg(coalesce(x.n, 0)::integer ORDER BY g.i), '{}'::integer[])
-FROM generate_series(p_lo, p_hi) AS g (i)
-LEFT JOIN unnest(p_idx, p_n) AS x (idx, n) ON x.idx = g.i
-$fn$;
-
-CREATE OR REPLACE FUNCTION public.obs_sketch_lo(a_lo integer, a integer[], b_lo integer, b integer[])
-RETURNS integer
-LANGUAGE sql
-IMMUTABLE
-SET search_path = public
-AS $fn$
-SELECT CASE WHEN cardinality(a) = 0 THEN b_lo WHEN cardinality(b) = 0 THEN a_lo ELSE least(a_lo, b_lo) END
-$fn$;
-
-CREATE OR REPLACE FUNCTION public.obs_sketch_merge(a_lo integer, a integer[], b_lo integer, b integer[])
-RETURNS integer[]
-LANGUAGE sql
-IMMUTABLE
-SET search_path = public
-AS $fn$
-SELECT CASE
-    WHEN cardinality(a) = 0 THEN b
-    WHEN cardinality(b) = 0 THEN a
-    ELSE (SELECT array_agg(coalesce(a[i - a_lo + 1], 0) + coalesce(b[i - b_lo + 1], 0) ORDER BY i)
-          FROM generate_series(least(a_lo, b_lo), greatest(a_lo + cardinality(a), b_lo + cardinality(b)) - 1) AS i)
-END
-$fn$;
+-- Sketches are (idxs, ns) pairs of arrays: a write appends its own pairs (array concatenation, a
+-- memcpy) and the pairs are summed per index only when a sketch passes 2,048 pairs (then it
+-- shrinks back to its distinct indexes, ~500 at most), so a write costs no per-index work.
+-- Why arrays and not a row per index: a 30-day window merges ~2,000 (bucket, agent) sketches of
+-- up to ~500 indexes; as rows that is ~10^6 rows to group per question, as arrays ~2,000 values
+-- read and added by the client (numpy). An index may appear more than once, and a delete
+-- appends negative counts: readers always sum per index. The two arrays are filled by two
+-- aggregates over the same rows of one group, so their elements pair up in order.
 
 -- The statements that add (p_sign 1) or subtract (-1) the rows of p_source (a transition table
 -- or a subquery) to every level: one definition for the triggers, the back-fill and rebuilds.
@@ -584,18 +555,107 @@ WITH c AS (
     WHERE s.duration_ms IS NOT NULL
     GROUP BY 1, 2, 3, 4, 5
 )
-INSERT INTO public.ml_span_rollup_sketch AS r (level, bucket, agent_name, agent_tier, idx0, counts, zeros)
-SELECT level, bucket, agent_name, agent_tier, coalesce(min(idx), 0),
-       public.obs_sketch_dense(coalesce(min(idx), 0), coalesce(max(idx), -1),
-                               array_agg(idx) FILTER (WHERE idx IS NOT NULL), array_agg(n) FILTER (WHERE idx IS NOT NULL)),
+INSERT INTO public.ml_span_rollup_sketch AS r (level, bucket, agent_name, agent_tier, idxs, ns, zeros)
+SELECT level, bucket, agent_name, agent_tier,
+       coalesce(array_agg(idx) FILTER (WHERE idx IS NOT NULL), '{}'::integer[]),
+       coalesce(array_agg(n::integer) FILTER (WHERE idx IS NOT NULL), '{}'::integer[]),
        coalesce(sum(n) FILTER (WHERE idx IS NULL), 0)
 FROM c GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
 ON CONFLICT (level, bucket, agent_name, agent_tier) DO UPDATE SET
-    idx0 = public.obs_sketch_lo(r.idx0, r.counts, EXCLUDED.idx0, EXCLUDED.counts),
-    counts = public.obs_sketch_merge(r.idx0, r.counts, EXCLUDED.idx0, EXCLUDED.counts),
+    idxs = CASE WHEN cardinality(r.idxs) + cardinality(EXCLUDED.idxs) <= 2048 THEN r.idxs || EXCLUDED.idxs
+                ELSE (SELECT coalesce(array_agg(x.i ORDER BY x.i), '{}'::integer[]) FROM (
+                          SELECT u.i FROM unnest(r.idxs || EXCLUDED.idxs, r.ns || EXCLUDED.ns) AS u (i, n)
+                          GROUP BY u.i HAVING sum(u.n) <> 0) AS x) END,
+    ns = CASE WHEN cardinality(r.idxs) + cardinality(EXCLUDED.idxs) <= 2048 THEN r.ns || EXCLUDED.ns
+              ELSE (SELECT coalesce(array_agg(x.s ORDER BY x.i), '{}'::integer[]) FROM (
+                        SELECT u.i, sum(u.n)::integer AS s FROM unnest(r.idxs || EXCLUDED.idxs, r.ns || EXCLUDED.ns) AS u (i, n)
+                        GROUP BY u.i HAVING sum(u.n) <> 0) AS x) END,
     zeros = r.zeros + EXCLUDED.zeros
 $q$, p_source, p_sign)
 ];
+$fn$;
+
+-- The insert trigger, on every write path's hot path (COPY, INSERT ... ON CONFLICT DO NOTHING,
+-- PostgREST): static SQL, so plpgsql plans it once per session, and every row is grouped once,
+-- into its minute; hours and days are summed from those few minute groups. It runs with
+-- timezone UTC so the two-argument date_trunc cuts UTC hours and days (the three-argument form
+-- looks the zone up on every call). (The dynamic
+-- statements of obs_rollup_statements serve the rare paths: delete, update, rebuild.)
+CREATE OR REPLACE FUNCTION public.obs_rollup_insert()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = public
+SET timezone = 'UTC'
+AS $fn$
+BEGIN
+    WITH m AS (
+        SELECT date_trunc('minute', s.start_time) AS minute, s.agent_name, s.agent_tier,
+               count(*) AS n_all, count(*) FILTER (WHERE s.status = 'ok') AS n_ok,
+               count(*) FILTER (WHERE s.status = 'error') AS n_error,
+               count(*) FILTER (WHERE s.status = 'timeout') AS n_timeout,
+               count(*) FILTER (WHERE s.status = 'started') AS n_started,
+               count(*) FILTER (WHERE CASE jsonb_typeof(s.attributes -> 'fallback_used')
+                       WHEN 'boolean' THEN (s.attributes -> 'fallback_used')::boolean
+                       WHEN 'number'  THEN (s.attributes -> 'fallback_used')::numeric <> 0
+                       WHEN 'string'  THEN (s.attributes ->> 'fallback_used') <> ''
+                       WHEN 'array'   THEN jsonb_array_length(s.attributes -> 'fallback_used') > 0
+                       WHEN 'object'  THEN (s.attributes -> 'fallback_used') <> '{}'::jsonb
+                       ELSE false END) AS n_fallback,
+               coalesce(sum(s.input_tokens), 0) AS tok_in, coalesce(sum(s.output_tokens), 0) AS tok_out,
+               coalesce(sum(s.total_tokens), 0) AS tok_total, count(s.duration_ms) AS dur_n,
+               coalesce(sum(s.duration_ms), 0) AS dur_sum
+        FROM new_rows AS s
+        GROUP BY 1, 2, 3
+    )
+    INSERT INTO public.ml_span_rollups AS r (level, bucket, agent_name, agent_tier, n_all, n_ok, n_error,
+        n_timeout, n_started, n_fallback, tok_in, tok_out, tok_total, dur_n, dur_sum)
+    SELECT l.level, CASE l.level WHEN 0 THEN m.minute WHEN 1 THEN date_trunc('hour', m.minute)
+                                 ELSE date_trunc('day', m.minute) END,
+           m.agent_name, m.agent_tier, sum(m.n_all), sum(m.n_ok), sum(m.n_error), sum(m.n_timeout),
+           sum(m.n_started), sum(m.n_fallback), sum(m.tok_in), sum(m.tok_out), sum(m.tok_total),
+           sum(m.dur_n), sum(m.dur_sum)
+    FROM m CROSS JOIN (VALUES (0::smallint), (1::smallint), (2::smallint)) AS l (level)
+    GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    ON CONFLICT (level, bucket, agent_name, agent_tier) DO UPDATE SET
+        n_all = r.n_all + EXCLUDED.n_all, n_ok = r.n_ok + EXCLUDED.n_ok, n_error = r.n_error + EXCLUDED.n_error,
+        n_timeout = r.n_timeout + EXCLUDED.n_timeout, n_started = r.n_started + EXCLUDED.n_started,
+        n_fallback = r.n_fallback + EXCLUDED.n_fallback, tok_in = r.tok_in + EXCLUDED.tok_in,
+        tok_out = r.tok_out + EXCLUDED.tok_out, tok_total = r.tok_total + EXCLUDED.tok_total,
+        dur_n = r.dur_n + EXCLUDED.dur_n, dur_sum = r.dur_sum + EXCLUDED.dur_sum;
+
+    WITH c0 AS (
+        SELECT date_trunc('minute', s.start_time) AS minute, s.agent_name, s.agent_tier,
+               CASE WHEN s.duration_ms <= 0 THEN NULL
+                    ELSE ceil(ln(s.duration_ms) / 0.020000666706669435)::integer END AS idx,
+               count(*) AS n
+        FROM new_rows AS s WHERE s.duration_ms IS NOT NULL
+        GROUP BY 1, 2, 3, 4
+    ), c AS (
+        SELECT l.level, CASE l.level WHEN 0 THEN c0.minute WHEN 1 THEN date_trunc('hour', c0.minute)
+                                     ELSE date_trunc('day', c0.minute) END AS bucket,
+               c0.agent_name, c0.agent_tier, c0.idx, sum(c0.n)::bigint AS n
+        FROM c0 CROSS JOIN (VALUES (0::smallint), (1::smallint), (2::smallint)) AS l (level)
+        GROUP BY 1, 2, 3, 4, 5
+    )
+    INSERT INTO public.ml_span_rollup_sketch AS r (level, bucket, agent_name, agent_tier, idxs, ns, zeros)
+    SELECT level, bucket, agent_name, agent_tier,
+           coalesce(array_agg(idx) FILTER (WHERE idx IS NOT NULL), '{}'::integer[]),
+           coalesce(array_agg(n::integer) FILTER (WHERE idx IS NOT NULL), '{}'::integer[]),
+           coalesce(sum(n) FILTER (WHERE idx IS NULL), 0)
+    FROM c GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    ON CONFLICT (level, bucket, agent_name, agent_tier) DO UPDATE SET
+        idxs = CASE WHEN cardinality(r.idxs) + cardinality(EXCLUDED.idxs) <= 2048 THEN r.idxs || EXCLUDED.idxs
+                    ELSE (SELECT coalesce(array_agg(x.i ORDER BY x.i), '{}'::integer[]) FROM (
+                              SELECT u.i FROM unnest(r.idxs || EXCLUDED.idxs, r.ns || EXCLUDED.ns) AS u (i, n)
+                              GROUP BY u.i HAVING sum(u.n) <> 0) AS x) END,
+        ns = CASE WHEN cardinality(r.idxs) + cardinality(EXCLUDED.idxs) <= 2048 THEN r.ns || EXCLUDED.ns
+                  ELSE (SELECT coalesce(array_agg(x.s ORDER BY x.i), '{}'::integer[]) FROM (
+                            SELECT u.i, sum(u.n)::integer AS s FROM unnest(r.idxs || EXCLUDED.idxs, r.ns || EXCLUDED.ns) AS u (i, n)
+                            GROUP BY u.i HAVING sum(u.n) <> 0) AS x) END,
+        zeros = r.zeros + EXCLUDED.zeros;
+    RETURN NULL;
+END
 $fn$;
 
 -- The trigger function. SECURITY DEFINER: a writer (service_role) needs no write grant on the
@@ -637,7 +697,7 @@ BEGIN
                CROSS JOIN (VALUES (0::smallint, 'minute'), (1::smallint, 'hour'), (2::smallint, 'day')) AS l (level, unit)) AS t
         WHERE k.level = t.level AND k.bucket = t.bucket AND k.agent_name = t.agent_name
           AND k.agent_tier = t.agent_tier AND k.zeros = 0
-          AND NOT EXISTS (SELECT 1 FROM unnest(k.counts) AS v WHERE v <> 0);
+          AND NOT EXISTS (SELECT 1 FROM unnest(k.idxs, k.ns) AS u (i, n) GROUP BY u.i HAVING sum(u.n) <> 0);
     END IF;
     RETURN NULL;
 END
@@ -646,7 +706,7 @@ $fn$;
 CREATE OR REPLACE TRIGGER ml_observability_spans_rollup_insert
     AFTER INSERT ON public.ml_observability_spans
     REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION public.obs_rollup_apply();
+    FOR EACH STATEMENT EXECUTE FUNCTION public.obs_rollup_insert();
 CREATE OR REPLACE TRIGGER ml_observability_spans_rollup_delete
     AFTER DELETE ON public.ml_observability_spans
     REFERENCING OLD TABLE AS old_rows
@@ -701,16 +761,17 @@ END
 $backfill$;
 
 -- obs_rollup_metrics(p_since, p_agent) -> one row per (agent_name, agent_tier) with the summed
--- figures (idx, n and counts null), then sketch rows (figures null): idx = first index, n = zero
--- durations, counts = array_send of the dense int4[] (bytea, decoded by the client with numpy
--- and summed there), for the window start_time >= p_since: raw rows for [p_since, m),
+-- figures (idx, n, idxs and counts null), then sketch rows (figures null, idx 0): n = zero
+-- durations, idxs / counts = array_send of the (index, count) pair arrays (bytea, decoded by the
+-- client with numpy and summed there per index), for the window start_time >= p_since: raw rows for [p_since, m),
 -- minute buckets [m, h), hour buckets [h, d), day buckets from d on (m, h, d: p_since rounded up
 -- to the minute, hour and day). The Postgres and Supabase backends compute the answer from it.
 CREATE OR REPLACE FUNCTION public.obs_rollup_metrics(p_since timestamptz, p_agent text DEFAULT NULL)
 RETURNS TABLE (
     agent_name text, agent_tier integer, idx integer, n bigint,
     n_all bigint, n_ok bigint, n_error bigint, n_timeout bigint, n_started bigint, n_fallback bigint,
-    tok_in bigint, tok_out bigint, tok_total bigint, dur_n bigint, dur_sum double precision, counts bytea
+    tok_in bigint, tok_out bigint, tok_total bigint, dur_n bigint, dur_sum double precision,
+    idxs bytea, counts bytea
 )
 LANGUAGE sql
 STABLE
@@ -763,26 +824,27 @@ WITH up AS (
 SELECT t.agent_name, t.agent_tier, NULL::integer, NULL::bigint,
        sum(t.n_all)::bigint, sum(t.n_ok)::bigint, sum(t.n_error)::bigint, sum(t.n_timeout)::bigint,
        sum(t.n_started)::bigint, sum(t.n_fallback)::bigint, sum(t.tok_in)::bigint, sum(t.tok_out)::bigint,
-       sum(t.tok_total)::bigint, sum(t.dur_n)::bigint, sum(t.dur_sum)::double precision, NULL::bytea
+       sum(t.tok_total)::bigint, sum(t.dur_n)::bigint, sum(t.dur_sum)::double precision, NULL::bytea, NULL::bytea
 FROM totals t GROUP BY t.agent_name, t.agent_tier
 UNION ALL
-SELECT k.agent_name, k.agent_tier, k.idx0, k.zeros,
-       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, array_send(k.counts)
+SELECT k.agent_name, k.agent_tier, 0, k.zeros,
+       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, array_send(k.idxs), array_send(k.ns)
 FROM public.ml_span_rollup_sketch k, b
 WHERE (p_agent IS NULL OR k.agent_name = p_agent)
   AND ((k.level = 0 AND k.bucket >= b.m AND k.bucket < b.h)
     OR (k.level = 1 AND k.bucket >= b.h AND k.bucket < b.d)
     OR (k.level = 2 AND k.bucket >= b.d))
 UNION ALL
-SELECT e.agent_name, e.agent_tier, coalesce(e.idx, 0), CASE WHEN e.idx IS NULL THEN e.n ELSE 0 END,
+SELECT e.agent_name, e.agent_tier, 0, CASE WHEN e.idx IS NULL THEN e.n ELSE 0 END,
        NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       array_send(CASE WHEN e.idx IS NULL THEN '{}'::integer[] ELSE ARRAY[e.idx] END),
        array_send(CASE WHEN e.idx IS NULL THEN '{}'::integer[] ELSE ARRAY[e.n::integer] END)
 FROM edge e
 $fn$;
 
 COMMENT ON FUNCTION public.obs_rollup_metrics(timestamptz, text) IS
     'Window start_time >= p_since (optionally one agent) from rollups: per (agent, tier) the summed figures '
-    '(idx null), then latency sketches (idx = first index, n = zero durations, counts = array_send(int4[]); 1 %).';
+    '(idx null), then latency sketches (n = zero durations, idxs/counts = array_send of index/count pairs; 1 %).';
 
 ALTER TABLE public.ml_span_rollups ENABLE ROW LEVEL SECURITY;
 ALTER TABLE public.ml_span_rollup_sketch ENABLE ROW LEVEL SECURITY;
@@ -802,6 +864,7 @@ REVOKE ALL ON TABLE public.ml_span_rollup_sketch FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.obs_rollup_metrics(timestamptz, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.obs_rollup_rebuild(timestamptz, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.obs_rollup_apply() FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.obs_rollup_insert() FROM PUBLIC;
 
 DO $roles$
 DECLARE

@@ -441,9 +441,9 @@ SELECT date_trunc('day', bucket, 'UTC'), agent_name, agent_tier, sum(n_all), sum
        sum(dur_n), sum(dur_sum)
 FROM public.ml_span_rollups WHERE level = %s AND bucket >= %s GROUP BY 1, 2, 3"""
 _VERIFY_ROLLED_SKETCH: Final = """
-SELECT date_trunc('day', k.bucket, 'UTC'), k.agent_name, k.agent_tier, k.idx0 + u.o::integer - 1, sum(u.v)
-FROM public.ml_span_rollup_sketch k, unnest(k.counts) WITH ORDINALITY AS u (v, o)
-WHERE k.level = %(level)s AND k.bucket >= %(since)s GROUP BY 1, 2, 3, 4 HAVING sum(u.v) <> 0
+SELECT date_trunc('day', k.bucket, 'UTC'), k.agent_name, k.agent_tier, u.i, sum(u.n)
+FROM public.ml_span_rollup_sketch k, unnest(k.idxs, k.ns) AS u (i, n)
+WHERE k.level = %(level)s AND k.bucket >= %(since)s GROUP BY 1, 2, 3, 4 HAVING sum(u.n) <> 0
 UNION ALL
 SELECT date_trunc('day', bucket, 'UTC'), agent_name, agent_tier, -1000000, sum(zeros)
 FROM public.ml_span_rollup_sketch WHERE level = %(level)s AND bucket >= %(since)s

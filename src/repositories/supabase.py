@@ -104,7 +104,7 @@ RPC_ROLLUP_METRICS: Final = "obs_rollup_metrics"
 #: The columns of ``obs_rollup_metrics`` in order (``rollups.groups_from_rows`` reads them so).
 _ROLLUP_COLUMNS: Final = (
     "agent_name", "agent_tier", "idx", "n", "n_all", "n_ok", "n_error", "n_timeout", "n_started",
-    "n_fallback", "tok_in", "tok_out", "tok_total", "dur_n", "dur_sum", "counts",
+    "n_fallback", "tok_in", "tok_out", "tok_total", "dur_n", "dur_sum", "idxs", "counts",
 )  # fmt: skip
 
 

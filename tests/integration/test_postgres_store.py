@@ -83,9 +83,7 @@ def test_schema_applies_twice_and_reports_what_it_did(postgres_template: Templat
         "function obs_rollup_apply()",
         "function obs_rollup_rebuild(timestamp with time zone,timestamp with time zone)",
         "function obs_rollup_metrics(timestamp with time zone,text)",
-        "function obs_sketch_dense(integer,integer,integer[],bigint[])",
-        "function obs_sketch_lo(integer,integer[],integer,integer[])",
-        "function obs_sketch_merge(integer,integer[],integer,integer[])",
+        "function obs_rollup_insert()",
         "trigger ml_observability_spans_rollup_insert",
         "trigger ml_observability_spans_rollup_delete",
         "trigger ml_observability_spans_rollup_update",
@@ -125,18 +123,16 @@ def test_schema_objects_have_the_promised_properties(postgres_dsn: str) -> None:
             "obs_latency_stats",
             "obs_quality_counts",
             "obs_rollup_apply",
+            "obs_rollup_insert",
             "obs_rollup_metrics",
             "obs_rollup_rebuild",
             "obs_rollup_statements",
-            "obs_sketch_dense",
-            "obs_sketch_lo",
-            "obs_sketch_merge",
             "obs_status_distribution",
         ]
         for name, security_definer, config in functions:
             # Only the rollup trigger runs as the schema's owner: writers need no grant on the
             # rollup tables (their RLS guards reads).
-            assert security_definer is (name == "obs_rollup_apply"), name
+            assert security_definer is (name in ("obs_rollup_apply", "obs_rollup_insert")), name
             assert "search_path=public" in config, name
         (index,) = conn.execute(
             "SELECT indexdef FROM pg_indexes WHERE indexname = 'idx_ml_observability_spans_agent_start'"
@@ -471,10 +467,10 @@ def test_cli_migrate_and_cleanup_on_postgres(postgres_template: TemplateInfo, mo
         first = runner.invoke(app, ["migrate"])
         assert first.exit_code == 0, first.output
         out = flat(first.output)
-        assert "table ml_observability_spans created" in out and "Done: 27 created, 0 already present." in out
+        assert "table ml_observability_spans created" in out and "Done: 25 created, 0 already present." in out
         assert "anon denied" in out and "service_role granted" in out
         second = runner.invoke(app, ["migrate"])
-        assert second.exit_code == 0 and "Nothing to create: 0 created, 27 already present." in flat(second.output)
+        assert second.exit_code == 0 and "Nothing to create: 0 created, 25 already present." in flat(second.output)
 
         now = datetime.now(UTC)
 

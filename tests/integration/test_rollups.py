@@ -277,3 +277,19 @@ async def test_postgres_migrate_back_fills_an_existing_table_once(postgres_dsn: 
         assert groups is not None and sum(g.n_all for g in groups) == 50
     finally:
         await repo.close()
+
+
+async def test_a_busy_bucket_compacts_its_sketch_and_stays_exact(store: SpanStore) -> None:
+    """Thousands of spans of one agent in one minute, written in several batches: on Postgres the
+    sketch's appended (index, count) pairs pass the compaction threshold and are summed per index;
+    the answer must not change."""
+    now = datetime.now(UTC).replace(second=30, microsecond=0) - timedelta(minutes=2)
+    specs = [{"age": (datetime.now(UTC) - now).total_seconds() + (i % 20) * 0.5, "agent": "explainer",
+              "status": "ok", "duration": 1.0 + (i * 7919 % 5000) / 3.0, "tokens": None, "fallback": None}
+             for i in range(3000)]  # fmt: skip
+    rows = [_row(datetime.now(UTC), spec) for spec in specs]
+    for i in range(0, len(rows), 250):
+        await store.insert_spans_batch(rows[i : i + 250])
+    await store.delete_old_spans(0)  # nothing is that old: a no-op cleanup on a busy store
+    assert await store.verify_rollups() == []
+    await _check(store)

@@ -968,14 +968,30 @@ async def test_rollup_metrics_rpc(repo: SupabaseSpanRepository, api: Any) -> Non
         body = [part for v in values for part in (4, v)]
         return "\\x" + b"".join(x.to_bytes(4, "big", signed=True) for x in head + body).hex()
 
-    lo = bucket_index(10.0)
-    dense = [2] + [0] * (bucket_index(40.0) - lo - 1) + [1]
+    # Pairs as a sketch holds them: an index may repeat (appended by successive writes).
+    idxs, counts = [bucket_index(10.0), bucket_index(40.0), bucket_index(10.0)], [1, 1, 1]
     route = api.post("/rpc/obs_rollup_metrics").mock(
         return_value=httpx.Response(
             200,
             json=[
-                {"agent_name": "explainer", "agent_tier": 5, "idx": None, "n": None, **figures, "counts": None},
-                {"agent_name": "explainer", "agent_tier": 5, "idx": lo, "n": 1, **nulls, "counts": array_send(dense)},
+                {
+                    "agent_name": "explainer",
+                    "agent_tier": 5,
+                    "idx": None,
+                    "n": None,
+                    **figures,
+                    "idxs": None,
+                    "counts": None,
+                },
+                {
+                    "agent_name": "explainer",
+                    "agent_tier": 5,
+                    "idx": 0,
+                    "n": 1,
+                    **nulls,
+                    "idxs": array_send(idxs),
+                    "counts": array_send(counts),
+                },
             ],
         )
     )

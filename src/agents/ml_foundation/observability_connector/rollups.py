@@ -34,6 +34,7 @@ __all__ = [
     "dense_to_sketch",
     "groups_from_rows",
     "latency_stats",
+    "pairs_to_sketch",
     "quality_metrics",
     "window_segments",
 ]
@@ -131,21 +132,37 @@ def decode_array_send(data: bytes | str | None) -> Any:
 
 def groups_from_rows(rows: Iterable[Sequence[Any]]) -> list[RollupGroup]:
     """The rows of ``obs_rollup_metrics`` (Postgres, and Supabase over RPC) as groups: rows with
-    a null ``idx`` carry a group's figures; the others one sketch (first index ``idx``, zero
-    durations ``n``, ``counts`` from ``array_send``), summed here with numpy."""
+    a null ``idx`` carry a group's figures; the others one sketch (zero durations ``n``, then
+    ``array_send`` of its index and count arrays), summed here per index with numpy."""
     groups: dict[tuple[str, int], RollupGroup] = {}
-    sketches: dict[tuple[str, int], list[tuple[int, Any]]] = {}
+    pairs: dict[tuple[str, int], list[tuple[Any, Any]]] = {}
     zeros: dict[tuple[str, int], int] = {}
     for agent, tier, idx, n, *rest in rows:
         key = (str(agent), int(tier))
         if idx is None:
             groups[key] = RollupGroup.from_figures(key[0], key[1], rest[:11])
         else:
-            sketches.setdefault(key, []).append((int(idx), decode_array_send(rest[11])))
+            pairs.setdefault(key, []).append((decode_array_send(rest[11]), decode_array_send(rest[12])))
             zeros[key] = zeros.get(key, 0) + int(n or 0)
     for key, group in groups.items():
-        group.sketch = dense_to_sketch(sketches.get(key, []), zeros.get(key, 0))
+        group.sketch = pairs_to_sketch(pairs.get(key, []), zeros.get(key, 0))
     return list(groups.values())
+
+
+def pairs_to_sketch(parts: Sequence[tuple[Any, Any]], zeros: int) -> dict[int, int]:
+    """Sum (indexes, counts) array pairs per index into a sparse sketch, zeros included."""
+    sketch: dict[int, int] = {}
+    parts = [(i, n) for i, n in parts if len(i)]
+    if parts:
+        idx = np.concatenate([i for i, _ in parts])
+        counts = np.concatenate([n for _, n in parts])
+        lo = int(idx.min())
+        total = np.bincount(idx - lo, weights=counts).astype(np.int64)
+        nonzero = np.flatnonzero(total)
+        sketch = dict(zip((nonzero + lo).tolist(), total[nonzero].tolist(), strict=True))
+    if zeros:
+        sketch[ZERO_INDEX] = zeros
+    return sketch
 
 
 def dense_to_sketch(parts: Sequence[tuple[int, Any]], zeros: int) -> dict[int, int]:
