@@ -3,7 +3,8 @@
     python benchmarks/bench_sqlite_writes.py [--rows 100000] [--repeat 3] [--src DIR]
 
 Writes ``--rows`` fresh spans (20 agents, durations, tokens, start times over the last hour)
-into an empty store file in batches of 100 and 1,000, through the repository (one transaction
+into an empty store file in batches of 100 and 1,000 (start times over the last ``--spread-s``
+seconds: an hour, like bench_store.py, or a few seconds, like live traffic), through the repository (one transaction
 per batch: the rows, and since issue 16 their rollups), and prints rows/s, median of
 ``--repeat`` runs with the two batch sizes interleaved. ``--src`` imports the package from
 another checkout (e.g. a worktree of main) so both sides run this same script.
@@ -28,6 +29,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--spread-s", type=float, default=3600.0, help="start times over the last N seconds (5: live traffic)"
+    )
     parser.add_argument("--src", default=str(HERE.parent), help="checkout whose src/ is measured")
     args = parser.parse_args()
     sys.path.insert(0, str(HERE))
@@ -51,7 +55,7 @@ def main() -> None:
                     operation_name="execute",
                     agent_name=f"agent_{rng.randrange(20)}",
                     agent_tier=rng.randrange(6),
-                    start_time=now - timedelta(seconds=rng.uniform(0, 3600)),
+                    start_time=now - timedelta(seconds=rng.uniform(0, args.spread_s)),
                     duration_ms=round(rng.lognormvariate(5.5, 1.3), 3),
                     status="error" if rng.random() < 0.05 else "ok",
                     input_tokens=rng.randrange(4000),
@@ -74,7 +78,7 @@ def main() -> None:
         return len(rows) / seconds
 
     print(f"machine: {machine()}")
-    print(f"measuring {args.src}")
+    print(f"measuring {args.src}; start times over the last {args.spread_s:g} s")
     results: dict[int, list[float]] = {100: [], 1000: []}
     for rep in range(args.repeat):
         rows = spans(args.rows, rep)

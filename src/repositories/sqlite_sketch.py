@@ -13,6 +13,8 @@ few dozen.
 from __future__ import annotations
 
 import sqlite3
+import sys
+from array import array
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
@@ -32,6 +34,8 @@ SKETCH_DDL: Final = f"""CREATE TABLE IF NOT EXISTS {SKETCH} (
 
 Key = tuple[int, str, str, int]
 _DTYPE: Final = np.dtype("<i4")
+#: Blobs are little-endian int32 whatever the machine; ``array("i")`` is native.
+_SWAP: Final = sys.byteorder == "big"
 _WHERE_KEY: Final = "level = ? AND bucket = ? AND agent_name = ? AND agent_tier = ?"
 
 
@@ -70,32 +74,48 @@ def add_rows(conn: sqlite3.Connection, rows: Iterable[Sequence[Any]], sign: int)
 
 
 def _apply(conn: sqlite3.Connection, key: Key, delta: dict[int, int]) -> None:
+    """Read-modify-write of one bucket's blob with the array module: a batch's delta for one
+    bucket is a few dozen indexes, where numpy's per-call overhead would dominate."""
     zeros = delta.pop(ZERO_INDEX, 0)
     found = conn.execute(f"SELECT idx0, counts, zeros FROM {SKETCH} WHERE {_WHERE_KEY}", key).fetchone()
-    parts: list[tuple[int, Any]] = []
+    counts = array("i")
+    idx0 = 0
     if found is not None:
-        parts.append((int(found[0]), np.frombuffer(found[1], dtype=_DTYPE)))
+        idx0 = int(found[0])
+        counts.frombytes(found[1])
+        if _SWAP:
+            counts.byteswap()
         zeros += int(found[2])
     if delta:
-        idx = np.fromiter(delta.keys(), dtype=np.int64, count=len(delta))
-        lo = int(idx.min())
-        dense = np.zeros(int(idx.max()) - lo + 1, dtype=np.int64)
-        dense[idx - lo] = np.fromiter(delta.values(), dtype=np.int64, count=len(delta))
-        parts.append((lo, dense))
-    idx0, merged = merge_blobs(parts)
-    nonzero = np.flatnonzero(merged)
-    if not len(nonzero) and not zeros:
-        conn.execute(f"DELETE FROM {SKETCH} WHERE level = ? AND bucket = ? AND agent_name = ? AND agent_tier = ?", key)
+        lo, hi = min(delta), max(delta)
+        if not counts:
+            idx0, counts = lo, array("i", bytes(4 * (hi - lo + 1)))
+        else:
+            if lo < idx0:
+                counts = array("i", bytes(4 * (idx0 - lo))) + counts
+                idx0 = lo
+            end = idx0 + len(counts) - 1
+            if hi > end:
+                counts.frombytes(bytes(4 * (hi - end)))
+        for idx, n in delta.items():
+            counts[idx - idx0] += n
+    first = next((k for k, v in enumerate(counts) if v), None)
+    if first is None and not zeros:
+        conn.execute(f"DELETE FROM {SKETCH} WHERE {_WHERE_KEY}", key)
         return
-    if len(nonzero):
-        first, last = int(nonzero[0]), int(nonzero[-1])
-        idx0, merged = idx0 + first, merged[first : last + 1]
+    if first is None:
+        counts = array("i")
     else:
-        merged = merged[:0]
+        last = len(counts) - 1
+        while not counts[last]:
+            last -= 1
+        counts, idx0 = counts[first : last + 1], idx0 + first
+    if _SWAP:
+        counts.byteswap()
     conn.execute(
         f"INSERT OR REPLACE INTO {SKETCH} (level, bucket, agent_name, agent_tier, idx0, counts, zeros) "
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (*key, idx0, merged.astype(_DTYPE).tobytes(), zeros),
+        (*key, idx0, counts.tobytes(), zeros),
     )
 
 
