@@ -34,7 +34,16 @@ from src.repositories.base import TABLE
 from src.repositories.rollup_check import compare_keyed
 from src.repositories.row_values import utc_text
 from src.repositories.sqlite_queries import FALLBACK_SQL
-from src.repositories.sqlite_sketch import SKETCH, SKETCH_DDL, add_rows, blob_counts
+from src.repositories.sqlite_sketch import (
+    PENDING,
+    PENDING_DDL,
+    SKETCH,
+    SKETCH_DDL,
+    blob_counts,
+    fold,
+    fold_if_due,
+    pending_statements,
+)
 
 __all__ = [
     "ROLLUPS",
@@ -73,6 +82,7 @@ DDL: Final = (
     PRIMARY KEY (level, bucket, agent_name, agent_tier)
 ) WITHOUT ROWID""",
     SKETCH_DDL,
+    PENDING_DDL,
 )
 
 _IDX: Final = index_sql("duration_ms")
@@ -104,9 +114,11 @@ def _upserts(where: str, sign: int) -> list[str]:
     return statements
 
 
-_INSERTED: Final = _upserts("rowid > ?", 1)
+_INSERTED: Final = _upserts("rowid > ?", 1) + pending_statements("rowid > ?", 1)
 _DOOMED_TABLE: Final = "temp.obs_doomed_spans"
-_DELETED: Final = _upserts(f"rowid IN (SELECT rid FROM {_DOOMED_TABLE})", -1)
+_DELETED: Final = _upserts(f"rowid IN (SELECT rid FROM {_DOOMED_TABLE})", -1) + pending_statements(
+    f"rowid IN (SELECT rid FROM {_DOOMED_TABLE})", -1
+)
 
 
 def create_rollups(conn: sqlite3.Connection) -> bool:
@@ -118,7 +130,9 @@ def create_rollups(conn: sqlite3.Connection) -> bool:
         conn.execute(statement)
     if found is not None:
         return False
+    conn.execute(f"DELETE FROM {PENDING}")  # a log left by rollups dropped before: it belongs to them
     apply_rows(conn, 0)
+    fold(conn)
     return True
 
 
@@ -126,16 +140,11 @@ def max_rowid(conn: sqlite3.Connection) -> int:
     return int(conn.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM {TABLE}").fetchone()[0])
 
 
-_DURATIONS: Final = (
-    f"SELECT start_time, agent_name, agent_tier, duration_ms FROM {TABLE} WHERE duration_ms IS NOT NULL AND "
-)
-
-
 def apply_rows(conn: sqlite3.Connection, after_rowid: int) -> None:
     """Add every raw row with ``rowid > after_rowid`` to the rollups (inside the write transaction)."""
     for statement in _INSERTED:
         conn.execute(statement, (after_rowid,))
-    add_rows(conn, conn.execute(_DURATIONS + "rowid > ?", (after_rowid,)), 1)
+    fold_if_due(conn)
 
 
 def delete_with_rollups(conn: sqlite3.Connection, select_rowids: str, params: tuple[Any, ...]) -> int:
@@ -146,7 +155,7 @@ def delete_with_rollups(conn: sqlite3.Connection, select_rowids: str, params: tu
     conn.execute(f"INSERT INTO {_DOOMED_TABLE} (rid) {select_rowids}", params)
     for statement in _DELETED:
         conn.execute(statement)
-    add_rows(conn, conn.execute(_DURATIONS + f"rowid IN (SELECT rid FROM {_DOOMED_TABLE})"), -1)
+    fold_if_due(conn)
     cursor = conn.execute(f"DELETE FROM {TABLE} WHERE rowid IN (SELECT rid FROM {_DOOMED_TABLE})")
     conn.execute(f"DELETE FROM {ROLLUPS} WHERE n_all = 0")
     conn.execute(f"DELETE FROM {_DOOMED_TABLE}")
@@ -212,7 +221,18 @@ def _edge_sql(agent: bool) -> str:
     )
 
 
-_QUERIES: Final = {agent: (_totals_sql(agent), _sketch_sql(agent), _edge_sql(agent)) for agent in (False, True)}
+def _pending_sql(agent: bool) -> str:
+    agent_rule = " AND agent_name = :agent" if agent else ""
+    return (
+        f"SELECT agent_name, agent_tier, idx, SUM(n) FROM {PENDING} "
+        f"WHERE ((level = 0 AND bucket >= :m0 AND bucket < :m1) OR (level = 1 AND bucket >= :h0 AND bucket < :h1) "
+        f"OR (level = 2 AND bucket >= :d0)){agent_rule} GROUP BY 1, 2, 3"
+    )
+
+
+_QUERIES: Final = {
+    agent: (_totals_sql(agent), _sketch_sql(agent), _edge_sql(agent), _pending_sql(agent)) for agent in (False, True)
+}
 
 
 def read_groups(conn: sqlite3.Connection, since: datetime, agent_name: str | None) -> list[RollupGroup]:
@@ -220,12 +240,12 @@ def read_groups(conn: sqlite3.Connection, since: datetime, agent_name: str | Non
     params: dict[str, Any] = _bounds(since)
     if agent_name is not None:
         params["agent"] = agent_name
-    totals_sql, sketch_sql, edge_sql = _QUERIES[agent_name is not None]
+    totals_sql, sketch_sql, edge_sql, pending_sql = _QUERIES[agent_name is not None]
     conn.execute("BEGIN")
     try:
         totals = conn.execute(totals_sql, params).fetchall()
         blobs = conn.execute(sketch_sql, params).fetchall()
-        edge = conn.execute(edge_sql, params).fetchall()
+        edge = conn.execute(edge_sql, params).fetchall() + conn.execute(pending_sql, params).fetchall()
     finally:
         conn.execute("COMMIT")
     groups: dict[tuple[str, int], RollupGroup] = {}
@@ -237,12 +257,14 @@ def read_groups(conn: sqlite3.Connection, since: datetime, agent_name: str | Non
         parts.setdefault((agent, tier), []).append(blob_counts(idx0, blob))
         zeros[(agent, tier)] = zeros.get((agent, tier), 0) + int(n_zero)
     edge_counts: dict[tuple[str, int], dict[int, int]] = {}
-    for agent, tier, idx, n in edge:
-        edge_counts.setdefault((agent, tier), {})[int(idx)] = int(n)
+    for agent, tier, idx, n in edge:  # the raw edge and the pending log: (index, count) groups
+        counts = edge_counts.setdefault((agent, tier), {})
+        counts[int(idx)] = counts.get(int(idx), 0) + int(n)
     for key, group in groups.items():
         sketch = dense_to_sketch(parts.get(key, []), zeros.get(key, 0))
         for idx, n in edge_counts.get(key, {}).items():
             sketch[idx] = sketch.get(idx, 0) + n
+        sketch = {idx: n for idx, n in sketch.items() if n}
         group.sketch = sketch
     return list(groups.values())
 
@@ -253,12 +275,12 @@ def rebuild_day(conn: sqlite3.Connection, day: datetime) -> None:
     lo, hi = utc_text(start), utc_text(start + timedelta(days=1))
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for table in (ROLLUPS, SKETCH):
+        for table in (ROLLUPS, SKETCH, PENDING):
             conn.execute(f"DELETE FROM {table} WHERE bucket >= ? AND bucket < ?", (lo[:10], hi[:10]))
         where = "start_time >= ? AND start_time < ?"
-        for statement in _upserts(where, 1):
+        for statement in _upserts(where, 1) + pending_statements(where, 1):
             conn.execute(statement, (lo, hi))
-        add_rows(conn, conn.execute(_DURATIONS + where, (lo, hi)), 1)
+        fold(conn)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
@@ -300,6 +322,13 @@ def _sketch_by_day(conn: sqlite3.Connection, level: int, day: str) -> list[tuple
         if n_zero:
             key = (bucket_day, agent, tier, ZERO_INDEX)
             sums[key] = sums.get(key, 0) + int(n_zero)
+    for bucket_day, agent, tier, idx, n in conn.execute(
+        f"SELECT substr(bucket, 1, 10), agent_name, agent_tier, idx, SUM(n) FROM {PENDING} "
+        "WHERE level = ? AND bucket >= ? GROUP BY 1, 2, 3, 4",
+        (level, day),
+    ):
+        key = (bucket_day, agent, tier, int(idx))
+        sums[key] = sums.get(key, 0) + int(n)
     return [(*key, n) for key, n in sums.items() if n]
 
 

@@ -1,13 +1,19 @@
-"""The SQLite store's latency sketches: one dense count array per (level, bucket, agent, tier).
+"""The SQLite store's latency sketches: one dense count array per (level, bucket, agent, tier),
+plus a small log of pending (bucket, index, count) rows not yet folded into the arrays.
 
 Why arrays and not one row per sketch index: a 30-day window on a busy store merges ~2,000
 (bucket, agent) sketches of up to ~500 indexes each; as rows that is ~10⁶ rows for SQLite to
 group (hundreds of ms), as arrays it is ~2,000 blobs read and added with numpy (milliseconds).
 A blob holds little-endian int32 counts for the indexes ``idx0 .. idx0 + len − 1`` (positive
-durations, see ``latency_sketch``); zero durations are counted in ``zeros``. They are
-maintained in Python inside the write transaction from the rows the transaction inserted or
-deletes (read back by rowid), with a read-modify-write of each touched blob: a batch touches a
-few dozen.
+durations, see ``latency_sketch``); zero durations are counted in ``zeros``.
+
+Why a pending log: rewriting the current hour's and day's arrays (~2 KB each, per agent) on
+every batch cost the write path more than the rows themselves. A write instead appends its
+(level, bucket, agent, tier, index, count) groups to ``ml_span_rollup_sketch_pending`` with one
+``INSERT ... SELECT ... GROUP BY`` per level (C speed, inside the write transaction, only the
+rows it inserted or deletes); once the log holds :data:`FOLD_AT` rows, the write that notices
+folds it into the arrays (one read-modify-write per touched bucket) and empties it. Readers add
+the log's rows for their buckets, so an answer never depends on when the last fold ran.
 """
 
 from __future__ import annotations
@@ -20,10 +26,25 @@ from typing import Any, Final
 
 import numpy as np
 
-from src.agents.ml_foundation.observability_connector.latency_sketch import LN_GAMMA, ZERO_INDEX
+from src.agents.ml_foundation.observability_connector.latency_sketch import LN_GAMMA, ZERO_INDEX, index_sql
 from src.agents.ml_foundation.observability_connector.rollups import LEVELS
+from src.repositories.base import TABLE
 
-__all__ = ["SKETCH", "SKETCH_DDL", "Key", "add_rows", "blob_counts", "merge_blobs", "sketch_deltas"]
+__all__ = [
+    "FOLD_AT",
+    "PENDING",
+    "PENDING_DDL",
+    "SKETCH",
+    "SKETCH_DDL",
+    "Key",
+    "add_rows",
+    "blob_counts",
+    "fold",
+    "fold_if_due",
+    "merge_blobs",
+    "pending_statements",
+    "sketch_deltas",
+]
 
 SKETCH: Final = "ml_span_rollup_sketch"
 SKETCH_DDL: Final = f"""CREATE TABLE IF NOT EXISTS {SKETCH} (
@@ -32,7 +53,48 @@ SKETCH_DDL: Final = f"""CREATE TABLE IF NOT EXISTS {SKETCH} (
     PRIMARY KEY (level, bucket, agent_name, agent_tier)
 ) WITHOUT ROWID"""
 
+PENDING: Final = "ml_span_rollup_sketch_pending"
+PENDING_DDL: Final = f"""CREATE TABLE IF NOT EXISTS {PENDING} (
+    level INTEGER NOT NULL, bucket TEXT NOT NULL, agent_name TEXT NOT NULL, agent_tier INTEGER NOT NULL,
+    idx INTEGER NOT NULL, n INTEGER NOT NULL
+)"""
+#: Pending rows that trigger a fold: large enough that folds are rare (a batch of 1,000 live spans
+#: adds ~3,000), small enough that a reader's scan of the log stays a few milliseconds.
+FOLD_AT: Final = 12_000
+
 Key = tuple[int, str, str, int]
+
+
+def pending_statements(where: str, sign: int) -> list[str]:
+    """Statements appending the signed sketch groups of the raw rows matching ``where``, every level."""
+    index = index_sql("duration_ms")
+    return [
+        f"INSERT INTO {PENDING} (level, bucket, agent_name, agent_tier, idx, n) "
+        f"SELECT {level}, substr(start_time, 1, {length}), agent_name, agent_tier, {index}, {sign} * COUNT(*) "
+        f"FROM {TABLE} WHERE ({where}) AND duration_ms IS NOT NULL GROUP BY 2, 3, 4, 5"
+        for level, _width, length in LEVELS
+    ]
+
+
+def fold_if_due(conn: sqlite3.Connection) -> None:
+    span = conn.execute(f"SELECT MAX(rowid) - MIN(rowid) FROM {PENDING}").fetchone()[0]
+    if span is not None and span >= FOLD_AT:
+        fold(conn)
+
+
+def fold(conn: sqlite3.Connection) -> None:
+    """Fold the pending log into the arrays and empty it (inside the caller's write transaction)."""
+    deltas: dict[Key, dict[int, int]] = {}
+    for level, bucket, agent, tier, idx, n in conn.execute(
+        f"SELECT level, bucket, agent_name, agent_tier, idx, SUM(n) FROM {PENDING} GROUP BY 1, 2, 3, 4, 5"
+    ):
+        if n:
+            deltas.setdefault((level, bucket, agent, tier), {})[int(idx)] = int(n)
+    for key, delta in deltas.items():
+        _apply(conn, key, delta)
+    conn.execute(f"DELETE FROM {PENDING}")
+
+
 _DTYPE: Final = np.dtype("<i4")
 #: Blobs are little-endian int32 whatever the machine; ``array("i")`` is native.
 _SWAP: Final = sys.byteorder == "big"

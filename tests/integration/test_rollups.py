@@ -31,6 +31,7 @@ from src.agents.ml_foundation.observability_connector.latency_sketch import (
 from src.agents.ml_foundation.observability_connector.models import LatencyStats, ObservabilitySpan, row_id_for
 from src.agents.ml_foundation.observability_connector.rollups import latency_stats, quality_metrics, window_segments
 from src.repositories.base import SpanStore
+from src.repositories import sqlite_sketch
 from src.repositories.sqlite import SQLiteSpanRepository
 from tests.fixtures.metrics_reference import percentile_cont
 
@@ -83,8 +84,13 @@ def test_window_segments_cover_the_window_once() -> None:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[SpanStore]:
+async def store(
+    request: pytest.FixtureRequest, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[SpanStore]:
     if request.param == "sqlite":
+        # Fold the pending sketch log after a few dozen rows, so the histories below cross folds
+        # (the log, the arrays, and both at once answer every question).
+        monkeypatch.setattr(sqlite_sketch, "FOLD_AT", 40)
         repo: SpanStore = SQLiteSpanRepository(tmp_path / "spans.db")
     else:
         from src.repositories.postgres import PostgresSpanRepository
@@ -101,7 +107,12 @@ async def _clear(store: SpanStore) -> None:
     if isinstance(store, SQLiteSpanRepository):
 
         def wipe(conn: Any) -> None:
-            for table in ("ml_observability_spans", "ml_span_rollups", "ml_span_rollup_sketch"):
+            for table in (
+                "ml_observability_spans",
+                "ml_span_rollups",
+                "ml_span_rollup_sketch",
+                "ml_span_rollup_sketch_pending",
+            ):
                 conn.execute(f"DELETE FROM {table}")
 
         await store._run(wipe)

@@ -496,7 +496,12 @@ async def test_a_version_1_file_is_upgraded_to_accept_timeout_keeping_every_row(
         (ddl,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'ml_observability_spans'").fetchone()
     conn.close()
     # the rebuild left no second span table behind (the rollup tables are its own)
-    assert sorted(tables) == ["ml_observability_spans", "ml_span_rollup_sketch", "ml_span_rollups"]
+    assert sorted(tables) == [
+        "ml_observability_spans",
+        "ml_span_rollup_sketch",
+        "ml_span_rollup_sketch_pending",
+        "ml_span_rollups",
+    ]
     assert {"idx_ml_observability_spans_start_time", "idx_ml_observability_spans_agent_start"} <= indexes
     assert "'timeout'" in ddl
 
