@@ -30,8 +30,8 @@ from src.agents.ml_foundation.observability_connector.latency_sketch import (
 )
 from src.agents.ml_foundation.observability_connector.models import LatencyStats, ObservabilitySpan, row_id_for
 from src.agents.ml_foundation.observability_connector.rollups import latency_stats, quality_metrics, window_segments
-from src.repositories.base import SpanStore
 from src.repositories import sqlite_sketch
+from src.repositories.base import SpanStore
 from src.repositories.sqlite import SQLiteSpanRepository
 from tests.fixtures.metrics_reference import percentile_cont
 
