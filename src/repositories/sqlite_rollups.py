@@ -42,7 +42,7 @@ from src.repositories.sqlite_sketch import (
     blob_counts,
     fold,
     fold_if_due,
-    pending_statements,
+    pending_statement,
 )
 
 __all__ = [
@@ -99,26 +99,51 @@ def _row_figures(sign: int) -> str:
     )
 
 
-def _upserts(where: str, sign: int) -> list[str]:
-    """Statements adding (or subtracting) the rows matching ``where`` to every level."""
-    statements = []
+_MINUTES: Final = "temp.obs_minute_figures"
+
+
+def _upserts(where: str, sign: int) -> list[tuple[str, bool]]:
+    """Statements adding (or subtracting) the rows matching ``where`` to every level, each with
+    whether it takes the ``where`` parameters. The raw rows are grouped once, by minute, into a
+    temporary table; hours and days are summed from those few groups."""
     cols = ", ".join(_COUNTS)
     sets = ", ".join(f"{c} = {c} + excluded.{c}" for c in _COUNTS)
+    sums = ", ".join(f"SUM({c})" for c in _COUNTS)
+    statements = [
+        (
+            "CREATE TEMP TABLE IF NOT EXISTS obs_minute_figures (minute TEXT, agent_name TEXT, agent_tier INTEGER, "
+            f"{', '.join(_COUNTS)})",
+            False,
+        ),
+        (f"DELETE FROM {_MINUTES}", False),
+        (
+            f"INSERT INTO {_MINUTES} SELECT substr(start_time, 1, {LEVELS[0][2]}), agent_name, agent_tier, "
+            f"{_row_figures(sign)} FROM {TABLE} WHERE {where} GROUP BY 1, 2, 3",
+            True,
+        ),
+    ]
     for level, _width, length in LEVELS:
         statements.append(
-            f"INSERT INTO {ROLLUPS} (level, bucket, agent_name, agent_tier, {cols}) "
-            f"SELECT {level}, substr(start_time, 1, {length}), agent_name, agent_tier, {_row_figures(sign)} "
-            f"FROM {TABLE} WHERE {where} GROUP BY 2, 3, 4 "
-            f"ON CONFLICT (level, bucket, agent_name, agent_tier) DO UPDATE SET {sets}"
+            (
+                f"INSERT INTO {ROLLUPS} (level, bucket, agent_name, agent_tier, {cols}) "
+                f"SELECT {level}, substr(minute, 1, {length}), agent_name, agent_tier, {sums} "
+                f"FROM {_MINUTES} WHERE true GROUP BY 2, 3, 4 "
+                f"ON CONFLICT (level, bucket, agent_name, agent_tier) DO UPDATE SET {sets}",
+                False,
+            )
         )
     return statements
 
 
-_INSERTED: Final = _upserts("rowid > ?", 1) + pending_statements("rowid > ?", 1)
+def _run(conn: sqlite3.Connection, statements: list[tuple[str, bool]], params: tuple[Any, ...]) -> None:
+    for sql, takes_params in statements:
+        conn.execute(sql, params if takes_params else ())
+
+
+_INSERTED: Final = [*_upserts("rowid > ?", 1), (pending_statement("rowid > ?", 1), True)]
 _DOOMED_TABLE: Final = "temp.obs_doomed_spans"
-_DELETED: Final = _upserts(f"rowid IN (SELECT rid FROM {_DOOMED_TABLE})", -1) + pending_statements(
-    f"rowid IN (SELECT rid FROM {_DOOMED_TABLE})", -1
-)
+_DOOMED: Final = f"rowid IN (SELECT rid FROM {_DOOMED_TABLE})"
+_DELETED: Final = [*_upserts(_DOOMED, -1), (pending_statement(_DOOMED, -1), False)]
 
 
 def create_rollups(conn: sqlite3.Connection) -> bool:
@@ -142,8 +167,7 @@ def max_rowid(conn: sqlite3.Connection) -> int:
 
 def apply_rows(conn: sqlite3.Connection, after_rowid: int) -> None:
     """Add every raw row with ``rowid > after_rowid`` to the rollups (inside the write transaction)."""
-    for statement in _INSERTED:
-        conn.execute(statement, (after_rowid,))
+    _run(conn, _INSERTED, (after_rowid,))
     fold_if_due(conn)
 
 
@@ -153,8 +177,7 @@ def delete_with_rollups(conn: sqlite3.Connection, select_rowids: str, params: tu
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS obs_doomed_spans (rid INTEGER PRIMARY KEY)")
     conn.execute(f"DELETE FROM {_DOOMED_TABLE}")
     conn.execute(f"INSERT INTO {_DOOMED_TABLE} (rid) {select_rowids}", params)
-    for statement in _DELETED:
-        conn.execute(statement)
+    _run(conn, _DELETED, ())
     fold_if_due(conn)
     cursor = conn.execute(f"DELETE FROM {TABLE} WHERE rowid IN (SELECT rid FROM {_DOOMED_TABLE})")
     conn.execute(f"DELETE FROM {ROLLUPS} WHERE n_all = 0")
@@ -224,9 +247,8 @@ def _edge_sql(agent: bool) -> str:
 def _pending_sql(agent: bool) -> str:
     agent_rule = " AND agent_name = :agent" if agent else ""
     return (
-        f"SELECT agent_name, agent_tier, idx, SUM(n) FROM {PENDING} "
-        f"WHERE ((level = 0 AND bucket >= :m0 AND bucket < :m1) OR (level = 1 AND bucket >= :h0 AND bucket < :h1) "
-        f"OR (level = 2 AND bucket >= :d0)){agent_rule} GROUP BY 1, 2, 3"
+        # The log holds minutes: every one from the window's first whole minute on is inside it.
+        f"SELECT agent_name, agent_tier, idx, SUM(n) FROM {PENDING} WHERE bucket >= :m0{agent_rule} GROUP BY 1, 2, 3"
     )
 
 
@@ -278,8 +300,7 @@ def rebuild_day(conn: sqlite3.Connection, day: datetime) -> None:
         for table in (ROLLUPS, SKETCH, PENDING):
             conn.execute(f"DELETE FROM {table} WHERE bucket >= ? AND bucket < ?", (lo[:10], hi[:10]))
         where = "start_time >= ? AND start_time < ?"
-        for statement in _upserts(where, 1) + pending_statements(where, 1):
-            conn.execute(statement, (lo, hi))
+        _run(conn, [*_upserts(where, 1), (pending_statement(where, 1), True)], (lo, hi))
         fold(conn)
         conn.execute("COMMIT")
     except BaseException:
@@ -323,9 +344,10 @@ def _sketch_by_day(conn: sqlite3.Connection, level: int, day: str) -> list[tuple
             key = (bucket_day, agent, tier, ZERO_INDEX)
             sums[key] = sums.get(key, 0) + int(n_zero)
     for bucket_day, agent, tier, idx, n in conn.execute(
+        # Logged minutes count at every level once folded.
         f"SELECT substr(bucket, 1, 10), agent_name, agent_tier, idx, SUM(n) FROM {PENDING} "
-        "WHERE level = ? AND bucket >= ? GROUP BY 1, 2, 3, 4",
-        (level, day),
+        "WHERE bucket >= ? GROUP BY 1, 2, 3, 4",
+        (day,),
     ):
         key = (bucket_day, agent, tier, int(idx))
         sums[key] = sums.get(key, 0) + int(n)

@@ -9,10 +9,11 @@ durations, see ``latency_sketch``); zero durations are counted in ``zeros``.
 
 Why a pending log: rewriting the current hour's and day's arrays (~2 KB each, per agent) on
 every batch cost the write path more than the rows themselves. A write instead appends its
-(level, bucket, agent, tier, index, count) groups to ``ml_span_rollup_sketch_pending`` with one
-``INSERT ... SELECT ... GROUP BY`` per level (C speed, inside the write transaction, only the
-rows it inserted or deletes); once the log holds :data:`FOLD_AT` rows, the write that notices
-folds it into the arrays (one read-modify-write per touched bucket) and empties it. Readers add
+(minute, agent, tier, index, count) groups to ``ml_span_rollup_sketch_pending`` with one
+``INSERT ... SELECT ... GROUP BY`` (C speed, inside the write transaction, only the rows it
+inserted or deletes); once the log holds :data:`FOLD_AT` rows, the write that notices
+folds it into the arrays of the minute, its hour and its day (one read-modify-write per touched
+bucket) and empties it. Readers add
 the log's rows for their buckets, so an answer never depends on when the last fold ran.
 """
 
@@ -42,7 +43,7 @@ __all__ = [
     "fold",
     "fold_if_due",
     "merge_blobs",
-    "pending_statements",
+    "pending_statement",
     "sketch_deltas",
 ]
 
@@ -55,25 +56,25 @@ SKETCH_DDL: Final = f"""CREATE TABLE IF NOT EXISTS {SKETCH} (
 
 PENDING: Final = "ml_span_rollup_sketch_pending"
 PENDING_DDL: Final = f"""CREATE TABLE IF NOT EXISTS {PENDING} (
-    level INTEGER NOT NULL, bucket TEXT NOT NULL, agent_name TEXT NOT NULL, agent_tier INTEGER NOT NULL,
+    bucket TEXT NOT NULL, agent_name TEXT NOT NULL, agent_tier INTEGER NOT NULL,
     idx INTEGER NOT NULL, n INTEGER NOT NULL
 )"""
 #: Pending rows that trigger a fold: large enough that folds are rare (a batch of 1,000 live spans
-#: adds ~3,000), small enough that a reader's scan of the log stays a few milliseconds.
+#: adds ~1,000), small enough that a reader's scan of the log stays a few milliseconds.
 FOLD_AT: Final = 12_000
 
 Key = tuple[int, str, str, int]
 
 
-def pending_statements(where: str, sign: int) -> list[str]:
-    """Statements appending the signed sketch groups of the raw rows matching ``where``, every level."""
+def pending_statement(where: str, sign: int) -> str:
+    """The statement appending the signed (minute, agent, tier, index) groups of the raw rows
+    matching ``where``: minutes only; a fold adds them to their hour and day too."""
     index = index_sql("duration_ms")
-    return [
-        f"INSERT INTO {PENDING} (level, bucket, agent_name, agent_tier, idx, n) "
-        f"SELECT {level}, substr(start_time, 1, {length}), agent_name, agent_tier, {index}, {sign} * COUNT(*) "
-        f"FROM {TABLE} WHERE ({where}) AND duration_ms IS NOT NULL GROUP BY 2, 3, 4, 5"
-        for level, _width, length in LEVELS
-    ]
+    return (
+        f"INSERT INTO {PENDING} (bucket, agent_name, agent_tier, idx, n) "
+        f"SELECT substr(start_time, 1, {LEVELS[0][2]}), agent_name, agent_tier, {index}, {sign} * COUNT(*) "
+        f"FROM {TABLE} WHERE ({where}) AND duration_ms IS NOT NULL GROUP BY 1, 2, 3, 4"
+    )
 
 
 def fold_if_due(conn: sqlite3.Connection) -> None:
@@ -85,11 +86,14 @@ def fold_if_due(conn: sqlite3.Connection) -> None:
 def fold(conn: sqlite3.Connection) -> None:
     """Fold the pending log into the arrays and empty it (inside the caller's write transaction)."""
     deltas: dict[Key, dict[int, int]] = {}
-    for level, bucket, agent, tier, idx, n in conn.execute(
-        f"SELECT level, bucket, agent_name, agent_tier, idx, SUM(n) FROM {PENDING} GROUP BY 1, 2, 3, 4, 5"
+    for minute, agent, tier, idx, n in conn.execute(
+        f"SELECT bucket, agent_name, agent_tier, idx, SUM(n) FROM {PENDING} GROUP BY 1, 2, 3, 4"
     ):
-        if n:
-            deltas.setdefault((level, bucket, agent, tier), {})[int(idx)] = int(n)
+        if not n:
+            continue
+        for level, _width, length in LEVELS:
+            counts = deltas.setdefault((level, minute[:length], agent, tier), {})
+            counts[int(idx)] = counts.get(int(idx), 0) + int(n)
     for key, delta in deltas.items():
         _apply(conn, key, delta)
     conn.execute(f"DELETE FROM {PENDING}")
