@@ -766,6 +766,8 @@ $backfill$;
 -- client with numpy and summed there per index), for the window start_time >= p_since: raw rows for [p_since, m),
 -- minute buckets [m, h), hour buckets [h, d), day buckets from d on (m, h, d: p_since rounded up
 -- to the minute, hour and day). The Postgres and Supabase backends compute the answer from it.
+-- Each level is its own range on the primary key, its bounds scalar subqueries (computed once,
+-- then index scan keys): an OR of the three ranges would not use the index.
 CREATE OR REPLACE FUNCTION public.obs_rollup_metrics(p_since timestamptz, p_agent text DEFAULT NULL)
 RETURNS TABLE (
     agent_name text, agent_tier integer, idx integer, n bigint,
@@ -791,16 +793,25 @@ WITH up AS (
 ), raw AS (
     SELECT s.agent_name, s.agent_tier, s.status, s.attributes, s.input_tokens, s.output_tokens,
            s.total_tokens, s.duration_ms
-    FROM public.ml_observability_spans s, b
-    WHERE s.start_time >= p_since AND s.start_time < b.m AND (p_agent IS NULL OR s.agent_name = p_agent)
+    FROM public.ml_observability_spans s
+    WHERE s.start_time >= p_since AND s.start_time < (SELECT m FROM b) AND (p_agent IS NULL OR s.agent_name = p_agent)
 ), totals AS (
     SELECT r.agent_name, r.agent_tier, r.n_all, r.n_ok, r.n_error, r.n_timeout, r.n_started, r.n_fallback,
            r.tok_in, r.tok_out, r.tok_total, r.dur_n, r.dur_sum
-    FROM public.ml_span_rollups r, b
-    WHERE (p_agent IS NULL OR r.agent_name = p_agent)
-      AND ((r.level = 0 AND r.bucket >= b.m AND r.bucket < b.h)
-        OR (r.level = 1 AND r.bucket >= b.h AND r.bucket < b.d)
-        OR (r.level = 2 AND r.bucket >= b.d))
+    FROM public.ml_span_rollups r
+    WHERE r.level = 0 AND r.bucket >= (SELECT m FROM b) AND r.bucket < (SELECT h FROM b)
+      AND (p_agent IS NULL OR r.agent_name = p_agent)
+    UNION ALL
+    SELECT r.agent_name, r.agent_tier, r.n_all, r.n_ok, r.n_error, r.n_timeout, r.n_started, r.n_fallback,
+           r.tok_in, r.tok_out, r.tok_total, r.dur_n, r.dur_sum
+    FROM public.ml_span_rollups r
+    WHERE r.level = 1 AND r.bucket >= (SELECT h FROM b) AND r.bucket < (SELECT d FROM b)
+      AND (p_agent IS NULL OR r.agent_name = p_agent)
+    UNION ALL
+    SELECT r.agent_name, r.agent_tier, r.n_all, r.n_ok, r.n_error, r.n_timeout, r.n_started, r.n_fallback,
+           r.tok_in, r.tok_out, r.tok_total, r.dur_n, r.dur_sum
+    FROM public.ml_span_rollups r
+    WHERE r.level = 2 AND r.bucket >= (SELECT d FROM b) AND (p_agent IS NULL OR r.agent_name = p_agent)
     UNION ALL
     SELECT s.agent_name, s.agent_tier, 1, (s.status = 'ok')::int, (s.status = 'error')::int,
            (s.status = 'timeout')::int, (s.status = 'started')::int,
@@ -829,11 +840,20 @@ FROM totals t GROUP BY t.agent_name, t.agent_tier
 UNION ALL
 SELECT k.agent_name, k.agent_tier, 0, k.zeros,
        NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, array_send(k.idxs), array_send(k.ns)
-FROM public.ml_span_rollup_sketch k, b
-WHERE (p_agent IS NULL OR k.agent_name = p_agent)
-  AND ((k.level = 0 AND k.bucket >= b.m AND k.bucket < b.h)
-    OR (k.level = 1 AND k.bucket >= b.h AND k.bucket < b.d)
-    OR (k.level = 2 AND k.bucket >= b.d))
+FROM public.ml_span_rollup_sketch k
+WHERE k.level = 0 AND k.bucket >= (SELECT m FROM b) AND k.bucket < (SELECT h FROM b)
+  AND (p_agent IS NULL OR k.agent_name = p_agent)
+UNION ALL
+SELECT k.agent_name, k.agent_tier, 0, k.zeros,
+       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, array_send(k.idxs), array_send(k.ns)
+FROM public.ml_span_rollup_sketch k
+WHERE k.level = 1 AND k.bucket >= (SELECT h FROM b) AND k.bucket < (SELECT d FROM b)
+  AND (p_agent IS NULL OR k.agent_name = p_agent)
+UNION ALL
+SELECT k.agent_name, k.agent_tier, 0, k.zeros,
+       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, array_send(k.idxs), array_send(k.ns)
+FROM public.ml_span_rollup_sketch k
+WHERE k.level = 2 AND k.bucket >= (SELECT d FROM b) AND (p_agent IS NULL OR k.agent_name = p_agent)
 UNION ALL
 SELECT e.agent_name, e.agent_tier, 0, CASE WHEN e.idx IS NULL THEN e.n ELSE 0 END,
        NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
