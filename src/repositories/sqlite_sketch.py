@@ -22,12 +22,11 @@ from __future__ import annotations
 import sqlite3
 import sys
 from array import array
-from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 import numpy as np
 
-from src.agents.ml_foundation.observability_connector.latency_sketch import LN_GAMMA, ZERO_INDEX, index_sql
+from src.agents.ml_foundation.observability_connector.latency_sketch import ZERO_INDEX, index_sql
 from src.agents.ml_foundation.observability_connector.rollups import LEVELS
 from src.repositories.base import TABLE
 
@@ -38,13 +37,10 @@ __all__ = [
     "SKETCH",
     "SKETCH_DDL",
     "Key",
-    "add_rows",
     "blob_counts",
     "fold",
     "fold_if_due",
-    "merge_blobs",
     "pending_statement",
-    "sketch_deltas",
 ]
 
 SKETCH: Final = "ml_span_rollup_sketch"
@@ -105,40 +101,6 @@ _SWAP: Final = sys.byteorder == "big"
 _WHERE_KEY: Final = "level = ? AND bucket = ? AND agent_name = ? AND agent_tier = ?"
 
 
-def _indexes(durations: Sequence[float]) -> Any:
-    values = np.asarray(durations, dtype=np.float64)
-    out = np.full(values.shape, ZERO_INDEX, dtype=np.int64)
-    positive = values > 0
-    out[positive] = np.ceil(np.log(values[positive]) / LN_GAMMA).astype(np.int64)
-    return out
-
-
-def sketch_deltas(rows: Iterable[Sequence[Any]], sign: int) -> dict[Key, dict[int, int]]:
-    """(start_time text, agent, tier, duration) rows → per bucket key of every level, counts per index."""
-    rows = list(rows)
-    if not rows:
-        return {}
-    indexes = _indexes([r[3] for r in rows])
-    minute_len = LEVELS[0][2]
-    by_minute: dict[tuple[str, str, int], dict[int, int]] = {}
-    for (start, agent, tier, _d), idx in zip(rows, indexes.tolist(), strict=True):
-        counts = by_minute.setdefault((start[:minute_len], agent, tier), {})
-        counts[idx] = counts.get(idx, 0) + sign
-    deltas: dict[Key, dict[int, int]] = {}
-    for (minute, agent, tier), counts in by_minute.items():
-        for level, _width, length in LEVELS:
-            target = deltas.setdefault((level, minute[:length], agent, tier), {})
-            for idx, n in counts.items():
-                target[idx] = target.get(idx, 0) + n
-    return deltas
-
-
-def add_rows(conn: sqlite3.Connection, rows: Iterable[Sequence[Any]], sign: int) -> None:
-    """Add (sign 1) or subtract (−1) the durations of ``rows`` to their buckets' blobs."""
-    for key, counts in sketch_deltas(rows, sign).items():
-        _apply(conn, key, counts)
-
-
 def _apply(conn: sqlite3.Connection, key: Key, delta: dict[int, int]) -> None:
     """Read-modify-write of one bucket's blob with the array module: a batch's delta for one
     bucket is a few dozen indexes, where numpy's per-call overhead would dominate."""
@@ -183,19 +145,6 @@ def _apply(conn: sqlite3.Connection, key: Key, delta: dict[int, int]) -> None:
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
         (*key, idx0, counts.tobytes(), zeros),
     )
-
-
-def merge_blobs(parts: Sequence[tuple[int, Any]]) -> tuple[int, Any]:
-    """Sum dense arrays given as (first index, counts) into one (first index, int64 counts)."""
-    parts = [(lo, arr) for lo, arr in parts if len(arr)]
-    if not parts:
-        return 0, np.zeros(0, dtype=np.int64)
-    lo = min(p[0] for p in parts)
-    hi = max(p[0] + len(p[1]) for p in parts)
-    total = np.zeros(hi - lo, dtype=np.int64)
-    for first, arr in parts:
-        total[first - lo : first - lo + len(arr)] += arr
-    return lo, total
 
 
 def blob_counts(idx0: int, blob: bytes) -> tuple[int, Any]:
