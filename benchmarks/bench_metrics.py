@@ -1,30 +1,30 @@
-"""Metrics latency, cold (computed by the store) vs cached, on 1,000,000 spans.
+"""Metrics latency per window: rollups (cold and cached) beside the raw-row answer, same run.
 
-    python benchmarks/bench_metrics.py [--spans 1000000] [--windows 30m,1h,24h,7d]
-                                       [--store sqlite|postgres] [--db PATH | --dsn DSN] [--redis-url URL]
+    python benchmarks/bench_metrics.py [--spans 1000000] [--days 31] [--windows 1h,24h,7d,30d]
+                                       [--store sqlite|postgres] [--db PATH | --dsn DSN]
+                                       [--raw-runs 1] [--no-raw] [--redis-url URL | --no-redis] [--reuse]
 
 What is measured is ``compute_metrics`` — the metrics node's whole question: every field of the
-state for one window — three ways per window:
+state for one window, no filter — per window:
 
-* cold: a cache miss, i.e. the store's four aggregate queries (percentiles in SQL) plus the
-  cache's miss bookkeeping; median of ``--cold-runs``;
-* cached, in-process (``cache.backend: memory``); median of ``--hot-runs`` hits;
-* cached, Redis (``cache.backend: redis``): a real ``redis-server`` on a free loopback port
-  (started here unless ``--redis-url`` is given), twice: ``redis`` as configured, i.e. answered
-  by the process's near-cache (kept valid by Redis pub/sub, see ``cache.py``) once its
-  subscription is live, and ``redis-rt`` with the near-cache off, i.e. every hit a Redis round
-  trip plus a decode (what another process's first hit, or any hit while pub/sub is down, costs).
+* cold: a cache miss answered from the rollups (``rollups.py``: minute / hour / day buckets and
+  a latency sketch, plus at most one minute of raw rows); median of ``--cold-runs``;
+* raw: the same question answered from the raw rows only (the store's aggregate SQL, the path a
+  store without rollups takes), ``--raw-runs`` runs, median; and the largest relative
+  difference of any percentile between the two answers (the sketch's bound is 1 %);
+* cached, in-process (``cache.backend: memory``), and through Redis (``redis``: the near-cache,
+  ``redis-rt``: a Redis round trip per hit) unless ``--no-redis``.
 
-Target: cached ≤ 1 % of cold. The spans are spread evenly over the last 8 days (so 7d holds
-~87 %, 24h ~12.5 %, 1h ~0.5 %) across the 18 registered agents and two unknown ones, with
-errors, started spans, tokens and fallbacks. SQLite is bulk-loaded straight into the file
-(executemany in the store's own schema) — the point is the reads, and a span-by-span load
-through the graph would take minutes.
+Targets (issue 16, on 10,000,000 spans): cold 1h / 24h ≤ 20 ms, 7d ≤ 50 ms, 30d ≤ 100 ms. The
+spans are spread evenly over the last ``--days`` days across the 18 registered agents and two
+unknown ones, with errors, started spans, tokens and fallbacks. Rows are bulk-loaded straight
+into the store's own schema (SQLite executemany; Postgres COPY with the rollup triggers off),
+then the rollups are built with ``rebuild_rollups`` — the same code as ``obs-connector rollup
+rebuild`` — and the load and rebuild times are printed. Rows are generated in chunks, so 10M
+spans need no more memory than 1M.
 
 ``--store postgres`` runs the same on Postgres: a throwaway cluster started here (the test
-suite's ``initdb``/``pg_ctl`` helper), or ``--dsn`` naming an empty database; rows go in with COPY
-into the real schema (``database/ml/mlops_tables.sql``). Another backend needs only a loader in
-``LOADERS``.
+suite's ``initdb``/``pg_ctl`` helper), or ``--dsn`` naming an empty database.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -62,26 +62,41 @@ from src.repositories.base import COLUMNS, parse_window  # noqa: E402
 from src.repositories.observability_span import ObservabilitySpanRepository  # noqa: E402
 from src.repositories.sqlite import _INSERT, SQLiteSpanRepository  # noqa: E402
 
-SPREAD = timedelta(days=8)
 UNKNOWN = ("legacy_ranker", "mystery_agent")
+CHUNK = 250_000
 
 
 # --------------------------------------------------------------------------- data
 
 
-def _rows(n: int, registry: AgentRegistry, now: datetime, seed: int) -> list[tuple[Any, ...]]:
-    """Rows in the store's column order (see sqlite.COLUMNS), oldest first."""
+def _row_chunks(
+    n: int, registry: AgentRegistry, now: datetime, seed: int, days: int
+) -> Iterator[list[tuple[Any, ...]]]:
+    """Rows in the store's column order (see sqlite.COLUMNS), oldest first, ``CHUNK`` at a time:
+    each chunk covers its own slice of the spread, so the whole stays in time order."""
+    spread_us = int(timedelta(days=days).total_seconds() * 1e6)
+    chunks = max(1, -(-n // CHUNK))
+    done = 0
+    for c in range(chunks):
+        size = min(CHUNK, n - done)
+        lo, hi = spread_us * c // chunks, spread_us * (c + 1) // chunks
+        yield _rows(size, registry, now - timedelta(days=days), seed + c, lo, hi, first=done)
+        done += size
+
+
+def _rows(
+    n: int, registry: AgentRegistry, oldest: datetime, seed: int, lo_us: int, hi_us: int, first: int
+) -> list[tuple[Any, ...]]:
     rng = random.Random(seed)
     agents = sorted(registry.agents) + list(UNKNOWN)
     tiers = {a: registry.tier_of(a) for a in agents}
     ops = ("execute", "llm_call", "tool_call", "retrieve")
     models = ("claude-sonnet-4", "gpt-4o-mini", None)
-    spread_us = int(SPREAD.total_seconds() * 1e6)
-    offsets = sorted(rng.randrange(spread_us) for _ in range(n))
-    oldest = now - SPREAD
+    offsets = sorted(rng.randrange(lo_us, hi_us) for _ in range(n))
     rows = []
     bits = rng.getrandbits
-    for i, off in enumerate(offsets):
+    for j, off in enumerate(offsets):
+        i = first + j
         start = oldest + timedelta(microseconds=off)
         agent = agents[bits(16) % len(agents)]
         roll = rng.random()
@@ -121,7 +136,9 @@ def _rows(n: int, registry: AgentRegistry, now: datetime, seed: int) -> list[tup
     return rows
 
 
-async def load_sqlite(path: Path, n: int, registry: AgentRegistry, reuse: bool) -> ObservabilitySpanRepository:
+async def load_sqlite(
+    path: Path, n: int, registry: AgentRegistry, reuse: bool, days: int
+) -> ObservabilitySpanRepository:
     """Bulk load into the store's own schema; secondary indexes are built after the rows."""
     if path.exists() and reuse:
         repo = ObservabilitySpanRepository(SQLiteSpanRepository(path))
@@ -137,8 +154,6 @@ async def load_sqlite(path: Path, n: int, registry: AgentRegistry, reuse: bool) 
     await repo.close()
 
     t0 = time.perf_counter()
-    rows = _rows(n, registry, datetime.now(UTC), seed=1)
-    t1 = time.perf_counter()
     conn = sqlite3.connect(path, isolation_level=None)
     indexes = [
         sql
@@ -154,17 +169,27 @@ async def load_sqlite(path: Path, n: int, registry: AgentRegistry, reuse: bool) 
         conn.execute(f'DROP INDEX "{name}"')
     conn.execute("PRAGMA synchronous = OFF")
     conn.execute("BEGIN")
-    for i in range(0, len(rows), 100_000):
-        conn.executemany(_INSERT, rows[i : i + 100_000])
+    for rows in _row_chunks(n, registry, datetime.now(UTC), 1, days):
+        conn.executemany(_INSERT, rows)
     conn.execute("COMMIT")
     for sql in indexes:
         conn.execute(sql)
     conn.execute("ANALYZE")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
-    t2 = time.perf_counter()
-    print(f"  generated {n:,} rows in {t1 - t0:.1f} s, loaded + indexed in {t2 - t1:.1f} s -> {path}")
-    return ObservabilitySpanRepository(SQLiteSpanRepository(path))
+    t1 = time.perf_counter()
+    print(f"  generated + loaded + indexed {n:,} rows in {t1 - t0:.1f} s -> {path}")
+    repo = ObservabilitySpanRepository(SQLiteSpanRepository(path))
+    await _build_rollups(repo)
+    return repo
+
+
+async def _build_rollups(repo: ObservabilitySpanRepository) -> None:
+    t0 = time.perf_counter()
+    days = await repo.rebuild_rollups()
+    print(
+        f"  rollups built from the raw rows ({days} days, `rollup rebuild`'s code) in {time.perf_counter() - t0:.1f} s"
+    )
 
 
 _CLEANUPS: list[Callable[[], None]] = []
@@ -179,7 +204,9 @@ def _start_postgres() -> str:
     return cluster.create_database("bench_metrics")
 
 
-async def load_postgres(dsn: str | None, n: int, registry: AgentRegistry, reuse: bool) -> ObservabilitySpanRepository:
+async def load_postgres(
+    dsn: str | None, n: int, registry: AgentRegistry, reuse: bool, days: int
+) -> ObservabilitySpanRepository:
     """COPY into the real schema (database/ml/mlops_tables.sql); secondary indexes built after."""
     import psycopg
 
@@ -201,8 +228,6 @@ async def load_postgres(dsn: str | None, n: int, registry: AgentRegistry, reuse:
                 f"(or --reuse with exactly --spans {count})"
             )
         t0 = time.perf_counter()
-        rows = _rows(n, registry, datetime.now(UTC), seed=1)
-        t1 = time.perf_counter()
         secondary = [
             name
             for (name,) in conn.execute(
@@ -211,20 +236,29 @@ async def load_postgres(dsn: str | None, n: int, registry: AgentRegistry, reuse:
         ]
         for name in secondary:
             conn.execute(f'DROP INDEX IF EXISTS "{name}"')
-        with conn.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(COLUMNS)}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
+        # The rollups are built once after the load (below), not by the triggers row batch by batch.
+        conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
+        for rows in _row_chunks(n, registry, datetime.now(UTC), 1, days):
+            with conn.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        conn.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
     await asyncio.to_thread(migrate, dsn)  # idempotent: recreates the indexes dropped above
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f"VACUUM ANALYZE {table}")
-    t2 = time.perf_counter()
-    print(f"  generated {n:,} rows in {t1 - t0:.1f} s, copied + indexed in {t2 - t1:.1f} s -> {describe_dsn(dsn)}")
-    return ObservabilitySpanRepository(PostgresSpanRepository(dsn))
+    t1 = time.perf_counter()
+    print(f"  generated + copied + indexed {n:,} rows in {t1 - t0:.1f} s -> {describe_dsn(dsn)}")
+    repo = ObservabilitySpanRepository(PostgresSpanRepository(dsn))
+    await _build_rollups(repo)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE ml_span_rollups")
+        conn.execute("VACUUM ANALYZE ml_span_rollup_sketch")
+    return repo
 
 
 LOADERS: dict[str, Callable[[argparse.Namespace, AgentRegistry], Awaitable[ObservabilitySpanRepository]]] = {
-    "sqlite": lambda args, registry: load_sqlite(Path(args.db), args.spans, registry, args.reuse),
-    "postgres": lambda args, registry: load_postgres(args.dsn, args.spans, registry, args.reuse),
+    "sqlite": lambda args, registry: load_sqlite(Path(args.db), args.spans, registry, args.reuse, args.days),
+    "postgres": lambda args, registry: load_postgres(args.dsn, args.spans, registry, args.reuse, args.days),
 }
 
 
@@ -284,6 +318,43 @@ async def measure(
     }
 
 
+class RawOnly(ObservabilitySpanRepository):
+    """The store with its rollups hidden: the metrics node then answers from the raw rows."""
+
+    async def rollup_groups(self, window: str, agent_name: str | None = None) -> None:
+        return None
+
+
+async def measure_raw(
+    store: ObservabilitySpanRepository, registry: AgentRegistry, window: str, runs: int
+) -> tuple[float, dict[str, Any]]:
+    settings = ObservabilitySettings(cache=CacheSettings(backend="memory").model_dump())
+    raw = RawOnly(store.store)
+    times, fields = [], {}
+    for _ in range(runs):
+        ctx = ConnectorContext(store=raw, settings=settings, registry=registry, cache=MetricsCache(settings.cache))
+        t0 = time.perf_counter()
+        fields, from_cache, _ = await compute_metrics(ctx, window)
+        times.append(time.perf_counter() - t0)
+        assert not from_cache
+    return statistics.median(times), fields
+
+
+def percentile_gap(rolled: dict[str, Any], raw: dict[str, Any]) -> float:
+    """The largest relative difference of any percentile between the two answers."""
+    pairs = [(rolled["overall_p95_latency_ms"], raw["overall_p95_latency_ms"])]
+    pairs.append((rolled["overall_p99_latency_ms"], raw["overall_p99_latency_ms"]))
+    for key in ("latency_by_agent", "latency_by_tier"):
+        for group, entry in raw[key].items():
+            for p in ("p50", "p95", "p99"):
+                pairs.append((rolled[key][group][p], entry[p]))
+    return max((abs(a - b) / b for a, b in pairs if b), default=0.0)
+
+
+#: Cold-answer targets from rollups on 10M spans (issue 16).
+TARGETS_S = {"1h": 0.020, "24h": 0.020, "7d": 0.050, "30d": 0.100}
+
+
 def _fmt(seconds: float) -> str:
     if seconds >= 1:
         return f"{seconds:.2f} s"
@@ -303,7 +374,10 @@ def _redis_version() -> str:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--spans", type=int, default=1_000_000)
-    parser.add_argument("--windows", default="30m,1h,24h,7d")
+    parser.add_argument("--days", type=int, default=31, help="spread the spans over the last N days")
+    parser.add_argument("--windows", default="1h,24h,7d,30d")
+    parser.add_argument("--raw-runs", type=int, default=1, help="raw-row answers per window (median)")
+    parser.add_argument("--no-raw", action="store_true", help="skip the raw-row answers")
     parser.add_argument("--store", choices=sorted(LOADERS), default="sqlite")
     parser.add_argument("--db", default=str(Path(tempfile.gettempdir()) / "obs-bench-metrics" / "spans.db"))
     parser.add_argument("--dsn", default=None, help="postgres: an empty database (default: start a throwaway cluster)")
@@ -341,7 +415,29 @@ async def main() -> None:
             backends.append(("redis-rt", redis_settings, False))
 
     results: dict[str, dict[str, Any]] = {}
+    raw_results: dict[str, dict[str, Any]] = {}
     try:
+        header = ("window", "spans", "rollups cold", "raw rows", "raw/rollups", "max pct diff", "target")
+        print("\n{:>6} {:>10} {:>13} {:>10} {:>12} {:>13} {:>14}".format(*header))
+        for window in windows:
+            cold = await measure(store, registry, CacheSettings(backend="memory"), window, args.cold_runs, 1)
+            target = TARGETS_S.get(window)
+            verdict = "" if target is None else ("ok" if cold["cold_s"] <= target else "OVER") + f" ({_fmt(target)})"
+            if args.no_raw:
+                raw_s, gap = float("nan"), float("nan")
+            else:
+                raw_s, raw_fields = await measure_raw(store, registry, window, args.raw_runs)
+                ctx = ConnectorContext(store=store, settings=ObservabilitySettings(), registry=registry,
+                                       cache=MetricsCache(CacheSettings(backend="memory")))  # fmt: skip
+                rolled_fields, _, _ = await compute_metrics(ctx, window)
+                gap = percentile_gap(rolled_fields, raw_fields)
+            raw_results[window] = {"rollups_cold_s": cold["cold_s"], "raw_s": raw_s, "pct_gap": gap,
+                                   "spans": cold["spans"], "target_s": target}  # fmt: skip
+            print(
+                f"{window:>6} {cold['spans']:>10,} {_fmt(cold['cold_s']):>13} "
+                f"{_fmt(raw_s) if raw_s == raw_s else '-':>10} "
+                f"{raw_s / cold['cold_s'] if raw_s == raw_s else float('nan'):>11.0f}x {gap:>12.3%} {verdict:>14}"
+            )
         header = ("window", "spans", "backend", "cold (miss)", "cached", "p99", "cached/cold")
         print("\n{:>6} {:>9} {:>8} {:>12} {:>9} {:>9} {:>11}".format(*header))
         for window in windows:
@@ -366,7 +462,8 @@ async def main() -> None:
     if round_trips:
         print(f"(for reference, a Redis round trip per hit: worst {max(round_trips):.4%} of cold)")
     if args.json:
-        print(json.dumps({"machine": machine(), "spans": args.spans, "store": args.store, "results": results}))
+        print(json.dumps({"machine": machine(), "spans": args.spans, "store": args.store, "results": results,
+                          "raw": raw_results}))  # fmt: skip
 
 
 if __name__ == "__main__":

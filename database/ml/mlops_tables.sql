@@ -457,6 +457,418 @@ COMMENT ON VIEW public.v_agent_latency_summary IS
     'Per agent, last 24 h: span_count, avg/p50/p95/p99 duration_ms, error_count, error_rate '
     '(errors / span_count), token sums. security_invoker; for other windows call obs_latency_stats.';
 
+-- --------------------------------------------------------------------------- rollups
+-- Per time bucket (level 0 minute, 1 hour, 2 day; UTC) and (agent_name, agent_tier): counts by
+-- status, fallbacks, token sums, the duration count and sum, and a latency sketch
+-- (ml_span_rollup_sketch: per bucket and agent, (index, count) pairs in two int4[], zero
+-- durations counted in zeros; DDSketch-style log buckets with
+-- relative accuracy 1 %, idx = ceil(ln(d) / ln(1.01/0.99)), -1000000 for d = 0; the same
+-- definition as src/.../latency_sketch.py). Kept by statement-level triggers with transition
+-- tables in the transaction that inserts or deletes raw rows, whichever path wrote them (COPY,
+-- INSERT ... ON CONFLICT DO NOTHING: only rows actually inserted reach NEW TABLE, PostgREST,
+-- obs_delete_old_spans). obs_rollup_metrics answers a window [p_since, ∞) from at most one
+-- minute of raw rows plus minute, hour and day buckets. Rows are ordered before the upsert so
+-- concurrent writers lock buckets in one order (no deadlock).
+CREATE TABLE IF NOT EXISTS public.ml_span_rollups (
+    level       smallint         NOT NULL,
+    bucket      timestamptz      NOT NULL,
+    agent_name  text             NOT NULL,
+    agent_tier  integer          NOT NULL,
+    n_all       bigint           NOT NULL,
+    n_ok        bigint           NOT NULL,
+    n_error     bigint           NOT NULL,
+    n_timeout   bigint           NOT NULL,
+    n_started   bigint           NOT NULL,
+    n_fallback  bigint           NOT NULL,
+    tok_in      bigint           NOT NULL,
+    tok_out     bigint           NOT NULL,
+    tok_total   bigint           NOT NULL,
+    dur_n       bigint           NOT NULL,
+    dur_sum     double precision NOT NULL,
+    CONSTRAINT ml_span_rollups_pkey PRIMARY KEY (level, bucket, agent_name, agent_tier)
+);
+
+CREATE TABLE IF NOT EXISTS public.ml_span_rollup_sketch (
+    level       smallint    NOT NULL,
+    bucket      timestamptz NOT NULL,
+    agent_name  text        NOT NULL,
+    agent_tier  integer     NOT NULL,
+    idxs        integer[]   NOT NULL,
+    ns          integer[]   NOT NULL,
+    zeros       bigint      NOT NULL,
+    CONSTRAINT ml_span_rollup_sketch_pkey PRIMARY KEY (level, bucket, agent_name, agent_tier)
+);
+
+-- Sketches are (idxs, ns) pairs of arrays: a write appends its own pairs (array concatenation, a
+-- memcpy) and the pairs are summed per index only when a sketch passes 2,048 pairs (then it
+-- shrinks back to its distinct indexes, ~500 at most), so a write costs no per-index work.
+-- Why arrays and not a row per index: a 30-day window merges ~2,000 (bucket, agent) sketches of
+-- up to ~500 indexes; as rows that is ~10^6 rows to group per question, as arrays ~2,000 values
+-- read and added by the client (numpy). An index may appear more than once, and a delete
+-- appends negative counts: readers always sum per index. The two arrays are filled by two
+-- aggregates over the same rows of one group, so their elements pair up in order.
+
+-- The statements that add (p_sign 1) or subtract (-1) the rows of p_source (a transition table
+-- or a subquery) to every level: one definition for the triggers, the back-fill and rebuilds.
+CREATE OR REPLACE FUNCTION public.obs_rollup_statements(p_source text, p_sign integer)
+RETURNS text[]
+LANGUAGE sql
+IMMUTABLE
+SET search_path = public
+AS $fn$
+SELECT ARRAY[
+    format($q$
+INSERT INTO public.ml_span_rollups AS r (level, bucket, agent_name, agent_tier, n_all, n_ok, n_error,
+    n_timeout, n_started, n_fallback, tok_in, tok_out, tok_total, dur_n, dur_sum)
+SELECT l.level, date_trunc(l.unit, s.start_time, 'UTC'), s.agent_name, s.agent_tier,
+       %2$s * count(*), %2$s * count(*) FILTER (WHERE s.status = 'ok'),
+       %2$s * count(*) FILTER (WHERE s.status = 'error'), %2$s * count(*) FILTER (WHERE s.status = 'timeout'),
+       %2$s * count(*) FILTER (WHERE s.status = 'started'),
+       %2$s * count(*) FILTER (WHERE CASE jsonb_typeof(s.attributes -> 'fallback_used')
+                       WHEN 'boolean' THEN (s.attributes -> 'fallback_used')::boolean
+                       WHEN 'number'  THEN (s.attributes -> 'fallback_used')::numeric <> 0
+                       WHEN 'string'  THEN (s.attributes ->> 'fallback_used') <> ''
+                       WHEN 'array'   THEN jsonb_array_length(s.attributes -> 'fallback_used') > 0
+                       WHEN 'object'  THEN (s.attributes -> 'fallback_used') <> '{}'::jsonb
+                       ELSE false END),
+       %2$s * coalesce(sum(s.input_tokens), 0), %2$s * coalesce(sum(s.output_tokens), 0),
+       %2$s * coalesce(sum(s.total_tokens), 0), %2$s * count(s.duration_ms),
+       %2$s * coalesce(sum(s.duration_ms), 0)
+FROM %1$s AS s
+CROSS JOIN (VALUES (0::smallint, 'minute'), (1::smallint, 'hour'), (2::smallint, 'day')) AS l (level, unit)
+GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+ON CONFLICT (level, bucket, agent_name, agent_tier) DO UPDATE SET
+    n_all = r.n_all + EXCLUDED.n_all, n_ok = r.n_ok + EXCLUDED.n_ok, n_error = r.n_error + EXCLUDED.n_error,
+    n_timeout = r.n_timeout + EXCLUDED.n_timeout, n_started = r.n_started + EXCLUDED.n_started,
+    n_fallback = r.n_fallback + EXCLUDED.n_fallback, tok_in = r.tok_in + EXCLUDED.tok_in,
+    tok_out = r.tok_out + EXCLUDED.tok_out, tok_total = r.tok_total + EXCLUDED.tok_total,
+    dur_n = r.dur_n + EXCLUDED.dur_n, dur_sum = r.dur_sum + EXCLUDED.dur_sum
+$q$, p_source, p_sign),
+    format($q$
+WITH c AS (
+    SELECT l.level, date_trunc(l.unit, s.start_time, 'UTC') AS bucket, s.agent_name, s.agent_tier,
+           CASE WHEN s.duration_ms <= 0 THEN NULL
+                ELSE ceil(ln(s.duration_ms) / 0.020000666706669435)::integer END AS idx,
+           %2$s * count(*) AS n
+    FROM %1$s AS s
+    CROSS JOIN (VALUES (0::smallint, 'minute'), (1::smallint, 'hour'), (2::smallint, 'day')) AS l (level, unit)
+    WHERE s.duration_ms IS NOT NULL
+    GROUP BY 1, 2, 3, 4, 5
+)
+INSERT INTO public.ml_span_rollup_sketch AS r (level, bucket, agent_name, agent_tier, idxs, ns, zeros)
+SELECT level, bucket, agent_name, agent_tier,
+       coalesce(array_agg(idx) FILTER (WHERE idx IS NOT NULL), '{}'::integer[]),
+       coalesce(array_agg(n::integer) FILTER (WHERE idx IS NOT NULL), '{}'::integer[]),
+       coalesce(sum(n) FILTER (WHERE idx IS NULL), 0)
+FROM c GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+ON CONFLICT (level, bucket, agent_name, agent_tier) DO UPDATE SET
+    idxs = CASE WHEN cardinality(r.idxs) + cardinality(EXCLUDED.idxs) <= 2048 THEN r.idxs || EXCLUDED.idxs
+                ELSE (SELECT coalesce(array_agg(x.i ORDER BY x.i), '{}'::integer[]) FROM (
+                          SELECT u.i FROM unnest(r.idxs || EXCLUDED.idxs, r.ns || EXCLUDED.ns) AS u (i, n)
+                          GROUP BY u.i HAVING sum(u.n) <> 0) AS x) END,
+    ns = CASE WHEN cardinality(r.idxs) + cardinality(EXCLUDED.idxs) <= 2048 THEN r.ns || EXCLUDED.ns
+              ELSE (SELECT coalesce(array_agg(x.s ORDER BY x.i), '{}'::integer[]) FROM (
+                        SELECT u.i, sum(u.n)::integer AS s FROM unnest(r.idxs || EXCLUDED.idxs, r.ns || EXCLUDED.ns) AS u (i, n)
+                        GROUP BY u.i HAVING sum(u.n) <> 0) AS x) END,
+    zeros = r.zeros + EXCLUDED.zeros
+$q$, p_source, p_sign)
+];
+$fn$;
+
+-- The insert trigger, on every write path's hot path (COPY, INSERT ... ON CONFLICT DO NOTHING,
+-- PostgREST): static SQL, so plpgsql plans it once per session, and every row is grouped once,
+-- into its minute; hours and days are summed from those few minute groups. It runs with
+-- timezone UTC so the two-argument date_trunc cuts UTC hours and days (the three-argument form
+-- looks the zone up on every call). (The dynamic
+-- statements of obs_rollup_statements serve the rare paths: delete, update, rebuild.)
+CREATE OR REPLACE FUNCTION public.obs_rollup_insert()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = public
+SET timezone = 'UTC'
+AS $fn$
+BEGIN
+    WITH m AS (
+        SELECT date_trunc('minute', s.start_time) AS minute, s.agent_name, s.agent_tier,
+               count(*) AS n_all, count(*) FILTER (WHERE s.status = 'ok') AS n_ok,
+               count(*) FILTER (WHERE s.status = 'error') AS n_error,
+               count(*) FILTER (WHERE s.status = 'timeout') AS n_timeout,
+               count(*) FILTER (WHERE s.status = 'started') AS n_started,
+               count(*) FILTER (WHERE CASE jsonb_typeof(s.attributes -> 'fallback_used')
+                       WHEN 'boolean' THEN (s.attributes -> 'fallback_used')::boolean
+                       WHEN 'number'  THEN (s.attributes -> 'fallback_used')::numeric <> 0
+                       WHEN 'string'  THEN (s.attributes ->> 'fallback_used') <> ''
+                       WHEN 'array'   THEN jsonb_array_length(s.attributes -> 'fallback_used') > 0
+                       WHEN 'object'  THEN (s.attributes -> 'fallback_used') <> '{}'::jsonb
+                       ELSE false END) AS n_fallback,
+               coalesce(sum(s.input_tokens), 0) AS tok_in, coalesce(sum(s.output_tokens), 0) AS tok_out,
+               coalesce(sum(s.total_tokens), 0) AS tok_total, count(s.duration_ms) AS dur_n,
+               coalesce(sum(s.duration_ms), 0) AS dur_sum
+        FROM new_rows AS s
+        GROUP BY 1, 2, 3
+    )
+    INSERT INTO public.ml_span_rollups AS r (level, bucket, agent_name, agent_tier, n_all, n_ok, n_error,
+        n_timeout, n_started, n_fallback, tok_in, tok_out, tok_total, dur_n, dur_sum)
+    SELECT l.level, CASE l.level WHEN 0 THEN m.minute WHEN 1 THEN date_trunc('hour', m.minute)
+                                 ELSE date_trunc('day', m.minute) END,
+           m.agent_name, m.agent_tier, sum(m.n_all), sum(m.n_ok), sum(m.n_error), sum(m.n_timeout),
+           sum(m.n_started), sum(m.n_fallback), sum(m.tok_in), sum(m.tok_out), sum(m.tok_total),
+           sum(m.dur_n), sum(m.dur_sum)
+    FROM m CROSS JOIN (VALUES (0::smallint), (1::smallint), (2::smallint)) AS l (level)
+    GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    ON CONFLICT (level, bucket, agent_name, agent_tier) DO UPDATE SET
+        n_all = r.n_all + EXCLUDED.n_all, n_ok = r.n_ok + EXCLUDED.n_ok, n_error = r.n_error + EXCLUDED.n_error,
+        n_timeout = r.n_timeout + EXCLUDED.n_timeout, n_started = r.n_started + EXCLUDED.n_started,
+        n_fallback = r.n_fallback + EXCLUDED.n_fallback, tok_in = r.tok_in + EXCLUDED.tok_in,
+        tok_out = r.tok_out + EXCLUDED.tok_out, tok_total = r.tok_total + EXCLUDED.tok_total,
+        dur_n = r.dur_n + EXCLUDED.dur_n, dur_sum = r.dur_sum + EXCLUDED.dur_sum;
+
+    WITH c0 AS (
+        SELECT date_trunc('minute', s.start_time) AS minute, s.agent_name, s.agent_tier,
+               CASE WHEN s.duration_ms <= 0 THEN NULL
+                    ELSE ceil(ln(s.duration_ms) / 0.020000666706669435)::integer END AS idx,
+               count(*) AS n
+        FROM new_rows AS s WHERE s.duration_ms IS NOT NULL
+        GROUP BY 1, 2, 3, 4
+    ), c AS (
+        SELECT l.level, CASE l.level WHEN 0 THEN c0.minute WHEN 1 THEN date_trunc('hour', c0.minute)
+                                     ELSE date_trunc('day', c0.minute) END AS bucket,
+               c0.agent_name, c0.agent_tier, c0.idx, sum(c0.n)::bigint AS n
+        FROM c0 CROSS JOIN (VALUES (0::smallint), (1::smallint), (2::smallint)) AS l (level)
+        GROUP BY 1, 2, 3, 4, 5
+    )
+    INSERT INTO public.ml_span_rollup_sketch AS r (level, bucket, agent_name, agent_tier, idxs, ns, zeros)
+    SELECT level, bucket, agent_name, agent_tier,
+           coalesce(array_agg(idx) FILTER (WHERE idx IS NOT NULL), '{}'::integer[]),
+           coalesce(array_agg(n::integer) FILTER (WHERE idx IS NOT NULL), '{}'::integer[]),
+           coalesce(sum(n) FILTER (WHERE idx IS NULL), 0)
+    FROM c GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    ON CONFLICT (level, bucket, agent_name, agent_tier) DO UPDATE SET
+        idxs = CASE WHEN cardinality(r.idxs) + cardinality(EXCLUDED.idxs) <= 2048 THEN r.idxs || EXCLUDED.idxs
+                    ELSE (SELECT coalesce(array_agg(x.i ORDER BY x.i), '{}'::integer[]) FROM (
+                              SELECT u.i FROM unnest(r.idxs || EXCLUDED.idxs, r.ns || EXCLUDED.ns) AS u (i, n)
+                              GROUP BY u.i HAVING sum(u.n) <> 0) AS x) END,
+        ns = CASE WHEN cardinality(r.idxs) + cardinality(EXCLUDED.idxs) <= 2048 THEN r.ns || EXCLUDED.ns
+                  ELSE (SELECT coalesce(array_agg(x.s ORDER BY x.i), '{}'::integer[]) FROM (
+                            SELECT u.i, sum(u.n)::integer AS s FROM unnest(r.idxs || EXCLUDED.idxs, r.ns || EXCLUDED.ns) AS u (i, n)
+                            GROUP BY u.i HAVING sum(u.n) <> 0) AS x) END,
+        zeros = r.zeros + EXCLUDED.zeros;
+    RETURN NULL;
+END
+$fn$;
+
+-- The trigger function. SECURITY DEFINER: a writer (service_role) needs no write grant on the
+-- rollup tables, only on the span table; RLS on the rollups then guards reads alone.
+CREATE OR REPLACE FUNCTION public.obs_rollup_apply()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = public
+AS $fn$
+DECLARE
+    statement text;
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        TRUNCATE public.ml_span_rollups, public.ml_span_rollup_sketch;
+        RETURN NULL;
+    END IF;
+    IF TG_OP IN ('DELETE', 'UPDATE') THEN
+        FOREACH statement IN ARRAY public.obs_rollup_statements('old_rows', -1) LOOP
+            EXECUTE statement;
+        END LOOP;
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        FOREACH statement IN ARRAY public.obs_rollup_statements('new_rows', 1) LOOP
+            EXECUTE statement;
+        END LOOP;
+    END IF;
+    IF TG_OP IN ('DELETE', 'UPDATE') THEN
+        -- Buckets the delete emptied go; only the buckets it touched are looked at.
+        DELETE FROM public.ml_span_rollups r
+        USING (SELECT DISTINCT l.level, date_trunc(l.unit, o.start_time, 'UTC') AS bucket, o.agent_name, o.agent_tier
+               FROM old_rows o
+               CROSS JOIN (VALUES (0::smallint, 'minute'), (1::smallint, 'hour'), (2::smallint, 'day')) AS l (level, unit)) AS t
+        WHERE r.level = t.level AND r.bucket = t.bucket AND r.agent_name = t.agent_name
+          AND r.agent_tier = t.agent_tier AND r.n_all = 0;
+        DELETE FROM public.ml_span_rollup_sketch k
+        USING (SELECT DISTINCT l.level, date_trunc(l.unit, o.start_time, 'UTC') AS bucket, o.agent_name, o.agent_tier
+               FROM old_rows o
+               CROSS JOIN (VALUES (0::smallint, 'minute'), (1::smallint, 'hour'), (2::smallint, 'day')) AS l (level, unit)) AS t
+        WHERE k.level = t.level AND k.bucket = t.bucket AND k.agent_name = t.agent_name
+          AND k.agent_tier = t.agent_tier AND k.zeros = 0
+          AND NOT EXISTS (SELECT 1 FROM unnest(k.idxs, k.ns) AS u (i, n) GROUP BY u.i HAVING sum(u.n) <> 0);
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+
+CREATE OR REPLACE TRIGGER ml_observability_spans_rollup_insert
+    AFTER INSERT ON public.ml_observability_spans
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION public.obs_rollup_insert();
+CREATE OR REPLACE TRIGGER ml_observability_spans_rollup_delete
+    AFTER DELETE ON public.ml_observability_spans
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION public.obs_rollup_apply();
+CREATE OR REPLACE TRIGGER ml_observability_spans_rollup_update
+    AFTER UPDATE ON public.ml_observability_spans
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION public.obs_rollup_apply();
+CREATE OR REPLACE TRIGGER ml_observability_spans_rollup_truncate
+    AFTER TRUNCATE ON public.ml_observability_spans
+    FOR EACH STATEMENT EXECUTE FUNCTION public.obs_rollup_apply();
+
+-- obs_rollup_rebuild(p_from, p_to) -> integer: recompute every bucket of the UTC days touching
+-- [p_from, p_to) from the raw rows; returns the raw rows counted. Blocks writers of the span
+-- table for the duration (SHARE lock) so no insert lands between reading and replacing.
+CREATE OR REPLACE FUNCTION public.obs_rollup_rebuild(p_from timestamptz, p_to timestamptz)
+RETURNS bigint
+LANGUAGE plpgsql
+VOLATILE
+SECURITY INVOKER
+SET search_path = public
+AS $fn$
+DECLARE
+    lo timestamptz := date_trunc('day', p_from, 'UTC');
+    hi timestamptz := date_trunc('day', p_to, 'UTC') + CASE WHEN date_trunc('day', p_to, 'UTC') < p_to
+                                                            THEN interval '1 day' ELSE interval '0' END;
+    statement text;
+    counted bigint;
+BEGIN
+    LOCK TABLE public.ml_observability_spans IN SHARE MODE;
+    DELETE FROM public.ml_span_rollups WHERE bucket >= lo AND bucket < hi;
+    DELETE FROM public.ml_span_rollup_sketch WHERE bucket >= lo AND bucket < hi;
+    FOREACH statement IN ARRAY public.obs_rollup_statements(
+        '(SELECT * FROM public.ml_observability_spans WHERE start_time >= $1 AND start_time < $2)', 1) LOOP
+        EXECUTE statement USING lo, hi;
+    END LOOP;
+    SELECT count(*) INTO counted FROM public.ml_observability_spans WHERE start_time >= lo AND start_time < hi;
+    RETURN counted;
+END
+$fn$;
+
+-- Back-fill once, when the rollups are new (the triggers above already block writers until
+-- this transaction commits, so no row is counted twice or missed).
+DO $backfill$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM public.ml_span_rollups LIMIT 1)
+       AND EXISTS (SELECT 1 FROM public.ml_observability_spans LIMIT 1) THEN
+        PERFORM public.obs_rollup_rebuild(min(start_time), max(start_time) + interval '1 microsecond')
+        FROM public.ml_observability_spans;
+    END IF;
+END
+$backfill$;
+
+-- obs_rollup_metrics(p_since, p_agent) -> one row per (agent_name, agent_tier) with the summed
+-- figures (idx, n, idxs and counts null), then sketch rows (figures null, idx 0): n = zero
+-- durations, idxs / counts = array_send of the (index, count) pair arrays (bytea, decoded by the
+-- client with numpy and summed there per index), for the window start_time >= p_since: raw rows for [p_since, m),
+-- minute buckets [m, h), hour buckets [h, d), day buckets from d on (m, h, d: p_since rounded up
+-- to the minute, hour and day). The Postgres and Supabase backends compute the answer from it.
+-- Each level is its own range on the primary key, its bounds scalar subqueries (computed once,
+-- then index scan keys): an OR of the three ranges would not use the index.
+CREATE OR REPLACE FUNCTION public.obs_rollup_metrics(p_since timestamptz, p_agent text DEFAULT NULL)
+RETURNS TABLE (
+    agent_name text, agent_tier integer, idx integer, n bigint,
+    n_all bigint, n_ok bigint, n_error bigint, n_timeout bigint, n_started bigint, n_fallback bigint,
+    tok_in bigint, tok_out bigint, tok_total bigint, dur_n bigint, dur_sum double precision,
+    idxs bytea, counts bytea
+)
+LANGUAGE sql
+STABLE
+SECURITY INVOKER
+SET search_path = public
+SET plan_cache_mode = force_custom_plan
+AS $fn$
+WITH up AS (
+    SELECT date_trunc('minute', p_since, 'UTC') AS m0, date_trunc('hour', p_since, 'UTC') AS h0,
+           date_trunc('day', p_since, 'UTC') AS d0
+), b AS (
+    SELECT m, greatest(m, h) AS h, greatest(m, h, d) AS d FROM (
+        SELECT m0 + CASE WHEN m0 < p_since THEN interval '1 minute' ELSE interval '0' END AS m,
+               h0 + CASE WHEN h0 < p_since THEN interval '1 hour' ELSE interval '0' END AS h,
+               d0 + CASE WHEN d0 < p_since THEN interval '1 day' ELSE interval '0' END AS d
+        FROM up) AS x
+), raw AS (
+    SELECT s.agent_name, s.agent_tier, s.status, s.attributes, s.input_tokens, s.output_tokens,
+           s.total_tokens, s.duration_ms
+    FROM public.ml_observability_spans s
+    WHERE s.start_time >= p_since AND s.start_time < (SELECT m FROM b) AND (p_agent IS NULL OR s.agent_name = p_agent)
+), totals AS (
+    SELECT r.agent_name, r.agent_tier, r.n_all, r.n_ok, r.n_error, r.n_timeout, r.n_started, r.n_fallback,
+           r.tok_in, r.tok_out, r.tok_total, r.dur_n, r.dur_sum
+    FROM public.ml_span_rollups r
+    WHERE r.level = 0 AND r.bucket >= (SELECT m FROM b) AND r.bucket < (SELECT h FROM b)
+      AND (p_agent IS NULL OR r.agent_name = p_agent)
+    UNION ALL
+    SELECT r.agent_name, r.agent_tier, r.n_all, r.n_ok, r.n_error, r.n_timeout, r.n_started, r.n_fallback,
+           r.tok_in, r.tok_out, r.tok_total, r.dur_n, r.dur_sum
+    FROM public.ml_span_rollups r
+    WHERE r.level = 1 AND r.bucket >= (SELECT h FROM b) AND r.bucket < (SELECT d FROM b)
+      AND (p_agent IS NULL OR r.agent_name = p_agent)
+    UNION ALL
+    SELECT r.agent_name, r.agent_tier, r.n_all, r.n_ok, r.n_error, r.n_timeout, r.n_started, r.n_fallback,
+           r.tok_in, r.tok_out, r.tok_total, r.dur_n, r.dur_sum
+    FROM public.ml_span_rollups r
+    WHERE r.level = 2 AND r.bucket >= (SELECT d FROM b) AND (p_agent IS NULL OR r.agent_name = p_agent)
+    UNION ALL
+    SELECT s.agent_name, s.agent_tier, 1, (s.status = 'ok')::int, (s.status = 'error')::int,
+           (s.status = 'timeout')::int, (s.status = 'started')::int,
+           (CASE jsonb_typeof(s.attributes -> 'fallback_used')
+                WHEN 'boolean' THEN (s.attributes -> 'fallback_used')::boolean
+                WHEN 'number'  THEN (s.attributes -> 'fallback_used')::numeric <> 0
+                WHEN 'string'  THEN (s.attributes ->> 'fallback_used') <> ''
+                WHEN 'array'   THEN jsonb_array_length(s.attributes -> 'fallback_used') > 0
+                WHEN 'object'  THEN (s.attributes -> 'fallback_used') <> '{}'::jsonb
+                ELSE false END)::int,
+           coalesce(s.input_tokens, 0), coalesce(s.output_tokens, 0), coalesce(s.total_tokens, 0),
+           (s.duration_ms IS NOT NULL)::int, coalesce(s.duration_ms, 0)
+    FROM raw s
+), edge AS (
+    SELECT s.agent_name, s.agent_tier,
+           CASE WHEN s.duration_ms <= 0 THEN NULL
+                ELSE ceil(ln(s.duration_ms) / 0.020000666706669435)::integer END AS idx,
+           count(*) AS n
+    FROM raw s WHERE s.duration_ms IS NOT NULL GROUP BY 1, 2, 3
+)
+SELECT t.agent_name, t.agent_tier, NULL::integer, NULL::bigint,
+       sum(t.n_all)::bigint, sum(t.n_ok)::bigint, sum(t.n_error)::bigint, sum(t.n_timeout)::bigint,
+       sum(t.n_started)::bigint, sum(t.n_fallback)::bigint, sum(t.tok_in)::bigint, sum(t.tok_out)::bigint,
+       sum(t.tok_total)::bigint, sum(t.dur_n)::bigint, sum(t.dur_sum)::double precision, NULL::bytea, NULL::bytea
+FROM totals t GROUP BY t.agent_name, t.agent_tier
+UNION ALL
+SELECT k.agent_name, k.agent_tier, 0, k.zeros,
+       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, array_send(k.idxs), array_send(k.ns)
+FROM public.ml_span_rollup_sketch k
+WHERE k.level = 0 AND k.bucket >= (SELECT m FROM b) AND k.bucket < (SELECT h FROM b)
+  AND (p_agent IS NULL OR k.agent_name = p_agent)
+UNION ALL
+SELECT k.agent_name, k.agent_tier, 0, k.zeros,
+       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, array_send(k.idxs), array_send(k.ns)
+FROM public.ml_span_rollup_sketch k
+WHERE k.level = 1 AND k.bucket >= (SELECT h FROM b) AND k.bucket < (SELECT d FROM b)
+  AND (p_agent IS NULL OR k.agent_name = p_agent)
+UNION ALL
+SELECT k.agent_name, k.agent_tier, 0, k.zeros,
+       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, array_send(k.idxs), array_send(k.ns)
+FROM public.ml_span_rollup_sketch k
+WHERE k.level = 2 AND k.bucket >= (SELECT d FROM b) AND (p_agent IS NULL OR k.agent_name = p_agent)
+UNION ALL
+SELECT e.agent_name, e.agent_tier, 0, CASE WHEN e.idx IS NULL THEN e.n ELSE 0 END,
+       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       array_send(CASE WHEN e.idx IS NULL THEN '{}'::integer[] ELSE ARRAY[e.idx] END),
+       array_send(CASE WHEN e.idx IS NULL THEN '{}'::integer[] ELSE ARRAY[e.n::integer] END)
+FROM edge e
+$fn$;
+
+COMMENT ON FUNCTION public.obs_rollup_metrics(timestamptz, text) IS
+    'Window start_time >= p_since (optionally one agent) from rollups: per (agent, tier) the summed figures '
+    '(idx null), then latency sketches (n = zero durations, idxs/counts = array_send of index/count pairs; 1 %).';
+
+ALTER TABLE public.ml_span_rollups ENABLE ROW LEVEL SECURITY;
+ALTER TABLE public.ml_span_rollup_sketch ENABLE ROW LEVEL SECURITY;
+
 -- --------------------------------------------------------------------------- lock-down
 
 ALTER TABLE public.ml_observability_spans ENABLE ROW LEVEL SECURITY;
@@ -467,6 +879,12 @@ REVOKE ALL ON FUNCTION public.obs_latency_stats(timestamptz, text, text, text) F
 REVOKE ALL ON FUNCTION public.obs_status_distribution(timestamptz, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.obs_quality_counts(timestamptz, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.obs_delete_old_spans(timestamptz, integer) FROM PUBLIC;
+REVOKE ALL ON TABLE public.ml_span_rollups FROM PUBLIC;
+REVOKE ALL ON TABLE public.ml_span_rollup_sketch FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.obs_rollup_metrics(timestamptz, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.obs_rollup_rebuild(timestamptz, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.obs_rollup_apply() FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.obs_rollup_insert() FROM PUBLIC;
 
 DO $roles$
 DECLARE
@@ -480,6 +898,10 @@ BEGIN
             EXECUTE format('REVOKE ALL ON FUNCTION public.obs_status_distribution(timestamptz, text, text) FROM %I', api_role);
             EXECUTE format('REVOKE ALL ON FUNCTION public.obs_quality_counts(timestamptz, text, text) FROM %I', api_role);
             EXECUTE format('REVOKE ALL ON FUNCTION public.obs_delete_old_spans(timestamptz, integer) FROM %I', api_role);
+            EXECUTE format('REVOKE ALL ON TABLE public.ml_span_rollups FROM %I', api_role);
+            EXECUTE format('REVOKE ALL ON TABLE public.ml_span_rollup_sketch FROM %I', api_role);
+            EXECUTE format('REVOKE ALL ON FUNCTION public.obs_rollup_metrics(timestamptz, text) FROM %I', api_role);
+            EXECUTE format('REVOKE ALL ON FUNCTION public.obs_rollup_rebuild(timestamptz, timestamptz) FROM %I', api_role);
         END IF;
     END LOOP;
 
@@ -490,6 +912,19 @@ BEGIN
         GRANT EXECUTE ON FUNCTION public.obs_status_distribution(timestamptz, text, text) TO service_role;
         GRANT EXECUTE ON FUNCTION public.obs_quality_counts(timestamptz, text, text) TO service_role;
         GRANT EXECUTE ON FUNCTION public.obs_delete_old_spans(timestamptz, integer) TO service_role;
+        -- Rollups: read-only for the API role (the triggers write them as the schema's owner).
+        GRANT SELECT ON TABLE public.ml_span_rollups, public.ml_span_rollup_sketch TO service_role;
+        GRANT EXECUTE ON FUNCTION public.obs_rollup_metrics(timestamptz, text) TO service_role;
+        IF NOT EXISTS (
+            SELECT 1 FROM pg_policies
+            WHERE schemaname = 'public' AND tablename = 'ml_span_rollups'
+              AND policyname = 'ml_span_rollups_service_role_read'
+        ) THEN
+            CREATE POLICY ml_span_rollups_service_role_read ON public.ml_span_rollups
+                AS PERMISSIVE FOR SELECT TO service_role USING (true);
+            CREATE POLICY ml_span_rollup_sketch_service_role_read ON public.ml_span_rollup_sketch
+                AS PERMISSIVE FOR SELECT TO service_role USING (true);
+        END IF;
         -- service_role has BYPASSRLS on Supabase; the policy keeps it working where it does not.
         IF NOT EXISTS (
             SELECT 1 FROM pg_policies

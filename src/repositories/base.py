@@ -20,6 +20,7 @@ from src.agents.ml_foundation.observability_connector.models import (
     QualityMetrics,
     SpanStatus,
 )
+from src.agents.ml_foundation.observability_connector.rollups import RollupGroup
 
 __all__ = [
     "COLUMNS",
@@ -283,3 +284,18 @@ class SpanStore(BaseRepository):
     @abstractmethod
     async def count_spans(self) -> int:
         """All rows, for status output and tests."""
+
+    async def rollup_groups(self, window: str, agent_name: str | None = None) -> list[RollupGroup] | None:
+        """Every (agent, tier) of the window from the rollups (``rollups.py``); None when this
+        backend keeps none, and the caller answers from the raw rows."""
+        parse_window(window)
+        return None
+
+    async def rebuild_rollups(self, since: datetime | None = None, progress: ProgressCallback | None = None) -> int:
+        """Recompute the rollups from the raw rows, whole UTC days from ``since`` (all when None);
+        returns the days rebuilt. NotImplementedError where the backend keeps none."""
+        raise NotImplementedError(f"the {self.backend} store keeps no rollups")
+
+    async def verify_rollups(self, since: datetime | None = None) -> list[str]:
+        """Every difference between the rollups and the raw rows from ``since`` (empty: consistent)."""
+        raise NotImplementedError(f"the {self.backend} store keeps no rollups")

@@ -8,12 +8,14 @@ The facade adds no behaviour of its own, so every backend's semantics show throu
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from src.agents.ml_foundation.observability_connector.models import (
     LatencyStats,
     ObservabilitySpan,
     QualityMetrics,
 )
+from src.agents.ml_foundation.observability_connector.rollups import RollupGroup
 from src.repositories.base import (
     BaseRepository,
     BatchInsertResult,
@@ -115,3 +117,12 @@ class ObservabilitySpanRepository(SpanStore):
 
     async def count_spans(self) -> int:
         return await self._store.count_spans()
+
+    async def rollup_groups(self, window: str, agent_name: str | None = None) -> list[RollupGroup] | None:
+        return await self._store.rollup_groups(window, agent_name=agent_name)
+
+    async def rebuild_rollups(self, since: datetime | None = None, progress: ProgressCallback | None = None) -> int:
+        return await self._store.rebuild_rollups(since, progress=progress)
+
+    async def verify_rollups(self, since: datetime | None = None) -> list[str]:
+        return await self._store.verify_rollups(since)

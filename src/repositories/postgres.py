@@ -37,6 +37,7 @@ from src.agents.ml_foundation.observability_connector.models import (
     QualityMetrics,
     error_rate,
 )
+from src.agents.ml_foundation.observability_connector.rollups import RollupGroup, groups_from_rows
 from src.repositories.base import (
     COLUMNS,
     TABLE,
@@ -56,6 +57,7 @@ from src.repositories.postgres_errors import describe_dsn
 from src.repositories.postgres_pool import PostgresPool
 from src.repositories.postgres_rows import row_to_span
 from src.repositories.postgres_schema import SCHEMA_PATH, MigrationReport, migrate
+from src.repositories.rollup_check import compare_keyed
 
 __all__ = [
     "COLUMNS",
@@ -315,6 +317,76 @@ class PostgresSpanRepository(SpanStore):
             for key, count, avg_ms, p50, p95, p99, errors, tok_in, tok_out, tok_total in rows
         ]
 
+    # ------------------------------------------------------------------ rollups
+
+    async def rollup_groups(self, window: str, agent_name: str | None = None) -> list[RollupGroup] | None:
+        """``obs_rollup_metrics`` (the triggers keep its tables with every write)."""
+        rows = await self._fetchall(
+            "SELECT * FROM public.obs_rollup_metrics(%s::timestamptz, %s::text)",
+            (window_start(window), agent_name),
+            "reading the metrics rollups",
+        )
+        return groups_from_rows(rows)
+
+    async def rebuild_rollups(self, since: datetime | None = None, progress: ProgressCallback | None = None) -> int:
+        """``obs_rollup_rebuild`` one UTC day per transaction, oldest first (each blocks writers
+        for that day's aggregation only); buckets outside the days with raw rows are dropped."""
+        span = await self._fetchall(
+            f"SELECT min(start_time), max(start_time) FROM {TABLE}", (), "finding the span range"
+        )
+        oldest, last = span[0]
+        if oldest is None:
+            await self._execute_all(["DELETE FROM public.ml_span_rollups", "DELETE FROM public.ml_span_rollup_sketch"])
+            return 0
+        start = max(since, oldest) if since is not None else oldest
+        day = start.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        if since is None:
+            end = last.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+            await self._execute_all(
+                [
+                    f"DELETE FROM public.{table} WHERE bucket < '{day.isoformat()}' OR bucket >= '{end.isoformat()}'"
+                    for table in ("ml_span_rollups", "ml_span_rollup_sketch")
+                ]
+            )
+        days = 0
+        while day <= last:
+            nxt = day + timedelta(days=1)
+            await self._execute_all([f"SELECT public.obs_rollup_rebuild('{day.isoformat()}', '{nxt.isoformat()}')"])
+            day = nxt
+            days += 1
+            if progress is not None:
+                progress(days)
+        return days
+
+    async def _execute_all(self, statements: Sequence[str]) -> None:
+        async def op(conn: psycopg.AsyncConnection[Any]) -> None:
+            async with conn.transaction():
+                for statement in statements:
+                    await conn.execute(statement)  # type: ignore[arg-type]  # built here from datetimes
+
+        await self._call(op, "rebuilding the metrics rollups")
+
+    async def verify_rollups(self, since: datetime | None = None) -> list[str]:
+        """Every level, summed per UTC day, against the raw rows from ``since`` (one snapshot)."""
+        start = (since or datetime(1970, 1, 1, tzinfo=UTC)).astimezone(UTC)
+        start = start.replace(hour=0, minute=0, second=0, microsecond=0)
+
+        async def op(conn: psycopg.AsyncConnection[Any]) -> list[str]:
+            problems: list[str] = []
+            async with conn.transaction():
+                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                raw = await (await conn.execute(_VERIFY_RAW, (start,))).fetchall()
+                raw_sketch = await (await conn.execute(_VERIFY_RAW_SKETCH, (start,))).fetchall()
+                for level in (0, 1, 2):
+                    rolled = await (await conn.execute(_VERIFY_ROLLED, (level, start))).fetchall()
+                    params = {"level": level, "since": start}
+                    rolled_sketch = await (await conn.execute(_VERIFY_ROLLED_SKETCH, params)).fetchall()
+                    compare_keyed(f"level {level} totals", raw, rolled, 3, problems.append)
+                    compare_keyed(f"level {level} sketch", raw_sketch, rolled_sketch, 4, problems.append)
+            return problems
+
+        return await self._call(op, "verifying the metrics rollups")
+
     async def get_quality_metrics(
         self, window: str, agent_name: str | None = None, trace_id: str | None = None
     ) -> QualityMetrics:
@@ -340,3 +412,39 @@ class PostgresSpanRepository(SpanStore):
             p99=p99,
             avg=avg_d,
         )
+
+
+# The raw rows and each rollup level summed per UTC day and (agent, tier): ``verify_rollups``.
+_DAY = "date_trunc('day', start_time, 'UTC')"
+_VERIFY_RAW: Final = f"""
+SELECT {_DAY}, agent_name, agent_tier, count(*), count(*) FILTER (WHERE status = 'ok'),
+       count(*) FILTER (WHERE status = 'error'), count(*) FILTER (WHERE status = 'timeout'),
+       count(*) FILTER (WHERE status = 'started'),
+       count(*) FILTER (WHERE CASE jsonb_typeof(attributes -> 'fallback_used')
+                       WHEN 'boolean' THEN (attributes -> 'fallback_used')::boolean
+                       WHEN 'number'  THEN (attributes -> 'fallback_used')::numeric <> 0
+                       WHEN 'string'  THEN (attributes ->> 'fallback_used') <> ''
+                       WHEN 'array'   THEN jsonb_array_length(attributes -> 'fallback_used') > 0
+                       WHEN 'object'  THEN (attributes -> 'fallback_used') <> '{{}}'::jsonb
+                       ELSE false END),
+       coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0), coalesce(sum(total_tokens), 0),
+       count(duration_ms), coalesce(sum(duration_ms), 0)
+FROM {TABLE} WHERE start_time >= %s GROUP BY 1, 2, 3"""
+_VERIFY_RAW_SKETCH: Final = f"""
+SELECT {_DAY}, agent_name, agent_tier,
+       CASE WHEN duration_ms <= 0 THEN -1000000 ELSE ceil(ln(duration_ms) / 0.020000666706669435)::integer END,
+       count(*)
+FROM {TABLE} WHERE start_time >= %s AND duration_ms IS NOT NULL GROUP BY 1, 2, 3, 4"""
+_VERIFY_ROLLED: Final = """
+SELECT date_trunc('day', bucket, 'UTC'), agent_name, agent_tier, sum(n_all), sum(n_ok), sum(n_error),
+       sum(n_timeout), sum(n_started), sum(n_fallback), sum(tok_in), sum(tok_out), sum(tok_total),
+       sum(dur_n), sum(dur_sum)
+FROM public.ml_span_rollups WHERE level = %s AND bucket >= %s GROUP BY 1, 2, 3"""
+_VERIFY_ROLLED_SKETCH: Final = """
+SELECT date_trunc('day', k.bucket, 'UTC'), k.agent_name, k.agent_tier, u.i, sum(u.n)
+FROM public.ml_span_rollup_sketch k, unnest(k.idxs, k.ns) AS u (i, n)
+WHERE k.level = %(level)s AND k.bucket >= %(since)s GROUP BY 1, 2, 3, 4 HAVING sum(u.n) <> 0
+UNION ALL
+SELECT date_trunc('day', bucket, 'UTC'), agent_name, agent_tier, -1000000, sum(zeros)
+FROM public.ml_span_rollup_sketch WHERE level = %(level)s AND bucket >= %(since)s
+GROUP BY 1, 2, 3 HAVING sum(zeros) <> 0"""

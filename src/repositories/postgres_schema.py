@@ -46,7 +46,14 @@ SELECT 'view ' || viewname FROM pg_views WHERE schemaname = 'public' AND viewnam
 UNION ALL
 SELECT 'function ' || p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace ns ON ns.oid = p.pronamespace
  WHERE ns.nspname = 'public' AND p.proname IN
-       ('obs_latency_stats', 'obs_status_distribution', 'obs_quality_counts', 'obs_delete_old_spans')
+       ('obs_latency_stats', 'obs_status_distribution', 'obs_quality_counts', 'obs_delete_old_spans',
+        'obs_rollup_statements', 'obs_rollup_apply', 'obs_rollup_insert', 'obs_rollup_rebuild', 'obs_rollup_metrics')
+UNION ALL
+SELECT 'table ' || c.relname FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace
+ WHERE ns.nspname = 'public' AND c.relname IN ('ml_span_rollups', 'ml_span_rollup_sketch') AND c.relkind = 'r'
+UNION ALL
+SELECT 'trigger ' || t.tgname FROM pg_trigger t
+ WHERE t.tgrelid = to_regclass('public.ml_observability_spans') AND NOT t.tgisinternal
 UNION ALL
 SELECT 'policy ' || policyname FROM pg_policies WHERE schemaname = 'public' AND tablename = 'ml_observability_spans'
 UNION ALL

@@ -34,6 +34,7 @@ from src.agents.ml_foundation.observability_connector.models import (
     error_rate,
 )
 from src.agents.ml_foundation.observability_connector.paths import absolute as _absolute
+from src.agents.ml_foundation.observability_connector.rollups import RollupGroup
 from src.repositories.base import (
     COLUMNS,
     TABLE,
@@ -45,10 +46,21 @@ from src.repositories.base import (
     check_limit,
     hours_start,
     status_counts,
+    window_start,
 )
 from src.repositories.row_values import span_label, utc_text
 from src.repositories.sqlite_connect import SQLiteConnector, StoreCorruptError, StoreNotFoundError
 from src.repositories.sqlite_queries import GROUP_KEYS, filters, stats_sql
+from src.repositories.sqlite_rollups import (
+    ROLLUPS,
+    SKETCH,
+    apply_rows,
+    delete_with_rollups,
+    max_rowid,
+    read_groups,
+    rebuild_day,
+    verify,
+)
 from src.repositories.sqlite_rows import reason, row_to_span, span_to_row
 from src.repositories.sqlite_schema import COLS, INSERT, ROW_ERRORS, SCHEMA_VERSION
 
@@ -230,9 +242,12 @@ class SQLiteSpanRepository(SpanStore):
 
         conn.execute("BEGIN IMMEDIATE")
         try:
+            last_rowid = max_rowid(conn)
             before = conn.total_changes
             conn.executemany(INSERT, rows)
             inserted = conn.total_changes - before
+            if inserted:
+                apply_rows(conn, last_rowid)  # only the rows this batch added (module doc of sqlite_rollups)
             conn.execute("COMMIT")
         except ROW_ERRORS:
             if conn.in_transaction:
@@ -250,6 +265,7 @@ class SQLiteSpanRepository(SpanStore):
         # statement, so the good rows commit together.
         conn.execute("BEGIN IMMEDIATE")
         try:
+            last_rowid = max_rowid(conn)
             for label, row in zip(labels, rows, strict=True):
                 before = conn.total_changes
                 try:
@@ -264,6 +280,8 @@ class SQLiteSpanRepository(SpanStore):
                     result.inserted += 1
                 else:
                     result.duplicates += 1
+            if result.inserted:
+                apply_rows(conn, last_rowid)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -299,9 +317,9 @@ class SQLiteSpanRepository(SpanStore):
     def _delete_batch_sync(conn: sqlite3.Connection, *, cutoff: str, batch_size: int) -> int:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            cursor = conn.execute(
-                f"DELETE FROM {TABLE} WHERE rowid IN "
-                f"(SELECT rowid FROM {TABLE} WHERE start_time < ? ORDER BY start_time LIMIT ?)",
+            deleted = delete_with_rollups(
+                conn,
+                f"SELECT rowid FROM {TABLE} WHERE start_time < ? ORDER BY start_time LIMIT ?",
                 (cutoff, batch_size),
             )
             conn.execute("COMMIT")
@@ -309,7 +327,7 @@ class SQLiteSpanRepository(SpanStore):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        return cursor.rowcount
+        return deleted
 
     # ------------------------------------------------------------------ reads
 
@@ -420,6 +438,63 @@ class SQLiteSpanRepository(SpanStore):
             p99=p99,
             avg=avg_d,
         )
+
+    # ------------------------------------------------------------------ rollups
+
+    async def rollup_groups(self, window: str, agent_name: str | None = None) -> list[RollupGroup] | None:
+        """The window's (agent, tier) groups from the rollups; None on a file opened read-only
+        that predates them (its raw rows answer instead)."""
+        since = window_start(window)
+        try:
+            return await self._run(lambda conn: read_groups(conn, since, agent_name))
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return None
+            raise
+
+    async def rebuild_rollups(self, since: datetime | None = None, progress: ProgressCallback | None = None) -> int:
+        """One short write transaction per UTC day, oldest first, so writers keep going meanwhile."""
+        span = await self._run(partial(self._fetchall, f"SELECT MIN(start_time), MAX(start_time) FROM {TABLE}", []))
+        if span[0][0] is None:
+            await self._run(partial(self._drop_outside, low="", high=""))
+            return 0
+        oldest, last = datetime.fromisoformat(span[0][0]), datetime.fromisoformat(span[0][1])
+        start = max(since, oldest) if since is not None else oldest
+        day = start.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        if since is None:
+            # Buckets outside the days that have raw rows can only be stale: drop them.
+            await self._run(partial(self._drop_outside, low=utc_text(day)[:10], high=span[0][1][:10]))
+        days = 0
+        while day <= last:
+            await self._run(partial(rebuild_day, day=day))
+            day += timedelta(days=1)
+            days += 1
+            if progress is not None:
+                progress(days)
+        return days
+
+    @staticmethod
+    def _drop_outside(conn: sqlite3.Connection, *, low: str, high: str) -> None:
+        """Drop every bucket before day ``low`` or after day ``high`` (all of them when both are empty)."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for table in (ROLLUPS, SKETCH):
+                if low or high:
+                    conn.execute(f"DELETE FROM {table} WHERE bucket < ? OR substr(bucket, 1, 10) > ?", (low, high))
+                else:
+                    conn.execute(f"DELETE FROM {table}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    async def verify_rollups(self, since: datetime | None = None) -> list[str]:
+        problems: list[str] = []
+        start = (since or datetime(1970, 1, 1, tzinfo=UTC)).astimezone(UTC)
+        start = start.replace(hour=0, minute=0, second=0, microsecond=0)
+        await self._run(lambda conn: verify(conn, start, problems.append))
+        return problems
 
     @staticmethod
     def _fetchall(sql: str, params: Sequence[Any], conn: sqlite3.Connection) -> list[Any]:

@@ -17,6 +17,7 @@ from src.repositories.base import (
     COLUMNS,
     TABLE,
 )
+from src.repositories.sqlite_rollups import create_rollups
 
 __all__ = ["INSERT", "SCHEMA_VERSION", "ensure_schema"]
 
@@ -96,6 +97,8 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
         conn.execute(table_ddl(TABLE))
         for statement in INDEXES:
             conn.execute(statement)
+        # The rollup tables, back-filled from the rows already stored when they are new.
+        create_rollups(conn)
         if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")

@@ -47,14 +47,16 @@ import httpx
 from postgrest.types import CountMethod, ReturnMethod
 from supabase import AsyncClient
 
-# The same sanitising as the embedded store, so an odd attribute value (NaN, a set, a cycle)
-# reads back identically from every backend.
 from src.agents.ml_foundation.observability_connector.models import (
     LatencyStats,
     ObservabilitySpan,
     QualityMetrics,
     error_rate,
 )
+
+# The same sanitising as the embedded store, so an odd attribute value (NaN, a set, a cycle)
+# reads back identically from every backend.
+from src.agents.ml_foundation.observability_connector.rollups import RollupGroup, groups_from_rows
 from src.repositories.base import (
     COLUMNS,
     TABLE,
@@ -81,6 +83,7 @@ __all__ = [
     "RPC_DELETE_OLD",
     "RPC_LATENCY_STATS",
     "RPC_QUALITY_COUNTS",
+    "RPC_ROLLUP_METRICS",
     "RPC_STATUS_DISTRIBUTION",
     "TABLE",
     "SupabaseSpanRepository",
@@ -97,6 +100,12 @@ RPC_LATENCY_STATS: Final = "obs_latency_stats"
 RPC_STATUS_DISTRIBUTION: Final = "obs_status_distribution"
 RPC_QUALITY_COUNTS: Final = "obs_quality_counts"
 RPC_DELETE_OLD: Final = "obs_delete_old_spans"
+RPC_ROLLUP_METRICS: Final = "obs_rollup_metrics"
+#: The columns of ``obs_rollup_metrics`` in order (``rollups.groups_from_rows`` reads them so).
+_ROLLUP_COLUMNS: Final = (
+    "agent_name", "agent_tier", "idx", "n", "n_all", "n_ok", "n_error", "n_timeout", "n_started",
+    "n_fallback", "tok_in", "tok_out", "tok_total", "dur_n", "dur_sum", "idxs", "counts",
+)  # fmt: skip
 
 
 class SupabaseSpanRepository(SupabaseClient, SpanStore):
@@ -358,6 +367,13 @@ class SupabaseSpanRepository(SupabaseClient, SpanStore):
         if isinstance(data, list) and all(isinstance(row, dict) for row in data):
             return data
         raise StoreRequestError(f"{fn}: expected rows from the SQL function, got {type(data).__name__}")
+
+    async def rollup_groups(self, window: str, agent_name: str | None = None) -> list[RollupGroup] | None:
+        """One RPC, ``obs_rollup_metrics`` (the database's triggers keep the rollups): the same
+        rows the Postgres backend reads, so both answer alike."""
+        params = {"p_since": utc_text(window_start(window)), "p_agent": agent_name}
+        rows = await self._rpc_rows(RPC_ROLLUP_METRICS, params)
+        return groups_from_rows(tuple(row.get(c) for c in _ROLLUP_COLUMNS) for row in rows)
 
     async def get_latency_stats(
         self,

@@ -76,6 +76,18 @@ def test_schema_applies_twice_and_reports_what_it_did(postgres_template: Templat
         "function obs_delete_old_spans(timestamp with time zone,integer)",
         "policy ml_observability_spans_service_role_all",
         "check ml_observability_spans_status_check: ok, error, timeout, started",
+        # The metrics rollups (rollups.py) and what keeps them.
+        "table ml_span_rollups",
+        "table ml_span_rollup_sketch",
+        "function obs_rollup_statements(text,integer)",
+        "function obs_rollup_apply()",
+        "function obs_rollup_rebuild(timestamp with time zone,timestamp with time zone)",
+        "function obs_rollup_metrics(timestamp with time zone,text)",
+        "function obs_rollup_insert()",
+        "trigger ml_observability_spans_rollup_insert",
+        "trigger ml_observability_spans_rollup_delete",
+        "trigger ml_observability_spans_rollup_update",
+        "trigger ml_observability_spans_rollup_truncate",
     }
     assert set(first.created) == expected and first.already_present == [] and first.changed
     assert second.created == [] and set(second.already_present) == expected and not second.changed
@@ -110,10 +122,17 @@ def test_schema_objects_have_the_promised_properties(postgres_dsn: str) -> None:
             "obs_delete_old_spans",
             "obs_latency_stats",
             "obs_quality_counts",
+            "obs_rollup_apply",
+            "obs_rollup_insert",
+            "obs_rollup_metrics",
+            "obs_rollup_rebuild",
+            "obs_rollup_statements",
             "obs_status_distribution",
         ]
         for name, security_definer, config in functions:
-            assert security_definer is False, name
+            # Only the rollup trigger runs as the schema's owner: writers need no grant on the
+            # rollup tables (their RLS guards reads).
+            assert security_definer is (name in ("obs_rollup_apply", "obs_rollup_insert")), name
             assert "search_path=public" in config, name
         (index,) = conn.execute(
             "SELECT indexdef FROM pg_indexes WHERE indexname = 'idx_ml_observability_spans_agent_start'"
@@ -448,10 +467,10 @@ def test_cli_migrate_and_cleanup_on_postgres(postgres_template: TemplateInfo, mo
         first = runner.invoke(app, ["migrate"])
         assert first.exit_code == 0, first.output
         out = flat(first.output)
-        assert "table ml_observability_spans created" in out and "Done: 14 created, 0 already present." in out
+        assert "table ml_observability_spans created" in out and "Done: 25 created, 0 already present." in out
         assert "anon denied" in out and "service_role granted" in out
         second = runner.invoke(app, ["migrate"])
-        assert second.exit_code == 0 and "Nothing to create: 0 created, 14 already present." in flat(second.output)
+        assert second.exit_code == 0 and "Nothing to create: 0 created, 25 already present." in flat(second.output)
 
         now = datetime.now(UTC)
 

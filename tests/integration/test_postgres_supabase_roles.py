@@ -37,6 +37,11 @@ STATEMENTS = {
     "status function": ("SELECT * FROM obs_status_distribution(now() - interval '1 day')", ()),
     "quality function": ("SELECT * FROM obs_quality_counts(now() - interval '1 day')", ()),
     "delete function": ("SELECT obs_delete_old_spans(now(), 10)", ()),
+    "select rollups": ("SELECT count(*) FROM ml_span_rollups", ()),
+    "select rollup sketch": ("SELECT count(*) FROM ml_span_rollup_sketch", ()),
+    "write rollups": ("DELETE FROM ml_span_rollups", ()),
+    "rollup function": ("SELECT * FROM obs_rollup_metrics(now() - interval '1 day')", ()),
+    "rollup rebuild": ("SELECT obs_rollup_rebuild(now() - interval '1 day', now())", ()),
 }
 
 
@@ -141,3 +146,17 @@ async def test_the_postgres_backend_works_as_service_role(postgres_database: tup
         assert await repo.count_spans() == 3
     finally:
         await repo.close()
+
+
+def test_service_role_writes_keep_the_rollups_it_may_only_read(as_role: psycopg.Connection) -> None:
+    """Inserts and deletes by the API role maintain the rollups through the trigger (run as the
+    schema's owner), while the role itself can read them and call obs_rollup_metrics, not write them."""
+    run_as(as_role, "service_role", INSERT, ("span-rollup",))
+    rows = run_as(as_role, "service_role", "SELECT * FROM obs_rollup_metrics(now() - interval '1 hour')", ())
+    totals = [r for r in rows if r[2] is None]
+    assert [(r[0], r[4]) for r in totals] == [("gap_analyzer", 3)]
+    with pytest.raises(errors.InsufficientPrivilege):
+        run_as(as_role, "service_role", "DELETE FROM ml_span_rollups", ())
+    run_as(as_role, "service_role", "DELETE FROM ml_observability_spans WHERE span_id = 'span-rollup'", ())
+    (count,) = run_as(as_role, "service_role", "SELECT sum(n_all) FROM ml_span_rollups WHERE level = 2", ())
+    assert count == (2,)

@@ -950,3 +950,62 @@ async def test_emulator_rejects_what_it_does_not_implement(emulated_dsn: str) ->
             ).count_spans()
     finally:
         await store.close()
+
+
+async def test_rollup_metrics_rpc(repo: SupabaseSpanRepository, api: Any) -> None:
+    """The metrics node's one request on Supabase: obs_rollup_metrics with the window start and
+    agent, answered by group rows (idx null) and sketch rows."""
+    from src.agents.ml_foundation.observability_connector.latency_sketch import bucket_index, bucket_value
+    from src.agents.ml_foundation.observability_connector.rollups import latency_stats, quality_metrics
+
+    figures = {"n_all": 4, "n_ok": 2, "n_error": 1, "n_timeout": 1, "n_started": 0, "n_fallback": 1,
+               "tok_in": 10, "tok_out": 5, "tok_total": 15, "dur_n": 3, "dur_sum": 60.0}  # fmt: skip
+    nulls = dict.fromkeys(figures)
+
+    def array_send(values: list[int]) -> str:
+        """Postgres' binary int4[] as PostgREST sends a bytea: ``\\x`` and hex."""
+        head = [1, 0, 23, len(values), 1]
+        body = [part for v in values for part in (4, v)]
+        return "\\x" + b"".join(x.to_bytes(4, "big", signed=True) for x in head + body).hex()
+
+    # Pairs as a sketch holds them: an index may repeat (appended by successive writes).
+    idxs, counts = [bucket_index(10.0), bucket_index(40.0), bucket_index(10.0)], [1, 1, 1]
+    route = api.post("/rpc/obs_rollup_metrics").mock(
+        return_value=httpx.Response(
+            200,
+            json=[
+                {
+                    "agent_name": "explainer",
+                    "agent_tier": 5,
+                    "idx": None,
+                    "n": None,
+                    **figures,
+                    "idxs": None,
+                    "counts": None,
+                },
+                {
+                    "agent_name": "explainer",
+                    "agent_tier": 5,
+                    "idx": 0,
+                    "n": 1,
+                    **nulls,
+                    "idxs": array_send(idxs),
+                    "counts": array_send(counts),
+                },
+            ],
+        )
+    )
+    groups = await repo.rollup_groups("24h", agent_name="explainer")
+    request = route.calls.last.request
+    assert request.url.path == "/rest/v1/rpc/obs_rollup_metrics"
+    body = json.loads(request.content)
+    assert set(body) == {"p_since", "p_agent"} and body["p_agent"] == "explainer"
+    assert_near_now_minus(body["p_since"], timedelta(hours=24))
+    assert groups is not None
+    (stats,) = latency_stats(groups, "tier")
+    assert (stats.key, stats.count, stats.error_count, stats.total_tokens, stats.avg_ms) == ("5", 4, 1, 15, 20.0)
+    assert stats.p50_ms == bucket_value(bucket_index(10.0))
+    quality = quality_metrics("24h", groups)
+    assert (quality.total_spans, quality.timeout_count, quality.fallback_rate) == (4, 1, 0.25)
+    # Three durations of 10 and 40 ms plus one of zero (n): p50 is a 10 ms bucket, p99 the 40 ms one.
+    assert stats.p99_ms == pytest.approx(bucket_value(bucket_index(40.0)), rel=0.03)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from .cli_maintenance import cleanup, migrate, replay
+from .cli_rollup import rollup_app
 from .cli_serve import serve
 from .cli_support import (
     EXIT_NOT_FOUND,
@@ -388,6 +389,7 @@ app.command()(replay)
 app.command()(migrate)
 app.command()(cleanup)
 app.command()(serve)
+app.add_typer(rollup_app)
 
 
 def main() -> None:

@@ -1,8 +1,10 @@
 """The ``metrics_aggregator`` node: how are the agents doing, per agent and per tier.
 
-Every figure is computed by the store (percentiles in SQL, never rows pulled into Python) for
-the requested window and filters, then cached (see ``cache.py``) until the TTL for that window
-runs out or spans are stored that fall inside it.
+Every figure comes from the store's rollups (``rollups.py``: per minute / hour / day bucket
+and agent, maintained with the raw rows; percentiles from a sketch within 1 % of the exact
+continuous percentile, ``latency_sketch.py``), or from its raw rows (percentiles in SQL) for a
+trace filter or a store without rollups, for the requested window and filters, then cached
+(see ``cache.py``) until the TTL for that window runs out or spans are stored that fall inside it.
 
 The answer has the host's 13 keys and shapes (HOST_CONTRACT.md §1), plus ``count`` in each
 latency group, ``tier_name`` in each tier group and ``metrics_from_cache``:
@@ -35,6 +37,7 @@ from langgraph.runtime import Runtime
 from src.repositories.base import parse_window
 
 from ..models import LatencyStats
+from ..rollups import latency_stats, quality_metrics
 from ..runtime import ConnectorContext, resolve_context
 from ..state import ObservabilityConnectorState
 
@@ -86,13 +89,21 @@ async def metrics_from_store(
 ) -> dict[str, Any]:
     """Every metrics field of the state, straight from the store (no cache)."""
     store = ctx.store
-    # Three independent aggregate queries: concurrently, since the store runs them on its own
-    # workers (SQLite threads / a Postgres pool) and a cold 7-day answer is dominated by them.
-    by_agent, by_tier, quality = await asyncio.gather(
-        store.get_latency_stats(window, agent_name=agent_name, trace_id=trace_id, group_by="agent"),
-        store.get_latency_stats(window, agent_name=agent_name, trace_id=trace_id, group_by="tier"),
-        store.get_quality_metrics(window, agent_name=agent_name, trace_id=trace_id),
-    )
+    # Rollups answer any window in a bounded number of rows (rollups.py); they hold no trace
+    # ids, so a trace filter (one trace: a few rows through its index) reads the raw rows.
+    groups = await store.rollup_groups(window, agent_name=agent_name) if trace_id is None else None
+    if groups is not None:
+        by_agent = latency_stats(groups, "agent")
+        by_tier = latency_stats(groups, "tier")
+        quality = quality_metrics(window, groups)
+    else:
+        # Three independent aggregate queries: concurrently, since the store runs them on its own
+        # workers (SQLite threads / a Postgres pool).
+        by_agent, by_tier, quality = await asyncio.gather(
+            store.get_latency_stats(window, agent_name=agent_name, trace_id=trace_id, group_by="agent"),
+            store.get_latency_stats(window, agent_name=agent_name, trace_id=trace_id, group_by="tier"),
+            store.get_quality_metrics(window, agent_name=agent_name, trace_id=trace_id),
+        )
     registry = ctx.registry
     latency_by_agent = {s.key: entry for s in by_agent if (entry := _latency(s)) is not None}
     latency_by_tier: dict[str, dict[str, Any]] = {}

@@ -1,0 +1,184 @@
+"""Metrics under live traffic: producers writing spans while dashboards ask every 200 ms.
+
+    python benchmarks/bench_live_metrics.py [--store sqlite|postgres] [--preload 200000] [--days 31]
+                                            [--rate 2000] [--interval 0.2] [--seconds 30]
+                                            [--windows 1h,24h] [--db PATH | --dsn DSN] [--reuse]
+
+The store is preloaded like ``bench_metrics.py`` (same generator and loaders, rollups built),
+then for ``--seconds`` seconds:
+
+* producers write ``--rate`` spans/s of a dedicated agent (``live_producer``) through the real
+  write path (``validate_spans`` → ``write_batch``: store write, rollups in the same
+  transaction, cache invalidation), one batch every 100 ms;
+* one dashboard per window asks ``compute_metrics`` (the metrics node's question, with the
+  production in-process cache) every ``--interval`` seconds.
+
+Printed per window: answers, latency p50 / p99 / max, cache hit rate, and freshness — for each
+answer, whether it counted every live span whose batch had committed before the question
+started, and the oldest such span it missed (target: nothing stored ≤ 5 s ago is missing, and
+answer p99 ≤ 50 ms). The run is bounded by ``--seconds``; spans written are counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_metrics import _CLEANUPS, LOADERS  # noqa: E402
+from machine_info import machine  # noqa: E402
+
+from src.agents.ml_foundation.observability_connector.cache import MetricsCache  # noqa: E402
+from src.agents.ml_foundation.observability_connector.config import (  # noqa: E402
+    CacheSettings,
+    ObservabilitySettings,
+    load_registry,
+)
+from src.agents.ml_foundation.observability_connector.nodes import validate_spans, write_batch  # noqa: E402
+from src.agents.ml_foundation.observability_connector.nodes.metrics_aggregator import compute_metrics  # noqa: E402
+from src.agents.ml_foundation.observability_connector.runtime import ConnectorContext  # noqa: E402
+
+LIVE_AGENT = "live_producer"
+TICK_S = 0.1
+
+
+async def produce(ctx: ConnectorContext, rate: int, until: float, commits: list[tuple[float, int]]) -> None:
+    """``rate`` spans/s in batches every 100 ms; ``commits`` gets (commit time, spans so far)."""
+    runtime = SimpleNamespace(context=ctx)
+    per_tick = max(1, round(rate * TICK_S))
+    total = 0
+    n = 0
+    next_tick = time.monotonic()
+    while time.monotonic() < until:
+        now = datetime.now(UTC).isoformat()
+        events = []
+        for _ in range(per_tick):
+            n += 1
+            events.append(
+                {
+                    "span_id": f"{n:016x}",
+                    "trace_id": f"{n // 10:032x}",
+                    "agent_name": LIVE_AGENT,
+                    "operation": "execute",
+                    "started_at": now,
+                    "duration_ms": 5.0 + (n % 500),
+                    "status": "error" if n % 50 == 0 else "ok",
+                    "input_tokens": n % 300,
+                    "output_tokens": n % 70,
+                }
+            )
+        state = await validate_spans({"events_to_log": events}, runtime)
+        state = await write_batch(state, runtime)
+        if not state.get("db_writes_successful"):
+            raise RuntimeError(f"live write failed: {state.get('error')}")
+        total += int(state["db_write_count"])
+        commits.append((time.monotonic(), total))
+        next_tick += TICK_S
+        await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
+
+
+async def dashboard(
+    ctx: ConnectorContext, window: str, interval: float, until: float, commits: list[tuple[float, int]]
+) -> dict[str, Any]:
+    latencies: list[float] = []
+    hits = 0
+    fresh = 0
+    worst_missing_age = 0.0
+    answers = 0
+    while time.monotonic() < until:
+        asked = time.monotonic()
+        committed = commits[-1][1] if commits else 0
+        fields, from_cache, _age = await compute_metrics(ctx, window)
+        latencies.append(time.monotonic() - asked)
+        answers += 1
+        hits += from_cache
+        seen = fields["latency_by_agent"].get(LIVE_AGENT, {}).get("count", 0)
+        if seen >= committed:
+            fresh += 1
+        else:
+            # The oldest committed batch the answer missed: how long before the question it landed.
+            missing = next(t for t, total in commits if total > seen)
+            worst_missing_age = max(worst_missing_age, asked - missing)
+        await asyncio.sleep(max(0.0, interval - (time.monotonic() - asked)))
+    ordered = sorted(latencies)
+    return {
+        "answers": answers,
+        "p50_s": statistics.median(ordered),
+        "p99_s": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
+        "max_s": ordered[-1],
+        "hit_rate": hits / answers,
+        "fresh": fresh / answers,
+        "worst_missing_age_s": worst_missing_age,
+    }
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--store", choices=sorted(LOADERS), default="sqlite")
+    parser.add_argument("--preload", type=int, default=200_000, help="spans stored before the run")
+    parser.add_argument("--days", type=int, default=31)
+    parser.add_argument("--rate", type=int, default=2000, help="live spans per second")
+    parser.add_argument("--interval", type=float, default=0.2, help="seconds between a dashboard's questions")
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--windows", default="1h,24h")
+    parser.add_argument("--db", default=str(Path(tempfile.gettempdir()) / "obs-bench-live" / "spans.db"))
+    parser.add_argument("--dsn", default=None)
+    parser.add_argument("--reuse", action="store_true")
+    args = parser.parse_args()
+    args.spans = args.preload
+    windows = [w.strip() for w in args.windows.split(",") if w.strip()]
+
+    print(f"machine: {machine()}")
+    registry = load_registry()
+    store = await LOADERS[args.store](args, registry)
+    settings = ObservabilitySettings(cache=CacheSettings(backend="memory").model_dump())
+    cache = MetricsCache(settings.cache)
+    ctx = ConnectorContext(store=store, settings=settings, registry=registry, cache=cache)
+    commits: list[tuple[float, int]] = []
+    try:
+        for window in windows:  # warm the connections once, outside the measured run
+            await compute_metrics(ctx, window)
+        until = time.monotonic() + args.seconds
+        results = await asyncio.gather(
+            produce(ctx, args.rate, until, commits),
+            *(dashboard(ctx, w, args.interval, until, commits) for w in windows),
+        )
+    finally:
+        await cache.aclose()
+        await store.close()
+        for cleanup in reversed(_CLEANUPS):
+            cleanup()
+    written = commits[-1][1] if commits else 0
+    print(
+        f"\n{args.store}: {args.preload:,} spans preloaded over {args.days} days; "
+        f"{written:,} live spans in {args.seconds:.0f} s ({written / args.seconds:,.0f}/s, target {args.rate:,}/s); "
+        f"a question every {args.interval * 1000:.0f} ms per window"
+    )
+    header = ("window", "answers", "p50", "p99", "max", "cache hits", "fresh", "oldest missed")
+    print("{:>6} {:>8} {:>9} {:>9} {:>9} {:>11} {:>7} {:>14}".format(*header))
+    for window, r in zip(windows, results[1:], strict=True):
+        print(
+            f"{window:>6} {r['answers']:>8} {r['p50_s'] * 1e3:>7.1f}ms {r['p99_s'] * 1e3:>7.1f}ms "
+            f"{r['max_s'] * 1e3:>7.1f}ms {r['hit_rate']:>10.0%} {r['fresh']:>7.0%} {r['worst_missing_age_s']:>12.2f} s"
+        )
+    worst_p99 = max(r["p99_s"] for r in results[1:])
+    stale = max(r["worst_missing_age_s"] for r in results[1:])
+    print(f"\ntarget p99 <= 50 ms: {'met' if worst_p99 <= 0.05 else 'NOT met'} (worst {worst_p99 * 1e3:.1f} ms)")
+    print(
+        f"target spans stored <= 5 s ago included: {'met' if stale <= 5 else 'NOT met'} (oldest missed {stale:.2f} s)"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

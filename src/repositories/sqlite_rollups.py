@@ -1,0 +1,379 @@
+"""The SQLite store's rollup tables: DDL, maintenance inside the write transaction, the window
+query, rebuild and verify.
+
+Why SQL statements over the just-inserted rows instead of triggers: a row trigger runs six
+upserts per span; one ``INSERT ... SELECT ... GROUP BY ... ON CONFLICT DO UPDATE`` per table and
+level over the batch costs a few statements per batch. The batch's rows are the rows with
+``rowid`` above the largest one before the insert: the insert holds SQLite's write lock
+(``BEGIN IMMEDIATE``), so nobody else adds rows meanwhile, new rowids are always larger than
+the largest one present, and a duplicate that ``ON CONFLICT DO NOTHING`` skipped gets no rowid
+at all — only rows actually inserted are counted. Deletes (retention) subtract the rows they
+remove in the same transaction and drop buckets that reach zero.
+
+Buckets are named by the prefix of the stored UTC ISO text of ``start_time`` (``LEVELS``), so
+a bucket range is a text range on the primary key.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+import numpy as np
+
+from src.agents.ml_foundation.observability_connector.latency_sketch import ZERO_INDEX, index_sql
+from src.agents.ml_foundation.observability_connector.rollups import (
+    LEVELS,
+    RollupGroup,
+    dense_to_sketch,
+    window_segments,
+)
+from src.repositories.base import TABLE
+from src.repositories.rollup_check import compare_keyed
+from src.repositories.row_values import utc_text
+from src.repositories.sqlite_queries import FALLBACK_SQL
+from src.repositories.sqlite_sketch import (
+    PENDING,
+    PENDING_DDL,
+    SKETCH,
+    SKETCH_DDL,
+    blob_counts,
+    fold,
+    fold_if_due,
+    pending_statement,
+)
+
+__all__ = [
+    "ROLLUPS",
+    "SKETCH",
+    "apply_rows",
+    "create_rollups",
+    "delete_with_rollups",
+    "read_groups",
+    "rebuild_day",
+    "verify",
+]
+
+ROLLUPS: Final = "ml_span_rollups"
+
+_COUNTS: Final = (
+    "n_all",
+    "n_ok",
+    "n_error",
+    "n_timeout",
+    "n_started",
+    "n_fallback",
+    "tok_in",
+    "tok_out",
+    "tok_total",
+    "dur_n",
+    "dur_sum",
+)
+
+DDL: Final = (
+    f"""CREATE TABLE IF NOT EXISTS {ROLLUPS} (
+    level INTEGER NOT NULL, bucket TEXT NOT NULL, agent_name TEXT NOT NULL, agent_tier INTEGER NOT NULL,
+    n_all INTEGER NOT NULL, n_ok INTEGER NOT NULL, n_error INTEGER NOT NULL, n_timeout INTEGER NOT NULL,
+    n_started INTEGER NOT NULL, n_fallback INTEGER NOT NULL,
+    tok_in INTEGER NOT NULL, tok_out INTEGER NOT NULL, tok_total INTEGER NOT NULL,
+    dur_n INTEGER NOT NULL, dur_sum REAL NOT NULL,
+    PRIMARY KEY (level, bucket, agent_name, agent_tier)
+) WITHOUT ROWID""",
+    SKETCH_DDL,
+    PENDING_DDL,
+)
+
+_IDX: Final = index_sql("duration_ms")
+
+
+def _row_figures(sign: int) -> str:
+    """The per-row figures summed into a bucket, signed (+1 insert, −1 delete)."""
+    return (
+        f"{sign} * COUNT(*), {sign} * SUM(status = 'ok'), {sign} * SUM(status = 'error'), "
+        f"{sign} * SUM(status = 'timeout'), {sign} * SUM(status = 'started'), {sign} * SUM({FALLBACK_SQL}), "
+        f"{sign} * COALESCE(SUM(input_tokens), 0), {sign} * COALESCE(SUM(output_tokens), 0), "
+        f"{sign} * COALESCE(SUM(total_tokens), 0), {sign} * COUNT(duration_ms), "
+        f"{sign} * COALESCE(SUM(duration_ms), 0.0)"
+    )
+
+
+_MINUTES: Final = "temp.obs_minute_figures"
+
+
+def _upserts(where: str, sign: int) -> list[tuple[str, bool]]:
+    """Statements adding (or subtracting) the rows matching ``where`` to every level, each with
+    whether it takes the ``where`` parameters. The raw rows are grouped once, by minute, into a
+    temporary table; hours and days are summed from those few groups."""
+    cols = ", ".join(_COUNTS)
+    sets = ", ".join(f"{c} = {c} + excluded.{c}" for c in _COUNTS)
+    sums = ", ".join(f"SUM({c})" for c in _COUNTS)
+    statements = [
+        (
+            "CREATE TEMP TABLE IF NOT EXISTS obs_minute_figures (minute TEXT, agent_name TEXT, agent_tier INTEGER, "
+            f"{', '.join(_COUNTS)})",
+            False,
+        ),
+        (f"DELETE FROM {_MINUTES}", False),
+        (
+            f"INSERT INTO {_MINUTES} SELECT substr(start_time, 1, {LEVELS[0][2]}), agent_name, agent_tier, "
+            f"{_row_figures(sign)} FROM {TABLE} WHERE {where} GROUP BY 1, 2, 3",
+            True,
+        ),
+    ]
+    for level, _width, length in LEVELS:
+        statements.append(
+            (
+                f"INSERT INTO {ROLLUPS} (level, bucket, agent_name, agent_tier, {cols}) "
+                f"SELECT {level}, substr(minute, 1, {length}), agent_name, agent_tier, {sums} "
+                f"FROM {_MINUTES} WHERE true GROUP BY 2, 3, 4 "
+                f"ON CONFLICT (level, bucket, agent_name, agent_tier) DO UPDATE SET {sets}",
+                False,
+            )
+        )
+    return statements
+
+
+def _run(conn: sqlite3.Connection, statements: list[tuple[str, bool]], params: tuple[Any, ...]) -> None:
+    for sql, takes_params in statements:
+        conn.execute(sql, params if takes_params else ())
+
+
+_INSERTED: Final = [*_upserts("rowid > ?", 1), (pending_statement("rowid > ?", 1), True)]
+_DOOMED_TABLE: Final = "temp.obs_doomed_spans"
+_DOOMED: Final = f"rowid IN (SELECT rid FROM {_DOOMED_TABLE})"
+_DELETED: Final = [*_upserts(_DOOMED, -1), (pending_statement(_DOOMED, -1), False)]
+
+
+def create_rollups(conn: sqlite3.Connection) -> bool:
+    """Create the rollup tables inside the caller's write transaction; back-fill them from the
+    raw rows when they did not exist (an existing store gains them on its first open). True
+    when they were created."""
+    found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (ROLLUPS,)).fetchone()
+    for statement in DDL:
+        conn.execute(statement)
+    if found is not None:
+        return False
+    conn.execute(f"DELETE FROM {PENDING}")  # a log left by rollups dropped before: it belongs to them
+    apply_rows(conn, 0)
+    fold(conn)
+    return True
+
+
+def max_rowid(conn: sqlite3.Connection) -> int:
+    return int(conn.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM {TABLE}").fetchone()[0])
+
+
+def apply_rows(conn: sqlite3.Connection, after_rowid: int) -> None:
+    """Add every raw row with ``rowid > after_rowid`` to the rollups (inside the write transaction)."""
+    _run(conn, _INSERTED, (after_rowid,))
+    fold_if_due(conn)
+
+
+def delete_with_rollups(conn: sqlite3.Connection, select_rowids: str, params: tuple[Any, ...]) -> int:
+    """Delete the raw rows ``select_rowids`` names and subtract them from the rollups, inside the
+    caller's write transaction; buckets left empty are dropped. Returns the rows deleted."""
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS obs_doomed_spans (rid INTEGER PRIMARY KEY)")
+    conn.execute(f"DELETE FROM {_DOOMED_TABLE}")
+    conn.execute(f"INSERT INTO {_DOOMED_TABLE} (rid) {select_rowids}", params)
+    _run(conn, _DELETED, ())
+    fold_if_due(conn)
+    cursor = conn.execute(f"DELETE FROM {TABLE} WHERE rowid IN (SELECT rid FROM {_DOOMED_TABLE})")
+    conn.execute(f"DELETE FROM {ROLLUPS} WHERE n_all = 0")
+    conn.execute(f"DELETE FROM {_DOOMED_TABLE}")
+    return cursor.rowcount
+
+
+def _bounds(since: datetime) -> dict[str, str]:
+    seg = window_segments(since)
+    return {
+        "since": utc_text(seg.since),
+        "raw_end": utc_text(seg.minute),
+        "m0": utc_text(seg.minute)[:16],
+        "m1": utc_text(seg.hour)[:16],
+        "h0": utc_text(seg.hour)[:13],
+        "h1": utc_text(seg.day)[:13],
+        "d0": utc_text(seg.day)[:10],
+    }
+
+
+def _window_union(columns: str, raw_columns: str, agent: bool, raw_where: str = "") -> str:
+    agent_rule = " AND agent_name = :agent" if agent else ""
+    return (
+        f"SELECT {columns} FROM {{t}} WHERE level = 0 AND bucket >= :m0 AND bucket < :m1{agent_rule} "
+        f"UNION ALL SELECT {columns} FROM {{t}} WHERE level = 1 AND bucket >= :h0 AND bucket < :h1{agent_rule} "
+        f"UNION ALL SELECT {columns} FROM {{t}} WHERE level = 2 AND bucket >= :d0{agent_rule} "
+        f"UNION ALL SELECT {raw_columns} FROM {TABLE} "
+        f"WHERE start_time >= :since AND start_time < :raw_end{agent_rule}{raw_where}"
+    )
+
+
+_RAW_FIGURES: Final = (
+    f"agent_name, agent_tier, 1 AS n_all, status = 'ok' AS n_ok, status = 'error' AS n_error, "
+    f"status = 'timeout' AS n_timeout, status = 'started' AS n_started, {FALLBACK_SQL} AS n_fallback, "
+    "COALESCE(input_tokens, 0) AS tok_in, COALESCE(output_tokens, 0) AS tok_out, "
+    "COALESCE(total_tokens, 0) AS tok_total, duration_ms IS NOT NULL AS dur_n, COALESCE(duration_ms, 0.0) AS dur_sum"
+)
+
+
+def _totals_sql(agent: bool) -> str:
+    inner = _window_union("agent_name, agent_tier, " + ", ".join(_COUNTS), _RAW_FIGURES, agent).replace("{t}", ROLLUPS)
+    sums = ", ".join(f"SUM({c})" for c in _COUNTS)
+    return f"SELECT agent_name, agent_tier, {sums} FROM ({inner}) GROUP BY agent_name, agent_tier"
+
+
+def _sketch_sql(agent: bool) -> str:
+    agent_rule = " AND agent_name = :agent" if agent else ""
+    return (
+        f"SELECT agent_name, agent_tier, idx0, counts, zeros FROM {SKETCH} "
+        f"WHERE level = 0 AND bucket >= :m0 AND bucket < :m1{agent_rule} "
+        f"UNION ALL SELECT agent_name, agent_tier, idx0, counts, zeros FROM {SKETCH} "
+        f"WHERE level = 1 AND bucket >= :h0 AND bucket < :h1{agent_rule} "
+        f"UNION ALL SELECT agent_name, agent_tier, idx0, counts, zeros FROM {SKETCH} "
+        f"WHERE level = 2 AND bucket >= :d0{agent_rule}"
+    )
+
+
+def _edge_sql(agent: bool) -> str:
+    agent_rule = " AND agent_name = :agent" if agent else ""
+    return (
+        f"SELECT agent_name, agent_tier, {_IDX}, COUNT(*) FROM {TABLE} "
+        f"WHERE start_time >= :since AND start_time < :raw_end AND duration_ms IS NOT NULL{agent_rule} "
+        "GROUP BY 1, 2, 3"
+    )
+
+
+def _pending_sql(agent: bool) -> str:
+    agent_rule = " AND agent_name = :agent" if agent else ""
+    return (
+        # The log holds minutes: every one from the window's first whole minute on is inside it.
+        f"SELECT agent_name, agent_tier, idx, SUM(n) FROM {PENDING} WHERE bucket >= :m0{agent_rule} GROUP BY 1, 2, 3"
+    )
+
+
+_QUERIES: Final = {
+    agent: (_totals_sql(agent), _sketch_sql(agent), _edge_sql(agent), _pending_sql(agent)) for agent in (False, True)
+}
+
+
+def read_groups(conn: sqlite3.Connection, since: datetime, agent_name: str | None) -> list[RollupGroup]:
+    """Every (agent, tier) of ``[since, ∞)``: all reads in one snapshot, so counts and sketches agree."""
+    params: dict[str, Any] = _bounds(since)
+    if agent_name is not None:
+        params["agent"] = agent_name
+    totals_sql, sketch_sql, edge_sql, pending_sql = _QUERIES[agent_name is not None]
+    conn.execute("BEGIN")
+    try:
+        totals = conn.execute(totals_sql, params).fetchall()
+        blobs = conn.execute(sketch_sql, params).fetchall()
+        edge = conn.execute(edge_sql, params).fetchall() + conn.execute(pending_sql, params).fetchall()
+    finally:
+        conn.execute("COMMIT")
+    groups: dict[tuple[str, int], RollupGroup] = {}
+    for agent, tier, *figures in totals:
+        groups[(agent, tier)] = RollupGroup.from_figures(agent, int(tier), figures)
+    parts: dict[tuple[str, int], list[tuple[int, Any]]] = {}
+    zeros: dict[tuple[str, int], int] = {}
+    for agent, tier, idx0, blob, n_zero in blobs:
+        parts.setdefault((agent, tier), []).append(blob_counts(idx0, blob))
+        zeros[(agent, tier)] = zeros.get((agent, tier), 0) + int(n_zero)
+    edge_counts: dict[tuple[str, int], dict[int, int]] = {}
+    for agent, tier, idx, n in edge:  # the raw edge and the pending log: (index, count) groups
+        counts = edge_counts.setdefault((agent, tier), {})
+        counts[int(idx)] = counts.get(int(idx), 0) + int(n)
+    for key, group in groups.items():
+        sketch = dense_to_sketch(parts.get(key, []), zeros.get(key, 0))
+        for idx, n in edge_counts.get(key, {}).items():
+            sketch[idx] = sketch.get(idx, 0) + n
+        sketch = {idx: n for idx, n in sketch.items() if n}
+        group.sketch = sketch
+    return list(groups.values())
+
+
+def rebuild_day(conn: sqlite3.Connection, day: datetime) -> None:
+    """Recompute every bucket of one UTC day from the raw rows, in one write transaction."""
+    start = day.replace(hour=0, minute=0, second=0, microsecond=0)
+    lo, hi = utc_text(start), utc_text(start + timedelta(days=1))
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for table in (ROLLUPS, SKETCH, PENDING):
+            conn.execute(f"DELETE FROM {table} WHERE bucket >= ? AND bucket < ?", (lo[:10], hi[:10]))
+        where = "start_time >= ? AND start_time < ?"
+        _run(conn, [*_upserts(where, 1), (pending_statement(where, 1), True)], (lo, hi))
+        fold(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _raw_by_day(conn: sqlite3.Connection, since: str) -> tuple[list[Any], list[Any]]:
+    totals = list(
+        conn.execute(
+            f"SELECT substr(start_time, 1, 10), agent_name, agent_tier, {_row_figures(1)} FROM {TABLE} "
+            "WHERE start_time >= ? GROUP BY 1, 2, 3",
+            (since,),
+        )
+    )
+    sketch = list(
+        conn.execute(
+            f"SELECT substr(start_time, 1, 10), agent_name, agent_tier, {_IDX}, COUNT(*) FROM {TABLE} "
+            "WHERE start_time >= ? AND duration_ms IS NOT NULL GROUP BY 1, 2, 3, 4",
+            (since,),
+        )
+    )
+    return totals, sketch
+
+
+def _sketch_by_day(conn: sqlite3.Connection, level: int, day: str) -> list[tuple[Any, ...]]:
+    """One level's blobs expanded to (day, agent, tier, idx, count), summed per day."""
+    sums: dict[tuple[str, str, int, int], int] = {}
+    rows = conn.execute(
+        f"SELECT substr(bucket, 1, 10), agent_name, agent_tier, idx0, counts, zeros FROM {SKETCH} "
+        "WHERE level = ? AND bucket >= ?",
+        (level, day),
+    )
+    for bucket_day, agent, tier, idx0, blob, n_zero in rows:
+        lo, counts = blob_counts(idx0, blob)
+        for i in np.flatnonzero(counts):
+            key = (bucket_day, agent, tier, lo + int(i))
+            sums[key] = sums.get(key, 0) + int(counts[i])
+        if n_zero:
+            key = (bucket_day, agent, tier, ZERO_INDEX)
+            sums[key] = sums.get(key, 0) + int(n_zero)
+    for bucket_day, agent, tier, idx, n in conn.execute(
+        # Logged minutes count at every level once folded.
+        f"SELECT substr(bucket, 1, 10), agent_name, agent_tier, idx, SUM(n) FROM {PENDING} "
+        "WHERE bucket >= ? GROUP BY 1, 2, 3, 4",
+        (day,),
+    ):
+        key = (bucket_day, agent, tier, int(idx))
+        sums[key] = sums.get(key, 0) + int(n)
+    return [(*key, n) for key, n in sums.items() if n]
+
+
+def verify(conn: sqlite3.Connection, since: datetime, report: Callable[[str], None]) -> int:
+    """Compare every level, summed per UTC day, with the raw rows from ``since`` (a day start);
+    returns the number of mismatches, each described through ``report``."""
+    lo = utc_text(since)
+    conn.execute("BEGIN")
+    try:
+        raw_totals, raw_sketch = _raw_by_day(conn, lo)
+        problems = 0
+        sums = ", ".join(f"SUM({c})" for c in _COUNTS)
+        for level, _w, _length in LEVELS:
+            rolled = list(
+                conn.execute(
+                    f"SELECT substr(bucket, 1, 10), agent_name, agent_tier, {sums} FROM {ROLLUPS} "
+                    "WHERE level = ? AND bucket >= ? GROUP BY 1, 2, 3",
+                    (level, lo[:10]),
+                )
+            )
+            problems += compare_keyed(f"level {level} totals", raw_totals, rolled, 3, report)
+            rolled_sketch = _sketch_by_day(conn, level, lo[:10])
+            problems += compare_keyed(f"level {level} sketch", raw_sketch, rolled_sketch, 4, report)
+    finally:
+        conn.execute("COMMIT")
+    return problems

@@ -1,0 +1,310 @@
+"""Rollups against the raw rows, on SQLite and a real Postgres: random spans, duplicates,
+replays, late arrivals and retention cleanups (hypothesis, bounded examples).
+
+After every random history the rollup answer of each window and agent filter must equal the
+raw-row answer of the same store exactly for counts, rates, token sums and the fallback rate;
+averages to floating-point summation order; percentiles within the sketch's stated bound
+(``latency_sketch``: |estimate − exact percentile_cont| ≤ α · exact). ``verify_rollups`` must
+find nothing, and ``rebuild_rollups`` must not change the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from src.agents.ml_foundation.observability_connector.latency_sketch import (
+    ALPHA,
+    ZERO_INDEX,
+    bucket_index,
+    bucket_value,
+    percentiles,
+)
+from src.agents.ml_foundation.observability_connector.models import LatencyStats, ObservabilitySpan, row_id_for
+from src.agents.ml_foundation.observability_connector.rollups import latency_stats, quality_metrics, window_segments
+from src.repositories import sqlite_sketch
+from src.repositories.base import SpanStore
+from src.repositories.sqlite import SQLiteSpanRepository
+from tests.fixtures.metrics_reference import percentile_cont
+
+AGENTS = {"orchestrator": 1, "gap_analyzer": 2, "explainer": 5, "unregistered_agent": -1}
+WINDOWS = ("1m", "30m", "1h", "24h", "7d", "30d")
+_ids = itertools.count()
+
+
+# --------------------------------------------------------------------------- the sketch alone
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(st.just(0.0), st.floats(min_value=1e-6, max_value=1e7, allow_nan=False)), min_size=1, max_size=300
+    ),
+    st.sampled_from([0.0, 0.01, 0.25, 0.5, 0.9, 0.95, 0.99, 1.0]),
+)
+def test_sketch_percentile_is_within_alpha_of_percentile_cont(values: list[float], p: float) -> None:
+    counts: dict[int, int] = {}
+    for v in values:
+        counts[bucket_index(v)] = counts.get(bucket_index(v), 0) + 1
+    (estimate,) = percentiles(counts, [p]) or [math.nan]
+    exact = percentile_cont(values, p)
+    assert exact is not None
+    assert abs(estimate - exact) <= ALPHA * exact + 1e-12, (estimate, exact)
+
+
+def test_bucket_edges() -> None:
+    assert bucket_index(0.0) == ZERO_INDEX and bucket_value(ZERO_INDEX) == 0.0
+    for i in (-500, -1, 0, 1, 345, 1000):
+        edge = math.exp(i * math.log((1 + ALPHA) / (1 - ALPHA)))
+        for x in (edge * (1 - 1e-12), edge, edge * (1 + 1e-12)):
+            assert abs(bucket_value(bucket_index(x)) - x) <= ALPHA * x * (1 + 1e-9)
+
+
+def test_window_segments_cover_the_window_once() -> None:
+    since = datetime(2026, 12, 7, 2, 5, 30, 250_000, tzinfo=UTC)
+    seg = window_segments(since)
+    assert (seg.minute, seg.hour, seg.day) == (
+        datetime(2026, 12, 7, 2, 6, tzinfo=UTC),
+        datetime(2026, 12, 7, 3, tzinfo=UTC),
+        datetime(2026, 12, 8, tzinfo=UTC),
+    )
+    aligned = window_segments(datetime(2026, 12, 7, tzinfo=UTC))
+    assert aligned.since == aligned.minute == aligned.hour == aligned.day
+
+
+# --------------------------------------------------------------------------- stores
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(
+    request: pytest.FixtureRequest, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[SpanStore]:
+    if request.param == "sqlite":
+        # Fold the pending sketch log after a few dozen rows, so the histories below cross folds
+        # (the log, the arrays, and both at once answer every question).
+        monkeypatch.setattr(sqlite_sketch, "FOLD_AT", 40)
+        repo: SpanStore = SQLiteSpanRepository(tmp_path / "spans.db")
+    else:
+        from src.repositories.postgres import PostgresSpanRepository
+
+        repo = PostgresSpanRepository(request.getfixturevalue("postgres_dsn"))
+    try:
+        yield repo
+    finally:
+        await repo.close()
+
+
+async def _clear(store: SpanStore) -> None:
+    """Empty the store between examples (TRUNCATE on Postgres: its trigger empties the rollups)."""
+    if isinstance(store, SQLiteSpanRepository):
+
+        def wipe(conn: Any) -> None:
+            for table in (
+                "ml_observability_spans",
+                "ml_span_rollups",
+                "ml_span_rollup_sketch",
+                "ml_span_rollup_sketch_pending",
+            ):
+                conn.execute(f"DELETE FROM {table}")
+
+        await store._run(wipe)
+    else:
+
+        async def truncate(conn: Any) -> None:
+            await conn.execute("TRUNCATE ml_observability_spans")
+            await conn.commit()
+
+        await store._call(truncate, "truncating")  # type: ignore[attr-defined]
+
+
+# Ages (seconds before the example's start) stay ≥ 7.5 s from every whole minute, and windows
+# are whole minutes: the seconds between the raw and the rollup question cannot move a span
+# across a window's edge. Negative ages are spans from a clock running ahead.
+_age = st.builds(lambda minutes, extra: minutes * 60 + 7.5 + extra, st.integers(-3, 40 * 1440), st.floats(0, 45))
+_duration = st.one_of(
+    st.none(), st.just(0.0), st.floats(min_value=0.001, max_value=600_000, allow_nan=False, allow_infinity=False)
+)
+_span = st.fixed_dictionaries(
+    {
+        "age": _age,
+        "agent": st.sampled_from(sorted(AGENTS)),
+        "status": st.sampled_from(["ok", "ok", "error", "timeout", "started"]),
+        "duration": _duration,
+        "tokens": st.one_of(st.none(), st.tuples(st.integers(0, 5000), st.integers(0, 900))),
+        "fallback": st.sampled_from([None, True, False, 0, 1, "", "yes", [], [1], {}, {"a": 1}]),
+    }
+)
+# A history: batches of new spans, replays of earlier batches (all duplicates), batches mixing
+# new spans and old ones, and cleanups of everything older than some days.
+_step = st.one_of(
+    st.tuples(st.just("insert"), st.lists(_span, min_size=1, max_size=25)),
+    st.tuples(st.just("replay"), st.integers(0, 50)),
+    st.tuples(st.just("mixed"), st.lists(_span, min_size=1, max_size=10)),
+    st.tuples(st.just("cleanup"), st.integers(0, 35)),
+)
+
+
+def _row(now: datetime, spec: dict[str, Any]) -> ObservabilitySpan:
+    n = next(_ids)
+    trace_id, span_id = f"{n:032x}", f"{n:016x}"
+    tokens = spec["tokens"]
+    attributes = {} if spec["fallback"] is None else {"fallback_used": spec["fallback"]}
+    return ObservabilitySpan(
+        id=row_id_for(trace_id, span_id),
+        span_id=span_id,
+        trace_id=trace_id,
+        operation_name="execute",
+        agent_name=spec["agent"],
+        agent_tier=AGENTS[spec["agent"]],
+        start_time=now - timedelta(seconds=spec["age"]),
+        duration_ms=spec["duration"],
+        status=spec["status"],
+        input_tokens=tokens[0] if tokens else None,
+        output_tokens=tokens[1] if tokens else None,
+        attributes=attributes,
+    )
+
+
+def _assert_close(rolled: LatencyStats, raw: LatencyStats, where: str) -> None:
+    assert rolled.key == raw.key, where
+    exact = (rolled.count, rolled.error_count, rolled.input_tokens, rolled.output_tokens, rolled.total_tokens)
+    assert exact == (raw.count, raw.error_count, raw.input_tokens, raw.output_tokens, raw.total_tokens), where
+    assert rolled.error_rate == raw.error_rate, where
+    if raw.avg_ms is None:
+        assert rolled.avg_ms is None and rolled.p50_ms is None, where
+        return
+    assert rolled.avg_ms == pytest.approx(raw.avg_ms, rel=1e-9, abs=1e-9), where
+    for name in ("p50_ms", "p95_ms", "p99_ms"):
+        got, want = getattr(rolled, name), getattr(raw, name)
+        assert abs(got - want) <= ALPHA * want * (1 + 1e-9) + 1e-9, f"{where} {name}: {got} vs exact {want}"
+
+
+async def _check(store: SpanStore) -> None:
+    for window in WINDOWS:
+        for agent in (None, "gap_analyzer"):
+            groups = await store.rollup_groups(window, agent_name=agent)
+            assert groups is not None
+            where = f"{window}/{agent}"
+            for group_by in ("agent", "tier", "all"):
+                raw = await store.get_latency_stats(window, agent_name=agent, group_by=group_by)  # type: ignore[arg-type]
+                rolled = latency_stats(groups, group_by)
+                assert [s.key for s in rolled] == [s.key for s in raw], where
+                for r, x in zip(rolled, raw, strict=True):
+                    _assert_close(r, x, f"{where}/{group_by}")
+            raw_q = await store.get_quality_metrics(window, agent_name=agent)
+            rolled_q = quality_metrics(window, groups)
+            for name in ("total_spans", "ok_count", "error_count", "timeout_count", "started_count", "fallback_count"):
+                assert getattr(rolled_q, name) == getattr(raw_q, name), f"{where} {name}"
+            for name in ("success_rate", "error_rate", "timeout_rate", "fallback_rate"):
+                assert getattr(rolled_q, name) == getattr(raw_q, name), f"{where} {name}"
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(history=st.lists(_step, min_size=1, max_size=8))
+async def test_rollups_equal_the_raw_rows(store: SpanStore, history: list[tuple[str, Any]]) -> None:
+    await _clear(store)
+    now = datetime.now(UTC)
+    batches: list[list[ObservabilitySpan]] = []
+    for kind, arg in history:
+        if kind == "insert":
+            batch = [_row(now, spec) for spec in arg]
+        elif kind == "replay":
+            if not batches:
+                continue
+            batch = batches[arg % len(batches)]
+        elif kind == "mixed":
+            old = [span for earlier in batches for span in earlier][:: max(1, len(batches))][:10]
+            batch = [_row(now, spec) for spec in arg] + old + old[:2]  # duplicates inside the batch too
+        else:
+            await store.delete_old_spans(arg)
+            continue
+        batches.append(batch)
+        result = await store.insert_spans_batch(batch)
+        assert result.failed == 0, result.errors
+    await _check(store)
+    assert await store.verify_rollups() == []
+    await store.rebuild_rollups()
+    assert await store.verify_rollups() == []
+    await _check(store)
+
+
+async def test_verify_reports_a_drifted_bucket_and_rebuild_repairs_it(store: SpanStore) -> None:
+    now = datetime.now(UTC)
+    spans = [_row(now, {"age": 90.0 * i, "agent": "explainer", "status": "ok", "duration": 10.0 + i,
+                        "tokens": (1, 2), "fallback": None}) for i in range(20)]  # fmt: skip
+    await store.insert_spans_batch(spans)
+    assert await store.verify_rollups() == []
+    if isinstance(store, SQLiteSpanRepository):
+        await store._run(lambda conn: conn.execute("UPDATE ml_span_rollups SET n_ok = n_ok + 1 WHERE level = 1"))
+    else:
+
+        async def drift(conn: Any) -> None:
+            await conn.execute("UPDATE ml_span_rollups SET n_ok = n_ok + 1 WHERE level = 1")
+            await conn.commit()
+
+        await store._call(drift, "drifting")  # type: ignore[attr-defined]
+    problems = await store.verify_rollups()
+    assert problems and all("level 1 totals" in p for p in problems), problems
+    days: list[int] = []
+    assert await store.rebuild_rollups(progress=days.append) >= 1
+    assert days and days == sorted(days)
+    assert await store.verify_rollups() == []
+
+
+async def test_postgres_migrate_back_fills_an_existing_table_once(postgres_dsn: str) -> None:
+    """A database whose span table predates the rollups: ``migrate`` adds them with the rows
+    already stored, and a second run changes nothing."""
+    import psycopg
+
+    from src.repositories.postgres import PostgresSpanRepository, migrate
+
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute("DROP TABLE ml_span_rollups, ml_span_rollup_sketch CASCADE")
+        for op in ("insert", "delete", "update", "truncate"):
+            conn.execute(f"DROP TRIGGER ml_observability_spans_rollup_{op} ON ml_observability_spans")
+    repo = PostgresSpanRepository(postgres_dsn)
+    now = datetime.now(UTC)
+    specs = [{"age": 3600.0 * i + 7.5, "agent": "orchestrator", "status": "ok", "duration": 3.0 * i,
+              "tokens": (i, 1), "fallback": i % 2 == 0} for i in range(50)]  # fmt: skip
+    try:
+        await repo.insert_spans_batch([_row(now, spec) for spec in specs])
+        for _ in range(2):
+            await asyncio.to_thread(migrate, postgres_dsn)
+            assert await repo.verify_rollups() == []
+            await _check(repo)
+        groups = await repo.rollup_groups("30d")
+        assert groups is not None and sum(g.n_all for g in groups) == 50
+    finally:
+        await repo.close()
+
+
+async def test_a_busy_bucket_compacts_its_sketch_and_stays_exact(store: SpanStore) -> None:
+    """Thousands of spans of one agent in one minute, written in several batches: on Postgres the
+    sketch's appended (index, count) pairs pass the compaction threshold and are summed per index;
+    the answer must not change."""
+    now = datetime.now(UTC).replace(second=30, microsecond=0) - timedelta(minutes=2)
+    specs = [{"age": (datetime.now(UTC) - now).total_seconds() + (i % 20) * 0.5, "agent": "explainer",
+              "status": "ok", "duration": 1.0 + (i * 7919 % 5000) / 3.0, "tokens": None, "fallback": None}
+             for i in range(3000)]  # fmt: skip
+    rows = [_row(datetime.now(UTC), spec) for spec in specs]
+    for i in range(0, len(rows), 250):
+        await store.insert_spans_batch(rows[i : i + 250])
+    assert await store.verify_rollups() == []
+    await _check(store)
+    assert sum(g.n_all for g in await store.rollup_groups("1h") or []) == 3000
+    # A cleanup removing all of them subtracts through the same arrays and drops the buckets.
+    assert await store.delete_old_spans(0, batch_size=700) == 3000
+    assert await store.verify_rollups() == []
+    assert await store.rollup_groups("1h") == []
