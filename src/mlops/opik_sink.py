@@ -27,11 +27,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from src.agents.ml_foundation.observability_connector.json_codec import json_bytes
-from src.agents.ml_foundation.observability_connector.sink import SinkResult
+from src.agents.ml_foundation.observability_connector.sink import SinkResult, combine_failures
 
 from .opik_payloads import SpanLike, TraceBook, iso, span_payload
 from .opik_settings import OpikConfig, opik_configured
-from .opik_wire import OpikRejectedError, OpikUnavailableError, OpikWire
+from .opik_wire import OpikRejectedError, OpikWire
 
 __all__ = ["OpikSink"]
 
@@ -116,7 +116,7 @@ class OpikSink:
         failures = [o for o in outcomes if isinstance(o, BaseException)]
         if failures:  # a retry rebuilds the trace records without counting these spans again
             self._remember_partial(key, done, refused)
-            raise _one_failure(failures)
+            raise combine_failures(failures)
         rejected.extend(refused)
         return SinkResult(delivered=len(spans) - len(rejected), rejected=rejected)
 
@@ -199,14 +199,3 @@ class OpikSink:
         if len(self._seen) > _SEEN_BATCHES:
             self._seen.popitem(last=False)
         return True
-
-
-def _one_failure(failures: list[BaseException]) -> BaseException:
-    """One exception for the batch: transient if any part was (the delivery layer retries it),
-    with the longest ``Retry-After`` any answer asked for."""
-    transient = [f for f in failures if isinstance(f, OpikUnavailableError)]
-    if not transient:
-        return failures[0]
-    hints = [f.retry_after_s for f in transient if f.retry_after_s is not None]
-    reason = "; ".join(dict.fromkeys(f.reason for f in transient))
-    return OpikUnavailableError(reason, max(hints) if hints else None)

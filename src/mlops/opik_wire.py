@@ -26,6 +26,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 from src.agents.ml_foundation.observability_connector.json_codec import json_bytes
+from src.agents.ml_foundation.observability_connector.sink import SinkUnavailableError
 
 from .opik_payloads import iso
 from .opik_settings import OpikConfig
@@ -55,13 +56,8 @@ class OpikRejectedError(Exception):
         self.status = status
 
 
-class OpikUnavailableError(Exception):
+class OpikUnavailableError(SinkUnavailableError):
     """Opik could not take the request now; ``retry_after_s`` is the server's own hint, if it gave one."""
-
-    def __init__(self, reason: str, retry_after_s: float | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.retry_after_s = retry_after_s
 
 
 def load_rest_client() -> tuple[Any, Any, Any]:

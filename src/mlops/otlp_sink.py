@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from src.agents.ml_foundation.observability_connector.sink import SinkResult
+from src.agents.ml_foundation.observability_connector.sink import SinkResult, SinkUnavailableError, combine_failures
 
 from .opik_wire import retry_after
 from .otlp_encode import encode_spans
@@ -50,13 +50,8 @@ class OtlpRejectedError(Exception):
         self.status = status
 
 
-class OtlpUnavailableError(Exception):
+class OtlpUnavailableError(SinkUnavailableError):
     """The server could not take the request now; ``retry_after_s`` is its own hint, if it gave one."""
-
-    def __init__(self, reason: str, retry_after_s: float | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.retry_after_s = retry_after_s
 
 
 @dataclass
@@ -110,7 +105,7 @@ class OtlpSink:
         outcomes = await asyncio.gather(*(self._request(slots, chunk) for chunk in chunks), return_exceptions=True)
         failures = [o for o in outcomes if isinstance(o, BaseException)]
         if failures:  # the whole batch is retried; ids are deterministic, so a resent span is the same span
-            raise _one_failure(failures)
+            raise combine_failures(failures)
         for outcome in outcomes:
             rejected.extend(outcome)  # type: ignore[arg-type]
         return SinkResult(delivered=len(spans) - len(rejected), rejected=rejected)
@@ -216,13 +211,3 @@ def _reason(response: httpx.Response) -> str:
         except Exception:
             return f"({len(content)} bytes of protobuf)"
     return content[:_REASON_LIMIT].decode("utf-8", "replace") or response.reason_phrase
-
-
-def _one_failure(failures: list[BaseException]) -> BaseException:
-    """One exception for the batch: transient if any part was, with the longest ``Retry-After`` asked for."""
-    transient = [f for f in failures if isinstance(f, OtlpUnavailableError)]
-    if not transient:
-        return failures[0]
-    hints = [f.retry_after_s for f in transient if f.retry_after_s is not None]
-    reason = "; ".join(dict.fromkeys(f.reason for f in transient))
-    return OtlpUnavailableError(reason, max(hints) if hints else None)

@@ -365,3 +365,17 @@ async def test_status_says_who_holds_the_replay_lease(tmp_path: Path) -> None:
     assert lease.pid == os.getpid() and not lease.mine
     await delivery.stop()
     assert other.replay_leases() == {}
+
+
+def test_combine_failures_keeps_the_batch_transient_with_the_longest_retry_after() -> None:
+    from src.agents.ml_foundation.observability_connector.sink import combine_failures
+    from src.mlops.opik_wire import OpikUnavailableError
+    from src.mlops.otlp_sink import OtlpUnavailableError
+
+    final = ValueError("bad request")
+    assert combine_failures([final, ValueError("other")]) is final  # nothing transient: the first as it was
+    parts = [final, OtlpUnavailableError("429", 2.0), OtlpUnavailableError("503"), OtlpUnavailableError("429", 7.5)]
+    combined = combine_failures(parts)
+    assert type(combined) is OtlpUnavailableError  # the sink's own class, so its logs name it
+    assert combined.reason == "429; 503" and combined.retry_after_s == 7.5
+    assert combine_failures([OpikUnavailableError("timeout")]).retry_after_s is None

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["Sink", "SinkResult"]
+__all__ = ["Sink", "SinkResult", "SinkUnavailableError", "combine_failures"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,3 +37,24 @@ class Sink(Protocol):
     async def aclose(self) -> None:
         """Release what the sink opened on the running loop (connections); the sink stays usable."""
         ...
+
+
+class SinkUnavailableError(Exception):
+    """The destination could not take the request now (transient); ``retry_after_s`` is the
+    server's own hint, if it gave one. Each sink subclasses it under its own name."""
+
+    def __init__(self, reason: str, retry_after_s: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+
+
+def combine_failures(failures: Sequence[BaseException]) -> BaseException:
+    """One exception for a batch sent as several requests: transient if any part was (so the
+    delivery layer retries the batch), carrying the longest ``Retry-After`` any answer asked for."""
+    transient = [f for f in failures if isinstance(f, SinkUnavailableError)]
+    if not transient:
+        return failures[0]
+    hints = [f.retry_after_s for f in transient if f.retry_after_s is not None]
+    reason = "; ".join(dict.fromkeys(f.reason for f in transient))
+    return type(transient[0])(reason, max(hints) if hints else None)
