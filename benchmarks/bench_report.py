@@ -89,7 +89,7 @@ async def main() -> None:
     print(f"machine: {machine()}")
     print(f"sqlite {sqlite3.sqlite_version}; {args.spans:,} spans over 8 days; median of {args.runs} cold runs")
     registry = load_registry()
-    store = await load_sqlite(Path(args.db), args.spans, registry, args.reuse)
+    store = await load_sqlite(Path(args.db), args.spans, registry, args.reuse, days=8)
     try:
         print(f"{'window':>7} {'spans in it':>12} {'metrics':>9} {'reads':>8} {'page':>8} {'size':>8}")
         for window in windows:
