@@ -8,17 +8,16 @@ graph), so a slow sink can never stall an agent's event loop, and agents without
 closed in the ``FLUSHERS`` stage of :mod:`.lifecycle`, after producers and before the sinks.
 
 Under a burst the pipeline is slower than the producers. The caller never waits for it: past
-the buffer's high-water mark a second loop thread (the spiller) moves the buffer, raw, into the
-encrypted on-disk overflow (:mod:`.overflow_file`, a few microseconds a span) and the flusher
-feeds the pipeline from the overflow's head; while the overflow holds anything every new span
-goes behind it, so spans are delivered in the order they were finished. The spiller is its own
-thread because the flusher's loop is busy for tens of milliseconds at a time converting a batch
-(pure Python, no await), while producers fill the rest of the buffer in less.
+the buffer's high-water mark the spiller (:mod:`.spiller`, a thread of its own) moves the
+buffer, raw, into the encrypted on-disk overflow (:mod:`.overflow_file`) and the flusher feeds
+the pipeline from the overflow's head; while the overflow holds anything every new span goes
+behind it, so spans are delivered in the order they were finished.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -29,12 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from .background import BackgroundLoop
-from .collector import NO_ROOM, ROOM_COMING, ROOM_MADE, SpanCollector
+from .collector import SpanCollector
 from .flush_report import BatchNotStoredError, FlusherStats, FlushReport
 from .gc_tuning import freeze_after_start
 from .lifecycle import FLUSHERS, on_shutdown, register_before_fork, watch_after_fork
 from .overflow_file import OverflowFile
 from .spans import Span
+from .spiller import BURST_PACE_S, Spiller
 
 __all__ = [
     "BatchNotStoredError",
@@ -116,29 +116,26 @@ class BatchProcessor:
         self.shutdown_timeout = shutdown_timeout
         self._async_wake: asyncio.Event | None = None
         self._wake_pending = False
+        self.overflow = OverflowFile(overflow_dir, overflow_max_bytes) if overflow_dir is not None else None
+        spiller = (
+            Spiller(self.overflow, name, max_queue, self.max_drain_batch, max_queue_bytes)
+            if self.overflow is not None
+            else None
+        )
+        self._spiller = spiller
         self.collector = SpanCollector(
             max_queue,
             max_batch_size,
             wake=self._wake,
-            high_water=self._wake_spiller if overflow_dir is not None else None,
-            make_room=self._make_room if overflow_dir is not None else None,
+            high_water=spiller.wake if spiller is not None else None,
+            make_room=spiller.make_room if spiller is not None else None,
             overflow=overflow,
             max_bytes=max_queue_bytes,
             max_value_chars=max_value_chars,
             value_limit=value_limit,
         )
-        self.overflow = OverflowFile(overflow_dir, overflow_max_bytes) if overflow_dir is not None else None
-        # Held while spans move from the buffer to the overflow and while the flusher picks where
-        # its next batch comes from: nothing newer is delivered ahead of what waits on disk.
-        self._spill_lock = threading.Lock()
-        self._spill_pending = False
-        self._spiller = BackgroundLoop(f"{name}-spill")
-        self._last_paced = 0.0
-        self._spill_chunk = max(self.max_drain_batch, max_queue // 4)
-        # ... and of a 32nd of the byte bound (a batch's worth): a chunk is briefly held three
-        # times over (the spans, their encoding, its sealed copy) and read back whole, and big
-        # short-lived buffers leave the allocator's heap grown.
-        self._spill_chunk_bytes = max(1, (max_queue_bytes or 64 * 2**20) // 32)
+        if spiller is not None:
+            spiller.collector = self.collector
         self._gc_freeze = gc_freeze
         self.stats = FlusherStats()
         self.last_flush: FlushReport | None = None
@@ -161,8 +158,6 @@ class BatchProcessor:
         was_started = self._started
         self._start_lock = threading.Lock()
         self._waiters_lock = threading.Lock()
-        self._spill_lock = threading.Lock()
-        self._spill_pending = False
         self._ready = threading.Event()
         self._flush_waiters = []
         self._delivering = {}
@@ -172,8 +167,8 @@ class BatchProcessor:
         self.last_flush = None
         self._flush_mark = (0, 0, 0, 0)
         self.collector.forget_after_fork((self._on_reopen or self.start) if was_started else None)
-        if self.overflow is not None:  # the parent's file and key stay the parent's
-            self.overflow.forget_after_fork()
+        if self._spiller is not None:  # the parent's file and key stay the parent's
+            self._spiller.forget_after_fork()
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -190,8 +185,7 @@ class BatchProcessor:
             self._ready.clear()
             self.collector.open_gate()
             try:
-                if self.overflow is not None:
-                    self._spill_pending = False
+                if self._spiller is not None:
                     self._spiller.start()
                 self._bg.start(self._main)
             except BaseException:
@@ -354,11 +348,13 @@ class BatchProcessor:
         with self._start_lock:
             if self._bg.thread is not thread:  # a span reopened the pipeline meanwhile: it runs on
                 return True
-            self._spiller.stop()
+            if self._spiller is not None:
+                self._spiller.stop()
             self._started = False
             self._stopping = False
             self.collector.close_gate(self._on_reopen or self.start)
-        self._spiller.join(1.0)  # a loop with nothing to do ends at once; never a stuck close
+        if self._spiller is not None:
+            self._spiller.join(1.0)  # a loop with nothing to do ends at once; never a stuck close
         if not self._queued():  # a flush that asked as the thread ended: nothing is left for it
             with self._waiters_lock:
                 waiters, self._flush_waiters = self._flush_waiters, []
@@ -472,12 +468,17 @@ class BatchProcessor:
         producers'.
         """
         collector = self.collector
-        overflow = self.overflow
+        spiller = self._spiller
+        overflow = spiller.overflow if spiller is not None else None
         in_flight: set[asyncio.Task[None]] = set()
         try:
             while True:
-                if overflow is not None and len(collector) and (overflow.pending or collector.above_high_water()):
-                    self._spill(overflow)
+                if (
+                    spiller is not None
+                    and len(collector)
+                    and (spiller.overflow.pending or collector.above_high_water())
+                ):
+                    spiller.spill()
                 from_overflow = overflow is not None and overflow.pending > 0
                 if not (from_overflow or collector.ready() or (drain_all and len(collector))):
                     break
@@ -485,15 +486,16 @@ class BatchProcessor:
                     # Wait for room before taking spans out: a span is always either queued, in the
                     # overflow or in a delivery that shutdown knows about (``_delivering``). A
                     # wake-up (the buffer passed its high-water mark) ends the wait too.
-                    in_flight = await self._wait(in_flight, overflow is not None)
+                    in_flight = await self._wait(in_flight, spiller is not None)
                     continue
-                burst = from_overflow and self._burst_on(overflow)
-                if burst and self._pace_burst():
+                burst = spiller is not None and from_overflow and spiller.burst_on()
+                if burst and spiller is not None and spiller.pace_burst():
                     # A burst is on: the producers get the CPU; one batch per pace still drains.
-                    await asyncio.sleep(_BURST_PACE_S / 5)
+                    await asyncio.sleep(BURST_PACE_S / 5)
                     continue
                 batch: list[Span]
-                with self._spill_lock:  # the overflow first: everything in the buffer is newer
+                with spiller.lock if spiller is not None else contextlib.nullcontext():
+                    # The overflow first: everything in the buffer is newer.
                     if overflow is not None and overflow.pending:
                         batch, nbytes = [], 0  # read below, outside the lock (decoding takes a while)
                     else:
@@ -515,90 +517,6 @@ class BatchProcessor:
         finally:
             if in_flight:  # _deliver_one never raises; a cancelled drain still waits for its batches
                 await asyncio.gather(*in_flight, return_exceptions=True)
-
-    def _spill(self, overflow: OverflowFile) -> None:
-        """Move the whole buffer to the overflow's tail, in chunks of a quarter of the span bound
-        (or a 32nd of the byte bound).
-
-        Big chunks, one ``write`` each: the write releases the GIL, and a thread that releases
-        it waits a whole switch interval for it back while a producer runs, so many small writes
-        would let producers fill the buffer faster than it is spilled. Not one chunk for all:
-        the lock is held while a chunk is encoded (a caller at the bound meanwhile is only taken
-        up to the byte bound, see ``_make_room``), and a big chunk is held three times over.
-        """
-        collector = self.collector
-        chunk = self._spill_chunk
-        while len(collector) and overflow.writable:
-            with self._spill_lock:
-                overflow.write(collector.drain(chunk, self._spill_chunk_bytes))
-
-    @staticmethod
-    def _burst_on(overflow: OverflowFile | None) -> bool:
-        """Producers are outrunning the pipeline: a chunk was spilled within ``_BURST_QUIET_S``."""
-        return overflow is not None and time.monotonic() - overflow.last_write < _BURST_QUIET_S
-
-    def _pace_burst(self) -> bool:
-        """During a burst: True while a batch from the overflow started less than ``_BURST_PACE_S`` ago.
-
-        Why: converting a batch is pure Python that holds the GIL in turns with the producers'
-        thread, and the objects it holds make the young collections that stop every thread
-        longer. During a burst the flusher therefore starts one batch of ``max_batch_size`` per
-        pace and leaves the CPU to the application; the backlog waits on disk (bounded) and
-        drains in ``max_drain_batch`` bites once the burst ends. It never stops: under
-        sustained overload a batch still starts every pace.
-        """
-        now = time.monotonic()
-        if now - self._last_paced >= _BURST_PACE_S:
-            self._last_paced = now
-            return False
-        return True
-
-    def _make_room(self) -> int:
-        """The buffer is at a bound before the spiller could run (a producer that holds the GIL
-        for a whole switch interval fills the rest of the buffer first): on the caller's thread,
-        move the oldest eighth of the buffer to the overflow now (ROOM_MADE). Never waits: when
-        the lock is held a spill is under way (ROOM_COMING: the collector then takes spans past
-        its span bound, up to its byte bound, meanwhile)."""
-        overflow = self.overflow
-        if overflow is None or not overflow.writable:
-            return NO_ROOM
-        if not self._spill_lock.acquire(blocking=False):
-            self._wake_spiller()
-            return ROOM_COMING
-        try:
-            collector = self.collector
-            count = max(1, len(collector) // 8)
-            oldest = collector.drain(count, self._spill_chunk_bytes)
-            overflow.write(oldest)  # behind what is on disk, ahead of the rest of the buffer
-        except Exception:  # never raise into the caller
-            log.exception("moving spans to the overflow on the caller's thread failed")
-            return NO_ROOM
-        finally:
-            self._spill_lock.release()
-        self._wake_spiller()
-        return ROOM_MADE
-
-    def _wake_spiller(self) -> None:
-        """The buffer passed its high-water mark (a producer's thread): at most one wake-up in flight."""
-        if self._spill_pending:
-            return
-        self._spill_pending = True
-        if not self._spiller.call_soon(self._spill_turn):
-            self._spill_pending = False
-
-    def _spill_turn(self) -> None:
-        """On the spiller's thread: spill while the buffer is past its mark or the overflow holds anything."""
-        self._spill_pending = False
-        overflow, collector = self.overflow, self.collector
-        if overflow is None:
-            return
-        try:
-            # Only past the mark: below it the flusher moves stragglers at its own turns, and a
-            # spiller that spun on a few spans would make producers hand it the GIL for nothing.
-            while collector.above_high_water() and overflow.writable:
-                self._spill(overflow)
-        except Exception:  # the spiller must survive anything; the flusher still drains the buffer
-            log.exception("spilling the span buffer to the overflow failed")
 
     async def _wait(self, in_flight: set[asyncio.Task[None]], wakeable: bool) -> set[asyncio.Task[None]]:
         """Until a delivery finishes (or, with ``wakeable``, a wake-up comes); the ones still running."""
@@ -642,11 +560,6 @@ class BatchProcessor:
             self.collector.release(nbytes)
         stats.last_flush_at = time.time()
 
-
-# A burst is on while the overflow was written to within this long; during it a batch from the
-# overflow starts at most once per pace (see BatchProcessor._pace_burst).
-_BURST_QUIET_S = 0.05
-_BURST_PACE_S = 0.25
 
 _live_flushers: weakref.WeakSet[BatchProcessor] = weakref.WeakSet()
 
