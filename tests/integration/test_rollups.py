@@ -30,7 +30,7 @@ from src.agents.ml_foundation.observability_connector.latency_sketch import (
 )
 from src.agents.ml_foundation.observability_connector.models import LatencyStats, ObservabilitySpan, row_id_for
 from src.agents.ml_foundation.observability_connector.rollups import latency_stats, quality_metrics, window_segments
-from src.repositories import sqlite_sketch
+from src.repositories import sqlite_rollups, sqlite_sketch
 from src.repositories.base import SpanStore
 from src.repositories.sqlite import SQLiteSpanRepository
 from tests.fixtures.metrics_reference import percentile_cont
@@ -247,7 +247,12 @@ async def test_verify_reports_a_drifted_bucket_and_rebuild_repairs_it(store: Spa
     await store.insert_spans_batch(spans)
     assert await store.verify_rollups() == []
     if isinstance(store, SQLiteSpanRepository):
-        await store._run(lambda conn: conn.execute("UPDATE ml_span_rollups SET n_ok = n_ok + 1 WHERE level = 1"))
+        # The write left its figures in the pending log: fold it so the hour rows exist to drift.
+        def drift_sqlite(conn: Any) -> None:
+            sqlite_rollups.fold_all(conn)
+            conn.execute("UPDATE ml_span_rollups SET n_ok = n_ok + 1 WHERE level = 1")
+
+        await store._run(drift_sqlite)
     else:
 
         async def drift(conn: Any) -> None:
