@@ -2,8 +2,13 @@
 query, rebuild and verify.
 
 Why SQL statements over the just-inserted rows instead of triggers: a row trigger runs six
-upserts per span; one ``INSERT ... SELECT ... GROUP BY ... ON CONFLICT DO UPDATE`` per table and
-level over the batch costs a few statements per batch. The batch's rows are the rows with
+upserts per span; one ``INSERT ... SELECT ... GROUP BY`` per log over the batch costs two
+statements per batch. Why logs instead of upserting the levels on every write: a live batch
+touches one or two minutes, but upserting its (minute, agent, tier) groups into the minute, hour
+and day rows rewrote three b-tree rows per group — the largest part of what the rollups cost a
+batch of 100. Appending the minute groups to ``ml_span_rollup_pending`` costs one insert per
+group; the fold of the sketch log (``sqlite_sketch``) folds this log too, and readers add its
+minutes. The batch's rows are the rows with
 ``rowid`` above the largest one before the insert: the insert holds SQLite's write lock
 (``BEGIN IMMEDIATE``), so nobody else adds rows meanwhile, new rowids are always larger than
 the largest one present, and a duplicate that ``ON CONFLICT DO NOTHING`` skipped gets no rowid
