@@ -313,3 +313,36 @@ async def test_a_busy_bucket_compacts_its_sketch_and_stays_exact(store: SpanStor
     assert await store.delete_old_spans(0, batch_size=700) == 3000
     assert await store.verify_rollups() == []
     assert await store.rollup_groups("1h") == []
+
+
+async def test_sqlite_writes_only_append_to_the_logs_until_a_fold(tmp_path: Any) -> None:
+    """The write path upserts no level row (its figures wait in the log, and answers still count
+    them), the fold check reads only the ends of the logs, and a fold empties the log into every
+    level without changing the answer."""
+    repo = SQLiteSpanRepository(tmp_path / "spans.db")
+    now = datetime.now(UTC).replace(second=30, microsecond=0) - timedelta(minutes=1)  # all in one minute
+    spec = {"agent": "explainer", "status": "ok", "duration": 12.0, "tokens": (3, 4), "fallback": None}
+    await repo.insert_spans_batch([_row(now, {**spec, "age": 1.0 + i}) for i in range(5)])
+
+    def look(conn: Any) -> tuple[int, int, list[str]]:
+        levels = conn.execute("SELECT COUNT(*) FROM ml_span_rollups").fetchone()[0]
+        logged = conn.execute("SELECT COALESCE(SUM(n_all), 0) FROM ml_span_rollup_pending").fetchone()[0]
+        plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sqlite_rollups._LOG_SPANS)]
+        return levels, logged, plan
+
+    try:
+        levels, logged, plan = await repo._run(look)
+        assert (levels, logged) == (0, 5)
+        assert not any(step.startswith("SCAN") and "CONSTANT" not in step for step in plan), plan
+        before = await repo.rollup_groups("1h")
+        assert before is not None and [(g.n_all, g.tok_in, g.dur_n) for g in before] == [(5, 15, 5)]
+        await repo._run(sqlite_rollups.fold_all)
+        levels, logged, _ = await repo._run(look)
+        assert levels == 3 and logged == 0  # one minute, hour and day row
+        after = await repo.rollup_groups("1h")
+        assert after is not None and [(g.n_all, g.tok_in, g.dur_n, g.sketch) for g in after] == [
+            (g.n_all, g.tok_in, g.dur_n, g.sketch) for g in before
+        ]
+        assert await repo.verify_rollups() == []
+    finally:
+        await repo.close()
