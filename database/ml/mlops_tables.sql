@@ -575,6 +575,12 @@ $q$, p_source, p_sign)
 ];
 $fn$;
 
+-- Concatenates integer arrays in input order (two calls over the same group's rows keep the
+-- (index, count) pairs aligned, as array_agg does).
+CREATE OR REPLACE AGGREGATE public.obs_int_array_cat(integer[]) (
+    SFUNC = array_cat, STYPE = integer[], INITCOND = '{}'
+);
+
 -- The insert trigger, on every write path's hot path (COPY, INSERT ... ON CONFLICT DO NOTHING,
 -- PostgREST): static SQL, so plpgsql plans it once per session, and every row is grouped once,
 -- into its minute; hours and days are summed from those few minute groups. It runs with
@@ -624,6 +630,10 @@ BEGIN
         tok_out = r.tok_out + EXCLUDED.tok_out, tok_total = r.tok_total + EXCLUDED.tok_total,
         dur_n = r.dur_n + EXCLUDED.dur_n, dur_sum = r.dur_sum + EXCLUDED.dur_sum;
 
+    -- The pair arrays are built once per minute (m); an hour's or day's pairs are its minutes'
+    -- arrays concatenated (obs_int_array_cat), not the rows grouped again per level: a pair
+    -- array may hold an index more than once (readers and compaction sum per index), and a
+    -- live batch spans a minute or two, so regrouping three times the rows merged little.
     WITH c0 AS (
         SELECT date_trunc('minute', s.start_time) AS minute, s.agent_name, s.agent_tier,
                CASE WHEN s.duration_ms <= 0 THEN NULL
@@ -631,19 +641,20 @@ BEGIN
                count(*) AS n
         FROM new_rows AS s WHERE s.duration_ms IS NOT NULL
         GROUP BY 1, 2, 3, 4
-    ), c AS (
-        SELECT l.level, CASE l.level WHEN 0 THEN c0.minute WHEN 1 THEN date_trunc('hour', c0.minute)
-                                     ELSE date_trunc('day', c0.minute) END AS bucket,
-               c0.agent_name, c0.agent_tier, c0.idx, sum(c0.n)::bigint AS n
-        FROM c0 CROSS JOIN (VALUES (0::smallint), (1::smallint), (2::smallint)) AS l (level)
-        GROUP BY 1, 2, 3, 4, 5
+    ), m AS (
+        SELECT c0.minute, c0.agent_name, c0.agent_tier,
+               coalesce(array_agg(c0.idx) FILTER (WHERE c0.idx IS NOT NULL), '{}'::integer[]) AS idxs,
+               coalesce(array_agg(c0.n::integer) FILTER (WHERE c0.idx IS NOT NULL), '{}'::integer[]) AS ns,
+               coalesce(sum(c0.n) FILTER (WHERE c0.idx IS NULL), 0) AS zeros
+        FROM c0 GROUP BY 1, 2, 3
     )
     INSERT INTO public.ml_span_rollup_sketch AS r (level, bucket, agent_name, agent_tier, idxs, ns, zeros)
-    SELECT level, bucket, agent_name, agent_tier,
-           coalesce(array_agg(idx) FILTER (WHERE idx IS NOT NULL), '{}'::integer[]),
-           coalesce(array_agg(n::integer) FILTER (WHERE idx IS NOT NULL), '{}'::integer[]),
-           coalesce(sum(n) FILTER (WHERE idx IS NULL), 0)
-    FROM c GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    SELECT l.level, CASE l.level WHEN 0 THEN m.minute WHEN 1 THEN date_trunc('hour', m.minute)
+                                 ELSE date_trunc('day', m.minute) END,
+           m.agent_name, m.agent_tier, public.obs_int_array_cat(m.idxs), public.obs_int_array_cat(m.ns),
+           sum(m.zeros)
+    FROM m CROSS JOIN (VALUES (0::smallint), (1::smallint), (2::smallint)) AS l (level)
+    GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
     ON CONFLICT (level, bucket, agent_name, agent_tier) DO UPDATE SET
         idxs = CASE WHEN cardinality(r.idxs) + cardinality(EXCLUDED.idxs) <= 2048 THEN r.idxs || EXCLUDED.idxs
                     ELSE (SELECT coalesce(array_agg(x.i ORDER BY x.i), '{}'::integer[]) FROM (
@@ -885,6 +896,7 @@ REVOKE ALL ON FUNCTION public.obs_rollup_metrics(timestamptz, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.obs_rollup_rebuild(timestamptz, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.obs_rollup_apply() FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.obs_rollup_insert() FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.obs_int_array_cat(integer[]) FROM PUBLIC;
 
 DO $roles$
 DECLARE

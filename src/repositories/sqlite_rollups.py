@@ -2,8 +2,13 @@
 query, rebuild and verify.
 
 Why SQL statements over the just-inserted rows instead of triggers: a row trigger runs six
-upserts per span; one ``INSERT ... SELECT ... GROUP BY ... ON CONFLICT DO UPDATE`` per table and
-level over the batch costs a few statements per batch. The batch's rows are the rows with
+upserts per span; one ``INSERT ... SELECT ... GROUP BY`` per log over the batch costs two
+statements per batch. Why logs instead of upserting the levels on every write: a live batch
+touches one or two minutes, but upserting its (minute, agent, tier) groups into the minute, hour
+and day rows rewrote three b-tree rows per group — the largest part of what the rollups cost a
+batch of 100. Appending the minute groups to ``ml_span_rollup_pending`` costs one insert per
+group; the fold of the sketch log (``sqlite_sketch``) folds this log too, and readers add its
+minutes. The batch's rows are the rows with
 ``rowid`` above the largest one before the insert: the insert holds SQLite's write lock
 (``BEGIN IMMEDIATE``), so nobody else adds rows meanwhile, new rowids are always larger than
 the largest one present, and a duplicate that ``ON CONFLICT DO NOTHING`` skipped gets no rowid
@@ -30,6 +35,7 @@ from src.agents.ml_foundation.observability_connector.rollups import (
     dense_to_sketch,
     window_segments,
 )
+from src.repositories import sqlite_sketch
 from src.repositories.base import TABLE
 from src.repositories.rollup_check import compare_keyed
 from src.repositories.row_values import utc_text
@@ -41,7 +47,6 @@ from src.repositories.sqlite_sketch import (
     SKETCH_DDL,
     blob_counts,
     fold,
-    fold_if_due,
     pending_statement,
 )
 
@@ -51,12 +56,16 @@ __all__ = [
     "apply_rows",
     "create_rollups",
     "delete_with_rollups",
+    "fold_all",
     "read_groups",
     "rebuild_day",
     "verify",
 ]
 
 ROLLUPS: Final = "ml_span_rollups"
+#: The figures' pending log: per write, its (minute, agent, tier) groups, appended; folded into
+#: the minute, hour and day rows of ROLLUPS together with the sketch log (module doc).
+FIGURES_LOG: Final = "ml_span_rollup_pending"
 
 _COUNTS: Final = (
     "n_all",
@@ -72,6 +81,8 @@ _COUNTS: Final = (
     "dur_sum",
 )
 
+_LOG_COLUMNS: Final = ", ".join(f"{c} {'REAL' if c == 'dur_sum' else 'INTEGER'} NOT NULL" for c in _COUNTS)
+
 DDL: Final = (
     f"""CREATE TABLE IF NOT EXISTS {ROLLUPS} (
     level INTEGER NOT NULL, bucket TEXT NOT NULL, agent_name TEXT NOT NULL, agent_tier INTEGER NOT NULL,
@@ -83,6 +94,9 @@ DDL: Final = (
 ) WITHOUT ROWID""",
     SKETCH_DDL,
     PENDING_DDL,
+    f"""CREATE TABLE IF NOT EXISTS {FIGURES_LOG} (
+    minute TEXT NOT NULL, agent_name TEXT NOT NULL, agent_tier INTEGER NOT NULL, {_LOG_COLUMNS}
+)""",
 )
 
 _IDX: Final = index_sql("duration_ms")
@@ -99,40 +113,61 @@ def _row_figures(sign: int) -> str:
     )
 
 
-_MINUTES: Final = "temp.obs_minute_figures"
+def _log_statement(where: str, sign: int) -> str:
+    """The statement appending the signed (minute, agent, tier) figures of the raw rows matching
+    ``where`` to the figures log: one append of a few rows, where an upsert into every level
+    rewrote three b-tree rows per group on every write."""
+    return (
+        f"INSERT INTO {FIGURES_LOG} (minute, agent_name, agent_tier, {', '.join(_COUNTS)}) "
+        f"SELECT substr(start_time, 1, {LEVELS[0][2]}), agent_name, agent_tier, "
+        f"{_row_figures(sign)} FROM {TABLE} WHERE {where} GROUP BY 1, 2, 3"
+    )
 
 
-def _upserts(where: str, sign: int) -> list[tuple[str, bool]]:
-    """Statements adding (or subtracting) the rows matching ``where`` to every level, each with
-    whether it takes the ``where`` parameters. The raw rows are grouped once, by minute, into a
-    temporary table; hours and days are summed from those few groups."""
+def _fold_figures_sql() -> str:
+    """The upsert of the figures log, summed, into every level: hours and days are sums of the
+    log's minute groups (each level's bucket is a prefix of the minute)."""
     cols = ", ".join(_COUNTS)
     sets = ", ".join(f"{c} = {c} + excluded.{c}" for c in _COUNTS)
     sums = ", ".join(f"SUM({c})" for c in _COUNTS)
-    statements = [
-        (
-            "CREATE TEMP TABLE IF NOT EXISTS obs_minute_figures (minute TEXT, agent_name TEXT, agent_tier INTEGER, "
-            f"{', '.join(_COUNTS)})",
-            False,
-        ),
-        (f"DELETE FROM {_MINUTES}", False),
-        (
-            f"INSERT INTO {_MINUTES} SELECT substr(start_time, 1, {LEVELS[0][2]}), agent_name, agent_tier, "
-            f"{_row_figures(sign)} FROM {TABLE} WHERE {where} GROUP BY 1, 2, 3",
-            True,
-        ),
-    ]
-    for level, _width, length in LEVELS:
-        statements.append(
-            (
-                f"INSERT INTO {ROLLUPS} (level, bucket, agent_name, agent_tier, {cols}) "
-                f"SELECT {level}, substr(minute, 1, {length}), agent_name, agent_tier, {sums} "
-                f"FROM {_MINUTES} WHERE true GROUP BY 2, 3, 4 "
-                f"ON CONFLICT (level, bucket, agent_name, agent_tier) DO UPDATE SET {sets}",
-                False,
-            )
-        )
-    return statements
+    levels = " UNION ALL ".join(f"SELECT {level} AS level, {length} AS length" for level, _width, length in LEVELS)
+    return (
+        f"INSERT INTO {ROLLUPS} (level, bucket, agent_name, agent_tier, {cols}) "
+        f"SELECT l.level, substr(m.minute, 1, l.length), m.agent_name, m.agent_tier, {sums} "
+        f"FROM {FIGURES_LOG} AS m CROSS JOIN ({levels}) AS l WHERE true GROUP BY 1, 2, 3, 4 "
+        f"ON CONFLICT (level, bucket, agent_name, agent_tier) DO UPDATE SET {sets}"
+    )
+
+
+_FOLD_FIGURES: Final = _fold_figures_sql()
+
+
+def _fold_figures(conn: sqlite3.Connection) -> None:
+    """Fold the figures log into the levels and empty it; buckets a delete emptied go."""
+    subtracted = conn.execute(f"SELECT 1 FROM {FIGURES_LOG} WHERE n_all < 0 LIMIT 1").fetchone()
+    conn.execute(_FOLD_FIGURES)
+    conn.execute(f"DELETE FROM {FIGURES_LOG}")
+    if subtracted is not None:  # only deletes empty a bucket: inserts never pay this scan
+        conn.execute(f"DELETE FROM {ROLLUPS} WHERE n_all = 0")
+
+
+def fold_all(conn: sqlite3.Connection) -> None:
+    """Fold both pending logs (inside the caller's write transaction)."""
+    _fold_figures(conn)
+    fold(conn)
+
+
+#: Two subqueries, not ``MAX(rowid) - MIN(rowid)`` in one expression: SQLite answers a lone MIN or
+#: MAX of the rowid from one end of the b-tree, but both in one expression scan the whole log.
+_LOG_SPANS: Final = " UNION ALL ".join(
+    f"SELECT (SELECT MAX(rowid) FROM {t}) - (SELECT MIN(rowid) FROM {t})" for t in (PENDING, FIGURES_LOG)
+)
+
+
+def _fold_if_due(conn: sqlite3.Connection) -> None:
+    """Fold both logs once either holds ``FOLD_AT`` rows (read at call time: tests lower it)."""
+    if any(span is not None and span >= sqlite_sketch.FOLD_AT for (span,) in conn.execute(_LOG_SPANS)):
+        fold_all(conn)
 
 
 def _run(conn: sqlite3.Connection, statements: list[tuple[str, bool]], params: tuple[Any, ...]) -> None:
@@ -140,10 +175,10 @@ def _run(conn: sqlite3.Connection, statements: list[tuple[str, bool]], params: t
         conn.execute(sql, params if takes_params else ())
 
 
-_INSERTED: Final = [*_upserts("rowid > ?", 1), (pending_statement("rowid > ?", 1), True)]
+_INSERTED: Final = [(_log_statement("rowid > ?", 1), True), (pending_statement("rowid > ?", 1), True)]
 _DOOMED_TABLE: Final = "temp.obs_doomed_spans"
 _DOOMED: Final = f"rowid IN (SELECT rid FROM {_DOOMED_TABLE})"
-_DELETED: Final = [*_upserts(_DOOMED, -1), (pending_statement(_DOOMED, -1), False)]
+_DELETED: Final = [(_log_statement(_DOOMED, -1), False), (pending_statement(_DOOMED, -1), False)]
 
 
 def create_rollups(conn: sqlite3.Connection) -> bool:
@@ -155,9 +190,11 @@ def create_rollups(conn: sqlite3.Connection) -> bool:
         conn.execute(statement)
     if found is not None:
         return False
-    conn.execute(f"DELETE FROM {PENDING}")  # a log left by rollups dropped before: it belongs to them
-    apply_rows(conn, 0)
-    fold(conn)
+    # Logs left by rollups dropped before belong to them.
+    conn.execute(f"DELETE FROM {PENDING}")
+    conn.execute(f"DELETE FROM {FIGURES_LOG}")
+    _run(conn, _INSERTED, (0,))
+    fold_all(conn)
     return True
 
 
@@ -168,7 +205,7 @@ def max_rowid(conn: sqlite3.Connection) -> int:
 def apply_rows(conn: sqlite3.Connection, after_rowid: int) -> None:
     """Add every raw row with ``rowid > after_rowid`` to the rollups (inside the write transaction)."""
     _run(conn, _INSERTED, (after_rowid,))
-    fold_if_due(conn)
+    _fold_if_due(conn)
 
 
 def delete_with_rollups(conn: sqlite3.Connection, select_rowids: str, params: tuple[Any, ...]) -> int:
@@ -178,9 +215,9 @@ def delete_with_rollups(conn: sqlite3.Connection, select_rowids: str, params: tu
     conn.execute(f"DELETE FROM {_DOOMED_TABLE}")
     conn.execute(f"INSERT INTO {_DOOMED_TABLE} (rid) {select_rowids}", params)
     _run(conn, _DELETED, ())
-    fold_if_due(conn)
+    _fold_figures(conn)  # the rare path: buckets it empties go now
+    _fold_if_due(conn)
     cursor = conn.execute(f"DELETE FROM {TABLE} WHERE rowid IN (SELECT rid FROM {_DOOMED_TABLE})")
-    conn.execute(f"DELETE FROM {ROLLUPS} WHERE n_all = 0")
     conn.execute(f"DELETE FROM {_DOOMED_TABLE}")
     return cursor.rowcount
 
@@ -218,7 +255,11 @@ _RAW_FIGURES: Final = (
 
 
 def _totals_sql(agent: bool) -> str:
-    inner = _window_union("agent_name, agent_tier, " + ", ".join(_COUNTS), _RAW_FIGURES, agent).replace("{t}", ROLLUPS)
+    columns = "agent_name, agent_tier, " + ", ".join(_COUNTS)
+    inner = _window_union(columns, _RAW_FIGURES, agent).replace("{t}", ROLLUPS)
+    agent_rule = " AND agent_name = :agent" if agent else ""
+    # The log holds minutes: every one from the window's first whole minute on is inside it.
+    inner += f" UNION ALL SELECT {columns} FROM {FIGURES_LOG} WHERE minute >= :m0{agent_rule}"
     sums = ", ".join(f"SUM({c})" for c in _COUNTS)
     return f"SELECT agent_name, agent_tier, {sums} FROM ({inner}) GROUP BY agent_name, agent_tier"
 
@@ -299,9 +340,10 @@ def rebuild_day(conn: sqlite3.Connection, day: datetime) -> None:
     try:
         for table in (ROLLUPS, SKETCH, PENDING):
             conn.execute(f"DELETE FROM {table} WHERE bucket >= ? AND bucket < ?", (lo[:10], hi[:10]))
+        conn.execute(f"DELETE FROM {FIGURES_LOG} WHERE minute >= ? AND minute < ?", (lo[:10], hi[:10]))
         where = "start_time >= ? AND start_time < ?"
-        _run(conn, [*_upserts(where, 1), (pending_statement(where, 1), True)], (lo, hi))
-        fold(conn)
+        _run(conn, [(_log_statement(where, 1), True), (pending_statement(where, 1), True)], (lo, hi))
+        fold_all(conn)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
@@ -366,9 +408,13 @@ def verify(conn: sqlite3.Connection, since: datetime, report: Callable[[str], No
         for level, _w, _length in LEVELS:
             rolled = list(
                 conn.execute(
-                    f"SELECT substr(bucket, 1, 10), agent_name, agent_tier, {sums} FROM {ROLLUPS} "
-                    "WHERE level = ? AND bucket >= ? GROUP BY 1, 2, 3",
-                    (level, lo[:10]),
+                    # Logged minutes count at every level once folded.
+                    f"SELECT substr(bucket, 1, 10), agent_name, agent_tier, {sums} FROM ("
+                    f"SELECT bucket, agent_name, agent_tier, {', '.join(_COUNTS)} FROM {ROLLUPS} "
+                    "WHERE level = ? AND bucket >= ? "
+                    f"UNION ALL SELECT minute, agent_name, agent_tier, {', '.join(_COUNTS)} FROM {FIGURES_LOG} "
+                    "WHERE minute >= ?) GROUP BY 1, 2, 3",
+                    (level, lo[:10], lo[:10]),
                 )
             )
             problems += compare_keyed(f"level {level} totals", raw_totals, rolled, 3, report)

@@ -11,8 +11,8 @@ Why a pending log: rewriting the current hour's and day's arrays (~2 KB each, pe
 every batch cost the write path more than the rows themselves. A write instead appends its
 (minute, agent, tier, index, count) groups to ``ml_span_rollup_sketch_pending`` with one
 ``INSERT ... SELECT ... GROUP BY`` (C speed, inside the write transaction, only the rows it
-inserted or deletes); once the log holds :data:`FOLD_AT` rows, the write that notices
-folds it into the arrays of the minute, its hour and its day (one read-modify-write per touched
+inserted or deletes); once the log (or the figures' log of ``sqlite_rollups``) holds :data:`FOLD_AT` rows, the
+write that notices folds it into the arrays of the minute, its hour and its day (one read-modify-write per touched
 bucket) and empties it. Readers add
 the log's rows for their buckets, so an answer never depends on when the last fold ran.
 """
@@ -39,7 +39,6 @@ __all__ = [
     "Key",
     "blob_counts",
     "fold",
-    "fold_if_due",
     "pending_statement",
 ]
 
@@ -71,12 +70,6 @@ def pending_statement(where: str, sign: int) -> str:
         f"SELECT substr(start_time, 1, {LEVELS[0][2]}), agent_name, agent_tier, {index}, {sign} * COUNT(*) "
         f"FROM {TABLE} WHERE ({where}) AND duration_ms IS NOT NULL GROUP BY 1, 2, 3, 4"
     )
-
-
-def fold_if_due(conn: sqlite3.Connection) -> None:
-    span = conn.execute(f"SELECT MAX(rowid) - MIN(rowid) FROM {PENDING}").fetchone()[0]
-    if span is not None and span >= FOLD_AT:
-        fold(conn)
 
 
 def fold(conn: sqlite3.Connection) -> None:

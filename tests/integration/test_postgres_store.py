@@ -84,6 +84,7 @@ def test_schema_applies_twice_and_reports_what_it_did(postgres_template: Templat
         "function obs_rollup_rebuild(timestamp with time zone,timestamp with time zone)",
         "function obs_rollup_metrics(timestamp with time zone,text)",
         "function obs_rollup_insert()",
+        "function obs_int_array_cat(integer[])",
         "trigger ml_observability_spans_rollup_insert",
         "trigger ml_observability_spans_rollup_delete",
         "trigger ml_observability_spans_rollup_update",
@@ -116,7 +117,8 @@ def test_schema_objects_have_the_promised_properties(postgres_dsn: str) -> None:
         ).fetchone()  # type: ignore[misc]
         assert "security_invoker=true" in options
         functions = conn.execute(
-            "SELECT proname, prosecdef, proconfig FROM pg_proc WHERE proname LIKE 'obs\\_%' ORDER BY proname"
+            "SELECT proname, prosecdef, proconfig FROM pg_proc "
+            "WHERE proname LIKE 'obs\\_%' AND prokind <> 'a' ORDER BY proname"
         ).fetchall()
         assert [f[0] for f in functions] == [
             "obs_delete_old_spans",
@@ -134,6 +136,12 @@ def test_schema_objects_have_the_promised_properties(postgres_dsn: str) -> None:
             # rollup tables (their RLS guards reads).
             assert security_definer is (name in ("obs_rollup_apply", "obs_rollup_insert")), name
             assert "search_path=public" in config, name
+        # The trigger's array concatenation: an aggregate over pg_catalog's array_cat only.
+        aggregate = conn.execute(
+            "SELECT a.aggtransfn::text FROM pg_aggregate a JOIN pg_proc p ON p.oid = a.aggfnoid "
+            "WHERE p.proname = 'obs_int_array_cat'"
+        ).fetchall()
+        assert aggregate == [("array_cat",)]
         (index,) = conn.execute(
             "SELECT indexdef FROM pg_indexes WHERE indexname = 'idx_ml_observability_spans_agent_start'"
         ).fetchone()  # type: ignore[misc]
@@ -467,10 +475,10 @@ def test_cli_migrate_and_cleanup_on_postgres(postgres_template: TemplateInfo, mo
         first = runner.invoke(app, ["migrate"])
         assert first.exit_code == 0, first.output
         out = flat(first.output)
-        assert "table ml_observability_spans created" in out and "Done: 25 created, 0 already present." in out
+        assert "table ml_observability_spans created" in out and "Done: 26 created, 0 already present." in out
         assert "anon denied" in out and "service_role granted" in out
         second = runner.invoke(app, ["migrate"])
-        assert second.exit_code == 0 and "Nothing to create: 0 created, 25 already present." in flat(second.output)
+        assert second.exit_code == 0 and "Nothing to create: 0 created, 26 already present." in flat(second.output)
 
         now = datetime.now(UTC)
 

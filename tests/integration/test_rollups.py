@@ -30,7 +30,7 @@ from src.agents.ml_foundation.observability_connector.latency_sketch import (
 )
 from src.agents.ml_foundation.observability_connector.models import LatencyStats, ObservabilitySpan, row_id_for
 from src.agents.ml_foundation.observability_connector.rollups import latency_stats, quality_metrics, window_segments
-from src.repositories import sqlite_sketch
+from src.repositories import sqlite_rollups, sqlite_sketch
 from src.repositories.base import SpanStore
 from src.repositories.sqlite import SQLiteSpanRepository
 from tests.fixtures.metrics_reference import percentile_cont
@@ -247,7 +247,12 @@ async def test_verify_reports_a_drifted_bucket_and_rebuild_repairs_it(store: Spa
     await store.insert_spans_batch(spans)
     assert await store.verify_rollups() == []
     if isinstance(store, SQLiteSpanRepository):
-        await store._run(lambda conn: conn.execute("UPDATE ml_span_rollups SET n_ok = n_ok + 1 WHERE level = 1"))
+        # The write left its figures in the pending log: fold it so the hour rows exist to drift.
+        def drift_sqlite(conn: Any) -> None:
+            sqlite_rollups.fold_all(conn)
+            conn.execute("UPDATE ml_span_rollups SET n_ok = n_ok + 1 WHERE level = 1")
+
+        await store._run(drift_sqlite)
     else:
 
         async def drift(conn: Any) -> None:
@@ -308,3 +313,36 @@ async def test_a_busy_bucket_compacts_its_sketch_and_stays_exact(store: SpanStor
     assert await store.delete_old_spans(0, batch_size=700) == 3000
     assert await store.verify_rollups() == []
     assert await store.rollup_groups("1h") == []
+
+
+async def test_sqlite_writes_only_append_to_the_logs_until_a_fold(tmp_path: Any) -> None:
+    """The write path upserts no level row (its figures wait in the log, and answers still count
+    them), the fold check reads only the ends of the logs, and a fold empties the log into every
+    level without changing the answer."""
+    repo = SQLiteSpanRepository(tmp_path / "spans.db")
+    now = datetime.now(UTC).replace(second=30, microsecond=0) - timedelta(minutes=1)  # all in one minute
+    spec = {"agent": "explainer", "status": "ok", "duration": 12.0, "tokens": (3, 4), "fallback": None}
+    await repo.insert_spans_batch([_row(now, {**spec, "age": 1.0 + i}) for i in range(5)])
+
+    def look(conn: Any) -> tuple[int, int, list[str]]:
+        levels = conn.execute("SELECT COUNT(*) FROM ml_span_rollups").fetchone()[0]
+        logged = conn.execute("SELECT COALESCE(SUM(n_all), 0) FROM ml_span_rollup_pending").fetchone()[0]
+        plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sqlite_rollups._LOG_SPANS)]
+        return levels, logged, plan
+
+    try:
+        levels, logged, plan = await repo._run(look)
+        assert (levels, logged) == (0, 5)
+        assert not any(step.startswith("SCAN") and "CONSTANT" not in step for step in plan), plan
+        before = await repo.rollup_groups("1h")
+        assert before is not None and [(g.n_all, g.tok_in, g.dur_n) for g in before] == [(5, 15, 5)]
+        await repo._run(sqlite_rollups.fold_all)
+        levels, logged, _ = await repo._run(look)
+        assert levels == 3 and logged == 0  # one minute, hour and day row
+        after = await repo.rollup_groups("1h")
+        assert after is not None and [(g.n_all, g.tok_in, g.dur_n, g.sketch) for g in after] == [
+            (g.n_all, g.tok_in, g.dur_n, g.sketch) for g in before
+        ]
+        assert await repo.verify_rollups() == []
+    finally:
+        await repo.close()
