@@ -56,7 +56,7 @@ class OpikConfig:
     #: How long a caller invoking the graph waits for Opik's answer before it is reported queued.
     wait_s: float = 1.0
     max_items_per_request: int = 1000
-    #: Requests of one batch sent at once (a batch bigger than ``max_items_per_request``).
+    #: Requests to Opik in flight at once, whichever batch or replay they belong to (per event loop).
     max_requests_in_flight: int = 2
     max_traces_tracked: int = 20_000
     #: True: span batches are encoded once and posted through the REST client's transport. False:

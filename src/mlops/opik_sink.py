@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from src.agents.ml_foundation.observability_connector.json_codec import json_bytes
-from src.agents.ml_foundation.observability_connector.sink import SinkResult, combine_failures
+from src.agents.ml_foundation.observability_connector.sink import RequestSlots, SinkResult, combine_failures
 
 from .opik_payloads import SpanLike, TraceBook, iso, span_payload
 from .opik_settings import OpikConfig, opik_configured
@@ -63,6 +63,7 @@ class OpikSink:
         #: The latest refusals with the server's reason (bounded), for status output.
         self.rejections: deque[dict[str, Any]] = deque(maxlen=20)
         self._tier_names: Mapping[int, str] = tier_names or {}
+        self._slots = RequestSlots(config.max_requests_in_flight)
         self._book = TraceBook(config.project_name, tier_names, config.max_traces_tracked)
         self._seen: OrderedDict[tuple[Any, ...], None] = OrderedDict()
         # A batch that failed after some of its span requests were accepted: which ones were, and
@@ -101,8 +102,7 @@ class OpikSink:
         key = self._key(spans)
         traces = self._book.update(spans, count=self._first_time(spans))
         done, refused = self._partial.pop(key, (set(), []))
-        # Per batch, not per sink: a semaphore belongs to the loop it first waits on.
-        slots = asyncio.Semaphore(max(1, self.config.max_requests_in_flight))
+        slots = self._slots.here()  # shared by every batch and replay: the bound is the sink's
         pending = [index for index in range(len(chunks)) if index not in done]
         requests = [self._request(slots, "spans", *chunks[index]) for index in pending]
         if traces:
@@ -134,6 +134,7 @@ class OpikSink:
     def _after_fork_in_child(self) -> None:
         """In a forked child the parent's connections are not ours (never closed from here)."""
         self.wire.forget_connections()
+        self._slots.forget()
 
     # -- requests ---------------------------------------------------------------------------
 

@@ -27,7 +27,12 @@ from typing import Any
 import httpx
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from src.agents.ml_foundation.observability_connector.sink import SinkResult, SinkUnavailableError, combine_failures
+from src.agents.ml_foundation.observability_connector.sink import (
+    RequestSlots,
+    SinkResult,
+    SinkUnavailableError,
+    combine_failures,
+)
 
 from .opik_wire import retry_after
 from .otlp_encode import encode_spans
@@ -81,6 +86,7 @@ class OtlpSink:
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
             weakref.WeakKeyDictionary()
         )
+        self._slots = RequestSlots(config.max_requests_in_flight)
 
     @classmethod
     def from_settings(cls, settings: Any = None, environ: Mapping[str, str] | None = None) -> OtlpSink | None:
@@ -100,7 +106,7 @@ class OtlpSink:
     async def send(self, spans: Sequence[Any]) -> SinkResult:
         rejected: list[tuple[str, str]] = []
         size = self.config.max_spans_per_request
-        slots = asyncio.Semaphore(self.config.max_requests_in_flight)  # per batch: a semaphore is per loop
+        slots = self._slots.here()  # shared by every batch and replay: the bound is the sink's
         chunks = [list(spans[i : i + size]) for i in range(0, len(spans), size)]
         outcomes = await asyncio.gather(*(self._request(slots, chunk) for chunk in chunks), return_exceptions=True)
         failures = [o for o in outcomes if isinstance(o, BaseException)]
@@ -118,6 +124,7 @@ class OtlpSink:
     def _after_fork_in_child(self) -> None:
         """In a forked child the parent's connections are not ours (never closed from here)."""
         self._clients = weakref.WeakKeyDictionary()
+        self._slots.forget()
 
     # -- requests ---------------------------------------------------------------------------
 

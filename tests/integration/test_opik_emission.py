@@ -420,3 +420,23 @@ async def test_a_slow_server_gets_two_requests_at_once_and_every_span_exactly_on
     assert await rig.opik.wait_until_sent(20)
     assert rig.delivery.breaker.state is CircuitState.CLOSED
     await assert_exactly_once(rig, traces + failing)
+
+
+async def test_max_requests_in_flight_bounds_the_sink_not_each_batch(opik_receiver: OpikReceiver) -> None:
+    """Two big batches sent at once (a flusher bite under a backlog, plus a detached send) still
+    put at most ``max_requests_in_flight`` requests before the server."""
+    from tests.fixtures.span_rows import make_span
+
+    config = OpikConfig(
+        url=opik_receiver.url, max_items_per_request=50, max_requests_in_flight=2, request_timeout_s=5.0
+    )
+    sink = OpikSink(config, tier_names=REGISTRY.tier_names)
+    opik_receiver.delay_s = 0.05
+    batches = [[make_span(trace_id=f"{n:032x}") for _ in range(200)] for n in (1, 2)]  # 4 requests each
+    try:
+        results = await asyncio.gather(*(sink.send(batch) for batch in batches))
+    finally:
+        await sink.aclose()
+    assert [r.delivered for r in results] == [200, 200]
+    assert len(opik_receiver.spans) == 400
+    assert opik_receiver.max_active_span_batches == 2  # per batch it would have been 4

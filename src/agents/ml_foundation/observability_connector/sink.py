@@ -6,11 +6,13 @@ implement it without importing the pipeline that drives them (``delivery.py``).
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["Sink", "SinkResult", "SinkUnavailableError", "combine_failures"]
+__all__ = ["RequestSlots", "Sink", "SinkResult", "SinkUnavailableError", "combine_failures"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,3 +60,30 @@ def combine_failures(failures: Sequence[BaseException]) -> BaseException:
     hints = [f.retry_after_s for f in transient if f.retry_after_s is not None]
     reason = "; ".join(dict.fromkeys(f.reason for f in transient))
     return type(transient[0])(reason, max(hints) if hints else None)
+
+
+class RequestSlots:
+    """At most ``limit`` requests of one sink in flight at once, whichever batch (or replay) they
+    belong to: the server sees the bound the setting names, however many batches overlap.
+
+    One semaphore per event loop, because an asyncio semaphore belongs to the loop it first
+    waits on (the flusher's loop, a host's own loop calling the sink directly).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def here(self) -> asyncio.Semaphore:
+        """The running loop's semaphore."""
+        loop = asyncio.get_running_loop()
+        slots = self._by_loop.get(loop)
+        if slots is None:
+            slots = self._by_loop[loop] = asyncio.Semaphore(self.limit)
+        return slots
+
+    def forget(self) -> None:
+        """In a forked child: the parent's loops never run here."""
+        self._by_loop = weakref.WeakKeyDictionary()
