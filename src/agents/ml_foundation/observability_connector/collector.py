@@ -2,10 +2,11 @@
 
 The caller's side is a size estimate and one ``deque.append`` (no lock, no I/O, no
 serialisation, never a sleep): :class:`SpanCollector` bounds the buffer in spans and in
-estimated bytes and cuts oversized strings. Past its high-water mark it wakes the flusher
-(:mod:`.batch_processor`), which moves the spans to the on-disk overflow
-(:mod:`.overflow_file`) faster than producers fill the buffer; a span is dropped (counted, logged
-once a minute) only at the hard bound, when the flusher could not even spill.
+estimated bytes and cuts oversized strings. Past its high-water mark it wakes the spiller
+(:mod:`.spiller`), which moves the spans to the on-disk overflow (:mod:`.overflow_file`) faster
+than producers fill the buffer; the flusher (:mod:`.batch_processor`) takes batches out on its own
+thread. A span is dropped (counted, logged once a minute) only at a bound the spill could not
+keep the buffer under.
 """
 
 from __future__ import annotations
