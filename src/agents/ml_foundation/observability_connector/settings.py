@@ -76,18 +76,29 @@ class BatchingSettings(_Section):
     @classmethod
     def _drop_retired_keys(cls, data: Any) -> Any:
         """``full_wait_s`` (producers waited for room): an existing file keeps loading, with a warning."""
-        if isinstance(data, dict) and (retired := sorted(set(data) & _RETIRED_BATCHING_KEYS)):
-            warnings.warn(
-                f"retired setting(s) ignored: batching.{', batching.'.join(retired)}; a producer never waits "
-                "for room any more: the flusher spills a full buffer to disk (batching.overflow_max_mb)",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-            data = {k: v for k, v in data.items() if k not in _RETIRED_BATCHING_KEYS}
-        return data
+        return _drop_retired(
+            data,
+            "batching",
+            _RETIRED_BATCHING_KEYS,
+            "a producer never waits for room any more: the flusher spills a full buffer to disk "
+            "(batching.overflow_max_mb)",
+        )
 
 
 _RETIRED_BATCHING_KEYS = frozenset({"full_wait_s"})
+
+
+def _drop_retired(data: Any, section: str, keys: frozenset[str], why: str) -> Any:
+    """A section's raw input without its retired keys, with one DeprecationWarning naming them
+    and why: a file written for an older release keeps loading."""
+    if isinstance(data, dict) and (retired := sorted(set(data) & keys)):
+        warnings.warn(
+            f"retired setting(s) ignored: {section}.{f', {section}.'.join(retired)}; {why}",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        data = {k: v for k, v in data.items() if k not in keys}
+    return data
 
 
 class StoreSettings(_Section):
@@ -178,21 +189,18 @@ class OpikSettings(_Section):
     request_timeout_s: float = Field(10.0, gt=0, le=600)  # per HTTP request
     wait_s: float = Field(1.0, ge=0, le=60)  # how long a graph caller waits to report "sent"; never longer
     max_items_per_request: int = Field(1000, ge=1, le=1000)  # Opik accepts at most 1000 per batch request
-    max_requests_in_flight: int = Field(2, ge=1, le=16)  # batches (and requests of one batch) at once
+    max_requests_in_flight: int = Field(2, ge=1, le=16)  # requests before Opik at once, across batches
 
     @model_validator(mode="before")
     @classmethod
     def _drop_retired_keys(cls, data: Any) -> Any:
         """Keys of the former in-memory Opik backlog: an existing file keeps loading, with a warning."""
-        if isinstance(data, dict) and (retired := sorted(set(data) & _RETIRED_OPIK_KEYS)):
-            warnings.warn(
-                f"retired setting(s) ignored: opik.{', opik.'.join(retired)}; Opik's retries, backoff and "
-                "overflow are the delivery layer's (batching.retry_*, batching.spool_*)",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-            data = {k: v for k, v in data.items() if k not in _RETIRED_OPIK_KEYS}
-        return data
+        return _drop_retired(
+            data,
+            "opik",
+            _RETIRED_OPIK_KEYS,
+            "Opik's retries, backoff and overflow are the delivery layer's (batching.retry_*, batching.spool_*)",
+        )
 
 
 _RETIRED_OPIK_KEYS = frozenset(
