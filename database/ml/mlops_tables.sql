@@ -108,6 +108,29 @@ BEGIN
 END
 $status$;
 
+-- Conversation columns (issue 19), added to a table of any earlier version; all nullable, so
+-- existing rows read NULL and nothing is rewritten. thread_id: LangGraph's configurable.thread_id
+-- or the caller's; tags: text[] (the SQLite store keeps a JSON array); ttft_ms: time to first
+-- token of a streaming LLM call.
+ALTER TABLE public.ml_observability_spans
+    ADD COLUMN IF NOT EXISTS thread_id text,
+    ADD COLUMN IF NOT EXISTS user_id   text,
+    ADD COLUMN IF NOT EXISTS tags      text[],
+    ADD COLUMN IF NOT EXISTS ttft_ms   double precision;
+
+DO $ttft$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_constraint
+        WHERE conrelid = 'public.ml_observability_spans'::regclass
+          AND conname = 'ml_observability_spans_ttft_ms_check'
+    ) THEN
+        ALTER TABLE public.ml_observability_spans
+            ADD CONSTRAINT ml_observability_spans_ttft_ms_check CHECK (ttft_ms IS NULL OR ttft_ms >= 0);
+    END IF;
+END
+$ttft$;
+
 COMMENT ON TABLE public.ml_observability_spans IS
     'One row per span of the 18 agents (observability connector). Unique on (trace_id, span_id); '
     'RLS: service_role only.';
@@ -132,6 +155,18 @@ CREATE INDEX IF NOT EXISTS idx_ml_observability_spans_status_start
 CREATE INDEX IF NOT EXISTS idx_ml_observability_spans_agent_start
     ON public.ml_observability_spans (agent_name, start_time)
     INCLUDE (duration_ms, status, input_tokens, output_tokens, total_tokens);
+
+-- Conversations (partial: most spans have no thread, user or time to first token, and those
+-- rows cost these indexes nothing): `trace --thread`, metrics filtered by thread or user, and
+-- the TTFT percentiles (the newest TTFT rows of a window).
+CREATE INDEX IF NOT EXISTS idx_ml_observability_spans_thread_start
+    ON public.ml_observability_spans (thread_id, start_time) WHERE thread_id IS NOT NULL;
+
+CREATE INDEX IF NOT EXISTS idx_ml_observability_spans_user_start
+    ON public.ml_observability_spans (user_id, start_time) WHERE user_id IS NOT NULL;
+
+CREATE INDEX IF NOT EXISTS idx_ml_observability_spans_ttft_start
+    ON public.ml_observability_spans (start_time) WHERE ttft_ms IS NOT NULL;
 
 -- --------------------------------------------------------------------------- functions
 -- Semantics shared with the SQLite backend (src/repositories/sqlite.py), so every backend gives

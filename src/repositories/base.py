@@ -24,9 +24,11 @@ from src.agents.ml_foundation.observability_connector.rollups import RollupGroup
 
 __all__ = [
     "COLUMNS",
+    "CONVERSATION_LIMIT",
     "GROUPS",
     "MAX_WINDOW",
     "TABLE",
+    "TTFT_SAMPLE_LIMIT",
     "WINDOW_FORMS",
     "BaseRepository",
     "BatchInsertResult",
@@ -40,6 +42,7 @@ __all__ = [
     "StoreRequestError",
     "StoreSchemaError",
     "StoreUnavailableError",
+    "check_conversation_filter",
     "check_group_by",
     "check_limit",
     "hours_start",
@@ -53,6 +56,20 @@ TABLE: Final = "ml_observability_spans"
 COLUMNS: Final[tuple[str, ...]] = tuple(COLUMN_NAMES.get(name, name) for name in ObservabilitySpan.model_fields)
 
 GroupBy = Literal["agent", "tier", "all"]
+
+#: Most spans one conversation read returns (a thread or a user's window); metrics filtered by
+#: thread or user are computed from at most this many rows (documented in the metrics answer).
+CONVERSATION_LIMIT: Final = 50_000
+#: Most times to first token a TTFT percentile is computed from: the newest of the window.
+TTFT_SAMPLE_LIMIT: Final = 200_000
+
+
+def check_conversation_filter(thread_id: str | None, user_id: str | None) -> None:
+    """A conversation read names a thread or a user (else it would read the whole table)."""
+    if thread_id is None and user_id is None:
+        raise ValueError("a conversation read needs a thread_id or a user_id")
+
+
 ProgressCallback = Callable[[int], None]
 
 _WINDOW_RE = re.compile(r"^\s*(\d+)\s*(m|min|h|d|w)\s*$")
@@ -284,6 +301,34 @@ class SpanStore(BaseRepository):
     @abstractmethod
     async def count_spans(self) -> int:
         """All rows, for status output and tests."""
+
+    async def get_conversation_spans(
+        self,
+        window: str | None = None,
+        *,
+        thread_id: str | None = None,
+        user_id: str | None = None,
+        agent_name: str | None = None,
+        limit: int = CONVERSATION_LIMIT,
+    ) -> list[ObservabilitySpan]:
+        """Spans of one conversation (``thread_id``) and/or one user, oldest first, at most ``limit``.
+
+        ``window`` None reads all time (``trace --thread``). Served by the partial indexes on
+        (thread_id, start_time) / (user_id, start_time). ValueError without a thread or user.
+        """
+        raise NotImplementedError(f"the {self.backend} store cannot read conversations")
+
+    async def get_ttft_samples(
+        self,
+        window: str,
+        agent_name: str | None = None,
+        thread_id: str | None = None,
+        user_id: str | None = None,
+        limit: int = TTFT_SAMPLE_LIMIT,
+    ) -> list[tuple[str, str | None, float]]:
+        """``(agent_name, llm_model, ttft_ms)`` of the newest ``limit`` spans of the window that have
+        a time to first token (the partial index on start_time WHERE ttft_ms IS NOT NULL)."""
+        raise NotImplementedError(f"the {self.backend} store cannot read times to first token")
 
     async def rollup_groups(self, window: str, agent_name: str | None = None) -> list[RollupGroup] | None:
         """Every (agent, tier) of the window from the rollups (``rollups.py``); None when this

@@ -17,6 +17,8 @@ from src.agents.ml_foundation.observability_connector.models import (
 )
 from src.agents.ml_foundation.observability_connector.rollups import RollupGroup
 from src.repositories.base import (
+    CONVERSATION_LIMIT,
+    TTFT_SAMPLE_LIMIT,
     BaseRepository,
     BatchInsertResult,
     GroupBy,
@@ -126,3 +128,26 @@ class ObservabilitySpanRepository(SpanStore):
 
     async def verify_rollups(self, since: datetime | None = None) -> list[str]:
         return await self._store.verify_rollups(since)
+
+    async def get_conversation_spans(
+        self,
+        window: str | None = None,
+        *,
+        thread_id: str | None = None,
+        user_id: str | None = None,
+        agent_name: str | None = None,
+        limit: int = CONVERSATION_LIMIT,
+    ) -> list[ObservabilitySpan]:
+        return await self._store.get_conversation_spans(
+            window, thread_id=thread_id, user_id=user_id, agent_name=agent_name, limit=limit
+        )
+
+    async def get_ttft_samples(
+        self,
+        window: str,
+        agent_name: str | None = None,
+        thread_id: str | None = None,
+        user_id: str | None = None,
+        limit: int = TTFT_SAMPLE_LIMIT,
+    ) -> list[tuple[str, str | None, float]]:
+        return await self._store.get_ttft_samples(window, agent_name, thread_id, user_id, limit)

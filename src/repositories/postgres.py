@@ -40,12 +40,15 @@ from src.agents.ml_foundation.observability_connector.models import (
 from src.agents.ml_foundation.observability_connector.rollups import RollupGroup, groups_from_rows
 from src.repositories.base import (
     COLUMNS,
+    CONVERSATION_LIMIT,
     TABLE,
+    TTFT_SAMPLE_LIMIT,
     BatchInsertResult,
     GroupBy,
     ProgressCallback,
     SpanStore,
     StoreSchemaError,
+    check_conversation_filter,
     check_group_by,
     check_limit,
     hours_start,
@@ -72,6 +75,23 @@ __all__ = [
 T = TypeVar("T")
 
 _SELECT_COLS: Final = ", ".join("id::text AS id" if c == "id" else c for c in COLUMNS)
+
+
+def _conversation_filters(
+    window: str | None, agent_name: str | None, thread_id: str | None, user_id: str | None
+) -> tuple[str, list[Any]]:
+    """WHERE clause for a conversation read: the window (None: all time), agent, thread and user."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if window is not None:
+        clauses.append("start_time >= %s")
+        params.append(window_start(window))
+    for column, value in (("agent_name", agent_name), ("thread_id", thread_id), ("user_id", user_id)):
+        if value is not None:
+            clauses.append(f"{column} = %s")
+            params.append(value)
+    return " AND ".join(clauses) or "true", params
+
 
 # --------------------------------------------------------------------------- repository
 
@@ -264,6 +284,39 @@ class PostgresSpanRepository(SpanStore):
         )
         rows = await self._fetchall(sql, [agent_name, since, limit], "reading an agent's spans")
         return [row_to_span(row) for row in rows]
+
+    async def get_conversation_spans(
+        self,
+        window: str | None = None,
+        *,
+        thread_id: str | None = None,
+        user_id: str | None = None,
+        agent_name: str | None = None,
+        limit: int = CONVERSATION_LIMIT,
+    ) -> list[ObservabilitySpan]:
+        check_conversation_filter(thread_id, user_id)
+        check_limit(limit)
+        where, params = _conversation_filters(window, agent_name, thread_id, user_id)
+        sql = f"SELECT {_SELECT_COLS} FROM {TABLE} WHERE {where} ORDER BY start_time, id LIMIT %s"
+        rows = await self._fetchall(sql, [*params, limit], "reading a conversation")
+        return [row_to_span(row) for row in rows]
+
+    async def get_ttft_samples(
+        self,
+        window: str,
+        agent_name: str | None = None,
+        thread_id: str | None = None,
+        user_id: str | None = None,
+        limit: int = TTFT_SAMPLE_LIMIT,
+    ) -> list[tuple[str, str | None, float]]:
+        check_limit(limit)
+        where, params = _conversation_filters(window, agent_name, thread_id, user_id)
+        sql = (
+            f"SELECT agent_name, llm_model, ttft_ms FROM {TABLE} WHERE {where} AND ttft_ms IS NOT NULL "
+            "ORDER BY start_time DESC LIMIT %s"
+        )
+        rows = await self._fetchall(sql, [*params, limit], "reading times to first token")
+        return [(str(agent), model, float(ttft)) for agent, model, ttft in rows]
 
     async def count_spans(self) -> int:
         rows = await self._fetchall(f"SELECT count(*) FROM {TABLE}", [], "counting spans")

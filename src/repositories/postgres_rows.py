@@ -121,6 +121,10 @@ def careful_stage_row(n: int, span: ObservabilitySpan) -> tuple[Any, ...]:
         _int8(span.total_tokens, "total_tokens"),
         json_text_without_nul(span.events, "[]"),
         _aware(span.created_at),
+        _text(span.thread_id),
+        _text(span.user_id),
+        None if not span.tags else [_text(tag) for tag in span.tags],
+        None if span.ttft_ms is None else float(span.ttft_ms),
     )
 
 
@@ -156,6 +160,10 @@ def lean_table_row(span: ObservabilitySpan) -> tuple[Any, ...]:
         d["total_tokens"],
         json_text(events, "[]"),
         d["created_at"],
+        d["thread_id"],
+        d["user_id"],
+        d["tags"] or None,
+        d["ttft_ms"],
     )
 
 

@@ -62,6 +62,10 @@ SELECT 'check ' || c.conname || ': ' || array_to_string(ARRAY(
            SELECT m[1] FROM regexp_matches(pg_get_constraintdef(c.oid), '''([a-z_]+)''', 'g') AS m), ', ')
   FROM pg_constraint c
  WHERE c.conrelid = to_regclass('public.ml_observability_spans') AND c.conname = 'ml_observability_spans_status_check'
+UNION ALL
+SELECT 'column ' || a.attname FROM pg_attribute a
+ WHERE a.attrelid = to_regclass('public.ml_observability_spans') AND NOT a.attisdropped
+   AND a.attname IN ('thread_id', 'user_id', 'tags', 'ttft_ms')
 """
 
 _ACCESS_SQL: Final = """

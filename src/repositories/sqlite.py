@@ -37,11 +37,14 @@ from src.agents.ml_foundation.observability_connector.paths import absolute as _
 from src.agents.ml_foundation.observability_connector.rollups import RollupGroup
 from src.repositories.base import (
     COLUMNS,
+    CONVERSATION_LIMIT,
     TABLE,
+    TTFT_SAMPLE_LIMIT,
     BatchInsertResult,
     GroupBy,
     ProgressCallback,
     SpanStore,
+    check_conversation_filter,
     check_group_by,
     check_limit,
     hours_start,
@@ -50,7 +53,7 @@ from src.repositories.base import (
 )
 from src.repositories.row_values import span_label, utc_text
 from src.repositories.sqlite_connect import SQLiteConnector, StoreCorruptError, StoreNotFoundError
-from src.repositories.sqlite_queries import GROUP_KEYS, filters, stats_sql
+from src.repositories.sqlite_queries import GROUP_KEYS, conversation_filters, filters, stats_sql
 from src.repositories.sqlite_rollups import (
     ROLLUPS,
     SKETCH,
@@ -359,6 +362,39 @@ class SQLiteSpanRepository(SpanStore):
         )
         rows = await self._run(partial(self._fetchall, sql, [agent_name, since, limit]))
         return [row_to_span(row) for row in rows]
+
+    async def get_conversation_spans(
+        self,
+        window: str | None = None,
+        *,
+        thread_id: str | None = None,
+        user_id: str | None = None,
+        agent_name: str | None = None,
+        limit: int = CONVERSATION_LIMIT,
+    ) -> list[ObservabilitySpan]:
+        check_conversation_filter(thread_id, user_id)
+        check_limit(limit)
+        where, params = conversation_filters(window, agent_name, thread_id, user_id)
+        sql = f"SELECT {COLS} FROM {TABLE} WHERE {where} ORDER BY start_time, rowid LIMIT ?"
+        rows = await self._run(partial(self._fetchall, sql, [*params, limit]))
+        return [row_to_span(row) for row in rows]
+
+    async def get_ttft_samples(
+        self,
+        window: str,
+        agent_name: str | None = None,
+        thread_id: str | None = None,
+        user_id: str | None = None,
+        limit: int = TTFT_SAMPLE_LIMIT,
+    ) -> list[tuple[str, str | None, float]]:
+        check_limit(limit)
+        where, params = conversation_filters(window, agent_name, thread_id, user_id)
+        sql = (
+            f"SELECT agent_name, llm_model, ttft_ms FROM {TABLE} WHERE {where} AND ttft_ms IS NOT NULL "
+            "ORDER BY start_time DESC LIMIT ?"
+        )
+        rows = await self._run(partial(self._fetchall, sql, [*params, limit]))
+        return [(str(agent), model, float(ttft)) for agent, model, ttft in rows]
 
     async def count_spans(self) -> int:
         rows = await self._run(partial(self._fetchall, f"SELECT COUNT(*) FROM {TABLE}", []))

@@ -50,6 +50,10 @@ def span_to_row(span: ObservabilitySpan) -> tuple[Any, ...]:
         span.total_tokens,
         _dumps(span.events, "[]"),
         utc_text(span.created_at),
+        span.thread_id,
+        span.user_id,
+        None if not span.tags else _dumps(span.tags, "[]"),
+        float_or_none(span.ttft_ms),
     )
 
 
@@ -60,6 +64,7 @@ def row_to_span(row: Sequence[Any]) -> ObservabilitySpan:
     data["created_at"] = parse_ts(data["created_at"])
     data["attributes"] = json.loads(data["attributes"]) if data["attributes"] else {}
     data["events"] = json.loads(data["events"]) if data["events"] else []
+    data["tags"] = json.loads(data["tags"]) if data["tags"] else None
     return ObservabilitySpan.model_validate(data)
 
 

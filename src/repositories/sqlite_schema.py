@@ -55,8 +55,22 @@ CREATE TABLE IF NOT EXISTS {name} (
     total_tokens    INTEGER CHECK (total_tokens IS NULL OR total_tokens >= 0),
     events          TEXT    NOT NULL DEFAULT '[]' CHECK (json_valid(events)),
     created_at      TEXT    NOT NULL,
+    thread_id       TEXT,
+    user_id         TEXT,
+    tags            TEXT    CHECK (tags IS NULL OR json_valid(tags)),
+    ttft_ms         REAL    CHECK (ttft_ms IS NULL OR ttft_ms >= 0),
     UNIQUE (trace_id, span_id)
 )"""
+
+
+#: Columns added after the table's first version, with their definitions: an older table gets
+#: them with ALTER TABLE ... ADD COLUMN (nullable, so existing rows simply read NULL).
+ADDED_COLUMNS: Final = (
+    ("thread_id", "TEXT"),
+    ("user_id", "TEXT"),
+    ("tags", "TEXT CHECK (tags IS NULL OR json_valid(tags))"),
+    ("ttft_ms", "REAL CHECK (ttft_ms IS NULL OR ttft_ms >= 0)"),
+)
 
 
 # The unique key (trace_id, span_id) already serves lookups by trace_id, and the composite
@@ -65,6 +79,12 @@ CREATE TABLE IF NOT EXISTS {name} (
 INDEXES: Final = (
     f"CREATE INDEX IF NOT EXISTS idx_{TABLE}_start_time ON {TABLE} (start_time)",
     f"CREATE INDEX IF NOT EXISTS idx_{TABLE}_agent_start ON {TABLE} (agent_name, start_time)",
+    # Conversations: `trace --thread`, metrics filtered by thread or user, TTFT percentiles.
+    # Partial: most spans have none of these, and a partial index costs their inserts nothing.
+    f"CREATE INDEX IF NOT EXISTS idx_{TABLE}_thread_start ON {TABLE} (thread_id, start_time) "
+    "WHERE thread_id IS NOT NULL",
+    f"CREATE INDEX IF NOT EXISTS idx_{TABLE}_user_start ON {TABLE} (user_id, start_time) WHERE user_id IS NOT NULL",
+    f"CREATE INDEX IF NOT EXISTS idx_{TABLE}_ttft_start ON {TABLE} (start_time) WHERE ttft_ms IS NOT NULL",
 )
 
 INSERT: Final = (
@@ -92,6 +112,8 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
         # check runs under the write lock, so two processes opening one old file upgrade it once.
         found = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (TABLE,))
         row = found.fetchone()
+        if row is not None:
+            _add_missing_columns(conn)
         if row is not None and "'timeout'" not in row[0]:
             _widen_status_check(conn)
         conn.execute(table_ddl(TABLE))
@@ -106,6 +128,15 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Give a table made by an older version the columns added since (inside the caller's
+    transaction; ADD COLUMN of a nullable column rewrites no row)."""
+    present = {row[1] for row in conn.execute(f"PRAGMA table_info({TABLE})")}
+    for name, definition in ADDED_COLUMNS:
+        if name not in present:
+            conn.execute(f"ALTER TABLE {TABLE} ADD COLUMN {name} {definition}")
 
 
 def _widen_status_check(conn: sqlite3.Connection) -> None:

@@ -59,7 +59,9 @@ from src.agents.ml_foundation.observability_connector.models import (
 from src.agents.ml_foundation.observability_connector.rollups import RollupGroup, groups_from_rows
 from src.repositories.base import (
     COLUMNS,
+    CONVERSATION_LIMIT,
     TABLE,
+    TTFT_SAMPLE_LIMIT,
     BatchInsertResult,
     GroupBy,
     ProgressCallback,
@@ -67,6 +69,7 @@ from src.repositories.base import (
     StoreError,
     StoreRequestError,
     StoreUnavailableError,
+    check_conversation_filter,
     check_group_by,
     check_limit,
     hours_start,
@@ -344,6 +347,55 @@ class SupabaseSpanRepository(SupabaseClient, SpanStore):
             return []
         return await self._select(filters, limit, descending=True)
 
+    async def get_conversation_spans(
+        self,
+        window: str | None = None,
+        *,
+        thread_id: str | None = None,
+        user_id: str | None = None,
+        agent_name: str | None = None,
+        limit: int = CONVERSATION_LIMIT,
+    ) -> list[ObservabilitySpan]:
+        check_conversation_filter(thread_id, user_id)
+        check_limit(limit)
+        filters = _conversation_filters(window, agent_name, thread_id, user_id)
+        if limit == 0:
+            return []
+        return await self._select(filters, limit)
+
+    async def get_ttft_samples(
+        self,
+        window: str,
+        agent_name: str | None = None,
+        thread_id: str | None = None,
+        user_id: str | None = None,
+        limit: int = TTFT_SAMPLE_LIMIT,
+    ) -> list[tuple[str, str | None, float]]:
+        """Three columns of the newest TTFT rows, in pages (``ttft_ms=not.is.null``, newest first)."""
+        check_limit(limit)
+        filters = [*_conversation_filters(window, agent_name, thread_id, user_id), ("ttft_ms", "not.is", "null")]
+        samples: list[tuple[str, str | None, float]] = []
+        while len(samples) < limit:
+            page = min(self._page_size, limit - len(samples))
+            offset = len(samples)
+
+            def request(c: AsyncClient, page: int = page, offset: int = offset) -> Awaitable[Any]:
+                query = c.table(TABLE).select("agent_name", "llm_model", "ttft_ms")
+                for column, op, value in filters:
+                    query = query.filter(column, op, value)
+                for column in ORDER_BY:
+                    query = query.order(column, desc=True)
+                query = query.limit(page)
+                if offset:
+                    query = query.offset(offset)
+                return query.execute()
+
+            rows = (await self._call("select", request)).data or []
+            samples.extend((str(r["agent_name"]), r.get("llm_model"), float(r["ttft_ms"])) for r in rows)
+            if len(rows) < page:
+                break
+        return samples
+
     async def count_spans(self) -> int:
         response = await self._call(
             "count", lambda c: c.table(TABLE).select("id", count=CountMethod.exact, head=True).execute()
@@ -432,6 +484,17 @@ class SupabaseSpanRepository(SupabaseClient, SpanStore):
             p99=float_or_none(row.get("p99_ms")),
             avg=float_or_none(row.get("avg_ms")),
         )
+
+
+def _conversation_filters(
+    window: str | None, agent_name: str | None, thread_id: str | None, user_id: str | None
+) -> list[tuple[str, str, str]]:
+    """PostgREST filters of a conversation read: the window (None: all time), agent, thread, user."""
+    filters = [] if window is None else [("start_time", "gte", utc_text(window_start(window)))]
+    for column, value in (("agent_name", agent_name), ("thread_id", thread_id), ("user_id", user_id)):
+        if value is not None:
+            filters.append((column, "eq", value))
+    return filters
 
 
 def _scalar_int(data: object) -> int:

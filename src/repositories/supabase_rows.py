@@ -54,6 +54,10 @@ def span_to_row(span: ObservabilitySpan) -> dict[str, Any]:
         "total_tokens": span.total_tokens,
         "events": span.events if span.events is not None else [],
         "created_at": utc_text(span.created_at),
+        "thread_id": span.thread_id,
+        "user_id": span.user_id,
+        "tags": span.tags or None,
+        "ttft_ms": finite_or_none(span.ttft_ms, "ttft_ms"),
     }
     try:
         text = _STRICT_ENCODER.encode(row)

@@ -89,6 +89,14 @@ def test_schema_applies_twice_and_reports_what_it_did(postgres_template: Templat
         "trigger ml_observability_spans_rollup_delete",
         "trigger ml_observability_spans_rollup_update",
         "trigger ml_observability_spans_rollup_truncate",
+        # Conversations (issue 19): the columns and their partial indexes.
+        "column thread_id",
+        "column user_id",
+        "column tags",
+        "column ttft_ms",
+        "index idx_ml_observability_spans_thread_start",
+        "index idx_ml_observability_spans_user_start",
+        "index idx_ml_observability_spans_ttft_start",
     }
     assert set(first.created) == expected and first.already_present == [] and first.changed
     assert second.created == [] and set(second.already_present) == expected and not second.changed

@@ -479,6 +479,7 @@ class ObservabilityConnectorAgent(LLMCalls, ContextFactory, BatchDelivery):
     async def get_quality_metrics(self, input_data: dict[str, Any] | None = None) -> dict[str, Any]:
         """The 13 quality-metric keys for ``time_window`` (default ``"24h"``), ``agent_name_filter`` and
         ``trace_id_filter``, computed from the stored spans (cached per window, see ``cache.py``).
+        ``thread_id_filter`` / ``user_id_filter`` narrow them to one conversation or user.
 
         Never raises: a bad window or an unreachable store gives ``quality_metrics_computed``
         False with ``error`` / ``error_type``, the other keys at their empty-window values.
@@ -492,6 +493,8 @@ class ObservabilityConnectorAgent(LLMCalls, ContextFactory, BatchDelivery):
             "time_window": data.get("time_window") or "24h",
             "agent_name_filter": data.get("agent_name_filter"),
             "trace_id_filter": data.get("trace_id_filter"),
+            "thread_id_filter": data.get("thread_id_filter"),
+            "user_id_filter": data.get("user_id_filter"),
         }
 
         state = await aggregate_metrics(question, Runtime(context=self.context))

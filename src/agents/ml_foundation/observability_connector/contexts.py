@@ -41,6 +41,8 @@ class ContextFactory:
         traceparent: str | None = None,
         tracestate: str | None = None,
         agent_name: str | None = None,
+        thread_id: str | None = None,
+        tags: list[str] | None = None,
     ) -> dict[str, Any]:
         """A request's context as a new dict; pass it to :meth:`span` to open the request's first span.
 
@@ -74,6 +76,10 @@ class ContextFactory:
         }
         if remote is not None and remote.tracestate:
             context["tracestate"] = format_tracestate(remote.tracestate)
+        if thread_id is not None:
+            context["thread_id"] = thread_id
+        if tags is not None:
+            context["tags"] = list(tags)
         return context
 
     def create_child_context(
@@ -103,6 +109,9 @@ class ContextFactory:
             }
             if isinstance(parent.get("tracestate"), str):
                 child["tracestate"] = parent["tracestate"]
+            for key in ("thread_id", "tags"):
+                if parent.get(key) is not None:
+                    child[key] = parent[key]
             return child
         baggage = getattr(parent, "baggage", None) or {}
         child = {
@@ -116,4 +125,12 @@ class ContextFactory:
         members = getattr(parent, "tracestate", ())
         if members:
             child["tracestate"] = format_tracestate(members)
+        conversation = getattr(parent, "conversation", None)
+        if conversation is not None:
+            thread, user, tags = conversation
+            child["user_id"] = child["user_id"] or user
+            if thread is not None:
+                child["thread_id"] = thread
+            if tags:
+                child["tags"] = list(tags)
         return child

@@ -16,6 +16,7 @@ from pydantic import (
 )
 
 from .constants import MAX_DURATION_MS, MAX_INT4
+from .conversation import label_or_none, tags_or_none
 from .rows import ObservabilitySpan, build_row
 from .rules import (
     _LATEST_START,
@@ -75,6 +76,23 @@ class ObservabilityEvent(BaseModel):
     # The trace's sampling decision when the producer already made it (W3C sampled flag);
     # absent: the connector decides from the trace id (see sampling.Sampler).
     sampled: Annotated[bool, Strict()] | None = None
+    # Conversation fields (``conversation.py``): explicit values win over the attributes the
+    # callback handler writes (``langgraph.thread_id``, ``llm.time_to_first_token_ms``).
+    thread_id: str | None = None
+    user_id: str | None = None
+    tags: list[str] | None = None
+    ttft_ms: DurationMs | None = None
+
+    @field_validator("thread_id", "user_id", mode="before")
+    @classmethod
+    def _conversation_id(cls, value: object) -> str | None:
+        return label_or_none(value)
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _tags(cls, value: object) -> list[str] | None:
+        tags = tags_or_none(value)
+        return None if tags is None else list(tags)
 
     @field_validator("status", mode="before")
     @classmethod
@@ -174,6 +192,10 @@ class ObservabilityEvent(BaseModel):
                 "total_tokens": self.tokens_used,
                 "events": list(self.events or []),
                 "created_at": created_at or datetime.now(UTC),
+                "thread_id": self.thread_id,
+                "user_id": self.user_id,
+                "tags": self.tags,
+                "ttft_ms": self.ttft_ms,
             },
             self.input_data,
             self.output_data,

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .conversation import Conversation
 from .json_codec import json_text, loads, safe_str
 from .spans import Span
 
@@ -92,6 +93,7 @@ def _encode(spans: list[Span]) -> bytes:
             s.output_data,
             s.tracestate,
             s.baggage,
+            None if s.conversation is None else list(s.conversation),  # a NamedTuple is not plain JSON
         )
         for s in spans
     ]
@@ -112,9 +114,11 @@ def _decode(data: bytes) -> list[Span]:
     spans: list[Span] = []
     for row in loads(data):
         (sid, tid, parent, op, agent, start_ns, end_ns, status, etype, emsg, attrs, events, sampled,
-         model, tin, tout, ttotal, inp, out, tracestate, baggage) = row  # fmt: skip
+         model, tin, tout, ttotal, inp, out, tracestate, baggage, conversation) = row  # fmt: skip
         span = Span(sid, tid, parent, op, agent, None, status, attrs, start_ns, sampled,
-                    tuple(tuple(m) for m in tracestate or ()), baggage)  # fmt: skip
+                    tuple(tuple(m) for m in tracestate or ()), baggage,
+                    None if conversation is None else Conversation(conversation[0], conversation[1],
+                                                                   tuple(conversation[2] or ())))  # fmt: skip
         span.end_ns = end_ns
         span.error_type = etype
         span.error_message = emsg

@@ -406,10 +406,13 @@ class Redactor:
         if message is not None:
             message = self.text(message if type(message) is str else self._repr(message))
             message_size = len(message)
-        for name in ("error_type", "operation_type", "llm_model"):
+        for name in ("error_type", "operation_type", "llm_model", "thread_id", "user_id"):
             value = fields.get(name)
             if type(value) is str and len(value) >= MIN_SECRET_LEN:
                 fields[name] = self.text(value)
+        tags = fields.get("tags")
+        if tags:
+            fields["tags"] = [self.text(tag) if len(tag) >= MIN_SECRET_LEN else tag for tag in tags]
         total = sum(attribute_sizes.values()) + events_size + message_size + 512
         if total > self.max_span_bytes:
             events, message = self._trim(attributes, attribute_sizes, events, events_size, message, total)

@@ -18,6 +18,7 @@ from pydantic import (
 )
 
 from .constants import MAX_INT4
+from .conversation import promote
 from .rules import MIN_TIME, SpanStatus, _aware, normalize_status
 
 #: Deterministic row ids: the same (trace_id, span_id) always gives the same ``id``, so a
@@ -66,6 +67,12 @@ class ObservabilitySpan(BaseModel):
     total_tokens: int | None = Field(default=None, ge=0)
     events: list[dict[str, Any]] = Field(default_factory=list)
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    # Conversation fields (``conversation.py``): nullable, set explicitly or promoted from the
+    # callback handler's attributes by build_row.
+    thread_id: str | None = None
+    user_id: str | None = None
+    tags: list[str] | None = None
+    ttft_ms: float | None = Field(default=None, ge=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -74,7 +81,7 @@ class ObservabilitySpan(BaseModel):
             return {_FIELD_NAMES.get(key, key): value for key, value in data.items()}
         return data
 
-    @field_validator("duration_ms", mode="before")
+    @field_validator("duration_ms", "ttft_ms", mode="before")
     @classmethod
     def _decimal(cls, value: object) -> object:
         return float(value) if isinstance(value, Decimal) else value
@@ -131,7 +138,9 @@ def build_row(
       ``sampled_out`` (the trace was sampled out and this span kept anyway);
     * ``total_tokens``: input + output when no total was given; ValueError when that sum is
       over the int4 column (the caller's rules let each part through, not their sum);
-    * ``error_type``: ``"Error"`` for a failed span that has a message and no type.
+    * ``error_type``: ``"Error"`` for a failed span that has a message and no type;
+    * ``thread_id`` / ``ttft_ms`` from the callback handler's attributes when not given
+      (``conversation.promote``); ``tags`` as a list, or None when there are none.
     """
     attributes = values["attributes"]
     if input_data is not None:
@@ -149,6 +158,10 @@ def build_row(
             values["total_tokens"] = total
     if values["error_type"] is None and values["status"] == "error" and values["error_message"]:
         values["error_type"] = "Error"
+    promote(values)
+    tags = values.get("tags")
+    if tags is not None:
+        values["tags"] = list(tags) or None
     values["id"] = row_id_for(values["trace_id"], values["span_id"])
     return _TEMPLATE.model_copy(update=values)
 

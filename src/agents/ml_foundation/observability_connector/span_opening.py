@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, ParamSpec, TypeVar
 
+from .conversation import Conversation, conversation_from_mapping, merge
 from .spans import Span
 from .trace_context import (
     _CURRENT,
@@ -132,10 +133,12 @@ def _open(
     sampled: bool,
     tracestate: tuple[tuple[str, str], ...] = (),
     baggage: Any = None,
+    conversation: Conversation | None = None,
 ) -> Span:
     """The one place a span is opened; the caller's ``attributes`` dict is copied, never kept."""
     return Span(span_id, trace_id, parent_span_id, operation, agent_name, None, "started",
-                dict(attributes) if attributes else None, start_ns, sampled, tracestate, baggage)  # fmt: skip
+                dict(attributes) if attributes else None, start_ns, sampled, tracestate, baggage,
+                conversation)  # fmt: skip
 
 
 def open_under(
@@ -154,7 +157,7 @@ def open_under(
                      sample_root(trace_id, agent_name))  # fmt: skip
     return _open(new_span_id(), parent.trace_id, _effective_parent(parent), operation, agent_name, attributes,
                  start_ns, parent.sampled, getattr(parent, "tracestate", ()),
-                 getattr(parent, "baggage", None))  # fmt: skip
+                 getattr(parent, "baggage", None), getattr(parent, "conversation", None))  # fmt: skip
 
 
 def wrap(fn: Callable[P, R]) -> Callable[P, R]:
@@ -181,7 +184,8 @@ class SpanScope:
     exception itself propagates unchanged); it is then handed to the collector, never awaited.
     """
 
-    __slots__ = ("_agent", "_agent_name", "_attributes", "_context", "_operation", "_record", "_token")
+    __slots__ = ("_agent", "_agent_name", "_attributes", "_context", "_conversation", "_operation", "_record",
+                 "_token")  # fmt: skip
 
     def __init__(
         self,
@@ -190,12 +194,14 @@ class SpanScope:
         agent_name: str,
         context: SpanContext | None,
         attributes: dict[str, Any] | None,
+        conversation: tuple[Any, Any, Any] | None = None,
     ) -> None:
         self._agent = agent
         self._operation = operation
         self._agent_name = agent_name
         self._context = context
         self._attributes = attributes
+        self._conversation = conversation  # (thread_id, user_id, tags) as given to span(), checked on enter
         self._record: Span | None = None
         self._token: Any = None
 
@@ -207,6 +213,9 @@ class SpanScope:
         else:
             parent = _CURRENT.get() if context is None else context
             record = agent._new_record(self._operation, self._agent_name, parent, self._attributes, _time_ns())
+        given = self._conversation
+        if given is not None:
+            record.set_conversation(*given)
         self._record = record
         self._token = _CURRENT.set(record)
         return record
@@ -255,6 +264,10 @@ class SpanRecording:
         agent_name: str,
         context: SpanContext | None = None,
         attributes: dict[str, Any] | None = None,
+        *,
+        thread_id: str | None = None,
+        user_id: str | None = None,
+        tags: list[str] | None = None,
     ) -> SpanScope:
         """``async with obs.span("execute", "gap_analyzer", ctx) as span:`` (also plain ``with``).
 
@@ -262,8 +275,14 @@ class SpanRecording:
         ``parent_span_id``, later ones become children of that span (the dict is never changed).
         ``sampled`` (default True) decides whether the span is kept. Our own contexts and spans
         parent the new span; with no context it nests under the current span, if any.
+
+        ``thread_id`` / ``user_id`` / ``tags`` put the span in a conversation; spans opened under
+        it inherit them (as they inherit a context dict's ``thread_id`` / ``user_id`` / ``tags``
+        keys). Given values win over inherited ones; an invalid one is kept in
+        ``attributes["invalid.<field>"]`` instead, never raised.
         """
-        return SpanScope(self, operation_name, agent_name, context, attributes)
+        given = None if thread_id is None and user_id is None and tags is None else (thread_id, user_id, tags)
+        return SpanScope(self, operation_name, agent_name, context, attributes, given)
 
     def trace_agent(
         self,
@@ -271,9 +290,14 @@ class SpanRecording:
         operation: str,
         context: SpanContext | None = None,
         attributes: dict[str, Any] | None = None,
+        *,
+        thread_id: str | None = None,
+        user_id: str | None = None,
+        tags: list[str] | None = None,
     ) -> SpanScope:
         """The same scope, argument order of the host codebase's ``trace_agent``."""
-        return SpanScope(self, operation, agent_name, context, attributes)
+        given = None if thread_id is None and user_id is None and tags is None else (thread_id, user_id, tags)
+        return SpanScope(self, operation, agent_name, context, attributes, given)
 
     def traced(self, agent_name: str, operation: str | None = None) -> Callable[[Callable[P, R]], Callable[P, R]]:
         """Decorator for sync and async functions: one span per call, named after the function."""
@@ -338,7 +362,8 @@ class SpanRecording:
             return self._record_under_mapping(operation, agent_name, context, attributes, start_ns)
         members, baggage = _context_extras(context)
         return _open(span_id, trace_id, parent_id, operation, agent_name, attributes, start_ns,
-                     bool(context.get("sampled", True)), members, baggage)  # fmt: skip
+                     bool(context.get("sampled", True)), members, baggage,
+                     conversation_from_mapping(context))  # fmt: skip
 
     def _record_under_mapping(
         self,
@@ -359,6 +384,7 @@ class SpanRecording:
             record = self._new_record(operation, agent_name, None, attributes, start_ns)
             if "sampled" in context:
                 record.sampled = bool(context["sampled"])
+            record.conversation = conversation_from_mapping(context)
             return record
         span_id = context.get("span_id")
         current = _CURRENT.get()
@@ -370,8 +396,13 @@ class SpanRecording:
             parent_id = context.get("parent_span_id")
             parent = parent_id if isinstance(parent_id, str) and parent_id else None
         members, baggage = _context_extras(context)
+        # The open span of this trace passes its conversation down; the dict's own keys win.
+        inherited = (
+            getattr(current, "conversation", None) if current is not None and current.trace_id == trace_id else None
+        )
         return _open(new_span_id(), trace_id, parent, operation, agent_name, attributes, start_ns,
-                     bool(context.get("sampled", True)), members, baggage)  # fmt: skip
+                     bool(context.get("sampled", True)), members, baggage,
+                     merge(inherited, conversation_from_mapping(context)))  # fmt: skip
 
     def _finish(self, record: Span) -> None:
         """Hand a finished span to the collector when its trace is kept.

@@ -111,6 +111,7 @@ class Span:
         "agent_name",
         "attributes",
         "baggage",
+        "conversation",
         "end_ns",
         "error_message",
         "error_type",
@@ -147,6 +148,7 @@ class Span:
         sampled: bool = True,
         tracestate: tuple[tuple[str, str], ...] = (),
         baggage: Any = None,
+        conversation: Any = None,
     ) -> None:
         self.span_id = span_id
         self.trace_id = trace_id
@@ -171,6 +173,8 @@ class Span:
         self.output_data: Any = None
         self.tracestate = tracestate
         self.baggage = baggage
+        #: ``conversation.Conversation`` (thread, user, tags) or None; shared with the parent's.
+        self.conversation = conversation
 
     # -- mutation while open ------------------------------------------------------------
 
@@ -239,6 +243,41 @@ class Span:
                 self.total_tokens = None
                 self.attributes["invalid.total_tokens"] = f"{total} (int): more than {MAX_TOKENS} tokens in all"
         return self
+
+    def set_conversation(self, thread_id: Any = None, user_id: Any = None, tags: Any = None) -> Span:
+        """Thread, user and tags of this span (and of the spans opened under it from now on).
+
+        Given values replace the inherited ones field by field. A value that breaks its rule
+        (see ``conversation.py``) is not set; it is kept, with the reason, in
+        ``attributes["invalid.<field>"]``. Never raises.
+        """
+        from .conversation import make_conversation, merge  # pydantic stays off the import of this module
+
+        problems: dict[str, str] = {}
+        self.conversation = merge(self.conversation, make_conversation(thread_id, user_id, tags, problems))
+        if problems:
+            self.attributes.update(problems)
+        return self
+
+    def set_time_to_first_token(self, ms: float) -> Span:
+        """A streaming call's time to first token, in ms (the attribute the callback handler writes)."""
+        self.attributes["llm.time_to_first_token_ms"] = ms
+        return self
+
+    @property
+    def thread_id(self) -> str | None:
+        conversation = self.conversation
+        return None if conversation is None else conversation[0]
+
+    @property
+    def user_id(self) -> str | None:
+        conversation = self.conversation
+        return None if conversation is None else conversation[1]
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        conversation = self.conversation
+        return () if conversation is None else tuple(conversation[2])
 
     def record_error(self, error: BaseException | str, error_type: str | None = None) -> Span:
         self.status = "error"
@@ -337,6 +376,10 @@ class Span:
             payload["output_tokens"] = self.output_tokens
         if self.total_tokens is not None:
             payload["tokens_used"] = self.total_tokens
+        conversation = self.conversation
+        if conversation is not None:
+            payload["thread_id"], payload["user_id"], tags = conversation
+            payload["tags"] = list(tags) if tags else None
         return payload
 
     def __repr__(self) -> str:

@@ -17,6 +17,9 @@ class InputState(TypedDict, total=False):
     agent_name_filter: str | None
     trace_id_filter: str | None
     sample_rate: float
+    # Conversations: metrics of one thread (LangGraph's thread_id) and/or one user only.
+    thread_id_filter: str | None
+    user_id_filter: str | None
     # Set by the agents' own flusher only: it reads nothing back, so the graph ends after
     # ``batch`` instead of answering the metrics question every other caller gets.
     skip_metrics: bool
@@ -84,6 +87,9 @@ class ObservabilityConnectorState(InputState, total=False):
     fallback_invocation_rate: float
     status_distribution: dict[str, int]
     metrics_from_cache: bool
+    # Extra keys beside the host's (issue 19): time to first token p50 / p95 / count per agent and model.
+    ttft_by_agent: dict[str, dict[str, Any]]
+    ttft_by_model: dict[str, dict[str, Any]]
 
     # failures of the connector itself (never raised to the caller)
     error: str | None

@@ -113,6 +113,12 @@ class TraceContext:
     def new_root(cls, sampled: bool = True) -> TraceContext:
         return cls(trace_id=new_trace_id(), span_id=new_span_id(), sampled=sampled)
 
+    @property
+    def conversation(self) -> Any:
+        """The ``conversation.Conversation`` spans under this context inherit: from the baggage
+        (``thread_id``, ``user_id``) a remote caller or a parent context carried; None without."""
+        return _baggage_conversation(self.baggage)
+
     def child(self) -> TraceContext:
         return TraceContext(
             trace_id=self.trace_id,
@@ -135,6 +141,24 @@ class ObservabilityContext(TraceContext):
     request_id: str | None = None
     experiment_id: str | None = None
     user_id: str | None = None
+    thread_id: str | None = None
+    tags: tuple[str, ...] = ()
+
+    @property
+    def conversation(self) -> Any:
+        """This request's thread, user and tags (the baggage's where not set here)."""
+        from .conversation import make_conversation, merge
+
+        own = make_conversation(self.thread_id, self.user_id, self.tags or None)
+        return merge(_baggage_conversation(self.baggage), own)
+
+
+def _baggage_conversation(baggage: Mapping[str, str] | None) -> Any:
+    if not baggage or ("thread_id" not in baggage and "user_id" not in baggage):
+        return None
+    from .conversation import make_conversation
+
+    return make_conversation(baggage.get("thread_id"), baggage.get("user_id"))
 
 
 def span_parent_id(parent: ParentLike) -> str | None:

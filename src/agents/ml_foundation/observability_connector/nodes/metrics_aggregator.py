@@ -34,8 +34,9 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from src.repositories.base import parse_window
+from src.repositories.base import parse_window, window_start
 
+from ..conversation_metrics import stats_from_spans, ttft_by
 from ..models import LatencyStats
 from ..rollups import latency_stats, quality_metrics
 from ..runtime import ConnectorContext, resolve_context
@@ -85,14 +86,27 @@ def _ms(value: float | None) -> float:
 
 
 async def metrics_from_store(
-    ctx: ConnectorContext, window: str, agent_name: str | None = None, trace_id: str | None = None
+    ctx: ConnectorContext,
+    window: str,
+    agent_name: str | None = None,
+    trace_id: str | None = None,
+    thread_id: str | None = None,
+    user_id: str | None = None,
 ) -> dict[str, Any]:
     """Every metrics field of the state, straight from the store (no cache)."""
     store = ctx.store
+    conversation = thread_id is not None or user_id is not None
     # Rollups answer any window in a bounded number of rows (rollups.py); they hold no trace
     # ids, so a trace filter (one trace: a few rows through its index) reads the raw rows.
-    groups = await store.rollup_groups(window, agent_name=agent_name) if trace_id is None else None
-    if groups is not None:
+    groups = await store.rollup_groups(window, agent_name=agent_name) if trace_id is None and not conversation else None
+    if conversation:
+        # Neither rollups nor the SQL functions know threads or users: the conversation's raw rows
+        # (capped, see conversation_metrics), summed here.
+        spans = await store.get_conversation_spans(window, thread_id=thread_id, user_id=user_id, agent_name=agent_name)
+        if trace_id is not None:
+            spans = [s for s in spans if s.trace_id == trace_id]
+        by_agent, by_tier, quality = stats_from_spans(window, spans)
+    elif groups is not None:
         by_agent = latency_stats(groups, "agent")
         by_tier = latency_stats(groups, "tier")
         quality = quality_metrics(window, groups)
@@ -133,17 +147,49 @@ async def metrics_from_store(
             "error": quality.error_count,
             "timeout": quality.timeout_count,
         },
+        **await _ttft_metrics(store, window, agent_name, trace_id, thread_id, user_id),
     }
 
 
+async def _ttft_metrics(
+    store: Any, window: str, agent_name: str | None, trace_id: str | None, thread_id: str | None, user_id: str | None
+) -> dict[str, Any]:
+    """``ttft_by_agent`` / ``ttft_by_model`` (extra keys beside the host's): p50 / p95 of the time to
+    first token of the window's streaming LLM calls, from the newest TTFT_SAMPLE_LIMIT of them."""
+    try:
+        if trace_id is not None:  # one trace: its rows, through the trace index
+            since = window_start(window)
+            samples = [
+                (s.agent_name, s.llm_model, s.ttft_ms)
+                for s in await store.get_spans_by_trace_id(trace_id)
+                if s.ttft_ms is not None and s.start_time >= since
+                and (agent_name is None or s.agent_name == agent_name)
+                and (thread_id is None or s.thread_id == thread_id)
+                and (user_id is None or s.user_id == user_id)
+            ]  # fmt: skip
+        else:
+            samples = await store.get_ttft_samples(window, agent_name, thread_id, user_id)
+    except NotImplementedError:  # a store that keeps no TTFT column
+        return {"ttft_by_agent": {}, "ttft_by_model": {}}
+    by_agent, by_model = ttft_by(samples)
+    return {"ttft_by_agent": by_agent, "ttft_by_model": by_model}
+
+
 async def compute_metrics(
-    ctx: ConnectorContext, window: str, agent_name: str | None = None, trace_id: str | None = None
+    ctx: ConnectorContext,
+    window: str,
+    agent_name: str | None = None,
+    trace_id: str | None = None,
+    thread_id: str | None = None,
+    user_id: str | None = None,
 ) -> tuple[dict[str, Any], bool, float]:
     """Metrics fields for one question, plus (from_cache, age of the answer in seconds)."""
     seconds = parse_window(window).total_seconds()  # ValueError naming the accepted forms
     # "24h" and "1d" are the same question; the store is part of the key because one Redis may
     # serve several deployments.
-    key = ("metrics", ctx.store.describe(), int(seconds), agent_name, trace_id)
+    key: tuple[Any, ...] = ("metrics", ctx.store.describe(), int(seconds), agent_name, trace_id)
+    if thread_id is not None or user_id is not None:  # unfiltered questions keep their key
+        key = (*key, thread_id, user_id)
     cached = await ctx.cache.aget(key, seconds)
     if cached is not None:
         return cached.value, True, cached.age_s
@@ -152,7 +198,7 @@ async def compute_metrics(
     # store's own bound.
     generation = await ctx.cache.generation()
     window_start = time.time() - seconds
-    value = await metrics_from_store(ctx, window, agent_name, trace_id)
+    value = await metrics_from_store(ctx, window, agent_name, trace_id, thread_id, user_id)
     await ctx.cache.aput(key, value, seconds, generation=generation, window_start=window_start)
     return value, False, 0.0
 
@@ -171,7 +217,12 @@ async def aggregate_metrics(
         ctx = resolve_context(runtime)
         window = state.get("time_window") or DEFAULT_WINDOW
         value, from_cache, _age = await compute_metrics(
-            ctx, window, state.get("agent_name_filter"), state.get("trace_id_filter")
+            ctx,
+            window,
+            state.get("agent_name_filter"),
+            state.get("trace_id_filter"),
+            state.get("thread_id_filter"),
+            state.get("user_id_filter"),
         )
     except Exception as exc:
         if not isinstance(exc, ValueError):  # a caller's mistake is not worth an error in the log

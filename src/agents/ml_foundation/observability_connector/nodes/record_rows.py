@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..constants import MAX_DURATION_NS, MAX_INT4, MAX_TIME_NS
+from ..conversation import MAX_TAGS, Conversation
 from ..models import (
     _ID_CHARS,
     _LABEL_RULE,
@@ -69,6 +70,27 @@ def _passes_unchanged(rule: Any, value: str) -> bool:
         return bool(rule.validate_python(value) == value)
     except ValidationError:
         return False
+
+
+def _conversation(value: Any) -> tuple[str | None, str | None, list[str] | None] | None:
+    """(thread, user, tags) of a span's conversation when each passes its rule unchanged, else None
+    (the full path then judges and describes it)."""
+    if type(value) is not Conversation and not (type(value) is tuple and len(value) == 3):
+        return None
+    thread_id, user_id, tags = value
+    for label in (thread_id, user_id):
+        if label is not None and (
+            type(label) is not str or not label or (label not in _good_labels and not _learn_label(label))
+        ):
+            return None
+    if not tags:
+        return thread_id, user_id, None
+    if type(tags) not in (tuple, list) or len(tags) > MAX_TAGS or len(set(tags)) != len(tags):
+        return None
+    for tag in tags:
+        if type(tag) is not str or not tag or (tag not in _good_labels and not _learn_label(tag)):
+            return None
+    return thread_id, user_id, list(tags)
 
 
 def _from_record(record: Span, tier_of: Any, created_at: datetime) -> ObservabilitySpan | None:
@@ -139,6 +161,14 @@ def _from_record(record: Span, tier_of: Any, created_at: datetime) -> Observabil
     for key in source:
         if type(key) is not str:
             return None
+    conversation = record.conversation
+    if conversation is None:
+        thread_id = user_id = tags = None
+    else:
+        checked = _conversation(conversation)
+        if checked is None:
+            return None
+        thread_id, user_id, tags = checked
     fromtimestamp = datetime.fromtimestamp
     try:
         return build_row(
@@ -163,6 +193,10 @@ def _from_record(record: Span, tier_of: Any, created_at: datetime) -> Observabil
                 "total_tokens": total,
                 "events": list(record._events) if record._events else [],
                 "created_at": created_at,
+                "thread_id": thread_id,
+                "user_id": user_id,
+                "tags": tags,
+                "ttft_ms": None,  # promoted from the attribute by build_row
             },
             record.input_data,
             record.output_data,
