@@ -54,6 +54,10 @@ class SpanLike(Protocol):
     output_tokens: int | None
     total_tokens: int | None
     events: list[dict[str, Any]]
+    thread_id: str | None
+    user_id: str | None
+    tags: list[str] | None
+    ttft_ms: float | None
 
 
 def utc(value: datetime) -> datetime:
@@ -287,7 +291,26 @@ def span_payload(span: SpanLike, project_name: str, tier_names: Mapping[int, str
     error = _error_info(span)
     if error:
         body["error_info"] = error
+    # Conversations: the caller's tags after ours, the time to first token (ms, Opik's unit).
+    tags = span.tags
+    if tags:
+        body["tags"] = _tags(body["tags"], tags)
+    ttft = span.ttft_ms
+    if ttft is not None:
+        body["ttft"] = float(ttft)
+    if span.thread_id is not None:
+        body["metadata"]["thread_id"] = span.thread_id
+    if span.user_id is not None:
+        body["metadata"]["user_id"] = span.user_id
     return body
+
+
+def _tags(ours: list[str], theirs: Iterable[str]) -> list[str]:
+    """Our tags, then the caller's not already there, at most MAX_TAGS (Opik's limit)."""
+    out = dict.fromkeys(ours)
+    for tag in theirs:
+        out.setdefault(tag)
+    return list(out)[:MAX_TAGS]
 
 
 class _TraceSummary:
@@ -298,7 +321,8 @@ class _TraceSummary:
     under a burst). Agents and tiers are tuples, which the collector stops tracking.
     """
 
-    __slots__ = ("agents", "end", "errors", "first_name", "opik_id", "root", "spans", "start", "tiers")
+    __slots__ = ("agents", "end", "errors", "first_name", "opik_id", "root", "spans", "start", "tags", "thread_id",
+                 "tiers", "user_id")  # fmt: skip
 
     def __init__(self, opik_id: str, start: datetime, first_name: str) -> None:
         self.opik_id = opik_id
@@ -310,6 +334,11 @@ class _TraceSummary:
         self.errors = 0
         self.first_name = first_name
         self.root: _Root | None = None
+        # Conversations: the trace's thread and user (the first span that names one; the root's
+        # wins), and the caller's tags of all its spans.
+        self.thread_id: str | None = None
+        self.user_id: str | None = None
+        self.tags: tuple[str, ...] = ()
 
 
 class _Root:
@@ -328,6 +357,22 @@ class _Root:
         value = attrs.get("output")
         self.output = _io(value) if value is not None else None
         self.error_info = _error_info(span)
+
+
+def _conversation(summary: _TraceSummary, span: SpanLike) -> None:
+    """Fold a span's thread, user and tags into its trace's summary."""
+    is_root = span.parent_span_id is None
+    thread = span.thread_id
+    if thread is not None and (summary.thread_id is None or is_root):
+        summary.thread_id = thread
+    user = span.user_id
+    if user is not None and (summary.user_id is None or is_root):
+        summary.user_id = user
+    tags = span.tags
+    if tags:
+        new = [tag for tag in tags if tag not in summary.tags]
+        if new:
+            summary.tags += tuple(new)
 
 
 class TraceBook:
@@ -390,6 +435,7 @@ class TraceBook:
                     summary.errors += 1
                 if span.parent_span_id is None:
                     summary.root = _Root(span)
+                _conversation(summary, span)
                 touched[trace_id] = summary
             updated_at = iso(now or datetime.now(UTC))
             return [self._trace_body(trace_id, s, updated_at) for trace_id, s in touched.items()]
@@ -409,9 +455,13 @@ class TraceBook:
             "project_name": self.project_name,
             "name": root.operation_name if root is not None else s.first_name,
             "start_time": iso(s.start),
-            "tags": tags[:MAX_TAGS],
+            "tags": _tags(tags, s.tags) if s.tags else tags[:MAX_TAGS],
             "last_updated_at": updated_at,
         }
+        if s.thread_id is not None:
+            body["thread_id"] = s.thread_id  # Opik groups the traces of one thread into a conversation
+        if s.user_id is not None:
+            metadata["user_id"] = s.user_id
         if root is not None:
             metadata["root_span_id"] = root.span_id
             metadata["root_agent"] = root.agent_name

@@ -128,15 +128,17 @@ def metrics(
     agent: Annotated[str | None, typer.Option("--agent", "-a", help="Only this agent's spans.")] = None,
     trace: Annotated[str | None, typer.Option("--trace", "-t", help="Only this trace's spans.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics fields as JSON.")] = False,
+    thread: Annotated[str | None, typer.Option("--thread", help="Only this conversation's (thread_id) spans.")] = None,
+    user: Annotated[str | None, typer.Option("--user", help="Only this user's (user_id) spans.")] = None,
 ) -> None:
-    """Latency, error rate and tokens per agent and per tier, and the overall quality score."""
+    """Latency, error rate and tokens per agent and per tier, time to first token, and the overall quality score."""
     from .nodes.metrics_aggregator import compute_metrics
 
     context = open_context(ctx.obj, "read")
 
     async def query() -> tuple[dict[str, Any], bool, float]:
         try:
-            return await compute_metrics(context, window, agent, trace)
+            return await compute_metrics(context, window, agent, trace, thread, user)
         finally:
             await close_context(context)
 
@@ -152,6 +154,8 @@ def metrics(
             "time_window": window,
             "agent_name_filter": agent,
             "trace_id_filter": trace,
+            "thread_id_filter": thread,
+            "user_id_filter": user,
             "store": context.store.describe(),
             "metrics_from_cache": from_cache,
             "cache_age_s": round(age, 3),
@@ -161,10 +165,11 @@ def metrics(
         sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
         return
 
-    from .render import agent_table, overall_text, tier_table
+    from .render import agent_table, overall_text, tier_table, ttft_table
 
     console = make_console()
     scope = f"window {window}" + (f", agent {agent}" if agent else "") + (f", trace {trace}" if trace else "")
+    scope += (f", thread {thread}" if thread else "") + (f", user {user}" if user else "")
     cache = context.cache.backend
     source = f"cached answer ({cache}), {age:.1f} s old" if from_cache else f"computed now, {cache} cache"
     console.print(f"[bold]Metrics[/] — {plain(scope)} — {plain(context.store.describe())} ({source})")
@@ -177,6 +182,10 @@ def metrics(
     console.print()
     console.print(tier_table(fields))
     console.print()
+    ttft = ttft_table(fields)
+    if ttft is not None:
+        console.print(ttft)
+        console.print()
     console.print(overall_text(fields))
 
 
@@ -227,11 +236,24 @@ def report(
 @app.command()
 def trace(
     ctx: typer.Context,
-    trace_id: Annotated[str, typer.Argument(help="The trace id (32 hex digits, or any id a caller sent).")],
+    trace_id: Annotated[
+        str | None, typer.Argument(help="The trace id (32 hex digits, or any id a caller sent).")
+    ] = None,
+    thread: Annotated[
+        str | None,
+        typer.Option("--thread", help="Every trace of this conversation (thread_id), in the order they began."),
+    ] = None,
 ) -> None:
-    """Draw one stored trace as a tree: operations, durations, statuses, models and tokens."""
+    """Draw one stored trace as a tree: operations, durations, statuses, models and tokens
+    (``--thread ID``: a conversation's traces, turn by turn)."""
     from .render import trace_tree
 
+    if (trace_id is None) == (thread is None):
+        fail("give a trace id or --thread ID (one of the two)", EXIT_USAGE)
+    if thread is not None:
+        _conversation(ctx, thread)
+        return
+    assert trace_id is not None
     context = open_context(ctx.obj, "read")
 
     async def query() -> list[Any]:
@@ -250,6 +272,32 @@ def trace(
             "Trace ids are printed by `obs-connector demo`; check --store / OBS_STORE__SQLITE_PATH."
         )
     make_console().print(trace_tree(spans, trace_id))
+
+
+def _conversation(ctx: typer.Context, thread_id: str) -> None:
+    """``trace --thread``: the stored column ``thread_id``, read through its index, all time."""
+    from .render import conversation_trees
+
+    context = open_context(ctx.obj, "read")
+
+    async def query() -> list[Any]:
+        try:
+            return await context.store.get_conversation_spans(None, thread_id=thread_id)
+        finally:
+            await close_context(context)
+
+    try:
+        spans = run_sync(query)
+    except Exception as exc:
+        fail(f"reading thread {thread_id!r} from {context.store.describe()} failed: {describe_failure(exc)}")
+    if not spans:
+        fail(
+            f"no spans stored for thread {thread_id!r} in {context.store.describe()}. Threads come from "
+            "LangGraph's configurable.thread_id or span(..., thread_id=...)."
+        )
+    console = make_console()
+    for part in conversation_trees(spans, thread_id):
+        console.print(part)
 
 
 @app.command()

@@ -181,7 +181,54 @@ def _span_label(span: ObservabilitySpan, parent_agent: str | None) -> Text:
         label.append(f"  [{span.llm_model or 'llm'}{tokens}]", style="blue")
     if span.attributes.get("fallback_used"):
         label.append("  fallback used", style="bold yellow")
+    if span.ttft_ms is not None:
+        label.append(f"  ttft {fmt_ms(span.ttft_ms)} ms", style="blue")
     return label
+
+
+def ttft_table(fields: Mapping[str, Any], title: str = "Time to first token (streaming LLM calls)") -> Table | None:
+    """p50 / p95 of the time to first token per agent and per model; None when no call streamed."""
+    rows = [("agent", name, entry) for name, entry in (fields.get("ttft_by_agent") or {}).items()]
+    rows += [("model", name, entry) for name, entry in (fields.get("ttft_by_model") or {}).items()]
+    if not rows:
+        return None
+    table = _table(title)
+    table.add_column("by")
+    table.add_column("name")
+    table.add_column("calls", justify="right")
+    table.add_column("p50 ms", justify="right")
+    table.add_column("p95 ms", justify="right")
+    for kind, name, entry in rows:
+        table.add_row(kind, escape(str(name)), f"{int(entry.get('count') or 0):,}", fmt_ms(entry.get("p50_ms")),
+                      fmt_ms(entry.get("p95_ms")))  # fmt: skip
+    return table
+
+
+def conversation_trees(spans: Sequence[ObservabilitySpan], thread_id: str) -> list[Any]:
+    """A thread's traces in the order they started, each as its tree under a one-line heading
+    (turn number, start, user, and the trace a resumed run continues)."""
+    traces: dict[str, list[ObservabilitySpan]] = {}
+    for span in spans:  # oldest first: traces come out in the order they began
+        traces.setdefault(span.trace_id, []).append(span)
+    head = Text()
+    head.append("thread ", style="bold")
+    head.append(thread_id, style="bold yellow")
+    head.append(f"  {len(traces)} trace(s), {len(spans)} spans")
+    out: list[Any] = [head]
+    for turn, (trace_id, members) in enumerate(traces.items(), 1):
+        line = Text()
+        line.append(f"turn {turn}", style="bold")
+        line.append(f"  {members[0].start_time.isoformat(timespec='seconds')}")
+        users = sorted({s.user_id for s in members if s.user_id})
+        if users:
+            line.append(f"  user {', '.join(users)}", style="cyan")
+        resumed = next((s.attributes.get("langgraph.resumes_trace_id") for s in members
+                        if s.attributes.get("langgraph.resumes_trace_id")), None)  # fmt: skip
+        if resumed:
+            line.append(f"  resumes trace {resumed}", style="magenta")
+        out.append(line)
+        out.append(trace_tree(members, trace_id))
+    return out
 
 
 def _descendants(
