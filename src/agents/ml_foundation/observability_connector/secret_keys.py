@@ -99,6 +99,9 @@ _DESCRIPTOR_WORDS = frozenset(
     {
         "count",
         "counts",
+        # units of a measured time ("llm.time_to_first_token_ms"): a duration, never a credential
+        "ms",
+        "seconds",
         "usage",
         "limit",
         "limits",
