@@ -483,10 +483,10 @@ def test_cli_migrate_and_cleanup_on_postgres(postgres_template: TemplateInfo, mo
         first = runner.invoke(app, ["migrate"])
         assert first.exit_code == 0, first.output
         out = flat(first.output)
-        assert "table ml_observability_spans created" in out and "Done: 26 created, 0 already present." in out
+        assert "table ml_observability_spans created" in out and "Done: 33 created, 0 already present." in out
         assert "anon denied" in out and "service_role granted" in out
         second = runner.invoke(app, ["migrate"])
-        assert second.exit_code == 0 and "Nothing to create: 0 created, 26 already present." in flat(second.output)
+        assert second.exit_code == 0 and "Nothing to create: 0 created, 33 already present." in flat(second.output)
 
         now = datetime.now(UTC)
 

@@ -77,6 +77,10 @@ def full_span() -> ObservabilitySpan:
         output_tokens=95,
         total_tokens=907,
         events=[{"name": "retry", "attempt": 2}],
+        thread_id="thread ünï 1",
+        user_id="user-7",
+        tags=["beta", "eu-west"],
+        ttft_ms=42.25,
     )
 
 
@@ -102,6 +106,10 @@ def expected_row(span: ObservabilitySpan) -> dict[str, Any]:
         "total_tokens": span.total_tokens,
         "events": span.events,
         "created_at": span.created_at.astimezone(UTC).isoformat(timespec="microseconds"),
+        "thread_id": span.thread_id,
+        "user_id": span.user_id,
+        "tags": span.tags or None,
+        "ttft_ms": span.ttft_ms,
     }
 
 
