@@ -108,10 +108,32 @@ BEGIN
 END
 $status$;
 
--- Conversation columns (issue 19), added to a table of any earlier version; all nullable, so
--- existing rows read NULL and nothing is rewritten. thread_id: LangGraph's configurable.thread_id
--- or the caller's; tags: text[] (the SQLite store keeps a JSON array); ttft_ms: time to first
--- token of a streaming LLM call.
+-- Conversation columns (issue 19), added to a table of any earlier version; all nullable.
+-- thread_id: LangGraph's configurable.thread_id or the caller's; tags: text[] (the SQLite store
+-- keeps a JSON array); ttft_ms: time to first token of a streaming LLM call. When they are added
+-- to a table that holds spans, the values earlier releases kept only as attributes (the callback
+-- handler's langgraph.thread_id and llm.time_to_first_token_ms) are copied into them, once: the
+-- guard makes every later run skip the scan.
+DO $conversation$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_attribute
+        WHERE attrelid = 'public.ml_observability_spans'::regclass AND attname = 'thread_id' AND NOT attisdropped
+    ) THEN
+        ALTER TABLE public.ml_observability_spans
+            ADD COLUMN IF NOT EXISTS thread_id text,
+            ADD COLUMN IF NOT EXISTS ttft_ms   double precision;
+        UPDATE public.ml_observability_spans
+           SET thread_id = CASE WHEN jsonb_typeof(attributes -> 'langgraph.thread_id') IN ('string', 'number')
+                                THEN attributes ->> 'langgraph.thread_id' END,
+               ttft_ms = CASE WHEN jsonb_typeof(attributes -> 'llm.time_to_first_token_ms') = 'number'
+                               AND (attributes ->> 'llm.time_to_first_token_ms')::double precision >= 0
+                              THEN (attributes ->> 'llm.time_to_first_token_ms')::double precision END
+         WHERE attributes ? 'langgraph.thread_id' OR attributes ? 'llm.time_to_first_token_ms';
+    END IF;
+END
+$conversation$;
+
 ALTER TABLE public.ml_observability_spans
     ADD COLUMN IF NOT EXISTS thread_id text,
     ADD COLUMN IF NOT EXISTS user_id   text,

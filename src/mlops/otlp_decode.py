@@ -11,6 +11,7 @@ row's ``attributes``, and the conversation id under ``thread_id`` until the tabl
 from __future__ import annotations
 
 import base64
+import contextlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,6 +25,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
+from src.agents.ml_foundation.observability_connector.conversation import label_or_none
 from src.agents.ml_foundation.observability_connector.json_codec import json_bytes, loads
 
 from . import otlp_genai as genai
@@ -235,6 +237,13 @@ def _event(span: Span, service: str | None) -> dict[str, Any]:
         event["input_tokens"] = input_tokens
     if output_tokens is not None:
         event["output_tokens"] = output_tokens
+    # Conversations: the thread and user columns, when the values pass their rule (an odd one
+    # stays an attribute only, rather than costing the span).
+    for field, value in (("thread_id", thread), ("user_id", attrs.get(genai.USER_ID))):
+        with contextlib.suppress(ValueError, TypeError):
+            checked = label_or_none(value if not isinstance(value, float | bool) else None)
+            if checked is not None:
+                event[field] = checked
     if span.events:
         event["events"] = [
             {

@@ -31,6 +31,7 @@ __all__ = [
     "RESPONSE_MODEL",
     "THREAD_ATTRIBUTE",
     "TOOL_NAME",
+    "USER_ID",
     "operation_of",
     "row_attributes",
 ]
@@ -45,6 +46,8 @@ CACHE_READ_TOKENS: Final = "gen_ai.usage.cache_read.input_tokens"
 CACHE_CREATION_TOKENS: Final = "gen_ai.usage.cache_creation.input_tokens"
 AGENT_NAME: Final = "gen_ai.agent.name"
 CONVERSATION_ID: Final = "gen_ai.conversation.id"
+#: OpenTelemetry's general convention for the end user a span acts for (the ``user_id`` column).
+USER_ID: Final = "user.id"
 TOOL_NAME: Final = "gen_ai.tool.name"
 ERROR_TYPE: Final = "error.type"
 OBS_AGENT_TIER: Final = "obs.agent.tier"
@@ -54,7 +57,8 @@ OBS_SPAN_ID: Final = "obs.span_id"
 OBS_PARENT_SPAN_ID: Final = "obs.parent_span_id"
 #: Phoenix (OpenInference) shows a span's kind from this; the GenAI conventions have no such key.
 OPENINFERENCE_KIND: Final = "openinference.span.kind"
-#: Where a conversation (thread) id is kept in a stored row until the table has a column for it.
+#: The attribute a received conversation id is also kept under (rows stored before the
+#: ``thread_id`` column existed carry only this one).
 THREAD_ATTRIBUTE: Final = "thread_id"
 
 #: Row attributes that name a thread, in the order they are looked for.
@@ -113,9 +117,14 @@ def row_attributes(row: Any) -> dict[str, Any]:
         value = attrs.get(key, attrs.get(ours))
         if isinstance(value, int | float) and not isinstance(value, bool):
             out[key] = int(value)
-    thread = next((attrs[k] for k in _THREAD_KEYS if attrs.get(k) not in (None, "")), None)
+    thread = getattr(row, "thread_id", None) or next(
+        (attrs[k] for k in _THREAD_KEYS if attrs.get(k) not in (None, "")), None
+    )
     if thread is not None:
         out[CONVERSATION_ID] = str(thread)
+    user = getattr(row, "user_id", None)
+    if user is not None:
+        out[USER_ID] = user
     tool = attrs.get("tool.name")
     if operation == "execute_tool" and tool:
         out[TOOL_NAME] = str(tool)

@@ -53,7 +53,7 @@ EDGES_MS: Final[tuple[float, ...]] = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1_00
 TIME_BUCKETS: Final = 48
 #: Spans read through the public API on a store without SQL here (Supabase REST).
 SAMPLE_LIMIT: Final = 5_000
-#: Where LangGraph's thread id is today (an attribute of the callback's spans; issue 19 adds a column).
+#: The callback handler's attribute for LangGraph's thread id (the ``thread_id`` column holds it too).
 THREAD_ATTRIBUTE: Final = "langgraph.thread_id"
 #: Rows fetched to find the N slowest / latest failed *distinct* traces.
 _CANDIDATES: Final = 200
@@ -137,30 +137,29 @@ async def read_report(store: SpanStore, question: ReportFilter, top: int = 5) ->
 async def thread_trace_ids(
     store: SpanStore, window: str, since: datetime, thread_id: str, limit: int = 100
 ) -> list[str]:
-    """Traces of one LangGraph thread that started in the window, oldest first, at most ``limit``."""
+    """Traces of one LangGraph thread that started in the window, oldest first, at most ``limit``.
+
+    Read from the ``thread_id`` column through its partial index (thread_id, start_time); the
+    row builder fills it from the callback handler's ``langgraph.thread_id`` attribute, and
+    ``migrate`` moved that attribute into it for rows stored before the column existed.
+    """
     backend = _backend(store)
     if isinstance(backend, SQLiteSpanRepository):
         sql = (
-            f"SELECT trace_id, MIN(start_time) AS t FROM {TABLE} WHERE start_time >= ? "
-            f"AND CAST(json_extract(attributes, '$.\"{THREAD_ATTRIBUTE}\"') AS TEXT) = ? "
+            f"SELECT trace_id, MIN(start_time) AS t FROM {TABLE} WHERE thread_id = ? AND start_time >= ? "
             "GROUP BY trace_id ORDER BY t LIMIT ?"
         )
-        rows = await backend._run(lambda conn: conn.execute(sql, (utc_text(since), thread_id, limit)).fetchall())
+        rows = await backend._run(lambda conn: conn.execute(sql, (thread_id, utc_text(since), limit)).fetchall())
         return [str(r[0]) for r in rows]
     if isinstance(backend, PostgresSpanRepository):
         sql = (
-            f"SELECT trace_id, MIN(start_time) AS t FROM {TABLE} WHERE start_time >= %s "
-            "AND attributes ->> %s = %s GROUP BY trace_id ORDER BY t LIMIT %s"
+            f"SELECT trace_id, MIN(start_time) AS t FROM {TABLE} WHERE thread_id = %s AND start_time >= %s "
+            "GROUP BY trace_id ORDER BY t LIMIT %s"
         )
-        rows = await backend._fetchall(sql, [since, THREAD_ATTRIBUTE, thread_id, limit], "reading a thread")
+        rows = await backend._fetchall(sql, [thread_id, since, limit], "reading a thread")
         return [str(r[0]) for r in rows]
-    spans = await store.get_spans_by_time_window(window, limit=SAMPLE_LIMIT)
-    found: list[str] = []
-    for span in spans:
-        value = span.attributes.get(THREAD_ATTRIBUTE)
-        if value is not None and str(value) == thread_id and span.trace_id not in found:
-            found.append(span.trace_id)
-    return found[:limit]
+    spans = await store.get_conversation_spans(window, thread_id=thread_id, limit=SAMPLE_LIMIT)
+    return list(dict.fromkeys(span.trace_id for span in spans))[:limit]
 
 
 async def trace_spans(store: SpanStore, trace_id: str, limit: int) -> tuple[list[ObservabilitySpan], int]:

@@ -137,6 +137,20 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
     for name, definition in ADDED_COLUMNS:
         if name not in present:
             conn.execute(f"ALTER TABLE {TABLE} ADD COLUMN {name} {definition}")
+    if "thread_id" not in present:
+        # Once, when the columns arrive: what earlier releases kept only as the callback
+        # handler's attributes moves into them (the rollups do not depend on these columns).
+        conn.execute(BACKFILL)
+
+
+_THREAD = """json_extract(attributes, '$."langgraph.thread_id"')"""
+_THREAD_TYPE = """json_type(attributes, '$."langgraph.thread_id"')"""
+_TTFT = """json_extract(attributes, '$."llm.time_to_first_token_ms"')"""
+_TTFT_TYPE = """json_type(attributes, '$."llm.time_to_first_token_ms"')"""
+BACKFILL: Final = f"""UPDATE {TABLE}
+SET thread_id = CASE WHEN {_THREAD_TYPE} IN ('text', 'integer', 'real') THEN CAST({_THREAD} AS TEXT) END,
+    ttft_ms = CASE WHEN {_TTFT_TYPE} IN ('integer', 'real') AND {_TTFT} >= 0 THEN CAST({_TTFT} AS REAL) END
+WHERE {_THREAD} IS NOT NULL OR {_TTFT} IS NOT NULL"""
 
 
 def _widen_status_check(conn: sqlite3.Connection) -> None:

@@ -39,6 +39,17 @@ def make_old(dsn: str) -> None:
             "duration_ms, status) VALUES ('old-span', 'old-trace', 'op', 'explainer', now() - interval '1 minute', "
             "7, 'ok')"
         )
+        # what the callback handler wrote before the columns existed
+        for n, attributes in enumerate(
+            ['{"langgraph.thread_id": "lg-old", "llm.time_to_first_token_ms": 33.5}', '{"langgraph.thread_id": 17}',
+             '{"langgraph.thread_id": {"odd": 1}, "llm.time_to_first_token_ms": -1}']
+        ):  # fmt: skip
+            conn.execute(
+                "INSERT INTO ml_observability_spans (span_id, trace_id, operation_name, agent_name, start_time, "
+                "status, attributes) VALUES (%s, 'attrs-trace', 'op', 'explainer', now() - interval '1 minute', "
+                "'ok', %s::jsonb)",
+                (f"s-{n + 1}", attributes),
+            )
 
 
 async def test_migrate_adds_the_columns_to_a_table_with_data(postgres_dsn: str) -> None:
@@ -48,7 +59,12 @@ async def test_migrate_adds_the_columns_to_a_table_with_data(postgres_dsn: str) 
     assert {f"index {i}" for i in NEW_INDEXES} <= set(first.created)
     second = migrate(postgres_dsn)
     assert second.created == [] and {f"column {c}" for c in NEW_COLUMNS} <= set(second.already_present)
-    assert rows(postgres_dsn, "SELECT count(*), count(thread_id) FROM ml_observability_spans") == [(1, 0)]
+    assert rows(postgres_dsn, "SELECT span_id, thread_id, ttft_ms FROM ml_observability_spans ORDER BY span_id") == [
+        ("old-span", None, None),
+        ("s-1", "lg-old", 33.5),
+        ("s-2", "17", None),
+        ("s-3", None, None),
+    ]
     types = dict(
         rows(
             postgres_dsn,
@@ -79,7 +95,11 @@ async def test_migrate_adds_the_columns_to_a_table_with_data(postgres_dsn: str) 
         assert (back.thread_id, back.tags, back.ttft_ms) == ("thr\ufffdnul", ["t\ufffdg"], 3.0)
         thread = await repo.get_conversation_spans(None, thread_id="thr")
         assert [(s.tags, s.ttft_ms) for s in thread] == [(["a", "b"], 17.5), (None, None)]
-        assert await repo.get_ttft_samples("1h") == [("gap_analyzer", None, 3.0), ("gap_analyzer", None, 17.5)]
+        assert await repo.get_ttft_samples("1h") == [  # newest first; the first one was moved from its attribute
+            ("explainer", None, 33.5),
+            ("gap_analyzer", None, 3.0),
+            ("gap_analyzer", None, 17.5),
+        ]
     finally:
         await repo.close()
     # the thread read uses its partial index

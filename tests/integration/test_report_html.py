@@ -319,6 +319,7 @@ async def test_agent_filter_and_thread_filter(backend_store: ObservabilitySpanRe
             start=start,
             duration_ms=10.0,
             attributes={"langgraph.thread_id": "conv-1"},
+            thread_id="conv-1",  # what the row builder promotes from the attribute
         ),
         make_span(trace_id="a" * 32, agent="gap_analyzer", start=start, duration_ms=30.0, status="error"),
         make_span(
@@ -327,6 +328,7 @@ async def test_agent_filter_and_thread_filter(backend_store: ObservabilitySpanRe
             start=start + timedelta(minutes=5),
             duration_ms=20.0,
             attributes={"langgraph.thread_id": "conv-1"},
+            thread_id="conv-1",  # what the row builder promotes from the attribute
         ),
         make_span(
             trace_id="c" * 32,
@@ -334,6 +336,7 @@ async def test_agent_filter_and_thread_filter(backend_store: ObservabilitySpanRe
             start=start,
             duration_ms=99.0,
             attributes={"langgraph.thread_id": "conv-2"},
+            thread_id="conv-2",  # what the row builder promotes from the attribute
         ),
         make_span(
             trace_id="d" * 32,
@@ -341,6 +344,7 @@ async def test_agent_filter_and_thread_filter(backend_store: ObservabilitySpanRe
             start=now - timedelta(days=3),
             duration_ms=5.0,
             attributes={"langgraph.thread_id": "conv-1"},
+            thread_id="conv-1",  # what the row builder promotes from the attribute
         ),  # the thread, but outside the window
     ]
     await _fill(backend_store, spans)

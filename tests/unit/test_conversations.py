@@ -188,17 +188,48 @@ async def test_an_existing_table_with_data_gets_the_columns_and_indexes(tmp_path
             "duration_ms, status, created_at) VALUES ('0', 's-old', 't-old', 'op', 'explainer', ?, 5, 'ok', ?)",
             (now, now),
         )
+        # what the callback handler wrote before the columns existed
+        conn.executemany(
+            "INSERT INTO ml_observability_spans (id, span_id, trace_id, operation_name, agent_name, start_time, "
+            "status, created_at, attributes) VALUES (?, ?, 't-attrs', 'op', 'explainer', ?, 'ok', ?, ?)",
+            [
+                (
+                    "1",
+                    "s-1",
+                    now,
+                    now,
+                    json.dumps({"langgraph.thread_id": "lg-old", "llm.time_to_first_token_ms": 33.5}),
+                ),
+                ("2", "s-2", now, now, json.dumps({"langgraph.thread_id": 17})),
+                (
+                    "3",
+                    "s-3",
+                    now,
+                    now,
+                    json.dumps({"langgraph.thread_id": {"odd": 1}, "llm.time_to_first_token_ms": -1}),
+                ),
+            ],
+        )
     conn.close()
     store = SQLiteSpanRepository(path)
     try:
         (old,) = await store.get_spans_by_trace_id("t-old")
         assert (old.thread_id, old.user_id, old.tags, old.ttft_ms) == (None, None, None, None)
+        moved = {s.span_id: (s.thread_id, s.ttft_ms) for s in await store.get_spans_by_trace_id("t-attrs")}
+        assert moved == {"s-1": ("lg-old", 33.5), "s-2": ("17", None), "s-3": (None, None)}
         from tests.fixtures.span_rows import make_span
 
         new = make_span(trace_id="t-new").model_copy(update={"thread_id": "thr", "tags": ["x"], "ttft_ms": 3.0})
         assert await store.insert_span(new) is True
         (back,) = await store.get_conversation_spans(thread_id="thr")
         assert (back.span_id, back.tags, back.ttft_ms) == (new.span_id, ["x"], 3.0)
+        # a second open copies nothing again: a value set since stays
+        await store.close()
+        with sqlite3.connect(path) as conn:
+            conn.execute("UPDATE ml_observability_spans SET thread_id = 'kept' WHERE span_id = 's-1'")
+        conn.close()
+        store = SQLiteSpanRepository(path)
+        assert [s.span_id for s in await store.get_conversation_spans(thread_id="kept")] == ["s-1"]
     finally:
         await store.close()
     with sqlite3.connect(path) as conn:
@@ -377,3 +408,29 @@ def test_metrics_command_filters_by_thread_and_shows_ttft(tmp_path: Path) -> Non
     table = _cli(tmp_path, "metrics", "--window", "1h", "--user", "alice")
     assert table.exit_code == 0, table.output
     assert "user alice" in table.output and "Time to first token" in table.output and "gpt-4o" in table.output
+
+
+# --------------------------------------------------------------------------- OTLP, both ways
+
+
+def test_thread_and_user_survive_otlp_export_and_collection() -> None:
+    from src.agents.ml_foundation.observability_connector.models import ObservabilityEvent
+    from src.mlops.otlp_decode import decode_request, to_events
+    from src.mlops.otlp_encode import encode_spans
+    from tests.fixtures.span_rows import make_span
+
+    rows = [
+        make_span(trace_id="t-otlp", span_id="a-1", thread_id="chat-9", user_id="fay"),
+        # the column wins over an attribute; an id longer than a label stays an attribute only
+        make_span(trace_id="t-otlp", span_id="a-2", thread_id="col", attributes={"langgraph.thread_id": "attr"}),
+        make_span(trace_id="t-otlp", span_id="a-3", attributes={"gen_ai.conversation.id": "x" * 300}),
+    ]
+    body, _ids, refused = encode_spans(rows, "svc")
+    assert refused == []
+    request, _ = decode_request(body, "application/x-protobuf")
+    events, rejected = to_events(request)
+    assert rejected == []
+    back = {e["span_id"]: ObservabilityEvent.model_validate(e).to_span(-1) for e in events}
+    assert (back["a-1"].thread_id, back["a-1"].user_id) == ("chat-9", "fay")
+    assert back["a-2"].thread_id == "col"
+    assert back["a-3"].thread_id is None and back["a-3"].attributes["thread_id"] == "x" * 300
