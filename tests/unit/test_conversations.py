@@ -434,3 +434,23 @@ def test_thread_and_user_survive_otlp_export_and_collection() -> None:
     assert (back["a-1"].thread_id, back["a-1"].user_id) == ("chat-9", "fay")
     assert back["a-2"].thread_id == "col"
     assert back["a-3"].thread_id is None and back["a-3"].attributes["thread_id"] == "x" * 300
+
+
+async def test_the_graph_and_the_agent_take_the_filters_and_return_the_ttft_keys(
+    obs: ObservabilityConnectorAgent, connector_context: ConnectorContext
+) -> None:
+    from src.agents.ml_foundation.observability_connector.graph import graph
+
+    events = conversation_events()
+    # one call: the events are written, then the metrics answered for one user
+    state = await graph.ainvoke(
+        {"events_to_log": events, "time_window": "1h", "user_id_filter": "bob"},
+        context=connector_context,
+    )
+    assert state["events_logged"] == len(events)
+    assert state["total_spans_analyzed"] == 4  # bob's thread only: the filter reached the node
+    assert set(state["ttft_by_model"]) == {"claude-sonnet-4"} and state["ttft_by_agent"]["explainer"]["count"] == 4
+    via_agent = await obs.run({"time_window": "1h", "thread_id_filter": "thr-a"})
+    assert via_agent["quality_metrics_computed"] is True
+    metrics = await obs.get_quality_metrics({"time_window": "1h", "thread_id_filter": "thr-b"})
+    assert metrics["overall_success_rate"] == 0.0  # thr-b's one span failed

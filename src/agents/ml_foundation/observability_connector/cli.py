@@ -202,7 +202,7 @@ def report(
     ] = "24h",
     agent: Annotated[str | None, typer.Option("--agent", "-a", help="Only this agent's spans.")] = None,
     thread: Annotated[
-        str | None, typer.Option("--thread", help="Only the traces of this LangGraph thread (langgraph.thread_id).")
+        str | None, typer.Option("--thread", help="Only the traces of this conversation (the thread_id column).")
     ] = None,
 ) -> None:
     """Write an HTML report: tables per tier and agent, latency and error charts, slowest and failed traces."""
