@@ -454,3 +454,16 @@ async def test_the_graph_and_the_agent_take_the_filters_and_return_the_ttft_keys
     assert via_agent["quality_metrics_computed"] is True
     metrics = await obs.get_quality_metrics({"time_window": "1h", "thread_id_filter": "thr-b"})
     assert metrics["overall_success_rate"] == 0.0  # thr-b's one span failed
+
+
+async def test_llm_calls_take_a_time_to_first_token(
+    obs: ObservabilityConnectorAgent, store: ObservabilitySpanRepository
+) -> None:
+    async with obs.span("turn", "orchestrator", thread_id="thr-llm") as root:
+        obs.record_llm_call("explainer", "gpt-4o", 10, 5, duration_ms=200, ttft_ms=35.5)
+        answer = await obs.track_llm_call("explainer", "ask", "gpt-4o", 3, 2, ttft_ms=float("inf"))
+    assert answer["status"] == "ok"
+    assert await obs.flush(timeout=10)
+    rows = {r.operation_name: r for r in await store.get_spans_by_trace_id(root.trace_id)}
+    assert (rows["llm_call"].ttft_ms, rows["llm_call"].thread_id) == (35.5, "thr-llm")
+    assert rows["ask"].ttft_ms is None and "not a finite number" in rows["ask"].attributes["invalid.ttft_ms"]

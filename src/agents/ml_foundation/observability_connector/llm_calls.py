@@ -10,6 +10,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from .conversation import ttft_or_none
 from .span_opening import SpanContext, SpanRecording
 from .spans import Span, duration_ns
 from .trace_context import _CURRENT
@@ -34,6 +35,7 @@ class LLMCalls(SpanRecording):
         *,
         duration_ms: float | None = None,
         provider: str | None = None,
+        ttft_ms: float | None = None,
     ) -> dict[str, Any]:
         """Record a finished LLM call (model and tokens) and describe it as the host did.
 
@@ -55,6 +57,7 @@ class LLMCalls(SpanRecording):
             context=context,
             attributes=attributes,
             provider=provider,
+            ttft_ms=ttft_ms,
         )
         result: dict[str, Any] = {
             "span_id": record.span_id,
@@ -87,6 +90,7 @@ class LLMCalls(SpanRecording):
         context: SpanContext | None = None,
         attributes: dict[str, Any] | None = None,
         provider: str | None = None,
+        ttft_ms: float | None = None,
     ) -> Span:
         """The synchronous form of :meth:`track_llm_call` for code without an event loop; returns the span.
 
@@ -100,6 +104,7 @@ class LLMCalls(SpanRecording):
         starting after 1970 records the call as instantaneous. Each such value is kept, with
         the reason, in ``attributes["invalid.<argument>"]`` (``invalid.duration_ms``,
         ``invalid.input_tokens`` ...), so the span says what the caller passed.
+        ``ttft_ms``: the streamed call's time to first token (the ``ttft_ms`` column).
         """
         end = _time_ns()
         took, bad_duration = duration_ns(duration_ms, end)
@@ -114,6 +119,11 @@ class LLMCalls(SpanRecording):
             record.attributes["invalid.duration_ms"] = bad_duration
         if provider:
             record.attributes["llm.provider"] = provider
+        if ttft_ms is not None:
+            try:
+                record.set_time_to_first_token(ttft_or_none(ttft_ms))  # type: ignore[arg-type]
+            except ValueError as exc:
+                record.attributes["invalid.ttft_ms"] = str(exc)
         record.end_ns = end
         if error is not None:
             record.record_error(error, error_type)
