@@ -121,9 +121,12 @@ class LLMCalls(SpanRecording):
             record.attributes["llm.provider"] = provider
         if ttft_ms is not None:
             try:
-                record.set_time_to_first_token(ttft_or_none(ttft_ms))  # type: ignore[arg-type]
+                ms = ttft_or_none(ttft_ms)
             except ValueError as exc:
                 record.attributes["invalid.ttft_ms"] = str(exc)
+            else:
+                if ms is not None:
+                    record.set_time_to_first_token(ms)
         record.end_ns = end
         if error is not None:
             record.record_error(error, error_type)
