@@ -20,7 +20,7 @@ from typing import Any
 
 from langgraph.types import Command
 
-__all__ = ["MAX_THREADS", "forget_threads", "is_resume", "link_run", "known_threads"]
+__all__ = ["MAX_THREADS", "forget_threads", "is_resume", "known_threads", "link_run"]
 
 MAX_THREADS = 10_000
 
