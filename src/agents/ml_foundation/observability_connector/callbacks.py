@@ -133,10 +133,10 @@ class ObservabilityCallbackHandler(RunTree, BaseCallbackHandler):
             return
         node = metadata.get("langgraph_node") if metadata else None
         if node is not None and tags and has_step_tag(tags):
-            if parent_skipped is not None and not parent_skipped.hidden and parent_run_id is not None:
-                parent = self._promote(parent_run_id, parent_skipped)
-            attributes = {RUN_TYPE: "node", NODE: node}
             thread_id = thread_of(metadata, parent)
+            if parent_skipped is not None and not parent_skipped.hidden and parent_run_id is not None:
+                parent = self._promote(parent_run_id, parent_skipped, thread_id)
+            attributes = {RUN_TYPE: "node", NODE: node}
             if thread_id is not None:
                 attributes[THREAD_ID] = thread_id
             step = metadata.get("langgraph_step")  # type: ignore[union-attr]
@@ -154,9 +154,12 @@ class ObservabilityCallbackHandler(RunTree, BaseCallbackHandler):
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
         span = self._end(run_id, outputs)
         if span is not None:
-            if outputs.__class__ is dict and "__interrupt__" in outputs and span.attributes.get(RUN_TYPE) == "graph":
-                # A graph that paused ends normally with its pending interrupts in the output;
-                # the root says so too, so a paused conversation's trace is findable from its top.
+            # A graph that paused ends normally (its pending interrupts are in the output only
+            # under stream_mode="values"/invoke); its span says so too, so that a paused
+            # conversation's trace is findable from its top.
+            if self._paused and span.attributes.get(RUN_TYPE) == "graph" and self._paused_here(span):
+                span.attributes[INTERRUPTED] = True
+            elif outputs.__class__ is dict and "__interrupt__" in outputs and span.attributes.get(RUN_TYPE) == "graph":
                 span.attributes[INTERRUPTED] = True
             self._finish(span)
 
