@@ -157,9 +157,9 @@ class ObservabilityCallbackHandler(RunTree, BaseCallbackHandler):
             # A graph that paused ends normally (its pending interrupts are in the output only
             # under stream_mode="values"/invoke); its span says so too, so that a paused
             # conversation's trace is findable from its top.
-            if self._paused and span.attributes.get(RUN_TYPE) == "graph" and self._paused_here(span):
-                span.attributes[INTERRUPTED] = True
-            elif outputs.__class__ is dict and "__interrupt__" in outputs and span.attributes.get(RUN_TYPE) == "graph":
+            if span.attributes.get(RUN_TYPE) == "graph" and (
+                (self._paused and self._paused_here(span)) or (outputs.__class__ is dict and "__interrupt__" in outputs)
+            ):
                 span.attributes[INTERRUPTED] = True
             self._finish(span)
 
