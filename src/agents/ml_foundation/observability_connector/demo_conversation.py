@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import operator
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, TypedDict
 
@@ -106,9 +107,11 @@ class ConversationOutcome:
 async def run_conversation(obs: ObservabilityConnectorAgent, plan: ConversationPlan) -> ConversationOutcome:
     """Turn 1 streams the proposal and pauses; turn 2 resumes it with the human's answer."""
     graph = _build_graph()
+    # Unique per run: demo runs sharing a store must not merge into one conversation.
+    thread_id = f"{plan.thread_prefix}-{uuid.uuid4().hex[:8]}"
     config: Any = {
         "callbacks": [obs.callback_handler(CONVERSATION_AGENT)],
-        "configurable": {"thread_id": plan.thread_id},
+        "configurable": {"thread_id": thread_id},
     }
     shown: list[str] = []
     async for chunk, _meta in graph.astream({"plan": plan}, config, stream_mode="messages"):
@@ -120,7 +123,7 @@ async def run_conversation(obs: ObservabilityConnectorAgent, plan: ConversationP
     final = await graph.ainvoke(Command(resume=plan.answer), config)
     trace_ids = tuple(dict.fromkeys(final.get("trace_ids") or ()))
     applied = str(final.get("applied", ""))
-    return ConversationOutcome(plan.thread_id, trace_ids, "".join(shown), question, plan.answer, applied)
+    return ConversationOutcome(thread_id, trace_ids, "".join(shown), question, plan.answer, applied)
 
 
 def _llm_note(spans: list[ObservabilitySpan]) -> str:

@@ -298,7 +298,7 @@ def build_plans(traces: int, seed: int, time_scale: float = 1.0) -> list[Request
 class ConversationPlan:
     """The demo's one conversation (:mod:`demo_conversation`): a proposal, a human's answer, the apply."""
 
-    thread_id: str
+    thread_prefix: str  # the run adds a unique suffix
     question: str
     answer: str  # what the human answers the interrupt with
     tool_ms: float
@@ -312,7 +312,7 @@ def conversation_plan(seed: int, time_scale: float = 1.0) -> ConversationPlan:
     rng = random.Random(f"conversation-{seed}")
     spec = AGENT_SPECS["resource_optimizer"]
     return ConversationPlan(
-        thread_id=f"budget-review-{seed}",
+        thread_prefix=f"budget-review-{seed}",
         question=f"Reallocate the {rng.choice(_CAMPAIGNS)} budget across {rng.choice(_REGIONS)} "
         f"to lift {rng.choice(_KPIS)}.",
         answer=rng.choice(("approved by the brand lead", "approved, cap any region at 40%")),
