@@ -397,10 +397,82 @@ def test_interrupt_is_control_flow_not_an_error() -> None:
     assert paused.attributes["langgraph.interrupted"] is True
     assert only(spans, "LangGraph").attributes["langgraph.thread_id"] == "review-1"
 
+    paused_trace = paused.trace_id
+    assert only(spans, "LangGraph").attributes["langgraph.interrupted"] is True  # the run paused, too
+
     spans.clear()
     assert graph.invoke(Command(resume="yes"), config=config) == {"log": ["yes"]}
     assert only(spans, "ask").status == "ok"
     assert handler.open_runs == 0
+    resumed = only(spans, "LangGraph")
+    assert resumed.trace_id != paused_trace
+    assert resumed.attributes["langgraph.resumes_trace_id"] == paused_trace
+    assert {s.attributes["langgraph.thread_id"] for s in spans} == {"review-1"}
+    assert not handler._paused  # nothing kept once the paused run's graph span ended
+
+
+def test_thread_links_are_bounded_and_least_recently_used_go_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    from src.agents.ml_foundation.observability_connector import callback_threads
+
+    monkeypatch.setattr(callback_threads, "MAX_THREADS", 10)
+    callback_threads.forget_threads()
+    builder = StateGraph(State)
+    builder.add_node("step", lambda state: {"log": ["x"]})
+    builder.add_edge(START, "step")
+    graph = builder.compile(checkpointer=InMemorySaver())
+    spans: list[Span] = []
+    handler = make_handler(spans.append)
+
+    def run(thread: str, inputs: Any) -> Span:
+        spans.clear()
+        graph.invoke(inputs, config={"callbacks": [handler], "configurable": {"thread_id": thread}})
+        return only(spans, "LangGraph")
+
+    first = run("kept", {"log": []})
+    for n in range(30):
+        run(f"t{n}", {"log": []})
+        if n % 5 == 0:
+            run("kept", None)  # used again: stays among the most recent
+    assert callback_threads.known_threads() == 10
+    assert run("kept", None).attributes["langgraph.resumes_trace_id"] != first.trace_id  # the latest one
+    assert "langgraph.resumes_trace_id" not in run("t0", None).attributes  # forgotten long ago
+    callback_threads.forget_threads()
+
+
+def test_many_paused_runs_leave_nothing_behind() -> None:
+    def ask(state: State) -> dict[str, Any]:
+        return {"log": [interrupt("approve?")]}
+
+    builder = StateGraph(State)
+    builder.add_node("ask", ask)
+    builder.add_edge(START, "ask")
+    graph = builder.compile(checkpointer=InMemorySaver())
+    counter = Counter()
+    handler = make_handler(counter)
+    for n in range(200):
+        config: Any = {"callbacks": [handler], "configurable": {"thread_id": f"paused-{n}"}}
+        graph.invoke({"log": []}, config=config)
+        if n % 2:
+            graph.invoke(Command(resume="ok"), config=config)
+    assert counter.count == 200 * 2 + 100 * 2
+    assert handler.open_runs == 0 and not handler._paused
+
+
+def test_first_token_skips_an_empty_opening_chunk() -> None:
+    from langchain_core.messages import AIMessageChunk
+    from langchain_core.outputs import ChatGenerationChunk, GenerationChunk
+
+    from src.agents.ml_foundation.observability_connector.callback_payloads import is_first_token
+
+    empty = ChatGenerationChunk(message=AIMessageChunk(content=""))
+    assert not is_first_token("", empty)
+    assert is_first_token("Hel", ChatGenerationChunk(message=AIMessageChunk(content="Hel")))
+    tool_call = AIMessageChunk(content="", tool_call_chunks=[{"name": "add", "args": "{", "id": "1", "index": 0}])
+    assert is_first_token("", ChatGenerationChunk(message=tool_call))
+    reasoning = AIMessageChunk(content=[{"type": "thinking", "thinking": "Let me"}])
+    assert is_first_token("", ChatGenerationChunk(message=reasoning))
+    assert is_first_token("", GenerationChunk(text="a")) and not is_first_token("", GenerationChunk(text=""))
+    assert not is_first_token("", None)
 
 
 # --- 3. parallel branches --------------------------------------------------------------------
