@@ -458,6 +458,30 @@ def test_many_paused_runs_leave_nothing_behind() -> None:
     assert handler.open_runs == 0 and not handler._paused
 
 
+def test_a_run_that_fails_after_a_branch_paused_leaves_nothing_behind() -> None:
+    def ask(state: State) -> dict[str, Any]:
+        return {"log": [interrupt("approve?")]}
+
+    def broken(state: State) -> dict[str, Any]:
+        time.sleep(0.01)  # after the other branch has paused
+        raise QuotaExceededError("quota")
+
+    builder = StateGraph(State)
+    builder.add_node("ask", ask)
+    builder.add_node("broken", broken)
+    builder.add_edge(START, "ask")
+    builder.add_edge(START, "broken")
+    graph = builder.compile(checkpointer=InMemorySaver())
+    spans: list[Span] = []
+    handler = make_handler(spans.append)
+    with pytest.raises(QuotaExceededError):
+        graph.invoke({"log": []}, config={"callbacks": [handler], "configurable": {"thread_id": "mixed"}})
+    assert only(spans, "ask").attributes["langgraph.interrupted"] is True  # it had paused first
+    assert only(spans, "broken").status == "error"
+    assert only(spans, "LangGraph").status == "error"
+    assert handler.open_runs == 0 and not handler._paused
+
+
 def test_first_token_skips_an_empty_opening_chunk() -> None:
     from langchain_core.messages import AIMessageChunk
     from langchain_core.outputs import ChatGenerationChunk, GenerationChunk

@@ -266,16 +266,19 @@ class RunTree:
         if entry is None or entry.__class__ is not Span:
             return
         span: Span = entry  # type: ignore[assignment]
+        is_graph = span.attributes.get(RUN_TYPE) == "graph"
+        if is_graph and self._paused:
+            # A graph span that fails (a nested agent's, which the interrupt passes through, or
+            # one that failed after a branch paused) says so itself: nothing left to remember.
+            self._paused.pop(span.trace_id, None)
         if isinstance(error, GraphBubbleUp):
             # interrupt() pauses for a human and Command(graph=PARENT) hands control to the
             # parent graph: control flow, not failure.
             span.attributes["langgraph.bubble_up"] = type(error).__name__
             if isinstance(error, GraphInterrupt):
                 span.attributes[INTERRUPTED] = True
-                paused = self._paused
-                if span.attributes.get(RUN_TYPE) == "graph":
-                    paused.pop(span.trace_id, None)  # a nested agent's graph: it says so itself
-                else:
+                if not is_graph:
+                    paused = self._paused
                     paused[span.trace_id] = None
                     if len(paused) > _MAX_PAUSED:
                         paused.pop(next(iter(paused)), None)
