@@ -1384,3 +1384,50 @@ def test_many_nested_runs_leave_the_registry_flat() -> None:
         assert registered_runs() == before
     assert_one_tree(case, parallel=False)
     assert_nothing_left(case, before)
+
+
+# --- 9. threads across nested agents --------------------------------------------------------
+
+
+@pytest.mark.parametrize("pass_config", [True, False], ids=["config-passed", "config-from-context"])
+def test_a_nested_agent_runs_in_its_callers_thread(pass_config: bool) -> None:
+    """An agent invoked from a node of a threaded graph is one tree with it, every span in the thread;
+    only the top-level run takes part in resume links."""
+    inner_llm = make_llm("inner-model")
+    inner_builder = StateGraph(State)
+    inner_builder.add_node("inner_step", lambda state: {"log": [inner_llm.invoke("q").content]})
+    inner_builder.add_edge(START, "inner_step")
+    inner = inner_builder.compile(name="inner_agent")
+    spans: list[Span] = []
+    inner_handler = make_handler(spans.append)
+
+    def delegate(state: State, config: RunnableConfig) -> dict[str, Any]:
+        call_config: Any = {"callbacks": [inner_handler]}
+        if pass_config:
+            call_config = {**config, "callbacks": [inner_handler]}
+        return {"log": inner.invoke({"log": []}, call_config)["log"]}
+
+    outer_builder = StateGraph(State)
+    outer_builder.add_node("delegate", delegate)
+    outer_builder.add_edge(START, "delegate")
+    outer = outer_builder.compile(checkpointer=InMemorySaver(), name="outer_agent")
+    outer_handler = make_handler(spans.append)
+    config: Any = {"callbacks": [outer_handler], "configurable": {"thread_id": "nested-thread"}}
+
+    outer.invoke({"log": []}, config)
+    outer.invoke(None, config)  # continues the thread: the outer graph links back, the inner never
+
+    for run in {s.trace_id for s in spans}:
+        tree = [s for s in spans if s.trace_id == run]
+        assert {s.attributes.get("langgraph.thread_id") for s in tree} == {"nested-thread"}, [
+            (s.operation_name, s.attributes.get("langgraph.thread_id")) for s in tree
+        ]
+    first_trace = next(s.trace_id for s in spans if s.operation_name == "outer_agent")
+    first_run = [s for s in spans if s.trace_id == first_trace]
+    inner_graph = only(first_run, "inner_agent")
+    assert inner_graph.parent_span_id == only(first_run, "delegate").span_id
+    assert children(first_run, inner_graph) == ["inner_step"]
+    assert all("langgraph.resumes_trace_id" not in s.attributes for s in first_run)
+    (continued,) = [s for s in spans if s.operation_name == "outer_agent" and s.trace_id != first_trace]
+    assert continued.attributes["langgraph.resumes_trace_id"] == first_trace
+    assert outer_handler.open_runs == inner_handler.open_runs == 0
