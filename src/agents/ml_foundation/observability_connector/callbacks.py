@@ -18,6 +18,13 @@ when a LangGraph node starts directly under it; it is then promoted to a span in
 spans (marked ``langchain.hidden``), because LangChain tags are inherited and skipping them
 would silently drop the token usage and latency the metrics are built from.
 
+LangGraph's control flow: every span of a run on a thread carries ``langgraph.thread_id``;
+``interrupt()`` and ``Command`` hand-offs end spans ``ok`` (``langgraph.bubble_up``,
+``langgraph.interrupted``, also on the graph span of a run that paused); a run that continues
+a thread (``Command`` or ``None`` input) names the thread's previous trace in
+``langgraph.resumes_trace_id`` (:mod:`callback_threads`); a streamed LLM call gets
+``llm.time_to_first_token_ms`` at its first chunk with output.
+
 Hot path: ``run_inline = True`` makes LangChain call the handler synchronously on the
 caller's thread or loop, far cheaper than the default thread-pool dispatch. So every method
 does in-memory work only: no I/O, no locks (single dict operations are atomic under the GIL),
