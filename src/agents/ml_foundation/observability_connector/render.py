@@ -181,7 +181,21 @@ def _span_label(span: ObservabilitySpan, parent_agent: str | None) -> Text:
         label.append(f"  [{span.llm_model or 'llm'}{tokens}]", style="blue")
     if span.attributes.get("fallback_used"):
         label.append("  fallback used", style="bold yellow")
+    _flow_marks(label, span.attributes)
     return label
+
+
+def _flow_marks(label: Text, attrs: Mapping[str, Any]) -> None:
+    """LangGraph's control flow and streaming as the callback handler recorded them: a run that
+    paused for a human, the trace a run resumes, and a streamed call's time to first token."""
+    if attrs.get("langgraph.interrupted") is True:
+        label.append("  paused (interrupt)", style="yellow")
+    resumed = attrs.get("langgraph.resumes_trace_id")
+    if resumed:
+        label.append(f"  resumes {resumed}", style="cyan")
+    ttft = attrs.get("llm.time_to_first_token_ms")
+    if isinstance(ttft, (int, float)) and not isinstance(ttft, bool):
+        label.append(f"  first token {fmt_ms(ttft)} ms", style="blue")
 
 
 def _descendants(

@@ -140,6 +140,11 @@ _DESCRIPTOR_WORDS = frozenset(
         "fields",
         "policy",
         "version",
+        # units: "llm.time_to_first_token_ms" is a latency, not a token
+        "ms",
+        "us",
+        "ns",
+        "seconds",
     }
 )
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
