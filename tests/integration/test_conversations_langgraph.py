@@ -22,6 +22,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langgraph.checkpoint.memory import MemorySaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
+from langgraph.types import Command, interrupt
 from typer.testing import CliRunner
 
 from src.agents.ml_foundation.observability_connector.agent import ObservabilityConnectorAgent
@@ -100,13 +101,13 @@ async def test_a_two_turn_conversation_fills_the_columns(
             if "langgraph.thread_id" in row.attributes:
                 assert row.thread_id == "lg-thread-1"
 
-    # Which spans carry the thread is the handler's choice (the flow branch writes it on every span
-    # of a run); the filtered answer counts exactly the stored rows of the thread.
+    # The handler writes the thread on every span of a run: the column holds it on every row.
+    for trace_id in traces:
+        assert {r.thread_id for r in await ctx.store.get_spans_by_trace_id(trace_id)} == {"lg-thread-1"}
     in_thread = await aggregate_metrics({"time_window": "1h", "thread_id_filter": "lg-thread-1"}, Runtime(context=ctx))
     assert in_thread["total_spans_analyzed"] == len(spans)
-    metrics = await aggregate_metrics({"time_window": "1h"}, Runtime(context=ctx))
-    assert metrics["ttft_by_model"]["fake-stream-1"]["count"] == 2
-    assert metrics["ttft_by_agent"]["explainer"]["p50_ms"] <= metrics["ttft_by_agent"]["explainer"]["p95_ms"]
+    assert in_thread["ttft_by_model"]["fake-stream-1"]["count"] == 2
+    assert in_thread["ttft_by_agent"]["explainer"]["p50_ms"] <= in_thread["ttft_by_agent"]["explainer"]["p95_ms"]
 
     other = await graph.ainvoke(
         {"messages": [HumanMessage("hi")]},
@@ -120,3 +121,52 @@ async def test_a_two_turn_conversation_fills_the_columns(
     assert shown.exit_code == 0, shown.output
     assert "2 trace(s)" in shown.output
     assert shown.output.index(f"trace {traces[0]}") < shown.output.index(f"trace {traces[1]}")
+
+
+def build_review_graph() -> Any:
+    model = NamedFakeChatModel(messages=itertools.repeat(AIMessage("a draft")))
+
+    async def draft(state: Chat) -> dict[str, Any]:
+        chunks = [chunk async for chunk in model.astream(state["messages"])]
+        return {"messages": [AIMessage("".join(str(c.content) for c in chunks))]}
+
+    def review(state: Chat) -> dict[str, Any]:
+        answer = interrupt({"question": "publish?"})
+        return {"messages": [HumanMessage(f"reviewer: {answer}")]}
+
+    builder = StateGraph(Chat)
+    builder.add_node("draft", draft)
+    builder.add_node("review", review)
+    builder.add_edge(START, "draft")
+    builder.add_edge("draft", "review")
+    builder.add_edge("review", END)
+    return builder.compile(checkpointer=MemorySaver())
+
+
+async def test_an_interrupted_and_resumed_turn_is_one_conversation(
+    setup: tuple[ObservabilityConnectorAgent, ConnectorContext], tmp_path: Path
+) -> None:
+    obs, ctx = setup
+    graph = build_review_graph()
+    config: Any = {"configurable": {"thread_id": "review-1"}, "callbacks": [obs.callback_handler("explainer")]}
+    paused = await graph.ainvoke({"messages": [HumanMessage("write it")]}, config)
+    assert "__interrupt__" in paused
+    config["callbacks"] = [obs.callback_handler("explainer")]
+    done = await graph.ainvoke(Command(resume="yes"), config)
+    assert done["messages"][-1].content == "reviewer: yes"
+    assert await obs.flush(timeout=10)
+
+    spans = await ctx.store.get_conversation_spans(None, thread_id="review-1")
+    traces = list(dict.fromkeys(s.trace_id for s in spans))
+    assert len(traces) == 2
+    assert all(s.status == "ok" for s in spans)  # an interrupt is no error
+    resumed_root = next(s for s in spans if s.trace_id == traces[1] and s.parent_span_id is None)
+    assert resumed_root.attributes["langgraph.resumes_trace_id"] == traces[0]
+    (streamed,) = [s for s in spans if s.llm_model == "fake-stream-1"]
+    assert streamed.trace_id == traces[0] and streamed.ttft_ms is not None
+
+    args = ["--store", str(tmp_path / "spans.db"), "trace", "--thread", "review-1"]
+    shown = await asyncio.to_thread(CliRunner().invoke, app, args, env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "turn 2" in shown.output and f"resumes trace {traces[0]}" in shown.output
+    assert "paused (interrupt)" in shown.output and "first token" in shown.output

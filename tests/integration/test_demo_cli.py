@@ -58,10 +58,12 @@ class DemoRun:
     db: Path
     spans: dict[str, list[ObservabilitySpan]]  # trace id -> stored spans
     console_output: str
+    conversation: dict[str, list[ObservabilitySpan]]  # the conversation's turns: trace id -> stored spans
 
     @property
     def all_spans(self) -> list[ObservabilitySpan]:
-        return [s for spans in self.spans.values() for s in spans]
+        """Every span of the run: the requests' and the conversation's."""
+        return [s for spans in (*self.spans.values(), *self.conversation.values()) for s in spans]
 
 
 def _context(db: Path) -> ConnectorContext:
@@ -76,11 +78,14 @@ def _run(db: Path, traces: int = TRACES, seed: int = SEED) -> DemoRun:
     console = Console(file=out, width=140, color_system=None)
     result = asyncio.run(run_demo(traces, seed, console, context=_context(db), time_scale=TIME_SCALE))
 
-    async def read() -> dict[str, list[ObservabilitySpan]]:
-        async with ObservabilitySpanRepository(SQLiteSpanRepository(db)) as store:
-            return {tid: await store.get_spans_by_trace_id(tid) for tid in result.trace_ids}
+    assert result.conversation is not None
+    turns = [turn["trace_id"] for turn in result.conversation["turns"]]
 
-    return DemoRun(result, db, asyncio.run(read()), out.getvalue())
+    async def read(trace_ids: list[str]) -> dict[str, list[ObservabilitySpan]]:
+        async with ObservabilitySpanRepository(SQLiteSpanRepository(db)) as store:
+            return {tid: await store.get_spans_by_trace_id(tid) for tid in trace_ids}
+
+    return DemoRun(result, db, asyncio.run(read(result.trace_ids)), out.getvalue(), asyncio.run(read(turns)))
 
 
 @pytest.fixture(scope="module")
@@ -220,6 +225,55 @@ def test_demo_prints_tables_tree_and_hints(demo: DemoRun) -> None:
     assert str(demo.db) in out
     # The drawn trace is the smallest with a fallback.
     assert demo.result.sample_trace_id in demo.result.fallback_trace_ids
+
+
+def test_the_orchestrator_streams_its_answer_and_only_streamed_calls_have_a_first_token(demo: DemoRun) -> None:
+    request_spans = [s for spans in demo.spans.values() for s in spans]
+    llm_spans = [s for s in request_spans if s.attributes.get("langchain.run_type") == "llm"]
+    by_id = {s.span_id: s for s in request_spans}
+    streamed = [
+        s
+        for s in llm_spans
+        if (by_id[s.parent_span_id].agent_name, by_id[s.parent_span_id].operation_name)  # type: ignore[index]
+        == ("orchestrator", "synthesize")
+    ]
+    assert len(streamed) == TRACES
+    for span in llm_spans:
+        ttft = span.attributes.get("llm.time_to_first_token_ms")
+        if span in streamed:
+            # The demo model waits 40 % of the call's latency before its first words.
+            assert isinstance(ttft, float) and 0 < ttft < (span.duration_ms or 0), span
+        else:
+            assert ttft is None, span
+
+
+def test_the_conversation_pauses_for_a_human_and_resumes_on_its_thread(demo: DemoRun) -> None:
+    first_id, second_id = demo.conversation
+    first, second = demo.conversation[first_id], demo.conversation[second_id]
+
+    def names(spans: list[ObservabilitySpan]) -> list[str]:
+        return sorted(s.operation_name for s in spans)
+
+    assert names(first) == ["approve", "budget_review", "llm.gpt-4o", "propose", "tool.solve_allocation"]
+    assert names(second) == ["apply", "approve", "budget_review", "llm.gpt-4o"]
+    thread = demo.result.conversation["thread_id"]  # type: ignore[index]
+    assert thread.startswith(f"budget-review-{SEED}-")
+    for span in (*first, *second):
+        assert span.status == "ok", span
+        assert span.attributes["langgraph.thread_id"] == thread
+        assert span.agent_name == "resource_optimizer"
+    roots = {s.trace_id: s for s in (*first, *second) if s.parent_span_id is None}
+    assert roots[first_id].attributes["langgraph.interrupted"] is True
+    assert next(s for s in first if s.operation_name == "approve").attributes["langgraph.interrupted"] is True
+    assert roots[second_id].attributes["langgraph.resumes_trace_id"] == first_id
+    assert "langgraph.resumes_trace_id" not in roots[first_id].attributes
+    proposal = next(s for s in first if s.operation_name == "llm.gpt-4o")
+    applied = next(s for s in second if s.operation_name == "llm.gpt-4o")
+    assert 0 < proposal.attributes["llm.time_to_first_token_ms"] < (proposal.duration_ms or 0)  # streamed to the UI
+    assert "llm.time_to_first_token_ms" not in applied.attributes
+    out = demo.console_output
+    for text in ("One conversation, as stored", "paused (interrupt)", f"resumes {first_id}", "first token", thread):
+        assert text in out, text
 
 
 def test_same_seed_same_workload_but_fresh_ids(tmp_path: Path) -> None:

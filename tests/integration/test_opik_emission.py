@@ -125,12 +125,14 @@ async def test_demo_traces_reach_opik_as_closed_trees(make_rig: Callable[..., Ri
     result = await run_demo(4, 11, console, context=rig.context, time_scale=0.1, show_progress=False)
     assert result.spans_stored == result.spans_produced
     assert result.opik is not None and result.opik["spans_sent"] == result.spans_stored
-    await assert_exactly_once(rig, result.trace_ids)
+    assert result.conversation is not None  # its two turns are traces of their own
+    trace_ids = result.trace_ids + [turn["trace_id"] for turn in result.conversation["turns"]]
+    await assert_exactly_once(rig, trace_ids)
     received = rig.receiver.spans
     for body in received.values():
         parent = body.get("parent_span_id")
         assert parent is None or parent in received, f"{body['name']} points at a span Opik never got"
-    stored = {opik_span_id(s.trace_id, s.span_id): s for s in await stored_spans(rig, result.trace_ids)}
+    stored = {opik_span_id(s.trace_id, s.span_id): s for s in await stored_spans(rig, trace_ids)}
     llm = [s for s in stored.values() if s.llm_model]
     assert llm
     for key, span in stored.items():

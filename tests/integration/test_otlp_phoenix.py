@@ -68,8 +68,13 @@ async def test_demo_spans_read_back_from_phoenix_with_tree_and_genai_attributes(
         assert by_id[row.span_id]["span_kind"] == "LLM"
     tools = [r for r in rows if r.attributes.get("langchain.run_type") == "tool"]
     assert tools and all(by_id[r.span_id]["attributes"]["gen_ai.operation.name"] == "execute_tool" for r in tools)
-    roots = [r for r in rows if r.parent_span_id is None]
+    roots = [r for r in rows if r.parent_span_id is None and r.trace_id in result.trace_ids]
     assert len(roots) == 3
+    # Besides the requests, the demo's conversation: two turns, each a trace of its own.
+    assert sorted(by_id[r.span_id]["name"] for r in rows if r.parent_span_id is None and r not in roots) == [
+        "budget_review",
+        "budget_review",
+    ]
     for row in roots:
         attrs = by_id[row.span_id]["attributes"]
         assert attrs["gen_ai.operation.name"] == "invoke_agent" and attrs["gen_ai.agent.name"] == "orchestrator"

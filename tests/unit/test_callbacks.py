@@ -397,10 +397,106 @@ def test_interrupt_is_control_flow_not_an_error() -> None:
     assert paused.attributes["langgraph.interrupted"] is True
     assert only(spans, "LangGraph").attributes["langgraph.thread_id"] == "review-1"
 
+    paused_trace = paused.trace_id
+    assert only(spans, "LangGraph").attributes["langgraph.interrupted"] is True  # the run paused, too
+
     spans.clear()
     assert graph.invoke(Command(resume="yes"), config=config) == {"log": ["yes"]}
     assert only(spans, "ask").status == "ok"
     assert handler.open_runs == 0
+    resumed = only(spans, "LangGraph")
+    assert resumed.trace_id != paused_trace
+    assert resumed.attributes["langgraph.resumes_trace_id"] == paused_trace
+    assert {s.attributes["langgraph.thread_id"] for s in spans} == {"review-1"}
+    assert not handler._paused  # nothing kept once the paused run's graph span ended
+
+
+def test_thread_links_are_bounded_and_least_recently_used_go_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    from src.agents.ml_foundation.observability_connector import callback_threads
+
+    monkeypatch.setattr(callback_threads, "MAX_THREADS", 10)
+    callback_threads.forget_threads()
+    builder = StateGraph(State)
+    builder.add_node("step", lambda state: {"log": ["x"]})
+    builder.add_edge(START, "step")
+    graph = builder.compile(checkpointer=InMemorySaver())
+    spans: list[Span] = []
+    handler = make_handler(spans.append)
+
+    def run(thread: str, inputs: Any) -> Span:
+        spans.clear()
+        graph.invoke(inputs, config={"callbacks": [handler], "configurable": {"thread_id": thread}})
+        return only(spans, "LangGraph")
+
+    first = run("kept", {"log": []})
+    for n in range(30):
+        run(f"t{n}", {"log": []})
+        if n % 5 == 0:
+            run("kept", None)  # used again: stays among the most recent
+    assert callback_threads.known_threads() == 10
+    assert run("kept", None).attributes["langgraph.resumes_trace_id"] != first.trace_id  # the latest one
+    assert "langgraph.resumes_trace_id" not in run("t0", None).attributes  # forgotten long ago
+    callback_threads.forget_threads()
+
+
+def test_many_paused_runs_leave_nothing_behind() -> None:
+    def ask(state: State) -> dict[str, Any]:
+        return {"log": [interrupt("approve?")]}
+
+    builder = StateGraph(State)
+    builder.add_node("ask", ask)
+    builder.add_edge(START, "ask")
+    graph = builder.compile(checkpointer=InMemorySaver())
+    counter = Counter()
+    handler = make_handler(counter)
+    for n in range(200):
+        config: Any = {"callbacks": [handler], "configurable": {"thread_id": f"paused-{n}"}}
+        graph.invoke({"log": []}, config=config)
+        if n % 2:
+            graph.invoke(Command(resume="ok"), config=config)
+    assert counter.count == 200 * 2 + 100 * 2
+    assert handler.open_runs == 0 and not handler._paused
+
+
+def test_a_run_that_fails_after_a_branch_paused_leaves_nothing_behind() -> None:
+    def ask(state: State) -> dict[str, Any]:
+        return {"log": [interrupt("approve?")]}
+
+    def broken(state: State) -> dict[str, Any]:
+        time.sleep(0.01)  # after the other branch has paused
+        raise QuotaExceededError("quota")
+
+    builder = StateGraph(State)
+    builder.add_node("ask", ask)
+    builder.add_node("broken", broken)
+    builder.add_edge(START, "ask")
+    builder.add_edge(START, "broken")
+    graph = builder.compile(checkpointer=InMemorySaver())
+    spans: list[Span] = []
+    handler = make_handler(spans.append)
+    with pytest.raises(QuotaExceededError):
+        graph.invoke({"log": []}, config={"callbacks": [handler], "configurable": {"thread_id": "mixed"}})
+    assert only(spans, "ask").attributes["langgraph.interrupted"] is True  # it had paused first
+    assert only(spans, "broken").status == "error"
+    assert only(spans, "LangGraph").status == "error"
+    assert handler.open_runs == 0 and not handler._paused
+
+
+def test_first_token_skips_an_empty_opening_chunk() -> None:
+    from langchain_core.messages import AIMessageChunk
+    from langchain_core.outputs import ChatGenerationChunk, GenerationChunk
+
+    from src.agents.ml_foundation.observability_connector.callback_payloads import is_first_token
+
+    empty = ChatGenerationChunk(message=AIMessageChunk(content=""))
+    assert not is_first_token("", empty)
+    assert is_first_token("Hel", ChatGenerationChunk(message=AIMessageChunk(content="Hel")))
+    tool_call = AIMessageChunk(content="", tool_call_chunks=[{"name": "add", "args": "{", "id": "1", "index": 0}])
+    assert is_first_token("", ChatGenerationChunk(message=tool_call))
+    reasoning = AIMessageChunk(content=[{"type": "thinking", "thinking": "Let me"}])
+    assert is_first_token("", ChatGenerationChunk(message=reasoning))
+    assert is_first_token("", GenerationChunk(text="a")) and not is_first_token("", GenerationChunk(text=""))
+    assert not is_first_token("", None)
 
 
 # --- 3. parallel branches --------------------------------------------------------------------
@@ -1288,3 +1384,50 @@ def test_many_nested_runs_leave_the_registry_flat() -> None:
         assert registered_runs() == before
     assert_one_tree(case, parallel=False)
     assert_nothing_left(case, before)
+
+
+# --- 9. threads across nested agents --------------------------------------------------------
+
+
+@pytest.mark.parametrize("pass_config", [True, False], ids=["config-passed", "config-from-context"])
+def test_a_nested_agent_runs_in_its_callers_thread(pass_config: bool) -> None:
+    """An agent invoked from a node of a threaded graph is one tree with it, every span in the thread;
+    only the top-level run takes part in resume links."""
+    inner_llm = make_llm("inner-model")
+    inner_builder = StateGraph(State)
+    inner_builder.add_node("inner_step", lambda state: {"log": [inner_llm.invoke("q").content]})
+    inner_builder.add_edge(START, "inner_step")
+    inner = inner_builder.compile(name="inner_agent")
+    spans: list[Span] = []
+    inner_handler = make_handler(spans.append)
+
+    def delegate(state: State, config: RunnableConfig) -> dict[str, Any]:
+        call_config: Any = {"callbacks": [inner_handler]}
+        if pass_config:
+            call_config = {**config, "callbacks": [inner_handler]}
+        return {"log": inner.invoke({"log": []}, call_config)["log"]}
+
+    outer_builder = StateGraph(State)
+    outer_builder.add_node("delegate", delegate)
+    outer_builder.add_edge(START, "delegate")
+    outer = outer_builder.compile(checkpointer=InMemorySaver(), name="outer_agent")
+    outer_handler = make_handler(spans.append)
+    config: Any = {"callbacks": [outer_handler], "configurable": {"thread_id": "nested-thread"}}
+
+    outer.invoke({"log": []}, config)
+    outer.invoke(None, config)  # continues the thread: the outer graph links back, the inner never
+
+    for run in {s.trace_id for s in spans}:
+        tree = [s for s in spans if s.trace_id == run]
+        assert {s.attributes.get("langgraph.thread_id") for s in tree} == {"nested-thread"}, [
+            (s.operation_name, s.attributes.get("langgraph.thread_id")) for s in tree
+        ]
+    first_trace = next(s.trace_id for s in spans if s.operation_name == "outer_agent")
+    first_run = [s for s in spans if s.trace_id == first_trace]
+    inner_graph = only(first_run, "inner_agent")
+    assert inner_graph.parent_span_id == only(first_run, "delegate").span_id
+    assert children(first_run, inner_graph) == ["inner_step"]
+    assert all("langgraph.resumes_trace_id" not in s.attributes for s in first_run)
+    (continued,) = [s for s in spans if s.operation_name == "outer_agent" and s.trace_id != first_trace]
+    assert continued.attributes["langgraph.resumes_trace_id"] == first_trace
+    assert outer_handler.open_runs == inner_handler.open_runs == 0

@@ -384,7 +384,7 @@ def test_trace_thread_prints_a_conversation_turn_by_turn(tmp_path: Path) -> None
     assert positions == sorted(positions)
     assert [out.index(f"trace {t}") for t in trace_ids] == sorted(out.index(f"trace {t}") for t in trace_ids)
     assert out.index("turn_0") < out.index("turn_1") < out.index("turn_2")
-    assert f"resumes trace {trace_ids[1]}" in out and "user dana" in out and "ttft 14" in out
+    assert f"resumes trace {trace_ids[1]}" in out and "user dana" in out and "first token 14" in out
     assert "elsewhere" not in out
 
     missing = _cli(tmp_path, "trace", "--thread", "nope")

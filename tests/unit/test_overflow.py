@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 
-from src.agents.ml_foundation.observability_connector import collector as collector_module
 from src.agents.ml_foundation.observability_connector.batch_processor import BatchProcessor
 from src.agents.ml_foundation.observability_connector.overflow_file import OverflowFile, overflow_files
 from src.agents.ml_foundation.observability_connector.settings import BatchingSettings
@@ -72,7 +71,8 @@ def test_a_full_buffer_never_sleeps_spills_and_delivers_every_span_in_order(
             sleeps_on_producer.append(seconds)
         real_sleep(seconds)
 
-    monkeypatch.setattr(collector_module.time, "sleep", watched_sleep)
+    # Every module that sleeps calls time.sleep: the collector has no sleep of its own left to patch.
+    monkeypatch.setattr(time, "sleep", watched_sleep)
     sink = SlowSink()
     flusher = BatchProcessor(
         sink, max_batch_size=50, max_wait_seconds=60, max_queue=10_000, max_in_flight=1, overflow_dir=tmp_path

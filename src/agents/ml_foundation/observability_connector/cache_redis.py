@@ -18,6 +18,7 @@ from .cache_entries import INVALIDATION_LOG
 from .cache_near import NearCache, near_acquire, near_existing, near_release
 from .json_codec import loads
 from .lifecycle import keep_inherited, watch_after_fork
+from .log_gate import LogGate
 from .redaction import redact_url
 from .settings import CacheSettings
 
@@ -26,9 +27,6 @@ __all__ = ["INVALIDATE_LUA", "PUT_LUA", "RedisBackend", "RedisUnavailableError"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-#: At most one "Redis unavailable" line per this many seconds (the rest are counted).
-_LOG_EVERY_S = 60.0
 
 
 # KEYS: gen, log, idx, entry. ARGV: token, window_start, payload, ttl_ms, log length.
@@ -97,7 +95,7 @@ class RedisBackend:
         self._lock = threading.Lock()  # guards the client map and the health fields below
         self._down_until = 0.0
         self._available = True
-        self._last_log = -math.inf
+        self._log_gate = LogGate()
         self._suppressed = 0
         self.errors = 0
         self.last_error: str | None = None
@@ -196,10 +194,9 @@ class RedisBackend:
             self.last_error = f"{type(exc).__name__}: {exc}"
             self._down_until = now + self._retry_s
             was_available, self._available = self._available, False
-            should_log = was_available or now - self._last_log >= _LOG_EVERY_S
+            should_log = self._log_gate.open(force=was_available)
             suppressed = self._suppressed
             if should_log:
-                self._last_log = now
                 self._suppressed = 0
             else:
                 self._suppressed += 1

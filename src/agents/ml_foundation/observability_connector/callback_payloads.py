@@ -21,6 +21,9 @@ STEP = "langgraph.step"
 TRIGGERS = "langgraph.triggers"
 THREAD_ID = "langgraph.thread_id"
 HIDDEN = "langchain.hidden"
+RESUMES_TRACE_ID = "langgraph.resumes_trace_id"
+INTERRUPTED = "langgraph.interrupted"
+TTFT_MS = "llm.time_to_first_token_ms"
 
 
 def has_step_tag(tags: Sequence[str]) -> bool:
@@ -31,6 +34,38 @@ def has_step_tag(tags: Sequence[str]) -> bool:
         if tag.startswith(_STEP_TAG_PREFIX):
             return True
     return False
+
+
+def thread_of(metadata: Mapping[str, Any] | None, parent: object) -> str | None:
+    """The LangGraph thread a run belongs to: ``configurable.thread_id`` or its parent span's.
+
+    LangChain copies scalar ``configurable`` values into every run's metadata, so inside a
+    graph invoked with a thread every run carries it; the parent's attribute covers runs whose
+    metadata lacks it (a nested agent invoked without the config). Always a string: it is an
+    identifier, and the stores keep it as text.
+    """
+    if metadata:
+        thread = metadata.get("thread_id")
+        if thread is not None:
+            return thread if thread.__class__ is str else str(thread)
+    if parent is not None and parent.__class__ is Span:
+        return parent.attributes.get(THREAD_ID)  # type: ignore[attr-defined,no-any-return]
+    return None
+
+
+def is_first_token(token: Any, chunk: Any) -> bool:
+    """Whether a streamed chunk carries output, so time to first token is measured at it.
+
+    Providers often open a stream with an empty chunk (OpenAI's role-only delta) before the
+    model has produced anything; that is not the first token. A chunk whose text is empty but
+    that carries tool-call fragments or content blocks (reasoning, Anthropic's list content) is.
+    """
+    if token:
+        return True
+    message = getattr(chunk, "message", None)
+    if message is None:
+        return bool(getattr(chunk, "text", None))
+    return bool(getattr(message, "content", None) or getattr(message, "tool_call_chunks", None))
 
 
 def serialized_name(serialized: Mapping[str, Any] | None) -> str | None:

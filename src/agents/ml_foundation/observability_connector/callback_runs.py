@@ -22,7 +22,7 @@ from uuid import UUID
 # LangGraph's control-flow exceptions (interrupt(), Command(graph=PARENT)) are not failures.
 from langgraph.errors import GraphBubbleUp, GraphInterrupt
 
-from .callback_payloads import RUN_TYPE
+from .callback_payloads import INTERRUPTED, RUN_TYPE, THREAD_ID
 from .callback_registry import (
     ADOPT,
     ADOPTED,
@@ -45,6 +45,8 @@ __all__ = ["RunTree"]
 logger = logging.getLogger(__name__)
 
 _EVICTION_LOG_INTERVAL_S = 60.0
+# Paused traces remembered per handler; only a graph run that never ends leaves one behind.
+_MAX_PAUSED = 1_000
 
 
 class RunTree:
@@ -72,6 +74,10 @@ class RunTree:
         self._runs: dict[UUID, Span | Skipped | Foreign] = {}
         self.evicted = 0
         self._evicted_logged = 0
+        # Traces in which a run of this handler was interrupted, until this handler's graph span
+        # of that trace ends: the graph run itself ends normally when it pauses, so this is how its
+        # span learns that it paused. Insertion-ordered, bounded by _MAX_PAUSED.
+        self._paused: dict[str, None] = {}
         self._last_eviction_log = -_EVICTION_LOG_INTERVAL_S
 
     @property
@@ -211,12 +217,18 @@ class RunTree:
             self._last_eviction_log = mono
             self._evicted_logged = self.evicted
 
-    def _promote(self, run_id: UUID, skipped: Skipped) -> Span:
-        """A skipped chain that turned out to be a compiled subgraph becomes a span, in place."""
+    def _promote(self, run_id: UUID, skipped: Skipped, thread_id: str | None = None) -> Span:
+        """A skipped chain that turned out to be a compiled subgraph becomes a span, in place.
+
+        ``thread_id``: the LangGraph thread of the node that revealed it (the subgraph runs in it).
+        """
         promoted = skipped.promoted
         if not promoted:
             name = skipped.name or "subgraph"
-            promoted.append(self._new_span(skipped.anchor, name, {RUN_TYPE: "subgraph"}, skipped.start_ns))
+            attributes: dict[str, Any] = {RUN_TYPE: "subgraph"}
+            if thread_id is not None:
+                attributes[THREAD_ID] = thread_id
+            promoted.append(self._new_span(skipped.anchor, name, attributes, skipped.start_ns))
         span = promoted[0]
         self._runs[run_id] = span  # same key: keeps the run's place in the eviction order
         return span
@@ -240,6 +252,10 @@ class RunTree:
             span.output_data = output
         return span
 
+    def _paused_here(self, span: Span) -> bool:
+        """Whether a graph span that is ending normally paused (a run under it was interrupted)."""
+        return self._paused.pop(span.trace_id, False) is None
+
     def _finish(self, span: Span) -> None:
         end = time_ns()
         span.finish(end if end > span.start_ns else span.start_ns)
@@ -250,12 +266,22 @@ class RunTree:
         if entry is None or entry.__class__ is not Span:
             return
         span: Span = entry  # type: ignore[assignment]
+        is_graph = span.attributes.get(RUN_TYPE) == "graph"
+        if is_graph and self._paused:
+            # A graph span that fails (a nested agent's, which the interrupt passes through, or
+            # one that failed after a branch paused) says so itself: nothing left to remember.
+            self._paused.pop(span.trace_id, None)
         if isinstance(error, GraphBubbleUp):
             # interrupt() pauses for a human and Command(graph=PARENT) hands control to the
             # parent graph: control flow, not failure.
             span.attributes["langgraph.bubble_up"] = type(error).__name__
             if isinstance(error, GraphInterrupt):
-                span.attributes["langgraph.interrupted"] = True
+                span.attributes[INTERRUPTED] = True
+                if not is_graph:
+                    paused = self._paused
+                    paused[span.trace_id] = None
+                    if len(paused) > _MAX_PAUSED:
+                        paused.pop(next(iter(paused)), None)
         elif isinstance(error, GeneratorExit):
             # The consumer of astream()/stream() stopped reading early; the run did not fail.
             span.attributes["langchain.stream_closed_early"] = True

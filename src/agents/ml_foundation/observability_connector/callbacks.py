@@ -18,6 +18,13 @@ when a LangGraph node starts directly under it; it is then promoted to a span in
 spans (marked ``langchain.hidden``), because LangChain tags are inherited and skipping them
 would silently drop the token usage and latency the metrics are built from.
 
+LangGraph's control flow: every span of a run on a thread carries ``langgraph.thread_id``;
+``interrupt()`` and ``Command`` hand-offs end spans ``ok`` (``langgraph.bubble_up``,
+``langgraph.interrupted``, also on the graph span of a run that paused); a run that continues
+a thread (``Command`` or ``None`` input) names the thread's previous trace in
+``langgraph.resumes_trace_id`` (:mod:`callback_threads`); a streamed LLM call gets
+``llm.time_to_first_token_ms`` at its first chunk with output.
+
 Hot path: ``run_inline = True`` makes LangChain call the handler synchronously on the
 caller's thread or loop, far cheaper than the default thread-pool dispatch. So every method
 does in-memory work only: no I/O, no locks (single dict operations are atomic under the GIL),
@@ -42,18 +49,33 @@ from langchain_core.callbacks import BaseCallbackHandler
 from .callback_payloads import (
     HIDDEN,
     HIDDEN_TAG,
+    INTERRUPTED,
     NODE,
+    RESUMES_TRACE_ID,
     RUN_TYPE,
     STEP,
     THREAD_ID,
     TRIGGERS,
+    TTFT_MS,
     has_step_tag,
+    is_first_token,
     model_name,
     record_llm_result,
     serialized_name,
+    thread_of,
 )
-from .callback_registry import ADOPT, CHILD, IGNORE, MAX_REGISTERED_RUNS, adopted_parent, node_context, registered_runs
+from .callback_registry import (
+    ADOPT,
+    CHILD,
+    IGNORE,
+    MAX_REGISTERED_RUNS,
+    ROOT,
+    adopted_parent,
+    node_context,
+    registered_runs,
+)
 from .callback_runs import RunTree
+from .callback_threads import is_resume, link_run
 from .spans import Span
 
 __all__ = [
@@ -102,24 +124,28 @@ class ObservabilityCallbackHandler(RunTree, BaseCallbackHandler):
             # The graph itself (or any chain run whose parent this handler never saw); an
             # adopted one is an agent invoked from another agent's node and nests under it.
             attributes: dict[str, Any] = {RUN_TYPE: "graph"}
-            if metadata:
-                thread_id = metadata.get("thread_id")
-                if thread_id is not None:
-                    attributes[THREAD_ID] = thread_id
-            span = self._open(
-                run_id,
-                adopted_parent(parent) if how == ADOPT else None,
-                name or serialized_name(serialized) or "chain",
-                attributes,
-            )
+            anchor = adopted_parent(parent) if how == ADOPT else None
+            thread_id = thread_of(metadata, parent)
+            if thread_id is not None:
+                attributes[THREAD_ID] = thread_id
+            span = self._open(run_id, anchor, name or serialized_name(serialized) or "chain", attributes)
+            if thread_id is not None and how == ROOT:
+                # A top-level run of a thread: the thread's latest trace from now on; a run that
+                # continues a paused thread names the trace it continues.
+                resumed = link_run(thread_id, span.trace_id, is_resume(inputs))
+                if resumed is not None:
+                    span.attributes[RESUMES_TRACE_ID] = resumed
             if self.capture_inputs:
                 span.input_data = inputs
             return
         node = metadata.get("langgraph_node") if metadata else None
         if node is not None and tags and has_step_tag(tags):
+            thread_id = thread_of(metadata, parent)
             if parent_skipped is not None and not parent_skipped.hidden and parent_run_id is not None:
-                parent = self._promote(parent_run_id, parent_skipped)
+                parent = self._promote(parent_run_id, parent_skipped, thread_id)
             attributes = {RUN_TYPE: "node", NODE: node}
+            if thread_id is not None:
+                attributes[THREAD_ID] = thread_id
             step = metadata.get("langgraph_step")  # type: ignore[union-attr]
             if step is not None:
                 attributes[STEP] = step
@@ -135,6 +161,13 @@ class ObservabilityCallbackHandler(RunTree, BaseCallbackHandler):
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
         span = self._end(run_id, outputs)
         if span is not None:
+            # A graph that paused ends normally (its pending interrupts are in the output only
+            # under stream_mode="values"/invoke); its span says so too, so that a paused
+            # conversation's trace is findable from its top.
+            if span.attributes.get(RUN_TYPE) == "graph" and (
+                (self._paused and self._paused_here(span)) or (outputs.__class__ is dict and "__interrupt__" in outputs)
+            ):
+                span.attributes[INTERRUPTED] = True
             self._finish(span)
 
     def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
@@ -161,6 +194,9 @@ class ObservabilityCallbackHandler(RunTree, BaseCallbackHandler):
         attributes: dict[str, Any] = {RUN_TYPE: "llm"}
         if tags and HIDDEN_TAG in tags:
             attributes[HIDDEN] = True
+        thread_id = thread_of(metadata, parent)
+        if thread_id is not None:
+            attributes[THREAD_ID] = thread_id
         class_name = serialized_name(serialized)
         if class_name:
             attributes["llm.class"] = class_name
@@ -209,13 +245,14 @@ class ObservabilityCallbackHandler(RunTree, BaseCallbackHandler):
     ) -> None:
         self._llm_start(serialized, prompts, run_id, parent_run_id, tags, metadata, kwargs)
 
-    def on_llm_new_token(self, token: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        # Streaming only: remember time to first token, the latency users actually feel.
+    def on_llm_new_token(self, token: Any, *, run_id: UUID, chunk: Any = None, **kwargs: Any) -> None:
+        # Streaming only (a non-streaming call never gets here, so it has no such attribute):
+        # time to first token, the latency a user of a streaming UI actually feels.
         span = self._runs.get(run_id)
         if span is not None and span.__class__ is Span:
-            attrs = span.attributes
-            if "llm.time_to_first_token_ms" not in attrs:
-                attrs["llm.time_to_first_token_ms"] = (time_ns() - span.start_ns) / 1e6  # type: ignore[union-attr]
+            attrs = span.attributes  # type: ignore[union-attr]
+            if TTFT_MS not in attrs and is_first_token(token, chunk):
+                attrs[TTFT_MS] = (time_ns() - span.start_ns) / 1e6  # type: ignore[union-attr]
 
     def on_llm_end(self, response: Any, *, run_id: UUID, **kwargs: Any) -> None:
         span = self._end(run_id)
@@ -255,6 +292,9 @@ class ObservabilityCallbackHandler(RunTree, BaseCallbackHandler):
         attributes: dict[str, Any] = {RUN_TYPE: "tool", "tool.name": name}
         if tags and HIDDEN_TAG in tags:
             attributes[HIDDEN] = True
+        thread_id = thread_of(metadata, parent)
+        if thread_id is not None:
+            attributes[THREAD_ID] = thread_id
         tool_call_id = kwargs.get("tool_call_id")
         if tool_call_id:
             attributes["tool.call_id"] = tool_call_id
@@ -289,6 +329,9 @@ class ObservabilityCallbackHandler(RunTree, BaseCallbackHandler):
         attributes: dict[str, Any] = {RUN_TYPE: "retriever"}
         if tags and HIDDEN_TAG in tags:
             attributes[HIDDEN] = True
+        thread_id = thread_of(metadata, parent)
+        if thread_id is not None:
+            attributes[THREAD_ID] = thread_id
         span = self._open(run_id, parent, f"retriever.{name}", attributes)
         if self.capture_inputs:
             span.input_data = query

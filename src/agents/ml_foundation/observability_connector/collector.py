@@ -14,11 +14,11 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from .log_gate import LogGate
 from .spans import Span
 
 __all__ = ["SpanCollector"]
@@ -37,7 +37,6 @@ _ITEM_BYTES = 48
 _EVENT_BYTES = 256
 _SHALLOW_ITEMS = 16
 _UNBOUNDED = 1 << 62
-_LOG_EVERY_S = 60.0
 _HIGH_WATER_FRACTION = 8
 #: What ``make_room`` answers: nothing could be done, room was made now, a spill is under way.
 NO_ROOM, ROOM_MADE, ROOM_COMING = 0, 1, 2
@@ -147,7 +146,7 @@ class SpanCollector:
         "_cut_limit",
         "_high",
         "_high_water",
-        "_last_log",
+        "_log_gate",
         "_make_room",
         "_max",
         "_max_bytes",
@@ -205,7 +204,7 @@ class SpanCollector:
         self._high = max(1, max_queue // _HIGH_WATER_FRACTION)
         self._high_water = high_water or wake
         self._make_room = make_room
-        self._last_log = -_LOG_EVERY_S
+        self._log_gate = LogGate()
         self._reopen: Callable[[], None] | None = None
         self.dropped = 0
         self.dropped_for_bytes = 0  # of ``dropped``: the byte bound was the one reached
@@ -322,9 +321,7 @@ class SpanCollector:
         by_bytes = len(self._queue) < self._max
         if by_bytes:
             self.dropped_for_bytes += 1
-        now = time.monotonic()
-        if now - self._last_log >= _LOG_EVERY_S:
-            self._last_log = now
+        if self._log_gate.open():
             log.error(
                 "span buffer full (%s) and the flusher could not spill it: %d span(s) dropped so far; "
                 "raise batching.%s, or check the flusher and the spool's disk",

@@ -12,11 +12,14 @@ Everything is traced only through the public surface a real deployment uses:
 ``obs.span("route_request", "orchestrator")`` around each request (one request = one trace),
 ``config={"callbacks": [obs.callback_handler(agent)]}`` on every graph invocation, and the
 span attribute ``fallback_used``. The closing report is read back from the STORE, never from
-memory, so it shows what was actually delivered.
+memory, so it shows what was actually delivered. The orchestrator streams its final answer
+(time to first token), and one conversation (:mod:`demo_conversation`) pauses with
+``interrupt()`` for a human and is resumed with ``Command(resume=...)`` on the same thread.
 
 The demo is split by job: :mod:`demo_scenario` (the agents and each request's plan, decided
 up front from the seed), :mod:`demo_model` (the fake chat model and tools), :mod:`demo_graphs`
-(the compiled graphs), this module (the run) and :mod:`demo_report` (the output).
+(the compiled graphs), :mod:`demo_conversation` (the interrupted conversation), this module
+(the run) and :mod:`demo_report` (the output).
 """
 
 from __future__ import annotations
@@ -26,10 +29,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .agent import ObservabilityConnectorAgent
+from .demo_conversation import report_conversation, run_conversation
 from .demo_graphs import DemoRuntime, agent_graphs, orchestrator_graph
 from .demo_model import DemoChatModel
 from .demo_report import DemoResult, RequestOutcome, report, report_opik
-from .demo_scenario import AGENTS, ALL_AGENT_NAMES, INTENTS, RequestPlan, build_plans
+from .demo_scenario import AGENTS, ALL_AGENT_NAMES, INTENTS, RequestPlan, build_plans, conversation_plan
 from .runtime import ConnectorContext
 
 if TYPE_CHECKING:
@@ -158,14 +162,23 @@ async def run_demo(
                 return outcome
 
             outcomes = await asyncio.gather(*(one(p) for p in plans))
+        conversation = await run_conversation(obs, conversation_plan(seed, time_scale))
         delivered = await obs.flush(timeout=60)
         opik_sent = await ctx.opik.wait_until_sent(timeout=30) if ctx.opik is not None else None
         otlp_sent = await ctx.otlp_delivery.wait_idle(timeout=30) if ctx.otlp_delivery is not None else None
         wall = time.perf_counter() - started
         status = obs.get_status()
         result = await report(
-            console, ctx, outcomes, status, status["spans_accepted"] - accepted_before, wall, delivered
+            console,
+            ctx,
+            outcomes,
+            status,
+            status["spans_accepted"] - accepted_before,
+            wall,
+            delivered,
+            extra_trace_ids=conversation.trace_ids,
         )
+        result.conversation = await report_conversation(console, obs, conversation)
         if ctx.opik is not None:
             result.opik = report_opik(console, ctx.opik.get_status(), bool(opik_sent))
         if ctx.otlp_delivery is not None:

@@ -160,7 +160,8 @@ async def _synthesize(state: OrchestratorState, config: RunnableConfig) -> dict[
         SystemMessage("Write the final answer for the user from the agents' findings."),
         HumanMessage(f"[{plan.request_id}] {plan.question}{degraded}\n" + "\n".join(state.get("notes") or [])),
     ]
-    reply = await _ROUTER_LLM.ainvoke(messages, config, latency_ms=step.llm_ms)
+    # The answer the user reads is streamed, as chat front ends do: its span gets a time to first token.
+    reply = await _ROUTER_LLM.ainvoke(messages, config, latency_ms=step.llm_ms, stream=True)
     return {"answer": str(reply.content)}
 
 

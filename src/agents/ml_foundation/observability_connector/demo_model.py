@@ -7,18 +7,32 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import re
 import time
 import zlib
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.language_models.base import LangSmithParams
-from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.tools import BaseTool, InjectedToolArg, tool
 
-__all__ = ["TOOLS", "DataValidationError", "DemoChatModel", "RateLimitError", "UpstreamTimeoutError"]
+__all__ = [
+    "FIRST_TOKEN_SHARE",
+    "TOOLS",
+    "DataValidationError",
+    "DemoChatModel",
+    "RateLimitError",
+    "UpstreamTimeoutError",
+]
+
+#: Share of a streamed call's latency before its first token: providers spend most of a short
+#: answer's time on the prompt, then stream the words.
+FIRST_TOKEN_SHARE = 0.4
+_WORDS_PER_CHUNK = 4
 
 
 # --------------------------------------------------------------------------- failures
@@ -47,10 +61,17 @@ class DemoChatModel(BaseChatModel):
     carries ``usage_metadata`` and ``response_metadata["model_name"]``. Output size is a
     function of the prompt, so the same request always "costs" the same tokens. Latency and
     failure are injected per call (``latency_ms``, ``fail_with``) by the demo's plan.
+
+    It streams as integrations do: ``stream=True`` on a call, ``streaming=True`` on the model,
+    or a streaming consumer (LangGraph's ``stream_mode="messages"``) make LangChain call
+    ``_stream`` / ``_astream``, which open with an empty chunk (a provider's role-only delta),
+    produce the first words after :data:`FIRST_TOKEN_SHARE` of the call's latency and the rest
+    over the remainder, with the usage on the last chunk.
     """
 
     model: str
     provider: str
+    streaming: bool = False
 
     @property
     def _llm_type(self) -> str:
@@ -123,6 +144,65 @@ class DemoChatModel(BaseChatModel):
         if error is not None:
             raise error
         return self._answer(messages)
+
+    def _chunks(self, messages: list[BaseMessage], latency_ms: float) -> Iterator[tuple[float, ChatGenerationChunk]]:
+        """(seconds to wait before it, chunk) for one streamed answer: the same words and usage
+        as the non-streamed answer, so streaming changes the timing and nothing else."""
+        message = self._answer(messages).generations[0].message
+        pieces = re.split(r"(?<=\s)", str(message.content))
+        chunks = ["".join(pieces[i : i + _WORDS_PER_CHUNK]) for i in range(0, len(pieces), _WORDS_PER_CHUNK)]
+        first_s = latency_ms * FIRST_TOKEN_SHARE / 1000
+        gap_s = (latency_ms / 1000 - first_s) / max(1, len(chunks))
+        yield 0.0, ChatGenerationChunk(message=AIMessageChunk(content=""))
+        for index, text in enumerate(chunks):
+            yield (first_s if index == 0 else gap_s), ChatGenerationChunk(message=AIMessageChunk(content=text))
+        yield (
+            gap_s,
+            ChatGenerationChunk(
+                message=AIMessageChunk(
+                    content="",
+                    usage_metadata=message.usage_metadata,  # type: ignore[attr-defined]
+                    response_metadata=message.response_metadata,
+                    chunk_position="last",
+                )
+            ),
+        )
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        *,
+        latency_ms: float = 0.0,
+        fail_with: str | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        error = self._failure(fail_with)
+        if error is not None:
+            time.sleep(latency_ms * FIRST_TOKEN_SHARE / 1000)
+            raise error
+        for delay, chunk in self._chunks(messages, latency_ms):
+            time.sleep(delay)
+            yield chunk
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        *,
+        latency_ms: float = 0.0,
+        fail_with: str | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        error = self._failure(fail_with)
+        if error is not None:
+            await asyncio.sleep(latency_ms * FIRST_TOKEN_SHARE / 1000)
+            raise error
+        for delay, chunk in self._chunks(messages, latency_ms):
+            await asyncio.sleep(delay)
+            yield chunk
 
 
 # --------------------------------------------------------------------------- tools

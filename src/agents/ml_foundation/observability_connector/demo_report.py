@@ -48,6 +48,7 @@ class DemoResult:
     sample_trace_id: str | None
     metrics: dict[str, Any] = field(default_factory=dict)
     opik: dict[str, Any] | None = None  # the Opik sink's status after the run; None: Opik not configured
+    conversation: dict[str, Any] | None = None  # the interrupted conversation as stored (demo_conversation)
 
 
 def _pick_sample(outcomes: Sequence[RequestOutcome]) -> str | None:
@@ -82,8 +83,14 @@ async def report(
     produced: int,
     wall: float,
     delivered: bool,
+    *,
+    extra_trace_ids: Sequence[str] = (),
 ) -> DemoResult:
-    """Everything shown here is read back from the store."""
+    """Everything shown here is read back from the store.
+
+    ``extra_trace_ids``: traces the run made besides the requests (the conversation), counted
+    in the spans stored so that they match the spans produced.
+    """
     from .nodes.metrics_aggregator import compute_metrics
     from .render import agent_table, overall_text, tier_table, trace_tree
 
@@ -91,6 +98,8 @@ async def report(
     trace_ids = [o.trace_id for o in outcomes]
     stored = 0
     for trace_id in trace_ids:
+        stored += len(await store.get_spans_by_trace_id(trace_id))
+    for trace_id in extra_trace_ids:
         stored += len(await store.get_spans_by_trace_id(trace_id))
     fallbacks = sum(len(o.fallbacks) for o in outcomes)
     intents: dict[str, int] = {}

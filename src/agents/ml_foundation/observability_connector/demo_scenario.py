@@ -13,7 +13,17 @@ import math
 import random
 from dataclasses import dataclass
 
-__all__ = ["AGENTS", "AGENT_SPECS", "ALL_AGENT_NAMES", "INTENTS", "ORCHESTRATOR", "RequestPlan", "build_plans"]
+__all__ = [
+    "AGENTS",
+    "AGENT_SPECS",
+    "ALL_AGENT_NAMES",
+    "INTENTS",
+    "ORCHESTRATOR",
+    "ConversationPlan",
+    "RequestPlan",
+    "build_plans",
+    "conversation_plan",
+]
 
 
 # --------------------------------------------------------------------------- the 18 agents
@@ -279,3 +289,35 @@ def build_plans(traces: int, seed: int, time_scale: float = 1.0) -> list[Request
             )
         )
     return plans
+
+
+# --------------------------------------------------------------------------- the conversation
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationPlan:
+    """The demo's one conversation (:mod:`demo_conversation`): a proposal, a human's answer, the apply."""
+
+    thread_prefix: str  # the run adds a unique suffix
+    question: str
+    answer: str  # what the human answers the interrupt with
+    tool_ms: float
+    propose_ms: float
+    apply_ms: float
+    human_ms: float  # how long the human takes to answer
+
+
+def conversation_plan(seed: int, time_scale: float = 1.0) -> ConversationPlan:
+    """Decided from the seed alone (its own RNG: the requests' plans do not change with it)."""
+    rng = random.Random(f"conversation-{seed}")
+    spec = AGENT_SPECS["resource_optimizer"]
+    return ConversationPlan(
+        thread_prefix=f"budget-review-{seed}",
+        question=f"Reallocate the {rng.choice(_CAMPAIGNS)} budget across {rng.choice(_REGIONS)} "
+        f"to lift {rng.choice(_KPIS)}.",
+        answer=rng.choice(("approved by the brand lead", "approved, cap any region at 40%")),
+        tool_ms=_latency(rng, spec, time_scale, 0.6),
+        propose_ms=_latency(rng, spec, time_scale, 2.0),
+        apply_ms=_latency(rng, spec, time_scale),
+        human_ms=round(rng.uniform(5.0, 20.0) * time_scale, 3),
+    )

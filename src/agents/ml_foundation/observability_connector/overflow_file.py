@@ -41,6 +41,7 @@ from typing import Any
 
 from .conversation import Conversation
 from .json_codec import json_text, loads, safe_str
+from .log_gate import LOG_INTERVAL_S, LogGate
 from .spans import Span
 
 __all__ = ["OverflowFile", "OverflowStats", "overflow_files"]
@@ -50,7 +51,6 @@ log = logging.getLogger(__name__)
 _NAME = re.compile(r"^overflow-(\d+)-(\d+)\.seg$")
 _HEADER = struct.Struct("<IIQ")  # ciphertext length, span count, nonce counter (bound as associated data)
 _SEGMENT_BYTES = 16 * 2**20  # rotate past this: a read segment is deleted, so disk use follows the backlog
-_LOG_EVERY_S = 60.0
 
 try:  # orjson is a required dependency; the import is guarded only so the module always imports
     import orjson
@@ -167,7 +167,7 @@ class OverflowFile:
         self._aead: Any = None
         self._nonce = 0
         self._seq = 0
-        self._last_log = 0.0
+        self._log_gate = LogGate()
         self._broken: str | None = None
         self._broken_at = 0.0
         self.last_write = 0.0  # time.monotonic() of the latest chunk written
@@ -180,7 +180,7 @@ class OverflowFile:
     def writable(self) -> bool:
         """False for a minute after the directory refused a file (not merely a full disk): the
         spiller then leaves the spans in the buffer rather than lose them to a write that fails."""
-        return self._broken is None or time.monotonic() - self._broken_at >= _LOG_EVERY_S
+        return self._broken is None or time.monotonic() - self._broken_at >= LOG_INTERVAL_S
 
     # -- writing ------------------------------------------------------------------------
 
@@ -257,9 +257,7 @@ class OverflowFile:
         stats = self.stats
         stats.dropped += count
         stats.dropped_reason = reason
-        now = time.monotonic()
-        if now - self._last_log >= _LOG_EVERY_S or stats.dropped == count:
-            self._last_log = now
+        if self._log_gate.open(force=stats.dropped == count):
             log.error("span overflow: %d span(s) dropped so far (%s)", stats.dropped, reason)
         return 0
 

@@ -181,9 +181,21 @@ def _span_label(span: ObservabilitySpan, parent_agent: str | None) -> Text:
         label.append(f"  [{span.llm_model or 'llm'}{tokens}]", style="blue")
     if span.attributes.get("fallback_used"):
         label.append("  fallback used", style="bold yellow")
-    if span.ttft_ms is not None:
-        label.append(f"  ttft {fmt_ms(span.ttft_ms)} ms", style="blue")
+    _flow_marks(label, span.attributes, span.ttft_ms)
     return label
+
+
+def _flow_marks(label: Text, attrs: Mapping[str, Any], ttft_ms: float | None = None) -> None:
+    """LangGraph's control flow and streaming as the callback handler recorded them: a run that
+    paused for a human, the trace a run resumes, and a streamed call's time to first token."""
+    if attrs.get("langgraph.interrupted") is True:
+        label.append("  paused (interrupt)", style="yellow")
+    resumed = attrs.get("langgraph.resumes_trace_id")
+    if resumed:
+        label.append(f"  resumes {resumed}", style="cyan")
+    ttft = ttft_ms if ttft_ms is not None else attrs.get("llm.time_to_first_token_ms")  # the column first
+    if isinstance(ttft, (int, float)) and not isinstance(ttft, bool):
+        label.append(f"  first token {fmt_ms(ttft)} ms", style="blue")
 
 
 def ttft_table(fields: Mapping[str, Any], title: str = "Time to first token (streaming LLM calls)") -> Table | None:

@@ -99,9 +99,6 @@ _DESCRIPTOR_WORDS = frozenset(
     {
         "count",
         "counts",
-        # units of a measured time ("llm.time_to_first_token_ms"): a duration, never a credential
-        "ms",
-        "seconds",
         "usage",
         "limit",
         "limits",
@@ -143,6 +140,11 @@ _DESCRIPTOR_WORDS = frozenset(
         "fields",
         "policy",
         "version",
+        # units: "llm.time_to_first_token_ms" is a latency, not a token
+        "ms",
+        "us",
+        "ns",
+        "seconds",
     }
 )
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")

@@ -14,11 +14,11 @@ import threading
 import time
 from dataclasses import dataclass
 
+from .log_gate import LOG_INTERVAL_S, LogGate
+
 __all__ = ["SpoolWriteFailures", "WriteFailureStats"]
 
 log = logging.getLogger(__name__)
-
-LOG_INTERVAL_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +43,10 @@ class SpoolWriteFailures:
         self._unlogged_batches = self._unlogged_spans = 0
         self._last_error: str | None = None
         self._last_at: float | None = None
-        self._logged_at: float | None = None  # monotonic
+        self._log_gate = LogGate(interval_s)
 
     def record(self, spans: int, error: str) -> None:
         """One batch of ``spans`` lost; logs now unless a line was logged within the interval."""
-        now = time.monotonic()
         with self._lock:
             self._batches += 1
             self._spans += spans
@@ -55,9 +54,8 @@ class SpoolWriteFailures:
             self._unlogged_spans += spans
             self._last_error = error
             self._last_at = time.time()
-            if self._logged_at is not None and now - self._logged_at < self.interval_s:
+            if not self._log_gate.open():
                 return
-            self._logged_at = now
             batches, lost = self._unlogged_batches, self._unlogged_spans
             self._unlogged_batches = self._unlogged_spans = 0
             total = self._spans
@@ -82,4 +80,4 @@ class SpoolWriteFailures:
         """A forked child counts its own losses (and may hold a lock a parent thread held)."""
         self._lock = threading.Lock()
         self._batches = self._spans = self._unlogged_batches = self._unlogged_spans = 0
-        self._logged_at = None
+        self._log_gate.reset()
