@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import psycopg  # noqa: E402
 from machine_info import machine  # noqa: E402
 
-from src.repositories.base import COLUMNS  # noqa: E402
+from src.repositories.base import BASE_COLUMNS  # noqa: E402
 from src.repositories.postgres import migrate  # noqa: E402
 from tests.fixtures.postgres_server import PostgresCluster  # noqa: E402
 
@@ -61,7 +61,7 @@ def main() -> None:
     try:
         dsn = cluster.create_database("bench_trigger")
         migrate(dsn)
-        copy_sql = f"COPY ml_observability_spans ({', '.join(COLUMNS)}) FROM STDIN"
+        copy_sql = f"COPY ml_observability_spans ({', '.join(BASE_COLUMNS)}) FROM STDIN"
         rates: dict[str, list[float]] = {"on": [], "off": []}
         with psycopg.connect(dsn, autocommit=True) as conn:
             for rep in range(args.repeat):

@@ -52,7 +52,8 @@ from psycopg.adapt import Dumper  # noqa: E402
 from psycopg.pq import Format  # noqa: E402
 
 from src.agents.ml_foundation.observability_connector.models import ObservabilitySpan, row_id_for  # noqa: E402
-from src.repositories.postgres import COLUMNS, TABLE, PostgresSpanRepository, migrate  # noqa: E402
+from src.repositories.base import BASE_COLUMNS  # noqa: E402
+from src.repositories.postgres import TABLE, PostgresSpanRepository, migrate  # noqa: E402
 
 AGENTS: dict[str, int] = {
     "scope_definer": 0,
@@ -74,7 +75,7 @@ AGENTS: dict[str, int] = {
     "explainer": 5,
     "feedback_learner": 5,
 }
-_COLS = ", ".join(COLUMNS)
+_COLS = ", ".join(BASE_COLUMNS)  # the rows below fill these; the later, nullable columns stay NULL
 _RAW_BINARY_TYPES = [
     "uuid", "text", "text", "text", "text", "text", "int4", "timestamptz", "timestamptz", "float8",
     "text", "text", "text", "jsonb", "text", "int4", "int4", "int4", "jsonb", "timestamptz",
@@ -257,7 +258,7 @@ async def write_json_recordset(conn: psycopg.AsyncConnection[Any], spans: list[O
     """One ``jsonb_to_recordset`` parameter per batch (the shape PostgREST's bulk insert uses)."""
     types = ["uuid", "text", "text", "text", "text", "text", "int", "timestamptz", "timestamptz", "float8"]
     types += ["text", "text", "text", "jsonb", "text", "int", "int", "int", "jsonb", "timestamptz"]
-    record = ", ".join(f"{c} {t}" for c, t in zip(COLUMNS, types, strict=True))
+    record = ", ".join(f"{c} {t}" for c, t in zip(BASE_COLUMNS, types, strict=True))
     sql = (
         f"INSERT INTO {TABLE} ({_COLS}) SELECT {_COLS} FROM jsonb_to_recordset(%s::jsonb) AS r({record}) "
         "ON CONFLICT (trace_id, span_id) DO NOTHING"

@@ -393,8 +393,8 @@ class SQLiteSpanRepository(SpanStore):
             f"SELECT agent_name, llm_model, ttft_ms FROM {TABLE} WHERE {where} AND ttft_ms IS NOT NULL "
             "ORDER BY start_time DESC LIMIT ?"
         )
-        rows = await self._run(partial(self._fetchall, sql, [*params, limit]))
-        return [(str(agent), model, float(ttft)) for agent, model, ttft in rows]
+        # SQLite hands back (str, str | None, float) already: no conversion per row
+        return await self._run(partial(self._fetchall, sql, [*params, limit]))
 
     async def count_spans(self) -> int:
         rows = await self._run(partial(self._fetchall, f"SELECT COUNT(*) FROM {TABLE}", []))

@@ -13,21 +13,29 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import numpy as np
-
 from .metrics_models import LatencyStats, QualityMetrics, error_rate
 from .rows import ObservabilitySpan
 
 __all__ = ["stats_from_spans", "ttft_by"]
 
-_PCTS = (50.0, 95.0, 99.0)
+
+def _at(ordered: Sequence[float], p: float) -> float:
+    """``percentile_cont``: linear interpolation at position p·(n−1) of the sorted values.
+
+    Plain Python on purpose: the groups are small (one agent's or model's share of at most a
+    conversation's rows or TTFT_SAMPLE_LIMIT values), where numpy's per-call overhead and the
+    list-to-array copies cost more than the sort (``benchmarks/bench_conversations.py``)."""
+    pos = p * (len(ordered) - 1)
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
 def _percentiles(values: Sequence[float]) -> tuple[float, float, float] | None:
     if not values:
         return None
-    p50, p95, p99 = np.percentile(np.asarray(values, dtype=np.float64), _PCTS)
-    return float(p50), float(p95), float(p99)
+    ordered = sorted(values)
+    return _at(ordered, 0.5), _at(ordered, 0.95), _at(ordered, 0.99)
 
 
 def _group_stats(key: str, spans: Sequence[ObservabilitySpan]) -> LatencyStats:
@@ -104,8 +112,6 @@ def ttft_by(samples: Iterable[tuple[str, str | None, float]]) -> tuple[dict[str,
 def _entries(groups: dict[str, list[float]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in sorted(groups, key=str.encode):
-        values = groups[name]
-        pcts = _percentiles(values)
-        assert pcts is not None  # every group has a value
-        out[name] = {"p50_ms": pcts[0], "p95_ms": pcts[1], "count": len(values)}
+        ordered = sorted(groups[name])  # every group has a value
+        out[name] = {"p50_ms": _at(ordered, 0.5), "p95_ms": _at(ordered, 0.95), "count": len(ordered)}
     return out

@@ -98,7 +98,11 @@ async def metrics_from_store(
     conversation = thread_id is not None or user_id is not None
     # Rollups answer any window in a bounded number of rows (rollups.py); they hold no trace
     # ids, so a trace filter (one trace: a few rows through its index) reads the raw rows.
-    groups = await store.rollup_groups(window, agent_name=agent_name) if trace_id is None and not conversation else None
+    # The TTFT read runs beside the first query (the store serves both on its own workers).
+    groups, ttft = await asyncio.gather(
+        store.rollup_groups(window, agent_name=agent_name) if trace_id is None and not conversation else _none(),
+        _ttft_metrics(store, window, agent_name, trace_id, thread_id, user_id),
+    )
     if conversation:
         # Neither rollups nor the SQL functions know threads or users: the conversation's raw rows
         # (capped, see conversation_metrics), summed here.
@@ -147,8 +151,12 @@ async def metrics_from_store(
             "error": quality.error_count,
             "timeout": quality.timeout_count,
         },
-        **await _ttft_metrics(store, window, agent_name, trace_id, thread_id, user_id),
+        **ttft,
     }
+
+
+async def _none() -> None:
+    return None
 
 
 async def _ttft_metrics(
