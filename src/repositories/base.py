@@ -71,6 +71,21 @@ CONVERSATION_LIMIT: Final = 50_000
 TTFT_SAMPLE_LIMIT: Final = 10_000
 
 
+#: One span as filtered metrics need it: (agent_name, agent_tier, status, duration_ms, input_tokens,
+#: output_tokens, total_tokens, fallback_used truthy). No attributes, no model: a cheap row.
+MetricRow = tuple[str, int, str, float | None, int | None, int | None, int | None, bool]
+
+
+def metric_row(span: ObservabilitySpan) -> MetricRow:
+    """A stored span as a :data:`MetricRow` (fallback: Python truthiness of ``attributes.fallback_used``)."""
+    try:
+        fallback = bool((span.attributes or {}).get("fallback_used"))
+    except Exception:  # an object whose __bool__ raises counts as no fallback
+        fallback = False
+    return (span.agent_name, span.agent_tier, span.status, span.duration_ms, span.input_tokens,
+            span.output_tokens, span.total_tokens, fallback)  # fmt: skip
+
+
 def check_conversation_filter(thread_id: str | None, user_id: str | None) -> None:
     """A conversation read names a thread or a user (else it would read the whole table)."""
     if thread_id is None and user_id is None:
@@ -336,6 +351,24 @@ class SpanStore(BaseRepository):
         """``(agent_name, llm_model, ttft_ms)`` of the newest ``limit`` spans of the window that have
         a time to first token (the partial index on start_time WHERE ttft_ms IS NOT NULL)."""
         raise NotImplementedError(f"the {self.backend} store cannot read times to first token")
+
+    async def get_conversation_metric_rows(
+        self,
+        window: str | None = None,
+        *,
+        thread_id: str | None = None,
+        user_id: str | None = None,
+        agent_name: str | None = None,
+        trace_id: str | None = None,
+        limit: int = CONVERSATION_LIMIT,
+    ) -> list[MetricRow]:
+        """What filtered metrics read: one :data:`MetricRow` per span of the conversation / user,
+        oldest first, at most ``limit``. This default builds them from
+        :meth:`get_conversation_spans`; the SQL backends select the eight values only."""
+        spans = await self.get_conversation_spans(
+            window, thread_id=thread_id, user_id=user_id, agent_name=agent_name, limit=limit
+        )
+        return [metric_row(s) for s in spans if trace_id is None or s.trace_id == trace_id]
 
     async def rollup_groups(self, window: str, agent_name: str | None = None) -> list[RollupGroup] | None:
         """Every (agent, tier) of the window from the rollups (``rollups.py``); None when this

@@ -22,6 +22,7 @@ from src.repositories.base import (
     BaseRepository,
     BatchInsertResult,
     GroupBy,
+    MetricRow,
     ProgressCallback,
     SpanStore,
     parse_window,
@@ -151,3 +152,17 @@ class ObservabilitySpanRepository(SpanStore):
         limit: int = TTFT_SAMPLE_LIMIT,
     ) -> list[tuple[str, str | None, float]]:
         return await self._store.get_ttft_samples(window, agent_name, thread_id, user_id, limit)
+
+    async def get_conversation_metric_rows(
+        self,
+        window: str | None = None,
+        *,
+        thread_id: str | None = None,
+        user_id: str | None = None,
+        agent_name: str | None = None,
+        trace_id: str | None = None,
+        limit: int = CONVERSATION_LIMIT,
+    ) -> list[MetricRow]:
+        return await self._store.get_conversation_metric_rows(
+            window, thread_id=thread_id, user_id=user_id, agent_name=agent_name, trace_id=trace_id, limit=limit
+        )

@@ -45,6 +45,7 @@ from src.repositories.base import (
     TTFT_SAMPLE_LIMIT,
     BatchInsertResult,
     GroupBy,
+    MetricRow,
     ProgressCallback,
     SpanStore,
     StoreSchemaError,
@@ -75,6 +76,16 @@ __all__ = [
 T = TypeVar("T")
 
 _SELECT_COLS: Final = ", ".join("id::text AS id" if c == "id" else c for c in COLUMNS)
+
+
+#: Python truthiness of attributes.fallback_used, as obs_quality_counts decides it in SQL.
+_FALLBACK_SQL: Final = """CASE jsonb_typeof(attributes -> 'fallback_used')
+    WHEN 'boolean' THEN (attributes -> 'fallback_used')::boolean
+    WHEN 'number' THEN (attributes -> 'fallback_used')::numeric <> 0
+    WHEN 'string' THEN (attributes ->> 'fallback_used') <> ''
+    WHEN 'array' THEN jsonb_array_length(attributes -> 'fallback_used') > 0
+    WHEN 'object' THEN (attributes -> 'fallback_used') <> '{}'::jsonb
+    ELSE false END"""
 
 
 def _conversation_filters(
@@ -300,6 +311,29 @@ class PostgresSpanRepository(SpanStore):
         sql = f"SELECT {_SELECT_COLS} FROM {TABLE} WHERE {where} ORDER BY start_time, id LIMIT %s"
         rows = await self._fetchall(sql, [*params, limit], "reading a conversation")
         return [row_to_span(row) for row in rows]
+
+    async def get_conversation_metric_rows(
+        self,
+        window: str | None = None,
+        *,
+        thread_id: str | None = None,
+        user_id: str | None = None,
+        agent_name: str | None = None,
+        trace_id: str | None = None,
+        limit: int = CONVERSATION_LIMIT,
+    ) -> list[MetricRow]:
+        check_conversation_filter(thread_id, user_id)
+        check_limit(limit)
+        where, params = _conversation_filters(window, agent_name, thread_id, user_id)
+        if trace_id is not None:
+            where += " AND trace_id = %s"
+            params.append(trace_id)
+        sql = (
+            "SELECT agent_name, agent_tier, status, duration_ms, input_tokens, output_tokens, total_tokens, "
+            f"{_FALLBACK_SQL} FROM {TABLE} WHERE {where} ORDER BY start_time, id LIMIT %s"
+        )
+        rows = await self._fetchall(sql, [*params, limit], "reading a conversation's metrics")
+        return [(*row[:7], bool(row[7])) for row in rows]
 
     async def get_ttft_samples(
         self,

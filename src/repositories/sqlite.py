@@ -42,6 +42,7 @@ from src.repositories.base import (
     TTFT_SAMPLE_LIMIT,
     BatchInsertResult,
     GroupBy,
+    MetricRow,
     ProgressCallback,
     SpanStore,
     check_conversation_filter,
@@ -53,7 +54,7 @@ from src.repositories.base import (
 )
 from src.repositories.row_values import span_label, utc_text
 from src.repositories.sqlite_connect import SQLiteConnector, StoreCorruptError, StoreNotFoundError
-from src.repositories.sqlite_queries import GROUP_KEYS, conversation_filters, filters, stats_sql
+from src.repositories.sqlite_queries import FALLBACK_SQL, GROUP_KEYS, conversation_filters, filters, stats_sql
 from src.repositories.sqlite_rollups import (
     ROLLUPS,
     SKETCH,
@@ -378,6 +379,29 @@ class SQLiteSpanRepository(SpanStore):
         sql = f"SELECT {COLS} FROM {TABLE} WHERE {where} ORDER BY start_time, rowid LIMIT ?"
         rows = await self._run(partial(self._fetchall, sql, [*params, limit]))
         return [row_to_span(row) for row in rows]
+
+    async def get_conversation_metric_rows(
+        self,
+        window: str | None = None,
+        *,
+        thread_id: str | None = None,
+        user_id: str | None = None,
+        agent_name: str | None = None,
+        trace_id: str | None = None,
+        limit: int = CONVERSATION_LIMIT,
+    ) -> list[MetricRow]:
+        check_conversation_filter(thread_id, user_id)
+        check_limit(limit)
+        where, params = conversation_filters(window, agent_name, thread_id, user_id)
+        if trace_id is not None:
+            where += " AND trace_id = ?"
+            params.append(trace_id)
+        sql = (
+            "SELECT agent_name, agent_tier, status, duration_ms, input_tokens, output_tokens, total_tokens, "
+            f"{FALLBACK_SQL} FROM {TABLE} WHERE {where} ORDER BY start_time, rowid LIMIT ?"
+        )
+        rows = await self._run(partial(self._fetchall, sql, [*params, limit]))
+        return [(*row[:7], bool(row[7])) for row in rows]
 
     async def get_ttft_samples(
         self,

@@ -101,3 +101,31 @@ async def test_ttft_samples_are_the_newest_of_the_window(span_store: SpanStore) 
         ("explainer", "claude-sonnet-4", 30.0)
     ]
     assert await span_store.get_ttft_samples("1m") == []
+
+
+async def test_metric_rows_of_a_conversation(span_store: SpanStore) -> None:
+    """The eight values filtered metrics read, the fallback flag decided like every metric (Python
+    truthiness of ``attributes.fallback_used``), equal on every backend to the rows' own."""
+    from src.repositories.base import metric_row
+
+    flags = [True, False, 1, 0, "yes", "", [1], [], {"a": 1}, {}, None, 2.5]
+    rows = [
+        make_span(
+            start=START + timedelta(seconds=n),
+            trace_id=f"{n % 3 + 1:032x}",
+            thread_id="thr-m",
+            user_id="mia",
+            status=("ok", "error", "timeout", "started")[n % 4],
+            duration_ms=None if n % 4 == 3 else 10.0 * n,
+            input_tokens=n,
+            attributes={} if flag is None else {"fallback_used": flag},
+        )
+        for n, flag in enumerate(flags)
+    ]
+    await span_store.insert_spans_batch(rows)
+    got = await span_store.get_conversation_metric_rows(None, thread_id="thr-m")
+    assert got == [metric_row(r) for r in rows]
+    assert [g[7] for g in got] == [bool(f) for f in flags]
+    one_trace = await span_store.get_conversation_metric_rows("1h", user_id="mia", trace_id=f"{2:032x}")
+    assert one_trace == [metric_row(r) for r in rows if r.trace_id == f"{2:032x}"]
+    assert await span_store.get_conversation_metric_rows(None, thread_id="thr-m", limit=3) == got[:3]

@@ -14,9 +14,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .metrics_models import LatencyStats, QualityMetrics, error_rate
-from .rows import ObservabilitySpan
 
-__all__ = ["stats_from_spans", "ttft_by"]
+__all__ = ["Row", "stats_from_rows", "ttft_by"]
 
 
 def _at(ordered: Sequence[float], p: float) -> float:
@@ -38,63 +37,57 @@ def _percentiles(values: Sequence[float]) -> tuple[float, float, float] | None:
     return _at(ordered, 0.5), _at(ordered, 0.95), _at(ordered, 0.99)
 
 
-def _group_stats(key: str, spans: Sequence[ObservabilitySpan]) -> LatencyStats:
-    durations = [s.duration_ms for s in spans if s.duration_ms is not None]
+#: (agent_name, agent_tier, status, duration_ms, input_tokens, output_tokens, total_tokens, fallback):
+#: the stores' ``MetricRow`` (``src/repositories/base.py``), repeated here because this layer is below them.
+Row = tuple[str, int, str, float | None, int | None, int | None, int | None, bool]
+
+
+def _group_stats(key: str, rows: Sequence[Row]) -> LatencyStats:
+    durations = [r[3] for r in rows if r[3] is not None]
     pcts = _percentiles(durations)
-    errors = sum(1 for s in spans if s.status == "error")
+    errors = sum(1 for r in rows if r[2] == "error")
     return LatencyStats(
         key=key,
-        count=len(spans),
+        count=len(rows),
         avg_ms=sum(durations) / len(durations) if durations else None,
         p50_ms=pcts[0] if pcts else None,
         p95_ms=pcts[1] if pcts else None,
         p99_ms=pcts[2] if pcts else None,
         error_count=errors,
-        error_rate=error_rate(errors, len(spans)),
-        input_tokens=sum(s.input_tokens or 0 for s in spans),
-        output_tokens=sum(s.output_tokens or 0 for s in spans),
-        total_tokens=sum(s.total_tokens or 0 for s in spans),
+        error_rate=error_rate(errors, len(rows)),
+        input_tokens=sum(r[4] or 0 for r in rows),
+        output_tokens=sum(r[5] or 0 for r in rows),
+        total_tokens=sum(r[6] or 0 for r in rows),
     )
 
 
-def stats_from_spans(
-    window: str, spans: Sequence[ObservabilitySpan]
-) -> tuple[list[LatencyStats], list[LatencyStats], QualityMetrics]:
+def stats_from_rows(window: str, rows: Sequence[Row]) -> tuple[list[LatencyStats], list[LatencyStats], QualityMetrics]:
     """Per agent, per tier and overall, as ``get_latency_stats`` / ``get_quality_metrics`` answer
-    (same keys and order: agents by byte order, tiers numerically; fallback = a truthy
-    ``attributes.fallback_used``)."""
-    by_agent: dict[str, list[ObservabilitySpan]] = {}
-    by_tier: dict[int, list[ObservabilitySpan]] = {}
-    for span in spans:
-        by_agent.setdefault(span.agent_name, []).append(span)
-        by_tier.setdefault(span.agent_tier, []).append(span)
+    (same keys and order: agents by byte order, tiers numerically)."""
+    by_agent: dict[str, list[Row]] = {}
+    by_tier: dict[int, list[Row]] = {}
+    counts = {"ok": 0, "error": 0, "timeout": 0, "started": 0}
+    for row in rows:
+        by_agent.setdefault(row[0], []).append(row)
+        by_tier.setdefault(row[1], []).append(row)
+        counts[row[2]] += 1
     agents = [_group_stats(key, by_agent[key]) for key in sorted(by_agent, key=str.encode)]
     tiers = [_group_stats(str(key), by_tier[key]) for key in sorted(by_tier)]
-    overall = _group_stats("all", spans)
-    counts = {status: 0 for status in ("ok", "error", "timeout", "started")}
-    for span in spans:
-        counts[span.status] += 1
+    overall = _group_stats("all", rows)
     quality = QualityMetrics.from_counts(
         window,
-        total=len(spans),
+        total=len(rows),
         ok=counts["ok"],
         error=counts["error"],
         timeout=counts["timeout"],
         started=counts["started"],
-        fallback=sum(1 for s in spans if _truthy((s.attributes or {}).get("fallback_used"))),
+        fallback=sum(1 for r in rows if r[7]),
         p50=overall.p50_ms,
         p95=overall.p95_ms,
         p99=overall.p99_ms,
         avg=overall.avg_ms,
     )
     return agents, tiers, quality
-
-
-def _truthy(value: Any) -> bool:
-    try:
-        return bool(value)
-    except Exception:  # an object whose __bool__ raises counts as no fallback
-        return False
 
 
 def ttft_by(samples: Iterable[tuple[str, str | None, float]]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -36,7 +36,7 @@ from langgraph.runtime import Runtime
 
 from src.repositories.base import parse_window, window_start
 
-from ..conversation_metrics import stats_from_spans, ttft_by
+from ..conversation_metrics import stats_from_rows, ttft_by
 from ..models import LatencyStats
 from ..rollups import latency_stats, quality_metrics
 from ..runtime import ConnectorContext, resolve_context
@@ -106,10 +106,10 @@ async def metrics_from_store(
     if conversation:
         # Neither rollups nor the SQL functions know threads or users: the conversation's raw rows
         # (capped, see conversation_metrics), summed here.
-        spans = await store.get_conversation_spans(window, thread_id=thread_id, user_id=user_id, agent_name=agent_name)
-        if trace_id is not None:
-            spans = [s for s in spans if s.trace_id == trace_id]
-        by_agent, by_tier, quality = stats_from_spans(window, spans)
+        rows = await store.get_conversation_metric_rows(
+            window, thread_id=thread_id, user_id=user_id, agent_name=agent_name, trace_id=trace_id
+        )
+        by_agent, by_tier, quality = stats_from_rows(window, rows)
     elif groups is not None:
         by_agent = latency_stats(groups, "agent")
         by_tier = latency_stats(groups, "tier")
