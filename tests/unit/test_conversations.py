@@ -467,3 +467,22 @@ async def test_llm_calls_take_a_time_to_first_token(
     rows = {r.operation_name: r for r in await store.get_spans_by_trace_id(root.trace_id)}
     assert (rows["llm_call"].ttft_ms, rows["llm_call"].thread_id) == (35.5, "thr-llm")
     assert rows["ask"].ttft_ms is None and "not a finite number" in rows["ask"].attributes["invalid.ttft_ms"]
+
+
+async def test_a_remote_callers_baggage_names_the_conversation(
+    obs: ObservabilityConnectorAgent, store: ObservabilitySpanRepository
+) -> None:
+    from src.agents.ml_foundation.observability_connector.trace_context import attach, extract
+
+    headers = {
+        "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "baggage": "user_id=remote%20user,thread_id=thr-remote",
+    }
+    with attach(extract(headers)):
+        async with obs.span("handle", "orchestrator") as span:
+            async with obs.span("inner", "explainer", tags=["svc-b"]):
+                pass
+    assert await obs.flush(timeout=10)
+    rows = await store.get_spans_by_trace_id(span.trace_id)
+    assert {(r.thread_id, r.user_id) for r in rows} == {("thr-remote", "remote user")}
+    assert sorted(tuple(r.tags or ()) for r in rows) == [(), ("svc-b",)]
