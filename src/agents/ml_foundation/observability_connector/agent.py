@@ -497,11 +497,43 @@ class ObservabilityConnectorAgent(LLMCalls, ContextFactory, BatchDelivery):
         state = await aggregate_metrics(question, Runtime(context=self.context))
         # Copies: a caller that edits its answer must not edit the shared empty values.
         metrics = {key: state[key] if key in state else copy.deepcopy(empty) for key, empty in EMPTY_METRICS.items()}
+        if "feedback_by_agent" in state:  # beside the host's keys (never replacing one)
+            metrics["feedback_by_agent"] = state["feedback_by_agent"]
         if state.get("error"):
             metrics["quality_metrics_computed"] = False
             metrics["error"] = state["error"]
             metrics["error_type"] = state.get("error_type")
         return metrics
+
+    # -- feedback scores ----------------------------------------------------------------------
+
+    async def log_feedback(
+        self,
+        *,
+        trace_id: str | None = None,
+        span_id: str | None = None,
+        name: str,
+        value: float,
+        reason: str | None = None,
+        category_name: str | None = None,
+    ) -> dict[str, Any]:
+        """A feedback score (``name`` = ``value``) on trace ``trace_id``, or on its span ``span_id``.
+
+        Stored in ``ml_observability_feedback`` and sent to Opik as a feedback score, each through
+        the delivery layer: while a destination is down the score waits in the spool and is
+        replayed, so this never raises for an outage. With ``span_id`` alone the span's trace is
+        looked up in the store. Raises ``FeedbackInputError`` (a ``ValueError``) for a bad
+        argument, naming it. Returns the score's ids and what became of it per destination:
+        ``store`` is ``stored`` / ``spooled`` / ``rejected`` / ``failed``, ``opik`` is ``sent`` /
+        ``pending`` / ``spooled`` / ``rejected`` / ``off`` (see ``feedback_api.py``). Averages
+        per agent and name appear in the metrics under ``feedback_by_agent``.
+        """
+        from .feedback_api import record_feedback
+
+        return await record_feedback(
+            self, trace_id=trace_id, span_id=span_id, name=name, value=value, reason=reason,
+            category_name=category_name,
+        )  # fmt: skip
 
 
 # The host's Opik facade records its convenience spans (trace_agent & co.) through an agent; it

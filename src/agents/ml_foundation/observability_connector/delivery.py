@@ -93,6 +93,8 @@ class SinkDelivery:
     one of them to finish, then goes to the spool.
     ``replay_task``: False — no background replay task is started by spooling; the backlog moves
     only through :meth:`replay_once` / :meth:`drain` (a command that replays by hand, tests).
+    ``row_model`` / ``key_attr``: for a sink of other rows than spans (feedback scores): the model
+    with ``model_validate`` / ``to_row`` its items are, and the attribute a rejection names.
     """
 
     def __init__(
@@ -108,6 +110,8 @@ class SinkDelivery:
         max_detached: int = 2,
         replay_task: bool = True,
         slot_wait_s: float = 0.5,
+        row_model: Any = None,
+        key_attr: str = "span_id",
     ) -> None:
         self.sink = sink
         self.name = sink.name
@@ -131,6 +135,11 @@ class SinkDelivery:
         self._replaying = False  # one replay attempt at a time, whoever asks (task, drain, CLI)
         self._lease_until = 0.0  # monotonic: this delivery holds the sink's replay lease until then
         self._lease_retry_at = 0.0  # monotonic: another owner held it; look again then
+        # What the batches are made of: span rows unless told otherwise (feedback scores,
+        # ``feedback.Feedback``): the pydantic model a spooled row is read back with, and the
+        # attribute naming an item in a per-row rejection.
+        self._row_model: Any = row_model or ObservabilitySpan
+        self._key_attr = key_attr
         watch_after_fork(self)
 
     @property
@@ -263,7 +272,7 @@ class SinkDelivery:
         self.stats.spans_sent += result.delivered
         self.stats.last_success_at = time.time()
         reasons = []
-        by_id = {s.span_id: s for s in spans} if result.rejected else {}
+        by_id = {getattr(s, self._key_attr): s for s in spans} if result.rejected else {}
         for span_id, reason in result.rejected:
             self.stats.dead_lettered += 1
             reasons.append(f"span_id={span_id!r}: rejected by {self.name}: {reason}")
@@ -443,7 +452,7 @@ class SinkDelivery:
         if batch.next_attempt_at > time.time() or not self.breaker.allow_request():
             return 0
         try:
-            spans = [ObservabilitySpan.model_validate(row) for row in batch.rows]
+            spans = [self._row_model.model_validate(row) for row in batch.rows]
         except Exception as exc:  # not a span row (a file from another version): kept, never retried
             await asyncio.to_thread(self._unreadable, batch.id, batch.rows, describe_failure(exc))
             return 1
