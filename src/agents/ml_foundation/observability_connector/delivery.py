@@ -135,6 +135,7 @@ class SinkDelivery:
         self._replaying = False  # one replay attempt at a time, whoever asks (task, drain, CLI)
         self._lease_until = 0.0  # monotonic: this delivery holds the sink's replay lease until then
         self._lease_retry_at = 0.0  # monotonic: another owner held it; look again then
+        self._acquiring: asyncio.Future[bool] | None = None  # a lease acquisition under way (see stop)
         # What the batches are made of: span rows unless told otherwise (feedback scores,
         # ``feedback.Feedback``): the pydantic model a spooled row is read back with, and the
         # attribute naming an item in a per-row rejection.
@@ -157,6 +158,7 @@ class SinkDelivery:
         self._wake = None
         self._replaying = False
         self._lease_until = self._lease_retry_at = 0.0  # the lease is the parent's
+        self._acquiring = None
         self.breaker._after_fork_in_child()
         child_hook = getattr(self.sink, "_after_fork_in_child", None)
         if callable(child_hook):
@@ -380,6 +382,11 @@ class SinkDelivery:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._replayer
             self._replayer = None
+        acquiring, self._acquiring = self._acquiring, None
+        if acquiring is not None and not acquiring.done():
+            with contextlib.suppress(Exception):
+                await acquiring
+            self._lease_until = time.monotonic()  # it may hold the lease now: give it back below
         await self._release_lease()
 
     async def _hold_lease(self) -> bool:
@@ -388,8 +395,12 @@ class SinkDelivery:
         ttl = self.lease_ttl_s
         if now < self._lease_until - ttl / 2:
             return True
+        # Shielded: a replay task cancelled mid-acquisition (stop) must not lose a lease the worker
+        # thread goes on to take; stop() waits for it and gives it back.
+        acquire = asyncio.to_thread(self.spool.acquire_replay, self.name, ttl)
+        acquiring = self._acquiring = asyncio.ensure_future(acquire)
         try:
-            held = await asyncio.to_thread(self.spool.acquire_replay, self.name, ttl)
+            held = await asyncio.shield(acquiring)
         except Exception as exc:  # the spool cannot be written: nothing can be replayed from it now
             log.warning("%s: could not take the spool's replay lease: %s", self.name, describe_failure(exc))
             held = False

@@ -13,6 +13,9 @@ A score given by ``span_id`` alone needs the span's trace (the table keeps it, a
 a span is a function of both ids): it is looked up in the store, after delivering this agent's
 pending spans if the first look misses. A span nobody stored is the caller's error.
 
+The deliveries run on the agent's flusher loop (``BatchProcessor.run_on_loop``): the caller
+awaits them there, and their replay tasks stop with the flusher at ``aclose``.
+
 Ordering with the spans: nothing waits for the scored trace to reach Opik. Opik keys a score by
 the target's id, which every process computes from our ids (``opik_ids``), so the score names the
 trace or span whenever that arrives.
@@ -21,7 +24,8 @@ trace or span whenever that arrives.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .delivery import DeliveryOutcome
 from .feedback import Feedback, FeedbackInputError, new_feedback
@@ -34,6 +38,8 @@ if TYPE_CHECKING:
 __all__ = ["record_feedback"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: How long a span-only score waits for this agent's pending spans to be stored before looking again.
 SPAN_LOOKUP_FLUSH_S = 5.0
@@ -70,13 +76,7 @@ async def record_feedback(
         assert item.span_id is not None  # checked above: one of the two was given
         item = item.model_copy(update={"trace_id": await _trace_of(agent, context, item.span_id)})
     item = _redacted(item, context)
-    stored, store_error = await _store(context, item)
-    opik = "off"
-    opik_error = None
-    delivery = context.opik_feedback_delivery
-    if delivery is not None:
-        outcome = await delivery.deliver([item])
-        opik, opik_error = _state(outcome)
+    (stored, store_error), (opik, opik_error) = await _on_flusher_loop(agent, _deliver(context, item))
     return {
         "feedback_id": item.feedback_id,
         "trace_id": item.trace_id,
@@ -89,6 +89,26 @@ async def record_feedback(
         "opik": opik,
         "errors": [e for e in (store_error, opik_error) if e],
     }
+
+
+async def _on_flusher_loop(agent: Any, work: Coroutine[Any, Any, T]) -> T:
+    """Run the deliveries on the agent's flusher loop (started if the agent starts it itself), so
+    their replay tasks live there and stop with it; on the caller's loop for an agent made with
+    ``start=False`` (nothing runs in the background until its flush)."""
+    if agent._autostart:
+        flusher = agent._flusher
+        agent._start_flusher(flusher)
+        if flusher.running:
+            return cast(T, await flusher.run_on_loop(work))
+    return await work
+
+
+async def _deliver(context: ConnectorContext, item: Feedback) -> tuple[tuple[str, str | None], tuple[str, str | None]]:
+    store = await _store(context, item)
+    delivery = context.opik_feedback_delivery
+    if delivery is None:
+        return store, ("off", None)
+    return store, _state(await delivery.deliver([item]))
 
 
 async def _trace_of(agent: Any, context: ConnectorContext, span_id: str) -> str:
