@@ -8,9 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from langgraph.runtime import Runtime
 from opik.rest_api.types import FeedbackScoreBatchItem
 
 from src.agents.ml_foundation.observability_connector.agent import ObservabilityConnectorAgent
+from src.agents.ml_foundation.observability_connector.nodes.metrics_aggregator import aggregate_metrics
 from src.mlops.opik_ids import opik_span_id, opik_trace_id
 from src.repositories.observability_span import ObservabilitySpanRepository
 from src.repositories.sqlite import SQLiteSpanRepository
@@ -58,7 +60,7 @@ async def test_scores_reach_opik_and_the_store(make_rig: Callable[..., Rig]) -> 
     assert [f.name for f in await rig.store.get_feedback(root.trace_id)] == ["helpfulness", "accuracy"]
     status = rig.opik.get_status()["feedback"]
     assert status["sink"] == "opik_feedback" and status["spans_sent"] == 2 and status["backlog_spans"] == 0
-    metrics = await rig.obs.get_quality_metrics({"time_window": "1h"})
+    metrics = await aggregate_metrics({"time_window": "1h"}, Runtime(context=rig.context))
     assert metrics["feedback_by_agent"] == {
         "orchestrator": {"helpfulness": {"avg": 0.9, "count": 1}},
         "explainer": {"accuracy": {"avg": 0.0, "count": 1}},

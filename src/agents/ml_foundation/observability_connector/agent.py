@@ -497,8 +497,6 @@ class ObservabilityConnectorAgent(LLMCalls, ContextFactory, BatchDelivery):
         state = await aggregate_metrics(question, Runtime(context=self.context))
         # Copies: a caller that edits its answer must not edit the shared empty values.
         metrics = {key: state[key] if key in state else copy.deepcopy(empty) for key, empty in EMPTY_METRICS.items()}
-        if "feedback_by_agent" in state:  # beside the host's keys (never replacing one)
-            metrics["feedback_by_agent"] = state["feedback_by_agent"]
         if state.get("error"):
             metrics["quality_metrics_computed"] = False
             metrics["error"] = state["error"]
@@ -526,7 +524,9 @@ class ObservabilityConnectorAgent(LLMCalls, ContextFactory, BatchDelivery):
         argument, naming it. Returns the score's ids and what became of it per destination:
         ``store`` is ``stored`` / ``spooled`` / ``rejected`` / ``failed``, ``opik`` is ``sent`` /
         ``pending`` / ``spooled`` / ``rejected`` / ``off`` (see ``feedback_api.py``). Averages
-        per agent and name appear in the metrics under ``feedback_by_agent``.
+        per agent and name are the metrics key ``feedback_by_agent`` (the graph's and
+        ``aggregate_metrics``' answer, ``obs-connector metrics``; ``get_quality_metrics`` keeps
+        the host's 13 keys exactly).
         """
         from .feedback_api import record_feedback
 
