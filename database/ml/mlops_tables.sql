@@ -988,7 +988,7 @@ RETURNS integer
 LANGUAGE sql
 VOLATILE
 SECURITY INVOKER
-SET search_path = pg_catalog, public
+SET search_path = public
 AS $fn$
     WITH added AS (
         INSERT INTO public.ml_observability_feedback
@@ -1013,7 +1013,7 @@ RETURNS TABLE (agent_name text, name text, avg_value double precision, n bigint)
 LANGUAGE sql
 STABLE
 SECURITY INVOKER
-SET search_path = pg_catalog, public
+SET search_path = public
 AS $fn$
     SELECT a.agent_name, a.name, avg(a.value), count(*)
     FROM (
