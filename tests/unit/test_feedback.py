@@ -219,3 +219,34 @@ async def test_a_store_outage_spools_the_score_and_the_replay_stores_it(tmp_path
         await obs.aclose()
         await delivery.aclose()
         await broken.close()
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def test_obs_connector_metrics_shows_the_feedback(tmp_path: Path) -> None:
+    import asyncio
+    import json
+
+    from typer.testing import CliRunner
+
+    from src.agents.ml_foundation.observability_connector.cli import app
+
+    async def seed() -> None:
+        repo = SQLiteSpanRepository(tmp_path / "default-spans.db")  # the CLI's store (conftest's env)
+        now = datetime.now(UTC)
+        await repo.insert_spans_batch([make_span(trace_id=TRACE, span_id="root", agent="orchestrator", start=now)])
+        await repo.insert_feedback_batch(
+            [new_feedback(trace_id=TRACE, span_id=None, name="helpfulness", value=v) for v in (1.0, 0.5)]
+        )
+        await repo.close()
+
+    asyncio.run(seed())
+    runner = CliRunner()
+    shown = runner.invoke(app, ["metrics", "-w", "1h"], env={"COLUMNS": "120"})
+    assert shown.exit_code == 0, shown.output
+    assert "Feedback per agent" in shown.output
+    (row,) = [line for line in shown.output.splitlines() if "helpfulness" in line]
+    assert row.split() == ["orchestrator", "helpfulness", "0.75", "2"]
+    as_json = json.loads(runner.invoke(app, ["metrics", "-w", "1h", "--json"]).stdout)
+    assert as_json["feedback_by_agent"] == {"orchestrator": {"helpfulness": {"avg": 0.75, "count": 2}}}

@@ -389,6 +389,7 @@ class ObservabilityConnectorAgent(LLMCalls, ContextFactory, BatchDelivery):
             return {**status, "store": None, "spool": None, "cache": None, "opik": None, "otlp": None}
         opik = getattr(context, "opik", None)
         otlp = getattr(context, "otlp_delivery", None)
+        feedback = getattr(context, "feedback_store_delivery", None)
         return {
             **status,
             "store": context.store.describe(),
@@ -397,6 +398,8 @@ class ObservabilityConnectorAgent(LLMCalls, ContextFactory, BatchDelivery):
             "opik": opik.get_status() if opik is not None else {"enabled": False},
             # The OTLP export's delivery: breaker, counters, what it owes (None: export is off).
             "otlp": otlp.status() if otlp is not None else {"enabled": False},
+            # Feedback scores' store delivery (Opik's is under "opik" -> "feedback"); None: no spool.
+            "feedback_store_sink": feedback.status() if feedback is not None else None,
         }
 
     def _spool_status(self, context: ConnectorContext) -> dict[str, Any]:
