@@ -66,6 +66,9 @@ def test_a_checked_score_and_its_row() -> None:
     assert (item.trace_id, item.span_id, item.name, item.value) == (TRACE, "s1", "helpfulness", 1.0)
     assert item.on_span and item.reason is not None and len(item.reason) == MAX_REASON_CHARS
     assert new_feedback(trace_id=TRACE, span_id=None, name="n", value=0).feedback_id != item.feedback_id
+    # A comment is kept, made storable (NUL and lone surrogates replaced), never refused.
+    odd = new_feedback(trace_id=TRACE, span_id=None, name="n", value=0, reason="a\x00b\ud800c")
+    assert odd.reason == "a\ufffdb?c"
     # A spooled row reads back as the same score (what a replay does).
     assert Feedback.model_validate(item.to_row()) == item
 

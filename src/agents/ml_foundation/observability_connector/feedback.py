@@ -99,6 +99,15 @@ def _encodable(text: str) -> bool:
     return True
 
 
+def _printable(value: Any) -> Any:
+    """Free text made storable instead of refused: a user's comment may hold anything."""
+    if not isinstance(value, str):
+        return value
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
+    return value if _encodable(value) else value.encode("utf-8", "replace").decode("utf-8")
+
+
 def _text(field: str, value: Any, *, optional: bool = False) -> str | None:
     if value is None:
         if optional:
@@ -134,7 +143,7 @@ def new_feedback(
     trace = _text("trace_id", trace_id)
     span = _text("span_id", span_id, optional=True)
     label = _text("name", name)
-    why = None if reason is None else _text("reason", reason, optional=True)
+    why = None if reason is None else _text("reason", _printable(reason), optional=True)
     category = _text("category_name", category_name, optional=True)
     if why is not None and len(why) > MAX_REASON_CHARS:
         why = why[: MAX_REASON_CHARS - 1] + "…"
