@@ -70,11 +70,14 @@ async def test_scores_reach_opik_and_the_store(make_rig: Callable[..., Rig]) -> 
 async def test_the_host_facade_stores_and_sends_through_the_same_path(make_rig: Callable[..., Rig]) -> None:
     rig = make_rig()
     root, child = await two_spans(rig.obs)
-    await rig.opik.log_feedback(root.trace_id, "helpfulness", 1.0, span_id=child.span_id, reason="spot on")
+    secret = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"  # a GitHub token pasted into a comment
+    await rig.opik.log_feedback(root.trace_id, "helpfulness", 1.0, span_id=child.span_id, reason=f"spot on {secret}")
     assert await rig.opik.wait_until_sent(5)
-    assert [b["id"] for b in validated(rig.receiver.feedback)] == [opik_span_id(root.trace_id, child.span_id)]
+    (body,) = validated(rig.receiver.feedback)
+    assert body["id"] == opik_span_id(root.trace_id, child.span_id)
+    assert body["reason"].startswith("spot on ") and secret not in body["reason"]  # redacted before any sink
     stored = await rig.store.get_feedback(root.trace_id)
-    assert [(f.span_id, f.value, f.reason) for f in stored] == [(child.span_id, 1.0, "spot on")]
+    assert [(f.span_id, f.value, f.reason) for f in stored] == [(child.span_id, 1.0, body["reason"])]
     assert rig.opik.get_status()["feedback_sent"] == 1
 
 
