@@ -253,3 +253,16 @@ def test_obs_connector_metrics_shows_the_feedback(tmp_path: Path) -> None:
     assert row.split() == ["orchestrator", "helpfulness", "0.75", "2"]
     as_json = json.loads(runner.invoke(app, ["metrics", "-w", "1h", "--json"]).stdout)
     assert as_json["feedback_by_agent"] == {"orchestrator": {"helpfulness": {"avg": 0.75, "count": 2}}}
+
+
+async def test_a_store_that_cannot_answer_the_span_lookup_fails_the_score_without_raising(tmp_path: Path) -> None:
+    from tests.fixtures.down_store import DownStore
+
+    context = build_context(settings_for(tmp_path))
+    context.store = DownStore()  # every call: ConnectionError
+    obs = ObservabilityConnectorAgent(context=context, start=False)
+    out = await obs.log_feedback(span_id="s1", name="helpfulness", value=1)
+    assert (out["store"], out["opik"]) == ("failed", "failed")
+    assert out["errors"] == ["ConnectionError: store is down"]
+    for delivery in context.feedback_deliveries:
+        await delivery.aclose()

@@ -71,19 +71,27 @@ async def record_feedback(
         reason=reason,
         category_name=category_name,
     )
-    context = agent.context
-    if trace_id is None:
-        assert item.span_id is not None  # checked above: one of the two was given
-        item = item.model_copy(update={"trace_id": await _trace_of(agent, context, item.span_id)})
-    item = _redacted(item, context)
-    (stored, store_error), (opik, opik_error) = await _on_flusher_loop(agent, _deliver(context, item))
+    try:
+        context = agent.context
+        if trace_id is None:
+            assert item.span_id is not None  # checked above: one of the two was given
+            item = item.model_copy(update={"trace_id": await _trace_of(agent, context, item.span_id)})
+        item = _redacted(item, context)
+        (stored, store_error), (opik, opik_error) = await _on_flusher_loop(agent, _deliver(context, item))
+    except FeedbackInputError:
+        raise
+    except Exception as exc:  # a broken configuration, a store that cannot say whose span it is
+        reason = f"{type(exc).__name__}: {exc}"
+        log.error("feedback %r on %s was not recorded: %s", item.name, item.span_id or item.trace_id, reason)
+        (stored, store_error), (opik, opik_error) = ("failed", reason), ("failed", None)
     return {
         "feedback_id": item.feedback_id,
         "trace_id": item.trace_id,
         "span_id": item.span_id,
         "name": item.name,
         "value": item.value,
-        # "stored" / "spooled" (replayed when the store is back) / "rejected" / "failed"
+        # "stored" / "spooled" (replayed when the store is back) / "rejected" / "failed" (not
+        # recorded: no spool to keep it, a broken configuration, a span lookup that failed)
         "store": stored,
         # "sent" / "pending" (on its way) / "spooled" (Opik down) / "rejected" / "off" (no Opik)
         "opik": opik,
