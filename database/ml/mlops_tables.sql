@@ -1033,8 +1033,24 @@ AS $fn$
     ORDER BY a.agent_name, a.name
 $fn$;
 
+-- obs_delete_old_feedback(p_cutoff) -> integer: deletes the scores created before p_cutoff (retention,
+-- run by `obs-connector cleanup` with the spans) and returns how many went.
+CREATE OR REPLACE FUNCTION public.obs_delete_old_feedback(p_cutoff timestamptz)
+RETURNS integer
+LANGUAGE sql
+VOLATILE
+SECURITY INVOKER
+SET search_path = public
+AS $fn$
+    WITH gone AS (
+        DELETE FROM public.ml_observability_feedback WHERE created_at < p_cutoff RETURNING 1
+    )
+    SELECT count(*)::integer FROM gone
+$fn$;
+
 ALTER TABLE public.ml_observability_feedback ENABLE ROW LEVEL SECURITY;
 REVOKE ALL ON TABLE public.ml_observability_feedback FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.obs_delete_old_feedback(timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.obs_insert_feedback(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.obs_feedback_by_agent(timestamptz, text, text) FROM PUBLIC;
 
@@ -1047,12 +1063,14 @@ BEGIN
             EXECUTE format('REVOKE ALL ON TABLE public.ml_observability_feedback FROM %I', api_role);
             EXECUTE format('REVOKE ALL ON FUNCTION public.obs_insert_feedback(jsonb) FROM %I', api_role);
             EXECUTE format('REVOKE ALL ON FUNCTION public.obs_feedback_by_agent(timestamptz, text, text) FROM %I', api_role);
+            EXECUTE format('REVOKE ALL ON FUNCTION public.obs_delete_old_feedback(timestamptz) FROM %I', api_role);
         END IF;
     END LOOP;
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'service_role') THEN
         GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE public.ml_observability_feedback TO service_role;
         GRANT EXECUTE ON FUNCTION public.obs_insert_feedback(jsonb) TO service_role;
         GRANT EXECUTE ON FUNCTION public.obs_feedback_by_agent(timestamptz, text, text) TO service_role;
+        GRANT EXECUTE ON FUNCTION public.obs_delete_old_feedback(timestamptz) TO service_role;
         IF NOT EXISTS (
             SELECT 1 FROM pg_policies
             WHERE schemaname = 'public' AND tablename = 'ml_observability_feedback'

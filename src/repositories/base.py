@@ -322,3 +322,7 @@ class SpanStore(BaseRepository):
     async def find_trace_of_span(self, span_id: str) -> str | None:
         """The trace id of a stored span known by its span id alone (None: not stored)."""
         raise NotImplementedError(f"the {self.backend} store cannot look spans up by id")
+
+    async def delete_old_feedback(self, days: int) -> int:
+        """Delete scores given more than ``days`` ago (retention, with the spans); returns the count."""
+        raise NotImplementedError(f"the {self.backend} store keeps no feedback")

@@ -141,3 +141,6 @@ class ObservabilitySpanRepository(SpanStore):
 
     async def find_trace_of_span(self, span_id: str) -> str | None:
         return await self._store.find_trace_of_span(span_id)
+
+    async def delete_old_feedback(self, days: int) -> int:
+        return await self._store.delete_old_feedback(days)

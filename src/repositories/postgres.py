@@ -457,6 +457,13 @@ class PostgresSpanRepository(SpanStore):
         )
         return [Feedback.model_validate(dict(zip(FEEDBACK_COLUMNS, row, strict=True))) for row in rows]
 
+    async def delete_old_feedback(self, days: int) -> int:
+        if days < 0:
+            raise ValueError(f"days must be zero or positive, got {days}")
+        cutoff = datetime.now(UTC) - timedelta(days=days)
+        rows = await self._fetchall("SELECT public.obs_delete_old_feedback(%s)", [cutoff], "deleting old feedback")
+        return int(rows[0][0]) if rows else 0
+
     async def find_trace_of_span(self, span_id: str) -> str | None:
         rows = await self._fetchall(
             f"SELECT trace_id FROM public.{TABLE} WHERE span_id = %s ORDER BY start_time DESC LIMIT 1",

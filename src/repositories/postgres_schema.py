@@ -72,7 +72,8 @@ UNION ALL
 SELECT 'index ' || indexname FROM pg_indexes WHERE schemaname = 'public' AND tablename = 'ml_observability_feedback'
 UNION ALL
 SELECT 'function ' || p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace ns ON ns.oid = p.pronamespace
- WHERE ns.nspname = 'public' AND p.proname IN ('obs_insert_feedback', 'obs_feedback_by_agent')
+ WHERE ns.nspname = 'public'
+   AND p.proname IN ('obs_insert_feedback', 'obs_feedback_by_agent', 'obs_delete_old_feedback')
 UNION ALL
 SELECT 'policy ' || policyname FROM pg_policies WHERE schemaname = 'public' AND tablename = 'ml_observability_feedback'
 """

@@ -536,6 +536,12 @@ class SQLiteSpanRepository(SpanStore):
         rows = await self._run(partial(self._fetchall, sqlite_feedback.SPAN_TRACE_SQL, [span_id]))
         return str(rows[0][0]) if rows else None
 
+    async def delete_old_feedback(self, days: int) -> int:
+        if days < 0:
+            raise ValueError(f"days must be zero or positive, got {days}")
+        cutoff = utc_text(datetime.now(UTC) - timedelta(days=days))
+        return await self._run(lambda conn: sqlite_feedback.delete_before(conn, cutoff))
+
     @staticmethod
     def _fetchall(sql: str, params: Sequence[Any], conn: sqlite3.Connection) -> list[Any]:
         # Reads run in autocommit mode: each statement sees one consistent WAL snapshot.

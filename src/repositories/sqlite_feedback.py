@@ -13,7 +13,17 @@ from src.agents.ml_foundation.observability_connector.feedback import FEEDBACK_C
 from src.repositories.base import TABLE
 from src.repositories.row_values import utc_text
 
-__all__ = ["BY_AGENT_SQL", "COLUMNS", "DDL", "INSERT", "SPAN_TRACE_SQL", "create_feedback", "feedback_row", "insert"]
+__all__ = [
+    "BY_AGENT_SQL",
+    "COLUMNS",
+    "DDL",
+    "INSERT",
+    "SPAN_TRACE_SQL",
+    "create_feedback",
+    "delete_before",
+    "feedback_row",
+    "insert",
+]
 
 COLUMNS: Final = FEEDBACK_COLUMNS
 
@@ -95,3 +105,16 @@ def insert(conn: sqlite3.Connection, items: Sequence[Feedback]) -> int:
             conn.execute("ROLLBACK")
         raise
     return inserted
+
+
+def delete_before(conn: sqlite3.Connection, cutoff: str) -> int:
+    """Delete the scores created before ``cutoff`` (UTC text) in one transaction; how many went."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        deleted = conn.execute(f"DELETE FROM {FEEDBACK_TABLE} WHERE created_at < ?", (cutoff,)).rowcount
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return int(deleted)

@@ -110,6 +110,7 @@ RPC_DELETE_OLD: Final = "obs_delete_old_spans"
 RPC_ROLLUP_METRICS: Final = "obs_rollup_metrics"
 RPC_INSERT_FEEDBACK: Final = "obs_insert_feedback"
 RPC_FEEDBACK_BY_AGENT: Final = "obs_feedback_by_agent"
+RPC_DELETE_OLD_FEEDBACK: Final = "obs_delete_old_feedback"
 #: The columns of ``obs_rollup_metrics`` in order (``rollups.groups_from_rows`` reads them so).
 _ROLLUP_COLUMNS: Final = (
     "agent_name", "agent_tier", "idx", "n", "n_all", "n_ok", "n_error", "n_timeout", "n_started",
@@ -473,6 +474,15 @@ class SupabaseSpanRepository(SupabaseClient, SpanStore):
             .order("created_at").order("feedback_id").limit(self._page_size).execute(),
         )  # fmt: skip
         return [Feedback.model_validate(row) for row in response.data or []]
+
+    async def delete_old_feedback(self, days: int) -> int:
+        if days < 0:
+            raise ValueError(f"days must be zero or positive, got {days}")
+        cutoff = utc_text(datetime.now(UTC) - timedelta(days=days))
+        response = await self._call(
+            RPC_DELETE_OLD_FEEDBACK, lambda c: c.rpc(RPC_DELETE_OLD_FEEDBACK, {"p_cutoff": cutoff}).execute()
+        )
+        return _scalar_int(response.data)
 
     async def find_trace_of_span(self, span_id: str) -> str | None:
         response = await self._call(

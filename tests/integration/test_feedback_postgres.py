@@ -76,6 +76,10 @@ async def test_scores_are_kept_once_and_grouped_per_agent(backend: Any) -> None:
             "GET /rest/v1/ml_observability_spans?select=trace_id&span_id=eq.child&order=start_time.desc&limit=1",
             "GET /rest/v1/ml_observability_spans?select=trace_id&span_id=eq.nobody&order=start_time.desc&limit=1",
         ]
+    # Retention (obs-connector cleanup): by the score's own time.
+    assert await backend.delete_old_feedback(1) == 0
+    assert await backend.delete_old_feedback(0) == 6
+    assert await backend.get_feedback_by_agent("7d") == {}
 
 
 async def test_a_refused_value_fails_the_batch_as_a_whole(postgres_dsn: str) -> None:
@@ -89,7 +93,10 @@ async def test_a_refused_value_fails_the_batch_as_a_whole(postgres_dsn: str) -> 
 def test_migrate_adds_the_table_to_an_existing_database_and_is_safe_twice(postgres_dsn: str) -> None:
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:  # a database migrated before feedback existed
         conn.execute("DROP TABLE ml_observability_feedback")
-        conn.execute("DROP FUNCTION obs_insert_feedback(jsonb), obs_feedback_by_agent(timestamptz, text, text)")
+        conn.execute(
+            "DROP FUNCTION obs_insert_feedback(jsonb), obs_feedback_by_agent(timestamptz, text, text), "
+            "obs_delete_old_feedback(timestamptz)"
+        )
         conn.execute(
             "INSERT INTO ml_observability_spans (span_id, trace_id, operation_name, agent_name, start_time, status) "
             "VALUES ('s', 't', 'op', 'a', now(), 'ok')"
@@ -102,6 +109,7 @@ def test_migrate_adds_the_table_to_an_existing_database_and_is_safe_twice(postgr
         "index idx_ml_observability_feedback_trace",
         "function obs_insert_feedback(jsonb)",
         "function obs_feedback_by_agent(timestamp with time zone,text,text)",
+        "function obs_delete_old_feedback(timestamp with time zone)",
         "policy ml_observability_feedback_service_role_all",
     } <= set(first.created)
     second = migrate(postgres_dsn)
@@ -134,6 +142,7 @@ STATEMENTS = {
     "delete table": "DELETE FROM ml_observability_feedback",
     "insert function": f"SELECT obs_insert_feedback('{ROW}'::jsonb)",
     "by-agent function": "SELECT * FROM obs_feedback_by_agent(now() - interval '1 day', NULL, NULL)",
+    "delete function": "SELECT obs_delete_old_feedback(now())",
 }
 
 
@@ -148,3 +157,4 @@ def test_service_role_writes_and_reads_the_feedback(as_role: psycopg.Connection)
     assert run_as(as_role, "service_role", STATEMENTS["insert function"]) == [(1,)]
     assert run_as(as_role, "service_role", STATEMENTS["insert function"]) == [(0,)]  # replayed: skipped
     assert run_as(as_role, "service_role", STATEMENTS["by-agent function"]) == [("unknown", "n", 1.0, 1)]
+    assert run_as(as_role, "service_role", STATEMENTS["delete function"]) == [(1,)]

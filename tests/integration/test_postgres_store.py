@@ -97,6 +97,7 @@ def test_schema_applies_twice_and_reports_what_it_did(postgres_template: Templat
         "index idx_ml_observability_feedback_trace",
         "function obs_insert_feedback(jsonb)",
         "function obs_feedback_by_agent(timestamp with time zone,text,text)",
+        "function obs_delete_old_feedback(timestamp with time zone)",
         "policy ml_observability_feedback_service_role_all",
     }
     assert set(first.created) == expected and first.already_present == [] and first.changed
@@ -133,6 +134,7 @@ def test_schema_objects_have_the_promised_properties(postgres_dsn: str) -> None:
             "WHERE proname LIKE 'obs\\_%' AND prokind <> 'a' ORDER BY proname"
         ).fetchall()
         assert [f[0] for f in functions] == [
+            "obs_delete_old_feedback",
             "obs_delete_old_spans",
             "obs_feedback_by_agent",
             "obs_insert_feedback",
@@ -489,10 +491,10 @@ def test_cli_migrate_and_cleanup_on_postgres(postgres_template: TemplateInfo, mo
         first = runner.invoke(app, ["migrate"])
         assert first.exit_code == 0, first.output
         out = flat(first.output)
-        assert "table ml_observability_spans created" in out and "Done: 34 created, 0 already present." in out
+        assert "table ml_observability_spans created" in out and "Done: 35 created, 0 already present." in out
         assert "anon denied" in out and "service_role granted" in out
         second = runner.invoke(app, ["migrate"])
-        assert second.exit_code == 0 and "Nothing to create: 0 created, 34 already present." in flat(second.output)
+        assert second.exit_code == 0 and "Nothing to create: 0 created, 35 already present." in flat(second.output)
 
         now = datetime.now(UTC)
 

@@ -114,6 +114,8 @@ async def test_store_keeps_scores_once_and_groups_them_per_agent(store: Observab
     assert [s.feedback_id for s in stored] == [items[5].feedback_id, *(i.feedback_id for i in items[:4])]
     assert await store.find_trace_of_span("child") == TRACE
     assert await store.find_trace_of_span("nobody") is None
+    assert await store.delete_old_feedback(1) == 0  # retention, by the score's own time
+    assert await store.delete_old_feedback(0) == 6 and await store.get_feedback(TRACE) == []
 
 
 async def test_the_table_is_created_on_an_existing_store_and_refuses_bad_rows(tmp_path: Path) -> None:
@@ -266,3 +268,37 @@ async def test_a_store_that_cannot_answer_the_span_lookup_fails_the_score_withou
     assert out["errors"] == ["ConnectionError: store is down"]
     for delivery in context.feedback_deliveries:
         await delivery.aclose()
+
+
+def test_obs_connector_cleanup_deletes_old_scores_with_the_spans(tmp_path: Path) -> None:
+    import asyncio
+
+    from typer.testing import CliRunner
+
+    from src.agents.ml_foundation.observability_connector.cli import app
+
+    old = datetime.now(UTC) - timedelta(days=100)
+
+    async def seed() -> SQLiteSpanRepository:
+        repo = SQLiteSpanRepository(tmp_path / "default-spans.db")  # the CLI's store (conftest's env)
+        await repo.insert_spans_batch([make_span(trace_id=TRACE, span_id="root", start=old)])
+        await repo.insert_feedback_batch(
+            [
+                new_feedback(trace_id=TRACE, span_id=None, name="helpfulness", value=1.0, created_at=old),
+                new_feedback(trace_id=TRACE, span_id=None, name="helpfulness", value=0.5),
+            ]
+        )
+        return repo
+
+    async def left(repo: SQLiteSpanRepository) -> list[float]:
+        try:
+            return [f.value for f in await repo.get_feedback(TRACE)]
+        finally:
+            await repo.close()
+
+    repo = asyncio.run(seed())
+    result = CliRunner().invoke(app, ["cleanup", "--days", "30"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "Deleted 1 spans older than 30 days" in result.output
+    assert "Deleted 1 feedback scores older than 30 days." in result.output
+    assert asyncio.run(left(repo)) == [0.5]
