@@ -383,10 +383,11 @@ class SinkDelivery:
                 await self._replayer
             self._replayer = None
         acquiring, self._acquiring = self._acquiring, None
-        if acquiring is not None and not acquiring.done():
-            with contextlib.suppress(Exception):
-                await acquiring
-            self._lease_until = time.monotonic()  # it may hold the lease now: give it back below
+        if acquiring is not None:  # the replay task may have been cut between taking and noting it
+            if not acquiring.done():
+                with contextlib.suppress(Exception):
+                    await acquiring
+            self._lease_until = time.monotonic()  # released below (only if this owner holds it)
         await self._release_lease()
 
     async def _hold_lease(self) -> bool:
