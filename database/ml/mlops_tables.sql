@@ -950,6 +950,139 @@ BEGIN
 END
 $roles$;
 
+-- --------------------------------------------------------------------------- feedback
+-- ml_observability_feedback: one row per feedback score (log_feedback on the agent or the Opik
+-- facade), on a whole trace (span_id null) or on one span. Its own table, not span attributes:
+-- a score arrives after its trace was stored, perhaps from another process, and is a history
+-- (every score kept; Opik keeps the latest per target and name). Same lock-down as the spans:
+-- RLS with one policy for service_role, nothing for anon / authenticated / PUBLIC.
+CREATE TABLE IF NOT EXISTS public.ml_observability_feedback (
+    feedback_id     text             NOT NULL CHECK (length(feedback_id) > 0),
+    trace_id        text             NOT NULL CHECK (length(trace_id) > 0),
+    span_id         text,
+    name            text             NOT NULL CHECK (length(name) > 0),
+    -- Postgres orders NaN above every number and calls it equal to itself: refused explicitly.
+    value           double precision NOT NULL
+                    CHECK (value <> 'NaN'::float8 AND value > '-Infinity'::float8 AND value < 'Infinity'::float8),
+    reason          text,
+    category_name   text,
+    source          text             NOT NULL DEFAULT 'sdk',
+    created_at      timestamptz      NOT NULL DEFAULT now(),
+    CONSTRAINT ml_observability_feedback_pkey PRIMARY KEY (feedback_id)
+);
+
+COMMENT ON TABLE public.ml_observability_feedback IS
+    'Feedback scores on traces / spans of ml_observability_spans (observability connector). RLS: service_role only.';
+
+-- created_at: metrics windows; (trace_id, span_id): a trace's scores, and the join to its spans.
+CREATE INDEX IF NOT EXISTS idx_ml_observability_feedback_created
+    ON public.ml_observability_feedback (created_at);
+CREATE INDEX IF NOT EXISTS idx_ml_observability_feedback_trace
+    ON public.ml_observability_feedback (trace_id, span_id);
+
+-- obs_insert_feedback(p_rows jsonb) -> integer: inserts an array of feedback rows (the columns by
+-- name; created_at ISO text), skipping ids already stored; returns how many were new. The Supabase
+-- REST backend's write (one RPC, one transaction), and the Postgres backend's too.
+CREATE OR REPLACE FUNCTION public.obs_insert_feedback(p_rows jsonb)
+RETURNS integer
+LANGUAGE sql
+VOLATILE
+SECURITY INVOKER
+SET search_path = public
+AS $fn$
+    WITH added AS (
+        INSERT INTO public.ml_observability_feedback
+            (feedback_id, trace_id, span_id, name, value, reason, category_name, source, created_at)
+        SELECT r.feedback_id, r.trace_id, r.span_id, r.name, r.value, r.reason, r.category_name,
+               coalesce(r.source, 'sdk'), coalesce(r.created_at, now())
+        FROM jsonb_to_recordset(p_rows) AS r(
+            feedback_id text, trace_id text, span_id text, name text, value double precision,
+            reason text, category_name text, source text, created_at timestamptz)
+        ON CONFLICT (feedback_id) DO NOTHING
+        RETURNING 1
+    )
+    SELECT count(*)::integer FROM added
+$fn$;
+
+-- obs_feedback_by_agent(p_since, p_agent, p_trace) -> (agent_name, name, avg_value, n), one row per
+-- (agent, score name) of the scores created since p_since. A span's score belongs to that span's
+-- agent; a trace's score to its root span's agent (no parent, else the earliest span); a score
+-- whose span is not stored (yet) to 'unknown'. The same rule as the SQLite backend.
+CREATE OR REPLACE FUNCTION public.obs_feedback_by_agent(p_since timestamptz, p_agent text, p_trace text)
+RETURNS TABLE (agent_name text, name text, avg_value double precision, n bigint)
+LANGUAGE sql
+STABLE
+SECURITY INVOKER
+SET search_path = public
+AS $fn$
+    SELECT a.agent_name, a.name, avg(a.value), count(*)
+    FROM (
+        SELECT coalesce((
+                   SELECT s.agent_name FROM public.ml_observability_spans s
+                   WHERE s.trace_id = f.trace_id
+                     AND (f.span_id IS NULL OR s.span_id = f.span_id)
+                   ORDER BY (s.parent_span_id IS NULL) DESC, s.start_time
+                   LIMIT 1
+               ), 'unknown') AS agent_name,
+               f.name, f.value
+        FROM public.ml_observability_feedback f
+        WHERE f.created_at >= p_since AND (p_trace IS NULL OR f.trace_id = p_trace)
+    ) a
+    WHERE p_agent IS NULL OR a.agent_name = p_agent
+    GROUP BY a.agent_name, a.name
+    ORDER BY a.agent_name, a.name
+$fn$;
+
+-- obs_delete_old_feedback(p_cutoff) -> integer: deletes the scores created before p_cutoff (retention,
+-- run by `obs-connector cleanup` with the spans) and returns how many went.
+CREATE OR REPLACE FUNCTION public.obs_delete_old_feedback(p_cutoff timestamptz)
+RETURNS integer
+LANGUAGE sql
+VOLATILE
+SECURITY INVOKER
+SET search_path = public
+AS $fn$
+    WITH gone AS (
+        DELETE FROM public.ml_observability_feedback WHERE created_at < p_cutoff RETURNING 1
+    )
+    SELECT count(*)::integer FROM gone
+$fn$;
+
+ALTER TABLE public.ml_observability_feedback ENABLE ROW LEVEL SECURITY;
+REVOKE ALL ON TABLE public.ml_observability_feedback FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.obs_delete_old_feedback(timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.obs_insert_feedback(jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.obs_feedback_by_agent(timestamptz, text, text) FROM PUBLIC;
+
+DO $feedback_roles$
+DECLARE
+    api_role text;
+BEGIN
+    FOREACH api_role IN ARRAY ARRAY['anon', 'authenticated'] LOOP
+        IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = api_role) THEN
+            EXECUTE format('REVOKE ALL ON TABLE public.ml_observability_feedback FROM %I', api_role);
+            EXECUTE format('REVOKE ALL ON FUNCTION public.obs_insert_feedback(jsonb) FROM %I', api_role);
+            EXECUTE format('REVOKE ALL ON FUNCTION public.obs_feedback_by_agent(timestamptz, text, text) FROM %I', api_role);
+            EXECUTE format('REVOKE ALL ON FUNCTION public.obs_delete_old_feedback(timestamptz) FROM %I', api_role);
+        END IF;
+    END LOOP;
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'service_role') THEN
+        GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE public.ml_observability_feedback TO service_role;
+        GRANT EXECUTE ON FUNCTION public.obs_insert_feedback(jsonb) TO service_role;
+        GRANT EXECUTE ON FUNCTION public.obs_feedback_by_agent(timestamptz, text, text) TO service_role;
+        GRANT EXECUTE ON FUNCTION public.obs_delete_old_feedback(timestamptz) TO service_role;
+        IF NOT EXISTS (
+            SELECT 1 FROM pg_policies
+            WHERE schemaname = 'public' AND tablename = 'ml_observability_feedback'
+              AND policyname = 'ml_observability_feedback_service_role_all'
+        ) THEN
+            CREATE POLICY ml_observability_feedback_service_role_all ON public.ml_observability_feedback
+                AS PERMISSIVE FOR ALL TO service_role USING (true) WITH CHECK (true);
+        END IF;
+    END IF;
+END
+$feedback_roles$;
+
 COMMIT;
 
 -- Supabase: make PostgREST see new / changed functions now (no listener on a plain Postgres).

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Final, Literal, get_args
 
+from src.agents.ml_foundation.observability_connector.feedback import Feedback, FeedbackByAgent
 from src.agents.ml_foundation.observability_connector.models import (
     COLUMN_NAMES,
     LatencyStats,
@@ -299,3 +300,29 @@ class SpanStore(BaseRepository):
     async def verify_rollups(self, since: datetime | None = None) -> list[str]:
         """Every difference between the rollups and the raw rows from ``since`` (empty: consistent)."""
         raise NotImplementedError(f"the {self.backend} store keeps no rollups")
+
+    # -- feedback scores (``ml_observability_feedback``; see feedback.py) ------------------------
+
+    async def insert_feedback_batch(self, items: Sequence[Feedback]) -> BatchInsertResult:
+        """Idempotent write of feedback rows (a replayed ``feedback_id`` is a duplicate, never a copy)."""
+        raise NotImplementedError(f"the {self.backend} store keeps no feedback")
+
+    async def get_feedback_by_agent(
+        self, window: str, agent_name: str | None = None, trace_id: str | None = None
+    ) -> FeedbackByAgent:
+        """``{agent: {name: {"avg", "count"}}}`` of the scores created in the window: a span's score
+        counts for its span's agent, a trace's for its root span's, one without a stored span for
+        ``"unknown"``."""
+        raise NotImplementedError(f"the {self.backend} store keeps no feedback")
+
+    async def get_feedback(self, trace_id: str) -> list[Feedback]:
+        """Every score of one trace, oldest first."""
+        raise NotImplementedError(f"the {self.backend} store keeps no feedback")
+
+    async def find_trace_of_span(self, span_id: str) -> str | None:
+        """The trace id of a stored span known by its span id alone (None: not stored)."""
+        raise NotImplementedError(f"the {self.backend} store cannot look spans up by id")
+
+    async def delete_old_feedback(self, days: int) -> int:
+        """Delete scores given more than ``days`` ago (retention, with the spans); returns the count."""
+        raise NotImplementedError(f"the {self.backend} store keeps no feedback")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
+from src.agents.ml_foundation.observability_connector.feedback import Feedback, FeedbackByAgent
 from src.agents.ml_foundation.observability_connector.models import (
     LatencyStats,
     ObservabilitySpan,
@@ -126,3 +127,20 @@ class ObservabilitySpanRepository(SpanStore):
 
     async def verify_rollups(self, since: datetime | None = None) -> list[str]:
         return await self._store.verify_rollups(since)
+
+    async def insert_feedback_batch(self, items: Sequence[Feedback]) -> BatchInsertResult:
+        return await self._store.insert_feedback_batch(items)
+
+    async def get_feedback_by_agent(
+        self, window: str, agent_name: str | None = None, trace_id: str | None = None
+    ) -> FeedbackByAgent:
+        return await self._store.get_feedback_by_agent(window, agent_name=agent_name, trace_id=trace_id)
+
+    async def get_feedback(self, trace_id: str) -> list[Feedback]:
+        return await self._store.get_feedback(trace_id)
+
+    async def find_trace_of_span(self, span_id: str) -> str | None:
+        return await self._store.find_trace_of_span(span_id)
+
+    async def delete_old_feedback(self, days: int) -> int:
+        return await self._store.delete_old_feedback(days)

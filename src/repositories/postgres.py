@@ -31,6 +31,14 @@ from typing import Any, Final, TypeVar
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from src.agents.ml_foundation.observability_connector.feedback import (
+    FEEDBACK_COLUMNS,
+    FEEDBACK_TABLE,
+    Feedback,
+    FeedbackByAgent,
+    feedback_by_agent,
+)
+from src.agents.ml_foundation.observability_connector.json_codec import json_bytes
 from src.agents.ml_foundation.observability_connector.models import (
     LatencyStats,
     ObservabilitySpan,
@@ -412,6 +420,57 @@ class PostgresSpanRepository(SpanStore):
             p99=p99,
             avg=avg_d,
         )
+
+    # ------------------------------------------------------------------ feedback
+
+    async def insert_feedback_batch(self, items: Sequence[Feedback]) -> BatchInsertResult:
+        """``obs_insert_feedback``: one statement, one transaction; replayed ids are skipped."""
+        if not items:
+            return BatchInsertResult()
+        payload = json_bytes([item.to_row() for item in items]).decode()
+
+        async def op(conn: psycopg.AsyncConnection[Any]) -> int:
+            cur = await conn.execute("SELECT public.obs_insert_feedback(%s::jsonb)", (payload,))
+            row = await cur.fetchone()
+            return int(row[0]) if row else 0
+
+        inserted = await self._call(op, "storing feedback")
+        return BatchInsertResult(inserted=inserted, duplicates=len(items) - inserted)
+
+    async def get_feedback_by_agent(
+        self, window: str, agent_name: str | None = None, trace_id: str | None = None
+    ) -> FeedbackByAgent:
+        rows = await self._fetchall(
+            "SELECT agent_name, name, avg_value, n "
+            "FROM public.obs_feedback_by_agent(%s::timestamptz, %s::text, %s::text)",
+            [window_start(window), agent_name, trace_id],
+            "reading feedback per agent",
+        )
+        return feedback_by_agent(rows)
+
+    async def get_feedback(self, trace_id: str) -> list[Feedback]:
+        cols = ", ".join(FEEDBACK_COLUMNS)
+        rows = await self._fetchall(
+            f"SELECT {cols} FROM public.{FEEDBACK_TABLE} WHERE trace_id = %s ORDER BY created_at, feedback_id",
+            [trace_id],
+            "reading a trace's feedback",
+        )
+        return [Feedback.model_validate(dict(zip(FEEDBACK_COLUMNS, row, strict=True))) for row in rows]
+
+    async def delete_old_feedback(self, days: int) -> int:
+        if days < 0:
+            raise ValueError(f"days must be zero or positive, got {days}")
+        cutoff = datetime.now(UTC) - timedelta(days=days)
+        rows = await self._fetchall("SELECT public.obs_delete_old_feedback(%s)", [cutoff], "deleting old feedback")
+        return int(rows[0][0]) if rows else 0
+
+    async def find_trace_of_span(self, span_id: str) -> str | None:
+        rows = await self._fetchall(
+            f"SELECT trace_id FROM public.{TABLE} WHERE span_id = %s ORDER BY start_time DESC LIMIT 1",
+            [span_id],
+            "looking a span up by id",
+        )
+        return str(rows[0][0]) if rows else None
 
 
 # The raw rows and each rollup level summed per UTC day and (agent, tier): ``verify_rollups``.

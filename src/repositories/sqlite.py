@@ -26,6 +26,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from src.agents.ml_foundation.observability_connector.feedback import (
+    FEEDBACK_TABLE,
+    Feedback,
+    FeedbackByAgent,
+    feedback_by_agent,
+)
 from src.agents.ml_foundation.observability_connector.lifecycle import keep_inherited, watch_after_fork
 from src.agents.ml_foundation.observability_connector.models import (
     LatencyStats,
@@ -35,6 +41,7 @@ from src.agents.ml_foundation.observability_connector.models import (
 )
 from src.agents.ml_foundation.observability_connector.paths import absolute as _absolute
 from src.agents.ml_foundation.observability_connector.rollups import RollupGroup
+from src.repositories import sqlite_feedback
 from src.repositories.base import (
     COLUMNS,
     TABLE,
@@ -495,6 +502,45 @@ class SQLiteSpanRepository(SpanStore):
         start = start.replace(hour=0, minute=0, second=0, microsecond=0)
         await self._run(lambda conn: verify(conn, start, problems.append))
         return problems
+
+    # ------------------------------------------------------------------ feedback
+
+    async def insert_feedback_batch(self, items: Sequence[Feedback]) -> BatchInsertResult:
+        """One transaction; a CHECK failure fails the batch (its rows were validated: a bug, not a row)."""
+        if not items:
+            return BatchInsertResult()
+        batch = list(items)
+        inserted = await self._run(lambda conn: sqlite_feedback.insert(conn, batch))
+        return BatchInsertResult(inserted=inserted, duplicates=len(batch) - inserted)
+
+    async def get_feedback_by_agent(
+        self, window: str, agent_name: str | None = None, trace_id: str | None = None
+    ) -> FeedbackByAgent:
+        since = utc_text(window_start(window))
+        params = [since, trace_id, trace_id, agent_name, agent_name]
+        try:
+            rows = await self._run(partial(self._fetchall, sqlite_feedback.BY_AGENT_SQL, params))
+        except sqlite3.OperationalError as exc:
+            if self._read_only and "no such table" in str(exc):  # a file written before feedback existed
+                return {}
+            raise
+        return feedback_by_agent(rows)
+
+    async def get_feedback(self, trace_id: str) -> list[Feedback]:
+        cols = sqlite_feedback.COLUMNS
+        sql = f"SELECT {', '.join(cols)} FROM {FEEDBACK_TABLE} WHERE trace_id = ? ORDER BY created_at, rowid"
+        rows = await self._run(partial(self._fetchall, sql, [trace_id]))
+        return [Feedback.model_validate(dict(zip(cols, row, strict=True))) for row in rows]
+
+    async def find_trace_of_span(self, span_id: str) -> str | None:
+        rows = await self._run(partial(self._fetchall, sqlite_feedback.SPAN_TRACE_SQL, [span_id]))
+        return str(rows[0][0]) if rows else None
+
+    async def delete_old_feedback(self, days: int) -> int:
+        if days < 0:
+            raise ValueError(f"days must be zero or positive, got {days}")
+        cutoff = utc_text(datetime.now(UTC) - timedelta(days=days))
+        return await self._run(lambda conn: sqlite_feedback.delete_before(conn, cutoff))
 
     @staticmethod
     def _fetchall(sql: str, params: Sequence[Any], conn: sqlite3.Connection) -> list[Any]:

@@ -17,6 +17,7 @@ from src.repositories.base import (
     COLUMNS,
     TABLE,
 )
+from src.repositories.sqlite_feedback import create_feedback
 from src.repositories.sqlite_rollups import create_rollups
 
 __all__ = ["INSERT", "SCHEMA_VERSION", "ensure_schema"]
@@ -99,6 +100,7 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
             conn.execute(statement)
         # The rollup tables, back-filled from the rows already stored when they are new.
         create_rollups(conn)
+        create_feedback(conn)  # feedback scores: their own table (sqlite_feedback.py)
         if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")

@@ -125,9 +125,11 @@ async def test_aggregate_metrics_on_an_empty_window_gives_the_host_defaults() ->
         "fallback_invocation_rate": 0.0,
         "status_distribution": {"ok": 0, "error": 0, "timeout": 0},
         "metrics_from_cache": False,
+        "feedback_by_agent": {},
     }
     assert isinstance(result["overall_p95_latency_ms"], float) and isinstance(result["overall_p99_latency_ms"], float)
-    assert set(result) == HOST_METRIC_KEYS | {"metrics_from_cache"}  # only its own keys, the input is not echoed
+    # only its own keys, the input is not echoed
+    assert set(result) == HOST_METRIC_KEYS | {"metrics_from_cache", "feedback_by_agent"}
 
 
 async def test_aggregate_metrics_counts_timeouts_and_keeps_the_host_invariants() -> None:

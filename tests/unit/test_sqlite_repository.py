@@ -497,6 +497,7 @@ async def test_a_version_1_file_is_upgraded_to_accept_timeout_keeping_every_row(
     conn.close()
     # the rebuild left no second span table behind (the rollup tables are its own)
     assert sorted(tables) == [
+        "ml_observability_feedback",  # feedback scores: a table of their own
         "ml_observability_spans",
         "ml_span_rollup_pending",
         "ml_span_rollup_sketch",

@@ -178,6 +178,12 @@ def metrics(
     console.print(tier_table(fields))
     console.print()
     console.print(overall_text(fields))
+    from .render import feedback_table
+
+    scores = feedback_table(fields)  # feedback scores (log_feedback), when the window has any
+    if scores is not None:
+        console.print()
+        console.print(scores)
 
 
 @app.command()

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from .config import AgentRegistry
     from .models import ObservabilitySpan
 
-__all__ = ["agent_table", "fmt_ms", "fmt_rate", "overall_text", "tier_table", "trace_tree"]
+__all__ = ["agent_table", "feedback_table", "fmt_ms", "fmt_rate", "overall_text", "tier_table", "trace_tree"]
 
 _ERROR_WARN = 0.05
 _ERROR_BAD = 0.15
@@ -267,3 +267,20 @@ def trace_tree(spans: Sequence[ObservabilitySpan], trace_id: str | None = None) 
             shown.add(id(span))
             tree.add(label)
     return tree
+
+
+def feedback_table(fields: Mapping[str, Any], title: str = "Feedback per agent") -> Table | None:
+    """``feedback_by_agent`` as a table (agent, score name, average, count); None without scores."""
+    scores: Mapping[str, Mapping[str, Mapping[str, Any]]] = fields.get("feedback_by_agent") or {}
+    if not scores:
+        return None
+    table = _table(title)
+    table.add_column("agent", no_wrap=True)
+    table.add_column("feedback", no_wrap=True)
+    table.add_column("avg", justify="right", no_wrap=True)
+    table.add_column("scores", justify="right", no_wrap=True)
+    for agent in sorted(scores):
+        for name in sorted(scores[agent]):
+            entry = scores[agent][name]
+            table.add_row(escape(agent), escape(name), f"{float(entry['avg']):.3g}", f"{int(entry['count']):,}")
+    return table

@@ -84,6 +84,7 @@ class ObservabilityConnectorState(InputState, total=False):
     fallback_invocation_rate: float
     status_distribution: dict[str, int]
     metrics_from_cache: bool
+    feedback_by_agent: dict[str, dict[str, dict[str, Any]]]  # beside the host's keys: {agent: {name: {avg, count}}}
 
     # failures of the connector itself (never raised to the caller)
     error: str | None

@@ -7,7 +7,9 @@ trace filter or a store without rollups, for the requested window and filters, t
 (see ``cache.py``) until the TTL for that window runs out or spans are stored that fall inside it.
 
 The answer has the host's 13 keys and shapes (HOST_CONTRACT.md §1), plus ``count`` in each
-latency group, ``tier_name`` in each tier group and ``metrics_from_cache``:
+latency group, ``tier_name`` in each tier group, ``metrics_from_cache`` and
+``feedback_by_agent`` (``{agent: {name: {"avg", "count"}}}``, from the feedback table: a span's
+score counts for its agent, a trace's for its root span's; window on the score's time):
 
 * ``status_distribution`` is ``{"ok", "error", "timeout"}`` with ok = total − error − timeout,
   so the three sum to ``total_spans_analyzed`` and a span still ``started`` counts as ok; all
@@ -30,12 +32,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 from langgraph.runtime import Runtime
 
 from src.repositories.base import parse_window
 
+from ..feedback import FeedbackByAgent
 from ..models import LatencyStats
 from ..rollups import latency_stats, quality_metrics
 from ..runtime import ConnectorContext, resolve_context
@@ -104,6 +107,7 @@ async def metrics_from_store(
             store.get_latency_stats(window, agent_name=agent_name, trace_id=trace_id, group_by="tier"),
             store.get_quality_metrics(window, agent_name=agent_name, trace_id=trace_id),
         )
+    feedback = await _feedback_by_agent(store, window, agent_name, trace_id)
     registry = ctx.registry
     latency_by_agent = {s.key: entry for s in by_agent if (entry := _latency(s)) is not None}
     latency_by_tier: dict[str, dict[str, Any]] = {}
@@ -133,7 +137,18 @@ async def metrics_from_store(
             "error": quality.error_count,
             "timeout": quality.timeout_count,
         },
+        "feedback_by_agent": feedback,
     }
+
+
+async def _feedback_by_agent(store: Any, window: str, agent_name: str | None, trace_id: str | None) -> FeedbackByAgent:
+    """Feedback scores per agent and name, beside the host's keys; {} from a store that keeps none."""
+    try:
+        return cast(
+            FeedbackByAgent, await store.get_feedback_by_agent(window, agent_name=agent_name, trace_id=trace_id)
+        )
+    except NotImplementedError:
+        return {}
 
 
 async def compute_metrics(
