@@ -428,7 +428,8 @@ SELECT {_DAY}, agent_name, agent_tier, count(*), count(*) FILTER (WHERE status =
                        WHEN 'object'  THEN (attributes -> 'fallback_used') <> '{{}}'::jsonb
                        ELSE false END),
        coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0), coalesce(sum(total_tokens), 0),
-       count(duration_ms), coalesce(sum(duration_ms), 0)
+       count(duration_ms), coalesce(sum(duration_ms), 0), coalesce(sum(cost_usd), 0),
+       count(*) FILTER (WHERE llm_model IS NOT NULL AND cost_usd IS NULL)
 FROM {TABLE} WHERE start_time >= %s GROUP BY 1, 2, 3"""
 _VERIFY_RAW_SKETCH: Final = f"""
 SELECT {_DAY}, agent_name, agent_tier,
@@ -438,7 +439,7 @@ FROM {TABLE} WHERE start_time >= %s AND duration_ms IS NOT NULL GROUP BY 1, 2, 3
 _VERIFY_ROLLED: Final = """
 SELECT date_trunc('day', bucket, 'UTC'), agent_name, agent_tier, sum(n_all), sum(n_ok), sum(n_error),
        sum(n_timeout), sum(n_started), sum(n_fallback), sum(tok_in), sum(tok_out), sum(tok_total),
-       sum(dur_n), sum(dur_sum)
+       sum(dur_n), sum(dur_sum), sum(cost_sum), sum(n_unpriced)
 FROM public.ml_span_rollups WHERE level = %s AND bucket >= %s GROUP BY 1, 2, 3"""
 _VERIFY_ROLLED_SKETCH: Final = """
 SELECT date_trunc('day', k.bucket, 'UTC'), k.agent_name, k.agent_tier, u.i, sum(u.n)

@@ -79,9 +79,12 @@ _COUNTS: Final = (
     "tok_total",
     "dur_n",
     "dur_sum",
+    "cost_sum",
+    "n_unpriced",
 )
 
-_LOG_COLUMNS: Final = ", ".join(f"{c} {'REAL' if c == 'dur_sum' else 'INTEGER'} NOT NULL" for c in _COUNTS)
+_REAL: Final = frozenset({"dur_sum", "cost_sum"})
+_LOG_COLUMNS: Final = ", ".join(f"{c} {'REAL' if c in _REAL else 'INTEGER'} NOT NULL" for c in _COUNTS)
 
 DDL: Final = (
     f"""CREATE TABLE IF NOT EXISTS {ROLLUPS} (
@@ -89,7 +92,7 @@ DDL: Final = (
     n_all INTEGER NOT NULL, n_ok INTEGER NOT NULL, n_error INTEGER NOT NULL, n_timeout INTEGER NOT NULL,
     n_started INTEGER NOT NULL, n_fallback INTEGER NOT NULL,
     tok_in INTEGER NOT NULL, tok_out INTEGER NOT NULL, tok_total INTEGER NOT NULL,
-    dur_n INTEGER NOT NULL, dur_sum REAL NOT NULL,
+    dur_n INTEGER NOT NULL, dur_sum REAL NOT NULL, cost_sum REAL NOT NULL, n_unpriced INTEGER NOT NULL,
     PRIMARY KEY (level, bucket, agent_name, agent_tier)
 ) WITHOUT ROWID""",
     SKETCH_DDL,
@@ -100,6 +103,8 @@ DDL: Final = (
 )
 
 _IDX: Final = index_sql("duration_ms")
+#: An LLM call (a model named) that has no cost: an unknown model or counts that could not be priced.
+_UNPRICED_SQL: Final = "(llm_model IS NOT NULL AND cost_usd IS NULL)"
 
 
 def _row_figures(sign: int) -> str:
@@ -109,7 +114,8 @@ def _row_figures(sign: int) -> str:
         f"{sign} * SUM(status = 'timeout'), {sign} * SUM(status = 'started'), {sign} * SUM({FALLBACK_SQL}), "
         f"{sign} * COALESCE(SUM(input_tokens), 0), {sign} * COALESCE(SUM(output_tokens), 0), "
         f"{sign} * COALESCE(SUM(total_tokens), 0), {sign} * COUNT(duration_ms), "
-        f"{sign} * COALESCE(SUM(duration_ms), 0.0)"
+        f"{sign} * COALESCE(SUM(duration_ms), 0.0), {sign} * COALESCE(SUM(cost_usd), 0.0), "
+        f"{sign} * SUM({_UNPRICED_SQL})"
     )
 
 
@@ -186,6 +192,12 @@ def create_rollups(conn: sqlite3.Connection) -> bool:
     raw rows when they did not exist (an existing store gains them on its first open). True
     when they were created."""
     found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (ROLLUPS,)).fetchone()
+    if found is not None and "cost_sum" not in {row[1] for row in conn.execute(f"PRAGMA table_info({ROLLUPS})")}:
+        # Rollups from before cost was summed cannot say how many of their LLM calls were
+        # unpriced: dropped and back-filled from the raw rows below (one-off, like their creation).
+        for table in (ROLLUPS, SKETCH, PENDING, FIGURES_LOG):
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
+        found = None
     for statement in DDL:
         conn.execute(statement)
     if found is not None:
@@ -250,7 +262,8 @@ _RAW_FIGURES: Final = (
     f"agent_name, agent_tier, 1 AS n_all, status = 'ok' AS n_ok, status = 'error' AS n_error, "
     f"status = 'timeout' AS n_timeout, status = 'started' AS n_started, {FALLBACK_SQL} AS n_fallback, "
     "COALESCE(input_tokens, 0) AS tok_in, COALESCE(output_tokens, 0) AS tok_out, "
-    "COALESCE(total_tokens, 0) AS tok_total, duration_ms IS NOT NULL AS dur_n, COALESCE(duration_ms, 0.0) AS dur_sum"
+    "COALESCE(total_tokens, 0) AS tok_total, duration_ms IS NOT NULL AS dur_n, COALESCE(duration_ms, 0.0) AS dur_sum, "
+    f"COALESCE(cost_usd, 0.0) AS cost_sum, {_UNPRICED_SQL} AS n_unpriced"
 )
 
 

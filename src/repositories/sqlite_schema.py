@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS {name} (
     total_tokens    INTEGER CHECK (total_tokens IS NULL OR total_tokens >= 0),
     events          TEXT    NOT NULL DEFAULT '[]' CHECK (json_valid(events)),
     created_at      TEXT    NOT NULL,
+    cost_usd        REAL    CHECK (cost_usd IS NULL OR cost_usd >= 0),
     UNIQUE (trace_id, span_id)
 )"""
 
@@ -92,6 +93,8 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
         # check runs under the write lock, so two processes opening one old file upgrade it once.
         found = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (TABLE,))
         row = found.fetchone()
+        if row is not None:
+            _add_columns(conn)
         if row is not None and "'timeout'" not in row[0]:
             _widen_status_check(conn)
         conn.execute(table_ddl(TABLE))
@@ -106,6 +109,18 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+#: Columns added after the table's first release: (name, definition), added to an older table in
+#: place (``ALTER TABLE ... ADD COLUMN``: no copy, the rows read the new column as NULL).
+ADDED_COLUMNS: Final = (("cost_usd", "REAL CHECK (cost_usd IS NULL OR cost_usd >= 0)"),)
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    present = {row[1] for row in conn.execute(f"PRAGMA table_info({TABLE})")}
+    for name, definition in ADDED_COLUMNS:
+        if name not in present:
+            conn.execute(f"ALTER TABLE {TABLE} ADD COLUMN {name} {definition}")
 
 
 def _widen_status_check(conn: sqlite3.Connection) -> None:

@@ -49,6 +49,8 @@ class ConnectorContext:
     store_delivery: Any = None
     opik_delivery: Any = None
     otlp_delivery: Any = None  # OTLP/HTTP export (src.mlops.otlp_sink); None: export is off
+    # Prices LLM spans (pricing.Pricer); None (the usual case): built from ``settings.pricing``.
+    pricer: Any = None
 
     @property
     def deliveries(self) -> list[Any]:
