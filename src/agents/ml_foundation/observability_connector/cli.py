@@ -129,7 +129,7 @@ def metrics(
     trace: Annotated[str | None, typer.Option("--trace", "-t", help="Only this trace's spans.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics fields as JSON.")] = False,
 ) -> None:
-    """Latency, error rate and tokens per agent and per tier, and the overall quality score."""
+    """Latency, error rate, tokens and cost per agent and per tier, and the overall quality score."""
     from .nodes.metrics_aggregator import compute_metrics
 
     context = open_context(ctx.obj, "read")

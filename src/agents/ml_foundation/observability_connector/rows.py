@@ -18,8 +18,8 @@ from pydantic import (
 )
 
 from .constants import MAX_INT4
-from .span_cost import call_cost
 from .rules import MIN_TIME, SpanStatus, _aware, normalize_status
+from .span_cost import call_cost
 
 if TYPE_CHECKING:
     from .pricing import Pricer
