@@ -29,7 +29,9 @@ from src.agents.ml_foundation.observability_connector.settings import PricingSet
 from src.mlops import opik_span_id
 from src.repositories.base import SpanStore
 from src.repositories.sqlite import SQLiteSpanRepository
-from tests.fixtures.opik_rig import Rig, make_rig  # noqa: F401  (the fixture)
+from tests.fixtures.opik_rig import Rig, make_rig
+
+__all__ = ["make_rig"]  # the fixture, used by name
 
 _ids = itertools.count(1)
 
