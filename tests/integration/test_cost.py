@@ -194,13 +194,43 @@ def test_metrics_command_shows_cost(tmp_path: Path) -> None:
     env = {"OBS_STORE__SQLITE_PATH": str(db), "COLUMNS": "160"}
     shown = runner.invoke(app, ["metrics", "--window", "1h"], env=env)
     assert shown.exit_code == 0, shown.output
-    assert "cost $" in shown.output and "1.7500" in shown.output and "1 unpriced LLM call" in shown.output
+    assert "cost $" in shown.output and "$1.7500" in shown.output and "1 unpriced LLM call" in shown.output
+    assert "0.250000" in shown.output and "1.5000" in shown.output  # per agent
     answer = runner.invoke(app, ["metrics", "--window", "1h", "--json"], env=env)
     assert answer.exit_code == 0, answer.output
     payload = json.loads(answer.output)
     assert payload["cost_by_agent"] == {"explainer": 0.25, "gap_analyzer": 1.5}
     assert payload["cost_by_tier"] == {"2": 1.5, "5": 0.25}
     assert (payload["total_cost_usd"], payload["unpriced_llm_calls"]) == (1.75, 1)
+
+
+async def test_demo_shows_cost_per_agent_and_tier(connector_context: Any) -> None:
+    """The demo's agents call gpt-4o, gpt-4o-mini, claude-3-5-sonnet and claude-3-5-haiku: every
+    one the library prices, so the closing tables carry a cost per agent and per tier, read back
+    from the store like the rest of the report."""
+    import io
+
+    from rich.console import Console
+
+    from src.agents.ml_foundation.observability_connector.demo import run_demo
+
+    out = io.StringIO()
+    result = await run_demo(6, 11, Console(file=out, width=160), context=connector_context, time_scale=0.1,
+                            show_progress=False)  # fmt: skip
+    metrics = result.metrics
+    assert metrics["total_cost_usd"] > 0
+    assert set(metrics["cost_by_agent"]) <= set(metrics["error_rate_by_agent"])
+    assert "orchestrator" in metrics["cost_by_agent"] and metrics["cost_by_agent"]["orchestrator"] > 0
+    assert sum(v or 0 for v in metrics["cost_by_tier"].values()) == pytest.approx(metrics["total_cost_usd"])
+    text = " ".join(out.getvalue().split())  # rich wraps the overall line
+    assert "cost $" in text and f"cost ${metrics['total_cost_usd']:.6f}" in text
+    stored = [s for t in result.trace_ids for s in await connector_context.store.get_spans_by_trace_id(t)]
+    priced = [s for s in stored if s.cost_usd is not None]
+    assert priced and all(s.llm_model and s.input_tokens is not None for s in priced)
+    # Only calls that failed before reporting usage are unpriced: every model here has a price.
+    unpriced = [s for s in stored if s.llm_model and s.cost_usd is None]
+    assert all(s.input_tokens is None and s.output_tokens is None for s in unpriced)
+    assert metrics["unpriced_llm_calls"] == len(unpriced)
 
 
 # --------------------------------------------------------------------------- stores and rollups

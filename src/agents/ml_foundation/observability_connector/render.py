@@ -35,7 +35,7 @@ def fmt_usd(value: float | None) -> str:
     """USD with the digits a per-call price needs (fractions of a cent) and no more for totals."""
     if value is None:
         return "—"
-    return f"{value:,.2f}" if value >= 100 else f"{value:.4f}" if value >= 0.01 else f"{value:.6f}"
+    return f"{value:,.2f}" if value >= 100 else f"{value:.4f}" if value >= 1 else f"{value:.6f}"
 
 
 def fmt_rate(value: float | None) -> str:
