@@ -24,10 +24,9 @@ cached tokens than input tokens) leave the cost None and say why in
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
-if TYPE_CHECKING:
-    from .pricing import Pricer
+from .pricing import Pricer, default_pricer
 
 __all__ = ["CACHE_READ_KEYS", "CACHE_WRITE_KEYS", "INVALID_COST", "PROVIDER_KEYS", "REASONING_KEYS", "call_cost"]
 
@@ -52,10 +51,14 @@ INVALID_COST: Final = "invalid.cost_usd"
 def _count(attributes: Mapping[str, Any], keys: tuple[str, ...]) -> int:
     for key in keys:
         value = attributes.get(key)
-        if value is None or isinstance(value, bool):
+        if value is None:
+            continue
+        if type(value) is int:  # the usual case first: bool is an int subclass, and no count
+            return value
+        if isinstance(value, bool):
             continue
         if isinstance(value, int):
-            return value
+            return int(value)
         if isinstance(value, float) and value.is_integer():
             return int(value)
         raise ValueError(f"{key} must be a whole number of tokens, got {value!r}")
@@ -73,9 +76,12 @@ def call_cost(
     priced; the last also noted in ``attributes[INVALID_COST]``). Never raises."""
     if not model or (input_tokens is None and output_tokens is None):
         return None
-    from .pricing import default_pricer
-
-    provider = next((v for k in PROVIDER_KEYS if isinstance(v := attributes.get(k), str) and v), None)
+    provider = None
+    for key in PROVIDER_KEYS:
+        value = attributes.get(key)
+        if value and isinstance(value, str):
+            provider = value
+            break
     try:
         price = (pricer or default_pricer()).price_call(
             provider,
