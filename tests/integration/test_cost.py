@@ -435,6 +435,25 @@ async def test_postgres_migrate_adds_the_column_to_a_table_with_data(postgres_ds
         finally:
             await repo.close()
     assert not report.changed  # the second run found everything in place
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        # The rebuilt rollups keep the lock-down: RLS on, read-only for service_role, nothing for
+        # the public API roles (Supabase's default privileges grant them every new table).
+        checks = conn.execute(
+            "SELECT relrowsecurity, has_table_privilege('anon', oid, 'SELECT'), "
+            "has_table_privilege('authenticated', oid, 'SELECT'), has_table_privilege('service_role', oid, 'SELECT'), "
+            "has_table_privilege('service_role', oid, 'INSERT') FROM pg_class "
+            "WHERE relname IN ('ml_span_rollups', 'ml_span_rollup_sketch') ORDER BY relname"
+        ).fetchall()
+        assert checks == [(True, False, False, True, False)] * 2
+        policies = conn.execute(
+            "SELECT tablename FROM pg_policies WHERE tablename LIKE 'ml_span_rollup%' ORDER BY 1"
+        ).fetchall()
+        assert policies == [("ml_span_rollup_sketch",), ("ml_span_rollups",)]
+        column = conn.execute(
+            "SELECT data_type, is_nullable FROM information_schema.columns "
+            "WHERE table_name = 'ml_observability_spans' AND column_name = 'cost_usd'"
+        ).fetchone()
+        assert column == ("double precision", "YES")
     repo = PostgresSpanRepository(postgres_dsn)
     try:
         await repo.insert_spans_batch([_row(now, "explainer", "gpt-4o", 0.5)])

@@ -145,3 +145,15 @@ def test_row_builder_prices_events_and_keeps_a_given_cost() -> None:
 def test_a_bad_given_cost_is_refused_with_its_field_named(bad: Any) -> None:
     with pytest.raises(ValueError, match="cost_usd"):
         _event(cost_usd=bad)
+
+
+def test_the_spooled_row_keeps_the_cost() -> None:
+    """The spool and PostgREST use ``to_row``; a row read back (or replayed) keeps its cost, and a
+    row spooled before the column existed reads as unpriced."""
+    from src.agents.ml_foundation.observability_connector.models import ObservabilitySpan
+
+    row = _event().to_span(5)
+    back = ObservabilitySpan.model_validate(row.to_row())
+    assert back.cost_usd == row.cost_usd and back == row
+    old = {k: v for k, v in row.to_row().items() if k != "cost_usd"}
+    assert ObservabilitySpan.model_validate(old).cost_usd is None

@@ -27,6 +27,8 @@ from .rows import ObservabilitySpan
 
 __all__ = ["RAW_COST_ROWS", "cost_figures", "cost_groups"]
 
+_DIGITS: Final = 12
+
 #: The most raw rows the raw path reads for the cost keys (a trace filter reads one trace).
 RAW_COST_ROWS: Final = 10_000
 
@@ -56,12 +58,15 @@ def cost_figures(groups: Iterable[RollupGroup]) -> dict[str, Any]:
     priced_tiers: set[str] = set()
     unpriced = 0
     for group in groups:
-        if group.cost_sum == 0 and group.n_unpriced == 0:
+        # A bucket's sum after retention subtracted its calls can be a rounding residue (1e-17)
+        # instead of 0: below a picodollar is no money, and no call costs that little.
+        cost = round(group.cost_sum, _DIGITS)
+        if cost == 0 and group.n_unpriced == 0:
             continue
         tier = str(group.agent_tier)
-        by_agent[group.agent_name] = by_agent.get(group.agent_name, 0.0) + group.cost_sum
-        by_tier[tier] = by_tier.get(tier, 0.0) + group.cost_sum
-        if group.cost_sum != 0:
+        by_agent[group.agent_name] = by_agent.get(group.agent_name, 0.0) + cost
+        by_tier[tier] = by_tier.get(tier, 0.0) + cost
+        if cost != 0:
             priced_agents.add(group.agent_name)
             priced_tiers.add(tier)
         unpriced += group.n_unpriced
