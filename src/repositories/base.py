@@ -291,6 +291,20 @@ class SpanStore(BaseRepository):
         parse_window(window)
         return None
 
+    async def raw_cost_groups(
+        self, window: str, agent_name: str | None = None, trace_id: str | None = None
+    ) -> list[RollupGroup]:
+        """The cost figures (``cost_sum``, ``n_unpriced``) per (agent, tier) of the window's raw
+        rows, for questions the rollups cannot answer (a trace filter). This default reads at
+        most ``cost_metrics.RAW_COST_ROWS`` rows (one trace is far fewer); the SQL backends sum
+        in the database instead."""
+        from src.agents.ml_foundation.observability_connector.cost_metrics import RAW_COST_ROWS, cost_groups
+
+        rows = await self.get_spans_by_time_window(
+            window, agent_name=agent_name, trace_id=trace_id, limit=RAW_COST_ROWS
+        )
+        return cost_groups(rows)
+
     async def rebuild_rollups(self, since: datetime | None = None, progress: ProgressCallback | None = None) -> int:
         """Recompute the rollups from the raw rows, whole UTC days from ``since`` (all when None);
         returns the days rebuilt. NotImplementedError where the backend keeps none."""

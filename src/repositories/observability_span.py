@@ -124,5 +124,10 @@ class ObservabilitySpanRepository(SpanStore):
     async def rebuild_rollups(self, since: datetime | None = None, progress: ProgressCallback | None = None) -> int:
         return await self._store.rebuild_rollups(since, progress=progress)
 
+    async def raw_cost_groups(
+        self, window: str, agent_name: str | None = None, trace_id: str | None = None
+    ) -> list[RollupGroup]:
+        return await self._store.raw_cost_groups(window, agent_name=agent_name, trace_id=trace_id)
+
     async def verify_rollups(self, since: datetime | None = None) -> list[str]:
         return await self._store.verify_rollups(since)

@@ -280,6 +280,23 @@ class PostgresSpanRepository(SpanStore):
         )
         return status_counts(rows)
 
+    async def raw_cost_groups(
+        self, window: str, agent_name: str | None = None, trace_id: str | None = None
+    ) -> list[RollupGroup]:
+        """Cost summed per (agent, tier) in SQL over the window's LLM rows (a trace filter's path)."""
+        rows = await self._fetchall(
+            f"SELECT agent_name, agent_tier, coalesce(sum(cost_usd), 0), count(*) FILTER (WHERE cost_usd IS NULL) "
+            f"FROM {TABLE} WHERE start_time >= %s AND llm_model IS NOT NULL "
+            "AND (%s::text IS NULL OR agent_name = %s) AND (%s::text IS NULL OR trace_id = %s) "
+            "GROUP BY agent_name, agent_tier",
+            [window_start(window), agent_name, agent_name, trace_id, trace_id],
+            "reading the window's cost",
+        )
+        return [
+            RollupGroup(str(agent), int(tier), cost_sum=float(cost), n_unpriced=int(unpriced))
+            for agent, tier, cost, unpriced in rows
+        ]
+
     async def get_latency_stats(
         self,
         window: str,

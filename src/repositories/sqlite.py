@@ -373,6 +373,21 @@ class SQLiteSpanRepository(SpanStore):
         rows = await self._run(partial(self._fetchall, sql, params))
         return status_counts(rows)
 
+    async def raw_cost_groups(
+        self, window: str, agent_name: str | None = None, trace_id: str | None = None
+    ) -> list[RollupGroup]:
+        """Cost summed per (agent, tier) in SQL over the window's LLM rows (a trace filter's path)."""
+        where, params = filters(window, agent_name, trace_id)
+        sql = (
+            f"SELECT agent_name, agent_tier, COALESCE(SUM(cost_usd), 0.0), SUM(cost_usd IS NULL) FROM {TABLE} "
+            f"WHERE {where} AND llm_model IS NOT NULL GROUP BY agent_name, agent_tier"
+        )
+        rows = await self._run(partial(self._fetchall, sql, params))
+        return [
+            RollupGroup(agent, int(tier), cost_sum=float(cost), n_unpriced=int(unpriced))
+            for agent, tier, cost, unpriced in rows
+        ]
+
     async def get_latency_stats(
         self,
         window: str,

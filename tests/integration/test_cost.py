@@ -302,6 +302,10 @@ async def _assert_rollups_match_raw(store: SpanStore) -> None:
             raw = await store.get_spans_by_time_window(window, agent_name=agent, limit=RAW_COST_ROWS)
             rolled, exact = cost_figures(groups), cost_figures(cost_groups(raw))
             where = f"{window}/{agent}"
+            # The store's own raw sum (the trace filter's path) agrees with both.
+            summed = cost_figures(await store.raw_cost_groups(window, agent_name=agent))
+            assert summed["unpriced_llm_calls"] == exact["unpriced_llm_calls"], where
+            _assert_usd(summed["total_cost_usd"], exact["total_cost_usd"], f"{where} raw sum")
             assert rolled["unpriced_llm_calls"] == exact["unpriced_llm_calls"], where
             for key in ("cost_by_agent", "cost_by_tier"):
                 assert rolled[key].keys() == exact[key].keys(), where

@@ -13,8 +13,9 @@ Beside the host contract's 13 keys (HOST_CONTRACT.md §1, never replaced):
   would read lower than the bill.
 
 The rollups carry both figures per (agent, tier) and bucket, so the usual answer costs nothing
-extra. A trace filter (rollups hold no trace ids) reads the raw rows, at most
-:data:`RAW_COST_ROWS` of them: one trace is far below that.
+extra. A trace filter (rollups hold no trace ids) asks the store for the raw rows' sums
+(``SpanStore.raw_cost_groups``: one aggregate query on SQLite and Postgres; elsewhere at most
+:data:`RAW_COST_ROWS` rows summed by :func:`cost_groups`, and one trace is far below that).
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ from langgraph.runtime import Runtime
 
 from src.repositories.base import parse_window
 
-from ..cost_metrics import RAW_COST_ROWS, cost_figures, cost_groups
+from ..cost_metrics import cost_figures
 from ..models import LatencyStats
 from ..rollups import latency_stats, quality_metrics
 from ..runtime import ConnectorContext, resolve_context
@@ -111,11 +111,8 @@ async def metrics_from_store(
             store.get_quality_metrics(window, agent_name=agent_name, trace_id=trace_id),
         )
     if costs is None:
-        # The raw path (a trace filter, or a store without rollups): the window's rows, bounded.
-        rows = await store.get_spans_by_time_window(
-            window, agent_name=agent_name, trace_id=trace_id, limit=RAW_COST_ROWS
-        )
-        costs = cost_figures(cost_groups(rows))
+        # The raw path (a trace filter, or a store without rollups): summed by the store.
+        costs = cost_figures(await store.raw_cost_groups(window, agent_name=agent_name, trace_id=trace_id))
     registry = ctx.registry
     latency_by_agent = {s.key: entry for s in by_agent if (entry := _latency(s)) is not None}
     latency_by_tier: dict[str, dict[str, Any]] = {}
