@@ -157,3 +157,22 @@ def test_the_spooled_row_keeps_the_cost() -> None:
     assert back.cost_usd == row.cost_usd and back == row
     old = {k: v for k, v in row.to_row().items() if k != "cost_usd"}
     assert ObservabilitySpan.model_validate(old).cost_usd is None
+
+
+def test_an_otlp_span_is_priced_from_its_genai_attributes() -> None:
+    """A span exported over OTLP and collected again (or any OTLP sender's LLM span): the provider
+    and cache tokens arrive under the GenAI conventions' keys and price the call the same way."""
+    from src.mlops.otlp_decode import decode_request, to_events
+    from src.mlops.otlp_encode import encode_spans
+
+    attrs = {"llm.provider": "anthropic", "llm.usage.input_token_details.cache_read": 3000}
+    row = _event(model_used="claude-3-5-sonnet-20241022", input_tokens=5000, output_tokens=200, attributes=attrs)
+    original = row.to_span(2)
+    assert original.cost_usd is not None
+    body, _ids, refused = encode_spans([original], "svc")
+    request, unreadable = decode_request(body, "application/x-protobuf")
+    (event,), rejected = to_events(request)
+    assert refused == unreadable == rejected == []
+    assert event["attributes"]["gen_ai.provider.name"] == "anthropic"
+    collected = ObservabilityEvent.model_validate(event).to_span(2)
+    assert collected.cost_usd == pytest.approx(original.cost_usd, rel=1e-12)
