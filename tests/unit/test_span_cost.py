@@ -173,6 +173,18 @@ def test_an_otlp_span_is_priced_from_its_genai_attributes() -> None:
     request, unreadable = decode_request(body, "application/x-protobuf")
     (event,), rejected = to_events(request)
     assert refused == unreadable == rejected == []
+    # Exported as OpenInference's llm.cost.total (Phoenix shows it) and taken back as the cost.
+    assert event["cost_usd"] == original.cost_usd and "llm.cost.total" not in event["attributes"]
+    assert ObservabilityEvent.model_validate(event).to_span(2).cost_usd == original.cost_usd
+    # Without it (another sender), the GenAI keys price the call the same way.
     assert event["attributes"]["gen_ai.provider.name"] == "anthropic"
+    del event["cost_usd"]
     collected = ObservabilityEvent.model_validate(event).to_span(2)
     assert collected.cost_usd == pytest.approx(original.cost_usd, rel=1e-12)
+    # A sender's cost that is no price stays an attribute; the span is kept and priced.
+    (span,) = request.resource_spans[0].scope_spans[0].spans
+    (cost,) = [kv for kv in span.attributes if kv.key == "llm.cost.total"]
+    cost.value.double_value = -5.0
+    (event,), rejected = to_events(request)
+    assert rejected == [] and "cost_usd" not in event and event["attributes"]["llm.cost.total"] == -5.0
+    assert ObservabilityEvent.model_validate(event).to_span(2).cost_usd == pytest.approx(original.cost_usd)
