@@ -458,12 +458,12 @@ class SQLiteSpanRepository(SpanStore):
 
     async def rollup_groups(self, window: str, agent_name: str | None = None) -> list[RollupGroup] | None:
         """The window's (agent, tier) groups from the rollups; None on a file opened read-only
-        that predates them (its raw rows answer instead)."""
+        that predates them, or their cost figures (its raw rows answer instead)."""
         since = window_start(window)
         try:
             return await self._run(lambda conn: read_groups(conn, since, agent_name))
         except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc):
+            if "no such table" in str(exc) or (self._read_only and "no such column" in str(exc)):
                 return None
             raise
 

@@ -19,7 +19,7 @@ from src.repositories.base import (
 )
 from src.repositories.sqlite_rollups import create_rollups
 
-__all__ = ["INSERT", "SCHEMA_VERSION", "ensure_schema"]
+__all__ = ["INSERT", "SCHEMA_VERSION", "ensure_schema", "shadow_added_columns"]
 
 #: 2: ``status`` also accepts ``timeout`` (a version-1 table is rebuilt on open, see ensure_schema).
 SCHEMA_VERSION: Final = 2
@@ -121,6 +121,18 @@ def _add_columns(conn: sqlite3.Connection) -> None:
     for name, definition in ADDED_COLUMNS:
         if name not in present:
             conn.execute(f"ALTER TABLE {TABLE} ADD COLUMN {name} {definition}")
+
+
+def shadow_added_columns(conn: sqlite3.Connection) -> None:
+    """On a read-only connection to a file no writer has upgraded yet, show the added columns as
+    NULL: a temporary view of the table's name, which the connection resolves before the
+    file's table (``temp`` comes first), so every read works unchanged and the file is not
+    touched. ``rowid`` is carried for the reads that order by it."""
+    present = {row[1] for row in conn.execute(f"PRAGMA main.table_info({TABLE})")}
+    missing = [name for name, _definition in ADDED_COLUMNS if name not in present]
+    if missing:
+        nulls = ", ".join(f"NULL AS {name}" for name in missing)
+        conn.execute(f"CREATE TEMP VIEW IF NOT EXISTS {TABLE} AS SELECT rowid AS rowid, *, {nulls} FROM main.{TABLE}")
 
 
 def _widen_status_check(conn: sqlite3.Connection) -> None:

@@ -21,6 +21,7 @@ from langgraph.graph import END, START, StateGraph
 from opik.rest_api.types import SpanWrite
 from typer.testing import CliRunner
 
+from src.agents.ml_foundation.observability_connector.cli import app
 from src.agents.ml_foundation.observability_connector.cost_metrics import RAW_COST_ROWS, cost_figures, cost_groups
 from src.agents.ml_foundation.observability_connector.models import ObservabilitySpan, row_id_for
 from src.agents.ml_foundation.observability_connector.nodes.metrics_aggregator import compute_metrics
@@ -171,8 +172,6 @@ async def test_a_graph_run_is_priced_stored_summed_and_sent_to_opik(make_rig: Ca
 
 def test_metrics_command_shows_cost(tmp_path: Path) -> None:
     """``obs-connector metrics`` (tables and --json) on a store holding priced and unpriced calls."""
-    from src.agents.ml_foundation.observability_connector.cli import app
-
     db = tmp_path / "cli.db"
     now = datetime.now(UTC) - timedelta(minutes=5)
     rows = [
@@ -373,6 +372,27 @@ async def test_an_existing_sqlite_file_gains_the_column_and_cost_rollups(tmp_pat
             "tok_in INTEGER NOT NULL, tok_out INTEGER NOT NULL, tok_total INTEGER NOT NULL, dur_n INTEGER NOT NULL, "
             "dur_sum REAL NOT NULL)"
         )
+    conn.close()
+
+    # Read before any writer upgraded it (the CLI's read commands open read-only): the column
+    # reads as null, the metrics answer from the raw rows, and the file is left as it was.
+    reader = SQLiteSpanRepository(path, read_only=True)
+    try:
+        spans = await reader.get_spans_by_time_window("1h", limit=100)
+        assert [s.cost_usd for s in spans] == [None] * 4
+        assert [s.span_id for s in spans] == [r.span_id for r in old_rows]
+        assert (await reader.get_spans_by_trace_id(old_rows[0].trace_id))[0].cost_usd is None
+        assert await reader.rollup_groups("1h") is None
+        figures = cost_figures(await reader.raw_cost_groups("1h"))
+        assert (figures["total_cost_usd"], figures["unpriced_llm_calls"]) == (None, 3)
+    finally:
+        await reader.close()
+    runner = CliRunner()
+    shown = await asyncio.to_thread(runner.invoke, app, ["--store", str(path), "metrics", "--window", "1h", "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output)["unpriced_llm_calls"] == 3
+    with sqlite3.connect(path) as conn:
+        assert "cost_usd" not in {row[1] for row in conn.execute("PRAGMA table_info(ml_observability_spans)")}
     conn.close()
 
     for _ in range(2):  # a second open changes nothing
