@@ -448,6 +448,17 @@ async def test_postgres_migrate_adds_the_column_to_a_table_with_data(postgres_ds
                     for r in old_rows
                 ],
             )
+    # The new code against a database not migrated yet: a clear refusal naming the fix (the
+    # delivery layer spools such a batch until it can be written).
+    from src.repositories.base import StoreSchemaError
+
+    stale = PostgresSpanRepository(postgres_dsn)
+    try:
+        with pytest.raises(StoreSchemaError) as refused:
+            await stale.insert_spans_batch([_row(now, "explainer", "gpt-4o", 0.5)])
+        assert "cost_usd" in str(refused.value) and "migrate" in (refused.value.hint or "")
+    finally:
+        await stale.close()
     for _ in range(2):
         report = await asyncio.to_thread(migrate, postgres_dsn)
         repo = PostgresSpanRepository(postgres_dsn)
