@@ -53,6 +53,7 @@ from src.repositories.sqlite_sketch import (
 __all__ = [
     "ROLLUPS",
     "SKETCH",
+    "adjust_rows",
     "apply_rows",
     "create_rollups",
     "delete_with_rollups",
@@ -232,6 +233,26 @@ def delete_with_rollups(conn: sqlite3.Connection, select_rowids: str, params: tu
     cursor = conn.execute(f"DELETE FROM {TABLE} WHERE rowid IN (SELECT rid FROM {_DOOMED_TABLE})")
     conn.execute(f"DELETE FROM {_DOOMED_TABLE}")
     return cursor.rowcount
+
+
+_CHANGED_TABLE: Final = "temp.obs_changed_spans"
+_CHANGED: Final = f"rowid IN (SELECT rid FROM {_CHANGED_TABLE})"
+
+
+def adjust_rows(conn: sqlite3.Connection, rowids: list[int], change: Callable[[], object]) -> None:
+    """Run ``change`` (an UPDATE of the rows ``rowids`` that leaves their start time, agent, tier
+    and duration alone, such as setting a cost) inside the caller's write transaction, with the
+    rows' figures taken out of the rollups before and put back after: the figures log gets
+    their old and new figures, so the levels move by the difference when it is folded. The
+    latency sketch does not change and is not touched."""
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS obs_changed_spans (rid INTEGER PRIMARY KEY)")
+    conn.execute(f"DELETE FROM {_CHANGED_TABLE}")
+    conn.executemany(f"INSERT OR IGNORE INTO {_CHANGED_TABLE} (rid) VALUES (?)", [(r,) for r in rowids])
+    conn.execute(_log_statement(_CHANGED, -1))
+    change()
+    conn.execute(_log_statement(_CHANGED, 1))
+    conn.execute(f"DELETE FROM {_CHANGED_TABLE}")
+    _fold_if_due(conn)
 
 
 def _bounds(since: datetime) -> dict[str, str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import shutil
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -27,6 +28,7 @@ from src.agents.ml_foundation.observability_connector.models import Observabilit
 from src.agents.ml_foundation.observability_connector.nodes.metrics_aggregator import compute_metrics
 from src.agents.ml_foundation.observability_connector.pricing import Pricer, build_pricer
 from src.agents.ml_foundation.observability_connector.settings import PricingSettings
+from src.agents.ml_foundation.observability_connector.span_cost import call_cost
 from src.mlops import opik_span_id
 from src.repositories.base import SpanStore
 from src.repositories.sqlite import SQLiteSpanRepository
@@ -331,6 +333,94 @@ async def test_cost_round_trips_and_rollups_sum_it(store: SpanStore) -> None:
     await _assert_rollups_match_raw(store)
     await store.rebuild_rollups()
     await _assert_rollups_match_raw(store)
+
+
+def _llm_row(start: datetime, model: str | None, cost: float | None, **attributes: Any) -> ObservabilitySpan:
+    row = _row(start, "explainer", model, cost)
+    return row.model_copy(update={"attributes": {"llm.provider": "openai", **attributes}})
+
+
+async def test_reprice_prices_stored_rows_and_keeps_the_rollups_exact(store: SpanStore) -> None:
+    """Rows stored without a cost (before the column, or before an override named their model):
+    ``price_unpriced`` sets what the row builder would have, in batches, leaves a priced row and
+    an unknown model alone, and the rollups move with it."""
+    now = datetime.now(UTC)
+    rows = []
+    for i in range(40):
+        start = now - timedelta(hours=7 * i + 0.2)
+        kind = i % 5
+        if kind == 0:
+            rows.append(_llm_row(start, "gpt-4o", None))
+        elif kind == 1:
+            rows.append(_llm_row(start, "gpt-4o", None, **{"llm.usage.input_token_details.cache_read": 60}))
+        elif kind == 2:
+            rows.append(_llm_row(start, "llama-internal-70b", None))  # priced only by the override
+        elif kind == 3:
+            rows.append(_llm_row(start, "mystery-model-x", None))  # nobody's price
+        else:
+            rows.append(_llm_row(start, "gpt-4o", 9.99))  # already priced: kept
+    rows.append(_row(now, "orchestrator", None, None))  # not an LLM call
+    assert (await store.insert_spans_batch(rows)).inserted == len(rows)
+    pricer = build_pricer(OVERRIDES)
+    counts: list[int] = []
+
+    recent = now - timedelta(days=3)
+    examined, priced = await store.price_unpriced(pricer, recent, batch_size=3, progress=counts.append)
+    young = [r for r in rows if r.start_time >= recent and r.llm_model and r.cost_usd is None]
+    assert examined == len(young) and priced == len([r for r in young if r.llm_model != "mystery-model-x"])
+    assert counts and counts[-1] == priced
+    examined, priced = await store.price_unpriced(pricer, batch_size=7)
+    assert examined == 32 - len(young) + len([r for r in young if r.llm_model == "mystery-model-x"])
+
+    back = {s.span_id: s for s in await store.get_spans_by_time_window("30d", limit=1000)}
+    for row in rows:
+        got = back[row.span_id].cost_usd
+        if row.cost_usd is not None:
+            assert got == row.cost_usd
+        elif row.llm_model is None or row.llm_model == "mystery-model-x":
+            assert got is None
+        else:
+            want = call_cost(pricer, row.llm_model, row.input_tokens, row.output_tokens, dict(row.attributes))
+            assert want is not None and got == pytest.approx(want, rel=1e-12)
+    await _assert_rollups_match_raw(store)
+    figures = cost_figures(await store.rollup_groups("30d") or [])
+    assert figures["unpriced_llm_calls"] == 8
+    assert await store.price_unpriced(pricer) == (8, 0)  # again: only the unknown model is left
+
+
+def test_cost_reprice_command(tmp_path: Path) -> None:
+    """``obs-connector cost reprice`` with an override from observability.yaml."""
+    db = tmp_path / "reprice.db"
+    now = datetime.now(UTC) - timedelta(minutes=5)
+    rows = [_llm_row(now, "gpt-4o", None), _llm_row(now, "llama-internal-70b", None), _llm_row(now, "nobody", None)]
+
+    async def fill() -> None:
+        repo = SQLiteSpanRepository(db)
+        try:
+            await repo.insert_spans_batch(rows)
+        finally:
+            await repo.close()
+
+    asyncio.run(fill())
+    config = tmp_path / "config"
+    config.mkdir()
+    shutil.copy(Path(__file__).resolve().parents[2] / "config" / "agent_config.yaml", config)
+    (config / "observability.yaml").write_text(
+        "pricing:\n  overrides:\n    llama-internal-70b: {input_per_mtok: 0.4, output_per_mtok: 0.8}\n"
+    )
+    runner = CliRunner()
+    env = {"OBS_STORE__SQLITE_PATH": str(db), "OBS_CONFIG_DIR": str(config), "COLUMNS": "200"}
+    done = runner.invoke(app, ["cost", "reprice"], env=env)
+    assert done.exit_code == 0, done.output
+    assert "Priced 2 of 3 unpriced LLM call(s)" in done.output and "1 still have no known price" in done.output
+    answer = runner.invoke(app, ["metrics", "--window", "1h", "--json"], env=env)
+    payload = json.loads(answer.output)
+    assert payload["unpriced_llm_calls"] == 1
+    assert payload["total_cost_usd"] == pytest.approx(
+        (call_cost(None, "gpt-4o", 100, 10, {"llm.provider": "openai"}) or 0) + 100 * 0.4e-6 + 10 * 0.8e-6
+    )
+    bad = runner.invoke(app, ["cost", "reprice", "--since", "yesterday-ish"], env=env)
+    assert bad.exit_code == 2 and "--since" in bad.output
 
 
 async def test_a_negative_cost_is_refused_by_the_model_and_the_table() -> None:

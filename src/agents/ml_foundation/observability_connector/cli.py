@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from .cli_cost import cost_app
 from .cli_maintenance import cleanup, migrate, replay
 from .cli_rollup import rollup_app
 from .cli_serve import serve
@@ -390,6 +391,7 @@ app.command()(migrate)
 app.command()(cleanup)
 app.command()(serve)
 app.add_typer(rollup_app)
+app.add_typer(cost_app)
 
 
 def main() -> None:
