@@ -133,6 +133,9 @@ def _rows(
                 start_s,
             )
         )
+        # cost_usd (issue 19): priced where the row names a model, null (an unpriced call) where not
+        model = rows[-1][14]
+        rows[-1] = (*rows[-1], round((tin or 0) * 3e-6 + (tout or 0) * 1.5e-5, 9) if model else None)
     return rows
 
 

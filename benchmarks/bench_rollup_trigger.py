@@ -44,6 +44,7 @@ def rows(n: int, seed: int, spread_s: float) -> list[tuple[Any, ...]]:
                 f"{rng.getrandbits(128):032x}", f"{seed}-{i}", f"{rng.getrandbits(64):016x}", None, "execute",
                 f"agent_{rng.randrange(20)}", rng.randrange(6), start, None, round(rng.lognormvariate(5.5, 1.3), 3),
                 "ok", None, None, '{"fallback_used": false}', None, 10, 5, 15, "[]", start,
+                round(rng.uniform(0, 0.01), 9) if i % 2 else None,  # cost_usd (issue 19)
             )
         )  # fmt: skip
     return out

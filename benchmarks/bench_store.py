@@ -77,7 +77,7 @@ AGENTS: dict[str, int] = {
 _COLS = ", ".join(COLUMNS)
 _RAW_BINARY_TYPES = [
     "uuid", "text", "text", "text", "text", "text", "int4", "timestamptz", "timestamptz", "float8",
-    "text", "text", "text", "jsonb", "text", "int4", "int4", "int4", "jsonb", "timestamptz",
+    "text", "text", "text", "jsonb", "text", "int4", "int4", "int4", "jsonb", "timestamptz", "float8",
 ]  # fmt: skip
 
 
@@ -171,12 +171,13 @@ def raw_row(span: ObservabilitySpan) -> tuple[Any, ...]:
         span.total_tokens,
         json.dumps(span.events, separators=(",", ":")),
         span.created_at,
+        span.cost_usd,
     )
 
 
 def raw_binary_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
     """Ready for binary COPY: the id as a UUID, JSON already encoded (sent by ``_JsonbText``)."""
-    return (uuid.UUID(row[0]), *row[1:13], _JsonbText(row[13]), *row[14:18], _JsonbText(row[18]), row[19])
+    return (uuid.UUID(row[0]), *row[1:13], _JsonbText(row[13]), *row[14:18], _JsonbText(row[18]), *row[19:])
 
 
 class _JsonbText(str):
@@ -256,7 +257,7 @@ async def write_staged_text(conn: psycopg.AsyncConnection[Any], rows: list[tuple
 async def write_json_recordset(conn: psycopg.AsyncConnection[Any], spans: list[ObservabilitySpan], batch: int) -> None:
     """One ``jsonb_to_recordset`` parameter per batch (the shape PostgREST's bulk insert uses)."""
     types = ["uuid", "text", "text", "text", "text", "text", "int", "timestamptz", "timestamptz", "float8"]
-    types += ["text", "text", "text", "jsonb", "text", "int", "int", "int", "jsonb", "timestamptz"]
+    types += ["text", "text", "text", "jsonb", "text", "int", "int", "int", "jsonb", "timestamptz", "float8"]
     record = ", ".join(f"{c} {t}" for c, t in zip(COLUMNS, types, strict=True))
     sql = (
         f"INSERT INTO {TABLE} ({_COLS}) SELECT {_COLS} FROM jsonb_to_recordset(%s::jsonb) AS r({record}) "

@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Final, Literal, get_args
+from typing import TYPE_CHECKING, Final, Literal, get_args
 
 from src.agents.ml_foundation.observability_connector.feedback import Feedback, FeedbackByAgent
 from src.agents.ml_foundation.observability_connector.models import (
@@ -22,6 +22,9 @@ from src.agents.ml_foundation.observability_connector.models import (
     SpanStatus,
 )
 from src.agents.ml_foundation.observability_connector.rollups import RollupGroup
+
+if TYPE_CHECKING:
+    from src.agents.ml_foundation.observability_connector.pricing import Pricer
 
 __all__ = [
     "COLUMNS",
@@ -291,6 +294,34 @@ class SpanStore(BaseRepository):
         backend keeps none, and the caller answers from the raw rows."""
         parse_window(window)
         return None
+
+    async def raw_cost_groups(
+        self, window: str, agent_name: str | None = None, trace_id: str | None = None
+    ) -> list[RollupGroup]:
+        """The cost figures (``cost_sum``, ``n_unpriced``) per (agent, tier) of the window's raw
+        rows, for questions the rollups cannot answer (a trace filter). This default reads at
+        most ``cost_metrics.RAW_COST_ROWS`` rows (one trace is far fewer); the SQL backends sum
+        in the database instead."""
+        from src.agents.ml_foundation.observability_connector.cost_metrics import RAW_COST_ROWS, cost_groups
+
+        rows = await self.get_spans_by_time_window(
+            window, agent_name=agent_name, trace_id=trace_id, limit=RAW_COST_ROWS
+        )
+        return cost_groups(rows)
+
+    async def price_unpriced(
+        self,
+        pricer: Pricer,
+        since: datetime | None = None,
+        batch_size: int = 1_000,
+        progress: ProgressCallback | None = None,
+    ) -> tuple[int, int]:
+        """Set ``cost_usd`` on stored LLM rows that have none (written before the column or before
+        an override named their model), from ``span_cost.call_cost`` with ``pricer``, rollups
+        kept exact; rows nobody prices stay null. Returns (rows examined, rows priced);
+        ``progress`` gets the running count priced. NotImplementedError where the backend
+        cannot update rows."""
+        raise NotImplementedError(f"the {self.backend} store cannot price stored rows; use its database directly")
 
     async def rebuild_rollups(self, since: datetime | None = None, progress: ProgressCallback | None = None) -> int:
         """Recompute the rollups from the raw rows, whole UTC days from ``since`` (all when None);

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from src.agents.ml_foundation.observability_connector.feedback import Feedback, FeedbackByAgent
 from src.agents.ml_foundation.observability_connector.models import (
@@ -17,6 +18,9 @@ from src.agents.ml_foundation.observability_connector.models import (
     QualityMetrics,
 )
 from src.agents.ml_foundation.observability_connector.rollups import RollupGroup
+
+if TYPE_CHECKING:
+    from src.agents.ml_foundation.observability_connector.pricing import Pricer
 from src.repositories.base import (
     BaseRepository,
     BatchInsertResult,
@@ -124,6 +128,20 @@ class ObservabilitySpanRepository(SpanStore):
 
     async def rebuild_rollups(self, since: datetime | None = None, progress: ProgressCallback | None = None) -> int:
         return await self._store.rebuild_rollups(since, progress=progress)
+
+    async def price_unpriced(
+        self,
+        pricer: Pricer,
+        since: datetime | None = None,
+        batch_size: int = 1_000,
+        progress: ProgressCallback | None = None,
+    ) -> tuple[int, int]:
+        return await self._store.price_unpriced(pricer, since, batch_size=batch_size, progress=progress)
+
+    async def raw_cost_groups(
+        self, window: str, agent_name: str | None = None, trace_id: str | None = None
+    ) -> list[RollupGroup]:
+        return await self._store.raw_cost_groups(window, agent_name=agent_name, trace_id=trace_id)
 
     async def verify_rollups(self, since: datetime | None = None) -> list[str]:
         return await self._store.verify_rollups(since)

@@ -121,6 +121,7 @@ def careful_stage_row(n: int, span: ObservabilitySpan) -> tuple[Any, ...]:
         _int8(span.total_tokens, "total_tokens"),
         json_text_without_nul(span.events, "[]"),
         _aware(span.created_at),
+        None if span.cost_usd is None else float(span.cost_usd),
     )
 
 
@@ -156,6 +157,7 @@ def lean_table_row(span: ObservabilitySpan) -> tuple[Any, ...]:
         d["total_tokens"],
         json_text(events, "[]"),
         d["created_at"],
+        d["cost_usd"],
     )
 
 

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from src.agents.ml_foundation.observability_connector.feedback import (
     FEEDBACK_TABLE,
@@ -57,6 +57,7 @@ from src.repositories.base import (
 )
 from src.repositories.row_values import span_label, utc_text
 from src.repositories.sqlite_connect import SQLiteConnector, StoreCorruptError, StoreNotFoundError
+from src.repositories.sqlite_cost import reprice_batch
 from src.repositories.sqlite_queries import GROUP_KEYS, filters, stats_sql
 from src.repositories.sqlite_rollups import (
     ROLLUPS,
@@ -70,6 +71,9 @@ from src.repositories.sqlite_rollups import (
 )
 from src.repositories.sqlite_rows import reason, row_to_span, span_to_row
 from src.repositories.sqlite_schema import COLS, INSERT, ROW_ERRORS, SCHEMA_VERSION
+
+if TYPE_CHECKING:
+    from src.agents.ml_foundation.observability_connector.pricing import Pricer
 
 __all__ = ["COLUMNS", "SCHEMA_VERSION", "TABLE", "SQLiteSpanRepository", "StoreCorruptError", "StoreNotFoundError"]
 
@@ -380,6 +384,48 @@ class SQLiteSpanRepository(SpanStore):
         rows = await self._run(partial(self._fetchall, sql, params))
         return status_counts(rows)
 
+    async def price_unpriced(
+        self,
+        pricer: Pricer,
+        since: datetime | None = None,
+        batch_size: int = 1_000,
+        progress: ProgressCallback | None = None,
+    ) -> tuple[int, int]:
+        """Batches of ``batch_size`` rows in rowid order, one short write transaction each, so the
+        flusher keeps writing meanwhile (``sqlite_cost``)."""
+        from src.agents.ml_foundation.observability_connector.span_cost import call_cost
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        price = partial(call_cost, pricer)
+        since_text = utc_text(since) if since is not None else ""
+        after, examined, priced = 0, 0, 0
+        while True:  # ends: every batch starts past the last rowid the previous one read
+            n, p, last = await self._run(
+                partial(reprice_batch, since=since_text, after_rowid=after, limit=batch_size, price=price)
+            )
+            examined, priced = examined + n, priced + p
+            if progress is not None:
+                progress(priced)
+            if last is None:
+                return examined, priced
+            after = last
+
+    async def raw_cost_groups(
+        self, window: str, agent_name: str | None = None, trace_id: str | None = None
+    ) -> list[RollupGroup]:
+        """Cost summed per (agent, tier) in SQL over the window's LLM rows (a trace filter's path)."""
+        where, params = filters(window, agent_name, trace_id)
+        sql = (
+            f"SELECT agent_name, agent_tier, COALESCE(SUM(cost_usd), 0.0), SUM(cost_usd IS NULL) FROM {TABLE} "
+            f"WHERE {where} AND llm_model IS NOT NULL GROUP BY agent_name, agent_tier"
+        )
+        rows = await self._run(partial(self._fetchall, sql, params))
+        return [
+            RollupGroup(agent, int(tier), cost_sum=float(cost), n_unpriced=int(unpriced))
+            for agent, tier, cost, unpriced in rows
+        ]
+
     async def get_latency_stats(
         self,
         window: str,
@@ -450,12 +496,12 @@ class SQLiteSpanRepository(SpanStore):
 
     async def rollup_groups(self, window: str, agent_name: str | None = None) -> list[RollupGroup] | None:
         """The window's (agent, tier) groups from the rollups; None on a file opened read-only
-        that predates them (its raw rows answer instead)."""
+        that predates them, or their cost figures (its raw rows answer instead)."""
         since = window_start(window)
         try:
             return await self._run(lambda conn: read_groups(conn, since, agent_name))
         except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc):
+            if "no such table" in str(exc) or (self._read_only and "no such column" in str(exc)):
                 return None
             raise
 

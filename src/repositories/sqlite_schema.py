@@ -20,7 +20,7 @@ from src.repositories.base import (
 from src.repositories.sqlite_feedback import create_feedback
 from src.repositories.sqlite_rollups import create_rollups
 
-__all__ = ["INSERT", "SCHEMA_VERSION", "ensure_schema"]
+__all__ = ["INSERT", "SCHEMA_VERSION", "ensure_schema", "shadow_added_columns"]
 
 #: 2: ``status`` also accepts ``timeout`` (a version-1 table is rebuilt on open, see ensure_schema).
 SCHEMA_VERSION: Final = 2
@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS {name} (
     total_tokens    INTEGER CHECK (total_tokens IS NULL OR total_tokens >= 0),
     events          TEXT    NOT NULL DEFAULT '[]' CHECK (json_valid(events)),
     created_at      TEXT    NOT NULL,
+    cost_usd        REAL    CHECK (cost_usd IS NULL OR cost_usd >= 0),
     UNIQUE (trace_id, span_id)
 )"""
 
@@ -93,6 +94,8 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
         # check runs under the write lock, so two processes opening one old file upgrade it once.
         found = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (TABLE,))
         row = found.fetchone()
+        if row is not None:
+            _add_columns(conn)
         if row is not None and "'timeout'" not in row[0]:
             _widen_status_check(conn)
         conn.execute(table_ddl(TABLE))
@@ -108,6 +111,30 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+#: Columns added after the table's first release: (name, definition), added to an older table in
+#: place (``ALTER TABLE ... ADD COLUMN``: no copy, the rows read the new column as NULL).
+ADDED_COLUMNS: Final = (("cost_usd", "REAL CHECK (cost_usd IS NULL OR cost_usd >= 0)"),)
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    present = {row[1] for row in conn.execute(f"PRAGMA table_info({TABLE})")}
+    for name, definition in ADDED_COLUMNS:
+        if name not in present:
+            conn.execute(f"ALTER TABLE {TABLE} ADD COLUMN {name} {definition}")
+
+
+def shadow_added_columns(conn: sqlite3.Connection) -> None:
+    """On a read-only connection to a file no writer has upgraded yet, show the added columns as
+    NULL: a temporary view of the table's name, which the connection resolves before the
+    file's table (``temp`` comes first), so every read works unchanged and the file is not
+    touched. ``rowid`` is carried for the reads that order by it."""
+    present = {row[1] for row in conn.execute(f"PRAGMA main.table_info({TABLE})")}
+    missing = [name for name, _definition in ADDED_COLUMNS if name not in present]
+    if missing:
+        nulls = ", ".join(f"NULL AS {name}" for name in missing)
+        conn.execute(f"CREATE TEMP VIEW IF NOT EXISTS {TABLE} AS SELECT rowid AS rowid, *, {nulls} FROM main.{TABLE}")
 
 
 def _widen_status_check(conn: sqlite3.Connection) -> None:

@@ -115,6 +115,7 @@ RPC_DELETE_OLD_FEEDBACK: Final = "obs_delete_old_feedback"
 _ROLLUP_COLUMNS: Final = (
     "agent_name", "agent_tier", "idx", "n", "n_all", "n_ok", "n_error", "n_timeout", "n_started",
     "n_fallback", "tok_in", "tok_out", "tok_total", "dur_n", "dur_sum", "idxs", "counts",
+    "cost_sum", "n_unpriced",
 )  # fmt: skip
 
 

@@ -468,9 +468,10 @@ async def test_a_version_1_file_is_upgraded_to_accept_timeout_keeping_every_row(
     with sqlite3.connect(path) as conn:
         conn.execute(_VERSION_1_TABLE)
         conn.execute("CREATE INDEX idx_ml_observability_spans_start_time ON ml_observability_spans (start_time)")
+        old = [c for c in COLUMNS if c != "cost_usd"]  # a version-1 table predates the cost column
         conn.executemany(
-            f"INSERT INTO ml_observability_spans ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
-            [_span_to_row(span) for span in old_rows],
+            f"INSERT INTO ml_observability_spans ({', '.join(old)}) VALUES ({', '.join('?' * len(old))})",
+            [_span_to_row(span)[: len(old)] for span in old_rows],
         )
         conn.execute("PRAGMA user_version = 1")
         with pytest.raises(sqlite3.IntegrityError, match="CHECK"):

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from .cli_cost import cost_app
 from .cli_maintenance import cleanup, migrate, replay
 from .cli_rollup import rollup_app
 from .cli_serve import serve
@@ -129,7 +130,7 @@ def metrics(
     trace: Annotated[str | None, typer.Option("--trace", "-t", help="Only this trace's spans.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics fields as JSON.")] = False,
 ) -> None:
-    """Latency, error rate and tokens per agent and per tier, and the overall quality score."""
+    """Latency, error rate, tokens and cost per agent and per tier, and the overall quality score."""
     from .nodes.metrics_aggregator import compute_metrics
 
     context = open_context(ctx.obj, "read")
@@ -396,6 +397,7 @@ app.command()(migrate)
 app.command()(cleanup)
 app.command()(serve)
 app.add_typer(rollup_app)
+app.add_typer(cost_app)
 
 
 def main() -> None:

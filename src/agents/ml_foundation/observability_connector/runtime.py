@@ -53,6 +53,8 @@ class ConnectorContext:
     # (None: no spool, written directly) and Opik's feedback-scores endpoints (None: Opik off).
     feedback_store_delivery: Any = None
     opik_feedback_delivery: Any = None
+    # Prices LLM spans (pricing.Pricer); None (the usual case): built from ``settings.pricing``.
+    pricer: Any = None
 
     @property
     def deliveries(self) -> list[Any]:

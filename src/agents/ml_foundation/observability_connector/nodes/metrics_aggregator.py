@@ -23,6 +23,9 @@ score counts for its agent, a trace's for its root span's; window on the score's
 * Tiers come from ``agent_tier`` as stored with each span — the registry's tier when it was
   written — so moving an agent to another tier does not rewrite history; agents missing from
   the registry are reported under their own name and tier ``-1`` rather than dropped.
+* Extra cost keys (``cost_metrics.py``): ``cost_by_agent`` / ``cost_by_tier`` (USD of the priced
+  LLM calls, groups with any LLM call), ``total_cost_usd`` and ``unpriced_llm_calls`` (LLM calls
+  whose model nobody prices: never counted as free).
 * Only stored spans are counted: an empty window gives zeros, empty groups, success 1.0 and
   score 1.0, never invented data.
 """
@@ -38,6 +41,7 @@ from langgraph.runtime import Runtime
 
 from src.repositories.base import parse_window
 
+from ..cost_metrics import cost_figures
 from ..feedback import FeedbackByAgent
 from ..models import LatencyStats
 from ..rollups import latency_stats, quality_metrics
@@ -99,7 +103,9 @@ async def metrics_from_store(
         by_agent = latency_stats(groups, "agent")
         by_tier = latency_stats(groups, "tier")
         quality = quality_metrics(window, groups)
+        costs = cost_figures(groups)
     else:
+        costs = None
         # Three independent aggregate queries: concurrently, since the store runs them on its own
         # workers (SQLite threads / a Postgres pool).
         by_agent, by_tier, quality = await asyncio.gather(
@@ -108,6 +114,9 @@ async def metrics_from_store(
             store.get_quality_metrics(window, agent_name=agent_name, trace_id=trace_id),
         )
     feedback = await _feedback_by_agent(store, window, agent_name, trace_id)
+    if costs is None:
+        # The raw path (a trace filter, or a store without rollups): summed by the store.
+        costs = cost_figures(await store.raw_cost_groups(window, agent_name=agent_name, trace_id=trace_id))
     registry = ctx.registry
     latency_by_agent = {s.key: entry for s in by_agent if (entry := _latency(s)) is not None}
     latency_by_tier: dict[str, dict[str, Any]] = {}
@@ -137,6 +146,7 @@ async def metrics_from_store(
             "error": quality.error_count,
             "timeout": quality.timeout_count,
         },
+        **costs,
         "feedback_by_agent": feedback,
     }
 

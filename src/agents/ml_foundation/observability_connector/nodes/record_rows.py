@@ -24,6 +24,7 @@ from ..models import (
     ObservabilitySpan,
     build_row,
 )
+from ..pricing import Pricer
 from ..spans import Span
 
 _id_ok = _ID_CHARS.fullmatch
@@ -71,7 +72,9 @@ def _passes_unchanged(rule: Any, value: str) -> bool:
         return False
 
 
-def _from_record(record: Span, tier_of: Any, created_at: datetime) -> ObservabilitySpan | None:
+def _from_record(
+    record: Span, tier_of: Any, created_at: datetime, pricer: Pricer | None = None
+) -> ObservabilitySpan | None:
     """The row for a span recorded in this process, without an event model (None: take the full path).
 
     Our own ``Span`` objects need no event dict and no validation by pydantic: every field has
@@ -163,10 +166,12 @@ def _from_record(record: Span, tier_of: Any, created_at: datetime) -> Observabil
                 "total_tokens": total,
                 "events": list(record._events) if record._events else [],
                 "created_at": created_at,
+                "cost_usd": None,
             },
             record.input_data,
             record.output_data,
             sampled_out=not record.sampled,
+            pricer=pricer,
         )
     except ValueError:  # input + output tokens over int4: the full path says so
         return None
