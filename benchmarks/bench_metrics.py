@@ -58,14 +58,16 @@ from src.agents.ml_foundation.observability_connector.config import (  # noqa: E
 )
 from src.agents.ml_foundation.observability_connector.nodes.metrics_aggregator import compute_metrics  # noqa: E402
 from src.agents.ml_foundation.observability_connector.runtime import ConnectorContext  # noqa: E402
-from src.repositories.base import BASE_COLUMNS, parse_window  # noqa: E402
+from src.repositories.base import COLUMNS, parse_window  # noqa: E402
 from src.repositories.observability_span import ObservabilitySpanRepository  # noqa: E402
 from src.repositories.sqlite import SQLiteSpanRepository  # noqa: E402
 
 UNKNOWN = ("legacy_ranker", "mystery_agent")
 CHUNK = 250_000
+#: What the generated rows fill (up to cost_usd); the later, nullable columns stay NULL.
+LOADED_COLUMNS = COLUMNS[: COLUMNS.index("cost_usd") + 1]
 _INSERT = (
-    f"INSERT INTO ml_observability_spans ({', '.join(BASE_COLUMNS)}) VALUES ({', '.join('?' * len(BASE_COLUMNS))})"
+    f"INSERT INTO ml_observability_spans ({', '.join(LOADED_COLUMNS)}) VALUES ({', '.join('?' * len(LOADED_COLUMNS))})"
 )
 
 
@@ -75,7 +77,7 @@ _INSERT = (
 def _row_chunks(
     n: int, registry: AgentRegistry, now: datetime, seed: int, days: int
 ) -> Iterator[list[tuple[Any, ...]]]:
-    """Rows in the order of ``BASE_COLUMNS`` (the later columns stay NULL), oldest first, ``CHUNK`` at a time:
+    """Rows in the order of ``LOADED_COLUMNS`` (the later columns stay NULL), oldest first, ``CHUNK`` at a time:
     each chunk covers its own slice of the spread, so the whole stays in time order."""
     spread_us = int(timedelta(days=days).total_seconds() * 1e6)
     chunks = max(1, -(-n // CHUNK))
@@ -136,6 +138,9 @@ def _rows(
                 start_s,
             )
         )
+        # cost_usd (issue 19): priced where the row names a model, null (an unpriced call) where not
+        model = rows[-1][14]
+        rows[-1] = (*rows[-1], round((tin or 0) * 3e-6 + (tout or 0) * 1.5e-5, 9) if model else None)
     return rows
 
 
@@ -242,7 +247,7 @@ async def load_postgres(
         # The rollups are built once after the load (below), not by the triggers row batch by batch.
         conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
         for rows in _row_chunks(n, registry, datetime.now(UTC), 1, days):
-            with conn.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(BASE_COLUMNS)}) FROM STDIN") as copy:
+            with conn.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(LOADED_COLUMNS)}) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
         conn.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")

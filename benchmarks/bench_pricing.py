@@ -92,6 +92,20 @@ def main() -> None:
             theirs = f"{best_us(library, library_calls):9.1f}"
         print(f"{label:34} {ours:9.2f}   {theirs:>9}")
 
+    # What the row builder adds to an LLM span (span_cost.call_cost: provider and token details
+    # read from the attributes the callback handler writes, then the price), beside a span
+    # without a model (the check that skips it). Issue 19.
+    from src.agents.ml_foundation.observability_connector.span_cost import call_cost
+
+    attrs = {
+        "llm.provider": "openai",
+        "llm.usage.input_token_details.cache_read": 10_000,
+        "llm.usage.output_token_details.reasoning": 0,
+        "langgraph.node": "analyse",
+    }
+    row_us = best_us(partial(call_cost, pricer, "gpt-4o", 12_000, 800, attrs), calls)
+    print(f"{'row builder: an LLM span (call_cost)':34} {row_us:9.2f}")
+
     # One-off: a model seen for the first time (lookup + per-token rates, then memoised).
     models = ["gpt-4.1", "claude-opus-4-1", "gemini-2.5-flash", "o4-mini", "mistral-large-latest", "grok-3"]
     pricing._library_match.cache_clear()

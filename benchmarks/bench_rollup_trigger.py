@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import psycopg  # noqa: E402
 from machine_info import machine  # noqa: E402
 
-from src.repositories.base import BASE_COLUMNS  # noqa: E402
+from src.repositories.base import COLUMNS  # noqa: E402
 from src.repositories.postgres import migrate  # noqa: E402
 from tests.fixtures.postgres_server import PostgresCluster  # noqa: E402
 
@@ -44,6 +44,7 @@ def rows(n: int, seed: int, spread_s: float) -> list[tuple[Any, ...]]:
                 f"{rng.getrandbits(128):032x}", f"{seed}-{i}", f"{rng.getrandbits(64):016x}", None, "execute",
                 f"agent_{rng.randrange(20)}", rng.randrange(6), start, None, round(rng.lognormvariate(5.5, 1.3), 3),
                 "ok", None, None, '{"fallback_used": false}', None, 10, 5, 15, "[]", start,
+                round(rng.uniform(0, 0.01), 9) if i % 2 else None,  # cost_usd (issue 19)
             )
         )  # fmt: skip
     return out
@@ -61,7 +62,8 @@ def main() -> None:
     try:
         dsn = cluster.create_database("bench_trigger")
         migrate(dsn)
-        copy_sql = f"COPY ml_observability_spans ({', '.join(BASE_COLUMNS)}) FROM STDIN"
+        # the rows fill the columns up to cost_usd; the later, nullable ones stay NULL
+        copy_sql = f"COPY ml_observability_spans ({', '.join(COLUMNS[: COLUMNS.index('cost_usd') + 1])}) FROM STDIN"
         rates: dict[str, list[float]] = {"on": [], "off": []}
         with psycopg.connect(dsn, autocommit=True) as conn:
             for rep in range(args.repeat):

@@ -52,7 +52,7 @@ from psycopg.adapt import Dumper  # noqa: E402
 from psycopg.pq import Format  # noqa: E402
 
 from src.agents.ml_foundation.observability_connector.models import ObservabilitySpan, row_id_for  # noqa: E402
-from src.repositories.base import BASE_COLUMNS  # noqa: E402
+from src.repositories.base import COLUMNS  # noqa: E402
 from src.repositories.postgres import TABLE, PostgresSpanRepository, migrate  # noqa: E402
 
 AGENTS: dict[str, int] = {
@@ -75,10 +75,12 @@ AGENTS: dict[str, int] = {
     "explainer": 5,
     "feedback_learner": 5,
 }
-_COLS = ", ".join(BASE_COLUMNS)  # the rows below fill these; the later, nullable columns stay NULL
+#: What the rows below fill (up to cost_usd); the later, nullable columns (conversations) stay NULL.
+_BENCH_COLUMNS = COLUMNS[: COLUMNS.index("cost_usd") + 1]
+_COLS = ", ".join(_BENCH_COLUMNS)
 _RAW_BINARY_TYPES = [
     "uuid", "text", "text", "text", "text", "text", "int4", "timestamptz", "timestamptz", "float8",
-    "text", "text", "text", "jsonb", "text", "int4", "int4", "int4", "jsonb", "timestamptz",
+    "text", "text", "text", "jsonb", "text", "int4", "int4", "int4", "jsonb", "timestamptz", "float8",
 ]  # fmt: skip
 
 
@@ -172,12 +174,13 @@ def raw_row(span: ObservabilitySpan) -> tuple[Any, ...]:
         span.total_tokens,
         json.dumps(span.events, separators=(",", ":")),
         span.created_at,
+        span.cost_usd,
     )
 
 
 def raw_binary_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
     """Ready for binary COPY: the id as a UUID, JSON already encoded (sent by ``_JsonbText``)."""
-    return (uuid.UUID(row[0]), *row[1:13], _JsonbText(row[13]), *row[14:18], _JsonbText(row[18]), row[19])
+    return (uuid.UUID(row[0]), *row[1:13], _JsonbText(row[13]), *row[14:18], _JsonbText(row[18]), *row[19:])
 
 
 class _JsonbText(str):
@@ -257,8 +260,8 @@ async def write_staged_text(conn: psycopg.AsyncConnection[Any], rows: list[tuple
 async def write_json_recordset(conn: psycopg.AsyncConnection[Any], spans: list[ObservabilitySpan], batch: int) -> None:
     """One ``jsonb_to_recordset`` parameter per batch (the shape PostgREST's bulk insert uses)."""
     types = ["uuid", "text", "text", "text", "text", "text", "int", "timestamptz", "timestamptz", "float8"]
-    types += ["text", "text", "text", "jsonb", "text", "int", "int", "int", "jsonb", "timestamptz"]
-    record = ", ".join(f"{c} {t}" for c, t in zip(BASE_COLUMNS, types, strict=True))
+    types += ["text", "text", "text", "jsonb", "text", "int", "int", "int", "jsonb", "timestamptz", "float8"]
+    record = ", ".join(f"{c} {t}" for c, t in zip(_BENCH_COLUMNS, types, strict=True))
     sql = (
         f"INSERT INTO {TABLE} ({_COLS}) SELECT {_COLS} FROM jsonb_to_recordset(%s::jsonb) AS r({record}) "
         "ON CONFLICT (trace_id, span_id) DO NOTHING"

@@ -59,6 +59,9 @@ CREATE TABLE IF NOT EXISTS public.ml_observability_spans (
     total_tokens    integer          CHECK (total_tokens IS NULL OR total_tokens >= 0),
     events          jsonb            NOT NULL DEFAULT '[]'::jsonb,
     created_at      timestamptz      NOT NULL DEFAULT now(),
+    -- USD of an LLM call, priced by the connector's row builder (pricing.py); null: not an LLM
+    -- call, or an unknown model (counted as unpriced, never as free).
+    cost_usd        double precision CHECK (cost_usd IS NULL OR cost_usd >= 0),
     CONSTRAINT ml_observability_spans_pkey PRIMARY KEY (id),
     -- Idempotent writes: every backend inserts with ON CONFLICT (trace_id, span_id) DO NOTHING.
     CONSTRAINT ml_observability_spans_trace_span_key UNIQUE (trace_id, span_id)
@@ -107,6 +110,12 @@ BEGIN
     END IF;
 END
 $status$;
+
+-- Columns added after the table's first release. A nullable column without a default is a
+-- catalogue change (no table rewrite), so this is instant on a table of any size; existing rows
+-- read it as null.
+ALTER TABLE public.ml_observability_spans
+    ADD COLUMN IF NOT EXISTS cost_usd double precision CHECK (cost_usd IS NULL OR cost_usd >= 0);
 
 -- Conversation columns (issue 19), added to a table of any earlier version; all nullable.
 -- thread_id: LangGraph's configurable.thread_id or the caller's; tags: text[] (the SQLite store
@@ -526,6 +535,29 @@ COMMENT ON VIEW public.v_agent_latency_summary IS
 -- obs_delete_old_spans). obs_rollup_metrics answers a window [p_since, ∞) from at most one
 -- minute of raw rows plus minute, hour and day buckets. Rows are ordered before the upsert so
 -- concurrent writers lock buckets in one order (no deadlock).
+-- Rollups from before cost was summed (no cost_sum column) are dropped and rebuilt from the raw
+-- rows by the back-fill below (one-off, proportional to the table; writers wait for it): the
+-- old buckets cannot say how many of their LLM calls were unpriced. Their policies and grants
+-- are created again further down.
+DO $rollup_cost$
+BEGIN
+    IF to_regclass('public.ml_span_rollups') IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM pg_attribute
+        WHERE attrelid = to_regclass('public.ml_span_rollups') AND attname = 'cost_sum' AND NOT attisdropped
+    ) THEN
+        DROP TABLE public.ml_span_rollups;
+        DROP TABLE IF EXISTS public.ml_span_rollup_sketch;
+    END IF;
+    IF EXISTS (
+        SELECT 1 FROM pg_proc p JOIN pg_namespace ns ON ns.oid = p.pronamespace
+        WHERE ns.nspname = 'public' AND p.proname = 'obs_rollup_metrics'
+          AND NOT ('cost_sum' = ANY (coalesce(p.proargnames, ARRAY[]::text[])))
+    ) THEN
+        DROP FUNCTION public.obs_rollup_metrics(timestamptz, text);
+    END IF;
+END
+$rollup_cost$;
+
 CREATE TABLE IF NOT EXISTS public.ml_span_rollups (
     level       smallint         NOT NULL,
     bucket      timestamptz      NOT NULL,
@@ -542,6 +574,8 @@ CREATE TABLE IF NOT EXISTS public.ml_span_rollups (
     tok_total   bigint           NOT NULL,
     dur_n       bigint           NOT NULL,
     dur_sum     double precision NOT NULL,
+    cost_sum    double precision NOT NULL DEFAULT 0,  -- USD of the bucket's priced LLM calls
+    n_unpriced  bigint           NOT NULL DEFAULT 0,  -- LLM calls (llm_model set) without a cost
     CONSTRAINT ml_span_rollups_pkey PRIMARY KEY (level, bucket, agent_name, agent_tier)
 );
 
@@ -576,7 +610,7 @@ AS $fn$
 SELECT ARRAY[
     format($q$
 INSERT INTO public.ml_span_rollups AS r (level, bucket, agent_name, agent_tier, n_all, n_ok, n_error,
-    n_timeout, n_started, n_fallback, tok_in, tok_out, tok_total, dur_n, dur_sum)
+    n_timeout, n_started, n_fallback, tok_in, tok_out, tok_total, dur_n, dur_sum, cost_sum, n_unpriced)
 SELECT l.level, date_trunc(l.unit, s.start_time, 'UTC'), s.agent_name, s.agent_tier,
        %2$s * count(*), %2$s * count(*) FILTER (WHERE s.status = 'ok'),
        %2$s * count(*) FILTER (WHERE s.status = 'error'), %2$s * count(*) FILTER (WHERE s.status = 'timeout'),
@@ -590,7 +624,8 @@ SELECT l.level, date_trunc(l.unit, s.start_time, 'UTC'), s.agent_name, s.agent_t
                        ELSE false END),
        %2$s * coalesce(sum(s.input_tokens), 0), %2$s * coalesce(sum(s.output_tokens), 0),
        %2$s * coalesce(sum(s.total_tokens), 0), %2$s * count(s.duration_ms),
-       %2$s * coalesce(sum(s.duration_ms), 0)
+       %2$s * coalesce(sum(s.duration_ms), 0), %2$s * coalesce(sum(s.cost_usd), 0),
+       %2$s * count(*) FILTER (WHERE s.llm_model IS NOT NULL AND s.cost_usd IS NULL)
 FROM %1$s AS s
 CROSS JOIN (VALUES (0::smallint, 'minute'), (1::smallint, 'hour'), (2::smallint, 'day')) AS l (level, unit)
 GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
@@ -599,7 +634,8 @@ ON CONFLICT (level, bucket, agent_name, agent_tier) DO UPDATE SET
     n_timeout = r.n_timeout + EXCLUDED.n_timeout, n_started = r.n_started + EXCLUDED.n_started,
     n_fallback = r.n_fallback + EXCLUDED.n_fallback, tok_in = r.tok_in + EXCLUDED.tok_in,
     tok_out = r.tok_out + EXCLUDED.tok_out, tok_total = r.tok_total + EXCLUDED.tok_total,
-    dur_n = r.dur_n + EXCLUDED.dur_n, dur_sum = r.dur_sum + EXCLUDED.dur_sum
+    dur_n = r.dur_n + EXCLUDED.dur_n, dur_sum = r.dur_sum + EXCLUDED.dur_sum,
+    cost_sum = r.cost_sum + EXCLUDED.cost_sum, n_unpriced = r.n_unpriced + EXCLUDED.n_unpriced
 $q$, p_source, p_sign),
     format($q$
 WITH c AS (
@@ -667,17 +703,18 @@ BEGIN
                        ELSE false END) AS n_fallback,
                coalesce(sum(s.input_tokens), 0) AS tok_in, coalesce(sum(s.output_tokens), 0) AS tok_out,
                coalesce(sum(s.total_tokens), 0) AS tok_total, count(s.duration_ms) AS dur_n,
-               coalesce(sum(s.duration_ms), 0) AS dur_sum
+               coalesce(sum(s.duration_ms), 0) AS dur_sum, coalesce(sum(s.cost_usd), 0) AS cost_sum,
+               count(*) FILTER (WHERE s.llm_model IS NOT NULL AND s.cost_usd IS NULL) AS n_unpriced
         FROM new_rows AS s
         GROUP BY 1, 2, 3
     )
     INSERT INTO public.ml_span_rollups AS r (level, bucket, agent_name, agent_tier, n_all, n_ok, n_error,
-        n_timeout, n_started, n_fallback, tok_in, tok_out, tok_total, dur_n, dur_sum)
+        n_timeout, n_started, n_fallback, tok_in, tok_out, tok_total, dur_n, dur_sum, cost_sum, n_unpriced)
     SELECT l.level, CASE l.level WHEN 0 THEN m.minute WHEN 1 THEN date_trunc('hour', m.minute)
                                  ELSE date_trunc('day', m.minute) END,
            m.agent_name, m.agent_tier, sum(m.n_all), sum(m.n_ok), sum(m.n_error), sum(m.n_timeout),
            sum(m.n_started), sum(m.n_fallback), sum(m.tok_in), sum(m.tok_out), sum(m.tok_total),
-           sum(m.dur_n), sum(m.dur_sum)
+           sum(m.dur_n), sum(m.dur_sum), sum(m.cost_sum), sum(m.n_unpriced)
     FROM m CROSS JOIN (VALUES (0::smallint), (1::smallint), (2::smallint)) AS l (level)
     GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
     ON CONFLICT (level, bucket, agent_name, agent_tier) DO UPDATE SET
@@ -685,7 +722,8 @@ BEGIN
         n_timeout = r.n_timeout + EXCLUDED.n_timeout, n_started = r.n_started + EXCLUDED.n_started,
         n_fallback = r.n_fallback + EXCLUDED.n_fallback, tok_in = r.tok_in + EXCLUDED.tok_in,
         tok_out = r.tok_out + EXCLUDED.tok_out, tok_total = r.tok_total + EXCLUDED.tok_total,
-        dur_n = r.dur_n + EXCLUDED.dur_n, dur_sum = r.dur_sum + EXCLUDED.dur_sum;
+        dur_n = r.dur_n + EXCLUDED.dur_n, dur_sum = r.dur_sum + EXCLUDED.dur_sum,
+        cost_sum = r.cost_sum + EXCLUDED.cost_sum, n_unpriced = r.n_unpriced + EXCLUDED.n_unpriced;
 
     -- The pair arrays are built once per minute (m); an hour's or day's pairs are its minutes'
     -- arrays concatenated (obs_int_array_cat), not the rows grouped again per level: a pair
@@ -841,7 +879,7 @@ RETURNS TABLE (
     agent_name text, agent_tier integer, idx integer, n bigint,
     n_all bigint, n_ok bigint, n_error bigint, n_timeout bigint, n_started bigint, n_fallback bigint,
     tok_in bigint, tok_out bigint, tok_total bigint, dur_n bigint, dur_sum double precision,
-    idxs bytea, counts bytea
+    idxs bytea, counts bytea, cost_sum double precision, n_unpriced bigint
 )
 LANGUAGE sql
 STABLE
@@ -860,24 +898,24 @@ WITH up AS (
         FROM up) AS x
 ), raw AS (
     SELECT s.agent_name, s.agent_tier, s.status, s.attributes, s.input_tokens, s.output_tokens,
-           s.total_tokens, s.duration_ms
+           s.total_tokens, s.duration_ms, s.llm_model, s.cost_usd
     FROM public.ml_observability_spans s
     WHERE s.start_time >= p_since AND s.start_time < (SELECT m FROM b) AND (p_agent IS NULL OR s.agent_name = p_agent)
 ), totals AS (
     SELECT r.agent_name, r.agent_tier, r.n_all, r.n_ok, r.n_error, r.n_timeout, r.n_started, r.n_fallback,
-           r.tok_in, r.tok_out, r.tok_total, r.dur_n, r.dur_sum
+           r.tok_in, r.tok_out, r.tok_total, r.dur_n, r.dur_sum, r.cost_sum, r.n_unpriced
     FROM public.ml_span_rollups r
     WHERE r.level = 0 AND r.bucket >= (SELECT m FROM b) AND r.bucket < (SELECT h FROM b)
       AND (p_agent IS NULL OR r.agent_name = p_agent)
     UNION ALL
     SELECT r.agent_name, r.agent_tier, r.n_all, r.n_ok, r.n_error, r.n_timeout, r.n_started, r.n_fallback,
-           r.tok_in, r.tok_out, r.tok_total, r.dur_n, r.dur_sum
+           r.tok_in, r.tok_out, r.tok_total, r.dur_n, r.dur_sum, r.cost_sum, r.n_unpriced
     FROM public.ml_span_rollups r
     WHERE r.level = 1 AND r.bucket >= (SELECT h FROM b) AND r.bucket < (SELECT d FROM b)
       AND (p_agent IS NULL OR r.agent_name = p_agent)
     UNION ALL
     SELECT r.agent_name, r.agent_tier, r.n_all, r.n_ok, r.n_error, r.n_timeout, r.n_started, r.n_fallback,
-           r.tok_in, r.tok_out, r.tok_total, r.dur_n, r.dur_sum
+           r.tok_in, r.tok_out, r.tok_total, r.dur_n, r.dur_sum, r.cost_sum, r.n_unpriced
     FROM public.ml_span_rollups r
     WHERE r.level = 2 AND r.bucket >= (SELECT d FROM b) AND (p_agent IS NULL OR r.agent_name = p_agent)
     UNION ALL
@@ -891,7 +929,8 @@ WITH up AS (
                 WHEN 'object'  THEN (s.attributes -> 'fallback_used') <> '{}'::jsonb
                 ELSE false END)::int,
            coalesce(s.input_tokens, 0), coalesce(s.output_tokens, 0), coalesce(s.total_tokens, 0),
-           (s.duration_ms IS NOT NULL)::int, coalesce(s.duration_ms, 0)
+           (s.duration_ms IS NOT NULL)::int, coalesce(s.duration_ms, 0), coalesce(s.cost_usd, 0),
+           (s.llm_model IS NOT NULL AND s.cost_usd IS NULL)::int
     FROM raw s
 ), edge AS (
     SELECT s.agent_name, s.agent_tier,
@@ -903,30 +942,35 @@ WITH up AS (
 SELECT t.agent_name, t.agent_tier, NULL::integer, NULL::bigint,
        sum(t.n_all)::bigint, sum(t.n_ok)::bigint, sum(t.n_error)::bigint, sum(t.n_timeout)::bigint,
        sum(t.n_started)::bigint, sum(t.n_fallback)::bigint, sum(t.tok_in)::bigint, sum(t.tok_out)::bigint,
-       sum(t.tok_total)::bigint, sum(t.dur_n)::bigint, sum(t.dur_sum)::double precision, NULL::bytea, NULL::bytea
+       sum(t.tok_total)::bigint, sum(t.dur_n)::bigint, sum(t.dur_sum)::double precision, NULL::bytea, NULL::bytea,
+       sum(t.cost_sum)::double precision, sum(t.n_unpriced)::bigint
 FROM totals t GROUP BY t.agent_name, t.agent_tier
 UNION ALL
 SELECT k.agent_name, k.agent_tier, 0, k.zeros,
-       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, array_send(k.idxs), array_send(k.ns)
+       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, array_send(k.idxs), array_send(k.ns),
+       NULL, NULL
 FROM public.ml_span_rollup_sketch k
 WHERE k.level = 0 AND k.bucket >= (SELECT m FROM b) AND k.bucket < (SELECT h FROM b)
   AND (p_agent IS NULL OR k.agent_name = p_agent)
 UNION ALL
 SELECT k.agent_name, k.agent_tier, 0, k.zeros,
-       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, array_send(k.idxs), array_send(k.ns)
+       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, array_send(k.idxs), array_send(k.ns),
+       NULL, NULL
 FROM public.ml_span_rollup_sketch k
 WHERE k.level = 1 AND k.bucket >= (SELECT h FROM b) AND k.bucket < (SELECT d FROM b)
   AND (p_agent IS NULL OR k.agent_name = p_agent)
 UNION ALL
 SELECT k.agent_name, k.agent_tier, 0, k.zeros,
-       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, array_send(k.idxs), array_send(k.ns)
+       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, array_send(k.idxs), array_send(k.ns),
+       NULL, NULL
 FROM public.ml_span_rollup_sketch k
 WHERE k.level = 2 AND k.bucket >= (SELECT d FROM b) AND (p_agent IS NULL OR k.agent_name = p_agent)
 UNION ALL
 SELECT e.agent_name, e.agent_tier, 0, CASE WHEN e.idx IS NULL THEN e.n ELSE 0 END,
        NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        array_send(CASE WHEN e.idx IS NULL THEN '{}'::integer[] ELSE ARRAY[e.idx] END),
-       array_send(CASE WHEN e.idx IS NULL THEN '{}'::integer[] ELSE ARRAY[e.n::integer] END)
+       array_send(CASE WHEN e.idx IS NULL THEN '{}'::integer[] ELSE ARRAY[e.n::integer] END),
+       NULL, NULL
 FROM edge e
 $fn$;
 
@@ -1006,6 +1050,139 @@ BEGIN
     END IF;
 END
 $roles$;
+
+-- --------------------------------------------------------------------------- feedback
+-- ml_observability_feedback: one row per feedback score (log_feedback on the agent or the Opik
+-- facade), on a whole trace (span_id null) or on one span. Its own table, not span attributes:
+-- a score arrives after its trace was stored, perhaps from another process, and is a history
+-- (every score kept; Opik keeps the latest per target and name). Same lock-down as the spans:
+-- RLS with one policy for service_role, nothing for anon / authenticated / PUBLIC.
+CREATE TABLE IF NOT EXISTS public.ml_observability_feedback (
+    feedback_id     text             NOT NULL CHECK (length(feedback_id) > 0),
+    trace_id        text             NOT NULL CHECK (length(trace_id) > 0),
+    span_id         text,
+    name            text             NOT NULL CHECK (length(name) > 0),
+    -- Postgres orders NaN above every number and calls it equal to itself: refused explicitly.
+    value           double precision NOT NULL
+                    CHECK (value <> 'NaN'::float8 AND value > '-Infinity'::float8 AND value < 'Infinity'::float8),
+    reason          text,
+    category_name   text,
+    source          text             NOT NULL DEFAULT 'sdk',
+    created_at      timestamptz      NOT NULL DEFAULT now(),
+    CONSTRAINT ml_observability_feedback_pkey PRIMARY KEY (feedback_id)
+);
+
+COMMENT ON TABLE public.ml_observability_feedback IS
+    'Feedback scores on traces / spans of ml_observability_spans (observability connector). RLS: service_role only.';
+
+-- created_at: metrics windows; (trace_id, span_id): a trace's scores, and the join to its spans.
+CREATE INDEX IF NOT EXISTS idx_ml_observability_feedback_created
+    ON public.ml_observability_feedback (created_at);
+CREATE INDEX IF NOT EXISTS idx_ml_observability_feedback_trace
+    ON public.ml_observability_feedback (trace_id, span_id);
+
+-- obs_insert_feedback(p_rows jsonb) -> integer: inserts an array of feedback rows (the columns by
+-- name; created_at ISO text), skipping ids already stored; returns how many were new. The Supabase
+-- REST backend's write (one RPC, one transaction), and the Postgres backend's too.
+CREATE OR REPLACE FUNCTION public.obs_insert_feedback(p_rows jsonb)
+RETURNS integer
+LANGUAGE sql
+VOLATILE
+SECURITY INVOKER
+SET search_path = public
+AS $fn$
+    WITH added AS (
+        INSERT INTO public.ml_observability_feedback
+            (feedback_id, trace_id, span_id, name, value, reason, category_name, source, created_at)
+        SELECT r.feedback_id, r.trace_id, r.span_id, r.name, r.value, r.reason, r.category_name,
+               coalesce(r.source, 'sdk'), coalesce(r.created_at, now())
+        FROM jsonb_to_recordset(p_rows) AS r(
+            feedback_id text, trace_id text, span_id text, name text, value double precision,
+            reason text, category_name text, source text, created_at timestamptz)
+        ON CONFLICT (feedback_id) DO NOTHING
+        RETURNING 1
+    )
+    SELECT count(*)::integer FROM added
+$fn$;
+
+-- obs_feedback_by_agent(p_since, p_agent, p_trace) -> (agent_name, name, avg_value, n), one row per
+-- (agent, score name) of the scores created since p_since. A span's score belongs to that span's
+-- agent; a trace's score to its root span's agent (no parent, else the earliest span); a score
+-- whose span is not stored (yet) to 'unknown'. The same rule as the SQLite backend.
+CREATE OR REPLACE FUNCTION public.obs_feedback_by_agent(p_since timestamptz, p_agent text, p_trace text)
+RETURNS TABLE (agent_name text, name text, avg_value double precision, n bigint)
+LANGUAGE sql
+STABLE
+SECURITY INVOKER
+SET search_path = public
+AS $fn$
+    SELECT a.agent_name, a.name, avg(a.value), count(*)
+    FROM (
+        SELECT coalesce((
+                   SELECT s.agent_name FROM public.ml_observability_spans s
+                   WHERE s.trace_id = f.trace_id
+                     AND (f.span_id IS NULL OR s.span_id = f.span_id)
+                   ORDER BY (s.parent_span_id IS NULL) DESC, s.start_time
+                   LIMIT 1
+               ), 'unknown') AS agent_name,
+               f.name, f.value
+        FROM public.ml_observability_feedback f
+        WHERE f.created_at >= p_since AND (p_trace IS NULL OR f.trace_id = p_trace)
+    ) a
+    WHERE p_agent IS NULL OR a.agent_name = p_agent
+    GROUP BY a.agent_name, a.name
+    ORDER BY a.agent_name, a.name
+$fn$;
+
+-- obs_delete_old_feedback(p_cutoff) -> integer: deletes the scores created before p_cutoff (retention,
+-- run by `obs-connector cleanup` with the spans) and returns how many went.
+CREATE OR REPLACE FUNCTION public.obs_delete_old_feedback(p_cutoff timestamptz)
+RETURNS integer
+LANGUAGE sql
+VOLATILE
+SECURITY INVOKER
+SET search_path = public
+AS $fn$
+    WITH gone AS (
+        DELETE FROM public.ml_observability_feedback WHERE created_at < p_cutoff RETURNING 1
+    )
+    SELECT count(*)::integer FROM gone
+$fn$;
+
+ALTER TABLE public.ml_observability_feedback ENABLE ROW LEVEL SECURITY;
+REVOKE ALL ON TABLE public.ml_observability_feedback FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.obs_delete_old_feedback(timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.obs_insert_feedback(jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.obs_feedback_by_agent(timestamptz, text, text) FROM PUBLIC;
+
+DO $feedback_roles$
+DECLARE
+    api_role text;
+BEGIN
+    FOREACH api_role IN ARRAY ARRAY['anon', 'authenticated'] LOOP
+        IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = api_role) THEN
+            EXECUTE format('REVOKE ALL ON TABLE public.ml_observability_feedback FROM %I', api_role);
+            EXECUTE format('REVOKE ALL ON FUNCTION public.obs_insert_feedback(jsonb) FROM %I', api_role);
+            EXECUTE format('REVOKE ALL ON FUNCTION public.obs_feedback_by_agent(timestamptz, text, text) FROM %I', api_role);
+            EXECUTE format('REVOKE ALL ON FUNCTION public.obs_delete_old_feedback(timestamptz) FROM %I', api_role);
+        END IF;
+    END LOOP;
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'service_role') THEN
+        GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE public.ml_observability_feedback TO service_role;
+        GRANT EXECUTE ON FUNCTION public.obs_insert_feedback(jsonb) TO service_role;
+        GRANT EXECUTE ON FUNCTION public.obs_feedback_by_agent(timestamptz, text, text) TO service_role;
+        GRANT EXECUTE ON FUNCTION public.obs_delete_old_feedback(timestamptz) TO service_role;
+        IF NOT EXISTS (
+            SELECT 1 FROM pg_policies
+            WHERE schemaname = 'public' AND tablename = 'ml_observability_feedback'
+              AND policyname = 'ml_observability_feedback_service_role_all'
+        ) THEN
+            CREATE POLICY ml_observability_feedback_service_role_all ON public.ml_observability_feedback
+                AS PERMISSIVE FOR ALL TO service_role USING (true) WITH CHECK (true);
+        END IF;
+    END IF;
+END
+$feedback_roles$;
 
 COMMIT;
 

@@ -27,8 +27,6 @@ from typing import Any, Protocol
 from src.agents.ml_foundation.observability_connector.redaction import redact_url
 
 from .circuit_breaker import CircuitBreaker, CircuitState
-from .opik_ids import opik_span_id, opik_trace_id
-from .opik_payloads import feedback_score
 from .opik_settings import OPIK_ENV_VARS, OpikConfig, opik_configured
 
 __all__ = [
@@ -63,11 +61,11 @@ class OpikConnector:
         self.config = config
         self._delivery = delivery
         self._sink = sink
-        self._wire: Any = None
         self._agent_ref: weakref.ref[Any] | None = None
         self._owned_agent: Any = None
         self._lock = threading.Lock()
         self.feedback_sent = 0
+        self._feedback_delivery: DeliveryHandle | None = None
 
     @classmethod
     def from_settings(cls, settings: Any = None, environ: Mapping[str, str] | None = None) -> OpikConnector:
@@ -82,6 +80,10 @@ class OpikConnector:
         """The Opik sink's delivery (status, :meth:`wait_until_sent`); set by the wiring that built it."""
         self._delivery = delivery
         self._sink = sink
+
+    def attach_feedback_delivery(self, delivery: DeliveryHandle) -> None:
+        """The feedback scores' Opik delivery (``opik_feedback``): its status, and :meth:`wait_until_sent`."""
+        self._feedback_delivery = delivery
 
     @property
     def project_name(self) -> str:
@@ -121,13 +123,21 @@ class OpikConnector:
         sink = self._sink
         if sink is not None:
             status["rejections"] = list(getattr(sink, "rejections", ()))[-10:]
+        if self._feedback_delivery is not None:  # the scores' own breaker, counters and backlog
+            status["feedback"] = self._feedback_delivery.status()
         return status
 
     async def wait_until_sent(self, timeout: float | None = 30.0) -> bool:
-        """True once every batch handed to the Opik sink was answered and its spool backlog is empty."""
-        if self._delivery is None:
-            return True
-        return await self._delivery.wait_idle(timeout)
+        """True once every batch handed to the Opik sink (spans, and feedback scores) was answered and
+        its spool backlog is empty."""
+        started = time.monotonic()
+        for delivery in (self._delivery, self._feedback_delivery):
+            if delivery is None:
+                continue
+            left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+            if not await delivery.wait_idle(left):
+                return False
+        return True
 
     async def flush(self, timeout: float | None = 30.0) -> bool:
         """Deliver the bound agent's pending spans, then wait for Opik to have them (within ``timeout``)."""
@@ -233,7 +243,7 @@ class OpikConnector:
 
     async def log_feedback(
         self,
-        trace_id: str,
+        trace_id: str | None,
         name: str,
         value: float,
         *,
@@ -241,27 +251,22 @@ class OpikConnector:
         reason: str | None = None,
         category_name: str | None = None,
     ) -> None:
-        """A feedback score on a trace (or one of its spans), posted to Opik now.
+        """A feedback score on a trace (or one of its spans): the agent's ``log_feedback``.
 
-        The bound agent's finished spans are delivered first, so the score never reaches Opik
-        before the trace it scores. Raises ``OpikRejectedError`` / ``OpikUnavailableError`` when Opik
-        refuses or cannot take it: a score is the caller's own request, not a span to spool.
+        Stored in the feedback table and sent to Opik through the delivery layer (spooled while
+        Opik is down, replayed after), so an outage never raises here; a bad argument raises
+        ``FeedbackInputError`` (a ``ValueError``). The bound agent's finished spans are delivered
+        first, so the score normally follows the trace it scores into Opik.
         """
         agent = self._bound()
         if agent is not None:
-            await self.flush(self.config.request_timeout_s)
-        target = opik_span_id(trace_id, span_id) if span_id else opik_trace_id(trace_id)
-        body = feedback_score(target, name, value, self.config.project_name, reason, category_name)
-        await self._feedback_wire().post_feedback([body], on_spans=span_id is not None)
+            await agent.flush(self.config.request_timeout_s)
+        else:
+            agent = self._agent()
+        await agent.log_feedback(
+            trace_id=trace_id, span_id=span_id, name=name, value=value, reason=reason, category_name=category_name
+        )
         self.feedback_sent += 1
-
-    def _feedback_wire(self) -> Any:
-        wire = getattr(self._sink, "wire", None) or self._wire
-        if wire is None:
-            from .opik_wire import OpikWire
-
-            wire = self._wire = OpikWire(self.config)
-        return wire
 
 
 # --------------------------------------------------------------------------- one per process

@@ -54,6 +54,7 @@ class SpanLike(Protocol):
     output_tokens: int | None
     total_tokens: int | None
     events: list[dict[str, Any]]
+    cost_usd: float | None
     thread_id: str | None
     user_id: str | None
     tags: list[str] | None
@@ -288,6 +289,10 @@ def span_payload(span: SpanLike, project_name: str, tier_names: Mapping[int, str
     usage = _usage(span)
     if usage:
         body["usage"] = usage
+    cost = span.cost_usd
+    if cost is not None:
+        # Ours (genai-prices or an override, as stored): Opik shows it instead of its own estimate.
+        body["total_estimated_cost"] = cost
     error = _error_info(span)
     if error:
         body["error_info"] = error

@@ -237,6 +237,13 @@ def _event(span: Span, service: str | None) -> dict[str, Any]:
         event["input_tokens"] = input_tokens
     if output_tokens is not None:
         event["output_tokens"] = output_tokens
+    cost = attrs.get(genai.COST_TOTAL)
+    # The sender's own figure (ours, exported earlier, or its provider's bill) is kept as the
+    # span's cost; one that is no price (negative, NaN, a string) stays a plain attribute, so
+    # the span is priced from its tokens instead of being refused.
+    if isinstance(cost, int | float) and not isinstance(cost, bool) and 0 <= cost < float("inf"):
+        event["cost_usd"] = float(cost)
+        kept.pop(genai.COST_TOTAL, None)
     # Conversations: the thread and user columns, when the values pass their rule (an odd one
     # stays an attribute only, rather than costing the span).
     for field, value in (("thread_id", thread), ("user_id", attrs.get(genai.USER_ID))):

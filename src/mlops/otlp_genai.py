@@ -17,6 +17,7 @@ __all__ = [
     "CACHE_CREATION_TOKENS",
     "CACHE_READ_TOKENS",
     "CONVERSATION_ID",
+    "COST_TOTAL",
     "ERROR_TYPE",
     "INPUT_TOKENS",
     "OBS_AGENT_TIER",
@@ -60,6 +61,8 @@ OPENINFERENCE_KIND: Final = "openinference.span.kind"
 #: The attribute a received conversation id is also kept under (rows stored before the
 #: ``thread_id`` column existed carry only this one).
 THREAD_ATTRIBUTE: Final = "thread_id"
+#: OpenInference's USD cost of an LLM call (Phoenix shows it); the GenAI conventions have none.
+COST_TOTAL: Final = "llm.cost.total"
 
 #: Row attributes that name a thread, in the order they are looked for.
 _THREAD_KEYS = (CONVERSATION_ID, "langgraph.thread_id", THREAD_ATTRIBUTE)
@@ -132,6 +135,9 @@ def row_attributes(row: Any) -> dict[str, Any]:
         out[ERROR_TYPE] = row.error_type or ("Timeout" if row.status == "timeout" else "Error")
     out[OBS_AGENT_TIER] = int(row.agent_tier)
     out[OBS_STATUS] = row.status
+    cost = getattr(row, "cost_usd", None)
+    if cost is not None:
+        out[COST_TOTAL] = float(cost)
     if "input" in attrs:
         out["input.value"] = attrs["input"]
     if "output" in attrs:

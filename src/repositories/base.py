@@ -11,8 +11,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Final, Literal, get_args
+from typing import TYPE_CHECKING, Final, Literal, get_args
 
+from src.agents.ml_foundation.observability_connector.feedback import Feedback, FeedbackByAgent
 from src.agents.ml_foundation.observability_connector.models import (
     COLUMN_NAMES,
     LatencyStats,
@@ -22,8 +23,10 @@ from src.agents.ml_foundation.observability_connector.models import (
 )
 from src.agents.ml_foundation.observability_connector.rollups import RollupGroup
 
+if TYPE_CHECKING:
+    from src.agents.ml_foundation.observability_connector.pricing import Pricer
+
 __all__ = [
-    "BASE_COLUMNS",
     "COLUMNS",
     "CONVERSATION_LIMIT",
     "GROUPS",
@@ -55,9 +58,6 @@ __all__ = [
 #: The table every backend writes, and its columns in the order of :class:`ObservabilitySpan`.
 TABLE: Final = "ml_observability_spans"
 COLUMNS: Final[tuple[str, ...]] = tuple(COLUMN_NAMES.get(name, name) for name in ObservabilitySpan.model_fields)
-#: The columns every version of the table has (up to ``created_at``); the ones after are nullable
-#: additions, so a loader that writes only these (the benchmarks' bulk loads) leaves them NULL.
-BASE_COLUMNS: Final[tuple[str, ...]] = COLUMNS[: COLUMNS.index("created_at") + 1]
 
 GroupBy = Literal["agent", "tier", "all"]
 
@@ -72,8 +72,9 @@ TTFT_SAMPLE_LIMIT: Final = 10_000
 
 
 #: One span as filtered metrics need it: (agent_name, agent_tier, status, duration_ms, input_tokens,
-#: output_tokens, total_tokens, fallback_used truthy). No attributes, no model: a cheap row.
-MetricRow = tuple[str, int, str, float | None, int | None, int | None, int | None, bool]
+#: output_tokens, total_tokens, fallback_used truthy, an LLM call (a model named), cost_usd). No
+#: attributes: a cheap row.
+MetricRow = tuple[str, int, str, float | None, int | None, int | None, int | None, bool, bool, float | None]
 
 
 def metric_row(span: ObservabilitySpan) -> MetricRow:
@@ -83,7 +84,7 @@ def metric_row(span: ObservabilitySpan) -> MetricRow:
     except Exception:  # an object whose __bool__ raises counts as no fallback
         fallback = False
     return (span.agent_name, span.agent_tier, span.status, span.duration_ms, span.input_tokens,
-            span.output_tokens, span.total_tokens, fallback)  # fmt: skip
+            span.output_tokens, span.total_tokens, fallback, span.llm_model is not None, span.cost_usd)  # fmt: skip
 
 
 def check_conversation_filter(thread_id: str | None, user_id: str | None) -> None:
@@ -364,7 +365,7 @@ class SpanStore(BaseRepository):
     ) -> list[MetricRow]:
         """What filtered metrics read: one :data:`MetricRow` per span of the conversation / user,
         oldest first, at most ``limit``. This default builds them from
-        :meth:`get_conversation_spans`; the SQL backends select the eight values only."""
+        :meth:`get_conversation_spans`; the SQL backends select the ten values only."""
         spans = await self.get_conversation_spans(
             window, thread_id=thread_id, user_id=user_id, agent_name=agent_name, limit=limit
         )
@@ -376,6 +377,34 @@ class SpanStore(BaseRepository):
         parse_window(window)
         return None
 
+    async def raw_cost_groups(
+        self, window: str, agent_name: str | None = None, trace_id: str | None = None
+    ) -> list[RollupGroup]:
+        """The cost figures (``cost_sum``, ``n_unpriced``) per (agent, tier) of the window's raw
+        rows, for questions the rollups cannot answer (a trace filter). This default reads at
+        most ``cost_metrics.RAW_COST_ROWS`` rows (one trace is far fewer); the SQL backends sum
+        in the database instead."""
+        from src.agents.ml_foundation.observability_connector.cost_metrics import RAW_COST_ROWS, cost_groups
+
+        rows = await self.get_spans_by_time_window(
+            window, agent_name=agent_name, trace_id=trace_id, limit=RAW_COST_ROWS
+        )
+        return cost_groups(rows)
+
+    async def price_unpriced(
+        self,
+        pricer: Pricer,
+        since: datetime | None = None,
+        batch_size: int = 1_000,
+        progress: ProgressCallback | None = None,
+    ) -> tuple[int, int]:
+        """Set ``cost_usd`` on stored LLM rows that have none (written before the column or before
+        an override named their model), from ``span_cost.call_cost`` with ``pricer``, rollups
+        kept exact; rows nobody prices stay null. Returns (rows examined, rows priced);
+        ``progress`` gets the running count priced. NotImplementedError where the backend
+        cannot update rows."""
+        raise NotImplementedError(f"the {self.backend} store cannot price stored rows; use its database directly")
+
     async def rebuild_rollups(self, since: datetime | None = None, progress: ProgressCallback | None = None) -> int:
         """Recompute the rollups from the raw rows, whole UTC days from ``since`` (all when None);
         returns the days rebuilt. NotImplementedError where the backend keeps none."""
@@ -384,3 +413,29 @@ class SpanStore(BaseRepository):
     async def verify_rollups(self, since: datetime | None = None) -> list[str]:
         """Every difference between the rollups and the raw rows from ``since`` (empty: consistent)."""
         raise NotImplementedError(f"the {self.backend} store keeps no rollups")
+
+    # -- feedback scores (``ml_observability_feedback``; see feedback.py) ------------------------
+
+    async def insert_feedback_batch(self, items: Sequence[Feedback]) -> BatchInsertResult:
+        """Idempotent write of feedback rows (a replayed ``feedback_id`` is a duplicate, never a copy)."""
+        raise NotImplementedError(f"the {self.backend} store keeps no feedback")
+
+    async def get_feedback_by_agent(
+        self, window: str, agent_name: str | None = None, trace_id: str | None = None
+    ) -> FeedbackByAgent:
+        """``{agent: {name: {"avg", "count"}}}`` of the scores created in the window: a span's score
+        counts for its span's agent, a trace's for its root span's, one without a stored span for
+        ``"unknown"``."""
+        raise NotImplementedError(f"the {self.backend} store keeps no feedback")
+
+    async def get_feedback(self, trace_id: str) -> list[Feedback]:
+        """Every score of one trace, oldest first."""
+        raise NotImplementedError(f"the {self.backend} store keeps no feedback")
+
+    async def find_trace_of_span(self, span_id: str) -> str | None:
+        """The trace id of a stored span known by its span id alone (None: not stored)."""
+        raise NotImplementedError(f"the {self.backend} store cannot look spans up by id")
+
+    async def delete_old_feedback(self, days: int) -> int:
+        """Delete scores given more than ``days`` ago (retention, with the spans); returns the count."""
+        raise NotImplementedError(f"the {self.backend} store keeps no feedback")

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import TYPE_CHECKING
 
+from src.agents.ml_foundation.observability_connector.feedback import Feedback, FeedbackByAgent
 from src.agents.ml_foundation.observability_connector.models import (
     LatencyStats,
     ObservabilitySpan,
     QualityMetrics,
 )
 from src.agents.ml_foundation.observability_connector.rollups import RollupGroup
+
+if TYPE_CHECKING:
+    from src.agents.ml_foundation.observability_connector.pricing import Pricer
 from src.repositories.base import (
     CONVERSATION_LIMIT,
     TTFT_SAMPLE_LIMIT,
@@ -127,8 +132,39 @@ class ObservabilitySpanRepository(SpanStore):
     async def rebuild_rollups(self, since: datetime | None = None, progress: ProgressCallback | None = None) -> int:
         return await self._store.rebuild_rollups(since, progress=progress)
 
+    async def price_unpriced(
+        self,
+        pricer: Pricer,
+        since: datetime | None = None,
+        batch_size: int = 1_000,
+        progress: ProgressCallback | None = None,
+    ) -> tuple[int, int]:
+        return await self._store.price_unpriced(pricer, since, batch_size=batch_size, progress=progress)
+
+    async def raw_cost_groups(
+        self, window: str, agent_name: str | None = None, trace_id: str | None = None
+    ) -> list[RollupGroup]:
+        return await self._store.raw_cost_groups(window, agent_name=agent_name, trace_id=trace_id)
+
     async def verify_rollups(self, since: datetime | None = None) -> list[str]:
         return await self._store.verify_rollups(since)
+
+    async def insert_feedback_batch(self, items: Sequence[Feedback]) -> BatchInsertResult:
+        return await self._store.insert_feedback_batch(items)
+
+    async def get_feedback_by_agent(
+        self, window: str, agent_name: str | None = None, trace_id: str | None = None
+    ) -> FeedbackByAgent:
+        return await self._store.get_feedback_by_agent(window, agent_name=agent_name, trace_id=trace_id)
+
+    async def get_feedback(self, trace_id: str) -> list[Feedback]:
+        return await self._store.get_feedback(trace_id)
+
+    async def find_trace_of_span(self, span_id: str) -> str | None:
+        return await self._store.find_trace_of_span(span_id)
+
+    async def delete_old_feedback(self, days: int) -> int:
+        return await self._store.delete_old_feedback(days)
 
     async def get_conversation_spans(
         self,

@@ -26,11 +26,19 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from src.agents.ml_foundation.observability_connector.feedback import (
+    FEEDBACK_COLUMNS,
+    FEEDBACK_TABLE,
+    Feedback,
+    FeedbackByAgent,
+    feedback_by_agent,
+)
+from src.agents.ml_foundation.observability_connector.json_codec import json_bytes
 from src.agents.ml_foundation.observability_connector.models import (
     LatencyStats,
     ObservabilitySpan,
@@ -62,6 +70,10 @@ from src.repositories.postgres_pool import PostgresPool
 from src.repositories.postgres_rows import row_to_span
 from src.repositories.postgres_schema import SCHEMA_PATH, MigrationReport, migrate
 from src.repositories.rollup_check import compare_keyed
+
+if TYPE_CHECKING:
+    from src.agents.ml_foundation.observability_connector.pricing import Pricer
+
 
 __all__ = [
     "COLUMNS",
@@ -330,10 +342,11 @@ class PostgresSpanRepository(SpanStore):
             params.append(trace_id)
         sql = (
             "SELECT agent_name, agent_tier, status, duration_ms, input_tokens, output_tokens, total_tokens, "
-            f"{_FALLBACK_SQL} FROM {TABLE} WHERE {where} ORDER BY start_time, id LIMIT %s"
+            f"{_FALLBACK_SQL}, llm_model IS NOT NULL, cost_usd "
+            f"FROM {TABLE} WHERE {where} ORDER BY start_time, id LIMIT %s"
         )
         rows = await self._fetchall(sql, [*params, limit], "reading a conversation's metrics")
-        return [(*row[:7], bool(row[7])) for row in rows]
+        return [(*row[:7], bool(row[7]), bool(row[8]), row[9]) for row in rows]
 
     async def get_ttft_samples(
         self,
@@ -366,6 +379,61 @@ class PostgresSpanRepository(SpanStore):
             "reading the status distribution",
         )
         return status_counts(rows)
+
+    async def price_unpriced(
+        self,
+        pricer: Pricer,
+        since: datetime | None = None,
+        batch_size: int = 1_000,
+        progress: ProgressCallback | None = None,
+    ) -> tuple[int, int]:
+        """Batches in (start_time, id) order; each batch's costs are one UPDATE, whose statement
+        trigger moves the rollups by the difference (``obs_rollup_apply``)."""
+        from src.agents.ml_foundation.observability_connector.span_cost import call_cost
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        key: tuple[Any, str] = (since or datetime(1, 1, 1, tzinfo=UTC), "00000000-0000-0000-0000-000000000000")
+        examined, priced = 0, 0
+        while True:  # ends: every batch starts past the last key the previous one read
+            rows = await self._fetchall(_UNPRICED, [since or "-infinity", *key, batch_size], "reading unpriced rows")
+            costs: list[tuple[str, float]] = []
+            for row_id, _start, model, n_in, n_out, attributes in rows:
+                cost = call_cost(pricer, model, n_in, n_out, dict(attributes) if isinstance(attributes, dict) else {})
+                if cost is not None:
+                    costs.append((row_id, cost))
+            if costs:
+                await self._set_costs(costs)
+            examined, priced = examined + len(rows), priced + len(costs)
+            if progress is not None:
+                progress(priced)
+            if len(rows) < batch_size:
+                return examined, priced
+            key = (rows[-1][1], rows[-1][0])
+
+    async def _set_costs(self, costs: list[tuple[str, float]]) -> None:
+        async def op(conn: psycopg.AsyncConnection[Any]) -> None:
+            async with conn.transaction():
+                await conn.execute(_SET_COSTS, ([i for i, _ in costs], [c for _, c in costs]))
+
+        await self._call(op, "setting the costs of stored rows")
+
+    async def raw_cost_groups(
+        self, window: str, agent_name: str | None = None, trace_id: str | None = None
+    ) -> list[RollupGroup]:
+        """Cost summed per (agent, tier) in SQL over the window's LLM rows (a trace filter's path)."""
+        rows = await self._fetchall(
+            f"SELECT agent_name, agent_tier, coalesce(sum(cost_usd), 0), count(*) FILTER (WHERE cost_usd IS NULL) "
+            f"FROM {TABLE} WHERE start_time >= %s AND llm_model IS NOT NULL "
+            "AND (%s::text IS NULL OR agent_name = %s) AND (%s::text IS NULL OR trace_id = %s) "
+            "GROUP BY agent_name, agent_tier",
+            [window_start(window), agent_name, agent_name, trace_id, trace_id],
+            "reading the window's cost",
+        )
+        return [
+            RollupGroup(str(agent), int(tier), cost_sum=float(cost), n_unpriced=int(unpriced))
+            for agent, tier, cost, unpriced in rows
+        ]
 
     async def get_latency_stats(
         self,
@@ -500,6 +568,67 @@ class PostgresSpanRepository(SpanStore):
             avg=avg_d,
         )
 
+    # ------------------------------------------------------------------ feedback
+
+    async def insert_feedback_batch(self, items: Sequence[Feedback]) -> BatchInsertResult:
+        """``obs_insert_feedback``: one statement, one transaction; replayed ids are skipped."""
+        if not items:
+            return BatchInsertResult()
+        payload = json_bytes([item.to_row() for item in items]).decode()
+
+        async def op(conn: psycopg.AsyncConnection[Any]) -> int:
+            cur = await conn.execute("SELECT public.obs_insert_feedback(%s::jsonb)", (payload,))
+            row = await cur.fetchone()
+            return int(row[0]) if row else 0
+
+        inserted = await self._call(op, "storing feedback")
+        return BatchInsertResult(inserted=inserted, duplicates=len(items) - inserted)
+
+    async def get_feedback_by_agent(
+        self, window: str, agent_name: str | None = None, trace_id: str | None = None
+    ) -> FeedbackByAgent:
+        rows = await self._fetchall(
+            "SELECT agent_name, name, avg_value, n "
+            "FROM public.obs_feedback_by_agent(%s::timestamptz, %s::text, %s::text)",
+            [window_start(window), agent_name, trace_id],
+            "reading feedback per agent",
+        )
+        return feedback_by_agent(rows)
+
+    async def get_feedback(self, trace_id: str) -> list[Feedback]:
+        cols = ", ".join(FEEDBACK_COLUMNS)
+        rows = await self._fetchall(
+            f"SELECT {cols} FROM public.{FEEDBACK_TABLE} WHERE trace_id = %s ORDER BY created_at, feedback_id",
+            [trace_id],
+            "reading a trace's feedback",
+        )
+        return [Feedback.model_validate(dict(zip(FEEDBACK_COLUMNS, row, strict=True))) for row in rows]
+
+    async def delete_old_feedback(self, days: int) -> int:
+        if days < 0:
+            raise ValueError(f"days must be zero or positive, got {days}")
+        cutoff = datetime.now(UTC) - timedelta(days=days)
+        rows = await self._fetchall("SELECT public.obs_delete_old_feedback(%s)", [cutoff], "deleting old feedback")
+        return int(rows[0][0]) if rows else 0
+
+    async def find_trace_of_span(self, span_id: str) -> str | None:
+        rows = await self._fetchall(
+            f"SELECT trace_id FROM public.{TABLE} WHERE span_id = %s ORDER BY start_time DESC LIMIT 1",
+            [span_id],
+            "looking a span up by id",
+        )
+        return str(rows[0][0]) if rows else None
+
+
+# ``price_unpriced``: keyset pages of LLM rows without a cost, then their costs in one statement.
+_UNPRICED: Final = f"""
+SELECT id::text, start_time, llm_model, input_tokens, output_tokens, attributes FROM {TABLE}
+WHERE start_time >= %s AND llm_model IS NOT NULL AND cost_usd IS NULL AND (start_time, id) > (%s, %s::uuid)
+ORDER BY start_time, id LIMIT %s"""
+_SET_COSTS: Final = f"""
+UPDATE {TABLE} AS s SET cost_usd = v.cost
+FROM unnest(%s::uuid[], %s::float8[]) AS v (id, cost)
+WHERE s.id = v.id AND s.cost_usd IS NULL"""
 
 # The raw rows and each rollup level summed per UTC day and (agent, tier): ``verify_rollups``.
 _DAY = "date_trunc('day', start_time, 'UTC')"
@@ -515,7 +644,8 @@ SELECT {_DAY}, agent_name, agent_tier, count(*), count(*) FILTER (WHERE status =
                        WHEN 'object'  THEN (attributes -> 'fallback_used') <> '{{}}'::jsonb
                        ELSE false END),
        coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0), coalesce(sum(total_tokens), 0),
-       count(duration_ms), coalesce(sum(duration_ms), 0)
+       count(duration_ms), coalesce(sum(duration_ms), 0), coalesce(sum(cost_usd), 0),
+       count(*) FILTER (WHERE llm_model IS NOT NULL AND cost_usd IS NULL)
 FROM {TABLE} WHERE start_time >= %s GROUP BY 1, 2, 3"""
 _VERIFY_RAW_SKETCH: Final = f"""
 SELECT {_DAY}, agent_name, agent_tier,
@@ -525,7 +655,7 @@ FROM {TABLE} WHERE start_time >= %s AND duration_ms IS NOT NULL GROUP BY 1, 2, 3
 _VERIFY_ROLLED: Final = """
 SELECT date_trunc('day', bucket, 'UTC'), agent_name, agent_tier, sum(n_all), sum(n_ok), sum(n_error),
        sum(n_timeout), sum(n_started), sum(n_fallback), sum(tok_in), sum(tok_out), sum(tok_total),
-       sum(dur_n), sum(dur_sum)
+       sum(dur_n), sum(dur_sum), sum(cost_sum), sum(n_unpriced)
 FROM public.ml_span_rollups WHERE level = %s AND bucket >= %s GROUP BY 1, 2, 3"""
 _VERIFY_ROLLED_SKETCH: Final = """
 SELECT date_trunc('day', k.bucket, 'UTC'), k.agent_name, k.agent_tier, u.i, sum(u.n)

@@ -64,14 +64,14 @@ _STAGE_DDL: Final = f"""CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (
     agent_name text, agent_tier int8, start_time timestamptz, end_time timestamptz,
     duration_ms float8, status text, error_type text, error_message text, attributes text,
     llm_model text, input_tokens int8, output_tokens int8, total_tokens int8, events text,
-    created_at timestamptz, thread_id text, user_id text, tags text[], ttft_ms float8
+    created_at timestamptz, cost_usd float8, thread_id text, user_id text, tags text[], ttft_ms float8
 ) ON COMMIT DELETE ROWS"""
 _STAGE_TYPES: Final = [
     "int4", "text", "text", "text", "text", "text",
     "text", "int8", "timestamptz", "timestamptz",
     "float8", "text", "text", "text", "text",
     "text", "int8", "int8", "int8", "text",
-    "timestamptz", "text", "text", "text[]", "float8",
+    "timestamptz", "float8", "text", "text", "text[]", "float8",
 ]  # fmt: skip
 _COPY_STAGE: Final = f"COPY {_STAGE} (n, {_COLS}) FROM STDIN (FORMAT BINARY)"
 _BEGIN_STAGE: Final = f"BEGIN; {_STAGE_DDL}"
@@ -79,7 +79,7 @@ _INSERT_FROM_STAGE: Final = f"""INSERT INTO {TABLE} ({_COLS})
 SELECT id::uuid, span_id, trace_id, parent_span_id, operation_name, agent_name, agent_tier::int4,
        start_time, end_time, duration_ms, status, error_type, error_message, attributes::jsonb,
        llm_model, input_tokens::int4, output_tokens::int4, total_tokens::int4, events::jsonb, created_at,
-       thread_id, user_id, tags, ttft_ms
+       cost_usd, thread_id, user_id, tags, ttft_ms
 FROM {_STAGE} WHERE n >= {{lo:d}} AND n <= {{hi:d}} ORDER BY n
 ON CONFLICT (trace_id, span_id) DO NOTHING"""
 
@@ -105,7 +105,7 @@ async def _rollback(conn: psycopg.AsyncConnection[Any]) -> None:
 _COPY_TABLE: Final = f"COPY {TABLE} ({_COLS}) FROM STDIN (FORMAT BINARY)"
 _TABLE_TYPES: Final = [
     "uuid", "text", "text", "text", "text", "text", "int4", "timestamptz", "timestamptz", "float8",
-    "text", "text", "text", "jsonb", "text", "int4", "int4", "int4", "jsonb", "timestamptz",
+    "text", "text", "text", "jsonb", "text", "int4", "int4", "int4", "jsonb", "timestamptz", "float8",
     "text", "text", "text[]", "float8",
 ]  # fmt: skip
 

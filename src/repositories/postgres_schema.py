@@ -63,6 +63,20 @@ SELECT 'check ' || c.conname || ': ' || array_to_string(ARRAY(
   FROM pg_constraint c
  WHERE c.conrelid = to_regclass('public.ml_observability_spans') AND c.conname = 'ml_observability_spans_status_check'
 UNION ALL
+SELECT 'table ml_observability_feedback' FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace
+ WHERE ns.nspname = 'public' AND c.relname = 'ml_observability_feedback' AND c.relkind = 'r'
+UNION ALL
+SELECT 'row level security on ml_observability_feedback' FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace
+ WHERE ns.nspname = 'public' AND c.relname = 'ml_observability_feedback' AND c.relrowsecurity
+UNION ALL
+SELECT 'index ' || indexname FROM pg_indexes WHERE schemaname = 'public' AND tablename = 'ml_observability_feedback'
+UNION ALL
+SELECT 'function ' || p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace ns ON ns.oid = p.pronamespace
+ WHERE ns.nspname = 'public'
+   AND p.proname IN ('obs_insert_feedback', 'obs_feedback_by_agent', 'obs_delete_old_feedback')
+UNION ALL
+SELECT 'policy ' || policyname FROM pg_policies WHERE schemaname = 'public' AND tablename = 'ml_observability_feedback'
+UNION ALL
 SELECT 'column ' || a.attname FROM pg_attribute a
  WHERE a.attrelid = to_regclass('public.ml_observability_spans') AND NOT a.attisdropped
    AND a.attname IN ('thread_id', 'user_id', 'tags', 'ttft_ms')

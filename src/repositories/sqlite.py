@@ -24,8 +24,14 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from src.agents.ml_foundation.observability_connector.feedback import (
+    FEEDBACK_TABLE,
+    Feedback,
+    FeedbackByAgent,
+    feedback_by_agent,
+)
 from src.agents.ml_foundation.observability_connector.lifecycle import keep_inherited, watch_after_fork
 from src.agents.ml_foundation.observability_connector.models import (
     LatencyStats,
@@ -35,6 +41,7 @@ from src.agents.ml_foundation.observability_connector.models import (
 )
 from src.agents.ml_foundation.observability_connector.paths import absolute as _absolute
 from src.agents.ml_foundation.observability_connector.rollups import RollupGroup
+from src.repositories import sqlite_feedback
 from src.repositories.base import (
     COLUMNS,
     CONVERSATION_LIMIT,
@@ -54,6 +61,7 @@ from src.repositories.base import (
 )
 from src.repositories.row_values import span_label, utc_text
 from src.repositories.sqlite_connect import SQLiteConnector, StoreCorruptError, StoreNotFoundError
+from src.repositories.sqlite_cost import reprice_batch
 from src.repositories.sqlite_queries import FALLBACK_SQL, GROUP_KEYS, conversation_filters, filters, stats_sql
 from src.repositories.sqlite_rollups import (
     ROLLUPS,
@@ -67,6 +75,9 @@ from src.repositories.sqlite_rollups import (
 )
 from src.repositories.sqlite_rows import reason, row_to_span, span_to_row
 from src.repositories.sqlite_schema import COLS, INSERT, ROW_ERRORS, SCHEMA_VERSION
+
+if TYPE_CHECKING:
+    from src.agents.ml_foundation.observability_connector.pricing import Pricer
 
 __all__ = ["COLUMNS", "SCHEMA_VERSION", "TABLE", "SQLiteSpanRepository", "StoreCorruptError", "StoreNotFoundError"]
 
@@ -398,10 +409,11 @@ class SQLiteSpanRepository(SpanStore):
             params.append(trace_id)
         sql = (
             "SELECT agent_name, agent_tier, status, duration_ms, input_tokens, output_tokens, total_tokens, "
-            f"{FALLBACK_SQL} FROM {TABLE} WHERE {where} ORDER BY start_time, rowid LIMIT ?"
+            f"{FALLBACK_SQL}, llm_model IS NOT NULL, cost_usd "
+            f"FROM {TABLE} WHERE {where} ORDER BY start_time, rowid LIMIT ?"
         )
         rows = await self._run(partial(self._fetchall, sql, [*params, limit]))
-        return [(*row[:7], bool(row[7])) for row in rows]
+        return [(*row[:7], bool(row[7]), bool(row[8]), row[9]) for row in rows]
 
     async def get_ttft_samples(
         self,
@@ -432,6 +444,48 @@ class SQLiteSpanRepository(SpanStore):
         sql = f"SELECT status, COUNT(*) FROM {TABLE} WHERE {where} GROUP BY status"
         rows = await self._run(partial(self._fetchall, sql, params))
         return status_counts(rows)
+
+    async def price_unpriced(
+        self,
+        pricer: Pricer,
+        since: datetime | None = None,
+        batch_size: int = 1_000,
+        progress: ProgressCallback | None = None,
+    ) -> tuple[int, int]:
+        """Batches of ``batch_size`` rows in rowid order, one short write transaction each, so the
+        flusher keeps writing meanwhile (``sqlite_cost``)."""
+        from src.agents.ml_foundation.observability_connector.span_cost import call_cost
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        price = partial(call_cost, pricer)
+        since_text = utc_text(since) if since is not None else ""
+        after, examined, priced = 0, 0, 0
+        while True:  # ends: every batch starts past the last rowid the previous one read
+            n, p, last = await self._run(
+                partial(reprice_batch, since=since_text, after_rowid=after, limit=batch_size, price=price)
+            )
+            examined, priced = examined + n, priced + p
+            if progress is not None:
+                progress(priced)
+            if last is None:
+                return examined, priced
+            after = last
+
+    async def raw_cost_groups(
+        self, window: str, agent_name: str | None = None, trace_id: str | None = None
+    ) -> list[RollupGroup]:
+        """Cost summed per (agent, tier) in SQL over the window's LLM rows (a trace filter's path)."""
+        where, params = filters(window, agent_name, trace_id)
+        sql = (
+            f"SELECT agent_name, agent_tier, COALESCE(SUM(cost_usd), 0.0), SUM(cost_usd IS NULL) FROM {TABLE} "
+            f"WHERE {where} AND llm_model IS NOT NULL GROUP BY agent_name, agent_tier"
+        )
+        rows = await self._run(partial(self._fetchall, sql, params))
+        return [
+            RollupGroup(agent, int(tier), cost_sum=float(cost), n_unpriced=int(unpriced))
+            for agent, tier, cost, unpriced in rows
+        ]
 
     async def get_latency_stats(
         self,
@@ -503,12 +557,12 @@ class SQLiteSpanRepository(SpanStore):
 
     async def rollup_groups(self, window: str, agent_name: str | None = None) -> list[RollupGroup] | None:
         """The window's (agent, tier) groups from the rollups; None on a file opened read-only
-        that predates them (its raw rows answer instead)."""
+        that predates them, or their cost figures (its raw rows answer instead)."""
         since = window_start(window)
         try:
             return await self._run(lambda conn: read_groups(conn, since, agent_name))
         except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc):
+            if "no such table" in str(exc) or (self._read_only and "no such column" in str(exc)):
                 return None
             raise
 
@@ -555,6 +609,45 @@ class SQLiteSpanRepository(SpanStore):
         start = start.replace(hour=0, minute=0, second=0, microsecond=0)
         await self._run(lambda conn: verify(conn, start, problems.append))
         return problems
+
+    # ------------------------------------------------------------------ feedback
+
+    async def insert_feedback_batch(self, items: Sequence[Feedback]) -> BatchInsertResult:
+        """One transaction; a CHECK failure fails the batch (its rows were validated: a bug, not a row)."""
+        if not items:
+            return BatchInsertResult()
+        batch = list(items)
+        inserted = await self._run(lambda conn: sqlite_feedback.insert(conn, batch))
+        return BatchInsertResult(inserted=inserted, duplicates=len(batch) - inserted)
+
+    async def get_feedback_by_agent(
+        self, window: str, agent_name: str | None = None, trace_id: str | None = None
+    ) -> FeedbackByAgent:
+        since = utc_text(window_start(window))
+        params = [since, trace_id, trace_id, agent_name, agent_name]
+        try:
+            rows = await self._run(partial(self._fetchall, sqlite_feedback.BY_AGENT_SQL, params))
+        except sqlite3.OperationalError as exc:
+            if self._read_only and "no such table" in str(exc):  # a file written before feedback existed
+                return {}
+            raise
+        return feedback_by_agent(rows)
+
+    async def get_feedback(self, trace_id: str) -> list[Feedback]:
+        cols = sqlite_feedback.COLUMNS
+        sql = f"SELECT {', '.join(cols)} FROM {FEEDBACK_TABLE} WHERE trace_id = ? ORDER BY created_at, rowid"
+        rows = await self._run(partial(self._fetchall, sql, [trace_id]))
+        return [Feedback.model_validate(dict(zip(cols, row, strict=True))) for row in rows]
+
+    async def find_trace_of_span(self, span_id: str) -> str | None:
+        rows = await self._run(partial(self._fetchall, sqlite_feedback.SPAN_TRACE_SQL, [span_id]))
+        return str(rows[0][0]) if rows else None
+
+    async def delete_old_feedback(self, days: int) -> int:
+        if days < 0:
+            raise ValueError(f"days must be zero or positive, got {days}")
+        cutoff = utc_text(datetime.now(UTC) - timedelta(days=days))
+        return await self._run(lambda conn: sqlite_feedback.delete_before(conn, cutoff))
 
     @staticmethod
     def _fetchall(sql: str, params: Sequence[Any], conn: sqlite3.Connection) -> list[Any]:

@@ -27,7 +27,7 @@ from src.repositories.base import (
     StoreSchemaError,
     StoreUnavailableError,
 )
-from src.repositories.sqlite_schema import MIN_SQLITE, ensure_schema
+from src.repositories.sqlite_schema import MIN_SQLITE, ensure_schema, shadow_added_columns
 
 __all__ = ["SQLiteConnector", "StoreCorruptError", "StoreNotFoundError"]
 
@@ -73,6 +73,7 @@ class SQLiteConnector:
         try:
             if self._read_only:
                 self._check_readable(conn)
+                shadow_added_columns(conn)
                 return conn
             conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
             self._enable_wal(conn)

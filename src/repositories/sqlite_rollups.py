@@ -53,6 +53,7 @@ from src.repositories.sqlite_sketch import (
 __all__ = [
     "ROLLUPS",
     "SKETCH",
+    "adjust_rows",
     "apply_rows",
     "create_rollups",
     "delete_with_rollups",
@@ -79,9 +80,12 @@ _COUNTS: Final = (
     "tok_total",
     "dur_n",
     "dur_sum",
+    "cost_sum",
+    "n_unpriced",
 )
 
-_LOG_COLUMNS: Final = ", ".join(f"{c} {'REAL' if c == 'dur_sum' else 'INTEGER'} NOT NULL" for c in _COUNTS)
+_REAL: Final = frozenset({"dur_sum", "cost_sum"})
+_LOG_COLUMNS: Final = ", ".join(f"{c} {'REAL' if c in _REAL else 'INTEGER'} NOT NULL" for c in _COUNTS)
 
 DDL: Final = (
     f"""CREATE TABLE IF NOT EXISTS {ROLLUPS} (
@@ -89,7 +93,7 @@ DDL: Final = (
     n_all INTEGER NOT NULL, n_ok INTEGER NOT NULL, n_error INTEGER NOT NULL, n_timeout INTEGER NOT NULL,
     n_started INTEGER NOT NULL, n_fallback INTEGER NOT NULL,
     tok_in INTEGER NOT NULL, tok_out INTEGER NOT NULL, tok_total INTEGER NOT NULL,
-    dur_n INTEGER NOT NULL, dur_sum REAL NOT NULL,
+    dur_n INTEGER NOT NULL, dur_sum REAL NOT NULL, cost_sum REAL NOT NULL, n_unpriced INTEGER NOT NULL,
     PRIMARY KEY (level, bucket, agent_name, agent_tier)
 ) WITHOUT ROWID""",
     SKETCH_DDL,
@@ -100,6 +104,8 @@ DDL: Final = (
 )
 
 _IDX: Final = index_sql("duration_ms")
+#: An LLM call (a model named) that has no cost: an unknown model or counts that could not be priced.
+_UNPRICED_SQL: Final = "(llm_model IS NOT NULL AND cost_usd IS NULL)"
 
 
 def _row_figures(sign: int) -> str:
@@ -109,7 +115,8 @@ def _row_figures(sign: int) -> str:
         f"{sign} * SUM(status = 'timeout'), {sign} * SUM(status = 'started'), {sign} * SUM({FALLBACK_SQL}), "
         f"{sign} * COALESCE(SUM(input_tokens), 0), {sign} * COALESCE(SUM(output_tokens), 0), "
         f"{sign} * COALESCE(SUM(total_tokens), 0), {sign} * COUNT(duration_ms), "
-        f"{sign} * COALESCE(SUM(duration_ms), 0.0)"
+        f"{sign} * COALESCE(SUM(duration_ms), 0.0), {sign} * COALESCE(SUM(cost_usd), 0.0), "
+        f"{sign} * SUM({_UNPRICED_SQL})"
     )
 
 
@@ -186,6 +193,12 @@ def create_rollups(conn: sqlite3.Connection) -> bool:
     raw rows when they did not exist (an existing store gains them on its first open). True
     when they were created."""
     found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (ROLLUPS,)).fetchone()
+    if found is not None and "cost_sum" not in {row[1] for row in conn.execute(f"PRAGMA table_info({ROLLUPS})")}:
+        # Rollups from before cost was summed cannot say how many of their LLM calls were
+        # unpriced: dropped and back-filled from the raw rows below (one-off, like their creation).
+        for table in (ROLLUPS, SKETCH, PENDING, FIGURES_LOG):
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
+        found = None
     for statement in DDL:
         conn.execute(statement)
     if found is not None:
@@ -222,6 +235,26 @@ def delete_with_rollups(conn: sqlite3.Connection, select_rowids: str, params: tu
     return cursor.rowcount
 
 
+_CHANGED_TABLE: Final = "temp.obs_changed_spans"
+_CHANGED: Final = f"rowid IN (SELECT rid FROM {_CHANGED_TABLE})"
+
+
+def adjust_rows(conn: sqlite3.Connection, rowids: list[int], change: Callable[[], object]) -> None:
+    """Run ``change`` (an UPDATE of the rows ``rowids`` that leaves their start time, agent, tier
+    and duration alone, such as setting a cost) inside the caller's write transaction, with the
+    rows' figures taken out of the rollups before and put back after: the figures log gets
+    their old and new figures, so the levels move by the difference when it is folded. The
+    latency sketch does not change and is not touched."""
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS obs_changed_spans (rid INTEGER PRIMARY KEY)")
+    conn.execute(f"DELETE FROM {_CHANGED_TABLE}")
+    conn.executemany(f"INSERT OR IGNORE INTO {_CHANGED_TABLE} (rid) VALUES (?)", [(r,) for r in rowids])
+    conn.execute(_log_statement(_CHANGED, -1))
+    change()
+    conn.execute(_log_statement(_CHANGED, 1))
+    conn.execute(f"DELETE FROM {_CHANGED_TABLE}")
+    _fold_if_due(conn)
+
+
 def _bounds(since: datetime) -> dict[str, str]:
     seg = window_segments(since)
     return {
@@ -250,7 +283,8 @@ _RAW_FIGURES: Final = (
     f"agent_name, agent_tier, 1 AS n_all, status = 'ok' AS n_ok, status = 'error' AS n_error, "
     f"status = 'timeout' AS n_timeout, status = 'started' AS n_started, {FALLBACK_SQL} AS n_fallback, "
     "COALESCE(input_tokens, 0) AS tok_in, COALESCE(output_tokens, 0) AS tok_out, "
-    "COALESCE(total_tokens, 0) AS tok_total, duration_ms IS NOT NULL AS dur_n, COALESCE(duration_ms, 0.0) AS dur_sum"
+    "COALESCE(total_tokens, 0) AS tok_total, duration_ms IS NOT NULL AS dur_n, COALESCE(duration_ms, 0.0) AS dur_sum, "
+    f"COALESCE(cost_usd, 0.0) AS cost_sum, {_UNPRICED_SQL} AS n_unpriced"
 )
 
 

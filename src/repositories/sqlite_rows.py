@@ -50,6 +50,7 @@ def span_to_row(span: ObservabilitySpan) -> tuple[Any, ...]:
         span.total_tokens,
         _dumps(span.events, "[]"),
         utc_text(span.created_at),
+        float_or_none(span.cost_usd),
         span.thread_id,
         span.user_id,
         None if not span.tags else _dumps(span.tags, "[]"),

@@ -17,9 +17,10 @@ from src.repositories.base import (
     COLUMNS,
     TABLE,
 )
+from src.repositories.sqlite_feedback import create_feedback
 from src.repositories.sqlite_rollups import create_rollups
 
-__all__ = ["INSERT", "SCHEMA_VERSION", "ensure_schema"]
+__all__ = ["INSERT", "SCHEMA_VERSION", "ensure_schema", "shadow_added_columns"]
 
 #: 2: ``status`` also accepts ``timeout`` (a version-1 table is rebuilt on open, see ensure_schema).
 SCHEMA_VERSION: Final = 2
@@ -55,22 +56,13 @@ CREATE TABLE IF NOT EXISTS {name} (
     total_tokens    INTEGER CHECK (total_tokens IS NULL OR total_tokens >= 0),
     events          TEXT    NOT NULL DEFAULT '[]' CHECK (json_valid(events)),
     created_at      TEXT    NOT NULL,
+    cost_usd        REAL    CHECK (cost_usd IS NULL OR cost_usd >= 0),
     thread_id       TEXT,
     user_id         TEXT,
     tags            TEXT    CHECK (tags IS NULL OR json_valid(tags)),
     ttft_ms         REAL    CHECK (ttft_ms IS NULL OR ttft_ms >= 0),
     UNIQUE (trace_id, span_id)
 )"""
-
-
-#: Columns added after the table's first version, with their definitions: an older table gets
-#: them with ALTER TABLE ... ADD COLUMN (nullable, so existing rows simply read NULL).
-ADDED_COLUMNS: Final = (
-    ("thread_id", "TEXT"),
-    ("user_id", "TEXT"),
-    ("tags", "TEXT CHECK (tags IS NULL OR json_valid(tags))"),
-    ("ttft_ms", "REAL CHECK (ttft_ms IS NULL OR ttft_ms >= 0)"),
-)
 
 
 # The unique key (trace_id, span_id) already serves lookups by trace_id, and the composite
@@ -115,7 +107,7 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
         found = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (TABLE,))
         row = found.fetchone()
         if row is not None:
-            _add_missing_columns(conn)
+            _add_columns(conn)
         if row is not None and "'timeout'" not in row[0]:
             _widen_status_check(conn)
         conn.execute(table_ddl(TABLE))
@@ -123,6 +115,7 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
             conn.execute(statement)
         # The rollup tables, back-filled from the rows already stored when they are new.
         create_rollups(conn)
+        create_feedback(conn)  # feedback scores: their own table (sqlite_feedback.py)
         if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
@@ -132,7 +125,19 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
         raise
 
 
-def _add_missing_columns(conn: sqlite3.Connection) -> None:
+#: Columns added after the table's first release: (name, definition), added to an older table in
+#: place (``ALTER TABLE ... ADD COLUMN``: no copy, the rows read the new column as NULL).
+ADDED_COLUMNS: Final = (
+    ("cost_usd", "REAL CHECK (cost_usd IS NULL OR cost_usd >= 0)"),
+    # conversations (issue 19)
+    ("thread_id", "TEXT"),
+    ("user_id", "TEXT"),
+    ("tags", "TEXT CHECK (tags IS NULL OR json_valid(tags))"),
+    ("ttft_ms", "REAL CHECK (ttft_ms IS NULL OR ttft_ms >= 0)"),
+)
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
     """Give a table made by an older version the columns added since (inside the caller's
     transaction; ADD COLUMN of a nullable column rewrites no row)."""
     present = {row[1] for row in conn.execute(f"PRAGMA table_info({TABLE})")}
@@ -153,6 +158,18 @@ BACKFILL: Final = f"""UPDATE {TABLE}
 SET thread_id = CASE WHEN {_THREAD_TYPE} IN ('text', 'integer', 'real') THEN CAST({_THREAD} AS TEXT) END,
     ttft_ms = CASE WHEN {_TTFT_TYPE} IN ('integer', 'real') AND {_TTFT} >= 0 THEN CAST({_TTFT} AS REAL) END
 WHERE {_THREAD} IS NOT NULL OR {_TTFT} IS NOT NULL"""
+
+
+def shadow_added_columns(conn: sqlite3.Connection) -> None:
+    """On a read-only connection to a file no writer has upgraded yet, show the added columns as
+    NULL: a temporary view of the table's name, which the connection resolves before the
+    file's table (``temp`` comes first), so every read works unchanged and the file is not
+    touched. ``rowid`` is carried for the reads that order by it."""
+    present = {row[1] for row in conn.execute(f"PRAGMA main.table_info({TABLE})")}
+    missing = [name for name, _definition in ADDED_COLUMNS if name not in present]
+    if missing:
+        nulls = ", ".join(f"NULL AS {name}" for name in missing)
+        conn.execute(f"CREATE TEMP VIEW IF NOT EXISTS {TABLE} AS SELECT rowid AS rowid, *, {nulls} FROM main.{TABLE}")
 
 
 def _widen_status_check(conn: sqlite3.Connection) -> None:

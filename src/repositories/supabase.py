@@ -47,6 +47,13 @@ import httpx
 from postgrest.types import CountMethod, ReturnMethod
 from supabase import AsyncClient
 
+from src.agents.ml_foundation.observability_connector.feedback import (
+    FEEDBACK_COLUMNS,
+    FEEDBACK_TABLE,
+    Feedback,
+    FeedbackByAgent,
+    feedback_by_agent,
+)
 from src.agents.ml_foundation.observability_connector.models import (
     LatencyStats,
     ObservabilitySpan,
@@ -104,10 +111,14 @@ RPC_STATUS_DISTRIBUTION: Final = "obs_status_distribution"
 RPC_QUALITY_COUNTS: Final = "obs_quality_counts"
 RPC_DELETE_OLD: Final = "obs_delete_old_spans"
 RPC_ROLLUP_METRICS: Final = "obs_rollup_metrics"
+RPC_INSERT_FEEDBACK: Final = "obs_insert_feedback"
+RPC_FEEDBACK_BY_AGENT: Final = "obs_feedback_by_agent"
+RPC_DELETE_OLD_FEEDBACK: Final = "obs_delete_old_feedback"
 #: The columns of ``obs_rollup_metrics`` in order (``rollups.groups_from_rows`` reads them so).
 _ROLLUP_COLUMNS: Final = (
     "agent_name", "agent_tier", "idx", "n", "n_all", "n_ok", "n_error", "n_timeout", "n_started",
     "n_fallback", "tok_in", "tok_out", "tok_total", "dur_n", "dur_sum", "idxs", "counts",
+    "cost_sum", "n_unpriced",
 )  # fmt: skip
 
 
@@ -484,6 +495,57 @@ class SupabaseSpanRepository(SupabaseClient, SpanStore):
             p99=float_or_none(row.get("p99_ms")),
             avg=float_or_none(row.get("avg_ms")),
         )
+
+    # ------------------------------------------------------------------ feedback
+
+    async def insert_feedback_batch(self, items: Sequence[Feedback]) -> BatchInsertResult:
+        """One RPC per request-sized chunk, ``obs_insert_feedback`` (inserted count, duplicates skipped):
+        the rows were validated, so a refusal is about the request, and the chunk is retried whole."""
+        result = BatchInsertResult()
+        rows = [item.to_row() for item in items]
+        for start in range(0, len(rows), self._max_rows):
+            chunk = rows[start : start + self._max_rows]
+
+            def request(c: AsyncClient, chunk: list[dict[str, Any]] = chunk) -> Awaitable[Any]:
+                return c.rpc(RPC_INSERT_FEEDBACK, {"p_rows": chunk}).execute()
+
+            response = await self._call(RPC_INSERT_FEEDBACK, request)
+            inserted = _scalar_int(response.data)
+            result += BatchInsertResult(inserted=inserted, duplicates=len(chunk) - inserted)
+        return result
+
+    async def get_feedback_by_agent(
+        self, window: str, agent_name: str | None = None, trace_id: str | None = None
+    ) -> FeedbackByAgent:
+        rows = await self._rpc_rows(RPC_FEEDBACK_BY_AGENT, self._rpc_filters(window, agent_name, trace_id))
+        return feedback_by_agent((r.get("agent_name"), r.get("name"), r.get("avg_value"), r.get("n")) for r in rows)
+
+    async def get_feedback(self, trace_id: str) -> list[Feedback]:
+        response = await self._call(
+            "select feedback",
+            lambda c: c.table(FEEDBACK_TABLE).select(*FEEDBACK_COLUMNS).eq("trace_id", trace_id)
+            .order("created_at").order("feedback_id").limit(self._page_size).execute(),
+        )  # fmt: skip
+        return [Feedback.model_validate(row) for row in response.data or []]
+
+    async def delete_old_feedback(self, days: int) -> int:
+        if days < 0:
+            raise ValueError(f"days must be zero or positive, got {days}")
+        cutoff = utc_text(datetime.now(UTC) - timedelta(days=days))
+        response = await self._call(
+            RPC_DELETE_OLD_FEEDBACK, lambda c: c.rpc(RPC_DELETE_OLD_FEEDBACK, {"p_cutoff": cutoff}).execute()
+        )
+        return _scalar_int(response.data)
+
+    async def find_trace_of_span(self, span_id: str) -> str | None:
+        response = await self._call(
+            "select",
+            lambda c: c.table(TABLE).select("trace_id").filter("span_id", "eq", span_id)
+            .order("start_time", desc=True).limit(1).execute(),
+        )  # fmt: skip
+        rows = response.data or []
+        first = rows[0] if isinstance(rows, list) and rows else None
+        return str(first["trace_id"]) if isinstance(first, dict) else None
 
 
 def _conversation_filters(

@@ -54,6 +54,7 @@ def span_to_row(span: ObservabilitySpan) -> dict[str, Any]:
         "total_tokens": span.total_tokens,
         "events": span.events if span.events is not None else [],
         "created_at": utc_text(span.created_at),
+        "cost_usd": finite_or_none(span.cost_usd, "cost_usd"),
         "thread_id": span.thread_id,
         "user_id": span.user_id,
         "tags": span.tags or None,

@@ -371,7 +371,8 @@ def test_cli_trace_prints_the_tree(demo: DemoRun) -> None:
     assert trace_id in out
     assert "orchestrator.route_request" in out
     assert "invoke_agent" in out and "fallback used" in out
-    assert re.search(r"llm\.\S+ .*\[(gpt-4o|gpt-4o-mini|claude-3-5-\w+) \d+→\d+ tok\]", out)
+    # each priced LLM call shows its cost beside its tokens (issue 19)
+    assert re.search(r"llm\.\S+ .*\[(gpt-4o|gpt-4o-mini|claude-3-5-\w+) \d+→\d+ tok \$\d+\.\d{6}\]", out)
     assert "error" in out
 
 

@@ -89,6 +89,16 @@ def test_schema_applies_twice_and_reports_what_it_did(postgres_template: Templat
         "trigger ml_observability_spans_rollup_delete",
         "trigger ml_observability_spans_rollup_update",
         "trigger ml_observability_spans_rollup_truncate",
+        # Feedback scores (log_feedback): their own table, functions and service_role policy.
+        "table ml_observability_feedback",
+        "row level security on ml_observability_feedback",
+        "index ml_observability_feedback_pkey",
+        "index idx_ml_observability_feedback_created",
+        "index idx_ml_observability_feedback_trace",
+        "function obs_insert_feedback(jsonb)",
+        "function obs_feedback_by_agent(timestamp with time zone,text,text)",
+        "function obs_delete_old_feedback(timestamp with time zone)",
+        "policy ml_observability_feedback_service_role_all",
         # Conversations (issue 19): the columns and their partial indexes.
         "column thread_id",
         "column user_id",
@@ -114,7 +124,10 @@ def test_schema_applies_to_a_plain_postgres_without_supabase_roles(postgres_temp
                   ("ml_observability_spans",)) is True  # fmt: skip
 
     again = migrate(postgres_template.plain_dsn)  # the roles exist by now
-    assert again.created == ["policy ml_observability_spans_service_role_all"]
+    assert again.created == [
+        "policy ml_observability_spans_service_role_all",
+        "policy ml_observability_feedback_service_role_all",
+    ]
     assert again.access == {"anon": "denied", "authenticated": "denied", "service_role": "granted"}
 
 
@@ -129,7 +142,10 @@ def test_schema_objects_have_the_promised_properties(postgres_dsn: str) -> None:
             "WHERE proname LIKE 'obs\\_%' AND prokind <> 'a' ORDER BY proname"
         ).fetchall()
         assert [f[0] for f in functions] == [
+            "obs_delete_old_feedback",
             "obs_delete_old_spans",
+            "obs_feedback_by_agent",
+            "obs_insert_feedback",
             "obs_latency_stats",
             "obs_quality_counts",
             "obs_rollup_apply",
@@ -483,10 +499,10 @@ def test_cli_migrate_and_cleanup_on_postgres(postgres_template: TemplateInfo, mo
         first = runner.invoke(app, ["migrate"])
         assert first.exit_code == 0, first.output
         out = flat(first.output)
-        assert "table ml_observability_spans created" in out and "Done: 33 created, 0 already present." in out
+        assert "table ml_observability_spans created" in out and "Done: 42 created, 0 already present." in out
         assert "anon denied" in out and "service_role granted" in out
         second = runner.invoke(app, ["migrate"])
-        assert second.exit_code == 0 and "Nothing to create: 0 created, 33 already present." in flat(second.output)
+        assert second.exit_code == 0 and "Nothing to create: 0 created, 42 already present." in flat(second.output)
 
         now = datetime.now(UTC)
 

@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from src.agents.ml_foundation.observability_connector.cost_metrics import RAW_COST_ROWS, cost_figures, cost_groups
 from src.agents.ml_foundation.observability_connector.latency_sketch import (
     ALPHA,
     ZERO_INDEX,
@@ -140,6 +141,8 @@ _span = st.fixed_dictionaries(
         "duration": _duration,
         "tokens": st.one_of(st.none(), st.tuples(st.integers(0, 5000), st.integers(0, 900))),
         "fallback": st.sampled_from([None, True, False, 0, 1, "", "yes", [], [1], {}, {"a": 1}]),
+        # LLM calls priced, unpriced (a model, no cost) or none: the rollups' cost figures (issue 19)
+        "llm": st.one_of(st.none(), st.tuples(st.just("gpt-4o"), st.one_of(st.none(), st.floats(0, 3.5)))),
     }
 )
 # A history: batches of new spans, replays of earlier batches (all duplicates), batches mixing
@@ -157,6 +160,7 @@ def _row(now: datetime, spec: dict[str, Any]) -> ObservabilitySpan:
     trace_id, span_id = f"{n:032x}", f"{n:016x}"
     tokens = spec["tokens"]
     attributes = {} if spec["fallback"] is None else {"fallback_used": spec["fallback"]}
+    llm = spec.get("llm")
     return ObservabilitySpan(
         id=row_id_for(trace_id, span_id),
         span_id=span_id,
@@ -170,6 +174,8 @@ def _row(now: datetime, spec: dict[str, Any]) -> ObservabilitySpan:
         input_tokens=tokens[0] if tokens else None,
         output_tokens=tokens[1] if tokens else None,
         attributes=attributes,
+        llm_model=llm[0] if llm else None,
+        cost_usd=llm[1] if llm else None,
     )
 
 
@@ -205,6 +211,19 @@ async def _check(store: SpanStore) -> None:
                 assert getattr(rolled_q, name) == getattr(raw_q, name), f"{where} {name}"
             for name in ("success_rate", "error_rate", "timeout_rate", "fallback_rate"):
                 assert getattr(rolled_q, name) == getattr(raw_q, name), f"{where} {name}"
+            # Cost (issue 19): the same four keys from the rollups and from the raw rows.
+            rows = await store.get_spans_by_time_window(window, agent_name=agent, limit=RAW_COST_ROWS)
+            rolled_c, raw_c = cost_figures(groups), cost_figures(cost_groups(rows))
+            assert rolled_c["unpriced_llm_calls"] == raw_c["unpriced_llm_calls"], where
+            for key in ("cost_by_agent", "cost_by_tier"):
+                assert rolled_c[key].keys() == raw_c[key].keys(), f"{where} {key}"
+                for name, usd in raw_c[key].items():
+                    got = rolled_c[key][name]
+                    assert (got is None) == (usd is None), f"{where} {key}[{name}]"
+                    assert usd is None or got == pytest.approx(usd, rel=1e-9, abs=1e-12), f"{where} {key}[{name}]"
+            total = raw_c["total_cost_usd"]
+            assert total is None or rolled_c["total_cost_usd"] == pytest.approx(total, rel=1e-9, abs=1e-12), where
+            assert (total is None) == (rolled_c["total_cost_usd"] is None), where
 
 
 @settings(

@@ -106,6 +106,7 @@ def expected_row(span: ObservabilitySpan) -> dict[str, Any]:
         "total_tokens": span.total_tokens,
         "events": span.events,
         "created_at": span.created_at.astimezone(UTC).isoformat(timespec="microseconds"),
+        "cost_usd": span.cost_usd,
         "thread_id": span.thread_id,
         "user_id": span.user_id,
         "tags": span.tags or None,
@@ -1017,3 +1018,35 @@ async def test_rollup_metrics_rpc(repo: SupabaseSpanRepository, api: Any) -> Non
     assert (quality.total_spans, quality.timeout_count, quality.fallback_rate) == (4, 1, 0.25)
     # Three durations of 10 and 40 ms plus one of zero (n): p50 is a 10 ms bucket, p99 the 40 ms one.
     assert stats.p99_ms == pytest.approx(bucket_value(bucket_index(40.0)), rel=0.03)
+
+
+async def test_rollup_metrics_rpc_carries_cost(repo: SupabaseSpanRepository, api: Any) -> None:
+    """The cost figures of ``obs_rollup_metrics`` (cost_sum, n_unpriced, appended after the sketch
+    columns) reach the metrics answer's cost keys; a database migrated before them answers without
+    those columns and reads as nothing spent, nothing unpriced."""
+    from src.agents.ml_foundation.observability_connector.cost_metrics import cost_figures
+
+    figures = {"n_all": 3, "n_ok": 3, "n_error": 0, "n_timeout": 0, "n_started": 0, "n_fallback": 0,
+               "tok_in": 10, "tok_out": 5, "tok_total": 15, "dur_n": 0, "dur_sum": 0.0}  # fmt: skip
+    rows = [
+        {"agent_name": "explainer", "agent_tier": 5, "idx": None, "n": None, **figures, "idxs": None,
+         "counts": None, "cost_sum": 0.0125, "n_unpriced": 2},
+        {"agent_name": "gap_analyzer", "agent_tier": 2, "idx": None, "n": None, **figures, "idxs": None,
+         "counts": None, "cost_sum": 0.0, "n_unpriced": 1},
+    ]  # fmt: skip
+    api.post("/rpc/obs_rollup_metrics").mock(return_value=httpx.Response(200, json=rows))
+    answer = cost_figures(await repo.rollup_groups("24h") or [])
+    assert answer == {
+        "cost_by_agent": {"explainer": 0.0125, "gap_analyzer": None},
+        "cost_by_tier": {"2": None, "5": 0.0125},
+        "total_cost_usd": 0.0125,
+        "unpriced_llm_calls": 3,
+    }
+    old = [{k: v for k, v in row.items() if k not in ("cost_sum", "n_unpriced")} for row in rows]
+    api.post("/rpc/obs_rollup_metrics").mock(return_value=httpx.Response(200, json=old))
+    assert cost_figures(await repo.rollup_groups("24h") or []) == {
+        "cost_by_agent": {},
+        "cost_by_tier": {},
+        "total_cost_usd": 0.0,
+        "unpriced_llm_calls": 0,
+    }

@@ -125,12 +125,22 @@ async def test_aggregate_metrics_on_an_empty_window_gives_the_host_defaults() ->
         "fallback_invocation_rate": 0.0,
         "status_distribution": {"ok": 0, "error": 0, "timeout": 0},
         "metrics_from_cache": False,
+        "feedback_by_agent": {},
+        # the cost extras (issue 19): no LLM call, so nothing spent and nothing unpriced
+        "cost_by_agent": {},
+        "cost_by_tier": {},
+        "total_cost_usd": 0.0,
+        "unpriced_llm_calls": 0,
+        # time to first token (issue 19): no streamed call
         "ttft_by_agent": {},
         "ttft_by_model": {},
     }
     assert isinstance(result["overall_p95_latency_ms"], float) and isinstance(result["overall_p99_latency_ms"], float)
-    # only its own keys (the input is not echoed): the host's, and the extras beside them
-    assert set(result) == HOST_METRIC_KEYS | {"metrics_from_cache", "ttft_by_agent", "ttft_by_model"}
+    assert isinstance(result["total_cost_usd"], float)
+    cost_keys = {"cost_by_agent", "cost_by_tier", "total_cost_usd", "unpriced_llm_calls"}
+    # only its own keys, the input is not echoed
+    ttft_keys = {"ttft_by_agent", "ttft_by_model"}
+    assert set(result) == HOST_METRIC_KEYS | {"metrics_from_cache", "feedback_by_agent"} | cost_keys | ttft_keys
 
 
 async def test_aggregate_metrics_counts_timeouts_and_keeps_the_host_invariants() -> None:

@@ -110,3 +110,19 @@ def test_page_is_self_contained_and_printable() -> None:
     assert "@media print" in page
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
     assert "<link" not in page and "<img" not in page
+
+
+def test_priced_calls_show_their_cost_in_the_tables_and_the_waterfall() -> None:
+    """Issue 19: spans carry ``cost_usd``; the thread tables (computed from spans) and the trace
+    waterfall show it, and the overview names the unpriced call beside the total."""
+    root = make_span(agent="orchestrator", start=NOW - timedelta(hours=1), duration_ms=9.0)
+    priced = make_span(trace_id=root.trace_id, parent_span_id=root.span_id, agent="gap_analyzer",
+                       start=NOW - timedelta(hours=1), llm_model="gpt-4o", input_tokens=60, output_tokens=110,
+                       total_tokens=170, cost_usd=0.00125)  # fmt: skip
+    unpriced = make_span(trace_id=root.trace_id, parent_span_id=root.span_id, agent="gap_analyzer",
+                         start=NOW - timedelta(hours=1), llm_model="mystery-model", status="error")  # fmt: skip
+    page = render_report(_data([root, priced, unpriced]))
+    assert 'data-key="agent:gap_analyzer" data-metric="cost" data-value="0.00125"' in page
+    assert "gpt-4o · 170 tok · $0.001250" in page
+    assert "cost (+1 unpriced LLM calls)" in page
+    assert 'data-key="agent:orchestrator" data-metric="cost" data-value=""' in page  # no LLM call: not 0

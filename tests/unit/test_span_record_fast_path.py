@@ -76,8 +76,8 @@ def _counting_fast_path(monkeypatch: Any) -> list[bool]:
     built: list[bool] = []
     real = span_emitter._from_record
 
-    def counting(record: Span, tier_of: Any, created_at: Any) -> Any:
-        span = real(record, tier_of, created_at)
+    def counting(record: Span, tier_of: Any, created_at: Any, pricer: Any = None) -> Any:
+        span = real(record, tier_of, created_at, pricer)
         built.append(span is not None)
         return span
 

@@ -468,10 +468,10 @@ async def test_a_version_1_file_is_upgraded_to_accept_timeout_keeping_every_row(
     with sqlite3.connect(path) as conn:
         conn.execute(_VERSION_1_TABLE)
         conn.execute("CREATE INDEX idx_ml_observability_spans_start_time ON ml_observability_spans (start_time)")
-        v1 = COLUMNS[: COLUMNS.index("created_at") + 1]  # the columns a version-1 table has
+        old = list(COLUMNS[: COLUMNS.index("created_at") + 1])  # a version-1 table predates the added columns
         conn.executemany(
-            f"INSERT INTO ml_observability_spans ({', '.join(v1)}) VALUES ({', '.join('?' * len(v1))})",
-            [_span_to_row(span)[: len(v1)] for span in old_rows],
+            f"INSERT INTO ml_observability_spans ({', '.join(old)}) VALUES ({', '.join('?' * len(old))})",
+            [_span_to_row(span)[: len(old)] for span in old_rows],
         )
         conn.execute("PRAGMA user_version = 1")
         with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
@@ -498,6 +498,7 @@ async def test_a_version_1_file_is_upgraded_to_accept_timeout_keeping_every_row(
     conn.close()
     # the rebuild left no second span table behind (the rollup tables are its own)
     assert sorted(tables) == [
+        "ml_observability_feedback",  # feedback scores: a table of their own
         "ml_observability_spans",
         "ml_span_rollup_pending",
         "ml_span_rollup_sketch",

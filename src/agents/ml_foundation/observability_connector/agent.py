@@ -389,6 +389,7 @@ class ObservabilityConnectorAgent(LLMCalls, ContextFactory, BatchDelivery):
             return {**status, "store": None, "spool": None, "cache": None, "opik": None, "otlp": None}
         opik = getattr(context, "opik", None)
         otlp = getattr(context, "otlp_delivery", None)
+        feedback = getattr(context, "feedback_store_delivery", None)
         return {
             **status,
             "store": context.store.describe(),
@@ -397,6 +398,8 @@ class ObservabilityConnectorAgent(LLMCalls, ContextFactory, BatchDelivery):
             "opik": opik.get_status() if opik is not None else {"enabled": False},
             # The OTLP export's delivery: breaker, counters, what it owes (None: export is off).
             "otlp": otlp.status() if otlp is not None else {"enabled": False},
+            # Feedback scores' store delivery (Opik's is under "opik" -> "feedback"); None: no spool.
+            "feedback_store_sink": feedback.status() if feedback is not None else None,
         }
 
     def _spool_status(self, context: ConnectorContext) -> dict[str, Any]:
@@ -505,6 +508,38 @@ class ObservabilityConnectorAgent(LLMCalls, ContextFactory, BatchDelivery):
             metrics["error"] = state["error"]
             metrics["error_type"] = state.get("error_type")
         return metrics
+
+    # -- feedback scores ----------------------------------------------------------------------
+
+    async def log_feedback(
+        self,
+        *,
+        trace_id: str | None = None,
+        span_id: str | None = None,
+        name: str,
+        value: float,
+        reason: str | None = None,
+        category_name: str | None = None,
+    ) -> dict[str, Any]:
+        """A feedback score (``name`` = ``value``) on trace ``trace_id``, or on its span ``span_id``.
+
+        Stored in ``ml_observability_feedback`` and sent to Opik as a feedback score, each through
+        the delivery layer: while a destination is down the score waits in the spool and is
+        replayed, so this never raises for an outage. With ``span_id`` alone the span's trace is
+        looked up in the store. Raises ``FeedbackInputError`` (a ``ValueError``) for a bad
+        argument, naming it. Returns the score's ids and what became of it per destination:
+        ``store`` is ``stored`` / ``spooled`` / ``rejected`` / ``failed``, ``opik`` is ``sent`` /
+        ``pending`` / ``spooled`` / ``rejected`` / ``off`` (see ``feedback_api.py``). Averages
+        per agent and name are the metrics key ``feedback_by_agent`` (the graph's and
+        ``aggregate_metrics``' answer, ``obs-connector metrics``; ``get_quality_metrics`` keeps
+        the host's 13 keys exactly).
+        """
+        from .feedback_api import record_feedback
+
+        return await record_feedback(
+            self, trace_id=trace_id, span_id=span_id, name=name, value=value, reason=reason,
+            category_name=category_name,
+        )  # fmt: skip
 
 
 # The host's Opik facade records its convenience spans (trace_agent & co.) through an agent; it

@@ -101,6 +101,9 @@ class BatchDelivery:
                 delivery.ensure_replaying(lambda replayed: cache.ainvalidate_since(s.start_time for s in replayed))
             else:
                 delivery.ensure_replaying()
+        for delivery in context.feedback_deliveries:  # feedback scores a previous run left behind
+            if delivery.backlogged:
+                delivery.ensure_replaying()
 
     def _spool_at_shutdown(self, records: list[Span]) -> int:
         """Shutdown ran out of time (a sink is stuck): validate, redact and spool what is queued.
@@ -131,6 +134,8 @@ class BatchDelivery:
         # Half the shutdown budget for sends still in flight: the rest of it is the flush's.
         budget = self.context.settings.batching.shutdown_timeout_s / 2
         for delivery in self.context.deliveries:
+            await delivery.aclose(budget)
+        for delivery in self.context.feedback_deliveries:
             await delivery.aclose(budget)
 
     async def flush(self, timeout: float | None = None) -> bool:

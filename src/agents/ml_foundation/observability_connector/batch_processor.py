@@ -197,6 +197,17 @@ class BatchProcessor:
     def running(self) -> bool:
         return self._started and self._bg.is_alive()
 
+    async def run_on_loop(self, work: Awaitable[Any]) -> Any:
+        """Await ``work`` (a coroutine) on the flusher's own loop, from any loop or thread.
+
+        For deliveries that are not span batches (feedback scores): their replay tasks then live
+        on this loop, where :meth:`stop` closes them with the span sinks. Runs it in place when
+        called on the loop itself; ``RuntimeError`` when the flusher is not running.
+        """
+        if self._bg.in_loop():
+            return await work
+        return await asyncio.wrap_future(self._bg.submit(work))  # type: ignore[arg-type]
+
     @property
     def started(self) -> bool:
         return self._started

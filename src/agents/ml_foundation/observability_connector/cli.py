@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from .cli_cost import cost_app
 from .cli_maintenance import cleanup, migrate, replay
 from .cli_rollup import rollup_app
 from .cli_serve import serve
@@ -131,7 +132,8 @@ def metrics(
     thread: Annotated[str | None, typer.Option("--thread", help="Only this conversation's (thread_id) spans.")] = None,
     user: Annotated[str | None, typer.Option("--user", help="Only this user's (user_id) spans.")] = None,
 ) -> None:
-    """Latency, error rate and tokens per agent and per tier, time to first token, and the overall quality score."""
+    """Latency, error rate, tokens and cost per agent and per tier, time to first token, and the overall
+    quality score."""
     from .nodes.metrics_aggregator import compute_metrics
 
     context = open_context(ctx.obj, "read")
@@ -187,6 +189,12 @@ def metrics(
         console.print(ttft)
         console.print()
     console.print(overall_text(fields))
+    from .render import feedback_table
+
+    scores = feedback_table(fields)  # feedback scores (log_feedback), when the window has any
+    if scores is not None:
+        console.print()
+        console.print(scores)
 
 
 @app.command()
@@ -438,6 +446,7 @@ app.command()(migrate)
 app.command()(cleanup)
 app.command()(serve)
 app.add_typer(rollup_app)
+app.add_typer(cost_app)
 
 
 def main() -> None:

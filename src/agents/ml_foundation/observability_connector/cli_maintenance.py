@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -197,7 +198,8 @@ def cleanup(
         ),
     ] = None,
 ) -> None:
-    """Delete spans older than the retention period, in short batches, with a progress bar."""
+    """Delete spans older than the retention period, in short batches, with a progress bar (and the
+    feedback scores given before it)."""
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     context = open_context(ctx.obj, "write")
@@ -213,7 +215,10 @@ def cleanup(
         console=console,
     )
 
+    scores = 0  # feedback scores deleted with the spans
+
     async def run_cleanup() -> int:
+        nonlocal scores
         try:
             with bar:
                 task = bar.add_task("cleanup", total=None)
@@ -221,7 +226,9 @@ def cleanup(
                     keep, batch_size=size, progress=lambda total: bar.update(task, completed=total)
                 )
                 bar.update(task, completed=deleted, total=deleted or 1)
-                return int(deleted)
+            with contextlib.suppress(NotImplementedError):  # a store that keeps no feedback
+                scores = await context.store.delete_old_feedback(keep)
+            return int(deleted)
         finally:
             await close_context(context)
 
@@ -232,3 +239,5 @@ def cleanup(
     except Exception as exc:
         fail(f"cleanup of {context.store.describe()} failed: {describe_failure(exc)}")
     console.print(plain(f"Deleted {deleted:,} spans older than {keep} days from {context.store.describe()}."))
+    if scores:
+        console.print(plain(f"Deleted {scores:,} feedback scores older than {keep} days."))

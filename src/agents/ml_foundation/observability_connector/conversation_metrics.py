@@ -14,8 +14,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .metrics_models import LatencyStats, QualityMetrics, error_rate
+from .rollups import RollupGroup
 
-__all__ = ["Row", "stats_from_rows", "ttft_by"]
+__all__ = ["Row", "cost_groups_of", "stats_from_rows", "ttft_by"]
 
 
 def _at(ordered: Sequence[float], p: float) -> float:
@@ -37,9 +38,10 @@ def _percentiles(values: Sequence[float]) -> tuple[float, float, float] | None:
     return _at(ordered, 0.5), _at(ordered, 0.95), _at(ordered, 0.99)
 
 
-#: (agent_name, agent_tier, status, duration_ms, input_tokens, output_tokens, total_tokens, fallback):
-#: the stores' ``MetricRow`` (``src/repositories/base.py``), repeated here because this layer is below them.
-Row = tuple[str, int, str, float | None, int | None, int | None, int | None, bool]
+#: (agent_name, agent_tier, status, duration_ms, input_tokens, output_tokens, total_tokens, fallback,
+#: an LLM call, cost_usd): the stores' ``MetricRow`` (``src/repositories/base.py``), repeated here
+#: because this layer is below them.
+Row = tuple[str, int, str, float | None, int | None, int | None, int | None, bool, bool, float | None]
 
 
 def _group_stats(key: str, rows: Sequence[Row]) -> LatencyStats:
@@ -88,6 +90,23 @@ def stats_from_rows(window: str, rows: Sequence[Row]) -> tuple[list[LatencyStats
         avg=overall.avg_ms,
     )
     return agents, tiers, quality
+
+
+def cost_groups_of(rows: Iterable[Row]) -> list[RollupGroup]:
+    """The LLM calls of the rows summed per (agent, tier) into the two cost figures of a rollup
+    group (``cost_metrics.cost_figures`` reads them): priced USD, and calls without a price."""
+    groups: dict[tuple[str, int], RollupGroup] = {}
+    for row in rows:
+        if not row[8]:
+            continue
+        group = groups.get((row[0], row[1]))
+        if group is None:
+            group = groups[(row[0], row[1])] = RollupGroup(row[0], row[1])
+        if row[9] is None:
+            group.n_unpriced += 1
+        else:
+            group.cost_sum += row[9]
+    return list(groups.values())
 
 
 def ttft_by(samples: Iterable[tuple[str, str | None, float]]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -93,6 +93,8 @@ class SinkDelivery:
     one of them to finish, then goes to the spool.
     ``replay_task``: False — no background replay task is started by spooling; the backlog moves
     only through :meth:`replay_once` / :meth:`drain` (a command that replays by hand, tests).
+    ``row_model`` / ``key_attr``: for a sink of other rows than spans (feedback scores): the model
+    with ``model_validate`` / ``to_row`` its items are, and the attribute a rejection names.
     """
 
     def __init__(
@@ -108,6 +110,8 @@ class SinkDelivery:
         max_detached: int = 2,
         replay_task: bool = True,
         slot_wait_s: float = 0.5,
+        row_model: Any = None,
+        key_attr: str = "span_id",
     ) -> None:
         self.sink = sink
         self.name = sink.name
@@ -131,6 +135,12 @@ class SinkDelivery:
         self._replaying = False  # one replay attempt at a time, whoever asks (task, drain, CLI)
         self._lease_until = 0.0  # monotonic: this delivery holds the sink's replay lease until then
         self._lease_retry_at = 0.0  # monotonic: another owner held it; look again then
+        self._acquiring: asyncio.Future[bool] | None = None  # a lease acquisition under way (see stop)
+        # What the batches are made of: span rows unless told otherwise (feedback scores,
+        # ``feedback.Feedback``): the pydantic model a spooled row is read back with, and the
+        # attribute naming an item in a per-row rejection.
+        self._row_model: Any = row_model or ObservabilitySpan
+        self._key_attr = key_attr
         watch_after_fork(self)
 
     @property
@@ -148,6 +158,7 @@ class SinkDelivery:
         self._wake = None
         self._replaying = False
         self._lease_until = self._lease_retry_at = 0.0  # the lease is the parent's
+        self._acquiring = None
         self.breaker._after_fork_in_child()
         child_hook = getattr(self.sink, "_after_fork_in_child", None)
         if callable(child_hook):
@@ -263,7 +274,7 @@ class SinkDelivery:
         self.stats.spans_sent += result.delivered
         self.stats.last_success_at = time.time()
         reasons = []
-        by_id = {s.span_id: s for s in spans} if result.rejected else {}
+        by_id = {getattr(s, self._key_attr): s for s in spans} if result.rejected else {}
         for span_id, reason in result.rejected:
             self.stats.dead_lettered += 1
             reasons.append(f"span_id={span_id!r}: rejected by {self.name}: {reason}")
@@ -371,6 +382,12 @@ class SinkDelivery:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._replayer
             self._replayer = None
+        acquiring, self._acquiring = self._acquiring, None
+        if acquiring is not None:  # the replay task may have been cut between taking and noting it
+            if not acquiring.done():
+                with contextlib.suppress(Exception):
+                    await acquiring
+            self._lease_until = time.monotonic()  # released below (only if this owner holds it)
         await self._release_lease()
 
     async def _hold_lease(self) -> bool:
@@ -379,8 +396,12 @@ class SinkDelivery:
         ttl = self.lease_ttl_s
         if now < self._lease_until - ttl / 2:
             return True
+        # Shielded: a replay task cancelled mid-acquisition (stop) must not lose a lease the worker
+        # thread goes on to take; stop() waits for it and gives it back.
+        acquire = asyncio.to_thread(self.spool.acquire_replay, self.name, ttl)
+        acquiring = self._acquiring = asyncio.ensure_future(acquire)
         try:
-            held = await asyncio.to_thread(self.spool.acquire_replay, self.name, ttl)
+            held = await asyncio.shield(acquiring)
         except Exception as exc:  # the spool cannot be written: nothing can be replayed from it now
             log.warning("%s: could not take the spool's replay lease: %s", self.name, describe_failure(exc))
             held = False
@@ -443,7 +464,7 @@ class SinkDelivery:
         if batch.next_attempt_at > time.time() or not self.breaker.allow_request():
             return 0
         try:
-            spans = [ObservabilitySpan.model_validate(row) for row in batch.rows]
+            spans = [self._row_model.model_validate(row) for row in batch.rows]
         except Exception as exc:  # not a span row (a file from another version): kept, never retried
             await asyncio.to_thread(self._unreadable, batch.id, batch.rows, describe_failure(exc))
             return 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import (
     AliasChoices,
@@ -37,6 +37,9 @@ from .rules import (
     normalize_status,
 )
 from .trace_context import new_span_id, new_trace_id
+
+if TYPE_CHECKING:
+    from .pricing import Pricer
 
 
 class ObservabilityEvent(BaseModel):
@@ -76,6 +79,9 @@ class ObservabilityEvent(BaseModel):
     # The trace's sampling decision when the producer already made it (W3C sampled flag);
     # absent: the connector decides from the trace id (see sampling.Sampler).
     sampled: Annotated[bool, Strict()] | None = None
+    # USD the caller already knows (a provider's bill, a gateway's figure); absent: the row
+    # builder prices the call from its model and tokens (span_cost.py).
+    cost_usd: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
     # Conversation fields (``conversation.py``): explicit values win over the attributes the
     # callback handler writes (``langgraph.thread_id``, ``llm.time_to_first_token_ms``).
     thread_id: str | None = None
@@ -148,7 +154,12 @@ class ObservabilityEvent(BaseModel):
         return self
 
     def to_span(
-        self, agent_tier: int, created_at: datetime | None = None, *, sampled_out: bool = False
+        self,
+        agent_tier: int,
+        created_at: datetime | None = None,
+        *,
+        sampled_out: bool = False,
+        pricer: Pricer | None = None,
     ) -> ObservabilitySpan:
         """The stored row for this payload (through :func:`build_row`, as every row is built).
 
@@ -192,6 +203,7 @@ class ObservabilityEvent(BaseModel):
                 "total_tokens": self.tokens_used,
                 "events": list(self.events or []),
                 "created_at": created_at or datetime.now(UTC),
+                "cost_usd": self.cost_usd,
                 "thread_id": self.thread_id,
                 "user_id": self.user_id,
                 "tags": self.tags,
@@ -200,4 +212,5 @@ class ObservabilityEvent(BaseModel):
             self.input_data,
             self.output_data,
             sampled_out=sampled_out,
+            pricer=pricer,
         )

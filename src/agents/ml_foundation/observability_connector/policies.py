@@ -16,9 +16,10 @@ from .sampling import Sampler
 from .settings import ObservabilitySettings
 
 if TYPE_CHECKING:
+    from .pricing import Pricer
     from .redaction import Redactor
 
-__all__ = ["build_redactor", "build_sampler"]
+__all__ = ["build_redactor", "build_sampler", "cached_pricer"]
 
 log = logging.getLogger(__name__)
 
@@ -90,4 +91,22 @@ def build_redactor(settings: ObservabilitySettings | None = None) -> Redactor:
             max_span_bytes=red.max_span_bytes,
             enabled=red.enabled,
         )
+    return found
+
+
+_PRICERS: dict[str, Pricer] = {}
+
+
+def cached_pricer(settings: ObservabilitySettings | None = None) -> Pricer:
+    """The pricer for ``settings.pricing``, one per distinct section: building one turns every
+    override into per-token rates with the price library, too slow to repeat per batch."""
+    from .pricing import build_pricer
+
+    settings = settings or load_settings()
+    key = settings.pricing.model_dump_json()
+    found = _PRICERS.get(key)
+    if found is None:
+        if len(_PRICERS) >= 16:
+            _PRICERS.clear()
+        found = _PRICERS[key] = build_pricer(settings.pricing)
     return found

@@ -48,6 +48,7 @@ __all__ = [
     "Pricer",
     "PricingInputError",
     "build_pricer",
+    "default_pricer",
     "library_version",
     "price_call",
 ]
@@ -360,3 +361,8 @@ def _tier_rates(price: ModelPrice, a: int) -> _TierRates:
 
 
 _DEFAULT: Final = Pricer()
+
+
+def default_pricer() -> Pricer:
+    """The library's prices without overrides (what a row is priced with when nobody passes a pricer)."""
+    return _DEFAULT

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from .config import AgentRegistry
     from .models import ObservabilitySpan
 
-__all__ = ["agent_table", "fmt_ms", "fmt_rate", "overall_text", "tier_table", "trace_tree"]
+__all__ = ["agent_table", "feedback_table", "fmt_ms", "fmt_rate", "fmt_usd", "overall_text", "tier_table", "trace_tree"]
 
 _ERROR_WARN = 0.05
 _ERROR_BAD = 0.15
@@ -29,6 +29,13 @@ _ERROR_BAD = 0.15
 
 def fmt_ms(value: float | None) -> str:
     return "—" if value is None else f"{value:,.1f}"
+
+
+def fmt_usd(value: float | None) -> str:
+    """USD with the digits a per-call price needs (fractions of a cent) and no more for totals."""
+    if value is None:
+        return "—"
+    return f"{value:,.2f}" if value >= 100 else f"{value:.4f}" if value >= 1 else f"{value:.6f}"
 
 
 def fmt_rate(value: float | None) -> str:
@@ -82,6 +89,9 @@ def agent_table(fields: Mapping[str, Any], registry: AgentRegistry, title: str =
     table.add_column("tier", justify="right", no_wrap=True)
     _stat_columns(table)
     table.add_column("tokens", justify="right", no_wrap=True)
+    costs: Mapping[str, float] = fields.get("cost_by_agent") or {}
+    if costs:
+        table.add_column("cost $", justify="right", no_wrap=True)
     rows = sorted({*latency, *errors}, key=lambda name: (_tier_sort_key(registry.tier_of(name)), name))
     for i, name in enumerate(rows):
         stats = latency.get(name) or {}
@@ -89,7 +99,7 @@ def agent_table(fields: Mapping[str, Any], registry: AgentRegistry, title: str =
         rate = float(errors.get(name, 0.0))
         total_tokens = int((tokens.get(name) or {}).get("total", 0) or 0)
         last_of_tier = i + 1 == len(rows) or registry.tier_of(rows[i + 1]) != tier
-        table.add_row(
+        cells: list[Any] = [
             escape(name),
             str(tier),
             f"{int(stats['count']):,}" if "count" in stats else "—",
@@ -98,8 +108,10 @@ def agent_table(fields: Mapping[str, Any], registry: AgentRegistry, title: str =
             fmt_ms(stats.get("p99")),
             Text(fmt_rate(rate), style=_rate_style(rate)),
             f"{total_tokens:,}" if total_tokens else "—",
-            end_section=last_of_tier,
-        )
+        ]
+        if costs:
+            cells.append(fmt_usd(costs.get(name)))
+        table.add_row(*cells, end_section=last_of_tier)
     return table
 
 
@@ -110,6 +122,9 @@ def tier_table(fields: Mapping[str, Any], title: str = "Per tier") -> Table:
     table = _table(title)
     table.add_column("tier", no_wrap=True)
     _stat_columns(table)
+    costs: Mapping[str, float] = fields.get("cost_by_tier") or {}
+    if costs:
+        table.add_column("cost $", justify="right", no_wrap=True)
 
     def key(tier: str) -> int:
         try:
@@ -120,14 +135,17 @@ def tier_table(fields: Mapping[str, Any], title: str = "Per tier") -> Table:
     for tier in sorted({*latency, *errors}, key=key):
         stats = latency.get(tier) or {}
         rate = float(errors.get(tier, 0.0))
-        table.add_row(
+        cells: list[Any] = [
             f"{tier} {escape(str(stats.get('tier_name') or ''))}".strip(),
             f"{int(stats['count']):,}" if "count" in stats else "—",
             fmt_ms(stats.get("p50")),
             fmt_ms(stats.get("p95")),
             fmt_ms(stats.get("p99")),
             Text(fmt_rate(rate), style=_rate_style(rate)),
-        )
+        ]
+        if costs:
+            cells.append(fmt_usd(costs.get(tier)))
+        table.add_row(*cells)
     return table
 
 
@@ -150,6 +168,12 @@ def overall_text(fields: Mapping[str, Any]) -> Text:
     statuses: Mapping[str, int] = fields.get("status_distribution") or {}
     if statuses:  # timeouts show nowhere else: they are not errors
         text.append(" (" + ", ".join(f"{int(n):,} {status}" for status, n in statuses.items()) + ")")
+    if "total_cost_usd" in fields:
+        total = fields.get("total_cost_usd")
+        text.append(f"  ·  cost {'—' if total is None else '$' + fmt_usd(float(total))}")
+        unpriced = int(fields.get("unpriced_llm_calls") or 0)
+        if unpriced:  # not free: nobody knows their price (unknown model, no token counts)
+            text.append(f" + {unpriced:,} unpriced LLM call(s)", style="yellow")
     return text
 
 
@@ -178,7 +202,8 @@ def _span_label(span: ObservabilitySpan, parent_agent: str | None) -> Text:
             tokens = f" {span.input_tokens or 0}→{span.output_tokens or 0} tok"
         elif span.total_tokens is not None:
             tokens = f" {span.total_tokens} tok"
-        label.append(f"  [{span.llm_model or 'llm'}{tokens}]", style="blue")
+        cost = f" ${fmt_usd(span.cost_usd)}" if span.cost_usd is not None else ""
+        label.append(f"  [{span.llm_model or 'llm'}{tokens}{cost}]", style="blue")
     if span.attributes.get("fallback_used"):
         label.append("  fallback used", style="bold yellow")
     _flow_marks(label, span.attributes, span.ttft_ms)
@@ -312,3 +337,20 @@ def trace_tree(spans: Sequence[ObservabilitySpan], trace_id: str | None = None) 
             shown.add(id(span))
             tree.add(label)
     return tree
+
+
+def feedback_table(fields: Mapping[str, Any], title: str = "Feedback per agent") -> Table | None:
+    """``feedback_by_agent`` as a table (agent, score name, average, count); None without scores."""
+    scores: Mapping[str, Mapping[str, Mapping[str, Any]]] = fields.get("feedback_by_agent") or {}
+    if not scores:
+        return None
+    table = _table(title)
+    table.add_column("agent", no_wrap=True)
+    table.add_column("feedback", no_wrap=True)
+    table.add_column("avg", justify="right", no_wrap=True)
+    table.add_column("scores", justify="right", no_wrap=True)
+    for agent in sorted(scores):
+        for name in sorted(scores[agent]):
+            entry = scores[agent][name]
+            table.add_row(escape(agent), escape(name), f"{float(entry['avg']):.3g}", f"{int(entry['count']):,}")
+    return table

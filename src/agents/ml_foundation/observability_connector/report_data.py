@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 from src.repositories.base import parse_window
 from src.repositories.report_queries import ReportFilter, ReportReads, read_report, thread_trace_ids, trace_spans
 
+from .cost_metrics import cost_figures, cost_groups
 from .models import ObservabilitySpan, error_rate
 from .nodes.metrics_aggregator import EMPTY_METRICS, compute_metrics
 
@@ -121,6 +122,7 @@ def fields_from_spans(spans: Sequence[ObservabilitySpan], registry: AgentRegistr
     overall = _latency_entry([s.duration_ms for s in spans if s.duration_ms is not None], len(spans))
     fields["overall_p95_latency_ms"] = overall["p95"] if overall else 0.0
     fields["overall_p99_latency_ms"] = overall["p99"] if overall else 0.0
+    fields.update(cost_figures(cost_groups(spans)))
     return fields
 
 

@@ -85,6 +85,12 @@ def _cost_cell(costs: Mapping[str, Any] | None, key: str, group: str) -> str:
     return _cell(f"${float(value):,.4f}", key=f"{group}:{key}", metric="cost", value=float(value))
 
 
+def _cost_label(fields: Mapping[str, Any]) -> str:
+    """LLM calls nobody prices are named beside the total, which leaves them out (never as free)."""
+    unpriced = int(fields.get("unpriced_llm_calls") or 0)
+    return f"cost (+{unpriced:,} unpriced LLM calls)" if unpriced else "cost"
+
+
 def _tier_order(tier: str) -> tuple[int, str]:
     try:
         n = int(tier)
@@ -162,7 +168,7 @@ def _kpis(data: ReportData) -> str:
         ("overall_p99_latency_ms", fmt_ms(f.get("overall_p99_latency_ms")), "p99 ms"),
         ("errors", f"{int(dist.get('error', 0)):,} / {int(dist.get('timeout', 0)):,}", "errors / timeouts"),
         ("quality_score", f"{float(f.get('quality_score', 0.0)):.3f}", "quality score"),
-        ("total_cost", NOT_PRICED if total_cost is None else f"${float(total_cost):,.4f}", "cost"),
+        ("total_cost", NOT_PRICED if total_cost is None else f"${float(total_cost):,.4f}", _cost_label(f)),
     ]
     values = {"errors": dist.get("error"), "total_cost": total_cost}
     out = []

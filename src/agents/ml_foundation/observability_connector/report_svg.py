@@ -168,6 +168,8 @@ def waterfall_svg(spans: Sequence[ObservabilitySpan]) -> str:
             info += f" · {span.llm_model or 'llm'}"
             if span.total_tokens:
                 info += f" · {span.total_tokens:,} tok"
+            if span.cost_usd is not None:  # issue 19: the call's price, as stored
+                info += f" · ${span.cost_usd:.6f}"
         tip = f"{name} — {span.status}, {info}"
         if span.error_message:
             tip += f" — {span.error_type or 'error'}: {span.error_message}"

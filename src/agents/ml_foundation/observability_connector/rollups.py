@@ -91,14 +91,21 @@ class RollupGroup:
     dur_n: int = 0
     dur_sum: float = 0.0
     sketch: dict[int, int] = field(default_factory=dict)
+    cost_sum: float = 0.0  # USD of the priced LLM calls
+    n_unpriced: int = 0  # LLM calls (llm_model set) without a cost
 
     @classmethod
     def from_figures(cls, agent_name: str, agent_tier: int, figures: Sequence[Any]) -> RollupGroup:
-        """From the eleven summed figures in column order (n_all … dur_n, dur_sum); nulls as 0."""
+        """From the summed figures in column order (n_all … dur_n, dur_sum, then cost_sum,
+        n_unpriced when given); nulls as 0."""
         n = [int(v or 0) for v in figures[:10]]
-        return cls(
+        group = cls(
             agent_name, agent_tier, n[0], n[1], n[2], n[3], n[4], n[5], n[6], n[7], n[8], n[9], float(figures[10] or 0)
         )
+        if len(figures) > 12:
+            group.cost_sum = float(figures[11] or 0)
+            group.n_unpriced = int(figures[12] or 0)
+        return group
 
     def add(self, other: RollupGroup) -> None:
         self.n_all += other.n_all
@@ -112,6 +119,8 @@ class RollupGroup:
         self.tok_total += other.tok_total
         self.dur_n += other.dur_n
         self.dur_sum += other.dur_sum
+        self.cost_sum += other.cost_sum
+        self.n_unpriced += other.n_unpriced
         for index, n in other.sketch.items():
             self.sketch[index] = self.sketch.get(index, 0) + n
 
@@ -140,7 +149,7 @@ def groups_from_rows(rows: Iterable[Sequence[Any]]) -> list[RollupGroup]:
     for agent, tier, idx, n, *rest in rows:
         key = (str(agent), int(tier))
         if idx is None:
-            groups[key] = RollupGroup.from_figures(key[0], key[1], rest[:11])
+            groups[key] = RollupGroup.from_figures(key[0], key[1], (*rest[:11], *rest[13:15]))
         else:
             pairs.setdefault(key, []).append((decode_array_send(rest[11]), decode_array_send(rest[12])))
             zeros[key] = zeros.get(key, 0) + int(n or 0)

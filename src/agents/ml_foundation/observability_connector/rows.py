@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 from hashlib import blake2b
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -20,6 +20,10 @@ from pydantic import (
 from .constants import MAX_INT4
 from .conversation import promote
 from .rules import MIN_TIME, SpanStatus, _aware, normalize_status
+from .span_cost import call_cost
+
+if TYPE_CHECKING:
+    from .pricing import Pricer
 
 #: Deterministic row ids: the same (trace_id, span_id) always gives the same ``id``, so a
 #: replayed batch cannot create a second row even in a store without the unique key.
@@ -67,6 +71,9 @@ class ObservabilitySpan(BaseModel):
     total_tokens: int | None = Field(default=None, ge=0)
     events: list[dict[str, Any]] = Field(default_factory=list)
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    # USD, estimated by the row builder from the model and tokens (pricing.py); None: not an LLM
+    # call, or one nobody prices (counted as unpriced in metrics, never as free).
+    cost_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     # Conversation fields (``conversation.py``): nullable, set explicitly or promoted from the
     # callback handler's attributes by build_row.
     thread_id: str | None = None
@@ -81,7 +88,7 @@ class ObservabilitySpan(BaseModel):
             return {_FIELD_NAMES.get(key, key): value for key, value in data.items()}
         return data
 
-    @field_validator("duration_ms", "ttft_ms", mode="before")
+    @field_validator("duration_ms", "cost_usd", "ttft_ms", mode="before")
     @classmethod
     def _decimal(cls, value: object) -> object:
         return float(value) if isinstance(value, Decimal) else value
@@ -120,7 +127,12 @@ _TEMPLATE = ObservabilitySpan.model_construct(
 
 
 def build_row(
-    values: dict[str, Any], input_data: Any = None, output_data: Any = None, *, sampled_out: bool = False
+    values: dict[str, Any],
+    input_data: Any = None,
+    output_data: Any = None,
+    *,
+    sampled_out: bool = False,
+    pricer: Pricer | None = None,
 ) -> ObservabilitySpan:
     """The stored row of one finished span: the one function both paths use (events and our own
     in-process spans), so every derived value is written once.
@@ -139,6 +151,9 @@ def build_row(
     * ``total_tokens``: input + output when no total was given; ValueError when that sum is
       over the int4 column (the caller's rules let each part through, not their sum);
     * ``error_type``: ``"Error"`` for a failed span that has a message and no type;
+    * ``cost_usd``: an LLM call's price from its provider, model and tokens (``span_cost``, with
+      ``pricer``, default the library's prices) unless ``values`` brings one; None when the model
+      is unknown or the counts cannot be priced (the reason in ``attributes["invalid.cost_usd"]``).
     * ``thread_id`` / ``ttft_ms`` from the callback handler's attributes when not given
       (``conversation.promote``); ``tags`` as a list, or None when there are none.
     """
@@ -158,6 +173,12 @@ def build_row(
             values["total_tokens"] = total
     if values["error_type"] is None and values["status"] == "error" and values["error_message"]:
         values["error_type"] = "Error"
+    if values.get("cost_usd") is None:
+        values["cost_usd"] = (
+            call_cost(pricer, values["llm_model"], values["input_tokens"], values["output_tokens"], attributes)
+            if values["llm_model"] is not None
+            else None
+        )
     promote(values)
     tags = values.get("tags")
     if tags is not None:

@@ -49,11 +49,22 @@ class ConnectorContext:
     store_delivery: Any = None
     opik_delivery: Any = None
     otlp_delivery: Any = None  # OTLP/HTTP export (src.mlops.otlp_sink); None: export is off
+    # Feedback scores behind the same layer (never in the span fan-out): the store's feedback table
+    # (None: no spool, written directly) and Opik's feedback-scores endpoints (None: Opik off).
+    feedback_store_delivery: Any = None
+    opik_feedback_delivery: Any = None
+    # Prices LLM spans (pricing.Pricer); None (the usual case): built from ``settings.pricing``.
+    pricer: Any = None
 
     @property
     def deliveries(self) -> list[Any]:
         """The sinks' deliveries, the store first (what the batch node fans out to)."""
         return [d for d in (self.store_delivery, self.opik_delivery, self.otlp_delivery) if d is not None]
+
+    @property
+    def feedback_deliveries(self) -> list[Any]:
+        """The feedback scores' deliveries, the store first."""
+        return [d for d in (self.feedback_store_delivery, self.opik_feedback_delivery) if d is not None]
 
     @classmethod
     def from_config(cls, settings: ObservabilitySettings | None = None, *, read_only: bool = False) -> ConnectorContext:

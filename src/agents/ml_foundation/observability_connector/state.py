@@ -87,6 +87,7 @@ class ObservabilityConnectorState(InputState, total=False):
     fallback_invocation_rate: float
     status_distribution: dict[str, int]
     metrics_from_cache: bool
+    feedback_by_agent: dict[str, dict[str, dict[str, Any]]]  # beside the host's keys: {agent: {name: {avg, count}}}
     # Extra keys beside the host's (issue 19): time to first token p50 / p95 / count per agent and model.
     ttft_by_agent: dict[str, dict[str, Any]]
     ttft_by_model: dict[str, dict[str, Any]]

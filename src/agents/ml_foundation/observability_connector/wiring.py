@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 from src.mlops.circuit_breaker import CircuitBreaker
 from src.mlops.opik_connector import OpikConnector
+from src.mlops.opik_feedback_sink import OpikFeedbackSink
 from src.mlops.opik_sink import OpikSink
 from src.mlops.otlp_settings import otlp_configured
 
@@ -23,10 +24,11 @@ from .cache import MetricsCache
 from .config_errors import ConfigError
 from .config_file import load_settings
 from .delivery import RetryPolicy, SinkDelivery
+from .feedback import Feedback
 from .registry import AgentRegistry, load_registry
 from .runtime import ConnectorContext
 from .settings import ObservabilitySettings
-from .sinks import StoreSink
+from .sinks import FeedbackStoreSink, StoreSink
 from .spool import Spool, SpoolError
 
 __all__ = [
@@ -113,6 +115,10 @@ class Deliveries(NamedTuple):
     opik: SinkDelivery | None  # the OpikSink's (None: Opik not configured, or no spool)
     connector: OpikConnector | None  # the host's Opik facade for that sink
     otlp: SinkDelivery | None = None  # the OtlpSink's (None: OTLP export off, or no spool)
+    # Feedback scores (log_feedback) behind the same layer: the store's feedback table, and Opik's
+    # feedback-scores endpoints (None: no spool, or Opik off). Never in the span fan-out.
+    feedback_store: SinkDelivery | None = None
+    opik_feedback: SinkDelivery | None = None
 
 
 def build_deliveries(
@@ -122,6 +128,7 @@ def build_deliveries(
     *,
     opik: Any = "auto",
     otlp: Any = "auto",
+    cache: MetricsCache | None = None,
 ) -> Deliveries:
     """Every sink behind its ``SinkDelivery`` (retries, a breaker per sink, the shared spool).
 
@@ -130,6 +137,7 @@ def build_deliveries(
     a spool that cannot be opened is logged, and then the store is written directly and Opik,
     which needs the spool to keep what it cannot send now, is left out. ``otlp`` likewise for the
     OTLP/HTTP export (``otlp.enabled`` / ``OTEL_EXPORTER_OTLP_*ENDPOINT``): detached like Opik.
+    ``cache``: the metrics cache a stored feedback score invalidates (see ``sinks.FeedbackStoreSink``).
     """
     settings = settings or load_settings()
     batching, breaker = settings.batching, settings.circuit_breaker
@@ -157,8 +165,12 @@ def build_deliveries(
         policy = RetryPolicy(batching.retry_initial_s, batching.retry_max_s, batching.sink_timeout_s)
         store_delivery = SinkDelivery(StoreSink(store), spool, policy, breaker=breaker_for("store"))
         otlp_delivery = None if otlp is None else build_otlp_delivery(settings, spool, otlp)
+        feedback_store = SinkDelivery(
+            FeedbackStoreSink(store, cache), spool, policy, breaker=breaker_for("feedback_store"),
+            row_model=Feedback, key_attr="feedback_id",
+        )  # fmt: skip
         if opik is None:
-            return Deliveries(store_delivery, None, None, otlp_delivery)
+            return Deliveries(store_delivery, None, None, otlp_delivery, feedback_store)
         opik_policy = RetryPolicy(batching.retry_initial_s, batching.retry_max_s, 2 * opik.config.request_timeout_s)
         opik_delivery = SinkDelivery(
             opik, spool, opik_policy, breaker=breaker_for("opik"),
@@ -173,8 +185,14 @@ def build_deliveries(
             exc,
         )
         return Deliveries(None, None, None)
+    opik_feedback = SinkDelivery(
+        OpikFeedbackSink(opik.config, wire=opik.wire), spool, opik_policy, breaker=breaker_for("opik_feedback"),
+        wait_s=opik.config.wait_s, max_detached=opik.config.max_requests_in_flight,
+        row_model=Feedback, key_attr="feedback_id",
+    )  # fmt: skip
     connector = OpikConnector(opik.config, delivery=opik_delivery, sink=opik)
-    return Deliveries(store_delivery, opik_delivery, connector, otlp_delivery)
+    connector.attach_feedback_delivery(opik_feedback)
+    return Deliveries(store_delivery, opik_delivery, connector, otlp_delivery, feedback_store, opik_feedback)
 
 
 def build_otlp_delivery(settings: ObservabilitySettings, spool: Spool, sink: Any) -> SinkDelivery:
@@ -207,7 +225,8 @@ def build_context(settings: ObservabilitySettings | None = None, *, read_only: b
             store=store, settings=settings, registry=load_registry(), cache=MetricsCache(settings.cache)
         )
     registry = load_registry()
-    deliveries = build_deliveries(store, settings, registry)
+    cache = MetricsCache(settings.cache)
+    deliveries = build_deliveries(store, settings, registry, cache=cache)
     return ConnectorContext(
         store=store,
         store_delivery=deliveries.store,
@@ -216,5 +235,7 @@ def build_context(settings: ObservabilitySettings | None = None, *, read_only: b
         opik=deliveries.connector,
         settings=settings,
         registry=registry,
-        cache=MetricsCache(settings.cache),
+        cache=cache,
+        feedback_store_delivery=deliveries.feedback_store,
+        opik_feedback_delivery=deliveries.opik_feedback,
     )

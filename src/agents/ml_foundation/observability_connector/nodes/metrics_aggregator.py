@@ -7,7 +7,9 @@ trace filter or a store without rollups, for the requested window and filters, t
 (see ``cache.py``) until the TTL for that window runs out or spans are stored that fall inside it.
 
 The answer has the host's 13 keys and shapes (HOST_CONTRACT.md §1), plus ``count`` in each
-latency group, ``tier_name`` in each tier group and ``metrics_from_cache``:
+latency group, ``tier_name`` in each tier group, ``metrics_from_cache`` and
+``feedback_by_agent`` (``{agent: {name: {"avg", "count"}}}``, from the feedback table: a span's
+score counts for its agent, a trace's for its root span's; window on the score's time):
 
 * ``status_distribution`` is ``{"ok", "error", "timeout"}`` with ok = total − error − timeout,
   so the three sum to ``total_spans_analyzed`` and a span still ``started`` counts as ok; all
@@ -21,6 +23,9 @@ latency group, ``tier_name`` in each tier group and ``metrics_from_cache``:
 * Tiers come from ``agent_tier`` as stored with each span — the registry's tier when it was
   written — so moving an agent to another tier does not rewrite history; agents missing from
   the registry are reported under their own name and tier ``-1`` rather than dropped.
+* Extra cost keys (``cost_metrics.py``): ``cost_by_agent`` / ``cost_by_tier`` (USD of the priced
+  LLM calls, groups with any LLM call), ``total_cost_usd`` and ``unpriced_llm_calls`` (LLM calls
+  whose model nobody prices: never counted as free).
 * Only stored spans are counted: an empty window gives zeros, empty groups, success 1.0 and
   score 1.0, never invented data.
 """
@@ -30,13 +35,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 from langgraph.runtime import Runtime
 
 from src.repositories.base import parse_window, window_start
 
-from ..conversation_metrics import stats_from_rows, ttft_by
+from ..conversation_metrics import cost_groups_of, stats_from_rows, ttft_by
+from ..cost_metrics import cost_figures
+from ..feedback import FeedbackByAgent
 from ..models import LatencyStats
 from ..rollups import latency_stats, quality_metrics
 from ..runtime import ConnectorContext, resolve_context
@@ -110,11 +117,14 @@ async def metrics_from_store(
             window, thread_id=thread_id, user_id=user_id, agent_name=agent_name, trace_id=trace_id
         )
         by_agent, by_tier, quality = stats_from_rows(window, rows)
+        costs = cost_figures(cost_groups_of(rows))
     elif groups is not None:
         by_agent = latency_stats(groups, "agent")
         by_tier = latency_stats(groups, "tier")
         quality = quality_metrics(window, groups)
+        costs = cost_figures(groups)
     else:
+        costs = None
         # Three independent aggregate queries: concurrently, since the store runs them on its own
         # workers (SQLite threads / a Postgres pool).
         by_agent, by_tier, quality = await asyncio.gather(
@@ -122,6 +132,10 @@ async def metrics_from_store(
             store.get_latency_stats(window, agent_name=agent_name, trace_id=trace_id, group_by="tier"),
             store.get_quality_metrics(window, agent_name=agent_name, trace_id=trace_id),
         )
+    feedback = await _feedback_by_agent(store, window, agent_name, trace_id)
+    if costs is None:
+        # The raw path (a trace filter, or a store without rollups): summed by the store.
+        costs = cost_figures(await store.raw_cost_groups(window, agent_name=agent_name, trace_id=trace_id))
     registry = ctx.registry
     latency_by_agent = {s.key: entry for s in by_agent if (entry := _latency(s)) is not None}
     latency_by_tier: dict[str, dict[str, Any]] = {}
@@ -151,6 +165,8 @@ async def metrics_from_store(
             "error": quality.error_count,
             "timeout": quality.timeout_count,
         },
+        **costs,
+        "feedback_by_agent": feedback,
         **ttft,
     }
 
@@ -181,6 +197,16 @@ async def _ttft_metrics(
         return {"ttft_by_agent": {}, "ttft_by_model": {}}
     by_agent, by_model = ttft_by(samples)
     return {"ttft_by_agent": by_agent, "ttft_by_model": by_model}
+
+
+async def _feedback_by_agent(store: Any, window: str, agent_name: str | None, trace_id: str | None) -> FeedbackByAgent:
+    """Feedback scores per agent and name, beside the host's keys; {} from a store that keeps none."""
+    try:
+        return cast(
+            FeedbackByAgent, await store.get_feedback_by_agent(window, agent_name=agent_name, trace_id=trace_id)
+        )
+    except NotImplementedError:
+        return {}
 
 
 async def compute_metrics(

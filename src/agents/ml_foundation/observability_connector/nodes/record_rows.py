@@ -25,6 +25,7 @@ from ..models import (
     ObservabilitySpan,
     build_row,
 )
+from ..pricing import Pricer
 from ..spans import Span
 
 _id_ok = _ID_CHARS.fullmatch
@@ -93,7 +94,9 @@ def _conversation(value: Any) -> tuple[str | None, str | None, list[str] | None]
     return thread_id, user_id, list(tags)
 
 
-def _from_record(record: Span, tier_of: Any, created_at: datetime) -> ObservabilitySpan | None:
+def _from_record(
+    record: Span, tier_of: Any, created_at: datetime, pricer: Pricer | None = None
+) -> ObservabilitySpan | None:
     """The row for a span recorded in this process, without an event model (None: take the full path).
 
     Our own ``Span`` objects need no event dict and no validation by pydantic: every field has
@@ -193,6 +196,7 @@ def _from_record(record: Span, tier_of: Any, created_at: datetime) -> Observabil
                 "total_tokens": total,
                 "events": list(record._events) if record._events else [],
                 "created_at": created_at,
+                "cost_usd": None,
                 "thread_id": thread_id,
                 "user_id": user_id,
                 "tags": tags,
@@ -201,6 +205,7 @@ def _from_record(record: Span, tier_of: Any, created_at: datetime) -> Observabil
             record.input_data,
             record.output_data,
             sampled_out=not record.sampled,
+            pricer=pricer,
         )
     except ValueError:  # input + output tokens over int4: the full path says so
         return None

@@ -40,7 +40,7 @@ from ..models import (
     ObservabilitySpan,
     describe_validation_error,
 )
-from ..policies import build_redactor, build_sampler
+from ..policies import build_redactor, build_sampler, cached_pricer
 from ..redaction import Redactor, install_log_redaction, redact_text
 from ..runtime import ConnectorContext, resolve_context
 from ..sampling import check_sample_rate
@@ -220,6 +220,7 @@ async def validate_spans(
         registry = ctx.registry
         sampler = ctx.sampler or build_sampler(ctx.settings)
         redactor = ctx.redactor or build_redactor(ctx.settings)
+        pricer = ctx.pricer or cached_pricer(ctx.settings)
     except Exception as exc:
         message = redact_text(f"{type(exc).__name__}: {exc}")
         return {"validated_spans": [], "emission_errors": list(state.get("emission_errors") or []),
@@ -272,7 +273,7 @@ async def validate_spans(
     for index, raw in enumerate(events):
         try:
             if raw.__class__ is Span:
-                span = _from_record(raw, tier_of, now)  # type: ignore[arg-type]
+                span = _from_record(raw, tier_of, now, pricer)  # type: ignore[arg-type]
                 if span is not None:
                     if uncapped and raw.sampled is True:  # type: ignore[union-attr]
                         validated.append(span)  # Sampler.decide(..., True, cap >= 1) is always True
@@ -328,7 +329,9 @@ async def validate_spans(
                     span.attributes["trace_sampled_out"] = True  # the row's own attributes dict
             else:
                 try:
-                    span = event.to_span(tier_of(event.agent_name), created_at=now, sampled_out=sampled_out_kept)
+                    span = event.to_span(
+                        tier_of(event.agent_name), created_at=now, sampled_out=sampled_out_kept, pricer=pricer
+                    )
                 except (ValidationError, ValueError, OverflowError) as exc:  # the event's checks make this rare
                     payload = item.payload
                     reason = describe_validation_error(exc, payload) if isinstance(exc, ValidationError) else str(exc)
