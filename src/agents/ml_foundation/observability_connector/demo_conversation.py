@@ -43,7 +43,8 @@ CONVERSATION_AGENT = "resource_optimizer"
 
 
 class ReviewState(TypedDict, total=False):
-    plan: ConversationPlan
+    # The plan stays out of the state: the checkpointer would serialise it, and LangGraph warns
+    # about (and will refuse) deserialising a type it was not told about.
     proposal: str
     decision: str
     applied: str
@@ -55,13 +56,12 @@ def _trace_of(config: RunnableConfig) -> list[str]:
     return [context.trace_id] if context is not None else []
 
 
-def _build_graph() -> Any:
+def _build_graph(plan: ConversationPlan) -> Any:
     spec = AGENT_SPECS[CONVERSATION_AGENT]
     llm = DemoChatModel(model=spec.model, provider=spec.provider)
     solve = TOOLS["solve_allocation"]
 
     async def propose(state: ReviewState, config: RunnableConfig) -> dict[str, Any]:
-        plan = state["plan"]
         solved = await solve.ainvoke({"query": plan.question, "latency_ms": plan.tool_ms}, config)
         messages = [
             SystemMessage(f"You are the {spec.name} agent; you {spec.purpose}."),
@@ -75,7 +75,6 @@ def _build_graph() -> Any:
         return {"decision": str(decision), "trace_ids": _trace_of(config)}
 
     async def apply(state: ReviewState, config: RunnableConfig) -> dict[str, Any]:
-        plan = state["plan"]
         messages = [
             SystemMessage("Confirm the applied allocation in one sentence."),
             HumanMessage(f"Approved ({state['decision']}): {state['proposal']}"),
@@ -106,7 +105,7 @@ class ConversationOutcome:
 
 async def run_conversation(obs: ObservabilityConnectorAgent, plan: ConversationPlan) -> ConversationOutcome:
     """Turn 1 streams the proposal and pauses; turn 2 resumes it with the human's answer."""
-    graph = _build_graph()
+    graph = _build_graph(plan)
     # Unique per run: demo runs sharing a store must not merge into one conversation.
     thread_id = f"{plan.thread_prefix}-{uuid.uuid4().hex[:8]}"
     config: Any = {
@@ -114,7 +113,7 @@ async def run_conversation(obs: ObservabilityConnectorAgent, plan: ConversationP
         "configurable": {"thread_id": thread_id},
     }
     shown: list[str] = []
-    async for chunk, _meta in graph.astream({"plan": plan}, config, stream_mode="messages"):
+    async for chunk, _meta in graph.astream({"trace_ids": []}, config, stream_mode="messages"):
         shown.append(str(chunk.content))  # a chat UI would print these as they arrive
     paused = await graph.aget_state(config)
     question = str(paused.interrupts[0].value["question"]) if paused.interrupts else ""

@@ -7,9 +7,8 @@ carries a figure of the metrics answer also carries it unformatted in ``data-val
 group in ``data-key`` and the figure's name in ``data-metric``), so a test or a script can check
 the page against ``obs-connector metrics --json`` without parsing formatted text.
 
-Cost waits for issue 19: the column shows the metrics answer's ``cost_by_agent`` /
-``cost_by_tier`` when present and "not priced" otherwise — never 0, which would claim the calls
-were free.
+Cost: the column shows the metrics answer's ``cost_by_agent`` / ``cost_by_tier``; a group whose
+LLM calls have no price says "not priced" — never 0, which would claim the calls were free.
 """
 
 from __future__ import annotations

@@ -139,7 +139,7 @@ def waterfall_svg(spans: Sequence[ObservabilitySpan]) -> str:
     t0 = min(s.start_time for s in spans)
     ends = [s.end_time or (s.start_time + timedelta(milliseconds=s.duration_ms or 0)) for s in spans]
     total_ms = max(max((e - t0).total_seconds() * 1000 for e in ends), 0.001)
-    width, row_h, label_w, info_w, head = 940, 18, 250, 230, 18
+    width, row_h, label_w, info_w, head = 940, 18, 250, 270, 18
     plot_w = width - label_w - info_w
     height = head + row_h * len(rows) + 4
     parts = [
@@ -165,7 +165,8 @@ def waterfall_svg(spans: Sequence[ObservabilitySpan]) -> str:
         label = ("\u2003" * min(depth, 8)) + (name if len(name) <= 38 - 2 * min(depth, 8) else name[:36] + "…")
         info = _fmt_ms(dur) if span.duration_ms is not None else span.status
         if span.llm_model or span.total_tokens:
-            info += f" · {span.llm_model or 'llm'}"
+            if not span.llm_model or span.llm_model not in label:  # "llm.<model>" shows it already
+                info += f" · {span.llm_model or 'llm'}"
             if span.total_tokens:
                 info += f" · {span.total_tokens:,} tok"
             if span.cost_usd is not None:  # issue 19: the call's price, as stored
@@ -176,7 +177,7 @@ def waterfall_svg(spans: Sequence[ObservabilitySpan]) -> str:
         parts.append(
             f'<g><title>{esc(tip)}</title><text x="2" y="{y + 12}" {_FONT}>{esc(label)}</text>'
             f'<rect x="{x:.1f}" y="{y + 3}" width="{w:.1f}" height="{row_h - 6}" rx="2" fill="{colour}"/>'
-            f'<text x="{width - info_w + 6}" y="{y + 12}" {_FONT} fill="#333">{esc(info[:44])}</text></g>'
+            f'<text x="{width - info_w + 6}" y="{y + 12}" {_FONT} fill="#333">{esc(info[:46])}</text></g>'
         )
     parts.append("</svg>")
     return "".join(parts)
