@@ -39,11 +39,12 @@ from typing import Any, cast
 
 from langgraph.runtime import Runtime
 
-from src.repositories.base import parse_window, window_start
+from src.repositories.base import CONVERSATION_LIMIT, parse_window, window_start
 
 from ..conversation_metrics import cost_groups_of, stats_from_rows, ttft_by
 from ..cost_metrics import cost_figures
 from ..feedback import FeedbackByAgent
+from ..log_gate import LogGate
 from ..models import LatencyStats
 from ..rollups import latency_stats, quality_metrics
 from ..runtime import ConnectorContext, resolve_context
@@ -52,6 +53,7 @@ from ..state import ObservabilityConnectorState
 __all__ = ["EMPTY_METRICS", "aggregate_metrics", "compute_metrics", "metrics_from_store"]
 
 log = logging.getLogger(__name__)
+_capped_log = LogGate()
 
 DEFAULT_WINDOW = "24h"
 
@@ -116,6 +118,17 @@ async def metrics_from_store(
         rows = await store.get_conversation_metric_rows(
             window, thread_id=thread_id, user_id=user_id, agent_name=agent_name, trace_id=trace_id
         )
+        if len(rows) >= CONVERSATION_LIMIT and _capped_log.open():
+            # Never silent: the answer covers the window's oldest CONVERSATION_LIMIT spans only.
+            log.warning(
+                "metrics filtered by thread %r / user %r over %s: more than %d spans, computed from the "
+                "oldest %d (narrow the window for the rest)",
+                thread_id,
+                user_id,
+                window,
+                CONVERSATION_LIMIT,
+                CONVERSATION_LIMIT,
+            )
         by_agent, by_tier, quality = stats_from_rows(window, rows)
         costs = cost_figures(cost_groups_of(rows))
     elif groups is not None:
