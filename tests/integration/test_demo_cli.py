@@ -274,6 +274,9 @@ def test_the_conversation_pauses_for_a_human_and_resumes_on_its_thread(demo: Dem
     out = demo.console_output
     for text in ("One conversation, as stored", "paused (interrupt)", f"resumes {first_id}", "first token", thread):
         assert text in out, text
+    assert f"obs-connector trace --thread {thread}" in out  # where to read the whole conversation
+    for span in (*first, *second):  # the column, not only the handler's attribute
+        assert span.thread_id == thread
 
 
 def test_same_seed_same_workload_but_fresh_ids(tmp_path: Path) -> None:

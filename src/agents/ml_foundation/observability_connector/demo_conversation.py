@@ -175,5 +175,6 @@ async def report_conversation(
     for trace_id in outcome.trace_ids:
         console.print(trace_tree(await store.get_spans_by_trace_id(trace_id), trace_id))
     if outcome.trace_ids:
-        console.print(f"      [bold]obs-connector trace {outcome.trace_ids[-1]}[/]   the resumed turn's tree")
+        hint = f"obs-connector trace --thread {outcome.thread_id}"
+        console.print(f"      [bold]{hint}[/]   the whole conversation, turn by turn")
     return {"thread_id": outcome.thread_id, "turns": turns}
