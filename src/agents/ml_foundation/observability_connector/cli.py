@@ -25,7 +25,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -44,6 +44,7 @@ from .cli_support import (
     open_context,
     plain,
     run_sync,
+    store_job,
     validate_window,
 )
 
@@ -138,18 +139,13 @@ def metrics(
 
     context = open_context(ctx.obj, "read")
 
-    async def query() -> tuple[dict[str, Any], bool, float]:
-        try:
-            return await compute_metrics(context, window, agent, trace, thread, user)
-        finally:
-            await close_context(context)
-
-    try:
-        fields, from_cache, age = run_sync(query)
-    except ValueError as exc:  # validated above; kept so a store-side rejection is still clean
-        fail(str(exc), EXIT_USAGE)
-    except Exception as exc:
-        fail(f"reading metrics from {context.store.describe()} failed: {describe_failure(exc)}")
+    # ValueError: validated above; kept so a store-side rejection is still clean.
+    fields, from_cache, age = store_job(
+        context,
+        "reading metrics from {store}",
+        lambda: compute_metrics(context, window, agent, trace, thread, user),
+        usage=(ValueError,),
+    )
 
     if as_json:
         payload = {
@@ -219,18 +215,12 @@ def report(
 
     context = open_context(ctx.obj, "read")
 
-    async def query() -> Any:
-        try:
-            return await gather_report(context, window, agent, thread)
-        finally:
-            await close_context(context)
-
-    try:
-        data = run_sync(query)
-    except ValueError as exc:
-        fail(str(exc), EXIT_USAGE)
-    except Exception as exc:
-        fail(f"reading the report from {context.store.describe()} failed: {describe_failure(exc)}")
+    data = store_job(
+        context,
+        "reading the report from {store}",
+        lambda: gather_report(context, window, agent, thread),
+        usage=(ValueError,),
+    )
     page = render_report(data)
     try:
         html_file.write_text(page, encoding="utf-8")
@@ -264,16 +254,9 @@ def trace(
     assert trace_id is not None
     context = open_context(ctx.obj, "read")
 
-    async def query() -> list[Any]:
-        try:
-            return await context.store.get_spans_by_trace_id(trace_id)
-        finally:
-            await close_context(context)
-
-    try:
-        spans = run_sync(query)
-    except Exception as exc:
-        fail(f"reading trace {trace_id!r} from {context.store.describe()} failed: {describe_failure(exc)}")
+    spans = store_job(
+        context, f"reading trace {trace_id!r} from {{store}}", lambda: context.store.get_spans_by_trace_id(trace_id)
+    )
     if not spans:
         fail(
             f"no spans stored for trace {trace_id!r} in {context.store.describe()}. "
@@ -288,16 +271,11 @@ def _conversation(ctx: typer.Context, thread_id: str) -> None:
 
     context = open_context(ctx.obj, "read")
 
-    async def query() -> list[Any]:
-        try:
-            return await context.store.get_conversation_spans(None, thread_id=thread_id)
-        finally:
-            await close_context(context)
-
-    try:
-        spans = run_sync(query)
-    except Exception as exc:
-        fail(f"reading thread {thread_id!r} from {context.store.describe()} failed: {describe_failure(exc)}")
+    spans = store_job(
+        context,
+        f"reading thread {thread_id!r} from {{store}}",
+        lambda: context.store.get_conversation_spans(None, thread_id=thread_id),
+    )
     if not spans:
         fail(
             f"no spans stored for thread {thread_id!r} in {context.store.describe()}. Threads come from "

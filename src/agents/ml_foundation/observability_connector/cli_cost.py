@@ -13,17 +13,7 @@ from typing import Annotated
 
 import typer
 
-from .cli_rollup import _SINCE_HELP, _since
-from .cli_support import (
-    EXIT_USAGE,
-    close_context,
-    describe_failure,
-    fail,
-    make_console,
-    open_context,
-    plain,
-    run_sync,
-)
+from .cli_support import SINCE_HELP, make_console, open_context, plain, since_day, store_job
 
 __all__ = ["cost_app"]
 
@@ -38,29 +28,23 @@ cost_app = typer.Typer(
 @cost_app.command()
 def reprice(
     ctx: typer.Context,
-    since: Annotated[str | None, typer.Option("--since", help=_SINCE_HELP)] = None,
+    since: Annotated[str | None, typer.Option("--since", help=SINCE_HELP)] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=100_000, help="Rows per transaction.")] = 1000,
 ) -> None:
     """Set the cost of stored LLM rows without one, from the configured prices; rollups follow."""
     from .policies import cached_pricer
 
-    start = _since(since)
+    start = since_day(since)
     context = open_context(ctx.obj, "write")
     store = context.store
     pricer = context.pricer or cached_pricer(context.settings)
 
-    async def run() -> tuple[int, int]:
-        try:
-            return await store.price_unpriced(pricer, start, batch_size=batch_size)
-        finally:
-            await close_context(context)
-
-    try:
-        examined, priced = run_sync(run)
-    except NotImplementedError as exc:
-        fail(str(exc), EXIT_USAGE)
-    except Exception as exc:
-        fail(f"pricing the stored rows of {store.describe()} failed: {describe_failure(exc)}")
+    examined, priced = store_job(
+        context,
+        "pricing the stored rows of {store}",
+        lambda: store.price_unpriced(pricer, start, batch_size=batch_size),
+        usage=(NotImplementedError,),
+    )
     scope = f"from {start:%Y-%m-%d}" if start else "of every stored day"
     left = examined - priced
     make_console().print(

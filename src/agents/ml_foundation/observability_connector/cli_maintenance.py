@@ -23,6 +23,7 @@ from .cli_support import (
     open_context,
     plain,
     run_sync,
+    store_job,
 )
 
 __all__ = ["cleanup", "migrate", "replay"]
@@ -125,16 +126,10 @@ def migrate(
     context = open_context(ctx.obj)
 
     async def ensure() -> int:
-        try:
-            await context.store.open()
-            return int(await context.store.count_spans())
-        finally:
-            await close_context(context)
+        await context.store.open()
+        return int(await context.store.count_spans())
 
-    try:
-        count = run_sync(ensure)
-    except Exception as exc:
-        fail(f"preparing {context.store.describe()} failed: {describe_failure(exc)}")
+    count = store_job(context, "preparing {store}", ensure)
     make_console().print(
         plain(f"{context.store.describe()}: schema ready (the embedded store creates it itself); {count:,} spans")
     )
@@ -219,25 +214,17 @@ def cleanup(
 
     async def run_cleanup() -> int:
         nonlocal scores
-        try:
-            with bar:
-                task = bar.add_task("cleanup", total=None)
-                deleted = await context.store.delete_old_spans(
-                    keep, batch_size=size, progress=lambda total: bar.update(task, completed=total)
-                )
-                bar.update(task, completed=deleted, total=deleted or 1)
-            with contextlib.suppress(NotImplementedError):  # a store that keeps no feedback
-                scores = await context.store.delete_old_feedback(keep)
-            return int(deleted)
-        finally:
-            await close_context(context)
+        with bar:
+            task = bar.add_task("cleanup", total=None)
+            deleted = await context.store.delete_old_spans(
+                keep, batch_size=size, progress=lambda total: bar.update(task, completed=total)
+            )
+            bar.update(task, completed=deleted, total=deleted or 1)
+        with contextlib.suppress(NotImplementedError):  # a store that keeps no feedback
+            scores = await context.store.delete_old_feedback(keep)
+        return int(deleted)
 
-    try:
-        deleted = run_sync(run_cleanup)
-    except ValueError as exc:
-        fail(str(exc), EXIT_USAGE)
-    except Exception as exc:
-        fail(f"cleanup of {context.store.describe()} failed: {describe_failure(exc)}")
+    deleted = store_job(context, "cleanup of {store}", run_cleanup, usage=(ValueError,))
     console.print(plain(f"Deleted {deleted:,} spans older than {keep} days from {context.store.describe()}."))
     if scores:
         console.print(plain(f"Deleted {scores:,} feedback scores older than {keep} days."))

@@ -7,6 +7,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EXIT_NOT_FOUND",
     "EXIT_USAGE",
+    "SINCE_HELP",
     "CliOptions",
     "cli_settings",
     "close_context",
@@ -30,6 +32,8 @@ __all__ = [
     "open_context",
     "plain",
     "run_sync",
+    "since_day",
+    "store_job",
     "validate_window",
 ]
 
@@ -155,11 +159,62 @@ def open_context(options: CliOptions | None, mode: StoreMode = "create", *, prob
         fail(str(exc), EXIT_USAGE)
 
 
+SINCE_HELP = "Only the UTC days from this one on: a date (2026-12-01) or a window back from now (7d, 24h)."
+
+
+def since_day(value: str | None) -> datetime | None:
+    """``--since`` as the start of a UTC day (rollup rebuild / verify and cost reprice work in whole days)."""
+    if value is None:
+        return None
+    from src.repositories.base import window_start
+
+    try:
+        moment = window_start(value)
+    except ValueError:
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            fail(f"--since {value!r} is neither a date (2026-12-01) nor a window (7d, 24h)", EXIT_USAGE)
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return moment.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
 def run_sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     try:
         return asyncio.run(make())
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+
+
+def store_job(
+    context: ConnectorContext,
+    what: str,
+    work: Callable[[], Coroutine[Any, Any, T]],
+    *,
+    usage: tuple[type[BaseException], ...] = (),
+) -> T:
+    """Run one command's work on the store, close the context whatever happens, and turn a failure
+    into the one-line error every command gives.
+
+    ``what`` names the work with ``{store}`` where the store's description goes ("reading metrics
+    from {store}"). An exception of a ``usage`` type (a window the store refused, an operation the
+    backend cannot do) exits 2 with its own message; anything else exits 1.
+    """
+
+    async def run() -> T:
+        try:
+            return await work()
+        finally:
+            await close_context(context)
+
+    try:
+        return run_sync(run)
+    except usage as exc:
+        fail(str(exc), EXIT_USAGE)
+    except Exception as exc:
+        # The last "{store}" is ours: an id quoted earlier in ``what`` may hold the same text.
+        head, _, tail = what.rpartition("{store}")
+        fail(f"{head}{context.store.describe()}{tail} failed: {describe_failure(exc)}")
 
 
 async def close_context(ctx: ConnectorContext) -> None:
