@@ -29,6 +29,9 @@ __all__ = ["SpanLike", "TraceBook", "feedback_score", "iso", "json_safe", "span_
 MAX_TAGS = 50
 _MAX_DEPTH = 24
 _MAX_STR = 32_768
+#: The callback handler's link from a resumed run to the trace it continues (callback_payloads).
+RESUMES_ATTRIBUTE = "langgraph.resumes_trace_id"
+
 #: Attribute keys that become Opik's own fields rather than metadata.
 _LIFTED = frozenset({"input", "output", "metadata", "llm.provider"})
 
@@ -349,7 +352,7 @@ class _TraceSummary:
 class _Root:
     """The root span's part of the trace record, converted once when the root arrives."""
 
-    __slots__ = ("agent_name", "end_time", "error_info", "input", "operation_name", "output", "span_id")
+    __slots__ = ("agent_name", "end_time", "error_info", "input", "operation_name", "output", "resumes", "span_id")
 
     def __init__(self, span: SpanLike) -> None:
         self.operation_name = span.operation_name
@@ -362,6 +365,9 @@ class _Root:
         value = attrs.get("output")
         self.output = _io(value) if value is not None else None
         self.error_info = _error_info(span)
+        # A resumed LangGraph run names the trace it continues by our id; Opik knows it by its own.
+        value = attrs.get(RESUMES_ATTRIBUTE)
+        self.resumes = opik_trace_id(value) if isinstance(value, str) and value else None
 
 
 def _conversation(summary: _TraceSummary, span: SpanLike) -> None:
@@ -470,6 +476,8 @@ class TraceBook:
         if root is not None:
             metadata["root_span_id"] = root.span_id
             metadata["root_agent"] = root.agent_name
+            if root.resumes is not None:
+                metadata["resumes_trace_id"] = root.resumes
             if root.end_time is not None:
                 body["end_time"] = iso(max(root.end_time, s.end) if s.end is not None else root.end_time)
             if root.input is not None:

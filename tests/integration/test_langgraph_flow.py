@@ -562,5 +562,11 @@ async def test_opik_receives_the_conversation_with_its_thread_link_and_ttft(make
             assert "llm.time_to_first_token_ms" not in body["metadata"]
     resumed = rig.receiver.spans[opik_span_id(second_root.trace_id, second_root.span_id)]
     assert resumed["metadata"]["langgraph.resumes_trace_id"] == first_root.trace_id
+    # The resumed trace names the paused one by Opik's id (a link Opik can follow), and both
+    # traces carry the thread, which Opik groups into one conversation.
+    second_trace = rig.receiver.traces[opik_trace_id(second_root.trace_id)]
+    assert second_trace["metadata"]["resumes_trace_id"] == opik_trace_id(first_root.trace_id)
+    assert "resumes_trace_id" not in rig.receiver.traces[opik_trace_id(first_root.trace_id)]["metadata"]
+    assert {t.get("thread_id") for t in rig.receiver.traces.values()} == {thread}
     paused = rig.receiver.spans[opik_span_id(first_root.trace_id, first_root.span_id)]
     assert paused["metadata"]["langgraph.interrupted"] is True
