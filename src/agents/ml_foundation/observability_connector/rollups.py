@@ -142,7 +142,8 @@ def decode_array_send(data: bytes | str | None) -> Any:
 def groups_from_rows(rows: Iterable[Sequence[Any]]) -> list[RollupGroup]:
     """The rows of ``obs_rollup_metrics`` (Postgres, and Supabase over RPC) as groups: rows with
     a null ``idx`` carry a group's figures; the others one sketch (zero durations ``n``, then
-    ``array_send`` of its index and count arrays), summed here per index with numpy."""
+    ``array_send`` of its index and count arrays), summed here per index with numpy; ``idx``
+    -1 marks a sketch to subtract (the prefix at the window's first sealed hour)."""
     groups: dict[tuple[str, int], RollupGroup] = {}
     pairs: dict[tuple[str, int], list[tuple[Any, Any]]] = {}
     zeros: dict[tuple[str, int], int] = {}
@@ -151,7 +152,8 @@ def groups_from_rows(rows: Iterable[Sequence[Any]]) -> list[RollupGroup]:
         if idx is None:
             groups[key] = RollupGroup.from_figures(key[0], key[1], (*rest[:11], *rest[13:15]))
         else:
-            pairs.setdefault(key, []).append((decode_array_send(rest[11]), decode_array_send(rest[12])))
+            counts = decode_array_send(rest[12])
+            pairs.setdefault(key, []).append((decode_array_send(rest[11]), -counts if idx == -1 else counts))
             zeros[key] = zeros.get(key, 0) + int(n or 0)
     for key, group in groups.items():
         group.sketch = pairs_to_sketch(pairs.get(key, []), zeros.get(key, 0))
