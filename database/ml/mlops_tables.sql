@@ -1055,7 +1055,8 @@ $backfill$;
 -- sketches from the same minute rows plus prefix(f) - prefix(h) when h < f. So a window costs
 -- two prefix arrays per agent plus at most ~2 hours of minute arrays, whatever its length. It
 -- seals first (obs_rollup_seal), hence VOLATILE (PostgREST calls it with POST).
--- Each part is its own range on a primary key (an OR of ranges would not use the index).
+-- The bounds are plpgsql variables, so each call is planned with them as constants
+-- (force_custom_plan) and every OR'ed range is one index range (a BitmapOr).
 CREATE OR REPLACE FUNCTION public.obs_rollup_metrics(p_since timestamptz, p_agent text DEFAULT NULL)
 RETURNS TABLE (
     agent_name text, agent_tier integer, idx integer, n bigint,
@@ -1087,17 +1088,16 @@ BEGIN
                s.total_tokens, s.duration_ms, s.llm_model, s.cost_usd
         FROM public.ml_observability_spans s
         WHERE s.start_time >= p_since AND s.start_time < m AND (p_agent IS NULL OR s.agent_name = p_agent)
-    ), parts (level, lo, hi) AS (
-        VALUES (0::smallint, m, h), (0::smallint, greatest(h, f), 'infinity'::timestamptz),
-               (1::smallint, h, least(f, d)), (1::smallint, greatest(d, s2), f), (2::smallint, d, s2)
     ), totals AS (
         SELECT r.agent_name, r.agent_tier, r.n_all, r.n_ok, r.n_error, r.n_timeout, r.n_started, r.n_fallback,
                r.tok_in, r.tok_out, r.tok_total, r.dur_n, r.dur_sum, r.cost_sum, r.n_unpriced
-        FROM parts p CROSS JOIN LATERAL (
-            SELECT * FROM public.ml_span_rollups r
-            WHERE r.level = p.level AND r.bucket >= p.lo AND r.bucket < p.hi
-              AND (p_agent IS NULL OR r.agent_name = p_agent)) AS r
-        WHERE p.lo < p.hi
+        FROM public.ml_span_rollups r
+        WHERE ((r.level = 0 AND r.bucket >= m AND r.bucket < h)
+               OR (r.level = 0 AND r.bucket >= greatest(h, f))
+               OR (r.level = 1 AND r.bucket >= h AND r.bucket < least(f, d))
+               OR (r.level = 1 AND r.bucket >= greatest(d, s2) AND r.bucket < f)
+               OR (r.level = 2 AND r.bucket >= d AND r.bucket < s2))
+          AND (p_agent IS NULL OR r.agent_name = p_agent)
         UNION ALL
         SELECT s.agent_name, s.agent_tier, 1, (s.status = 'ok')::int, (s.status = 'error')::int,
                (s.status = 'timeout')::int, (s.status = 'started')::int,
@@ -1129,11 +1129,9 @@ BEGIN
     SELECT k.agent_name, k.agent_tier, 0, k.zeros,
            NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, array_send(k.idxs), array_send(k.ns),
            NULL, NULL
-    FROM parts p CROSS JOIN LATERAL (
-        SELECT * FROM public.ml_span_rollup_sketch k
-        WHERE k.level = 0 AND k.bucket >= p.lo AND k.bucket < p.hi
-          AND (p_agent IS NULL OR k.agent_name = p_agent)) AS k
-    WHERE p.level = 0 AND p.lo < p.hi
+    FROM public.ml_span_rollup_sketch k
+    WHERE ((k.level = 0 AND k.bucket >= m AND k.bucket < h) OR (k.level = 0 AND k.bucket >= greatest(h, f)))
+      AND (p_agent IS NULL OR k.agent_name = p_agent)
     UNION ALL
     SELECT k.agent_name, k.agent_tier, k.sgn, CASE WHEN k.sgn < 0 THEN -k.zeros ELSE k.zeros END,
            NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, array_send(k.idxs), array_send(k.ns),
