@@ -1118,6 +1118,13 @@ BEGIN
                     ELSE ceil(ln(s.duration_ms) / 0.020000666706669435)::integer END AS idx,
                count(*) AS n
         FROM raw s WHERE s.duration_ms IS NOT NULL GROUP BY 1, 2, 3
+    ), mins AS (
+        -- The minute sketches of the window (its first hour's edge and the unsealed hour), summed
+        -- per (agent, tier) here: ~100 small arrays per agent would cost more to ship and decode.
+        SELECT k.agent_name, k.agent_tier, k.idxs, k.ns, k.zeros
+        FROM public.ml_span_rollup_sketch k
+        WHERE ((k.level = 0 AND k.bucket >= m AND k.bucket < h) OR (k.level = 0 AND k.bucket >= greatest(h, f)))
+          AND (p_agent IS NULL OR k.agent_name = p_agent)
     )
     SELECT t.agent_name, t.agent_tier, NULL::integer, NULL::bigint,
            sum(t.n_all)::bigint, sum(t.n_ok)::bigint, sum(t.n_error)::bigint, sum(t.n_timeout)::bigint,
@@ -1126,12 +1133,16 @@ BEGIN
            sum(t.cost_sum)::double precision, sum(t.n_unpriced)::bigint
     FROM totals t GROUP BY t.agent_name, t.agent_tier
     UNION ALL
-    SELECT k.agent_name, k.agent_tier, 0, k.zeros,
-           NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, array_send(k.idxs), array_send(k.ns),
-           NULL, NULL
-    FROM public.ml_span_rollup_sketch k
-    WHERE ((k.level = 0 AND k.bucket >= m AND k.bucket < h) OR (k.level = 0 AND k.bucket >= greatest(h, f)))
-      AND (p_agent IS NULL OR k.agent_name = p_agent)
+    SELECT z.agent_name, z.agent_tier, 0, z.zeros,
+           NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+           array_send(coalesce(x.idxs, '{}'::integer[])), array_send(coalesce(x.ns, '{}'::integer[])), NULL, NULL
+    FROM (SELECT k.agent_name, k.agent_tier, sum(k.zeros)::bigint AS zeros FROM mins k GROUP BY 1, 2) AS z
+    LEFT JOIN (
+        SELECT y.agent_name, y.agent_tier, array_agg(y.i) AS idxs, array_agg(y.n) AS ns
+        FROM (SELECT k.agent_name, k.agent_tier, u.i, sum(u.n)::integer AS n
+              FROM mins k, unnest(k.idxs, k.ns) AS u (i, n) GROUP BY 1, 2, 3 HAVING sum(u.n) <> 0) AS y
+        GROUP BY 1, 2
+    ) AS x ON x.agent_name = z.agent_name AND x.agent_tier = z.agent_tier
     UNION ALL
     SELECT k.agent_name, k.agent_tier, k.sgn, CASE WHEN k.sgn < 0 THEN -k.zeros ELSE k.zeros END,
            NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, array_send(k.idxs), array_send(k.ns),
