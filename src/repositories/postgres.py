@@ -461,11 +461,13 @@ class PostgresSpanRepository(SpanStore):
                 for level in (0, 1, 2):
                     if level and sealed is None:
                         continue
-                    end = ends[level] or datetime.max.replace(tzinfo=UTC)
+                    end = ends[level] or datetime.max.replace(tzinfo=UTC)  # level 0: every row
                     raw = await (await conn.execute(_VERIFY_RAW, (start, end))).fetchall()
                     rolled = await (await conn.execute(_VERIFY_ROLLED, (level, start))).fetchall()
                     compare_keyed(f"level {level} totals", raw, rolled, 3, problems.append)
-                raw_sketch = await (await conn.execute(_VERIFY_RAW_SKETCH, (start, datetime.max.replace(tzinfo=UTC)))).fetchall()
+                raw_sketch = await (
+                    await conn.execute(_VERIFY_RAW_SKETCH, (start, datetime.max.replace(tzinfo=UTC)))
+                ).fetchall()
                 rolled_sketch = await (await conn.execute(_VERIFY_ROLLED_SKETCH, {"since": start})).fetchall()
                 compare_keyed("level 0 sketch", raw_sketch, rolled_sketch, 4, problems.append)
                 if sealed is not None:

@@ -51,7 +51,8 @@ SELECT 'function ' || p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace
         'obs_int_array_cat', 'obs_rollup_seal', 'obs_rollup_prefix_statements', 'obs_pairs_merge')
 UNION ALL
 SELECT 'table ' || c.relname FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace
- WHERE ns.nspname = 'public' AND c.relname IN ('ml_span_rollups', 'ml_span_rollup_sketch', 'ml_span_rollup_prefix', 'ml_span_rollup_state')
+ WHERE ns.nspname = 'public' AND c.relname IN
+       ('ml_span_rollups', 'ml_span_rollup_sketch', 'ml_span_rollup_prefix', 'ml_span_rollup_state')
    AND c.relkind = 'r'
 UNION ALL
 SELECT 'trigger ' || t.tgname FROM pg_trigger t

@@ -416,7 +416,8 @@ async def test_postgres_late_writes_correct_the_sealed_past(postgres_dsn: str) -
         await _check(repo)
         # verify reads the prefixes too: a drifted one is reported, and rebuild repairs it.
         with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-            conn.execute("UPDATE ml_span_rollup_prefix SET zeros = zeros + 1 WHERE boundary = (SELECT max(boundary) FROM ml_span_rollup_prefix)")
+            last = "(SELECT max(boundary) FROM ml_span_rollup_prefix)"
+            conn.execute(f"UPDATE ml_span_rollup_prefix SET zeros = zeros + 1 WHERE boundary = {last}")
         problems = await repo.verify_rollups()
         assert problems and all("prefix sketch" in p for p in problems), problems
         await repo.rebuild_rollups()
