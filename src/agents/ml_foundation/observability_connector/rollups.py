@@ -34,6 +34,7 @@ __all__ = [
     "dense_to_sketch",
     "groups_from_rows",
     "latency_stats",
+    "merge_sketches",
     "pairs_to_sketch",
     "quality_metrics",
     "window_segments",
@@ -107,7 +108,9 @@ class RollupGroup:
             group.n_unpriced = int(figures[12] or 0)
         return group
 
-    def add(self, other: RollupGroup) -> None:
+    def add(self, other: RollupGroup, sketch: bool = True) -> None:
+        """Adds ``other``'s figures, and its sketch unless ``sketch`` is false (the caller merges
+        many sketches at once: :func:`merge_sketches`)."""
         self.n_all += other.n_all
         self.n_ok += other.n_ok
         self.n_error += other.n_error
@@ -121,6 +124,8 @@ class RollupGroup:
         self.dur_sum += other.dur_sum
         self.cost_sum += other.cost_sum
         self.n_unpriced += other.n_unpriced
+        if not sketch:
+            return
         for index, n in other.sketch.items():
             self.sketch[index] = self.sketch.get(index, 0) + n
 
@@ -193,10 +198,33 @@ def dense_to_sketch(parts: Sequence[tuple[int, Any]], zeros: int) -> dict[int, i
 
 
 def _merge(groups: Iterable[RollupGroup], key: str) -> RollupGroup:
+    """Figures added one group at a time; the sketches in one numpy pass (a window's sketches
+    hold hundreds of indexes per agent, and "all" merges every agent's)."""
+    groups = list(groups)
+    if len(groups) == 1:
+        return groups[0]
     merged = RollupGroup(key, 0)
+    sketches = []
     for group in groups:
-        merged.add(group)
+        merged.add(group, sketch=False)
+        if group.sketch:
+            sketches.append(group.sketch)
+    merged.sketch = merge_sketches(sketches)
     return merged
+
+
+def merge_sketches(sketches: Sequence[dict[int, int]]) -> dict[int, int]:
+    """Sparse sketches summed per index (indexes whose counts cancel dropped)."""
+    if len(sketches) <= 1:
+        return dict(sketches[0]) if sketches else {}
+    size = sum(len(s) for s in sketches)
+    keys = np.fromiter((k for s in sketches for k in s), dtype=np.int64, count=size)
+    counts = np.fromiter((n for s in sketches for n in s.values()), dtype=np.int64, count=size)
+    unique, where = np.unique(keys, return_inverse=True)
+    total = np.zeros(len(unique), dtype=np.int64)
+    np.add.at(total, where, counts)
+    keep = np.flatnonzero(total)
+    return dict(zip(unique[keep].tolist(), total[keep].tolist(), strict=True))
 
 
 def _stats(key: str, group: RollupGroup) -> LatencyStats:
