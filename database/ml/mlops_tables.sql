@@ -737,6 +737,7 @@ DECLARE
     target timestamptz := date_trunc('hour', p_now - interval '5 minutes');
     f timestamptz;
     h timestamptz;
+    late record;
 BEGIN
     SELECT sealed_to INTO f FROM public.ml_span_rollup_state;
     IF (f IS NOT NULL AND f >= target) OR current_setting('transaction_read_only') = 'on' THEN
@@ -828,6 +829,23 @@ BEGIN
     WHERE boundary > '-infinity'
       AND boundary < coalesce((SELECT date_trunc('hour', min(s.start_time)) FROM public.ml_observability_spans AS s),
                               'infinity');
+    -- Prefix counts only grow (a delete adds to the earlier prefixes instead of subtracting from
+    -- the later ones): before an int4 count could overflow, take the agent's '-infinity' row
+    -- away from every one of its prefixes (differences, all a reader uses, do not change).
+    FOR late IN
+        SELECT z.agent_name, z.agent_tier, z.idxs, z.ns, z.zeros
+        FROM public.ml_span_rollup_prefix AS z
+        WHERE z.boundary = '-infinity' AND EXISTS (
+            SELECT 1 FROM public.ml_span_rollup_prefix AS q
+            WHERE q.boundary = target AND q.agent_name = z.agent_name AND q.agent_tier = z.agent_tier
+              AND (SELECT max(abs(x::bigint)) FROM unnest(q.ns) AS x) > 1073741824)
+    LOOP
+        UPDATE public.ml_span_rollup_prefix AS p
+        SET (idxs, ns) = (SELECT m.idxs, m.ns FROM public.obs_pairs_merge(
+                              p.idxs || late.idxs, p.ns || ARRAY(SELECT -x FROM unnest(late.ns) AS x), true) AS m),
+            zeros = p.zeros - late.zeros
+        WHERE p.agent_name = late.agent_name AND p.agent_tier = late.agent_tier;
+    END LOOP;
     UPDATE public.ml_span_rollup_state SET sealed_to = target;
     RETURN target;
 END

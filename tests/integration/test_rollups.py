@@ -414,6 +414,22 @@ async def test_postgres_late_writes_correct_the_sealed_past(postgres_dsn: str) -
         assert await repo.delete_old_spans(12, batch_size=50) > 0
         assert await repo.verify_rollups() == []
         await _check(repo)
+        # Prefix counts only grow; near int4's limit the seal takes each agent's '-infinity' row
+        # away from all its prefixes. Shift every prefix of one agent alike (differences, hence
+        # answers, unchanged) past the threshold, seal an hour later: the answers stay exact.
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE ml_span_rollup_prefix SET idxs = idxs || 7, ns = ns || 1100000000 "
+                "WHERE agent_name = 'orchestrator'"
+            )
+            conn.execute("SELECT obs_rollup_seal(now() + interval '1 hour')")
+            (big,) = conn.execute(
+                "SELECT max(abs(x::bigint)) FROM ml_span_rollup_prefix, unnest(ns) AS x "
+                "WHERE agent_name = 'orchestrator'"
+            ).fetchone()
+            assert big < 1_000_000
+        assert await repo.verify_rollups() == []
+        await _check(repo)
         # verify reads the prefixes too: a drifted one is reported, and rebuild repairs it.
         with psycopg.connect(postgres_dsn, autocommit=True) as conn:
             last = "(SELECT max(boundary) FROM ml_span_rollup_prefix)"
