@@ -851,7 +851,7 @@ BEGIN
 END
 $fn$;
 
--- Concatenates integer arrays in input order (kept for schemas that reference it).
+-- Concatenates integer arrays in input order (obs_rollup_metrics: a window's minute sketches).
 CREATE OR REPLACE AGGREGATE public.obs_int_array_cat(integer[]) (
     SFUNC = array_cat, STYPE = integer[], INITCOND = '{}'
 );
@@ -1137,8 +1137,10 @@ BEGIN
                count(*) AS n
         FROM raw s WHERE s.duration_ms IS NOT NULL GROUP BY 1, 2, 3
     ), mins AS (
-        -- The minute sketches of the window (its first hour's edge and the unsealed hour), summed
-        -- per (agent, tier) here: ~100 small arrays per agent would cost more to ship and decode.
+        -- The minute sketches of the window (its first hour's edge and the unsealed hour),
+        -- concatenated per (agent, tier) here (two aggregates over the same rows keep the pairs
+        -- aligned): ~100 small arrays per agent cost more to ship and decode one by one, and more
+        -- to sum per index in SQL (measured) than one array pair summed by the client.
         SELECT k.agent_name, k.agent_tier, k.idxs, k.ns, k.zeros
         FROM public.ml_span_rollup_sketch k
         WHERE ((k.level = 0 AND k.bucket >= m AND k.bucket < h) OR (k.level = 0 AND k.bucket >= greatest(h, f)))
@@ -1151,16 +1153,10 @@ BEGIN
            sum(t.cost_sum)::double precision, sum(t.n_unpriced)::bigint
     FROM totals t GROUP BY t.agent_name, t.agent_tier
     UNION ALL
-    SELECT z.agent_name, z.agent_tier, 0, z.zeros,
+    SELECT k.agent_name, k.agent_tier, 0, sum(k.zeros)::bigint,
            NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-           array_send(coalesce(x.idxs, '{}'::integer[])), array_send(coalesce(x.ns, '{}'::integer[])), NULL, NULL
-    FROM (SELECT k.agent_name, k.agent_tier, sum(k.zeros)::bigint AS zeros FROM mins k GROUP BY 1, 2) AS z
-    LEFT JOIN (
-        SELECT y.agent_name, y.agent_tier, array_agg(y.i) AS idxs, array_agg(y.n) AS ns
-        FROM (SELECT k.agent_name, k.agent_tier, u.i, sum(u.n)::integer AS n
-              FROM mins k, unnest(k.idxs, k.ns) AS u (i, n) GROUP BY 1, 2, 3 HAVING sum(u.n) <> 0) AS y
-        GROUP BY 1, 2
-    ) AS x ON x.agent_name = z.agent_name AND x.agent_tier = z.agent_tier
+           array_send(public.obs_int_array_cat(k.idxs)), array_send(public.obs_int_array_cat(k.ns)), NULL, NULL
+    FROM mins k GROUP BY k.agent_name, k.agent_tier
     UNION ALL
     SELECT k.agent_name, k.agent_tier, k.sgn, CASE WHEN k.sgn < 0 THEN -k.zeros ELSE k.zeros END,
            NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, array_send(k.idxs), array_send(k.ns),
@@ -1250,6 +1246,7 @@ BEGIN
         GRANT EXECUTE ON FUNCTION public.obs_rollup_metrics(timestamptz, text) TO service_role;
         -- obs_rollup_metrics seals first (SECURITY DEFINER) and reads the prefixes.
         GRANT EXECUTE ON FUNCTION public.obs_rollup_seal(timestamptz) TO service_role;
+        GRANT EXECUTE ON FUNCTION public.obs_int_array_cat(integer[]) TO service_role;
         GRANT SELECT ON TABLE public.ml_span_rollup_prefix TO service_role;
         IF NOT EXISTS (
             SELECT 1 FROM pg_policies

@@ -234,9 +234,11 @@ class PostgresSpanRepository(SpanStore):
 
     # ------------------------------------------------------------------ reads
 
-    async def _fetchall(self, sql: str, params: Sequence[Any], what: str) -> list[tuple[Any, ...]]:
+    async def _fetchall(
+        self, sql: str, params: Sequence[Any], what: str, binary: bool = False
+    ) -> list[tuple[Any, ...]]:
         async def op(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
-            cur = await conn.execute(sql, params)  # type: ignore[arg-type]
+            cur = await conn.execute(sql, params, binary=binary)  # type: ignore[arg-type]
             return await cur.fetchall()
 
         return await self._call(op, what)
@@ -392,6 +394,7 @@ class PostgresSpanRepository(SpanStore):
             "SELECT * FROM public.obs_rollup_metrics(%s::timestamptz, %s::text)",
             (window_start(window), agent_name),
             "reading the metrics rollups",
+            binary=True,  # the sketch blobs as bytes: in text they travel hex-encoded, twice the size
         )
         return groups_from_rows(rows)
 
