@@ -9,6 +9,10 @@ one minute of raw rows at its start, ≤ 59 minute buckets, ≤ 23 hour buckets 
 buckets after them (:func:`window_segments`). Windows have no upper bound (spans from a clock
 running ahead count), and neither do the last segments.
 
+Postgres answers the sealed past differently (``obs_rollup_metrics``: hour and day figure rows,
+and the latency sketch as the difference of two per-agent prefixes, rows with ``idx`` -1 to
+subtract; docs/architecture.md); :func:`groups_from_rows` reads either.
+
 Counts, rates and token sums are exact; the average is exact up to floating-point summation
 order; percentiles carry the sketch's guarantee (``latency_sketch``: within ``α`` of the exact
 ``percentile_cont``).
