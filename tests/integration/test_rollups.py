@@ -441,3 +441,37 @@ async def test_postgres_late_writes_correct_the_sealed_past(postgres_dsn: str) -
         await _check(repo)
     finally:
         await repo.close()
+
+
+async def test_postgres_seals_while_writers_write(postgres_dsn: str) -> None:
+    """Writers and the sealer serialise on an advisory lock (shared / exclusive): batches written
+    while seals move the frontier over their hours are counted once, in the minutes and in
+    whatever the seal built from them."""
+    import psycopg
+
+    from src.repositories.postgres import PostgresSpanRepository
+
+    repo = PostgresSpanRepository(postgres_dsn)
+    now = datetime.now(UTC)
+    try:
+        await _clear(repo)
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            conn.execute("UPDATE ml_span_rollup_state SET sealed_to = date_trunc('hour', now()) - interval '12 hours'")
+
+        async def write(k: int) -> None:
+            for b in range(6):
+                batch = [_row(now, {"age": 600.0 * ((k * 97 + b * 31 + i * 7) % 72) + 7.5 + i, "agent": "explainer",
+                                    "status": "ok", "duration": 1.0 + (i * k) % 50, "tokens": None,
+                                    "fallback": None}) for i in range(40)]  # fmt: skip
+                assert (await repo.insert_spans_batch(batch)).failed == 0
+
+        def seal() -> None:
+            with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+                for hours in range(-11, 2):
+                    conn.execute("SELECT obs_rollup_seal(now() + %s * interval '1 hour')", (hours,))
+
+        await asyncio.gather(*(write(k) for k in range(4)), asyncio.to_thread(seal))
+        assert await repo.verify_rollups() == []
+        await _check(repo)
+    finally:
+        await repo.close()
