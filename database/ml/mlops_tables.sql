@@ -525,16 +525,38 @@ COMMENT ON VIEW public.v_agent_latency_summary IS
 
 -- --------------------------------------------------------------------------- rollups
 -- Per time bucket (level 0 minute, 1 hour, 2 day; UTC) and (agent_name, agent_tier): counts by
--- status, fallbacks, token sums, the duration count and sum, and a latency sketch
--- (ml_span_rollup_sketch: per bucket and agent, (index, count) pairs in two int4[], zero
--- durations counted in zeros; DDSketch-style log buckets with
--- relative accuracy 1 %, idx = ceil(ln(d) / ln(1.01/0.99)), -1000000 for d = 0; the same
--- definition as src/.../latency_sketch.py). Kept by statement-level triggers with transition
--- tables in the transaction that inserts or deletes raw rows, whichever path wrote them (COPY,
--- INSERT ... ON CONFLICT DO NOTHING: only rows actually inserted reach NEW TABLE, PostgREST,
--- obs_delete_old_spans). obs_rollup_metrics answers a window [p_since, ∞) from at most one
--- minute of raw rows plus minute, hour and day buckets. Rows are ordered before the upsert so
--- concurrent writers lock buckets in one order (no deadlock).
+-- status, fallbacks, token sums, the duration count and sum, the cost figures, and a latency
+-- sketch (DDSketch-style log buckets with relative accuracy 1 %, idx = ceil(ln(d) / ln(1.01/0.99)),
+-- zero durations counted apart; the same definition as src/.../latency_sketch.py). Sketches are
+-- (idxs, ns) pairs of int4[]: an index may appear more than once and counts may be negative;
+-- readers always sum per index.
+--
+-- What a write pays, and what is built later (the "sealed" past):
+--   * the write path (statement-level triggers with transition tables, so every writer counts:
+--     COPY, INSERT ... ON CONFLICT DO NOTHING (only rows actually inserted reach NEW TABLE),
+--     PostgREST, obs_delete_old_spans) keeps MINUTE rows only: level 0 of ml_span_rollups and
+--     ml_span_rollup_sketch;
+--   * obs_rollup_seal moves a frontier (ml_span_rollup_state.sealed_to, a whole UTC hour, 5
+--     minutes behind the clock) forward an hour at a time and builds, for every hour it passes,
+--     the hour's figure row (level 1), the day's row (level 2) once the day is passed, and the
+--     latency PREFIX at the new hour boundary b (ml_span_rollup_prefix: per (agent, tier), the
+--     sketch of every span with start_time < b, compacted to distinct indexes). Readers call it
+--     (the first question after an hour turns pays for it, ~ms per agent); it is idempotent;
+--   * a write into the sealed past (a late span, a replay of an old batch, a retention cleanup,
+--     an update) also corrects the sealed rows, exactly: the hour and day figure rows it falls
+--     in, and the prefixes: an insert at hour x adds its sketch to every prefix after x (these
+--     are recent, so few rows), a delete at hour x adds what it removed to every prefix at or
+--     before x (cleanups delete the oldest rows, so again few rows; the '-infinity' row stands
+--     for every boundary before an agent's first stored prefix). Only differences of prefixes
+--     are ever read, and both rules keep every difference P(b2) - P(b1) equal to the raw rows
+--     of [b1, b2).
+-- Why prefixes: a window [p_since, ∞) needs the latency sketch of [h, sealed_to) merged per
+-- agent; as a difference of two prefixes that is 2 arrays per agent whatever the window's
+-- length, where summing hour and day sketches was ~50 (7 days) to ~700 (30 days) arrays of a few
+-- hundred pairs per agent (measured: benchmarks/README.md, issue 16).
+-- Rows are ordered before each upsert so concurrent writers lock buckets in one order (no
+-- deadlock). Writers hold a shared advisory lock (key 7_160_016) for their transaction and the
+-- sealer an exclusive one, so a seal never reads minutes a writer has yet to commit.
 -- Rollups from before cost was summed (no cost_sum column) are dropped and rebuilt from the raw
 -- rows by the back-fill below (one-off, proportional to the table; writers wait for it): the
 -- old buckets cannot say how many of their LLM calls were unpriced. Their policies and grants
@@ -555,6 +577,13 @@ BEGIN
     ) THEN
         DROP FUNCTION public.obs_rollup_metrics(timestamptz, text);
     END IF;
+    -- Rollups from before the seal (hour and day rows kept on every write): their minute rows
+    -- are complete; the hour and day rows are built again by the first seal below.
+    IF to_regclass('public.ml_span_rollups') IS NOT NULL AND to_regclass('public.ml_span_rollup_prefix') IS NULL THEN
+        DELETE FROM public.ml_span_rollups WHERE level > 0;
+        DELETE FROM public.ml_span_rollup_sketch WHERE level > 0;
+    END IF;
+    DROP FUNCTION IF EXISTS public.obs_rollup_statements(text, integer);
 END
 $rollup_cost$;
 
@@ -579,6 +608,7 @@ CREATE TABLE IF NOT EXISTS public.ml_span_rollups (
     CONSTRAINT ml_span_rollups_pkey PRIMARY KEY (level, bucket, agent_name, agent_tier)
 );
 
+-- Minute sketches (level 0 only since the seal).
 CREATE TABLE IF NOT EXISTS public.ml_span_rollup_sketch (
     level       smallint    NOT NULL,
     bucket      timestamptz NOT NULL,
@@ -590,18 +620,49 @@ CREATE TABLE IF NOT EXISTS public.ml_span_rollup_sketch (
     CONSTRAINT ml_span_rollup_sketch_pkey PRIMARY KEY (level, bucket, agent_name, agent_tier)
 );
 
--- Sketches are (idxs, ns) pairs of arrays: a write appends its own pairs (array concatenation, a
--- memcpy) and the pairs are summed per index only when a sketch passes 2,048 pairs (then it
--- shrinks back to its distinct indexes, ~500 at most), so a write costs no per-index work.
--- Why arrays and not a row per index: a 30-day window merges ~2,000 (bucket, agent) sketches of
--- up to ~500 indexes; as rows that is ~10^6 rows to group per question, as arrays ~2,000 values
--- read and added by the client (numpy). An index may appear more than once, and a delete
--- appends negative counts: readers always sum per index. The two arrays are filled by two
--- aggregates over the same rows of one group, so their elements pair up in order.
+-- Latency prefixes at sealed hour boundaries (see above); boundary '-infinity' is the value of
+-- every boundary before the agent's first stored one. Boundary first in the key: readers and the
+-- seal ask for one or two boundaries across all agents.
+CREATE TABLE IF NOT EXISTS public.ml_span_rollup_prefix (
+    boundary    timestamptz NOT NULL,
+    agent_name  text        NOT NULL,
+    agent_tier  integer     NOT NULL,
+    idxs        integer[]   NOT NULL,
+    ns          integer[]   NOT NULL,
+    zeros       bigint      NOT NULL,
+    CONSTRAINT ml_span_rollup_prefix_pkey PRIMARY KEY (boundary, agent_name, agent_tier)
+);
+
+-- The frontier: every hour before sealed_to has its hour row and prefix (null: nothing sealed).
+CREATE TABLE IF NOT EXISTS public.ml_span_rollup_state (
+    id          boolean     NOT NULL DEFAULT true CHECK (id),
+    sealed_to   timestamptz,
+    CONSTRAINT ml_span_rollup_state_pkey PRIMARY KEY (id)
+);
+INSERT INTO public.ml_span_rollup_state (id, sealed_to) VALUES (true, NULL) ON CONFLICT (id) DO NOTHING;
+
+-- Sums (idxs, ns) per index when the arrays pass 2,048 pairs (or always, p_always), dropping
+-- indexes whose counts cancel; otherwise returns them as they are (a write costs no per-index work).
+CREATE OR REPLACE FUNCTION public.obs_pairs_merge(p_idxs integer[], p_ns integer[], p_always boolean)
+RETURNS TABLE (idxs integer[], ns integer[])
+LANGUAGE sql
+IMMUTABLE
+SET search_path = public
+AS $fn$
+SELECT CASE WHEN NOT p_always AND cardinality(p_idxs) <= 2048 THEN p_idxs
+            ELSE (SELECT coalesce(array_agg(x.i ORDER BY x.i), '{}'::integer[]) FROM (
+                      SELECT u.i FROM unnest(p_idxs, p_ns) AS u (i, n) GROUP BY u.i HAVING sum(u.n) <> 0) AS x) END,
+       CASE WHEN NOT p_always AND cardinality(p_idxs) <= 2048 THEN p_ns
+            ELSE (SELECT coalesce(array_agg(x.s ORDER BY x.i), '{}'::integer[]) FROM (
+                      SELECT u.i, sum(u.n)::integer AS s FROM unnest(p_idxs, p_ns) AS u (i, n)
+                      GROUP BY u.i HAVING sum(u.n) <> 0) AS x) END
+$fn$;
 
 -- The statements that add (p_sign 1) or subtract (-1) the rows of p_source (a transition table
--- or a subquery) to every level: one definition for the triggers, the back-fill and rebuilds.
-CREATE OR REPLACE FUNCTION public.obs_rollup_statements(p_source text, p_sign integer)
+-- or a subquery) to the minute rows, and to the hour and day figure rows already sealed
+-- (bucket end <= p_sealed): one definition for the delete / update trigger, late inserts and
+-- rebuilds. The prefixes are corrected by obs_rollup_prefix_statements.
+CREATE OR REPLACE FUNCTION public.obs_rollup_statements(p_source text, p_sign integer, p_sealed timestamptz)
 RETURNS text[]
 LANGUAGE sql
 IMMUTABLE
@@ -627,7 +688,9 @@ SELECT l.level, date_trunc(l.unit, s.start_time, 'UTC'), s.agent_name, s.agent_t
        %2$s * coalesce(sum(s.duration_ms), 0), %2$s * coalesce(sum(s.cost_usd), 0),
        %2$s * count(*) FILTER (WHERE s.llm_model IS NOT NULL AND s.cost_usd IS NULL)
 FROM %1$s AS s
-CROSS JOIN (VALUES (0::smallint, 'minute'), (1::smallint, 'hour'), (2::smallint, 'day')) AS l (level, unit)
+CROSS JOIN (VALUES (0::smallint, 'minute', interval '1 minute'), (1::smallint, 'hour', interval '1 hour'),
+                   (2::smallint, 'day', interval '1 day')) AS l (level, unit, width)
+WHERE l.level = 0 OR date_trunc(l.unit, s.start_time, 'UTC') + l.width <= %3$L::timestamptz
 GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
 ON CONFLICT (level, bucket, agent_name, agent_tier) DO UPDATE SET
     n_all = r.n_all + EXCLUDED.n_all, n_ok = r.n_ok + EXCLUDED.n_ok, n_error = r.n_error + EXCLUDED.n_error,
@@ -636,50 +699,226 @@ ON CONFLICT (level, bucket, agent_name, agent_tier) DO UPDATE SET
     tok_out = r.tok_out + EXCLUDED.tok_out, tok_total = r.tok_total + EXCLUDED.tok_total,
     dur_n = r.dur_n + EXCLUDED.dur_n, dur_sum = r.dur_sum + EXCLUDED.dur_sum,
     cost_sum = r.cost_sum + EXCLUDED.cost_sum, n_unpriced = r.n_unpriced + EXCLUDED.n_unpriced
-$q$, p_source, p_sign),
+$q$, p_source, p_sign, coalesce(p_sealed, '-infinity'::timestamptz)),
     format($q$
 WITH c AS (
-    SELECT l.level, date_trunc(l.unit, s.start_time, 'UTC') AS bucket, s.agent_name, s.agent_tier,
+    SELECT date_trunc('minute', s.start_time, 'UTC') AS bucket, s.agent_name, s.agent_tier,
            CASE WHEN s.duration_ms <= 0 THEN NULL
                 ELSE ceil(ln(s.duration_ms) / 0.020000666706669435)::integer END AS idx,
            %2$s * count(*) AS n
     FROM %1$s AS s
-    CROSS JOIN (VALUES (0::smallint, 'minute'), (1::smallint, 'hour'), (2::smallint, 'day')) AS l (level, unit)
     WHERE s.duration_ms IS NOT NULL
-    GROUP BY 1, 2, 3, 4, 5
+    GROUP BY 1, 2, 3, 4
 )
 INSERT INTO public.ml_span_rollup_sketch AS r (level, bucket, agent_name, agent_tier, idxs, ns, zeros)
-SELECT level, bucket, agent_name, agent_tier,
+SELECT 0, bucket, agent_name, agent_tier,
        coalesce(array_agg(idx) FILTER (WHERE idx IS NOT NULL), '{}'::integer[]),
        coalesce(array_agg(n::integer) FILTER (WHERE idx IS NOT NULL), '{}'::integer[]),
        coalesce(sum(n) FILTER (WHERE idx IS NULL), 0)
 FROM c GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
 ON CONFLICT (level, bucket, agent_name, agent_tier) DO UPDATE SET
-    idxs = CASE WHEN cardinality(r.idxs) + cardinality(EXCLUDED.idxs) <= 2048 THEN r.idxs || EXCLUDED.idxs
-                ELSE (SELECT coalesce(array_agg(x.i ORDER BY x.i), '{}'::integer[]) FROM (
-                          SELECT u.i FROM unnest(r.idxs || EXCLUDED.idxs, r.ns || EXCLUDED.ns) AS u (i, n)
-                          GROUP BY u.i HAVING sum(u.n) <> 0) AS x) END,
-    ns = CASE WHEN cardinality(r.idxs) + cardinality(EXCLUDED.idxs) <= 2048 THEN r.ns || EXCLUDED.ns
-              ELSE (SELECT coalesce(array_agg(x.s ORDER BY x.i), '{}'::integer[]) FROM (
-                        SELECT u.i, sum(u.n)::integer AS s FROM unnest(r.idxs || EXCLUDED.idxs, r.ns || EXCLUDED.ns) AS u (i, n)
-                        GROUP BY u.i HAVING sum(u.n) <> 0) AS x) END,
+    (idxs, ns) = (SELECT m.idxs, m.ns FROM public.obs_pairs_merge(r.idxs || EXCLUDED.idxs, r.ns || EXCLUDED.ns, false) AS m),
     zeros = r.zeros + EXCLUDED.zeros
 $q$, p_source, p_sign)
 ];
 $fn$;
 
--- Concatenates integer arrays in input order (two calls over the same group's rows keep the
--- (index, count) pairs aligned, as array_agg does).
+-- The statements that correct the prefixes for the rows of p_source before the frontier (their
+-- parameter $1; see the section's head): an insert (p_sign 1) at hour x adds its sketch to every
+-- prefix after x up to the frontier (creating them from the '-infinity' row where the agent had
+-- none yet); a delete (-1) adds what it removed to every prefix at or before x, '-infinity'
+-- included. Text, executed by the trigger function itself: transition tables are visible only there.
+CREATE OR REPLACE FUNCTION public.obs_rollup_prefix_statements(p_source text, p_sign integer)
+RETURNS text[]
+LANGUAGE plpgsql
+IMMUTABLE
+SET search_path = public
+AS $fn$
+DECLARE
+    late text := format($q$
+        SELECT s.agent_name, s.agent_tier, date_trunc('hour', s.start_time, 'UTC') AS x,
+               CASE WHEN s.duration_ms <= 0 THEN NULL
+                    ELSE ceil(ln(s.duration_ms) / 0.020000666706669435)::integer END AS idx,
+               count(*)::integer AS n
+        FROM %1$s AS s WHERE s.duration_ms IS NOT NULL AND s.start_time < $1
+        GROUP BY 1, 2, 3, 4$q$, p_source);
+    materialize text := format($q$
+        INSERT INTO public.ml_span_rollup_prefix AS p (boundary, agent_name, agent_tier, idxs, ns, zeros)
+        SELECT b.b, k.agent_name, k.agent_tier, coalesce(z.idxs, '{}'::integer[]),
+               coalesce(z.ns, '{}'::integer[]), coalesce(z.zeros, 0)
+        FROM (SELECT d.agent_name, d.agent_tier, min(d.x) AS x0 FROM (%1$s) AS d GROUP BY 1, 2) AS k
+        CROSS JOIN LATERAL (SELECT '-infinity'::timestamptz AS b
+                            UNION ALL
+                            SELECT g FROM generate_series(k.x0 + interval '1 hour', $1, interval '1 hour') AS g) AS b
+        LEFT JOIN public.ml_span_rollup_prefix AS z
+               ON z.boundary = '-infinity' AND z.agent_name = k.agent_name AND z.agent_tier = k.agent_tier
+        ORDER BY 1, 2, 3
+        ON CONFLICT (boundary, agent_name, agent_tier) DO NOTHING$q$, late);
+    correct text := format($q$
+        UPDATE public.ml_span_rollup_prefix AS p
+        SET (idxs, ns) = (SELECT m.idxs, m.ns FROM public.obs_pairs_merge(p.idxs || u.idxs, p.ns || u.ns, false) AS m),
+            zeros = p.zeros + u.zeros
+        FROM (
+            SELECT q.boundary, q.agent_name, q.agent_tier,
+                   coalesce(array_agg(d.idx ORDER BY d.idx) FILTER (WHERE d.idx IS NOT NULL), '{}'::integer[]) AS idxs,
+                   coalesce(array_agg(d.n ORDER BY d.idx) FILTER (WHERE d.idx IS NOT NULL), '{}'::integer[]) AS ns,
+                   coalesce(sum(d.n) FILTER (WHERE d.idx IS NULL), 0) AS zeros
+            FROM (%1$s) AS d
+            JOIN public.ml_span_rollup_prefix AS q
+              ON q.agent_name = d.agent_name AND q.agent_tier = d.agent_tier AND %2$s
+            GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+        ) AS u
+        WHERE p.boundary = u.boundary AND p.agent_name = u.agent_name AND p.agent_tier = u.agent_tier$q$,
+        late, CASE WHEN p_sign > 0 THEN 'q.boundary > d.x AND q.boundary <= $1' ELSE 'q.boundary <= d.x' END);
+BEGIN
+    IF p_sign > 0 THEN
+        RETURN ARRAY[materialize, correct];
+    END IF;
+    RETURN ARRAY[correct];
+END
+$fn$;
+
+-- Builds what the frontier passes (see the section's head) up to the last whole hour that ended
+-- 5 minutes before p_now; returns the frontier. Cheap when there is nothing to seal (one row
+-- read); skipped inside a read-only transaction. SECURITY DEFINER: the readers that call it
+-- (service_role through obs_rollup_metrics) have no write grant on the rollups.
+CREATE OR REPLACE FUNCTION public.obs_rollup_seal(p_now timestamptz DEFAULT now())
+RETURNS timestamptz
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path = public
+SET timezone = 'UTC'
+AS $fn$
+DECLARE
+    target timestamptz := date_trunc('hour', p_now - interval '5 minutes');
+    f timestamptz;
+    h timestamptz;
+    late record;
+BEGIN
+    SELECT sealed_to INTO f FROM public.ml_span_rollup_state;
+    IF (f IS NOT NULL AND f >= target) OR current_setting('transaction_read_only') = 'on' THEN
+        RETURN f;
+    END IF;
+    PERFORM pg_advisory_xact_lock(7160016);
+    SELECT sealed_to INTO f FROM public.ml_span_rollup_state;
+    IF f IS NOT NULL AND f >= target THEN
+        RETURN f;
+    END IF;
+    IF f IS NULL THEN
+        SELECT least(date_trunc('hour', min(bucket)), target) INTO f FROM public.ml_span_rollups WHERE level = 0;
+        f := coalesce(f, target);
+    END IF;
+    h := f;
+    WHILE h < target LOOP
+        INSERT INTO public.ml_span_rollups AS r (level, bucket, agent_name, agent_tier, n_all, n_ok, n_error,
+            n_timeout, n_started, n_fallback, tok_in, tok_out, tok_total, dur_n, dur_sum, cost_sum, n_unpriced)
+        SELECT 1, h, m.agent_name, m.agent_tier, sum(m.n_all), sum(m.n_ok), sum(m.n_error), sum(m.n_timeout),
+               sum(m.n_started), sum(m.n_fallback), sum(m.tok_in), sum(m.tok_out), sum(m.tok_total),
+               sum(m.dur_n), sum(m.dur_sum), sum(m.cost_sum), sum(m.n_unpriced)
+        FROM public.ml_span_rollups AS m
+        WHERE m.level = 0 AND m.bucket >= h AND m.bucket < h + interval '1 hour'
+        GROUP BY m.agent_name, m.agent_tier ORDER BY 3, 4
+        ON CONFLICT (level, bucket, agent_name, agent_tier) DO UPDATE SET
+            n_all = EXCLUDED.n_all, n_ok = EXCLUDED.n_ok, n_error = EXCLUDED.n_error,
+            n_timeout = EXCLUDED.n_timeout, n_started = EXCLUDED.n_started, n_fallback = EXCLUDED.n_fallback,
+            tok_in = EXCLUDED.tok_in, tok_out = EXCLUDED.tok_out, tok_total = EXCLUDED.tok_total,
+            dur_n = EXCLUDED.dur_n, dur_sum = EXCLUDED.dur_sum, cost_sum = EXCLUDED.cost_sum,
+            n_unpriced = EXCLUDED.n_unpriced;
+        IF date_trunc('day', h + interval '1 hour') = h + interval '1 hour' THEN
+            INSERT INTO public.ml_span_rollups AS r (level, bucket, agent_name, agent_tier, n_all, n_ok, n_error,
+                n_timeout, n_started, n_fallback, tok_in, tok_out, tok_total, dur_n, dur_sum, cost_sum, n_unpriced)
+            SELECT 2, date_trunc('day', h), m.agent_name, m.agent_tier, sum(m.n_all), sum(m.n_ok), sum(m.n_error),
+                   sum(m.n_timeout), sum(m.n_started), sum(m.n_fallback), sum(m.tok_in), sum(m.tok_out),
+                   sum(m.tok_total), sum(m.dur_n), sum(m.dur_sum), sum(m.cost_sum), sum(m.n_unpriced)
+            FROM public.ml_span_rollups AS m
+            WHERE m.level = 1 AND m.bucket >= date_trunc('day', h) AND m.bucket < h + interval '1 hour'
+            GROUP BY m.agent_name, m.agent_tier ORDER BY 3, 4
+            ON CONFLICT (level, bucket, agent_name, agent_tier) DO UPDATE SET
+                n_all = EXCLUDED.n_all, n_ok = EXCLUDED.n_ok, n_error = EXCLUDED.n_error,
+                n_timeout = EXCLUDED.n_timeout, n_started = EXCLUDED.n_started, n_fallback = EXCLUDED.n_fallback,
+                tok_in = EXCLUDED.tok_in, tok_out = EXCLUDED.tok_out, tok_total = EXCLUDED.tok_total,
+                dur_n = EXCLUDED.dur_n, dur_sum = EXCLUDED.dur_sum, cost_sum = EXCLUDED.cost_sum,
+                n_unpriced = EXCLUDED.n_unpriced;
+        END IF;
+        -- The prefix at h + 1 hour: the one at h (or the agent's '-infinity' row) plus hour h's
+        -- minute sketches, summed per index.
+        INSERT INTO public.ml_span_rollup_prefix AS p (boundary, agent_name, agent_tier, idxs, ns, zeros)
+        SELECT DISTINCT k.boundary, k.agent_name, k.agent_tier, '{}'::integer[], '{}'::integer[], 0
+        FROM (SELECT '-infinity'::timestamptz AS boundary, s.agent_name, s.agent_tier
+              FROM public.ml_span_rollup_sketch AS s
+              WHERE s.level = 0 AND s.bucket >= h AND s.bucket < h + interval '1 hour') AS k
+        ORDER BY 1, 2, 3
+        ON CONFLICT (boundary, agent_name, agent_tier) DO NOTHING;
+        WITH base AS (
+            SELECT DISTINCT ON (q.agent_name, q.agent_tier) q.agent_name, q.agent_tier, q.idxs, q.ns, q.zeros
+            FROM public.ml_span_rollup_prefix AS q
+            WHERE q.boundary = h OR q.boundary = '-infinity'
+            ORDER BY q.agent_name, q.agent_tier, q.boundary DESC
+        ), k AS (
+            SELECT b.agent_name, b.agent_tier, b.idxs, b.ns, b.zeros FROM base AS b
+            UNION ALL
+            SELECT s.agent_name, s.agent_tier, s.idxs, s.ns, s.zeros
+            FROM public.ml_span_rollup_sketch AS s
+            WHERE s.level = 0 AND s.bucket >= h AND s.bucket < h + interval '1 hour'
+        ), z AS (
+            SELECT k.agent_name, k.agent_tier, sum(k.zeros) AS zeros FROM k GROUP BY 1, 2
+        ), pairs AS (
+            SELECT x.agent_name, x.agent_tier, array_agg(x.i ORDER BY x.i) AS idxs, array_agg(x.n ORDER BY x.i) AS ns
+            FROM (SELECT k.agent_name, k.agent_tier, u.i, sum(u.n)::integer AS n
+                  FROM k, unnest(k.idxs, k.ns) AS u (i, n)
+                  GROUP BY 1, 2, 3 HAVING sum(u.n) <> 0) AS x
+            GROUP BY 1, 2
+        )
+        INSERT INTO public.ml_span_rollup_prefix AS p (boundary, agent_name, agent_tier, idxs, ns, zeros)
+        SELECT h + interval '1 hour', z.agent_name, z.agent_tier, coalesce(pairs.idxs, '{}'::integer[]),
+               coalesce(pairs.ns, '{}'::integer[]), z.zeros
+        FROM z LEFT JOIN pairs ON pairs.agent_name = z.agent_name AND pairs.agent_tier = z.agent_tier
+        ORDER BY 1, 2, 3
+        ON CONFLICT (boundary, agent_name, agent_tier) DO UPDATE SET
+            idxs = EXCLUDED.idxs, ns = EXCLUDED.ns, zeros = EXCLUDED.zeros;
+        h := h + interval '1 hour';
+    END LOOP;
+    -- Boundaries before the oldest stored span's hour all hold what the '-infinity' row holds
+    -- (every window starting there covers every row): drop them, keeping the stored prefixes
+    -- within the retention period.
+    DELETE FROM public.ml_span_rollup_prefix
+    WHERE boundary > '-infinity'
+      AND boundary < coalesce((SELECT date_trunc('hour', min(s.start_time)) FROM public.ml_observability_spans AS s),
+                              'infinity');
+    -- Prefix counts only grow (a delete adds to the earlier prefixes instead of subtracting from
+    -- the later ones): before an int4 count could overflow, take the agent's '-infinity' row
+    -- away from every one of its prefixes (differences, all a reader uses, do not change).
+    FOR late IN
+        SELECT z.agent_name, z.agent_tier, z.idxs, z.ns, z.zeros
+        FROM public.ml_span_rollup_prefix AS z
+        WHERE z.boundary = '-infinity' AND EXISTS (
+            SELECT 1 FROM public.ml_span_rollup_prefix AS q
+            WHERE q.boundary = target AND q.agent_name = z.agent_name AND q.agent_tier = z.agent_tier
+              AND (SELECT max(abs(x::bigint)) FROM unnest(q.ns) AS x) > 1073741824)
+    LOOP
+        UPDATE public.ml_span_rollup_prefix AS p
+        SET (idxs, ns) = (SELECT m.idxs, m.ns FROM public.obs_pairs_merge(
+                              p.idxs || late.idxs, p.ns || ARRAY(SELECT -x FROM unnest(late.ns) AS x), true) AS m),
+            zeros = p.zeros - late.zeros
+        WHERE p.agent_name = late.agent_name AND p.agent_tier = late.agent_tier;
+    END LOOP;
+    UPDATE public.ml_span_rollup_state SET sealed_to = target;
+    RETURN target;
+END
+$fn$;
+
+-- Concatenates integer arrays in input order (obs_rollup_metrics: a window's minute sketches).
 CREATE OR REPLACE AGGREGATE public.obs_int_array_cat(integer[]) (
     SFUNC = array_cat, STYPE = integer[], INITCOND = '{}'
 );
 
 -- The insert trigger, on every write path's hot path (COPY, INSERT ... ON CONFLICT DO NOTHING,
--- PostgREST): static SQL, so plpgsql plans it once per session, and every row is grouped once,
--- into its minute; hours and days are summed from those few minute groups. It runs with
--- timezone UTC so the two-argument date_trunc cuts UTC hours and days (the three-argument form
--- looks the zone up on every call). (The dynamic
--- statements of obs_rollup_statements serve the rare paths: delete, update, rebuild.)
+-- PostgREST): static SQL, so plpgsql plans it once per session; each row is grouped once, into
+-- its minute, and only the minute rows are written. Rows before the frontier (late spans,
+-- replays of old batches) also go to the sealed rows (obs_rollup_statements /
+-- obs_rollup_prefix_statements, dynamic: the rare path). Timezone UTC so the two-argument date_trunc
+-- cuts UTC minutes (the three-argument form looks the zone up on every call).
 CREATE OR REPLACE FUNCTION public.obs_rollup_insert()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -687,36 +926,32 @@ SECURITY DEFINER
 SET search_path = public
 SET timezone = 'UTC'
 AS $fn$
+DECLARE
+    sealed timestamptz;
+    statement text;
 BEGIN
-    WITH m AS (
-        SELECT date_trunc('minute', s.start_time) AS minute, s.agent_name, s.agent_tier,
-               count(*) AS n_all, count(*) FILTER (WHERE s.status = 'ok') AS n_ok,
-               count(*) FILTER (WHERE s.status = 'error') AS n_error,
-               count(*) FILTER (WHERE s.status = 'timeout') AS n_timeout,
-               count(*) FILTER (WHERE s.status = 'started') AS n_started,
-               count(*) FILTER (WHERE CASE jsonb_typeof(s.attributes -> 'fallback_used')
-                       WHEN 'boolean' THEN (s.attributes -> 'fallback_used')::boolean
-                       WHEN 'number'  THEN (s.attributes -> 'fallback_used')::numeric <> 0
-                       WHEN 'string'  THEN (s.attributes ->> 'fallback_used') <> ''
-                       WHEN 'array'   THEN jsonb_array_length(s.attributes -> 'fallback_used') > 0
-                       WHEN 'object'  THEN (s.attributes -> 'fallback_used') <> '{}'::jsonb
-                       ELSE false END) AS n_fallback,
-               coalesce(sum(s.input_tokens), 0) AS tok_in, coalesce(sum(s.output_tokens), 0) AS tok_out,
-               coalesce(sum(s.total_tokens), 0) AS tok_total, count(s.duration_ms) AS dur_n,
-               coalesce(sum(s.duration_ms), 0) AS dur_sum, coalesce(sum(s.cost_usd), 0) AS cost_sum,
-               count(*) FILTER (WHERE s.llm_model IS NOT NULL AND s.cost_usd IS NULL) AS n_unpriced
-        FROM new_rows AS s
-        GROUP BY 1, 2, 3
-    )
+    PERFORM pg_advisory_xact_lock_shared(7160016);
+    SELECT sealed_to INTO sealed FROM public.ml_span_rollup_state;
     INSERT INTO public.ml_span_rollups AS r (level, bucket, agent_name, agent_tier, n_all, n_ok, n_error,
         n_timeout, n_started, n_fallback, tok_in, tok_out, tok_total, dur_n, dur_sum, cost_sum, n_unpriced)
-    SELECT l.level, CASE l.level WHEN 0 THEN m.minute WHEN 1 THEN date_trunc('hour', m.minute)
-                                 ELSE date_trunc('day', m.minute) END,
-           m.agent_name, m.agent_tier, sum(m.n_all), sum(m.n_ok), sum(m.n_error), sum(m.n_timeout),
-           sum(m.n_started), sum(m.n_fallback), sum(m.tok_in), sum(m.tok_out), sum(m.tok_total),
-           sum(m.dur_n), sum(m.dur_sum), sum(m.cost_sum), sum(m.n_unpriced)
-    FROM m CROSS JOIN (VALUES (0::smallint), (1::smallint), (2::smallint)) AS l (level)
-    GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    SELECT 0, date_trunc('minute', s.start_time), s.agent_name, s.agent_tier,
+           count(*), count(*) FILTER (WHERE s.status = 'ok'),
+           count(*) FILTER (WHERE s.status = 'error'),
+           count(*) FILTER (WHERE s.status = 'timeout'),
+           count(*) FILTER (WHERE s.status = 'started'),
+           count(*) FILTER (WHERE CASE jsonb_typeof(s.attributes -> 'fallback_used')
+                   WHEN 'boolean' THEN (s.attributes -> 'fallback_used')::boolean
+                   WHEN 'number'  THEN (s.attributes -> 'fallback_used')::numeric <> 0
+                   WHEN 'string'  THEN (s.attributes ->> 'fallback_used') <> ''
+                   WHEN 'array'   THEN jsonb_array_length(s.attributes -> 'fallback_used') > 0
+                   WHEN 'object'  THEN (s.attributes -> 'fallback_used') <> '{}'::jsonb
+                   ELSE false END),
+           coalesce(sum(s.input_tokens), 0), coalesce(sum(s.output_tokens), 0),
+           coalesce(sum(s.total_tokens), 0), count(s.duration_ms),
+           coalesce(sum(s.duration_ms), 0), coalesce(sum(s.cost_usd), 0),
+           count(*) FILTER (WHERE s.llm_model IS NOT NULL AND s.cost_usd IS NULL)
+    FROM new_rows AS s
+    GROUP BY 2, 3, 4 ORDER BY 2, 3, 4
     ON CONFLICT (level, bucket, agent_name, agent_tier) DO UPDATE SET
         n_all = r.n_all + EXCLUDED.n_all, n_ok = r.n_ok + EXCLUDED.n_ok, n_error = r.n_error + EXCLUDED.n_error,
         n_timeout = r.n_timeout + EXCLUDED.n_timeout, n_started = r.n_started + EXCLUDED.n_started,
@@ -725,31 +960,20 @@ BEGIN
         dur_n = r.dur_n + EXCLUDED.dur_n, dur_sum = r.dur_sum + EXCLUDED.dur_sum,
         cost_sum = r.cost_sum + EXCLUDED.cost_sum, n_unpriced = r.n_unpriced + EXCLUDED.n_unpriced;
 
-    -- The pair arrays are built once per minute (m); an hour's or day's pairs are its minutes'
-    -- arrays concatenated (obs_int_array_cat), not the rows grouped again per level: a pair
-    -- array may hold an index more than once (readers and compaction sum per index), and a
-    -- live batch spans a minute or two, so regrouping three times the rows merged little.
-    WITH c0 AS (
-        SELECT date_trunc('minute', s.start_time) AS minute, s.agent_name, s.agent_tier,
+    WITH c AS (
+        SELECT date_trunc('minute', s.start_time) AS bucket, s.agent_name, s.agent_tier,
                CASE WHEN s.duration_ms <= 0 THEN NULL
                     ELSE ceil(ln(s.duration_ms) / 0.020000666706669435)::integer END AS idx,
                count(*) AS n
         FROM new_rows AS s WHERE s.duration_ms IS NOT NULL
         GROUP BY 1, 2, 3, 4
-    ), m AS (
-        SELECT c0.minute, c0.agent_name, c0.agent_tier,
-               coalesce(array_agg(c0.idx) FILTER (WHERE c0.idx IS NOT NULL), '{}'::integer[]) AS idxs,
-               coalesce(array_agg(c0.n::integer) FILTER (WHERE c0.idx IS NOT NULL), '{}'::integer[]) AS ns,
-               coalesce(sum(c0.n) FILTER (WHERE c0.idx IS NULL), 0) AS zeros
-        FROM c0 GROUP BY 1, 2, 3
     )
     INSERT INTO public.ml_span_rollup_sketch AS r (level, bucket, agent_name, agent_tier, idxs, ns, zeros)
-    SELECT l.level, CASE l.level WHEN 0 THEN m.minute WHEN 1 THEN date_trunc('hour', m.minute)
-                                 ELSE date_trunc('day', m.minute) END,
-           m.agent_name, m.agent_tier, public.obs_int_array_cat(m.idxs), public.obs_int_array_cat(m.ns),
-           sum(m.zeros)
-    FROM m CROSS JOIN (VALUES (0::smallint), (1::smallint), (2::smallint)) AS l (level)
-    GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    SELECT 0, c.bucket, c.agent_name, c.agent_tier,
+           coalesce(array_agg(c.idx) FILTER (WHERE c.idx IS NOT NULL), '{}'::integer[]),
+           coalesce(array_agg(c.n::integer) FILTER (WHERE c.idx IS NOT NULL), '{}'::integer[]),
+           coalesce(sum(c.n) FILTER (WHERE c.idx IS NULL), 0)
+    FROM c GROUP BY 2, 3, 4 ORDER BY 2, 3, 4
     ON CONFLICT (level, bucket, agent_name, agent_tier) DO UPDATE SET
         idxs = CASE WHEN cardinality(r.idxs) + cardinality(EXCLUDED.idxs) <= 2048 THEN r.idxs || EXCLUDED.idxs
                     ELSE (SELECT coalesce(array_agg(x.i ORDER BY x.i), '{}'::integer[]) FROM (
@@ -760,12 +984,23 @@ BEGIN
                             SELECT u.i, sum(u.n)::integer AS s FROM unnest(r.idxs || EXCLUDED.idxs, r.ns || EXCLUDED.ns) AS u (i, n)
                             GROUP BY u.i HAVING sum(u.n) <> 0) AS x) END,
         zeros = r.zeros + EXCLUDED.zeros;
+
+    IF sealed IS NOT NULL AND EXISTS (SELECT 1 FROM new_rows AS s WHERE s.start_time < sealed) THEN
+        -- Late rows: the sealed hour and day figure rows (not the minutes, written above), then the prefixes.
+        statement := (public.obs_rollup_statements(
+            format('(SELECT * FROM new_rows WHERE start_time < %L::timestamptz)', sealed), 1, sealed))[1];
+        EXECUTE replace(statement, 'WHERE l.level = 0 OR', 'WHERE l.level > 0 AND');
+        FOREACH statement IN ARRAY public.obs_rollup_prefix_statements('new_rows', 1) LOOP
+            EXECUTE statement USING sealed;
+        END LOOP;
+    END IF;
     RETURN NULL;
 END
 $fn$;
 
--- The trigger function. SECURITY DEFINER: a writer (service_role) needs no write grant on the
--- rollup tables, only on the span table; RLS on the rollups then guards reads alone.
+-- The trigger function of deletes, updates and truncates. SECURITY DEFINER: a writer
+-- (service_role) needs no write grant on the rollup tables, only on the span table; RLS on the
+-- rollups then guards reads alone.
 CREATE OR REPLACE FUNCTION public.obs_rollup_apply()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -774,20 +1009,34 @@ SET search_path = public
 AS $fn$
 DECLARE
     statement text;
+    sealed timestamptz;
 BEGIN
+    PERFORM pg_advisory_xact_lock_shared(7160016);
     IF TG_OP = 'TRUNCATE' THEN
-        TRUNCATE public.ml_span_rollups, public.ml_span_rollup_sketch;
+        TRUNCATE public.ml_span_rollups, public.ml_span_rollup_sketch, public.ml_span_rollup_prefix;
+        UPDATE public.ml_span_rollup_state SET sealed_to = NULL;
         RETURN NULL;
     END IF;
+    SELECT sealed_to INTO sealed FROM public.ml_span_rollup_state;
     IF TG_OP IN ('DELETE', 'UPDATE') THEN
-        FOREACH statement IN ARRAY public.obs_rollup_statements('old_rows', -1) LOOP
+        FOREACH statement IN ARRAY public.obs_rollup_statements('old_rows', -1, sealed) LOOP
             EXECUTE statement;
         END LOOP;
+        IF sealed IS NOT NULL THEN
+            FOREACH statement IN ARRAY public.obs_rollup_prefix_statements('old_rows', -1) LOOP
+                EXECUTE statement USING sealed;
+            END LOOP;
+        END IF;
     END IF;
     IF TG_OP IN ('INSERT', 'UPDATE') THEN
-        FOREACH statement IN ARRAY public.obs_rollup_statements('new_rows', 1) LOOP
+        FOREACH statement IN ARRAY public.obs_rollup_statements('new_rows', 1, sealed) LOOP
             EXECUTE statement;
         END LOOP;
+        IF sealed IS NOT NULL THEN
+            FOREACH statement IN ARRAY public.obs_rollup_prefix_statements('new_rows', 1) LOOP
+                EXECUTE statement USING sealed;
+            END LOOP;
+        END IF;
     END IF;
     IF TG_OP IN ('DELETE', 'UPDATE') THEN
         -- Buckets the delete emptied go; only the buckets it touched are looked at.
@@ -798,10 +1047,9 @@ BEGIN
         WHERE r.level = t.level AND r.bucket = t.bucket AND r.agent_name = t.agent_name
           AND r.agent_tier = t.agent_tier AND r.n_all = 0;
         DELETE FROM public.ml_span_rollup_sketch k
-        USING (SELECT DISTINCT l.level, date_trunc(l.unit, o.start_time, 'UTC') AS bucket, o.agent_name, o.agent_tier
-               FROM old_rows o
-               CROSS JOIN (VALUES (0::smallint, 'minute'), (1::smallint, 'hour'), (2::smallint, 'day')) AS l (level, unit)) AS t
-        WHERE k.level = t.level AND k.bucket = t.bucket AND k.agent_name = t.agent_name
+        USING (SELECT DISTINCT date_trunc('minute', o.start_time, 'UTC') AS bucket, o.agent_name, o.agent_tier
+               FROM old_rows o) AS t
+        WHERE k.level = 0 AND k.bucket = t.bucket AND k.agent_name = t.agent_name
           AND k.agent_tier = t.agent_tier AND k.zeros = 0
           AND NOT EXISTS (SELECT 1 FROM unnest(k.idxs, k.ns) AS u (i, n) GROUP BY u.i HAVING sum(u.n) <> 0);
     END IF;
@@ -825,9 +1073,11 @@ CREATE OR REPLACE TRIGGER ml_observability_spans_rollup_truncate
     AFTER TRUNCATE ON public.ml_observability_spans
     FOR EACH STATEMENT EXECUTE FUNCTION public.obs_rollup_apply();
 
--- obs_rollup_rebuild(p_from, p_to) -> integer: recompute every bucket of the UTC days touching
--- [p_from, p_to) from the raw rows; returns the raw rows counted. Blocks writers of the span
--- table for the duration (SHARE lock) so no insert lands between reading and replacing.
+-- obs_rollup_rebuild(p_from, p_to) -> integer: recompute every minute bucket of the UTC days
+-- touching [p_from, p_to) from the raw rows, and drop what was sealed (the next
+-- obs_rollup_seal builds it again from the minutes); returns the raw rows counted. Blocks
+-- writers of the span table for the duration (SHARE lock) so no insert lands between reading
+-- and replacing.
 CREATE OR REPLACE FUNCTION public.obs_rollup_rebuild(p_from timestamptz, p_to timestamptz)
 RETURNS bigint
 LANGUAGE plpgsql
@@ -843,10 +1093,13 @@ DECLARE
     counted bigint;
 BEGIN
     LOCK TABLE public.ml_observability_spans IN SHARE MODE;
-    DELETE FROM public.ml_span_rollups WHERE bucket >= lo AND bucket < hi;
-    DELETE FROM public.ml_span_rollup_sketch WHERE bucket >= lo AND bucket < hi;
+    PERFORM pg_advisory_xact_lock(7160016);
+    DELETE FROM public.ml_span_rollups WHERE level > 0 OR (bucket >= lo AND bucket < hi);
+    DELETE FROM public.ml_span_rollup_sketch WHERE level > 0 OR (bucket >= lo AND bucket < hi);
+    DELETE FROM public.ml_span_rollup_prefix;
+    UPDATE public.ml_span_rollup_state SET sealed_to = NULL;
     FOREACH statement IN ARRAY public.obs_rollup_statements(
-        '(SELECT * FROM public.ml_observability_spans WHERE start_time >= $1 AND start_time < $2)', 1) LOOP
+        '(SELECT * FROM public.ml_observability_spans WHERE start_time >= $1 AND start_time < $2)', 1, NULL) LOOP
         EXECUTE statement USING lo, hi;
     END LOOP;
     SELECT count(*) INTO counted FROM public.ml_observability_spans WHERE start_time >= lo AND start_time < hi;
@@ -855,7 +1108,7 @@ END
 $fn$;
 
 -- Back-fill once, when the rollups are new (the triggers above already block writers until
--- this transaction commits, so no row is counted twice or missed).
+-- this transaction commits, so no row is counted twice or missed), then seal.
 DO $backfill$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM public.ml_span_rollups LIMIT 1)
@@ -863,17 +1116,22 @@ BEGIN
         PERFORM public.obs_rollup_rebuild(min(start_time), max(start_time) + interval '1 microsecond')
         FROM public.ml_observability_spans;
     END IF;
+    PERFORM public.obs_rollup_seal();
 END
 $backfill$;
 
 -- obs_rollup_metrics(p_since, p_agent) -> one row per (agent_name, agent_tier) with the summed
--- figures (idx, n, idxs and counts null), then sketch rows (figures null, idx 0): n = zero
--- durations, idxs / counts = array_send of the (index, count) pair arrays (bytea, decoded by the
--- client with numpy and summed there per index), for the window start_time >= p_since: raw rows for [p_since, m),
--- minute buckets [m, h), hour buckets [h, d), day buckets from d on (m, h, d: p_since rounded up
--- to the minute, hour and day). The Postgres and Supabase backends compute the answer from it.
--- Each level is its own range on the primary key, its bounds scalar subqueries (computed once,
--- then index scan keys): an OR of the three ranges would not use the index.
+-- figures (idx, n, idxs and counts null), then sketch rows (figures null): idx 0 adds the
+-- sketch, idx -1 subtracts it; n = zero durations, idxs / counts = array_send of the (index,
+-- count) pair arrays (bytea, decoded by the client with numpy and summed there per index). The
+-- window start_time >= p_since is cut at m, h, d (p_since rounded up to the minute, hour and
+-- day) and at the frontier f (s2: its day): raw rows for [p_since, m); figures from minute rows
+-- for [m, h) and [max(h, f), ∞), hour rows for [h, f) outside [d, s2), day rows for [d, s2);
+-- sketches from the same minute rows plus prefix(f) - prefix(h) when h < f. So a window costs
+-- two prefix arrays per agent plus at most ~2 hours of minute arrays, whatever its length. It
+-- seals first (obs_rollup_seal), hence VOLATILE (PostgREST calls it with POST).
+-- The bounds are plpgsql variables, so each call is planned with them as constants
+-- (force_custom_plan) and every OR'ed range is one index range (a BitmapOr).
 CREATE OR REPLACE FUNCTION public.obs_rollup_metrics(p_since timestamptz, p_agent text DEFAULT NULL)
 RETURNS TABLE (
     agent_name text, agent_tier integer, idx integer, n bigint,
@@ -881,105 +1139,111 @@ RETURNS TABLE (
     tok_in bigint, tok_out bigint, tok_total bigint, dur_n bigint, dur_sum double precision,
     idxs bytea, counts bytea, cost_sum double precision, n_unpriced bigint
 )
-LANGUAGE sql
-STABLE
+LANGUAGE plpgsql
+VOLATILE
 SECURITY INVOKER
 SET search_path = public
 SET plan_cache_mode = force_custom_plan
 AS $fn$
-WITH up AS (
-    SELECT date_trunc('minute', p_since, 'UTC') AS m0, date_trunc('hour', p_since, 'UTC') AS h0,
-           date_trunc('day', p_since, 'UTC') AS d0
-), b AS (
-    SELECT m, greatest(m, h) AS h, greatest(m, h, d) AS d FROM (
-        SELECT m0 + CASE WHEN m0 < p_since THEN interval '1 minute' ELSE interval '0' END AS m,
-               h0 + CASE WHEN h0 < p_since THEN interval '1 hour' ELSE interval '0' END AS h,
-               d0 + CASE WHEN d0 < p_since THEN interval '1 day' ELSE interval '0' END AS d
-        FROM up) AS x
-), raw AS (
-    SELECT s.agent_name, s.agent_tier, s.status, s.attributes, s.input_tokens, s.output_tokens,
-           s.total_tokens, s.duration_ms, s.llm_model, s.cost_usd
-    FROM public.ml_observability_spans s
-    WHERE s.start_time >= p_since AND s.start_time < (SELECT m FROM b) AND (p_agent IS NULL OR s.agent_name = p_agent)
-), totals AS (
-    SELECT r.agent_name, r.agent_tier, r.n_all, r.n_ok, r.n_error, r.n_timeout, r.n_started, r.n_fallback,
-           r.tok_in, r.tok_out, r.tok_total, r.dur_n, r.dur_sum, r.cost_sum, r.n_unpriced
-    FROM public.ml_span_rollups r
-    WHERE r.level = 0 AND r.bucket >= (SELECT m FROM b) AND r.bucket < (SELECT h FROM b)
-      AND (p_agent IS NULL OR r.agent_name = p_agent)
+#variable_conflict use_column
+DECLARE
+    f timestamptz := coalesce(public.obs_rollup_seal(), '-infinity'::timestamptz);
+    m timestamptz := date_trunc('minute', p_since, 'UTC');
+    h timestamptz := date_trunc('hour', p_since, 'UTC');
+    d timestamptz := date_trunc('day', p_since, 'UTC');
+    s2 timestamptz;
+BEGIN
+    m := m + CASE WHEN m < p_since THEN interval '1 minute' ELSE interval '0' END;
+    h := greatest(m, h + CASE WHEN h < p_since THEN interval '1 hour' ELSE interval '0' END);
+    d := greatest(h, d + CASE WHEN d < p_since THEN interval '1 day' ELSE interval '0' END);
+    s2 := CASE WHEN isfinite(f) THEN date_trunc('day', f, 'UTC') ELSE f END;
+    RETURN QUERY
+    WITH raw AS (
+        SELECT s.agent_name, s.agent_tier, s.status, s.attributes, s.input_tokens, s.output_tokens,
+               s.total_tokens, s.duration_ms, s.llm_model, s.cost_usd
+        FROM public.ml_observability_spans s
+        WHERE s.start_time >= p_since AND s.start_time < m AND (p_agent IS NULL OR s.agent_name = p_agent)
+    ), totals AS (
+        SELECT r.agent_name, r.agent_tier, r.n_all, r.n_ok, r.n_error, r.n_timeout, r.n_started, r.n_fallback,
+               r.tok_in, r.tok_out, r.tok_total, r.dur_n, r.dur_sum, r.cost_sum, r.n_unpriced
+        FROM public.ml_span_rollups r
+        WHERE ((r.level = 0 AND r.bucket >= m AND r.bucket < h)
+               OR (r.level = 0 AND r.bucket >= greatest(h, f))
+               OR (r.level = 1 AND r.bucket >= h AND r.bucket < least(f, d))
+               OR (r.level = 1 AND r.bucket >= greatest(d, s2) AND r.bucket < f)
+               OR (r.level = 2 AND r.bucket >= d AND r.bucket < s2))
+          AND (p_agent IS NULL OR r.agent_name = p_agent)
+        UNION ALL
+        SELECT s.agent_name, s.agent_tier, 1, (s.status = 'ok')::int, (s.status = 'error')::int,
+               (s.status = 'timeout')::int, (s.status = 'started')::int,
+               (CASE jsonb_typeof(s.attributes -> 'fallback_used')
+                    WHEN 'boolean' THEN (s.attributes -> 'fallback_used')::boolean
+                    WHEN 'number'  THEN (s.attributes -> 'fallback_used')::numeric <> 0
+                    WHEN 'string'  THEN (s.attributes ->> 'fallback_used') <> ''
+                    WHEN 'array'   THEN jsonb_array_length(s.attributes -> 'fallback_used') > 0
+                    WHEN 'object'  THEN (s.attributes -> 'fallback_used') <> '{}'::jsonb
+                    ELSE false END)::int,
+               coalesce(s.input_tokens, 0), coalesce(s.output_tokens, 0), coalesce(s.total_tokens, 0),
+               (s.duration_ms IS NOT NULL)::int, coalesce(s.duration_ms, 0), coalesce(s.cost_usd, 0),
+               (s.llm_model IS NOT NULL AND s.cost_usd IS NULL)::int
+        FROM raw s
+    ), edge AS (
+        SELECT s.agent_name, s.agent_tier,
+               CASE WHEN s.duration_ms <= 0 THEN NULL
+                    ELSE ceil(ln(s.duration_ms) / 0.020000666706669435)::integer END AS idx,
+               count(*) AS n
+        FROM raw s WHERE s.duration_ms IS NOT NULL GROUP BY 1, 2, 3
+    ), mins AS (
+        -- The minute sketches of the window (its first hour's edge and the unsealed hour),
+        -- concatenated per (agent, tier) here (two aggregates over the same rows keep the pairs
+        -- aligned): ~100 small arrays per agent cost more to ship and decode one by one, and more
+        -- to sum per index in SQL (measured) than one array pair summed by the client.
+        SELECT k.agent_name, k.agent_tier, k.idxs, k.ns, k.zeros
+        FROM public.ml_span_rollup_sketch k
+        WHERE ((k.level = 0 AND k.bucket >= m AND k.bucket < h) OR (k.level = 0 AND k.bucket >= greatest(h, f)))
+          AND (p_agent IS NULL OR k.agent_name = p_agent)
+    )
+    SELECT t.agent_name, t.agent_tier, NULL::integer, NULL::bigint,
+           sum(t.n_all)::bigint, sum(t.n_ok)::bigint, sum(t.n_error)::bigint, sum(t.n_timeout)::bigint,
+           sum(t.n_started)::bigint, sum(t.n_fallback)::bigint, sum(t.tok_in)::bigint, sum(t.tok_out)::bigint,
+           sum(t.tok_total)::bigint, sum(t.dur_n)::bigint, sum(t.dur_sum)::double precision, NULL::bytea, NULL::bytea,
+           sum(t.cost_sum)::double precision, sum(t.n_unpriced)::bigint
+    FROM totals t GROUP BY t.agent_name, t.agent_tier
     UNION ALL
-    SELECT r.agent_name, r.agent_tier, r.n_all, r.n_ok, r.n_error, r.n_timeout, r.n_started, r.n_fallback,
-           r.tok_in, r.tok_out, r.tok_total, r.dur_n, r.dur_sum, r.cost_sum, r.n_unpriced
-    FROM public.ml_span_rollups r
-    WHERE r.level = 1 AND r.bucket >= (SELECT h FROM b) AND r.bucket < (SELECT d FROM b)
-      AND (p_agent IS NULL OR r.agent_name = p_agent)
+    SELECT k.agent_name, k.agent_tier, 0, sum(k.zeros)::bigint,
+           NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+           array_send(public.obs_int_array_cat(k.idxs)), array_send(public.obs_int_array_cat(k.ns)), NULL, NULL
+    FROM mins k GROUP BY k.agent_name, k.agent_tier
     UNION ALL
-    SELECT r.agent_name, r.agent_tier, r.n_all, r.n_ok, r.n_error, r.n_timeout, r.n_started, r.n_fallback,
-           r.tok_in, r.tok_out, r.tok_total, r.dur_n, r.dur_sum, r.cost_sum, r.n_unpriced
-    FROM public.ml_span_rollups r
-    WHERE r.level = 2 AND r.bucket >= (SELECT d FROM b) AND (p_agent IS NULL OR r.agent_name = p_agent)
+    SELECT k.agent_name, k.agent_tier, k.sgn, CASE WHEN k.sgn < 0 THEN -k.zeros ELSE k.zeros END,
+           NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, array_send(k.idxs), array_send(k.ns),
+           NULL, NULL
+    FROM (
+        SELECT DISTINCT ON (q.agent_name, q.agent_tier, w.sgn) q.agent_name, q.agent_tier, w.sgn, q.idxs, q.ns, q.zeros
+        FROM (VALUES (0, f), (-1, h)) AS w (sgn, b)
+        JOIN public.ml_span_rollup_prefix q ON q.boundary = w.b OR q.boundary = '-infinity'
+        WHERE h < f AND (p_agent IS NULL OR q.agent_name = p_agent)
+        ORDER BY q.agent_name, q.agent_tier, w.sgn, q.boundary DESC
+    ) AS k
     UNION ALL
-    SELECT s.agent_name, s.agent_tier, 1, (s.status = 'ok')::int, (s.status = 'error')::int,
-           (s.status = 'timeout')::int, (s.status = 'started')::int,
-           (CASE jsonb_typeof(s.attributes -> 'fallback_used')
-                WHEN 'boolean' THEN (s.attributes -> 'fallback_used')::boolean
-                WHEN 'number'  THEN (s.attributes -> 'fallback_used')::numeric <> 0
-                WHEN 'string'  THEN (s.attributes ->> 'fallback_used') <> ''
-                WHEN 'array'   THEN jsonb_array_length(s.attributes -> 'fallback_used') > 0
-                WHEN 'object'  THEN (s.attributes -> 'fallback_used') <> '{}'::jsonb
-                ELSE false END)::int,
-           coalesce(s.input_tokens, 0), coalesce(s.output_tokens, 0), coalesce(s.total_tokens, 0),
-           (s.duration_ms IS NOT NULL)::int, coalesce(s.duration_ms, 0), coalesce(s.cost_usd, 0),
-           (s.llm_model IS NOT NULL AND s.cost_usd IS NULL)::int
-    FROM raw s
-), edge AS (
-    SELECT s.agent_name, s.agent_tier,
-           CASE WHEN s.duration_ms <= 0 THEN NULL
-                ELSE ceil(ln(s.duration_ms) / 0.020000666706669435)::integer END AS idx,
-           count(*) AS n
-    FROM raw s WHERE s.duration_ms IS NOT NULL GROUP BY 1, 2, 3
-)
-SELECT t.agent_name, t.agent_tier, NULL::integer, NULL::bigint,
-       sum(t.n_all)::bigint, sum(t.n_ok)::bigint, sum(t.n_error)::bigint, sum(t.n_timeout)::bigint,
-       sum(t.n_started)::bigint, sum(t.n_fallback)::bigint, sum(t.tok_in)::bigint, sum(t.tok_out)::bigint,
-       sum(t.tok_total)::bigint, sum(t.dur_n)::bigint, sum(t.dur_sum)::double precision, NULL::bytea, NULL::bytea,
-       sum(t.cost_sum)::double precision, sum(t.n_unpriced)::bigint
-FROM totals t GROUP BY t.agent_name, t.agent_tier
-UNION ALL
-SELECT k.agent_name, k.agent_tier, 0, k.zeros,
-       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, array_send(k.idxs), array_send(k.ns),
-       NULL, NULL
-FROM public.ml_span_rollup_sketch k
-WHERE k.level = 0 AND k.bucket >= (SELECT m FROM b) AND k.bucket < (SELECT h FROM b)
-  AND (p_agent IS NULL OR k.agent_name = p_agent)
-UNION ALL
-SELECT k.agent_name, k.agent_tier, 0, k.zeros,
-       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, array_send(k.idxs), array_send(k.ns),
-       NULL, NULL
-FROM public.ml_span_rollup_sketch k
-WHERE k.level = 1 AND k.bucket >= (SELECT h FROM b) AND k.bucket < (SELECT d FROM b)
-  AND (p_agent IS NULL OR k.agent_name = p_agent)
-UNION ALL
-SELECT k.agent_name, k.agent_tier, 0, k.zeros,
-       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, array_send(k.idxs), array_send(k.ns),
-       NULL, NULL
-FROM public.ml_span_rollup_sketch k
-WHERE k.level = 2 AND k.bucket >= (SELECT d FROM b) AND (p_agent IS NULL OR k.agent_name = p_agent)
-UNION ALL
-SELECT e.agent_name, e.agent_tier, 0, CASE WHEN e.idx IS NULL THEN e.n ELSE 0 END,
-       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-       array_send(CASE WHEN e.idx IS NULL THEN '{}'::integer[] ELSE ARRAY[e.idx] END),
-       array_send(CASE WHEN e.idx IS NULL THEN '{}'::integer[] ELSE ARRAY[e.n::integer] END),
-       NULL, NULL
-FROM edge e
+    SELECT e.agent_name, e.agent_tier, 0, CASE WHEN e.idx IS NULL THEN e.n ELSE 0 END,
+           NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+           array_send(CASE WHEN e.idx IS NULL THEN '{}'::integer[] ELSE ARRAY[e.idx] END),
+           array_send(CASE WHEN e.idx IS NULL THEN '{}'::integer[] ELSE ARRAY[e.n::integer] END),
+           NULL, NULL
+    FROM edge e;
+END
 $fn$;
 
 COMMENT ON FUNCTION public.obs_rollup_metrics(timestamptz, text) IS
     'Window start_time >= p_since (optionally one agent) from rollups: per (agent, tier) the summed figures '
-    '(idx null), then latency sketches (n = zero durations, idxs/counts = array_send of index/count pairs; 1 %).';
+    '(idx null), then latency sketches (idx 0 added, -1 subtracted; n = zero durations, idxs/counts = '
+    'array_send of index/count pairs; 1 %).';
 
 ALTER TABLE public.ml_span_rollups ENABLE ROW LEVEL SECURITY;
 ALTER TABLE public.ml_span_rollup_sketch ENABLE ROW LEVEL SECURITY;
+ALTER TABLE public.ml_span_rollup_prefix ENABLE ROW LEVEL SECURITY;
+ALTER TABLE public.ml_span_rollup_state ENABLE ROW LEVEL SECURITY;
 
 -- --------------------------------------------------------------------------- lock-down
 
@@ -998,6 +1262,12 @@ REVOKE ALL ON FUNCTION public.obs_rollup_rebuild(timestamptz, timestamptz) FROM 
 REVOKE ALL ON FUNCTION public.obs_rollup_apply() FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.obs_rollup_insert() FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.obs_int_array_cat(integer[]) FROM PUBLIC;
+REVOKE ALL ON TABLE public.ml_span_rollup_prefix FROM PUBLIC;
+REVOKE ALL ON TABLE public.ml_span_rollup_state FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.obs_rollup_seal(timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.obs_rollup_statements(text, integer, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.obs_rollup_prefix_statements(text, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.obs_pairs_merge(integer[], integer[], boolean) FROM PUBLIC;
 
 DO $roles$
 DECLARE
@@ -1015,6 +1285,9 @@ BEGIN
             EXECUTE format('REVOKE ALL ON TABLE public.ml_span_rollup_sketch FROM %I', api_role);
             EXECUTE format('REVOKE ALL ON FUNCTION public.obs_rollup_metrics(timestamptz, text) FROM %I', api_role);
             EXECUTE format('REVOKE ALL ON FUNCTION public.obs_rollup_rebuild(timestamptz, timestamptz) FROM %I', api_role);
+            EXECUTE format('REVOKE ALL ON TABLE public.ml_span_rollup_prefix FROM %I', api_role);
+            EXECUTE format('REVOKE ALL ON TABLE public.ml_span_rollup_state FROM %I', api_role);
+            EXECUTE format('REVOKE ALL ON FUNCTION public.obs_rollup_seal(timestamptz) FROM %I', api_role);
         END IF;
     END LOOP;
 
@@ -1028,6 +1301,18 @@ BEGIN
         -- Rollups: read-only for the API role (the triggers write them as the schema's owner).
         GRANT SELECT ON TABLE public.ml_span_rollups, public.ml_span_rollup_sketch TO service_role;
         GRANT EXECUTE ON FUNCTION public.obs_rollup_metrics(timestamptz, text) TO service_role;
+        -- obs_rollup_metrics seals first (SECURITY DEFINER) and reads the prefixes.
+        GRANT EXECUTE ON FUNCTION public.obs_rollup_seal(timestamptz) TO service_role;
+        GRANT EXECUTE ON FUNCTION public.obs_int_array_cat(integer[]) TO service_role;
+        GRANT SELECT ON TABLE public.ml_span_rollup_prefix TO service_role;
+        IF NOT EXISTS (
+            SELECT 1 FROM pg_policies
+            WHERE schemaname = 'public' AND tablename = 'ml_span_rollup_prefix'
+              AND policyname = 'ml_span_rollup_prefix_service_role_read'
+        ) THEN
+            CREATE POLICY ml_span_rollup_prefix_service_role_read ON public.ml_span_rollup_prefix
+                AS PERMISSIVE FOR SELECT TO service_role USING (true);
+        END IF;
         IF NOT EXISTS (
             SELECT 1 FROM pg_policies
             WHERE schemaname = 'public' AND tablename = 'ml_span_rollups'

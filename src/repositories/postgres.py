@@ -265,9 +265,11 @@ class PostgresSpanRepository(SpanStore):
 
     # ------------------------------------------------------------------ reads
 
-    async def _fetchall(self, sql: str, params: Sequence[Any], what: str) -> list[tuple[Any, ...]]:
+    async def _fetchall(
+        self, sql: str, params: Sequence[Any], what: str, binary: bool = False
+    ) -> list[tuple[Any, ...]]:
         async def op(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
-            cur = await conn.execute(sql, params)  # type: ignore[arg-type]
+            cur = await conn.execute(sql, params, binary=binary)  # type: ignore[arg-type]
             return await cur.fetchall()
 
         return await self._call(op, what)
@@ -480,6 +482,7 @@ class PostgresSpanRepository(SpanStore):
             "SELECT * FROM public.obs_rollup_metrics(%s::timestamptz, %s::text)",
             (window_start(window), agent_name),
             "reading the metrics rollups",
+            binary=True,  # the sketch blobs as bytes: in text they travel hex-encoded, twice the size
         )
         return groups_from_rows(rows)
 
@@ -491,7 +494,14 @@ class PostgresSpanRepository(SpanStore):
         )
         oldest, last = span[0]
         if oldest is None:
-            await self._execute_all(["DELETE FROM public.ml_span_rollups", "DELETE FROM public.ml_span_rollup_sketch"])
+            await self._execute_all(
+                [
+                    "DELETE FROM public.ml_span_rollups",
+                    "DELETE FROM public.ml_span_rollup_sketch",
+                    "DELETE FROM public.ml_span_rollup_prefix",
+                    "UPDATE public.ml_span_rollup_state SET sealed_to = NULL",
+                ]
+            )
             return 0
         start = max(since, oldest) if since is not None else oldest
         day = start.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -511,6 +521,9 @@ class PostgresSpanRepository(SpanStore):
             days += 1
             if progress is not None:
                 progress(days)
+        # Each day's rebuild dropped what was sealed; build the hour / day rows and the prefixes
+        # once, from the minutes, instead of leaving that to the first metrics question.
+        await self._execute_all(["SELECT public.obs_rollup_seal()"])
         return days
 
     async def _execute_all(self, statements: Sequence[str]) -> None:
@@ -522,7 +535,10 @@ class PostgresSpanRepository(SpanStore):
         await self._call(op, "rebuilding the metrics rollups")
 
     async def verify_rollups(self, since: datetime | None = None) -> list[str]:
-        """Every level, summed per UTC day, against the raw rows from ``since`` (one snapshot)."""
+        """Every level, summed per UTC day, against the raw rows from ``since`` (one snapshot):
+        minutes against every row, hour and day rows against the rows before the frontier they
+        were sealed to, and each day's prefix difference (``prefix(day end) - prefix(day start)``)
+        against that day's raw sketch."""
         start = (since or datetime(1970, 1, 1, tzinfo=UTC)).astimezone(UTC)
         start = start.replace(hour=0, minute=0, second=0, microsecond=0)
 
@@ -530,14 +546,25 @@ class PostgresSpanRepository(SpanStore):
             problems: list[str] = []
             async with conn.transaction():
                 await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                raw = await (await conn.execute(_VERIFY_RAW, (start,))).fetchall()
-                raw_sketch = await (await conn.execute(_VERIFY_RAW_SKETCH, (start,))).fetchall()
+                state = await (await conn.execute("SELECT sealed_to FROM public.ml_span_rollup_state")).fetchone()
+                sealed = state[0] if state and state[0] is not None else None
+                ends = {0: None, 1: sealed, 2: None if sealed is None else _day_of(sealed)}
                 for level in (0, 1, 2):
+                    if level and sealed is None:
+                        continue
+                    end = ends[level] or datetime.max.replace(tzinfo=UTC)  # level 0: every row
+                    raw = await (await conn.execute(_VERIFY_RAW, (start, end))).fetchall()
                     rolled = await (await conn.execute(_VERIFY_ROLLED, (level, start))).fetchall()
-                    params = {"level": level, "since": start}
-                    rolled_sketch = await (await conn.execute(_VERIFY_ROLLED_SKETCH, params)).fetchall()
                     compare_keyed(f"level {level} totals", raw, rolled, 3, problems.append)
-                    compare_keyed(f"level {level} sketch", raw_sketch, rolled_sketch, 4, problems.append)
+                raw_sketch = await (
+                    await conn.execute(_VERIFY_RAW_SKETCH, (start, datetime.max.replace(tzinfo=UTC)))
+                ).fetchall()
+                rolled_sketch = await (await conn.execute(_VERIFY_ROLLED_SKETCH, {"since": start})).fetchall()
+                compare_keyed("level 0 sketch", raw_sketch, rolled_sketch, 4, problems.append)
+                if sealed is not None:
+                    raw_sketch = await (await conn.execute(_VERIFY_RAW_SKETCH, (start, sealed))).fetchall()
+                    prefixes = await (await conn.execute(_VERIFY_PREFIX, {"since": start, "sealed": sealed})).fetchall()
+                    compare_keyed("prefix sketch", raw_sketch, prefixes, 4, problems.append)
             return problems
 
         return await self._call(op, "verifying the metrics rollups")
@@ -646,12 +673,12 @@ SELECT {_DAY}, agent_name, agent_tier, count(*), count(*) FILTER (WHERE status =
        coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0), coalesce(sum(total_tokens), 0),
        count(duration_ms), coalesce(sum(duration_ms), 0), coalesce(sum(cost_usd), 0),
        count(*) FILTER (WHERE llm_model IS NOT NULL AND cost_usd IS NULL)
-FROM {TABLE} WHERE start_time >= %s GROUP BY 1, 2, 3"""
+FROM {TABLE} WHERE start_time >= %s AND start_time < %s GROUP BY 1, 2, 3"""
 _VERIFY_RAW_SKETCH: Final = f"""
 SELECT {_DAY}, agent_name, agent_tier,
        CASE WHEN duration_ms <= 0 THEN -1000000 ELSE ceil(ln(duration_ms) / 0.020000666706669435)::integer END,
        count(*)
-FROM {TABLE} WHERE start_time >= %s AND duration_ms IS NOT NULL GROUP BY 1, 2, 3, 4"""
+FROM {TABLE} WHERE start_time >= %s AND start_time < %s AND duration_ms IS NOT NULL GROUP BY 1, 2, 3, 4"""
 _VERIFY_ROLLED: Final = """
 SELECT date_trunc('day', bucket, 'UTC'), agent_name, agent_tier, sum(n_all), sum(n_ok), sum(n_error),
        sum(n_timeout), sum(n_started), sum(n_fallback), sum(tok_in), sum(tok_out), sum(tok_total),
@@ -660,8 +687,35 @@ FROM public.ml_span_rollups WHERE level = %s AND bucket >= %s GROUP BY 1, 2, 3""
 _VERIFY_ROLLED_SKETCH: Final = """
 SELECT date_trunc('day', k.bucket, 'UTC'), k.agent_name, k.agent_tier, u.i, sum(u.n)
 FROM public.ml_span_rollup_sketch k, unnest(k.idxs, k.ns) AS u (i, n)
-WHERE k.level = %(level)s AND k.bucket >= %(since)s GROUP BY 1, 2, 3, 4 HAVING sum(u.n) <> 0
+WHERE k.level = 0 AND k.bucket >= %(since)s GROUP BY 1, 2, 3, 4 HAVING sum(u.n) <> 0
 UNION ALL
 SELECT date_trunc('day', bucket, 'UTC'), agent_name, agent_tier, -1000000, sum(zeros)
-FROM public.ml_span_rollup_sketch WHERE level = %(level)s AND bucket >= %(since)s
+FROM public.ml_span_rollup_sketch WHERE level = 0 AND bucket >= %(since)s
 GROUP BY 1, 2, 3 HAVING sum(zeros) <> 0"""
+# Per UTC day before the frontier and (agent, tier): prefix(min(day end, frontier)) - prefix(day
+# start), each the stored boundary or else the agent's '-infinity' row.
+_VERIFY_PREFIX: Final = f"""
+WITH days AS (
+    SELECT g AS lo, least(g + interval '1 day', %(sealed)s::timestamptz) AS hi
+    FROM generate_series(
+        date_trunc('day', greatest(%(since)s::timestamptz, (SELECT min(start_time) FROM {TABLE})), 'UTC'),
+        %(sealed)s::timestamptz - interval '1 microsecond', interval '1 day') AS g
+), agents AS (
+    SELECT DISTINCT agent_name, agent_tier FROM public.ml_span_rollup_prefix
+), pv AS (
+    SELECT a.agent_name, a.agent_tier, d.lo, w.sgn, q.idxs, q.ns, q.zeros
+    FROM agents a CROSS JOIN days d CROSS JOIN (VALUES (1), (-1)) AS w (sgn)
+    CROSS JOIN LATERAL (
+        SELECT q.idxs, q.ns, q.zeros FROM public.ml_span_rollup_prefix q
+        WHERE q.agent_name = a.agent_name AND q.agent_tier = a.agent_tier
+          AND (q.boundary = CASE WHEN w.sgn = 1 THEN d.hi ELSE d.lo END OR q.boundary = '-infinity')
+        ORDER BY q.boundary DESC LIMIT 1) AS q
+)
+SELECT pv.lo, pv.agent_name, pv.agent_tier, u.i, sum(pv.sgn * u.n)
+FROM pv, unnest(pv.idxs, pv.ns) AS u (i, n) GROUP BY 1, 2, 3, 4 HAVING sum(pv.sgn * u.n) <> 0
+UNION ALL
+SELECT lo, agent_name, agent_tier, -1000000, sum(sgn * zeros) FROM pv GROUP BY 1, 2, 3 HAVING sum(sgn * zeros) <> 0"""
+
+
+def _day_of(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)

@@ -48,10 +48,12 @@ SELECT 'function ' || p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace
  WHERE ns.nspname = 'public' AND p.proname IN
        ('obs_latency_stats', 'obs_status_distribution', 'obs_quality_counts', 'obs_delete_old_spans',
         'obs_rollup_statements', 'obs_rollup_apply', 'obs_rollup_insert', 'obs_rollup_rebuild', 'obs_rollup_metrics',
-        'obs_int_array_cat')
+        'obs_int_array_cat', 'obs_rollup_seal', 'obs_rollup_prefix_statements', 'obs_pairs_merge')
 UNION ALL
 SELECT 'table ' || c.relname FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace
- WHERE ns.nspname = 'public' AND c.relname IN ('ml_span_rollups', 'ml_span_rollup_sketch') AND c.relkind = 'r'
+ WHERE ns.nspname = 'public' AND c.relname IN
+       ('ml_span_rollups', 'ml_span_rollup_sketch', 'ml_span_rollup_prefix', 'ml_span_rollup_state')
+   AND c.relkind = 'r'
 UNION ALL
 SELECT 'trigger ' || t.tgname FROM pg_trigger t
  WHERE t.tgrelid = to_regclass('public.ml_observability_spans') AND NOT t.tgisinternal

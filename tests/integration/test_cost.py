@@ -573,7 +573,7 @@ async def test_postgres_migrate_adds_the_column_to_a_table_with_data(postgres_ds
         policies = conn.execute(
             "SELECT tablename FROM pg_policies WHERE tablename LIKE 'ml_span_rollup%' ORDER BY 1"
         ).fetchall()
-        assert policies == [("ml_span_rollup_sketch",), ("ml_span_rollups",)]
+        assert policies == [("ml_span_rollup_prefix",), ("ml_span_rollup_sketch",), ("ml_span_rollups",)]
         column = conn.execute(
             "SELECT data_type, is_nullable FROM information_schema.columns "
             "WHERE table_name = 'ml_observability_spans' AND column_name = 'cost_usd'"

@@ -79,7 +79,12 @@ def test_schema_applies_twice_and_reports_what_it_did(postgres_template: Templat
         # The metrics rollups (rollups.py) and what keeps them.
         "table ml_span_rollups",
         "table ml_span_rollup_sketch",
-        "function obs_rollup_statements(text,integer)",
+        "table ml_span_rollup_prefix",
+        "table ml_span_rollup_state",
+        "function obs_rollup_statements(text,integer,timestamp with time zone)",
+        "function obs_rollup_prefix_statements(text,integer)",
+        "function obs_rollup_seal(timestamp with time zone)",
+        "function obs_pairs_merge(integer[],integer[],boolean)",
         "function obs_rollup_apply()",
         "function obs_rollup_rebuild(timestamp with time zone,timestamp with time zone)",
         "function obs_rollup_metrics(timestamp with time zone,text)",
@@ -147,18 +152,21 @@ def test_schema_objects_have_the_promised_properties(postgres_dsn: str) -> None:
             "obs_feedback_by_agent",
             "obs_insert_feedback",
             "obs_latency_stats",
+            "obs_pairs_merge",
             "obs_quality_counts",
             "obs_rollup_apply",
             "obs_rollup_insert",
             "obs_rollup_metrics",
+            "obs_rollup_prefix_statements",
             "obs_rollup_rebuild",
+            "obs_rollup_seal",
             "obs_rollup_statements",
             "obs_status_distribution",
         ]
         for name, security_definer, config in functions:
             # Only the rollup trigger runs as the schema's owner: writers need no grant on the
             # rollup tables (their RLS guards reads).
-            assert security_definer is (name in ("obs_rollup_apply", "obs_rollup_insert")), name
+            assert security_definer is (name in ("obs_rollup_apply", "obs_rollup_insert", "obs_rollup_seal")), name
             assert "search_path=public" in config, name
         # The trigger's array concatenation: an aggregate over pg_catalog's array_cat only.
         aggregate = conn.execute(
@@ -499,10 +507,10 @@ def test_cli_migrate_and_cleanup_on_postgres(postgres_template: TemplateInfo, mo
         first = runner.invoke(app, ["migrate"])
         assert first.exit_code == 0, first.output
         out = flat(first.output)
-        assert "table ml_observability_spans created" in out and "Done: 42 created, 0 already present." in out
+        assert "table ml_observability_spans created" in out and "Done: 47 created, 0 already present." in out
         assert "anon denied" in out and "service_role granted" in out
         second = runner.invoke(app, ["migrate"])
-        assert second.exit_code == 0 and "Nothing to create: 0 created, 42 already present." in flat(second.output)
+        assert second.exit_code == 0 and "Nothing to create: 0 created, 47 already present." in flat(second.output)
 
         now = datetime.now(UTC)
 

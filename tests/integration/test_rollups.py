@@ -152,6 +152,9 @@ _step = st.one_of(
     st.tuples(st.just("replay"), st.integers(0, 50)),
     st.tuples(st.just("mixed"), st.lists(_span, min_size=1, max_size=10)),
     st.tuples(st.just("cleanup"), st.integers(0, 35)),
+    # A metrics question: on Postgres it seals the past hours first, so every later step of the
+    # history (new rows into sealed hours, replays, cleanups) must correct the sealed rows.
+    st.tuples(st.just("read"), st.sampled_from(WINDOWS)),
 )
 
 
@@ -246,6 +249,9 @@ async def test_rollups_equal_the_raw_rows(store: SpanStore, history: list[tuple[
         elif kind == "mixed":
             old = [span for earlier in batches for span in earlier][:: max(1, len(batches))][:10]
             batch = [_row(now, spec) for spec in arg] + old + old[:2]  # duplicates inside the batch too
+        elif kind == "read":
+            assert await store.rollup_groups(arg) is not None
+            continue
         else:
             await store.delete_old_spans(arg)
             continue
@@ -261,9 +267,11 @@ async def test_rollups_equal_the_raw_rows(store: SpanStore, history: list[tuple[
 
 async def test_verify_reports_a_drifted_bucket_and_rebuild_repairs_it(store: SpanStore) -> None:
     now = datetime.now(UTC)
-    spans = [_row(now, {"age": 90.0 * i, "agent": "explainer", "status": "ok", "duration": 10.0 + i,
+    # Spread over 5 hours: on Postgres hour rows exist once their hour is sealed (by a read).
+    spans = [_row(now, {"age": 900.0 * i + 7.5, "agent": "explainer", "status": "ok", "duration": 10.0 + i,
                         "tokens": (1, 2), "fallback": None}) for i in range(20)]  # fmt: skip
     await store.insert_spans_batch(spans)
+    assert await store.rollup_groups("24h") is not None
     assert await store.verify_rollups() == []
     if isinstance(store, SQLiteSpanRepository):
         # The write left its figures in the pending log: fold it so the hour rows exist to drift.
@@ -363,5 +371,107 @@ async def test_sqlite_writes_only_append_to_the_logs_until_a_fold(tmp_path: Any)
             (g.n_all, g.tok_in, g.dur_n, g.sketch) for g in before
         ]
         assert await repo.verify_rollups() == []
+    finally:
+        await repo.close()
+
+
+async def test_postgres_late_writes_correct_the_sealed_past(postgres_dsn: str) -> None:
+    """Postgres keeps only minute rows on the write path; a read seals the past hours (hour and day
+    rows, latency prefixes). Late spans, a replayed old batch and a cleanup afterwards land in the
+    sealed past and must correct it exactly."""
+    import psycopg
+
+    from src.repositories.postgres import PostgresSpanRepository
+
+    repo = PostgresSpanRepository(postgres_dsn)
+    now = datetime.now(UTC)
+
+    def spans(ages: range, agent: str, scale: float) -> list[ObservabilitySpan]:
+        return [_row(now, {"age": 3600.0 * a + 7.5 + (a % 7) * 60, "agent": agent, "status": "ok" if a % 5 else "error",
+                           "duration": (0.0 if a % 11 == 0 else scale * (1 + a % 97)), "tokens": (a, 2),
+                           "fallback": a % 3 == 0, "llm": ("gpt-4o", None if a % 4 == 0 else 0.01 * a)})
+                for a in ages]  # fmt: skip
+
+    try:
+        await _clear(repo)
+        first = spans(range(0, 24 * 20, 3), "orchestrator", 10.0)
+        await repo.insert_spans_batch(first)
+        # A live write (this minute) touches no hour / day row and no prefix.
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            assert conn.execute("SELECT count(*) FROM ml_span_rollups WHERE level > 0").fetchone()[0] == 0
+            assert conn.execute("SELECT count(*) FROM ml_span_rollup_prefix").fetchone()[0] == 0
+        await _check(repo)  # seals
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            sealed = conn.execute("SELECT sealed_to FROM ml_span_rollup_state").fetchone()[0]
+            assert sealed is not None and sealed > now - timedelta(hours=2)
+            assert conn.execute("SELECT count(*) FROM ml_span_rollups WHERE level = 2").fetchone()[0] > 0
+        # Late spans of a new agent and an old one into sealed hours, a replay, a cleanup.
+        await repo.insert_spans_batch(spans(range(1, 24 * 20, 7), "gap_analyzer", 3.0))
+        await repo.insert_spans_batch(spans(range(2, 24 * 15, 5), "orchestrator", 30.0))
+        await repo.insert_spans_batch(first[:40])
+        assert await repo.verify_rollups() == []
+        await _check(repo)
+        assert await repo.delete_old_spans(12, batch_size=50) > 0
+        assert await repo.verify_rollups() == []
+        await _check(repo)
+        # Prefix counts only grow; near int4's limit the seal takes each agent's '-infinity' row
+        # away from all its prefixes. Shift every prefix of one agent alike (differences, hence
+        # answers, unchanged) past the threshold, seal an hour later: the answers stay exact.
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE ml_span_rollup_prefix SET idxs = idxs || 7, ns = ns || 1100000000 "
+                "WHERE agent_name = 'orchestrator'"
+            )
+            conn.execute("SELECT obs_rollup_seal(now() + interval '1 hour')")
+            (big,) = conn.execute(
+                "SELECT max(abs(x::bigint)) FROM ml_span_rollup_prefix, unnest(ns) AS x "
+                "WHERE agent_name = 'orchestrator'"
+            ).fetchone()
+            assert big < 1_000_000
+        assert await repo.verify_rollups() == []
+        await _check(repo)
+        # verify reads the prefixes too: a drifted one is reported, and rebuild repairs it.
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            last = "(SELECT max(boundary) FROM ml_span_rollup_prefix)"
+            conn.execute(f"UPDATE ml_span_rollup_prefix SET zeros = zeros + 1 WHERE boundary = {last}")
+        problems = await repo.verify_rollups()
+        assert problems and all("prefix sketch" in p for p in problems), problems
+        await repo.rebuild_rollups()
+        assert await repo.verify_rollups() == []
+        await _check(repo)
+    finally:
+        await repo.close()
+
+
+async def test_postgres_seals_while_writers_write(postgres_dsn: str) -> None:
+    """Writers and the sealer serialise on an advisory lock (shared / exclusive): batches written
+    while seals move the frontier over their hours are counted once, in the minutes and in
+    whatever the seal built from them."""
+    import psycopg
+
+    from src.repositories.postgres import PostgresSpanRepository
+
+    repo = PostgresSpanRepository(postgres_dsn)
+    now = datetime.now(UTC)
+    try:
+        await _clear(repo)
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            conn.execute("UPDATE ml_span_rollup_state SET sealed_to = date_trunc('hour', now()) - interval '12 hours'")
+
+        async def write(k: int) -> None:
+            for b in range(6):
+                batch = [_row(now, {"age": 600.0 * ((k * 97 + b * 31 + i * 7) % 72) + 7.5 + i, "agent": "explainer",
+                                    "status": "ok", "duration": 1.0 + (i * k) % 50, "tokens": None,
+                                    "fallback": None}) for i in range(40)]  # fmt: skip
+                assert (await repo.insert_spans_batch(batch)).failed == 0
+
+        def seal() -> None:
+            with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+                for hours in range(-11, 2):
+                    conn.execute("SELECT obs_rollup_seal(now() + %s * interval '1 hour')", (hours,))
+
+        await asyncio.gather(*(write(k) for k in range(4)), asyncio.to_thread(seal))
+        assert await repo.verify_rollups() == []
+        await _check(repo)
     finally:
         await repo.close()

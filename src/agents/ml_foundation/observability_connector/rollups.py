@@ -9,6 +9,10 @@ one minute of raw rows at its start, ≤ 59 minute buckets, ≤ 23 hour buckets 
 buckets after them (:func:`window_segments`). Windows have no upper bound (spans from a clock
 running ahead count), and neither do the last segments.
 
+Postgres answers the sealed past differently (``obs_rollup_metrics``: hour and day figure rows,
+and the latency sketch as the difference of two per-agent prefixes, rows with ``idx`` -1 to
+subtract; docs/architecture.md); :func:`groups_from_rows` reads either.
+
 Counts, rates and token sums are exact; the average is exact up to floating-point summation
 order; percentiles carry the sketch's guarantee (``latency_sketch``: within ``α`` of the exact
 ``percentile_cont``).
@@ -34,6 +38,7 @@ __all__ = [
     "dense_to_sketch",
     "groups_from_rows",
     "latency_stats",
+    "merge_sketches",
     "pairs_to_sketch",
     "quality_metrics",
     "window_segments",
@@ -107,7 +112,9 @@ class RollupGroup:
             group.n_unpriced = int(figures[12] or 0)
         return group
 
-    def add(self, other: RollupGroup) -> None:
+    def add(self, other: RollupGroup, sketch: bool = True) -> None:
+        """Adds ``other``'s figures, and its sketch unless ``sketch`` is false (the caller merges
+        many sketches at once: :func:`merge_sketches`)."""
         self.n_all += other.n_all
         self.n_ok += other.n_ok
         self.n_error += other.n_error
@@ -121,6 +128,8 @@ class RollupGroup:
         self.dur_sum += other.dur_sum
         self.cost_sum += other.cost_sum
         self.n_unpriced += other.n_unpriced
+        if not sketch:
+            return
         for index, n in other.sketch.items():
             self.sketch[index] = self.sketch.get(index, 0) + n
 
@@ -142,7 +151,8 @@ def decode_array_send(data: bytes | str | None) -> Any:
 def groups_from_rows(rows: Iterable[Sequence[Any]]) -> list[RollupGroup]:
     """The rows of ``obs_rollup_metrics`` (Postgres, and Supabase over RPC) as groups: rows with
     a null ``idx`` carry a group's figures; the others one sketch (zero durations ``n``, then
-    ``array_send`` of its index and count arrays), summed here per index with numpy."""
+    ``array_send`` of its index and count arrays), summed here per index with numpy; ``idx``
+    -1 marks a sketch to subtract (the prefix at the window's first sealed hour)."""
     groups: dict[tuple[str, int], RollupGroup] = {}
     pairs: dict[tuple[str, int], list[tuple[Any, Any]]] = {}
     zeros: dict[tuple[str, int], int] = {}
@@ -151,7 +161,8 @@ def groups_from_rows(rows: Iterable[Sequence[Any]]) -> list[RollupGroup]:
         if idx is None:
             groups[key] = RollupGroup.from_figures(key[0], key[1], (*rest[:11], *rest[13:15]))
         else:
-            pairs.setdefault(key, []).append((decode_array_send(rest[11]), decode_array_send(rest[12])))
+            counts = decode_array_send(rest[12])
+            pairs.setdefault(key, []).append((decode_array_send(rest[11]), -counts if idx == -1 else counts))
             zeros[key] = zeros.get(key, 0) + int(n or 0)
     for key, group in groups.items():
         group.sketch = pairs_to_sketch(pairs.get(key, []), zeros.get(key, 0))
@@ -191,10 +202,33 @@ def dense_to_sketch(parts: Sequence[tuple[int, Any]], zeros: int) -> dict[int, i
 
 
 def _merge(groups: Iterable[RollupGroup], key: str) -> RollupGroup:
+    """Figures added one group at a time; the sketches in one numpy pass (a window's sketches
+    hold hundreds of indexes per agent, and "all" merges every agent's)."""
+    groups = list(groups)
+    if len(groups) == 1:
+        return groups[0]
     merged = RollupGroup(key, 0)
+    sketches = []
     for group in groups:
-        merged.add(group)
+        merged.add(group, sketch=False)
+        if group.sketch:
+            sketches.append(group.sketch)
+    merged.sketch = merge_sketches(sketches)
     return merged
+
+
+def merge_sketches(sketches: Sequence[dict[int, int]]) -> dict[int, int]:
+    """Sparse sketches summed per index (indexes whose counts cancel dropped)."""
+    if len(sketches) <= 1:
+        return dict(sketches[0]) if sketches else {}
+    size = sum(len(s) for s in sketches)
+    keys = np.fromiter((k for s in sketches for k in s), dtype=np.int64, count=size)
+    counts = np.fromiter((n for s in sketches for n in s.values()), dtype=np.int64, count=size)
+    unique, where = np.unique(keys, return_inverse=True)
+    total = np.zeros(len(unique), dtype=np.int64)
+    np.add.at(total, where, counts)
+    keep = np.flatnonzero(total)
+    return dict(zip(unique[keep].tolist(), total[keep].tolist(), strict=True))
 
 
 def _stats(key: str, group: RollupGroup) -> LatencyStats:
