@@ -341,6 +341,11 @@ class SpanCollector:
         return max(0, self.bytes_in - self.bytes_out)
 
     @property
+    def batch_bytes(self) -> int | None:
+        """Estimated bytes a batch takes at most (a 32nd of the byte bound; None: no byte bound)."""
+        return None if self._batch_bytes == _UNBOUNDED else self._batch_bytes
+
+    @property
     def max_bytes(self) -> int | None:
         return None if self._max_bytes == _UNBOUNDED else self._max_bytes
 
