@@ -134,10 +134,15 @@ class Spiller:
             self._pending = False
 
     def _turn(self) -> None:
-        """On the spiller's thread: spill while the buffer is past its mark."""
-        self._pending = False
+        """On the spiller's thread: spill while the buffer is past its mark.
+
+        The wake-up stays pending until the turn ends: a producer that passes the mark or
+        reaches a bound meanwhile then costs nothing (a wake-up is a write to the loop's
+        self-pipe, which hands the GIL to this thread on the producer's time), and the turn
+        looks again before it ends."""
         collector = self.collector
         if collector is None:
+            self._pending = False
             return
         try:
             # Only past the mark: below it the flusher moves stragglers at its own turns, and a
@@ -146,6 +151,10 @@ class Spiller:
                 self.spill()
         except Exception:  # the spiller must survive anything; the flusher still drains the buffer
             log.exception("spilling the span buffer to the overflow failed")
+        finally:
+            self._pending = False
+        if collector.above_high_water() and self.overflow.writable:
+            self.wake()  # spans came between the last look and the reset: another turn
 
     def read(self, limit: int) -> list[Span]:
         return self.overflow.read(limit)
