@@ -311,3 +311,21 @@ def test_status_names_overflow_files_by_process(tmp_path: Path) -> None:
     assert f"pid {os.getpid()} " in line and "1 file(s)" in line and "999999999" not in line
     overflow.close()
     assert _overflow_line(settings).startswith("empty")
+
+
+def test_a_read_takes_chunks_up_to_the_limit_or_a_batch_of_bytes(tmp_path: Path) -> None:
+    overflow = OverflowFile(tmp_path, 2**30)
+    small = [make_record(i) for i in range(30)]
+    for start in range(0, 30, 10):  # three chunks of ten
+        assert overflow.write(small[start : start + 10]) == 10
+    assert [s.span_id for s in overflow.read(25)] == [s.span_id for s in small[:25]]  # across chunks
+    assert [s.span_id for s in overflow.read(25)] == [s.span_id for s in small[25:]]
+    big = [make_record(100 + i) for i in range(4)]
+    for span in big:
+        span.set_attribute("payload", "x" * 100_000)
+        assert overflow.write([span]) == 1  # one span a chunk, ~100 KB each
+    # A byte budget of less than one chunk still takes one (never nothing), then stops.
+    assert [s.span_id for s in overflow.read(1000, max_bytes=50_000)] == [big[0].span_id]
+    assert [s.span_id for s in overflow.read(1000, max_bytes=150_000)] == [s.span_id for s in big[1:3]]
+    assert [s.span_id for s in overflow.read(1000)] == [big[3].span_id]
+    assert overflow.pending == 0
