@@ -106,11 +106,13 @@ class Spiller:
         """The buffer is at a bound before the spiller could run (a producer that holds the GIL
         for a whole switch interval fills the rest of the buffer first): on the caller's thread,
         move the oldest eighth of the buffer to the overflow now (ROOM_MADE). Never waits: when
-        the lock is held a spill is under way (ROOM_COMING: the collector then takes spans past
-        its span bound, up to its byte bound, meanwhile)."""
+        the spiller's turn is pending or the lock is held, a spill is under way (ROOM_COMING: the
+        collector then takes spans past its span bound, up to its byte bound, meanwhile)."""
         overflow, collector = self.overflow, self.collector
         if collector is None or not overflow.writable:
             return NO_ROOM
+        if self._pending:  # a turn is on its way or running, and it spills until the buffer is empty
+            return ROOM_COMING
         if not self.lock.acquire(blocking=False):
             self.wake()
             return ROOM_COMING
