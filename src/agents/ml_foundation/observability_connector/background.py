@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 from .lifecycle import keep_inherited, watch_after_fork
 
-__all__ = ["SHARE_GIL_EVERY_S", "BackgroundLoop", "share_gil"]
+__all__ = ["SHARE_GIL_EVERY_S", "BackgroundLoop", "share_gil", "share_gil_on_this_thread"]
 
 T = TypeVar("T")
 
@@ -58,6 +58,12 @@ def share_gil() -> None:
     if now - since >= SHARE_GIL_EVERY_S:
         time.sleep(0)
         _turn.since = time.perf_counter()
+
+
+def share_gil_on_this_thread() -> None:
+    """Make :func:`share_gil` work on the calling thread: for the connector's own worker threads
+    that are not a :class:`BackgroundLoop` (an executor's ``initializer``), never an application's."""
+    _turn.since = time.perf_counter()
 
 
 class BackgroundLoop:
