@@ -26,6 +26,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from src.agents.ml_foundation.observability_connector.background import share_gil, share_gil_on_this_thread
 from src.agents.ml_foundation.observability_connector.feedback import (
     FEEDBACK_TABLE,
     Feedback,
@@ -189,7 +190,9 @@ class SQLiteSpanRepository(SpanStore):
         with self._lock:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(
-                    max_workers=self._max_workers, thread_name_prefix=f"sqlite-spans-{self._path.name}"
+                    max_workers=self._max_workers,
+                    thread_name_prefix=f"sqlite-spans-{self._path.name}",
+                    initializer=share_gil_on_this_thread,  # its row loops give the GIL back (background.py)
                 )
             return self._executor
 
@@ -244,6 +247,7 @@ class SQLiteSpanRepository(SpanStore):
         rows: list[tuple[Any, ...]] = []
         labels: list[str] = []
         for span in spans:
+            share_gil()
             try:
                 row = span_to_row(span)
             except Exception as exc:

@@ -9,11 +9,12 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from src.agents.ml_foundation.observability_connector.background import BackgroundLoop
+from src.agents.ml_foundation.observability_connector.background import SHARE_GIL_EVERY_S, BackgroundLoop, share_gil
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -89,3 +90,40 @@ def test_a_forked_child_starts_its_own_loop() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def _sleeps_while_sharing(calls: int = 50) -> int:
+    """Busy work with share_gil between items; how many times time.sleep was called meanwhile."""
+    seen: list[object] = []
+
+    def hook(frame: object, event: str, arg: object) -> None:
+        if event == "c_call" and arg is time.sleep:
+            seen.append(arg)
+
+    sys.setprofile(hook)  # this thread only
+    try:
+        for _ in range(calls):
+            until = time.perf_counter() + 2 * SHARE_GIL_EVERY_S
+            while time.perf_counter() < until:  # an item that holds the GIL longer than a turn
+                pass
+            share_gil()
+    finally:
+        sys.setprofile(None)
+    return len(seen)
+
+
+def test_share_gil_gives_the_gil_back_on_a_background_thread_and_never_sleeps_elsewhere() -> None:
+    # On an application's thread (here the test's): never a sleep, not even sleep(0).
+    assert _sleeps_while_sharing() == 0
+    bg = BackgroundLoop("test-share")
+    bg.start(wait=True)
+    try:
+
+        async def on_the_loop() -> int:
+            return _sleeps_while_sharing()
+
+        # Each item held the GIL for two turns' worth: every call handed it over.
+        assert bg.submit(on_the_loop()).result(30) == 50
+    finally:
+        bg.stop()
+        bg.join(5)

@@ -311,3 +311,42 @@ def test_status_names_overflow_files_by_process(tmp_path: Path) -> None:
     assert f"pid {os.getpid()} " in line and "1 file(s)" in line and "999999999" not in line
     overflow.close()
     assert _overflow_line(settings).startswith("empty")
+
+
+def test_a_read_takes_chunks_up_to_the_limit_or_a_batch_of_bytes(tmp_path: Path) -> None:
+    overflow = OverflowFile(tmp_path, 2**30)
+    small = [make_record(i) for i in range(30)]
+    for start in range(0, 30, 10):  # three chunks of ten
+        assert overflow.write(small[start : start + 10]) == 10
+    assert [s.span_id for s in overflow.read(25)] == [s.span_id for s in small[:25]]  # across chunks
+    assert [s.span_id for s in overflow.read(25)] == [s.span_id for s in small[25:]]
+    big = [make_record(100 + i) for i in range(4)]
+    for span in big:
+        span.set_attribute("payload", "x" * 100_000)
+        assert overflow.write([span]) == 1  # one span a chunk, ~100 KB each
+    # A byte budget of less than one chunk still takes one (never nothing), then stops.
+    assert [s.span_id for s in overflow.read(1000, max_bytes=50_000)] == [big[0].span_id]
+    assert [s.span_id for s in overflow.read(1000, max_bytes=150_000)] == [s.span_id for s in big[1:3]]
+    assert [s.span_id for s in overflow.read(1000)] == [big[3].span_id]
+    assert overflow.pending == 0
+
+
+def test_a_caller_that_spills_an_eighth_of_a_buffer_grown_past_its_bound_keeps_its_span(tmp_path: Path) -> None:
+    from src.agents.ml_foundation.observability_connector.collector import SpanCollector
+    from src.agents.ml_foundation.observability_connector.spiller import Spiller
+
+    overflow = OverflowFile(tmp_path, 2**30)
+    spiller = Spiller(overflow, "test", max_queue=100, chunk=1_000, max_queue_bytes=None)  # its thread never runs
+    collector = SpanCollector(max_queue=100, batch_size=1_000, high_water=spiller.wake, make_room=spiller.make_room)
+    spiller.collector = collector
+    spans = [make_record(i) for i in range(301)]
+    with spiller.lock:  # a spill under way: the buffer grows past its span bound meanwhile
+        for span in spans[:300]:
+            collector.append(span)
+    assert len(collector) == 300 and collector.dropped == 0
+    # The lock is free: the caller moves the oldest eighth itself, which leaves the buffer past
+    # its bound; the span is still taken (the spill it woke empties the buffer), not dropped.
+    collector.append(spans[300])
+    assert collector.dropped == 0
+    back = overflow.read(10_000) + collector.drain(10_000)
+    assert [s.span_id for s in back] == [s.span_id for s in spans]

@@ -12,6 +12,14 @@ main loop). It can be started again after it ended: each run gets a new thread a
 Fork-aware: in a forked child the parent's thread does not exist, so the helper forgets it (the
 inherited loop is kept referenced, never closed: see :mod:`.lifecycle`) and reads as not running;
 its owner starts a new one on first use.
+
+GIL sharing (:func:`share_gil`): the work these threads do (encoding a burst, converting a
+batch) is mostly pure Python, and a pure-Python thread keeps the GIL for a whole switch interval
+(5 ms) once another thread asks for it. The application's event loop asks for it after every
+``select`` and every cross-thread wake-up, so each hand-over could make its coroutines wake up
+5 ms late. Long loops on these threads therefore call :func:`share_gil`, which gives the GIL
+back after about half a millisecond of work instead, without touching the interpreter's
+switch interval (an application-wide setting that is the application's to choose).
 """
 
 from __future__ import annotations
@@ -19,15 +27,43 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from .lifecycle import keep_inherited, watch_after_fork
 
-__all__ = ["BackgroundLoop"]
+__all__ = ["SHARE_GIL_EVERY_S", "BackgroundLoop", "share_gil", "share_gil_on_this_thread"]
 
 T = TypeVar("T")
+
+#: How long a background thread runs before :func:`share_gil` hands the GIL over.
+SHARE_GIL_EVERY_S = 0.0005
+_turn = threading.local()  # ``since``: set on this module's threads only
+
+
+def share_gil() -> None:
+    """On a :class:`BackgroundLoop` thread: let a thread that waits for the GIL have it, if this
+    one has run for ``SHARE_GIL_EVERY_S`` since it last did; elsewhere nothing (never on an
+    application's thread).
+
+    ``time.sleep(0)`` releases the GIL and takes it back at once when nobody waits (a system
+    call, about a microsecond), so a loop may call this once per item.
+    """
+    since = getattr(_turn, "since", None)
+    if since is None:
+        return
+    now = time.perf_counter()
+    if now - since >= SHARE_GIL_EVERY_S:
+        time.sleep(0)
+        _turn.since = time.perf_counter()
+
+
+def share_gil_on_this_thread() -> None:
+    """Make :func:`share_gil` work on the calling thread: for the connector's own worker threads
+    that are not a :class:`BackgroundLoop` (an executor's ``initializer``), never an application's."""
+    _turn.since = time.perf_counter()
 
 
 class BackgroundLoop:
@@ -78,6 +114,7 @@ class BackgroundLoop:
         loop: asyncio.AbstractEventLoop, main: Callable[[], Awaitable[Any]] | None, ready: threading.Event
     ) -> None:
         asyncio.set_event_loop(loop)
+        _turn.since = time.perf_counter()  # share_gil works on this thread
         loop.call_soon(ready.set)
         try:
             if main is None:

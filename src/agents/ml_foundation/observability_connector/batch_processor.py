@@ -518,7 +518,7 @@ class BatchProcessor:
                         take = size if depth < 2 * size else min(depth, self.max_drain_batch)
                         batch, nbytes = collector.take(take)
                 if not batch and overflow is not None and overflow.pending:
-                    batch = overflow.read(self.max_batch_size if burst else self.max_drain_batch)
+                    batch = overflow.read(self.max_batch_size if burst else self.max_drain_batch, collector.batch_bytes)
                 if not batch:
                     if overflow is not None and overflow.pending:
                         continue  # a chunk that could not be read (counted as dropped): the next one

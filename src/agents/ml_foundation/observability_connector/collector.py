@@ -312,8 +312,10 @@ class SpanCollector:
             if made == ROOM_MADE and not self._full(size):
                 self._accept(span, size)  # the oldest spans went to the overflow on this thread, at once
                 return
-            if made == ROOM_COMING and self._within_grace(size):
-                self._accept(span, size)  # a spill is under way: it frees the whole buffer
+            if made != NO_ROOM and self._within_grace(size):
+                # A spill that frees the whole buffer is under way, or was just woken (an eighth
+                # moved here may not be enough once the buffer grew past its bound meanwhile).
+                self._accept(span, size)
                 return
         if self._high_water is not None:
             self._high_water()
@@ -339,6 +341,11 @@ class SpanCollector:
     def held_bytes(self) -> int:
         """Estimated bytes of the spans queued or being delivered."""
         return max(0, self.bytes_in - self.bytes_out)
+
+    @property
+    def batch_bytes(self) -> int | None:
+        """Estimated bytes a batch takes at most (a 32nd of the byte bound; None: no byte bound)."""
+        return None if self._batch_bytes == _UNBOUNDED else self._batch_bytes
 
     @property
     def max_bytes(self) -> int | None:

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .background import share_gil
 from .conversation import Conversation
 from .json_codec import json_text, loads, safe_str
 from .log_gate import LOG_INTERVAL_S, LogGate
@@ -50,7 +51,8 @@ log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^overflow-(\d+)-(\d+)\.seg$")
 _HEADER = struct.Struct("<IIQ")  # ciphertext length, span count, nonce counter (bound as associated data)
-_SEGMENT_BYTES = 16 * 2**20  # rotate past this: a read segment is deleted, so disk use follows the backlog
+_SEGMENT_BYTES = 16 * 2**20
+_UNBOUNDED = 1 << 62  # rotate past this: a read segment is deleted, so disk use follows the backlog
 
 try:  # orjson is a required dependency; the import is guarded only so the module always imports
     import orjson
@@ -263,23 +265,33 @@ class OverflowFile:
 
     # -- reading ------------------------------------------------------------------------
 
-    def read(self, limit: int = 1_000) -> list[Span]:
+    def read(self, limit: int = 1_000, max_bytes: int | None = None) -> list[Span]:
         """Up to ``limit`` spans from the head, oldest first (empty when nothing is pending).
 
-        A chunk is decrypted whole (it holds at most one buffer's worth) and handed out in
-        pieces of ``limit``; its segment goes once every chunk of it is read.
+        Chunks are decrypted whole, one after another until ``limit`` is reached (the rest of
+        the last one waits for the next read) or, with ``max_bytes``, until that many encrypted
+        bytes were read (big spans: a batch's worth of memory, not ``limit`` spans' worth), with
+        the GIL offered between them (:func:`.background.share_gil`: decoding holds it); a
+        segment goes once every chunk of it is read.
         """
+        out: list[Span] = []
+        budget = _UNBOUNDED if max_bytes is None else max_bytes
         while True:
             with self._lock:
                 if self._pid != os.getpid():
-                    return []
-                if self._head or not self._chunks:
-                    out = self._head[:limit]
-                    del self._head[:limit]
-                    self.stats.pending -= len(out)
-                    self.stats.drained += len(out)
+                    return out
+                head = self._head
+                if head:
+                    take = head[: limit - len(out)]
+                    del head[: len(take)]
+                    self.stats.pending -= len(take)
+                    self.stats.drained += len(take)
+                    out.extend(take)
+                if len(out) >= limit or not self._chunks or budget <= 0:
                     return out
                 sealed, count, header, nonce, aead = self._pop_chunk()
+                budget -= len(sealed or b"")
+            share_gil()
             # Decrypted and decoded outside the lock: the spiller's writes never wait for it.
             try:
                 if sealed is None:

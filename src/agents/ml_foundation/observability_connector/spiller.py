@@ -14,12 +14,12 @@ import logging
 import threading
 import time
 
-from .background import BackgroundLoop
+from .background import BackgroundLoop, share_gil
 from .collector import NO_ROOM, ROOM_COMING, ROOM_MADE, SpanCollector
 from .overflow_file import OverflowFile
 from .spans import Span
 
-__all__ = ["BURST_PACE_S", "Spiller"]
+__all__ = ["BURST_PACE_S", "SPILL_CHUNK", "Spiller"]
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 # a batch from the overflow at most once per pace (see Spiller.pace_burst).
 BURST_QUIET_S = 0.05
 BURST_PACE_S = 0.25
+# Spans per overflow chunk: encoding one (on the spiller's thread) and decoding it (on the
+# flusher's) take about half a millisecond each, and orjson holds the GIL throughout, so the
+# application's loop never waits long for a hand-over (see background.share_gil).
+SPILL_CHUNK = 500
 
 
 class Spiller:
@@ -40,11 +44,11 @@ class Spiller:
         self._pending = False
         self._thread = BackgroundLoop(f"{name}-spill")
         self._last_paced = 0.0
-        # Chunks of a quarter of the span bound ...
-        self._chunk = max(chunk, max_queue // 4)
-        # ... and of a 32nd of the byte bound (a batch's worth): a chunk is briefly held three
-        # times over (the spans, their encoding, its sealed copy) and read back whole, and big
-        # short-lived buffers leave the allocator's heap grown.
+        # Chunks of SPILL_CHUNK spans ...
+        self._chunk = min(chunk, SPILL_CHUNK)
+        # ... and of at most a 32nd of the byte bound (a batch's worth): a chunk is briefly held
+        # three times over (the spans, their encoding, its sealed copy) and read back whole, and
+        # big short-lived buffers leave the allocator's heap grown.
         self._chunk_bytes = max(1, (max_queue_bytes or 64 * 2**20) // 32)
 
     def start(self) -> None:
@@ -64,19 +68,19 @@ class Spiller:
         self.overflow.forget_after_fork()
 
     def spill(self) -> None:
-        """Move the whole buffer to the overflow's tail, in chunks.
+        """Move the whole buffer to the overflow's tail, in chunks of ``SPILL_CHUNK`` spans.
 
-        Big chunks, one ``write`` each: the write releases the GIL, and a thread that releases
-        it waits a whole switch interval for it back while a producer runs, so many small writes
-        would let producers fill the buffer faster than it is spilled. Not one chunk for all:
-        the lock is held while a chunk is encoded (a caller at the bound meanwhile is only taken
-        up to the byte bound, see :meth:`make_room`), and a big chunk is held three times over.
+        Small chunks with the GIL offered between them (:func:`.background.share_gil`): encoding
+        is pure Python and orjson, both holding the GIL, and while they hold it the producers'
+        event loop cannot run. The lock is held per chunk only (a caller at the bound meanwhile
+        is taken up to the byte bound, see :meth:`make_room`).
         """
         collector, overflow = self.collector, self.overflow
         assert collector is not None
         while len(collector) and overflow.writable:
             with self.lock:
                 overflow.write(collector.drain(self._chunk, self._chunk_bytes))
+            share_gil()
 
     def burst_on(self) -> bool:
         """Producers are outrunning the pipeline: a chunk was spilled within ``BURST_QUIET_S``."""
@@ -102,11 +106,13 @@ class Spiller:
         """The buffer is at a bound before the spiller could run (a producer that holds the GIL
         for a whole switch interval fills the rest of the buffer first): on the caller's thread,
         move the oldest eighth of the buffer to the overflow now (ROOM_MADE). Never waits: when
-        the lock is held a spill is under way (ROOM_COMING: the collector then takes spans past
-        its span bound, up to its byte bound, meanwhile)."""
+        the spiller's turn is pending or the lock is held, a spill is under way (ROOM_COMING: the
+        collector then takes spans past its span bound, up to its byte bound, meanwhile)."""
         overflow, collector = self.overflow, self.collector
         if collector is None or not overflow.writable:
             return NO_ROOM
+        if self._pending:  # a turn is on its way or running, and it spills until the buffer is empty
+            return ROOM_COMING
         if not self.lock.acquire(blocking=False):
             self.wake()
             return ROOM_COMING
@@ -130,10 +136,15 @@ class Spiller:
             self._pending = False
 
     def _turn(self) -> None:
-        """On the spiller's thread: spill while the buffer is past its mark."""
-        self._pending = False
+        """On the spiller's thread: spill while the buffer is past its mark.
+
+        The wake-up stays pending until the turn ends: a producer that passes the mark or
+        reaches a bound meanwhile then costs nothing (a wake-up is a write to the loop's
+        self-pipe, which hands the GIL to this thread on the producer's time), and the turn
+        looks again before it ends."""
         collector = self.collector
         if collector is None:
+            self._pending = False
             return
         try:
             # Only past the mark: below it the flusher moves stragglers at its own turns, and a
@@ -142,6 +153,10 @@ class Spiller:
                 self.spill()
         except Exception:  # the spiller must survive anything; the flusher still drains the buffer
             log.exception("spilling the span buffer to the overflow failed")
+        finally:
+            self._pending = False
+        if collector.above_high_water() and self.overflow.writable:
+            self.wake()  # spans came between the last look and the reset: another turn
 
     def read(self, limit: int) -> list[Span]:
         return self.overflow.read(limit)

@@ -30,6 +30,7 @@ from typing import Any, cast
 from langgraph.runtime import Runtime
 from pydantic import ValidationError
 
+from ..background import share_gil
 from ..constants import MAX_TIME_NS
 from ..models import (
     MAX_NAME_LENGTH,
@@ -271,6 +272,7 @@ async def validate_spans(
     tier_of = registry.tier_of
     uncapped = cap >= 1.0
     for index, raw in enumerate(events):
+        share_gil()  # a batch takes milliseconds: the GIL goes back every ~0.5 ms (on the flusher's thread)
         try:
             if raw.__class__ is Span:
                 span = _from_record(raw, tier_of, now, pricer)  # type: ignore[arg-type]
@@ -305,6 +307,7 @@ async def validate_spans(
     # One sampler decision per trace (and flag it arrived with), never one per span.
     decisions: dict[tuple[str, bool | None], bool] = {}
     for item in validated:
+        share_gil()
         try:
             if item.__class__ is ObservabilitySpan:
                 spans.append(redactor.redact_span(item))
