@@ -198,3 +198,16 @@ def _runtime(ctx: ConnectorContext) -> Any:
     from langgraph.runtime import Runtime
 
     return Runtime(context=ctx)
+
+
+async def test_the_graph_takes_the_bound_and_reports_the_age(ctx: ConnectorContext) -> None:
+    from src.agents.ml_foundation.observability_connector.graph import graph
+
+    await write_events(ctx, [_event("h1")])
+    first = await graph.ainvoke({"time_window": "1h", "max_staleness_s": 60}, context=ctx)
+    await write_events(ctx, [_event("h2")])
+    second = await graph.ainvoke({"time_window": "1h", "max_staleness_s": 60}, context=ctx)
+    assert (first["total_spans_analyzed"], second["total_spans_analyzed"]) == (1, 1)
+    assert second["metrics_from_cache"] is True and 0 <= second["metrics_age_s"] <= 60
+    strict = await graph.ainvoke({"time_window": "1h"}, context=ctx)
+    assert strict["total_spans_analyzed"] == 2 and "metrics_age_s" not in strict
