@@ -55,6 +55,7 @@ local cache invalidated over Redis pub/sub, trusted only while its subscription 
 from __future__ import annotations
 
 import asyncio
+import copy
 import inspect
 import logging
 import os
@@ -203,7 +204,8 @@ class MetricsCache:
         self._count(misses=1)
         task = self._refreshes.start(live, lambda: self._refresh(key, live, window_seconds, compute))
         value, computed_at = await asyncio.shield(task)
-        return value, False, max(0.0, time.time() - computed_at)
+        # Every reader of one refresh gets its own copy, as a hit (decoded JSON) does.
+        return copy.deepcopy(value), False, max(0.0, time.time() - computed_at)
 
     async def _refresh(
         self, key: tuple[Any, ...], live: str, window_seconds: float, compute: Compute
