@@ -211,3 +211,19 @@ async def test_the_graph_takes_the_bound_and_reports_the_age(ctx: ConnectorConte
     assert second["metrics_from_cache"] is True and 0 <= second["metrics_age_s"] <= 60
     strict = await graph.ainvoke({"time_window": "1h"}, context=ctx)
     assert strict["total_spans_analyzed"] == 2 and "metrics_age_s" not in strict
+
+
+async def test_the_agent_passes_the_bound_through(ctx: ConnectorContext) -> None:
+    from src.agents.ml_foundation.observability_connector.agent import ObservabilityConnectorAgent
+
+    agent = ObservabilityConnectorAgent(context=ctx)
+    try:
+        await write_events(ctx, [_event("i1")])
+        first = await agent.get_quality_metrics({"time_window": "1h", "max_staleness_s": 60})
+        await write_events(ctx, [_event("i2")])
+        stale = await agent.get_quality_metrics({"time_window": "1h", "max_staleness_s": 60})
+        strict = await agent.get_quality_metrics({"time_window": "1h"})
+        assert (first["total_spans_analyzed"], stale["total_spans_analyzed"]) == (1, 1)
+        assert strict["total_spans_analyzed"] == 2 and strict["quality_metrics_computed"]
+    finally:
+        await agent.aclose()
