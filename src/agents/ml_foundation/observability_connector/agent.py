@@ -483,6 +483,8 @@ class ObservabilityConnectorAgent(LLMCalls, ContextFactory, BatchDelivery):
         """The 13 quality-metric keys for ``time_window`` (default ``"24h"``), ``agent_name_filter`` and
         ``trace_id_filter``, computed from the stored spans (cached per window, see ``cache.py``).
         ``thread_id_filter`` / ``user_id_filter`` narrow them to one conversation or user.
+        ``max_staleness_s`` (seconds, default ``cache.live_staleness_s``, i.e. 0: strict) lets a
+        dashboard take a cached answer up to that old (``metrics_age_s`` then says how old).
 
         Never raises: a bad window or an unreachable store gives ``quality_metrics_computed``
         False with ``error`` / ``error_type``, the other keys at their empty-window values.
@@ -499,6 +501,8 @@ class ObservabilityConnectorAgent(LLMCalls, ContextFactory, BatchDelivery):
             "thread_id_filter": data.get("thread_id_filter"),
             "user_id_filter": data.get("user_id_filter"),
         }
+        if data.get("max_staleness_s") is not None:  # a dashboard accepting answers that old (cache.py)
+            question["max_staleness_s"] = data["max_staleness_s"]
 
         state = await aggregate_metrics(question, Runtime(context=self.context))
         # Copies: a caller that edits its answer must not edit the shared empty values.

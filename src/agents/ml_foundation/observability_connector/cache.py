@@ -35,6 +35,18 @@ for ``redis_retry_s`` so an outage does not add a timeout to every question. An 
 could not be delivered is kept and replayed on the next successful call, so a short blip does not
 leave stale answers behind; a process that dies with one pending leaves them for at most one TTL.
 
+**Bounded staleness (stale-while-revalidate).** Under live traffic the rule above drops every
+answer whose window ends now at the next write. A caller that accepts answers up to ``S`` seconds
+old (``max_staleness_s``, or ``cache.live_staleness_s`` for callers that choose nothing; 0 =
+strict, the default) reads :meth:`MetricsCache.aget_within` instead: a second entry per question
+(its key prefixed ``"live"``) that span writes do not drop, recording when its snapshot of the
+store was taken. Younger than ``S``: served at once (and from half of ``S`` on, one background
+refresh replaces it). Absent or older: the reader awaits the one refresh of that key (started by
+it or already running), so an answer is at most ``S`` plus one refresh's duration old. Refreshes
+are single-flight per key and loop (:mod:`.cache_live`); one that fails is logged and counted,
+never raised into a reader that was served. The same entries and rules serve both backends
+(with Redis, through the near-cache), and a strict question never reads them.
+
 **Near-cache (Redis backend).** Each process keeps the Redis answers it has seen in a small
 local cache invalidated over Redis pub/sub, trusted only while its subscription is live (see
 :mod:`.cache_near`).
@@ -42,6 +54,8 @@ local cache invalidated over Redis pub/sub, trusted only while its subscription 
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import inspect
 import logging
 import os
@@ -52,6 +66,7 @@ from typing import Any
 
 from .cache_entries import (
     EVERYTHING,
+    LIVE_WINDOW_START,
     CachedValue,
     MemoryBackend,
     StartTimes,
@@ -60,6 +75,7 @@ from .cache_entries import (
     key_text,
     newest_start,
 )
+from .cache_live import SingleFlight
 from .cache_redis import RedisBackend, RedisUnavailableError
 from .lifecycle import watch_after_fork
 from .settings import CacheSettings
@@ -69,6 +85,12 @@ __all__ = ["DEFAULT_REDIS_URL", "CachedValue", "MetricsCache", "newest_start"]
 log = logging.getLogger(__name__)
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+#: A bounded-staleness entry older than this share of its reader's bound is refreshed in the
+#: background, so a steady reader normally finds one younger than its bound.
+REFRESH_AT = 0.5
+
+Compute = Callable[[], Awaitable[Any]]
 
 # --------------------------------------------------------------------------- the facade
 
@@ -112,6 +134,7 @@ class MetricsCache:
         self.stale_discarded = 0
         self.invalidations = 0
         self.entries_invalidated = 0
+        self._refreshes = SingleFlight()
 
     def _after_fork_in_child(self) -> None:
         # Another thread of the parent may have held it at the fork (the Redis backend resets itself).
@@ -144,16 +167,61 @@ class MetricsCache:
         ttl = self.ttl_for(window_seconds)
         if ttl <= 0:
             return None
-        try:
-            payload = await self._backend.get(key_text(key), ttl)
-            entry = None if payload is None else decode_entry(payload)
-        except RedisUnavailableError:
-            entry = None
-        except (ValueError, KeyError, TypeError) as exc:  # an entry written by an incompatible version
-            log.warning("metrics cache: ignoring an unreadable entry: %s", exc)
-            entry = None
+        entry = await self._fetch(key_text(key), ttl)
         self._count(**({"hits": 1} if entry is not None else {"misses": 1}))
         return entry
+
+    async def _fetch(self, text_key: str, ttl: float) -> CachedValue | None:
+        try:
+            payload = await self._backend.get(text_key, ttl)
+            return None if payload is None else decode_entry(payload)
+        except RedisUnavailableError:
+            return None
+        except (ValueError, KeyError, TypeError) as exc:  # an entry written by an incompatible version
+            log.warning("metrics cache: ignoring an unreadable entry: %s", exc)
+            return None
+
+    # -- bounded staleness: stale-while-revalidate (see the module docstring)
+
+    async def aget_within(
+        self, key: tuple[Any, ...], window_seconds: float, max_staleness_s: float, compute: Compute
+    ) -> tuple[Any, bool, float]:
+        """``(answer, from_cache, age_s)``: a cached answer at most ``max_staleness_s`` old, else
+        the one refresh of ``key`` awaited (``compute()`` reads the store; its errors reach only
+        the readers that awaited it). ``age_s`` is the time since the answer's snapshot was taken.
+        ``max_staleness_s <= 0`` or caching off for this window: computed now, nothing cached.
+        """
+        ttl = self.ttl_for(window_seconds)
+        if max_staleness_s <= 0 or ttl <= 0:
+            return await compute(), False, 0.0
+        live = key_text(("live", *key))
+        entry = await self._fetch(live, ttl)
+        if entry is not None and entry.age_s <= max_staleness_s:
+            self._count(hits=1)
+            if entry.age_s >= max_staleness_s * REFRESH_AT:
+                self._refreshes.start(live, lambda: self._refresh(key, live, window_seconds, compute))
+            return entry.value, True, entry.age_s
+        self._count(misses=1)
+        task = self._refreshes.start(live, lambda: self._refresh(key, live, window_seconds, compute))
+        value, computed_at = await asyncio.shield(task)
+        # Every reader of one refresh gets its own copy, as a hit (decoded JSON) does.
+        return copy.deepcopy(value), False, max(0.0, time.time() - computed_at)
+
+    async def _refresh(
+        self, key: tuple[Any, ...], live: str, window_seconds: float, compute: Compute
+    ) -> tuple[Any, float]:
+        """Compute once; keep it as the bounded-staleness entry and, if no write raced it, the strict one."""
+        generation = await self.generation()  # before the store is read, as for compute_metrics
+        computed_at = time.time()
+        value = await compute()
+        ttl = self.ttl_for(window_seconds)
+        await self._put(key, value, ttl, generation, computed_at - window_seconds, computed_at=computed_at)
+        await self._store(live, value, ttl, generation, LIVE_WINDOW_START, computed_at)
+        return value, computed_at
+
+    async def wait_for_refreshes(self) -> None:
+        """Wait for this loop's background refreshes (tests, benchmarks, an orderly shutdown)."""
+        await self._refreshes.wait_idle()
 
     async def generation(self) -> int | None:
         """Take this before reading the store; pass it to :meth:`aput`. None: do not store."""
@@ -179,21 +247,33 @@ class MetricsCache:
         return await self._put(key, value, self.ttl_for(window_seconds), generation, window_start)
 
     async def _put(
-        self, key: tuple[Any, ...], value: Any, ttl: float, generation: int | None, window_start: float
+        self,
+        key: tuple[Any, ...],
+        value: Any,
+        ttl: float,
+        generation: int | None,
+        window_start: float,
+        *,
+        computed_at: float | None = None,
     ) -> CachedValue | None:
+        now = time.time() if computed_at is None else computed_at
+        stored = await self._store(key_text(key), value, ttl, generation, window_start, now)
+        if stored is None:
+            return None
+        self._count(**({"stores": 1} if stored else {"stale_discarded": 1}))
+        return CachedValue(value, now, generation, window_start) if stored and generation is not None else None
+
+    async def _store(
+        self, text_key: str, value: Any, ttl: float, generation: int | None, window_start: float, computed_at: float
+    ) -> bool | None:
+        """True: stored; False: refused (a write raced it); None: not attempted or the backend is down."""
         if generation is None or ttl <= 0:
             return None
-        now = time.time()
-        payload = encode_entry(value, now, generation, window_start, ttl)
+        payload = encode_entry(value, computed_at, generation, window_start, ttl)
         try:
-            stored = await self._backend.put(key_text(key), payload, ttl, generation, window_start)
+            return await self._backend.put(text_key, payload, ttl, generation, window_start)
         except RedisUnavailableError:
             return None
-        if not stored:
-            self._count(stale_discarded=1)
-            return None
-        self._count(stores=1)
-        return CachedValue(value, now, generation, window_start)
 
     async def ainvalidate_since(self, start_times: StartTimes = None) -> None:
         """New spans were stored: drop every answer whose window reaches back to the newest of them.
@@ -312,6 +392,9 @@ class MetricsCache:
                 "stale_discarded": self.stale_discarded,
                 "invalidations": self.invalidations,
                 "entries_invalidated": self.entries_invalidated,
+                "live_staleness_s": self.settings.live_staleness_s,
+                "refreshes": self._refreshes.started,
+                "refresh_errors": self._refreshes.failed,
                 "ttl_s": {
                     "up_to_1h": self.settings.ttl_short_s,
                     "up_to_24h": self.settings.ttl_day_s,
@@ -327,5 +410,6 @@ class MetricsCache:
         return status
 
     async def aclose(self) -> None:
-        """Release Redis connections of the running loop (a no-op in memory)."""
+        """Stop this loop's background refreshes and release its Redis connections."""
+        await self._refreshes.aclose()
         await self._backend.aclose()

@@ -20,6 +20,7 @@ from .settings import CacheSettings
 __all__ = [
     "EVERYTHING",
     "INVALIDATION_LOG",
+    "LIVE_WINDOW_START",
     "CachedValue",
     "MemoryBackend",
     "StartTimes",
@@ -34,6 +35,11 @@ __all__ = [
 INVALIDATION_LOG = 256
 #: Marks "every window": an invalidation without start times (e.g. after a bulk import).
 EVERYTHING = math.inf
+
+#: The window start recorded for bounded-staleness entries (cache_live.py): later than any span's
+#: start time, so span writes never drop them (their age is their bound); a clear (``EVERYTHING``)
+#: still does. Finite, so it is a valid Redis score and Lua number.
+LIVE_WINDOW_START = 1e18
 
 StartTimes = Iterable[datetime | float] | datetime | float | None
 

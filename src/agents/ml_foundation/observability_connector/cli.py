@@ -132,6 +132,15 @@ def metrics(
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics fields as JSON.")] = False,
     thread: Annotated[str | None, typer.Option("--thread", help="Only this conversation's (thread_id) spans.")] = None,
     user: Annotated[str | None, typer.Option("--user", help="Only this user's (user_id) spans.")] = None,
+    max_staleness: Annotated[
+        float | None,
+        typer.Option(
+            "--max-staleness",
+            min=0,
+            max=3600,
+            help="Accept a cached answer up to this many seconds old (default cache.live_staleness_s; 0: strict).",
+        ),
+    ] = None,
 ) -> None:
     """Latency, error rate, tokens and cost per agent and per tier, time to first token, and the overall
     quality score."""
@@ -143,7 +152,7 @@ def metrics(
     fields, from_cache, age = store_job(
         context,
         "reading metrics from {store}",
-        lambda: compute_metrics(context, window, agent, trace, thread, user),
+        lambda: compute_metrics(context, window, agent, trace, thread, user, max_staleness_s=max_staleness),
         usage=(ValueError,),
     )
 

@@ -175,6 +175,10 @@ class CacheSettings(_Section):
     redis_timeout_s: float = Field(0.5, gt=0, le=60)  # per Redis call; beyond it we compute instead
     redis_retry_s: float = Field(5.0, ge=0, le=3600)  # after a Redis failure, compute without it this long
     key_prefix: str = Field("obs:metrics", min_length=1)
+    # Bounded staleness for callers that do not choose one (``max_staleness_s``): 0 keeps every
+    # answer strict (it includes every span stored before the question). > 0 (dashboards): an answer
+    # up to this many seconds old is served from the cache and refreshed in the background.
+    live_staleness_s: float = Field(0.0, ge=0, le=3600)
 
 
 class OpikSettings(_Section):

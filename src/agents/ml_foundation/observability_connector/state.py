@@ -20,6 +20,9 @@ class InputState(TypedDict, total=False):
     # Conversations: metrics of one thread (LangGraph's thread_id) and/or one user only.
     thread_id_filter: str | None
     user_id_filter: str | None
+    # Seconds of staleness the caller accepts in the metrics answer (None: cache.live_staleness_s,
+    # 0 by default = strict: every span stored before the question is counted).
+    max_staleness_s: float | None
     # Set by the agents' own flusher only: it reads nothing back, so the graph ends after
     # ``batch`` instead of answering the metrics question every other caller gets.
     skip_metrics: bool
@@ -87,6 +90,7 @@ class ObservabilityConnectorState(InputState, total=False):
     fallback_invocation_rate: float
     status_distribution: dict[str, int]
     metrics_from_cache: bool
+    metrics_age_s: float
     feedback_by_agent: dict[str, dict[str, dict[str, Any]]]  # beside the host's keys: {agent: {name: {avg, count}}}
     # Extra keys beside the host's (issue 19): time to first token p50 / p95 / count per agent and model.
     ttft_by_agent: dict[str, dict[str, Any]]

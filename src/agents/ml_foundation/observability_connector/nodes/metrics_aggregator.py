@@ -50,7 +50,7 @@ from ..rollups import latency_stats, quality_metrics
 from ..runtime import ConnectorContext, resolve_context
 from ..state import ObservabilityConnectorState
 
-__all__ = ["EMPTY_METRICS", "aggregate_metrics", "compute_metrics", "metrics_from_store"]
+__all__ = ["EMPTY_METRICS", "aggregate_metrics", "compute_metrics", "metrics_from_store", "staleness_bound"]
 
 log = logging.getLogger(__name__)
 _capped_log = LogGate()
@@ -229,14 +229,30 @@ async def compute_metrics(
     trace_id: str | None = None,
     thread_id: str | None = None,
     user_id: str | None = None,
+    *,
+    max_staleness_s: float | None = None,
 ) -> tuple[dict[str, Any], bool, float]:
-    """Metrics fields for one question, plus (from_cache, age of the answer in seconds)."""
+    """Metrics fields for one question, plus (from_cache, age of the answer in seconds).
+
+    ``max_staleness_s``: how old an answer the caller accepts (None: ``cache.live_staleness_s``,
+    0 by default). 0 is strict: the answer includes every span stored before the question. Above
+    0 an answer up to that old may come from the cache, refreshed in the background
+    (``MetricsCache.aget_within``), so a dashboard under live traffic still gets cache hits.
+    """
     seconds = parse_window(window).total_seconds()  # ValueError naming the accepted forms
+    staleness = staleness_bound(ctx.cache.settings.live_staleness_s if max_staleness_s is None else max_staleness_s)
     # "24h" and "1d" are the same question; the store is part of the key because one Redis may
     # serve several deployments.
     key: tuple[Any, ...] = ("metrics", ctx.store.describe(), int(seconds), agent_name, trace_id)
     if thread_id is not None or user_id is not None:  # unfiltered questions keep their key
         key = (*key, thread_id, user_id)
+    if staleness > 0:
+        return await ctx.cache.aget_within(
+            key,
+            seconds,
+            staleness,
+            lambda: metrics_from_store(ctx, window, agent_name, trace_id, thread_id, user_id),
+        )
     cached = await ctx.cache.aget(key, seconds)
     if cached is not None:
         return cached.value, True, cached.age_s
@@ -248,6 +264,13 @@ async def compute_metrics(
     value = await metrics_from_store(ctx, window, agent_name, trace_id, thread_id, user_id)
     await ctx.cache.aput(key, value, seconds, generation=generation, window_start=window_start)
     return value, False, 0.0
+
+
+def staleness_bound(value: Any) -> float:
+    """A caller's ``max_staleness_s`` as seconds; ValueError for anything but a number in [0, 3600]."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 3600:
+        raise ValueError(f"max_staleness_s must be a number of seconds from 0 to 3600, got {value!r}")
+    return float(value)
 
 
 async def aggregate_metrics(
@@ -263,13 +286,16 @@ async def aggregate_metrics(
     try:
         ctx = resolve_context(runtime)
         window = state.get("time_window") or DEFAULT_WINDOW
-        value, from_cache, _age = await compute_metrics(
+        bound = state.get("max_staleness_s")
+        bounded = staleness_bound(ctx.cache.settings.live_staleness_s if bound is None else bound) > 0
+        value, from_cache, age = await compute_metrics(
             ctx,
             window,
             state.get("agent_name_filter"),
             state.get("trace_id_filter"),
             state.get("thread_id_filter"),
             state.get("user_id_filter"),
+            max_staleness_s=bound,
         )
     except Exception as exc:
         if not isinstance(exc, ValueError):  # a caller's mistake is not worth an error in the log
@@ -287,4 +313,7 @@ async def aggregate_metrics(
             details["metrics"] = failure["error"]
             return {"quality_metrics_computed": False, "error_details": details}
         return failure
-    return {**value, "metrics_from_cache": from_cache}
+    answer = {**value, "metrics_from_cache": from_cache}
+    if bounded:  # only for callers that accept stale answers: a strict answer's keys stay as they were
+        answer["metrics_age_s"] = round(age, 3)
+    return answer
