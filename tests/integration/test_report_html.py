@@ -31,7 +31,10 @@ from typer.testing import CliRunner
 from src.agents.ml_foundation.observability_connector.cli import app
 from src.agents.ml_foundation.observability_connector.config import ObservabilitySettings, load_registry
 from src.agents.ml_foundation.observability_connector.models import ObservabilitySpan
-from src.agents.ml_foundation.observability_connector.nodes.metrics_aggregator import metrics_from_store
+from src.agents.ml_foundation.observability_connector.nodes.metrics_aggregator import (
+    compute_metrics,
+    metrics_from_store,
+)
 from src.agents.ml_foundation.observability_connector.render import fmt_ms
 from src.agents.ml_foundation.observability_connector.report_data import MAX_TRACE_SPANS, gather_report
 from src.agents.ml_foundation.observability_connector.report_html import NOT_PRICED, render_report
@@ -321,7 +324,9 @@ async def test_agent_filter_and_thread_filter(backend_store: ObservabilitySpanRe
             attributes={"langgraph.thread_id": "conv-1"},
             thread_id="conv-1",  # what the row builder promotes from the attribute
         ),
-        make_span(trace_id="a" * 32, agent="gap_analyzer", start=start, duration_ms=30.0, status="error"),
+        make_span(  # a child of the thread's run: the column is inherited (the attribute is the root's)
+            trace_id="a" * 32, agent="gap_analyzer", start=start, duration_ms=30.0, status="error", thread_id="conv-1"
+        ),
         make_span(
             trace_id="b" * 32,
             agent="orchestrator",
@@ -357,7 +362,9 @@ async def test_agent_filter_and_thread_filter(backend_store: ObservabilitySpanRe
     assert thread.fields["error_rate_by_agent"] == {"orchestrator": 0.0, "gap_analyzer": 1.0}
     assert thread.reads.failed == ["a" * 32]
     assert thread.reads.slowest[0] == ("a" * 32, 30.0)
-    assert thread.fields_note and "issue 19" in thread.fields_note
+    assert thread.fields_note is None  # two traces: nothing cut
+    direct, _, _ = await compute_metrics(context, "24h", thread_id="conv-1")  # the same answer as `metrics --thread`
+    assert thread.fields["latency_by_agent"] == direct["latency_by_agent"]
 
     agent = await gather_report(context, "24h", agent="gap_analyzer", now=now)
     assert agent.fields["total_spans_analyzed"] == 1

@@ -9,9 +9,10 @@ from typing import Any
 from src.agents.ml_foundation.observability_connector.config import load_registry
 from src.agents.ml_foundation.observability_connector.models import ObservabilitySpan
 from src.agents.ml_foundation.observability_connector.nodes.metrics_aggregator import EMPTY_METRICS
-from src.agents.ml_foundation.observability_connector.report_data import ReportData, fields_from_spans
+from src.agents.ml_foundation.observability_connector.report_data import ReportData
 from src.agents.ml_foundation.observability_connector.report_html import NOT_PRICED, render_report
 from src.repositories.report_queries import EDGES_MS, TIME_BUCKETS, ReportReads
+from tests.fixtures.report_fields import fields_from_spans
 from tests.fixtures.span_rows import make_span
 
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
