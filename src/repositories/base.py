@@ -37,6 +37,7 @@ __all__ = [
     "BaseRepository",
     "BatchInsertResult",
     "GroupBy",
+    "MetricRow",
     "ProgressCallback",
     "SpanStore",
     "StoreAuthError",
@@ -49,7 +50,11 @@ __all__ = [
     "check_conversation_filter",
     "check_group_by",
     "check_limit",
+    "conversation_where",
     "hours_start",
+    "metric_row",
+    "metric_row_of",
+    "metric_row_select",
     "parse_window",
     "status_counts",
     "window_start",
@@ -85,6 +90,50 @@ def metric_row(span: ObservabilitySpan) -> MetricRow:
         fallback = False
     return (span.agent_name, span.agent_tier, span.status, span.duration_ms, span.input_tokens,
             span.output_tokens, span.total_tokens, fallback, span.llm_model is not None, span.cost_usd)  # fmt: skip
+
+
+def conversation_where(
+    window: str | None,
+    agent_name: str | None,
+    thread_id: str | None,
+    user_id: str | None,
+    trace_id: str | None = None,
+    *,
+    mark: str,
+    since: Callable[[datetime], object] = lambda moment: moment,
+) -> tuple[str, list[object]]:
+    """WHERE clause of a conversation read for a SQL backend: the window (None: all time), agent,
+    thread, user and trace, with the driver's placeholder ``mark`` ("?" or "%s") and the window's
+    start as ``since`` turns it into the driver's value."""
+    clauses: list[str] = []
+    params: list[object] = []
+    if window is not None:
+        clauses.append(f"start_time >= {mark}")
+        params.append(since(window_start(window)))
+    for column, value in (
+        ("agent_name", agent_name),
+        ("thread_id", thread_id),
+        ("user_id", user_id),
+        ("trace_id", trace_id),
+    ):
+        if value is not None:
+            clauses.append(f"{column} = {mark}")
+            params.append(value)
+    return " AND ".join(clauses) or "1 = 1", params
+
+
+def metric_row_select(fallback_sql: str) -> str:
+    """The select list of a :data:`MetricRow`, given the backend's SQL for "fallback_used is truthy"."""
+    return (
+        "agent_name, agent_tier, status, duration_ms, input_tokens, output_tokens, total_tokens, "
+        f"{fallback_sql}, llm_model IS NOT NULL, cost_usd"
+    )
+
+
+def metric_row_of(row: Sequence[object]) -> MetricRow:
+    """A row selected by :func:`metric_row_select` as a :data:`MetricRow` (the drivers give the two
+    flags as 0/1 or booleans)."""
+    return (*row[:7], bool(row[7]), bool(row[8]), row[9])  # type: ignore[return-value]
 
 
 def check_conversation_filter(thread_id: str | None, user_id: str | None) -> None:

@@ -60,7 +60,10 @@ from src.repositories.base import (
     check_conversation_filter,
     check_group_by,
     check_limit,
+    conversation_where,
     hours_start,
+    metric_row_of,
+    metric_row_select,
     status_counts,
     window_start,
 )
@@ -98,22 +101,6 @@ _FALLBACK_SQL: Final = """CASE jsonb_typeof(attributes -> 'fallback_used')
     WHEN 'array' THEN jsonb_array_length(attributes -> 'fallback_used') > 0
     WHEN 'object' THEN (attributes -> 'fallback_used') <> '{}'::jsonb
     ELSE false END"""
-
-
-def _conversation_filters(
-    window: str | None, agent_name: str | None, thread_id: str | None, user_id: str | None
-) -> tuple[str, list[Any]]:
-    """WHERE clause for a conversation read: the window (None: all time), agent, thread and user."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    if window is not None:
-        clauses.append("start_time >= %s")
-        params.append(window_start(window))
-    for column, value in (("agent_name", agent_name), ("thread_id", thread_id), ("user_id", user_id)):
-        if value is not None:
-            clauses.append(f"{column} = %s")
-            params.append(value)
-    return " AND ".join(clauses) or "true", params
 
 
 # --------------------------------------------------------------------------- repository
@@ -321,7 +308,7 @@ class PostgresSpanRepository(SpanStore):
     ) -> list[ObservabilitySpan]:
         check_conversation_filter(thread_id, user_id)
         check_limit(limit)
-        where, params = _conversation_filters(window, agent_name, thread_id, user_id)
+        where, params = conversation_where(window, agent_name, thread_id, user_id, mark="%s")
         sql = f"SELECT {_SELECT_COLS} FROM {TABLE} WHERE {where} ORDER BY start_time, id LIMIT %s"
         rows = await self._fetchall(sql, [*params, limit], "reading a conversation")
         return [row_to_span(row) for row in rows]
@@ -338,17 +325,10 @@ class PostgresSpanRepository(SpanStore):
     ) -> list[MetricRow]:
         check_conversation_filter(thread_id, user_id)
         check_limit(limit)
-        where, params = _conversation_filters(window, agent_name, thread_id, user_id)
-        if trace_id is not None:
-            where += " AND trace_id = %s"
-            params.append(trace_id)
-        sql = (
-            "SELECT agent_name, agent_tier, status, duration_ms, input_tokens, output_tokens, total_tokens, "
-            f"{_FALLBACK_SQL}, llm_model IS NOT NULL, cost_usd "
-            f"FROM {TABLE} WHERE {where} ORDER BY start_time, id LIMIT %s"
-        )
+        where, params = conversation_where(window, agent_name, thread_id, user_id, trace_id, mark="%s")
+        sql = f"SELECT {metric_row_select(_FALLBACK_SQL)} FROM {TABLE} WHERE {where} ORDER BY start_time, id LIMIT %s"
         rows = await self._fetchall(sql, [*params, limit], "reading a conversation's metrics")
-        return [(*row[:7], bool(row[7]), bool(row[8]), row[9]) for row in rows]
+        return [metric_row_of(row) for row in rows]
 
     async def get_ttft_samples(
         self,
@@ -359,7 +339,7 @@ class PostgresSpanRepository(SpanStore):
         limit: int = TTFT_SAMPLE_LIMIT,
     ) -> list[tuple[str, str | None, float]]:
         check_limit(limit)
-        where, params = _conversation_filters(window, agent_name, thread_id, user_id)
+        where, params = conversation_where(window, agent_name, thread_id, user_id, mark="%s")
         sql = (
             f"SELECT agent_name, llm_model, ttft_ms FROM {TABLE} WHERE {where} AND ttft_ms IS NOT NULL "
             "ORDER BY start_time DESC LIMIT %s"

@@ -56,14 +56,17 @@ from src.repositories.base import (
     check_conversation_filter,
     check_group_by,
     check_limit,
+    conversation_where,
     hours_start,
+    metric_row_of,
+    metric_row_select,
     status_counts,
     window_start,
 )
 from src.repositories.row_values import span_label, utc_text
 from src.repositories.sqlite_connect import SQLiteConnector, StoreCorruptError, StoreNotFoundError
 from src.repositories.sqlite_cost import reprice_batch
-from src.repositories.sqlite_queries import FALLBACK_SQL, GROUP_KEYS, conversation_filters, filters, stats_sql
+from src.repositories.sqlite_queries import FALLBACK_SQL, GROUP_KEYS, filters, stats_sql
 from src.repositories.sqlite_rollups import (
     ROLLUPS,
     SKETCH,
@@ -390,7 +393,7 @@ class SQLiteSpanRepository(SpanStore):
     ) -> list[ObservabilitySpan]:
         check_conversation_filter(thread_id, user_id)
         check_limit(limit)
-        where, params = conversation_filters(window, agent_name, thread_id, user_id)
+        where, params = conversation_where(window, agent_name, thread_id, user_id, mark="?", since=utc_text)
         sql = f"SELECT {COLS} FROM {TABLE} WHERE {where} ORDER BY start_time, rowid LIMIT ?"
         rows = await self._run(partial(self._fetchall, sql, [*params, limit]))
         return [row_to_span(row) for row in rows]
@@ -407,17 +410,10 @@ class SQLiteSpanRepository(SpanStore):
     ) -> list[MetricRow]:
         check_conversation_filter(thread_id, user_id)
         check_limit(limit)
-        where, params = conversation_filters(window, agent_name, thread_id, user_id)
-        if trace_id is not None:
-            where += " AND trace_id = ?"
-            params.append(trace_id)
-        sql = (
-            "SELECT agent_name, agent_tier, status, duration_ms, input_tokens, output_tokens, total_tokens, "
-            f"{FALLBACK_SQL}, llm_model IS NOT NULL, cost_usd "
-            f"FROM {TABLE} WHERE {where} ORDER BY start_time, rowid LIMIT ?"
-        )
+        where, params = conversation_where(window, agent_name, thread_id, user_id, trace_id, mark="?", since=utc_text)
+        sql = f"SELECT {metric_row_select(FALLBACK_SQL)} FROM {TABLE} WHERE {where} ORDER BY start_time, rowid LIMIT ?"
         rows = await self._run(partial(self._fetchall, sql, [*params, limit]))
-        return [(*row[:7], bool(row[7]), bool(row[8]), row[9]) for row in rows]
+        return [metric_row_of(row) for row in rows]
 
     async def get_ttft_samples(
         self,
@@ -428,7 +424,7 @@ class SQLiteSpanRepository(SpanStore):
         limit: int = TTFT_SAMPLE_LIMIT,
     ) -> list[tuple[str, str | None, float]]:
         check_limit(limit)
-        where, params = conversation_filters(window, agent_name, thread_id, user_id)
+        where, params = conversation_where(window, agent_name, thread_id, user_id, mark="?", since=utc_text)
         sql = (
             f"SELECT agent_name, llm_model, ttft_ms FROM {TABLE} WHERE {where} AND ttft_ms IS NOT NULL "
             "ORDER BY start_time DESC LIMIT ?"

@@ -103,19 +103,3 @@ def filters(window: str, agent_name: str | None, trace_id: str | None) -> tuple[
         clauses.append("trace_id = ?")
         params.append(trace_id)
     return " AND ".join(clauses), params
-
-
-def conversation_filters(
-    window: str | None, agent_name: str | None, thread_id: str | None, user_id: str | None
-) -> tuple[str, list[Any]]:
-    """WHERE clause for a conversation read: the window (None: all time), agent, thread and user."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    if window is not None:
-        clauses.append("start_time >= ?")
-        params.append(utc_text(window_start(window)))
-    for column, value in (("agent_name", agent_name), ("thread_id", thread_id), ("user_id", user_id)):
-        if value is not None:
-            clauses.append(f"{column} = ?")
-            params.append(value)
-    return " AND ".join(clauses) or "1 = 1", params
