@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from time import monotonic, time_ns
+from time import time_ns
 from typing import Any
 from uuid import UUID
 
@@ -36,6 +36,7 @@ from .callback_registry import (
     Skipped,
     trim_registry,
 )
+from .log_gate import LogGate
 from .span_opening import open_under
 from .spans import Span
 from .trace_context import ParentLike, current_parent
@@ -44,7 +45,6 @@ __all__ = ["RunTree"]
 
 logger = logging.getLogger(__name__)
 
-_EVICTION_LOG_INTERVAL_S = 60.0
 # Paused traces remembered per handler; only a graph run that never ends leaves one behind.
 _MAX_PAUSED = 1_000
 
@@ -78,7 +78,7 @@ class RunTree:
         # of that trace ends: the graph run itself ends normally when it pauses, so this is how its
         # span learns that it paused. Insertion-ordered, bounded by _MAX_PAUSED.
         self._paused: dict[str, None] = {}
-        self._last_eviction_log = -_EVICTION_LOG_INTERVAL_S
+        self._eviction_log = LogGate()
 
     @property
     def open_runs(self) -> int:
@@ -203,8 +203,7 @@ class RunTree:
                 span.attributes["callback.evicted"] = True
                 span.finish(now if now > span.start_ns else span.start_ns)
                 self._submit(span)
-        mono = monotonic()
-        if mono - self._last_eviction_log >= _EVICTION_LOG_INTERVAL_S:
+        if self._eviction_log.open():
             # Rate-limited: this runs on the agent's thread, and a leak evicts on every event.
             logger.warning(
                 "observability callback handler for %s evicted %d open run(s) (limit %d, %d since last report); "
@@ -214,7 +213,6 @@ class RunTree:
                 limit,
                 self.evicted - self._evicted_logged,
             )
-            self._last_eviction_log = mono
             self._evicted_logged = self.evicted
 
     def _promote(self, run_id: UUID, skipped: Skipped, thread_id: str | None = None) -> Span:
