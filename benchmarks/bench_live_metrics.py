@@ -3,7 +3,7 @@
     python benchmarks/bench_live_metrics.py [--store sqlite|postgres] [--preload 200000] [--days 31]
                                             [--rate 2000] [--interval 0.2] [--seconds 30]
                                             [--windows 1h,24h] [--db PATH | --dsn DSN] [--reuse]
-                                            [--max-staleness 0,2] [--redis-url URL]
+                                            [--max-staleness 0,2] [--redis-url URL] [--full-hour]
 
 The store is preloaded like ``bench_metrics.py`` (same generator and loaders, rollups built),
 then for ``--seconds`` seconds:
@@ -14,6 +14,12 @@ then for ``--seconds`` seconds:
 * one dashboard per window asks ``compute_metrics`` (the metrics node's question, with the
   production in-process cache, or Redis with ``--redis-url``) every ``--interval`` seconds,
   accepting answers up to ``max_staleness_s`` old.
+
+``--full-hour`` first adds ``--rate`` × 3,600 spans of the registry's agents spread over the hour before
+the run, written with the store's own rollup maintenance (SQLite: ``apply_rows`` in the insert's
+transaction; Postgres: ``COPY`` with the rollup triggers on), so the run sees what a dashboard sees
+after a whole hour of that traffic: a 1h window full of it, its open hour's minute sketches full, and
+a minute of it at the window's raw edge.
 
 ``--max-staleness 0,2`` runs the whole thing once per bound, one after the other on the same
 store with a fresh cache each (0 = strict, today's behaviour; the live span ids differ per run).
@@ -34,7 +40,7 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -43,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_metrics import _CLEANUPS, LOADERS  # noqa: E402
+from bench_metrics import _CLEANUPS, _INSERT, CHUNK, LOADED_COLUMNS, LOADERS, _rows  # noqa: E402
 from machine_info import machine  # noqa: E402
 
 from src.agents.ml_foundation.observability_connector.cache import MetricsCache  # noqa: E402
@@ -57,6 +63,7 @@ from src.agents.ml_foundation.observability_connector.nodes.metrics_aggregator i
 from src.agents.ml_foundation.observability_connector.runtime import ConnectorContext  # noqa: E402
 
 LIVE_AGENT = "live_producer"
+HOUR_S = 3600
 TICK_S = 0.1
 
 
@@ -94,6 +101,51 @@ async def produce(ctx: ConnectorContext, rate: int, until: float, commits: list[
         commits.append((time.monotonic(), total))
         next_tick += TICK_S
         await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
+
+
+def _hour_chunks(n: int, registry: Any, now: datetime) -> Any:
+    """``n`` rows of the registry's agents over the hour before ``now``, oldest first, in chunks."""
+    chunks = max(1, -(-n // CHUNK))
+    spread_us = HOUR_S * 1_000_000
+    done = 0
+    for c in range(chunks):
+        size = min(CHUNK, n - done)
+        lo, hi = spread_us * c // chunks, spread_us * (c + 1) // chunks
+        yield _rows(size, registry, now - timedelta(seconds=HOUR_S), 1_000 + c, lo, hi, first=done)
+        done += size
+
+
+def add_full_hour(args: argparse.Namespace, store: Any, registry: Any) -> None:
+    """Append the hour of traffic (``--full-hour``) through each store's own rollup maintenance."""
+    n = args.rate * HOUR_S
+    t0 = time.perf_counter()
+    now = datetime.now(UTC)
+    if args.store == "sqlite":
+        import sqlite3
+
+        from src.repositories.sqlite_rollups import apply_rows, max_rowid
+
+        conn = sqlite3.connect(args.db, isolation_level=None)
+        for rows in _hour_chunks(n, registry, now):
+            conn.execute("BEGIN IMMEDIATE")
+            first = max_rowid(conn)
+            conn.executemany(_INSERT, rows)
+            apply_rows(conn, first)
+            conn.execute("COMMIT")
+        conn.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(store.store._dsn, autocommit=True) as conn:
+            for rows in _hour_chunks(n, registry, now):
+                with (
+                    conn.cursor() as cur,
+                    cur.copy(f"COPY ml_observability_spans ({', '.join(LOADED_COLUMNS)}) FROM STDIN") as copy,
+                ):
+                    for row in rows:
+                        copy.write_row(row)
+            conn.execute("VACUUM ANALYZE ml_observability_spans")
+    print(f"  added {n:,} spans over the last hour ({args.rate:,}/s) in {time.perf_counter() - t0:.1f} s")
 
 
 async def dashboard(
@@ -155,6 +207,7 @@ async def main() -> None:
     parser.add_argument("--reuse", action="store_true")
     parser.add_argument("--max-staleness", default="0", help="bounds to run, seconds, comma-separated (0: strict)")
     parser.add_argument("--redis-url", default=None, help="cache in this Redis (near-cache on) instead of memory")
+    parser.add_argument("--full-hour", action="store_true", help="first add an hour of --rate spans/s (module doc)")
     args = parser.parse_args()
     args.spans = args.preload
     windows = [w.strip() for w in args.windows.split(",") if w.strip()]
@@ -163,6 +216,8 @@ async def main() -> None:
     print(f"machine: {machine()}")
     registry = load_registry()
     store = await LOADERS[args.store](args, registry)
+    if args.full_hour:
+        await asyncio.to_thread(add_full_hour, args, store, registry)
     try:
         for bound in bounds:
             await run_once(args, store, registry, windows, bound)
@@ -201,7 +256,8 @@ async def run_once(args: argparse.Namespace, store: Any, registry: Any, windows:
         await cache.aclose()
     written = commits[-1][1] if commits else 0
     print(
-        f"\n{args.store}: {args.preload:,} spans preloaded over {args.days} days; "
+        f"\n{args.store}: {args.preload:,} spans preloaded over {args.days} days"
+        f"{f' + {args.rate * HOUR_S:,} over the last hour' if args.full_hour else ''}; "
         f"{written:,} live spans in {args.seconds:.0f} s ({written / args.seconds:,.0f}/s, target {args.rate:,}/s); "
         f"a question every {args.interval * 1000:.0f} ms per window; cache {cache.backend}, "
         f"max_staleness_s={bound:g} ({status['refreshes']} refreshes, {status['refresh_errors']} failed)"

@@ -1226,12 +1226,15 @@ BEGIN
         ORDER BY q.agent_name, q.agent_tier, w.sgn, q.boundary DESC
     ) AS k
     UNION ALL
-    SELECT e.agent_name, e.agent_tier, 0, CASE WHEN e.idx IS NULL THEN e.n ELSE 0 END,
+    -- The raw edge's (index, count) pairs, one row per (agent, tier) (the two aggregates run over
+    -- the same rows in the same order, so the arrays stay aligned): a busy minute at the edge
+    -- holds thousands of pairs, each a row to ship and decode when sent one by one.
+    SELECT e.agent_name, e.agent_tier, 0, coalesce(sum(e.n) FILTER (WHERE e.idx IS NULL), 0)::bigint,
            NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-           array_send(CASE WHEN e.idx IS NULL THEN '{}'::integer[] ELSE ARRAY[e.idx] END),
-           array_send(CASE WHEN e.idx IS NULL THEN '{}'::integer[] ELSE ARRAY[e.n::integer] END),
+           array_send(coalesce(array_agg(e.idx) FILTER (WHERE e.idx IS NOT NULL), '{}'::integer[])),
+           array_send(coalesce(array_agg(e.n::integer) FILTER (WHERE e.idx IS NOT NULL), '{}'::integer[])),
            NULL, NULL
-    FROM edge e;
+    FROM edge e GROUP BY e.agent_name, e.agent_tier;
 END
 $fn$;
 

@@ -28,11 +28,10 @@ from typing import Any, Final
 
 import numpy as np
 
-from src.agents.ml_foundation.observability_connector.latency_sketch import ZERO_INDEX, index_sql
+from src.agents.ml_foundation.observability_connector.latency_sketch import ZERO_INDEX, Sketch, index_sql
 from src.agents.ml_foundation.observability_connector.rollups import (
     LEVELS,
     RollupGroup,
-    dense_to_sketch,
     window_segments,
 )
 from src.repositories import sqlite_sketch
@@ -353,16 +352,18 @@ def read_groups(conn: sqlite3.Connection, since: datetime, agent_name: str | Non
     for agent, tier, idx0, blob, n_zero in blobs:
         parts.setdefault((agent, tier), []).append(blob_counts(idx0, blob))
         zeros[(agent, tier)] = zeros.get((agent, tier), 0) + int(n_zero)
-    edge_counts: dict[tuple[str, int], dict[int, int]] = {}
+    edge_pairs: dict[tuple[str, int], tuple[list[int], list[int]]] = {}
     for agent, tier, idx, n in edge:  # the raw edge and the pending log: (index, count) groups
-        counts = edge_counts.setdefault((agent, tier), {})
-        counts[int(idx)] = counts.get(int(idx), 0) + int(n)
+        indexes, counts = edge_pairs.setdefault((agent, tier), ([], []))
+        indexes.append(int(idx))
+        counts.append(int(n))
     for key, group in groups.items():
-        sketch = dense_to_sketch(parts.get(key, []), zeros.get(key, 0))
-        for idx, n in edge_counts.get(key, {}).items():
-            sketch[idx] = sketch.get(idx, 0) + n
-        sketch = {idx: n for idx, n in sketch.items() if n}
-        group.sketch = sketch
+        sparse = edge_pairs.get(key)
+        group.sketch = Sketch.of(
+            dense=parts.get(key, []),
+            sparse=[(np.array(sparse[0], dtype=np.int64), np.array(sparse[1], dtype=np.int64))] if sparse else [],
+            zeros=zeros.get(key, 0),
+        )
     return list(groups.values())
 
 

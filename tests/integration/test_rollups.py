@@ -25,6 +25,7 @@ from src.agents.ml_foundation.observability_connector.cost_metrics import RAW_CO
 from src.agents.ml_foundation.observability_connector.latency_sketch import (
     ALPHA,
     ZERO_INDEX,
+    Sketch,
     bucket_index,
     bucket_value,
     percentiles,
@@ -59,6 +60,57 @@ def test_sketch_percentile_is_within_alpha_of_percentile_cont(values: list[float
     exact = percentile_cont(values, p)
     assert exact is not None
     assert abs(estimate - exact) <= ALPHA * exact + 1e-12, (estimate, exact)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(st.one_of(st.just(ZERO_INDEX), st.integers(-2_000, 2_000)), st.integers(1, 50)), max_size=40
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    st.lists(st.floats(0.0, 1.0), min_size=1, max_size=4),
+)
+def test_dense_sketch_merges_and_answers_like_the_counts_it_holds(
+    parts: list[list[tuple[int, int]]], ps: list[float]
+) -> None:
+    """Sketch (the dense form every answer merges) against plain {index: count} sums: the same
+    counts after merging dense and sparse parts, a subtracted part cancelling, and the same
+    percentiles as the sorted expansion of its samples."""
+    expected: dict[int, int] = {}
+    for part in parts:
+        for i, n in part:
+            expected[i] = expected.get(i, 0) + n
+    sketches = [Sketch.from_dict(dict(_summed(part))) for part in parts]
+    merged = Sketch.merge(sketches)
+    assert merged.as_dict() == expected
+    extra = Sketch.of(sparse=[([1, 1, 7], [2, 3, 4])])
+    both = Sketch.of(
+        dense=[(s.lo, s.counts) for s in (merged, extra)]
+        + [(extra.lo, -extra.counts)],  # added and taken away again (a prefix subtraction)
+        zeros=merged.zeros,
+    )
+    assert both == merged
+    samples = sorted((0.0 if i == ZERO_INDEX else bucket_value(i)) for i, n in expected.items() for _ in range(n))
+    got = merged.percentiles(ps)
+    if not samples:
+        assert got is None
+        return
+    assert got is not None
+    for p, value in zip(ps, got, strict=True):
+        pos = p * (len(samples) - 1)
+        lo = math.floor(pos)
+        hi = min(lo + 1, len(samples) - 1)
+        assert value == pytest.approx(samples[lo] + (samples[hi] - samples[lo]) * (pos - lo), rel=1e-12, abs=1e-12)
+
+
+def _summed(pairs: list[tuple[int, int]]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for i, n in pairs:
+        out[i] = out.get(i, 0) + n
+    return out
 
 
 def test_bucket_edges() -> None:

@@ -23,8 +23,8 @@ moves a value into the neighbouring bucket whose value is still within ``α`` of
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
-from typing import Final
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final
 
 import numpy as np
 
@@ -33,6 +33,7 @@ __all__ = [
     "GAMMA",
     "LN_GAMMA",
     "ZERO_INDEX",
+    "Sketch",
     "bucket_index",
     "bucket_value",
     "index_sql",
@@ -68,32 +69,121 @@ def index_sql(column: str) -> str:
 
 
 def percentiles(counts: Mapping[int, int] | Iterable[tuple[int, int]], ps: Iterable[float]) -> list[float] | None:
-    """Continuous percentiles (``percentile_cont``) of the sketch, one per ``p``; None when empty.
-
-    The sample of rank ``r`` (0-based, in bucket order) lies in the first bucket whose running
-    count exceeds ``r``: found with numpy (sketches merged over long windows hold ~1,000
-    buckets, and a metrics answer asks for dozens of them)."""
+    """Continuous percentiles (``percentile_cont``) of the sketch ``{index: count}`` (or its
+    (index, count) pairs, an index may repeat), one per ``p``; None when empty
+    (:meth:`Sketch.percentiles`)."""
     if isinstance(counts, Mapping):
-        sketch = counts
-    else:  # (index, count) pairs; an index may repeat
-        sketch = {}
-        for i, n in counts:
-            sketch[int(i)] = sketch.get(int(i), 0) + int(n)
-    keys = np.fromiter(sketch.keys(), dtype=np.int64, count=len(sketch))
-    ns = np.fromiter(sketch.values(), dtype=np.int64, count=len(sketch))
-    keep = ns > 0
-    keys, ns = keys[keep], ns[keep]
-    order = np.argsort(keys, kind="stable")
-    keys, running = keys[order], np.cumsum(ns[order])
-    total = int(running[-1]) if len(running) else 0
-    if total == 0:
-        return None
-    out = []
-    for p in ps:
-        pos = p * (total - 1)
-        lo = math.floor(pos)
-        hi = min(lo + 1, total - 1)
-        at = np.searchsorted(running, [lo, hi], side="right")
-        v_lo, v_hi = bucket_value(int(keys[at[0]])), bucket_value(int(keys[at[1]]))
-        out.append(v_lo + (v_hi - v_lo) * (pos - lo))
-    return out
+        return Sketch.from_dict(counts).percentiles(ps)
+    pairs = [(int(i), int(n)) for i, n in counts]
+    indexes = np.array([i for i, _ in pairs], dtype=np.int64)
+    return Sketch.of(sparse=[(indexes, np.array([n for _, n in pairs], dtype=np.int64))]).percentiles(ps)
+
+
+class Sketch:
+    """A sketch held densely: counts of the indexes ``lo, lo + 1, …`` in one int64 array, plus
+    the zero durations apart.
+
+    Why dense: a window's answer merges hundreds of sketches (minutes, prefixes, agents into
+    tiers and "all") and asks each group for three percentiles; as ``{index: count}`` dicts every
+    merge walked each entry in Python (most of a warm answer's time). Indexes of positive
+    durations stay within ±36,000 (the range of a double), so the array is small; a merge is
+    a few array additions and a percentile a cumulative sum and a binary search.
+    """
+
+    __slots__ = ("counts", "lo", "zeros")
+
+    def __init__(self, lo: int = 0, counts: Any = None, zeros: int = 0) -> None:
+        self.lo = lo
+        self.counts = np.zeros(0, dtype=np.int64) if counts is None else counts
+        self.zeros = zeros
+
+    @classmethod
+    def of(
+        cls,
+        dense: Sequence[tuple[int, Any]] = (),
+        sparse: Sequence[tuple[Any, Any]] = (),
+        zeros: int = 0,
+    ) -> Sketch:
+        """Sum dense parts ``(first index, counts)`` and sparse parts ``(indexes, counts)`` (arrays;
+        an index may repeat, :data:`ZERO_INDEX` counts as a zero duration)."""
+        dense = [(int(first), arr) for first, arr in dense if len(arr)]
+        pairs = []
+        for idx, n in sparse:
+            if not len(idx):
+                continue
+            idx = np.asarray(idx, dtype=np.int64)
+            n = np.asarray(n, dtype=np.int64)
+            zero = idx == ZERO_INDEX
+            if zero.any():
+                zeros += int(n[zero].sum())
+                idx, n = idx[~zero], n[~zero]
+            if len(idx):
+                pairs.append((idx, n))
+        if not dense and not pairs:
+            return cls(zeros=zeros)
+        los = [first for first, _ in dense] + [int(idx.min()) for idx, _ in pairs]
+        his = [first + len(arr) for first, arr in dense] + [int(idx.max()) + 1 for idx, _ in pairs]
+        lo = min(los)
+        total = np.zeros(max(his) - lo, dtype=np.int64)
+        for first, arr in dense:
+            total[first - lo : first - lo + len(arr)] += arr
+        if pairs:
+            idx = np.concatenate([i for i, _ in pairs]) - lo
+            total += np.bincount(idx, weights=np.concatenate([n for _, n in pairs]), minlength=len(total)).astype(
+                np.int64
+            )
+        return cls(lo, total, zeros)
+
+    @classmethod
+    def from_dict(cls, counts: Mapping[int, int]) -> Sketch:
+        """From ``{index: count}`` (tests and small callers)."""
+        keys = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
+        values = np.fromiter(counts.values(), dtype=np.int64, count=len(counts))
+        return cls.of(sparse=[(keys, values)])
+
+    @classmethod
+    def merge(cls, sketches: Sequence[Sketch]) -> Sketch:
+        """Counts summed per index."""
+        if len(sketches) == 1:
+            return sketches[0]
+        return cls.of(dense=[(s.lo, s.counts) for s in sketches], zeros=sum(s.zeros for s in sketches))
+
+    def as_dict(self) -> dict[int, int]:
+        """``{index: count}`` of the non-zero counts, zero durations under :data:`ZERO_INDEX`."""
+        nonzero = np.flatnonzero(self.counts)
+        out = dict(zip((nonzero + self.lo).tolist(), self.counts[nonzero].tolist(), strict=True))
+        if self.zeros:
+            out[ZERO_INDEX] = self.zeros
+        return out
+
+    def total(self) -> int:
+        return int(self.counts.sum()) + self.zeros
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sketch) and self.as_dict() == other.as_dict()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable arrays inside
+
+    def __repr__(self) -> str:
+        return f"Sketch({self.as_dict()!r})"
+
+    def percentiles(self, ps: Iterable[float]) -> list[float] | None:
+        """Continuous percentiles, one per ``p``; None when empty. The sample of rank ``r`` (0-based,
+        in bucket order: the zero bucket first) lies in the first bucket whose running count
+        exceeds ``r`` (module doc for the guarantee)."""
+        # A bucket left negative could only come from a rollup defect; like the dict form, it holds nothing.
+        running = np.cumsum(np.maximum(self.counts, 0)) + self.zeros
+        total = int(running[-1]) if len(running) else self.zeros
+        if total <= 0:
+            return None
+        out = []
+        for p in ps:
+            pos = p * (total - 1)
+            lo = math.floor(pos)
+            hi = min(lo + 1, total - 1)
+            values = [
+                0.0 if rank < self.zeros else bucket_value(self.lo + int(np.searchsorted(running, rank, side="right")))
+                for rank in (lo, hi)
+            ]
+            out.append(values[0] + (values[1] - values[0]) * (pos - lo))
+        return out

@@ -27,7 +27,7 @@ from typing import Any, Final, NamedTuple
 
 import numpy as np
 
-from .latency_sketch import ZERO_INDEX, percentiles
+from .latency_sketch import Sketch
 from .metrics_models import LatencyStats, QualityMetrics, error_rate
 
 __all__ = [
@@ -35,11 +35,8 @@ __all__ = [
     "RollupGroup",
     "Segments",
     "decode_array_send",
-    "dense_to_sketch",
     "groups_from_rows",
     "latency_stats",
-    "merge_sketches",
-    "pairs_to_sketch",
     "quality_metrics",
     "window_segments",
 ]
@@ -95,7 +92,7 @@ class RollupGroup:
     tok_total: int = 0
     dur_n: int = 0
     dur_sum: float = 0.0
-    sketch: dict[int, int] = field(default_factory=dict)
+    sketch: Sketch = field(default_factory=Sketch)
     cost_sum: float = 0.0  # USD of the priced LLM calls
     n_unpriced: int = 0  # LLM calls (llm_model set) without a cost
 
@@ -114,7 +111,7 @@ class RollupGroup:
 
     def add(self, other: RollupGroup, sketch: bool = True) -> None:
         """Adds ``other``'s figures, and its sketch unless ``sketch`` is false (the caller merges
-        many sketches at once: :func:`merge_sketches`)."""
+        many sketches at once: :meth:`Sketch.merge`)."""
         self.n_all += other.n_all
         self.n_ok += other.n_ok
         self.n_error += other.n_error
@@ -128,10 +125,8 @@ class RollupGroup:
         self.dur_sum += other.dur_sum
         self.cost_sum += other.cost_sum
         self.n_unpriced += other.n_unpriced
-        if not sketch:
-            return
-        for index, n in other.sketch.items():
-            self.sketch[index] = self.sketch.get(index, 0) + n
+        if sketch:
+            self.sketch = Sketch.merge([self.sketch, other.sketch])
 
 
 def decode_array_send(data: bytes | str | None) -> Any:
@@ -165,40 +160,8 @@ def groups_from_rows(rows: Iterable[Sequence[Any]]) -> list[RollupGroup]:
             pairs.setdefault(key, []).append((decode_array_send(rest[11]), -counts if idx == -1 else counts))
             zeros[key] = zeros.get(key, 0) + int(n or 0)
     for key, group in groups.items():
-        group.sketch = pairs_to_sketch(pairs.get(key, []), zeros.get(key, 0))
+        group.sketch = Sketch.of(sparse=pairs.get(key, []), zeros=zeros.get(key, 0))
     return list(groups.values())
-
-
-def pairs_to_sketch(parts: Sequence[tuple[Any, Any]], zeros: int) -> dict[int, int]:
-    """Sum (indexes, counts) array pairs per index into a sparse sketch, zeros included."""
-    sketch: dict[int, int] = {}
-    parts = [(i, n) for i, n in parts if len(i)]
-    if parts:
-        idx = np.concatenate([i for i, _ in parts])
-        counts = np.concatenate([n for _, n in parts])
-        lo = int(idx.min())
-        total = np.bincount(idx - lo, weights=counts).astype(np.int64)
-        nonzero = np.flatnonzero(total)
-        sketch = dict(zip((nonzero + lo).tolist(), total[nonzero].tolist(), strict=True))
-    if zeros:
-        sketch[ZERO_INDEX] = zeros
-    return sketch
-
-
-def dense_to_sketch(parts: Sequence[tuple[int, Any]], zeros: int) -> dict[int, int]:
-    """Sum dense count arrays given as (first index, counts) into a sparse sketch, zeros included."""
-    parts = [(lo, arr) for lo, arr in parts if len(arr)]
-    sketch: dict[int, int] = {}
-    if parts:
-        lo = min(p[0] for p in parts)
-        total = np.zeros(max(p[0] + len(p[1]) for p in parts) - lo, dtype=np.int64)
-        for first, arr in parts:
-            total[first - lo : first - lo + len(arr)] += arr
-        nonzero = np.flatnonzero(total)
-        sketch = dict(zip((nonzero + lo).tolist(), total[nonzero].tolist(), strict=True))
-    if zeros:
-        sketch[ZERO_INDEX] = zeros
-    return sketch
 
 
 def _merge(groups: Iterable[RollupGroup], key: str) -> RollupGroup:
@@ -208,31 +171,14 @@ def _merge(groups: Iterable[RollupGroup], key: str) -> RollupGroup:
     if len(groups) == 1:
         return groups[0]
     merged = RollupGroup(key, 0)
-    sketches = []
     for group in groups:
         merged.add(group, sketch=False)
-        if group.sketch:
-            sketches.append(group.sketch)
-    merged.sketch = merge_sketches(sketches)
+    merged.sketch = Sketch.merge([g.sketch for g in groups])
     return merged
 
 
-def merge_sketches(sketches: Sequence[dict[int, int]]) -> dict[int, int]:
-    """Sparse sketches summed per index (indexes whose counts cancel dropped)."""
-    if len(sketches) <= 1:
-        return dict(sketches[0]) if sketches else {}
-    size = sum(len(s) for s in sketches)
-    keys = np.fromiter((k for s in sketches for k in s), dtype=np.int64, count=size)
-    counts = np.fromiter((n for s in sketches for n in s.values()), dtype=np.int64, count=size)
-    unique, where = np.unique(keys, return_inverse=True)
-    total = np.zeros(len(unique), dtype=np.int64)
-    np.add.at(total, where, counts)
-    keep = np.flatnonzero(total)
-    return dict(zip(unique[keep].tolist(), total[keep].tolist(), strict=True))
-
-
 def _stats(key: str, group: RollupGroup) -> LatencyStats:
-    pcts = percentiles(group.sketch, PERCENTILES) if group.dur_n else None
+    pcts = group.sketch.percentiles(PERCENTILES) if group.dur_n else None
     p50, p95, p99 = pcts if pcts is not None else (None, None, None)
     return LatencyStats(
         key=key,
