@@ -620,9 +620,24 @@ CREATE TABLE IF NOT EXISTS public.ml_span_rollup_sketch (
     CONSTRAINT ml_span_rollup_sketch_pkey PRIMARY KEY (level, bucket, agent_name, agent_tier)
 );
 
+-- array_send of an integer[] (its binary wire form), declared IMMUTABLE so a stored generated
+-- column can keep it: int4's binary form never changes, but array_send is marked STABLE as it
+-- dispatches on the element type. Harmless to anyone, so EXECUTE stays with PUBLIC (the rollup
+-- triggers, which update prefixes on a late write, run as the writing role).
+CREATE OR REPLACE FUNCTION public.obs_int_array_send(p_values integer[])
+RETURNS bytea
+LANGUAGE sql
+IMMUTABLE
+PARALLEL SAFE
+SET search_path = public
+AS $fn$ SELECT array_send(p_values) $fn$;
+
 -- Latency prefixes at sealed hour boundaries (see above); boundary '-infinity' is the value of
 -- every boundary before the agent's first stored one. Boundary first in the key: readers and the
--- seal ask for one or two boundaries across all agents.
+-- seal ask for one or two boundaries across all agents. idxs_send / ns_send: the arrays in
+-- array_send form, computed once when a prefix is written: a reader ships them as they are,
+-- where array_send at read time (~500 pairs per prefix, 40 prefixes per answer) was most of
+-- obs_rollup_metrics' time.
 CREATE TABLE IF NOT EXISTS public.ml_span_rollup_prefix (
     boundary    timestamptz NOT NULL,
     agent_name  text        NOT NULL,
@@ -632,6 +647,9 @@ CREATE TABLE IF NOT EXISTS public.ml_span_rollup_prefix (
     zeros       bigint      NOT NULL,
     CONSTRAINT ml_span_rollup_prefix_pkey PRIMARY KEY (boundary, agent_name, agent_tier)
 );
+ALTER TABLE public.ml_span_rollup_prefix
+    ADD COLUMN IF NOT EXISTS idxs_send bytea GENERATED ALWAYS AS (public.obs_int_array_send(idxs)) STORED,
+    ADD COLUMN IF NOT EXISTS ns_send   bytea GENERATED ALWAYS AS (public.obs_int_array_send(ns)) STORED;
 
 -- The frontier: every hour before sealed_to has its hour row and prefix (null: nothing sealed).
 CREATE TABLE IF NOT EXISTS public.ml_span_rollup_state (
@@ -1216,10 +1234,11 @@ BEGIN
     FROM mins k GROUP BY k.agent_name, k.agent_tier
     UNION ALL
     SELECT k.agent_name, k.agent_tier, k.sgn, CASE WHEN k.sgn < 0 THEN -k.zeros ELSE k.zeros END,
-           NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, array_send(k.idxs), array_send(k.ns),
+           NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, k.idxs_send, k.ns_send,
            NULL, NULL
     FROM (
-        SELECT DISTINCT ON (q.agent_name, q.agent_tier, w.sgn) q.agent_name, q.agent_tier, w.sgn, q.idxs, q.ns, q.zeros
+        SELECT DISTINCT ON (q.agent_name, q.agent_tier, w.sgn) q.agent_name, q.agent_tier, w.sgn, q.idxs_send,
+               q.ns_send, q.zeros
         FROM (VALUES (0, f), (-1, h)) AS w (sgn, b)
         JOIN public.ml_span_rollup_prefix q ON q.boundary = w.b OR q.boundary = '-infinity'
         WHERE h < f AND (p_agent IS NULL OR q.agent_name = p_agent)

@@ -143,6 +143,9 @@ class PostgresSpanRepository(SpanStore):
                 "the Postgres connection string cannot be parsed (not shown: it may hold a password)"
             ) from None
         self._dsn = dsn
+        # Parsed once: every metrics question keys its cache entry by it, and libpq's parse of the
+        # DSN cost more than the rest of a cache hit.
+        self._description = describe_dsn(dsn)
         # Added to, never replacing, the DSN's own ``options`` (e.g. ``-c role=service_role``).
         dsn_options = params.get("options")
         # client_min_messages: the staging DDL's "already exists, skipping" NOTICE on every batch.
@@ -171,7 +174,7 @@ class PostgresSpanRepository(SpanStore):
         self.write_paths: Counter[str] = Counter()
 
     def describe(self) -> str:
-        return describe_dsn(self._dsn)
+        return self._description
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.describe()!r})"

@@ -151,6 +151,7 @@ def test_schema_objects_have_the_promised_properties(postgres_dsn: str) -> None:
             "obs_delete_old_spans",
             "obs_feedback_by_agent",
             "obs_insert_feedback",
+            "obs_int_array_send",
             "obs_latency_stats",
             "obs_pairs_merge",
             "obs_quality_counts",
