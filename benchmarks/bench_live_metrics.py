@@ -10,7 +10,9 @@ then for ``--seconds`` seconds:
 
 * producers write ``--rate`` spans/s of a dedicated agent (``live_producer``) through the real
   write path (``validate_spans`` → ``write_batch``: store write, rollups in the same
-  transaction, cache invalidation), one batch every 100 ms;
+  transaction, cache invalidation), one batch every 100 ms, on a thread of their own with its
+  own event loop, as the connector's flusher does (so they contend with the dashboards for
+  the GIL, the store and the cache, but never run on the dashboards' loop);
 * one dashboard per window asks ``compute_metrics`` (the metrics node's question, with the
   production in-process cache, or Redis with ``--redis-url``) every ``--interval`` seconds,
   accepting answers up to ``max_staleness_s`` old.
@@ -245,7 +247,7 @@ async def run_once(args: argparse.Namespace, store: Any, registry: Any, windows:
             bases.append(fields["latency_by_agent"].get(LIVE_AGENT, {}).get("count", 0))
         until = time.monotonic() + args.seconds
         results = await asyncio.gather(
-            produce(ctx, args.rate, until, commits),
+            asyncio.to_thread(asyncio.run, produce(ctx, args.rate, until, commits)),
             *(
                 dashboard(ctx, w, args.interval, until, commits, bound, base)
                 for w, base in zip(windows, bases, strict=True)
