@@ -374,6 +374,46 @@ async def test_postgres_migrate_back_fills_an_existing_table_once(postgres_dsn: 
         await repo.close()
 
 
+async def test_postgres_migrate_gives_old_prefixes_their_send_columns(postgres_dsn: str) -> None:
+    """A database sealed before the prefixes kept their arrays in ``array_send`` form (the
+    generated ``idxs_send`` / ``ns_send`` the reader ships): ``migrate`` adds the columns, filled
+    for the stored prefixes, and the answers stay exact; later seals and late writes keep them."""
+    import psycopg
+
+    from src.repositories.postgres import PostgresSpanRepository, migrate
+
+    repo = PostgresSpanRepository(postgres_dsn)
+    now = datetime.now(UTC)
+    specs = [{"age": 1800.0 * i + 7.5, "agent": ("orchestrator", "gap_analyzer")[i % 2], "status": "ok",
+              "duration": 0.0 if i % 9 == 0 else 2.5 * (i % 40), "tokens": (i, 1), "fallback": None}
+             for i in range(120)]  # fmt: skip
+    same = (
+        "SELECT count(*), count(*) FILTER (WHERE idxs_send = array_send(idxs) AND ns_send = array_send(ns)) "
+        "FROM ml_span_rollup_prefix"
+    )
+    try:
+        await _clear(repo)
+        await repo.insert_spans_batch([_row(now, spec) for spec in specs])
+        await _check(repo)  # seals: prefixes exist
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            conn.execute("ALTER TABLE ml_span_rollup_prefix DROP COLUMN idxs_send, DROP COLUMN ns_send")
+        await asyncio.to_thread(migrate, postgres_dsn)
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            total, equal = conn.execute(same).fetchone()  # type: ignore[misc]
+            assert total > 0 and equal == total
+        await _check(repo)
+        late = [{"age": 1800.0 * i + 20.0, "agent": "orchestrator", "status": "error", "duration": 900.0 + i,
+                 "tokens": None, "fallback": True} for i in range(3, 60, 4)]  # fmt: skip
+        await repo.insert_spans_batch([_row(now, spec) for spec in late])  # into the sealed past
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            total, equal = conn.execute(same).fetchone()  # type: ignore[misc]
+            assert total > 0 and equal == total
+        assert await repo.verify_rollups() == []
+        await _check(repo)
+    finally:
+        await repo.close()
+
+
 async def test_a_busy_bucket_compacts_its_sketch_and_stays_exact(store: SpanStore) -> None:
     """Thousands of spans of one agent in one minute, written in several batches: on Postgres the
     sketch's appended (index, count) pairs pass the compaction threshold and are summed per index;

@@ -156,9 +156,6 @@ class Sketch:
             out[ZERO_INDEX] = self.zeros
         return out
 
-    def total(self) -> int:
-        return int(self.counts.sum()) + self.zeros
-
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Sketch) and self.as_dict() == other.as_dict()
 
