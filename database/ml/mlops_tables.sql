@@ -1170,11 +1170,17 @@ DECLARE
     h timestamptz := date_trunc('hour', p_since, 'UTC');
     d timestamptz := date_trunc('day', p_since, 'UTC');
     s2 timestamptz;
+    b timestamptz;
 BEGIN
     m := m + CASE WHEN m < p_since THEN interval '1 minute' ELSE interval '0' END;
     h := greatest(m, h + CASE WHEN h < p_since THEN interval '1 hour' ELSE interval '0' END);
     d := greatest(h, d + CASE WHEN d < p_since THEN interval '1 day' ELSE interval '0' END);
     s2 := CASE WHEN isfinite(f) THEN date_trunc('day', f, 'UTC') ELSE f END;
+    -- The prefix subtracted: prefix(h), or, when the window's first partial hour is sealed and
+    -- fewer of its minutes lie before the window than in it, prefix(h - 1 hour) with the minute
+    -- sketches [h - 1 hour, m) subtracted too: at most 30 minute sketches per agent instead of 59
+    -- (a window starting at XX:01 read 58 of them, ~half of the answer's arrays).
+    b := CASE WHEN m < h AND h <= f AND m - (h - interval '1 hour') < h - m THEN h - interval '1 hour' ELSE h END;
     RETURN QUERY
     WITH raw AS (
         SELECT s.agent_name, s.agent_tier, s.status, s.attributes, s.input_tokens, s.output_tokens,
@@ -1218,8 +1224,13 @@ BEGIN
         -- to sum per index in SQL (measured) than one array pair summed by the client.
         SELECT k.agent_name, k.agent_tier, k.idxs, k.ns, k.zeros
         FROM public.ml_span_rollup_sketch k
-        WHERE ((k.level = 0 AND k.bucket >= m AND k.bucket < h) OR (k.level = 0 AND k.bucket >= greatest(h, f)))
+        WHERE ((k.level = 0 AND k.bucket >= m AND k.bucket < h AND b = h) OR (k.level = 0 AND k.bucket >= greatest(h, f)))
           AND (p_agent IS NULL OR k.agent_name = p_agent)
+    ), pre_m AS (
+        -- The minutes [b, m) before the window in its first hour, when b < h (subtracted).
+        SELECT k.agent_name, k.agent_tier, k.idxs, k.ns, k.zeros
+        FROM public.ml_span_rollup_sketch k
+        WHERE k.level = 0 AND k.bucket >= b AND k.bucket < m AND (p_agent IS NULL OR k.agent_name = p_agent)
     )
     SELECT t.agent_name, t.agent_tier, NULL::integer, NULL::bigint,
            sum(t.n_all)::bigint, sum(t.n_ok)::bigint, sum(t.n_error)::bigint, sum(t.n_timeout)::bigint,
@@ -1233,15 +1244,20 @@ BEGIN
            array_send(public.obs_int_array_cat(k.idxs)), array_send(public.obs_int_array_cat(k.ns)), NULL, NULL
     FROM mins k GROUP BY k.agent_name, k.agent_tier
     UNION ALL
+    SELECT k.agent_name, k.agent_tier, -1, -sum(k.zeros)::bigint,
+           NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+           array_send(public.obs_int_array_cat(k.idxs)), array_send(public.obs_int_array_cat(k.ns)), NULL, NULL
+    FROM pre_m k GROUP BY k.agent_name, k.agent_tier
+    UNION ALL
     SELECT k.agent_name, k.agent_tier, k.sgn, CASE WHEN k.sgn < 0 THEN -k.zeros ELSE k.zeros END,
            NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, k.idxs_send, k.ns_send,
            NULL, NULL
     FROM (
         SELECT DISTINCT ON (q.agent_name, q.agent_tier, w.sgn) q.agent_name, q.agent_tier, w.sgn, q.idxs_send,
                q.ns_send, q.zeros
-        FROM (VALUES (0, f), (-1, h)) AS w (sgn, b)
-        JOIN public.ml_span_rollup_prefix q ON q.boundary = w.b OR q.boundary = '-infinity'
-        WHERE h < f AND (p_agent IS NULL OR q.agent_name = p_agent)
+        FROM (VALUES (0, f), (-1, b)) AS w (sgn, at)
+        JOIN public.ml_span_rollup_prefix q ON q.boundary = w.at OR q.boundary = '-infinity'
+        WHERE b < f AND (p_agent IS NULL OR q.agent_name = p_agent)
         ORDER BY q.agent_name, q.agent_tier, w.sgn, q.boundary DESC
     ) AS k
     UNION ALL

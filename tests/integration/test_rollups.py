@@ -414,6 +414,56 @@ async def test_postgres_migrate_gives_old_prefixes_their_send_columns(postgres_d
         await repo.close()
 
 
+async def test_postgres_windows_starting_anywhere_in_a_sealed_hour_are_exact(postgres_dsn: str) -> None:
+    """``obs_rollup_metrics`` reads a window's first partial hour either as its minutes or, when fewer
+    of that hour's minutes lie before the window, as the hour's prefix difference minus those
+    minutes. Windows starting at every few minutes of sealed hours (both ways, the hour's edges,
+    and inside the unsealed hour) give the raw rows' exact counts and sketches."""
+    import psycopg
+
+    from src.agents.ml_foundation.observability_connector.rollups import groups_from_rows
+    from src.repositories.postgres import PostgresSpanRepository
+
+    repo = PostgresSpanRepository(postgres_dsn)
+    now = datetime.now(UTC)
+    specs = [{"age": 97.0 * i + 3.25, "agent": ("orchestrator", "gap_analyzer", "explainer")[i % 3],
+              "status": "ok", "duration": 0.0 if i % 13 == 0 else 1.5 + (i * 7919) % 600, "tokens": (i, 1),
+              "fallback": None} for i in range(400)]  # fmt: skip
+    try:
+        await _clear(repo)
+        await repo.insert_spans_batch([_row(now, spec) for spec in specs])
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            frontier = conn.execute("SELECT obs_rollup_seal()").fetchone()[0]  # type: ignore[index]
+            assert frontier is not None
+            hour = frontier.replace(minute=0, second=0, microsecond=0)
+            starts = [
+                hour - timedelta(hours=back, minutes=minute, seconds=sec)
+                for back in (-1, 0, 2, 7)  # -1: inside the unsealed hour
+                for minute, sec in ((0, 0), (1, 0), (3, 30), (29, 5), (31, 0), (44, 10), (59, 59))
+            ]
+            for since in starts:
+                rows = conn.execute(
+                    "SELECT * FROM obs_rollup_metrics(%s::timestamptz, NULL::text)", (since,), binary=True
+                ).fetchall()
+                groups = {(g.agent_name, g.agent_tier): g for g in groups_from_rows(rows) if g.n_all}
+                raw: dict[tuple[str, int], list[float | None]] = {}
+                for agent, tier, duration in conn.execute(
+                    "SELECT agent_name, agent_tier, duration_ms FROM ml_observability_spans WHERE start_time >= %s",
+                    (since,),
+                ):
+                    raw.setdefault((agent, tier), []).append(duration)
+                assert groups.keys() == raw.keys(), since
+                for key, durations in raw.items():
+                    expected: dict[int, int] = {}
+                    for d in durations:
+                        if d is not None:
+                            expected[bucket_index(d)] = expected.get(bucket_index(d), 0) + 1
+                    assert groups[key].n_all == len(durations), (since, key)
+                    assert groups[key].sketch.as_dict() == expected, (since, key)
+    finally:
+        await repo.close()
+
+
 async def test_a_busy_bucket_compacts_its_sketch_and_stays_exact(store: SpanStore) -> None:
     """Thousands of spans of one agent in one minute, written in several batches: on Postgres the
     sketch's appended (index, count) pairs pass the compaction threshold and are summed per index;
