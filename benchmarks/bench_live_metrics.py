@@ -42,7 +42,7 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_metrics import _CLEANUPS, _INSERT, CHUNK, LOADED_COLUMNS, LOADERS, _rows  # noqa: E402
+from bench_metrics import _CLEANUPS, _INSERT, LOADED_COLUMNS, LOADERS, _row_chunks  # noqa: E402
 from machine_info import machine  # noqa: E402
 
 from src.agents.ml_foundation.observability_connector.cache import MetricsCache  # noqa: E402
@@ -105,18 +105,6 @@ async def produce(ctx: ConnectorContext, rate: int, until: float, commits: list[
         await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
 
 
-def _hour_chunks(n: int, registry: Any, now: datetime) -> Any:
-    """``n`` rows of the registry's agents over the hour before ``now``, oldest first, in chunks."""
-    chunks = max(1, -(-n // CHUNK))
-    spread_us = HOUR_S * 1_000_000
-    done = 0
-    for c in range(chunks):
-        size = min(CHUNK, n - done)
-        lo, hi = spread_us * c // chunks, spread_us * (c + 1) // chunks
-        yield _rows(size, registry, now - timedelta(seconds=HOUR_S), 1_000 + c, lo, hi, first=done)
-        done += size
-
-
 def add_full_hour(args: argparse.Namespace, store: Any, registry: Any) -> None:
     """Append the hour of traffic (``--full-hour``) through each store's own rollup maintenance."""
     n = args.rate * HOUR_S
@@ -128,7 +116,7 @@ def add_full_hour(args: argparse.Namespace, store: Any, registry: Any) -> None:
         from src.repositories.sqlite_rollups import apply_rows, max_rowid
 
         conn = sqlite3.connect(args.db, isolation_level=None)
-        for rows in _hour_chunks(n, registry, now):
+        for rows in _row_chunks(n, registry, now, 1_000, HOUR_S / 86_400):
             conn.execute("BEGIN IMMEDIATE")
             first = max_rowid(conn)
             conn.executemany(_INSERT, rows)
@@ -139,7 +127,7 @@ def add_full_hour(args: argparse.Namespace, store: Any, registry: Any) -> None:
         import psycopg
 
         with psycopg.connect(store.store._dsn, autocommit=True) as conn:
-            for rows in _hour_chunks(n, registry, now):
+            for rows in _row_chunks(n, registry, now, 1_000, HOUR_S / 86_400):
                 with (
                     conn.cursor() as cur,
                     cur.copy(f"COPY ml_observability_spans ({', '.join(LOADED_COLUMNS)}) FROM STDIN") as copy,

@@ -75,10 +75,11 @@ _INSERT = (
 
 
 def _row_chunks(
-    n: int, registry: AgentRegistry, now: datetime, seed: int, days: int
+    n: int, registry: AgentRegistry, now: datetime, seed: int, days: float
 ) -> Iterator[list[tuple[Any, ...]]]:
-    """Rows in the order of ``LOADED_COLUMNS`` (the later columns stay NULL), oldest first, ``CHUNK`` at a time:
-    each chunk covers its own slice of the spread, so the whole stays in time order."""
+    """Rows in the order of ``LOADED_COLUMNS`` (the later columns stay NULL), oldest first, ``CHUNK`` at a time,
+    spread over the ``days`` before ``now`` (a fraction of a day too): each chunk covers its own
+    slice of the spread, so the whole stays in time order."""
     spread_us = int(timedelta(days=days).total_seconds() * 1e6)
     chunks = max(1, -(-n // CHUNK))
     done = 0

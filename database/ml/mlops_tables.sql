@@ -1221,16 +1221,15 @@ BEGIN
         -- The minute sketches of the window (its first hour's edge and the unsealed hour),
         -- concatenated per (agent, tier) here (two aggregates over the same rows keep the pairs
         -- aligned): ~100 small arrays per agent cost more to ship and decode one by one, and more
-        -- to sum per index in SQL (measured) than one array pair summed by the client.
-        SELECT k.agent_name, k.agent_tier, k.idxs, k.ns, k.zeros
+        -- to sum per index in SQL (measured) than one array pair summed by the client. sgn -1:
+        -- the minutes [b, m) before the window in its first hour, subtracted (empty when b = h).
+        SELECT k.agent_name, k.agent_tier, CASE WHEN k.bucket < m THEN -1 ELSE 0 END AS sgn,
+               k.idxs, k.ns, k.zeros
         FROM public.ml_span_rollup_sketch k
-        WHERE ((k.level = 0 AND k.bucket >= m AND k.bucket < h AND b = h) OR (k.level = 0 AND k.bucket >= greatest(h, f)))
+        WHERE k.level = 0
+          AND ((k.bucket >= m AND k.bucket < h AND b = h) OR k.bucket >= greatest(h, f)
+               OR (k.bucket >= b AND k.bucket < m))
           AND (p_agent IS NULL OR k.agent_name = p_agent)
-    ), pre_m AS (
-        -- The minutes [b, m) before the window in its first hour, when b < h (subtracted).
-        SELECT k.agent_name, k.agent_tier, k.idxs, k.ns, k.zeros
-        FROM public.ml_span_rollup_sketch k
-        WHERE k.level = 0 AND k.bucket >= b AND k.bucket < m AND (p_agent IS NULL OR k.agent_name = p_agent)
     )
     SELECT t.agent_name, t.agent_tier, NULL::integer, NULL::bigint,
            sum(t.n_all)::bigint, sum(t.n_ok)::bigint, sum(t.n_error)::bigint, sum(t.n_timeout)::bigint,
@@ -1239,15 +1238,10 @@ BEGIN
            sum(t.cost_sum)::double precision, sum(t.n_unpriced)::bigint
     FROM totals t GROUP BY t.agent_name, t.agent_tier
     UNION ALL
-    SELECT k.agent_name, k.agent_tier, 0, sum(k.zeros)::bigint,
+    SELECT k.agent_name, k.agent_tier, k.sgn, CASE WHEN k.sgn < 0 THEN -sum(k.zeros) ELSE sum(k.zeros) END::bigint,
            NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
            array_send(public.obs_int_array_cat(k.idxs)), array_send(public.obs_int_array_cat(k.ns)), NULL, NULL
-    FROM mins k GROUP BY k.agent_name, k.agent_tier
-    UNION ALL
-    SELECT k.agent_name, k.agent_tier, -1, -sum(k.zeros)::bigint,
-           NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-           array_send(public.obs_int_array_cat(k.idxs)), array_send(public.obs_int_array_cat(k.ns)), NULL, NULL
-    FROM pre_m k GROUP BY k.agent_name, k.agent_tier
+    FROM mins k GROUP BY k.agent_name, k.agent_tier, k.sgn
     UNION ALL
     SELECT k.agent_name, k.agent_tier, k.sgn, CASE WHEN k.sgn < 0 THEN -k.zeros ELSE k.zeros END,
            NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, k.idxs_send, k.ns_send,

@@ -83,7 +83,7 @@ def test_dense_sketch_merges_and_answers_like_the_counts_it_holds(
     for part in parts:
         for i, n in part:
             expected[i] = expected.get(i, 0) + n
-    sketches = [Sketch.from_dict(dict(_summed(part))) for part in parts]
+    sketches = [Sketch.from_dict(_summed(part)) for part in parts]
     merged = Sketch.merge(sketches)
     assert merged.as_dict() == expected
     extra = Sketch.of(sparse=[([1, 1, 7], [2, 3, 4])])

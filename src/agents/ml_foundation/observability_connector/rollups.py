@@ -109,9 +109,9 @@ class RollupGroup:
             group.n_unpriced = int(figures[12] or 0)
         return group
 
-    def add(self, other: RollupGroup, sketch: bool = True) -> None:
-        """Adds ``other``'s figures, and its sketch unless ``sketch`` is false (the caller merges
-        many sketches at once: :meth:`Sketch.merge`)."""
+    def add(self, other: RollupGroup) -> None:
+        """Adds ``other``'s figures; not its sketch (the caller merges many sketches at once:
+        :meth:`Sketch.merge`)."""
         self.n_all += other.n_all
         self.n_ok += other.n_ok
         self.n_error += other.n_error
@@ -125,8 +125,6 @@ class RollupGroup:
         self.dur_sum += other.dur_sum
         self.cost_sum += other.cost_sum
         self.n_unpriced += other.n_unpriced
-        if sketch:
-            self.sketch = Sketch.merge([self.sketch, other.sketch])
 
 
 def decode_array_send(data: bytes | str | None) -> Any:
@@ -172,7 +170,7 @@ def _merge(groups: Iterable[RollupGroup], key: str) -> RollupGroup:
         return groups[0]
     merged = RollupGroup(key, 0)
     for group in groups:
-        merged.add(group, sketch=False)
+        merged.add(group)
     merged.sketch = Sketch.merge([g.sketch for g in groups])
     return merged
 
