@@ -98,6 +98,35 @@ async def test_past_the_bound_many_concurrent_readers_cause_exactly_one_refresh(
     assert (again["total_spans_analyzed"], from_cache, store.reads) == (3, True, 2)
 
 
+async def test_a_reader_whose_fetch_returns_after_a_refresh_finished_takes_that_refresh(
+    ctx: ConnectorContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Staleness counts from the question: a snapshot taken after it is fresh enough, however long
+    the reader's own fetch took (a slow Redis round trip under load made CI flaky: the late reader
+    saw the new entry as already "old" and read the store again)."""
+    store: Any = ctx.store
+    await write_events(ctx, [_event("l0")])
+    await compute_metrics(ctx, "1h", max_staleness_s=60)
+    await write_events(ctx, [_event("l1")])
+    await asyncio.sleep(0.03)
+    backend: Any = ctx.cache._backend
+    fetch = backend.get
+    calls = 0
+
+    async def second_fetch_is_slow(key: str, ttl: float) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # the second reader asked at once but its fetch returns 0.2 s later
+            await asyncio.sleep(0.2)
+        return await fetch(key, ttl)
+
+    monkeypatch.setattr(backend, "get", second_fetch_is_slow)
+    first, late = await asyncio.gather(*(compute_metrics(ctx, "1h", max_staleness_s=0.01) for _ in range(2)))
+    await ctx.cache.wait_for_refreshes()
+    assert (first[0]["total_spans_analyzed"], first[1]) == (2, False)
+    assert (late[0]["total_spans_analyzed"], late[1], store.reads) == (2, True, 2)
+
+
 async def test_an_ageing_entry_is_refreshed_in_the_background_once(
     ctx: ConnectorContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:

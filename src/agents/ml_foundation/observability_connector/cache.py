@@ -40,8 +40,8 @@ answer whose window ends now at the next write. A caller that accepts answers up
 old (``max_staleness_s``, or ``cache.live_staleness_s`` for callers that choose nothing; 0 =
 strict, the default) reads :meth:`MetricsCache.aget_within` instead: a second entry per question
 (its key prefixed ``"live"``) that span writes do not drop, recording when its snapshot of the
-store was taken. Younger than ``S``: served at once (and from half of ``S`` on, one background
-refresh replaces it). Absent or older: the reader awaits the one refresh of that key (started by
+store was taken. Taken at most ``S`` before the question: served at once (and from half of
+``S`` on, one background refresh replaces it). Absent or older: the reader awaits the one refresh of that key (started by
 it or already running), so an answer is at most ``S`` plus one refresh's duration old. Refreshes
 are single-flight per key and loop (:mod:`.cache_live`); one that fails is logged and counted,
 never raised into a reader that was served. The same entries and rules serve both backends
@@ -195,10 +195,14 @@ class MetricsCache:
         if max_staleness_s <= 0 or ttl <= 0:
             return await compute(), False, 0.0
         live = key_text(("live", *key))
+        # Staleness is measured from when the question was asked, not from when the entry was
+        # fetched: a snapshot taken after the question (another reader's refresh that finished
+        # while this one waited for Redis) is fresh enough, however slow the fetch was.
+        asked_at = time.time()
         entry = await self._fetch(live, ttl)
-        if entry is not None and entry.age_s <= max_staleness_s:
+        if entry is not None and asked_at - entry.computed_at <= max_staleness_s:
             self._count(hits=1)
-            if entry.age_s >= max_staleness_s * REFRESH_AT:
+            if asked_at - entry.computed_at >= max_staleness_s * REFRESH_AT:
                 self._refreshes.start(live, lambda: self._refresh(key, live, window_seconds, compute))
             return entry.value, True, entry.age_s
         self._count(misses=1)
