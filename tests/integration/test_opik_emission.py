@@ -274,13 +274,18 @@ async def test_span_cost_is_unchanged_while_opik_hangs(make_rig: Callable[..., R
         costs.sort()
         return statistics.median(costs) / 1e3, costs[int(n * 0.99)] / 1e3
 
+    def best_of_three() -> tuple[float, float]:
+        # A blocking path shows in every run; a noisy neighbour on a shared CI machine in one.
+        runs = [measure() for _ in range(3)]
+        return min(p50 for p50, _ in runs), min(p99 for _, p99 in runs)
+
     measure(1_000)  # warm up
-    healthy = measure()
+    healthy = best_of_three()
     assert await rig.opik.flush(30)
     rig.receiver.hang(10.0)
     make_trace(obs)
     assert await obs.flush(5)
-    hanging = measure()
+    hanging = best_of_three()
     assert await obs.flush(30)
     p50_ok, p99_ok = healthy
     p50_hang, p99_hang = hanging

@@ -41,11 +41,11 @@ old (``max_staleness_s``, or ``cache.live_staleness_s`` for callers that choose 
 strict, the default) reads :meth:`MetricsCache.aget_within` instead: a second entry per question
 (its key prefixed ``"live"``) that span writes do not drop, recording when its snapshot of the
 store was taken. Taken at most ``S`` before the question: served at once (and from half of
-``S`` on, one background refresh replaces it). Absent or older: the reader awaits the one refresh of that key (started by
-it or already running), so an answer is at most ``S`` plus one refresh's duration old. Refreshes
-are single-flight per key and loop (:mod:`.cache_live`); one that fails is logged and counted,
-never raised into a reader that was served. The same entries and rules serve both backends
-(with Redis, through the near-cache), and a strict question never reads them.
+``S`` on, one background refresh replaces it). Absent or older: the reader awaits the one refresh
+of that key (started by it or already running), so an answer is at most ``S`` plus one refresh's
+duration old. Refreshes are single-flight per key and loop (:mod:`.cache_live`); one that fails
+is logged and counted, never raised into a reader that was served. The same entries and rules
+serve both backends (with Redis, through the near-cache), and a strict question never reads them.
 
 **Near-cache (Redis backend).** Each process keeps the Redis answers it has seen in a small
 local cache invalidated over Redis pub/sub, trusted only while its subscription is live (see
