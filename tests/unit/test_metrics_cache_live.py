@@ -188,6 +188,7 @@ async def test_answers_are_never_older_than_the_bound_plus_one_refresh(ctx: Conn
     for i in range(25):
         await write_events(ctx, [_event(f"f{i}")])
         commits.append((time.time(), i + 1))
+        asked = time.time()
         answers = await asyncio.gather(*(ctx.cache.aget_within(key, 3600, bound, timed) for _ in range(3)))
         answered = time.time()
         for fields, from_cache, age in answers:
@@ -195,8 +196,8 @@ async def test_answers_are_never_older_than_the_bound_plus_one_refresh(ctx: Conn
             committed = max((n for t, n in commits if t <= snapshot), default=0)
             assert fields["total_spans_analyzed"] >= committed
             assert age <= bound + max(refresh_s) + (answered - commits[-1][0]) or from_cache
-            if from_cache:
-                assert age <= bound
+            if from_cache:  # at most the bound when asked; it ages while the answer is fetched
+                assert age <= bound + (answered - asked)
         await asyncio.sleep(0.01)
     await ctx.cache.wait_for_refreshes()
 

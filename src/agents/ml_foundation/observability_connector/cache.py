@@ -186,9 +186,10 @@ class MetricsCache:
     async def aget_within(
         self, key: tuple[Any, ...], window_seconds: float, max_staleness_s: float, compute: Compute
     ) -> tuple[Any, bool, float]:
-        """``(answer, from_cache, age_s)``: a cached answer at most ``max_staleness_s`` old, else
-        the one refresh of ``key`` awaited (``compute()`` reads the store; its errors reach only
-        the readers that awaited it). ``age_s`` is the time since the answer's snapshot was taken.
+        """``(answer, from_cache, age_s)``: a cached answer whose snapshot was taken at most
+        ``max_staleness_s`` before this call, else the one refresh of ``key`` awaited
+        (``compute()`` reads the store; its errors reach only the readers that awaited it).
+        ``age_s`` is the time from the snapshot to the answer (so it includes the fetch).
         ``max_staleness_s <= 0`` or caching off for this window: computed now, nothing cached.
         """
         ttl = self.ttl_for(window_seconds)
