@@ -115,6 +115,40 @@ def test_close_delivers_everything_queued() -> None:
     assert not flusher.running
 
 
+def test_a_close_that_times_out_while_a_batch_is_taken_keeps_that_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deadline may pass while the flusher moves a batch out of the buffer: the close waits for
+    that one step, so the batch is kept with the rest (it was in neither place a close reads, and
+    was lost: a CI run kept 1,500 of 2,000 spans behind a hanging store)."""
+    release = threading.Event()
+    kept: list[Span] = []
+
+    async def stuck(batch: list[Span]) -> None:
+        await asyncio.to_thread(release.wait, 30)
+
+    def keep(spans: list[Span]) -> int:
+        kept.extend(spans)
+        return len(spans)
+
+    take = SpanCollector.take
+
+    def slow_take(self: SpanCollector, n: int) -> Any:
+        taken = take(self, n)
+        time.sleep(0.6)  # the close's deadline passes here, with the batch out of the buffer
+        return taken
+
+    monkeypatch.setattr(SpanCollector, "take", slow_take)
+    flusher = BatchProcessor(stuck, max_batch_size=10, max_wait_seconds=60, on_timeout=keep, max_in_flight=1)
+    for i in range(25):
+        flusher.add_span(make_record(i))
+    flusher.start()
+    try:
+        assert flusher.close(0.3) is False
+        assert [s.span_id for s in kept] == [f"{i:016x}" for i in range(25)]  # each once, oldest first
+    finally:
+        release.set()
+        flusher._bg.join(10)
+
+
 def test_invalid_sizes_are_rejected() -> None:
     with pytest.raises(ValueError):
         SpanCollector(max_queue=0)

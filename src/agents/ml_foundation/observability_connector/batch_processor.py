@@ -106,6 +106,10 @@ class BatchProcessor:
         # Batches handed to ``deliver`` and not finished: if shutdown times out behind a stuck
         # sink they are kept with the queued spans (a resend is harmless: writes are idempotent).
         self._delivering: dict[int, list[Span]] = {}
+        # Held while the flusher moves spans from the buffer or the overflow into ``_delivering``,
+        # and while a timed-out close takes both: otherwise a batch taken between the close's two
+        # reads is in neither, and is neither delivered nor kept.
+        self._handoff = threading.Lock()
         self.max_batch_size = max_batch_size
         self.max_drain_batch = max(max_batch_size, max_drain_batch or max_batch_size * 10)
         self._on_stop = on_stop
@@ -158,6 +162,7 @@ class BatchProcessor:
         was_started = self._started
         self._start_lock = threading.Lock()
         self._waiters_lock = threading.Lock()
+        self._handoff = threading.Lock()
         self._ready = threading.Event()
         self._flush_waiters = []
         self._delivering = {}
@@ -352,9 +357,11 @@ class BatchProcessor:
         self._stopping = True
         self._wake()
         if not self._bg.join(wait):
-            self._abandoned = True
-            stuck = [span for batch in list(self._delivering.values()) for span in batch]
-            self._give_up(stuck + self._leftover(), limit, None)
+            with self._handoff:
+                self._abandoned = True
+                stuck = [span for batch in list(self._delivering.values()) for span in batch]
+                leftover = self._leftover()
+            self._give_up(stuck + leftover, limit, None)
             return False
         with self._start_lock:
             if self._bg.thread is not thread:  # a span reopened the pipeline meanwhile: it runs on
@@ -505,25 +512,29 @@ class BatchProcessor:
                     await asyncio.sleep(BURST_PACE_S / 5)
                     continue
                 batch: list[Span]
-                with spiller.lock if spiller is not None else contextlib.nullcontext():
-                    # The overflow first: everything in the buffer is newer.
-                    if overflow is not None and overflow.pending:
-                        batch, nbytes = [], 0  # read below, outside the lock (decoding takes a while)
-                    else:
-                        # Under a backlog, take bigger bites: one graph invocation and one sink write
-                        # cost nearly the same whatever the batch size, so bigger batches drain a
-                        # deep queue faster.
-                        depth = len(collector)
-                        size = self.max_batch_size
-                        take = size if depth < 2 * size else min(depth, self.max_drain_batch)
-                        batch, nbytes = collector.take(take)
-                if not batch and overflow is not None and overflow.pending:
-                    batch = overflow.read(self.max_batch_size if burst else self.max_drain_batch, collector.batch_bytes)
+                with self._handoff:  # taken and registered as one step for a timed-out close (``_stop``)
+                    with spiller.lock if spiller is not None else contextlib.nullcontext():
+                        # The overflow first: everything in the buffer is newer.
+                        if overflow is not None and overflow.pending:
+                            batch, nbytes = [], 0  # read below, outside the spiller's lock (decoding takes a while)
+                        else:
+                            # Under a backlog, take bigger bites: one graph invocation and one sink
+                            # write cost nearly the same whatever the batch size, so bigger batches
+                            # drain a deep queue faster.
+                            depth = len(collector)
+                            size = self.max_batch_size
+                            take = size if depth < 2 * size else min(depth, self.max_drain_batch)
+                            batch, nbytes = collector.take(take)
+                    if not batch and overflow is not None and overflow.pending:
+                        batch = overflow.read(
+                            self.max_batch_size if burst else self.max_drain_batch, collector.batch_bytes
+                        )
+                    if batch:
+                        self._delivering[id(batch)] = batch  # known to shutdown from now, before the task runs
                 if not batch:
                     if overflow is not None and overflow.pending:
                         continue  # a chunk that could not be read (counted as dropped): the next one
                     break
-                self._delivering[id(batch)] = batch  # known to shutdown from now, before the task runs
                 in_flight.add(asyncio.ensure_future(self._deliver_one(batch, nbytes)))
         finally:
             if in_flight:  # _deliver_one never raises; a cancelled drain still waits for its batches
