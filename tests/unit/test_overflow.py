@@ -235,6 +235,42 @@ def test_shutdown_that_times_out_keeps_the_overflow_then_the_buffer_in_order(tmp
         flusher._bg.join(10)
 
 
+def test_shutdown_that_times_out_during_a_spill_keeps_the_chunk_being_spilled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deadline may pass while a chunk is on its way from the buffer to the file: the close
+    waits for that chunk, so it is kept (it was out of the buffer and not yet in the file)."""
+    release = threading.Event()
+    kept: list[Span] = []
+
+    async def stuck(batch: list[Span]) -> None:
+        await asyncio.to_thread(release.wait, 30)
+
+    def keep(spans: list[Span]) -> int:
+        kept.extend(spans)
+        return len(spans)
+
+    write = OverflowFile.write
+
+    def slow_write(self: OverflowFile, spans: list[Span]) -> Any:
+        time.sleep(0.6)  # the close's deadline passes here, with the chunk out of the buffer
+        return write(self, spans)
+
+    flusher = BatchProcessor(
+        stuck, max_batch_size=10, max_wait_seconds=60, overflow_dir=tmp_path, on_timeout=keep, max_queue=80
+    )
+    for i in range(30):  # past the high-water mark (an eighth of max_queue): the flusher spills first
+        flusher.add_span(make_record(i))
+    monkeypatch.setattr(OverflowFile, "write", slow_write)
+    flusher.start()
+    try:
+        assert flusher.close(0.3) is False
+        assert [s.span_id for s in kept] == [f"{i:016x}" for i in range(30)]  # each once, oldest first
+    finally:
+        release.set()
+        flusher._bg.join(10)
+
+
 async def test_the_agent_stores_a_burst_that_went_through_the_overflow(tmp_path: Path) -> None:
     from src.agents.ml_foundation.observability_connector.agent import ObservabilityConnectorAgent
     from src.agents.ml_foundation.observability_connector.config import ObservabilitySettings

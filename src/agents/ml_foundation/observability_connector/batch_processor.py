@@ -348,9 +348,15 @@ class BatchProcessor:
         return not self._started and not self._queued()
 
     def _leftover(self) -> list[Span]:
-        """What is still queued, oldest first: the overflow (decrypted), then the buffer."""
-        spilled = self.overflow.read_all() if self.overflow is not None else []
-        return spilled + self.collector.drain(len(self.collector))
+        """What is still queued, oldest first: the overflow (decrypted), then the buffer.
+
+        Under the spiller's lock: a chunk it moves from the buffer to the file between the two
+        reads would otherwise be in neither.
+        """
+        spiller = self._spiller
+        with spiller.lock if spiller is not None else contextlib.nullcontext():
+            spilled = self.overflow.read_all() if self.overflow is not None else []
+            return spilled + self.collector.drain(len(self.collector))
 
     def _stop(self, wait: float, limit: float) -> bool:
         thread = self._bg.thread
