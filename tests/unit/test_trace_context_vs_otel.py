@@ -13,6 +13,7 @@ OpenTelemetry's ``tracestate`` grammar, and we follow the amendment.
 from __future__ import annotations
 
 import logging
+import random
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -555,8 +556,17 @@ def test_header_names_in_any_case_match_otel_on_lowercase_names(
     ],
 )
 def test_generators_reach_both_sides(strategy: st.SearchStrategy[Any], wanted: Callable[[Any], bool]) -> None:
-    """An agreement property over only-invalid (or only-valid) input would prove little."""
-    find(strategy, wanted, settings=settings(max_examples=2000, database=None, phases=[Phase.generate]))
+    """An agreement property over only-invalid (or only-valid) input would prove little.
+
+    Seeded: some cases are rare enough that an unseeded search of 2,000 examples missed one in a
+    CI run; what this checks is that the generator can reach them, not luck.
+    """
+    find(
+        strategy,
+        wanted,
+        settings=settings(max_examples=2000, database=None, phases=[Phase.generate]),
+        random=random.Random(2026),
+    )
 
 
 # --- each departure, pinned: what the Recommendation says, what we do, what OTel does -----
