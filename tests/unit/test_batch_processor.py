@@ -13,7 +13,7 @@ import pytest
 
 from src.agents.ml_foundation.observability_connector.batch_processor import BatchProcessor, SpanCollector
 from src.agents.ml_foundation.observability_connector.spans import Span
-from tests.fixtures.spans import RecordingSink, make_record
+from tests.fixtures.spans import RecordingSink, StuckSink, make_record
 from tests.fixtures.waiting import wait_until, wait_until_async
 
 
@@ -119,16 +119,7 @@ def test_a_close_that_times_out_while_a_batch_is_taken_keeps_that_batch(monkeypa
     """The deadline may pass while the flusher moves a batch out of the buffer: the close waits for
     that one step, so the batch is kept with the rest (it was in neither place a close reads, and
     was lost: a CI run kept 1,500 of 2,000 spans behind a hanging store)."""
-    release = threading.Event()
-    kept: list[Span] = []
-
-    async def stuck(batch: list[Span]) -> None:
-        await asyncio.to_thread(release.wait, 30)
-
-    def keep(spans: list[Span]) -> int:
-        kept.extend(spans)
-        return len(spans)
-
+    sink = StuckSink()
     take = SpanCollector.take
 
     def slow_take(self: SpanCollector, n: int) -> Any:
@@ -137,15 +128,15 @@ def test_a_close_that_times_out_while_a_batch_is_taken_keeps_that_batch(monkeypa
         return taken
 
     monkeypatch.setattr(SpanCollector, "take", slow_take)
-    flusher = BatchProcessor(stuck, max_batch_size=10, max_wait_seconds=60, on_timeout=keep, max_in_flight=1)
+    flusher = BatchProcessor(sink, max_batch_size=10, max_wait_seconds=60, on_timeout=sink.keep, max_in_flight=1)
     for i in range(25):
         flusher.add_span(make_record(i))
     flusher.start()
     try:
         assert flusher.close(0.3) is False
-        assert [s.span_id for s in kept] == [f"{i:016x}" for i in range(25)]  # each once, oldest first
+        assert sink.kept_ids == [f"{i:016x}" for i in range(25)]  # each once, oldest first
     finally:
-        release.set()
+        sink.release.set()
         flusher._bg.join(10)
 
 

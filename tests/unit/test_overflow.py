@@ -23,7 +23,7 @@ from src.agents.ml_foundation.observability_connector.batch_processor import Bat
 from src.agents.ml_foundation.observability_connector.overflow_file import OverflowFile, overflow_files
 from src.agents.ml_foundation.observability_connector.settings import BatchingSettings
 from src.agents.ml_foundation.observability_connector.spans import Span
-from tests.fixtures.spans import RecordingSink, make_record
+from tests.fixtures.spans import RecordingSink, StuckSink, make_record
 
 SECRET = "sk-live-4f9c2b7e1d8a6f3c5e0b9d2a7c4e1f8b"
 
@@ -205,18 +205,9 @@ def test_files_of_ended_processes_are_deleted_at_start(tmp_path: Path) -> None:
 
 
 def test_shutdown_that_times_out_keeps_the_overflow_then_the_buffer_in_order(tmp_path: Path) -> None:
-    release = threading.Event()
-    kept: list[Span] = []
-
-    async def stuck(batch: list[Span]) -> None:
-        await asyncio.to_thread(release.wait, 30)
-
-    def keep(spans: list[Span]) -> int:
-        kept.extend(spans)
-        return len(spans)
-
+    sink = StuckSink()
     flusher = BatchProcessor(
-        stuck, max_batch_size=10, max_wait_seconds=60, overflow_dir=tmp_path, on_timeout=keep, max_in_flight=1
+        sink, max_batch_size=10, max_wait_seconds=60, overflow_dir=tmp_path, on_timeout=sink.keep, max_in_flight=1
     )
     overflow = flusher.overflow
     assert overflow is not None
@@ -228,10 +219,10 @@ def test_shutdown_that_times_out_keeps_the_overflow_then_the_buffer_in_order(tmp
         flusher.start()
         assert flusher.close(0.5) is False  # the sink never answers
         # Every span kept once and oldest first: the batch in flight, the overflow, the buffer.
-        assert [s.span_id for s in kept] == [f"{i:016x}" for i in range(130)]
+        assert sink.kept_ids == [f"{i:016x}" for i in range(130)]
         assert overflow.pending == 0 and overflow_files(tmp_path) == []
     finally:
-        release.set()
+        sink.release.set()
         flusher._bg.join(10)
 
 
@@ -240,16 +231,7 @@ def test_shutdown_that_times_out_during_a_spill_keeps_the_chunk_being_spilled(
 ) -> None:
     """The deadline may pass while a chunk is on its way from the buffer to the file: the close
     waits for that chunk, so it is kept (it was out of the buffer and not yet in the file)."""
-    release = threading.Event()
-    kept: list[Span] = []
-
-    async def stuck(batch: list[Span]) -> None:
-        await asyncio.to_thread(release.wait, 30)
-
-    def keep(spans: list[Span]) -> int:
-        kept.extend(spans)
-        return len(spans)
-
+    sink = StuckSink()
     write = OverflowFile.write
 
     def slow_write(self: OverflowFile, spans: list[Span]) -> Any:
@@ -257,7 +239,7 @@ def test_shutdown_that_times_out_during_a_spill_keeps_the_chunk_being_spilled(
         return write(self, spans)
 
     flusher = BatchProcessor(
-        stuck, max_batch_size=10, max_wait_seconds=60, overflow_dir=tmp_path, on_timeout=keep, max_queue=80
+        sink, max_batch_size=10, max_wait_seconds=60, overflow_dir=tmp_path, on_timeout=sink.keep, max_queue=80
     )
     for i in range(30):  # past the high-water mark (an eighth of max_queue): the flusher spills first
         flusher.add_span(make_record(i))
@@ -265,9 +247,9 @@ def test_shutdown_that_times_out_during_a_spill_keeps_the_chunk_being_spilled(
     flusher.start()
     try:
         assert flusher.close(0.3) is False
-        assert [s.span_id for s in kept] == [f"{i:016x}" for i in range(30)]  # each once, oldest first
+        assert sink.kept_ids == [f"{i:016x}" for i in range(30)]  # each once, oldest first
     finally:
-        release.set()
+        sink.release.set()
         flusher._bg.join(10)
 
 
