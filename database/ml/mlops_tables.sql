@@ -635,9 +635,8 @@ AS $fn$ SELECT array_send(p_values) $fn$;
 -- Latency prefixes at sealed hour boundaries (see above); boundary '-infinity' is the value of
 -- every boundary before the agent's first stored one. Boundary first in the key: readers and the
 -- seal ask for one or two boundaries across all agents. idxs_send / ns_send: the arrays in
--- array_send form, computed once when a prefix is written: a reader ships them as they are,
--- where array_send at read time (~500 pairs per prefix, 40 prefixes per answer) was most of
--- obs_rollup_metrics' time.
+-- array_send form, computed once when a prefix is written: a reader ships them as they are
+-- instead of converting every prefix on every question (what that cost: benchmarks/README).
 CREATE TABLE IF NOT EXISTS public.ml_span_rollup_prefix (
     boundary    timestamptz NOT NULL,
     agent_name  text        NOT NULL,
